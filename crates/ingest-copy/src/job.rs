@@ -1,0 +1,133 @@
+//! What the engine is asked to do: a source, the destination mounts, the scopes to copy, and how.
+//!
+//! These are plain values with no I/O, so that the planner (which decides scopes) and the CLI
+//! (which parses options) can build them without touching the file system.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::relpath::RelPath;
+
+/// One piece of the source tree. A whole copy is `Scope::Tree(RelPath::root())`; the shard
+/// planner describes its shards with the other forms so that a plan never lists files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// The directory `dir` (relative to the source root; empty = the root), everything below
+    /// it, and the directory's own metadata once its contents are done.
+    Tree(RelPath),
+    /// The directory `dir` itself (created if needed) and those of its entries whose names fall
+    /// in `[from, to)` (byte order; `None` = unbounded). Subdirectories in the range are copied
+    /// as whole trees only when `subtrees` is true; otherwise they are only created.
+    Entries {
+        dir: RelPath,
+        from: Option<RelPath>,
+        to: Option<RelPath>,
+        subtrees: bool,
+    },
+    /// Bytes `[offset, offset + len)` of one regular file. Data only: the file's size is set to the
+    /// source's, but its metadata (mode, owner, times) is left to [`Scope::Finalize`], so that a
+    /// file written by several workers never looks finished before all of them are done.
+    FileRange { file: RelPath, offset: u64, len: u64 },
+    /// Set the metadata of a file whose data was written by `FileRange` scopes (run after all of
+    /// them). In a verify pass, compares and repairs the whole file.
+    Finalize(RelPath),
+    /// Paths that are hard links of one source inode: the first is copied, the others linked to it.
+    /// Used when `Options::multilinked` is `MultiLinked::Elsewhere`.
+    LinkGroup(Vec<RelPath>),
+}
+
+/// How the destination is compared with the source in the verify pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VerifyMode {
+    /// No verify pass.
+    None,
+    /// Type, size, mtime, mode, owner (when preserved) and symlink target.
+    #[default]
+    Metadata,
+    /// Metadata, and both sides' contents read and compared in full.
+    Checksum,
+}
+
+/// Which pieces of metadata are carried over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preserve {
+    pub owner: bool,
+    pub mode: bool,
+    pub times: bool,
+    pub xattrs: bool,
+    /// Recreate fifos and device nodes (needs root for devices).
+    pub specials: bool,
+    /// Keep hard links as links (otherwise each link is copied as its own file).
+    pub hardlinks: bool,
+}
+
+impl Default for Preserve {
+    fn default() -> Self {
+        Preserve { owner: true, mode: true, times: true, xattrs: true, specials: true, hardlinks: true }
+    }
+}
+
+/// Where files with more than one link are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MultiLinked {
+    /// Wherever they are met; the engine keeps an inode map so later links become links.
+    #[default]
+    Here,
+    /// Skipped by `Tree`/`Entries` scopes: the planner put them in `LinkGroup` scopes.
+    Elsewhere,
+}
+
+/// Which passes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Passes {
+    /// Copy, then verify (unless `VerifyMode::None`).
+    #[default]
+    CopyThenVerify,
+    /// Copy only (the cluster runs verify as its own phase).
+    CopyOnly,
+    /// Verify (and repair) only.
+    VerifyOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Worker threads; each is bound to one destination mount (round robin).
+    pub threads: usize,
+    pub verify: VerifyMode,
+    pub passes: Passes,
+    pub preserve: Preserve,
+    pub multilinked: MultiLinked,
+    /// Regular files larger than this are split into ranges of this size across threads.
+    pub split_threshold: u64,
+    /// Files per queued batch from one directory (a batch goes through one mount).
+    pub batch_files: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            threads: 16,
+            verify: VerifyMode::default(),
+            passes: Passes::default(),
+            preserve: Preserve::default(),
+            multilinked: MultiLinked::default(),
+            split_threshold: 64 << 20,
+            batch_files: 16,
+        }
+    }
+}
+
+/// A whole request to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyJob {
+    pub source: PathBuf,
+    /// The same export through different cluster IPs (or one local directory).
+    pub destinations: Vec<PathBuf>,
+    pub scopes: Vec<Scope>,
+}

@@ -1,0 +1,229 @@
+//! What a run found and did: counters, typed verification results, and per-path entries.
+//!
+//! Per-file failures are values: they go to a [`ReportSink`] as [`ReportEntry`]s and are counted,
+//! and the run goes on. Memory stays flat however many there are: the sink decides what to keep.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::relpath::RelPath;
+
+/// Ways in which a destination entry can differ from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mismatch {
+    Missing,
+    Type,
+    Size,
+    Mtime,
+    Mode,
+    Owner,
+    LinkTarget,
+    Content,
+    Xattrs,
+}
+
+/// Results of the verify pass. `checked = matched + missing + mismatched`; every entry that was
+/// missing or mismatched is either `repaired` (re-copied and found equal on a second look) or
+/// counted in `errors` and listed in the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyCounts {
+    pub checked: u64,
+    pub matched: u64,
+    pub missing: u64,
+    pub mismatched: u64,
+    pub repaired: u64,
+    pub errors: u64,
+    /// What was found different, by kind (an entry may count under several kinds).
+    pub by_kind: BTreeMap<Mismatch, u64>,
+}
+
+impl VerifyCounts {
+    pub fn add(&mut self, other: &VerifyCounts) {
+        self.checked += other.checked;
+        self.matched += other.matched;
+        self.missing += other.missing;
+        self.mismatched += other.mismatched;
+        self.repaired += other.repaired;
+        self.errors += other.errors;
+        for (k, v) in &other.by_kind {
+            *self.by_kind.entry(*k).or_default() += v;
+        }
+    }
+
+    /// Everything checked is now equal.
+    pub fn is_clean(&self) -> bool {
+        self.errors == 0 && self.repaired == self.missing + self.mismatched
+    }
+}
+
+/// Counters of the copy pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyCounts {
+    /// Regular files whose data was written.
+    pub files_copied: u64,
+    /// Entries that already matched (type, size, mtime) and were left alone.
+    pub files_skipped: u64,
+    pub bytes_copied: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Fifos, sockets and device nodes recreated.
+    pub specials: u64,
+    /// Entries not copied by design (device nodes when not root, sockets); each is reported.
+    pub unsupported: u64,
+    /// Entries that failed; each is reported.
+    pub failed: u64,
+}
+
+impl CopyCounts {
+    pub fn add(&mut self, o: &CopyCounts) {
+        self.files_copied += o.files_copied;
+        self.files_skipped += o.files_skipped;
+        self.bytes_copied += o.bytes_copied;
+        self.directories += o.directories;
+        self.symlinks += o.symlinks;
+        self.hardlinks += o.hardlinks;
+        self.specials += o.specials;
+        self.unsupported += o.unsupported;
+        self.failed += o.failed;
+    }
+}
+
+/// The outcome of one engine run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub copy: CopyCounts,
+    pub verify: Option<VerifyCounts>,
+    pub elapsed_seconds: f64,
+}
+
+impl Summary {
+    /// Nothing failed and verification (if run) is clean.
+    pub fn is_success(&self) -> bool {
+        self.copy.failed == 0 && self.copy.unsupported == 0 && self.verify.as_ref().is_none_or(|v| v.is_clean())
+    }
+}
+
+/// What a report line says happened to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// The operation failed; the entry is not (fully) copied.
+    Failed,
+    /// Deliberately not copied (e.g. a device node without root).
+    Unsupported,
+    /// Found different in the verify pass and fixed.
+    Repaired,
+    /// Found different in the verify pass and still different after a re-copy.
+    Mismatched,
+}
+
+/// One line of the report (`--report FILE` writes them as JSON Lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportEntry {
+    /// Relative to the copy root, in the lossless escaped form.
+    pub path: RelPath,
+    pub outcome: Outcome,
+    /// The operation that failed or the pass that found the difference (`open-source`, `write`, `verify`…).
+    pub op: String,
+    /// The OS error or the explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl ReportEntry {
+    pub fn failed(path: RelPath, op: &str, err: &io::Error) -> Self {
+        ReportEntry {
+            path,
+            outcome: Outcome::Failed,
+            op: op.to_string(),
+            error: Some(err.to_string()),
+            errno: err.raw_os_error(),
+            mismatches: Vec::new(),
+        }
+    }
+}
+
+/// Receives report entries as they happen, from many threads.
+pub trait ReportSink: Send + Sync {
+    fn record(&self, entry: ReportEntry);
+}
+
+/// Keeps the first `limit` entries in memory and counts the rest.
+#[derive(Debug, Default)]
+pub struct FirstN {
+    limit: usize,
+    inner: Mutex<(Vec<ReportEntry>, u64)>,
+}
+
+impl FirstN {
+    pub fn new(limit: usize) -> Self {
+        FirstN { limit, inner: Mutex::new((Vec::new(), 0)) }
+    }
+
+    /// The kept entries and the total number recorded.
+    pub fn take(&self) -> (Vec<ReportEntry>, u64) {
+        let mut g = self.inner.lock().unwrap();
+        (std::mem::take(&mut g.0), g.1)
+    }
+}
+
+impl ReportSink for FirstN {
+    fn record(&self, entry: ReportEntry) {
+        let mut g = self.inner.lock().unwrap();
+        g.1 += 1;
+        if g.0.len() < self.limit {
+            g.0.push(entry);
+        }
+    }
+}
+
+/// Sends every entry to all the sinks.
+pub struct Tee<'a>(pub Vec<&'a dyn ReportSink>);
+
+impl ReportSink for Tee<'_> {
+    fn record(&self, entry: ReportEntry) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for s in rest {
+                s.record(entry.clone());
+            }
+            last.record(entry);
+        }
+    }
+}
+
+/// Writes entries as JSON Lines.
+pub struct JsonLines<W: io::Write + Send> {
+    out: Mutex<W>,
+}
+
+impl<W: io::Write + Send> JsonLines<W> {
+    pub fn new(out: W) -> Self {
+        JsonLines { out: Mutex::new(out) }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out.into_inner().unwrap()
+    }
+}
+
+impl<W: io::Write + Send> ReportSink for JsonLines<W> {
+    fn record(&self, entry: ReportEntry) {
+        let mut line = serde_json::to_vec(&entry).expect("report entries serialize");
+        line.push(b'\n');
+        // A report that cannot be written must not stop the copy; the summary still counts it.
+        let _ = self.out.lock().unwrap().write_all(&line);
+    }
+}
