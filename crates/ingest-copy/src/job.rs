@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::relpath::RelPath;
+use ingest_path::RelPath;
 
 /// One piece of the source tree. A whole copy is `Scope::Tree(RelPath::root())`; the shard
 /// planner describes its shards with the other forms so that a plan never lists files.

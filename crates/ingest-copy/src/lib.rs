@@ -11,10 +11,9 @@
 
 pub mod job;
 pub mod progress;
-pub mod relpath;
 pub mod report;
 
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
 pub use progress::{Progress, Snapshot};
-pub use relpath::RelPath;
+pub use ingest_path::{RelPath, escape};
 pub use report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink, Summary, VerifyCounts};
