@@ -52,8 +52,4 @@ impl Progress {
             dirs_queued: self.dirs_queued.load(Relaxed),
         }
     }
-
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
 }

@@ -22,6 +22,8 @@ pub enum Mismatch {
     Mode,
     Owner,
     LinkTarget,
+    /// Linked to a different inode than the other links of its source inode.
+    HardLink,
     Content,
     Xattrs,
 }

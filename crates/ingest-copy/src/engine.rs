@@ -1,0 +1,1233 @@
+//! The parallel walk that drives both passes.
+//!
+//! Worker threads share one LIFO queue of tasks: list a directory, handle a batch of entries
+//! of one directory, copy a byte range of a large file, or open a scope. LIFO keeps the walk
+//! depth-first, so the directories in progress (and their descriptors) stay few however large
+//! the tree. Each thread is bound to one destination mount and does all its writes through it.
+//!
+//! A directory's metadata must be set after its contents are written (creating an entry changes
+//! the directory's mtime). Every task holds an `Arc` to its directory's [`DirNode`]; when the
+//! last one is dropped, the node's `Drop` finishes the directory and releases its parent. The
+//! same trick finishes a large file split across threads ([`SplitFile`]).
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+use ingest_path::RelPath;
+
+use crate::job::{MultiLinked, Options, Scope, VerifyMode};
+use crate::progress::Progress;
+use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
+use crate::sys::{self, Kind, Meta};
+
+/// Which pass a walk performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    Copy,
+    Verify(VerifyMode),
+}
+
+/// The open roots, shared by both passes.
+pub(crate) struct Roots {
+    pub src: OwnedFd,
+    pub dsts: Vec<OwnedFd>,
+}
+
+/// Everything one pass shares between its threads.
+pub(crate) struct Walk<'a> {
+    pass: Pass,
+    opts: &'a Options,
+    roots: &'a Roots,
+    progress: &'a Progress,
+    sink: &'a dyn ReportSink,
+    owner: bool,
+    noatime: AtomicBool,
+    use_cfr: AtomicBool,
+    xattrs_ok: AtomicBool,
+    /// Source inode → where its first link went (only inodes with more than one link).
+    links: Mutex<HashMap<(u64, u64), Arc<OnceLock<Option<FirstLink>>>>>,
+    counts: Counters,
+    queue: Queue<'a>,
+}
+
+#[derive(Debug, Clone)]
+struct FirstLink {
+    rel: RelPath,
+    dst_ino: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_copied: AtomicU64,
+    files_skipped: AtomicU64,
+    bytes_copied: AtomicU64,
+    directories: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    specials: AtomicU64,
+    unsupported: AtomicU64,
+    failed: AtomicU64,
+    checked: AtomicU64,
+    matched: AtomicU64,
+    missing: AtomicU64,
+    mismatched: AtomicU64,
+    repaired: AtomicU64,
+    errors: AtomicU64,
+    by_kind: Mutex<std::collections::BTreeMap<Mismatch, u64>>,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+enum Task<'a> {
+    Scope(&'a Scope),
+    Dir { parent: Arc<DirNode>, name: CString, recurse: bool, own_meta: bool },
+    Batch { dir: Arc<DirNode>, entries: Vec<(CString, Option<Kind>)> },
+    Range { file: Arc<SplitFile>, off: u64, len: u64 },
+}
+
+/// A directory in progress. Dropping the last reference finishes it.
+struct DirNode {
+    parent: Option<Arc<DirNode>>,
+    rel: RelPath,
+    name: CString,
+    src: OwnedFd,
+    meta: Meta,
+    /// The destination directory through each mount, opened when a thread on that mount needs it.
+    dst: Vec<OnceLock<OwnedFd>>,
+    own_meta: bool,
+}
+
+/// A large regular file being copied by several threads.
+struct SplitFile {
+    dir: Arc<DirNode>,
+    name: CString,
+    meta: Meta,
+    src: OwnedFd,
+    dst: OwnedFd,
+    failed: AtomicBool,
+    /// Range copies set this only for the first failure, so the file is reported once.
+    reported: AtomicBool,
+    /// Data only, metadata left to a `Finalize` scope.
+    data_only: bool,
+}
+
+/// Per-thread state: the mount this thread writes through and its buffers.
+pub(crate) struct Local {
+    mount: usize,
+    buf: Vec<u8>,
+    buf2: Vec<u8>,
+    dirbuf: Vec<MaybeUninit<u8>>,
+}
+
+struct Queue<'a> {
+    state: Mutex<QueueState<'a>>,
+    cv: Condvar,
+}
+
+struct QueueState<'a> {
+    tasks: Vec<Task<'a>>,
+    busy: usize,
+}
+
+impl<'a> Queue<'a> {
+    fn push(&self, task: Task<'a>) {
+        self.state.lock().unwrap().tasks.push(task);
+        self.cv.notify_one();
+    }
+
+    fn push_all(&self, tasks: impl IntoIterator<Item = Task<'a>>) {
+        let mut st = self.state.lock().unwrap();
+        let before = st.tasks.len();
+        st.tasks.extend(tasks);
+        let added = st.tasks.len() - before;
+        drop(st);
+        match added {
+            0 => {}
+            1 => self.cv.notify_one(),
+            _ => self.cv.notify_all(),
+        }
+    }
+
+    /// The next task, or `None` once the queue is empty and no task is running (none can add more).
+    fn pop(&self) -> Option<Task<'a>> {
+        let mut st = self.state.lock().unwrap();
+        loop {
+            if let Some(t) = st.tasks.pop() {
+                st.busy += 1;
+                return Some(t);
+            }
+            if st.busy == 0 {
+                self.cv.notify_all();
+                return None;
+            }
+            st = self.cv.wait(st).unwrap();
+        }
+    }
+
+    fn done(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.busy -= 1;
+        if st.busy == 0 && st.tasks.is_empty() {
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// What went wrong with one entry: the operation and the OS error.
+type OpResult<T> = Result<T, (&'static str, io::Error)>;
+
+trait Op<T> {
+    fn op(self, name: &'static str) -> OpResult<T>;
+}
+
+impl<T> Op<T> for io::Result<T> {
+    fn op(self, name: &'static str) -> OpResult<T> {
+        self.map_err(|e| (name, e))
+    }
+}
+
+fn cstr(bytes: &[u8]) -> CString {
+    // Names come from the kernel or from a RelPath, neither of which can hold NUL.
+    CString::new(bytes).expect("file names hold no NUL byte")
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(
+        pass: Pass,
+        opts: &'a Options,
+        roots: &'a Roots,
+        progress: &'a Progress,
+        sink: &'a dyn ReportSink,
+    ) -> Self {
+        Walk {
+            pass,
+            opts,
+            roots,
+            progress,
+            sink,
+            owner: opts.preserve.owner && sys::is_root(),
+            noatime: AtomicBool::new(true),
+            use_cfr: AtomicBool::new(true),
+            xattrs_ok: AtomicBool::new(opts.preserve.xattrs),
+            links: Mutex::new(HashMap::new()),
+            counts: Counters::default(),
+            queue: Queue { state: Mutex::new(QueueState { tasks: Vec::new(), busy: 0 }), cv: Condvar::new() },
+        }
+    }
+
+    /// Runs the pass over `scopes` with `opts.threads` threads and returns its counters.
+    pub(crate) fn run(&self, scopes: &'a [Scope]) -> (CopyCounts, VerifyCounts) {
+        // Scopes are queued in reverse so that the LIFO queue starts with the first (largest) one.
+        self.queue.push_all(scopes.iter().rev().map(Task::Scope));
+        std::thread::scope(|s| {
+            for i in 0..self.opts.threads {
+                let mount = i % self.roots.dsts.len();
+                s.spawn(move || {
+                    let mut local = Local {
+                        mount,
+                        buf: Vec::new(),
+                        buf2: Vec::new(),
+                        dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
+                    };
+                    while let Some(task) = self.queue.pop() {
+                        self.handle(task, &mut local);
+                        self.queue.done();
+                    }
+                });
+            }
+        });
+        self.totals()
+    }
+
+    fn totals(&self) -> (CopyCounts, VerifyCounts) {
+        let c = &self.counts;
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        let copy = CopyCounts {
+            files_copied: g(&c.files_copied),
+            files_skipped: g(&c.files_skipped),
+            bytes_copied: g(&c.bytes_copied),
+            directories: g(&c.directories),
+            symlinks: g(&c.symlinks),
+            hardlinks: g(&c.hardlinks),
+            specials: g(&c.specials),
+            unsupported: g(&c.unsupported),
+            failed: g(&c.failed),
+        };
+        let verify = VerifyCounts {
+            checked: g(&c.checked),
+            matched: g(&c.matched),
+            missing: g(&c.missing),
+            mismatched: g(&c.mismatched),
+            repaired: g(&c.repaired),
+            errors: g(&c.errors),
+            by_kind: c.by_kind.lock().unwrap().clone(),
+        };
+        (copy, verify)
+    }
+
+    fn handle(&self, task: Task<'a>, local: &mut Local) {
+        match task {
+            Task::Scope(scope) => self.start_scope(scope, local),
+            Task::Dir { parent, name, recurse, own_meta } => {
+                let rel = parent.rel.join(name.to_bytes());
+                match self.open_child_dir(&parent, &name, local.mount) {
+                    Ok(Some((src, meta))) => {
+                        let node = Arc::new(DirNode::new(self.roots, Some(parent), rel, name, src, meta, own_meta));
+                        self.list(node, local, recurse, None);
+                    }
+                    Ok(None) => self.release_dir(parent), // vanished from the source since it was listed
+                    Err((op, e)) => {
+                        self.fail(rel, op, &e);
+                        self.release_dir(parent);
+                    }
+                }
+            }
+            Task::Batch { dir, entries } => {
+                for (name, _kind) in entries {
+                    self.entry(&dir, &name, local, false);
+                }
+                self.release_dir(dir);
+            }
+            Task::Range { file, off, len } => {
+                self.copy_part(&file, off, len, local);
+                self.release_file(file);
+            }
+        }
+    }
+
+    /// Drops a reference to a directory; the last one finishes it, then releases its parent.
+    /// Every `Arc<DirNode>` ends here, never in a plain drop, so exactly one caller finishes it.
+    fn release_dir(&self, node: Arc<DirNode>) {
+        let mut next = Some(node);
+        while let Some(arc) = next.take() {
+            if let Some(mut node) = Arc::into_inner(arc) {
+                if node.own_meta {
+                    self.finish_dir(&node);
+                }
+                next = node.parent.take();
+            }
+        }
+    }
+
+    /// Drops a reference to a split file; the last one sets its metadata (once all ranges are in).
+    fn release_file(&self, file: Arc<SplitFile>) {
+        let Some(f) = Arc::into_inner(file) else { return };
+        if !f.failed.load(Relaxed) && !f.data_only {
+            match self.set_file_meta(&f.src, &f.dst, &f.meta) {
+                Ok(()) => {
+                    inc(&self.counts.files_copied);
+                    inc(&self.progress.files);
+                }
+                Err((op, e)) => self.fail(f.dir.rel.join(f.name.to_bytes()), op, &e),
+            }
+        }
+        self.release_dir(f.dir);
+    }
+
+    // ---- reporting -------------------------------------------------------------------------
+
+    fn fail(&self, path: RelPath, op: &str, e: &io::Error) {
+        match self.pass {
+            Pass::Copy => inc(&self.counts.failed),
+            Pass::Verify(_) => inc(&self.counts.errors),
+        }
+        inc(&self.progress.failed);
+        self.sink.record(ReportEntry::failed(path, op, e));
+    }
+
+    fn unsupported(&self, path: RelPath, why: &str) {
+        inc(&self.counts.unsupported);
+        self.sink.record(ReportEntry {
+            path,
+            outcome: Outcome::Unsupported,
+            op: "create-special".into(),
+            error: Some(why.into()),
+            errno: None,
+            mismatches: Vec::new(),
+        });
+    }
+
+    // ---- scopes and directories ------------------------------------------------------------
+
+    fn start_scope(&self, scope: &'a Scope, local: &mut Local) {
+        match scope {
+            Scope::Tree(rel) => {
+                if let Some(node) = self.open_scope_dir(rel, local.mount, true) {
+                    self.list(node, local, true, None);
+                }
+            }
+            Scope::Entries { dir, from, to, subtrees } => {
+                if let Some(node) = self.open_scope_dir(dir, local.mount, true) {
+                    let range = (from.as_ref(), to.as_ref());
+                    self.list(node, local, *subtrees, Some(range));
+                }
+            }
+            Scope::FileRange { file, offset, len } => {
+                if let Some((dir, name)) = self.open_scope_parent(file, local.mount) {
+                    self.file_range(&dir, &name, *offset, *len, local);
+                    self.release_dir(dir);
+                }
+            }
+            Scope::Finalize(file) => {
+                if let Some((dir, name)) = self.open_scope_parent(file, local.mount) {
+                    match self.pass {
+                        Pass::Copy => self.finalize_split(&dir, &name, local),
+                        Pass::Verify(mode) => self.finalize_verify(&dir, &name, mode, local),
+                    }
+                    self.release_dir(dir);
+                }
+            }
+            Scope::LinkGroup(paths) => {
+                for path in paths {
+                    if let Some((dir, name)) = self.open_scope_parent(path, local.mount) {
+                        self.entry(&dir, &name, local, true);
+                        self.release_dir(dir);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the directory `rel` on both sides, creating the destination's missing ancestors.
+    /// `own_meta`: the scope is responsible for this directory's metadata.
+    fn open_scope_dir(&self, rel: &RelPath, mount: usize, own_meta: bool) -> Option<Arc<DirNode>> {
+        let mut walked = RelPath::root();
+        let opened = (|| -> OpResult<(OwnedFd, Meta, OwnedFd)> {
+            let mut src = self.roots.src.try_clone().op("open-source-dir")?;
+            let mut meta = sys::fstat(src.as_fd()).op("stat-source")?;
+            let mut dst = self.roots.dsts[mount].try_clone().op("open-dest-dir")?;
+            for comp in rel.components() {
+                walked = walked.join(comp);
+                let name = cstr(comp);
+                src = sys::open_dir_at(src.as_fd(), &name).op("open-source-dir")?;
+                meta = sys::fstat(src.as_fd()).op("stat-source")?;
+                // Ancestors made here get their own metadata from the scope that owns them (or
+                // the verify pass); until then they are at least writable by us.
+                sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?;
+                dst = sys::open_dir_at(dst.as_fd(), &name).op("open-dest-dir")?;
+            }
+            Ok((src, meta, dst))
+        })();
+        match opened {
+            Ok((src, meta, dst)) => {
+                let name = cstr(rel.file_name());
+                let node = DirNode::new(self.roots, None, rel.clone(), name, src, meta, own_meta);
+                let _ = node.dst[mount].set(dst);
+                Some(Arc::new(node))
+            }
+            Err((op, e)) => {
+                self.fail(walked, op, &e);
+                None
+            }
+        }
+    }
+
+    /// For a scope naming one file: its parent directory (not owned) and its name.
+    fn open_scope_parent(&self, file: &RelPath, mount: usize) -> Option<(Arc<DirNode>, CString)> {
+        let dir = self.open_scope_dir(&file.parent(), mount, false)?;
+        Some((dir, cstr(file.file_name())))
+    }
+
+    /// Opens a child directory on the source and makes sure it exists on this thread's mount.
+    fn open_child_dir(&self, parent: &DirNode, name: &CStr, mount: usize) -> OpResult<Option<(OwnedFd, Meta)>> {
+        let src = match sys::open_dir_at(parent.src.as_fd(), name) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(("open-source-dir", e)),
+        };
+        let meta = sys::fstat(src.as_fd()).op("stat-source")?;
+        let pdst = parent.dst_fd(self.roots, mount).op("open-dest-dir")?;
+        match self.pass {
+            Pass::Copy => {
+                if sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")? {
+                    inc(&self.counts.directories);
+                }
+            }
+            Pass::Verify(_) => {
+                // A directory missing in the destination is recreated; its contents are then
+                // found missing one by one and repaired, so they are counted there.
+                if sys::stat_at(pdst, name).op("stat-dest")?.is_none() {
+                    sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")?;
+                }
+            }
+        }
+        Ok(Some((src, meta)))
+    }
+
+    /// Lists `node` on the source and queues its entries: subdirectories as directory tasks
+    /// (or only created, when not `recurse`), everything else in batches.
+    fn list(
+        &self,
+        node: Arc<DirNode>,
+        local: &mut Local,
+        recurse: bool,
+        range: Option<(Option<&RelPath>, Option<&RelPath>)>,
+    ) {
+        inc(&self.progress.dirs_listed);
+        let in_range = |name: &[u8]| match range {
+            None => true,
+            Some((from, to)) => {
+                from.is_none_or(|f| name >= f.as_bytes()) && to.is_none_or(|t| name < t.as_bytes())
+            }
+        };
+        let mut dirs = Vec::new();
+        let mut others = Vec::new();
+        let listed = sys::list_dir(node.src.as_fd(), &mut local.dirbuf, |name, kind| {
+            if !in_range(name.to_bytes()) {
+                return;
+            }
+            match kind {
+                Some(Kind::Dir) => dirs.push(name.to_owned()),
+                _ => others.push((name.to_owned(), kind)),
+            }
+        });
+        if let Err(e) = listed {
+            self.fail(node.rel.clone(), "list-dir", &e);
+            self.release_dir(node);
+            return;
+        }
+        // Entries of unknown type (file systems without d_type) are sorted out here.
+        others.retain(|(name, kind)| {
+            if kind.is_some() {
+                return true;
+            }
+            match sys::stat_at(node.src.as_fd(), name) {
+                Ok(Some(m)) if m.kind == Kind::Dir => {
+                    dirs.push(name.clone());
+                    false
+                }
+                _ => true,
+            }
+        });
+        self.progress.dirs_queued.fetch_add(dirs.len() as u64, Relaxed);
+        let mut tasks: Vec<Task<'a>> = Vec::with_capacity(dirs.len() + others.len() / self.opts.batch_files + 1);
+        if recurse {
+            tasks.extend(dirs.into_iter().map(|name| Task::Dir {
+                parent: node.clone(),
+                name,
+                recurse: true,
+                own_meta: true,
+            }));
+        } else {
+            // The range's subdirectories are other shards' business: create them and move on.
+            for name in dirs {
+                if let Err((op, e)) = self.open_child_dir(&node, &name, local.mount) {
+                    self.fail(node.rel.join(name.to_bytes()), op, &e);
+                }
+            }
+        }
+        let batch = self.opts.batch_files.max(1);
+        let mut others = others.into_iter().peekable();
+        while others.peek().is_some() {
+            let entries: Vec<_> = others.by_ref().take(batch).collect();
+            tasks.push(Task::Batch { dir: node.clone(), entries });
+        }
+        self.queue.push_all(tasks);
+        self.release_dir(node);
+    }
+
+    /// Sets (copy pass) or checks and repairs (verify pass) a finished directory's metadata.
+    fn finish_dir(&self, node: &DirNode) {
+        let Some(fd) = node.dst.iter().find_map(|d| d.get()) else { return };
+        let p = &self.opts.preserve;
+        let set = || sys::set_meta_fd(fd.as_fd(), &node.meta, self.owner, p.mode, p.times);
+        match self.pass {
+            Pass::Copy => {
+                if let Err(e) = set() {
+                    self.fail(node.rel.clone(), "set-dir-metadata", &e);
+                }
+            }
+            Pass::Verify(_) => {
+                let check = || -> io::Result<Vec<Mismatch>> {
+                    let dm = sys::fstat(fd.as_fd())?;
+                    Ok(self.meta_diffs(&node.meta, &dm))
+                };
+                inc(&self.counts.checked);
+                inc(&self.progress.verified);
+                match check() {
+                    Ok(d) if d.is_empty() => inc(&self.counts.matched),
+                    Ok(d) => {
+                        self.found(&d);
+                        let again = set().and_then(|()| check());
+                        self.settle(node.rel.clone(), d, again);
+                    }
+                    Err(e) => self.fail(node.rel.clone(), "stat-dest", &e),
+                }
+            }
+        }
+    }
+
+    // ---- entries -----------------------------------------------------------------------------
+
+    /// One non-directory entry (or a directory met by a scope naming it): copy or verify it.
+    /// `grouped`: the entry comes from a `LinkGroup` scope, so multi-linked files are handled here.
+    fn entry(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local, grouped: bool) {
+        let sm = match sys::stat_at(dir.src.as_fd(), name) {
+            Ok(Some(m)) => m,
+            Ok(None) => return, // vanished from the source since it was listed
+            Err(e) => return self.fail(dir.rel.join(name.to_bytes()), "stat-source", &e),
+        };
+        if sm.kind == Kind::Dir {
+            self.queue.push(Task::Dir { parent: dir.clone(), name: name.to_owned(), recurse: true, own_meta: true });
+            return;
+        }
+        if sm.kind == Kind::File
+            && sm.nlink > 1
+            && self.opts.preserve.hardlinks
+            && self.opts.multilinked == MultiLinked::Elsewhere
+            && !grouped
+        {
+            return; // a LinkGroup scope copies it
+        }
+        match self.pass {
+            Pass::Copy => {
+                if let Err((op, e)) = self.copy_entry(dir, name, &sm, local, false) {
+                    self.fail(dir.rel.join(name.to_bytes()), op, &e);
+                }
+                inc(&self.progress.entries);
+            }
+            Pass::Verify(mode) => self.verify_entry(dir, name, &sm, mode, local),
+        }
+    }
+
+    /// Copies one entry unless the destination already matches (or `force`).
+    fn copy_entry(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local, force: bool) -> OpResult<()> {
+        let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+        match sm.kind {
+            Kind::File => self.copy_file(dir, name, sm, local, force),
+            Kind::Symlink => {
+                let target = sys::read_link_at(dir.src.as_fd(), name).op("read-link")?;
+                if !force
+                    && let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
+                    && dm.kind == Kind::Symlink
+                    && sys::read_link_at(dst, name).op("read-dest-link")? == target
+                {
+                    inc(&self.counts.files_skipped);
+                    return Ok(());
+                }
+                self.clear_way(dst, name)?;
+                sys::symlink_at(&target, dst, name).op("create-symlink")?;
+                let p = &self.opts.preserve;
+                sys::set_meta_at(dst, name, sm, self.owner, false, p.times).op("set-metadata")?;
+                inc(&self.counts.symlinks);
+                Ok(())
+            }
+            Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
+                let is_dev = sm.kind != Kind::Fifo;
+                if !self.opts.preserve.specials || (is_dev && !sys::is_root()) {
+                    self.unsupported(dir.rel.join(name.to_bytes()), "device nodes are recreated only when running as root");
+                    return Ok(());
+                }
+                if !force
+                    && let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
+                    && dm.kind == sm.kind
+                    && dm.rdev == sm.rdev
+                {
+                    inc(&self.counts.files_skipped);
+                    return Ok(());
+                }
+                self.clear_way(dst, name)?;
+                sys::mknod_at(dst, name, sm).op("create-special")?;
+                let p = &self.opts.preserve;
+                sys::set_meta_at(dst, name, sm, self.owner, p.mode, p.times).op("set-metadata")?;
+                inc(&self.counts.specials);
+                Ok(())
+            }
+            Kind::Socket => {
+                self.unsupported(dir.rel.join(name.to_bytes()), "sockets cannot be copied");
+                Ok(())
+            }
+            Kind::Dir => unreachable!("directories are handled by directory tasks"),
+        }
+    }
+
+    /// Removes a non-directory (or empty directory) where a new entry must go. Non-empty
+    /// directories are never removed: that is reported instead.
+    fn clear_way(&self, dst: BorrowedFd<'_>, name: &CStr) -> OpResult<()> {
+        match sys::stat_at(dst, name).op("stat-dest")? {
+            None => Ok(()),
+            Some(m) => sys::unlink_at(dst, name, m.kind == Kind::Dir).op("replace-dest"),
+        }
+    }
+
+    /// The hard-link slot for a multi-linked source inode: `(slot, true)` for the first claimant.
+    fn claim(&self, sm: &Meta) -> (Arc<OnceLock<Option<FirstLink>>>, bool) {
+        let mut map = self.links.lock().unwrap();
+        match map.get(&(sm.dev, sm.ino)) {
+            Some(slot) => (slot.clone(), false),
+            None => {
+                let slot = Arc::new(OnceLock::new());
+                map.insert((sm.dev, sm.ino), slot.clone());
+                (slot, true)
+            }
+        }
+    }
+
+    fn copy_file(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local, force: bool) -> OpResult<()> {
+        let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+        let linked = sm.nlink > 1 && self.opts.preserve.hardlinks;
+        let mut slot = None;
+        if linked {
+            let (s, first) = self.claim(sm);
+            if !first {
+                // The first link's thread sets the slot right after creating the file, with no
+                // waiting in between, so this wait is short.
+                let target = s.wait().clone();
+                return self.link_to(dst, name, target, local);
+            }
+            slot = Some(s);
+        }
+        // Whatever happens below, later links must not wait forever.
+        let publish = |first: Option<FirstLink>| {
+            if let Some(s) = &slot {
+                let _ = s.set(first);
+            }
+        };
+        let rel = || dir.rel.join(name.to_bytes());
+        let existing = sys::stat_at(dst, name).op("stat-dest");
+        let existing = match existing {
+            Ok(e) => e,
+            Err(e) => {
+                publish(None);
+                return Err(e);
+            }
+        };
+        if !force
+            && let Some(dm) = existing
+            && dm.kind == Kind::File
+            && dm.size == sm.size
+            && dm.mtime == sm.mtime
+        {
+            publish(Some(FirstLink { rel: rel(), dst_ino: dm.ino }));
+            inc(&self.counts.files_skipped);
+            inc(&self.progress.files);
+            self.progress.bytes.fetch_add(sm.size, Relaxed);
+            return Ok(());
+        }
+        let opened = (|| -> OpResult<(OwnedFd, OwnedFd)> {
+            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            if let Some(dm) = existing
+                && (dm.kind != Kind::File || dm.nlink > 1 && !linked)
+            {
+                // Something else is in the way, or a link shared with another path: writing in
+                // place would change that other path too.
+                self.clear_way(dst, name)?;
+            }
+            let d = match sys::open_dest_file(dst, name, true) {
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    // A read-only file left by an earlier run (we are not root): replace it.
+                    self.clear_way(dst, name)?;
+                    sys::open_dest_file(dst, name, true)
+                }
+                r => r,
+            }
+            .op("open-dest")?;
+            Ok((src, d))
+        })();
+        let (src, dfd) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                publish(None);
+                return Err(e);
+            }
+        };
+        if linked {
+            let ino = sys::fstat(dfd.as_fd()).map(|m| m.ino).unwrap_or(0);
+            publish(Some(FirstLink { rel: rel(), dst_ino: ino }));
+        }
+        let split = self.opts.threads > 1 && sm.size > self.opts.split_threshold && self.opts.split_threshold > 0;
+        if !split {
+            self.write_whole(&src, &dfd, sm, local)?;
+            self.set_file_meta(&src, &dfd, sm)?;
+            inc(&self.counts.files_copied);
+            inc(&self.progress.files);
+            return Ok(());
+        }
+        sys::set_len(dfd.as_fd(), sm.size).op("set-size")?;
+        let file = Arc::new(SplitFile {
+            dir: dir.clone(),
+            name: name.to_owned(),
+            meta: *sm,
+            src,
+            dst: dfd,
+            failed: AtomicBool::new(false),
+            reported: AtomicBool::new(false),
+            data_only: false,
+        });
+        self.queue_ranges(&file, 0, sm.size, local);
+        self.release_file(file);
+        Ok(())
+    }
+
+    /// Queues all but the first chunk of `[off, end)` and copies the first here.
+    fn queue_ranges(&self, file: &Arc<SplitFile>, off: u64, end: u64, local: &mut Local) {
+        let chunk = self.opts.split_threshold.max(1 << 20);
+        let mut tasks = Vec::new();
+        let mut pos = off + chunk.min(end - off);
+        while pos < end {
+            let len = chunk.min(end - pos);
+            tasks.push(Task::Range { file: file.clone(), off: pos, len });
+            pos += len;
+        }
+        self.queue.push_all(tasks);
+        self.copy_part(file, off, chunk.min(end - off), local);
+    }
+
+    fn copy_part(&self, file: &SplitFile, off: u64, len: u64, local: &mut Local) {
+        if file.failed.load(Relaxed) {
+            return;
+        }
+        if let Err((op, e)) = self.write_range(&file.src, &file.dst, &file.meta, off, len, local) {
+            file.failed.store(true, Relaxed);
+            if !file.reported.swap(true, Relaxed) {
+                self.fail(file.dir.rel.join(file.name.to_bytes()), op, &e);
+            }
+        }
+    }
+
+    /// A `FileRange` scope: write one range of a file shared with other workers; no metadata.
+    fn file_range(&self, dir: &Arc<DirNode>, name: &CStr, off: u64, len: u64, local: &mut Local) {
+        let rel = || dir.rel.join(name.to_bytes());
+        let mut run = || -> OpResult<()> {
+            let sm = match sys::stat_at(dir.src.as_fd(), name).op("stat-source")? {
+                Some(m) if m.kind == Kind::File => m,
+                _ => return Err(("stat-source", io::Error::new(io::ErrorKind::NotFound, "not a regular file any more"))),
+            };
+            let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+            if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
+                && dm.kind == Kind::File
+                && dm.size == sm.size
+                && dm.mtime == sm.mtime
+            {
+                inc(&self.counts.files_skipped);
+                return Ok(()); // finalized by an earlier run: the whole file is done
+            }
+            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
+            if sys::fstat(dfd.as_fd()).op("stat-dest")?.size != sm.size {
+                sys::set_len(dfd.as_fd(), sm.size).op("set-size")?;
+            }
+            let end = (off + len).min(sm.size);
+            if off < end {
+                let file = Arc::new(SplitFile {
+                    dir: dir.clone(),
+                    name: name.to_owned(),
+                    meta: sm,
+                    src,
+                    dst: dfd,
+                    failed: AtomicBool::new(false),
+                    reported: AtomicBool::new(false),
+                    data_only: true,
+                });
+                self.queue_ranges(&file, off, end, local);
+                self.release_file(file);
+            }
+            Ok(())
+        };
+        if let Err((op, e)) = run() {
+            self.fail(rel(), op, &e);
+        }
+    }
+
+    /// A `Finalize` scope in the copy pass: the data is complete, set the metadata.
+    fn finalize_split(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local) {
+        let run = || -> OpResult<()> {
+            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else { return Ok(()) };
+            let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
+            self.set_file_meta(&src, &dfd, &sm)?;
+            inc(&self.counts.files_copied);
+            inc(&self.progress.files);
+            Ok(())
+        };
+        if let Err((op, e)) = run() {
+            self.fail(dir.rel.join(name.to_bytes()), op, &e);
+        }
+    }
+
+    fn link_to(
+        &self,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        first: Option<FirstLink>,
+        local: &Local,
+    ) -> OpResult<()> {
+        let Some(first) = first else {
+            return Err(("link", io::Error::other("the first link of this inode could not be copied")));
+        };
+        if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")? {
+            if dm.ino == first.dst_ino && dm.kind == Kind::File {
+                inc(&self.counts.files_skipped);
+                inc(&self.progress.files);
+                return Ok(());
+            }
+            self.clear_way(dst, name)?;
+        }
+        let root = self.roots.dsts[local.mount].as_fd();
+        sys::link_at(root, first.rel.as_bytes(), dst, name).op("link")?;
+        inc(&self.counts.hardlinks);
+        inc(&self.progress.files);
+        Ok(())
+    }
+
+    /// Writes the whole data of a regular file (holes kept) into a freshly truncated destination.
+    fn write_whole(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta, local: &mut Local) -> OpResult<()> {
+        if sm.looks_sparse() {
+            sys::set_len(dst.as_fd(), sm.size).op("set-size")?;
+        }
+        self.write_range(src, dst, sm, 0, sm.size, local)
+    }
+
+    /// Copies `[off, off+len)`; for sparse sources only the data regions, leaving holes.
+    fn write_range(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta, off: u64, len: u64, local: &mut Local) -> OpResult<()> {
+        let end = off + len;
+        let mut written = 0u64;
+        if sm.looks_sparse() {
+            let mut pos = off;
+            while pos < end {
+                let Some((start, stop)) = sys::next_data(src.as_fd(), pos).op("seek-data")? else { break };
+                if start >= end {
+                    break;
+                }
+                let stop = stop.min(end);
+                let n = sys::copy_range(src.as_fd(), dst.as_fd(), start, stop - start, &mut local.buf, &self.use_cfr)
+                    .op("write")?;
+                written += n;
+                if n < stop - start {
+                    return Err(("read", io::Error::other("the source file shrank while being copied")));
+                }
+                pos = stop;
+            }
+        } else {
+            written = sys::copy_range(src.as_fd(), dst.as_fd(), off, len, &mut local.buf, &self.use_cfr).op("write")?;
+            if written < len {
+                return Err(("read", io::Error::other("the source file shrank while being copied")));
+            }
+        }
+        self.counts.bytes_copied.fetch_add(written, Relaxed);
+        self.progress.bytes_written.fetch_add(written, Relaxed);
+        self.progress.bytes.fetch_add(len, Relaxed);
+        Ok(())
+    }
+
+    /// xattrs, owner, mode, then times last: once the mtime is set the file counts as done.
+    fn set_file_meta(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta) -> OpResult<()> {
+        if self.xattrs_ok.load(Relaxed) {
+            self.copy_xattrs(src, dst)?;
+        }
+        let p = &self.opts.preserve;
+        sys::set_meta_fd(dst.as_fd(), sm, self.owner, p.mode, p.times).op("set-metadata")
+    }
+
+    fn copy_xattrs(&self, src: &OwnedFd, dst: &OwnedFd) -> OpResult<()> {
+        let want = sys::user_xattrs(src.as_fd()).op("read-xattrs")?;
+        let have = sys::user_xattrs(dst.as_fd()).op("read-dest-xattrs")?;
+        for (k, _) in &have {
+            if !want.iter().any(|(w, _)| w == k) {
+                sys::remove_xattr(dst.as_fd(), k).op("remove-xattr")?;
+            }
+        }
+        for (k, v) in &want {
+            if have.iter().any(|(hk, hv)| hk == k && hv == v) {
+                continue;
+            }
+            match sys::set_xattr(dst.as_fd(), k, v) {
+                Ok(()) => {}
+                Err(e) if sys::errno(&e) == Some(rustix::io::Errno::OPNOTSUPP) => {
+                    // The destination (NFSv3, say) has no xattrs: say so once, then stop trying.
+                    if self.xattrs_ok.swap(false, Relaxed) {
+                        self.sink.record(ReportEntry {
+                            path: RelPath::root(),
+                            outcome: Outcome::Unsupported,
+                            op: "set-xattr".into(),
+                            error: Some(format!("the destination does not support extended attributes ({e}); they are not copied")),
+                            errno: e.raw_os_error(),
+                            mismatches: Vec::new(),
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(("set-xattr", e)),
+            }
+        }
+        Ok(())
+    }
+
+    // ---- verify --------------------------------------------------------------------------
+
+    fn found(&self, diffs: &[Mismatch]) {
+        if diffs.contains(&Mismatch::Missing) {
+            inc(&self.counts.missing);
+        } else {
+            inc(&self.counts.mismatched);
+        }
+        let mut k = self.counts.by_kind.lock().unwrap();
+        for d in diffs {
+            *k.entry(*d).or_default() += 1;
+        }
+    }
+
+    /// Records the outcome of a repair: the second look (`again`) decides.
+    fn settle(&self, path: RelPath, diffs: Vec<Mismatch>, again: io::Result<Vec<Mismatch>>) {
+        match again {
+            Ok(d) if d.is_empty() => {
+                inc(&self.counts.repaired);
+                self.sink.record(ReportEntry {
+                    path,
+                    outcome: Outcome::Repaired,
+                    op: "verify".into(),
+                    error: None,
+                    errno: None,
+                    mismatches: diffs,
+                });
+            }
+            Ok(still) => {
+                inc(&self.counts.errors);
+                inc(&self.progress.failed);
+                self.sink.record(ReportEntry {
+                    path,
+                    outcome: Outcome::Mismatched,
+                    op: "verify".into(),
+                    error: Some(format!("still different after a re-copy: {still:?}")),
+                    errno: None,
+                    mismatches: diffs,
+                });
+            }
+            Err(e) => self.fail(path, "repair", &e),
+        }
+    }
+
+    /// Differences in the metadata the options preserve (not content).
+    fn meta_diffs(&self, sm: &Meta, dm: &Meta) -> Vec<Mismatch> {
+        let p = &self.opts.preserve;
+        let mut d = Vec::new();
+        if sm.kind != dm.kind || (matches!(sm.kind, Kind::CharDev | Kind::BlockDev) && sm.rdev != dm.rdev) {
+            d.push(Mismatch::Type);
+            return d;
+        }
+        if sm.kind == Kind::File && sm.size != dm.size {
+            d.push(Mismatch::Size);
+        }
+        // Directory and symlink mtimes are checked too: a wrong one means their metadata pass did not run.
+        if p.times && sm.mtime != dm.mtime {
+            d.push(Mismatch::Mtime);
+        }
+        if p.mode && sm.kind != Kind::Symlink && sm.perm != dm.perm {
+            d.push(Mismatch::Mode);
+        }
+        if self.owner && (sm.uid, sm.gid) != (dm.uid, dm.gid) {
+            d.push(Mismatch::Owner);
+        }
+        d
+    }
+
+    /// All differences between a source entry and its destination. `first`: for a later link of
+    /// a multi-linked inode, where the first link went.
+    fn diffs(
+        &self,
+        dir: &DirNode,
+        name: &CStr,
+        sm: &Meta,
+        mode: VerifyMode,
+        first: Option<&FirstLink>,
+        local: &mut Local,
+    ) -> io::Result<(Vec<Mismatch>, Option<u64>)> {
+        let dst = dir.dst_fd(self.roots, local.mount)?;
+        let Some(dm) = sys::stat_at(dst, name)? else { return Ok((vec![Mismatch::Missing], None)) };
+        let mut d = self.meta_diffs(sm, &dm);
+        if d.contains(&Mismatch::Type) {
+            return Ok((d, Some(dm.ino)));
+        }
+        if sm.kind == Kind::Symlink && sys::read_link_at(dir.src.as_fd(), name)? != sys::read_link_at(dst, name)? {
+            d.push(Mismatch::LinkTarget);
+        }
+        if first.is_some_and(|f| f.dst_ino != dm.ino) {
+            d.push(Mismatch::HardLink);
+        }
+        if sm.kind == Kind::File && mode == VerifyMode::Checksum && !d.contains(&Mismatch::Size) && first.is_none() {
+            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)?;
+            let dfd = sys::open_read(dst, name)?;
+            if !same_content(&src, &dfd, sm.size, local)? {
+                d.push(Mismatch::Content);
+            }
+            if self.xattrs_ok.load(Relaxed) && sys::user_xattrs(src.as_fd())? != sys::user_xattrs(dfd.as_fd())? {
+                d.push(Mismatch::Xattrs);
+            }
+            self.progress.verified_bytes.fetch_add(sm.size, Relaxed);
+        }
+        Ok((d, Some(dm.ino)))
+    }
+
+    fn verify_entry(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, mode: VerifyMode, local: &mut Local) {
+        let rel = || dir.rel.join(name.to_bytes());
+        inc(&self.counts.checked);
+        inc(&self.progress.verified);
+        // Links of one inode: the first one met is checked (and repaired) in full and then
+        // published; the others wait for it and must be the same destination inode.
+        let group = (sm.kind == Kind::File && sm.nlink > 1 && self.opts.preserve.hardlinks).then(|| self.claim(sm));
+        let first = match &group {
+            Some((slot, false)) => match slot.wait() {
+                Some(f) => Some(f.clone()),
+                None => return self.fail(rel(), "verify", &io::Error::other("the first link of this inode could not be verified")),
+            },
+            _ => None,
+        };
+        let publish = |ino: Option<u64>| {
+            if let Some((slot, true)) = &group {
+                let _ = slot.set(ino.map(|dst_ino| FirstLink { rel: rel(), dst_ino }));
+            }
+        };
+        let (diffs, ino) = match self.diffs(dir, name, sm, mode, first.as_ref(), local) {
+            Ok(d) => d,
+            Err(e) => {
+                publish(None);
+                return self.fail(rel(), "verify", &e);
+            }
+        };
+        if diffs.is_empty() {
+            publish(ino);
+            inc(&self.counts.matched);
+            return;
+        }
+        self.found(&diffs);
+        let repaired = if let Some(f) = first {
+            dir.dst_fd(self.roots, local.mount).op("open-dest-dir").and_then(|dst| {
+                self.clear_way(dst, name)?;
+                self.link_to(dst, name, Some(f), local)
+            })
+        } else if sm.kind == Kind::File && sm.size > self.opts.split_threshold && diffs.iter().all(is_metadata) {
+            // Only metadata differs on a big file: fix it without re-sending the data.
+            (|| {
+                let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+                let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
+                self.set_file_meta(&src, &dfd, sm)
+            })()
+        } else {
+            self.copy_entry_now(dir, name, sm, local)
+        };
+        let group_first = group.as_ref().and_then(|(slot, first)| (!first).then_some(slot));
+        let first_again = group_first.and_then(|s| s.get().cloned().flatten());
+        let again = match repaired {
+            Ok(()) => self.diffs(dir, name, sm, mode, first_again.as_ref(), local),
+            Err((_, e)) => Err(e),
+        };
+        publish(again.as_ref().ok().and_then(|(_, ino)| *ino));
+        self.settle(rel(), diffs, again.map(|(d, _)| d));
+    }
+
+    /// A `Finalize` scope in the verify pass: a file written in ranges by several workers has
+    /// the source's size but not yet its mtime. Its contents are compared in full (whatever the
+    /// verify mode: nothing else proves every range was written) and, if equal, it gets its
+    /// metadata; then it is verified like any file.
+    fn finalize_verify(&self, dir: &Arc<DirNode>, name: &CStr, mode: VerifyMode, local: &mut Local) {
+        let mut run = || -> OpResult<Option<Meta>> {
+            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else { return Ok(None) };
+            let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+            if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
+                && sm.kind == Kind::File
+                && dm.kind == Kind::File
+                && dm.size == sm.size
+                && dm.mtime != sm.mtime
+            {
+                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+                let dfd = sys::open_read(dst, name).op("open-dest")?;
+                if same_content(&src, &dfd, sm.size, local).op("compare")? {
+                    let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
+                    self.set_file_meta(&src, &dfd, &sm)?;
+                }
+            }
+            Ok(Some(sm))
+        };
+        match run() {
+            Ok(Some(sm)) => self.verify_entry(dir, name, &sm, mode, local),
+            Ok(None) => {}
+            Err((op, e)) => self.fail(dir.rel.join(name.to_bytes()), op, &e),
+        }
+    }
+
+    /// A forced copy that completes before returning (no split), for repairs.
+    fn copy_entry_now(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local) -> OpResult<()> {
+        if sm.kind != Kind::File {
+            return self.copy_entry(dir, name, sm, local, true);
+        }
+        let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+        let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+        if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
+            && (dm.kind != Kind::File || (dm.nlink > 1 && sm.nlink == 1))
+        {
+            self.clear_way(dst, name)?;
+        }
+        let dfd = sys::open_dest_file(dst, name, true).op("open-dest")?;
+        self.write_whole(&src, &dfd, sm, local)?;
+        self.set_file_meta(&src, &dfd, sm)
+    }
+}
+
+fn is_metadata(m: &Mismatch) -> bool {
+    matches!(m, Mismatch::Mtime | Mismatch::Mode | Mismatch::Owner | Mismatch::Xattrs)
+}
+
+
+/// Reads both files in full and compares them.
+fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64, local: &mut Local) -> io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    local.buf.resize(CHUNK, 0);
+    local.buf2.resize(CHUNK, 0);
+    let mut off = 0u64;
+    loop {
+        let n = sys::pread_full(a.as_fd(), &mut local.buf, off)?;
+        let m = sys::pread_full(b.as_fd(), &mut local.buf2[..n.max(1).min(CHUNK)], off)?;
+        if n != m || local.buf[..n] != local.buf2[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(off == size);
+        }
+        off += n as u64;
+    }
+}
+
+impl DirNode {
+    fn new(
+        roots: &Roots,
+        parent: Option<Arc<DirNode>>,
+        rel: RelPath,
+        name: CString,
+        src: OwnedFd,
+        meta: Meta,
+        own_meta: bool,
+    ) -> Self {
+        let dst = (0..roots.dsts.len()).map(|_| OnceLock::new()).collect();
+        DirNode { parent, rel, name, src, meta, dst, own_meta }
+    }
+
+    /// This directory in the destination, through `mount`; opened on first use.
+    fn dst_fd(&self, roots: &Roots, mount: usize) -> io::Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.dst[mount].get() {
+            return Ok(fd.as_fd());
+        }
+        let fd = match &self.parent {
+            Some(p) => sys::open_dir_at(p.dst_fd(roots, mount)?, &self.name)?,
+            None => {
+                let mut fd = roots.dsts[mount].try_clone()?;
+                for c in self.rel.components() {
+                    fd = sys::open_dir_at(fd.as_fd(), &cstr(c))?;
+                }
+                fd
+            }
+        };
+        // Another thread may have raced us here; either descriptor is as good.
+        let _ = self.dst[mount].set(fd);
+        Ok(self.dst[mount].get().expect("just set").as_fd())
+    }
+}
+
