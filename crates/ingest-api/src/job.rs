@@ -1,0 +1,560 @@
+//! The `IngestJob` custom resource: what to copy where (spec) and what happened (status).
+//!
+//! Validation lives in the CRD schema (OpenAPI bounds + CEL `x-kubernetes-validations`), so the API server rejects
+//! a bad object with a message naming the field before the operator ever sees it. [`crate::validate`] repeats the
+//! same rules in Rust for paths that do not pass an API server (`vfxt-ingest run`, objects created before a CRD
+//! upgrade); a test keeps the two in agreement.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// CEL: an absolute path without a `..` segment. `[.]` instead of `\.` keeps the rule free of escapes in YAML.
+macro_rules! abs_path_rule {
+    ($field:literal) => {
+        Rule::new("self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message(concat!(
+            $field,
+            " must be an absolute path (start with '/') without a '..' segment"
+        ))
+    };
+}
+
+/// CEL: a relative path without a `..` segment.
+macro_rules! sub_path_rule {
+    ($field:literal) => {
+        Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message(concat!(
+            $field,
+            " must be a relative path (no leading '/') without a '..' segment"
+        ))
+    };
+}
+
+/// CEL fragment: `s` is an IP address, or a DNS-1123 subdomain that is not all digits and dots (so a typo such
+/// as `10.0.0.300` is rejected instead of being taken as a host name).
+macro_rules! host_expr {
+    ($var:literal) => {
+        concat!(
+            "isIP(",
+            $var,
+            ") || (",
+            $var,
+            ".matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && !",
+            $var,
+            ".matches('^[0-9.]+$'))"
+        )
+    };
+}
+
+/// One migration: copy `source` into `destination` through every destination server at once.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ingest.vfxt.dev",
+    version = "v1alpha1",
+    kind = "IngestJob",
+    plural = "ingestjobs",
+    shortname = "ij",
+    category = "vfxt",
+    namespaced,
+    status = "IngestJobStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress.percentText"}"#,
+    printcolumn = r#"{"name":"Files","type":"integer","jsonPath":".status.progress.files"}"#,
+    printcolumn = r#"{"name":"Bytes","type":"string","jsonPath":".status.progress.bytesText"}"#,
+    printcolumn = r#"{"name":"Verified","type":"integer","jsonPath":".status.verification.verified"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestJobSpec {
+    /// Where the files come from. Mounted read-only. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.source is immutable; create a new IngestJob to copy from another source"))]
+    pub source: Source,
+    /// The cluster the files go to, through each of its node addresses. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.destination is immutable; create a new IngestJob to copy elsewhere"))]
+    pub destination: Destination,
+    /// Number of copy pods running at once, spread round-robin over the destination servers.
+    /// Default: one per destination server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub workers: Option<u32>,
+    /// Copy threads in each worker pod (files in flight per pod).
+    #[serde(default = "default_threads")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub threads_per_worker: u32,
+    /// How the scan splits the tree into shards (units of work a pod copies and retries).
+    #[serde(default)]
+    pub shards: ShardSizing,
+    /// The checking pass after the copy.
+    #[serde(default)]
+    pub verify: Verify,
+    /// Which file attributes are carried over.
+    #[serde(default)]
+    pub preserve: Preserve,
+    /// What a failed file or shard does to the job.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Bump to request a new pass (scan, copy, verify). Files that already match are skipped, so a re-run costs
+    /// only the delta.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub run: i64,
+    /// Pod settings for the scan and worker pods.
+    #[serde(default)]
+    pub worker: WorkerTemplate,
+}
+
+fn default_threads() -> u32 {
+    16
+}
+
+/// Source tree: exactly one of `nfs` or `pvc`, plus an optional sub-directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.nfs) != has(self.pvc)").message("spec.source: set exactly one of nfs or pvc"))]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// An NFS export, mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NfsSource>,
+    /// An existing PersistentVolumeClaim in the IngestJob's namespace, mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcSource>,
+    /// Directory inside the source to copy (relative). Default: the whole source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = sub_path_rule!("spec.source.subPath"))]
+    pub sub_path: Option<String>,
+}
+
+/// An NFS export.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NfsSource {
+    /// Server IP address or DNS name.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(host_expr!("self")).message("spec.source.nfs.server must be an IP address or a DNS-1123 host name"))]
+    pub server: String,
+    /// Exported path (absolute).
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = abs_path_rule!("spec.source.nfs.path"))]
+    pub path: String,
+}
+
+/// A PersistentVolumeClaim.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// Claim name in the IngestJob's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+}
+
+/// Destination: one NFS export served at several addresses (the cache cluster's nodes).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// The export and the addresses that serve it.
+    pub nfs: DestinationNfs,
+    /// Directory under the export to copy into (relative). Default: the export root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = sub_path_rule!("spec.destination.subPath"))]
+    pub sub_path: Option<String>,
+}
+
+/// The destination export.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationNfs {
+    /// Addresses of the cluster nodes that serve the same export (IP addresses or DNS names), each used by its own
+    /// copy Job. Unique.
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new(concat!("self.all(s, ", host_expr!("s"), ")")).message("spec.destination.nfs.servers: every entry must be an IP address or a DNS-1123 host name"))]
+    pub servers: Vec<String>,
+    /// Exported path (absolute), the same on every server.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = abs_path_rule!("spec.destination.nfs.path"))]
+    pub path: String,
+    /// NFS mount options (for example `hard`, `nconnect=8`, `vers=3`). When given, each server is mounted through
+    /// a PersistentVolume + claim, because inline pod NFS volumes cannot carry options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub mount_options: Option<Vec<String>>,
+}
+
+/// Shard sizing. The planner balances files and bytes; these are targets, not exact counts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardSizing {
+    /// Number of shards to aim for. Default: chosen by the planner from the tree and the worker count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target: Option<u32>,
+    /// Upper bound on files per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_files: Option<u64>,
+    /// Upper bound on bytes per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<u64>,
+}
+
+/// The checking pass.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// How files are compared.
+    #[serde(default)]
+    pub mode: VerifyMode,
+}
+
+/// How the verify pass compares a destination file with its source.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerifyMode {
+    /// No verify pass.
+    None,
+    /// Size, modification time and mode.
+    #[default]
+    Metadata,
+    /// Full content checksum (reads both sides).
+    Checksum,
+}
+
+/// File attributes to carry over.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Preserve {
+    /// uid/gid (needs CAP_CHOWN in the worker pods).
+    #[serde(default = "yes")]
+    pub owner: bool,
+    /// Permission bits.
+    #[serde(default = "yes")]
+    pub mode: bool,
+    /// Modification and access times.
+    #[serde(default = "yes")]
+    pub times: bool,
+    /// Extended attributes.
+    #[serde(default)]
+    pub xattrs: bool,
+    /// Copy symlinks as symlinks (instead of following them).
+    #[serde(default = "yes")]
+    pub symlinks: bool,
+    /// Recreate hard links within a shard.
+    #[serde(default = "yes")]
+    pub hardlinks: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Preserve {
+    fn default() -> Self {
+        Preserve {
+            owner: true,
+            mode: true,
+            times: true,
+            xattrs: false,
+            symlinks: true,
+            hardlinks: true,
+        }
+    }
+}
+
+/// What failures do to the job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// `FailJob`: any file that still fails after the verify pass fails the job. `Continue`: the job succeeds
+    /// and lists the failures, unless more than `maxFailedFiles` failed.
+    #[serde(default)]
+    pub action: FailureAction,
+    /// With `Continue`: the number of failed files above which the job fails anyway. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_failed_files: Option<u64>,
+    /// Retries of a failed shard pod (Kubernetes `backoffLimitPerIndex`) before the shard counts as failed.
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 100))]
+    pub retries_per_shard: u32,
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        FailurePolicy {
+            action: FailureAction::default(),
+            max_failed_files: None,
+            retries_per_shard: default_retries(),
+        }
+    }
+}
+
+/// See [`FailurePolicy::action`].
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailureAction {
+    /// Fail the job on any failed file or shard.
+    FailJob,
+    /// Finish and report failures.
+    #[default]
+    Continue,
+}
+
+/// Settings of the pods the operator creates.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTemplate {
+    /// Image with the `vfxt-ingest` binary. Default: the operator's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Requests and limits of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node selector of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Service account of the worker pods. Default: one the operator creates, allowed only to patch the pods'
+    /// progress annotation and read the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Identity of the copy processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<WorkerSecurity>,
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when missing.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// Identity hints for the worker processes. Preserving owners needs uid 0 with CAP_CHOWN, the default; NFS
+/// exports with root squash need a uid that can read the source.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSecurity {
+    /// uid of the copy processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_user: Option<i64>,
+    /// gid of the copy processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub run_as_group: Option<i64>,
+    /// Extra groups (for group-readable sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplemental_groups: Option<Vec<i64>>,
+}
+
+/// What happened. Written only by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestJobStatus {
+    /// Where the current run is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `spec.run` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
+    /// Ready / Reconciling / Stalled (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// One line for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the scan found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
+    /// Copy progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Shards by state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCounts>,
+    /// Per destination server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerStatus>,
+    /// Verify pass counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationCounts>,
+    /// Number of files that failed (all of them, not only the ones listed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_files: u64,
+    /// The first failures (bounded, see [`MAX_LISTED_FAILURES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FileFailure>,
+    /// When the current run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the current run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// At most this many failures are listed in status, so the object stays small whatever happens.
+pub const MAX_LISTED_FAILURES: usize = 20;
+/// Failure reasons are cut to this many bytes in status.
+pub const MAX_FAILURE_REASON: usize = 256;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Phase of the current run.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum Phase {
+    /// Accepted, children not running yet.
+    Pending,
+    /// The scan pod walks the source.
+    Scanning,
+    /// Workers copy.
+    Copying,
+    /// Workers compare and repair.
+    Verifying,
+    /// Done; see `failures` for files that could not be copied under a `Continue` policy.
+    Succeeded,
+    /// Stopped; see conditions and `failures`.
+    Failed,
+}
+
+impl Phase {
+    /// True for Succeeded and Failed: nothing more happens until `spec.run` changes.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
+    /// The name used in YAML and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Scanning => "Scanning",
+            Phase::Copying => "Copying",
+            Phase::Verifying => "Verifying",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the scan found.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Regular files, symlinks and other non-directories.
+    pub files: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Bytes of regular files.
+    pub bytes: u64,
+}
+
+/// Copy progress of the current run.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Files done (copied or found already up to date).
+    pub files: u64,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Done share of the bytes (of files when the tree has no bytes), 0..=100.
+    pub percent: f64,
+    /// `percent` for humans (`42.0%`), the printer column.
+    pub percent_text: String,
+    /// `bytes` for humans (`1.5 TiB`), the printer column.
+    pub bytes_text: String,
+    /// Current aggregate rate.
+    pub bytes_per_second: u64,
+    /// Current aggregate rate.
+    pub files_per_second: u64,
+    /// Expected completion of the copy phase, when a rate is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<Time>,
+}
+
+/// Shards by state.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardCounts {
+    /// All shards of the plan.
+    pub total: u64,
+    /// Not started.
+    pub pending: u64,
+    /// A pod works on it.
+    pub running: u64,
+    /// Done.
+    pub succeeded: u64,
+    /// Failed after its retries.
+    pub failed: u64,
+}
+
+/// Progress through one destination server.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    /// The address from the spec.
+    pub server: String,
+    /// Worker pods assigned to it.
+    pub workers: u32,
+    /// Files done through it.
+    pub files: u64,
+    /// Bytes done through it.
+    pub bytes: u64,
+}
+
+/// Verify pass counts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationCounts {
+    /// Files compared.
+    pub checked: u64,
+    /// Equal on the first look.
+    pub matched: u64,
+    /// Missing at the destination (then re-copied: counted in `repaired` too when that worked).
+    pub missing: u64,
+    /// Different at the destination (then re-copied).
+    pub mismatched: u64,
+    /// Re-copied successfully.
+    pub repaired: u64,
+    /// Could not be compared or repaired.
+    pub errors: u64,
+    /// Known equal at the end: `matched + repaired` (the printer column).
+    pub verified: u64,
+}
+
+/// One failed file.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileFailure {
+    /// Path relative to the source root (lossless text form), or the shard for shard-level failures.
+    pub path: String,
+    /// What went wrong.
+    pub reason: String,
+}

@@ -1,0 +1,136 @@
+//! What scan and worker pods tell the operator. The pods write, the operator reads; these types are the whole
+//! contract (see `crates/ingest-operator/README.md`).
+//!
+//! - While running, a pod patches [`PodProgress`] as JSON into its own annotation
+//!   [`crate::constants::annotations::PROGRESS`] (at least every 10 s, at most every 2 s).
+//! - At exit, it writes [`PodResult`] as JSON to its termination message file (`/dev/termination-log`),
+//!   bounded by [`PodResult::to_termination_message`] to the kubelet's 4096-byte limit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{FileFailure, Totals, VerificationCounts};
+
+/// Kubernetes keeps at most this many bytes of a termination message.
+pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+
+/// Running counts of one pod, for its current shard (`JOB_COMPLETION_INDEX`) or for the scan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodProgress {
+    /// Files done so far (copied, or already up to date and skipped).
+    pub files: u64,
+    /// Bytes done so far.
+    pub bytes: u64,
+    /// Files that failed so far.
+    #[serde(default)]
+    pub failed: u64,
+    /// Scan only: directories walked so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub directories: u64,
+    /// Unix seconds of this sample; the operator derives rates from successive samples.
+    pub at: i64,
+}
+
+/// Final result of one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodResult {
+    /// Files done (copied or already up to date).
+    pub files: u64,
+    /// Bytes done.
+    pub bytes: u64,
+    /// Files that failed.
+    #[serde(default)]
+    pub failed: u64,
+    /// Verify pods: comparison counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationCounts>,
+    /// Scan pod: what the tree holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
+    /// Scan pod: number of shards in the stored plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u64>,
+    /// The first failures, as many as fit the termination message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FileFailure>,
+    /// Failures left out to fit the limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl PodResult {
+    /// JSON no longer than [`TERMINATION_MESSAGE_LIMIT`]: failures are dropped from the end (and counted in
+    /// `failuresOmitted`) and long reasons cut, so the counts always arrive even when the failure list does not.
+    pub fn to_termination_message(&self) -> String {
+        let mut r = self.clone();
+        for f in &mut r.failures {
+            truncate_utf8(&mut f.reason, crate::job::MAX_FAILURE_REASON);
+            truncate_utf8(&mut f.path, 1024);
+        }
+        loop {
+            let text = serde_json::to_string(&r).expect("PodResult serializes");
+            if text.len() <= TERMINATION_MESSAGE_LIMIT || r.failures.is_empty() {
+                return text;
+            }
+            // Halving keeps this O(log n) even for a result carrying thousands of failures.
+            let keep = r.failures.len() / 2;
+            r.failures_omitted += (r.failures.len() - keep) as u64;
+            r.failures.truncate(keep);
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_message_fits_limit_and_keeps_counts() {
+        let r = PodResult {
+            files: 10,
+            bytes: 20,
+            failed: 5000,
+            failures: (0..5000)
+                .map(|i| FileFailure {
+                    path: format!("dir/file-{i:05}"),
+                    reason: "EIO: ".repeat(100),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let msg = r.to_termination_message();
+        assert!(
+            msg.len() <= TERMINATION_MESSAGE_LIMIT,
+            "{} bytes",
+            msg.len()
+        );
+        let back: PodResult = serde_json::from_str(&msg).unwrap();
+        assert_eq!(back.failed, 5000);
+        assert!(!back.failures.is_empty());
+        assert_eq!(back.failures.len() as u64 + back.failures_omitted, 5000);
+        assert!(back.failures[0].reason.len() <= crate::job::MAX_FAILURE_REASON);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let mut s = "ééé".to_owned(); // 6 bytes
+        truncate_utf8(&mut s, 3);
+        assert_eq!(s, "é");
+    }
+}
