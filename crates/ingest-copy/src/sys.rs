@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Timespec, Timestamps};
@@ -161,6 +161,8 @@ pub fn list_dir(
     buf: &mut [MaybeUninit<u8>],
     mut out: impl FnMut(&CStr, Option<Kind>),
 ) -> io::Result<()> {
+    // Descriptors made by dup share their offset: a root listed once before must start over.
+    rustix::fs::seek(fd, rustix::fs::SeekFrom::Start(0)).map_err(to_io)?;
     let mut raw = RawDir::new(fd, buf);
     while let Some(entry) = raw.next() {
         let entry = entry.map_err(to_io)?;

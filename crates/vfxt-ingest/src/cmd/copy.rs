@@ -1,0 +1,167 @@
+//! `vfxt-ingest copy SRC DEST [DEST...]`: the engine on one machine, no plan, no cluster.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::ValueEnum;
+use ingest_copy::{CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope, Summary, Tee, VerifyMode};
+
+use crate::Outcome;
+use crate::progress_view::{self, bytes};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Verify {
+    /// No verify pass.
+    None,
+    /// Type, size, mtime, mode, owner and link targets.
+    Metadata,
+    /// Metadata, and both sides' contents read in full and compared.
+    Checksum,
+}
+
+impl From<Verify> for VerifyMode {
+    fn from(v: Verify) -> VerifyMode {
+        match v {
+            Verify::None => VerifyMode::None,
+            Verify::Metadata => VerifyMode::Metadata,
+            Verify::Checksum => VerifyMode::Checksum,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The directory whose contents are copied (never modified).
+    #[arg(value_name = "SRC")]
+    pub source: PathBuf,
+    /// The destination: one or more mounts of the same export through different cluster IPs.
+    #[arg(value_name = "DEST", required = true)]
+    pub destinations: Vec<PathBuf>,
+    /// Copy threads in all, dealt round robin over the DESTs.
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// How the destination is checked after the copy (differences are re-copied and checked again).
+    #[arg(long, value_enum, default_value_t = Verify::Metadata)]
+    pub verify: Verify,
+    /// Write every failed, skipped or repaired path as JSON Lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not copy owners (the default when not running as root, where it is not possible).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Do not copy user extended attributes.
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Files larger than this many bytes are split into ranges of this size across threads.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    pub split_threshold: u64,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> Outcome {
+    let mut opts = Options { threads: args.threads, verify: args.verify.into(), ..Options::default() };
+    opts.preserve.owner = !args.no_owner;
+    opts.preserve.xattrs = !args.no_xattrs;
+    opts.split_threshold = args.split_threshold;
+    let job = CopyJob {
+        source: args.source.clone(),
+        destinations: args.destinations.clone(),
+        scopes: vec![Scope::Tree(ingest_copy::RelPath::root())],
+    };
+    let report = match args.report.as_ref().map(File::create).transpose() {
+        Ok(f) => f.map(|f| JsonLines::new(BufWriter::new(f))),
+        Err(e) => {
+            eprintln!("error: --report {}: cannot be created ({e})", args.report.as_ref().unwrap().display());
+            return Outcome::UnusableInput;
+        }
+    };
+    let first = FirstN::new(20);
+    let mut sinks: Vec<&dyn ReportSink> = vec![&first];
+    if let Some(r) = &report {
+        sinks.push(r);
+    }
+    let sink = Tee(sinks);
+    let progress = Progress::default();
+    let stop = AtomicBool::new(false);
+    let result = std::thread::scope(|s| {
+        if !args.quiet {
+            s.spawn(|| progress_view::report_until(&stop, "copy", None, || progress.snapshot()));
+        }
+        let r = ingest_copy::run(&job, &opts, &progress, &sink);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    if let Some(r) = report
+        && let Err(e) = r.into_inner().flush()
+    {
+        eprintln!("warning: --report: could not be written completely ({e})");
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    let (entries, total) = first.take();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+    } else {
+        print_summary(&summary);
+        for e in &entries {
+            if e.outcome != ingest_copy::Outcome::Repaired {
+                let err = e.error.as_deref().unwrap_or("");
+                eprintln!("  {:?} {} ({}): {err}", e.outcome, e.path, e.op);
+            }
+        }
+        if total > entries.len() as u64 {
+            eprintln!("  … and {} more (use --report FILE for all)", total - entries.len() as u64);
+        }
+    }
+    if summary.is_success() { Outcome::Success } else { Outcome::PartialFailure }
+}
+
+pub fn print_summary(s: &Summary) {
+    let c = &s.copy;
+    let secs = s.elapsed_seconds.max(1e-3);
+    println!(
+        "copied {} files ({}), skipped {} already up to date, {} directories created, {} symlinks, {} hard links, {} special files",
+        c.files_copied,
+        bytes(c.bytes_copied),
+        c.files_skipped,
+        c.directories,
+        c.symlinks,
+        c.hardlinks,
+        c.specials
+    );
+    if c.failed > 0 || c.unsupported > 0 {
+        println!("FAILED: {} entries, not copied by design: {} (see the report)", c.failed, c.unsupported);
+    }
+    if let Some(v) = &s.verify {
+        let kinds: Vec<String> = v.by_kind.iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+        println!(
+            "verified {} entries: {} matched, {} missing, {} mismatched{}, {} repaired, {} errors — {}",
+            v.checked,
+            v.matched,
+            v.missing,
+            v.mismatched,
+            if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
+            v.repaired,
+            v.errors,
+            if v.is_clean() { "destination identical" } else { "DESTINATION DIFFERS" }
+        );
+    }
+    println!(
+        "{:.2} s, {} files/s, {}/s",
+        s.elapsed_seconds,
+        ((c.files_copied + c.files_skipped) as f64 / secs).round() as u64,
+        bytes((c.bytes_copied as f64 / secs) as u64)
+    );
+}

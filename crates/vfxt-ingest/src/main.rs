@@ -1,0 +1,50 @@
+//! `vfxt-ingest`: one binary, several roles (see `--help`).
+//!
+//! Exit codes, for every subcommand: 0 success; 1 finished, but some entries failed (the report
+//! lists each); 2 unusable input (the message names the argument or field).
+
+mod cmd;
+mod progress_view;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vfxt-ingest", version, about = "Parallel ingest into multi-node NFS cache clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy SRC into one export reached through one or more mounts (DEST...), then verify.
+    Copy(cmd::copy::Args),
+}
+
+/// The three outcomes a run can have; each maps to one exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    PartialFailure,
+    UnusableInput,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        ExitCode::from(match o {
+            Outcome::Success => 0,
+            Outcome::PartialFailure => 1,
+            Outcome::UnusableInput => 2,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Copy(args) => cmd::copy::run(args),
+    };
+    outcome.into()
+}
