@@ -1,0 +1,79 @@
+//! The one mapping from plan scopes to the copy engine's scopes.
+//!
+//! The cluster (and `run`) copies every shard first, then verifies every shard. A file cut into
+//! byte ranges is written by several shards; its metadata is set, and the whole file checked, by
+//! a `Finalize` in the verify phase of the shard holding its first range, when all ranges are done.
+
+use ingest_copy::{MultiLinked, Options, Scope};
+
+use crate::format::{Shard, ShardScope};
+
+/// Which pass a shard is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Copy,
+    Verify,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Copy => "copy",
+            Phase::Verify => "verify",
+        }
+    }
+}
+
+/// The engine scopes of one shard in one phase (may be empty: later ranges of a split file have
+/// nothing to verify on their own).
+pub fn engine_scopes(shard: &Shard, phase: Phase) -> Vec<Scope> {
+    shard
+        .scopes
+        .iter()
+        .filter_map(|s| engine_scope(s, phase))
+        .collect()
+}
+
+fn engine_scope(s: &ShardScope, phase: Phase) -> Option<Scope> {
+    Some(match (s, phase) {
+        (ShardScope::Tree { dir }, _) => Scope::Tree(dir.clone()),
+        (
+            ShardScope::Entries {
+                dir,
+                from,
+                to,
+                subtrees,
+            },
+            _,
+        ) => Scope::Entries {
+            dir: dir.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            subtrees: *subtrees,
+        },
+        (ShardScope::FileRange { file, offset, len }, Phase::Copy) => Scope::FileRange {
+            file: file.clone(),
+            offset: *offset,
+            len: *len,
+        },
+        (
+            ShardScope::FileRange {
+                file, offset: 0, ..
+            },
+            Phase::Verify,
+        ) => Scope::Finalize(file.clone()),
+        (ShardScope::FileRange { .. }, Phase::Verify) => return None,
+        (ShardScope::LinkGroup { paths }, _) => Scope::LinkGroup(paths.clone()),
+    })
+}
+
+/// Engine options for running plan shards: files with several links are in `LinkGroup` scopes,
+/// so trees and ranges must leave them alone.
+pub fn engine_options(mut base: Options, phase: Phase) -> Options {
+    base.multilinked = MultiLinked::Elsewhere;
+    base.passes = match phase {
+        Phase::Copy => ingest_copy::Passes::CopyOnly,
+        Phase::Verify => ingest_copy::Passes::VerifyOnly,
+    };
+    base
+}

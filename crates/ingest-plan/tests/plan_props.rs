@@ -1,0 +1,167 @@
+//! Property tests over random trees: coverage, link groups, determinism, thread independence.
+
+mod common;
+
+use ingest_plan::format::{CostModel, Plan, ShardScope};
+use ingest_plan::planner::{PlanOptions, plan};
+use ingest_plan::scan::{ScanOptions, scan};
+
+fn scan_opts(threads: usize) -> ScanOptions {
+    // Low thresholds, so that small trees exercise sampled name ranges and split files.
+    ScanOptions {
+        threads,
+        sample_threshold: 6,
+        samples: 5,
+        big_file_min: 4 << 20,
+        max_errors: 10,
+    }
+}
+
+fn plan_opts(shards: u32, workers: u32) -> PlanOptions {
+    PlanOptions {
+        shards,
+        workers,
+        servers: vec!["a".into(), "b".into(), "c".into()],
+        // Bytes matter: a 64 MiB file costs as much as ~500 entries.
+        cost: CostModel {
+            seconds_per_entry: 0.001,
+            bytes_per_second: 128e6,
+        },
+        split_factor: 2.0,
+        range_align: 1 << 20,
+    }
+}
+
+#[test]
+fn random_trees_every_file_in_one_shard_links_together_and_deterministic() {
+    // Kinds of scopes seen over all cases: the trees must exercise every kind.
+    let (mut ranged, mut pieces, mut groups) = (0, 0, 0);
+    for seed in 1..=24u64 {
+        let dir = tempfile::tempdir().unwrap();
+        common::random_tree(dir.path(), seed, 300);
+        let s1 = scan(dir.path(), &scan_opts(1)).unwrap();
+        let s4 = scan(dir.path(), &scan_opts(4)).unwrap();
+        assert_eq!(s1, s4, "seed {seed}: scans with 1 and 4 threads differ");
+        for k in [1u32, 3, 8, 40] {
+            let p = plan(&s1, &plan_opts(k, 1 + (seed % 5) as u32)).unwrap();
+            common::check_coverage(&p, dir.path());
+            let again = plan(&s4, &plan_opts(k, 1 + (seed % 5) as u32)).unwrap();
+            assert_eq!(
+                p.to_json(),
+                again.to_json(),
+                "seed {seed} k {k}: plan not deterministic"
+            );
+            // Estimated files add up to the total: nothing is counted twice or lost.
+            assert_eq!(
+                p.shards.iter().map(|s| s.files).sum::<u64>(),
+                p.totals.files,
+                "seed {seed} k {k}"
+            );
+            assert_eq!(
+                p.shards.iter().map(|s| s.bytes).sum::<u64>(),
+                p.totals.bytes,
+                "seed {seed} k {k}"
+            );
+            assert!(
+                p.shards.windows(2).all(|w| w[0].cost >= w[1].cost),
+                "seed {seed}: shards not largest first"
+            );
+            assert!(
+                p.shards
+                    .iter()
+                    .all(|s| s.worker < p.workers && s.server == s.worker % 3)
+            );
+            for sc in p.shards.iter().flat_map(|s| &s.scopes) {
+                match sc {
+                    ShardScope::Entries { from: Some(_), .. } => ranged += 1,
+                    ShardScope::FileRange { .. } => pieces += 1,
+                    ShardScope::LinkGroup { .. } => groups += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(
+        ranged > 0 && pieces > 0 && groups > 0,
+        "ranges {ranged} pieces {pieces} groups {groups}"
+    );
+}
+
+#[test]
+fn scan_counts_match_an_independent_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_tree(dir.path(), 99, 500);
+    let s = scan(dir.path(), &scan_opts(3)).unwrap();
+    let (files, dirs) = common::walk(dir.path());
+    let root = s.root().tree;
+    assert_eq!(root.files, files.len() as u64);
+    assert_eq!(root.bytes, files.iter().map(|f| f.size).sum::<u64>());
+    assert_eq!(root.dirs, dirs.len() as u64);
+    assert_eq!(s.dirs.len(), dirs.len());
+    assert_eq!(s.histogram.iter().sum::<u64>(), files.len() as u64);
+    assert_eq!(s.links.len(), files.iter().filter(|f| f.nlink > 1).count());
+    assert_eq!(s.error_count, 0);
+}
+
+#[test]
+fn big_flat_directory_is_cut_into_name_ranges_and_big_files_into_byte_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..400 {
+        std::fs::write(dir.path().join(format!("n{i:04}")), b"x").unwrap();
+    }
+    let big = std::fs::File::create(dir.path().join("n0200-big")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    let opts = ScanOptions {
+        sample_threshold: 100,
+        samples: 64,
+        ..scan_opts(2)
+    };
+    let s = scan(dir.path(), &opts).unwrap();
+    assert_eq!(s.root().samples.len(), 64);
+    let p = plan(&s, &plan_opts(10, 2)).unwrap();
+    common::check_coverage(&p, dir.path());
+    let scopes: Vec<&ShardScope> = p.shards.iter().flat_map(|s| &s.scopes).collect();
+    let ranges = scopes
+        .iter()
+        .filter(|s| matches!(s, ShardScope::Entries { from: Some(_), .. }))
+        .count();
+    let pieces = scopes
+        .iter()
+        .filter(|s| matches!(s, ShardScope::FileRange { .. }))
+        .count();
+    assert!(
+        ranges >= 3,
+        "expected the flat directory cut into several name ranges: {scopes:?}"
+    );
+    assert!(
+        pieces >= 2,
+        "expected the big file cut into byte ranges: {scopes:?}"
+    );
+    assert!(
+        p.prediction.imbalance < 1.5,
+        "imbalance {}",
+        p.prediction.imbalance
+    );
+}
+
+#[test]
+fn zero_shards_or_workers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = scan(dir.path(), &scan_opts(1)).unwrap();
+    assert_eq!(
+        plan(&s, &plan_opts(0, 1)).unwrap_err().to_string(),
+        "shards must be at least 1 (got 0)"
+    );
+    assert_eq!(
+        plan(&s, &plan_opts(1, 0)).unwrap_err().to_string(),
+        "workers must be at least 1 (got 0)"
+    );
+    let p = plan(&s, &plan_opts(5, 2)).unwrap();
+    assert_eq!(
+        p.shards.len(),
+        1,
+        "an empty tree is one shard: {:?}",
+        p.shards
+    );
+    assert_eq!(Plan::from_json(&p.to_json()).unwrap(), p);
+}
