@@ -535,19 +535,38 @@ impl<'a> Walk<'a> {
 
     /// Sets (copy pass) or checks and repairs (verify pass) a finished directory's metadata.
     fn finish_dir(&self, node: &DirNode) {
-        let Some(fd) = node.dst.iter().find_map(|d| d.get()) else { return };
+        // An empty directory was never opened on the destination: open it now, on any mount.
+        let fd = match node.dst.iter().find_map(|d| d.get()) {
+            Some(fd) => fd.as_fd(),
+            None => match node.dst_fd(self.roots, 0) {
+                Ok(fd) => fd,
+                Err(e) => return self.fail(node.rel.clone(), "open-dest-dir", &e),
+            },
+        };
         let p = &self.opts.preserve;
-        let set = || sys::set_meta_fd(fd.as_fd(), &node.meta, self.owner, p.mode, p.times);
+        let set = || -> io::Result<()> {
+            if self.xattrs_ok.load(Relaxed) {
+                self.copy_xattrs(node.src.as_fd(), fd).map_err(|(_, e)| e)?;
+            }
+            sys::set_meta_fd(fd, &node.meta, self.owner, p.mode, p.times)
+        };
         match self.pass {
             Pass::Copy => {
                 if let Err(e) = set() {
                     self.fail(node.rel.clone(), "set-dir-metadata", &e);
                 }
             }
-            Pass::Verify(_) => {
+            Pass::Verify(mode) => {
                 let check = || -> io::Result<Vec<Mismatch>> {
-                    let dm = sys::fstat(fd.as_fd())?;
-                    Ok(self.meta_diffs(&node.meta, &dm))
+                    let dm = sys::fstat(fd)?;
+                    let mut d = self.meta_diffs(&node.meta, &dm);
+                    if mode == VerifyMode::Checksum
+                        && self.xattrs_ok.load(Relaxed)
+                        && sys::user_xattrs(node.src.as_fd())? != sys::user_xattrs(fd)?
+                    {
+                        d.push(Mismatch::Xattrs);
+                    }
+                    Ok(d)
                 };
                 inc(&self.counts.checked);
                 inc(&self.progress.verified);
@@ -921,25 +940,25 @@ impl<'a> Walk<'a> {
     /// xattrs, owner, mode, then times last: once the mtime is set the file counts as done.
     fn set_file_meta(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta) -> OpResult<()> {
         if self.xattrs_ok.load(Relaxed) {
-            self.copy_xattrs(src, dst)?;
+            self.copy_xattrs(src.as_fd(), dst.as_fd())?;
         }
         let p = &self.opts.preserve;
         sys::set_meta_fd(dst.as_fd(), sm, self.owner, p.mode, p.times).op("set-metadata")
     }
 
-    fn copy_xattrs(&self, src: &OwnedFd, dst: &OwnedFd) -> OpResult<()> {
-        let want = sys::user_xattrs(src.as_fd()).op("read-xattrs")?;
-        let have = sys::user_xattrs(dst.as_fd()).op("read-dest-xattrs")?;
+    fn copy_xattrs(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> OpResult<()> {
+        let want = sys::user_xattrs(src).op("read-xattrs")?;
+        let have = sys::user_xattrs(dst).op("read-dest-xattrs")?;
         for (k, _) in &have {
             if !want.iter().any(|(w, _)| w == k) {
-                sys::remove_xattr(dst.as_fd(), k).op("remove-xattr")?;
+                sys::remove_xattr(dst, k).op("remove-xattr")?;
             }
         }
         for (k, v) in &want {
             if have.iter().any(|(hk, hv)| hk == k && hv == v) {
                 continue;
             }
-            match sys::set_xattr(dst.as_fd(), k, v) {
+            match sys::set_xattr(dst, k, v) {
                 Ok(()) => {}
                 Err(e) if sys::errno(&e) == Some(rustix::io::Errno::OPNOTSUPP) => {
                     // The destination (NFSv3, say) has no xattrs: say so once, then stop trying.
