@@ -1,0 +1,378 @@
+//! Desired children (pure): from the IngestJob and its stage, every object the operator wants to exist, fully
+//! specified for server-side apply. Objects of earlier stages stay in the set, so applying is idempotent and
+//! never removes a running Job.
+
+use std::collections::BTreeMap;
+
+use ingest_api::constants::{BINARY, annotations, labels};
+use ingest_api::{IngestJob, VerifyMode};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, NFSVolumeSource, ObjectFieldSelector, ObjectReference,
+    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PersistentVolumeSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::error::{Error, Result};
+use crate::names;
+use crate::pod::env;
+use crate::stage::{Layout, Stage};
+
+/// Label on cluster-scoped PersistentVolumes naming the IngestJob's namespace (they cannot have an owner
+/// reference to a namespaced object, so the finalizer finds them by labels).
+pub const NAMESPACE_LABEL: &str = "ingest.vfxt.dev/namespace";
+/// Where the source is mounted in every pod (read-only).
+pub const SOURCE_MOUNT: &str = "/ingest/source";
+/// Where the destination server's export is mounted in worker pods.
+pub const DEST_MOUNT: &str = "/ingest/dest";
+
+/// Operator-wide settings that shape children.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image for pods when the spec names none (the operator's own image).
+    pub default_image: String,
+}
+
+/// One object to apply.
+#[derive(Clone, Debug)]
+pub enum Child {
+    /// Identity of the pods.
+    ServiceAccount(ServiceAccount),
+    /// What the pods may do (store the plan, report progress).
+    Role(Role),
+    /// Binds the Role to the service account.
+    RoleBinding(RoleBinding),
+    /// NFS volume with mount options for one destination server (cluster-scoped).
+    Volume(PersistentVolume),
+    /// Claim bound to that volume.
+    Claim(PersistentVolumeClaim),
+    /// The scan Job, or a copy/verify Job for one server.
+    Job(Job),
+}
+
+impl Child {
+    /// Kind and name, for logs and errors.
+    pub fn describe(&self) -> String {
+        let (kind, meta) = match self {
+            Child::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
+            Child::Role(o) => ("Role", &o.metadata),
+            Child::RoleBinding(o) => ("RoleBinding", &o.metadata),
+            Child::Volume(o) => ("PersistentVolume", &o.metadata),
+            Child::Claim(o) => ("PersistentVolumeClaim", &o.metadata),
+            Child::Job(o) => ("Job", &o.metadata),
+        };
+        format!("{kind}/{}", meta.name.as_deref().unwrap_or("?"))
+    }
+
+    /// Serialized size in bytes (the API server's limit is about 1.5 MiB; etcd's 1 MiB per object is ours).
+    pub fn encoded_len(&self) -> usize {
+        let v = match self {
+            Child::ServiceAccount(o) => serde_json::to_vec(o),
+            Child::Role(o) => serde_json::to_vec(o),
+            Child::RoleBinding(o) => serde_json::to_vec(o),
+            Child::Volume(o) => serde_json::to_vec(o),
+            Child::Claim(o) => serde_json::to_vec(o),
+            Child::Job(o) => serde_json::to_vec(o),
+        };
+        v.map(|b| b.len()).unwrap_or(usize::MAX)
+    }
+}
+
+/// All children the IngestJob should have in `stage`.
+pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec<Child>> {
+    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let owner = ij.controller_owner_ref(&()).ok_or(Error::MissingField("IngestJob has no uid yet"))?;
+    let meta = |name: String, role: &str, run: Option<i64>| ObjectMeta {
+        name: Some(name),
+        namespace: Some(ns.clone()),
+        labels: Some(names::child_labels(ij, role, run)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+
+    if ij.spec.worker.service_account_name.is_none() {
+        let id = names::pod_identity(ij);
+        out.push(Child::ServiceAccount(ServiceAccount { metadata: meta(id.clone(), "identity", None), ..Default::default() }));
+        out.push(Child::Role(Role {
+            metadata: meta(id.clone(), "identity", None),
+            rules: Some(vec![
+                // The scan pod stores the plan; workers read it. Create cannot be limited by name in RBAC.
+                rule("", "configmaps", &["get", "create", "patch"]),
+                // Each pod patches its own progress annotation.
+                rule("", "pods", &["get", "patch"]),
+            ]),
+        }));
+        out.push(Child::RoleBinding(RoleBinding {
+            metadata: meta(id.clone(), "identity", None),
+            role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: id.clone() },
+            subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: id, namespace: Some(ns.clone()), ..Default::default() }]),
+        }));
+    }
+
+    let run = ij.spec.run;
+    let retries = ij.spec.failure_policy.retries_per_shard as i32;
+    let scan_args = scan_args(ij);
+    out.push(Child::Job(Job {
+        metadata: meta(names::scan_job(ij, run), labels::ROLE_SCAN, Some(run)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(retries),
+            completions: Some(1),
+            parallelism: Some(1),
+            template: pod_template(ij, labels::ROLE_SCAN, scan_args, Vec::new(), None, settings),
+            ..Default::default()
+        }),
+        status: None,
+    }));
+
+    let layout: Option<&Layout> = match stage {
+        Stage::Scan | Stage::ScanFailed(_) => None,
+        Stage::Copy(_, l) | Stage::Verify(_, l) | Stage::Done { layout: l, .. } => Some(l),
+    };
+    let Some(layout) = layout else { return Ok(out) };
+
+    let mount_options = ij.spec.destination.nfs.mount_options.as_ref().filter(|o| !o.is_empty());
+    if let Some(opts) = mount_options {
+        for slot in &layout.slots {
+            let (pv, pvc) = destination_volume(ij, &ns, slot.index, &slot.server, opts, meta(names::dest_claim(ij, slot.index), labels::ROLE_VOLUME, None));
+            out.push(Child::Volume(pv));
+            out.push(Child::Claim(pvc));
+        }
+    }
+
+    for role in stage.roles().iter().filter(|r| **r != labels::ROLE_SCAN) {
+        if *role == labels::ROLE_VERIFY && ij.spec.verify.mode == VerifyMode::None {
+            continue;
+        }
+        for slot in &layout.slots {
+            let mut m = meta(names::worker_job(ij, run, role, slot.index), role, Some(run));
+            m.labels.get_or_insert_default().insert(labels::SERVER_INDEX.into(), slot.index.to_string());
+            m.annotations = Some(BTreeMap::from([(annotations::SERVER.to_owned(), slot.server.clone())]));
+            let shard_env = vec![plain_env(env::SHARD_OFFSET, slot.index.to_string()), plain_env(env::SHARD_STRIDE, layout.stride.to_string())];
+            let mut template = pod_template(ij, role, worker_args(ij, role), shard_env, Some((slot.index, &slot.server)), settings);
+            let tl = template.metadata.get_or_insert_default();
+            tl.labels.get_or_insert_default().insert(labels::SERVER_INDEX.into(), slot.index.to_string());
+            tl.annotations = Some(BTreeMap::from([(annotations::SERVER.to_owned(), slot.server.clone())]));
+            out.push(Child::Job(Job {
+                metadata: m,
+                spec: Some(JobSpec {
+                    completion_mode: Some("Indexed".into()),
+                    completions: Some(i32::try_from(slot.shards).unwrap_or(i32::MAX)),
+                    parallelism: Some(slot.workers as i32),
+                    backoff_limit_per_index: Some(retries),
+                    // FailJob: stop the server's Job at the first shard that exhausts its retries.
+                    max_failed_indexes: (ij.spec.failure_policy.action == ingest_api::FailureAction::FailJob).then_some(0),
+                    // Never two pods on one shard: a replacement starts only after the old pod is gone.
+                    pod_replacement_policy: Some("Failed".into()),
+                    template,
+                    ..Default::default()
+                }),
+                status: None,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(vec![resource.into()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn plain_env(name: &str, value: String) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value), ..Default::default() }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn join(root: &str, sub: Option<&str>) -> String {
+    match sub.map(|s| s.trim_matches('/')).filter(|s| !s.is_empty()) {
+        Some(s) => format!("{root}/{s}"),
+        None => root.to_owned(),
+    }
+}
+
+fn scan_args(ij: &IngestJob) -> Vec<String> {
+    let s = &ij.spec;
+    let mut a = vec!["scan".to_owned(), "--cluster".into(), join(SOURCE_MOUNT, s.source.sub_path.as_deref()), "--threads".into(), s.threads_per_worker.to_string()];
+    for (flag, v) in [("--shards", s.shards.target.map(u64::from)), ("--max-files", s.shards.max_files), ("--max-bytes", s.shards.max_bytes)] {
+        if let Some(v) = v {
+            a.extend([flag.to_owned(), v.to_string()]);
+        }
+    }
+    a
+}
+
+fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
+    let s = &ij.spec;
+    let p = &s.preserve;
+    let preserve: Vec<&str> = [("owner", p.owner), ("mode", p.mode), ("times", p.times), ("xattrs", p.xattrs), ("symlinks", p.symlinks), ("hardlinks", p.hardlinks)]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+    let verify = match s.verify.mode {
+        VerifyMode::None => "none",
+        VerifyMode::Metadata => "metadata",
+        VerifyMode::Checksum => "checksum",
+    };
+    vec![
+        "worker".to_owned(),
+        "--cluster".into(),
+        "--mode".into(),
+        role.into(),
+        "--source".into(),
+        join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
+        "--dest".into(),
+        join(DEST_MOUNT, s.destination.sub_path.as_deref()),
+        "--threads".into(),
+        s.threads_per_worker.to_string(),
+        "--verify".into(),
+        verify.into(),
+        "--preserve".into(),
+        if preserve.is_empty() { "none".into() } else { preserve.join(",") },
+    ]
+}
+
+/// The pod template shared by scan, copy and verify Jobs. `dest`: destination server (index, address) for
+/// workers; the scan mounts only the source.
+fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<EnvVar>, dest: Option<(usize, &str)>, settings: &Settings) -> PodTemplateSpec {
+    let s = &ij.spec;
+    let w = &s.worker;
+    let run = s.run;
+    let mut volumes = vec![Volume {
+        name: "source".into(),
+        nfs: s.source.nfs.as_ref().map(|n| NFSVolumeSource { server: n.server.clone(), path: n.path.clone(), read_only: Some(true) }),
+        persistent_volume_claim: s.source.pvc.as_ref().map(|p| PersistentVolumeClaimVolumeSource { claim_name: p.claim_name.clone(), read_only: Some(true) }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount { name: "source".into(), mount_path: SOURCE_MOUNT.into(), read_only: Some(true), ..Default::default() }];
+    if let Some((index, server)) = dest {
+        let with_options = s.destination.nfs.mount_options.as_ref().is_some_and(|o| !o.is_empty());
+        volumes.push(Volume {
+            name: "dest".into(),
+            nfs: (!with_options).then(|| NFSVolumeSource { server: server.to_owned(), path: s.destination.nfs.path.clone(), read_only: Some(false) }),
+            persistent_volume_claim: with_options.then(|| PersistentVolumeClaimVolumeSource { claim_name: names::dest_claim(ij, index), read_only: Some(false) }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount { name: "dest".into(), mount_path: DEST_MOUNT.into(), ..Default::default() });
+    }
+    let mut env = vec![
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        plain_env(env::JOB_NAME, ij.name_any()),
+        plain_env(env::JOB_UID, ij.uid().unwrap_or_default()),
+        plain_env(env::RUN, run.to_string()),
+        plain_env(env::PLAN_PREFIX, names::plan_prefix(ij, run)),
+    ];
+    env.extend(extra_env);
+    let sc = w.security_context.clone().unwrap_or_default();
+    let uid = sc.run_as_user.unwrap_or(0);
+    // Root is needed to read every source file and to set owners; give it only the capabilities that needs.
+    let caps = if uid == 0 {
+        let mut c = vec!["DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "FSETID"];
+        if s.preserve.owner {
+            c.push("CHOWN");
+        }
+        c.into_iter().map(String::from).collect()
+    } else {
+        Vec::new()
+    };
+    let container = Container {
+        name: role.into(),
+        image: Some(w.image.clone().unwrap_or_else(|| settings.default_image.clone())),
+        image_pull_policy: w.image_pull_policy.map(|p| format!("{p:?}")),
+        command: Some(vec![BINARY.into()]),
+        args: Some(args),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        resources: Some(w.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(uid),
+            run_as_group: Some(sc.run_as_group.unwrap_or(uid)),
+            run_as_non_root: Some(uid != 0),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: Some(caps).filter(|c| !c.is_empty()) }),
+            ..Default::default()
+        }),
+        // A crash before the result is written still leaves the log tail for the operator's failure message.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(names::child_labels(ij, role, Some(run))), ..Default::default() }),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            service_account_name: Some(w.service_account_name.clone().unwrap_or_else(|| names::pod_identity(ij))),
+            node_selector: w.node_selector.clone(),
+            tolerations: w.tolerations.clone(),
+            security_context: Some(PodSecurityContext {
+                supplemental_groups: sc.supplemental_groups.clone(),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), Quantity("1".into())), ("memory".into(), Quantity("1Gi".into()))])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("4Gi".into()))])),
+        ..Default::default()
+    }
+}
+
+/// A PV (with the mount options) pre-bound to a PVC for one destination server. The PV keeps `Retain`: deleting
+/// it never touches copied data.
+fn destination_volume(ij: &IngestJob, ns: &str, index: usize, server: &str, opts: &[String], claim_meta: ObjectMeta) -> (PersistentVolume, PersistentVolumeClaim) {
+    let pv_name = names::dest_volume(ij, index);
+    let claim_name = claim_meta.name.clone().unwrap_or_default();
+    let mut pv_labels = names::child_labels(ij, labels::ROLE_VOLUME, None);
+    pv_labels.insert(NAMESPACE_LABEL.into(), ns.to_owned());
+    let size = BTreeMap::from([("storage".to_owned(), Quantity("1Pi".into()))]);
+    let pv = PersistentVolume {
+        metadata: ObjectMeta { name: Some(pv_name.clone()), labels: Some(pv_labels), ..Default::default() },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(size.clone()),
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(String::new()),
+            mount_options: Some(opts.to_vec()),
+            nfs: Some(NFSVolumeSource { server: server.to_owned(), path: ij.spec.destination.nfs.path.clone(), read_only: Some(false) }),
+            claim_ref: Some(ObjectReference { namespace: Some(ns.to_owned()), name: Some(claim_name), ..Default::default() }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let pvc = PersistentVolumeClaim {
+        metadata: claim_meta,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            storage_class_name: Some(String::new()),
+            volume_name: Some(pv_name),
+            resources: Some(VolumeResourceRequirements { requests: Some(size), ..Default::default() }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    (pv, pvc)
+}

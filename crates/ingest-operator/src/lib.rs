@@ -1,0 +1,15 @@
+//! The IngestJob controller. Reconcile is a pipeline of small steps, one module each:
+//! [`observe`] (I/O) → [`validate`](ingest_api::validate) (pure) → [`stage`] + [`desired`] (pure) → [`apply`] (I/O,
+//! server-side apply) → [`status`] (pure) → status patch (I/O, rate-limited). [`plan_store`] and [`pod`] are
+//! the pod side of the contract described in README.md.
+
+pub mod desired;
+pub mod error;
+pub mod names;
+pub mod observe;
+pub mod plan_store;
+pub mod pod;
+pub mod stage;
+pub mod status;
+
+pub use error::{Category, Error, Result};

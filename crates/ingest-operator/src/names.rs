@@ -1,0 +1,104 @@
+//! Names and labels of child objects: deterministic (an operator restart finds and reuses the same children, so
+//! nothing is duplicated) and short enough for every Kubernetes limit.
+
+use std::collections::BTreeMap;
+
+use ingest_api::IngestJob;
+use ingest_api::constants::labels;
+use kube::ResourceExt;
+
+/// Job names must leave room for `-<index>` in the pods' host names (63 characters) for up to 10^6 indexes.
+pub const MAX_JOB_NAME: usize = 52;
+
+/// `<ingestjob>-<suffix>`, shortened with a stable hash of the full name when it would exceed `MAX_JOB_NAME`.
+pub fn child_name(ij: &str, suffix: &str) -> String {
+    let full = format!("{ij}-{suffix}");
+    if full.len() <= MAX_JOB_NAME {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
+    // Names are DNS labels (ASCII), so byte slicing is on a character boundary.
+    let keep = MAX_JOB_NAME - suffix.len() - hash.len() - 2;
+    let head = ij[..keep.min(ij.len())].trim_end_matches('-');
+    format!("{head}-{hash}-{suffix}")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+/// Name of the scan Job of `run`.
+pub fn scan_job(ij: &IngestJob, run: i64) -> String {
+    child_name(&ij.name_any(), &format!("r{run}-scan"))
+}
+
+/// Name of the copy (or verify) Job for destination server `server_index` in `run`.
+pub fn worker_job(ij: &IngestJob, run: i64, role: &str, server_index: usize) -> String {
+    child_name(&ij.name_any(), &format!("r{run}-{role}-{server_index}"))
+}
+
+/// Name prefix of the plan ConfigMaps of `run` (chunk `k` is `<prefix>-<k>`).
+pub fn plan_prefix(ij: &IngestJob, run: i64) -> String {
+    child_name(&ij.name_any(), &format!("r{run}-plan"))
+}
+
+/// Service account, Role and RoleBinding of the pods.
+pub fn pod_identity(ij: &IngestJob) -> String {
+    child_name(&ij.name_any(), "pods")
+}
+
+/// PersistentVolumeClaim of destination server `i` (only with mount options).
+pub fn dest_claim(ij: &IngestJob, i: usize) -> String {
+    child_name(&ij.name_any(), &format!("dst-{i}"))
+}
+
+/// Cluster-wide PersistentVolume of destination server `i`: the namespace is part of the name.
+pub fn dest_volume(ij: &IngestJob, i: usize) -> String {
+    let ns = ij.namespace().unwrap_or_default();
+    child_name(&format!("{ns}-{}", ij.name_any()), &format!("dst-{i}"))
+}
+
+/// Labels every child of `ij` carries; `role` and `run` narrow them.
+pub fn child_labels(ij: &IngestJob, role: &str, run: Option<i64>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (labels::JOB.to_owned(), label_value(&ij.name_any())),
+        (labels::ROLE.to_owned(), role.to_owned()),
+        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+    ]);
+    if let Some(run) = run {
+        l.insert(labels::RUN.to_owned(), run.to_string());
+    }
+    l
+}
+
+/// Label values are limited to 63 characters; IngestJob names may have up to 253.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 { name.to_owned() } else { format!("{}-{:08x}", &name[..54].trim_end_matches(['-', '.']), fnv1a(name.as_bytes()) as u32) }
+}
+
+/// Label selector of all children of the IngestJob named `name`.
+pub fn selector(name: &str) -> String {
+    format!("{}={}", labels::JOB, label_value(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_plain_and_long_ones_bounded_and_distinct() {
+        assert_eq!(child_name("genomics", "r0-copy-2"), "genomics-r0-copy-2");
+        let long = "a".repeat(80);
+        let a = child_name(&long, "r0-copy-1");
+        let b = child_name(&format!("{long}b"), "r0-copy-1");
+        assert!(a.len() <= MAX_JOB_NAME && b.len() <= MAX_JOB_NAME, "{a} {b}");
+        assert_ne!(a, b, "truncated names keep a hash of the full name");
+        assert!(a.ends_with("-r0-copy-1"));
+    }
+
+    #[test]
+    fn label_values_are_bounded() {
+        assert_eq!(label_value("x"), "x");
+        assert!(label_value(&"y".repeat(200)).len() <= 63);
+    }
+}

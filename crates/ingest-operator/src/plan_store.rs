@@ -1,0 +1,164 @@
+//! Where the scan pod leaves the plan for the workers: ConfigMaps `<prefix>-0..n`, each holding one piece of the
+//! plan's JSON text (`ingest_plan::Plan::to_chunks`) under [`CHUNK_KEY`], owned by the IngestJob (deleted with it).
+//!
+//! Chunk 0 is written last and carries [`SUMMARY_ANNOTATION`] (chunk count, shard count, totals): its presence is
+//! the commit marker, and the operator reads the summary from object metadata alone, never the plan data.
+
+use std::collections::BTreeMap;
+
+use ingest_api::Totals;
+use ingest_api::constants::labels;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Data key of a chunk.
+pub const CHUNK_KEY: &str = "plan.json.part";
+/// Annotation on chunk 0 with the [`PlanSummary`] JSON.
+pub const SUMMARY_ANNOTATION: &str = "ingest.vfxt.dev/plan-summary";
+/// Largest chunk text: a ConfigMap holds at most 1 MiB including metadata, so leave 100 KiB for that.
+pub const MAX_CHUNK_BYTES: usize = 900 * 1024;
+/// Field manager the scan pod uses (distinct from the operator's, which never writes plan data).
+pub const SCAN_FIELD_MANAGER: &str = "vfxt-ingest-scan";
+
+/// What the operator needs to know about a stored plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanSummary {
+    /// Number of chunk ConfigMaps.
+    pub chunks: u32,
+    /// Number of shards in the plan.
+    pub shards: u64,
+    /// What the scan found.
+    pub totals: Totals,
+}
+
+/// The IngestJob the plan belongs to (from the pod's environment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Namespace of the IngestJob and its children.
+    pub namespace: String,
+    /// IngestJob name.
+    pub name: String,
+    /// IngestJob uid, for the owner reference.
+    pub uid: String,
+    /// `spec.run` the plan belongs to.
+    pub run: i64,
+}
+
+/// The ConfigMaps that store `chunks` (pure; [`save`] writes them). Chunk 0 comes LAST in the returned list.
+pub fn chunk_objects(owner: &Owner, prefix: &str, chunks: &[String], summary: &PlanSummary) -> Result<Vec<ConfigMap>> {
+    if chunks.is_empty() {
+        return Err(Error::Plan { prefix: prefix.to_owned(), message: "no chunks to store".into() });
+    }
+    if let Some(big) = chunks.iter().find(|c| c.len() > MAX_CHUNK_BYTES) {
+        return Err(Error::Plan {
+            prefix: prefix.to_owned(),
+            message: format!("a chunk has {} bytes; at most {MAX_CHUNK_BYTES} fit a ConfigMap", big.len()),
+        });
+    }
+    let summary_json =
+        serde_json::to_string(summary).map_err(|source| Error::Serde { what: "plan summary", source })?;
+    let mut out: Vec<ConfigMap> = chunks
+        .iter()
+        .enumerate()
+        .map(|(k, text)| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("{prefix}-{k}")),
+                namespace: Some(owner.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (labels::JOB.to_owned(), crate::names::label_value(&owner.name)),
+                    (labels::ROLE.to_owned(), labels::ROLE_PLAN.to_owned()),
+                    (labels::RUN.to_owned(), owner.run.to_string()),
+                    (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+                ])),
+                annotations: (k == 0).then(|| BTreeMap::from([(SUMMARY_ANNOTATION.to_owned(), summary_json.clone())])),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: format!("{}/{}", ingest_api::constants::GROUP, ingest_api::constants::VERSION),
+                    kind: ingest_api::constants::KIND.to_owned(),
+                    name: owner.name.clone(),
+                    uid: owner.uid.clone(),
+                    controller: Some(false),
+                    block_owner_deletion: Some(false),
+                }]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(CHUNK_KEY.to_owned(), text.clone())])),
+            ..Default::default()
+        })
+        .collect();
+    out.rotate_left(1);
+    Ok(out)
+}
+
+/// Writes the plan (scan pod). Server-side apply makes a retried scan overwrite its earlier attempt.
+pub async fn save(client: kube::Client, owner: &Owner, prefix: &str, chunks: &[String], summary: &PlanSummary) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(client, &owner.namespace);
+    let pp = PatchParams::apply(SCAN_FIELD_MANAGER).force();
+    for cm in chunk_objects(owner, prefix, chunks, summary)? {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &pp, &Patch::Apply(&cm)).await.map_err(|e| Error::kube(format!("store plan chunk {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// The summary on chunk 0's metadata, if the plan is committed.
+pub fn summary_of(meta: &ObjectMeta) -> Option<PlanSummary> {
+    meta.annotations.as_ref()?.get(SUMMARY_ANNOTATION).and_then(|s| serde_json::from_str(s).ok())
+}
+
+/// Reads the whole plan text back (worker pods), in chunk order, checking every chunk is there.
+pub async fn load(client: kube::Client, namespace: &str, prefix: &str) -> Result<(PlanSummary, Vec<String>)> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let first = api.get(&format!("{prefix}-0")).await.map_err(|e| Error::kube(format!("read plan {prefix}-0"), e))?;
+    let summary = summary_of(&first.metadata)
+        .ok_or_else(|| Error::Plan { prefix: prefix.to_owned(), message: "chunk 0 has no summary; the scan did not finish".into() })?;
+    let mut texts = Vec::with_capacity(summary.chunks as usize);
+    texts.push(chunk_text(&first, prefix)?);
+    for k in 1..summary.chunks {
+        let cm = api.get(&format!("{prefix}-{k}")).await.map_err(|e| Error::kube(format!("read plan {prefix}-{k}"), e))?;
+        texts.push(chunk_text(&cm, prefix)?);
+    }
+    Ok((summary, texts))
+}
+
+fn chunk_text(cm: &ConfigMap, prefix: &str) -> Result<String> {
+    cm.data.as_ref().and_then(|d| d.get(CHUNK_KEY)).cloned().ok_or_else(|| Error::Plan {
+        prefix: prefix.to_owned(),
+        message: format!("{} has no {CHUNK_KEY}", cm.metadata.name.as_deref().unwrap_or("?")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner { namespace: "ns".into(), name: "ij".into(), uid: "u-1".into(), run: 2 }
+    }
+
+    fn summary(chunks: u32) -> PlanSummary {
+        PlanSummary { chunks, shards: 10, totals: Totals { files: 5, directories: 1, bytes: 9 } }
+    }
+
+    #[test]
+    fn chunk_zero_is_last_and_carries_the_summary() {
+        let chunks = vec!["{\"a\":".to_owned(), "1}".to_owned(), " ".to_owned()];
+        let cms = chunk_objects(&owner(), "ij-r2-plan", &chunks, &summary(3)).unwrap();
+        let names: Vec<_> = cms.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["ij-r2-plan-1", "ij-r2-plan-2", "ij-r2-plan-0"]);
+        assert_eq!(summary_of(&cms[2].metadata), Some(summary(3)));
+        assert_eq!(summary_of(&cms[0].metadata), None);
+        assert_eq!(cms[2].data.as_ref().unwrap()[CHUNK_KEY], "{\"a\":");
+        assert_eq!(cms[0].metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+    }
+
+    #[test]
+    fn oversized_chunk_is_refused_with_the_limit() {
+        let err = chunk_objects(&owner(), "p", &["x".repeat(MAX_CHUNK_BYTES + 1)], &summary(1)).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! The pod side of the contract (see README.md): what scan and worker pods read from their environment and how
+//! they report. The CLI's `scan`/`worker` commands call these; nothing here runs in the operator.
+
+use std::path::Path;
+
+use ingest_api::constants::annotations;
+use ingest_api::report::{PodProgress, PodResult};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::error::{Error, Result};
+use crate::plan_store::Owner;
+
+/// Environment variables the operator sets on every scan/worker container.
+pub mod env {
+    /// Pod name (downward API).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Pod namespace (downward API) = the IngestJob's namespace.
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// IngestJob name.
+    pub const JOB_NAME: &str = "INGEST_JOB_NAME";
+    /// IngestJob uid (owner of the plan ConfigMaps).
+    pub const JOB_UID: &str = "INGEST_JOB_UID";
+    /// `spec.run` of this pod.
+    pub const RUN: &str = "INGEST_RUN";
+    /// Name prefix of the plan ConfigMaps.
+    pub const PLAN_PREFIX: &str = "INGEST_PLAN_PREFIX";
+    /// Worker pods: shard = `SHARD_OFFSET + JOB_COMPLETION_INDEX * SHARD_STRIDE`.
+    pub const SHARD_OFFSET: &str = "INGEST_SHARD_OFFSET";
+    /// See [`SHARD_OFFSET`].
+    pub const SHARD_STRIDE: &str = "INGEST_SHARD_STRIDE";
+    /// Set by Kubernetes on Indexed Job pods.
+    pub const COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
+}
+
+/// Where the kubelet reads the termination message from (the default `terminationMessagePath`).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// The pod's view of its assignment, read from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEnv {
+    /// Own pod name.
+    pub pod: String,
+    /// IngestJob, namespace and run.
+    pub owner: Owner,
+    /// Plan ConfigMap prefix.
+    pub plan_prefix: String,
+    /// Worker pods only: the shard this pod copies.
+    pub shard: Option<u64>,
+}
+
+impl PodEnv {
+    /// Reads [`env`] through `get` (the process environment in production, a map in tests). Errors name the
+    /// missing or malformed variable.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<PodEnv, String> {
+        let req = |k: &'static str| get(k).filter(|v| !v.is_empty()).ok_or_else(|| format!("environment variable {k} is not set"));
+        let num = |k: &'static str| -> Result<Option<u64>, String> {
+            get(k).map(|v| v.parse::<u64>().map_err(|_| format!("environment variable {k}={v:?} is not a non-negative integer"))).transpose()
+        };
+        let run_text = req(env::RUN)?;
+        let run = run_text.parse().map_err(|_| format!("environment variable {}={run_text:?} is not an integer", env::RUN))?;
+        let shard = match num(env::COMPLETION_INDEX)? {
+            Some(index) => Some(num(env::SHARD_OFFSET)?.unwrap_or(0) + index * num(env::SHARD_STRIDE)?.unwrap_or(1)),
+            None => None,
+        };
+        Ok(PodEnv {
+            pod: req(env::POD_NAME)?,
+            owner: Owner { namespace: req(env::POD_NAMESPACE)?, name: req(env::JOB_NAME)?, uid: req(env::JOB_UID)?, run },
+            plan_prefix: req(env::PLAN_PREFIX)?,
+            shard,
+        })
+    }
+
+    /// [`PodEnv::from_lookup`] on the process environment.
+    pub fn from_env() -> Result<PodEnv, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+}
+
+/// Patches the progress annotation on the pod's own object (merge patch: touches only that key).
+pub async fn report_progress(client: kube::Client, pod: &PodEnv, progress: &PodProgress) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client, &pod.owner.namespace);
+    let value = serde_json::to_string(progress).map_err(|source| Error::Serde { what: "pod progress", source })?;
+    let patch = serde_json::json!({"metadata": {"annotations": {annotations::PROGRESS: value}}});
+    api.patch(&pod.pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("report progress on pod {}", pod.pod), e))?;
+    Ok(())
+}
+
+/// Writes the final result where the kubelet picks it up as the termination message.
+pub fn write_result(path: &Path, result: &PodResult) -> Result<()> {
+    std::fs::write(path, result.to_termination_message())
+        .map_err(|source| Error::Io { what: format!("write termination message {}", path.display()), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    const BASE: [(&str, &str); 6] = [
+        (env::POD_NAME, "p"),
+        (env::POD_NAMESPACE, "ns"),
+        (env::JOB_NAME, "ij"),
+        (env::JOB_UID, "u"),
+        (env::RUN, "3"),
+        (env::PLAN_PREFIX, "ij-r3-plan"),
+    ];
+
+    #[test]
+    fn worker_shard_is_offset_plus_index_times_stride() {
+        let mut v = BASE.to_vec();
+        v.extend([(env::COMPLETION_INDEX, "4"), (env::SHARD_OFFSET, "2"), (env::SHARD_STRIDE, "3")]);
+        let e = PodEnv::from_lookup(lookup(&v)).unwrap();
+        assert_eq!(e.shard, Some(14));
+        assert_eq!(e.owner.run, 3);
+    }
+
+    #[test]
+    fn scan_pod_has_no_shard_and_missing_vars_are_named() {
+        assert_eq!(PodEnv::from_lookup(lookup(&BASE)).unwrap().shard, None);
+        let err = PodEnv::from_lookup(lookup(&BASE[1..])).unwrap_err();
+        assert!(err.contains("POD_NAME"), "{err}");
+        let mut v = BASE.to_vec();
+        v.push((env::COMPLETION_INDEX, "x"));
+        assert!(PodEnv::from_lookup(lookup(&v)).unwrap_err().contains("JOB_COMPLETION_INDEX"));
+    }
+
+    #[test]
+    fn result_file_holds_bounded_json() {
+        let dir = std::env::temp_dir().join(format!("ingest-op-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("termination-log");
+        write_result(&path, &PodResult { files: 3, ..Default::default() }).unwrap();
+        let back: PodResult = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back.files, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
