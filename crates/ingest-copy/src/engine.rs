@@ -50,10 +50,13 @@ pub(crate) struct Walk<'a> {
     use_cfr: AtomicBool,
     xattrs_ok: AtomicBool,
     /// Source inode → where its first link went (only inodes with more than one link).
-    links: Mutex<HashMap<(u64, u64), Arc<OnceLock<Option<FirstLink>>>>>,
+    links: Mutex<HashMap<(u64, u64), LinkSlot>>,
     counts: Counters,
     queue: Queue<'a>,
 }
+
+/// Filled once by the first link's thread: where it went, or `None` if it could not be copied.
+type LinkSlot = Arc<OnceLock<Option<FirstLink>>>;
 
 #[derive(Debug, Clone)]
 struct FirstLink {
@@ -87,9 +90,21 @@ fn inc(c: &AtomicU64) {
 
 enum Task<'a> {
     Scope(&'a Scope),
-    Dir { parent: Arc<DirNode>, name: CString, recurse: bool, own_meta: bool },
-    Batch { dir: Arc<DirNode>, entries: Vec<(CString, Option<Kind>)> },
-    Range { file: Arc<SplitFile>, off: u64, len: u64 },
+    Dir {
+        parent: Arc<DirNode>,
+        name: CString,
+        recurse: bool,
+        own_meta: bool,
+    },
+    Batch {
+        dir: Arc<DirNode>,
+        entries: Vec<(CString, Option<Kind>)>,
+    },
+    Range {
+        file: Arc<SplitFile>,
+        off: u64,
+        len: u64,
+    },
 }
 
 /// A directory in progress. Dropping the last reference finishes it.
@@ -218,7 +233,13 @@ impl<'a> Walk<'a> {
             xattrs_ok: AtomicBool::new(opts.preserve.xattrs),
             links: Mutex::new(HashMap::new()),
             counts: Counters::default(),
-            queue: Queue { state: Mutex::new(QueueState { tasks: Vec::new(), busy: 0 }), cv: Condvar::new() },
+            queue: Queue {
+                state: Mutex::new(QueueState {
+                    tasks: Vec::new(),
+                    busy: 0,
+                }),
+                cv: Condvar::new(),
+            },
         }
     }
 
@@ -275,11 +296,24 @@ impl<'a> Walk<'a> {
     fn handle(&self, task: Task<'a>, local: &mut Local) {
         match task {
             Task::Scope(scope) => self.start_scope(scope, local),
-            Task::Dir { parent, name, recurse, own_meta } => {
+            Task::Dir {
+                parent,
+                name,
+                recurse,
+                own_meta,
+            } => {
                 let rel = parent.rel.join(name.to_bytes());
                 match self.open_child_dir(&parent, &name, local.mount) {
                     Ok(Some((src, meta))) => {
-                        let node = Arc::new(DirNode::new(self.roots, Some(parent), rel, name, src, meta, own_meta));
+                        let node = Arc::new(DirNode::new(
+                            self.roots,
+                            Some(parent),
+                            rel,
+                            name,
+                            src,
+                            meta,
+                            own_meta,
+                        ));
                         self.list(node, local, recurse, None);
                     }
                     Ok(None) => self.release_dir(parent), // vanished from the source since it was listed
@@ -318,7 +352,9 @@ impl<'a> Walk<'a> {
 
     /// Drops a reference to a split file; the last one sets its metadata (once all ranges are in).
     fn release_file(&self, file: Arc<SplitFile>) {
-        let Some(f) = Arc::into_inner(file) else { return };
+        let Some(f) = Arc::into_inner(file) else {
+            return;
+        };
         if !f.failed.load(Relaxed) && !f.data_only {
             match self.set_file_meta(&f.src, &f.dst, &f.meta) {
                 Ok(()) => {
@@ -363,7 +399,12 @@ impl<'a> Walk<'a> {
                     self.list(node, local, true, None);
                 }
             }
-            Scope::Entries { dir, from, to, subtrees } => {
+            Scope::Entries {
+                dir,
+                from,
+                to,
+                subtrees,
+            } => {
                 if let Some(node) = self.open_scope_dir(dir, local.mount, true) {
                     let range = (from.as_ref(), to.as_ref());
                     self.list(node, local, *subtrees, Some(range));
@@ -436,7 +477,12 @@ impl<'a> Walk<'a> {
     }
 
     /// Opens a child directory on the source and makes sure it exists on this thread's mount.
-    fn open_child_dir(&self, parent: &DirNode, name: &CStr, mount: usize) -> OpResult<Option<(OwnedFd, Meta)>> {
+    fn open_child_dir(
+        &self,
+        parent: &DirNode,
+        name: &CStr,
+        mount: usize,
+    ) -> OpResult<Option<(OwnedFd, Meta)>> {
         let src = match sys::open_dir_at(parent.src.as_fd(), name) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -506,8 +552,11 @@ impl<'a> Walk<'a> {
                 _ => true,
             }
         });
-        self.progress.dirs_queued.fetch_add(dirs.len() as u64, Relaxed);
-        let mut tasks: Vec<Task<'a>> = Vec::with_capacity(dirs.len() + others.len() / self.opts.batch_files + 1);
+        self.progress
+            .dirs_queued
+            .fetch_add(dirs.len() as u64, Relaxed);
+        let mut tasks: Vec<Task<'a>> =
+            Vec::with_capacity(dirs.len() + others.len() / self.opts.batch_files + 1);
         if recurse {
             tasks.extend(dirs.into_iter().map(|name| Task::Dir {
                 parent: node.clone(),
@@ -527,7 +576,10 @@ impl<'a> Walk<'a> {
         let mut others = others.into_iter().peekable();
         while others.peek().is_some() {
             let entries: Vec<_> = others.by_ref().take(batch).collect();
-            tasks.push(Task::Batch { dir: node.clone(), entries });
+            tasks.push(Task::Batch {
+                dir: node.clone(),
+                entries,
+            });
         }
         self.queue.push_all(tasks);
         self.release_dir(node);
@@ -594,7 +646,12 @@ impl<'a> Walk<'a> {
             Err(e) => return self.fail(dir.rel.join(name.to_bytes()), "stat-source", &e),
         };
         if sm.kind == Kind::Dir {
-            self.queue.push(Task::Dir { parent: dir.clone(), name: name.to_owned(), recurse: true, own_meta: true });
+            self.queue.push(Task::Dir {
+                parent: dir.clone(),
+                name: name.to_owned(),
+                recurse: true,
+                own_meta: true,
+            });
             return;
         }
         if sm.kind == Kind::File
@@ -617,7 +674,14 @@ impl<'a> Walk<'a> {
     }
 
     /// Copies one entry unless the destination already matches (or `force`).
-    fn copy_entry(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local, force: bool) -> OpResult<()> {
+    fn copy_entry(
+        &self,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        sm: &Meta,
+        local: &mut Local,
+        force: bool,
+    ) -> OpResult<()> {
         let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
         match sm.kind {
             Kind::File => self.copy_file(dir, name, sm, local, force),
@@ -641,7 +705,10 @@ impl<'a> Walk<'a> {
             Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
                 let is_dev = sm.kind != Kind::Fifo;
                 if !self.opts.preserve.specials || (is_dev && !sys::is_root()) {
-                    self.unsupported(dir.rel.join(name.to_bytes()), "device nodes are recreated only when running as root");
+                    self.unsupported(
+                        dir.rel.join(name.to_bytes()),
+                        "device nodes are recreated only when running as root",
+                    );
                     return Ok(());
                 }
                 if !force
@@ -677,7 +744,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The hard-link slot for a multi-linked source inode: `(slot, true)` for the first claimant.
-    fn claim(&self, sm: &Meta) -> (Arc<OnceLock<Option<FirstLink>>>, bool) {
+    fn claim(&self, sm: &Meta) -> (LinkSlot, bool) {
         let mut map = self.links.lock().unwrap();
         match map.get(&(sm.dev, sm.ino)) {
             Some(slot) => (slot.clone(), false),
@@ -689,7 +756,14 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn copy_file(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local, force: bool) -> OpResult<()> {
+    fn copy_file(
+        &self,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        sm: &Meta,
+        local: &mut Local,
+        force: bool,
+    ) -> OpResult<()> {
         let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
         let linked = sm.nlink > 1 && self.opts.preserve.hardlinks;
         let mut slot = None;
@@ -724,14 +798,18 @@ impl<'a> Walk<'a> {
             && dm.size == sm.size
             && dm.mtime == sm.mtime
         {
-            publish(Some(FirstLink { rel: rel(), dst_ino: dm.ino }));
+            publish(Some(FirstLink {
+                rel: rel(),
+                dst_ino: dm.ino,
+            }));
             inc(&self.counts.files_skipped);
             inc(&self.progress.files);
             self.progress.bytes.fetch_add(sm.size, Relaxed);
             return Ok(());
         }
         let opened = (|| -> OpResult<(OwnedFd, OwnedFd)> {
-            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let src =
+                sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             if let Some(dm) = existing
                 && (dm.kind != Kind::File || dm.nlink > 1 && !linked)
             {
@@ -759,9 +837,14 @@ impl<'a> Walk<'a> {
         };
         if linked {
             let ino = sys::fstat(dfd.as_fd()).map(|m| m.ino).unwrap_or(0);
-            publish(Some(FirstLink { rel: rel(), dst_ino: ino }));
+            publish(Some(FirstLink {
+                rel: rel(),
+                dst_ino: ino,
+            }));
         }
-        let split = self.opts.threads > 1 && sm.size > self.opts.split_threshold && self.opts.split_threshold > 0;
+        let split = self.opts.threads > 1
+            && sm.size > self.opts.split_threshold
+            && self.opts.split_threshold > 0;
         if !split {
             self.write_whole(&src, &dfd, sm, local)?;
             self.set_file_meta(&src, &dfd, sm)?;
@@ -792,7 +875,11 @@ impl<'a> Walk<'a> {
         let mut pos = off + chunk.min(end - off);
         while pos < end {
             let len = chunk.min(end - pos);
-            tasks.push(Task::Range { file: file.clone(), off: pos, len });
+            tasks.push(Task::Range {
+                file: file.clone(),
+                off: pos,
+                len,
+            });
             pos += len;
         }
         self.queue.push_all(tasks);
@@ -817,7 +904,12 @@ impl<'a> Walk<'a> {
         let mut run = || -> OpResult<()> {
             let sm = match sys::stat_at(dir.src.as_fd(), name).op("stat-source")? {
                 Some(m) if m.kind == Kind::File => m,
-                _ => return Err(("stat-source", io::Error::new(io::ErrorKind::NotFound, "not a regular file any more"))),
+                _ => {
+                    return Err((
+                        "stat-source",
+                        io::Error::new(io::ErrorKind::NotFound, "not a regular file any more"),
+                    ));
+                }
             };
             let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
             if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
@@ -828,7 +920,8 @@ impl<'a> Walk<'a> {
                 inc(&self.counts.files_skipped);
                 return Ok(()); // finalized by an earlier run: the whole file is done
             }
-            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let src =
+                sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
             if sys::fstat(dfd.as_fd()).op("stat-dest")?.size != sm.size {
                 sys::set_len(dfd.as_fd(), sm.size).op("set-size")?;
@@ -858,9 +951,12 @@ impl<'a> Walk<'a> {
     /// A `Finalize` scope in the copy pass: the data is complete, set the metadata.
     fn finalize_split(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local) {
         let run = || -> OpResult<()> {
-            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else { return Ok(()) };
+            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else {
+                return Ok(());
+            };
             let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
-            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let src =
+                sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
             self.set_file_meta(&src, &dfd, &sm)?;
             inc(&self.counts.files_copied);
@@ -880,7 +976,10 @@ impl<'a> Walk<'a> {
         local: &Local,
     ) -> OpResult<()> {
         let Some(first) = first else {
-            return Err(("link", io::Error::other("the first link of this inode could not be copied")));
+            return Err((
+                "link",
+                io::Error::other("the first link of this inode could not be copied"),
+            ));
         };
         if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")? {
             if dm.ino == first.dst_ino && dm.kind == Kind::File {
@@ -898,7 +997,13 @@ impl<'a> Walk<'a> {
     }
 
     /// Writes the whole data of a regular file (holes kept) into a freshly truncated destination.
-    fn write_whole(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta, local: &mut Local) -> OpResult<()> {
+    fn write_whole(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        sm: &Meta,
+        local: &mut Local,
+    ) -> OpResult<()> {
         if sm.looks_sparse() {
             sys::set_len(dst.as_fd(), sm.size).op("set-size")?;
         }
@@ -906,29 +1011,60 @@ impl<'a> Walk<'a> {
     }
 
     /// Copies `[off, off+len)`; for sparse sources only the data regions, leaving holes.
-    fn write_range(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta, off: u64, len: u64, local: &mut Local) -> OpResult<()> {
+    fn write_range(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        sm: &Meta,
+        off: u64,
+        len: u64,
+        local: &mut Local,
+    ) -> OpResult<()> {
         let end = off + len;
         let mut written = 0u64;
         if sm.looks_sparse() {
             let mut pos = off;
             while pos < end {
-                let Some((start, stop)) = sys::next_data(src.as_fd(), pos).op("seek-data")? else { break };
+                let Some((start, stop)) = sys::next_data(src.as_fd(), pos).op("seek-data")? else {
+                    break;
+                };
                 if start >= end {
                     break;
                 }
                 let stop = stop.min(end);
-                let n = sys::copy_range(src.as_fd(), dst.as_fd(), start, stop - start, &mut local.buf, &self.use_cfr)
-                    .op("write")?;
+                let n = sys::copy_range(
+                    src.as_fd(),
+                    dst.as_fd(),
+                    start,
+                    stop - start,
+                    &mut local.buf,
+                    &self.use_cfr,
+                )
+                .op("write")?;
                 written += n;
                 if n < stop - start {
-                    return Err(("read", io::Error::other("the source file shrank while being copied")));
+                    return Err((
+                        "read",
+                        io::Error::other("the source file shrank while being copied"),
+                    ));
                 }
                 pos = stop;
             }
         } else {
-            written = sys::copy_range(src.as_fd(), dst.as_fd(), off, len, &mut local.buf, &self.use_cfr).op("write")?;
+            written = sys::copy_range(
+                src.as_fd(),
+                dst.as_fd(),
+                off,
+                len,
+                &mut local.buf,
+                &self.use_cfr,
+            )
+            .op("write")?;
             if written < len {
-                return Err(("read", io::Error::other("the source file shrank while being copied")));
+                return Err((
+                    "read",
+                    io::Error::other("the source file shrank while being copied"),
+                ));
             }
         }
         self.counts.bytes_copied.fetch_add(written, Relaxed);
@@ -1028,7 +1164,9 @@ impl<'a> Walk<'a> {
     fn meta_diffs(&self, sm: &Meta, dm: &Meta) -> Vec<Mismatch> {
         let p = &self.opts.preserve;
         let mut d = Vec::new();
-        if sm.kind != dm.kind || (matches!(sm.kind, Kind::CharDev | Kind::BlockDev) && sm.rdev != dm.rdev) {
+        if sm.kind != dm.kind
+            || (matches!(sm.kind, Kind::CharDev | Kind::BlockDev) && sm.rdev != dm.rdev)
+        {
             d.push(Mismatch::Type);
             return d;
         }
@@ -1060,24 +1198,34 @@ impl<'a> Walk<'a> {
         local: &mut Local,
     ) -> io::Result<(Vec<Mismatch>, Option<u64>)> {
         let dst = dir.dst_fd(self.roots, local.mount)?;
-        let Some(dm) = sys::stat_at(dst, name)? else { return Ok((vec![Mismatch::Missing], None)) };
+        let Some(dm) = sys::stat_at(dst, name)? else {
+            return Ok((vec![Mismatch::Missing], None));
+        };
         let mut d = self.meta_diffs(sm, &dm);
         if d.contains(&Mismatch::Type) {
             return Ok((d, Some(dm.ino)));
         }
-        if sm.kind == Kind::Symlink && sys::read_link_at(dir.src.as_fd(), name)? != sys::read_link_at(dst, name)? {
+        if sm.kind == Kind::Symlink
+            && sys::read_link_at(dir.src.as_fd(), name)? != sys::read_link_at(dst, name)?
+        {
             d.push(Mismatch::LinkTarget);
         }
         if first.is_some_and(|f| f.dst_ino != dm.ino) {
             d.push(Mismatch::HardLink);
         }
-        if sm.kind == Kind::File && mode == VerifyMode::Checksum && !d.contains(&Mismatch::Size) && first.is_none() {
+        if sm.kind == Kind::File
+            && mode == VerifyMode::Checksum
+            && !d.contains(&Mismatch::Size)
+            && first.is_none()
+        {
             let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)?;
             let dfd = sys::open_read(dst, name)?;
             if !same_content(&src, &dfd, sm.size, local)? {
                 d.push(Mismatch::Content);
             }
-            if self.xattrs_ok.load(Relaxed) && sys::user_xattrs(src.as_fd())? != sys::user_xattrs(dfd.as_fd())? {
+            if self.xattrs_ok.load(Relaxed)
+                && sys::user_xattrs(src.as_fd())? != sys::user_xattrs(dfd.as_fd())?
+            {
                 d.push(Mismatch::Xattrs);
             }
             self.progress.verified_bytes.fetch_add(sm.size, Relaxed);
@@ -1085,23 +1233,40 @@ impl<'a> Walk<'a> {
         Ok((d, Some(dm.ino)))
     }
 
-    fn verify_entry(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, mode: VerifyMode, local: &mut Local) {
+    fn verify_entry(
+        &self,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        sm: &Meta,
+        mode: VerifyMode,
+        local: &mut Local,
+    ) {
         let rel = || dir.rel.join(name.to_bytes());
         inc(&self.counts.checked);
         inc(&self.progress.verified);
         // Links of one inode: the first one met is checked (and repaired) in full and then
         // published; the others wait for it and must be the same destination inode.
-        let group = (sm.kind == Kind::File && sm.nlink > 1 && self.opts.preserve.hardlinks).then(|| self.claim(sm));
+        let group = (sm.kind == Kind::File && sm.nlink > 1 && self.opts.preserve.hardlinks)
+            .then(|| self.claim(sm));
         let first = match &group {
             Some((slot, false)) => match slot.wait() {
                 Some(f) => Some(f.clone()),
-                None => return self.fail(rel(), "verify", &io::Error::other("the first link of this inode could not be verified")),
+                None => {
+                    return self.fail(
+                        rel(),
+                        "verify",
+                        &io::Error::other("the first link of this inode could not be verified"),
+                    );
+                }
             },
             _ => None,
         };
         let publish = |ino: Option<u64>| {
             if let Some((slot, true)) = &group {
-                let _ = slot.set(ino.map(|dst_ino| FirstLink { rel: rel(), dst_ino }));
+                let _ = slot.set(ino.map(|dst_ino| FirstLink {
+                    rel: rel(),
+                    dst_ino,
+                }));
             }
         };
         let (diffs, ino) = match self.diffs(dir, name, sm, mode, first.as_ref(), local) {
@@ -1118,22 +1283,30 @@ impl<'a> Walk<'a> {
         }
         self.found(&diffs);
         let repaired = if let Some(f) = first {
-            dir.dst_fd(self.roots, local.mount).op("open-dest-dir").and_then(|dst| {
-                self.clear_way(dst, name)?;
-                self.link_to(dst, name, Some(f), local)
-            })
-        } else if sm.kind == Kind::File && sm.size > self.opts.split_threshold && diffs.iter().all(is_metadata) {
+            dir.dst_fd(self.roots, local.mount)
+                .op("open-dest-dir")
+                .and_then(|dst| {
+                    self.clear_way(dst, name)?;
+                    self.link_to(dst, name, Some(f), local)
+                })
+        } else if sm.kind == Kind::File
+            && sm.size > self.opts.split_threshold
+            && diffs.iter().all(is_metadata)
+        {
             // Only metadata differs on a big file: fix it without re-sending the data.
             (|| {
                 let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
-                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
+                    .op("open-source")?;
                 let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
                 self.set_file_meta(&src, &dfd, sm)
             })()
         } else {
             self.copy_entry_now(dir, name, sm, local)
         };
-        let group_first = group.as_ref().and_then(|(slot, first)| (!first).then_some(slot));
+        let group_first = group
+            .as_ref()
+            .and_then(|(slot, first)| (!first).then_some(slot));
         let first_again = group_first.and_then(|s| s.get().cloned().flatten());
         let again = match repaired {
             Ok(()) => self.diffs(dir, name, sm, mode, first_again.as_ref(), local),
@@ -1147,9 +1320,17 @@ impl<'a> Walk<'a> {
     /// the source's size but not yet its mtime. Its contents are compared in full (whatever the
     /// verify mode: nothing else proves every range was written) and, if equal, it gets its
     /// metadata; then it is verified like any file.
-    fn finalize_verify(&self, dir: &Arc<DirNode>, name: &CStr, mode: VerifyMode, local: &mut Local) {
+    fn finalize_verify(
+        &self,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        mode: VerifyMode,
+        local: &mut Local,
+    ) {
         let mut run = || -> OpResult<Option<Meta>> {
-            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else { return Ok(None) };
+            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else {
+                return Ok(None);
+            };
             let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
             if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
                 && sm.kind == Kind::File
@@ -1157,7 +1338,8 @@ impl<'a> Walk<'a> {
                 && dm.size == sm.size
                 && dm.mtime != sm.mtime
             {
-                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
+                    .op("open-source")?;
                 let dfd = sys::open_read(dst, name).op("open-dest")?;
                 if same_content(&src, &dfd, sm.size, local).op("compare")? {
                     let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
@@ -1174,7 +1356,13 @@ impl<'a> Walk<'a> {
     }
 
     /// A forced copy that completes before returning (no split), for repairs.
-    fn copy_entry_now(&self, dir: &Arc<DirNode>, name: &CStr, sm: &Meta, local: &mut Local) -> OpResult<()> {
+    fn copy_entry_now(
+        &self,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        sm: &Meta,
+        local: &mut Local,
+    ) -> OpResult<()> {
         if sm.kind != Kind::File {
             return self.copy_entry(dir, name, sm, local, true);
         }
@@ -1192,9 +1380,11 @@ impl<'a> Walk<'a> {
 }
 
 fn is_metadata(m: &Mismatch) -> bool {
-    matches!(m, Mismatch::Mtime | Mismatch::Mode | Mismatch::Owner | Mismatch::Xattrs)
+    matches!(
+        m,
+        Mismatch::Mtime | Mismatch::Mode | Mismatch::Owner | Mismatch::Xattrs
+    )
 }
-
 
 /// Reads both files in full and compares them.
 fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64, local: &mut Local) -> io::Result<bool> {
@@ -1204,7 +1394,7 @@ fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64, local: &mut Local) -> io::R
     let mut off = 0u64;
     loop {
         let n = sys::pread_full(a.as_fd(), &mut local.buf, off)?;
-        let m = sys::pread_full(b.as_fd(), &mut local.buf2[..n.max(1).min(CHUNK)], off)?;
+        let m = sys::pread_full(b.as_fd(), &mut local.buf2[..n.clamp(1, CHUNK)], off)?;
         if n != m || local.buf[..n] != local.buf2[..m] {
             return Ok(false);
         }
@@ -1226,7 +1416,15 @@ impl DirNode {
         own_meta: bool,
     ) -> Self {
         let dst = (0..roots.dsts.len()).map(|_| OnceLock::new()).collect();
-        DirNode { parent, rel, name, src, meta, dst, own_meta }
+        DirNode {
+            parent,
+            rel,
+            name,
+            src,
+            meta,
+            dst,
+            own_meta,
+        }
     }
 
     /// This directory in the destination, through `mount`; opened on first use.
@@ -1249,4 +1447,3 @@ impl DirNode {
         Ok(self.dst[mount].get().expect("just set").as_fd())
     }
 }
-

@@ -29,7 +29,11 @@ pub enum Scope {
     /// Bytes `[offset, offset + len)` of one regular file. Data only: the file's size is set to the
     /// source's, but its metadata (mode, owner, times) is left to [`Scope::Finalize`], so that a
     /// file written by several workers never looks finished before all of them are done.
-    FileRange { file: RelPath, offset: u64, len: u64 },
+    FileRange {
+        file: RelPath,
+        offset: u64,
+        len: u64,
+    },
     /// Set the metadata of a file whose data was written by `FileRange` scopes (run after all of
     /// them). In a verify pass, compares and repairs the whole file.
     Finalize(RelPath),
@@ -67,7 +71,14 @@ pub struct Preserve {
 
 impl Default for Preserve {
     fn default() -> Self {
-        Preserve { owner: true, mode: true, times: true, xattrs: true, specials: true, hardlinks: true }
+        Preserve {
+            owner: true,
+            mode: true,
+            times: true,
+            xattrs: true,
+            specials: true,
+            hardlinks: true,
+        }
     }
 }
 

@@ -21,14 +21,22 @@ use std::time::Instant;
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
 pub use progress::{Progress, Snapshot};
-pub use report::{CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee, VerifyCounts};
+pub use report::{
+    CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,
+    VerifyCounts,
+};
 pub use setup::SetupError;
 
 use engine::{Pass, Walk};
 
 /// Checks the job, then runs its passes. Per-entry problems are counted in the summary and sent
 /// to `sink`; only unusable input is an `Err`.
-pub fn run(job: &CopyJob, opts: &Options, progress: &Progress, sink: &dyn ReportSink) -> Result<Summary, SetupError> {
+pub fn run(
+    job: &CopyJob,
+    opts: &Options,
+    progress: &Progress,
+    sink: &dyn ReportSink,
+) -> Result<Summary, SetupError> {
     let started = Instant::now();
     setup::check_options(job, opts)?;
     sys::raise_fd_limit();
@@ -39,7 +47,8 @@ pub fn run(job: &CopyJob, opts: &Options, progress: &Progress, sink: &dyn Report
         summary.copy = copy;
     }
     if opts.verify != VerifyMode::None && opts.passes != Passes::CopyOnly {
-        let (_, verify) = Walk::new(Pass::Verify(opts.verify), opts, &roots, progress, sink).run(&job.scopes);
+        let (_, verify) =
+            Walk::new(Pass::Verify(opts.verify), opts, &roots, progress, sink).run(&job.scopes);
         summary.verify = Some(verify);
     }
     summary.elapsed_seconds = started.elapsed().as_secs_f64();

@@ -109,7 +109,9 @@ pub struct Summary {
 impl Summary {
     /// Nothing failed and verification (if run) is clean.
     pub fn is_success(&self) -> bool {
-        self.copy.failed == 0 && self.copy.unsupported == 0 && self.verify.as_ref().is_none_or(|v| v.is_clean())
+        self.copy.failed == 0
+            && self.copy.unsupported == 0
+            && self.verify.as_ref().is_none_or(|v| v.is_clean())
     }
 }
 
@@ -172,7 +174,10 @@ pub struct FirstN {
 
 impl FirstN {
     pub fn new(limit: usize) -> Self {
-        FirstN { limit, inner: Mutex::new((Vec::new(), 0)) }
+        FirstN {
+            limit,
+            inner: Mutex::new((Vec::new(), 0)),
+        }
     }
 
     /// The kept entries and the total number recorded.
@@ -213,7 +218,9 @@ pub struct JsonLines<W: io::Write + Send> {
 
 impl<W: io::Write + Send> JsonLines<W> {
     pub fn new(out: W) -> Self {
-        JsonLines { out: Mutex::new(out) }
+        JsonLines {
+            out: Mutex::new(out),
+        }
     }
 
     pub fn into_inner(self) -> W {

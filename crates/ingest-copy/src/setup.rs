@@ -57,12 +57,15 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 
 /// Opens and checks the source and every destination, creating missing destinations.
 pub(crate) fn open_roots(job: &CopyJob) -> Result<Roots, SetupError> {
-    let src_meta = fs::metadata(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+    let src_meta = fs::metadata(&job.source)
+        .map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
     if !src_meta.is_dir() {
         return Err(SetupError::SourceNotDirectory(job.source.clone()));
     }
-    let src = open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
-    let src_canon = fs::canonicalize(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+    let src =
+        open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+    let src_canon = fs::canonicalize(&job.source)
+        .map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
 
     let mut dsts = Vec::with_capacity(job.destinations.len());
     for dest in &job.destinations {
@@ -71,15 +74,22 @@ pub(crate) fn open_roots(job: &CopyJob) -> Result<Roots, SetupError> {
         if (meta.dev(), meta.ino()) == (src_meta.dev(), src_meta.ino()) {
             return Err(SetupError::DestIsSource(dest.clone()));
         }
-        let canon = fs::canonicalize(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?;
+        let canon =
+            fs::canonicalize(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?;
         if canon == src_canon {
             return Err(SetupError::DestIsSource(dest.clone()));
         }
         if canon.starts_with(&src_canon) || has_ancestor(&canon, (src_meta.dev(), src_meta.ino())) {
-            return Err(SetupError::DestInsideSource(dest.clone(), job.source.clone()));
+            return Err(SetupError::DestInsideSource(
+                dest.clone(),
+                job.source.clone(),
+            ));
         }
         if src_canon.starts_with(&canon) || has_ancestor(&src_canon, (meta.dev(), meta.ino())) {
-            return Err(SetupError::SourceInsideDest(dest.clone(), job.source.clone()));
+            return Err(SetupError::SourceInsideDest(
+                dest.clone(),
+                job.source.clone(),
+            ));
         }
         dsts.push(open_dir(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?);
     }
@@ -99,10 +109,14 @@ fn has_ancestor(path: &Path, id: (u64, u64)) -> bool {
 /// others. Then removes it and puts the root's times back, so the probe leaves no trace.
 fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
     let first = &job.destinations[0];
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let name = format!(".vfxt-ingest-probe.{}.{nanos}", std::process::id());
     let token = format!("vfxt-ingest probe {nanos}\n");
-    let root_before = sys::fstat(dsts[0].as_fd()).map_err(|e| SetupError::DestUnusable(first.clone(), e))?;
+    let root_before =
+        sys::fstat(dsts[0].as_fd()).map_err(|e| SetupError::DestUnusable(first.clone(), e))?;
     let path0 = first.join(&name);
     let written = fs::OpenOptions::new()
         .write(true)
@@ -120,7 +134,10 @@ fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let mut got = String::new();
-            fs::File::open(dest.join(&name)).and_then(|mut f| f.read_to_string(&mut got)).is_ok() && got == token
+            fs::File::open(dest.join(&name))
+                .and_then(|mut f| f.read_to_string(&mut got))
+                .is_ok()
+                && got == token
         });
         if !seen {
             result = Err(SetupError::DestsDiffer(first.clone(), dest.clone()));

@@ -66,6 +66,8 @@ pub struct Meta {
 }
 
 impl Meta {
+    // The field types of `struct stat` differ between architectures; the casts are for the others.
+    #[allow(clippy::unnecessary_cast)]
     fn from_stat(st: &rustix::fs::Stat) -> Meta {
         Meta {
             kind: Kind::from_mode(st.st_mode as u32),
@@ -89,8 +91,14 @@ impl Meta {
     }
 
     pub fn timestamps(&self) -> Timestamps {
-        let ts = |(s, ns): (i64, i64)| Timespec { tv_sec: s, tv_nsec: ns as _ };
-        Timestamps { last_access: ts(self.atime), last_modification: ts(self.mtime) }
+        let ts = |(s, ns): (i64, i64)| Timespec {
+            tv_sec: s,
+            tv_nsec: ns as _,
+        };
+        Timestamps {
+            last_access: ts(self.atime),
+            last_modification: ts(self.mtime),
+        }
     }
 }
 
@@ -112,7 +120,9 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Meta>> {
 }
 
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Meta> {
-    rustix::fs::fstat(fd).map(|st| Meta::from_stat(&st)).map_err(to_io)
+    rustix::fs::fstat(fd)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(to_io)
 }
 
 /// Opens a directory by name, never following a symlink.
@@ -128,7 +138,11 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 
 /// Opens a source file for reading without touching its atime where the kernel lets us
 /// (`O_NOATIME` needs ownership or CAP_FOWNER; after the first refusal we stop asking).
-pub fn open_source_file(dir: BorrowedFd<'_>, name: &CStr, noatime: &AtomicBool) -> io::Result<OwnedFd> {
+pub fn open_source_file(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    noatime: &AtomicBool,
+) -> io::Result<OwnedFd> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     if noatime.load(Relaxed) {
         match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
@@ -142,7 +156,8 @@ pub fn open_source_file(dir: BorrowedFd<'_>, name: &CStr, noatime: &AtomicBool) 
 /// Opens (creating if needed) a destination file for writing in place. `truncate` empties it.
 /// Never follows a symlink at the final component.
 pub fn open_dest_file(dir: BorrowedFd<'_>, name: &CStr, truncate: bool) -> io::Result<OwnedFd> {
-    let mut flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let mut flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     if truncate {
         flags |= OFlags::TRUNC;
     }
@@ -150,8 +165,13 @@ pub fn open_dest_file(dir: BorrowedFd<'_>, name: &CStr, truncate: bool) -> io::R
 }
 
 pub fn open_read(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
-        .map_err(to_io)
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(to_io)
 }
 
 /// Lists a directory into `out` (names without `.` and `..`, with the type when the file system
@@ -183,26 +203,40 @@ pub fn ensure_dir(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<boo
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => match stat_at(dir, name)? {
             Some(m) if m.kind == Kind::Dir => Ok(false),
-            _ => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a non-directory is in the way")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a non-directory is in the way",
+            )),
         },
         Err(e) => Err(to_io(e)),
     }
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> io::Result<()> {
-    let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    let flags = if is_dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
     rustix::fs::unlinkat(dir, name, flags).map_err(to_io)
 }
 
 pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    rustix::fs::readlinkat(dir, name, Vec::new()).map(|c| c.into_bytes()).map_err(to_io)
+    rustix::fs::readlinkat(dir, name, Vec::new())
+        .map(|c| c.into_bytes())
+        .map_err(to_io)
 }
 
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     rustix::fs::symlinkat(target, dir, name).map_err(to_io)
 }
 
-pub fn link_at(old_dir: BorrowedFd<'_>, old: &[u8], new_dir: BorrowedFd<'_>, new: &CStr) -> io::Result<()> {
+pub fn link_at(
+    old_dir: BorrowedFd<'_>,
+    old: &[u8],
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> io::Result<()> {
     rustix::fs::linkat(old_dir, old, new_dir, new, AtFlags::empty()).map_err(to_io)
 }
 
@@ -213,11 +247,24 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &CStr, meta: &Meta) -> io::Result<()>
         Kind::BlockDev => FileType::BlockDevice,
         _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
-    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(meta.perm & 0o777), meta.rdev).map_err(to_io)
+    rustix::fs::mknodat(
+        dir,
+        name,
+        ft,
+        Mode::from_raw_mode(meta.perm & 0o777),
+        meta.rdev,
+    )
+    .map_err(to_io)
 }
 
 /// Owner, then mode (chown clears setuid/setgid), then times: the order that leaves each right.
-pub fn set_meta_fd(fd: BorrowedFd<'_>, m: &Meta, owner: bool, mode: bool, times: bool) -> io::Result<()> {
+pub fn set_meta_fd(
+    fd: BorrowedFd<'_>,
+    m: &Meta,
+    owner: bool,
+    mode: bool,
+    times: bool,
+) -> io::Result<()> {
     if owner {
         rustix::fs::fchown(
             fd,
@@ -236,7 +283,14 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, m: &Meta, owner: bool, mode: bool, times:
 }
 
 /// Metadata of an entry that cannot be opened (symlinks, specials), by name, never following links.
-pub fn set_meta_at(dir: BorrowedFd<'_>, name: &CStr, m: &Meta, owner: bool, mode: bool, times: bool) -> io::Result<()> {
+pub fn set_meta_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    m: &Meta,
+    owner: bool,
+    mode: bool,
+    times: bool,
+) -> io::Result<()> {
     if owner {
         rustix::fs::chownat(
             dir,
@@ -249,10 +303,12 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &CStr, m: &Meta, owner: bool, mode
     }
     // Symlinks have no mode of their own on Linux.
     if mode && m.kind != Kind::Symlink {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(m.perm), AtFlags::empty()).map_err(to_io)?;
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(m.perm), AtFlags::empty())
+            .map_err(to_io)?;
     }
     if times {
-        rustix::fs::utimensat(dir, name, &m.timestamps(), AtFlags::SYMLINK_NOFOLLOW).map_err(to_io)?;
+        rustix::fs::utimensat(dir, name, &m.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(to_io)?;
     }
     Ok(())
 }
@@ -365,7 +421,10 @@ pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         }
     };
     let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+    for name in names[..n]
+        .split(|&b| b == 0)
+        .filter(|n| n.starts_with(b"user."))
+    {
         let mut value = vec![0u8; 4096];
         let len = loop {
             match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
@@ -403,7 +462,10 @@ pub fn raise_fd_limit() {
     if let Some(max) = lim.maximum {
         let _ = rustix::process::setrlimit(
             rustix::process::Resource::Nofile,
-            rustix::process::Rlimit { current: Some(max), maximum: Some(max) },
+            rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
         );
     }
 }

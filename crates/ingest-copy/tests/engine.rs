@@ -5,7 +5,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use ingest_copy::{
-    CopyJob, FirstN, Mismatch, Options, Outcome, Passes, Progress, RelPath, Scope, Summary, VerifyMode,
+    CopyJob, FirstN, Mismatch, Options, Outcome, Passes, Progress, RelPath, Scope, Summary,
+    VerifyMode,
 };
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 
@@ -14,7 +15,10 @@ fn is_root() -> bool {
 }
 
 fn compare_opts() -> CompareOptions {
-    CompareOptions { owner: is_root(), ..CompareOptions::all() }
+    CompareOptions {
+        owner: is_root(),
+        ..CompareOptions::all()
+    }
 }
 
 /// A destination reached through three "mounts": the directory and two symlinks to it.
@@ -27,8 +31,17 @@ fn three_mounts(base: &Path) -> Vec<PathBuf> {
     vec![d, base.join("mount1"), base.join("mount2")]
 }
 
-fn run(src: &Path, dests: &[PathBuf], opts: &Options, scopes: Vec<Scope>) -> (Summary, Vec<ingest_copy::ReportEntry>) {
-    let job = CopyJob { source: src.to_path_buf(), destinations: dests.to_vec(), scopes };
+fn run(
+    src: &Path,
+    dests: &[PathBuf],
+    opts: &Options,
+    scopes: Vec<Scope>,
+) -> (Summary, Vec<ingest_copy::ReportEntry>) {
+    let job = CopyJob {
+        source: src.to_path_buf(),
+        destinations: dests.to_vec(),
+        scopes,
+    };
     let sink = FirstN::new(1000);
     let summary = ingest_copy::run(&job, opts, &Progress::default(), &sink).expect("usable job");
     (summary, sink.take().0)
@@ -40,7 +53,15 @@ fn whole() -> Vec<Scope> {
 
 fn assert_identical(src: &Path, dst: &Path) {
     let diffs = compare(src, dst, &compare_opts());
-    assert!(diffs.is_empty(), "differences:\n{}", diffs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "differences:\n{}",
+        diffs
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 #[test]
@@ -52,9 +73,16 @@ fn copies_every_kind_and_metadata_item_serial_and_parallel() {
         let base = tmp.path().join(format!("t{threads}"));
         fs::create_dir(&base).unwrap();
         let dests = three_mounts(&base);
-        let opts = Options { threads, verify: VerifyMode::Checksum, ..Options::default() };
+        let opts = Options {
+            threads,
+            verify: VerifyMode::Checksum,
+            ..Options::default()
+        };
         let (s, report) = run(&src, &dests, &opts, whole());
-        let unsupported: Vec<_> = report.iter().filter(|e| e.outcome == Outcome::Unsupported).collect();
+        let unsupported: Vec<_> = report
+            .iter()
+            .filter(|e| e.outcome == Outcome::Unsupported)
+            .collect();
         assert_eq!(s.copy.failed, 0, "{report:?}");
         if is_root() {
             assert!(unsupported.is_empty(), "{unsupported:?}");
@@ -79,16 +107,31 @@ fn copies_every_kind_and_metadata_item_serial_and_parallel() {
 fn rerun_writes_no_data_and_counts_everything_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let g = generate(Dataset::Mixed, &src, &GenOptions { scale: 0.01, ..GenOptions::default() }).unwrap();
+    let g = generate(
+        Dataset::Mixed,
+        &src,
+        &GenOptions {
+            scale: 0.01,
+            ..GenOptions::default()
+        },
+    )
+    .unwrap();
     let dests = three_mounts(tmp.path());
-    let opts = Options { threads: 6, split_threshold: 1 << 20, ..Options::default() };
+    let opts = Options {
+        threads: 6,
+        split_threshold: 1 << 20,
+        ..Options::default()
+    };
     let (first, _) = run(&src, &dests, &opts, whole());
     assert!(first.is_success(), "{first:?}");
     assert!(first.copy.bytes_copied > 0);
     let (again, _) = run(&src, &dests, &opts, whole());
     assert_eq!(again.copy.bytes_copied, 0, "{again:?}");
     assert_eq!(again.copy.files_copied, 0);
-    assert_eq!(again.copy.files_skipped, g.non_dirs() - again.copy.unsupported);
+    assert_eq!(
+        again.copy.files_skipped,
+        g.non_dirs() - again.copy.unsupported
+    );
     assert_identical(&src, &dests[0]);
 }
 
@@ -106,17 +149,51 @@ fn flip_byte_keep_mtime(p: &Path) {
     let mut data = fs::read(p).unwrap();
     data[0] ^= 0xff;
     fs::write(p, data).unwrap();
-    let times = fs::FileTimes::new().set_modified(before.modified().unwrap()).set_accessed(before.accessed().unwrap());
-    fs::File::options().write(true).open(p).unwrap().set_times(times).unwrap();
+    let times = fs::FileTimes::new()
+        .set_modified(before.modified().unwrap())
+        .set_accessed(before.accessed().unwrap());
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_times(times)
+        .unwrap();
 }
 
 #[test]
 fn each_corruption_is_detected_with_its_kind_and_repaired() {
     let cases = [
-        Case { name: "flip a byte", corrupt: flip_byte_keep_mtime, kind: Mismatch::Content, checksum_only: true },
-        Case { name: "truncate", corrupt: |p| fs::File::options().write(true).open(p).unwrap().set_len(1).unwrap(), kind: Mismatch::Size, checksum_only: false },
-        Case { name: "delete", corrupt: |p| fs::remove_file(p).unwrap(), kind: Mismatch::Missing, checksum_only: false },
-        Case { name: "chmod", corrupt: |p| fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap(), kind: Mismatch::Mode, checksum_only: false },
+        Case {
+            name: "flip a byte",
+            corrupt: flip_byte_keep_mtime,
+            kind: Mismatch::Content,
+            checksum_only: true,
+        },
+        Case {
+            name: "truncate",
+            corrupt: |p| {
+                fs::File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(1)
+                    .unwrap()
+            },
+            kind: Mismatch::Size,
+            checksum_only: false,
+        },
+        Case {
+            name: "delete",
+            corrupt: |p| fs::remove_file(p).unwrap(),
+            kind: Mismatch::Missing,
+            checksum_only: false,
+        },
+        Case {
+            name: "chmod",
+            corrupt: |p| fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap(),
+            kind: Mismatch::Mode,
+            checksum_only: false,
+        },
         Case {
             name: "replace by a symlink",
             corrupt: |p| {
@@ -143,7 +220,11 @@ fn each_corruption_is_detected_with_its_kind_and_repaired() {
     fs::set_permissions(src.join("d/victim"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(src.join("d/bystander"), b"unchanged").unwrap();
     let dests = three_mounts(tmp.path());
-    let copy = Options { threads: 4, verify: VerifyMode::None, ..Options::default() };
+    let copy = Options {
+        threads: 4,
+        verify: VerifyMode::None,
+        ..Options::default()
+    };
     run(&src, &dests, &copy, whole());
     for case in &cases {
         for mode in [VerifyMode::Metadata, VerifyMode::Checksum] {
@@ -151,7 +232,12 @@ fn each_corruption_is_detected_with_its_kind_and_repaired() {
             if !(case.checksum_only && mode == VerifyMode::Checksum) {
                 (case.corrupt)(&dests[0].join("d/victim"));
             }
-            let verify = Options { threads: 4, verify: mode, passes: Passes::VerifyOnly, ..Options::default() };
+            let verify = Options {
+                threads: 4,
+                verify: mode,
+                passes: Passes::VerifyOnly,
+                ..Options::default()
+            };
             let (s, report) = run(&src, &dests, &verify, whole());
             let v = s.verify.unwrap();
             if mode == VerifyMode::Metadata && case.checksum_only {
@@ -160,16 +246,34 @@ fn each_corruption_is_detected_with_its_kind_and_repaired() {
                 assert!(!compare(&src, &dests[0], &compare_opts()).is_empty());
                 continue;
             }
-            assert_eq!(v.by_kind.get(&case.kind), Some(&1), "{} ({mode:?}): {v:?}", case.name);
+            assert_eq!(
+                v.by_kind.get(&case.kind),
+                Some(&1),
+                "{} ({mode:?}): {v:?}",
+                case.name
+            );
             assert_eq!(v.errors, 0, "{} ({mode:?}): {v:?}", case.name);
-            assert_eq!(v.repaired, v.missing + v.mismatched, "{} ({mode:?}): {v:?}", case.name);
-            let line = report.iter().find(|e| e.path.as_bytes() == b"d/victim").expect("a report line for the victim");
+            assert_eq!(
+                v.repaired,
+                v.missing + v.mismatched,
+                "{} ({mode:?}): {v:?}",
+                case.name
+            );
+            let line = report
+                .iter()
+                .find(|e| e.path.as_bytes() == b"d/victim")
+                .expect("a report line for the victim");
             assert_eq!(line.outcome, Outcome::Repaired);
             assert!(line.mismatches.contains(&case.kind), "{line:?}");
             // Removing or replacing the victim changed its directory's mtime: that, and only
             // that, is the one other repair allowed.
             for other in report.iter().filter(|e| e.path.as_bytes() != b"d/victim") {
-                assert_eq!((other.path.as_bytes(), &other.mismatches[..]), (&b"d"[..], &[Mismatch::Mtime][..]), "{}", case.name);
+                assert_eq!(
+                    (other.path.as_bytes(), &other.mismatches[..]),
+                    (&b"d"[..], &[Mismatch::Mtime][..]),
+                    "{}",
+                    case.name
+                );
             }
             assert_identical(&src, &dests[0]);
         }
@@ -185,14 +289,25 @@ fn a_non_empty_directory_in_the_way_is_a_reported_failure_not_an_abort() {
     fs::write(src.join("fine"), b"y").unwrap();
     let dest = tmp.path().join("dest");
     fs::create_dir_all(dest.join("blocked/keep")).unwrap();
-    let (s, report) = run(&src, &[dest.clone()], &Options::default(), whole());
+    let (s, report) = run(
+        &src,
+        std::slice::from_ref(&dest),
+        &Options::default(),
+        whole(),
+    );
     assert_eq!(s.copy.failed, 1, "{report:?}");
     assert!(!s.is_success());
-    let e = report.iter().find(|e| e.outcome == Outcome::Failed).unwrap();
+    let e = report
+        .iter()
+        .find(|e| e.outcome == Outcome::Failed)
+        .unwrap();
     assert_eq!(e.path.as_bytes(), b"blocked");
     assert!(e.errno.is_some(), "{e:?}");
     assert_eq!(fs::read(dest.join("fine")).unwrap(), b"y");
-    assert!(dest.join("blocked/keep").is_dir(), "nothing in the destination is deleted wholesale");
+    assert!(
+        dest.join("blocked/keep").is_dir(),
+        "nothing in the destination is deleted wholesale"
+    );
 }
 
 #[test]
@@ -200,20 +315,39 @@ fn ranges_written_by_separate_runs_are_finalized_by_verify_not_counted_as_repair
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir_all(src.join("big")).unwrap();
-    let data: Vec<u8> = (0..(3 << 20) + 12345).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..(3 << 20) + 12345)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     fs::write(src.join("big/file"), &data).unwrap();
     let dests = three_mounts(tmp.path());
     let file = RelPath::from_bytes(b"big/file".to_vec()).unwrap();
-    let opts = Options { threads: 2, passes: Passes::CopyOnly, split_threshold: 1 << 20, ..Options::default() };
+    let opts = Options {
+        threads: 2,
+        passes: Passes::CopyOnly,
+        split_threshold: 1 << 20,
+        ..Options::default()
+    };
     // Three "workers", each with one range, through different mounts.
     let chunk = 1u64 << 20;
     for (i, off) in [0, chunk, 2 * chunk].into_iter().enumerate() {
-        let len = if i == 2 { data.len() as u64 - off } else { chunk };
-        let scopes = vec![Scope::FileRange { file: file.clone(), offset: off, len }];
+        let len = if i == 2 {
+            data.len() as u64 - off
+        } else {
+            chunk
+        };
+        let scopes = vec![Scope::FileRange {
+            file: file.clone(),
+            offset: off,
+            len,
+        }];
         let (s, r) = run(&src, &dests[i..i + 1], &opts, scopes);
         assert_eq!(s.copy.failed, 0, "{r:?}");
         let dm = fs::metadata(dests[0].join("big/file")).unwrap();
-        assert_ne!(dm.mtime(), fs::metadata(src.join("big/file")).unwrap().mtime() + 1_000_000, "sanity");
+        assert_ne!(
+            dm.mtime(),
+            fs::metadata(src.join("big/file")).unwrap().mtime() + 1_000_000,
+            "sanity"
+        );
     }
     let not_final = fs::metadata(dests[0].join("big/file")).unwrap();
     let src_meta = fs::metadata(src.join("big/file")).unwrap();
@@ -222,41 +356,84 @@ fn ranges_written_by_separate_runs_are_finalized_by_verify_not_counted_as_repair
         (src_meta.mtime(), src_meta.mtime_nsec()),
         "a file written in ranges must not look finished before Finalize"
     );
-    let verify = Options { threads: 2, passes: Passes::VerifyOnly, verify: VerifyMode::Metadata, ..Options::default() };
+    let verify = Options {
+        threads: 2,
+        passes: Passes::VerifyOnly,
+        verify: VerifyMode::Metadata,
+        ..Options::default()
+    };
     let (s, r) = run(&src, &dests, &verify, vec![Scope::Finalize(file)]);
     let v = s.verify.unwrap();
     assert_eq!((v.checked, v.matched, v.repaired), (1, 1, 0), "{v:?} {r:?}");
     assert_eq!(fs::read(dests[0].join("big/file")).unwrap(), data);
     let done = fs::metadata(dests[0].join("big/file")).unwrap();
-    assert_eq!((done.mtime(), done.mtime_nsec()), (src_meta.mtime(), src_meta.mtime_nsec()));
+    assert_eq!(
+        (done.mtime(), done.mtime_nsec()),
+        (src_meta.mtime(), src_meta.mtime_nsec())
+    );
 }
 
 #[test]
 fn name_ranges_and_subtrees_together_cover_the_tree_once() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    generate(Dataset::Demo, &src, &GenOptions { scale: 0.2, ..GenOptions::default() }).unwrap();
+    generate(
+        Dataset::Demo,
+        &src,
+        &GenOptions {
+            scale: 0.2,
+            ..GenOptions::default()
+        },
+    )
+    .unwrap();
     let dests = three_mounts(tmp.path());
-    let top: Vec<_> = fs::read_dir(&src).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let top: Vec<_> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let mut scopes: Vec<Scope> = Vec::new();
     // The root's own entries in two name ranges (subdirectories only created), and each top-level
     // directory as its own tree: the shapes the planner emits.
     let mid = RelPath::from_bytes(b"m".to_vec()).unwrap();
-    scopes.push(Scope::Entries { dir: RelPath::root(), from: None, to: Some(mid.clone()), subtrees: false });
-    scopes.push(Scope::Entries { dir: RelPath::root(), from: Some(mid), to: None, subtrees: false });
+    scopes.push(Scope::Entries {
+        dir: RelPath::root(),
+        from: None,
+        to: Some(mid.clone()),
+        subtrees: false,
+    });
+    scopes.push(Scope::Entries {
+        dir: RelPath::root(),
+        from: Some(mid),
+        to: None,
+        subtrees: false,
+    });
     for name in &top {
         if src.join(name).is_dir() {
-            let rel = RelPath::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).to_vec()).unwrap();
+            let rel = RelPath::from_bytes(
+                std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).to_vec(),
+            )
+            .unwrap();
             scopes.push(Scope::Tree(rel));
         }
     }
-    let copy = Options { threads: 4, passes: Passes::CopyOnly, ..Options::default() };
+    let copy = Options {
+        threads: 4,
+        passes: Passes::CopyOnly,
+        ..Options::default()
+    };
     let (s, _) = run(&src, &dests, &copy, scopes.clone());
     assert_eq!(s.copy.failed, 0);
-    let verify = Options { threads: 4, passes: Passes::VerifyOnly, ..Options::default() };
+    let verify = Options {
+        threads: 4,
+        passes: Passes::VerifyOnly,
+        ..Options::default()
+    };
     let (s, r) = run(&src, &dests, &verify, scopes);
     let v = s.verify.unwrap();
     assert!(v.is_clean(), "{v:?} {r:?}");
-    assert_eq!(v.missing, 0, "every entry was copied by exactly one scope: {v:?}");
+    assert_eq!(
+        v.missing, 0,
+        "every entry was copied by exactly one scope: {v:?}"
+    );
     assert_identical(&src, &dests[0]);
 }

@@ -48,7 +48,10 @@ impl RelPath {
         if bytes[0] == b'/' {
             return Err(RelPathError::Absolute(escape(&bytes, false)));
         }
-        if bytes.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
+        if bytes
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
+        {
             return Err(RelPathError::BadComponent(escape(&bytes, false)));
         }
         Ok(RelPath(bytes))
@@ -107,7 +110,9 @@ impl RelPath {
     pub fn starts_with(&self, other: &RelPath) -> bool {
         other.is_root()
             || self.0 == other.0
-            || (self.0.len() > other.0.len() && self.0.starts_with(&other.0) && self.0[other.0.len()] == b'/')
+            || (self.0.len() > other.0.len()
+                && self.0.starts_with(&other.0)
+                && self.0[other.0.len()] == b'/')
     }
 
     /// Lossless text form (see the module docs).
@@ -224,12 +229,27 @@ mod tests {
 
     #[test]
     fn rejects_absolute_and_dot_components() {
-        assert!(matches!(RelPath::from_bytes(b"/a".to_vec()), Err(RelPathError::Absolute(_))));
+        assert!(matches!(
+            RelPath::from_bytes(b"/a".to_vec()),
+            Err(RelPathError::Absolute(_))
+        ));
         for bad in [&b"a//b"[..], b"a/./b", b"../a", b"a/", b"."] {
-            assert!(matches!(RelPath::from_bytes(bad.to_vec()), Err(RelPathError::BadComponent(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    RelPath::from_bytes(bad.to_vec()),
+                    Err(RelPathError::BadComponent(_))
+                ),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(RelPath::from_escaped("a\\q"), Err(RelPathError::BadEscape(_, 1))));
-        assert!(matches!(RelPath::from_escaped("a\\x4"), Err(RelPathError::BadEscape(_, 1))));
+        assert!(matches!(
+            RelPath::from_escaped("a\\q"),
+            Err(RelPathError::BadEscape(_, 1))
+        ));
+        assert!(matches!(
+            RelPath::from_escaped("a\\x4"),
+            Err(RelPathError::BadEscape(_, 1))
+        ));
     }
 
     #[test]

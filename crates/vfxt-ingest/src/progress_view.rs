@@ -48,8 +48,16 @@ pub fn render(label: &str, s: &Snapshot, elapsed: Duration, expected: Option<Exp
 /// Done fraction, weighing files and bytes equally (small-file trees are bound by files, big
 /// files by bytes: the field guide's two metrics).
 pub fn fraction(s: &Snapshot, e: Expected) -> f64 {
-    let f = if e.files > 0 { (s.files as f64 / e.files as f64).min(1.0) } else { 1.0 };
-    let b = if e.bytes > 0 { (s.bytes as f64 / e.bytes as f64).min(1.0) } else { 1.0 };
+    let f = if e.files > 0 {
+        (s.files as f64 / e.files as f64).min(1.0)
+    } else {
+        1.0
+    };
+    let b = if e.bytes > 0 {
+        (s.bytes as f64 / e.bytes as f64).min(1.0)
+    } else {
+        1.0
+    };
     (f + b) / 2.0
 }
 
@@ -61,19 +69,36 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 pub fn duration(secs: f64) -> String {
     let s = secs.round() as u64;
-    if s >= 3600 { format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60) } else { format!("{}:{:02}", s / 60, s % 60) }
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 /// Draws progress on stderr until `stop` is set. Call from a scoped thread.
-pub fn report_until(stop: &AtomicBool, label: &str, expected: Option<Expected>, snapshot: impl Fn() -> Snapshot) {
+pub fn report_until(
+    stop: &AtomicBool,
+    label: &str,
+    expected: Option<Expected>,
+    snapshot: impl Fn() -> Snapshot,
+) {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let every = if tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
+    let every = if tty {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
@@ -83,7 +108,11 @@ pub fn report_until(stop: &AtomicBool, label: &str, expected: Option<Expected>, 
         last = Instant::now();
         let line = render(label, &snapshot(), started.elapsed(), expected);
         let mut err = std::io::stderr().lock();
-        let _ = if tty { write!(err, "\r\x1b[2K{line}") } else { writeln!(err, "{line}") };
+        let _ = if tty {
+            write!(err, "\r\x1b[2K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
         let _ = err.flush();
     }
     if tty {
@@ -97,14 +126,35 @@ mod tests {
 
     #[test]
     fn renders_rates_percent_and_eta() {
-        let s = Snapshot { files: 50, bytes: 500, ..Default::default() };
-        let line = render("copy", &s, Duration::from_secs(10), Some(Expected { files: 100, bytes: 1000 }));
-        assert_eq!(line, "copy: 50 files, 500 B (5 files/s, 50 B/s), 50.0%, ETA 0:10");
+        let s = Snapshot {
+            files: 50,
+            bytes: 500,
+            ..Default::default()
+        };
+        let line = render(
+            "copy",
+            &s,
+            Duration::from_secs(10),
+            Some(Expected {
+                files: 100,
+                bytes: 1000,
+            }),
+        );
+        assert_eq!(
+            line,
+            "copy: 50 files, 500 B (5 files/s, 50 B/s), 50.0%, ETA 0:10"
+        );
     }
 
     #[test]
     fn without_totals_shows_walk_backlog() {
-        let s = Snapshot { files: 1, dirs_listed: 2, dirs_queued: 5, failed: 1, ..Default::default() };
+        let s = Snapshot {
+            files: 1,
+            dirs_listed: 2,
+            dirs_queued: 5,
+            failed: 1,
+            ..Default::default()
+        };
         let line = render("copy", &s, Duration::from_secs(1), None);
         assert!(line.ends_with(", 1 failed, 3 dirs to list"), "{line}");
     }

@@ -24,7 +24,10 @@ fn stderr(o: &Output) -> String {
 }
 
 fn compare_opts() -> CompareOptions {
-    CompareOptions { owner: rustix::process::geteuid().is_root(), ..CompareOptions::all() }
+    CompareOptions {
+        owner: rustix::process::geteuid().is_root(),
+        ..CompareOptions::all()
+    }
 }
 
 #[test]
@@ -39,21 +42,62 @@ fn unusable_input_exits_2_naming_the_argument() {
     fs::create_dir_all(t.join("b")).unwrap();
     let cases: Vec<(Vec<std::path::PathBuf>, Vec<&str>, &str)> = vec![
         (vec![t.join("missing"), t.join("d")], vec![], "SRC"),
-        (vec![t.join("file"), t.join("d")], vec![], "is not a directory"),
-        (vec![src.clone(), src.clone()], vec![], "is the source directory itself"),
-        (vec![src.clone(), src.join("inner")], vec![], "is inside SRC"),
-        (vec![src.join("inner"), src.clone()], vec![], "is inside DEST"),
-        (vec![src.clone(), t.join("file").join("sub")], vec![], "DEST"),
-        (vec![src.clone(), t.join("a"), t.join("b")], vec![], "does not show the same tree"),
-        (vec![src.clone(), t.join("other")], vec!["--threads", "0"], "--threads"),
+        (
+            vec![t.join("file"), t.join("d")],
+            vec![],
+            "is not a directory",
+        ),
+        (
+            vec![src.clone(), src.clone()],
+            vec![],
+            "is the source directory itself",
+        ),
+        (
+            vec![src.clone(), src.join("inner")],
+            vec![],
+            "is inside SRC",
+        ),
+        (
+            vec![src.join("inner"), src.clone()],
+            vec![],
+            "is inside DEST",
+        ),
+        (
+            vec![src.clone(), t.join("file").join("sub")],
+            vec![],
+            "DEST",
+        ),
+        (
+            vec![src.clone(), t.join("a"), t.join("b")],
+            vec![],
+            "does not show the same tree",
+        ),
+        (
+            vec![src.clone(), t.join("other")],
+            vec!["--threads", "0"],
+            "--threads",
+        ),
     ];
     for (paths, extra, needle) in cases {
         let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
         let out = copy(&refs, &extra);
-        assert_eq!(out.status.code(), Some(2), "{paths:?} {extra:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(needle), "{paths:?}: expected {needle:?} in {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{paths:?} {extra:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "{paths:?}: expected {needle:?} in {}",
+            stderr(&out)
+        );
     }
-    assert_eq!(fs::read_dir(&src).unwrap().count(), 1, "the source is never modified");
+    assert_eq!(
+        fs::read_dir(&src).unwrap().count(),
+        1,
+        "the source is never modified"
+    );
 }
 
 #[test]
@@ -68,12 +112,22 @@ fn per_file_failure_exits_1_and_is_in_the_report() {
     let report = tmp.path().join("report.jsonl");
     let out = copy(&[&src, &dest], &["--report", report.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> =
-        fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     // One line from the copy pass, one from the verify pass's attempt to repair it.
     assert_eq!(lines.len(), 2, "{lines:?}");
     for (line, op) in lines.iter().zip(["replace-dest", "repair"]) {
-        assert_eq!((line["path"].as_str(), line["outcome"].as_str(), line["op"].as_str()), (Some("blocked"), Some("failed"), Some(op)));
+        assert_eq!(
+            (
+                line["path"].as_str(),
+                line["outcome"].as_str(),
+                line["op"].as_str()
+            ),
+            (Some("blocked"), Some("failed"), Some(op))
+        );
         assert_eq!(line["errno"], 39, "ENOTEMPTY: {line}");
     }
     assert_eq!(fs::read(dest.join("ok")).unwrap(), b"fine");
@@ -89,7 +143,10 @@ fn json_summary_and_names_shown_escaped() {
     let dests = [tmp.path().join("d"), tmp.path().join("m2")];
     fs::create_dir_all(&dests[0]).unwrap();
     symlink(&dests[0], &dests[1]).unwrap();
-    let out = copy(&[&src, &dests[0], &dests[1]], &["--json", "--verify", "checksum"]);
+    let out = copy(
+        &[&src, &dests[0], &dests[1]],
+        &["--json", "--verify", "checksum"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["copy"]["filesCopied"], 1);
@@ -113,13 +170,28 @@ impl FromBytesCompat for std::ffi::OsStr {
 fn killed_copy_rerun_ends_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    generate(Dataset::Mixed, &src, &GenOptions { scale: 0.05, ..GenOptions::default() }).unwrap();
+    generate(
+        Dataset::Mixed,
+        &src,
+        &GenOptions {
+            scale: 0.05,
+            ..GenOptions::default()
+        },
+    )
+    .unwrap();
     let dest = tmp.path().join("dest");
     let mut killed_midway = false;
     for delay_ms in [30u64, 80, 200] {
         let _ = fs::remove_dir_all(&dest);
         let mut child = bin()
-            .args(["copy", "--quiet", "--threads", "4", "--split-threshold", "1048576"])
+            .args([
+                "copy",
+                "--quiet",
+                "--threads",
+                "4",
+                "--split-threshold",
+                "1048576",
+            ])
             .arg(&src)
             .arg(&dest)
             .stdout(Stdio::null())
@@ -135,11 +207,17 @@ fn killed_copy_rerun_ends_identical() {
             break;
         }
     }
-    assert!(killed_midway, "the copy was never caught part-way; the dataset is too small for this machine");
+    assert!(
+        killed_midway,
+        "the copy was never caught part-way; the dataset is too small for this machine"
+    );
     let out = copy(&[&src, &dest], &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["copy"]["filesSkipped"].as_u64().unwrap() > 0, "the re-run reused finished files: {v}");
+    assert!(
+        v["copy"]["filesSkipped"].as_u64().unwrap() > 0,
+        "the re-run reused finished files: {v}"
+    );
     let diffs = compare(&src, &dest, &compare_opts());
     assert!(diffs.is_empty(), "{diffs:#?}");
 }

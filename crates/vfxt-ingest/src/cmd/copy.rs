@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
-use ingest_copy::{CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope, Summary, Tee, VerifyMode};
+use ingest_copy::{
+    CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope, Summary, Tee, VerifyMode,
+};
 
 use crate::Outcome;
 use crate::progress_view::{self, bytes};
@@ -66,7 +68,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Outcome {
-    let mut opts = Options { threads: args.threads, verify: args.verify.into(), ..Options::default() };
+    let mut opts = Options {
+        threads: args.threads,
+        verify: args.verify.into(),
+        ..Options::default()
+    };
     opts.preserve.owner = !args.no_owner;
     opts.preserve.xattrs = !args.no_xattrs;
     opts.split_threshold = args.split_threshold;
@@ -78,7 +84,10 @@ pub fn run(args: Args) -> Outcome {
     let report = match args.report.as_ref().map(File::create).transpose() {
         Ok(f) => f.map(|f| JsonLines::new(BufWriter::new(f))),
         Err(e) => {
-            eprintln!("error: --report {}: cannot be created ({e})", args.report.as_ref().unwrap().display());
+            eprintln!(
+                "error: --report {}: cannot be created ({e})",
+                args.report.as_ref().unwrap().display()
+            );
             return Outcome::UnusableInput;
         }
     };
@@ -112,7 +121,10 @@ pub fn run(args: Args) -> Outcome {
     };
     let (entries, total) = first.take();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serializes")
+        );
     } else {
         print_summary(&summary);
         for e in &entries {
@@ -122,10 +134,17 @@ pub fn run(args: Args) -> Outcome {
             }
         }
         if total > entries.len() as u64 {
-            eprintln!("  … and {} more (use --report FILE for all)", total - entries.len() as u64);
+            eprintln!(
+                "  … and {} more (use --report FILE for all)",
+                total - entries.len() as u64
+            );
         }
     }
-    if summary.is_success() { Outcome::Success } else { Outcome::PartialFailure }
+    if summary.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::PartialFailure
+    }
 }
 
 pub fn print_summary(s: &Summary) {
@@ -142,20 +161,35 @@ pub fn print_summary(s: &Summary) {
         c.specials
     );
     if c.failed > 0 || c.unsupported > 0 {
-        println!("FAILED: {} entries, not copied by design: {} (see the report)", c.failed, c.unsupported);
+        println!(
+            "FAILED: {} entries, not copied by design: {} (see the report)",
+            c.failed, c.unsupported
+        );
     }
     if let Some(v) = &s.verify {
-        let kinds: Vec<String> = v.by_kind.iter().map(|(k, n)| format!("{k:?}={n}")).collect();
+        let kinds: Vec<String> = v
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{k:?}={n}"))
+            .collect();
         println!(
             "verified {} entries: {} matched, {} missing, {} mismatched{}, {} repaired, {} errors — {}",
             v.checked,
             v.matched,
             v.missing,
             v.mismatched,
-            if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", kinds.join(", "))
+            },
             v.repaired,
             v.errors,
-            if v.is_clean() { "destination identical" } else { "DESTINATION DIFFERS" }
+            if v.is_clean() {
+                "destination identical"
+            } else {
+                "DESTINATION DIFFERS"
+            }
         );
     }
     println!(
