@@ -31,8 +31,11 @@ pub struct ScanOptions {
     pub threads: usize,
     /// Directories with more non-directory entries than this keep a sample of names.
     pub sample_threshold: u64,
-    /// Names kept per sampled directory (a reservoir sample: bounded memory however large the directory).
+    /// Names sampled per directory (a reservoir sample: bounded memory however large the directory).
     pub samples: usize,
+    /// At most one kept name per this many entries, so that the names kept over the whole tree stay
+    /// a small fraction of its entries (memory ∝ directories, not files).
+    pub entries_per_sample: u64,
     /// Regular files at least this large are recorded by name, as candidates for byte-range shards.
     pub big_file_min: u64,
     /// Scan errors kept with their path (all are counted).
@@ -43,9 +46,11 @@ impl Default for ScanOptions {
     fn default() -> Self {
         ScanOptions {
             threads: 8,
-            sample_threshold: 4096,
+            sample_threshold: 128,
             samples: 1024,
-            big_file_min: 1 << 30,
+            entries_per_sample: 32,
+            // The engine's own split size: smaller files are never worth cutting across workers.
+            big_file_min: 64 << 20,
             max_errors: 100,
         }
     }
@@ -416,10 +421,13 @@ impl<'a> Thread<'a> {
         }
         if d.own_entries() > opts.sample_threshold {
             let n = (sampled as usize).min(opts.samples);
-            let mut s: Vec<Vec<u8>> = self.slots[..n].to_vec();
+            let mut s: Vec<&Vec<u8>> = self.slots[..n].iter().collect();
             s.sort_unstable();
             s.dedup();
-            d.samples = s;
+            // Thin evenly to the kept count: every k-th of the sorted sample is still a uniform
+            // set of quantiles.
+            let keep = ((d.own_entries() / opts.entries_per_sample.max(1)) as usize).clamp(1, s.len().max(1));
+            d.samples = (0..keep.min(s.len())).map(|i| s[i * s.len() / keep].clone()).collect();
         }
         d.big_files.sort_unstable();
         self.local.dirs.push(d);

@@ -12,6 +12,7 @@ fn scan_opts(threads: usize) -> ScanOptions {
         threads,
         sample_threshold: 6,
         samples: 5,
+        entries_per_sample: 1,
         big_file_min: 4 << 20,
         max_errors: 10,
     }

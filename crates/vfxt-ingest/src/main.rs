@@ -21,6 +21,12 @@ struct Cli {
 enum Command {
     /// Copy SRC into one export reached through one or more mounts (DEST...), then verify.
     Copy(cmd::copy::Args),
+    /// Walk SRC in parallel, plan shards, print a summary (files, sizes, largest directories, balance).
+    Scan(cmd::scan::Args),
+    /// Copy and/or verify some shards of a plan (JSON lines on stdout; used by `run` and the cluster).
+    Worker(cmd::worker::Args),
+    /// One IngestJob on this machine: scan, plan, W worker processes, verify, status.
+    Run(cmd::run::Args),
 }
 
 /// The three outcomes a run can have; each maps to one exit code.
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Copy(args) => cmd::copy::run(args),
+        Command::Scan(args) => cmd::scan::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::Run(args) => cmd::run::run(args),
     };
     outcome.into()
 }

@@ -1,0 +1,1063 @@
+//! `vfxt-ingest run -f ingestjob.yaml`: one IngestJob, end to end, on this machine.
+//!
+//! The same stages as the cluster, with processes instead of pods: scan → plan → W `worker`
+//! processes for the copy phase (each writing through its destination mount, as dealt by the
+//! plan) → the same workers for the verify phase → a status document shaped like the CRD's.
+//! The state directory keeps the plan and per-shard markers, so a re-run after a crash skips
+//! the shards that finished without scanning again.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use ingest_api::job::{
+    Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
+    IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
+    ServerStatus, ShardCounts, ShardSizing, Source, Totals, Verify, VerifyMode as JobVerifyMode,
+    WorkerTemplate,
+};
+use ingest_copy::{Snapshot, Summary};
+use ingest_plan::Phase;
+use ingest_plan::format::Plan;
+use ingest_plan::planner::PlanOptions;
+
+use crate::Outcome;
+use crate::cmd::scan::{CostArgs, scan_and_plan, write_durably, write_plan};
+use crate::cmd::worker::{add_summary, read_marker, verification};
+use crate::progress_view::{self, Expected, bytes};
+
+const LOCAL_HELP: &str = "\
+The file is an IngestJob as for the cluster (apiVersion ingest.vfxt.dev/v1alpha1, kind IngestJob), and
+says where the source and destination are on this machine in one of two ways:
+
+1. Local paths instead of NFS:
+     spec:
+       source:      {local: /data/projects}
+       destination: {local: [/mnt/destination1, /mnt/destination2, /mnt/destination3]}
+   Each destination entry is a mount of the same export (through a different cluster node IP);
+   workers are spread over them.
+
+2. The cluster form (source.nfs {server, path}, destination.nfs {servers, path}) plus a top-level
+   map from each \"SERVER:/EXPORT\" to where it is mounted here:
+     mounts:
+       \"10.0.0.5:/export/genomics\": /mnt/source
+       \"10.1.1.101:/nfs\": /mnt/destination1
+       \"10.1.1.102:/nfs\": /mnt/destination2
+
+source.subPath and destination.subPath apply below either form. Workers default to spec.workers,
+else one per destination; shards to spec.shards.target, else 16 per worker (at least 64).
+
+State (plan, per-shard markers, worker logs and reports, status.yaml) goes to --state DIR,
+default ./.vfxt-ingest/NAME. Re-running the same file resumes: finished shards are skipped and
+files that already match are left alone. To copy what changed in the source since (a delta pass),
+bump spec.run: the source is scanned again and every shard re-run, skipping files that match. Exit codes: 0 succeeded; 1 finished with failures (see
+status.yaml); 2 unusable input (the message names the field).";
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = LOCAL_HELP)]
+pub struct Args {
+    /// The IngestJob YAML (see --help for the local forms).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// State directory (plan, markers, logs, status.yaml).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Worker processes (overrides spec.workers).
+    #[arg(long, value_name = "W")]
+    pub workers: Option<u32>,
+    /// Shards to aim for (overrides spec.shards.target).
+    #[arg(long, value_name = "K")]
+    pub shards: Option<u32>,
+    /// Scan threads.
+    #[arg(long, default_value_t = 16)]
+    pub scan_threads: usize,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the final status as JSON on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---- the document ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunDoc {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: Meta,
+    spec: RunSpec,
+    /// "SERVER:/EXPORT" → local mount point.
+    #[serde(default)]
+    mounts: BTreeMap<String, PathBuf>,
+    /// Ignored: a status copied along with the object.
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Meta {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `IngestJobSpec` with the local forms of source and destination; the other fields are the
+/// API's own types, so defaults and field names are the CRD's.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunSpec {
+    source: RunSource,
+    destination: RunDestination,
+    #[serde(default)]
+    workers: Option<u32>,
+    #[serde(default = "default_threads")]
+    threads_per_worker: u32,
+    #[serde(default)]
+    shards: ShardSizing,
+    #[serde(default)]
+    verify: Verify,
+    #[serde(default)]
+    preserve: Preserve,
+    #[serde(default)]
+    failure_policy: FailurePolicy,
+    #[serde(default)]
+    run: i64,
+    #[serde(default)]
+    worker: WorkerTemplate,
+}
+
+fn default_threads() -> u32 {
+    16
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunSource {
+    #[serde(default)]
+    nfs: Option<NfsSource>,
+    #[serde(default)]
+    pvc: Option<PvcSource>,
+    #[serde(default)]
+    local: Option<PathBuf>,
+    #[serde(default)]
+    sub_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunDestination {
+    #[serde(default)]
+    nfs: Option<DestinationNfs>,
+    #[serde(default)]
+    local: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    sub_path: Option<String>,
+}
+
+/// Everything `run` needs, resolved to local paths and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resolved {
+    name: String,
+    source: PathBuf,
+    /// Destination directories (mount + subPath), one per server.
+    destinations: Vec<PathBuf>,
+    /// Names for status: the NFS servers, or the local mount paths.
+    servers: Vec<String>,
+    workers: u32,
+    shards: u32,
+    threads: u32,
+    verify: String,
+    owner: bool,
+    mode: bool,
+    times: bool,
+    xattrs: bool,
+    hardlinks: bool,
+    fail_job: bool,
+    max_failed_files: Option<u64>,
+    run: i64,
+    seconds_per_entry: f64,
+    bytes_per_second: f64,
+}
+
+/// Parses the YAML; errors name the field path and line, and say what is valid.
+fn parse(text: &str) -> Result<RunDoc, String> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, RunDoc>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        // serde_yaml's message already lists the expected fields or variants.
+        let msg = inner.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        };
+        if path == "." {
+            format!("{msg}{at}")
+        } else {
+            format!("{path}: {msg}{at}")
+        }
+    })
+}
+
+fn mount_key(server: &str, path: &str) -> String {
+    format!("{server}:{path}")
+}
+
+/// Joins a validated relative subPath.
+fn under(base: &Path, sub: &Option<String>) -> PathBuf {
+    match sub {
+        Some(s) if !s.is_empty() => base.join(s),
+        _ => base.to_path_buf(),
+    }
+}
+
+/// The local mount point of `server:path`, or an error saying how to give it.
+fn lookup(
+    mounts: &BTreeMap<String, PathBuf>,
+    errs: &mut Vec<String>,
+    field: &str,
+    server: &str,
+    path: &str,
+) -> Option<PathBuf> {
+    let key = mount_key(server, path);
+    let found = mounts.get(&key).cloned();
+    if found.is_none() {
+        errs.push(format!(
+            "mounts: no local path for {key:?} ({field}); add it, e.g. mounts: {{\"{key}\": /mnt/...}}, or use the local form (see --help)"
+        ));
+    }
+    found
+}
+
+fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String>> {
+    let mut errs: Vec<String> = Vec::new();
+    let api_version = format!(
+        "{}/{}",
+        ingest_api::constants::GROUP,
+        ingest_api::constants::VERSION
+    );
+    if doc.api_version != api_version {
+        errs.push(format!(
+            "apiVersion: {:?} is not supported; use {api_version:?}",
+            doc.api_version
+        ));
+    }
+    if doc.kind != ingest_api::constants::KIND {
+        errs.push(format!(
+            "kind: {:?} is not supported; use {:?}",
+            doc.kind,
+            ingest_api::constants::KIND
+        ));
+    }
+    let spec = doc.spec;
+    let mounts = &doc.mounts;
+
+    // The source, as a local path and as a spec the API's validation understands.
+    let (source_root, api_source) = match (&spec.source.local, &spec.source.nfs, &spec.source.pvc) {
+        (Some(p), None, None) => {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            let nfs = NfsSource {
+                server: "localhost".into(),
+                path: abs.to_string_lossy().into_owned(),
+            };
+            (
+                Some(abs),
+                Source {
+                    nfs: Some(nfs),
+                    pvc: None,
+                    sub_path: spec.source.sub_path.clone(),
+                },
+            )
+        }
+        (None, Some(nfs), None) => {
+            let root = lookup(mounts, &mut errs, "spec.source.nfs", &nfs.server, &nfs.path);
+            (
+                root,
+                Source {
+                    nfs: Some(nfs.clone()),
+                    pvc: None,
+                    sub_path: spec.source.sub_path.clone(),
+                },
+            )
+        }
+        (None, None, Some(_)) => {
+            errs.push("spec.source.pvc: a PersistentVolumeClaim cannot be used by run; use source.local or source.nfs with mounts".into());
+            (None, Source::default())
+        }
+        _ => {
+            errs.push("spec.source: set exactly one of local, nfs (with mounts) or pvc".into());
+            (None, Source::default())
+        }
+    };
+    let (dest_roots, servers, api_dest) = match (&spec.destination.local, &spec.destination.nfs) {
+        (Some(list), None) => {
+            if list.is_empty() {
+                errs.push("spec.destination.local: list at least one directory (a mount of the destination export)".into());
+            }
+            let abs: Vec<PathBuf> = list
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect();
+            let names: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
+            // Valid stand-ins, so that the API's checks of the other fields apply unchanged.
+            let stand_in: Vec<String> = (1..=abs.len().max(1))
+                .map(|i| format!("local-{i}"))
+                .collect();
+            let dest = DestinationNfs {
+                servers: stand_in,
+                path: "/".into(),
+                mount_options: None,
+            };
+            (
+                abs,
+                names,
+                Destination {
+                    nfs: dest,
+                    sub_path: spec.destination.sub_path.clone(),
+                },
+            )
+        }
+        (None, Some(nfs)) => {
+            let roots: Vec<PathBuf> = nfs
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    lookup(
+                        mounts,
+                        &mut errs,
+                        &format!("spec.destination.nfs.servers[{i}]"),
+                        s,
+                        &nfs.path,
+                    )
+                })
+                .collect();
+            (
+                roots,
+                nfs.servers.clone(),
+                Destination {
+                    nfs: nfs.clone(),
+                    sub_path: spec.destination.sub_path.clone(),
+                },
+            )
+        }
+        _ => {
+            errs.push("spec.destination: set exactly one of local or nfs (with mounts)".into());
+            (Vec::new(), Vec::new(), Destination::default())
+        }
+    };
+    let api_spec = IngestJobSpec {
+        source: api_source,
+        destination: api_dest,
+        workers: spec.workers,
+        threads_per_worker: spec.threads_per_worker,
+        shards: spec.shards.clone(),
+        verify: spec.verify.clone(),
+        preserve: spec.preserve.clone(),
+        failure_policy: spec.failure_policy.clone(),
+        run: spec.run,
+        worker: spec.worker.clone(),
+    };
+    if let Err(e) = ingest_api::validate::validate_spec(&api_spec) {
+        errs.extend(e.0.iter().map(|f| f.to_string()));
+    }
+    let workers = args
+        .workers
+        .or(spec.workers)
+        .unwrap_or(servers.len().max(1) as u32);
+    if args.workers == Some(0) {
+        errs.push("--workers: must be at least 1 (got 0)".into());
+    }
+    let shards = args
+        .shards
+        .or(spec.shards.target)
+        .unwrap_or((16 * workers).max(64));
+    if args.shards == Some(0) {
+        errs.push("--shards: must be at least 1 (got 0)".into());
+    }
+    let cost = match args.cost.model() {
+        Ok(c) => c,
+        Err(e) => {
+            errs.push(e);
+            Default::default()
+        }
+    };
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let source = under(&source_root.expect("checked"), &spec.source.sub_path);
+    match std::fs::metadata(&source) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => errs.push(format!(
+            "spec.source: {} is not a directory",
+            source.display()
+        )),
+        Err(e) => errs.push(format!(
+            "spec.source: {} cannot be read ({e})",
+            source.display()
+        )),
+    }
+    let mut destinations = Vec::new();
+    for (root, server) in dest_roots.iter().zip(&servers) {
+        match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            _ => errs.push(format!(
+                "spec.destination: mount {} (for {server}) is not an existing directory",
+                root.display()
+            )),
+        }
+        destinations.push(under(root, &spec.destination.sub_path));
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let name = doc.metadata.name.clone().unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "ingestjob".into())
+    });
+    let verify = match spec.verify.mode {
+        JobVerifyMode::None => "none",
+        JobVerifyMode::Metadata => "metadata",
+        JobVerifyMode::Checksum => "checksum",
+    };
+    Ok(Resolved {
+        name,
+        source,
+        destinations,
+        servers,
+        workers,
+        shards,
+        threads: spec.threads_per_worker,
+        verify: verify.into(),
+        // Owners can only be set by root; elsewhere asking for them would fail every file.
+        owner: spec.preserve.owner && rustix::process::geteuid().is_root(),
+        mode: spec.preserve.mode,
+        times: spec.preserve.times,
+        xattrs: spec.preserve.xattrs,
+        hardlinks: spec.preserve.hardlinks,
+        fail_job: spec.failure_policy.action == FailureAction::FailJob,
+        max_failed_files: spec.failure_policy.max_failed_files,
+        run: spec.run,
+        seconds_per_entry: cost.seconds_per_entry,
+        bytes_per_second: cost.bytes_per_second,
+    })
+}
+
+// ---- the run --------------------------------------------------------------------------------
+
+/// What one worker process reported.
+#[derive(Debug, Default, Clone)]
+struct WorkerState {
+    snapshot: Snapshot,
+    result: Option<serde_json::Value>,
+}
+
+struct PhaseOutcome {
+    summary: Summary,
+    failures: Vec<FileFailure>,
+    failed_files: u64,
+    /// Per worker: copied files and bytes (for the per-server status).
+    per_worker: Vec<(u64, u64)>,
+    /// Workers that died or could not start, with why.
+    broken: Vec<String>,
+    unusable: bool,
+}
+
+pub fn run(args: Args) -> Outcome {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: -f {}: cannot be read ({e})", args.file.display());
+            return Outcome::UnusableInput;
+        }
+    };
+    let doc = match parse(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.file.display());
+            return Outcome::UnusableInput;
+        }
+    };
+    let job = match resolve(doc, &args, &args.file) {
+        Ok(j) => j,
+        Err(errs) => {
+            for e in errs {
+                eprintln!("error: {}: {e}", args.file.display());
+            }
+            return Outcome::UnusableInput;
+        }
+    };
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".vfxt-ingest").join(&job.name));
+    match execute(&job, &state, &args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            Outcome::UnusableInput
+        }
+    }
+}
+
+fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String> {
+    let started = Timestamp::now();
+    let t0 = Instant::now();
+    let markers = state.join("markers");
+    for d in [state.to_path_buf(), markers.clone(), state.join("logs")] {
+        std::fs::create_dir_all(&d)
+            .map_err(|e| format!("--state {}: cannot be created ({e})", d.display()))?;
+    }
+    for d in &job.destinations {
+        std::fs::create_dir_all(d)
+            .map_err(|e| format!("spec.destination: {} cannot be created ({e})", d.display()))?;
+    }
+    let plan_path = state.join("plan.json");
+    let job_path = state.join("job.json");
+    let plan = match reusable_plan(job, &job_path, &plan_path) {
+        Some(p) => {
+            say(
+                args,
+                &format!(
+                    "resuming: plan of {} shards from {}",
+                    p.shards.len(),
+                    plan_path.display()
+                ),
+            );
+            p
+        }
+        None => {
+            say(args, &format!("scanning {}", job.source.display()));
+            let opts = PlanOptions {
+                shards: job.shards,
+                workers: job.workers,
+                servers: job.servers.clone(),
+                cost: ingest_plan::CostModel {
+                    seconds_per_entry: job.seconds_per_entry,
+                    bytes_per_second: job.bytes_per_second,
+                },
+                ..PlanOptions::default()
+            };
+            let (_, p, secs) = scan_and_plan(&job.source, args.scan_threads, &opts)?;
+            // A new plan invalidates the old markers (shard ids mean other things now).
+            for e in std::fs::read_dir(&markers)
+                .map_err(|e| e.to_string())?
+                .flatten()
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+            write_plan(&plan_path, &p).map_err(|e| format!("--state: plan not written ({e})"))?;
+            write_durably(
+                &job_path,
+                &serde_json::to_vec_pretty(job).expect("job serializes"),
+            )
+            .map_err(|e| format!("--state: job not written ({e})"))?;
+            let t = &p.totals;
+            say(
+                args,
+                &format!(
+                    "scanned {} files, {} directories, {} in {secs:.2} s; {} shards over {} workers on {} destinations, predicted imbalance {:.3}",
+                    t.files,
+                    t.directories,
+                    bytes(t.bytes),
+                    p.shards.len(),
+                    p.workers,
+                    p.servers.len(),
+                    p.prediction.imbalance
+                ),
+            );
+            for e in &p.scan_errors {
+                say(args, &format!("  unreadable: {}: {}", e.path, e.error));
+            }
+            p
+        }
+    };
+    let t = &plan.totals;
+    let copy_started = Instant::now();
+    let copy = run_phase(
+        job,
+        state,
+        &plan_path,
+        Phase::Copy,
+        Expected {
+            files: t.files,
+            bytes: t.bytes,
+        },
+        args,
+    );
+    let copy_secs = copy_started.elapsed().as_secs_f64();
+    let verify = if job.verify != "none" && !copy.unusable {
+        let expected = Expected {
+            files: t.files + t.others + t.directories,
+            bytes: t.bytes,
+        };
+        Some(run_phase(
+            job,
+            state,
+            &plan_path,
+            Phase::Verify,
+            expected,
+            args,
+        ))
+    } else {
+        None
+    };
+    let status = build_status(
+        job,
+        &plan,
+        &markers,
+        &copy,
+        verify.as_ref(),
+        copy_secs,
+        started,
+    );
+    let yaml = serde_yaml::to_string(&status).expect("status serializes");
+    write_durably(&state.join("status.yaml"), yaml.as_bytes())
+        .map_err(|e| format!("--state: status not written ({e})"))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
+    } else {
+        print_status(
+            &status,
+            &copy,
+            verify.as_ref(),
+            t0.elapsed().as_secs_f64(),
+            state,
+        );
+    }
+    if copy.unusable || verify.as_ref().is_some_and(|v| v.unusable) {
+        return Ok(Outcome::UnusableInput);
+    }
+    Ok(if status.phase == Some(JobPhase::Succeeded) {
+        Outcome::Success
+    } else {
+        Outcome::PartialFailure
+    })
+}
+
+fn say(args: &Args, line: &str) {
+    if !args.quiet && !args.json {
+        eprintln!("{line}");
+    }
+}
+
+/// The stored plan, if it was made for exactly this job (same paths, workers, shards, run).
+fn reusable_plan(job: &Resolved, job_path: &Path, plan_path: &Path) -> Option<Plan> {
+    let stored: Resolved = serde_json::from_slice(&std::fs::read(job_path).ok()?).ok()?;
+    if stored != *job {
+        return None;
+    }
+    crate::cmd::worker::load_plan(plan_path).ok()
+}
+
+/// Starts one worker process per worker slot for `phase`, shows aggregate progress, collects results.
+fn run_phase(
+    job: &Resolved,
+    state: &Path,
+    plan_path: &Path,
+    phase: Phase,
+    expected: Expected,
+    args: &Args,
+) -> PhaseOutcome {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
+    let states: Vec<Mutex<WorkerState>> = (0..job.workers)
+        .map(|_| Mutex::new(WorkerState::default()))
+        .collect();
+    let mut broken = Vec::new();
+    let mut children: Vec<(u32, Child)> = Vec::new();
+    for w in 0..job.workers {
+        let dest = &job.destinations[w as usize % job.destinations.len()];
+        let log = state
+            .join("logs")
+            .join(format!("worker-{w}-{}.log", phase.as_str()));
+        let stderr = match std::fs::File::create(&log) {
+            Ok(f) => Stdio::from(f),
+            Err(_) => Stdio::inherit(),
+        };
+        let mut cmd = Command::new(&exe);
+        cmd.arg("worker")
+            .arg("--plan")
+            .arg(plan_path)
+            .arg("--source")
+            .arg(&job.source)
+            .arg("--dest")
+            .arg(dest)
+            .args(["--worker", &w.to_string(), "--of", &job.workers.to_string()])
+            .args([
+                "--phase",
+                phase.as_str(),
+                "--threads",
+                &job.threads.to_string(),
+                "--verify",
+                &job.verify,
+            ])
+            .arg("--markers")
+            .arg(state.join("markers"))
+            .arg("--report")
+            .arg(
+                state
+                    .join("logs")
+                    .join(format!("report-{w}-{}.jsonl", phase.as_str())),
+            )
+            .args(["--progress-every", "1"])
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .stdin(Stdio::null());
+        if !job.owner {
+            cmd.arg("--no-owner");
+        }
+        if !job.xattrs {
+            cmd.arg("--no-xattrs");
+        }
+        // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
+        // `run`: a re-run would otherwise race it on the same shards.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        match cmd.spawn() {
+            Ok(c) => children.push((w, c)),
+            Err(e) => broken.push(format!("worker {w}: cannot start {} ({e})", exe.display())),
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let mut exits: Vec<(u32, std::io::Result<std::process::ExitStatus>)> = Vec::new();
+    let states = &states;
+    std::thread::scope(|s| {
+        for (w, child) in &mut children {
+            let out = child.stdout.take().expect("stdout piped");
+            let w = *w;
+            s.spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    let mut st = states[w as usize].lock().unwrap();
+                    match v["event"].as_str() {
+                        Some("progress") => {
+                            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                            st.snapshot = Snapshot {
+                                files: n("files"),
+                                bytes: n("bytes"),
+                                failed: n("failed"),
+                                verified: n("verified"),
+                                verified_bytes: n("verifiedBytes"),
+                                ..Snapshot::default()
+                            };
+                        }
+                        Some("result") => st.result = Some(v),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        let label = phase.as_str();
+        let stop = &stop;
+        let viewer = (!args.quiet && !args.json).then(|| {
+            s.spawn(move || {
+                progress_view::report_until(stop, label, Some(expected), || {
+                    let mut sum = Snapshot::default();
+                    for st in states {
+                        let x = st.lock().unwrap().snapshot;
+                        sum.files += x.files;
+                        sum.bytes += x.bytes;
+                        sum.failed += x.failed;
+                        sum.verified += x.verified;
+                        sum.verified_bytes += x.verified_bytes;
+                    }
+                    if phase == Phase::Verify {
+                        // The bar follows what this phase moves.
+                        sum.files = sum.verified;
+                        sum.bytes = sum.verified_bytes;
+                    }
+                    sum
+                })
+            })
+        });
+        for (w, child) in &mut children {
+            exits.push((*w, child.wait()));
+        }
+        // Readers end at EOF, which follows the exits.
+        stop.store(true, Relaxed);
+        if let Some(v) = viewer {
+            let _ = v.join();
+        }
+    });
+
+    let mut out = PhaseOutcome {
+        summary: Summary::default(),
+        failures: Vec::new(),
+        failed_files: 0,
+        per_worker: vec![(0, 0); job.workers as usize],
+        broken,
+        unusable: false,
+    };
+    for (w, exit) in exits {
+        let st = states[w as usize].lock().unwrap().clone();
+        let code = exit.as_ref().ok().and_then(|e| e.code());
+        if code == Some(2) {
+            out.unusable = true;
+        }
+        match (&st.result, code) {
+            (Some(r), Some(0 | 1)) => {
+                if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
+                    out.per_worker[w as usize] = (
+                        s.copy.files_copied + s.copy.files_skipped,
+                        s.copy.bytes_copied,
+                    );
+                    add_summary(&mut out.summary, &s);
+                }
+                if let Ok(pr) =
+                    serde_json::from_value::<ingest_api::report::PodResult>(r["result"].clone())
+                {
+                    out.failed_files += pr.failed;
+                    out.failures.extend(pr.failures);
+                }
+            }
+            _ => {
+                let log = state
+                    .join("logs")
+                    .join(format!("worker-{w}-{}.log", phase.as_str()));
+                let why = match &exit {
+                    Ok(e) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = tail.lines().last().unwrap_or("").to_string();
+                out.broken.push(format!(
+                    "worker {w} ({} phase): {why}; {last} (log: {})",
+                    phase.as_str(),
+                    log.display()
+                ));
+            }
+        }
+    }
+    out.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
+    out
+}
+
+fn now_time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn build_status(
+    job: &Resolved,
+    plan: &Plan,
+    markers: &Path,
+    copy: &PhaseOutcome,
+    verify: Option<&PhaseOutcome>,
+    copy_secs: f64,
+    started: Timestamp,
+) -> IngestJobStatus {
+    let t = &plan.totals;
+    let done = |s: &ingest_plan::Shard| {
+        read_marker(markers, Phase::Copy, s.id).is_some()
+            && (verify.is_none() || read_marker(markers, Phase::Verify, s.id).is_some())
+    };
+    let succeeded = plan.shards.iter().filter(|s| done(s)).count() as u64;
+    let total = plan.shards.len() as u64;
+    let failed_shards = total - succeeded;
+    let c = &copy.summary.copy;
+    let files_done = c.files_copied + c.files_skipped;
+    let secs = copy_secs.max(1e-3);
+    let percent = if t.bytes > 0 {
+        (c.bytes_copied as f64 / t.bytes as f64 * 100.0).min(100.0)
+    } else if t.files > 0 {
+        (files_done as f64 / t.files as f64 * 100.0).min(100.0)
+    } else {
+        100.0
+    };
+    // A shard counted as done has all its bytes at the destination, copied now or before.
+    let percent = if failed_shards == 0 { 100.0 } else { percent };
+    let servers: Vec<ServerStatus> = job
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ws: Vec<usize> = (0..job.workers as usize)
+                .filter(|w| w % job.servers.len() == i)
+                .collect();
+            ServerStatus {
+                server: name.clone(),
+                workers: ws.len() as u32,
+                files: ws.iter().map(|&w| copy.per_worker[w].0).sum(),
+                bytes: ws.iter().map(|&w| copy.per_worker[w].1).sum(),
+            }
+        })
+        .collect();
+    let verification = verify
+        .and_then(|v| v.summary.verify.as_ref())
+        .map(verification);
+    let mut failures: Vec<FileFailure> = plan
+        .scan_errors
+        .iter()
+        .map(|e| FileFailure {
+            path: e.path.to_escaped(),
+            reason: format!("scan: {}", e.error),
+        })
+        .collect();
+    for b in copy
+        .broken
+        .iter()
+        .chain(verify.iter().flat_map(|v| v.broken.iter()))
+    {
+        failures.push(FileFailure {
+            path: String::new(),
+            reason: b.clone(),
+        });
+    }
+    failures.extend(copy.failures.iter().cloned());
+    if let Some(v) = verify {
+        failures.extend(v.failures.iter().cloned());
+    }
+    failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
+    // Files still wrong at the end: copy failures the verify pass repaired do not count.
+    let verify_errors = verify.map(|v| v.failed_files);
+    let failed_files = t.errors + t.unreadable + verify_errors.unwrap_or(copy.failed_files);
+    let broken = !copy.broken.is_empty() || verify.is_some_and(|v| !v.broken.is_empty());
+    let clean_verify = verification
+        .as_ref()
+        .is_none_or(|v| v.errors == 0 && v.repaired == v.missing + v.mismatched);
+    let too_many = match (job.fail_job, job.max_failed_files) {
+        (true, _) => failed_files > 0,
+        (false, Some(max)) => failed_files > max,
+        (false, None) => false,
+    };
+    let ok = !broken && failed_shards == 0 && clean_verify && !too_many;
+    let phase = if ok || (!broken && !job.fail_job && !too_many && failed_files > 0 && clean_verify)
+    {
+        JobPhase::Succeeded
+    } else {
+        JobPhase::Failed
+    };
+    let message = if phase == JobPhase::Succeeded && failed_files == 0 {
+        format!("copied and verified {} files ({})", t.files, bytes(t.bytes))
+    } else if phase == JobPhase::Succeeded {
+        format!("finished; {failed_files} files failed (listed in failures)")
+    } else if broken {
+        "a worker process failed; see failures and the logs in the state directory".to_string()
+    } else {
+        format!(
+            "{failed_shards} of {total} shards did not finish cleanly; {failed_files} files failed"
+        )
+    };
+    IngestJobStatus {
+        phase: Some(phase),
+        run: Some(job.run),
+        message: Some(message),
+        totals: Some(Totals {
+            files: t.files + t.others,
+            directories: t.directories,
+            bytes: t.bytes,
+        }),
+        progress: Some(JobProgress {
+            files: files_done,
+            bytes: c.bytes_copied,
+            percent: (percent * 10.0).round() / 10.0,
+            percent_text: format!("{percent:.1}%"),
+            bytes_text: bytes(c.bytes_copied),
+            bytes_per_second: (c.bytes_copied as f64 / secs) as u64,
+            files_per_second: (files_done as f64 / secs) as u64,
+            eta: None,
+        }),
+        shards: Some(ShardCounts {
+            total,
+            pending: 0,
+            running: 0,
+            succeeded,
+            failed: failed_shards,
+        }),
+        servers,
+        verification,
+        failed_files,
+        failures,
+        start_time: Some(now_time(started)),
+        completion_time: Some(now_time(Timestamp::now())),
+        ..IngestJobStatus::default()
+    }
+}
+
+fn print_status(
+    s: &IngestJobStatus,
+    copy: &PhaseOutcome,
+    verify: Option<&PhaseOutcome>,
+    secs: f64,
+    state: &Path,
+) {
+    let phase = s.phase.map(|p| p.as_str()).unwrap_or("Unknown");
+    println!("{phase}: {}", s.message.as_deref().unwrap_or(""));
+    let c = &copy.summary.copy;
+    println!(
+        "copy: {} files copied ({}), {} already up to date, {} directories, {} symlinks, {} hard links, {} failed",
+        c.files_copied,
+        bytes(c.bytes_copied),
+        c.files_skipped,
+        c.directories,
+        c.symlinks,
+        c.hardlinks,
+        c.failed
+    );
+    if let (Some(v), Some(_)) = (&s.verification, verify) {
+        println!(
+            "verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
+            v.checked,
+            v.matched,
+            v.missing,
+            v.mismatched,
+            v.repaired,
+            v.errors,
+            if v.errors == 0 && v.repaired == v.missing + v.mismatched {
+                "destination identical"
+            } else {
+                "DESTINATION DIFFERS"
+            }
+        );
+    }
+    if let Some(sh) = &s.shards {
+        println!("shards: {} of {} finished", sh.succeeded, sh.total);
+    }
+    for sv in &s.servers {
+        println!(
+            "  {}: {} workers, {} files, {}",
+            sv.server,
+            sv.workers,
+            sv.files,
+            bytes(sv.bytes)
+        );
+    }
+    for f in &s.failures {
+        println!("  FAILED {}: {}", f.path, f.reason);
+    }
+    println!(
+        "{secs:.2} s in all; status: {}",
+        state.join("status.yaml").display()
+    );
+}

@@ -1,0 +1,260 @@
+//! `vfxt-ingest scan SRC`: walk the source in parallel, plan shards, print what was found.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ingest_plan::CostModel;
+use ingest_plan::format::Plan;
+use ingest_plan::planner::{PlanOptions, plan};
+use ingest_plan::scan::{Scan, ScanOptions, scan};
+
+use crate::Outcome;
+use crate::progress_view::bytes;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The directory to scan (never modified).
+    #[arg(value_name = "SRC")]
+    pub source: PathBuf,
+    /// Shards to aim for (at least 1).
+    #[arg(long, short = 'k', default_value_t = 256)]
+    pub shards: u32,
+    /// Scan threads (at least 1). On NFS, more threads hide round trips.
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Workers the shards are dealt to (at least 1), spread round robin over the servers.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// Destination server names, in dealing order (repeat the flag). Default: one, "local".
+    #[arg(long = "server", value_name = "NAME")]
+    pub servers: Vec<String>,
+    #[command(flatten)]
+    pub cost: CostArgs,
+    /// Write the plan (JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The cost model's constants; shared by `scan` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CostArgs {
+    /// Predicted seconds per entry for one worker (creates, opens and metadata dominate small files).
+    #[arg(long, default_value_t = CostModel::default().seconds_per_entry, value_name = "SECONDS")]
+    pub seconds_per_entry: f64,
+    /// Predicted bytes per second of one worker (dominates files over ~10 MiB).
+    #[arg(long, default_value_t = CostModel::default().bytes_per_second, value_name = "BYTES")]
+    pub bytes_per_second: f64,
+}
+
+impl CostArgs {
+    pub fn model(&self) -> Result<CostModel, String> {
+        if !(self.seconds_per_entry.is_finite() && self.seconds_per_entry > 0.0) {
+            return Err(format!(
+                "--seconds-per-entry: {} must be a positive number",
+                self.seconds_per_entry
+            ));
+        }
+        if !(self.bytes_per_second.is_finite() && self.bytes_per_second > 0.0) {
+            return Err(format!(
+                "--bytes-per-second: {} must be a positive number",
+                self.bytes_per_second
+            ));
+        }
+        Ok(CostModel {
+            seconds_per_entry: self.seconds_per_entry,
+            bytes_per_second: self.bytes_per_second,
+        })
+    }
+}
+
+/// Scans `source` and plans it; errors are unusable input, worded for the command line.
+pub fn scan_and_plan(
+    source: &Path,
+    threads: usize,
+    opts: &PlanOptions,
+) -> Result<(Scan, Plan, f64), String> {
+    if threads == 0 {
+        return Err("--threads: must be at least 1 (got 0)".into());
+    }
+    if opts.shards == 0 {
+        return Err("--shards: must be at least 1 (got 0)".into());
+    }
+    if opts.workers == 0 {
+        return Err("--workers: must be at least 1 (got 0)".into());
+    }
+    let started = Instant::now();
+    let s = scan(
+        source,
+        &ScanOptions {
+            threads,
+            ..ScanOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let p = plan(&s, opts).map_err(|e| e.to_string())?;
+    Ok((s, p, started.elapsed().as_secs_f64()))
+}
+
+pub fn run(args: Args) -> Outcome {
+    let cost = match args.cost.model() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    let servers = if args.servers.is_empty() {
+        vec!["local".to_string()]
+    } else {
+        args.servers.clone()
+    };
+    let opts = PlanOptions {
+        shards: args.shards,
+        workers: args.workers,
+        servers,
+        cost,
+        ..PlanOptions::default()
+    };
+    let (s, p, secs) = match scan_and_plan(&args.source, args.threads, &opts) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    if let Some(out) = &args.out
+        && let Err(e) = write_plan(out, &p)
+    {
+        eprintln!("error: --out {}: {e}", out.display());
+        return Outcome::UnusableInput;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&s, &p, secs)).expect("summary serializes")
+        );
+    } else {
+        print_summary(&s, &p, secs);
+    }
+    if p.totals.errors > 0 {
+        Outcome::PartialFailure
+    } else {
+        Outcome::Success
+    }
+}
+
+/// Writes the plan durably: a temp file, fsync, rename (a crash never leaves half a plan).
+pub fn write_plan(path: &Path, p: &Plan) -> std::io::Result<()> {
+    write_durably(path, p.to_json().as_bytes())
+}
+
+pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn bucket_label(b: usize) -> String {
+    if b == 0 {
+        "0 B".to_string()
+    } else {
+        format!(
+            "[{}, {})",
+            bytes(1u64 << (b - 1)),
+            bytes(1u64.checked_shl(b as u32).unwrap_or(u64::MAX))
+        )
+    }
+}
+
+pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
+    let t = &p.totals;
+    println!(
+        "scanned {} files, {} directories, {} other entries, {} in {:.2} s ({} entries/s)",
+        t.files,
+        t.directories,
+        t.others,
+        bytes(t.bytes),
+        secs,
+        ((t.files + t.directories + t.others) as f64 / secs.max(1e-3)).round() as u64
+    );
+    if t.linked_inodes > 0 {
+        println!(
+            "hard links: {} inodes with {} paths (each inode kept in one shard)",
+            t.linked_inodes, t.linked_paths
+        );
+    }
+    if t.unreadable > 0 || t.errors > 0 {
+        println!(
+            "UNREADABLE: {} directories skipped, {} entries failed in all:",
+            t.unreadable, t.errors
+        );
+        for e in &p.scan_errors {
+            println!("  {}: {}", e.path, e.error);
+        }
+    }
+    println!("file sizes:");
+    for (b, n) in t.size_histogram.iter().enumerate().filter(|(_, n)| **n > 0) {
+        println!("  {:>24} {n}", bucket_label(b));
+    }
+    println!("largest directories (own entries):");
+    for d in s.largest_dirs(5) {
+        let path = if d.path.is_root() {
+            ".".to_string()
+        } else {
+            d.path.to_string()
+        };
+        println!(
+            "  {:>10} entries {:>10}  {path}",
+            d.own_entries(),
+            bytes(d.bytes)
+        );
+    }
+    let pr = &p.prediction;
+    println!(
+        "plan: {} shards (asked {}), {} workers on {} servers; predicted {:.1} s per worker, busiest {:.1} s, imbalance {:.3} (max/mean), largest shard {:.2}× the mean",
+        p.shards.len(),
+        p.requested_shards,
+        p.workers,
+        p.servers.len(),
+        pr.mean,
+        pr.makespan,
+        pr.imbalance,
+        pr.shard_imbalance
+    );
+}
+
+pub fn summary_json(s: &Scan, p: &Plan, secs: f64) -> serde_json::Value {
+    let largest: Vec<serde_json::Value> = s
+        .largest_dirs(5)
+        .into_iter()
+        .map(|d| serde_json::json!({"path": d.path, "entries": d.own_entries(), "bytes": d.bytes}))
+        .collect();
+    let hist: Vec<serde_json::Value> = p
+        .totals
+        .size_histogram
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(b, n)| serde_json::json!({"bucket": bucket_label(b), "minBytes": if b == 0 { 0 } else { 1u64 << (b - 1) }, "files": n}))
+        .collect();
+    serde_json::json!({
+        "totals": p.totals,
+        "sizeHistogram": hist,
+        "largestDirectories": largest,
+        "shards": p.shards.len(),
+        "prediction": p.prediction,
+        "scanErrors": p.scan_errors,
+        "seconds": secs,
+    })
+}

@@ -1,0 +1,431 @@
+//! `vfxt-ingest worker`: copies and/or verifies some shards of a plan with the engine.
+//!
+//! Output is for machines: JSON lines on stdout, `{"event":"progress",…}` at least every 2 s,
+//! `{"event":"shard",…}` as each shard ends and `{"event":"result",…}` last. With `--markers DIR`,
+//! a shard whose pass finished cleanly gets a marker file (written durably), and a shard that has
+//! one is skipped: a re-run after a crash redoes only unfinished shards.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use ingest_api::job::{FileFailure, VerificationCounts};
+use ingest_api::report::PodResult;
+use ingest_copy::{
+    CopyJob, FirstN, JsonLines, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
+    Tee, VerifyMode,
+};
+use ingest_plan::format::{Plan, Shard};
+use ingest_plan::planner::deal;
+use ingest_plan::{Phase, engine_options, engine_scopes};
+
+use crate::Outcome;
+use crate::cmd::copy::Verify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// Copy only (the cluster's copy phase).
+    Copy,
+    /// Verify and repair only (after every shard was copied).
+    Verify,
+    /// Copy all the given shards, then verify them.
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The plan written by `scan --out` (or by `run` in its state directory).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+    /// The source root the plan was made from.
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    /// Destination mounts (the same export through different servers); repeat the flag.
+    #[arg(long = "dest", value_name = "DIR", required = true)]
+    pub destinations: Vec<PathBuf>,
+    /// Shards to run, by id (comma separated).
+    #[arg(long, value_delimiter = ',', value_name = "I[,J..]", conflicts_with_all = ["worker", "of"])]
+    pub shards: Vec<u32>,
+    /// Run the shards dealt to worker W of N (the plan's dealing when N is its worker count,
+    /// otherwise the plan's shards dealt again over N).
+    #[arg(long, value_name = "W", requires = "of")]
+    pub worker: Option<u32>,
+    #[arg(long, value_name = "N", requires = "worker")]
+    pub of: Option<u32>,
+    #[arg(long, value_enum, default_value_t = PhaseArg::Both)]
+    pub phase: PhaseArg,
+    /// Copy threads, dealt round robin over the destinations.
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// How the verify phase compares files.
+    #[arg(long, value_enum, default_value_t = Verify::Metadata)]
+    pub verify: Verify,
+    /// Directory of per-shard completion markers (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub markers: Option<PathBuf>,
+    /// Do not copy owners.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Do not copy user extended attributes.
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Write every failed or repaired path as JSON Lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the final result, bounded to 4096 bytes, to FILE (a pod's termination message).
+    #[arg(long, value_name = "FILE")]
+    pub result_file: Option<PathBuf>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    pub progress_every: f64,
+}
+
+/// What a marker file holds: the pass's summary, so a resumed run still reports complete totals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    pub shard: u32,
+    pub phase: String,
+    pub summary: Summary,
+}
+
+pub fn marker_path(dir: &Path, phase: Phase, shard: u32) -> PathBuf {
+    dir.join(format!("{}-{shard:06}.done", phase.as_str()))
+}
+
+pub fn read_marker(dir: &Path, phase: Phase, shard: u32) -> Option<Marker> {
+    let text = std::fs::read_to_string(marker_path(dir, phase, shard)).ok()?;
+    // A marker that cannot be read back (torn by a crash before rename, edited) means "not done".
+    serde_json::from_str::<Marker>(&text)
+        .ok()
+        .filter(|m| m.shard == shard && m.phase == phase.as_str())
+}
+
+/// One line on stdout, whole (lines from several threads never interleave).
+fn emit(v: &serde_json::Value) {
+    let mut line = serde_json::to_vec(v).expect("events serialize");
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&line);
+    let _ = out.flush();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Loads and checks a plan file.
+pub fn load_plan(path: &Path) -> Result<Plan, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--plan {}: cannot be read ({e})", path.display()))?;
+    Plan::from_json(&text).map_err(|e| format!("--plan {}: {e}", path.display()))
+}
+
+fn select<'p>(plan: &'p Plan, args: &Args) -> Result<Vec<&'p Shard>, String> {
+    match (&args.shards[..], args.worker, args.of) {
+        ([], None, None) => {
+            Err("give the shards to run: --shards I[,J..] or --worker W --of N".into())
+        }
+        (ids, None, None) => ids
+            .iter()
+            .map(|&i| {
+                plan.shards.get(i as usize).ok_or_else(|| {
+                    format!(
+                        "--shards: shard {i} is not in the plan (valid: 0..{})",
+                        plan.shards.len()
+                    )
+                })
+            })
+            .collect(),
+        (_, Some(_), Some(0)) => Err("--of: must be at least 1 (got 0)".into()),
+        (_, Some(w), Some(n)) if w >= n => {
+            Err(format!("--worker: {w} is out of range 0..{n} (--of {n})"))
+        }
+        (_, Some(w), Some(n)) if n == plan.workers => Ok(plan.shards_of_worker(w).collect()),
+        (_, Some(w), Some(n)) => {
+            let costs: Vec<f64> = plan.shards.iter().map(|s| s.cost).collect();
+            Ok(plan
+                .shards
+                .iter()
+                .zip(deal(&costs, n))
+                .filter(|(_, d)| *d == w)
+                .map(|(s, _)| s)
+                .collect())
+        }
+        _ => Err("--worker and --of go together".into()),
+    }
+}
+
+/// Counts over all shards of this worker, for the progress lines.
+#[derive(Default)]
+struct Base {
+    /// Files and bytes of shards skipped thanks to a marker (they are done).
+    files: AtomicU64,
+    bytes: AtomicU64,
+    done: AtomicU64,
+}
+
+pub fn run(args: Args) -> Outcome {
+    let plan = match load_plan(&args.plan) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    let shards = match select(&plan, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    if args.threads == 0 {
+        eprintln!("error: --threads: must be at least 1 (got 0)");
+        return Outcome::UnusableInput;
+    }
+    if let Some(dir) = &args.markers
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!(
+            "error: --markers {}: cannot be created ({e})",
+            dir.display()
+        );
+        return Outcome::UnusableInput;
+    }
+    let verify: VerifyMode = args.verify.into();
+    let phases: Vec<Phase> = match args.phase {
+        PhaseArg::Copy => vec![Phase::Copy],
+        PhaseArg::Verify => vec![Phase::Verify],
+        PhaseArg::Both => vec![Phase::Copy, Phase::Verify],
+    };
+    let phases: Vec<Phase> = phases
+        .into_iter()
+        .filter(|p| *p == Phase::Copy || verify != VerifyMode::None)
+        .collect();
+
+    let mut base_opts = Options {
+        threads: args.threads,
+        verify,
+        ..Options::default()
+    };
+    base_opts.preserve.owner = !args.no_owner;
+    base_opts.preserve.xattrs = !args.no_xattrs;
+
+    let report = match args.report.as_ref().map(std::fs::File::create).transpose() {
+        Ok(f) => f.map(|f| JsonLines::new(std::io::BufWriter::new(f))),
+        Err(e) => {
+            eprintln!(
+                "error: --report {}: cannot be created ({e})",
+                args.report.as_ref().unwrap().display()
+            );
+            return Outcome::UnusableInput;
+        }
+    };
+    let first = FirstN::new(ingest_api::job::MAX_LISTED_FAILURES);
+    let mut sinks: Vec<&dyn ReportSink> = vec![&first];
+    if let Some(r) = &report {
+        sinks.push(r);
+    }
+    let sink = Tee(sinks);
+
+    let progress = Progress::default();
+    let base = Base::default();
+    let phase_now = Mutex::new(phases.first().copied().unwrap_or(Phase::Copy));
+    let stop = AtomicBool::new(false);
+    let total_shards = (shards.len() * phases.len()) as u64;
+    let worker = args.worker;
+    let every = Duration::from_secs_f64(args.progress_every.clamp(0.05, 2.0));
+    let progress_line = || {
+        let s = progress.snapshot();
+        let phase = *phase_now.lock().unwrap();
+        emit(&serde_json::json!({
+            "event": "progress",
+            "worker": worker,
+            "phase": phase.as_str(),
+            "files": s.files + base.files.load(Relaxed),
+            "bytes": s.bytes + base.bytes.load(Relaxed),
+            "failed": s.failed,
+            "verified": s.verified,
+            "verifiedBytes": s.verified_bytes,
+            "shardsDone": base.done.load(Relaxed),
+            "shardsTotal": total_shards,
+            "at": unix_now(),
+        }));
+    };
+
+    let mut total = Summary::default();
+    let (mut done, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    let setup_error = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut last = Instant::now();
+            while !stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if last.elapsed() >= every {
+                    last = Instant::now();
+                    progress_line();
+                }
+            }
+        });
+        let r = (|| {
+            for &phase in &phases {
+                *phase_now.lock().unwrap() = phase;
+                for shard in &shards {
+                    let t0 = Instant::now();
+                    let marker = args
+                        .markers
+                        .as_deref()
+                        .and_then(|d| read_marker(d, phase, shard.id));
+                    let (status, summary) = if let Some(m) = marker {
+                        if phase == Phase::Copy {
+                            base.files.fetch_add(shard.files, Relaxed);
+                            base.bytes.fetch_add(shard.bytes, Relaxed);
+                        }
+                        skipped.push(shard.id);
+                        ("skipped", m.summary)
+                    } else {
+                        let job = CopyJob {
+                            source: args.source.clone(),
+                            destinations: args.destinations.clone(),
+                            scopes: engine_scopes(shard, phase),
+                        };
+                        let summary = if job.scopes.is_empty() {
+                            Summary::default()
+                        } else {
+                            ingest_copy::run(
+                                &job,
+                                &engine_options(base_opts.clone(), phase),
+                                &progress,
+                                &sink,
+                            )?
+                        };
+                        if summary.is_success() {
+                            if let Some(dir) = &args.markers {
+                                let m = Marker {
+                                    shard: shard.id,
+                                    phase: phase.as_str().into(),
+                                    summary: summary.clone(),
+                                };
+                                let data = serde_json::to_vec(&m).expect("markers serialize");
+                                if let Err(e) = crate::cmd::scan::write_durably(
+                                    &marker_path(dir, phase, shard.id),
+                                    &data,
+                                ) {
+                                    // The shard is done; without its marker it is only redone (cheaply) next time.
+                                    eprintln!(
+                                        "warning: --markers: marker for shard {} not written ({e})",
+                                        shard.id
+                                    );
+                                }
+                            }
+                            done.push(shard.id);
+                            ("done", summary)
+                        } else {
+                            failed.push(shard.id);
+                            ("failed", summary)
+                        }
+                    };
+                    add_summary(&mut total, &summary);
+                    base.done.fetch_add(1, Relaxed);
+                    emit(&serde_json::json!({
+                        "event": "shard",
+                        "worker": worker,
+                        "phase": phase.as_str(),
+                        "shard": shard.id,
+                        "status": status,
+                        "files": shard.files,
+                        "bytes": shard.bytes,
+                        "seconds": t0.elapsed().as_secs_f64(),
+                        "summary": summary,
+                    }));
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, Relaxed);
+        r.err()
+    });
+    progress_line();
+    if let Some(r) = report
+        && let Err(e) = r.into_inner().flush()
+    {
+        eprintln!("warning: --report: could not be written completely ({e})");
+    }
+    total.elapsed_seconds = started.elapsed().as_secs_f64();
+    let (entries, recorded) = first.take();
+    let result = pod_result(&total, &entries, recorded);
+    emit(&serde_json::json!({
+        "event": "result",
+        "worker": worker,
+        "shards": {"done": done, "skipped": skipped, "failed": failed},
+        "summary": total,
+        "result": result,
+        "error": setup_error.as_ref().map(|e: &ingest_copy::SetupError| e.to_string()),
+    }));
+    if let Some(f) = &args.result_file
+        && let Err(e) = std::fs::write(f, result.to_termination_message())
+    {
+        eprintln!("warning: --result-file {}: not written ({e})", f.display());
+    }
+    if let Some(e) = setup_error {
+        eprintln!("error: {e}");
+        return Outcome::UnusableInput;
+    }
+    if failed.is_empty() && total.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::PartialFailure
+    }
+}
+
+pub fn add_summary(total: &mut Summary, s: &Summary) {
+    total.copy.add(&s.copy);
+    if let Some(v) = &s.verify {
+        total.verify.get_or_insert_with(Default::default).add(v);
+    }
+}
+
+/// The engine's counts in the shape the operator reads (also what `run` aggregates).
+pub fn pod_result(s: &Summary, entries: &[ingest_copy::ReportEntry], recorded: u64) -> PodResult {
+    let failures: Vec<FileFailure> = entries
+        .iter()
+        .filter(|e| e.outcome != EntryOutcome::Repaired)
+        .map(|e| FileFailure {
+            path: e.path.to_escaped(),
+            reason: match &e.error {
+                Some(err) => format!("{}: {err}", e.op),
+                None => format!("{} {:?}", e.op, e.mismatches),
+            },
+        })
+        .collect();
+    PodResult {
+        files: s.copy.files_copied + s.copy.files_skipped,
+        bytes: s.copy.bytes_copied,
+        failed: s.copy.failed + s.copy.unsupported + s.verify.as_ref().map_or(0, |v| v.errors),
+        verification: s.verify.as_ref().map(verification),
+        failures,
+        failures_omitted: recorded.saturating_sub(entries.len() as u64),
+        ..PodResult::default()
+    }
+}
+
+pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
+    VerificationCounts {
+        checked: v.checked,
+        matched: v.matched,
+        missing: v.missing,
+        mismatched: v.mismatched,
+        repaired: v.repaired,
+        errors: v.errors,
+        verified: v.matched + v.repaired,
+    }
+}
