@@ -1,0 +1,189 @@
+//! The container launcher: `test-node-agent __exec --bind SRC=DST ... -- ARGV`.
+//!
+//! The agent starts this as a child; it enters a private mount namespace,
+//! bind-mounts each volume's local directory at the container's mountPath (so
+//! the program sees the paths a real pod would), then execs the program. It
+//! must run single-threaded (before any runtime starts): `unshare(CLONE_NEWNS)`
+//! fails in a process whose filesystem context is shared with other threads.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountFlags, MountPropagationFlags, mount_bind, mount_change, mount_remount};
+use rustix::thread::{UnshareFlags, unshare_unsafe};
+
+/// One bind mount: the local `source` appears at `target` inside the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+impl Bind {
+    /// The `__exec` argument form: `--bind SRC=DST` or `--bind-ro SRC=DST`.
+    pub fn to_args(&self) -> [String; 2] {
+        let flag = if self.read_only {
+            "--bind-ro"
+        } else {
+            "--bind"
+        };
+        [
+            flag.into(),
+            format!("{}={}", self.source.display(), self.target.display()),
+        ]
+    }
+
+    pub fn parse(spec: &str, read_only: bool) -> Result<Bind, String> {
+        let (s, t) = spec
+            .split_once('=')
+            .filter(|(s, t)| s.starts_with('/') && t.starts_with('/'))
+            .ok_or_else(|| format!("bind '{spec}': expected /SOURCE=/TARGET"))?;
+        Ok(Bind {
+            source: s.into(),
+            target: t.into(),
+            read_only,
+        })
+    }
+}
+
+/// What `__exec` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub binds: Vec<Bind>,
+    pub workdir: Option<PathBuf>,
+    pub argv: Vec<String>,
+}
+
+/// Parses `__exec`'s arguments (after the subcommand name).
+pub fn parse_args(args: &[String]) -> Result<Launch, String> {
+    let mut binds = Vec::new();
+    let mut workdir = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--bind" => binds.push(Bind::parse(&value()?, false)?),
+            "--bind-ro" => binds.push(Bind::parse(&value()?, true)?),
+            "--workdir" => workdir = Some(PathBuf::from(value()?)),
+            "--" => {
+                let argv: Vec<String> = it.cloned().collect();
+                if argv.is_empty() {
+                    return Err("no program after --".into());
+                }
+                return Ok(Launch {
+                    binds,
+                    workdir,
+                    argv,
+                });
+            }
+            other => return Err(format!("unknown argument '{other}'")),
+        }
+    }
+    Err("missing -- ARGV".into())
+}
+
+/// Mounts and execs; returns only on failure, with the reason.
+pub fn exec(launch: Launch) -> String {
+    let Launch {
+        mut binds,
+        workdir,
+        argv,
+    } = launch;
+    if !binds.is_empty()
+        && let Err(e) = enter_namespace(&mut binds)
+    {
+        return e;
+    }
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    if let Some(wd) = workdir {
+        cmd.current_dir(wd);
+    }
+    let err = cmd.exec();
+    format!(
+        "exec {:?}: {err} (the program must be on PATH or an absolute path)",
+        argv[0]
+    )
+}
+
+fn enter_namespace(binds: &mut [Bind]) -> Result<(), String> {
+    // SAFETY: called from the single-threaded launcher before exec; no other
+    // thread shares (or relies on) this process's mount namespace.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNS) }.map_err(|e| {
+        format!("unshare(CLONE_NEWNS): {e} (the agent needs CAP_SYS_ADMIN, e.g. root)")
+    })?;
+    // Private, so nothing mounted here shows up on the host.
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
+    // Parents before children, so /out/sub lands inside the /out mount.
+    binds.sort_by_key(|b| b.target.components().count());
+    for b in binds.iter() {
+        make_target(&b.source, &b.target)?;
+        mount_bind(&b.source, &b.target)
+            .map_err(|e| format!("bind {} at {}: {e}", b.source.display(), b.target.display()))?;
+        if b.read_only {
+            mount_remount(&b.target, MountFlags::BIND | MountFlags::RDONLY, "")
+                .map_err(|e| format!("remount {} read-only: {e}", b.target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A bind mount needs an existing target of the same kind (dir or file).
+/// Missing ones are created (on the host's filesystem: mount points only).
+fn make_target(source: &Path, target: &Path) -> Result<(), String> {
+    if target.exists() {
+        return Ok(());
+    }
+    let fail = |e: std::io::Error| format!("create mount point {}: {e}", target.display());
+    if source.is_dir() {
+        std::fs::create_dir_all(target).map_err(fail)
+    } else {
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(fail)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target)
+            .map(drop)
+            .map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_round_trip() {
+        let b = Bind {
+            source: "/a/b".into(),
+            target: "/out".into(),
+            read_only: true,
+        };
+        let mut args: Vec<String> = b.to_args().to_vec();
+        args.extend(["--workdir", "/w", "--", "sh", "-c", "x"].map(String::from));
+        let l = parse_args(&args).unwrap();
+        assert_eq!(l.binds, vec![b]);
+        assert_eq!(l.workdir, Some(PathBuf::from("/w")));
+        assert_eq!(l.argv, ["sh", "-c", "x"]);
+        assert!(
+            parse_args(&["--bind".into(), "rel=/x".into()])
+                .unwrap_err()
+                .contains("expected /SOURCE=/TARGET")
+        );
+        assert_eq!(
+            parse_args(&["--".into()]).unwrap_err(),
+            "no program after --"
+        );
+    }
+}
