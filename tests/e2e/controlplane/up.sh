@@ -17,6 +17,10 @@
 #   --exec-override P=BIN  passed to the agent (repeatable)
 #   --node-name NAME       the agent's node name (default: e2e-node)
 #   --no-build             do not run build.sh (fail if binaries are missing)
+#
+# Environment: VFXT_CACHE (build cache root, see build.sh), TMPDIR (run dir
+# parent), VFXT_E2E_AGENT_BIN (a prebuilt test-node-agent; default: cargo
+# build -p test-node-agent in the repo).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -244,9 +248,12 @@ export KUBECONFIG=$run_dir/admin.kubeconfig
 export PATH=$bin:$PATH
 
 if ((agent)); then
-  log "building test-node-agent"
-  (cd "$repo" && nice -n 10 cargo build -q -p test-node-agent >&2)
-  agent_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/test-node-agent
+  agent_bin=${VFXT_E2E_AGENT_BIN-}
+  if [[ -z $agent_bin ]]; then
+    log "building test-node-agent"
+    (cd "$repo" && nice -n 10 cargo build -q -p test-node-agent >&2)
+    agent_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/test-node-agent
+  fi
   mkdir -p "$run_dir/agent"
   start test-node-agent "$agent_bin" --kubeconfig "$KUBECONFIG" --node-name "$node_name" \
     --work-dir "$run_dir/agent" ${agent_args[@]+"${agent_args[@]}"}
