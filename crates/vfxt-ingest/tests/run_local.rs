@@ -1,0 +1,467 @@
+//! `scan`, `worker` and `run` as a user runs them: the real binary on temp trees, checked against
+//! a plain `std::fs` comparison that shares no code with the engine.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vfxt-ingest"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A deterministic tree: nested directories with small files, one flat directory, a big sparse
+/// file, a symlink, a hard link, odd modes and a non-UTF-8 name.
+fn make_tree(root: &Path, dirs: usize, files_per_dir: usize) {
+    let mut x: u64 = 42;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 33
+    };
+    for a in 0..dirs {
+        let d = root
+            .join(format!("proj{a:02}"))
+            .join(format!("run{}", a % 3));
+        fs::create_dir_all(&d).unwrap();
+        for f in 0..files_per_dir {
+            let len = (next() % 3000) as usize;
+            let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ next()) as u8).collect();
+            fs::write(d.join(format!("f{f:03}.dat")), data).unwrap();
+        }
+    }
+    let flat = root.join("flat");
+    fs::create_dir(&flat).unwrap();
+    for i in 0..400 {
+        fs::write(flat.join(format!("img{i:04}")), format!("{i}")).unwrap();
+    }
+    let big = fs::File::create(root.join("big.bin")).unwrap();
+    big.set_len(100 << 20).unwrap();
+    fs::write(root.join("exec.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("exec.sh"), fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::symlink("proj00", root.join("link")).unwrap();
+    fs::hard_link(root.join("flat/img0001"), root.join("proj01/hard")).unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"bad\xffname")),
+        b"bytes",
+    )
+    .unwrap();
+}
+
+/// Every entry under `a` has an equal twin under `b` (type, size, mode, mtime, contents, link
+/// target) and the other way round; hard-linked paths in `a` are hard-linked in `b`.
+fn assert_identical(a: &Path, b: &Path) {
+    fn collect(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, fs::Metadata>) {
+        for e in fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                collect(root, &r, out);
+            }
+            out.insert(r, md);
+        }
+    }
+    let (mut ma, mut mb) = (BTreeMap::new(), BTreeMap::new());
+    collect(a, Path::new(""), &mut ma);
+    collect(b, Path::new(""), &mut mb);
+    assert_eq!(
+        ma.keys().collect::<Vec<_>>(),
+        mb.keys().collect::<Vec<_>>(),
+        "different sets of paths"
+    );
+    let mut inodes: BTreeMap<u64, u64> = BTreeMap::new();
+    for (p, x) in &ma {
+        let y = &mb[p];
+        assert_eq!(x.file_type(), y.file_type(), "{p:?} type");
+        assert_eq!(x.mode(), y.mode(), "{p:?} mode");
+        if x.is_file() {
+            assert_eq!(x.len(), y.len(), "{p:?} size");
+            assert_eq!(
+                (x.mtime(), x.mtime_nsec()),
+                (y.mtime(), y.mtime_nsec()),
+                "{p:?} mtime"
+            );
+            assert!(
+                fs::read(a.join(p)).unwrap() == fs::read(b.join(p)).unwrap(),
+                "{p:?} contents"
+            );
+            if x.nlink() > 1 {
+                let twin = *inodes.entry(x.ino()).or_insert(y.ino());
+                assert_eq!(twin, y.ino(), "{p:?} is not hard-linked like its source");
+            }
+        } else if x.is_symlink() {
+            assert_eq!(
+                fs::read_link(a.join(p)).unwrap(),
+                fs::read_link(b.join(p)).unwrap(),
+                "{p:?} target"
+            );
+        } else if x.is_dir() {
+            assert_eq!(
+                (x.mtime(), x.mtime_nsec()),
+                (y.mtime(), y.mtime_nsec()),
+                "{p:?} dir mtime"
+            );
+        }
+    }
+}
+
+fn job_yaml(dir: &Path, src: &Path, dests: &[PathBuf], extra: &str) -> PathBuf {
+    let list: Vec<String> = dests
+        .iter()
+        .map(|d| format!("\"{}\"", d.display()))
+        .collect();
+    let y = format!(
+        "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n  source: {{local: \"{}\"}}\n  destination: {{local: [{}]}}\n{extra}",
+        src.display(),
+        list.join(", ")
+    );
+    let p = dir.join("job.yaml");
+    fs::write(&p, y).unwrap();
+    p
+}
+
+#[test]
+fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, 12, 30);
+    // Three "mounts" of one export: the same directory three times, as in the README demo.
+    let dests = vec![dst.clone(), dst.clone(), dst.clone()];
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &dests,
+        "  workers: 4\n  threadsPerWorker: 3\n  shards: {target: 40}\n",
+    );
+    let state = t.path().join("state");
+    let o = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    let status: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
+    assert_eq!(status["shards"]["failed"].as_u64(), Some(0));
+    assert_eq!(status["shards"]["succeeded"], status["shards"]["total"]);
+    assert_eq!(status["verification"]["errors"].as_u64(), Some(0));
+    assert_eq!(status["servers"].as_sequence().unwrap().len(), 3);
+    let workers: u64 = status["servers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s["workers"].as_u64().unwrap())
+        .sum();
+    assert_eq!(workers, 4);
+    // 12*30 + 400 + big + exec + hard + badname = 764 regular files, plus one symlink.
+    assert_eq!(status["totals"]["files"].as_u64(), Some(765), "{status:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("destination identical"), "{out}");
+}
+
+#[test]
+fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, 40, 60);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone()],
+        "  workers: 2\n  threadsPerWorker: 1\n  shards: {target: 150}\n",
+    );
+    let state = t.path().join("state");
+    let markers = state.join("markers");
+    let mut child = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Finished markers only: a kill during a marker's write leaves its temp file, which is not one.
+    let done = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "done"))
+            .collect();
+        v.sort();
+        v
+    };
+    // Kill -9 as soon as the first shard is durably done: the workers die with it (parent-death
+    // signal), mid-copy.
+    let t0 = Instant::now();
+    loop {
+        let n = if markers.exists() {
+            done(&markers).len()
+        } else {
+            0
+        };
+        if n > 0 || t0.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the workers' death signal is asynchronous
+    let plan: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(state.join("plan.json")).unwrap()).unwrap();
+    let shards = plan["shards"].as_array().unwrap().len();
+    let before: BTreeMap<PathBuf, (Vec<u8>, i64, i64)> = done(&markers)
+        .into_iter()
+        .map(|p| {
+            let md = fs::metadata(&p).unwrap();
+            (
+                p.clone(),
+                (fs::read(&p).unwrap(), md.mtime(), md.mtime_nsec()),
+            )
+        })
+        .collect();
+    assert!(!before.is_empty(), "no shard finished before the kill");
+    assert!(
+        before.len() < shards,
+        "the run finished all {shards} shards before it was killed; nothing to resume"
+    );
+
+    let o = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    for (p, (data, s, ns)) in &before {
+        let md = fs::metadata(p).unwrap();
+        assert_eq!(
+            (&fs::read(p).unwrap(), md.mtime(), md.mtime_nsec()),
+            (data, *s, *ns),
+            "{p:?} was redone"
+        );
+    }
+    // Every shard has its copy and verify marker now.
+    assert_eq!(done(&markers).len(), 2 * shards);
+}
+
+#[test]
+fn bad_job_files_exit_2_naming_the_field_line_and_what_is_valid() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let dests = vec![t.path().join("dst")];
+    fs::create_dir_all(&dests[0]).unwrap();
+    let run = |extra: &str, args: &[&str]| {
+        let f = job_yaml(t.path(), &src, &dests, extra);
+        let o = bin()
+            .args(["run", "-q", "-f"])
+            .arg(&f)
+            .arg("--state")
+            .arg(t.path().join("s"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("  threadsPerWorker: many\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("spec.threadsPerWorker") && err.contains("line 7"),
+        "{err}"
+    );
+    let (code, err) = run("  wrokers: 3\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("wrokers") && err.contains("workers") && err.contains("line 7"),
+        "{err}"
+    );
+    let (code, err) = run("  workers: 0\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("spec.workers: must be at least 1"), "{err}");
+    let (code, err) = run("", &["--workers", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--workers: must be at least 1"), "{err}");
+    let (code, err) = run("  shards: {target: 0}\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("spec.shards.target: must be at least 1"),
+        "{err}"
+    );
+    let (code, err) = run("  verify: {mode: Sometimes}\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("spec.verify.mode") && err.contains("Metadata"),
+        "{err}"
+    );
+
+    // The cluster form needs a mount for each SERVER:/EXPORT.
+    let f = t.path().join("nfs.yaml");
+    fs::write(
+        &f,
+        format!(
+            "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nspec:\n  source: {{nfs: {{server: 10.0.0.5, path: /export}}}}\n  destination: {{nfs: {{servers: [10.1.1.1, 10.1.1.2], path: /nfs}}}}\nmounts:\n  \"10.0.0.5:/export\": \"{}\"\n  \"10.1.1.1:/nfs\": \"{}\"\n",
+            src.display(),
+            dests[0].display()
+        ),
+    )
+    .unwrap();
+    let o = bin().args(["run", "-q", "-f"]).arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"10.1.1.2:/nfs\"") && err.contains("spec.destination.nfs.servers[1]"),
+        "{err}"
+    );
+
+    let f = t.path().join("wrong.yaml");
+    fs::write(
+        &f,
+        "apiVersion: v1\nkind: Pod\nspec: {source: {local: /}, destination: {local: [/tmp]}}\n",
+    )
+    .unwrap();
+    let o = bin().args(["run", "-q", "-f"]).arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("apiVersion")
+            && err.contains("ingest.vfxt.dev/v1alpha1")
+            && err.contains("kind"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scan_and_worker_commands() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, 5, 10);
+    let plan = t.path().join("plan.json");
+    let o = bin()
+        .arg("scan")
+        .arg(&src)
+        .args(["--shards", "6", "--workers", "2", "--json", "--out"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["totals"]["files"].as_u64(), Some(5 * 10 + 400 + 4));
+    assert_eq!(v["totals"]["directories"].as_u64(), Some(1 + 5 + 5 + 1));
+    assert!(v["prediction"]["imbalance"].as_f64().unwrap() >= 1.0);
+
+    let o = bin()
+        .arg("scan")
+        .arg(&src)
+        .args(["--shards", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--shards: must be at least 1"),
+        "{}",
+        text(&o)
+    );
+
+    // Worker 0 and worker 1 of 2 copy; then one worker (0 of 1: every shard) verifies.
+    for w in ["0", "1"] {
+        let o = bin()
+            .args(["worker", "--plan"])
+            .arg(&plan)
+            .arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dst)
+            .args([
+                "--worker",
+                w,
+                "--of",
+                "2",
+                "--phase",
+                "copy",
+                "--threads",
+                "2",
+                "--no-owner",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let last = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let r: serde_json::Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(r["event"], "result");
+        assert!(r["shards"]["failed"].as_array().unwrap().is_empty());
+    }
+    let o = bin()
+        .args(["worker", "--plan"])
+        .arg(&plan)
+        .arg("--source")
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dst)
+        .args([
+            "--worker",
+            "0",
+            "--of",
+            "1",
+            "--phase",
+            "verify",
+            "--no-owner",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+
+    let o = bin()
+        .args(["worker", "--plan"])
+        .arg(&plan)
+        .arg("--source")
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dst)
+        .args(["--shards", "999"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("shard 999 is not in the plan"),
+        "{}",
+        text(&o)
+    );
+}
