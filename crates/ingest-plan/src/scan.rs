@@ -409,7 +409,7 @@ impl<'a> Thread<'a> {
                     }
                     Some(sampled as usize)
                 } else {
-                    let j = rng.next() % (sampled + 1);
+                    let j = rng.next_u64() % (sampled + 1);
                     (j < opts.samples as u64).then_some(j as usize)
                 };
                 if let Some(i) = slot {
@@ -426,8 +426,11 @@ impl<'a> Thread<'a> {
             s.dedup();
             // Thin evenly to the kept count: every k-th of the sorted sample is still a uniform
             // set of quantiles.
-            let keep = ((d.own_entries() / opts.entries_per_sample.max(1)) as usize).clamp(1, s.len().max(1));
-            d.samples = (0..keep.min(s.len())).map(|i| s[i * s.len() / keep].clone()).collect();
+            let keep = ((d.own_entries() / opts.entries_per_sample.max(1)) as usize)
+                .clamp(1, s.len().max(1));
+            d.samples = (0..keep.min(s.len()))
+                .map(|i| s[i * s.len() / keep].clone())
+                .collect();
         }
         d.big_files.sort_unstable();
         self.local.dirs.push(d);
@@ -565,7 +568,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

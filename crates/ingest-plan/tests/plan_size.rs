@@ -26,7 +26,7 @@ fn synthetic() -> Scan {
             for c in 0..100 {
                 let mut d = DirStats::new(pb.join(format!("run-{c:03}").as_bytes()));
                 d.files = 8;
-                d.bytes = rng.next() % (10 << 20);
+                d.bytes = rng.next_u64() % (10 << 20);
                 dirs.push(d);
             }
         }

@@ -190,7 +190,7 @@ fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
     let f = job_yaml(
         t.path(),
         &src,
-        &[dst.clone()],
+        std::slice::from_ref(&dst),
         "  workers: 2\n  threadsPerWorker: 1\n  shards: {target: 150}\n",
     );
     let state = t.path().join("state");

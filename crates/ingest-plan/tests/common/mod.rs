@@ -17,36 +17,36 @@ pub fn random_tree(root: &Path, seed: u64, max_files: usize) {
     let mut rng = SplitMix(seed);
     let mut dirs = vec![root.to_path_buf()];
     let mut files: Vec<std::path::PathBuf> = Vec::new();
-    let n = 1 + (rng.next() % max_files as u64) as usize;
+    let n = 1 + (rng.next_u64() % max_files as u64) as usize;
     for i in 0..n {
-        let r = rng.next();
+        let r = rng.next_u64();
         match r % 10 {
             0 | 1 => {
-                let parent = dirs[(rng.next() % dirs.len() as u64) as usize].clone();
+                let parent = dirs[(rng.next_u64() % dirs.len() as u64) as usize].clone();
                 let d = parent.join(format!("d{i}"));
                 fs::create_dir(&d).unwrap();
                 dirs.push(d);
             }
             2 if !files.is_empty() => {
-                let target = files[(rng.next() % files.len() as u64) as usize].clone();
-                let parent = &dirs[(rng.next() % dirs.len() as u64) as usize];
+                let target = files[(rng.next_u64() % files.len() as u64) as usize].clone();
+                let parent = &dirs[(rng.next_u64() % dirs.len() as u64) as usize];
                 fs::hard_link(&target, parent.join(format!("h{i}"))).unwrap();
             }
             3 => {
-                let parent = &dirs[(rng.next() % dirs.len() as u64) as usize];
+                let parent = &dirs[(rng.next_u64() % dirs.len() as u64) as usize];
                 std::os::unix::fs::symlink("nowhere", parent.join(format!("s{i}"))).unwrap();
             }
             _ => {
                 // Mostly many files in few directories, so that some directories are "large".
-                let parent = &dirs[(rng.next() % dirs.len().min(3) as u64) as usize];
-                let p = parent.join(format!("f{:x}", rng.next() % 100_000));
+                let parent = &dirs[(rng.next_u64() % dirs.len().min(3) as u64) as usize];
+                let p = parent.join(format!("f{:x}", rng.next_u64() % 100_000));
                 if p.exists() {
                     continue;
                 }
-                let size = match rng.next() % 20 {
+                let size = match rng.next_u64() % 20 {
                     0 => 64 << 20, // sparse: cheap to make, big enough to be cut into ranges
                     1..=5 => 0,
-                    _ => rng.next() % 5000,
+                    _ => rng.next_u64() % 5000,
                 };
                 let f = fs::File::create(&p).unwrap();
                 f.set_len(size).unwrap();
