@@ -46,6 +46,8 @@ pub mod annotations {
     pub const PROGRESS: &str = "ingest.vfxt.dev/progress";
     /// Destination server a copy/verify Job targets (the IP or name itself, for humans and for status).
     pub const SERVER: &str = "ingest.vfxt.dev/server";
+    /// Full name of the owning IngestJob on every pod (the `job` label may be shortened to 63 characters).
+    pub const INGEST_JOB: &str = "ingest.vfxt.dev/ingestjob";
     /// Number of plan chunk ConfigMaps, written on chunk 0 once all chunks are stored (commit marker).
     pub const PLAN_CHUNKS: &str = "ingest.vfxt.dev/plan-chunks";
 }

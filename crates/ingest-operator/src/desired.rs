@@ -118,8 +118,11 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     let run = ij.spec.run;
     let retries = ij.spec.failure_policy.retries_per_shard as i32;
     let scan_args = scan_args(ij);
+    let mut scan_meta = meta(names::scan_job(ij, run), labels::ROLE_SCAN, Some(run));
+    let workers = ij.spec.workers.unwrap_or(ij.spec.destination.nfs.servers.len() as u32);
+    scan_meta.annotations = Some(BTreeMap::from([(crate::stage::WORKERS_ANNOTATION.to_owned(), workers.to_string())]));
     out.push(Child::Job(Job {
-        metadata: meta(names::scan_job(ij, run), labels::ROLE_SCAN, Some(run)),
+        metadata: scan_meta,
         spec: Some(JobSpec {
             backoff_limit: Some(retries),
             completions: Some(1),
@@ -157,7 +160,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             let mut template = pod_template(ij, role, worker_args(ij, role), shard_env, Some((slot.index, &slot.server)), settings);
             let tl = template.metadata.get_or_insert_default();
             tl.labels.get_or_insert_default().insert(labels::SERVER_INDEX.into(), slot.index.to_string());
-            tl.annotations = Some(BTreeMap::from([(annotations::SERVER.to_owned(), slot.server.clone())]));
+            tl.annotations.get_or_insert_default().insert(annotations::SERVER.to_owned(), slot.server.clone());
             out.push(Child::Job(Job {
                 metadata: m,
                 spec: Some(JobSpec {
@@ -315,7 +318,11 @@ fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<En
         ..Default::default()
     };
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(names::child_labels(ij, role, Some(run))), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(names::child_labels(ij, role, Some(run))),
+            annotations: Some(BTreeMap::from([(annotations::INGEST_JOB.to_owned(), ij.name_any())])),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(w.service_account_name.clone().unwrap_or_else(|| names::pod_identity(ij))),

@@ -81,7 +81,8 @@ pub fn chunk_objects(owner: &Owner, prefix: &str, chunks: &[String], summary: &P
                     kind: ingest_api::constants::KIND.to_owned(),
                     name: owner.name.clone(),
                     uid: owner.uid.clone(),
-                    controller: Some(false),
+                    // The controller reference lets the operator's ConfigMap watch map a chunk back to its job.
+                    controller: Some(true),
                     block_owner_deletion: Some(false),
                 }]),
                 ..Default::default()

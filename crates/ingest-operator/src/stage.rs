@@ -127,6 +127,22 @@ pub fn role_states(ij: &IngestJob, obs: &Observed, layout: &Layout, role: &str) 
     layout.slots.iter().map(|s| (s.index, obs.job(&names::worker_job(ij, ij.spec.run, role, s.index)).map(job_state))).collect()
 }
 
+/// Annotation on the scan Job recording `spec.workers` when the run started. Jobs cannot change their
+/// completions, so the layout of a run is frozen: a changed worker count applies from the next run.
+pub const WORKERS_ANNOTATION: &str = "ingest.vfxt.dev/workers";
+
+/// The spec with the worker count the run started with.
+pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
+    let mut spec = ij.spec.clone();
+    let frozen = obs
+        .job(&names::scan_job(ij, ij.spec.run))
+        .and_then(|j| j.metadata.annotations.as_ref()?.get(WORKERS_ANNOTATION)?.parse().ok());
+    if let Some(w) = frozen {
+        spec.workers = Some(w);
+    }
+    spec
+}
+
 /// Decides the stage of `ij.spec.run` from what exists.
 pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     let run = ij.spec.run;
@@ -140,7 +156,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     let Some(plan) = obs.plan(ij, run) else {
         return Stage::ScanFailed("the scan finished without storing a plan".into());
     };
-    let layout = layout(&ij.spec, plan.shards);
+    let layout = layout(&frozen_spec(ij, obs), plan.shards);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     let mut failed_shards = 0;
     let mut roles = vec![labels::ROLE_COPY];

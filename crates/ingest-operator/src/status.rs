@@ -206,7 +206,12 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         } else {
             0.0
         };
-        let (bps, fps, eta) = rates_and_eta(bytes, t.bytes, files, t.files, started, now);
+        // A finished run keeps the rates it ended with, so its status stops changing (and being written).
+        let rate_now = match (&prev.completion_time, done && same_run) {
+            (Some(t), true) => t.0,
+            _ => now,
+        };
+        let (bps, fps, eta) = rates_and_eta(bytes, t.bytes, files, t.files, started, rate_now);
         let percent = (percent * 10.0).round() / 10.0;
         st.progress = Some(Progress {
             files,

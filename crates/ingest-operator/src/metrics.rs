@@ -1,0 +1,138 @@
+//! Prometheus metrics in the text exposition format, kept in atomics and small maps (a handful of series per
+//! IngestJob), rendered on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ingest_api::Phase;
+
+use crate::error::Category;
+
+/// Upper bounds (seconds) of the reconcile duration histogram.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// What the operator reports about one IngestJob.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobSample {
+    /// Current phase.
+    pub phase: Option<Phase>,
+    /// Files done in the current run.
+    pub files: u64,
+    /// Bytes done in the current run.
+    pub bytes: u64,
+}
+
+/// All operator metrics.
+#[derive(Default)]
+pub struct Metrics {
+    reconciles: AtomicU64,
+    status_writes: AtomicU64,
+    errors: Mutex<BTreeMap<Category, u64>>,
+    histogram: Mutex<([u64; BUCKETS.len()], u64, f64)>,
+    jobs: Mutex<BTreeMap<(String, String), JobSample>>,
+}
+
+impl Metrics {
+    /// Counts one reconcile and its duration.
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let mut h = self.histogram.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.0[i] += 1;
+            }
+        }
+        h.1 += 1;
+        h.2 += secs;
+    }
+
+    /// Counts one failed reconcile.
+    pub fn error(&self, c: Category) {
+        *self.errors.lock().unwrap_or_else(|e| e.into_inner()).entry(c).or_default() += 1;
+    }
+
+    /// Counts one `/status` write.
+    pub fn status_written(&self) {
+        self.status_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the state of one IngestJob.
+    pub fn job(&self, namespace: &str, name: &str, sample: JobSample) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert((namespace.into(), name.into()), sample);
+    }
+
+    /// Forgets a deleted IngestJob.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# HELP vfxt_ingest_reconciles_total Reconciles run.\n# TYPE vfxt_ingest_reconciles_total counter");
+        let _ = writeln!(o, "vfxt_ingest_reconciles_total {}", self.reconciles.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP vfxt_ingest_status_writes_total IngestJob status writes.\n# TYPE vfxt_ingest_status_writes_total counter");
+        let _ = writeln!(o, "vfxt_ingest_status_writes_total {}", self.status_writes.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP vfxt_ingest_reconcile_errors_total Failed reconciles by error category.\n# TYPE vfxt_ingest_reconcile_errors_total counter");
+        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for c in Category::ALL {
+            let _ = writeln!(o, "vfxt_ingest_reconcile_errors_total{{category=\"{}\"}} {}", c.as_str(), errors.get(&c).copied().unwrap_or(0));
+        }
+        let h = *self.histogram.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(o, "# HELP vfxt_ingest_reconcile_duration_seconds Reconcile duration.\n# TYPE vfxt_ingest_reconcile_duration_seconds histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}", h.0[i]);
+        }
+        let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.1);
+        let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_sum {}\nvfxt_ingest_reconcile_duration_seconds_count {}", h.2, h.1);
+
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut by_phase: BTreeMap<&str, u64> = ["Pending", "Scanning", "Copying", "Verifying", "Succeeded", "Failed"].into_iter().map(|p| (p, 0)).collect();
+        for s in jobs.values() {
+            if let Some(p) = s.phase {
+                *by_phase.entry(p.as_str()).or_default() += 1;
+            }
+        }
+        let _ = writeln!(o, "# HELP vfxt_ingest_jobs IngestJobs by phase.\n# TYPE vfxt_ingest_jobs gauge");
+        for (p, n) in by_phase {
+            let _ = writeln!(o, "vfxt_ingest_jobs{{phase=\"{p}\"}} {n}");
+        }
+        for (metric, help, pick) in [
+            ("vfxt_ingest_copied_files", "Files done in the current run.", (|s: &JobSample| s.files) as fn(&JobSample) -> u64),
+            ("vfxt_ingest_copied_bytes", "Bytes done in the current run.", |s: &JobSample| s.bytes),
+        ] {
+            let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for ((ns, name), s) in &jobs {
+                let _ = writeln!(o, "{metric}{{namespace=\"{ns}\",ingestjob=\"{name}\"}} {}", pick(s));
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_counts_errors_phases_and_durations() {
+        let m = Metrics::default();
+        m.reconciled(Duration::from_millis(30));
+        m.error(Category::Conflict);
+        m.job("ns", "a", JobSample { phase: Some(Phase::Copying), files: 7, bytes: 9 });
+        let t = m.render();
+        assert!(t.contains("vfxt_ingest_reconciles_total 1"));
+        assert!(t.contains("vfxt_ingest_reconcile_errors_total{category=\"conflict\"} 1"));
+        assert!(t.contains("vfxt_ingest_reconcile_errors_total{category=\"invalid\"} 0"));
+        assert!(t.contains("vfxt_ingest_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
+        assert!(t.contains("vfxt_ingest_reconcile_duration_seconds_bucket{le=\"0.025\"} 0"));
+        assert!(t.contains("vfxt_ingest_jobs{phase=\"Copying\"} 1"));
+        assert!(t.contains("vfxt_ingest_copied_bytes{namespace=\"ns\",ingestjob=\"a\"} 9"));
+        m.forget("ns", "a");
+        assert!(m.render().contains("vfxt_ingest_jobs{phase=\"Copying\"} 0"));
+    }
+}
