@@ -169,6 +169,9 @@ struct Work {
 
 struct Queue {
     stack: Vec<Work>,
+    /// Threads blocked waiting for work: only that many are woken (waking all on every push
+    /// makes a thundering herd when threads outnumber cores).
+    waiting: usize,
     /// Threads listing a directory right now (they may push more work).
     active: usize,
 }
@@ -219,6 +222,7 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
     let shared = Shared {
         queue: Mutex::new(Queue {
             stack: Vec::new(),
+            waiting: 0,
             active: 1,
         }),
         ready: Condvar::new(),
@@ -291,7 +295,9 @@ impl<'a> Thread<'a> {
                     if q.active == 0 {
                         break None;
                     }
+                    q.waiting += 1;
                     q = self.shared.ready.wait(q).unwrap();
+                    q.waiting -= 1;
                 }
             };
             let Some(work) = work else {
@@ -436,9 +442,12 @@ impl<'a> Thread<'a> {
         self.local.dirs.push(d);
         if !children.is_empty() {
             let mut q = self.shared.queue.lock().unwrap();
+            let wake = q.waiting.min(children.len());
             q.stack.append(&mut children);
             drop(q);
-            self.shared.ready.notify_all();
+            for _ in 0..wake {
+                self.shared.ready.notify_one();
+            }
         }
     }
 }
