@@ -8,6 +8,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# shellcheck disable=SC2119 # no options: the plane alone
 e2e_up
 ns=smoke
 e2e_on_failure() { kubectl get all -n "$ns" -o wide; kubectl get events -n "$ns"; }

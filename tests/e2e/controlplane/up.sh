@@ -73,13 +73,15 @@ tail_logs() {
   done
 }
 
-# ---- ports: random, unused now; two runs picking the same one is unlikely and
-# shows up as a bind error in the logs rather than a silent mix-up.
+# ---- ports: random, unused now, below the kernel's ephemeral range (32768+)
+# so an outgoing connection cannot grab one between the check and the bind;
+# two runs picking the same one is unlikely and shows up as a bind error in
+# the logs rather than a silent mix-up.
 declare -A taken=()
 free_port() {
   local p
   for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((20000 + RANDOM % 12000))
     [[ -n ${taken[$p]-} ]] && continue
     if ! ss -Htln "sport = :$p" | grep -q .; then
       taken[$p]=1
