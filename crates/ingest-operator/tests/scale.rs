@@ -1,0 +1,156 @@
+//! Scale check: a 10,000-shard, 500-worker job keeps every object the operator and its pods write under the
+//! 1 MiB object limit, the status small, and status writes bounded. Run with `--nocapture` to see the figures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ingest_api::report::{PodProgress, PodResult};
+use ingest_api::{FileFailure, IngestJobStatus, Totals, VerificationCounts};
+use ingest_operator::desired::desired;
+use ingest_operator::plan_store::{self, MAX_CHUNK_BYTES, Owner, PlanSummary};
+use ingest_operator::reconcile::{WriteDecision, decide_write};
+use ingest_operator::stage::stage;
+use ingest_operator::status::compute;
+use ingest_path::RelPath;
+use ingest_plan::format::{CostModel, PLAN_API_VERSION, PLAN_KIND, Plan, Prediction, Shard, ShardScope};
+use kube::ResourceExt;
+
+const MIB: usize = 1024 * 1024;
+const SHARDS: u64 = 10_000;
+const WORKERS: u32 = 500;
+
+fn rel(s: &str) -> RelPath {
+    RelPath::from_bytes(s.as_bytes().to_vec()).unwrap()
+}
+
+/// A plan shaped like the planner's: each shard a name range of a deep directory plus a subtree.
+fn big_plan(servers: &[String]) -> Plan {
+    let shards = (0..SHARDS as u32)
+        .map(|i| Shard {
+            id: i,
+            cost: 1.0 + f64::from(i),
+            files: 10_000,
+            bytes: 1 << 30,
+            server: i % servers.len() as u32,
+            worker: i % WORKERS,
+            scopes: vec![
+                ShardScope::Entries {
+                    dir: rel(&format!("projects/genomics/2019/sequencer-{:03}/run-{i:06}", i % 97)),
+                    from: Some(rel(&format!("sample-{:08}.fastq.gz", i * 7))),
+                    to: Some(rel(&format!("sample-{:08}.fastq.gz", i * 7 + 7))),
+                    subtrees: true,
+                },
+                ShardScope::Tree { dir: rel(&format!("projects/genomics/2019/reference/chr{:02}/part-{i:06}", i % 23)) },
+            ],
+        })
+        .collect();
+    Plan {
+        api_version: PLAN_API_VERSION.into(),
+        kind: PLAN_KIND.into(),
+        requested_shards: SHARDS as u32,
+        cost_model: CostModel::default(),
+        servers: servers.to_vec(),
+        workers: WORKERS,
+        totals: Default::default(),
+        prediction: Prediction::default(),
+        scan_errors: Vec::new(),
+        shards,
+    }
+}
+
+#[test]
+fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
+    for n_servers in [3usize, 10] {
+        let mut ij = fixture("three-ips.yaml");
+        let servers: Vec<String> = (0..n_servers).map(|i| format!("10.1.1.{}", 101 + i)).collect();
+        ij.spec.destination.nfs.servers = servers.clone();
+        ij.spec.destination.nfs.mount_options = Some(vec!["hard".into(), "proto=tcp".into(), "nconnect=16".into(), "vers=3".into()]);
+        ij.spec.workers = Some(WORKERS);
+        ij.spec.shards.target = Some(SHARDS as u32);
+
+        // The plan the scan pod stores.
+        let plan = big_plan(&servers);
+        let json_len = plan.to_json().len();
+        let chunks = plan.to_chunks(MAX_CHUNK_BYTES).unwrap();
+        let owner = Owner { namespace: "ingest".into(), name: ij.name_any(), uid: ij.uid().unwrap(), run: 0 };
+        let totals = Totals { files: SHARDS * 10_000, directories: 1_000_000, bytes: SHARDS << 30 };
+        let summary = PlanSummary { chunks: chunks.len() as u32, shards: SHARDS, totals: totals.clone() };
+        let maps = plan_store::chunk_objects(&owner, "media-r0-plan", &chunks, &summary).unwrap();
+        let biggest_map = maps.iter().map(|m| serde_json::to_vec(m).unwrap().len()).max().unwrap();
+        assert!(biggest_map < MIB, "plan ConfigMap of {biggest_map} bytes");
+        assert_eq!(Plan::from_chunks(&chunks).unwrap().shards.len(), SHARDS as usize, "chunks join back");
+
+        // Every child the operator applies, in the stage with the most children.
+        let mut obs = scanned(&ij, SHARDS, totals, false);
+        add_role_jobs(&ij, &mut obs, "copy", |_, j| observed_job(j, true, false, "", "", 0));
+        let s = stage(&ij, &obs);
+        let children = desired(&ij, &s, &settings()).unwrap();
+        let biggest_child = children.iter().map(|c| c.encoded_len()).max().unwrap();
+        assert!(biggest_child < 64 * 1024, "children stay small: {biggest_child} bytes");
+        let total_parallelism: i32 = jobs_of(&children)
+            .iter()
+            .filter(|j| j.labels()["ingest.vfxt.dev/role"] == "copy")
+            .map(|j| j.spec.as_ref().unwrap().parallelism.unwrap())
+            .sum();
+        assert_eq!(total_parallelism, WORKERS as i32);
+        let completions: i32 = jobs_of(&children)
+            .iter()
+            .filter(|j| j.labels()["ingest.vfxt.dev/role"] == "copy")
+            .map(|j| j.spec.as_ref().unwrap().completions.unwrap())
+            .sum();
+        assert_eq!(completions as u64, SHARDS);
+
+        // The status at its largest: every server, a full failure list with long paths, verification.
+        for server in 0..n_servers {
+            let mut r = PodResult {
+                files: 1,
+                bytes: 1,
+                failed: 1000,
+                verification: Some(VerificationCounts { checked: 1, ..Default::default() }),
+                failures: (0..1000).map(|i| FileFailure { path: format!("{}/{i}", "deep/".repeat(300)), reason: "x".repeat(600) }).collect(),
+                ..Default::default()
+            };
+            r.files = 5;
+            obs.pods.push(worker_pod(&ij, "verify", server, 0, 5, None, Some(r)));
+        }
+        let st: IngestJobStatus = compute(&ij, &obs, &s, at(100));
+        let status_len = serde_json::to_vec(&st).unwrap().len();
+        assert!(status_len < 64 * 1024, "status of {status_len} bytes");
+        // Each pod's termination message keeps as many failures as fit 4 KiB; the status lists at most 20.
+        assert!(!st.failures.is_empty() && st.failures.len() <= ingest_api::MAX_LISTED_FAILURES, "{}", st.failures.len());
+        assert_eq!(st.failed_files, 1000 * n_servers as u64, "every failure is counted even when not listed");
+
+        let progress_len = serde_json::to_string(&PodProgress { files: u64::MAX, bytes: u64::MAX, failed: u64::MAX, directories: 0, at: i64::MAX }).unwrap().len();
+        println!(
+            "servers={n_servers} shards={SHARDS} workers={WORKERS}: plan JSON {json_len} B in {} ConfigMaps (largest {biggest_map} B); \
+             {} children (largest {biggest_child} B); status {status_len} B; progress annotation <= {progress_len} B",
+            chunks.len(),
+            children.len()
+        );
+    }
+}
+
+#[test]
+fn status_writes_per_job_are_bounded_by_the_interval() {
+    // One hour of copying with a reconcile every 2 s (the controller's debounce) and counters moving on every
+    // reconcile: writes are bounded by interval, not by pod count or event rate.
+    let interval = Duration::from_secs(5);
+    let mut written: Option<IngestJobStatus> = None;
+    let mut last_write: Option<u64> = None;
+    let mut writes = 0;
+    for t in (0..3600u64).step_by(2) {
+        let mut st = IngestJobStatus { phase: Some(ingest_api::Phase::Copying), ..Default::default() };
+        st.progress = Some(ingest_api::Progress { files: t * 1000, ..Default::default() });
+        let since = last_write.map(|w| Duration::from_secs(t - w));
+        if decide_write(written.as_ref(), &st, since, interval) == WriteDecision::Now {
+            writes += 1;
+            written = Some(st);
+            last_write = Some(t);
+        }
+    }
+    println!("status writes in one hour of copying: {writes} (bound {})", 3600 / 5 + 1);
+    assert!(writes <= 3600 / 5 + 1, "{writes} writes");
+    assert!(writes >= 3600 / 6, "progress still reaches the status: {writes} writes");
+}
