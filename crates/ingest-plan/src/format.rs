@@ -214,6 +214,12 @@ impl Plan {
         Plan::from_json(&json)
     }
 
+    /// The shards dealt to destination server `server`, largest first (in the cluster, index `k`
+    /// of that server's Indexed Job runs the `k`-th of these).
+    pub fn shards_of_server(&self, server: u32) -> impl Iterator<Item = &Shard> {
+        self.shards.iter().filter(move |s| s.server == server)
+    }
+
     /// The shards dealt to `worker` (of [`Plan::workers`]), largest first.
     pub fn shards_of_worker(&self, worker: u32) -> impl Iterator<Item = &Shard> {
         self.shards.iter().filter(move |s| s.worker == worker)

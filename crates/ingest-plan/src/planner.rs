@@ -35,6 +35,10 @@ pub struct PlanOptions {
     pub split_factor: f64,
     /// Byte ranges are multiples of this many bytes.
     pub range_align: u64,
+    /// Upper bounds on one shard's files and bytes (the spec's `shards.maxFiles` / `maxBytes`).
+    /// They lower the cost target, so a shard meets them unless it is one indivisible piece.
+    pub max_files: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for PlanOptions {
@@ -46,6 +50,8 @@ impl Default for PlanOptions {
             cost: CostModel::default(),
             split_factor: 2.0,
             range_align: 1 << 20,
+            max_files: None,
+            max_bytes: None,
         }
     }
 }
@@ -114,7 +120,16 @@ pub fn plan(scan: &Scan, opts: &PlanOptions) -> Result<Plan, PlanError> {
         })
         .collect();
     let total = tree_load(scan, 0, m).cost + group_loads.iter().map(|l| l.cost).sum::<f64>();
-    let target = (total / opts.shards as f64).max(f64::MIN_POSITIVE);
+    // A unit costing at most `cost(max_files, 0)` holds at most `max_files` entries, and one
+    // costing at most `cost(0, max_bytes)` at most `max_bytes` bytes.
+    let mut target = total / opts.shards as f64;
+    if let Some(f) = opts.max_files {
+        target = target.min(m.cost(f.max(1), 0));
+    }
+    if let Some(b) = opts.max_bytes {
+        target = target.min(m.cost(0, b.max(1)));
+    }
+    let target = target.max(f64::MIN_POSITIVE);
 
     let mut p = Planner {
         scan,

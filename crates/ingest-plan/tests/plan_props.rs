@@ -30,6 +30,8 @@ fn plan_opts(shards: u32, workers: u32) -> PlanOptions {
         },
         split_factor: 2.0,
         range_align: 1 << 20,
+        max_files: None,
+        max_bytes: None,
     }
 }
 
@@ -143,6 +145,41 @@ fn big_flat_directory_is_cut_into_name_ranges_and_big_files_into_byte_ranges() {
         "imbalance {}",
         p.prediction.imbalance
     );
+}
+
+#[test]
+fn max_files_and_max_bytes_bound_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    common::random_tree(dir.path(), 7, 600);
+    let s = scan(dir.path(), &scan_opts(2)).unwrap();
+    let opts = PlanOptions {
+        max_files: Some(20),
+        max_bytes: Some(8 << 20),
+        ..plan_opts(1, 2)
+    };
+    let p = plan(&s, &opts).unwrap();
+    common::check_coverage(&p, dir.path());
+    assert!(
+        p.shards.len() > 5,
+        "one shard asked, but the bounds need more: {}",
+        p.shards.len()
+    );
+    for sh in &p.shards {
+        assert!(
+            sh.files <= 20 || sh.scopes.len() == 1,
+            "shard {} has {} files",
+            sh.id,
+            sh.files
+        );
+        assert!(
+            sh.bytes <= 8 << 20 || sh.scopes.len() == 1,
+            "shard {} has {} bytes",
+            sh.id,
+            sh.bytes
+        );
+    }
+    let per_server: usize = (0..3).map(|i| p.shards_of_server(i).count()).sum();
+    assert_eq!(per_server, p.shards.len());
 }
 
 #[test]

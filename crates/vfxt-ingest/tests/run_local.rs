@@ -464,4 +464,21 @@ fn scan_and_worker_commands() {
         "{}",
         text(&o)
     );
+
+    let o = bin()
+        .args(["worker", "--plan"])
+        .arg(&plan)
+        .arg("--source")
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dst)
+        .args(["--shards", "0", "--preserve", "owner,colour"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("\"colour\" is not an attribute; valid: owner, mode"),
+        "{}",
+        text(&o)
+    );
 }

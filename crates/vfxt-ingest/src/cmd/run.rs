@@ -189,6 +189,8 @@ struct Resolved {
     hardlinks: bool,
     fail_job: bool,
     max_failed_files: Option<u64>,
+    max_files: Option<u64>,
+    max_bytes: Option<u64>,
     run: i64,
     seconds_per_entry: f64,
     bytes_per_second: f64,
@@ -457,6 +459,8 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         hardlinks: spec.preserve.hardlinks,
         fail_job: spec.failure_policy.action == FailureAction::FailJob,
         max_failed_files: spec.failure_policy.max_failed_files,
+        max_files: spec.shards.max_files,
+        max_bytes: spec.shards.max_bytes,
         run: spec.run,
         seconds_per_entry: cost.seconds_per_entry,
         bytes_per_second: cost.bytes_per_second,
@@ -556,6 +560,8 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
                     seconds_per_entry: job.seconds_per_entry,
                     bytes_per_second: job.bytes_per_second,
                 },
+                max_files: job.max_files,
+                max_bytes: job.max_bytes,
                 ..PlanOptions::default()
             };
             let (_, p, secs) = scan_and_plan(&job.source, args.scan_threads, &opts)?;
@@ -726,12 +732,21 @@ fn run_phase(
             .stdout(Stdio::piped())
             .stderr(stderr)
             .stdin(Stdio::null());
-        if !job.owner {
-            cmd.arg("--no-owner");
-        }
-        if !job.xattrs {
-            cmd.arg("--no-xattrs");
-        }
+        let preserve: Vec<&str> = [
+            ("owner", job.owner),
+            ("mode", job.mode),
+            ("times", job.times),
+            ("xattrs", job.xattrs),
+            ("hardlinks", job.hardlinks),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+        cmd.arg("--preserve").arg(if preserve.is_empty() {
+            "none".to_string()
+        } else {
+            preserve.join(",")
+        });
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.
         unsafe {

@@ -28,6 +28,12 @@ pub struct Args {
     /// Destination server names, in dealing order (repeat the flag). Default: one, "local".
     #[arg(long = "server", value_name = "NAME")]
     pub servers: Vec<String>,
+    /// Upper bound on files per shard (lowers the target shard cost).
+    #[arg(long, value_name = "N")]
+    pub max_files: Option<u64>,
+    /// Upper bound on bytes per shard (lowers the target shard cost).
+    #[arg(long, value_name = "BYTES")]
+    pub max_bytes: Option<u64>,
     #[command(flatten)]
     pub cost: CostArgs,
     /// Write the plan (JSON) to FILE.
@@ -116,6 +122,8 @@ pub fn run(args: Args) -> Outcome {
         workers: args.workers,
         servers,
         cost,
+        max_files: args.max_files,
+        max_bytes: args.max_bytes,
         ..PlanOptions::default()
     };
     let (s, p, secs) = match scan_and_plan(&args.source, args.threads, &opts) {

@@ -57,7 +57,7 @@ pub struct Args {
     pub worker: Option<u32>,
     #[arg(long, value_name = "N", requires = "worker")]
     pub of: Option<u32>,
-    #[arg(long, value_enum, default_value_t = PhaseArg::Both)]
+    #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations.
     #[arg(long, default_value_t = 16)]
@@ -68,6 +68,10 @@ pub struct Args {
     /// Directory of per-shard completion markers (created if missing).
     #[arg(long, value_name = "DIR")]
     pub markers: Option<PathBuf>,
+    /// Attributes to carry over, comma separated, from owner, mode, times, xattrs, symlinks,
+    /// hardlinks (or `none`). Default: all but xattrs.
+    #[arg(long, value_name = "LIST")]
+    pub preserve: Option<String>,
     /// Do not copy owners.
     #[arg(long)]
     pub no_owner: bool,
@@ -217,8 +221,19 @@ pub fn run(args: Args) -> Outcome {
         verify,
         ..Options::default()
     };
-    base_opts.preserve.owner = !args.no_owner;
-    base_opts.preserve.xattrs = !args.no_xattrs;
+    if let Some(list) = &args.preserve {
+        match parse_preserve(list, base_opts.preserve) {
+            Ok(p) => base_opts.preserve = p,
+            Err(e) => {
+                eprintln!("error: --preserve: {e}");
+                return Outcome::UnusableInput;
+            }
+        }
+    } else {
+        base_opts.preserve.xattrs = false;
+    }
+    base_opts.preserve.owner &= !args.no_owner;
+    base_opts.preserve.xattrs &= !args.no_xattrs;
 
     let report = match args.report.as_ref().map(std::fs::File::create).transpose() {
         Ok(f) => f.map(|f| JsonLines::new(std::io::BufWriter::new(f))),
@@ -385,6 +400,45 @@ pub fn run(args: Args) -> Outcome {
     } else {
         Outcome::PartialFailure
     }
+}
+
+/// The names of `--preserve` (the spec's `preserve` fields that are true).
+pub const PRESERVE_NAMES: [&str; 6] = ["owner", "mode", "times", "xattrs", "symlinks", "hardlinks"];
+
+/// Parses `--preserve`: listed attributes on, the others off (special files keep `base`'s setting).
+pub fn parse_preserve(
+    list: &str,
+    base: ingest_copy::Preserve,
+) -> Result<ingest_copy::Preserve, String> {
+    let mut p = ingest_copy::Preserve {
+        owner: false,
+        mode: false,
+        times: false,
+        xattrs: false,
+        hardlinks: false,
+        ..base
+    };
+    if list == "none" {
+        return Ok(p);
+    }
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "owner" => p.owner = true,
+            "mode" => p.mode = true,
+            "times" => p.times = true,
+            "xattrs" => p.xattrs = true,
+            "hardlinks" => p.hardlinks = true,
+            // The engine always copies symlinks as symlinks; there is nothing to switch.
+            "symlinks" => {}
+            other => {
+                return Err(format!(
+                    "{other:?} is not an attribute; valid: {}, or none",
+                    PRESERVE_NAMES.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(p)
 }
 
 pub fn add_summary(total: &mut Summary, s: &Summary) {
