@@ -7,7 +7,8 @@
 #  3. a PVC bound to an NFS PV, a read-only mount, ConfigMap/Secret env and
 #     volumes all show up inside the container as a real pod would see them;
 #  4. deleting a pod that ignores SIGTERM kills it after the grace period and
-#     the object goes away.
+#     the object goes away;
+#  5. OnFailure restarts, and a container killed from outside reports 137.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -183,6 +184,44 @@ took=$((SECONDS - t0))
 ! kill -0 "$pid" 2>/dev/null || fail "stubborn's shell (pid $pid) survived deletion"
 ((took >= 2)) || fail "pod went away after ${took}s, before its 2s grace period"
 pass "deleted pod ignoring SIGTERM was killed after its grace period (${took}s) and removed"
+
+# ---- 5. restartPolicy OnFailure restarts a failed container (restartCount,
+# lastState); a container killed from outside (as a test kills a worker, by
+# the pid in containerID agent://PID) fails with 137 under Never.
+kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky, namespace: $ns}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: main
+    image: ignored
+    # Fails on the first run only: the marker survives in the NFS dir.
+    command: [sh, -c, 'if [ -e /out/flaky.seen ]; then exit 0; fi; touch /out/flaky.seen; exit 4']
+    volumeMounts: [{name: out, mountPath: /out}]
+  volumes:
+  - {name: out, nfs: {server: 10.1.1.103, path: /nfs}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: victim, namespace: $ns}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: ignored, command: [sleep, "600"]}
+YAML
+wait_until 60 "pod flaky Succeeded after a restart" phase_is Succeeded flaky
+cs() { kubectl get pod "$1" -n "$ns" -o jsonpath="{.status.containerStatuses[0].$2}"; }
+[[ $(cs flaky restartCount) == 1 ]] || fail "flaky restartCount $(cs flaky restartCount), want 1"
+[[ $(cs flaky lastState.terminated.exitCode) == 4 ]] || fail "flaky lastState exit $(cs flaky lastState.terminated.exitCode), want 4"
+wait_until 60 "pod victim Running" phase_is Running victim
+victim_pid=$(cs victim containerID)
+victim_pid=${victim_pid#agent://}
+kill -KILL "$victim_pid"
+wait_until 30 "pod victim Failed after SIGKILL" phase_is Failed victim
+[[ $(term victim exitCode) == 137 ]] || fail "victim exitCode $(term victim exitCode), want 137"
+pass "OnFailure restart (restartCount 1, lastState exit 4); killed container reports 137"
 
 kubectl delete namespace "$ns" --wait=false >/dev/null
 kubectl delete pv "$ns-pv" --wait=false >/dev/null

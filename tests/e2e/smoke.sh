@@ -52,6 +52,18 @@ job_gone() { ! kubectl get job -n "$ns" smoke >/dev/null 2>&1; }
 wait_until 60 "garbage collector deleted pod $pod" pod_gone
 wait_until 60 "Job smoke is gone (foreground deletion finished)" job_gone
 
+# helm against this API server: a chart from `helm create` installs (its
+# pods stay Pending: no node) and uninstalls.
+chart=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-chart.XXXXXX")
+helm create "$chart/demo" >/dev/null
+helm install demo "$chart/demo" -n "$ns" >/dev/null
+[[ $(helm list -n "$ns" --deployed -q) == demo ]] ||
+  fail "helm release demo is not deployed: $(helm status demo -n "$ns")"
+kubectl get deployment demo -n "$ns" >/dev/null || fail "helm did not create Deployment demo"
+helm uninstall demo -n "$ns" >/dev/null
+rm -rf "$chart"
+say "ok: helm $(helm version --short) installed and uninstalled a chart"
+
 kubectl delete namespace "$ns" --wait=false >/dev/null
 ns_gone() { ! kubectl get namespace "$ns" >/dev/null 2>&1; }
 wait_until 90 "namespace controller removed namespace $ns" ns_gone
