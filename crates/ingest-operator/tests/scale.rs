@@ -9,7 +9,7 @@ use common::*;
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_api::{FileFailure, IngestJobStatus, Totals, VerificationCounts};
 use ingest_operator::desired::desired;
-use ingest_operator::plan_store::{self, MAX_CHUNK_BYTES, Owner, PlanSummary};
+use ingest_operator::plan_store::{self, Owner};
 use ingest_operator::reconcile::{WriteDecision, decide_write};
 use ingest_operator::stage::stage;
 use ingest_operator::status::compute;
@@ -73,14 +73,23 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
         // The plan the scan pod stores.
         let plan = big_plan(&servers);
         let json_len = plan.to_json().len();
-        let chunks = plan.to_chunks(MAX_CHUNK_BYTES).unwrap();
+        // What the scan CLI stores: the plan without shards as the header, then one JSON text per shard.
+        let header = serde_json::to_string(&Plan { shards: Vec::new(), ..plan.clone() }).unwrap();
+        let shard_texts: Vec<String> = plan.shards.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
         let owner = Owner { namespace: "ingest".into(), name: ij.name_any(), uid: ij.uid().unwrap(), run: 0 };
         let totals = Totals { files: SHARDS * 10_000, directories: 1_000_000, bytes: SHARDS << 30 };
-        let summary = PlanSummary { chunks: chunks.len() as u32, shards: SHARDS, totals: totals.clone() };
-        let maps = plan_store::chunk_objects(&owner, "media-r0-plan", &chunks, &summary).unwrap();
-        let biggest_map = maps.iter().map(|m| serde_json::to_vec(m).unwrap().len()).max().unwrap();
+        let (maps, summary) = plan_store::chunk_objects(&owner, "media-r0-plan", &header, &shard_texts, &totals).unwrap();
+        let sizes: Vec<usize> = maps.iter().map(|m| serde_json::to_vec(m).unwrap().len()).collect();
+        let biggest_map = *sizes.iter().max().unwrap();
         assert!(biggest_map < MIB, "plan ConfigMap of {biggest_map} bytes");
-        assert_eq!(Plan::from_chunks(&chunks).unwrap().shards.len(), SHARDS as usize, "chunks join back");
+        let summary_len = serde_json::to_string(&summary).unwrap().len();
+        assert!(summary_len < 32 * 1024, "summary annotation of {summary_len} bytes (annotations total <= 256 KiB)");
+        // A worker reads chunk 0 and its shard's chunk: what it costs at most.
+        let per_worker_read = sizes.last().unwrap() + sizes[..sizes.len() - 1].iter().max().unwrap();
+        // The last shard is found again, byte-exact, from the summary alone.
+        let (k, pos) = summary.locate(SHARDS - 1).unwrap();
+        let list: Vec<ingest_plan::Shard> = serde_json::from_str(&maps[k as usize - 1].data.as_ref().unwrap()[plan_store::SHARDS_KEY]).unwrap();
+        assert_eq!(list[pos], plan.shards[SHARDS as usize - 1]);
 
         // Every child the operator applies, in the stage with the most children.
         let mut obs = scanned(&ij, SHARDS, totals, false);
@@ -124,9 +133,10 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
 
         let progress_len = serde_json::to_string(&PodProgress { files: u64::MAX, bytes: u64::MAX, failed: u64::MAX, directories: 0, at: i64::MAX }).unwrap().len();
         println!(
-            "servers={n_servers} shards={SHARDS} workers={WORKERS}: plan JSON {json_len} B in {} ConfigMaps (largest {biggest_map} B); \
-             {} children (largest {biggest_child} B); status {status_len} B; progress annotation <= {progress_len} B",
-            chunks.len(),
+            "servers={n_servers} shards={SHARDS} workers={WORKERS}: plan JSON {json_len} B in {} ConfigMaps (largest {biggest_map} B, \
+             summary annotation {summary_len} B, a worker reads <= {per_worker_read} B); {} children (largest {biggest_child} B); \
+             status {status_len} B; progress annotation <= {progress_len} B",
+            maps.len(),
             children.len()
         );
     }

@@ -11,7 +11,7 @@ use ingest_api::{IngestJob, Totals};
 use ingest_operator::desired::{Child, Settings, desired};
 use ingest_operator::names;
 use ingest_operator::observe::Observed;
-use ingest_operator::plan_store::{self, Owner, PlanSummary};
+use ingest_operator::plan_store::{self, Owner};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -59,8 +59,9 @@ pub fn observed_job(built: &Job, complete: bool, failed: bool, completed: &str, 
 /// Metadata of the committed chunk 0 of the current run's plan.
 pub fn plan_meta(ij: &IngestJob, shards: u64, totals: Totals) -> PartialObjectMeta<ConfigMap> {
     let owner = Owner { namespace: ij.namespace().unwrap(), name: ij.name_any(), uid: ij.uid().unwrap(), run: ij.spec.run };
-    let summary = PlanSummary { chunks: 1, shards, totals };
-    let cms = plan_store::chunk_objects(&owner, &names::plan_prefix(ij, ij.spec.run), &["{}".into()], &summary).unwrap();
+    let shard_texts: Vec<String> = (0..shards).map(|i| format!("{{\"id\":{i}}}")).collect();
+    let (cms, summary) = plan_store::chunk_objects(&owner, &names::plan_prefix(ij, ij.spec.run), "{}", &shard_texts, &totals).unwrap();
+    assert_eq!(summary.shards, shards);
     let mut m: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
     m.metadata = cms.last().unwrap().metadata.clone();
     m
