@@ -135,7 +135,10 @@ spec:
       set -e
       echo "\$MODE \$PASSWORD \$SHARD \$POD_NS" > /dest/env.txt
       cat /plan/plan.json > /dest/plan-copy.json
-      test -s /var/run/secrets/kubernetes.io/serviceaccount/token
+      sa=/var/run/secrets/kubernetes.io/serviceaccount
+      curl -sS --cacert \$sa/ca.crt -H "Authorization: Bearer \$(cat \$sa/token)" \\
+        "https://\$KUBERNETES_SERVICE_HOST:\$KUBERNETES_SERVICE_PORT/api/v1/namespaces/\$(cat \$sa/namespace)/secrets" > /dest/api.json
+      test "\$HOME" != /root
       if touch /src/x 2>/dev/null; then echo "/src is writable" >&2; exit 9; fi
     env:
     - {name: MODE, valueFrom: {configMapKeyRef: {name: settings, key: mode}}}
@@ -156,7 +159,10 @@ wait_until 90 "pod mounts Succeeded" phase_is Succeeded mounts
 [[ $(cat "$data/sub/env.txt") == "fast hunter2 5 $ns" ]] || fail "env.txt holds '$(cat "$data/sub/env.txt")'"
 [[ $(cat "$data/sub/plan-copy.json") == '{"shards": 4}' ]] || fail "plan-copy.json holds '$(cat "$data/sub/plan-copy.json")'"
 [[ ! -e $data/x ]] || fail "the read-only mount was written to"
-pass "PVC on an NFS PV, read-only NFS mount, ConfigMap/Secret env + volume, SA token"
+# The API server knew the pod's token (403 names the service account, where a
+# bad token would get 401), reached through the in-cluster env and CA.
+grep -q "system:serviceaccount:$ns:default" "$data/sub/api.json" || fail "in-cluster API call: $(cat "$data/sub/api.json")"
+pass "PVC on an NFS PV, read-only NFS mount, ConfigMap/Secret env + volume, in-cluster API with the SA token"
 
 # ---- 4. Deletion: SIGTERM ignored, SIGKILL after the grace period, object gone.
 kubectl apply -f - >/dev/null <<YAML

@@ -90,6 +90,18 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: PodUpdates) {
     let Some(volumes) = r.prepare(&pod, &mut rx).await else {
         return r.finish(&mut rx).await;
     };
+    // Dropped (aborted) when the runner returns.
+    let _refresher = volumes::token_refresh_interval(&pod).map(|every| {
+        let (client, pod, dir) = (r.ctx.client.clone(), pod.clone(), r.dir.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = volumes::refresh_tokens(&client, &pod, &dir).await {
+                    tracing::warn!(error = %e, "service-account token refresh failed");
+                }
+            }
+        }))
+    });
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         r.run_container(true, i, c, &volumes, rx.clone()).await;
         let failed = {
@@ -107,6 +119,14 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: PodUpdates) {
         .map(|(i, c)| r.run_container(false, i, c, &volumes, rx.clone()));
     futures::future::join_all(mains).await;
     r.finish(&mut rx).await;
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn new_container(c: &Container, reason: &str) -> status::Container {
@@ -327,9 +347,11 @@ impl Runner {
         Ok((argv, env, binds))
     }
 
-    /// The variables every container gets before its own: PATH and HOME from
-    /// the agent (there is no image to supply them), the pod's hostname, and the
-    /// API server's service variables that in-cluster clients read.
+    /// The variables every container gets before its own: PATH from the agent
+    /// (there is no image to supply it), HOME in the pod dir (so a client in
+    /// the pod cannot pick up the host's ~/.kube/config instead of its service
+    /// account), the pod's hostname, and the API server's service variables
+    /// that in-cluster clients read.
     fn base_env(&self, pod: &Pod) -> Vec<(String, String)> {
         let hostname = pod
             .spec
@@ -348,9 +370,7 @@ impl Runner {
             ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
             ("KUBERNETES_PORT".into(), format!("tcp://{host}:{port}")),
         ];
-        if let Ok(home) = std::env::var("HOME") {
-            v.push(("HOME".into(), home));
-        }
+        v.push(("HOME".into(), self.dir.join("home").display().to_string()));
         v
     }
 

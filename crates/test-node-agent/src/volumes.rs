@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
-    Volume,
+    ServiceAccountTokenProjection, Volume,
 };
 use kube::api::{Api, PostParams};
 
@@ -275,6 +276,48 @@ async fn materialise_one(
         .into())
 }
 
+/// The projected service-account token sources of a pod: (volume, source).
+fn token_sources(pod: &Pod) -> impl Iterator<Item = (&Volume, &ServiceAccountTokenProjection)> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .flat_map(|v| {
+            v.projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .filter_map(move |src| src.service_account_token.as_ref().map(|t| (v, t)))
+        })
+}
+
+/// How often to refresh the pod's tokens: at 80% of the shortest requested
+/// lifetime, as the kubelet does; `None` when the pod has no token volume.
+pub fn token_refresh_interval(pod: &Pod) -> Option<Duration> {
+    token_sources(pod)
+        .map(|(_, t)| t.expiration_seconds.unwrap_or(3600).max(600) as u64 * 8 / 10)
+        .min()
+        .map(Duration::from_secs)
+}
+
+/// Requests fresh tokens and rewrites the token files in place (the volume
+/// dir is bind-mounted into running containers, so it must stay the same dir).
+pub async fn refresh_tokens(
+    client: &kube::Client,
+    pod: &Pod,
+    pod_dir: &Path,
+) -> Result<(), String> {
+    for (v, t) in token_sources(pod) {
+        let token = request_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
+        let mode = v.projected.as_ref().and_then(|p| p.default_mode);
+        write_file(
+            &pod_dir.join("volumes").join(&v.name),
+            &t.path,
+            token.as_bytes(),
+            mode,
+        )?;
+    }
+    Ok(())
+}
+
 fn nfs_dir(maps: &[NfsMap], server: &str, path: &str) -> Result<PathBuf, String> {
     let dir = resolve_nfs(maps, server, path).ok_or_else(|| {
         let known: Vec<String> = maps
@@ -499,6 +542,24 @@ mod tests {
         assert_eq!(err, "secret \"nope\" not found");
         let err = write_file(dir.path(), "../x", b"", None).unwrap_err();
         assert!(err.contains("without '..'"), "{err}");
+    }
+
+    #[test]
+    fn tokens_refresh_at_80_percent_of_the_shortest_lifetime() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}},
+                {"name": "b", "projected": {"sources": [{"serviceAccountToken": {"path": "t2", "expirationSeconds": 1000}}]}},
+                {"name": "c", "emptyDir": {}}
+            ]}
+        }))
+        .unwrap();
+        assert_eq!(token_refresh_interval(&pod), Some(Duration::from_secs(800)));
+        let none: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+                .unwrap();
+        assert_eq!(token_refresh_interval(&none), None);
     }
 
     #[test]
