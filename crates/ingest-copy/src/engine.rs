@@ -117,6 +117,8 @@ struct DirNode {
     /// The destination directory through each mount, opened when a thread on that mount needs it.
     dst: Vec<OnceLock<OwnedFd>>,
     own_meta: bool,
+    /// Created by this copy pass: nothing can be in it yet, so entries need no look first.
+    fresh: bool,
 }
 
 /// A large regular file being copied by several threads.
@@ -304,17 +306,11 @@ impl<'a> Walk<'a> {
             } => {
                 let rel = parent.rel.join(name.to_bytes());
                 match self.open_child_dir(&parent, &name, local.mount) {
-                    Ok(Some((src, meta))) => {
-                        let node = Arc::new(DirNode::new(
-                            self.roots,
-                            Some(parent),
-                            rel,
-                            name,
-                            src,
-                            meta,
-                            own_meta,
-                        ));
-                        self.list(node, local, recurse, None);
+                    Ok(Some((src, meta, created))) => {
+                        let mut node =
+                            DirNode::new(self.roots, Some(parent), rel, name, src, meta, own_meta);
+                        node.fresh = created;
+                        self.list(Arc::new(node), local, recurse, None);
                     }
                     Ok(None) => self.release_dir(parent), // vanished from the source since it was listed
                     Err((op, e)) => {
@@ -356,7 +352,7 @@ impl<'a> Walk<'a> {
             return;
         };
         if !f.failed.load(Relaxed) && !f.data_only {
-            match self.set_file_meta(&f.src, &f.dst, &f.meta) {
+            match self.set_file_meta(&f.src, &f.dst, &f.meta, false) {
                 Ok(()) => {
                     inc(&self.counts.files_copied);
                     inc(&self.progress.files);
@@ -482,7 +478,7 @@ impl<'a> Walk<'a> {
         parent: &DirNode,
         name: &CStr,
         mount: usize,
-    ) -> OpResult<Option<(OwnedFd, Meta)>> {
+    ) -> OpResult<Option<(OwnedFd, Meta, bool)>> {
         let src = match sys::open_dir_at(parent.src.as_fd(), name) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -490,9 +486,11 @@ impl<'a> Walk<'a> {
         };
         let meta = sys::fstat(src.as_fd()).op("stat-source")?;
         let pdst = parent.dst_fd(self.roots, mount).op("open-dest-dir")?;
+        let mut created = false;
         match self.pass {
             Pass::Copy => {
-                if sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")? {
+                created = sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")?;
+                if created {
                     inc(&self.counts.directories);
                 }
             }
@@ -504,7 +502,7 @@ impl<'a> Walk<'a> {
                 }
             }
         }
-        Ok(Some((src, meta)))
+        Ok(Some((src, meta, created)))
     }
 
     /// Lists `node` on the source and queues its entries: subdirectories as directory tasks
@@ -598,7 +596,8 @@ impl<'a> Walk<'a> {
         let p = &self.opts.preserve;
         let set = || -> io::Result<()> {
             if self.xattrs_ok.load(Relaxed) {
-                self.copy_xattrs(node.src.as_fd(), fd).map_err(|(_, e)| e)?;
+                self.copy_xattrs(node.src.as_fd(), fd, false)
+                    .map_err(|(_, e)| e)?;
             }
             sys::set_meta_fd(fd, &node.meta, self.owner, p.mode, p.times)
         };
@@ -784,7 +783,11 @@ impl<'a> Walk<'a> {
             }
         };
         let rel = || dir.rel.join(name.to_bytes());
-        let existing = sys::stat_at(dst, name).op("stat-dest");
+        let existing = if dir.fresh && !force {
+            Ok(None)
+        } else {
+            sys::stat_at(dst, name).op("stat-dest")
+        };
         let existing = match existing {
             Ok(e) => e,
             Err(e) => {
@@ -817,11 +820,12 @@ impl<'a> Walk<'a> {
                 // place would change that other path too.
                 self.clear_way(dst, name)?;
             }
-            let d = match sys::open_dest_file(dst, name, true) {
+            let mode = self.create_mode(sm);
+            let d = match sys::open_dest_file(dst, name, true, mode) {
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     // A read-only file left by an earlier run (we are not root): replace it.
                     self.clear_way(dst, name)?;
-                    sys::open_dest_file(dst, name, true)
+                    sys::open_dest_file(dst, name, true, mode)
                 }
                 r => r,
             }
@@ -847,7 +851,7 @@ impl<'a> Walk<'a> {
             && self.opts.split_threshold > 0;
         if !split {
             self.write_whole(&src, &dfd, sm, local)?;
-            self.set_file_meta(&src, &dfd, sm)?;
+            self.set_file_meta(&src, &dfd, sm, existing.is_none())?;
             inc(&self.counts.files_copied);
             inc(&self.progress.files);
             return Ok(());
@@ -922,7 +926,8 @@ impl<'a> Walk<'a> {
             }
             let src =
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
-            let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
+            let dfd =
+                sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
             if sys::fstat(dfd.as_fd()).op("stat-dest")?.size != sm.size {
                 sys::set_len(dfd.as_fd(), sm.size).op("set-size")?;
             }
@@ -957,8 +962,9 @@ impl<'a> Walk<'a> {
             let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
             let src =
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
-            let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
-            self.set_file_meta(&src, &dfd, &sm)?;
+            let dfd =
+                sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
+            self.set_file_meta(&src, &dfd, &sm, false)?;
             inc(&self.counts.files_copied);
             inc(&self.progress.files);
             Ok(())
@@ -1074,17 +1080,48 @@ impl<'a> Walk<'a> {
     }
 
     /// xattrs, owner, mode, then times last: once the mtime is set the file counts as done.
-    fn set_file_meta(&self, src: &OwnedFd, dst: &OwnedFd, sm: &Meta) -> OpResult<()> {
-        if self.xattrs_ok.load(Relaxed) {
-            self.copy_xattrs(src.as_fd(), dst.as_fd())?;
+    /// The mode a new destination file is created with: its final permissions when they are
+    /// preserved (so no separate chmod is needed), else the usual 0666 less the umask.
+    fn create_mode(&self, sm: &Meta) -> u32 {
+        if self.opts.preserve.mode {
+            sm.perm & 0o777
+        } else {
+            0o666
         }
-        let p = &self.opts.preserve;
-        sys::set_meta_fd(dst.as_fd(), sm, self.owner, p.mode, p.times).op("set-metadata")
     }
 
-    fn copy_xattrs(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> OpResult<()> {
+    /// xattrs, owner, mode, then times last: once the mtime is set the file counts as done.
+    /// `created`: this pass created the file, so it has no xattrs yet and its owner and mode
+    /// are checked before being set. On NFS each set is a round trip; the check is not (the
+    /// attributes came back with the create).
+    fn set_file_meta(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        sm: &Meta,
+        created: bool,
+    ) -> OpResult<()> {
+        if self.xattrs_ok.load(Relaxed) {
+            self.copy_xattrs(src.as_fd(), dst.as_fd(), created)?;
+        }
+        let p = &self.opts.preserve;
+        let (mut owner, mut mode) = (self.owner, p.mode);
+        if created && (owner || mode) {
+            let dm = sys::fstat(dst.as_fd()).op("stat-dest")?;
+            owner &= (dm.uid, dm.gid) != (sm.uid, sm.gid);
+            // chown clears setuid and setgid, so those need the chmod after it.
+            mode &= dm.perm != sm.perm || (owner && sm.perm & 0o6000 != 0);
+        }
+        sys::set_meta_fd(dst.as_fd(), sm, owner, mode, p.times).op("set-metadata")
+    }
+
+    fn copy_xattrs(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, created: bool) -> OpResult<()> {
         let want = sys::user_xattrs(src).op("read-xattrs")?;
-        let have = sys::user_xattrs(dst).op("read-dest-xattrs")?;
+        let have = if created {
+            Vec::new()
+        } else {
+            sys::user_xattrs(dst).op("read-dest-xattrs")?
+        };
         for (k, _) in &have {
             if !want.iter().any(|(w, _)| w == k) {
                 sys::remove_xattr(dst, k).op("remove-xattr")?;
@@ -1298,8 +1335,9 @@ impl<'a> Walk<'a> {
                 let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
                 let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
                     .op("open-source")?;
-                let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
-                self.set_file_meta(&src, &dfd, sm)
+                let dfd =
+                    sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
+                self.set_file_meta(&src, &dfd, sm, false)
             })()
         } else {
             self.copy_entry_now(dir, name, sm, local)
@@ -1342,8 +1380,9 @@ impl<'a> Walk<'a> {
                     .op("open-source")?;
                 let dfd = sys::open_read(dst, name).op("open-dest")?;
                 if same_content(&src, &dfd, sm.size, local).op("compare")? {
-                    let dfd = sys::open_dest_file(dst, name, false).op("open-dest")?;
-                    self.set_file_meta(&src, &dfd, &sm)?;
+                    let dfd = sys::open_dest_file(dst, name, false, self.create_mode(&sm))
+                        .op("open-dest")?;
+                    self.set_file_meta(&src, &dfd, &sm, false)?;
                 }
             }
             Ok(Some(sm))
@@ -1373,9 +1412,9 @@ impl<'a> Walk<'a> {
         {
             self.clear_way(dst, name)?;
         }
-        let dfd = sys::open_dest_file(dst, name, true).op("open-dest")?;
+        let dfd = sys::open_dest_file(dst, name, true, self.create_mode(sm)).op("open-dest")?;
         self.write_whole(&src, &dfd, sm, local)?;
-        self.set_file_meta(&src, &dfd, sm)
+        self.set_file_meta(&src, &dfd, sm, false)
     }
 }
 
@@ -1424,6 +1463,7 @@ impl DirNode {
             meta,
             dst,
             own_meta,
+            fresh: false,
         }
     }
 

@@ -153,15 +153,21 @@ pub fn open_source_file(
     rustix::fs::openat(dir, name, base, Mode::empty()).map_err(to_io)
 }
 
-/// Opens (creating if needed) a destination file for writing in place. `truncate` empties it.
+/// Opens (creating if needed, with `mode` less the umask) a destination file for writing in
+/// place. `truncate` empties it.
 /// Never follows a symlink at the final component.
-pub fn open_dest_file(dir: BorrowedFd<'_>, name: &CStr, truncate: bool) -> io::Result<OwnedFd> {
+pub fn open_dest_file(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    truncate: bool,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     let mut flags =
         OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     if truncate {
         flags |= OFlags::TRUNC;
     }
-    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)).map_err(to_io)
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(to_io)
 }
 
 pub fn open_read(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
