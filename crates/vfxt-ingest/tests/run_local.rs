@@ -465,6 +465,49 @@ fn scan_and_worker_commands() {
         text(&o)
     );
 
+    // The cluster's way: the plan as chunk files, one shard by server and completion index.
+    let chunks = t.path().join("chunks");
+    fs::create_dir(&chunks).unwrap();
+    let json = fs::read_to_string(&plan).unwrap();
+    let parts: Vec<&str> = json
+        .as_bytes()
+        .chunks(700)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        fs::write(chunks.join(format!("plan-{i}.json.part")), part).unwrap();
+    }
+    assert!(parts.len() > 2, "test plan should need several chunks");
+    let o = bin()
+        .args(["worker", "--plan"])
+        .arg(&chunks)
+        .arg("--source")
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dst)
+        .args(["--server-index", "0", "--phase", "verify", "--no-owner"])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let shard_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("\"event\":\"shard\""))
+        .collect();
+    assert_eq!(shard_lines.len(), 1, "{out}");
+    let pv: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let second_of_server0 = pv["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["server"] == 0)
+        .nth(1)
+        .unwrap()["id"]
+        .clone();
+    let ev: serde_json::Value = serde_json::from_str(shard_lines[0]).unwrap();
+    assert_eq!(ev["shard"], second_of_server0);
+
     let o = bin()
         .args(["worker", "--plan"])
         .arg(&plan)

@@ -57,6 +57,17 @@ pub struct Args {
     pub worker: Option<u32>,
     #[arg(long, value_name = "N", requires = "worker")]
     pub of: Option<u32>,
+    /// Run the `--index`-th shard dealt to destination server S (the cluster: one Indexed Job per
+    /// server, index from `JOB_COMPLETION_INDEX`).
+    #[arg(long, value_name = "S", requires = "index", conflicts_with_all = ["worker", "shards"])]
+    pub server_index: Option<u32>,
+    #[arg(
+        long,
+        value_name = "K",
+        env = "JOB_COMPLETION_INDEX",
+        requires = "server_index"
+    )]
+    pub index: Option<u32>,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations.
@@ -127,16 +138,51 @@ fn unix_now() -> i64 {
 }
 
 /// Loads and checks a plan file.
+/// Loads and checks a plan: a JSON file, or a directory of its chunks (`Plan::to_chunks`, e.g.
+/// ConfigMaps mounted as files), joined in the numeric order of the numbers in their names.
 pub fn load_plan(path: &Path) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--plan {}: cannot be read ({e})", path.display()))?;
+    let bad =
+        |e: &dyn std::fmt::Display| format!("--plan {}: cannot be read ({e})", path.display());
+    let text = if path.is_dir() {
+        let mut parts: Vec<(u64, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(path).map_err(|e| bad(&e))? {
+            let p = e.map_err(|e| bad(&e))?.path();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // Mounted ConfigMaps bring `..data` links and dot files along; chunks are numbered.
+            let digits: String = name.chars().filter(char::is_ascii_digit).collect();
+            if p.is_file() && !name.starts_with('.') && !digits.is_empty() {
+                parts.push((digits.parse().map_err(|e| bad(&e))?, p));
+            }
+        }
+        parts.sort();
+        let mut text = String::new();
+        for (_, p) in &parts {
+            text.push_str(&std::fs::read_to_string(p).map_err(|e| bad(&e))?);
+        }
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(|e| bad(&e))?
+    };
     Plan::from_json(&text).map_err(|e| format!("--plan {}: {e}", path.display()))
 }
 
 fn select<'p>(plan: &'p Plan, args: &Args) -> Result<Vec<&'p Shard>, String> {
+    if let (Some(s), Some(k)) = (args.server_index, args.index) {
+        let n = plan.shards_of_server(s).count();
+        return match plan.shards_of_server(s).nth(k as usize) {
+            Some(shard) => Ok(vec![shard]),
+            None => Err(format!(
+                "--index: shard {k} of server {s} is not in the plan (server {s} has {n} shards; servers: 0..{})",
+                plan.servers.len()
+            )),
+        };
+    }
     match (&args.shards[..], args.worker, args.of) {
         ([], None, None) => {
-            Err("give the shards to run: --shards I[,J..] or --worker W --of N".into())
+            Err("give the shards to run: --shards I[,J..], --worker W --of N, or --server-index S --index K".into())
         }
         (ids, None, None) => ids
             .iter()
