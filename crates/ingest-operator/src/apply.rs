@@ -3,7 +3,9 @@
 use ingest_api::constants::{FIELD_MANAGER, labels};
 use ingest_api::{IngestJob, IngestJobStatus};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -20,9 +22,13 @@ where
     K::DynamicType: Default,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(|e| Error::kube(format!("apply {} {name}", K::kind(&Default::default())), e))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("apply {} {name}", K::kind(&Default::default())), e))?;
     Ok(())
 }
 
@@ -32,21 +38,40 @@ pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]
     let mut written = 0;
     for child in children {
         match child {
-            Child::ServiceAccount(o) => ssa(Api::<ServiceAccount>::namespaced(client.clone(), ns), o).await?,
+            Child::ServiceAccount(o) => {
+                ssa(Api::<ServiceAccount>::namespaced(client.clone(), ns), o).await?
+            }
             Child::Role(o) => ssa(Api::<Role>::namespaced(client.clone(), ns), o).await?,
-            Child::RoleBinding(o) => ssa(Api::<RoleBinding>::namespaced(client.clone(), ns), o).await?,
+            Child::RoleBinding(o) => {
+                ssa(Api::<RoleBinding>::namespaced(client.clone(), ns), o).await?
+            }
             Child::Volume(o) => ssa(Api::<PersistentVolume>::all(client.clone()), o).await?,
-            Child::Claim(o) => ssa(Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns), o).await?,
+            Child::Claim(o) => {
+                ssa(
+                    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                    o,
+                )
+                .await?
+            }
             Child::Job(j) => {
-                if obs.job(j.metadata.name.as_deref().unwrap_or_default()).is_some() {
+                if obs
+                    .job(j.metadata.name.as_deref().unwrap_or_default())
+                    .is_some()
+                {
                     continue;
                 }
                 Api::<Job>::namespaced(client.clone(), ns)
-                    .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, j)
+                    .create(
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        j,
+                    )
                     .await
                     .or_else(|e| match e {
                         // Created by a concurrent reconcile (or before a restart and not yet in our list): fine.
-                        kube::Error::Api(s) if s.code == 409 => Ok(j.clone()),
+                        kube::Error::Api(s) if s.code == 409 => Ok((**j).clone()),
                         e => Err(Error::kube(format!("create Job {}", j.name_any()), e)),
                     })?;
             }
@@ -58,16 +83,36 @@ pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]
 
 /// Deletes Jobs (with their pods) and plan ConfigMaps of runs other than the current one.
 pub async fn prune(client: &Client, ij: &IngestJob, obs: &Observed) -> Result<usize> {
-    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let ns = ij
+        .namespace()
+        .ok_or(Error::MissingField("IngestJob has no namespace"))?;
     let run = Some(ij.spec.run);
     let bg = DeleteParams::background();
     let mut n = 0;
-    for j in obs.jobs.iter().filter(|j| run_of(&j.metadata.labels).is_some() && run_of(&j.metadata.labels) != run) {
-        delete(Api::<Job>::namespaced(client.clone(), &ns), &j.name_any(), &bg).await?;
+    for j in obs
+        .jobs
+        .iter()
+        .filter(|j| run_of(&j.metadata.labels).is_some() && run_of(&j.metadata.labels) != run)
+    {
+        delete(
+            Api::<Job>::namespaced(client.clone(), &ns),
+            &j.name_any(),
+            &bg,
+        )
+        .await?;
         n += 1;
     }
-    for m in obs.plans.iter().filter(|m| run_of(&m.metadata.labels) != run) {
-        delete(Api::<ConfigMap>::namespaced(client.clone(), &ns), m.metadata.name.as_deref().unwrap_or_default(), &bg).await?;
+    for m in obs
+        .plans
+        .iter()
+        .filter(|m| run_of(&m.metadata.labels) != run)
+    {
+        delete(
+            Api::<ConfigMap>::namespaced(client.clone(), &ns),
+            m.metadata.name.as_deref().unwrap_or_default(),
+            &bg,
+        )
+        .await?;
         n += 1;
     }
     Ok(n)
@@ -86,14 +131,20 @@ where
 
 /// Writes `/status` with server-side apply (the operator is its only writer).
 pub async fn patch_status(client: &Client, ij: &IngestJob, status: &IngestJobStatus) -> Result<()> {
-    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let ns = ij
+        .namespace()
+        .ok_or(Error::MissingField("IngestJob has no namespace"))?;
     let body = serde_json::json!({
         "apiVersion": format!("{}/{}", ingest_api::constants::GROUP, ingest_api::constants::VERSION),
         "kind": ingest_api::constants::KIND,
         "status": status,
     });
     Api::<IngestJob>::namespaced(client.clone(), &ns)
-        .patch_status(&ij.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch_status(
+            &ij.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await
         .map_err(|e| Error::kube("patch IngestJob status", e))?;
     Ok(())

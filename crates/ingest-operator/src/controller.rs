@@ -42,45 +42,68 @@ pub struct Options {
 
 /// Maps a pod to its IngestJob: the full-name annotation, else the `job` label.
 pub fn pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
-    let name = pod.annotations().get(annotations::INGEST_JOB).or_else(|| pod.labels().get(labels::JOB))?;
+    let name = pod
+        .annotations()
+        .get(annotations::INGEST_JOB)
+        .or_else(|| pod.labels().get(labels::JOB))?;
     Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
 /// Runs the controller until `shutdown` completes.
-pub async fn run_controller(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(&crate::apply::managed_selector());
-    Controller::new(Api::<IngestJob>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<Job>::all(client.clone()), managed.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-        .watches(Api::<Pod>::all(client), managed, |pod| pod_owner(&pod))
-        // Pods report every ~10 s; coalescing their events keeps one reconcile per job per couple of seconds.
-        .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+    Controller::new(
+        Api::<IngestJob>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Job>::all(client.clone()), managed.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+    .watches(Api::<Pod>::all(client), managed, |pod| pod_owner(&pod))
+    // Pods report every ~10 s; coalescing their events keeps one reconcile per job per couple of seconds.
+    .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
 }
 
 /// The whole operator: listener, optional leader election, controller; returns on `shutdown` or when the
 /// Lease is lost (an error, so the process exits and its restart re-enters the election).
-pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> Result<()> {
+pub async fn run(
+    client: Client,
+    opts: Options,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let listener = http::bind(opts.listen).await?;
     let shutdown = shutdown.shared();
-    let server = tokio::spawn(http::serve(listener, metrics.clone(), health.clone(), shutdown.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     // Ready = able to serve probes and take over; a standby replica is ready too.
     health.ready.store(true, Ordering::Relaxed);
 
-    let reporter = Reporter { controller: "vfxt-ingest".into(), instance: opts.instance.clone() };
+    let reporter = Reporter {
+        controller: "vfxt-ingest".into(),
+        instance: opts.instance.clone(),
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        Settings { default_image: opts.default_image.clone() },
+        Settings {
+            default_image: opts.default_image.clone(),
+        },
         metrics,
         Some(Recorder::new(client.clone(), reporter)),
         opts.status_interval,
@@ -108,7 +131,10 @@ pub async fn run(client: Client, opts: Options, shutdown: impl Future<Output = (
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            let controller = tokio::spawn(run_controller(ctx, futures::future::select(Box::pin(stop), Box::pin(shutdown.clone())).map(|_| ())));
+            let controller = tokio::spawn(run_controller(
+                ctx,
+                futures::future::select(Box::pin(stop), Box::pin(shutdown.clone())).map(|_| ()),
+            ));
             let outcome = tokio::select! {
                 _ = shutdown.clone() => Ok(()),
                 lost = lost_rx => Err(lost.unwrap_or_else(|_| crate::Error::LostLease(cfg.name.clone()))),
@@ -128,10 +154,11 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await,
+            };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

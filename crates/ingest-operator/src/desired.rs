@@ -8,10 +8,11 @@ use ingest_api::constants::{BINARY, annotations, labels};
 use ingest_api::{IngestJob, VerifyMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, NFSVolumeSource, ObjectFieldSelector, ObjectReference,
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PersistentVolumeSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, EnvVar, EnvVarSource, NFSVolumeSource, ObjectFieldSelector,
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccount, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -48,11 +49,11 @@ pub enum Child {
     /// Binds the Role to the service account.
     RoleBinding(RoleBinding),
     /// NFS volume with mount options for one destination server (cluster-scoped).
-    Volume(PersistentVolume),
+    Volume(Box<PersistentVolume>),
     /// Claim bound to that volume.
-    Claim(PersistentVolumeClaim),
+    Claim(Box<PersistentVolumeClaim>),
     /// The scan Job, or a copy/verify Job for one server.
-    Job(Job),
+    Job(Box<Job>),
 }
 
 impl Child {
@@ -85,8 +86,12 @@ impl Child {
 
 /// All children the IngestJob should have in `stage`.
 pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec<Child>> {
-    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
-    let owner = ij.controller_owner_ref(&()).ok_or(Error::MissingField("IngestJob has no uid yet"))?;
+    let ns = ij
+        .namespace()
+        .ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let owner = ij
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("IngestJob has no uid yet"))?;
     let meta = |name: String, role: &str, run: Option<i64>| ObjectMeta {
         name: Some(name),
         namespace: Some(ns.clone()),
@@ -98,7 +103,10 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
 
     if ij.spec.worker.service_account_name.is_none() {
         let id = names::pod_identity(ij);
-        out.push(Child::ServiceAccount(ServiceAccount { metadata: meta(id.clone(), "identity", None), ..Default::default() }));
+        out.push(Child::ServiceAccount(ServiceAccount {
+            metadata: meta(id.clone(), "identity", None),
+            ..Default::default()
+        }));
         out.push(Child::Role(Role {
             metadata: meta(id.clone(), "identity", None),
             rules: Some(vec![
@@ -110,8 +118,17 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         }));
         out.push(Child::RoleBinding(RoleBinding {
             metadata: meta(id.clone(), "identity", None),
-            role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: id.clone() },
-            subjects: Some(vec![Subject { kind: "ServiceAccount".into(), name: id, namespace: Some(ns.clone()), ..Default::default() }]),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: id.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: id,
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            }]),
         }));
     }
 
@@ -119,9 +136,15 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     let retries = ij.spec.failure_policy.retries_per_shard as i32;
     let scan_args = scan_args(ij);
     let mut scan_meta = meta(names::scan_job(ij, run), labels::ROLE_SCAN, Some(run));
-    let workers = ij.spec.workers.unwrap_or(ij.spec.destination.nfs.servers.len() as u32);
-    scan_meta.annotations = Some(BTreeMap::from([(crate::stage::WORKERS_ANNOTATION.to_owned(), workers.to_string())]));
-    out.push(Child::Job(Job {
+    let workers = ij
+        .spec
+        .workers
+        .unwrap_or(ij.spec.destination.nfs.servers.len() as u32);
+    scan_meta.annotations = Some(BTreeMap::from([(
+        crate::stage::WORKERS_ANNOTATION.to_owned(),
+        workers.to_string(),
+    )]));
+    out.push(Child::Job(Box::new(Job {
         metadata: scan_meta,
         spec: Some(JobSpec {
             backoff_limit: Some(retries),
@@ -131,7 +154,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             ..Default::default()
         }),
         status: None,
-    }));
+    })));
 
     let layout: Option<&Layout> = match stage {
         Stage::Scan | Stage::ScanFailed(_) => None,
@@ -139,12 +162,25 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     };
     let Some(layout) = layout else { return Ok(out) };
 
-    let mount_options = ij.spec.destination.nfs.mount_options.as_ref().filter(|o| !o.is_empty());
+    let mount_options = ij
+        .spec
+        .destination
+        .nfs
+        .mount_options
+        .as_ref()
+        .filter(|o| !o.is_empty());
     if let Some(opts) = mount_options {
         for slot in &layout.slots {
-            let (pv, pvc) = destination_volume(ij, &ns, slot.index, &slot.server, opts, meta(names::dest_claim(ij, slot.index), labels::ROLE_VOLUME, None));
-            out.push(Child::Volume(pv));
-            out.push(Child::Claim(pvc));
+            let (pv, pvc) = destination_volume(
+                ij,
+                &ns,
+                slot.index,
+                &slot.server,
+                opts,
+                meta(names::dest_claim(ij, slot.index), labels::ROLE_VOLUME, None),
+            );
+            out.push(Child::Volume(Box::new(pv)));
+            out.push(Child::Claim(Box::new(pvc)));
         }
     }
 
@@ -153,15 +189,38 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             continue;
         }
         for slot in &layout.slots {
-            let mut m = meta(names::worker_job(ij, run, role, slot.index), role, Some(run));
-            m.labels.get_or_insert_default().insert(labels::SERVER_INDEX.into(), slot.index.to_string());
-            m.annotations = Some(BTreeMap::from([(annotations::SERVER.to_owned(), slot.server.clone())]));
-            let shard_env = vec![plain_env(env::SHARD_OFFSET, slot.index.to_string()), plain_env(env::SHARD_STRIDE, layout.stride.to_string())];
-            let mut template = pod_template(ij, role, worker_args(ij, role), shard_env, Some((slot.index, &slot.server)), settings);
+            let mut m = meta(
+                names::worker_job(ij, run, role, slot.index),
+                role,
+                Some(run),
+            );
+            m.labels
+                .get_or_insert_default()
+                .insert(labels::SERVER_INDEX.into(), slot.index.to_string());
+            m.annotations = Some(BTreeMap::from([(
+                annotations::SERVER.to_owned(),
+                slot.server.clone(),
+            )]));
+            let shard_env = vec![
+                plain_env(env::SHARD_OFFSET, slot.index.to_string()),
+                plain_env(env::SHARD_STRIDE, layout.stride.to_string()),
+            ];
+            let mut template = pod_template(
+                ij,
+                role,
+                worker_args(ij, role),
+                shard_env,
+                Some((slot.index, &slot.server)),
+                settings,
+            );
             let tl = template.metadata.get_or_insert_default();
-            tl.labels.get_or_insert_default().insert(labels::SERVER_INDEX.into(), slot.index.to_string());
-            tl.annotations.get_or_insert_default().insert(annotations::SERVER.to_owned(), slot.server.clone());
-            out.push(Child::Job(Job {
+            tl.labels
+                .get_or_insert_default()
+                .insert(labels::SERVER_INDEX.into(), slot.index.to_string());
+            tl.annotations
+                .get_or_insert_default()
+                .insert(annotations::SERVER.to_owned(), slot.server.clone());
+            out.push(Child::Job(Box::new(Job {
                 metadata: m,
                 spec: Some(JobSpec {
                     completion_mode: Some("Indexed".into()),
@@ -169,14 +228,16 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                     parallelism: Some(slot.workers as i32),
                     backoff_limit_per_index: Some(retries),
                     // FailJob: stop the server's Job at the first shard that exhausts its retries.
-                    max_failed_indexes: (ij.spec.failure_policy.action == ingest_api::FailureAction::FailJob).then_some(0),
+                    max_failed_indexes: (ij.spec.failure_policy.action
+                        == ingest_api::FailureAction::FailJob)
+                        .then_some(0),
                     // Never two pods on one shard: a replacement starts only after the old pod is gone.
                     pod_replacement_policy: Some("Failed".into()),
                     template,
                     ..Default::default()
                 }),
                 status: None,
-            }));
+            })));
         }
     }
     Ok(out)
@@ -192,13 +253,23 @@ fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
 }
 
 fn plain_env(name: &str, value: String) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value), ..Default::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    }
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
-        value_from: Some(EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }), ..Default::default() }),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -212,8 +283,18 @@ fn join(root: &str, sub: Option<&str>) -> String {
 
 fn scan_args(ij: &IngestJob) -> Vec<String> {
     let s = &ij.spec;
-    let mut a = vec!["scan".to_owned(), "--cluster".into(), join(SOURCE_MOUNT, s.source.sub_path.as_deref()), "--threads".into(), s.threads_per_worker.to_string()];
-    for (flag, v) in [("--shards", s.shards.target.map(u64::from)), ("--max-files", s.shards.max_files), ("--max-bytes", s.shards.max_bytes)] {
+    let mut a = vec![
+        "scan".to_owned(),
+        "--cluster".into(),
+        join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
+        "--threads".into(),
+        s.threads_per_worker.to_string(),
+    ];
+    for (flag, v) in [
+        ("--shards", s.shards.target.map(u64::from)),
+        ("--max-files", s.shards.max_files),
+        ("--max-bytes", s.shards.max_bytes),
+    ] {
         if let Some(v) = v {
             a.extend([flag.to_owned(), v.to_string()]);
         }
@@ -224,10 +305,17 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
 fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
     let s = &ij.spec;
     let p = &s.preserve;
-    let preserve: Vec<&str> = [("owner", p.owner), ("mode", p.mode), ("times", p.times), ("xattrs", p.xattrs), ("symlinks", p.symlinks), ("hardlinks", p.hardlinks)]
-        .into_iter()
-        .filter_map(|(n, on)| on.then_some(n))
-        .collect();
+    let preserve: Vec<&str> = [
+        ("owner", p.owner),
+        ("mode", p.mode),
+        ("times", p.times),
+        ("xattrs", p.xattrs),
+        ("symlinks", p.symlinks),
+        ("hardlinks", p.hardlinks),
+    ]
+    .into_iter()
+    .filter_map(|(n, on)| on.then_some(n))
+    .collect();
     let verify = match s.verify.mode {
         VerifyMode::None => "none",
         VerifyMode::Metadata => "metadata",
@@ -247,32 +335,74 @@ fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
         "--verify".into(),
         verify.into(),
         "--preserve".into(),
-        if preserve.is_empty() { "none".into() } else { preserve.join(",") },
+        if preserve.is_empty() {
+            "none".into()
+        } else {
+            preserve.join(",")
+        },
     ]
 }
 
 /// The pod template shared by scan, copy and verify Jobs. `dest`: destination server (index, address) for
 /// workers; the scan mounts only the source.
-fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<EnvVar>, dest: Option<(usize, &str)>, settings: &Settings) -> PodTemplateSpec {
+fn pod_template(
+    ij: &IngestJob,
+    role: &str,
+    args: Vec<String>,
+    extra_env: Vec<EnvVar>,
+    dest: Option<(usize, &str)>,
+    settings: &Settings,
+) -> PodTemplateSpec {
     let s = &ij.spec;
     let w = &s.worker;
     let run = s.run;
-    let mut volumes = vec![Volume {
+    let mut volumes =
+        vec![Volume {
+            name: "source".into(),
+            nfs: s.source.nfs.as_ref().map(|n| NFSVolumeSource {
+                server: n.server.clone(),
+                path: n.path.clone(),
+                read_only: Some(true),
+            }),
+            persistent_volume_claim: s.source.pvc.as_ref().map(|p| {
+                PersistentVolumeClaimVolumeSource {
+                    claim_name: p.claim_name.clone(),
+                    read_only: Some(true),
+                }
+            }),
+            ..Default::default()
+        }];
+    let mut mounts = vec![VolumeMount {
         name: "source".into(),
-        nfs: s.source.nfs.as_ref().map(|n| NFSVolumeSource { server: n.server.clone(), path: n.path.clone(), read_only: Some(true) }),
-        persistent_volume_claim: s.source.pvc.as_ref().map(|p| PersistentVolumeClaimVolumeSource { claim_name: p.claim_name.clone(), read_only: Some(true) }),
+        mount_path: SOURCE_MOUNT.into(),
+        read_only: Some(true),
         ..Default::default()
     }];
-    let mut mounts = vec![VolumeMount { name: "source".into(), mount_path: SOURCE_MOUNT.into(), read_only: Some(true), ..Default::default() }];
     if let Some((index, server)) = dest {
-        let with_options = s.destination.nfs.mount_options.as_ref().is_some_and(|o| !o.is_empty());
+        let with_options = s
+            .destination
+            .nfs
+            .mount_options
+            .as_ref()
+            .is_some_and(|o| !o.is_empty());
         volumes.push(Volume {
             name: "dest".into(),
-            nfs: (!with_options).then(|| NFSVolumeSource { server: server.to_owned(), path: s.destination.nfs.path.clone(), read_only: Some(false) }),
-            persistent_volume_claim: with_options.then(|| PersistentVolumeClaimVolumeSource { claim_name: names::dest_claim(ij, index), read_only: Some(false) }),
+            nfs: (!with_options).then(|| NFSVolumeSource {
+                server: server.to_owned(),
+                path: s.destination.nfs.path.clone(),
+                read_only: Some(false),
+            }),
+            persistent_volume_claim: with_options.then(|| PersistentVolumeClaimVolumeSource {
+                claim_name: names::dest_claim(ij, index),
+                read_only: Some(false),
+            }),
             ..Default::default()
         });
-        mounts.push(VolumeMount { name: "dest".into(), mount_path: DEST_MOUNT.into(), ..Default::default() });
+        mounts.push(VolumeMount {
+            name: "dest".into(),
+            mount_path: DEST_MOUNT.into(),
+            ..Default::default()
+        });
     }
     let mut env = vec![
         field_env(env::POD_NAME, "metadata.name"),
@@ -297,7 +427,11 @@ fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<En
     };
     let container = Container {
         name: role.into(),
-        image: Some(w.image.clone().unwrap_or_else(|| settings.default_image.clone())),
+        image: Some(
+            w.image
+                .clone()
+                .unwrap_or_else(|| settings.default_image.clone()),
+        ),
         image_pull_policy: w.image_pull_policy.map(|p| format!("{p:?}")),
         command: Some(vec![BINARY.into()]),
         args: Some(args),
@@ -310,7 +444,10 @@ fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<En
             run_as_non_root: Some(uid != 0),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: Some(caps).filter(|c| !c.is_empty()) }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(caps).filter(|c| !c.is_empty()),
+            }),
             ..Default::default()
         }),
         // A crash before the result is written still leaves the log tail for the operator's failure message.
@@ -320,17 +457,27 @@ fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<En
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(names::child_labels(ij, role, Some(run))),
-            annotations: Some(BTreeMap::from([(annotations::INGEST_JOB.to_owned(), ij.name_any())])),
+            annotations: Some(BTreeMap::from([(
+                annotations::INGEST_JOB.to_owned(),
+                ij.name_any(),
+            )])),
             ..Default::default()
         }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
-            service_account_name: Some(w.service_account_name.clone().unwrap_or_else(|| names::pod_identity(ij))),
+            service_account_name: Some(
+                w.service_account_name
+                    .clone()
+                    .unwrap_or_else(|| names::pod_identity(ij)),
+            ),
             node_selector: w.node_selector.clone(),
             tolerations: w.tolerations.clone(),
             security_context: Some(PodSecurityContext {
                 supplemental_groups: sc.supplemental_groups.clone(),
-                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             containers: vec![container],
@@ -342,7 +489,10 @@ fn pod_template(ij: &IngestJob, role: &str, args: Vec<String>, extra_env: Vec<En
 
 fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
-        requests: Some(BTreeMap::from([("cpu".into(), Quantity("1".into())), ("memory".into(), Quantity("1Gi".into()))])),
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("1".into())),
+            ("memory".into(), Quantity("1Gi".into())),
+        ])),
         limits: Some(BTreeMap::from([("memory".into(), Quantity("4Gi".into()))])),
         ..Default::default()
     }
@@ -350,22 +500,41 @@ fn default_resources() -> ResourceRequirements {
 
 /// A PV (with the mount options) pre-bound to a PVC for one destination server. The PV keeps `Retain`: deleting
 /// it never touches copied data.
-fn destination_volume(ij: &IngestJob, ns: &str, index: usize, server: &str, opts: &[String], claim_meta: ObjectMeta) -> (PersistentVolume, PersistentVolumeClaim) {
+fn destination_volume(
+    ij: &IngestJob,
+    ns: &str,
+    index: usize,
+    server: &str,
+    opts: &[String],
+    claim_meta: ObjectMeta,
+) -> (PersistentVolume, PersistentVolumeClaim) {
     let pv_name = names::dest_volume(ij, index);
     let claim_name = claim_meta.name.clone().unwrap_or_default();
     let mut pv_labels = names::child_labels(ij, labels::ROLE_VOLUME, None);
     pv_labels.insert(NAMESPACE_LABEL.into(), ns.to_owned());
     let size = BTreeMap::from([("storage".to_owned(), Quantity("1Pi".into()))]);
     let pv = PersistentVolume {
-        metadata: ObjectMeta { name: Some(pv_name.clone()), labels: Some(pv_labels), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(pv_name.clone()),
+            labels: Some(pv_labels),
+            ..Default::default()
+        },
         spec: Some(PersistentVolumeSpec {
             capacity: Some(size.clone()),
             access_modes: Some(vec!["ReadWriteMany".into()]),
             persistent_volume_reclaim_policy: Some("Retain".into()),
             storage_class_name: Some(String::new()),
             mount_options: Some(opts.to_vec()),
-            nfs: Some(NFSVolumeSource { server: server.to_owned(), path: ij.spec.destination.nfs.path.clone(), read_only: Some(false) }),
-            claim_ref: Some(ObjectReference { namespace: Some(ns.to_owned()), name: Some(claim_name), ..Default::default() }),
+            nfs: Some(NFSVolumeSource {
+                server: server.to_owned(),
+                path: ij.spec.destination.nfs.path.clone(),
+                read_only: Some(false),
+            }),
+            claim_ref: Some(ObjectReference {
+                namespace: Some(ns.to_owned()),
+                name: Some(claim_name),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         status: None,
@@ -376,7 +545,10 @@ fn destination_volume(ij: &IngestJob, ns: &str, index: usize, server: &str, opts
             access_modes: Some(vec!["ReadWriteMany".into()]),
             storage_class_name: Some(String::new()),
             volume_name: Some(pv_name),
-            resources: Some(VolumeResourceRequirements { requests: Some(size), ..Default::default() }),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(size),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         status: None,

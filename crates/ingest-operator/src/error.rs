@@ -120,7 +120,10 @@ impl Category {
 impl Error {
     /// Wraps a client error with what was being done.
     pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Error::Kube { action: action.into(), source }
+        Error::Kube {
+            action: action.into(),
+            source,
+        }
     }
 
     /// The class of this error.
@@ -150,7 +153,10 @@ mod tests {
     use kube::core::Status;
 
     fn api(code: u16) -> Error {
-        Error::kube("test", kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code))))
+        Error::kube(
+            "test",
+            kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code))),
+        )
     }
 
     #[test]
@@ -166,7 +172,13 @@ mod tests {
         assert_eq!(Category::Invalid.backoff(1), None);
         assert_eq!(Category::Conflict.backoff(1), Some(Duration::from_secs(1)));
         assert_eq!(Category::Conflict.backoff(3), Some(Duration::from_secs(4)));
-        assert_eq!(Category::Conflict.backoff(30), Some(Duration::from_secs(10)));
-        assert_eq!(Category::Throttled.backoff(100), Some(Duration::from_secs(300)));
+        assert_eq!(
+            Category::Conflict.backoff(30),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            Category::Throttled.backoff(100),
+            Some(Duration::from_secs(300))
+        );
     }
 }

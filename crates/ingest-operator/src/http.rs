@@ -32,11 +32,19 @@ pub fn route(path: &str, metrics: &Metrics, health: &Health) -> (u16, &'static s
 
 /// Binds `addr` (errors name it) and returns the listener, so the caller learns about a busy port at startup.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io { what: format!("bind metrics/health port {addr}"), source })
+    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        what: format!("bind metrics/health port {addr}"),
+        source,
+    })
 }
 
 /// Serves until `shutdown` completes.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (mut sock, _) = tokio::select! {
@@ -65,7 +73,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
                 404 => "Not Found",
                 _ => "Service Unavailable",
             };
-            let resp = format!("HTTP/1.1 {code} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {code} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = sock.write_all(resp.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
@@ -82,10 +93,19 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(Health::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), health.clone(), async { let _ = rx.await; }));
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            health.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         async fn get(addr: SocketAddr, path: &str) -> String {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
@@ -94,7 +114,11 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         health.ready.store(true, Ordering::Relaxed);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/metrics").await.contains("vfxt_ingest_reconciles_total 0"));
+        assert!(
+            get(addr, "/metrics")
+                .await
+                .contains("vfxt_ingest_reconciles_total 0")
+        );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         tx.send(()).unwrap();
         server.await.unwrap();

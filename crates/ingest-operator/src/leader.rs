@@ -39,14 +39,24 @@ pub enum Decision {
 
 /// Decides from the Lease's holder and renew time.
 pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
-    let Some(spec) = spec else { return Decision::Take };
+    let Some(spec) = spec else {
+        return Decision::Take;
+    };
     match spec.holder_identity.as_deref() {
         Some(h) if h == me => Decision::Renew,
         None | Some("") => Decision::Take,
         Some(_) => {
-            let dur = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-            let expired = spec.renew_time.as_ref().is_none_or(|t| t.0.checked_add(dur).is_ok_and(|end| end < now));
-            if expired { Decision::Take } else { Decision::Wait }
+            let dur =
+                SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+            let expired = spec
+                .renew_time
+                .as_ref()
+                .is_none_or(|t| t.0.checked_add(dur).is_ok_and(|end| end < now));
+            if expired {
+                Decision::Take
+            } else {
+                Decision::Wait
+            }
         }
     }
 }
@@ -57,9 +67,17 @@ fn spec_for(cfg: &LeaseConfig, previous: Option<&LeaseSpec>, now: Timestamp) -> 
     LeaseSpec {
         holder_identity: Some(cfg.identity.clone()),
         lease_duration_seconds: Some(cfg.duration.as_secs() as i32),
-        acquire_time: if ours { previous.and_then(|p| p.acquire_time.clone()) } else { Some(MicroTime(now)) },
+        acquire_time: if ours {
+            previous.and_then(|p| p.acquire_time.clone())
+        } else {
+            Some(MicroTime(now))
+        },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if ours || previous.is_none() { transitions } else { transitions + 1 }),
+        lease_transitions: Some(if ours || previous.is_none() {
+            transitions
+        } else {
+            transitions + 1
+        }),
         ..Default::default()
     }
 }
@@ -68,10 +86,17 @@ fn spec_for(cfg: &LeaseConfig, previous: Option<&LeaseSpec>, now: Timestamp) -> 
 pub async fn try_acquire_or_renew(client: &Client, cfg: &LeaseConfig) -> Result<bool> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
     let now = Timestamp::now();
-    let current = api.get_opt(&cfg.name).await.map_err(|e| Error::kube("read leader Lease", e))?;
+    let current = api
+        .get_opt(&cfg.name)
+        .await
+        .map_err(|e| Error::kube("read leader Lease", e))?;
     let Some(mut lease) = current else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(cfg.name.clone()), namespace: Some(cfg.namespace.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(cfg.name.clone()),
+                namespace: Some(cfg.namespace.clone()),
+                ..Default::default()
+            },
             spec: Some(spec_for(cfg, None, now)),
         };
         return match api.create(&PostParams::default(), &lease).await {
@@ -134,27 +159,51 @@ mod tests {
     }
 
     fn held_by(who: &str, renewed: i64) -> LeaseSpec {
-        LeaseSpec { holder_identity: Some(who.into()), lease_duration_seconds: Some(15), renew_time: Some(MicroTime(at(renewed))), ..Default::default() }
+        LeaseSpec {
+            holder_identity: Some(who.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(at(renewed))),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn decisions() {
         assert_eq!(decide(None, "a", at(100)), Decision::Take);
-        assert_eq!(decide(Some(&held_by("a", 99)), "a", at(100)), Decision::Renew);
-        assert_eq!(decide(Some(&held_by("b", 90)), "a", at(100)), Decision::Wait);
-        assert_eq!(decide(Some(&held_by("b", 80)), "a", at(100)), Decision::Take, "expired 5 s ago");
+        assert_eq!(
+            decide(Some(&held_by("a", 99)), "a", at(100)),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(Some(&held_by("b", 90)), "a", at(100)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(Some(&held_by("b", 80)), "a", at(100)),
+            Decision::Take,
+            "expired 5 s ago"
+        );
     }
 
     #[test]
     fn taking_over_counts_a_transition_and_renewing_keeps_acquire_time() {
-        let cfg = LeaseConfig { name: "l".into(), namespace: "n".into(), identity: "a".into(), duration: Duration::from_secs(15), renew_every: Duration::from_secs(5) };
+        let cfg = LeaseConfig {
+            name: "l".into(),
+            namespace: "n".into(),
+            identity: "a".into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
         let mut prev = held_by("b", 10);
         prev.lease_transitions = Some(2);
         let taken = spec_for(&cfg, Some(&prev), at(100));
         assert_eq!(taken.lease_transitions, Some(3));
         assert_eq!(taken.acquire_time, Some(MicroTime(at(100))));
         let renewed = spec_for(&cfg, Some(&taken), at(105));
-        assert_eq!((renewed.lease_transitions, renewed.acquire_time), (Some(3), Some(MicroTime(at(100)))));
+        assert_eq!(
+            (renewed.lease_transitions, renewed.acquire_time),
+            (Some(3), Some(MicroTime(at(100))))
+        );
         assert_eq!(renewed.renew_time, Some(MicroTime(at(105))));
     }
 }

@@ -52,7 +52,12 @@ impl Metrics {
 
     /// Counts one failed reconcile.
     pub fn error(&self, c: Category) {
-        *self.errors.lock().unwrap_or_else(|e| e.into_inner()).entry(c).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(c)
+            .or_default() += 1;
     }
 
     /// Counts one `/status` write.
@@ -62,52 +67,124 @@ impl Metrics {
 
     /// Records the state of one IngestJob.
     pub fn job(&self, namespace: &str, name: &str, sample: JobSample) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert((namespace.into(), name.into()), sample);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.into(), name.into()), sample);
     }
 
     /// Forgets a deleted IngestJob.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(namespace.to_owned(), name.to_owned()));
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP vfxt_ingest_reconciles_total Reconciles run.\n# TYPE vfxt_ingest_reconciles_total counter");
-        let _ = writeln!(o, "vfxt_ingest_reconciles_total {}", self.reconciles.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP vfxt_ingest_status_writes_total IngestJob status writes.\n# TYPE vfxt_ingest_status_writes_total counter");
-        let _ = writeln!(o, "vfxt_ingest_status_writes_total {}", self.status_writes.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP vfxt_ingest_reconcile_errors_total Failed reconciles by error category.\n# TYPE vfxt_ingest_reconcile_errors_total counter");
-        let errors = self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = writeln!(
+            o,
+            "# HELP vfxt_ingest_reconciles_total Reconciles run.\n# TYPE vfxt_ingest_reconciles_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "vfxt_ingest_reconciles_total {}",
+            self.reconciles.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP vfxt_ingest_status_writes_total IngestJob status writes.\n# TYPE vfxt_ingest_status_writes_total counter"
+        );
+        let _ = writeln!(
+            o,
+            "vfxt_ingest_status_writes_total {}",
+            self.status_writes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP vfxt_ingest_reconcile_errors_total Failed reconciles by error category.\n# TYPE vfxt_ingest_reconcile_errors_total counter"
+        );
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for c in Category::ALL {
-            let _ = writeln!(o, "vfxt_ingest_reconcile_errors_total{{category=\"{}\"}} {}", c.as_str(), errors.get(&c).copied().unwrap_or(0));
+            let _ = writeln!(
+                o,
+                "vfxt_ingest_reconcile_errors_total{{category=\"{}\"}} {}",
+                c.as_str(),
+                errors.get(&c).copied().unwrap_or(0)
+            );
         }
         let h = *self.histogram.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(o, "# HELP vfxt_ingest_reconcile_duration_seconds Reconcile duration.\n# TYPE vfxt_ingest_reconcile_duration_seconds histogram");
+        let _ = writeln!(
+            o,
+            "# HELP vfxt_ingest_reconcile_duration_seconds Reconcile duration.\n# TYPE vfxt_ingest_reconcile_duration_seconds histogram"
+        );
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}", h.0[i]);
+            let _ = writeln!(
+                o,
+                "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {}",
+                h.0[i]
+            );
         }
-        let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.1);
-        let _ = writeln!(o, "vfxt_ingest_reconcile_duration_seconds_sum {}\nvfxt_ingest_reconcile_duration_seconds_count {}", h.2, h.1);
+        let _ = writeln!(
+            o,
+            "vfxt_ingest_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.1
+        );
+        let _ = writeln!(
+            o,
+            "vfxt_ingest_reconcile_duration_seconds_sum {}\nvfxt_ingest_reconcile_duration_seconds_count {}",
+            h.2, h.1
+        );
 
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut by_phase: BTreeMap<&str, u64> = ["Pending", "Scanning", "Copying", "Verifying", "Succeeded", "Failed"].into_iter().map(|p| (p, 0)).collect();
+        let mut by_phase: BTreeMap<&str, u64> = [
+            "Pending",
+            "Scanning",
+            "Copying",
+            "Verifying",
+            "Succeeded",
+            "Failed",
+        ]
+        .into_iter()
+        .map(|p| (p, 0))
+        .collect();
         for s in jobs.values() {
             if let Some(p) = s.phase {
                 *by_phase.entry(p.as_str()).or_default() += 1;
             }
         }
-        let _ = writeln!(o, "# HELP vfxt_ingest_jobs IngestJobs by phase.\n# TYPE vfxt_ingest_jobs gauge");
+        let _ = writeln!(
+            o,
+            "# HELP vfxt_ingest_jobs IngestJobs by phase.\n# TYPE vfxt_ingest_jobs gauge"
+        );
         for (p, n) in by_phase {
             let _ = writeln!(o, "vfxt_ingest_jobs{{phase=\"{p}\"}} {n}");
         }
         for (metric, help, pick) in [
-            ("vfxt_ingest_copied_files", "Files done in the current run.", (|s: &JobSample| s.files) as fn(&JobSample) -> u64),
-            ("vfxt_ingest_copied_bytes", "Bytes done in the current run.", |s: &JobSample| s.bytes),
+            (
+                "vfxt_ingest_copied_files",
+                "Files done in the current run.",
+                (|s: &JobSample| s.files) as fn(&JobSample) -> u64,
+            ),
+            (
+                "vfxt_ingest_copied_bytes",
+                "Bytes done in the current run.",
+                |s: &JobSample| s.bytes,
+            ),
         ] {
             let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} gauge");
             for ((ns, name), s) in &jobs {
-                let _ = writeln!(o, "{metric}{{namespace=\"{ns}\",ingestjob=\"{name}\"}} {}", pick(s));
+                let _ = writeln!(
+                    o,
+                    "{metric}{{namespace=\"{ns}\",ingestjob=\"{name}\"}} {}",
+                    pick(s)
+                );
             }
         }
         o
@@ -123,7 +200,15 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(Duration::from_millis(30));
         m.error(Category::Conflict);
-        m.job("ns", "a", JobSample { phase: Some(Phase::Copying), files: 7, bytes: 9 });
+        m.job(
+            "ns",
+            "a",
+            JobSample {
+                phase: Some(Phase::Copying),
+                files: 7,
+                bytes: 9,
+            },
+        );
         let t = m.render();
         assert!(t.contains("vfxt_ingest_reconciles_total 1"));
         assert!(t.contains("vfxt_ingest_reconcile_errors_total{category=\"conflict\"} 1"));

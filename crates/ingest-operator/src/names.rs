@@ -24,7 +24,9 @@ pub fn child_name(ij: &str, suffix: &str) -> String {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Name of the scan Job of `run`.
@@ -63,7 +65,10 @@ pub fn child_labels(ij: &IngestJob, role: &str, run: Option<i64>) -> BTreeMap<St
     let mut l = BTreeMap::from([
         (labels::JOB.to_owned(), label_value(&ij.name_any())),
         (labels::ROLE.to_owned(), role.to_owned()),
-        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (
+            labels::MANAGED_BY.to_owned(),
+            labels::MANAGED_BY_VALUE.to_owned(),
+        ),
     ]);
     if let Some(run) = run {
         l.insert(labels::RUN.to_owned(), run.to_string());
@@ -73,7 +78,15 @@ pub fn child_labels(ij: &IngestJob, role: &str, run: Option<i64>) -> BTreeMap<St
 
 /// Label values are limited to 63 characters; IngestJob names may have up to 253.
 pub fn label_value(name: &str) -> String {
-    if name.len() <= 63 { name.to_owned() } else { format!("{}-{:08x}", &name[..54].trim_end_matches(['-', '.']), fnv1a(name.as_bytes()) as u32) }
+    if name.len() <= 63 {
+        name.to_owned()
+    } else {
+        format!(
+            "{}-{:08x}",
+            &name[..54].trim_end_matches(['-', '.']),
+            fnv1a(name.as_bytes()) as u32
+        )
+    }
 }
 
 /// Label selector of all children of the IngestJob named `name`.
@@ -91,7 +104,10 @@ mod tests {
         let long = "a".repeat(80);
         let a = child_name(&long, "r0-copy-1");
         let b = child_name(&format!("{long}b"), "r0-copy-1");
-        assert!(a.len() <= MAX_JOB_NAME && b.len() <= MAX_JOB_NAME, "{a} {b}");
+        assert!(
+            a.len() <= MAX_JOB_NAME && b.len() <= MAX_JOB_NAME,
+            "{a} {b}"
+        );
         assert_ne!(a, b, "truncated names keep a hash of the full name");
         assert!(a.ends_with("-r0-copy-1"));
     }

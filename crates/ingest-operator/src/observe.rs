@@ -26,18 +26,26 @@ pub struct Observed {
 impl Observed {
     /// The Job called `name`.
     pub fn job(&self, name: &str) -> Option<&Job> {
-        self.jobs.iter().find(|j| j.metadata.name.as_deref() == Some(name))
+        self.jobs
+            .iter()
+            .find(|j| j.metadata.name.as_deref() == Some(name))
     }
 
     /// The committed plan summary of `run`, if its chunk 0 exists.
     pub fn plan(&self, ij: &IngestJob, run: i64) -> Option<PlanSummary> {
         let first = format!("{}-0", names::plan_prefix(ij, run));
-        self.plans.iter().find(|m| m.metadata.name.as_deref() == Some(first.as_str())).and_then(|m| summary_of(&m.metadata))
+        self.plans
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(first.as_str()))
+            .and_then(|m| summary_of(&m.metadata))
     }
 
     /// Pods of `role` in `run`.
     pub fn pods_of<'a>(&'a self, role: &'a str, run: i64) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods.iter().filter(move |p| has_label(&p.metadata.labels, labels::ROLE, role) && run_of(&p.metadata.labels) == Some(run))
+        self.pods.iter().filter(move |p| {
+            has_label(&p.metadata.labels, labels::ROLE, role)
+                && run_of(&p.metadata.labels) == Some(run)
+        })
     }
 }
 
@@ -46,20 +54,40 @@ pub fn run_of(l: &Option<std::collections::BTreeMap<String, String>>) -> Option<
     l.as_ref()?.get(labels::RUN)?.parse().ok()
 }
 
-fn has_label(l: &Option<std::collections::BTreeMap<String, String>>, key: &str, value: &str) -> bool {
-    l.as_ref().and_then(|l| l.get(key)).is_some_and(|v| v == value)
+fn has_label(
+    l: &Option<std::collections::BTreeMap<String, String>>,
+    key: &str,
+    value: &str,
+) -> bool {
+    l.as_ref()
+        .and_then(|l| l.get(key))
+        .is_some_and(|v| v == value)
 }
 
 /// Lists the children of `ij` (three calls, each filtered by label on the server).
 pub async fn observe(client: &Client, ij: &IngestJob) -> Result<Observed> {
-    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let ns = ij
+        .namespace()
+        .ok_or(Error::MissingField("IngestJob has no namespace"))?;
     let lp = ListParams::default().labels(&names::selector(&ij.name_any()));
-    let jobs = Api::<Job>::namespaced(client.clone(), &ns).list(&lp).await.map_err(|e| Error::kube("list Jobs", e))?;
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns).list(&lp).await.map_err(|e| Error::kube("list Pods", e))?;
-    let plan_lp = lp.clone().labels(&format!("{}={}", labels::ROLE, labels::ROLE_PLAN));
+    let jobs = Api::<Job>::namespaced(client.clone(), &ns)
+        .list(&lp)
+        .await
+        .map_err(|e| Error::kube("list Jobs", e))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&lp)
+        .await
+        .map_err(|e| Error::kube("list Pods", e))?;
+    let plan_lp = lp
+        .clone()
+        .labels(&format!("{}={}", labels::ROLE, labels::ROLE_PLAN));
     let plans = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .list_metadata(&plan_lp)
         .await
         .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
-    Ok(Observed { jobs: jobs.items, pods: pods.items, plans: plans.items })
+    Ok(Observed {
+        jobs: jobs.items,
+        pods: pods.items,
+        plans: plans.items,
+    })
 }

@@ -55,7 +55,10 @@ impl PlanSummary {
         if shard >= self.shards {
             return None;
         }
-        let k = self.chunk_starts.partition_point(|s| *s <= shard).checked_sub(1)?;
+        let k = self
+            .chunk_starts
+            .partition_point(|s| *s <= shard)
+            .checked_sub(1)?;
         Some((k as u32 + 1, (shard - self.chunk_starts[k]) as usize))
     }
 }
@@ -81,7 +84,10 @@ pub fn pack(shards: &[String], target: usize) -> Result<(Vec<String>, Vec<u64>),
     let mut cur = String::new();
     for (i, s) in shards.iter().enumerate() {
         if s.len() + 2 > MAX_CHUNK_BYTES {
-            return Err(format!("shard {i} is {} bytes of JSON; one shard must fit {MAX_CHUNK_BYTES} bytes", s.len()));
+            return Err(format!(
+                "shard {i} is {} bytes of JSON; one shard must fit {MAX_CHUNK_BYTES} bytes",
+                s.len()
+            ));
         }
         if !cur.is_empty() && cur.len() + s.len() + 2 > target.min(MAX_CHUNK_BYTES) {
             cur.push(']');
@@ -103,27 +109,58 @@ pub fn pack(shards: &[String], target: usize) -> Result<(Vec<String>, Vec<u64>),
 }
 
 /// The ConfigMaps that store a plan (pure; [`save`] writes them). Chunk 0 comes LAST in the returned list.
-pub fn chunk_objects(owner: &Owner, prefix: &str, header: &str, shards: &[String], totals: &Totals) -> Result<(Vec<ConfigMap>, PlanSummary)> {
-    let plan_err = |message: String| Error::Plan { prefix: prefix.to_owned(), message };
+pub fn chunk_objects(
+    owner: &Owner,
+    prefix: &str,
+    header: &str,
+    shards: &[String],
+    totals: &Totals,
+) -> Result<(Vec<ConfigMap>, PlanSummary)> {
+    let plan_err = |message: String| Error::Plan {
+        prefix: prefix.to_owned(),
+        message,
+    };
     if header.len() > MAX_CHUNK_BYTES {
-        return Err(plan_err(format!("the plan header has {} bytes; at most {MAX_CHUNK_BYTES} fit a ConfigMap", header.len())));
+        return Err(plan_err(format!(
+            "the plan header has {} bytes; at most {MAX_CHUNK_BYTES} fit a ConfigMap",
+            header.len()
+        )));
     }
     let (texts, chunk_starts) = pack(shards, TARGET_CHUNK_BYTES).map_err(plan_err)?;
-    let summary = PlanSummary { chunks: texts.len() as u32 + 1, shards: shards.len() as u64, totals: totals.clone(), chunk_starts };
-    let summary_json = serde_json::to_string(&summary).map_err(|source| Error::Serde { what: "plan summary", source })?;
+    let summary = PlanSummary {
+        chunks: texts.len() as u32 + 1,
+        shards: shards.len() as u64,
+        totals: totals.clone(),
+        chunk_starts,
+    };
+    let summary_json = serde_json::to_string(&summary).map_err(|source| Error::Serde {
+        what: "plan summary",
+        source,
+    })?;
     let cm = |k: usize, key: &str, text: String| ConfigMap {
         metadata: ObjectMeta {
             name: Some(format!("{prefix}-{k}")),
             namespace: Some(owner.namespace.clone()),
             labels: Some(BTreeMap::from([
-                (labels::JOB.to_owned(), crate::names::label_value(&owner.name)),
+                (
+                    labels::JOB.to_owned(),
+                    crate::names::label_value(&owner.name),
+                ),
                 (labels::ROLE.to_owned(), labels::ROLE_PLAN.to_owned()),
                 (labels::RUN.to_owned(), owner.run.to_string()),
-                (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+                (
+                    labels::MANAGED_BY.to_owned(),
+                    labels::MANAGED_BY_VALUE.to_owned(),
+                ),
             ])),
-            annotations: (k == 0).then(|| BTreeMap::from([(SUMMARY_ANNOTATION.to_owned(), summary_json.clone())])),
+            annotations: (k == 0)
+                .then(|| BTreeMap::from([(SUMMARY_ANNOTATION.to_owned(), summary_json.clone())])),
             owner_references: Some(vec![OwnerReference {
-                api_version: format!("{}/{}", ingest_api::constants::GROUP, ingest_api::constants::VERSION),
+                api_version: format!(
+                    "{}/{}",
+                    ingest_api::constants::GROUP,
+                    ingest_api::constants::VERSION
+                ),
                 kind: ingest_api::constants::KIND.to_owned(),
                 name: owner.name.clone(),
                 uid: owner.uid.clone(),
@@ -136,53 +173,101 @@ pub fn chunk_objects(owner: &Owner, prefix: &str, header: &str, shards: &[String
         data: Some(BTreeMap::from([(key.to_owned(), text)])),
         ..Default::default()
     };
-    let mut out: Vec<ConfigMap> = texts.into_iter().enumerate().map(|(i, t)| cm(i + 1, SHARDS_KEY, t)).collect();
+    let mut out: Vec<ConfigMap> = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| cm(i + 1, SHARDS_KEY, t))
+        .collect();
     out.push(cm(0, HEADER_KEY, header.to_owned()));
     Ok((out, summary))
 }
 
 /// Writes the plan (scan pod): `header` is the plan without shards, `shards` one JSON text per shard in plan
 /// order. Server-side apply makes a retried scan overwrite its earlier attempt.
-pub async fn save(client: kube::Client, owner: &Owner, prefix: &str, header: &str, shards: &[String], totals: &Totals) -> Result<PlanSummary> {
+pub async fn save(
+    client: kube::Client,
+    owner: &Owner,
+    prefix: &str,
+    header: &str,
+    shards: &[String],
+    totals: &Totals,
+) -> Result<PlanSummary> {
     let api: Api<ConfigMap> = Api::namespaced(client, &owner.namespace);
     let pp = PatchParams::apply(SCAN_FIELD_MANAGER).force();
     let (maps, summary) = chunk_objects(owner, prefix, header, shards, totals)?;
     for cm in maps {
         let name = cm.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &pp, &Patch::Apply(&cm)).await.map_err(|e| Error::kube(format!("store plan chunk {name}"), e))?;
+        api.patch(&name, &pp, &Patch::Apply(&cm))
+            .await
+            .map_err(|e| Error::kube(format!("store plan chunk {name}"), e))?;
     }
     Ok(summary)
 }
 
 /// The summary on chunk 0's metadata, if the plan is committed.
 pub fn summary_of(meta: &ObjectMeta) -> Option<PlanSummary> {
-    meta.annotations.as_ref()?.get(SUMMARY_ANNOTATION).and_then(|s| serde_json::from_str(s).ok())
+    meta.annotations
+        .as_ref()?
+        .get(SUMMARY_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
 }
 
 async fn get_text(api: &Api<ConfigMap>, prefix: &str, k: u32, key: &str) -> Result<ConfigMap> {
-    let cm = api.get(&format!("{prefix}-{k}")).await.map_err(|e| Error::kube(format!("read plan {prefix}-{k}"), e))?;
+    let cm = api
+        .get(&format!("{prefix}-{k}"))
+        .await
+        .map_err(|e| Error::kube(format!("read plan {prefix}-{k}"), e))?;
     if cm.data.as_ref().and_then(|d| d.get(key)).is_none() {
-        return Err(Error::Plan { prefix: prefix.to_owned(), message: format!("{prefix}-{k} has no {key}") });
+        return Err(Error::Plan {
+            prefix: prefix.to_owned(),
+            message: format!("{prefix}-{k} has no {key}"),
+        });
     }
     Ok(cm)
 }
 
 /// Reads the header and the JSON text of one shard (worker pods): two GETs whatever the plan size.
-pub async fn load_shard(client: kube::Client, namespace: &str, prefix: &str, shard: u64) -> Result<(PlanSummary, String, String)> {
+pub async fn load_shard(
+    client: kube::Client,
+    namespace: &str,
+    prefix: &str,
+    shard: u64,
+) -> Result<(PlanSummary, String, String)> {
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let first = get_text(&api, prefix, 0, HEADER_KEY).await?;
-    let summary = summary_of(&first.metadata)
-        .ok_or_else(|| Error::Plan { prefix: prefix.to_owned(), message: "chunk 0 has no summary; the scan did not finish".into() })?;
-    let header = first.data.and_then(|mut d| d.remove(HEADER_KEY)).unwrap_or_default();
+    let summary = summary_of(&first.metadata).ok_or_else(|| Error::Plan {
+        prefix: prefix.to_owned(),
+        message: "chunk 0 has no summary; the scan did not finish".into(),
+    })?;
+    let header = first
+        .data
+        .and_then(|mut d| d.remove(HEADER_KEY))
+        .unwrap_or_default();
     let (k, pos) = summary.locate(shard).ok_or_else(|| Error::Plan {
         prefix: prefix.to_owned(),
-        message: format!("shard {shard} is not in the plan ({} shards)", summary.shards),
+        message: format!(
+            "shard {shard} is not in the plan ({} shards)",
+            summary.shards
+        ),
     })?;
     let cm = get_text(&api, prefix, k, SHARDS_KEY).await?;
-    let text = cm.data.and_then(|mut d| d.remove(SHARDS_KEY)).unwrap_or_default();
-    let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|source| Error::Serde { what: "plan shard chunk", source })?;
-    let one = list.get(pos).ok_or_else(|| Error::Plan { prefix: prefix.to_owned(), message: format!("{prefix}-{k} is shorter than its summary says") })?;
-    let shard_json = serde_json::to_string(one).map_err(|source| Error::Serde { what: "plan shard", source })?;
+    let text = cm
+        .data
+        .and_then(|mut d| d.remove(SHARDS_KEY))
+        .unwrap_or_default();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|source| Error::Serde {
+            what: "plan shard chunk",
+            source,
+        })?;
+    let one = list.get(pos).ok_or_else(|| Error::Plan {
+        prefix: prefix.to_owned(),
+        message: format!("{prefix}-{k} is shorter than its summary says"),
+    })?;
+    let shard_json = serde_json::to_string(one).map_err(|source| Error::Serde {
+        what: "plan shard",
+        source,
+    })?;
     Ok((summary, header, shard_json))
 }
 
@@ -191,34 +276,71 @@ mod tests {
     use super::*;
 
     fn owner() -> Owner {
-        Owner { namespace: "ns".into(), name: "ij".into(), uid: "u-1".into(), run: 2 }
+        Owner {
+            namespace: "ns".into(),
+            name: "ij".into(),
+            uid: "u-1".into(),
+            run: 2,
+        }
     }
 
     fn totals() -> Totals {
-        Totals { files: 5, directories: 1, bytes: 9 }
+        Totals {
+            files: 5,
+            directories: 1,
+            bytes: 9,
+        }
     }
 
     #[test]
     fn header_chunk_is_last_and_its_summary_locates_every_shard() {
-        let shards: Vec<String> = (0..1000).map(|i| format!("{{\"id\":{i},\"pad\":\"{}\"}}", "x".repeat(200))).collect();
-        let (cms, summary) = chunk_objects(&owner(), "ij-r2-plan", "{\"h\":1}", &shards, &totals()).unwrap();
-        assert_eq!(cms.last().unwrap().metadata.name.as_deref(), Some("ij-r2-plan-0"));
-        assert_eq!(summary_of(&cms.last().unwrap().metadata), Some(summary.clone()));
+        let shards: Vec<String> = (0..1000)
+            .map(|i| format!("{{\"id\":{i},\"pad\":\"{}\"}}", "x".repeat(200)))
+            .collect();
+        let (cms, summary) =
+            chunk_objects(&owner(), "ij-r2-plan", "{\"h\":1}", &shards, &totals()).unwrap();
+        assert_eq!(
+            cms.last().unwrap().metadata.name.as_deref(),
+            Some("ij-r2-plan-0")
+        );
+        assert_eq!(
+            summary_of(&cms.last().unwrap().metadata),
+            Some(summary.clone())
+        );
         assert!(summary_of(&cms[0].metadata).is_none());
-        assert!(summary.chunks > 2, "1000 × 220 B spans several {TARGET_CHUNK_BYTES} B chunks");
+        assert!(
+            summary.chunks > 2,
+            "1000 × 220 B spans several {TARGET_CHUNK_BYTES} B chunks"
+        );
         for (i, s) in shards.iter().enumerate() {
             let (k, pos) = summary.locate(i as u64).unwrap();
             let text = &cms[k as usize - 1].data.as_ref().unwrap()[SHARDS_KEY];
             let list: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
-            assert_eq!(list[pos], serde_json::from_str::<serde_json::Value>(s).unwrap());
+            assert_eq!(
+                list[pos],
+                serde_json::from_str::<serde_json::Value>(s).unwrap()
+            );
         }
         assert!(summary.locate(1000).is_none());
-        assert!(cms.iter().all(|c| c.data.as_ref().unwrap().values().all(|t| t.len() <= TARGET_CHUNK_BYTES)));
+        assert!(cms.iter().all(|c| {
+            c.data
+                .as_ref()
+                .unwrap()
+                .values()
+                .all(|t| t.len() <= TARGET_CHUNK_BYTES)
+        }));
     }
 
     #[test]
     fn oversized_shard_is_refused_naming_it() {
-        let err = chunk_objects(&owner(), "p", "{}", &["1".into(), "x".repeat(MAX_CHUNK_BYTES)], &totals()).unwrap_err();
+        let err = chunk_objects(
+            &owner(),
+            "p",
+            "{}",
+            &["1".into(), "x".repeat(MAX_CHUNK_BYTES)],
+            &totals(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("shard 1"), "{err}");
     }
 

@@ -53,19 +53,41 @@ impl PodEnv {
     /// Reads [`env`] through `get` (the process environment in production, a map in tests). Errors name the
     /// missing or malformed variable.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<PodEnv, String> {
-        let req = |k: &'static str| get(k).filter(|v| !v.is_empty()).ok_or_else(|| format!("environment variable {k} is not set"));
+        let req = |k: &'static str| {
+            get(k)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("environment variable {k} is not set"))
+        };
         let num = |k: &'static str| -> Result<Option<u64>, String> {
-            get(k).map(|v| v.parse::<u64>().map_err(|_| format!("environment variable {k}={v:?} is not a non-negative integer"))).transpose()
+            get(k)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        format!("environment variable {k}={v:?} is not a non-negative integer")
+                    })
+                })
+                .transpose()
         };
         let run_text = req(env::RUN)?;
-        let run = run_text.parse().map_err(|_| format!("environment variable {}={run_text:?} is not an integer", env::RUN))?;
+        let run = run_text.parse().map_err(|_| {
+            format!(
+                "environment variable {}={run_text:?} is not an integer",
+                env::RUN
+            )
+        })?;
         let shard = match num(env::COMPLETION_INDEX)? {
-            Some(index) => Some(num(env::SHARD_OFFSET)?.unwrap_or(0) + index * num(env::SHARD_STRIDE)?.unwrap_or(1)),
+            Some(index) => Some(
+                num(env::SHARD_OFFSET)?.unwrap_or(0) + index * num(env::SHARD_STRIDE)?.unwrap_or(1),
+            ),
             None => None,
         };
         Ok(PodEnv {
             pod: req(env::POD_NAME)?,
-            owner: Owner { namespace: req(env::POD_NAMESPACE)?, name: req(env::JOB_NAME)?, uid: req(env::JOB_UID)?, run },
+            owner: Owner {
+                namespace: req(env::POD_NAMESPACE)?,
+                name: req(env::JOB_NAME)?,
+                uid: req(env::JOB_UID)?,
+                run,
+            },
             plan_prefix: req(env::PLAN_PREFIX)?,
             shard,
         })
@@ -78,9 +100,16 @@ impl PodEnv {
 }
 
 /// Patches the progress annotation on the pod's own object (merge patch: touches only that key).
-pub async fn report_progress(client: kube::Client, pod: &PodEnv, progress: &PodProgress) -> Result<()> {
+pub async fn report_progress(
+    client: kube::Client,
+    pod: &PodEnv,
+    progress: &PodProgress,
+) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(client, &pod.owner.namespace);
-    let value = serde_json::to_string(progress).map_err(|source| Error::Serde { what: "pod progress", source })?;
+    let value = serde_json::to_string(progress).map_err(|source| Error::Serde {
+        what: "pod progress",
+        source,
+    })?;
     let patch = serde_json::json!({"metadata": {"annotations": {annotations::PROGRESS: value}}});
     api.patch(&pod.pod, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -90,8 +119,10 @@ pub async fn report_progress(client: kube::Client, pod: &PodEnv, progress: &PodP
 
 /// Writes the final result where the kubelet picks it up as the termination message.
 pub fn write_result(path: &Path, result: &PodResult) -> Result<()> {
-    std::fs::write(path, result.to_termination_message())
-        .map_err(|source| Error::Io { what: format!("write termination message {}", path.display()), source })
+    std::fs::write(path, result.to_termination_message()).map_err(|source| Error::Io {
+        what: format!("write termination message {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +131,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
@@ -116,7 +150,11 @@ mod tests {
     #[test]
     fn worker_shard_is_offset_plus_index_times_stride() {
         let mut v = BASE.to_vec();
-        v.extend([(env::COMPLETION_INDEX, "4"), (env::SHARD_OFFSET, "2"), (env::SHARD_STRIDE, "3")]);
+        v.extend([
+            (env::COMPLETION_INDEX, "4"),
+            (env::SHARD_OFFSET, "2"),
+            (env::SHARD_STRIDE, "3"),
+        ]);
         let e = PodEnv::from_lookup(lookup(&v)).unwrap();
         assert_eq!(e.shard, Some(14));
         assert_eq!(e.owner.run, 3);
@@ -129,7 +167,11 @@ mod tests {
         assert!(err.contains("POD_NAME"), "{err}");
         let mut v = BASE.to_vec();
         v.push((env::COMPLETION_INDEX, "x"));
-        assert!(PodEnv::from_lookup(lookup(&v)).unwrap_err().contains("JOB_COMPLETION_INDEX"));
+        assert!(
+            PodEnv::from_lookup(lookup(&v))
+                .unwrap_err()
+                .contains("JOB_COMPLETION_INDEX")
+        );
     }
 
     #[test]
@@ -137,8 +179,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ingest-op-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("termination-log");
-        write_result(&path, &PodResult { files: 3, ..Default::default() }).unwrap();
-        let back: PodResult = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        write_result(
+            &path,
+            &PodResult {
+                files: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let back: PodResult =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(back.files, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -36,8 +36,22 @@ pub struct Context {
 
 impl Context {
     /// A context with empty rate-limit and backoff memory.
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Option<Recorder>, status_interval: Duration) -> Self {
-        Context { client, settings, metrics, recorder, status_interval, last_write: Mutex::default(), failures: Mutex::default() }
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        recorder: Option<Recorder>,
+        status_interval: Duration,
+    ) -> Self {
+        Context {
+            client,
+            settings,
+            metrics,
+            recorder,
+            status_interval,
+            last_write: Mutex::default(),
+            failures: Mutex::default(),
+        }
     }
 }
 
@@ -57,13 +71,28 @@ pub enum WriteDecision {
 }
 
 /// Phase and condition changes are written at once; counter updates at most once per `interval`.
-pub fn decide_write(prev: Option<&IngestJobStatus>, new: &IngestJobStatus, since_last: Option<Duration>, interval: Duration) -> WriteDecision {
-    let Some(prev) = prev else { return WriteDecision::Now };
+pub fn decide_write(
+    prev: Option<&IngestJobStatus>,
+    new: &IngestJobStatus,
+    since_last: Option<Duration>,
+    interval: Duration,
+) -> WriteDecision {
+    let Some(prev) = prev else {
+        return WriteDecision::Now;
+    };
     if prev == new {
         return WriteDecision::Skip;
     }
-    let statuses = |s: &IngestJobStatus| s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect::<Vec<_>>();
-    if prev.phase != new.phase || statuses(prev) != statuses(new) || prev.observed_generation != new.observed_generation {
+    let statuses = |s: &IngestJobStatus| {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    if prev.phase != new.phase
+        || statuses(prev) != statuses(new)
+        || prev.observed_generation != new.observed_generation
+    {
         return WriteDecision::Now;
     }
     match since_last {
@@ -75,12 +104,18 @@ pub fn decide_write(prev: Option<&IngestJobStatus>, new: &IngestJobStatus, since
 /// Events to publish for a status change (pure): one per phase change, Warning when the run failed.
 pub fn events_for(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<Event> {
     let before = prev.and_then(|p| p.phase);
-    let (Some(after), true) = (new.phase, prev.and_then(|p| p.phase) != new.phase || prev.and_then(|p| p.run) != new.run) else {
+    let (Some(after), true) = (
+        new.phase,
+        prev.and_then(|p| p.phase) != new.phase || prev.and_then(|p| p.run) != new.run,
+    ) else {
         return Vec::new();
     };
     let failed = after == Phase::Failed;
     let reason = if failed {
-        ingest_api::conditions::find(&new.conditions, ct::STALLED).map_or(ingest_api::constants::reasons::PHASE_CHANGED.to_owned(), |c| c.reason.clone())
+        ingest_api::conditions::find(&new.conditions, ct::STALLED).map_or(
+            ingest_api::constants::reasons::PHASE_CHANGED.to_owned(),
+            |c| c.reason.clone(),
+        )
     } else {
         ingest_api::constants::reasons::PHASE_CHANGED.to_owned()
     };
@@ -93,7 +128,11 @@ pub fn events_for(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<
         None => note,
     };
     vec![Event {
-        type_: if failed { EventType::Warning } else { EventType::Normal },
+        type_: if failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason,
         note: Some(note.chars().take(1000).collect()),
         action: "Reconcile".into(),
@@ -113,16 +152,28 @@ async fn publish(ctx: &Context, ij: &IngestJob, events: Vec<Event>) {
 }
 
 /// Writes `st` if [`decide_write`] says so; returns the requeue delay a postponed write needs.
-async fn write_status(ctx: &Context, ij: &IngestJob, st: &IngestJobStatus) -> Result<Option<Duration>> {
+async fn write_status(
+    ctx: &Context,
+    ij: &IngestJob,
+    st: &IngestJobStatus,
+) -> Result<Option<Duration>> {
     let k = key(ij);
-    let since = ctx.last_write.lock().unwrap_or_else(|e| e.into_inner()).get(&k).map(|t| t.elapsed());
+    let since = ctx
+        .last_write
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&k)
+        .map(|t| t.elapsed());
     match decide_write(ij.status.as_ref(), st, since, ctx.status_interval) {
         WriteDecision::Skip => Ok(None),
         WriteDecision::Later(d) => Ok(Some(d)),
         WriteDecision::Now => {
             apply::patch_status(&ctx.client, ij, st).await?;
             ctx.metrics.status_written();
-            ctx.last_write.lock().unwrap_or_else(|e| e.into_inner()).insert(k, Instant::now());
+            ctx.last_write
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k, Instant::now());
             publish(ctx, ij, events_for(ij.status.as_ref(), st)).await;
             Ok(None)
         }
@@ -135,7 +186,10 @@ pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> 
     let result = reconcile_steps(&ij, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(&ij));
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(&ij));
     }
     result
 }
@@ -143,10 +197,13 @@ pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> 
 async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     if ij.meta().deletion_timestamp.is_some() {
         // Children go with their owner references; nothing to do but forget the job.
-        ctx.metrics.forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
+        ctx.metrics
+            .forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
         return Ok(Action::await_change());
     }
-    let ns = ij.namespace().ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let ns = ij
+        .namespace()
+        .ok_or(Error::MissingField("IngestJob has no namespace"))?;
     let now = Timestamp::now();
     if let Err(errors) = validate_spec(&ij.spec) {
         write_status(ctx, ij, &status::invalid(ij, &errors, now)).await?;
@@ -161,7 +218,11 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     ctx.metrics.job(
         &ns,
         &ij.name_any(),
-        JobSample { phase: st.phase, files: st.progress.as_ref().map_or(0, |p| p.files), bytes: st.progress.as_ref().map_or(0, |p| p.bytes) },
+        JobSample {
+            phase: st.phase,
+            files: st.progress.as_ref().map_or(0, |p| p.files),
+            bytes: st.progress.as_ref().map_or(0, |p| p.bytes),
+        },
     );
     let later = write_status(ctx, ij, &st).await?;
     let finished = st.phase.is_some_and(Phase::is_finished);
@@ -184,7 +245,9 @@ pub fn error_policy(ij: Arc<IngestJob>, err: &Error, ctx: Arc<Context>) -> Actio
         *n
     };
     tracing::warn!(ingestjob = %key(&ij), category = category.as_str(), attempt, error = %err, "reconcile failed");
-    category.backoff(attempt).map_or_else(Action::await_change, Action::requeue)
+    category
+        .backoff(attempt)
+        .map_or_else(Action::await_change, Action::requeue)
 }
 
 #[cfg(test)]
@@ -199,7 +262,10 @@ mod tests {
             phase: Some(phase),
             run: Some(0),
             conditions: vec![condition(ct::READY, ready, "R", "", Some(1), t)],
-            progress: Some(ingest_api::Progress { files, ..Default::default() }),
+            progress: Some(ingest_api::Progress {
+                files,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -209,10 +275,37 @@ mod tests {
         let i = Duration::from_secs(5);
         let a = st(Phase::Copying, 1, false);
         assert_eq!(decide_write(None, &a, None, i), WriteDecision::Now);
-        assert_eq!(decide_write(Some(&a), &a.clone(), Some(Duration::ZERO), i), WriteDecision::Skip);
-        assert_eq!(decide_write(Some(&a), &st(Phase::Copying, 2, false), Some(Duration::from_secs(2)), i), WriteDecision::Later(Duration::from_secs(3)));
-        assert_eq!(decide_write(Some(&a), &st(Phase::Copying, 2, false), Some(Duration::from_secs(6)), i), WriteDecision::Now);
-        assert_eq!(decide_write(Some(&a), &st(Phase::Succeeded, 2, true), Some(Duration::ZERO), i), WriteDecision::Now);
+        assert_eq!(
+            decide_write(Some(&a), &a.clone(), Some(Duration::ZERO), i),
+            WriteDecision::Skip
+        );
+        assert_eq!(
+            decide_write(
+                Some(&a),
+                &st(Phase::Copying, 2, false),
+                Some(Duration::from_secs(2)),
+                i
+            ),
+            WriteDecision::Later(Duration::from_secs(3))
+        );
+        assert_eq!(
+            decide_write(
+                Some(&a),
+                &st(Phase::Copying, 2, false),
+                Some(Duration::from_secs(6)),
+                i
+            ),
+            WriteDecision::Now
+        );
+        assert_eq!(
+            decide_write(
+                Some(&a),
+                &st(Phase::Succeeded, 2, true),
+                Some(Duration::ZERO),
+                i
+            ),
+            WriteDecision::Now
+        );
     }
 
     #[test]
@@ -222,10 +315,25 @@ mod tests {
         let e = events_for(Some(&a), &st(Phase::Verifying, 9, false));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].type_, EventType::Normal);
-        assert!(e[0].note.as_deref().unwrap().contains("Copying → Verifying"));
+        assert!(
+            e[0].note
+                .as_deref()
+                .unwrap()
+                .contains("Copying → Verifying")
+        );
         let mut failed = st(Phase::Failed, 9, false);
-        failed.conditions.push(condition(ct::STALLED, true, "ShardFailed", "x", Some(1), Time(Timestamp::from_second(1).unwrap())));
+        failed.conditions.push(condition(
+            ct::STALLED,
+            true,
+            "ShardFailed",
+            "x",
+            Some(1),
+            Time(Timestamp::from_second(1).unwrap()),
+        ));
         let e = events_for(Some(&a), &failed);
-        assert_eq!((e[0].type_, e[0].reason.as_str()), (EventType::Warning, "ShardFailed"));
+        assert_eq!(
+            (e[0].type_, e[0].reason.as_str()),
+            (EventType::Warning, "ShardFailed")
+        );
     }
 }

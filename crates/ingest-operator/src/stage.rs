@@ -40,7 +40,11 @@ pub fn layout(spec: &IngestJobSpec, shards: u64) -> Layout {
     let active = w.min(n) as u64;
     let slots = (0..active)
         .filter_map(|i| {
-            let count = if shards > i { (shards - i).div_ceil(active) } else { 0 };
+            let count = if shards > i {
+                (shards - i).div_ceil(active)
+            } else {
+                0
+            };
             let workers = w / active as u32 + u32::from((i as u32) < w % active as u32);
             (count > 0).then(|| Slot {
                 index: i as usize,
@@ -50,7 +54,10 @@ pub fn layout(spec: &IngestJobSpec, shards: u64) -> Layout {
             })
         })
         .collect();
-    Layout { slots, stride: active }
+    Layout {
+        slots,
+        stride: active,
+    }
 }
 
 /// How a Job stands, from its status.
@@ -70,13 +77,24 @@ pub struct JobState {
 
 /// Reads a Job's status.
 pub fn job_state(job: &Job) -> JobState {
-    let Some(st) = &job.status else { return JobState::default() };
-    let cond = |t: &str| st.conditions.iter().flatten().any(|c| c.type_ == t && c.status == "True");
+    let Some(st) = &job.status else {
+        return JobState::default();
+    };
+    let cond = |t: &str| {
+        st.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
     let failed = cond("Failed");
     JobState {
         finished: cond("Complete") || failed,
         failed,
-        succeeded: st.completed_indexes.as_deref().map(count_indexes).unwrap_or(st.succeeded.unwrap_or(0) as u64),
+        succeeded: st
+            .completed_indexes
+            .as_deref()
+            .map(count_indexes)
+            .unwrap_or(st.succeeded.unwrap_or(0) as u64),
         failed_indexes: st.failed_indexes.as_deref().map(count_indexes).unwrap_or(0),
         active: st.active.unwrap_or(0) as u64,
     }
@@ -108,7 +126,11 @@ pub enum Stage {
     /// Verify Jobs are missing or running.
     Verify(PlanSummary, Layout),
     /// All Jobs of the run finished. `failed_shards` counts indexes that failed after their retries.
-    Done { plan: PlanSummary, layout: Layout, failed_shards: u64 },
+    Done {
+        plan: PlanSummary,
+        layout: Layout,
+        failed_shards: u64,
+    },
 }
 
 impl Stage {
@@ -117,14 +139,31 @@ impl Stage {
         match self {
             Stage::Scan | Stage::ScanFailed(_) => &[labels::ROLE_SCAN],
             Stage::Copy(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY],
-            Stage::Verify(..) | Stage::Done { .. } => &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY],
+            Stage::Verify(..) | Stage::Done { .. } => {
+                &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY]
+            }
         }
     }
 }
 
 /// Per-role Job states of a layout; a missing Job counts as not finished.
-pub fn role_states(ij: &IngestJob, obs: &Observed, layout: &Layout, role: &str) -> Vec<(usize, Option<JobState>)> {
-    layout.slots.iter().map(|s| (s.index, obs.job(&names::worker_job(ij, ij.spec.run, role, s.index)).map(job_state))).collect()
+pub fn role_states(
+    ij: &IngestJob,
+    obs: &Observed,
+    layout: &Layout,
+    role: &str,
+) -> Vec<(usize, Option<JobState>)> {
+    layout
+        .slots
+        .iter()
+        .map(|s| {
+            (
+                s.index,
+                obs.job(&names::worker_job(ij, ij.spec.run, role, s.index))
+                    .map(job_state),
+            )
+        })
+        .collect()
 }
 
 /// Annotation on the scan Job recording `spec.workers` when the run started. Jobs cannot change their
@@ -134,9 +173,14 @@ pub const WORKERS_ANNOTATION: &str = "ingest.vfxt.dev/workers";
 /// The spec with the worker count the run started with.
 pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     let mut spec = ij.spec.clone();
-    let frozen = obs
-        .job(&names::scan_job(ij, ij.spec.run))
-        .and_then(|j| j.metadata.annotations.as_ref()?.get(WORKERS_ANNOTATION)?.parse().ok());
+    let frozen = obs.job(&names::scan_job(ij, ij.spec.run)).and_then(|j| {
+        j.metadata
+            .annotations
+            .as_ref()?
+            .get(WORKERS_ANNOTATION)?
+            .parse()
+            .ok()
+    });
     if let Some(w) = frozen {
         spec.workers = Some(w);
     }
@@ -146,7 +190,9 @@ pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
 /// Decides the stage of `ij.spec.run` from what exists.
 pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     let run = ij.spec.run;
-    let Some(scan) = obs.job(&names::scan_job(ij, run)).map(job_state) else { return Stage::Scan };
+    let Some(scan) = obs.job(&names::scan_job(ij, run)).map(job_state) else {
+        return Stage::Scan;
+    };
     if scan.failed {
         return Stage::ScanFailed("the scan Job failed after its retries; see its pod logs".into());
     }
@@ -165,16 +211,30 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     }
     for role in roles {
         let states = role_states(ij, obs, &layout, role);
-        if !states.iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.finished)) {
-            return if role == labels::ROLE_COPY { Stage::Copy(plan, layout) } else { Stage::Verify(plan, layout) };
+        if !states
+            .iter()
+            .all(|(_, s)| s.as_ref().is_some_and(|s| s.finished))
+        {
+            return if role == labels::ROLE_COPY {
+                Stage::Copy(plan, layout)
+            } else {
+                Stage::Verify(plan, layout)
+            };
         }
         // Verify re-copies what the copy pass missed, so the verify pass's failures are the final word.
-        failed_shards = states.iter().map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes)).sum();
+        failed_shards = states
+            .iter()
+            .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
+            .sum();
         if fail_fast && failed_shards > 0 {
             break;
         }
     }
-    Stage::Done { plan, layout, failed_shards }
+    Stage::Done {
+        plan,
+        layout,
+        failed_shards,
+    }
 }
 
 #[cfg(test)]
@@ -195,8 +255,15 @@ mod tests {
     fn shards_and_workers_spread_round_robin() {
         let l = layout(&spec(3, Some(7)), 10);
         assert_eq!(l.stride, 3);
-        let got: Vec<_> = l.slots.iter().map(|s| (s.server.as_str(), s.shards, s.workers)).collect();
-        assert_eq!(got, [("10.0.0.1", 4, 3), ("10.0.0.2", 3, 2), ("10.0.0.3", 3, 2)]);
+        let got: Vec<_> = l
+            .slots
+            .iter()
+            .map(|s| (s.server.as_str(), s.shards, s.workers))
+            .collect();
+        assert_eq!(
+            got,
+            [("10.0.0.1", 4, 3), ("10.0.0.2", 3, 2), ("10.0.0.3", 3, 2)]
+        );
         assert_eq!(l.slots.iter().map(|s| s.shards).sum::<u64>(), 10);
     }
 

@@ -9,8 +9,8 @@ use ingest_api::constants::{annotations, conditions as ct, labels, reasons};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_api::validate::SpecErrors;
 use ingest_api::{
-    FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress, ServerStatus,
-    ShardCounts, VerificationCounts, VerifyMode,
+    FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
+    ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,7 +35,13 @@ struct ShardReport {
 
 /// The pod's final result (termination message) if it finished, else its progress annotation.
 fn pod_report(pod: &Pod) -> Option<ShardReport> {
-    let server = pod.metadata.labels.as_ref()?.get(labels::SERVER_INDEX)?.parse().ok()?;
+    let server = pod
+        .metadata
+        .labels
+        .as_ref()?
+        .get(labels::SERVER_INDEX)?
+        .parse()
+        .ok()?;
     let terminated = pod
         .status
         .as_ref()
@@ -43,7 +49,10 @@ fn pod_report(pod: &Pod) -> Option<ShardReport> {
         .and_then(|c| c.first())
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
-    if let Some(result) = terminated.and_then(|t| t.message.as_deref()).and_then(|m| serde_json::from_str::<PodResult>(m).ok()) {
+    if let Some(result) = terminated
+        .and_then(|t| t.message.as_deref())
+        .and_then(|m| serde_json::from_str::<PodResult>(m).ok())
+    {
         return Some(ShardReport {
             server,
             files: result.files,
@@ -53,8 +62,19 @@ fn pod_report(pod: &Pod) -> Option<ShardReport> {
             verification: result.verification,
         });
     }
-    let progress: PodProgress = pod.metadata.annotations.as_ref()?.get(annotations::PROGRESS).and_then(|a| serde_json::from_str(a).ok())?;
-    Some(ShardReport { server, files: progress.files, bytes: progress.bytes, failed: progress.failed, ..Default::default() })
+    let progress: PodProgress = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::PROGRESS)
+        .and_then(|a| serde_json::from_str(a).ok())?;
+    Some(ShardReport {
+        server,
+        files: progress.files,
+        bytes: progress.bytes,
+        failed: progress.failed,
+        ..Default::default()
+    })
 }
 
 /// The latest pod of each (server, index): retries replace earlier attempts instead of adding to them.
@@ -63,10 +83,20 @@ fn latest_per_shard<'a>(pods: impl Iterator<Item = &'a Pod>) -> Vec<&'a Pod> {
     for p in pods {
         let l = p.metadata.labels.as_ref();
         let key = (
-            l.and_then(|l| l.get(labels::SERVER_INDEX)).cloned().unwrap_or_default(),
-            p.metadata.annotations.as_ref().and_then(|a| a.get(INDEX_ANNOTATION)).cloned().unwrap_or_default(),
+            l.and_then(|l| l.get(labels::SERVER_INDEX))
+                .cloned()
+                .unwrap_or_default(),
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INDEX_ANNOTATION))
+                .cloned()
+                .unwrap_or_default(),
         );
-        let newer = |old: &Pod| old.metadata.creation_timestamp.as_ref().map(|t| t.0) < p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let newer = |old: &Pod| {
+            old.metadata.creation_timestamp.as_ref().map(|t| t.0)
+                < p.metadata.creation_timestamp.as_ref().map(|t| t.0)
+        };
         if latest.get(&key).is_none_or(|old| newer(old)) {
             latest.insert(key, p);
         }
@@ -87,7 +117,10 @@ struct Sum {
 
 fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
     let mut s = Sum::default();
-    for r in latest_per_shard(obs.pods_of(role, run)).into_iter().filter_map(pod_report) {
+    for r in latest_per_shard(obs.pods_of(role, run))
+        .into_iter()
+        .filter_map(pod_report)
+    {
         s.files += r.files;
         s.bytes += r.bytes;
         s.failed += r.failed;
@@ -122,12 +155,23 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Rates are averages since the run started (stable between samples); ETA extrapolates the bytes rate
 /// (the files rate when the tree holds no bytes).
-pub fn rates_and_eta(done_bytes: u64, total_bytes: u64, done_files: u64, total_files: u64, started: Timestamp, now: Timestamp) -> (u64, u64, Option<Time>) {
+pub fn rates_and_eta(
+    done_bytes: u64,
+    total_bytes: u64,
+    done_files: u64,
+    total_files: u64,
+    started: Timestamp,
+    now: Timestamp,
+) -> (u64, u64, Option<Time>) {
     let secs = now.duration_since(started).as_secs_f64();
     if secs < 1.0 {
         return (0, 0, None);
@@ -141,12 +185,26 @@ pub fn rates_and_eta(done_bytes: u64, total_bytes: u64, done_files: u64, total_f
     } else {
         None
     };
-    let eta = remaining.and_then(|r| now.checked_add(SignedDuration::from_secs_f64(r.min(1e9))).ok()).map(Time);
+    let eta = remaining
+        .and_then(|r| {
+            now.checked_add(SignedDuration::from_secs_f64(r.min(1e9)))
+                .ok()
+        })
+        .map(Time);
     (bps as u64, fps as u64, eta)
 }
 
-fn shard_counts(ij: &IngestJob, obs: &Observed, layout: &Layout, role: &str, total: u64) -> ShardCounts {
-    let mut c = ShardCounts { total, ..Default::default() };
+fn shard_counts(
+    ij: &IngestJob,
+    obs: &Observed,
+    layout: &Layout,
+    role: &str,
+    total: u64,
+) -> ShardCounts {
+    let mut c = ShardCounts {
+        total,
+        ..Default::default()
+    };
     for (_, state) in role_states(ij, obs, layout, role) {
         if let Some(s) = state {
             c.succeeded += s.succeeded;
@@ -167,17 +225,33 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     let mut st = IngestJobStatus {
         observed_generation: ij.metadata.generation,
         run: Some(run),
-        start_time: prev.start_time.clone().filter(|_| same_run).or(Some(Time(now))),
+        start_time: prev
+            .start_time
+            .clone()
+            .filter(|_| same_run)
+            .or(Some(Time(now))),
         ..Default::default()
     };
     let started = st.start_time.as_ref().map_or(now, |t| t.0);
 
     let (phase, outcome): (Phase, Option<(bool, &str, String)>) = match stage {
         Stage::Scan => {
-            let scanning = obs.pods_of(labels::ROLE_SCAN, run).any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-            (if scanning { Phase::Scanning } else { Phase::Pending }, None)
+            let scanning = obs
+                .pods_of(labels::ROLE_SCAN, run)
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            (
+                if scanning {
+                    Phase::Scanning
+                } else {
+                    Phase::Pending
+                },
+                None,
+            )
         }
-        Stage::ScanFailed(m) => (Phase::Failed, Some((false, reasons::SCAN_FAILED, m.clone()))),
+        Stage::ScanFailed(m) => (
+            Phase::Failed,
+            Some((false, reasons::SCAN_FAILED, m.clone())),
+        ),
         Stage::Copy(..) => (Phase::Copying, None),
         Stage::Verify(..) => (Phase::Verifying, None),
         Stage::Done { .. } => (Phase::Succeeded, None),
@@ -185,14 +259,21 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     st.phase = Some(phase);
 
     let mut outcome = outcome;
-    if let Stage::Copy(plan, layout) | Stage::Verify(plan, layout) | Stage::Done { plan, layout, .. } = stage {
+    if let Stage::Copy(plan, layout)
+    | Stage::Verify(plan, layout)
+    | Stage::Done { plan, layout, .. } = stage
+    {
         st.totals = Some(plan.totals.clone());
         let copy = sum_role(obs, labels::ROLE_COPY, run);
         let verify_ran = spec.verify.mode != VerifyMode::None && !matches!(stage, Stage::Copy(..));
         let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
-        let prev_p = prev.progress.clone().filter(|_| same_run).unwrap_or_default();
+        let prev_p = prev
+            .progress
+            .clone()
+            .filter(|_| same_run)
+            .unwrap_or_default();
         let files = copy.files.max(prev_p.files);
         let bytes = copy.bytes.max(prev_p.bytes);
         let t = &plan.totals;
@@ -221,17 +302,30 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             bytes_text: human_bytes(bytes),
             bytes_per_second: bps,
             files_per_second: fps,
-            eta: if matches!(stage, Stage::Copy(..)) { eta } else { None },
+            eta: if matches!(stage, Stage::Copy(..)) {
+                eta
+            } else {
+                None
+            },
         });
         st.servers = layout
             .slots
             .iter()
             .map(|s| {
                 let (f, b) = copy.per_server.get(&s.index).copied().unwrap_or_default();
-                ServerStatus { server: s.server.clone(), workers: s.workers, files: f, bytes: b }
+                ServerStatus {
+                    server: s.server.clone(),
+                    workers: s.workers,
+                    files: f,
+                    bytes: b,
+                }
             })
             .collect();
-        let role = if verify_ran { labels::ROLE_VERIFY } else { labels::ROLE_COPY };
+        let role = if verify_ran {
+            labels::ROLE_VERIFY
+        } else {
+            labels::ROLE_COPY
+        };
         st.shards = Some(shard_counts(ij, obs, layout, role, plan.shards));
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
@@ -243,15 +337,47 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         if let Stage::Done { failed_shards, .. } = stage {
             let fp = &spec.failure_policy;
             outcome = if *failed_shards > 0 && fp.action == FailureAction::FailJob {
-                Some((false, reasons::SHARD_FAILED, format!("{failed_shards} shard(s) failed after {} retries", fp.retries_per_shard)))
+                Some((
+                    false,
+                    reasons::SHARD_FAILED,
+                    format!(
+                        "{failed_shards} shard(s) failed after {} retries",
+                        fp.retries_per_shard
+                    ),
+                ))
             } else if st.failed_files > 0 && fp.action == FailureAction::FailJob {
-                Some((false, reasons::TOO_MANY_FAILURES, format!("{} file(s) failed and the failure policy is FailJob", st.failed_files)))
+                Some((
+                    false,
+                    reasons::TOO_MANY_FAILURES,
+                    format!(
+                        "{} file(s) failed and the failure policy is FailJob",
+                        st.failed_files
+                    ),
+                ))
             } else if fp.max_failed_files.is_some_and(|m| st.failed_files > m) {
-                Some((false, reasons::TOO_MANY_FAILURES, format!("{} file(s) failed, more than maxFailedFiles", st.failed_files)))
+                Some((
+                    false,
+                    reasons::TOO_MANY_FAILURES,
+                    format!(
+                        "{} file(s) failed, more than maxFailedFiles",
+                        st.failed_files
+                    ),
+                ))
             } else if st.failed_files > 0 || *failed_shards > 0 {
-                Some((true, reasons::SUCCEEDED_WITH_FAILURES, format!("done; {} file(s) and {failed_shards} shard(s) failed", st.failed_files)))
+                Some((
+                    true,
+                    reasons::SUCCEEDED_WITH_FAILURES,
+                    format!(
+                        "done; {} file(s) and {failed_shards} shard(s) failed",
+                        st.failed_files
+                    ),
+                ))
             } else {
-                Some((true, reasons::SUCCEEDED, format!("copied {} files ({})", files, human_bytes(bytes))))
+                Some((
+                    true,
+                    reasons::SUCCEEDED,
+                    format!("copied {} files ({})", files, human_bytes(bytes)),
+                ))
             };
         }
     }
@@ -270,7 +396,14 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         Some((false, reason, msg)) => {
             st.phase = Some(Phase::Failed);
             vec![
-                condition(ct::READY, false, reason, msg.clone(), generation, at.clone()),
+                condition(
+                    ct::READY,
+                    false,
+                    reason,
+                    msg.clone(),
+                    generation,
+                    at.clone(),
+                ),
                 condition(ct::RECONCILING, false, reason, "", generation, at.clone()),
                 condition(ct::STALLED, true, reason, msg.clone(), generation, at),
             ]
@@ -279,16 +412,30 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             let reason = phase_reason(st.phase.unwrap_or(Phase::Pending));
             let msg = format!("run {run}: {}", st.phase.unwrap_or(Phase::Pending));
             vec![
-                condition(ct::READY, false, reason, msg.clone(), generation, at.clone()),
+                condition(
+                    ct::READY,
+                    false,
+                    reason,
+                    msg.clone(),
+                    generation,
+                    at.clone(),
+                ),
                 condition(ct::RECONCILING, true, reason, msg, generation, at.clone()),
                 condition(ct::STALLED, false, reason, "", generation, at),
             ]
         }
     };
-    st.message = desired.first().map(|c| c.message.clone()).filter(|m| !m.is_empty());
+    st.message = desired
+        .first()
+        .map(|c| c.message.clone())
+        .filter(|m| !m.is_empty());
     st.conditions = merge_conditions(&prev.conditions, desired);
     if st.phase.is_some_and(Phase::is_finished) {
-        st.completion_time = prev.completion_time.clone().filter(|_| same_run && prev.phase == st.phase).or(Some(Time(now)));
+        st.completion_time = prev
+            .completion_time
+            .clone()
+            .filter(|_| same_run && prev.phase == st.phase)
+            .or(Some(Time(now)));
     }
     st
 }
@@ -318,8 +465,22 @@ pub fn invalid(ij: &IngestJob, errors: &SpecErrors, now: Timestamp) -> IngestJob
         conditions: merge_conditions(
             &prev.conditions,
             vec![
-                condition(ct::READY, false, reasons::INVALID_SPEC, msg.clone(), g, at.clone()),
-                condition(ct::RECONCILING, false, reasons::INVALID_SPEC, "", g, at.clone()),
+                condition(
+                    ct::READY,
+                    false,
+                    reasons::INVALID_SPEC,
+                    msg.clone(),
+                    g,
+                    at.clone(),
+                ),
+                condition(
+                    ct::RECONCILING,
+                    false,
+                    reasons::INVALID_SPEC,
+                    "",
+                    g,
+                    at.clone(),
+                ),
                 condition(ct::STALLED, true, reasons::INVALID_SPEC, msg, g, at),
             ],
         ),

@@ -14,21 +14,53 @@ use k8s_openapi::api::core::v1::Volume;
 use kube::ResourceExt;
 
 fn totals() -> Totals {
-    Totals { files: 1000, directories: 10, bytes: 1_000_000 }
+    Totals {
+        files: 1000,
+        directories: 10,
+        bytes: 1_000_000,
+    }
 }
 
 fn volume<'a>(job: &'a Job, name: &str) -> &'a Volume {
     let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    spec.volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap()
+    spec.volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap()
 }
 
 fn env(job: &Job, name: &str) -> Option<String> {
-    let c = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
-    c.env.as_ref().unwrap().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+    let c = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    c.env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
 }
 
 fn args(job: &Job) -> Vec<String> {
-    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap()
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap()
 }
 
 #[test]
@@ -37,16 +69,47 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
     assert_eq!(stage(&ij, &empty()), Stage::Scan);
     let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
     let kinds: Vec<String> = children.iter().map(Child::describe).collect();
-    assert_eq!(kinds, ["ServiceAccount/genomics-pods", "Role/genomics-pods", "RoleBinding/genomics-pods", "Job/genomics-r0-scan"]);
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount/genomics-pods",
+            "Role/genomics-pods",
+            "RoleBinding/genomics-pods",
+            "Job/genomics-r0-scan"
+        ]
+    );
     let scan = jobs_of(&children)[0];
     let src = volume(scan, "source").nfs.as_ref().unwrap();
-    assert_eq!((src.server.as_str(), src.path.as_str(), src.read_only), ("10.0.0.5", "/export/genomics", Some(true)));
-    assert!(scan.spec.as_ref().unwrap().template.spec.as_ref().unwrap().volumes.as_ref().unwrap().len() == 1, "the scan never mounts the destination");
+    assert_eq!(
+        (src.server.as_str(), src.path.as_str(), src.read_only),
+        ("10.0.0.5", "/export/genomics", Some(true))
+    );
+    assert!(
+        scan.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .len()
+            == 1,
+        "the scan never mounts the destination"
+    );
     let a = args(scan);
-    assert_eq!(&a[..3], ["scan", "--cluster", &format!("{SOURCE_MOUNT}/2019")]);
+    assert_eq!(
+        &a[..3],
+        ["scan", "--cluster", &format!("{SOURCE_MOUNT}/2019")]
+    );
     assert!(a.windows(2).any(|w| w == ["--shards", "8"]));
     let owner = &scan.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("IngestJob", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("IngestJob", Some(true))
+    );
     assert_eq!(scan.labels()[labels::ROLE], "scan");
 }
 
@@ -57,21 +120,61 @@ fn one_ip_copy_job_mounts_that_server_and_takes_all_shards() {
     let st = stage(&ij, &obs);
     assert!(matches!(st, Stage::Copy(..)), "{st:?}");
     let children = desired(&ij, &st, &settings()).unwrap();
-    let copies: Vec<&Job> = jobs_of(&children).into_iter().filter(|j| j.labels()[labels::ROLE] == "copy").collect();
+    let copies: Vec<&Job> = jobs_of(&children)
+        .into_iter()
+        .filter(|j| j.labels()[labels::ROLE] == "copy")
+        .collect();
     assert_eq!(copies.len(), 1);
     let j = copies[0];
     let spec = j.spec.as_ref().unwrap();
-    assert_eq!((spec.completion_mode.as_deref(), spec.completions, spec.parallelism), (Some("Indexed"), Some(8), Some(2)));
+    assert_eq!(
+        (
+            spec.completion_mode.as_deref(),
+            spec.completions,
+            spec.parallelism
+        ),
+        (Some("Indexed"), Some(8), Some(2))
+    );
     assert_eq!(spec.backoff_limit_per_index, Some(3));
     let dst = volume(j, "dest").nfs.as_ref().unwrap();
-    assert_eq!((dst.server.as_str(), dst.path.as_str()), ("10.1.1.101", "/nfs"));
-    assert_eq!((env(j, "INGEST_SHARD_OFFSET").as_deref(), env(j, "INGEST_SHARD_STRIDE").as_deref()), (Some("0"), Some("1")));
+    assert_eq!(
+        (dst.server.as_str(), dst.path.as_str()),
+        ("10.1.1.101", "/nfs")
+    );
+    assert_eq!(
+        (
+            env(j, "INGEST_SHARD_OFFSET").as_deref(),
+            env(j, "INGEST_SHARD_STRIDE").as_deref()
+        ),
+        (Some("0"), Some("1"))
+    );
     let a = args(j);
-    assert!(a.windows(2).any(|w| w == ["--dest", &format!("{DEST_MOUNT}/genomics/2019")]));
+    assert!(
+        a.windows(2)
+            .any(|w| w == ["--dest", &format!("{DEST_MOUNT}/genomics/2019")])
+    );
     assert!(a.windows(2).any(|w| w == ["--threads", "32"]));
-    let sc = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].security_context.clone().unwrap();
+    let sc = j
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .security_context
+        .clone()
+        .unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
-    assert!(sc.capabilities.unwrap().add.unwrap().contains(&"CHOWN".to_owned()), "preserve.owner needs CHOWN");
+    assert!(
+        sc.capabilities
+            .unwrap()
+            .add
+            .unwrap()
+            .contains(&"CHOWN".to_owned()),
+        "preserve.owner needs CHOWN"
+    );
 }
 
 #[test]
@@ -79,19 +182,36 @@ fn three_ips_each_copy_job_mounts_its_own_server() {
     let ij = fixture("three-ips.yaml");
     let obs = scanned(&ij, 100, totals(), false);
     let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
-    let copies: Vec<&Job> = jobs_of(&children).into_iter().filter(|j| j.labels()[labels::ROLE] == "copy").collect();
+    let copies: Vec<&Job> = jobs_of(&children)
+        .into_iter()
+        .filter(|j| j.labels()[labels::ROLE] == "copy")
+        .collect();
     assert_eq!(copies.len(), 3);
     let mut completions = 0;
     for (i, j) in copies.iter().enumerate() {
         let server = format!("10.1.1.10{}", i + 1);
-        assert_eq!(volume(j, "dest").nfs.as_ref().unwrap().server, server, "{}", j.name_any());
-        let src = volume(j, "source").persistent_volume_claim.as_ref().unwrap();
-        assert_eq!((src.claim_name.as_str(), src.read_only), ("old-filer", Some(true)));
+        assert_eq!(
+            volume(j, "dest").nfs.as_ref().unwrap().server,
+            server,
+            "{}",
+            j.name_any()
+        );
+        let src = volume(j, "source")
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (src.claim_name.as_str(), src.read_only),
+            ("old-filer", Some(true))
+        );
         assert_eq!(env(j, "INGEST_SHARD_OFFSET"), Some(i.to_string()));
         assert_eq!(env(j, "INGEST_SHARD_STRIDE").as_deref(), Some("3"));
         assert_eq!(j.spec.as_ref().unwrap().parallelism, Some(2));
         let pod = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example/vfxt-ingest:1.0"));
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("registry.example/vfxt-ingest:1.0")
+        );
         assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "ingest");
         assert_eq!(j.annotations()["ingest.vfxt.dev/server"], server);
         completions += j.spec.as_ref().unwrap().completions.unwrap();
@@ -105,21 +225,52 @@ fn mount_options_give_a_pre_bound_volume_and_claim_per_server() {
     ij.spec.destination.nfs.mount_options = Some(vec!["hard".into(), "nconnect=8".into()]);
     let obs = scanned(&ij, 9, totals(), false);
     let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
-    let pvs: Vec<_> = children.iter().filter_map(|c| if let Child::Volume(v) = c { Some(v) } else { None }).collect();
-    let pvcs: Vec<_> = children.iter().filter_map(|c| if let Child::Claim(v) = c { Some(v) } else { None }).collect();
+    let pvs: Vec<_> = children
+        .iter()
+        .filter_map(|c| {
+            if let Child::Volume(v) = c {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let pvcs: Vec<_> = children
+        .iter()
+        .filter_map(|c| {
+            if let Child::Claim(v) = c {
+                Some(v)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!((pvs.len(), pvcs.len()), (3, 3));
     for (i, (pv, pvc)) in pvs.iter().zip(&pvcs).enumerate() {
         let s = pv.spec.as_ref().unwrap();
-        assert_eq!(s.nfs.as_ref().unwrap().server, format!("10.1.1.10{}", i + 1));
+        assert_eq!(
+            s.nfs.as_ref().unwrap().server,
+            format!("10.1.1.10{}", i + 1)
+        );
         assert_eq!(s.mount_options.as_deref().unwrap(), ["hard", "nconnect=8"]);
-        assert_eq!(s.persistent_volume_reclaim_policy.as_deref(), Some("Retain"), "deleting never touches data");
+        assert_eq!(
+            s.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain"),
+            "deleting never touches data"
+        );
         assert_eq!(s.claim_ref.as_ref().unwrap().name, pvc.metadata.name);
         assert_eq!(pvc.spec.as_ref().unwrap().volume_name, pv.metadata.name);
     }
-    let copy0 = jobs_of(&children).into_iter().find(|j| j.name_any() == "media-r0-copy-0").unwrap();
+    let copy0 = jobs_of(&children)
+        .into_iter()
+        .find(|j| j.name_any() == "media-r0-copy-0")
+        .unwrap();
     let dest = volume(copy0, "dest");
     assert!(dest.nfs.is_none());
-    assert_eq!(dest.persistent_volume_claim.as_ref().unwrap().claim_name, pvcs[0].name_any());
+    assert_eq!(
+        dest.persistent_volume_claim.as_ref().unwrap().claim_name,
+        pvcs[0].name_any()
+    );
 }
 
 fn result(files: u64, bytes: u64, failed: u64) -> Option<PodResult> {
@@ -127,7 +278,12 @@ fn result(files: u64, bytes: u64, failed: u64) -> Option<PodResult> {
         files,
         bytes,
         failed,
-        failures: (0..failed).map(|i| FileFailure { path: format!("d/f{i}"), reason: "EIO".into() }).collect(),
+        failures: (0..failed)
+            .map(|i| FileFailure {
+                path: format!("d/f{i}"),
+                reason: "EIO".into(),
+            })
+            .collect(),
         ..Default::default()
     })
 }
@@ -136,14 +292,54 @@ fn result(files: u64, bytes: u64, failed: u64) -> Option<PodResult> {
 fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
     let ij = fixture("three-ips.yaml");
     let mut obs = scanned(&ij, 6, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| observed_job(j, false, false, "0", "", 1));
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, false, false, "0", "", 1)
+    });
     // server 0 shard 0: a failed first attempt (older) and a finished retry; only the retry counts.
-    obs.pods.push(worker_pod(&ij, "copy", 0, 0, 100, progress(50, 50_000), None));
-    obs.pods.push(worker_pod(&ij, "copy", 0, 0, 200, None, result(100, 100_000, 1)));
-    obs.pods.push(worker_pod(&ij, "copy", 1, 0, 150, progress(40, 200_000), None));
-    obs.pods.push(worker_pod(&ij, "copy", 2, 0, 150, progress(10, 200_000), None));
+    obs.pods.push(worker_pod(
+        &ij,
+        "copy",
+        0,
+        0,
+        100,
+        progress(50, 50_000),
+        None,
+    ));
+    obs.pods.push(worker_pod(
+        &ij,
+        "copy",
+        0,
+        0,
+        200,
+        None,
+        result(100, 100_000, 1),
+    ));
+    obs.pods.push(worker_pod(
+        &ij,
+        "copy",
+        1,
+        0,
+        150,
+        progress(40, 200_000),
+        None,
+    ));
+    obs.pods.push(worker_pod(
+        &ij,
+        "copy",
+        2,
+        0,
+        150,
+        progress(10, 200_000),
+        None,
+    ));
     let mut ij = ij;
-    ij.status = Some(ingest_api::IngestJobStatus { run: Some(0), start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(1000))), ..Default::default() });
+    ij.status = Some(ingest_api::IngestJobStatus {
+        run: Some(0),
+        start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+            1000,
+        ))),
+        ..Default::default()
+    });
     let st = compute(&ij, &obs, &stage(&ij, &obs), at(1100));
     assert_eq!(st.phase, Some(Phase::Copying));
     let p = st.progress.as_ref().unwrap();
@@ -151,14 +347,41 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
     assert_eq!(p.percent, 50.0);
     assert_eq!(p.percent_text, "50.0%");
     assert_eq!(p.bytes_per_second, 5000, "500 kB in 100 s");
-    assert_eq!(p.eta.as_ref().unwrap().0, at(1200), "another 500 kB at 5 kB/s");
-    let servers: Vec<_> = st.servers.iter().map(|s| (s.server.as_str(), s.workers, s.files, s.bytes)).collect();
-    assert_eq!(servers, [("10.1.1.101", 2, 100, 100_000), ("10.1.1.102", 2, 40, 200_000), ("10.1.1.103", 2, 10, 200_000)]);
+    assert_eq!(
+        p.eta.as_ref().unwrap().0,
+        at(1200),
+        "another 500 kB at 5 kB/s"
+    );
+    let servers: Vec<_> = st
+        .servers
+        .iter()
+        .map(|s| (s.server.as_str(), s.workers, s.files, s.bytes))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("10.1.1.101", 2, 100, 100_000),
+            ("10.1.1.102", 2, 40, 200_000),
+            ("10.1.1.103", 2, 10, 200_000)
+        ]
+    );
     let shards = st.shards.as_ref().unwrap();
-    assert_eq!((shards.total, shards.succeeded, shards.running, shards.pending, shards.failed), (6, 3, 3, 0, 0));
+    assert_eq!(
+        (
+            shards.total,
+            shards.succeeded,
+            shards.running,
+            shards.pending,
+            shards.failed
+        ),
+        (6, 3, 3, 0, 0)
+    );
     assert_eq!(st.failed_files, 1);
     assert_eq!(st.failures[0].path, "d/f0");
-    assert!(ingest_api::conditions::is_true(&st.conditions, ct::RECONCILING));
+    assert!(ingest_api::conditions::is_true(
+        &st.conditions,
+        ct::RECONCILING
+    ));
     assert!(!ingest_api::conditions::is_true(&st.conditions, ct::READY));
 }
 
@@ -166,12 +389,19 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
 fn progress_never_goes_backwards_after_a_restart_when_pods_are_gone() {
     let ij0 = fixture("one-ip.yaml");
     let mut obs = scanned(&ij0, 8, totals(), false);
-    add_role_jobs(&ij0, &mut obs, "copy", |_, j| observed_job(j, false, false, "0-3", "", 2));
-    obs.pods.push(worker_pod(&ij0, "copy", 0, 4, 10, progress(5, 5), None));
+    add_role_jobs(&ij0, &mut obs, "copy", |_, j| {
+        observed_job(j, false, false, "0-3", "", 2)
+    });
+    obs.pods
+        .push(worker_pod(&ij0, "copy", 0, 4, 10, progress(5, 5), None));
     let mut ij = ij0.clone();
     ij.status = Some(ingest_api::IngestJobStatus {
         run: Some(0),
-        progress: Some(ingest_api::Progress { files: 400, bytes: 400_000, ..Default::default() }),
+        progress: Some(ingest_api::Progress {
+            files: 400,
+            bytes: 400_000,
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let st = compute(&ij, &obs, &stage(&ij, &obs), at(50));
@@ -187,27 +417,48 @@ fn progress_never_goes_backwards_after_a_restart_when_pods_are_gone() {
 fn verify_then_done_succeeds_and_keeps_transition_times() {
     let ij0 = fixture("three-ips.yaml");
     let mut obs = scanned(&ij0, 3, totals(), false);
-    add_role_jobs(&ij0, &mut obs, "copy", |_, j| observed_job(j, true, false, "0", "", 0));
+    add_role_jobs(&ij0, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
     assert!(matches!(stage(&ij0, &obs), Stage::Verify(..)));
     let mut ij = ij0.clone();
     let verifying = compute(&ij, &obs, &stage(&ij, &obs), at(10));
     assert_eq!(verifying.phase, Some(Phase::Verifying));
     ij.status = Some(verifying.clone());
 
-    add_role_jobs(&ij0, &mut obs, "verify", |_, j| observed_job(j, true, false, "0", "", 0));
+    add_role_jobs(&ij0, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
     for s in 0..3 {
         let mut r = result(0, 0, 0).unwrap();
-        r.verification = Some(VerificationCounts { checked: 10, matched: 9, mismatched: 1, repaired: 1, ..Default::default() });
-        obs.pods.push(worker_pod(&ij0, "verify", s, 0, 20, None, Some(r)));
+        r.verification = Some(VerificationCounts {
+            checked: 10,
+            matched: 9,
+            mismatched: 1,
+            repaired: 1,
+            ..Default::default()
+        });
+        obs.pods
+            .push(worker_pod(&ij0, "verify", s, 0, 20, None, Some(r)));
     }
     let done = compute(&ij, &obs, &stage(&ij, &obs), at(30));
     assert_eq!(done.phase, Some(Phase::Succeeded));
     let v = done.verification.as_ref().unwrap();
-    assert_eq!((v.checked, v.matched, v.repaired, v.verified), (30, 27, 3, 30));
+    assert_eq!(
+        (v.checked, v.matched, v.repaired, v.verified),
+        (30, 27, 3, 30)
+    );
     let ready = ingest_api::conditions::find(&done.conditions, ct::READY).unwrap();
-    assert_eq!((ready.status.as_str(), ready.last_transition_time.0), ("True", at(30)));
+    assert_eq!(
+        (ready.status.as_str(), ready.last_transition_time.0),
+        ("True", at(30))
+    );
     let stalled = ingest_api::conditions::find(&done.conditions, ct::STALLED).unwrap();
-    assert_eq!(stalled.last_transition_time.0, at(10), "Stalled stayed False: its time is kept");
+    assert_eq!(
+        stalled.last_transition_time.0,
+        at(10),
+        "Stalled stayed False: its time is kept"
+    );
     assert_eq!(done.completion_time.as_ref().unwrap().0, at(30));
     assert_eq!(done.progress.as_ref().unwrap().percent, 100.0);
 
@@ -221,14 +472,32 @@ fn fail_job_policy_stops_at_a_failed_shard() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
     let mut obs = scanned(&ij, 8, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| observed_job(j, false, true, "0-6", "7", 0));
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, false, true, "0-6", "7", 0)
+    });
     let s = stage(&ij, &obs);
-    assert!(matches!(s, Stage::Done { failed_shards: 1, .. }), "{s:?}");
+    assert!(
+        matches!(
+            s,
+            Stage::Done {
+                failed_shards: 1,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
     let st = compute(&ij, &obs, &s, at(10));
     assert_eq!(st.phase, Some(Phase::Failed));
     let stalled = ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap();
-    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", reasons::SHARD_FAILED));
-    let copy = jobs_of(&desired(&ij, &s, &settings()).unwrap()).into_iter().find(|j| j.labels()[labels::ROLE] == "copy").unwrap().clone();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", reasons::SHARD_FAILED)
+    );
+    let copy = jobs_of(&desired(&ij, &s, &settings()).unwrap())
+        .into_iter()
+        .find(|j| j.labels()[labels::ROLE] == "copy")
+        .unwrap()
+        .clone();
     assert_eq!(copy.spec.unwrap().max_failed_indexes, Some(0));
 }
 
@@ -236,13 +505,24 @@ fn fail_job_policy_stops_at_a_failed_shard() {
 fn continue_policy_fails_only_above_max_failed_files() {
     let ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
     let mut obs = scanned(&ij, 3, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| observed_job(j, true, false, "0", "", 0));
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| observed_job(j, true, false, "0", "", 0));
-    obs.pods.push(worker_pod(&ij, "verify", 0, 0, 5, None, result(10, 10, 4)));
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    obs.pods
+        .push(worker_pod(&ij, "verify", 0, 0, 5, None, result(10, 10, 4)));
     let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
     assert_eq!(st.phase, Some(Phase::Succeeded));
-    assert_eq!(ingest_api::conditions::find(&st.conditions, ct::READY).unwrap().reason, reasons::SUCCEEDED_WITH_FAILURES);
-    obs.pods.push(worker_pod(&ij, "verify", 1, 0, 5, None, result(10, 10, 7)));
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::READY)
+            .unwrap()
+            .reason,
+        reasons::SUCCEEDED_WITH_FAILURES
+    );
+    obs.pods
+        .push(worker_pod(&ij, "verify", 1, 0, 5, None, result(10, 10, 7)));
     let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
     assert_eq!((st.phase, st.failed_files), (Some(Phase::Failed), 11));
 }
@@ -253,10 +533,17 @@ fn failed_scan_and_missing_plan_fail_the_run() {
     let obs = scanned(&ij, 0, totals(), true);
     let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
     assert_eq!(st.phase, Some(Phase::Failed));
-    assert_eq!(ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap().reason, reasons::SCAN_FAILED);
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::SCAN_FAILED
+    );
     let mut obs = scanned(&ij, 8, totals(), false);
     obs.plans.clear();
-    assert!(matches!(stage(&ij, &obs), Stage::ScanFailed(m) if m.contains("without storing a plan")));
+    assert!(
+        matches!(stage(&ij, &obs), Stage::ScanFailed(m) if m.contains("without storing a plan"))
+    );
 }
 
 #[test]
@@ -264,6 +551,8 @@ fn worker_count_is_frozen_for_the_run() {
     let mut ij = fixture("one-ip.yaml");
     let obs = scanned(&ij, 8, totals(), false);
     ij.spec.workers = Some(5);
-    let Stage::Copy(_, layout) = stage(&ij, &obs) else { panic!("copy stage") };
+    let Stage::Copy(_, layout) = stage(&ij, &obs) else {
+        panic!("copy stage")
+    };
     assert_eq!(layout.slots[0].workers, 2, "the run started with 2 workers");
 }

@@ -14,7 +14,9 @@ use ingest_operator::reconcile::{WriteDecision, decide_write};
 use ingest_operator::stage::stage;
 use ingest_operator::status::compute;
 use ingest_path::RelPath;
-use ingest_plan::format::{CostModel, PLAN_API_VERSION, PLAN_KIND, Plan, Prediction, Shard, ShardScope};
+use ingest_plan::format::{
+    CostModel, PLAN_API_VERSION, PLAN_KIND, Plan, Prediction, Shard, ShardScope,
+};
 use kube::ResourceExt;
 
 const MIB: usize = 1024 * 1024;
@@ -37,12 +39,20 @@ fn big_plan(servers: &[String]) -> Plan {
             worker: i % WORKERS,
             scopes: vec![
                 ShardScope::Entries {
-                    dir: rel(&format!("projects/genomics/2019/sequencer-{:03}/run-{i:06}", i % 97)),
+                    dir: rel(&format!(
+                        "projects/genomics/2019/sequencer-{:03}/run-{i:06}",
+                        i % 97
+                    )),
                     from: Some(rel(&format!("sample-{:08}.fastq.gz", i * 7))),
                     to: Some(rel(&format!("sample-{:08}.fastq.gz", i * 7 + 7))),
                     subtrees: true,
                 },
-                ShardScope::Tree { dir: rel(&format!("projects/genomics/2019/reference/chr{:02}/part-{i:06}", i % 23)) },
+                ShardScope::Tree {
+                    dir: rel(&format!(
+                        "projects/genomics/2019/reference/chr{:02}/part-{i:06}",
+                        i % 23
+                    )),
+                },
             ],
         })
         .collect();
@@ -64,9 +74,16 @@ fn big_plan(servers: &[String]) -> Plan {
 fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
     for n_servers in [3usize, 10] {
         let mut ij = fixture("three-ips.yaml");
-        let servers: Vec<String> = (0..n_servers).map(|i| format!("10.1.1.{}", 101 + i)).collect();
+        let servers: Vec<String> = (0..n_servers)
+            .map(|i| format!("10.1.1.{}", 101 + i))
+            .collect();
         ij.spec.destination.nfs.servers = servers.clone();
-        ij.spec.destination.nfs.mount_options = Some(vec!["hard".into(), "proto=tcp".into(), "nconnect=16".into(), "vers=3".into()]);
+        ij.spec.destination.nfs.mount_options = Some(vec![
+            "hard".into(),
+            "proto=tcp".into(),
+            "nconnect=16".into(),
+            "vers=3".into(),
+        ]);
         ij.spec.workers = Some(WORKERS);
         ij.spec.shards.target = Some(SHARDS as u32);
 
@@ -74,30 +91,64 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
         let plan = big_plan(&servers);
         let json_len = plan.to_json().len();
         // What the scan CLI stores: the plan without shards as the header, then one JSON text per shard.
-        let header = serde_json::to_string(&Plan { shards: Vec::new(), ..plan.clone() }).unwrap();
-        let shard_texts: Vec<String> = plan.shards.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
-        let owner = Owner { namespace: "ingest".into(), name: ij.name_any(), uid: ij.uid().unwrap(), run: 0 };
-        let totals = Totals { files: SHARDS * 10_000, directories: 1_000_000, bytes: SHARDS << 30 };
-        let (maps, summary) = plan_store::chunk_objects(&owner, "media-r0-plan", &header, &shard_texts, &totals).unwrap();
-        let sizes: Vec<usize> = maps.iter().map(|m| serde_json::to_vec(m).unwrap().len()).collect();
+        let header = serde_json::to_string(&Plan {
+            shards: Vec::new(),
+            ..plan.clone()
+        })
+        .unwrap();
+        let shard_texts: Vec<String> = plan
+            .shards
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
+        let owner = Owner {
+            namespace: "ingest".into(),
+            name: ij.name_any(),
+            uid: ij.uid().unwrap(),
+            run: 0,
+        };
+        let totals = Totals {
+            files: SHARDS * 10_000,
+            directories: 1_000_000,
+            bytes: SHARDS << 30,
+        };
+        let (maps, summary) =
+            plan_store::chunk_objects(&owner, "media-r0-plan", &header, &shard_texts, &totals)
+                .unwrap();
+        let sizes: Vec<usize> = maps
+            .iter()
+            .map(|m| serde_json::to_vec(m).unwrap().len())
+            .collect();
         let biggest_map = *sizes.iter().max().unwrap();
         assert!(biggest_map < MIB, "plan ConfigMap of {biggest_map} bytes");
         let summary_len = serde_json::to_string(&summary).unwrap().len();
-        assert!(summary_len < 32 * 1024, "summary annotation of {summary_len} bytes (annotations total <= 256 KiB)");
+        assert!(
+            summary_len < 32 * 1024,
+            "summary annotation of {summary_len} bytes (annotations total <= 256 KiB)"
+        );
         // A worker reads chunk 0 and its shard's chunk: what it costs at most.
-        let per_worker_read = sizes.last().unwrap() + sizes[..sizes.len() - 1].iter().max().unwrap();
+        let per_worker_read =
+            sizes.last().unwrap() + sizes[..sizes.len() - 1].iter().max().unwrap();
         // The last shard is found again, byte-exact, from the summary alone.
         let (k, pos) = summary.locate(SHARDS - 1).unwrap();
-        let list: Vec<ingest_plan::Shard> = serde_json::from_str(&maps[k as usize - 1].data.as_ref().unwrap()[plan_store::SHARDS_KEY]).unwrap();
+        let list: Vec<ingest_plan::Shard> = serde_json::from_str(
+            &maps[k as usize - 1].data.as_ref().unwrap()[plan_store::SHARDS_KEY],
+        )
+        .unwrap();
         assert_eq!(list[pos], plan.shards[SHARDS as usize - 1]);
 
         // Every child the operator applies, in the stage with the most children.
         let mut obs = scanned(&ij, SHARDS, totals, false);
-        add_role_jobs(&ij, &mut obs, "copy", |_, j| observed_job(j, true, false, "", "", 0));
+        add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+            observed_job(j, true, false, "", "", 0)
+        });
         let s = stage(&ij, &obs);
         let children = desired(&ij, &s, &settings()).unwrap();
         let biggest_child = children.iter().map(|c| c.encoded_len()).max().unwrap();
-        assert!(biggest_child < 64 * 1024, "children stay small: {biggest_child} bytes");
+        assert!(
+            biggest_child < 64 * 1024,
+            "children stay small: {biggest_child} bytes"
+        );
         let total_parallelism: i32 = jobs_of(&children)
             .iter()
             .filter(|j| j.labels()["ingest.vfxt.dev/role"] == "copy")
@@ -117,21 +168,46 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
                 files: 1,
                 bytes: 1,
                 failed: 1000,
-                verification: Some(VerificationCounts { checked: 1, ..Default::default() }),
-                failures: (0..1000).map(|i| FileFailure { path: format!("{}/{i}", "deep/".repeat(300)), reason: "x".repeat(600) }).collect(),
+                verification: Some(VerificationCounts {
+                    checked: 1,
+                    ..Default::default()
+                }),
+                failures: (0..1000)
+                    .map(|i| FileFailure {
+                        path: format!("{}/{i}", "deep/".repeat(300)),
+                        reason: "x".repeat(600),
+                    })
+                    .collect(),
                 ..Default::default()
             };
             r.files = 5;
-            obs.pods.push(worker_pod(&ij, "verify", server, 0, 5, None, Some(r)));
+            obs.pods
+                .push(worker_pod(&ij, "verify", server, 0, 5, None, Some(r)));
         }
         let st: IngestJobStatus = compute(&ij, &obs, &s, at(100));
         let status_len = serde_json::to_vec(&st).unwrap().len();
         assert!(status_len < 64 * 1024, "status of {status_len} bytes");
         // Each pod's termination message keeps as many failures as fit 4 KiB; the status lists at most 20.
-        assert!(!st.failures.is_empty() && st.failures.len() <= ingest_api::MAX_LISTED_FAILURES, "{}", st.failures.len());
-        assert_eq!(st.failed_files, 1000 * n_servers as u64, "every failure is counted even when not listed");
+        assert!(
+            !st.failures.is_empty() && st.failures.len() <= ingest_api::MAX_LISTED_FAILURES,
+            "{}",
+            st.failures.len()
+        );
+        assert_eq!(
+            st.failed_files,
+            1000 * n_servers as u64,
+            "every failure is counted even when not listed"
+        );
 
-        let progress_len = serde_json::to_string(&PodProgress { files: u64::MAX, bytes: u64::MAX, failed: u64::MAX, directories: 0, at: i64::MAX }).unwrap().len();
+        let progress_len = serde_json::to_string(&PodProgress {
+            files: u64::MAX,
+            bytes: u64::MAX,
+            failed: u64::MAX,
+            directories: 0,
+            at: i64::MAX,
+        })
+        .unwrap()
+        .len();
         println!(
             "servers={n_servers} shards={SHARDS} workers={WORKERS}: plan JSON {json_len} B in {} ConfigMaps (largest {biggest_map} B, \
              summary annotation {summary_len} B, a worker reads <= {per_worker_read} B); {} children (largest {biggest_child} B); \
@@ -151,8 +227,14 @@ fn status_writes_per_job_are_bounded_by_the_interval() {
     let mut last_write: Option<u64> = None;
     let mut writes = 0;
     for t in (0..3600u64).step_by(2) {
-        let mut st = IngestJobStatus { phase: Some(ingest_api::Phase::Copying), ..Default::default() };
-        st.progress = Some(ingest_api::Progress { files: t * 1000, ..Default::default() });
+        let mut st = IngestJobStatus {
+            phase: Some(ingest_api::Phase::Copying),
+            ..Default::default()
+        };
+        st.progress = Some(ingest_api::Progress {
+            files: t * 1000,
+            ..Default::default()
+        });
         let since = last_write.map(|w| Duration::from_secs(t - w));
         if decide_write(written.as_ref(), &st, since, interval) == WriteDecision::Now {
             writes += 1;
@@ -160,7 +242,13 @@ fn status_writes_per_job_are_bounded_by_the_interval() {
             last_write = Some(t);
         }
     }
-    println!("status writes in one hour of copying: {writes} (bound {})", 3600 / 5 + 1);
+    println!(
+        "status writes in one hour of copying: {writes} (bound {})",
+        3600 / 5 + 1
+    );
     assert!(writes <= 3600 / 5 + 1, "{writes} writes");
-    assert!(writes >= 3600 / 6, "progress still reaches the status: {writes} writes");
+    assert!(
+        writes >= 3600 / 6,
+        "progress still reaches the status: {writes} writes"
+    );
 }

@@ -13,19 +13,25 @@ use ingest_operator::names;
 use ingest_operator::observe::Observed;
 use ingest_operator::plan_store::{self, Owner};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 
 pub fn fixture(name: &str) -> IngestJob {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 pub fn settings() -> Settings {
-    Settings { default_image: "ghcr.example/vfxt-ingest:test".into() }
+    Settings {
+        default_image: "ghcr.example/vfxt-ingest:test".into(),
+    }
 }
 
 pub fn at(secs: i64) -> Timestamp {
@@ -33,16 +39,36 @@ pub fn at(secs: i64) -> Timestamp {
 }
 
 pub fn jobs_of(children: &[Child]) -> Vec<&Job> {
-    children.iter().filter_map(|c| if let Child::Job(j) = c { Some(j) } else { None }).collect()
+    children
+        .iter()
+        .filter_map(|c| {
+            if let Child::Job(j) = c {
+                Some(j.as_ref())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// Takes the Job as `desired` builds it (so names and labels are the operator's) and gives it a status.
-pub fn observed_job(built: &Job, complete: bool, failed: bool, completed: &str, failed_idx: &str, active: i32) -> Job {
+pub fn observed_job(
+    built: &Job,
+    complete: bool,
+    failed: bool,
+    completed: &str,
+    failed_idx: &str,
+    active: i32,
+) -> Job {
     let mut j = built.clone();
     let mut conditions = Vec::new();
     for (t, on) in [("Complete", complete), ("Failed", failed)] {
         if on {
-            conditions.push(JobCondition { type_: t.into(), status: "True".into(), ..Default::default() });
+            conditions.push(JobCondition {
+                type_: t.into(),
+                status: "True".into(),
+                ..Default::default()
+            });
         }
     }
     j.status = Some(JobStatus {
@@ -58,33 +84,67 @@ pub fn observed_job(built: &Job, complete: bool, failed: bool, completed: &str, 
 
 /// Metadata of the committed chunk 0 of the current run's plan.
 pub fn plan_meta(ij: &IngestJob, shards: u64, totals: Totals) -> PartialObjectMeta<ConfigMap> {
-    let owner = Owner { namespace: ij.namespace().unwrap(), name: ij.name_any(), uid: ij.uid().unwrap(), run: ij.spec.run };
+    let owner = Owner {
+        namespace: ij.namespace().unwrap(),
+        name: ij.name_any(),
+        uid: ij.uid().unwrap(),
+        run: ij.spec.run,
+    };
     let shard_texts: Vec<String> = (0..shards).map(|i| format!("{{\"id\":{i}}}")).collect();
-    let (cms, summary) = plan_store::chunk_objects(&owner, &names::plan_prefix(ij, ij.spec.run), "{}", &shard_texts, &totals).unwrap();
+    let (cms, summary) = plan_store::chunk_objects(
+        &owner,
+        &names::plan_prefix(ij, ij.spec.run),
+        "{}",
+        &shard_texts,
+        &totals,
+    )
+    .unwrap();
     assert_eq!(summary.shards, shards);
-    let mut m: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
-    m.metadata = cms.last().unwrap().metadata.clone();
-    m
+    PartialObjectMeta::<ConfigMap> {
+        metadata: cms.last().unwrap().metadata.clone(),
+        ..Default::default()
+    }
 }
 
 /// A worker pod of `role` for (server, index), running with a progress annotation or finished with a result.
-pub fn worker_pod(ij: &IngestJob, role: &str, server: usize, index: u64, created: i64, progress: Option<PodProgress>, result: Option<PodResult>) -> Pod {
+pub fn worker_pod(
+    ij: &IngestJob,
+    role: &str,
+    server: usize,
+    index: u64,
+    created: i64,
+    progress: Option<PodProgress>,
+    result: Option<PodResult>,
+) -> Pod {
     let mut l = names::child_labels(ij, role, Some(ij.spec.run));
     l.insert(labels::SERVER_INDEX.into(), server.to_string());
     let mut a = BTreeMap::from([
-        ("batch.kubernetes.io/job-completion-index".to_owned(), index.to_string()),
+        (
+            "batch.kubernetes.io/job-completion-index".to_owned(),
+            index.to_string(),
+        ),
         (annotations::INGEST_JOB.to_owned(), ij.name_any()),
     ]);
     if let Some(p) = &progress {
-        a.insert(annotations::PROGRESS.into(), serde_json::to_string(p).unwrap());
+        a.insert(
+            annotations::PROGRESS.into(),
+            serde_json::to_string(p).unwrap(),
+        );
     }
     let terminated = result.as_ref().map(|r| ContainerState {
-        terminated: Some(ContainerStateTerminated { exit_code: 0, message: Some(r.to_termination_message()), ..Default::default() }),
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 0,
+            message: Some(r.to_termination_message()),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     Pod {
         metadata: ObjectMeta {
-            name: Some(format!("{}-{role}-{server}-{index}-{created}", ij.name_any())),
+            name: Some(format!(
+                "{}-{role}-{server}-{index}-{created}",
+                ij.name_any()
+            )),
             namespace: ij.namespace(),
             labels: Some(l),
             annotations: Some(a),
@@ -93,15 +153,32 @@ pub fn worker_pod(ij: &IngestJob, role: &str, server: usize, index: u64, created
         },
         spec: None,
         status: Some(PodStatus {
-            phase: Some(if result.is_some() { "Succeeded" } else { "Running" }.into()),
-            container_statuses: Some(vec![ContainerStatus { name: role.into(), state: terminated, ..Default::default() }]),
+            phase: Some(
+                if result.is_some() {
+                    "Succeeded"
+                } else {
+                    "Running"
+                }
+                .into(),
+            ),
+            container_statuses: Some(vec![ContainerStatus {
+                name: role.into(),
+                state: terminated,
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
     }
 }
 
 pub fn progress(files: u64, bytes: u64) -> Option<PodProgress> {
-    Some(PodProgress { files, bytes, failed: 0, directories: 0, at: 0 })
+    Some(PodProgress {
+        files,
+        bytes,
+        failed: 0,
+        directories: 0,
+        at: 0,
+    })
 }
 
 pub fn empty() -> Observed {
@@ -112,7 +189,10 @@ pub fn empty() -> Observed {
 pub fn scanned(ij: &IngestJob, shards: u64, totals: Totals, failed: bool) -> Observed {
     let children = desired(ij, &ingest_operator::stage::Stage::Scan, &settings()).unwrap();
     let scan = jobs_of(&children)[0].clone();
-    let mut obs = Observed { jobs: vec![observed_job(&scan, !failed, failed, "", "", 0)], ..Default::default() };
+    let mut obs = Observed {
+        jobs: vec![observed_job(&scan, !failed, failed, "", "", 0)],
+        ..Default::default()
+    };
     if !failed {
         obs.plans.push(plan_meta(ij, shards, totals));
     }
@@ -120,10 +200,19 @@ pub fn scanned(ij: &IngestJob, shards: u64, totals: Totals, failed: bool) -> Obs
 }
 
 /// Adds the Jobs of `role` as `desired` builds them for the current stage, each with `complete`.
-pub fn add_role_jobs(ij: &IngestJob, obs: &mut Observed, role: &str, status: impl Fn(usize, &Job) -> Job) {
+pub fn add_role_jobs(
+    ij: &IngestJob,
+    obs: &mut Observed,
+    role: &str,
+    status: impl Fn(usize, &Job) -> Job,
+) {
     let stage = ingest_operator::stage::stage(ij, obs);
     let children = desired(ij, &stage, &settings()).unwrap();
-    for (i, j) in jobs_of(&children).into_iter().filter(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role)).enumerate() {
+    for (i, j) in jobs_of(&children)
+        .into_iter()
+        .filter(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
+        .enumerate()
+    {
         obs.jobs.push(status(i, j));
     }
 }
