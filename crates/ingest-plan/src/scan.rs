@@ -46,9 +46,9 @@ impl Default for ScanOptions {
     fn default() -> Self {
         ScanOptions {
             threads: 8,
-            sample_threshold: 128,
+            sample_threshold: 512,
             samples: 1024,
-            entries_per_sample: 32,
+            entries_per_sample: 64,
             // The engine's own split size: smaller files are never worth cutting across workers.
             big_file_min: 64 << 20,
             max_errors: 100,
