@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Integration test of the test node agent on the real control plane:
 #  1. an Indexed Job of 3 completions writes $JOB_COMPLETION_INDEX to
 #     /out/$HOSTNAME through an NFS volume; the three files land in the local

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Smoke test of the control plane alone (no node): version, namespace, a Job
 # whose pod the job controller creates (it stays Pending: nothing schedules
 # it), and the garbage collector deleting that pod when the Job is deleted

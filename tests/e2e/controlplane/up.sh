@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Brings up a real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver
 # (RBAC, generated CA/certs/service-account keys) and kube-controller-manager,
 # optionally with the test node agent as the cluster's one node and scheduler.
@@ -64,7 +65,15 @@ run_dir=$(cd "$run_dir" && pwd)
 log "run dir: $run_dir"
 
 # If anything below fails, stop what was started, but keep the logs.
-trap 'rc=$?; if ((rc)); then log "start failed (rc=$rc); stopping; logs in $run_dir/logs"; tail_logs; "$here/down.sh" "$run_dir" >&2 || true; fi' EXIT
+on_exit() {
+  local rc=$?
+  if ((rc)); then
+    log "start failed (rc=$rc); stopping; logs in $run_dir/logs"
+    tail_logs
+    "$here/down.sh" "$run_dir" >&2 || true
+  fi
+}
+trap on_exit EXIT
 tail_logs() {
   for f in "$run_dir"/logs/*.log; do
     [[ -f $f ]] || continue
@@ -248,6 +257,10 @@ wait_for kube-controller-manager 60 kcm_healthz
 
 export KUBECONFIG=$run_dir/admin.kubeconfig
 export PATH=$bin:$PATH
+# Pods are refused until the serviceaccount controller has made "default":
+# wait for it, so a test can create pods in namespace default right away.
+default_sa() { kubectl get serviceaccount default -n default; }
+wait_for kube-controller-manager 60 default_sa
 
 if ((agent)); then
   agent_bin=${VFXT_E2E_AGENT_BIN-}
