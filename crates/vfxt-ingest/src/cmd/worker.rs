@@ -357,7 +357,15 @@ pub fn run(args: Args) -> Outcome {
                         let job = CopyJob {
                             source: args.source.clone(),
                             destinations: args.destinations.clone(),
-                            scopes: engine_scopes(shard, phase),
+                            // Without hard links kept, trees and ranges copy every path as
+                            // its own file, so the link groups would only copy them again.
+                            scopes: engine_scopes(shard, phase)
+                                .into_iter()
+                                .filter(|sc| {
+                                    base_opts.preserve.hardlinks
+                                        || !matches!(sc, ingest_copy::Scope::LinkGroup(_))
+                                })
+                                .collect(),
                         };
                         let summary = if job.scopes.is_empty() {
                             Summary::default()
