@@ -191,20 +191,21 @@ alive() {
   pid=$(cat "$run_dir/pids/$1.pid")
   kill -0 "$pid" 2>/dev/null || { log "$1 (pid $pid) exited; see $run_dir/logs/$1.log"; return 1; }
 }
-# $1 name, $2 seconds, rest: a command that succeeds when ready.
+# $1 process name (must stay alive), $2 what is awaited, $3 seconds, rest: a
+# command that succeeds when ready.
 wait_for() {
-  local name=$1 secs=$2
-  shift 2
+  local name=$1 what=$2 secs=$3
+  shift 3
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     alive "$name" || return 1
     if ((SECONDS >= deadline)); then
-      log "$name not ready after ${secs}s"
+      log "$what not ready after ${secs}s"
       return 1
     fi
     sleep 0.5
   done
-  log "$name ready"
+  log "$what ready"
 }
 
 start etcd "$bin/etcd" --name e2e --data-dir "$run_dir/etcd-data" \
@@ -215,7 +216,7 @@ start etcd "$bin/etcd" --name e2e --data-dir "$run_dir/etcd-data" \
   --initial-cluster "e2e=http://127.0.0.1:$etcd_peer_port" \
   --listen-metrics-urls "" --log-level warn \
   --quota-backend-bytes $((2 * 1024 * 1024 * 1024))
-wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_client_port/health"
+wait_for etcd etcd 60 curl -fsS "http://127.0.0.1:$etcd_client_port/health"
 
 start kube-apiserver "$bin/kube-apiserver" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -238,7 +239,7 @@ start kube-apiserver "$bin/kube-apiserver" \
 api_readyz() {
   curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$api_url/readyz"
 }
-wait_for kube-apiserver 120 api_readyz
+wait_for kube-apiserver "kube-apiserver /readyz" 120 api_readyz
 
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$run_dir/controller-manager.kubeconfig" \
@@ -253,14 +254,14 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --controllers '*' \
   --leader-elect=false
 kcm_healthz() { curl -fsSk "https://127.0.0.1:$kcm_port/healthz"; }
-wait_for kube-controller-manager 60 kcm_healthz
+wait_for kube-controller-manager "kube-controller-manager /healthz" 60 kcm_healthz
 
 export KUBECONFIG=$run_dir/admin.kubeconfig
 export PATH=$bin:$PATH
 # Pods are refused until the serviceaccount controller has made "default":
 # wait for it, so a test can create pods in namespace default right away.
 default_sa() { kubectl get serviceaccount default -n default; }
-wait_for kube-controller-manager 60 default_sa
+wait_for kube-controller-manager "service account default/default" 60 default_sa
 
 if ((agent)); then
   agent_bin=${VFXT_E2E_AGENT_BIN-}
@@ -275,7 +276,7 @@ if ((agent)); then
   node_ready() {
     [[ $(kubectl get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
   }
-  wait_for test-node-agent 60 node_ready
+  wait_for test-node-agent "node $node_name" 60 node_ready
 fi
 
 cat >"$run_dir/env" <<EOF
