@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Copy SRC into one export reached through one or more mounts (DEST...), then verify.
     Copy(cmd::copy::Args),
+    /// Generate a demo tree and run a local IngestJob on it into three "mounts" (start here).
+    Demo(cmd::demo::Args),
     /// Walk SRC in parallel, plan shards, print a summary (files, sizes, largest directories, balance).
     Scan(cmd::scan::Args),
     /// Copy and/or verify some shards of a plan (JSON lines on stdout; used by `run` and the cluster).
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Copy(args) => cmd::copy::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Scan(args) => cmd::scan::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Run(args) => cmd::run::run(args),
