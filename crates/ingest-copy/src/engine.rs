@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ingest_path::RelPath;
 
+use crate::concurrency::{Concurrency, Gate, Governor};
 use crate::job::{MultiLinked, Options, Scope, VerifyMode};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
@@ -105,6 +106,16 @@ enum Task<'a> {
         off: u64,
         len: u64,
     },
+}
+
+impl Task<'_> {
+    /// Work done by this task, as the concurrency controller counts it: entries handled.
+    fn units(&self) -> u64 {
+        match self {
+            Task::Batch { entries, .. } => entries.len().max(1) as u64,
+            _ => 1,
+        }
+    }
 }
 
 /// A directory in progress. Dropping the last reference finishes it.
@@ -249,21 +260,54 @@ impl<'a> Walk<'a> {
     pub(crate) fn run(&self, scopes: &'a [Scope]) -> (CopyCounts, VerifyCounts) {
         // Scopes are queued in reverse so that the LIFO queue starts with the first (largest) one.
         self.queue.push_all(scopes.iter().rev().map(Task::Scope));
+        let mounts = self.roots.dsts.len();
+        // `--threads auto`: every thread takes a permit from its mount's gate before each task.
+        let governor = match self.opts.concurrency {
+            Concurrency::Fixed => None,
+            Concurrency::Auto(cfg) => Some(Governor::new(mounts, cfg)),
+        };
+        let threads = match self.opts.concurrency {
+            Concurrency::Fixed => self.opts.threads,
+            Concurrency::Auto(cfg) => cfg.max_per_mount.max(1) * mounts,
+        };
+        let governor = governor.as_ref();
         std::thread::scope(|s| {
-            for i in 0..self.opts.threads {
-                let mount = i % self.roots.dsts.len();
-                s.spawn(move || {
-                    let mut local = Local {
-                        mount,
-                        buf: Vec::new(),
-                        buf2: Vec::new(),
-                        dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
-                    };
-                    while let Some(task) = self.queue.pop() {
-                        self.handle(task, &mut local);
-                        self.queue.done();
-                    }
-                });
+            if let Some(g) = governor {
+                s.spawn(|| g.run());
+            }
+            let workers: Vec<_> = (0..threads)
+                .map(|i| {
+                    let mount = i % mounts;
+                    s.spawn(move || {
+                        let mut local = Local {
+                            mount,
+                            buf: Vec::new(),
+                            buf2: Vec::new(),
+                            dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
+                        };
+                        let gate = governor.map(|g| &g.gates[mount]);
+                        loop {
+                            let _permit = gate.map(Gate::acquire);
+                            let Some(task) = self.queue.pop() else { break };
+                            let units = task.units();
+                            let started = gate.map(Gate::begin);
+                            self.handle(task, &mut local);
+                            if let (Some(g), Some(t)) = (gate, started) {
+                                g.end(t, units);
+                            }
+                            self.queue.done();
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                // A worker panic is a bug; re-raise it rather than report a partial copy as done.
+                if let Err(p) = w.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            if let Some(g) = governor {
+                g.stop();
             }
         });
         self.totals()

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use ingest_path::RelPath;
 
+use crate::concurrency::Concurrency;
+
 /// One piece of the source tree. A whole copy is `Scope::Tree(RelPath::root())`; the shard
 /// planner describes its shards with the other forms so that a plan never lists files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,8 @@ pub struct Options {
     pub split_threshold: u64,
     /// Files per queued batch from one directory (a batch goes through one mount).
     pub batch_files: usize,
+    /// Fixed (`threads` in all) or adaptive per mount (`--threads auto`).
+    pub concurrency: Concurrency,
 }
 
 impl Default for Options {
@@ -130,6 +134,7 @@ impl Default for Options {
             multilinked: MultiLinked::default(),
             split_threshold: 64 << 20,
             batch_files: 16,
+            concurrency: Concurrency::Fixed,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! Entry point: [`run`]. Inputs: [`CopyJob`] and [`Options`]. Outputs: a [`Summary`], live
 //! [`Progress`] counters, and per-path [`ReportEntry`]s sent to a [`ReportSink`].
 
+pub mod concurrency;
 mod engine;
 pub mod job;
 pub mod progress;
@@ -18,6 +19,7 @@ mod sys;
 
 use std::time::Instant;
 
+pub use concurrency::{AutoConfig, Concurrency};
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
 pub use progress::{Progress, Snapshot};

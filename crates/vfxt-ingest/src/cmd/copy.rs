@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use ingest_copy::{
-    CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope, Summary, Tee, VerifyMode,
+    AutoConfig, Concurrency, CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope,
+    Summary, Tee, VerifyMode,
 };
 
 use crate::Outcome;
@@ -21,6 +22,28 @@ pub enum Verify {
     Metadata,
     /// Metadata, and both sides' contents read in full and compared.
     Checksum,
+}
+
+/// `--threads N` or `--threads auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Fixed(usize),
+    Auto,
+}
+
+impl std::str::FromStr for Threads {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Threads::Auto);
+        }
+        // 0 parses here and is refused by the engine's own check, with the same message as
+        // for every other caller.
+        s.parse()
+            .map(Threads::Fixed)
+            .map_err(|_| format!("expected a number of threads or `auto`, got {s:?}"))
+    }
 }
 
 impl From<Verify> for VerifyMode {
@@ -41,9 +64,13 @@ pub struct Args {
     /// The destination: one or more mounts of the same export through different cluster IPs.
     #[arg(value_name = "DEST", required = true)]
     pub destinations: Vec<PathBuf>,
-    /// Copy threads in all, dealt round robin over the DESTs.
-    #[arg(long, default_value_t = 16)]
-    pub threads: usize,
+    /// Copy threads in all, dealt round robin over the DESTs; or `auto`: a limit per DEST, raised
+    /// while throughput rises and lowered when operations only queue (up to --max-per-mount).
+    #[arg(long, default_value = "16", value_name = "N|auto")]
+    pub threads: Threads,
+    /// With `--threads auto`: the most threads per DEST.
+    #[arg(long, default_value_t = AutoConfig::default().max_per_mount, value_name = "N")]
+    pub max_per_mount: usize,
     /// How the destination is checked after the copy (differences are re-copied and checked again).
     #[arg(long, value_enum, default_value_t = Verify::Metadata)]
     pub verify: Verify,
@@ -69,10 +96,18 @@ pub struct Args {
 
 pub fn run(args: Args) -> Outcome {
     let mut opts = Options {
-        threads: args.threads,
         verify: args.verify.into(),
         ..Options::default()
     };
+    match args.threads {
+        Threads::Fixed(n) => opts.threads = n,
+        Threads::Auto => {
+            opts.concurrency = Concurrency::Auto(AutoConfig {
+                max_per_mount: args.max_per_mount,
+                ..AutoConfig::default()
+            })
+        }
+    }
     opts.preserve.owner = !args.no_owner;
     opts.preserve.xattrs = !args.no_xattrs;
     opts.split_threshold = args.split_threshold;

@@ -1,0 +1,521 @@
+//! `--threads auto`: how many operations each destination mount gets in flight.
+//!
+//! On NFS every create, lookup and setattr is a round trip, so throughput comes from operations
+//! in flight, up to the point where the server (or the client's CPU) is saturated: past that knee
+//! more threads only lengthen every operation. The right number differs per cluster node and
+//! changes with the load, so it is found while copying.
+//!
+//! Shape: the engine starts up to `max_per_mount` threads per mount; before each task a thread
+//! takes a permit from its mount's [`Gate`], so the gate's limit is the mount's concurrency. A
+//! controller thread samples each gate every `interval_ms` and feeds the [`Controller`], a pure
+//! state machine (a gradient limiter in the manner of Netflix's concurrency-limits): while the
+//! time per unit of work stays near the best seen, the limit grows; when it grows without more
+//! work done (queueing at the knee), the limit shrinks in proportion. Each mount is controlled
+//! on its own, so a slower node ends with fewer permits and the shared queue's tasks flow to the
+//! faster ones.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How many threads copy, and how they are spread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Concurrency {
+    /// `Options::threads` threads in all, dealt round robin over the mounts.
+    #[default]
+    Fixed,
+    /// A limit per mount, found while copying.
+    Auto(AutoConfig),
+}
+
+/// Bounds and pace of the adaptive controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoConfig {
+    /// Threads started per mount: the most the limit can reach.
+    pub max_per_mount: usize,
+    /// The limit each mount starts with.
+    pub initial: usize,
+    /// Time between two samples.
+    pub interval_ms: u64,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        AutoConfig {
+            max_per_mount: 128,
+            // Start with one: the baseline must be measured before any queueing can hide it.
+            initial: 1,
+            interval_ms: 250,
+        }
+    }
+}
+
+/// What one mount did during one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Sample {
+    /// Units of work finished (entries handled; a directory listing counts one).
+    pub units: u64,
+    /// Time spent in those tasks, summed over threads.
+    pub busy: Duration,
+    /// The most tasks running at once on this mount during the interval.
+    pub peak_running: usize,
+}
+
+/// The limit of one mount and what it has learned.
+#[derive(Debug, Clone)]
+struct MountState {
+    limit: f64,
+    /// The least time per unit seen (the no-queueing baseline), slowly forgotten.
+    baseline: f64,
+}
+
+/// The pure part: samples in, limits out. No clock, no threads.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    cfg: AutoConfig,
+    mounts: Vec<MountState>,
+}
+
+/// How fast the baseline is forgotten per interval (about 3% a minute at 250 ms). A window
+/// minimum would not do: a mount kept at its knee never shows its uncongested time again, so the
+/// window would fill with queued samples and the limit would climb without end. The slow drift
+/// still follows a server that became slower for good.
+const DRIFT: f64 = 0.0005;
+/// Latency may grow this much over the baseline before the limit shrinks: below the knee the
+/// time per unit wobbles with the task mix, and shrinking on noise would leave throughput unused.
+const TOLERANCE: f64 = 1.5;
+/// Weight of the new estimate when the limit shrinks.
+const SMOOTHING: f64 = 0.5;
+/// Growth per interval while no queueing is seen.
+const GROWTH: f64 = 0.2;
+
+impl Controller {
+    pub fn new(mounts: usize, cfg: AutoConfig) -> Self {
+        let initial = cfg.initial.clamp(1, cfg.max_per_mount.max(1)) as f64;
+        Controller {
+            cfg,
+            mounts: vec![
+                MountState {
+                    limit: initial,
+                    baseline: f64::INFINITY,
+                };
+                mounts
+            ],
+        }
+    }
+
+    /// The permits each mount has now.
+    pub fn limits(&self) -> Vec<usize> {
+        self.mounts
+            .iter()
+            .map(|m| m.limit.round() as usize)
+            .collect()
+    }
+
+    /// Takes one interval's samples (one per mount, in mount order) and returns the new limits.
+    pub fn step(&mut self, samples: &[Sample]) -> Vec<usize> {
+        let max = self.cfg.max_per_mount.max(1) as f64;
+        for (m, s) in self.mounts.iter_mut().zip(samples) {
+            if s.units == 0 {
+                // Nothing finished: no evidence either way (a long task, or no work queued).
+                continue;
+            }
+            let per_unit = s.busy.as_secs_f64() / s.units as f64;
+            m.baseline = (m.baseline * (1.0 + DRIFT)).min(per_unit);
+            let baseline = m.baseline;
+            // 1 while the time per unit is within tolerance of the baseline; below 1 in
+            // proportion to the queueing once past the knee (never less than half per step).
+            let gradient = (TOLERANCE * baseline / per_unit).clamp(0.5, 1.0);
+            // A mount that did not use its permits shows nothing about more of them: growing
+            // its limit then would only let a later burst overshoot the knee.
+            let used = s.peak_running as f64 >= (m.limit * 0.5).floor();
+            m.limit = if gradient >= 1.0 {
+                if used {
+                    // No queueing seen: grow by a fifth (at least one), so that a copy of a
+                    // few seconds still reaches the knee; overshoot costs only queueing.
+                    m.limit + (m.limit * GROWTH).max(1.0)
+                } else {
+                    m.limit
+                }
+            } else {
+                // Queueing: shrink towards the limit that would bring the latency back within
+                // tolerance, smoothed so that one odd interval moves it only a little.
+                m.limit * (1.0 - SMOOTHING) + m.limit * gradient * SMOOTHING
+            }
+            .clamp(1.0, max);
+        }
+        self.limits()
+    }
+}
+
+/// The permits of one mount, and what its threads did since the last sample.
+#[derive(Debug)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+    units: AtomicU64,
+    busy_ns: AtomicU64,
+}
+
+#[derive(Debug)]
+struct GateState {
+    limit: usize,
+    held: usize,
+    running: usize,
+    peak_running: usize,
+}
+
+impl Gate {
+    pub fn new(limit: usize) -> Self {
+        Gate {
+            state: Mutex::new(GateState {
+                limit: limit.max(1),
+                held: 0,
+                running: 0,
+                peak_running: 0,
+            }),
+            cv: Condvar::new(),
+            units: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits for a permit; it is given back when the returned guard is dropped.
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut st = self.state.lock().unwrap();
+        while st.held >= st.limit {
+            st = self.cv.wait(st).unwrap();
+        }
+        st.held += 1;
+        Permit { gate: self }
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        let mut st = self.state.lock().unwrap();
+        let raised = limit > st.limit;
+        st.limit = limit.max(1);
+        drop(st);
+        if raised {
+            self.cv.notify_all();
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.state.lock().unwrap().limit
+    }
+
+    /// Marks the start of a task (a permit holder may also be idle, waiting for work).
+    pub fn begin(&self) -> Instant {
+        let mut st = self.state.lock().unwrap();
+        st.running += 1;
+        st.peak_running = st.peak_running.max(st.running);
+        Instant::now()
+    }
+
+    /// Marks the end of a task that did `units` units of work.
+    pub fn end(&self, started: Instant, units: u64) {
+        self.busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        self.units.fetch_add(units, Relaxed);
+        self.state.lock().unwrap().running -= 1;
+    }
+
+    /// What was done since the last call.
+    pub fn take_sample(&self) -> Sample {
+        let mut st = self.state.lock().unwrap();
+        let peak_running = st.peak_running;
+        st.peak_running = st.running;
+        drop(st);
+        Sample {
+            units: self.units.swap(0, Relaxed),
+            busy: Duration::from_nanos(self.busy_ns.swap(0, Relaxed)),
+            peak_running,
+        }
+    }
+}
+
+pub struct Permit<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap();
+        st.held -= 1;
+        drop(st);
+        self.gate.cv.notify_one();
+    }
+}
+
+/// The gates of one pass and the controller loop that adjusts them.
+pub(crate) struct Governor {
+    pub gates: Vec<Gate>,
+    cfg: AutoConfig,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+impl Governor {
+    pub fn new(mounts: usize, cfg: AutoConfig) -> Self {
+        let c = Controller::new(mounts, cfg);
+        Governor {
+            gates: c.limits().into_iter().map(Gate::new).collect(),
+            cfg,
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        }
+    }
+
+    /// Samples and adjusts until [`Governor::stop`].
+    pub fn run(&self) {
+        let mut ctl = Controller::new(self.gates.len(), self.cfg);
+        let interval = Duration::from_millis(self.cfg.interval_ms.max(1));
+        let mut stopped = self.stop.lock().unwrap();
+        loop {
+            stopped = self.stop_cv.wait_timeout(stopped, interval).unwrap().0;
+            if *stopped {
+                return;
+            }
+            let samples: Vec<Sample> = self.gates.iter().map(Gate::take_sample).collect();
+            let limits = ctl.step(&samples);
+            for (g, l) in self.gates.iter().zip(&limits) {
+                g.set_limit(*l);
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        *self.stop.lock().unwrap() = true;
+        self.stop_cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mount that serves `capacity` operations at once, each taking `latency` when not queued;
+    /// `cpu_knee` models a client whose CPU saturates: beyond it, running more tasks adds no work.
+    #[derive(Clone, Copy)]
+    struct Model {
+        capacity: f64,
+        latency: f64,
+        cpu_knee: f64,
+    }
+
+    impl Model {
+        /// One 250 ms interval with `limit` tasks in flight and plenty of work queued.
+        fn sample(&self, limit: usize) -> Sample {
+            let n = limit as f64;
+            let served = n.min(self.capacity).min(self.cpu_knee);
+            let rate = served / self.latency; // units per second
+            let per_unit = self.latency * n / served; // Little's law: W = L / λ
+            let units = (rate * 0.25).round().max(1.0) as u64;
+            Sample {
+                units,
+                busy: Duration::from_secs_f64(per_unit * units as f64),
+                peak_running: limit,
+            }
+        }
+
+        fn throughput(&self, limit: usize) -> f64 {
+            (limit as f64).min(self.capacity).min(self.cpu_knee) / self.latency
+        }
+    }
+
+    fn run(models: &[Model], steps: usize) -> (Controller, Vec<Vec<usize>>) {
+        let mut c = Controller::new(models.len(), AutoConfig::default());
+        let mut trace = Vec::new();
+        for _ in 0..steps {
+            let limits = c.limits();
+            let samples: Vec<Sample> = models
+                .iter()
+                .zip(&limits)
+                .map(|(m, l)| m.sample(*l))
+                .collect();
+            trace.push(c.step(&samples));
+        }
+        (c, trace)
+    }
+
+    const FAST: Model = Model {
+        capacity: 32.0,
+        latency: 0.002,
+        cpu_knee: f64::INFINITY,
+    };
+
+    #[test]
+    fn rises_to_the_knee_and_stays_near_it() {
+        let (c, trace) = run(&[FAST], 200);
+        let limit = c.limits()[0];
+        // Full throughput needs at least the capacity in flight ...
+        assert!(limit >= 32, "limit {limit} below capacity; trace {trace:?}");
+        // ... and the gradient stops it well short of queueing without end.
+        assert!(limit <= 64, "limit {limit} far past the knee");
+        // Within 10% of the best throughput, which is what "auto" promises.
+        assert!(FAST.throughput(limit) >= 0.9 * FAST.throughput(1000));
+        // It gets there in reasonable time (≤ 5 s of 250 ms steps) and never falls back below.
+        let first = trace.iter().position(|l| l[0] >= 32).unwrap();
+        assert!(first <= 20, "took {first} steps");
+        assert!(trace[first..].iter().all(|l| l[0] >= 32), "{trace:?}");
+    }
+
+    #[test]
+    fn flat_curve_keeps_the_limit_low() {
+        // A server that serves one operation at a time: more in flight only queues.
+        let serial = Model {
+            capacity: 1.0,
+            latency: 0.001,
+            cpu_knee: f64::INFINITY,
+        };
+        let (c, _) = run(&[serial], 200);
+        assert!(c.limits()[0] <= 4, "limits {:?}", c.limits());
+    }
+
+    #[test]
+    fn cpu_knee_bounds_the_limit_below_server_capacity() {
+        let cpu_bound = Model {
+            capacity: 256.0,
+            latency: 0.0005,
+            cpu_knee: 12.0,
+        };
+        let (c, _) = run(&[cpu_bound], 200);
+        let l = c.limits()[0];
+        assert!((12..=32).contains(&l), "limit {l}");
+    }
+
+    #[test]
+    fn slow_mount_gets_fewer_permits_than_fast_ones() {
+        let slow = Model {
+            capacity: 4.0,
+            latency: 0.004,
+            cpu_knee: f64::INFINITY,
+        };
+        let (c, _) = run(&[FAST, FAST, slow], 200);
+        let l = c.limits();
+        assert!(l[0] >= 32 && l[1] >= 32, "fast mounts {l:?}");
+        assert!(l[2] >= 4, "slow mount must still be used fully: {l:?}");
+        assert!(l[2] * 3 <= l[0], "slow mount not shifted away from: {l:?}");
+    }
+
+    #[test]
+    fn idle_mount_does_not_grow_and_no_sample_changes_nothing() {
+        let mut c = Controller::new(
+            1,
+            AutoConfig {
+                initial: 8,
+                ..AutoConfig::default()
+            },
+        );
+        let before = c.limits();
+        // Work finished but only one task ran (the queue was starved): no growth.
+        for _ in 0..50 {
+            c.step(&[Sample {
+                units: 10,
+                busy: Duration::from_millis(20),
+                peak_running: 1,
+            }]);
+        }
+        assert_eq!(c.limits(), before);
+        c.step(&[Sample::default()]);
+        assert_eq!(c.limits(), before);
+    }
+
+    #[test]
+    fn limit_never_exceeds_max_or_drops_below_one() {
+        let cfg = AutoConfig {
+            max_per_mount: 8,
+            ..AutoConfig::default()
+        };
+        let mut c = Controller::new(1, cfg);
+        for _ in 0..100 {
+            c.step(&[FAST.sample(c.limits()[0])]);
+        }
+        assert_eq!(c.limits(), vec![8]);
+        // A sudden slowdown, by 100x: the limit halves at most per step and never reaches 0.
+        for _ in 0..100 {
+            c.step(&[Sample {
+                units: 1,
+                busy: Duration::from_secs(10),
+                peak_running: 8,
+            }]);
+        }
+        assert_eq!(c.limits(), vec![1]);
+    }
+
+    #[test]
+    fn auto_copy_is_identical_through_several_mounts() {
+        use crate::{CopyJob, FirstN, Options, Progress, RelPath, Scope, VerifyMode};
+        use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        generate(
+            Dataset::Small,
+            &src,
+            &GenOptions {
+                scale: 0.01,
+                ..GenOptions::default()
+            },
+        )
+        .unwrap();
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        let other = tmp.path().join("mount1");
+        std::os::unix::fs::symlink(&dst, &other).unwrap();
+        let job = CopyJob {
+            source: src.clone(),
+            destinations: vec![dst.clone(), other],
+            scopes: vec![Scope::Tree(RelPath::root())],
+        };
+        let opts = Options {
+            verify: VerifyMode::Metadata,
+            // Short steps and few threads, so the controller acts several times in a short copy.
+            concurrency: Concurrency::Auto(AutoConfig {
+                max_per_mount: 6,
+                initial: 1,
+                interval_ms: 5,
+            }),
+            ..Options::default()
+        };
+        let sink = FirstN::new(10);
+        let summary = crate::run(&job, &opts, &Progress::default(), &sink).unwrap();
+        assert_eq!(summary.copy.failed, 0);
+        assert!(summary.copy.files_copied >= 900, "{:?}", summary.copy);
+        let cmp = CompareOptions {
+            owner: false,
+            ..CompareOptions::all()
+        };
+        let diffs = compare(&src, &dst, &cmp);
+        assert!(diffs.is_empty(), "{}", diffs[0]);
+    }
+
+    #[test]
+    fn gate_blocks_beyond_its_limit_and_reports_samples() {
+        let gate = Gate::new(2);
+        let a = gate.acquire();
+        let _b = gate.acquire();
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let _c = gate.acquire();
+                let t = gate.begin();
+                gate.end(t, 5);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            // The third thread is still waiting for a permit.
+            assert!(!h.is_finished());
+            drop(a);
+            h.join().unwrap();
+        });
+        let s = gate.take_sample();
+        assert_eq!(s.units, 5);
+        assert_eq!(s.peak_running, 1);
+        assert_eq!(gate.take_sample().units, 0);
+        gate.set_limit(0);
+        assert_eq!(gate.limit(), 1);
+    }
+}
