@@ -108,6 +108,11 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Ben
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == measure::LAUNCHER_ARG) {
+        // Before anything else, so the launcher stays small (see measure's docs).
+        return measure::launcher_main(&args[2..]);
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Copy(args) => match copy(&args) {
@@ -278,18 +283,28 @@ fn run_tool(
         logs.join(format!("{ds}-{}.stdout", tool.name())),
         logs.join(format!("{ds}-{}.stderr", tool.name())),
     );
-    let mut cmd = tool.command(src, &dst, &scratch, vfxt);
+    let cmd = tool.command(src, &dst, &scratch, vfxt);
     let command = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).map_err(io_err("create", &out_path))?)
-        .stderr(fs::File::create(&err_path).map_err(io_err("create", &err_path))?);
+    let stdout = fs::File::create(&out_path).map_err(io_err("create", &out_path))?;
+    let stderr = fs::File::create(&err_path).map_err(io_err("create", &err_path))?;
+    let launcher = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
+    let usage_file = work.join("scratch").join(format!("{}.usage", tool.name()));
     let cache_dropped = cache.drop_now();
-    let m = measure::run(&mut cmd, Duration::from_secs(args.timeout))
-        .map_err(io_err("run", Path::new(&command)))?;
+    let set_stdio = |c: &mut Command| {
+        c.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    };
+    let m = measure::run(
+        &cmd,
+        Some(&launcher),
+        &usage_file,
+        set_stdio,
+        Duration::from_secs(args.timeout),
+    )
+    .map_err(io_err("run", Path::new(&command)))?;
     let t = Instant::now();
     rustix::fs::sync();
     let sync_s = t.elapsed().as_secs_f64();
@@ -309,7 +324,7 @@ fn run_tool(
     }
     let identical = broken.is_empty() && m.outcome.success();
     let stderr_tail = (!identical).then(|| tail(&err_path, 5)).flatten();
-    let cpu_s = m.user_s + m.sys_s;
+    let cpu_s = m.usage.user_s + m.usage.sys_s;
     Ok(RunReport {
         tool: tool.name().into(),
         label: tool.label().into(),
@@ -321,10 +336,10 @@ fn run_tool(
         wall_s: m.wall_s,
         files_per_s: summary.non_dirs() as f64 / m.wall_s,
         mib_per_s: summary.bytes as f64 / 1048576.0 / m.wall_s,
-        user_s: m.user_s,
-        sys_s: m.sys_s,
+        user_s: m.usage.user_s,
+        sys_s: m.usage.sys_s,
         cpu_s,
-        max_rss_mib: m.max_rss_kib as f64 / 1024.0,
+        max_rss_mib: m.usage.max_rss_kib as f64 / 1024.0,
         sync_s,
         compare_s,
         identical,

@@ -135,3 +135,44 @@ fn bad_arguments_exit_2_naming_the_argument() {
         assert!(err.contains(msg), "{err}");
     }
 }
+
+#[test]
+fn launcher_reports_the_tools_own_peak_rss_and_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let usage = tmp.path().join("usage");
+    let st = bench()
+        .args(["__measure"])
+        .arg(&usage)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=32M count=1 2>/dev/null; exit 4",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(4));
+    let text = std::fs::read_to_string(&usage).unwrap();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let rss: u64 = f[2].parse().unwrap();
+    assert!(
+        (32 * 1024..48 * 1024).contains(&rss),
+        "peak RSS {rss} KiB: dd's 32 MiB plus a small floor"
+    );
+    assert_eq!(&f[3..], ["exit", "4"]);
+    // The floor: a trivial command reports only a few MiB.
+    bench()
+        .args(["__measure"])
+        .arg(&usage)
+        .args(["--", "true"])
+        .status()
+        .unwrap();
+    let rss: u64 = std::fs::read_to_string(&usage)
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rss < 8 * 1024, "floor {rss} KiB");
+}
