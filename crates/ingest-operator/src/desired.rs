@@ -8,11 +8,12 @@ use ingest_api::constants::{BINARY, annotations, labels};
 use ingest_api::{IngestJob, VerifyMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, NFSVolumeSource, ObjectFieldSelector,
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccount, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapProjection, Container, EnvVar, EnvVarSource, NFSVolumeSource,
+    ObjectFieldSelector, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -150,17 +151,24 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             backoff_limit: Some(retries),
             completions: Some(1),
             parallelism: Some(1),
-            template: pod_template(ij, labels::ROLE_SCAN, scan_args, Vec::new(), None, settings),
+            template: pod_template(ij, labels::ROLE_SCAN, scan_args, None, settings),
             ..Default::default()
         }),
         status: None,
     })));
 
-    let layout: Option<&Layout> = match stage {
+    let layout: Option<(&crate::plan_store::PlanSummary, &Layout)> = match stage {
         Stage::Scan | Stage::ScanFailed(_) => None,
-        Stage::Copy(_, l) | Stage::Verify(_, l) | Stage::Done { layout: l, .. } => Some(l),
+        Stage::Copy(p, l)
+        | Stage::Verify(p, l)
+        | Stage::Done {
+            plan: p, layout: l, ..
+        } => Some((p, l)),
     };
-    let Some(layout) = layout else { return Ok(out) };
+    let Some((plan, layout)) = layout else {
+        return Ok(out);
+    };
+    let plan_chunks = plan.chunks;
 
     let mount_options = ij
         .spec
@@ -201,16 +209,15 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                 annotations::SERVER.to_owned(),
                 slot.server.clone(),
             )]));
-            let shard_env = vec![
-                plain_env(env::SHARD_OFFSET, slot.index.to_string()),
-                plain_env(env::SHARD_STRIDE, layout.stride.to_string()),
-            ];
             let mut template = pod_template(
                 ij,
                 role,
-                worker_args(ij, role),
-                shard_env,
-                Some((slot.index, &slot.server)),
+                worker_args(ij, role, slot.index),
+                Some(WorkerMounts {
+                    index: slot.index,
+                    server: &slot.server,
+                    plan_chunks,
+                }),
                 settings,
             );
             let tl = template.metadata.get_or_insert_default();
@@ -283,13 +290,21 @@ fn join(root: &str, sub: Option<&str>) -> String {
 
 fn scan_args(ij: &IngestJob) -> Vec<String> {
     let s = &ij.spec;
+    let servers = &s.destination.nfs.servers;
+    let workers = s.workers.unwrap_or(servers.len() as u32);
     let mut a = vec![
         "scan".to_owned(),
-        "--cluster".into(),
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
+        "--cluster".into(),
         "--threads".into(),
         s.threads_per_worker.to_string(),
+        "--workers".into(),
+        workers.to_string(),
     ];
+    // The plan deals shards to the servers in spec order; completions of server i's Jobs come from that.
+    for server in servers {
+        a.extend(["--server".to_owned(), server.clone()]);
+    }
     for (flag, v) in [
         ("--shards", s.shards.target.map(u64::from)),
         ("--max-files", s.shards.max_files),
@@ -302,7 +317,7 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
     a
 }
 
-fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
+fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
     let s = &ij.spec;
     let p = &s.preserve;
     let preserve: Vec<&str> = [
@@ -323,9 +338,17 @@ fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
     };
     vec![
         "worker".to_owned(),
-        "--cluster".into(),
-        "--mode".into(),
+        "--plan".into(),
+        crate::plan_store::PLAN_MOUNT.into(),
+        "--phase".into(),
         role.into(),
+        // The k-th shard the plan deals to this server; Kubernetes expands the variable it sets on Indexed pods.
+        "--server-index".into(),
+        server_index.to_string(),
+        "--index".into(),
+        format!("$({})", env::COMPLETION_INDEX),
+        "--result-file".into(),
+        crate::pod::TERMINATION_LOG.into(),
         "--source".into(),
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
         "--dest".into(),
@@ -343,14 +366,23 @@ fn worker_args(ij: &IngestJob, role: &str) -> Vec<String> {
     ]
 }
 
-/// The pod template shared by scan, copy and verify Jobs. `dest`: destination server (index, address) for
-/// workers; the scan mounts only the source.
+/// What a worker pod mounts besides the source.
+struct WorkerMounts<'a> {
+    /// Position of the destination server.
+    index: usize,
+    /// Its address.
+    server: &'a str,
+    /// Number of plan ConfigMaps to project into [`crate::plan_store::PLAN_MOUNT`].
+    plan_chunks: u32,
+}
+
+/// The pod template shared by scan, copy and verify Jobs. `worker`: the destination server and plan for copy
+/// and verify pods; the scan mounts only the source.
 fn pod_template(
     ij: &IngestJob,
     role: &str,
     args: Vec<String>,
-    extra_env: Vec<EnvVar>,
-    dest: Option<(usize, &str)>,
+    worker: Option<WorkerMounts<'_>>,
     settings: &Settings,
 ) -> PodTemplateSpec {
     let s = &ij.spec;
@@ -378,7 +410,37 @@ fn pod_template(
         read_only: Some(true),
         ..Default::default()
     }];
-    if let Some((index, server)) = dest {
+    if let Some(WorkerMounts {
+        index,
+        server,
+        plan_chunks,
+    }) = worker
+    {
+        let prefix = names::plan_prefix(ij, run);
+        volumes.push(Volume {
+            name: "plan".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(
+                    (0..plan_chunks)
+                        .map(|k| VolumeProjection {
+                            config_map: Some(ConfigMapProjection {
+                                name: format!("{prefix}-{k}"),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "plan".into(),
+            mount_path: crate::plan_store::PLAN_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
         let with_options = s
             .destination
             .nfs
@@ -404,7 +466,7 @@ fn pod_template(
             ..Default::default()
         });
     }
-    let mut env = vec![
+    let env = vec![
         field_env(env::POD_NAME, "metadata.name"),
         field_env(env::POD_NAMESPACE, "metadata.namespace"),
         plain_env(env::JOB_NAME, ij.name_any()),
@@ -412,7 +474,6 @@ fn pod_template(
         plain_env(env::RUN, run.to_string()),
         plain_env(env::PLAN_PREFIX, names::plan_prefix(ij, run)),
     ];
-    env.extend(extra_env);
     let sc = w.security_context.clone().unwrap_or_default();
     let uid = sc.run_as_user.unwrap_or(0);
     // Root is needed to read every source file and to set owners; give it only the capabilities that needs.

@@ -25,11 +25,7 @@ pub mod env {
     pub const RUN: &str = "INGEST_RUN";
     /// Name prefix of the plan ConfigMaps.
     pub const PLAN_PREFIX: &str = "INGEST_PLAN_PREFIX";
-    /// Worker pods: shard = `SHARD_OFFSET + JOB_COMPLETION_INDEX * SHARD_STRIDE`.
-    pub const SHARD_OFFSET: &str = "INGEST_SHARD_OFFSET";
-    /// See [`SHARD_OFFSET`].
-    pub const SHARD_STRIDE: &str = "INGEST_SHARD_STRIDE";
-    /// Set by Kubernetes on Indexed Job pods.
+    /// Set by Kubernetes on Indexed Job pods; worker args refer to it as `$(JOB_COMPLETION_INDEX)`.
     pub const COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
 }
 
@@ -45,8 +41,6 @@ pub struct PodEnv {
     pub owner: Owner,
     /// Plan ConfigMap prefix.
     pub plan_prefix: String,
-    /// Worker pods only: the shard this pod copies.
-    pub shard: Option<u64>,
 }
 
 impl PodEnv {
@@ -58,15 +52,6 @@ impl PodEnv {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("environment variable {k} is not set"))
         };
-        let num = |k: &'static str| -> Result<Option<u64>, String> {
-            get(k)
-                .map(|v| {
-                    v.parse::<u64>().map_err(|_| {
-                        format!("environment variable {k}={v:?} is not a non-negative integer")
-                    })
-                })
-                .transpose()
-        };
         let run_text = req(env::RUN)?;
         let run = run_text.parse().map_err(|_| {
             format!(
@@ -74,12 +59,6 @@ impl PodEnv {
                 env::RUN
             )
         })?;
-        let shard = match num(env::COMPLETION_INDEX)? {
-            Some(index) => Some(
-                num(env::SHARD_OFFSET)?.unwrap_or(0) + index * num(env::SHARD_STRIDE)?.unwrap_or(1),
-            ),
-            None => None,
-        };
         Ok(PodEnv {
             pod: req(env::POD_NAME)?,
             owner: Owner {
@@ -89,7 +68,6 @@ impl PodEnv {
                 run,
             },
             plan_prefix: req(env::PLAN_PREFIX)?,
-            shard,
         })
     }
 
@@ -148,29 +126,20 @@ mod tests {
     ];
 
     #[test]
-    fn worker_shard_is_offset_plus_index_times_stride() {
-        let mut v = BASE.to_vec();
-        v.extend([
-            (env::COMPLETION_INDEX, "4"),
-            (env::SHARD_OFFSET, "2"),
-            (env::SHARD_STRIDE, "3"),
-        ]);
-        let e = PodEnv::from_lookup(lookup(&v)).unwrap();
-        assert_eq!(e.shard, Some(14));
-        assert_eq!(e.owner.run, 3);
-    }
-
-    #[test]
-    fn scan_pod_has_no_shard_and_missing_vars_are_named() {
-        assert_eq!(PodEnv::from_lookup(lookup(&BASE)).unwrap().shard, None);
+    fn reads_the_assignment_and_names_missing_or_bad_variables() {
+        let e = PodEnv::from_lookup(lookup(&BASE)).unwrap();
+        assert_eq!(
+            (e.owner.run, e.owner.uid.as_str(), e.plan_prefix.as_str()),
+            (3, "u", "ij-r3-plan")
+        );
         let err = PodEnv::from_lookup(lookup(&BASE[1..])).unwrap_err();
         assert!(err.contains("POD_NAME"), "{err}");
         let mut v = BASE.to_vec();
-        v.push((env::COMPLETION_INDEX, "x"));
+        v[4] = (env::RUN, "x");
         assert!(
             PodEnv::from_lookup(lookup(&v))
                 .unwrap_err()
-                .contains("JOB_COMPLETION_INDEX")
+                .contains("INGEST_RUN")
         );
     }
 

@@ -16,7 +16,7 @@ pub struct Slot {
     pub index: usize,
     /// The address.
     pub server: String,
-    /// Shards this server copies: `index, index + stride, index + 2·stride, …`.
+    /// Shards the plan deals to this server (completions of its Indexed Jobs).
     pub shards: u64,
     /// Pods running at once for this server.
     pub workers: u32,
@@ -25,39 +25,31 @@ pub struct Slot {
 /// How shards and workers are spread over the servers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Servers that get work (those with at least one worker and one shard).
+    /// Servers that get work (at least one shard dealt to them).
     pub slots: Vec<Slot>,
-    /// Distance between the shards of one server (= number of servers in use).
-    pub stride: u64,
 }
 
-/// Workers default to one per server; with fewer workers than servers only the first `workers` servers are used
-/// (each active server needs a pod). Shards are dealt round-robin, so every server gets a similar mix.
-pub fn layout(spec: &IngestJobSpec, shards: u64) -> Layout {
+/// The plan deals shards to servers (`shardsPerServer`); workers are spread round-robin like the plan's dealing
+/// (worker `w` writes through server `w mod n`), and a server never runs more pods at once than it has shards.
+pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
     let servers = &spec.destination.nfs.servers;
     let n = servers.len().max(1) as u32;
     let w = spec.workers.unwrap_or(n).max(1);
-    let active = w.min(n) as u64;
-    let slots = (0..active)
-        .filter_map(|i| {
-            let count = if shards > i {
-                (shards - i).div_ceil(active)
-            } else {
-                0
-            };
-            let workers = w / active as u32 + u32::from((i as u32) < w % active as u32);
-            (count > 0).then(|| Slot {
-                index: i as usize,
-                server: servers.get(i as usize).cloned().unwrap_or_default(),
-                shards: count,
-                workers: workers.min(u32::try_from(count).unwrap_or(u32::MAX)),
+    let slots = servers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, server)| {
+            let shards = plan.shards_per_server.get(i).copied().unwrap_or(0);
+            let workers = (w / n + u32::from((i as u32) < w % n)).max(1);
+            (shards > 0).then(|| Slot {
+                index: i,
+                server: server.clone(),
+                shards,
+                workers: workers.min(u32::try_from(shards).unwrap_or(u32::MAX)),
             })
         })
         .collect();
-    Layout {
-        slots,
-        stride: active,
-    }
+    Layout { slots }
 }
 
 /// How a Job stands, from its status.
@@ -202,7 +194,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     let Some(plan) = obs.plan(ij, run) else {
         return Stage::ScanFailed("the scan finished without storing a plan".into());
     };
-    let layout = layout(&frozen_spec(ij, obs), plan.shards);
+    let layout = layout(&frozen_spec(ij, obs), &plan);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     let mut failed_shards = 0;
     let mut roles = vec![labels::ROLE_COPY];
@@ -251,10 +243,18 @@ mod tests {
         s
     }
 
+    fn plan(per_server: &[u64]) -> PlanSummary {
+        PlanSummary {
+            chunks: 1,
+            shards: per_server.iter().sum(),
+            shards_per_server: per_server.to_vec(),
+            totals: Default::default(),
+        }
+    }
+
     #[test]
-    fn shards_and_workers_spread_round_robin() {
-        let l = layout(&spec(3, Some(7)), 10);
-        assert_eq!(l.stride, 3);
+    fn completions_follow_the_plan_and_workers_spread_round_robin() {
+        let l = layout(&spec(3, Some(7)), &plan(&[4, 3, 3]));
         let got: Vec<_> = l
             .slots
             .iter()
@@ -264,21 +264,23 @@ mod tests {
             got,
             [("10.0.0.1", 4, 3), ("10.0.0.2", 3, 2), ("10.0.0.3", 3, 2)]
         );
-        assert_eq!(l.slots.iter().map(|s| s.shards).sum::<u64>(), 10);
     }
 
     #[test]
-    fn fewer_workers_than_servers_uses_first_servers_and_few_shards_skip_empty_servers() {
-        let l = layout(&spec(4, Some(2)), 100);
-        assert_eq!((l.stride, l.slots.len()), (2, 2));
-        let l = layout(&spec(3, None), 2);
-        assert_eq!(l.slots.len(), 2, "a server without shards gets no Job");
-        assert!(l.slots.iter().all(|s| s.workers == 1));
+    fn servers_without_shards_get_no_job() {
+        let l = layout(&spec(4, Some(2)), &plan(&[50, 50, 0, 0]));
+        assert_eq!(l.slots.iter().map(|s| s.index).collect::<Vec<_>>(), [0, 1]);
+        let l = layout(&spec(3, None), &plan(&[1, 1]));
+        assert_eq!(
+            l.slots.len(),
+            2,
+            "a summary shorter than the server list means no shards there"
+        );
     }
 
     #[test]
     fn workers_never_exceed_shards_of_their_server() {
-        let l = layout(&spec(1, Some(50)), 3);
+        let l = layout(&spec(1, Some(50)), &plan(&[3]));
         assert_eq!(l.slots[0].workers, 3);
     }
 

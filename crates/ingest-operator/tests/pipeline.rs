@@ -49,6 +49,13 @@ fn env(job: &Job, name: &str) -> Option<String> {
         .and_then(|e| e.value.clone())
 }
 
+fn arg_after(job: &Job, flag: &str) -> Option<String> {
+    let a = args(job);
+    a.iter()
+        .position(|x| x == flag)
+        .and_then(|i| a.get(i + 1).cloned())
+}
+
 fn args(job: &Job) -> Vec<String> {
     job.spec
         .as_ref()
@@ -102,9 +109,14 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
     let a = args(scan);
     assert_eq!(
         &a[..3],
-        ["scan", "--cluster", &format!("{SOURCE_MOUNT}/2019")]
+        ["scan", &format!("{SOURCE_MOUNT}/2019"), "--cluster"]
     );
     assert!(a.windows(2).any(|w| w == ["--shards", "8"]));
+    assert!(
+        a.windows(2).any(|w| w == ["--server", "10.1.1.101"]),
+        "the plan is dealt to the spec's servers"
+    );
+    assert!(a.windows(2).any(|w| w == ["--workers", "2"]));
     let owner = &scan.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.controller),
@@ -143,10 +155,18 @@ fn one_ip_copy_job_mounts_that_server_and_takes_all_shards() {
     );
     assert_eq!(
         (
-            env(j, "INGEST_SHARD_OFFSET").as_deref(),
-            env(j, "INGEST_SHARD_STRIDE").as_deref()
+            arg_after(j, "--server-index").as_deref(),
+            arg_after(j, "--index").as_deref()
         ),
-        (Some("0"), Some("1"))
+        (Some("0"), Some("$(JOB_COMPLETION_INDEX)"))
+    );
+    assert_eq!(
+        env(j, "INGEST_PLAN_PREFIX").as_deref(),
+        Some("genomics-r0-plan")
+    );
+    assert_eq!(
+        env(j, "INGEST_JOB_UID").as_deref(),
+        Some("6f1c2f0e-0000-4000-8000-000000000001")
     );
     let a = args(j);
     assert!(
@@ -204,8 +224,24 @@ fn three_ips_each_copy_job_mounts_its_own_server() {
             (src.claim_name.as_str(), src.read_only),
             ("old-filer", Some(true))
         );
-        assert_eq!(env(j, "INGEST_SHARD_OFFSET"), Some(i.to_string()));
-        assert_eq!(env(j, "INGEST_SHARD_STRIDE").as_deref(), Some("3"));
+        assert_eq!(arg_after(j, "--server-index"), Some(i.to_string()));
+        assert_eq!(arg_after(j, "--plan").as_deref(), Some("/ingest/plan"));
+        let plan = volume(j, "plan")
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap();
+        let names: Vec<_> = plan
+            .iter()
+            .map(|p| p.config_map.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["media-r0-plan-0", "media-r0-plan-1"],
+            "every chunk of the plan is mounted"
+        );
         assert_eq!(j.spec.as_ref().unwrap().parallelism, Some(2));
         let pod = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(

@@ -11,7 +11,7 @@ use ingest_api::{IngestJob, Totals};
 use ingest_operator::desired::{Child, Settings, desired};
 use ingest_operator::names;
 use ingest_operator::observe::Observed;
-use ingest_operator::plan_store::{self, Owner};
+use ingest_operator::plan_store::{self, Owner, PlanSummary};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
@@ -90,16 +90,32 @@ pub fn plan_meta(ij: &IngestJob, shards: u64, totals: Totals) -> PartialObjectMe
         uid: ij.uid().unwrap(),
         run: ij.spec.run,
     };
-    let shard_texts: Vec<String> = (0..shards).map(|i| format!("{{\"id\":{i}}}")).collect();
-    let (cms, summary) = plan_store::chunk_objects(
+    // Dealt like the planner: round robin over the servers that have workers.
+    let n = ij.spec.destination.nfs.servers.len() as u64;
+    let active = u64::from(ij.spec.workers.unwrap_or(n as u32)).min(n).max(1);
+    let shards_per_server = (0..n)
+        .map(|i| {
+            if i < active && shards > i {
+                (shards - i).div_ceil(active)
+            } else {
+                0
+            }
+        })
+        .collect();
+    let summary = PlanSummary {
+        chunks: 2,
+        shards,
+        shards_per_server,
+        totals,
+    };
+    let chunks = ["{\"plan\":".to_owned(), "1}".to_owned()];
+    let cms = plan_store::chunk_objects(
         &owner,
         &names::plan_prefix(ij, ij.spec.run),
-        "{}",
-        &shard_texts,
-        &totals,
+        &chunks,
+        &summary,
     )
     .unwrap();
-    assert_eq!(summary.shards, shards);
     PartialObjectMeta::<ConfigMap> {
         metadata: cms.last().unwrap().metadata.clone(),
         ..Default::default()
