@@ -271,6 +271,85 @@ fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
     assert_eq!(done(&markers).len(), 2 * shards);
 }
 
+/// Pids of the direct children of `pid` (Linux: every thread's `children` list).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let list = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, 40, 60);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  threadsPerWorker: 1\n  shards: {target: 150}\n",
+    );
+    let state = t.path().join("state");
+    let child = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let victim = loop {
+        let kids = children(child.id());
+        if kids.len() == 2 || t0.elapsed() > Duration::from_secs(60) {
+            break kids.first().copied();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let victim = victim.expect("run started no workers");
+    std::thread::sleep(Duration::from_millis(30));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let status: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    if o.status.code() == Some(0) {
+        // The worker had finished before the signal landed: nothing was broken.
+        assert_eq!(status["phase"].as_str(), Some("Succeeded"));
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(status["phase"].as_str(), Some("Failed"), "{status:?}");
+        let reasons = format!("{:?}", status["failures"]);
+        assert!(reasons.contains("signal: 9"), "{reasons}");
+    }
+    let o = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+}
+
 #[test]
 fn bad_job_files_exit_2_naming_the_field_line_and_what_is_valid() {
     let t = tempfile::tempdir().unwrap();
