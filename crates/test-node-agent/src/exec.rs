@@ -6,8 +6,12 @@
 //! must run single-threaded (before any runtime starts): `unshare(CLONE_NEWNS)`
 //! fails in a process whose filesystem context is shared with other threads.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use rustix::mount::{MountFlags, MountPropagationFlags, mount_bind, mount_change, mount_remount};
 use rustix::thread::{UnshareFlags, unshare_unsafe};
@@ -94,13 +98,31 @@ pub fn exec(launch: Launch) -> String {
         workdir,
         argv,
     } = launch;
-    if !binds.is_empty()
-        && let Err(e) = enter_namespace(&mut binds)
-    {
-        return e;
+    // Found before mounting: a volume mounted over, say, /tmp would hide a
+    // program that lives there (an --exec-override binary under /tmp).
+    let program = resolve_program(&argv[0]);
+    let mut held = None;
+    if !binds.is_empty() {
+        if let Some(p) = &program
+            && binds.iter().any(|b| p.starts_with(&b.target))
+        {
+            match open_path(p) {
+                Ok(fd) => held = Some(fd),
+                Err(e) => return e,
+            }
+        }
+        if let Err(e) = enter_namespace(&mut binds) {
+            return e;
+        }
     }
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    // A shadowed program runs through the fd opened before the mounts (kept
+    // open across exec: the kernel re-opens scripts through it too).
+    let path = match &held {
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        None => PathBuf::from(&argv[0]),
+    };
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg0(&argv[0]).args(&argv[1..]);
     if let Some(wd) = workdir {
         cmd.current_dir(wd);
     }
@@ -109,6 +131,28 @@ pub fn exec(launch: Launch) -> String {
         "exec {:?}: {err} (the program must be on PATH or an absolute path)",
         argv[0]
     )
+}
+
+/// The file `prog` names: itself when it has a slash, else the first
+/// executable of that name on PATH, as execvp would pick it.
+fn resolve_program(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// An O_PATH descriptor (not close-on-exec) that keeps `p` reachable after
+/// mounts hide its path.
+fn open_path(p: &Path) -> Result<OwnedFd, String> {
+    rustix::fs::open(p, OFlags::PATH, Mode::empty())
+        .map_err(|e| format!("open {}: {e}", p.display()))
 }
 
 fn enter_namespace(binds: &mut [Bind]) -> Result<(), String> {
@@ -125,9 +169,19 @@ fn enter_namespace(binds: &mut [Bind]) -> Result<(), String> {
     .map_err(|e| format!("make / private: {e}"))?;
     // Parents before children, so /out/sub lands inside the /out mount.
     binds.sort_by_key(|b| b.target.components().count());
-    for b in binds.iter() {
-        make_target(&b.source, &b.target)?;
-        mount_bind(&b.source, &b.target)
+    // Every source is opened before the first mount: a volume mounted at
+    // /tmp would otherwise hide the sources that live in a pod dir under /tmp.
+    let sources = binds
+        .iter()
+        .map(|b| {
+            let fd = rustix::fs::open(&b.source, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| format!("open bind source {}: {e}", b.source.display()))?;
+            Ok((fd, b.source.is_dir()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for (b, (fd, is_dir)) in binds.iter().zip(&sources) {
+        make_target(*is_dir, &b.target)?;
+        mount_bind(format!("/proc/self/fd/{}", fd.as_raw_fd()), &b.target)
             .map_err(|e| format!("bind {} at {}: {e}", b.source.display(), b.target.display()))?;
         if b.read_only {
             mount_remount(&b.target, MountFlags::BIND | MountFlags::RDONLY, "")
@@ -139,12 +193,12 @@ fn enter_namespace(binds: &mut [Bind]) -> Result<(), String> {
 
 /// A bind mount needs an existing target of the same kind (dir or file).
 /// Missing ones are created (on the host's filesystem: mount points only).
-fn make_target(source: &Path, target: &Path) -> Result<(), String> {
+fn make_target(is_dir: bool, target: &Path) -> Result<(), String> {
     if target.exists() {
         return Ok(());
     }
     let fail = |e: std::io::Error| format!("create mount point {}: {e}", target.display());
-    if source.is_dir() {
+    if is_dir {
         std::fs::create_dir_all(target).map_err(fail)
     } else {
         if let Some(p) = target.parent() {

@@ -64,6 +64,56 @@ fn binds_volumes_privately_and_honours_read_only() {
 }
 
 #[test]
+fn sources_and_program_hidden_by_an_earlier_mount_still_work() {
+    if !rustix::process::geteuid().is_root() {
+        // Covered by the CAP_SYS_ADMIN check above; nothing to mount here.
+        assert!(launcher().args(["--", "true"]).status().unwrap().success());
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // A pod dir under /tmp with an emptyDir mounted at /tmp: the volume
+    // sources and an --exec-override binary there are shadowed once /tmp is.
+    let (shadowed, empty, out, mnt) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let src = shadowed.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), "hidden hello").unwrap();
+    let prog = shadowed.path().join("prog");
+    std::fs::write(&prog, "#!/bin/sh\ncat \"$1/f\" > \"$2/copy\"\n").unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let target = mnt.path().join("data");
+    let res = launcher()
+        .args([
+            "--bind",
+            &format!("{}={}", empty.path().display(), shadowed.path().display()),
+        ])
+        .args([
+            "--bind-ro",
+            &format!("{}={}", src.display(), target.display()),
+        ])
+        .arg("--")
+        .arg(&prog)
+        .arg(&target)
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{:?} {}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("copy")).unwrap(),
+        "hidden hello"
+    );
+}
+
+#[test]
 fn missing_program_fails_with_127_and_says_so() {
     let res = launcher()
         .args(["--", "/nonexistent/program"])
