@@ -40,6 +40,13 @@ pub struct Options {
     pub instance: Option<String>,
 }
 
+/// A client from the in-cluster service account, else the local kubeconfig. The error says which were tried.
+pub async fn connect() -> Result<Client> {
+    Client::try_default().await.map_err(|e| {
+        crate::Error::kube("connect to the Kubernetes API (in-cluster service account, then KUBECONFIG / ~/.kube/config)", e)
+    })
+}
+
 /// Maps a pod to its IngestJob: the full-name annotation, else the `job` label.
 pub fn pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
     let name = pod

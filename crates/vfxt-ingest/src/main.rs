@@ -29,6 +29,10 @@ enum Command {
     Worker(cmd::worker::Args),
     /// One IngestJob on this machine: scan, plan, W worker processes, verify, status.
     Run(cmd::run::Args),
+    /// Print the IngestJob CustomResourceDefinition (YAML) generated from the API types.
+    Crd(cmd::crd::Args),
+    /// Run the IngestJob controller (in the cluster; see crates/ingest-operator/README.md).
+    Operator(cmd::operator::Args),
 }
 
 /// The three outcomes a run can have; each maps to one exit code.
@@ -57,6 +61,8 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Crd(args) => cmd::crd::run(args),
+        Command::Operator(args) => cmd::operator::run(args),
     };
     outcome.into()
 }

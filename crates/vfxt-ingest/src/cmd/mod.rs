@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub mod copy;
+pub mod crd;
 pub mod demo;
+pub mod operator;
 pub mod run;
 pub mod scan;
 pub mod worker;
