@@ -1,0 +1,167 @@
+//! Starting and stopping emulated nodes, and never leaving a mount behind.
+//!
+//! A FUSE mount whose daemon is gone stays in the mount table and answers "transport endpoint
+//! is not connected" until someone unmounts it. So every mount is unmounted when its [`Node`] is
+//! dropped, and [`unmount_all_on_signal`] unmounts whatever is still mounted on Ctrl-C.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+use crate::fs::{LatencyFs, NodeConfig, Stats, StatsSnapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(
+        "mount {}: fusermount3 not found; install Debian's fuse3 package (apt-get install fuse3)",
+        .0.display()
+    )]
+    NoFusermount(PathBuf),
+    #[error("mount {}: {}", .0.display(), .1)]
+    Mount(PathBuf, io::Error),
+    #[error("backing directory {}: {}", .0.display(), .1)]
+    Backing(PathBuf, io::Error),
+    #[error("capacity: must be at least 1 (operations served at once)")]
+    NoCapacity,
+}
+
+/// Mount points currently mounted by this process, for the signal handler.
+static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// One emulated cluster node: a mount of the backing directory.
+pub struct Node {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+    stats: Arc<Stats>,
+    config: NodeConfig,
+}
+
+/// Session threads beyond the service slots: requests past the capacity wait inside the file
+/// system, where they are counted, rather than unseen in the kernel's queue.
+const EXTRA_THREADS: usize = 16;
+
+impl Node {
+    /// Mounts `backing` at `mountpoint` (created if missing) as a node with `config`.
+    pub fn mount(
+        backing: &Path,
+        mountpoint: &Path,
+        config: NodeConfig,
+    ) -> Result<Node, MountError> {
+        if config.capacity == 0 {
+            return Err(MountError::NoCapacity);
+        }
+        if which("fusermount3").is_none() {
+            return Err(MountError::NoFusermount(mountpoint.to_path_buf()));
+        }
+        std::fs::create_dir_all(mountpoint)
+            .map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))?;
+        let stats = Arc::new(Stats::default());
+        let fs = LatencyFs::new(backing, config, stats.clone())
+            .map_err(|e| MountError::Backing(backing.to_path_buf(), e))?;
+        let mut cfg = Config::default();
+        cfg.mount_options = vec![
+            MountOption::FSName("latencyfs".into()),
+            MountOption::Subtype("latencyfs".into()),
+        ];
+        cfg.acl = SessionACL::Owner;
+        cfg.n_threads = Some(config.capacity + EXTRA_THREADS);
+        cfg.clone_fd = true;
+        let session = fuser::spawn_mount(fs, mountpoint, &cfg)
+            .map_err(|e| MountError::Mount(mountpoint.to_path_buf(), e))?;
+        MOUNTED.lock().unwrap().push(mountpoint.to_path_buf());
+        Ok(Node {
+            session: Some(session),
+            mountpoint: mountpoint.to_path_buf(),
+            stats,
+            config,
+        })
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn config(&self) -> NodeConfig {
+        self.config
+    }
+
+    /// What this node served so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(s) = self.session.take() else {
+            return Ok(());
+        };
+        MOUNTED.lock().unwrap().retain(|p| p != &self.mountpoint);
+        s.umount_and_join()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!(
+                "warning: unmount {}: {e}; trying a lazy unmount",
+                self.mountpoint.display()
+            );
+            lazy_unmount(&self.mountpoint);
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn lazy_unmount(p: &Path) {
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(p)
+        .status();
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread started after it, and
+/// starts a thread that, on any of them, unmounts every mounted node and exits with 130.
+///
+/// Call it first thing in `main`, before any other thread exists (a thread started before keeps
+/// the default action and would let the process die with mounts left behind). Child processes
+/// are unaffected: `std::process::Command` resets the signal mask in the child, so Ctrl-C still
+/// stops a running `cp` or `rsync`.
+pub fn unmount_all_on_signal() {
+    // SAFETY: plain libc signal-set manipulation on a local sigset_t.
+    let set = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `set` is a valid, initialized signal set; `sig` receives the signal number.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        let mounted = MOUNTED.lock().unwrap().clone();
+        eprintln!("interrupted: unmounting {} emulated node(s)", mounted.len());
+        for p in &mounted {
+            lazy_unmount(p);
+        }
+        std::process::exit(130);
+    });
+}
