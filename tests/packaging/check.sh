@@ -36,7 +36,11 @@ expect_fail() {
 command -v lua5.4 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 >/dev/null; }
 "$e2e/controlplane/build.sh" >/dev/null 2>&1 || { "$e2e/controlplane/build.sh"; fail "controlplane build"; }
 # Pinned helm and kubectl first (the same bin dir up.sh puts on PATH).
-bin=$(VFXT_PRINT_BIN=1 "$e2e/controlplane/up.sh" --help >/dev/null 2>&1; ls -d "${VFXT_CACHE:-$HOME/.cache/vfxt-ingest}"/controlplane/*/bin | while read -r d; do [[ -x $d/helm && -x $d/kubectl ]] && echo "$d"; done | tail -1)
+bin=""
+for d in "${VFXT_CACHE:-$HOME/.cache/vfxt-ingest}"/controlplane/*/bin; do
+    [[ -x $d/helm && -x $d/kubectl && $d -nt ${bin:-/nonexistent} ]] && bin=$d
+done
+[[ -n $bin ]] || fail "no helm/kubectl built by tests/e2e/controlplane/build.sh"
 export PATH=$bin:$PATH
 K=(--kube-version 1.36.3)
 
@@ -52,7 +56,9 @@ expect_fail "schema rejects an unknown value (typo)" "additional properties" hel
 expect_fail "2 replicas without leader election is refused" "needs leaderElection.enabled" \
     helm template t "$chart" "${K[@]}" --set replicas=2 --set leaderElection.enabled=false
 out=$(helm template t "$chart" "${K[@]}" --set metrics.serviceMonitor.enabled=true)
-grep -q '^kind: ServiceMonitor' <<<"$out" && grep -q 't-vfxt-ingest-metrics' <<<"$out" || fail "ServiceMonitor + metrics Service not rendered"
+if ! grep -q '^kind: ServiceMonitor' <<<"$out" || ! grep -q 't-vfxt-ingest-metrics' <<<"$out"; then
+    fail "ServiceMonitor + metrics Service not rendered"
+fi
 ok "metrics.serviceMonitor.enabled renders a ServiceMonitor and its Service"
 out=$(helm template t "$chart" "${K[@]}" --set 'watchNamespaces={team-a,team-b}')
 [[ $(grep -c '^kind: Role$' <<<"$out") == 3 && $(grep -c '^kind: ClusterRole$' <<<"$out") == 1 ]] \
@@ -92,6 +98,18 @@ kubectl kustomize "$repo/manifests" | dry || fail "dry run: manifests/"
 ok "server dry run: kubectl apply -k manifests/"
 kubectl apply --server-side -k "$repo/manifests" >/dev/null || fail "apply -k manifests/"
 ok "kubectl apply --server-side -k manifests/ (for real)"
+
+notes=$(helm install h "$chart" -n helm-test --create-namespace --set 'watchNamespaces={team-a}' 2>&1) \
+    || fail "helm install: $notes"
+for want in "kubectl apply -f ingestjob.yaml" "rollout status deployment/h-vfxt-ingest"; do
+    grep -q "$want" <<<"$notes" || fail "helm install: NOTES do not say '$want': $notes"
+done
+kubectl get deployment/h-vfxt-ingest -n helm-test >/dev/null || fail "helm install: no Deployment"
+kubectl get role/h-vfxt-ingest -n team-a >/dev/null || fail "helm install: no Role in the watched namespace"
+helm uninstall h -n helm-test --wait >/dev/null || fail "helm uninstall"
+if kubectl get role/h-vfxt-ingest -n team-a >/dev/null 2>&1; then fail "helm uninstall left the Role in team-a"; fi
+kubectl get crd ingestjobs.ingest.vfxt.dev >/dev/null || fail "helm uninstall removed the CRD (it must keep it)"
+ok "helm install (NOTES name the next commands) and uninstall (keeps the CRD, removes the namespace Roles)"
 
 sa=system:serviceaccount:vfxt-ingest-system:vfxt-ingest
 can() { kubectl auth can-i --as="$sa" "$@" >/dev/null 2>&1; }
@@ -176,7 +194,10 @@ if kubectl auth can-i --as="$ops" create jobs.batch -n other >/dev/null 2>&1; th
 if kubectl auth can-i --as="$ops" list ingestjobs.ingest.vfxt.dev -A >/dev/null 2>&1; then fail "watched namespaces: may list cluster-wide"; fi
 ok "watched namespaces: rights in team-a/team-b only, nothing cluster-wide but PVs"
 
-mapfile -t examples < <(ls "$repo"/examples/*.yaml | grep -v -e local-run.yaml -e namespace.yaml)
+examples=()
+for f in "$repo"/examples/*.yaml; do
+    case $(basename "$f") in local-run.yaml | namespace.yaml) ;; *) examples+=("$f") ;; esac
+done
 for f in "${examples[@]}"; do
     dry <"$f" || fail "example $(basename "$f") rejected by the API server"
 done

@@ -82,4 +82,4 @@ fi
 rm -rf "$repo/manifests"
 mkdir -p "$repo/manifests"
 cp "$out"/*.yaml "$repo/manifests/"
-echo "rendered $(ls "$repo/manifests" | wc -l) files into manifests/"
+echo "rendered manifests/: $(cd "$repo/manifests" && echo *.yaml)"
