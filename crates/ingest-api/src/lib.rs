@@ -15,7 +15,28 @@ use kube::CustomResourceExt;
 
 /// The CRD of `IngestJob`, generated from the Rust types.
 pub fn crd() -> CustomResourceDefinition {
-    IngestJob::crd()
+    let mut value = serde_json::to_value(IngestJob::crd()).expect("a CRD serializes");
+    drop_unsigned_formats(&mut value);
+    serde_json::from_value(value).expect("removing formats keeps a valid CRD")
+}
+
+/// schemars marks unsigned integers with formats (`uint32`, `uint64`) that Kubernetes does not know and warns
+/// about on every apply; the `minimum: 0` schemars also emits already says what they mean.
+fn drop_unsigned_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"))
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unsigned_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
+        _ => {}
+    }
 }
 
 /// The CRD as YAML, exactly what `vfxt-ingest crd` prints and `crds/ingest.vfxt.dev_ingestjobs.yaml` holds.

@@ -98,9 +98,14 @@ fn schema_carries_the_validation_rules() {
     ] {
         assert!(yaml.contains(needle), "CRD lacks {needle:?}");
     }
+    assert!(
+        !yaml.contains("format: uint"),
+        "Kubernetes warns about unsigned formats"
+    );
     let crd = ingest_api::crd();
     let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
     let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["threadsPerWorker"]["format"], serde_json::Value::Null);
     assert_eq!(spec["workers"]["minimum"].as_f64(), Some(1.0));
     assert_eq!(spec["threadsPerWorker"]["minimum"].as_f64(), Some(1.0));
     assert_eq!(spec["threadsPerWorker"]["maximum"].as_f64(), Some(1024.0));
