@@ -12,7 +12,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck disable=SC2119 # no options: the plane alone
 e2e_up
 ns=smoke
-e2e_on_failure() { kubectl get all -n "$ns" -o wide; kubectl get events -n "$ns"; }
+e2e_on_failure() {
+  kubectl get all -n "$ns" -o wide
+  kubectl get events -n "$ns"
+  kubectl get jobs -n "$ns" -o yaml
+}
 
 server=$(kubectl version -o json | sed -n '/"serverVersion"/,/}/s/.*"gitVersion": "\(.*\)".*/\1/p')
 client=$(kubectl version -o json | sed -n '/"clientVersion"/,/}/s/.*"gitVersion": "\(.*\)".*/\1/p')

@@ -241,6 +241,8 @@ api_readyz() {
 }
 wait_for kube-apiserver "kube-apiserver /readyz" 120 api_readyz
 
+# --v=2: controllers log each sync, so a failed test shows what the job or
+# garbage collector did (or did not do).
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$run_dir/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$run_dir/controller-manager.kubeconfig" \
@@ -252,7 +254,8 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
   --service-cluster-ip-range "$service_cidr" \
   --controllers '*' \
-  --leader-elect=false
+  --leader-elect=false \
+  --v=2
 kcm_healthz() { curl -fsSk "https://127.0.0.1:$kcm_port/healthz"; }
 wait_for kube-controller-manager "kube-controller-manager /healthz" 60 kcm_healthz
 
