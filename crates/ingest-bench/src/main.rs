@@ -349,6 +349,13 @@ fn run_tool(
         vfxt_speedup: None,
         flagged: !identical,
         stderr_tail,
+        tool_summary: (tool == Tool::Vfxt)
+            .then(|| {
+                fs::read(&out_path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            })
+            .flatten(),
     })
 }
 

@@ -71,6 +71,9 @@ pub struct RunReport {
     pub flagged: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_tail: Option<String>,
+    /// vfxt-ingest's own `--json` summary (copied, skipped, verify counts), when it printed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_summary: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]

@@ -13,7 +13,8 @@ fn a_lossy_copier_is_flagged_and_a_faithful_one_is_not() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = tmp.path().join("lossy-copier");
     // Same argument shape as `vfxt-ingest copy SRC DEST --json`; plain cp -R keeps no times.
-    std::fs::write(&fake, "#!/bin/sh\nexec cp -R \"$2\"/. \"$3\"\n").unwrap();
+    let script = "#!/bin/sh\ncp -R \"$2\"/. \"$3\" && echo '{\"copy\": {\"filesCopied\": 60}}'\n";
+    std::fs::write(&fake, script).unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let json = tmp.path().join("report.json");
     let out = bench()
@@ -58,6 +59,10 @@ fn a_lossy_copier_is_flagged_and_a_faithful_one_is_not() {
     assert_eq!(v["identical"], false);
     assert_eq!(v["flagged"], true);
     assert_eq!(v["first_differences"][0]["aspect"], "dir_mtime", "{v}");
+    assert_eq!(
+        v["tool_summary"]["copy"]["filesCopied"], 60,
+        "the fake's --json output is kept: {v}"
+    );
     assert!(
         v["differences"].as_u64().unwrap() > 60,
         "every file's mtime: {v}"

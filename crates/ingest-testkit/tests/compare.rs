@@ -367,3 +367,44 @@ fn unreadable_destination_root_is_an_error_value() {
     assert_exactly(&d, &[(".", Aspect::Error)]);
     assert!(d[0].detail.contains("destination"), "{}", d[0]);
 }
+
+#[test]
+fn a_faithful_real_copier_passes() {
+    // `cp -a` keeps everything compare checks except atime (it reads the source without
+    // O_NOATIME, which moves the source's atimes): no false alarms on a real copy.
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    generate(Dataset::Kinds, &src, &GenOptions::default()).unwrap();
+    fs::create_dir(&dst).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src.join("."))
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_exactly(
+        &compare(
+            &src,
+            &dst,
+            &CompareOptions {
+                owner: is_root(),
+                ..CompareOptions::all()
+            },
+        ),
+        &[],
+    );
+    // And a copier that keeps nothing but contents is caught on every kind of metadata.
+    let lossy = tmp.path().join("lossy");
+    fs::create_dir(&lossy).unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-R", "--no-preserve=all"])
+        .arg(src.join("regular/."))
+        .arg(&lossy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let d = compare(&src.join("regular"), &lossy, &full());
+    assert!(d.iter().any(|d| d.aspect == Aspect::Mtime), "{d:?}");
+    assert!(d.iter().all(|d| d.aspect != Aspect::Content), "{d:?}");
+}
