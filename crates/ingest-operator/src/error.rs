@@ -117,6 +117,21 @@ impl Category {
     }
 }
 
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) => Error::kube("add the IngestJob finalizer", e),
+            F::RemoveFinalizer(e) => Error::kube("remove the IngestJob finalizer", e),
+            F::UnnamedObject => Error::MissingField("IngestJob has no name"),
+            F::InvalidFinalizer => {
+                Error::MissingField("finalizer name is not a valid JSON pointer segment")
+            }
+        }
+    }
+}
+
 impl Error {
     /// Wraps a client error with what was being done.
     pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use ingest_api::constants::conditions as ct;
 use ingest_api::validate::validate_spec;
 use ingest_api::{IngestJob, IngestJobStatus, Phase};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::desired::{Settings, desired};
@@ -180,10 +183,63 @@ async fn write_status(
     }
 }
 
+/// Finalizer on IngestJobs with destination mount options: their per-server PersistentVolumes are
+/// cluster-scoped, cannot be owned by the namespaced IngestJob, and are deleted by the operator instead.
+pub const FINALIZER: &str = "ingest.vfxt.dev/volumes";
+
+fn needs_finalizer(ij: &IngestJob) -> bool {
+    ij.spec
+        .destination
+        .nfs
+        .mount_options
+        .as_ref()
+        .is_some_and(|o| !o.is_empty())
+        || ij.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Deletes the IngestJob's PersistentVolumes (found by labels). Their reclaim policy is `Retain`, so this removes
+/// the Kubernetes objects only, never data; a PV still bound goes once its claim is garbage-collected.
+async fn cleanup(ij: &IngestJob, ctx: &Context) -> Result<Action> {
+    let ns = ij.namespace().unwrap_or_default();
+    ctx.metrics.forget(&ns, &ij.name_any());
+    let selector = format!(
+        "{},{}={ns}",
+        crate::names::selector(&ij.name_any()),
+        crate::desired::NAMESPACE_LABEL
+    );
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let pvs = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::kube("list the IngestJob's PersistentVolumes", e))?;
+    for pv in pvs.items {
+        let name = pv.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("delete PersistentVolume {name}"), e)),
+        }
+    }
+    Ok(Action::await_change())
+}
+
 /// Runs the pipeline for one IngestJob.
 pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_steps(&ij, &ctx).await;
+    let result = if needs_finalizer(&ij) {
+        let api: Api<IngestJob> =
+            Api::namespaced(ctx.client.clone(), &ij.namespace().unwrap_or_default());
+        finalizer(&api, FINALIZER, ij.clone(), |event| async {
+            match event {
+                FinalizerEvent::Apply(ij) => reconcile_steps(&ij, &ctx).await,
+                FinalizerEvent::Cleanup(ij) => cleanup(&ij, &ctx).await,
+            }
+        })
+        .await
+        .map_err(Error::from)
+    } else {
+        reconcile_steps(&ij, &ctx).await
+    };
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
         ctx.failures

@@ -28,6 +28,8 @@ struct Cluster {
     jobs: Vec<Job>,
     pods: Vec<Pod>,
     plans: Vec<PartialObjectMeta<ConfigMap>>,
+    /// Names of PersistentVolumes the label selector finds.
+    volumes: Vec<String>,
     /// (method, path fragment, status code) answered with an error instead.
     fail: Vec<(&'static str, &'static str, u16)>,
 }
@@ -125,7 +127,22 @@ async fn serve(
                     ij["status"] = body["status"].clone();
                     (200, ij)
                 }
-                "DELETE jobs" | "DELETE configmaps" => (
+                "PATCH ingestjobs" => (
+                    200,
+                    serde_json::to_value(cluster.ij.as_ref().unwrap()).unwrap(),
+                ),
+                "GET persistentvolumes" => {
+                    let items: Vec<Value> = cluster
+                        .volumes
+                        .iter()
+                        .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
+                        .collect();
+                    (
+                        200,
+                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+                    )
+                }
+                "DELETE jobs" | "DELETE configmaps" | "DELETE persistentvolumes" => (
                     200,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
                 ),
@@ -520,5 +537,73 @@ async fn status_writes_are_rate_limited_within_one_context() {
         action,
         Action::requeue(Duration::from_secs(60)),
         "a postponed write requeues within the interval"
+    );
+}
+
+#[tokio::test]
+async fn mount_options_add_a_finalizer_before_anything_else() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.destination.nfs.mount_options = Some(vec!["hard".into()]);
+    let (result, calls, _) = run(&ij, Cluster::default()).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::await_change(),
+        "the finalizer patch triggers the next reconcile"
+    );
+    assert_eq!(shorts(&calls), ["PATCH ingestjobs"]);
+    assert_eq!(
+        calls[0].body[1]["value"],
+        json!(["ingest.vfxt.dev/volumes"]),
+        "{}",
+        calls[0].body
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_job_with_volumes_deletes_its_volumes_then_the_finalizer() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.destination.nfs.mount_options = Some(vec!["hard".into()]);
+    ij.metadata.finalizers = Some(vec![ingest_operator::reconcile::FINALIZER.into()]);
+    ij.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(50)));
+    let volumes = vec![
+        "ingest-media-dst-0".to_owned(),
+        "ingest-media-dst-1".to_owned(),
+    ];
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            volumes,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(
+        shorts(&calls),
+        [
+            "GET persistentvolumes",
+            "DELETE persistentvolumes",
+            "DELETE persistentvolumes",
+            "PATCH ingestjobs"
+        ]
+    );
+    assert!(
+        calls[0].path.contains(
+            "labelSelector=ingest.vfxt.dev%2Fjob%3Dmedia%2Cingest.vfxt.dev%2Fnamespace%3Dingest"
+        ),
+        "{}",
+        calls[0].path
+    );
+    assert!(
+        calls[2]
+            .path
+            .starts_with("/api/v1/persistentvolumes/ingest-media-dst-1?"),
+        "{}",
+        calls[2].path
+    );
+    assert_eq!(
+        calls[3].body[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"})
     );
 }
