@@ -439,13 +439,14 @@ impl<'a> Walk<'a> {
                     self.list(node, local, true, None);
                 }
             }
+            // Several name ranges of one directory: the first one owns the directory's metadata.
             Scope::Entries {
                 dir,
                 from,
                 to,
                 subtrees,
             } => {
-                if let Some(node) = self.open_scope_dir(dir, local.mount, true) {
+                if let Some(node) = self.open_scope_dir(dir, local.mount, from.is_none()) {
                     let range = (from.as_ref(), to.as_ref());
                     self.list(node, local, *subtrees, Some(range));
                 }
@@ -491,7 +492,11 @@ impl<'a> Walk<'a> {
                 meta = sys::fstat(src.as_fd()).op("stat-source")?;
                 // Ancestors made here get their own metadata from the scope that owns them (or
                 // the verify pass); until then they are at least writable by us.
-                sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?;
+                if sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?
+                    && self.pass == Pass::Copy
+                {
+                    inc(&self.counts.directories);
+                }
                 dst = sys::open_dir_at(dst.as_fd(), &name).op("open-dest-dir")?;
             }
             Ok((src, meta, dst))
@@ -667,6 +672,13 @@ impl<'a> Walk<'a> {
                 inc(&self.progress.verified);
                 match check() {
                     Ok(d) if d.is_empty() => inc(&self.counts.matched),
+                    Ok(d) if d == [Mismatch::Mtime] && self.opts.dir_times_in_verify => {
+                        // Expected after a sharded copy: this is where directory times become final.
+                        match set() {
+                            Ok(()) => inc(&self.counts.matched),
+                            Err(e) => self.fail(node.rel.clone(), "set-dir-metadata", &e),
+                        }
+                    }
                     Ok(d) => {
                         self.found(&d);
                         let again = set().and_then(|()| check());

@@ -122,6 +122,11 @@ pub struct Options {
     pub batch_files: usize,
     /// Fixed (`threads` in all) or adaptive per mount (`--threads auto`).
     pub concurrency: Concurrency,
+    /// The copy pass ran as shards that share directories (name ranges of one directory, or
+    /// ancestors created by several shards), so directory times could not be final when each
+    /// shard ended. The verify pass then sets them, after every entry exists, and does not count
+    /// a directory whose only difference is its times as a mismatch.
+    pub dir_times_in_verify: bool,
 }
 
 impl Default for Options {
@@ -135,6 +140,7 @@ impl Default for Options {
             split_threshold: 64 << 20,
             batch_files: 16,
             concurrency: Concurrency::Fixed,
+            dir_times_in_verify: false,
         }
     }
 }

@@ -68,9 +68,11 @@ fn engine_scope(s: &ShardScope, phase: Phase) -> Option<Scope> {
 }
 
 /// Engine options for running plan shards: files with several links are in `LinkGroup` scopes,
-/// so trees and ranges must leave them alone.
+/// so trees and ranges must leave them alone; directory times are set by the verify phase.
 pub fn engine_options(mut base: Options, phase: Phase) -> Options {
     base.multilinked = MultiLinked::Elsewhere;
+    // Shards share directories: their times become final in the verify phase.
+    base.dir_times_in_verify = true;
     base.passes = match phase {
         Phase::Copy => ingest_copy::Passes::CopyOnly,
         Phase::Verify => ingest_copy::Passes::VerifyOnly,
