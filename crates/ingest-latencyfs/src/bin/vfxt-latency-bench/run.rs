@@ -1,0 +1,525 @@
+//! Making the runs: tools installed, dataset generated once, fresh nodes per run, every copy
+//! compared with the source; then the table and the JSON document.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ingest_latencyfs::{Node, StatsSnapshot};
+use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::Args;
+use crate::plan::{Scenario, Threads, Tool};
+
+/// A prepared benchmark: the source tree and how to run the engine.
+pub struct Bench {
+    src: PathBuf,
+    runs: PathBuf,
+    vfxt_bin: PathBuf,
+    max_per_mount: usize,
+    pub files: u64,
+    pub dirs: u64,
+    pub scale: f64,
+    root: bool,
+    counter: usize,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub scenario: Scenario,
+    pub label: String,
+    pub wall_s: f64,
+    /// Only for a run that succeeded and whose copy is identical.
+    pub files_per_s: Option<f64>,
+    pub identical: bool,
+    pub differences: usize,
+    pub first_differences: Vec<String>,
+    pub timed_out: bool,
+    pub error: Option<String>,
+    /// What each node served (counted by the node, one per mount).
+    pub nodes: Vec<StatsSnapshot>,
+}
+
+impl Record {
+    pub fn line(&self) -> String {
+        match (&self.error, self.files_per_s) {
+            (Some(e), _) => format!("FAILED after {:.1} s: {e}", self.wall_s),
+            (None, Some(r)) => format!("{:.1} s, {:.0} files/s, identical", self.wall_s, r),
+            (None, None) => format!(
+                "{:.1} s, NOT identical ({} differences, e.g. {})",
+                self.wall_s,
+                self.differences,
+                self.first_differences.first().map_or("", |s| s.as_str())
+            ),
+        }
+    }
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
+
+/// Installs the Debian packages whose programs are missing (running `apt-get update` once).
+fn install_missing(programs: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(prog, _)| !which(prog))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {} (apt-get)", missing.join(", "));
+    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    if !ok(Command::new("apt-get").args(["update", "-qq"]))
+        || !ok(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    {
+        return Err(format!(
+            "could not install {} with apt-get; install them and run again",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+impl Bench {
+    pub fn prepare(a: &Args) -> Result<Bench, String> {
+        if !Path::new("/dev/fuse").exists() {
+            return Err("/dev/fuse is missing: the emulated nodes need FUSE".into());
+        }
+        let mut programs = vec![("fusermount3", "fuse3")];
+        for p in &a.peers {
+            programs.push(match p.as_str() {
+                "rsync-inplace" => ("rsync", "rsync"),
+                "parallel16" | "parallel64" => ("parallel", "parallel"),
+                "fpsync" => ("fpsync", "fpart"),
+                _ => ("cp", "coreutils"),
+            });
+        }
+        if a.peers.iter().any(|p| p == "fpsync") {
+            // fpsync runs rsync for each part.
+            programs.push(("rsync", "rsync"));
+        }
+        install_missing(&programs)?;
+        if !a.vfxt_bin.is_file() {
+            return Err(format!(
+                "--vfxt-bin {}: not found; build it with `cargo build --release -p vfxt-ingest`",
+                a.vfxt_bin.display()
+            ));
+        }
+        let vfxt_bin = a.vfxt_bin.canonicalize().map_err(|e| e.to_string())?;
+        fs::create_dir_all(&a.work).map_err(|e| format!("--work {}: {e}", a.work.display()))?;
+        let src = a.work.join(format!("small-{}", a.scale));
+        let done = a.work.join(format!("small-{}.done", a.scale));
+        if !done.exists() {
+            let _ = fs::remove_dir_all(&src);
+            eprintln!(
+                "generating the small dataset at scale {} in {}",
+                a.scale,
+                src.display()
+            );
+            let s = generate(
+                Dataset::Small,
+                &src,
+                &GenOptions {
+                    scale: a.scale,
+                    ..GenOptions::default()
+                },
+            )
+            .map_err(|e| format!("generating {}: {e}", src.display()))?;
+            fs::write(&done, format!("{} {}\n", s.non_dirs(), s.dirs))
+                .map_err(|e| e.to_string())?;
+        }
+        let counts = fs::read_to_string(&done).map_err(|e| e.to_string())?;
+        let mut it = counts
+            .split_whitespace()
+            .map(|n| n.parse::<u64>().unwrap_or(0));
+        let (files, dirs) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        let runs = a.work.join("runs");
+        let _ = fs::remove_dir_all(&runs);
+        fs::create_dir_all(&runs).map_err(|e| e.to_string())?;
+        Ok(Bench {
+            src,
+            runs,
+            vfxt_bin,
+            max_per_mount: a.max_per_mount,
+            files,
+            dirs,
+            scale: a.scale,
+            // SAFETY: geteuid has no preconditions.
+            root: unsafe { libc::geteuid() } == 0,
+            counter: 0,
+        })
+    }
+
+    fn command(&self, tool: Tool, mounts: &[PathBuf], base: &Path, scratch: &Path) -> Command {
+        let slash = |p: &Path| format!("{}/", p.display());
+        match tool {
+            Tool::Vfxt(t) => {
+                let mut c = Command::new(&self.vfxt_bin);
+                c.arg("copy").arg(&self.src).args(mounts);
+                match t {
+                    Threads::Fixed(n) => c.args(["--threads", &n.to_string()]),
+                    Threads::Auto => c.args([
+                        "--threads",
+                        "auto",
+                        "--max-per-mount",
+                        &self.max_per_mount.to_string(),
+                    ]),
+                };
+                // Timed like the peers, which do not verify; the comparison below checks all.
+                c.args(["--verify", "none", "--quiet"]);
+                c
+            }
+            Tool::Cp => {
+                let mut c = Command::new("cp");
+                c.arg("-a").arg(self.src.join(".")).arg(&mounts[0]);
+                c
+            }
+            Tool::RsyncInplace => {
+                let mut c = Command::new("rsync");
+                c.args(["-a", "--inplace"])
+                    .arg(slash(&self.src))
+                    .arg(slash(&mounts[0]));
+                c
+            }
+            Tool::Parallel(jobs) => {
+                // The field guide's parallel cp: every directory first (through the first mount),
+                // then one `cp -P` per entry, job slot k writing through mount k mod M.
+                let m = mounts.len();
+                let script = format!(
+                    "set -eu -o pipefail\ncd \"$SRC\"\n\
+                     find . -mindepth 1 -type d -print0 | parallel --will-cite -0 -j{jobs} mkdir -p -- \"$BASE\"/node0/{{}}\n\
+                     find . -mindepth 1 ! -type d -print0 | parallel --will-cite -0 -j{jobs} cp -P -- {{}} \"$BASE\"/node'$(( {{%}} % {m} ))'/{{}}\n"
+                );
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(script)
+                    .env("SRC", &self.src)
+                    .env("BASE", base);
+                c
+            }
+            Tool::Fpsync => {
+                let mut c = Command::new("fpsync");
+                c.args(["-n", "16", "-t"])
+                    .arg(scratch)
+                    .arg(slash(&self.src))
+                    .arg(slash(&mounts[0]));
+                c
+            }
+        }
+    }
+
+    /// What the tool, run as above, promises to keep: a copy is judged on that.
+    fn compare_options(&self, tool: Tool) -> CompareOptions {
+        let owner = self.root;
+        match tool {
+            Tool::Vfxt(_) => CompareOptions {
+                owner,
+                ..CompareOptions::all()
+            },
+            Tool::Cp => CompareOptions {
+                owner,
+                root_metadata: false,
+                ..CompareOptions::all()
+            },
+            // -a = -rlptgoD: no -H, -X, -S.
+            Tool::RsyncInplace => CompareOptions {
+                mode: true,
+                owner,
+                mtime: true,
+                dir_mtime: true,
+                symlink_mtime: true,
+                ..CompareOptions::content_only()
+            },
+            // rsync -lptgoD per part; directories written by several parts lose their times.
+            Tool::Fpsync => CompareOptions {
+                mode: true,
+                owner,
+                mtime: true,
+                symlink_mtime: true,
+                ..CompareOptions::content_only()
+            },
+            // cp -P without -p: contents and symlinks only.
+            Tool::Parallel(_) => CompareOptions::content_only(),
+        }
+    }
+
+    pub fn run(&mut self, sc: &Scenario, timeout: Duration) -> Record {
+        self.counter += 1;
+        let base = self.runs.join(self.counter.to_string());
+        let backing = base.join("backing");
+        let scratch = base.join("scratch");
+        let mut rec = Record {
+            scenario: sc.clone(),
+            label: sc.tool.label(),
+            wall_s: 0.0,
+            files_per_s: None,
+            identical: false,
+            differences: 0,
+            first_differences: Vec::new(),
+            timed_out: false,
+            error: None,
+            nodes: Vec::new(),
+        };
+        if let Err(e) = fs::create_dir_all(&backing).and_then(|_| fs::create_dir_all(&scratch)) {
+            rec.error = Some(format!("{}: {e}", base.display()));
+            return rec;
+        }
+        let mut nodes = Vec::new();
+        for (i, cfg) in sc.nodes.iter().enumerate() {
+            match Node::mount(&backing, &base.join(format!("node{i}")), *cfg) {
+                Ok(n) => nodes.push(n),
+                Err(e) => {
+                    rec.error = Some(e.to_string());
+                    return rec;
+                }
+            }
+        }
+        let mounts: Vec<PathBuf> = nodes.iter().map(|n| n.mountpoint().to_path_buf()).collect();
+        let mut cmd = self.command(sc.tool, &mounts, &base, &scratch);
+        let err_path = scratch.join("stderr");
+        let out = (|| -> std::io::Result<(f64, Option<std::process::ExitStatus>)> {
+            cmd.stdin(Stdio::null())
+                .stdout(fs::File::create(scratch.join("stdout"))?)
+                .stderr(fs::File::create(&err_path)?);
+            let started = Instant::now();
+            let mut child = cmd.spawn()?;
+            loop {
+                if let Some(st) = child.try_wait()? {
+                    return Ok((started.elapsed().as_secs_f64(), Some(st)));
+                }
+                if started.elapsed() > timeout {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok((started.elapsed().as_secs_f64(), None));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })();
+        rec.nodes = nodes.iter().map(Node::stats).collect();
+        for n in nodes {
+            if let Err(e) = n.unmount() {
+                eprintln!("warning: unmount: {e}");
+            }
+        }
+        match out {
+            Err(e) => rec.error = Some(format!("could not run {}: {e}", rec.label)),
+            Ok((wall, None)) => {
+                rec.wall_s = wall;
+                rec.timed_out = true;
+                rec.error = Some(format!("timed out after {} s", timeout.as_secs()));
+            }
+            Ok((wall, Some(st))) => {
+                rec.wall_s = wall;
+                if !st.success() {
+                    let tail = fs::read_to_string(&err_path).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+                    rec.error = Some(format!("{st}: {}", tail.join(" | ")));
+                }
+            }
+        }
+        if rec.error.is_none() {
+            let diffs = compare(&self.src, &backing, &self.compare_options(sc.tool));
+            rec.differences = diffs.len();
+            rec.first_differences = diffs.iter().take(5).map(|d| d.to_string()).collect();
+            rec.identical = diffs.is_empty();
+            if rec.identical && rec.wall_s > 0.0 {
+                rec.files_per_s = Some(self.files as f64 / rec.wall_s);
+            }
+        }
+        let _ = fs::remove_dir_all(&base);
+        rec
+    }
+}
+
+fn fmt_rate(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.0}"))
+}
+
+/// Best identical files/s among records matching `f`.
+fn best<'a>(recs: impl Iterator<Item = &'a Record>) -> Option<&'a Record> {
+    recs.filter(|r| r.files_per_s.is_some())
+        .max_by(|a, b| a.files_per_s.partial_cmp(&b.files_per_s).unwrap())
+}
+
+fn lat_key(l: f64) -> String {
+    format!("{l}")
+}
+
+/// The headline comparisons of issue 7, per latency.
+fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
+    let mut lats: Vec<f64> = recs.iter().map(|r| r.scenario.latency_ms).collect();
+    lats.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lats.dedup();
+    let mut out = Vec::new();
+    for lat in lats {
+        let at: Vec<&Record> = recs
+            .iter()
+            .filter(|r| r.scenario.latency_ms == lat)
+            .collect();
+        let even = |r: &&Record| {
+            r.scenario.nodes.iter().all(|n| {
+                n.capacity == r.scenario.nodes[0].capacity
+                    && n.meta_latency == r.scenario.nodes[0].meta_latency
+            })
+        };
+        let best_peer =
+            best(at.iter().copied().filter(|r| {
+                r.scenario.part == "peers" && !matches!(r.scenario.tool, Tool::Vfxt(_))
+            }));
+        let vfxt_at = |m: usize, auto: Option<bool>| {
+            best(at.iter().copied().filter(move |r| {
+                matches!(r.scenario.tool, Tool::Vfxt(t) if auto.is_none_or(|a| a == (t == Threads::Auto)))
+                    && r.scenario.mounts() == m
+                    && r.scenario.part != "slow"
+                    && even(r)
+            }))
+        };
+        let ratio = |a: Option<&Record>, b: Option<&Record>| match (
+            a.and_then(|r| r.files_per_s),
+            b.and_then(|r| r.files_per_s),
+        ) {
+            (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+            _ => None,
+        };
+        let best3 = vfxt_at(3, None);
+        let best1 = vfxt_at(1, None);
+        let mut autos = Vec::new();
+        let mut mounts: Vec<usize> = at.iter().map(|r| r.scenario.mounts()).collect();
+        mounts.sort();
+        mounts.dedup();
+        for m in mounts {
+            let auto = vfxt_at(m, Some(true));
+            let fixed = vfxt_at(m, Some(false));
+            if auto.is_some() || fixed.is_some() {
+                autos.push(json!({
+                    "mounts": m,
+                    "autoFilesPerS": auto.and_then(|r| r.files_per_s),
+                    "bestFixed": fixed.map(|r| r.label.clone()),
+                    "bestFixedFilesPerS": fixed.and_then(|r| r.files_per_s),
+                    "autoOverBestFixed": ratio(auto, fixed),
+                }));
+            }
+        }
+        let slow: Vec<&Record> = at
+            .iter()
+            .copied()
+            .filter(|r| r.scenario.part == "slow")
+            .collect();
+        let slow_auto = slow
+            .iter()
+            .copied()
+            .find(|r| r.scenario.tool == Tool::Vfxt(Threads::Auto));
+        let slow_even = slow
+            .first()
+            .copied()
+            .filter(|r| r.scenario.tool != Tool::Vfxt(Threads::Auto));
+        out.push(json!({
+            "latencyMs": lat,
+            "bestPeer": best_peer.map(|r| format!("{} ({} mount(s))", r.label, r.scenario.mounts())),
+            "bestPeerFilesPerS": best_peer.and_then(|r| r.files_per_s),
+            "vfxtBest3Mounts": best3.map(|r| r.label.clone()),
+            "vfxtBest3MountsFilesPerS": best3.and_then(|r| r.files_per_s),
+            "vfxt3MountsOverBestPeer": ratio(best3, best_peer),
+            "vfxt3MountsOver1Mount": ratio(best3, best1),
+            "autoVsBestFixed": autos,
+            "slowNode": {
+                "evenSplit": slow_even.map(|r| r.label.clone()),
+                "evenSplitFilesPerS": slow_even.and_then(|r| r.files_per_s),
+                "autoFilesPerS": slow_auto.and_then(|r| r.files_per_s),
+                "autoOverEvenSplit": ratio(slow_auto, slow_even),
+            },
+        }));
+    }
+    out
+}
+
+pub fn json(b: &Bench, recs: &[Record]) -> serde_json::Value {
+    json!({
+        "dataset": {"name": "small", "scale": b.scale, "files": b.files, "directories": b.dirs},
+        "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "findings": findings(recs),
+        "records": recs,
+    })
+}
+
+pub fn table(recs: &[Record]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7}",
+        "part", "lat ms", "mounts", "capacity", "tool", "wall s", "files/s", "node ops", "queued"
+    );
+    for r in recs {
+        let caps: Vec<String> = r
+            .scenario
+            .nodes
+            .iter()
+            .map(|n| n.capacity.to_string())
+            .collect();
+        let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
+        let queued: u64 = r.nodes.iter().map(|n| n.queued_ops).sum();
+        let rate = match (&r.error, r.files_per_s) {
+            (Some(_), _) => "failed".into(),
+            (None, None) => "DIFFERS".into(),
+            (None, rate) => fmt_rate(rate),
+        };
+        let _ = writeln!(
+            s,
+            "{:<6} {:>6} {:>6} {:<12} {:<30} {:>8.1} {:>9} {:>9} {:>7}",
+            r.scenario.part,
+            r.scenario.latency_ms,
+            r.scenario.mounts(),
+            caps.join("/"),
+            r.label,
+            r.wall_s,
+            rate,
+            ops,
+            queued
+        );
+    }
+    // The scaling curve: files/s by threads (columns) and mounts (rows), per latency.
+    let mut curve: BTreeMap<(String, usize), BTreeMap<usize, String>> = BTreeMap::new();
+    let mut cols = std::collections::BTreeSet::new();
+    for r in recs.iter().filter(|r| r.scenario.part == "curve") {
+        if let Tool::Vfxt(Threads::Fixed(t)) = r.scenario.tool {
+            cols.insert(t);
+            curve
+                .entry((lat_key(r.scenario.latency_ms), r.scenario.mounts()))
+                .or_default()
+                .insert(t, fmt_rate(r.files_per_s));
+        }
+    }
+    if !curve.is_empty() {
+        let _ = write!(s, "\nengine files/s by threads\n{:<16}", "latency, mounts");
+        for c in &cols {
+            let _ = write!(s, "{c:>9}");
+        }
+        let _ = writeln!(s);
+        for ((lat, m), row) in &curve {
+            let _ = write!(s, "{:<16}", format!("{lat} ms, {m}"));
+            for c in &cols {
+                let _ = write!(s, "{:>9}", row.get(c).map_or("", |v| v.as_str()));
+            }
+            let _ = writeln!(s);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nfindings\n{}",
+        serde_json::to_string_pretty(&findings(recs)).unwrap()
+    );
+    s
+}
