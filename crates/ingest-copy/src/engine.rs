@@ -15,7 +15,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ingest_path::RelPath;
@@ -89,6 +89,9 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
 }
 
+/// Batches of one directory in progress at once through one mount (see [`Queue::pop`]).
+const MAX_BATCHES_PER_DIR: u32 = 4;
+
 enum Task<'a> {
     Scope(&'a Scope),
     Dir {
@@ -109,6 +112,14 @@ enum Task<'a> {
 }
 
 impl Task<'_> {
+    /// False for a batch whose directory is at its limit of batches through `mount`.
+    fn admits(&self, mount: usize) -> bool {
+        match self {
+            Task::Batch { dir, .. } => dir.busy[mount].load(Relaxed) < MAX_BATCHES_PER_DIR,
+            _ => true,
+        }
+    }
+
     /// Work done by this task, as the concurrency controller counts it: entries handled.
     fn units(&self) -> u64 {
         match self {
@@ -128,6 +139,8 @@ struct DirNode {
     /// The destination directory through each mount, opened when a thread on that mount needs it.
     dst: Vec<OnceLock<OwnedFd>>,
     own_meta: bool,
+    /// Batches of this directory in progress, per mount.
+    busy: Vec<AtomicU32>,
     /// Created by this copy pass: nothing can be in it yet, so entries need no look first.
     fresh: bool,
 }
@@ -183,11 +196,28 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// The next task, or `None` once the queue is empty and no task is running (none can add more).
-    fn pop(&self) -> Option<Task<'a>> {
+    /// The next task for a thread on `mount`, or `None` once the queue is empty and no task is
+    /// running (none can add more).
+    ///
+    /// Mostly the newest task (depth first), but a batch is passed over while its directory
+    /// already has `MAX_BATCHES_PER_DIR` batches in progress through this mount: the kernel
+    /// serialises file creation in one directory of one mount (the VFS holds the directory's lock
+    /// for the whole create, an NFS round trip), so more threads there would only wait. They do
+    /// better listing or copying another directory, or writing through another mount.
+    fn pop(&self, mount: usize) -> Option<Task<'a>> {
+        const LOOK_DEEPER: usize = 64;
         let mut st = self.state.lock().unwrap();
         loop {
-            if let Some(t) = st.tasks.pop() {
+            let n = st.tasks.len();
+            if n > 0 {
+                let pick = (n.saturating_sub(LOOK_DEEPER)..n)
+                    .rev()
+                    .find(|&i| st.tasks[i].admits(mount))
+                    .unwrap_or(n - 1);
+                let t = st.tasks.remove(pick);
+                if let Task::Batch { dir, .. } = &t {
+                    dir.busy[mount].fetch_add(1, Relaxed);
+                }
                 st.busy += 1;
                 return Some(t);
             }
@@ -288,7 +318,7 @@ impl<'a> Walk<'a> {
                         let gate = governor.map(|g| &g.gates[mount]);
                         loop {
                             let _permit = gate.map(Gate::acquire);
-                            let Some(task) = self.queue.pop() else { break };
+                            let Some(task) = self.queue.pop(mount) else { break };
                             let units = task.units();
                             let started = gate.map(Gate::begin);
                             self.handle(task, &mut local);
@@ -367,6 +397,7 @@ impl<'a> Walk<'a> {
                 for (name, _kind) in entries {
                     self.entry(&dir, &name, local, false);
                 }
+                dir.busy[local.mount].fetch_sub(1, Relaxed);
                 self.release_dir(dir);
             }
             Task::Range { file, off, len } => {
@@ -1517,6 +1548,7 @@ impl DirNode {
             name,
             src,
             meta,
+            busy: (0..roots.dsts.len()).map(|_| AtomicU32::new(0)).collect(),
             dst,
             own_meta,
             fresh: false,
