@@ -318,7 +318,9 @@ impl<'a> Walk<'a> {
                         let gate = governor.map(|g| &g.gates[mount]);
                         loop {
                             let _permit = gate.map(Gate::acquire);
-                            let Some(task) = self.queue.pop(mount) else { break };
+                            let Some(task) = self.queue.pop(mount) else {
+                                break;
+                            };
                             let units = task.units();
                             let started = gate.map(Gate::begin);
                             self.handle(task, &mut local);

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vfxt-ingest", version, about = "Parallel ingest into multi-node NFS cache clusters")]
+#[command(
+    name = "vfxt-ingest",
+    version,
+    about = "Parallel ingest into multi-node NFS cache clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
