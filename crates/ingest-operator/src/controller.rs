@@ -149,6 +149,9 @@ pub async fn run(
             let _ = stop_tx.send(());
             let _ = controller.await;
             holder.abort();
+            if outcome.is_ok() {
+                leader::release(&client, cfg).await;
+            }
             outcome
         }
     };

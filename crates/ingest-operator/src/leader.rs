@@ -119,6 +119,27 @@ pub async fn try_acquire_or_renew(client: &Client, cfg: &LeaseConfig) -> Result<
     }
 }
 
+/// Gives the Lease up on a graceful stop (holder cleared), so another replica takes over at its next attempt
+/// instead of waiting for the Lease to expire. Best effort: a failure only delays the takeover.
+pub async fn release(client: &Client, cfg: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await else {
+        return;
+    };
+    let Some(spec) = lease
+        .spec
+        .as_mut()
+        .filter(|s| s.holder_identity.as_deref() == Some(cfg.identity.as_str()))
+    else {
+        return;
+    };
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    if let Err(e) = api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        tracing::warn!(error = %e, "releasing the leader Lease failed; the next leader waits for it to expire");
+    }
+}
+
 /// Waits until this replica holds the Lease.
 pub async fn acquire(client: &Client, cfg: &LeaseConfig) -> Result<()> {
     loop {
