@@ -2,6 +2,8 @@
 //! they report. The CLI's `scan`/`worker` commands call these; nothing here runs in the operator.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ingest_api::constants::annotations;
 use ingest_api::report::{PodProgress, PodResult};
@@ -93,6 +95,111 @@ pub async fn report_progress(
         .await
         .map_err(|e| Error::kube(format!("report progress on pod {}", pod.pod), e))?;
     Ok(())
+}
+
+/// Sends the latest progress sample of a synchronous program (the worker CLI) to its pod from a background
+/// thread: `update` only stores the sample; the thread patches the annotation every `every` when it changed,
+/// and once more on `finish`. API errors are logged and retried at the next tick: progress reporting never
+/// stops or slows the copy.
+pub struct ProgressReporter {
+    latest: Arc<Mutex<Option<PodProgress>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressReporter {
+    /// Connects with the pod's service account (or kubeconfig) and starts reporting.
+    pub fn start(pod: PodEnv, every: Duration) -> Result<Self> {
+        let runtime = runtime()?;
+        let client = runtime.block_on(crate::controller::connect())?;
+        Ok(Self::start_with(runtime, client, pod, every))
+    }
+
+    /// [`ProgressReporter::start`] with a given runtime and client (tests use a scripted API server).
+    pub fn start_with(
+        runtime: tokio::runtime::Runtime,
+        client: kube::Client,
+        pod: PodEnv,
+        every: Duration,
+    ) -> Self {
+        let latest: Arc<Mutex<Option<PodProgress>>> = Arc::default();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared = latest.clone();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let mut sent: Option<PodProgress> = None;
+                loop {
+                    let stopping = tokio::select! {
+                        _ = tokio::time::sleep(every) => false,
+                        _ = &mut stop_rx => true,
+                    };
+                    let current = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(p) = current.filter(|p| sent.as_ref() != Some(p)) {
+                        match report_progress(client.clone(), &pod, &p).await {
+                            Ok(()) => sent = Some(p),
+                            Err(e) => tracing::warn!(error = %e, "progress report failed; retrying at the next tick"),
+                        }
+                    }
+                    if stopping {
+                        return;
+                    }
+                }
+            })
+        });
+        ProgressReporter {
+            latest,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Records the newest sample (cheap; called as often as the program likes).
+    pub fn update(&self, progress: PodProgress) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
+    }
+
+    /// Sends the last sample and stops the thread.
+    pub fn finish(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProgressReporter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "start the async runtime for API calls".into(),
+            source,
+        })
+}
+
+/// For a synchronous scan command: connects and stores the plan ([`crate::plan_store::save`]) in one call.
+pub fn save_plan_blocking(
+    pod: &PodEnv,
+    chunks: &[String],
+    summary: &crate::plan_store::PlanSummary,
+) -> Result<()> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let client = crate::controller::connect().await?;
+        crate::plan_store::save(client, &pod.owner, &pod.plan_prefix, chunks, summary).await
+    })
 }
 
 /// Writes the final result where the kubelet picks it up as the termination message.
