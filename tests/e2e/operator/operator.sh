@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# The operator's end-to-end tests on the real control plane (issue 5, tests 1-6), one plane for all:
+#  1. the API server accepts the generated CRD (crds/) and rejects bad IngestJobs, each with a message
+#     naming the field;
+#  2. the operator runs from `helm install charts/vfxt-ingest`, under the chart's own service account
+#     and RBAC (and nothing more: checked with `kubectl auth can-i` both ways);
+#  3. an IngestJob on a generated tree (nested dirs, modes, mtimes, owners, a symlink, a hard link) goes
+#     Scanning -> Copying -> Verifying -> Succeeded; the destination is identical to the source; status
+#     totals equal the tree; the worker pods' NFS volumes cover all three cluster IPs;
+#  4. a copy worker killed (SIGKILL by pid) mid-copy: its shard is retried, the verification is clean;
+#  5. the operator killed (SIGKILL) mid-job and restarted: the job finishes, no Job is created twice,
+#     progress never goes backwards;
+#  6. deleting the IngestJob removes its Jobs, pods and ConfigMaps, and no copied data.
+# Tests 4 and 5 write through slow emulated cluster nodes (FUSE, crates/e2e-tests' e2e-slow-nodes),
+# so a copy lasts long enough to kill something in the middle of it.
+# Each test prints PASS/FAIL; the last line is "N passed, M failed"; exit status 1 if any failed.
+# Needs root (the node agent bind-mounts volumes; FUSE mounts). Env: E2E_SLOW_LATENCY_MS (default 15).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
+t_start=$SECONDS
+
+# ---------------------------------------------------------------- setup
+say "building vfxt-ingest and e2e-tests"
+(cd "$repo" && nice -n 10 cargo build -q -p vfxt-ingest -p e2e-tests) || fail "cargo build -p vfxt-ingest -p e2e-tests"
+target=${CARGO_TARGET_DIR:-$repo/target}
+bin=$target/debug/vfxt-ingest
+slow_nodes=$target/debug/e2e-slow-nodes
+
+data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
+src=$data/src      # the source filer's export 10.0.0.5:/export
+dst=$data/dst      # one cluster export, reached as 10.1.1.101..103:/nfs
+slow=$data/slow    # another: 10.1.1.101..103:/slow, each IP through its own slow emulated node
+mkdir -p "$src" "$dst" "$slow/backing"
+slow_latency=${E2E_SLOW_LATENCY_MS:-15}
+"$slow_nodes" --backing "$slow/backing" --latency-ms "$slow_latency" --capacity 4 \
+  "$slow/node1" "$slow/node2" "$slow/node3" >"$data/slow-nodes.log" 2>&1 &
+slow_pid=$!
+for _ in $(seq 50); do grep -qx ready "$data/slow-nodes.log" && break; sleep 0.1; done
+grep -qx ready "$data/slow-nodes.log" || fail "e2e-slow-nodes did not start: $(cat "$data/slow-nodes.log")"
+
+image=registry.invalid/vfxt-ingest
+ips=(10.1.1.101 10.1.1.102 10.1.1.103)
+maps=(--nfs-map "10.0.0.5:/export=$src")
+for i in 0 1 2; do
+  maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))")
+done
+
+cleanup() {
+  local rc=$?
+  # Watchers first, then the plane (via lib.sh's e2e_exit: logs on failure, down.sh), then the slow
+  # nodes, which must outlive the pods that write through them.
+  jobs -p | grep -vx "$slow_pid" | xargs -r kill 2>/dev/null || true
+  if [[ -n $e2e_run_dir ]]; then
+    if ((rc)); then
+      say "run dir (kept): $e2e_run_dir; test data: $data"
+      for f in "$e2e_run_dir"/logs/*.log; do
+        echo "----- last 30 lines of $f" >&2
+        tail -n 30 "$f" >&2
+      done
+      on_failure >&2 2>&1 || true
+    fi
+    "$here/../controlplane/down.sh" "$e2e_run_dir" >&2 || true
+  fi
+  kill "$slow_pid" 2>/dev/null && wait "$slow_pid" 2>/dev/null
+  ((rc)) || rm -rf "$data"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+say "bringing up the control plane with the node agent"
+up_out=$("$here/../controlplane/up.sh" --agent "${maps[@]}" --exec-override "$image=$bin") || fail "up.sh failed"
+eval "$up_out"
+e2e_run_dir=$VFXT_E2E_RUN_DIR
+
+ns=ingest-e2e
+op_ns=vfxt-ingest-system
+kubectl create namespace "$ns" >/dev/null
+wait_until 60 "default service account in $ns" kubectl get serviceaccount default -n "$ns"
+
+# ---------------------------------------------------------------- helpers
+passed=0 failed=0 failed_names=()
+# run_test NAME FUNCTION: runs it, prints PASS/FAIL with its time.
+run_test() {
+  local name=$1 fn=$2 t0=$SECONDS
+  say "---- $name"
+  if "$fn"; then
+    passed=$((passed + 1))
+    echo "PASS $name ($((SECONDS - t0)) s)"
+  else
+    failed=$((failed + 1))
+    failed_names+=("$name")
+    echo "FAIL $name ($((SECONDS - t0)) s)"
+  fi
+}
+# bad MESSAGE: the reason a check failed (the test function then returns 1).
+bad() { say "  check failed: $*"; }
+# wait_for SECONDS WHAT COMMAND...: like lib.sh's wait_until, but returns 1 instead of exiting.
+wait_for() {
+  local secs=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      bad "timed out after ${secs}s waiting for: $what"
+      return 1
+    fi
+    sleep 0.5
+  done
+  say "  ok: $what"
+}
+ij_json() { kubectl get ij "$1" -n "$ns" -o json; }
+ij_phase() { kubectl get ij "$1" -n "$ns" -o jsonpath='{.status.phase}'; }
+phase_is() { [[ $(ij_phase "$1") == "$2" ]]; }
+# Pods and Jobs of an IngestJob, found by the label the operator puts on every child.
+children() { kubectl get "$1" -n "$ns" -l "ingest.vfxt.dev/job=$2" -o json; }
+pod_dir() { echo "$e2e_run_dir/agent/pods/${1}_${2}_"*; }
+op_logs() {
+  local f
+  for f in "$e2e_run_dir/agent/pods/${op_ns}_"*/containers/*/log; do [[ -f $f ]] && cat "$f"; done
+}
+on_failure() {
+  kubectl get ij,jobs,pods,configmaps -n "$ns" -o wide || true
+  kubectl get pods -n "$op_ns" -o wide || true
+  kubectl get ij -n "$ns" -o yaml | grep -A60 '^  status:' || true
+  echo "----- operator log (last 60 lines)"
+  op_logs | tail -n 60
+  local f
+  for f in "$e2e_run_dir"/agent/pods/"$ns"_*/containers/*/log; do
+    echo "----- $f" && tail -n 15 "$f"
+  done
+}
+
+# ij_apply NAME SOURCE_SUBPATH DEST_EXPORT [EXTRA_SPEC_YAML]: an IngestJob copying $src/SUBPATH to
+# DEST_EXPORT/NAME on all three cluster IPs.
+ij_apply() {
+  kubectl apply -f - >/dev/null <<YAML
+apiVersion: ingest.vfxt.dev/v1alpha1
+kind: IngestJob
+metadata: {name: $1, namespace: $ns}
+spec:
+  source:
+    nfs: {server: 10.0.0.5, path: /export}
+    subPath: $2
+  destination:
+    nfs: {servers: [${ips[0]}, ${ips[1]}, ${ips[2]}], path: $3}
+    subPath: $1
+  workers: 3
+  threadsPerWorker: 2
+  shards: {target: 6}
+  failurePolicy: {retriesPerShard: 3}
+  verify: {mode: Metadata}
+${4-}
+YAML
+}
+
+# watch_ij NAME: records every status the API server sends for the IngestJob, one line each:
+# "phase files bytes" (the watch sees every write, so a phase held for a moment is not missed).
+watch_ij() {
+  kubectl get ij "$1" -n "$ns" -w --output-watch-events=false \
+    -o jsonpath='{.status.phase} {.status.progress.files} {.status.progress.bytes}{"\n"}' \
+    >"$data/watch-$1" 2>"$data/watch-$1.err" &
+}
+# Distinct phases in order (Pending and the empty pre-status dropped), space-separated.
+phases_seen() {
+  awk 'NF && $1 != "Pending" && $1 != prev { printf "%s%s", sep, $1; sep = " "; prev = $1 }' "$data/watch-$1"
+}
+# Progress must never go backwards: prints the first regression, returns 1 if there is one.
+progress_monotonic() {
+  awk '$2 != "" {
+    if ($2 + 0 < f || $3 + 0 < b) { printf "progress went back from %d files/%d bytes to %d/%d\n", f, b, $2, $3; bad = 1; exit }
+    f = $2 + 0; b = $3 + 0 }
+    END { exit bad }' "$data/watch-$1"
+}
+
+# gen_tree DIR FILES: nested dirs, varied sizes, modes, owners and mtimes, an empty dir, a symlink
+# (relative, dangling-safe) and a hard link.
+gen_tree() {
+  local d=$1 n=$2 i
+  mkdir -p "$d/a/b/c" "$d/d/e" "$d/empty" "$d/sp ace"
+  for ((i = 1; i <= n; i++)); do
+    case $((i % 4)) in
+    0) printf 'file %d\n' "$i" >"$d/a/f$i" ;;
+    1) head -c $((i * 97)) /dev/urandom >"$d/a/b/c/g$i" ;;
+    2) head -c $((i * 31)) /dev/urandom >"$d/d/e/h$i" ;;
+    3) : >"$d/sp ace/empty$i" ;;
+    esac
+  done
+  head -c 2000000 /dev/urandom >"$d/d/big.bin"
+  chmod 600 "$d/a/f4" "$d/d/big.bin"
+  chmod 751 "$d/a/b"
+  chmod 2775 "$d/d/e"
+  chown 1234:2345 "$d/a/f8" "$d/d/e"
+  ln -s ../a/f4 "$d/d/link-to-f4"
+  ln "$d/a/f8" "$d/d/hard-f8"
+  touch -h -d '2020-02-03 04:05:06.123456789' "$d/d/link-to-f4"
+  touch -d '2019-01-02 03:04:05.5' "$d/a/f12" "$d/d/big.bin"
+  # Directory times last: creating entries above changed them.
+  touch -d '2018-06-07 08:09:10' "$d/a/b/c" "$d/empty" "$d/a" "$d"
+}
+# tree_listing DIR: one line per entry with what "identical" means here: type, mode, owner, size,
+# mtime (ns), link target, link count.
+tree_listing() { (cd "$1" && find . -printf '%P|%y|%m|%U:%G|%s|%T@|%l|%n\n' | LC_ALL=C sort); }
+# same_tree SRC DST: diff -r plus the listing; prints the differences.
+same_tree() {
+  diff -r --no-dereference "$1" "$2" >&2 || return 1
+  diff <(tree_listing "$1") <(tree_listing "$2") >&2
+}
+# The tree's totals as the scanner counts them: non-directories (regular files, symlinks, ...) per
+# path, directories including the root, bytes of regular files with a hard-linked inode once.
+tree_totals() {
+  local files dirs bytes
+  files=$(find "$1" ! -type d | wc -l)
+  dirs=$(find "$1" -type d | wc -l)
+  bytes=$(find "$1" -type f -printf '%i %s\n' | sort -u | awk '{ s += $2 } END { print s + 0 }')
+  echo "$files $dirs $bytes"
+}
+
+# ---------------------------------------------------------------- 1. CRD + validation
+crd_established() {
+  [[ $(kubectl get crd ingestjobs.ingest.vfxt.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]]
+}
+rejected=0
+# reject WHAT FIELD SPEC: creating an IngestJob with SPEC (YAML flow style) must fail, naming FIELD.
+reject() {
+  local what=$1 field=$2 spec=$3 out
+  if out=$(printf 'apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {name: bad, namespace: %s}\nspec: %s\n' \
+    "$ns" "$spec" | kubectl create -f - 2>&1); then
+    kubectl delete ij bad -n "$ns" --wait=false >/dev/null 2>&1
+    bad "$what: accepted ($spec)"
+    return 1
+  fi
+  if ! grep -qF -- "$field" <<<"$out"; then
+    bad "$what: rejected, but the message does not name $field: $out"
+    return 1
+  fi
+  rejected=$((rejected + 1))
+  say "  rejected ($what): ${out#*: }"
+}
+# reject_change WHAT FIELD PATCH: a merge patch of the existing IngestJob 'valid' must fail, naming FIELD.
+reject_change() {
+  local what=$1 field=$2 patch=$3 out
+  if out=$(kubectl patch ij valid -n "$ns" --type merge -p "$patch" 2>&1); then
+    bad "$what: accepted ($patch)"
+    return 1
+  fi
+  grep -qF -- "$field" <<<"$out" || { bad "$what: message does not name $field: $out"; return 1; }
+  rejected=$((rejected + 1))
+  say "  rejected ($what): ${out#*: }"
+}
+test_1_crd_validation() {
+  kubectl create -f "$repo/crds/" >/dev/null || { bad "kubectl create -f crds/"; return 1; }
+  wait_for 30 "CRD ingestjobs.ingest.vfxt.dev Established" crd_established || return 1
+  local s='source: {nfs: {server: 10.0.0.5, path: /export}}'
+  local d='destination: {nfs: {servers: [10.1.1.101, 10.1.1.102], path: /nfs}}'
+  local r=0
+  reject "no destination" "spec.destination" "{$s}" || r=1
+  reject "no destination server" "spec.destination.nfs.servers" "{$s, destination: {nfs: {servers: [], path: /nfs}}}" || r=1
+  reject "duplicate servers" "spec.destination.nfs.servers" "{$s, destination: {nfs: {servers: [10.1.1.101, 10.1.1.101], path: /nfs}}}" || r=1
+  reject "bad server name" "spec.destination.nfs.servers" "{$s, destination: {nfs: {servers: [10.1.1.101, 'Bad_Host!'], path: /nfs}}}" || r=1
+  reject "bad source server" "spec.source.nfs.server" "{source: {nfs: {server: 'nfs server', path: /export}}, $d}" || r=1
+  reject "relative destination path" "spec.destination.nfs.path" "{$s, destination: {nfs: {servers: [10.1.1.101], path: nfs}}}" || r=1
+  reject "destination path with .." "spec.destination.nfs.path" "{$s, destination: {nfs: {servers: [10.1.1.101], path: /nfs/../etc}}}" || r=1
+  reject "absolute source subPath" "spec.source.subPath" "{source: {nfs: {server: 10.0.0.5, path: /export}, subPath: /etc}, $d}" || r=1
+  reject "destination subPath with .." "spec.destination.subPath" "{$s, destination: {nfs: {servers: [10.1.1.101], path: /nfs}, subPath: a/../../b}}" || r=1
+  reject "source both nfs and pvc" "spec.source" "{source: {nfs: {server: 10.0.0.5, path: /export}, pvc: {claimName: c}}, $d}" || r=1
+  reject "workers 0" "spec.workers" "{$s, $d, workers: 0}" || r=1
+  reject "threads 0" "spec.threadsPerWorker" "{$s, $d, threadsPerWorker: 0}" || r=1
+  reject "threads 5000" "spec.threadsPerWorker" "{$s, $d, threadsPerWorker: 5000}" || r=1
+  reject "bad verify mode" "spec.verify.mode" "{$s, $d, verify: {mode: Fast}}" || r=1
+  reject "bad failure action" "spec.failurePolicy.action" "{$s, $d, failurePolicy: {action: Retry}}" || r=1
+  reject "retries out of range" "spec.failurePolicy.retriesPerShard" "{$s, $d, failurePolicy: {retriesPerShard: 101}}" || r=1
+  reject "shard target 0" "spec.shards.target" "{$s, $d, shards: {target: 0}}" || r=1
+  reject "misspelt field" "spec.wrokers" "{$s, $d, wrokers: 3}" || r=1
+  # A valid object is accepted and defaulted by the API server; then the immutable fields.
+  printf 'apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {name: valid, namespace: %s}\nspec: {%s, %s}\n' \
+    "$ns" "$s" "$d" | kubectl create -f - >/dev/null || { bad "a valid IngestJob was rejected"; return 1; }
+  local defaults
+  defaults=$(kubectl get ij valid -n "$ns" -o jsonpath='{.spec.threadsPerWorker} {.spec.verify.mode} {.spec.failurePolicy.retriesPerShard}')
+  [[ $defaults == "16 Metadata 3" ]] || { bad "defaults threadsPerWorker/verify.mode/retriesPerShard: '$defaults', want '16 Metadata 3'"; r=1; }
+  reject_change "source changed after creation" "spec.source" '{"spec":{"source":{"subPath":"elsewhere"}}}' || r=1
+  reject_change "destination changed after creation" "spec.destination" '{"spec":{"destination":{"nfs":{"servers":["10.1.1.103"]}}}}' || r=1
+  # The immutability rules must not freeze the whole spec: a new run is a legitimate change.
+  kubectl patch ij valid -n "$ns" --type merge -p '{"spec":{"run":1}}' >/dev/null || { bad "bumping spec.run was rejected"; r=1; }
+  kubectl delete ij valid -n "$ns" >/dev/null
+  say "  $rejected bad IngestJobs/changes rejected, each naming its field"
+  ((rejected >= 10)) || { bad "only $rejected rejections"; r=1; }
+  return "$r"
+}
+
+# ---------------------------------------------------------------- 2. helm install, chart RBAC
+op_pod=""
+op_sa=""
+op_running() {
+  [[ $(kubectl get pods -n "$op_ns" -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sort -u) == Running ]]
+}
+can_i() { kubectl auth can-i "$@" --as="system:serviceaccount:$op_ns:$op_sa" 2>/dev/null; }
+test_2_helm_install() {
+  # The agent runs pods on the host network: the metrics listener needs a free port.
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
+    --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
+    --set statusIntervalSeconds=1 >/dev/null || { bad "helm install"; return 1; }
+  wait_for 90 "operator pod Running" op_running || return 1
+  op_pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
+  op_sa=$(kubectl get pod "$op_pod" -n "$op_ns" -o jsonpath='{.spec.serviceAccountName}')
+  say "  operator pod $op_pod, service account $op_sa"
+  [[ $op_sa == vfxt-ingest ]] || { bad "operator runs as service account '$op_sa', want the chart's vfxt-ingest"; return 1; }
+  wait_for 30 "operator /healthz on port $port" curl -fsS "http://127.0.0.1:$port/healthz" || return 1
+  wait_for 30 "the chart's Lease held by $op_pod" \
+    sh -c "kubectl get lease vfxt-ingest-leader -n $op_ns -o jsonpath='{.spec.holderIdentity}' | grep -qx $op_pod"
+  # What the chart grants is enough for the operator's work ...
+  local r=0 q words
+  for q in "list ingestjobs.ingest.vfxt.dev -A" "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns" \
+    "create jobs.batch -n $ns" "delete jobs.batch -n $ns" "watch pods -n $ns" "create configmaps -n $ns" \
+    "create events.events.k8s.io -n $ns" "update leases.coordination.k8s.io/vfxt-ingest-leader -n $op_ns"; do
+    read -ra words <<<"$q" # no globbing of the words
+    [[ $(can_i "${words[@]}") == yes ]] || { bad "the chart's service account may not: $q"; r=1; }
+  done
+  # ... and no more than that: no cluster-admin, no secrets, no nodes, no RBAC escalation.
+  for q in "* *" "get secrets -n kube-system" "list secrets -A" "delete nodes" "create clusterrolebindings" \
+    "delete namespaces" "delete customresourcedefinitions" "update leases.coordination.k8s.io/other -n $op_ns"; do
+    read -ra words <<<"$q"
+    [[ $(can_i "${words[@]}") == no ]] || { bad "the chart's service account may: $q (least privilege)"; r=1; }
+  done
+  return "$r"
+}
+
+# ---------------------------------------------------------------- 3. a full run
+worker_servers() {
+  kubectl get pods -n "$ns" -l "ingest.vfxt.dev/job=$1" -o json |
+    jq -r '.items[] | select(.metadata.labels["ingest.vfxt.dev/role"] == "copy" or .metadata.labels["ingest.vfxt.dev/role"] == "verify")
+           | .spec.volumes[]? | (.nfs.server // empty)' | sort -u | tr '\n' ' '
+}
+test_3_full_run() {
+  gen_tree "$src/t3" 300
+  watch_ij t3
+  ij_apply t3 t3 /nfs || { bad "kubectl apply IngestJob t3"; return 1; }
+  # Worker pods' volumes, collected while they exist (a finished Job's pods may be pruned).
+  local servers="" deadline=$((SECONDS + 150)) phase
+  while ((SECONDS < deadline)); do
+    phase=$(ij_phase t3)
+    servers=$(echo "$servers $(worker_servers t3)" | tr ' ' '\n' | grep . | sort -u | tr '\n' ' ')
+    [[ $phase == Succeeded || $phase == Failed ]] && break
+    sleep 1
+  done
+  sleep 1 # the watch's last line
+  local r=0 seen
+  seen=$(phases_seen t3)
+  say "  phases seen: $seen"
+  [[ $phase == Succeeded ]] || { bad "IngestJob t3 ended in phase '$phase' ($(ij_json t3 | jq -c '.status.conditions'))"; return 1; }
+  [[ $seen == "Scanning Copying Verifying Succeeded" ]] || { bad "phases '$seen', want 'Scanning Copying Verifying Succeeded'"; r=1; }
+  same_tree "$src/t3" "$dst/t3" || { bad "destination $dst/t3 differs from source $src/t3"; r=1; }
+  local want got
+  want=$(tree_totals "$src/t3")
+  got=$(ij_json t3 | jq -r '.status.totals | "\(.files) \(.directories) \(.bytes)"')
+  say "  tree: $want (files dirs bytes); status.totals: $got"
+  [[ $got == "$want" ]] || { bad "status.totals '$got' != tree '$want' (files dirs bytes)"; r=1; }
+  local prog
+  prog=$(ij_json t3 | jq -r '"\(.status.progress.files) \(.status.progress.percent)"')
+  [[ $prog == "${want%% *} 100" ]] || { bad "status.progress files/percent '$prog', want '${want%% *} 100'"; r=1; }
+  servers=${servers% }
+  say "  worker pods' NFS servers: $servers"
+  [[ $servers == "${ips[*]}" ]] || { bad "worker pods' NFS volumes cover '$servers', want '${ips[*]}'"; r=1; }
+  progress_monotonic t3 || r=1
+  # The whole run went through the chart's RBAC: the API server never refused the operator.
+  if op_logs | grep -i forbidden >&2; then bad "the operator was refused an API call under the chart's RBAC"; r=1; fi
+  return "$r"
+}
+
+# ---------------------------------------------------------------- 4. a worker killed mid-copy
+running_copy_pod() {
+  kubectl get pods -n "$ns" -l "ingest.vfxt.dev/job=$1,ingest.vfxt.dev/role=copy" -o json |
+    jq -r '[.items[] | select(.status.phase == "Running" and (.status.containerStatuses[0].containerID // "" | startswith("agent://")))][0]
+           | select(.) | "\(.metadata.name) \(.status.containerStatuses[0].containerID | ltrimstr("agent://")) \(.metadata.labels["job-name"]) \(.metadata.annotations["batch.kubernetes.io/job-completion-index"])"'
+}
+have_running_copy_pod() { [[ -n $(running_copy_pod "$1") ]]; }
+copied_files() { find "$1" -type f 2>/dev/null | wc -l; }
+test_4_worker_killed() {
+  gen_tree "$src/t4" 300
+  watch_ij t4
+  ij_apply t4 t4 /slow || { bad "kubectl apply IngestJob t4"; return 1; }
+  wait_for 120 "a copy pod of t4 running" have_running_copy_pod t4 || return 1
+  local victim name pid job index
+  victim=$(running_copy_pod t4)
+  read -r name pid job index <<<"$victim"
+  # Mid-copy: the copy has begun writing through the slow nodes, and this worker is still at it.
+  wait_for 30 "t4 files arriving at the destination" sh -c "[ \$(find '$slow/backing/t4' -type f 2>/dev/null | wc -l) -gt 0 ]" || return 1
+  local before
+  before=$(copied_files "$slow/backing/t4")
+  kill -0 "$pid" 2>/dev/null || { bad "worker $name (pid $pid) finished before it could be killed: raise E2E_SLOW_LATENCY_MS"; return 1; }
+  kill -KILL "$pid"
+  say "  killed worker $name (pid $pid, Job $job, index $index) with $before of $(find "$src/t4" -type f | wc -l) files copied"
+  local r=0 code
+  wait_for 60 "killed pod $name Failed" sh -c "kubectl get pod $name -n $ns -o jsonpath='{.status.phase}' | grep -qx Failed" || return 1
+  code=$(kubectl get pod "$name" -n "$ns" -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')
+  [[ $code == 137 ]] || { bad "killed worker exit code $code, want 137"; r=1; }
+  wait_for 150 "IngestJob t4 finished" sh -c "kubectl get ij t4 -n $ns -o jsonpath='{.status.phase}' | grep -qxE 'Succeeded|Failed'" || return 1
+  sleep 1
+  [[ $(ij_phase t4) == Succeeded ]] || { bad "t4 ended $(ij_phase t4): $(ij_json t4 | jq -c '.status.conditions')"; return 1; }
+  # The shard was retried: another pod ran the same index of the same Job, and succeeded.
+  local retry
+  retry=$(kubectl get pods -n "$ns" -l "job-name=$job" -o json | jq -r --arg n "$name" --arg i "$index" \
+    '[.items[] | select(.metadata.name != $n and .metadata.annotations["batch.kubernetes.io/job-completion-index"] == $i)
+      | .status.phase] | join(",")')
+  say "  retries of $job index $index: ${retry:-none}"
+  [[ $retry == *Succeeded* ]] || { bad "no succeeded retry of $job index $index (pods: ${retry:-none})"; r=1; }
+  local v
+  v=$(ij_json t4 | jq -c '{verification: .status.verification, failures: (.status.failures // [])}')
+  say "  $v"
+  jq -e '.verification.mismatched == 0 and .verification.missing == 0 and .verification.errors == 0
+         and .verification.checked > 0 and (.failures | length) == 0' <<<"$v" >/dev/null ||
+    { bad "verification not clean: $v"; r=1; }
+  same_tree "$src/t4" "$slow/backing/t4" || { bad "destination differs from source after the retried shard"; r=1; }
+  progress_monotonic t4 || r=1
+  return "$r"
+}
+
+# ---------------------------------------------------------------- 5. the operator killed mid-job
+# "name uid" of every Job of an IngestJob, sorted.
+job_uids() { children jobs "$1" | jq -r '.items[] | "\(.metadata.name) \(.metadata.uid)"' | sort; }
+copying_with_progress() {
+  ij_json "$1" | jq -e '.status.phase == "Copying" and (.status.progress.files // 0) > 0' >/dev/null
+}
+op_container() { kubectl get pod "$op_pod" -n "$op_ns" -o json | jq -r ".status.containerStatuses[0].$1"; }
+test_5_operator_killed() {
+  [[ -n $op_pod ]] || { bad "no operator pod (test 2 failed)"; return 1; }
+  gen_tree "$src/t5" 300
+  watch_ij t5
+  ij_apply t5 t5 /slow || { bad "kubectl apply IngestJob t5"; return 1; }
+  wait_for 120 "t5 Copying with some progress" copying_with_progress t5 || return 1
+  local before pid restarts0 prog
+  before=$(job_uids t5)
+  prog=$(ij_json t5 | jq -r '"\(.status.progress.files) files, \(.status.progress.bytes) bytes"')
+  pid=$(op_container containerID)
+  pid=${pid#agent://}
+  restarts0=$(op_container restartCount)
+  kill -KILL "$pid" || { bad "kill operator pid $pid"; return 1; }
+  say "  killed the operator (pid $pid) in phase Copying at $prog; Jobs then: $(echo "$before" | awk '{print $1}' | tr '\n' ' ')"
+  wait_for 60 "operator restarted (restartCount > $restarts0)" \
+    sh -c "[ \$(kubectl get pod $op_pod -n $op_ns -o jsonpath='{.status.containerStatuses[0].restartCount}') -gt $restarts0 ]" || return 1
+  wait_for 150 "IngestJob t5 finished" sh -c "kubectl get ij t5 -n $ns -o jsonpath='{.status.phase}' | grep -qxE 'Succeeded|Failed'" || return 1
+  sleep 1
+  local r=0
+  [[ $(ij_phase t5) == Succeeded ]] || { bad "t5 ended $(ij_phase t5): $(ij_json t5 | jq -c '.status.conditions')"; return 1; }
+  local after names
+  after=$(job_uids t5)
+  # Every Job from before the kill is still the same object (not deleted and created again) ...
+  local line
+  while read -r line; do
+    grep -qxF "$line" <<<"$after" || { bad "Job ${line%% *} was re-created or lost across the restart (uid ${line#* })"; r=1; }
+  done <<<"$before"
+  # ... and there is exactly one Job per role and server: 1 scan, 3 copy, 3 verify.
+  names=$(children jobs t5 | jq -r '.items[] | .metadata.labels["ingest.vfxt.dev/role"] + "/" + (.metadata.labels["ingest.vfxt.dev/server-index"] // "-")' | sort)
+  say "  Jobs by role/server: $(echo "$names" | tr '\n' ' ')"
+  [[ $(echo "$names" | tr '\n' ' ') == "copy/0 copy/1 copy/2 scan/- verify/0 verify/1 verify/2 " ]] ||
+    { bad "Jobs of t5 are not one scan + one copy and one verify per server: $(echo "$names" | tr '\n' ' ')"; r=1; }
+  progress_monotonic t5 || r=1
+  same_tree "$src/t5" "$slow/backing/t5" || { bad "destination differs from source"; r=1; }
+  return "$r"
+}
+
+# ---------------------------------------------------------------- 6. deletion
+# kind/name of every object owned by the IngestJob or labelled with it, and of the Jobs' pods.
+owned_objects() {
+  local uid=$1 job=$2
+  kubectl get jobs,pods,configmaps,serviceaccounts,roles,rolebindings,persistentvolumeclaims -n "$ns" -o json |
+    jq -r --arg uid "$uid" --arg job "$job" '.items[]
+      | select(any(.metadata.ownerReferences[]?; .uid == $uid) or .metadata.labels["ingest.vfxt.dev/job"] == $job)
+      | "\(.kind)/\(.metadata.name)"' | sort
+}
+test_6_delete() {
+  local uid objects snap
+  uid=$(kubectl get ij t3 -n "$ns" -o jsonpath='{.metadata.uid}') || { bad "no IngestJob t3 (test 3 failed)"; return 1; }
+  objects=$(owned_objects "$uid" t3)
+  say "  children of t3: $(echo "$objects" | awk -F/ '{print $1}' | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}')"
+  local r=0 kind
+  for kind in Job Pod ConfigMap; do
+    grep -q "^$kind/" <<<"$objects" || { bad "t3 has no ${kind}s to delete: nothing would be tested"; r=1; }
+  done
+  snap=$(tree_listing "$dst/t3")
+  kubectl delete ij t3 -n "$ns" --wait=true --timeout=60s >/dev/null || { bad "kubectl delete ij t3"; return 1; }
+  wait_for 120 "the garbage collector removed t3's children" t6_gone "$uid" || r=1
+  local left
+  left=$(owned_objects "$uid" t3)
+  [[ -z $left ]] || { bad "left after deleting t3: $(echo "$left" | tr '\n' ' ')"; r=1; }
+  [[ $(tree_listing "$dst/t3") == "$snap" ]] || { bad "the destination tree changed when t3 was deleted"; r=1; }
+  same_tree "$src/t3" "$dst/t3" || { bad "the copied data no longer matches the source"; r=1; }
+  return "$r"
+}
+t6_gone() { [[ -z $(owned_objects "$1" t3) ]]; }
+
+run_test "1 CRD accepted, bad IngestJobs rejected naming the field" test_1_crd_validation
+run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
+run_test "3 full run: phases, identical copy, totals, all cluster IPs" test_3_full_run
+run_test "4 worker killed mid-copy: shard retried, verification clean" test_4_worker_killed
+run_test "5 operator killed mid-job: finishes, no duplicate Jobs, no progress reset" test_5_operator_killed
+run_test "6 deleting the IngestJob removes its children, not the data" test_6_delete
+
+say "operator e2e: $((SECONDS - t_start)) s in all"
+((failed == 0)) || say "failed: ${failed_names[*]}"
+echo "$passed passed, $failed failed"
+((failed == 0))
