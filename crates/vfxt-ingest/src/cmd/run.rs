@@ -485,6 +485,8 @@ struct PhaseOutcome {
     /// Workers that died or could not start, with why.
     broken: Vec<String>,
     unusable: bool,
+    /// Some shard was run (not skipped by its marker), or a worker broke.
+    worked: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -552,6 +554,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
         None => {
             say(args, &format!("scanning {}", job.source.display()));
+            interim_status(state, job, None, JobPhase::Scanning, started);
             let opts = PlanOptions {
                 shards: job.shards,
                 workers: job.workers,
@@ -566,12 +569,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             };
             let (_, p, secs) = scan_and_plan(&job.source, args.scan_threads, &opts)?;
             // A new plan invalidates the old markers (shard ids mean other things now).
-            for e in std::fs::read_dir(&markers)
-                .map_err(|e| e.to_string())?
-                .flatten()
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
+            clear_markers(&markers, None).map_err(|e| format!("--state: {e}"))?;
             write_plan(&plan_path, &p).map_err(|e| format!("--state: plan not written ({e})"))?;
             write_durably(
                 &job_path,
@@ -599,6 +597,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
     };
     let t = &plan.totals;
+    interim_status(state, job, Some(&plan), JobPhase::Copying, started);
     let copy_started = Instant::now();
     let copy = run_phase(
         job,
@@ -612,11 +611,17 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         args,
     );
     let copy_secs = copy_started.elapsed().as_secs_f64();
+    if copy.worked {
+        // Copying touches directories other shards share (their times are set by verify), so a
+        // verify marker from before this copy no longer proves anything: verify every shard.
+        clear_markers(&markers, Some(Phase::Verify)).map_err(|e| format!("--state: {e}"))?;
+    }
     let verify = if job.verify != "none" && !copy.unusable {
         let expected = Expected {
             files: t.files + t.others + t.directories,
             bytes: t.bytes,
         };
+        interim_status(state, job, Some(&plan), JobPhase::Verifying, started);
         Some(run_phase(
             job,
             state,
@@ -662,6 +667,52 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     } else {
         Outcome::PartialFailure
     })
+}
+
+/// Removes the markers of `phase` (all markers with `None`).
+fn clear_markers(dir: &Path, phase: Option<Phase>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if phase.is_none_or(|ph| name.starts_with(&format!("{}-", ph.as_str()))) {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the phase being entered to `status.yaml`, so that whoever watches the state directory
+/// sees where the run is (the final status replaces it).
+fn interim_status(
+    state: &Path,
+    job: &Resolved,
+    plan: Option<&Plan>,
+    phase: JobPhase,
+    started: Timestamp,
+) {
+    let status = IngestJobStatus {
+        phase: Some(phase),
+        run: Some(job.run),
+        message: Some(format!("{phase}")),
+        totals: plan.map(|p| Totals {
+            files: p.totals.files + p.totals.others,
+            directories: p.totals.directories,
+            bytes: p.totals.bytes,
+        }),
+        shards: plan.map(|p| ShardCounts {
+            total: p.shards.len() as u64,
+            pending: p.shards.len() as u64,
+            ..ShardCounts::default()
+        }),
+        start_time: Some(now_time(started)),
+        ..IngestJobStatus::default()
+    };
+    let yaml = serde_yaml::to_string(&status).expect("status serializes");
+    // Best effort: the final status is the one that must be written.
+    let _ = write_durably(&state.join("status.yaml"), yaml.as_bytes());
 }
 
 fn say(args: &Args, line: &str) {
@@ -834,7 +885,9 @@ fn run_phase(
         per_worker: vec![(0, 0); job.workers as usize],
         broken,
         unusable: false,
+        worked: false,
     };
+    out.worked = !out.broken.is_empty();
     for (w, exit) in exits {
         let st = states[w as usize].lock().unwrap().clone();
         let code = exit.as_ref().ok().and_then(|e| e.code());
@@ -843,6 +896,8 @@ fn run_phase(
         }
         match (&st.result, code) {
             (Some(r), Some(0 | 1)) => {
+                let ran = |k: &str| r["shards"][k].as_array().is_some_and(|a| !a.is_empty());
+                out.worked |= ran("done") || ran("failed");
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
                     out.per_worker[w as usize] = (
                         s.copy.files_copied + s.copy.files_skipped,
@@ -867,6 +922,7 @@ fn run_phase(
                 };
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 let last = tail.lines().last().unwrap_or("").to_string();
+                out.worked = true;
                 out.broken.push(format!(
                     "worker {w} ({} phase): {why}; {last} (log: {})",
                     phase.as_str(),
