@@ -410,7 +410,18 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         }
         None => {
             let reason = phase_reason(st.phase.unwrap_or(Phase::Pending));
-            let msg = format!("run {run}: {}", st.phase.unwrap_or(Phase::Pending));
+            let mut msg = format!("run {run}: {}", st.phase.unwrap_or(Phase::Pending));
+            // Pods the Job controller cannot create (missing service account, quota, admission) show only as
+            // Events on the Job; point there instead of looking merely slow.
+            let scan_job = crate::names::scan_job(ij, run);
+            if matches!(stage, Stage::Scan)
+                && obs.job(&scan_job).is_some()
+                && obs.pods_of(labels::ROLE_SCAN, run).next().is_none()
+            {
+                msg = format!(
+                    "{msg}; no scan pod yet: if this lasts, see `kubectl describe job {scan_job}`"
+                );
+            }
             vec![
                 condition(
                     ct::READY,

@@ -592,3 +592,30 @@ fn worker_count_is_frozen_for_the_run() {
     };
     assert_eq!(layout.slots[0].workers, 2, "the run started with 2 workers");
 }
+
+#[test]
+fn a_scan_job_without_pods_points_at_its_events() {
+    let ij = fixture("one-ip.yaml");
+    let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    let obs = ingest_operator::observe::Observed {
+        jobs: vec![observed_job(jobs_of(&children)[0], false, false, "", "", 0)],
+        ..Default::default()
+    };
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(5));
+    assert_eq!(st.phase, Some(Phase::Pending));
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("kubectl describe job genomics-r0-scan"),
+        "{:?}",
+        st.message
+    );
+    assert!(
+        !compute(&ij, &empty(), &Stage::Scan, at(5))
+            .message
+            .unwrap()
+            .contains("describe"),
+        "before the Job exists, nothing to point at"
+    );
+}
