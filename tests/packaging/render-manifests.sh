@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Renders manifests/ (plain YAML for `kubectl apply -k manifests/`) from charts/vfxt-ingest with the chart's
-# defaults: release "vfxt-ingest" in namespace "vfxt-ingest-system".
-#   tests/packaging/render-manifests.sh           rewrite manifests/
-#   tests/packaging/render-manifests.sh --check   exit 1 (with the diff) when manifests/ is stale
+# Copies the generated CRD (crds/, from `vfxt-ingest crd`) into the chart's crds/, and renders manifests/
+# (plain YAML for `kubectl apply -k manifests/`) from charts/vfxt-ingest with the chart's defaults: release
+# "vfxt-ingest" in namespace "vfxt-ingest-system".
+#   tests/packaging/render-manifests.sh           rewrite charts/vfxt-ingest/crds/ and manifests/
+#   tests/packaging/render-manifests.sh --check   exit 1 (with the diff) when either is stale
 # Needs helm on PATH (tests/e2e/controlplane/build.sh builds the pinned one; check.sh puts it first).
 set -euo pipefail
 
@@ -42,7 +43,7 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
 YAML
 } >"$out/namespace.yaml"
-{ header "crds/"; cat "$chart/crds/ingest.vfxt.dev_ingestjobs.yaml"; } >"$out/crd.yaml"
+{ header "crds/"; cat "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml"; } >"$out/crd.yaml"
 for t in serviceaccount rbac deployment; do
     {
         header "templates/$t.yaml"
@@ -70,7 +71,13 @@ resources:
 YAML
 } >"$out/kustomization.yaml"
 
+crd=ingest.vfxt.dev_ingestjobs.yaml
 if [[ $check == 1 ]]; then
+    if ! cmp -s "$repo/crds/$crd" "$chart/crds/$crd"; then
+        diff -u "$repo/crds/$crd" "$chart/crds/$crd" || true
+        echo "charts/vfxt-ingest/crds/$crd differs from crds/$crd: run tests/packaging/render-manifests.sh" >&2
+        exit 1
+    fi
     if ! diff -ru "$repo/manifests" "$out" >"$out.diff" 2>&1; then
         cat "$out.diff"; rm -f "$out.diff"
         echo "manifests/ is stale: run tests/packaging/render-manifests.sh" >&2
@@ -79,6 +86,7 @@ if [[ $check == 1 ]]; then
     rm -f "$out.diff"
     exit 0
 fi
+cp "$repo/crds/$crd" "$chart/crds/$crd"
 rm -rf "$repo/manifests"
 mkdir -p "$repo/manifests"
 cp "$out"/*.yaml "$repo/manifests/"
