@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,30 @@ fn copy_env_and_dir(from: &Command, to: &mut Command) {
     }
 }
 
+/// The process group of the tool being measured, for [`install_interrupt_handler`].
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    let group = RUNNING_GROUP.load(Ordering::SeqCst);
+    // SAFETY: kill and _exit are async-signal-safe.
+    unsafe {
+        if group > 0 {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        libc::_exit(128 + sig);
+    }
+}
+
+/// Tools run in their own process group (so a hung one can be killed whole), which also keeps
+/// a terminal's Ctrl-C from reaching them: on SIGINT, SIGTERM or SIGHUP the benchmark kills the
+/// running tool's group before it exits.
+pub fn install_interrupt_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
 /// Spawns `cmd` in its own process group and waits for it. After `limit` the whole group is
 /// killed, so a hung peer cannot stall the benchmark.
 pub fn run_direct(cmd: &mut Command, limit: Duration) -> io::Result<Measured> {
@@ -167,6 +192,7 @@ pub fn run_direct(cmd: &mut Command, limit: Duration) -> io::Result<Measured> {
     let start = Instant::now();
     let child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
+    RUNNING_GROUP.store(pid, Ordering::SeqCst);
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         let fired = matches!(
@@ -182,6 +208,7 @@ pub fn run_direct(cmd: &mut Command, limit: Duration) -> io::Result<Measured> {
     });
     let waited = wait4(pid);
     let wall = start.elapsed();
+    RUNNING_GROUP.store(0, Ordering::SeqCst);
     let _ = done_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
     drop(child);

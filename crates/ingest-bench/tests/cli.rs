@@ -181,3 +181,41 @@ fn launcher_reports_the_tools_own_peak_rss_and_exit_code() {
         .unwrap();
     assert!(rss < 8 * 1024, "floor {rss} KiB");
 }
+
+#[test]
+fn interrupting_the_benchmark_stops_the_running_tool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("slow-copier");
+    let marker = tmp.path().join("still-running");
+    // Sleeps, then would leave a marker: it must be killed with the benchmark.
+    let script = format!("#!/bin/sh\nsleep 3\ntouch {}\n", marker.display());
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = bench()
+        .args([
+            "copy",
+            "--dataset",
+            "demo",
+            "--scale",
+            "0.01",
+            "--tools",
+            "vfxt",
+            "--no-drop-caches",
+            "--no-install",
+        ])
+        .arg("--work")
+        .arg(tmp.path().join("work"))
+        .arg("--vfxt")
+        .arg(&fake)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(130));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(!marker.exists(), "the tool outlived the benchmark");
+}
