@@ -1425,7 +1425,7 @@ impl<'a> Walk<'a> {
                 let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
                     .op("open-source")?;
                 let dfd =
-                    sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
+                    sys::open_dest_file(dst, name, false, self.create_mode(sm)).op("open-dest")?;
                 self.set_file_meta(&src, &dfd, sm, false)
             })()
         } else {

@@ -42,6 +42,10 @@ pub struct Args {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Running as the operator's scan pod: store the plan in the IngestJob's plan ConfigMaps and
+    /// write the result as the termination message (the contract in crates/ingest-operator/README.md).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 /// The cost model's constants; shared by `scan` and `run`.
@@ -147,11 +151,53 @@ pub fn run(args: Args) -> Outcome {
     } else {
         print_summary(&s, &p, secs);
     }
+    if args.cluster
+        && let Err(e) = store_in_cluster(&p, opts.servers.len())
+    {
+        // Not unusable input: the API may come back; Kubernetes retries the scan pod.
+        eprintln!("error: storing the plan in the cluster: {e}");
+        return Outcome::PartialFailure;
+    }
     if p.totals.errors > 0 {
         Outcome::PartialFailure
     } else {
         Outcome::Success
     }
+}
+
+/// The scan pod's side of the operator contract: the plan's chunks into ConfigMaps (chunk 0, with
+/// the summary, last: the commit marker), then the result as the termination message.
+fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
+    use ingest_api::job::Totals;
+    use ingest_api::report::PodResult;
+    use ingest_operator::plan_store::{MAX_CHUNK_BYTES, PlanSummary};
+    use ingest_operator::pod::{self, PodEnv};
+
+    let env = PodEnv::from_env()?;
+    let chunks = p.to_chunks(MAX_CHUNK_BYTES).map_err(|e| e.to_string())?;
+    let totals = Totals {
+        // The status counts every non-directory as a file.
+        files: p.totals.files + p.totals.others,
+        directories: p.totals.directories,
+        bytes: p.totals.bytes,
+    };
+    let summary = PlanSummary {
+        chunks: chunks.len() as u32,
+        shards: p.shards.len() as u64,
+        shards_per_server: (0..servers)
+            .map(|i| p.shards_of_server(i as u32).count() as u64)
+            .collect(),
+        totals: totals.clone(),
+    };
+    pod::save_plan_blocking(&env, &chunks, &summary).map_err(|e| e.to_string())?;
+    let result = PodResult {
+        files: totals.files,
+        bytes: totals.bytes,
+        totals: Some(totals),
+        shards: Some(p.shards.len() as u64),
+        ..PodResult::default()
+    };
+    pod::write_result(Path::new(pod::TERMINATION_LOG), &result).map_err(|e| e.to_string())
 }
 
 /// Writes the plan durably: a temp file, fsync, rename (a crash never leaves half a plan).

@@ -15,11 +15,12 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use ingest_api::job::{FileFailure, VerificationCounts};
-use ingest_api::report::PodResult;
+use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
     CopyJob, FirstN, JsonLines, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
     Tee, VerifyMode,
 };
+use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
 use ingest_plan::planner::deal;
 use ingest_plan::{Phase, engine_options, engine_scopes};
@@ -223,6 +224,23 @@ struct Base {
     done: AtomicU64,
 }
 
+/// In a pod the operator created (its environment names the IngestJob), progress also goes to the
+/// pod's `ingest.vfxt.dev/progress` annotation, from a background thread that never blocks the copy.
+/// Progress is best effort: without API access the worker still copies and reports its result.
+fn pod_progress_reporter() -> Option<ProgressReporter> {
+    std::env::var_os(pod::env::JOB_NAME)?;
+    let started = PodEnv::from_env().and_then(|env| {
+        ProgressReporter::start(env, Duration::from_secs(5)).map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("warning: progress will not be shown on the pod: {e}");
+            None
+        }
+    }
+}
+
 pub fn run(args: Args) -> Outcome {
     let plan = match load_plan(&args.plan) {
         Ok(p) => p,
@@ -305,8 +323,18 @@ pub fn run(args: Args) -> Outcome {
     let total_shards = (shards.len() * phases.len()) as u64;
     let worker = args.worker;
     let every = Duration::from_secs_f64(args.progress_every.clamp(0.05, 2.0));
+    let pod_reporter = pod_progress_reporter();
     let progress_line = || {
         let s = progress.snapshot();
+        if let Some(r) = &pod_reporter {
+            r.update(PodProgress {
+                files: s.files + base.files.load(Relaxed),
+                bytes: s.bytes + base.bytes.load(Relaxed),
+                failed: s.failed,
+                directories: 0,
+                at: unix_now(),
+            });
+        }
         let phase = *phase_now.lock().unwrap();
         emit(&serde_json::json!({
             "event": "progress",
@@ -440,6 +468,9 @@ pub fn run(args: Args) -> Outcome {
         "result": result,
         "error": setup_error.as_ref().map(|e: &ingest_copy::SetupError| e.to_string()),
     }));
+    if let Some(r) = pod_reporter {
+        r.finish();
+    }
     if let Some(f) = &args.result_file
         && let Err(e) = std::fs::write(f, result.to_termination_message())
     {
