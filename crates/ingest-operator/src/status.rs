@@ -146,21 +146,7 @@ fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
     s
 }
 
-/// `1536` → `1.5 KiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use ingest_api::units::human_bytes;
 
 /// Rates are averages since the run started (stable between samples); ETA extrapolates the bytes rate
 /// (the files rate when the tree holds no bytes).

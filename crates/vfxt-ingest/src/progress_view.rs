@@ -61,20 +61,7 @@ pub fn fraction(s: &Snapshot, e: Expected) -> f64 {
     (f + b) / 2.0
 }
 
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use ingest_api::units::human_bytes as bytes;
 
 pub fn duration(secs: f64) -> String {
     let s = secs.round() as u64;
