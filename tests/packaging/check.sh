@@ -4,7 +4,8 @@
 #      reject bad values;
 #   2. cargo test -p packaging-tests: chart CRD == crds/ (== what the Rust types generate), chart version ==
 #      workspace version, every example parses/validates with no unknown field, the Argo CD health check
-#      (lua5.4) judges statuses built by the operator's own status code;
+#      (lua5.4) judges statuses built by the operator's own status code; kstatus (Flux, Go cli-utils) reads the
+#      same statuses as expected;
 #   3. manifests/ is what render-manifests.sh makes from the chart now;
 #   4. on a real kube-apiserver (tests/e2e/controlplane, brought up and down here): the CRD installs and is
 #      Established; the chart (all namespaces / watched namespaces / ServiceMonitor off) and manifests/ pass a
@@ -69,6 +70,26 @@ ok "watchNamespaces renders a Role per namespace (+ Lease Role) and no cluster-w
 (cd "$repo" && nice -n 10 cargo test -q -p packaging-tests 2>&1) >"${TMPDIR:-/tmp}/packaging-tests.log" \
     || { cat "${TMPDIR:-/tmp}/packaging-tests.log"; fail "cargo test -p packaging-tests"; }
 ok "cargo test -p packaging-tests ($(grep -o '[0-9]* passed' "${TMPDIR:-/tmp}/packaging-tests.log" | awk '{s+=$1} END {print s}') tests: chart CRD, versions, examples, Argo CD health.lua)"
+
+# kstatus (what Flux's health checks use), in Go from sigs.k8s.io/cli-utils, on the same sample objects the
+# Lua test judges (built by the operator's status code).
+kbin=${VFXT_CACHE:-$HOME/.cache/vfxt-ingest}/kstatus/kstatus-check
+if [[ ! -x $kbin || -n $(find "$here/kstatus" -newer "$kbin" -type f) ]]; then
+    mkdir -p "$(dirname "$kbin")"
+    (cd "$here/kstatus" && GOTOOLCHAIN=local GOFLAGS=-mod=mod nice -n 10 go build -o "$kbin" .) || fail "build tests/packaging/kstatus"
+fi
+samples=$(cd "$repo" && cargo run -q -p packaging-tests --bin sample-statuses) || fail "sample-statuses"
+verdicts=$(python3 -c 'import json,sys
+for l in sys.stdin: print(json.dumps(json.loads(l)["object"]))' <<<"$samples" | "$kbin" | cut -f1)
+expected=$(python3 -c 'import json,sys
+for l in sys.stdin: print(json.loads(l)["kstatus"])' <<<"$samples")
+names=$(python3 -c 'import json,sys
+for l in sys.stdin: print(json.loads(l)["name"])' <<<"$samples")
+if [[ $verdicts != "$expected" ]]; then
+    paste <(echo "$names") <(echo "$expected") <(echo "$verdicts") >&2
+    fail "kstatus disagrees (name, expected, got)"
+fi
+ok "kstatus (cli-utils) reads $(wc -l <<<"$names") sample statuses as Flux should: $(paste -d= <(echo "$names") <(echo "$verdicts") | tr '\n' ' ')"
 
 # 3. manifests fresh
 "$here/render-manifests.sh" --check || fail "manifests/ is stale"
