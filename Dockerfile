@@ -20,10 +20,8 @@ ARG BINARY_IMAGE=build
 
 FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
-# Manifests first, so a source-only change does not re-fetch the dependencies.
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
-COPY crds ./crds
 RUN cargo build --release --locked -p vfxt-ingest \
     && install -m 0755 target/release/vfxt-ingest /vfxt-ingest
 
