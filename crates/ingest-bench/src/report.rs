@@ -184,14 +184,14 @@ pub fn table(d: &DatasetReport, cache_note: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<26} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7} {:>7}  not kept",
+        "{:<30} {:>8} {:>9} {:>8} {:>7} {:>8} {:>9} {:>7} {:>7}  not kept",
         "tool", "wall s", "files/s", "MiB/s", "CPU s", "RSS MiB", "identical", "vfxt x", "sync s"
     );
     for r in &d.runs {
         if !r.available {
             let _ = writeln!(
                 s,
-                "{:<26} {}",
+                "{:<30} {}",
                 r.label,
                 r.unavailable.as_deref().unwrap_or("not available")
             );
@@ -224,7 +224,7 @@ pub fn table(d: &DatasetReport, cache_note: &str) -> String {
         };
         let _ = writeln!(
             s,
-            "{label:<26} {:>8.2} {:>9.0} {:>8.1} {:>7.2} {:>8.1} {identical:>9} {speed:>7} {:>7.2}  {not_kept}",
+            "{label:<30} {:>8.2} {:>9.0} {:>8.1} {:>7.2} {:>8.1} {identical:>9} {speed:>7} {:>7.2}  {not_kept}",
             r.wall_s, r.files_per_s, r.mib_per_s, r.cpu_s, r.max_rss_mib, r.sync_s
         );
     }
@@ -332,6 +332,6 @@ mod tests {
         );
         finish_dataset(&mut d);
         assert!(d.targets.is_empty());
-        assert!(table(&d, "no").contains("fpsync -n 16               not available: x"));
+        assert!(table(&d, "no").contains("fpsync -n 16                   not available: x"));
     }
 }

@@ -110,7 +110,7 @@ fn missing_vfxt_binary_is_reported_not_available() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
         stdout.contains(
-            "vfxt-ingest copy           not available: /nonexistent/vfxt-ingest not found"
+            "vfxt-ingest copy               not available: /nonexistent/vfxt-ingest not found"
         ),
         "{stdout}"
     );
