@@ -22,8 +22,11 @@ FROM ${BUILDER_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
+# The release profile keeps line tables for backtraces (~70 MiB of the binary); the image drops them and
+# keeps the symbols, so a panic still names its functions.
 RUN cargo build --release --locked -p vfxt-ingest \
-    && install -m 0755 target/release/vfxt-ingest /vfxt-ingest
+    && install -m 0755 target/release/vfxt-ingest /vfxt-ingest \
+    && strip --strip-debug /vfxt-ingest
 
 FROM ${BINARY_IMAGE} AS binary
 

@@ -6,8 +6,9 @@
 #   3. wraps a binary built on this host in a one-file image and builds the real Dockerfile with
 #      RUNTIME_IMAGE and BINARY_IMAGE pointing at those local images (the standard multi-stage build
 #      is the default for users; here the cargo build runs on the host, where its cache is);
-#   4. runs the image: `--version`, the OCI labels and user, and `copy` of a small tree as the
-#      non-root user into a bind-mounted directory, checking the copy.
+#   4. runs the image: `--version`, the OCI labels and user, `copy` of a small tree as the non-root user
+#      (read-only root fs, no capabilities) and as root with the copy pods' capabilities (owners kept),
+#      and `operator` without a cluster (exit 2, a clear message).
 # Usage: tests/packaging/docker.sh [--profile release|debug]   (default release)
 # Prints the time of each step and the total. Caches under ${VFXT_CACHE:-$HOME/.cache/vfxt-ingest}/docker.
 set -euo pipefail
@@ -84,6 +85,8 @@ chmod 1777 "$ctx/runtime/tmp"
 printf 'FROM scratch\nCOPY runtime/ /\n' >"$ctx/Dockerfile.runtime"
 $docker build -q -t vfxt-ingest-local/runtime:cc -f "$ctx/Dockerfile.runtime" "$ctx" >/dev/null
 cp "$bin" "$ctx/bin/vfxt-ingest"
+# As the Dockerfile's build stage does: drop the line tables, keep the symbols.
+strip --strip-debug "$ctx/bin/vfxt-ingest"
 printf 'FROM scratch\nCOPY bin/vfxt-ingest /vfxt-ingest\n' >"$ctx/Dockerfile.binary"
 $docker build -q -t vfxt-ingest-local/binary:"$profile" -f "$ctx/Dockerfile.binary" "$ctx" >/dev/null
 step "local base images (scratch + libs, binary)" "$t"
@@ -124,6 +127,21 @@ $docker run --rm --read-only --cap-drop ALL --security-opt no-new-privileges \
 diff -r "$work/src" "$work/dst" >/dev/null || fail "copied tree differs from the source"
 owner=$(stat -c %u "$work/dst/a/f1")
 [[ $owner == 65532 ]] || fail "copied files belong to uid $owner, expected the non-root 65532"
-step "run: --version, labels, user, copy as 65532" "$t"
+# As root with the capabilities the operator gives copy pods that preserve owners: owners are kept.
+chown -R 1234:1234 "$work/src/a"
+mkdir -p "$work/dst-root"
+$docker run --rm --read-only --user 0:0 --cap-drop ALL \
+    --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add DAC_READ_SEARCH --cap-add FOWNER --cap-add FSETID \
+    -v "$work/src:/src:ro" -v "$work/dst-root:/dst" "$image" copy -q --threads 4 /src /dst >/dev/null \
+    || fail "copy as root exited $?"
+owner=$(stat -c %u:%g "$work/dst-root/a/f1")
+[[ $owner == 1234:1234 ]] || fail "as root, copied files belong to $owner, expected the source's 1234:1234"
+# The operator role starts and says clearly that there is no cluster to talk to.
+set +e
+msg=$($docker run --rm "$image" operator --image x 2>&1)
+rc=$?
+set -e
+[[ $rc == 2 ]] || fail "operator without a cluster exited $rc (expected 2): $msg"
+step "run: --version, labels, user, copy as 65532 and as root, operator" "$t"
 step "total"
 echo "[docker.sh] ok: $image"
