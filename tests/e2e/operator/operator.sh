@@ -12,10 +12,13 @@
 #  5. the operator killed (SIGKILL) mid-job and restarted: the job finishes, no Job is created twice,
 #     progress never goes backwards;
 #  6. deleting the IngestJob removes its Jobs, pods and ConfigMaps, and no copied data.
-# Tests 4 and 5 write through slow emulated cluster nodes (FUSE, crates/e2e-tests' e2e-slow-nodes),
-# so a copy lasts long enough to kill something in the middle of it.
+# The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
+# tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
+# the middle of it.
 # Each test prints PASS/FAIL; the last line is "N passed, M failed"; exit status 1 if any failed.
-# Needs root (the node agent bind-mounts volumes; FUSE mounts). Env: E2E_SLOW_LATENCY_MS (default 15).
+# Usage: operator.sh [N...] (only tests N..., e.g. '1 2 3 6'). Needs root (the node agent bind-mounts
+# volumes; FUSE mounts). Env: E2E_SOURCE_LATENCY_MS, E2E_SLOW_LATENCY_MS: the slow nodes'
+# latency per operation (source: default 25 ms; destination nodes of tests 4, 5: 15 ms).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -23,69 +26,17 @@ repo=$(cd "$here/../../.." && pwd)
 source "$here/../lib.sh"
 t_start=$SECONDS
 
-# ---------------------------------------------------------------- setup
-say "building vfxt-ingest and e2e-tests"
-(cd "$repo" && nice -n 10 cargo build -q -p vfxt-ingest -p e2e-tests) || fail "cargo build -p vfxt-ingest -p e2e-tests"
-target=${CARGO_TARGET_DIR:-$repo/target}
-bin=$target/debug/vfxt-ingest
-slow_nodes=$target/debug/e2e-slow-nodes
-
-data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
-src=$data/src      # the source filer's export 10.0.0.5:/export
-dst=$data/dst      # one cluster export, reached as 10.1.1.101..103:/nfs
-slow=$data/slow    # another: 10.1.1.101..103:/slow, each IP through its own slow emulated node
-mkdir -p "$src" "$dst" "$slow/backing"
-slow_latency=${E2E_SLOW_LATENCY_MS:-15}
-"$slow_nodes" --backing "$slow/backing" --latency-ms "$slow_latency" --capacity 4 \
-  "$slow/node1" "$slow/node2" "$slow/node3" >"$data/slow-nodes.log" 2>&1 &
-slow_pid=$!
-for _ in $(seq 50); do grep -qx ready "$data/slow-nodes.log" && break; sleep 0.1; done
-grep -qx ready "$data/slow-nodes.log" || fail "e2e-slow-nodes did not start: $(cat "$data/slow-nodes.log")"
-
-image=registry.invalid/vfxt-ingest
-ips=(10.1.1.101 10.1.1.102 10.1.1.103)
-maps=(--nfs-map "10.0.0.5:/export=$src")
-for i in 0 1 2; do
-  maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))")
-done
-
-cleanup() {
-  local rc=$?
-  # Watchers first, then the plane (via lib.sh's e2e_exit: logs on failure, down.sh), then the slow
-  # nodes, which must outlive the pods that write through them.
-  jobs -p | grep -vx "$slow_pid" | xargs -r kill 2>/dev/null || true
-  if [[ -n $e2e_run_dir ]]; then
-    if ((rc)); then
-      say "run dir (kept): $e2e_run_dir; test data: $data"
-      for f in "$e2e_run_dir"/logs/*.log; do
-        echo "----- last 30 lines of $f" >&2
-        tail -n 30 "$f" >&2
-      done
-      on_failure >&2 2>&1 || true
-    fi
-    "$here/../controlplane/down.sh" "$e2e_run_dir" >&2 || true
-  fi
-  kill "$slow_pid" 2>/dev/null && wait "$slow_pid" 2>/dev/null
-  ((rc)) || rm -rf "$data"
-  exit "$rc"
-}
-trap cleanup EXIT
-
-say "bringing up the control plane with the node agent"
-up_out=$("$here/../controlplane/up.sh" --agent "${maps[@]}" --exec-override "$image=$bin") || fail "up.sh failed"
-eval "$up_out"
-e2e_run_dir=$VFXT_E2E_RUN_DIR
-
-ns=ingest-e2e
-op_ns=vfxt-ingest-system
-kubectl create namespace "$ns" >/dev/null
-wait_until 60 "default service account in $ns" kubectl get serviceaccount default -n "$ns"
-
 # ---------------------------------------------------------------- helpers
 passed=0 failed=0 failed_names=()
 # run_test NAME FUNCTION: runs it, prints PASS/FAIL with its time.
+# Tests to run: the numbers given on the command line, default all (later tests use earlier ones'
+# objects: 3-5 need 2's operator, 6 deletes 3's IngestJob).
+selected=()
 run_test() {
   local name=$1 fn=$2 t0=$SECONDS
+  if ((${#selected[@]})) && [[ " ${selected[*]} " != *" ${name%% *} "* ]]; then
+    return 0
+  fi
   say "---- $name"
   if "$fn"; then
     passed=$((passed + 1))
@@ -160,7 +111,8 @@ YAML
 # watch_ij NAME: records every status the API server sends for the IngestJob, one line each:
 # "phase files bytes" (the watch sees every write, so a phase held for a moment is not missed).
 watch_ij() {
-  kubectl get ij "$1" -n "$ns" -w --output-watch-events=false \
+  # A list watch by name: it starts before the object exists, so no early status is missed.
+  kubectl get ij -n "$ns" --field-selector "metadata.name=$1" -w --output-watch-events=false \
     -o jsonpath='{.status.phase} {.status.progress.files} {.status.progress.bytes}{"\n"}' \
     >"$data/watch-$1" 2>"$data/watch-$1.err" &
 }
@@ -331,10 +283,12 @@ test_2_helm_install() {
 }
 
 # ---------------------------------------------------------------- 3. a full run
+# NFS servers of the volumes the copy/verify pods mount at /ingest/dest (the contract's destination mount).
 worker_servers() {
   kubectl get pods -n "$ns" -l "ingest.vfxt.dev/job=$1" -o json |
     jq -r '.items[] | select(.metadata.labels["ingest.vfxt.dev/role"] == "copy" or .metadata.labels["ingest.vfxt.dev/role"] == "verify")
-           | .spec.volumes[]? | (.nfs.server // empty)' | sort -u | tr '\n' ' '
+           | .spec as $s | [$s.containers[].volumeMounts[]? | select(.mountPath == "/ingest/dest") | .name] as $names
+           | $s.volumes[]? | select(.name as $n | $names | index($n)) | (.nfs.server // empty)' | sort -u | tr '\n' ' '
 }
 test_3_full_run() {
   gen_tree "$src/t3" 300
@@ -494,14 +448,93 @@ test_6_delete() {
 }
 t6_gone() { [[ -z $(owned_objects "$1" t3) ]]; }
 
-run_test "1 CRD accepted, bad IngestJobs rejected naming the field" test_1_crd_validation
-run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
-run_test "3 full run: phases, identical copy, totals, all cluster IPs" test_3_full_run
-run_test "4 worker killed mid-copy: shard retried, verification clean" test_4_worker_killed
-run_test "5 operator killed mid-job: finishes, no duplicate Jobs, no progress reset" test_5_operator_killed
-run_test "6 deleting the IngestJob removes its children, not the data" test_6_delete
+# Runs on exit, however the script ends; keeps the run dir and test data of a failed run.
+cleanup() {
+  local rc=$?
+  # Watchers first, then the plane (component log tails and pod logs on failure; down.sh), then the
+  # slow nodes, which must outlive the pods that write through them.
+  jobs -p | grep -vxF -f <(printf '%s\n' "${slow_pids[@]}") | xargs -r kill 2>/dev/null || true
+  if [[ -n $e2e_run_dir ]]; then
+    if ((rc)); then
+      say "run dir (kept): $e2e_run_dir; test data: $data"
+      for f in "$e2e_run_dir"/logs/*.log; do
+        echo "----- last 30 lines of $f" >&2
+        tail -n 30 "$f" >&2
+      done
+      on_failure >&2 2>&1 || true
+    fi
+    "$here/../controlplane/down.sh" "$e2e_run_dir" >&2 || true
+  fi
+  local pid
+  for pid in "${slow_pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  ((rc)) || rm -rf "$data"
+  exit "$rc"
+}
 
-say "operator e2e: $((SECONDS - t_start)) s in all"
-((failed == 0)) || say "failed: ${failed_names[*]}"
-echo "$passed passed, $failed failed"
-((failed == 0))
+# ---------------------------------------------------------------- setup
+slow_pids=()
+# start_slow_nodes NAME ARGS...: e2e-slow-nodes ARGS in the background, waits for its "ready".
+start_slow_nodes() {
+  local name=$1
+  shift
+  "$slow_nodes" "$@" >"$data/slow-nodes-$name.log" 2>&1 &
+  slow_pids+=($!)
+  for _ in $(seq 50); do grep -qx ready "$data/slow-nodes-$name.log" && break; sleep 0.1; done
+  grep -qx ready "$data/slow-nodes-$name.log" || fail "e2e-slow-nodes ($name) did not start: $(cat "$data/slow-nodes-$name.log")"
+}
+setup() {
+  say "building vfxt-ingest and e2e-tests"
+  (cd "$repo" && nice -n 10 cargo build -q -p vfxt-ingest -p e2e-tests) || fail "cargo build -p vfxt-ingest -p e2e-tests"
+  target=${CARGO_TARGET_DIR:-$repo/target}
+  bin=$target/debug/vfxt-ingest
+  slow_nodes=$target/debug/e2e-slow-nodes
+
+  data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
+  src=$data/src      # the source filer's export 10.0.0.5:/export
+  dst=$data/dst      # one cluster export, reached as 10.1.1.101..103:/nfs
+  slow=$data/slow    # another: 10.1.1.101..103:/slow, each IP through its own slow emulated node
+  mkdir -p "$src" "$dst" "$slow/backing"
+  # The source filer is a slow node too, as a real one over NFS is: a scan takes a few seconds rather
+  # than the milliseconds of a local disk, longer than the operator's reconcile debounce.
+  start_slow_nodes source --backing "$src" --latency-ms "${E2E_SOURCE_LATENCY_MS:-25}" --capacity 2 "$data/source-node"
+  start_slow_nodes cluster --backing "$slow/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 4 \
+    "$slow/node1" "$slow/node2" "$slow/node3"
+
+  image=registry.invalid/vfxt-ingest
+  ips=(10.1.1.101 10.1.1.102 10.1.1.103)
+  maps=(--nfs-map "10.0.0.5:/export=$data/source-node")
+  for i in 0 1 2; do
+    maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))")
+  done
+
+  trap cleanup EXIT
+
+  say "bringing up the control plane with the node agent"
+  up_out=$("$here/../controlplane/up.sh" --agent "${maps[@]}" --exec-override "$image=$bin") || fail "up.sh failed"
+  eval "$up_out"
+  e2e_run_dir=$VFXT_E2E_RUN_DIR
+
+  ns=ingest-e2e
+  op_ns=vfxt-ingest-system
+  kubectl create namespace "$ns" >/dev/null
+  wait_until 60 "default service account in $ns" kubectl get serviceaccount default -n "$ns"
+}
+
+main() {
+  selected=("$@")
+  setup
+  run_test "1 CRD accepted, bad IngestJobs rejected naming the field" test_1_crd_validation
+  run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
+  run_test "3 full run: phases, identical copy, totals, all cluster IPs" test_3_full_run
+  run_test "4 worker killed mid-copy: shard retried, verification clean" test_4_worker_killed
+  run_test "5 operator killed mid-job: finishes, no duplicate Jobs, no progress reset" test_5_operator_killed
+  run_test "6 deleting the IngestJob removes its children, not the data" test_6_delete
+
+  say "operator e2e: $((SECONDS - t_start)) s in all"
+  ((failed == 0)) || say "failed: ${failed_names[*]}"
+  echo "$passed passed, $failed failed"
+  ((failed == 0))
+}
+
+# Everything runs from functions: bash has parsed the whole file before the first test starts.
+main "$@"
