@@ -13,7 +13,9 @@
 #      account can do exactly what the operator does (kubectl auth can-i, impersonated) and not more; it can
 #      server-side apply the per-IngestJob ServiceAccount/Role/RoleBinding (RBAC escalation check included)
 #      and PV/PVC; the examples pass a server-side dry run (CRD schema + CEL rules);
-#   5. examples/local-run.yaml runs with `vfxt-ingest run` on a small tree.
+#   5. examples/local-run.yaml runs with `vfxt-ingest run` on a small tree;
+#   6. tests/packaging/operator-e2e.sh: the chart installed on the e2e rig with the test node agent runs an
+#      IngestJob to Succeeded (operator flags, Lease, RBAC for the operator and for its pods).
 # Prints each check; ends with "N passed". Needs root for apt (lua5.4) on first use.
 set -euo pipefail
 
@@ -244,5 +246,10 @@ sed "s#/tmp/vfxt-demo#$demo#g" "$repo/examples/local-run.yaml" >"$demo/job.yaml"
     || { cat "$demo/run.log"; fail "vfxt-ingest run examples/local-run.yaml"; }
 diff -r "$demo/source" "$demo/export" >/dev/null || fail "local example: destination differs from source"
 ok "examples/local-run.yaml: vfxt-ingest run copies and verifies a 201-file tree through 3 destinations"
+
+# 6. the chart's operator for a whole IngestJob on the e2e rig (its own control plane + node agent)
+"$here/operator-e2e.sh" >"${TMPDIR:-/tmp}/packaging-operator-e2e.log" 2>&1 \
+    || { grep -v -e '^[IWE][0-9]' "${TMPDIR:-/tmp}/packaging-operator-e2e.log" | tail -n 60; fail "operator-e2e.sh"; }
+ok "operator-e2e.sh: $(grep -c '] ok: ' "${TMPDIR:-/tmp}/packaging-operator-e2e.log") steps: the chart's operator (flags, Lease) runs an IngestJob to Succeeded with the chart's RBAC"
 
 echo "packaging checks: $passed passed, 0 failed ($((SECONDS - start)) s)"

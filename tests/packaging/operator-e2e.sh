@@ -84,10 +84,14 @@ pass "the operator wrote status, an Event, the pods' ServiceAccount/Role/RoleBin
 wait_until 180 "IngestJob finished" \
   sh -c "kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.phase}' | grep -qx -e Succeeded -e Failed"
 if op_logs | grep -i forbidden; then fail "the operator was refused an API call: the chart's RBAC misses a rule"; fi
+# The scan and copy pods run with the identity the operator made for them (plan ConfigMaps, progress).
+if cat "$e2e_run_dir"/agent/pods/ingest_*/containers/*/log | grep -i forbidden; then
+  fail "a scan/copy pod was refused an API call: the Role the operator grants its pods misses a rule"
+fi
 phase=$(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.phase}')
 [[ $phase == Succeeded ]] || fail "IngestJob ended $phase: $(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.message}')"
 diff -r "$data/src" "$data/dst" >/dev/null || fail "destination differs from source"
-pass "IngestJob Succeeded through the chart's operator: 343 files identical, no Forbidden in its log"
+pass "IngestJob Succeeded through the chart's operator: 343 files identical, no Forbidden in its or its pods' logs"
 
 helm uninstall vfxt-ingest -n "$op_ns" --wait >/dev/null || fail "helm uninstall"
 wait_until 30 "operator pod gone" sh -c "! kubectl get pods -n $op_ns -o name | grep -q ."
