@@ -68,7 +68,7 @@ for s in "${scripts[@]}"; do
   wait "$current" || rc=$?
   current=""
   secs=$((SECONDS - t0))
-  last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$dir/output.log" | tail -n 1 || true)
+  last=$(grep -oE '[0-9]+ passed, [0-9]+ failed' "$dir/output.log" | tail -n 1 || true)
   if ((rc == 0)); then
     passed=$((passed + 1))
     summary+=("PASS $s (${secs}s) ${last}")
