@@ -253,6 +253,10 @@ op_running() {
 }
 can_i() { kubectl auth can-i "$@" --as="system:serviceaccount:$op_ns:$op_sa" 2>/dev/null; }
 test_2_helm_install() {
+  # On a fresh cluster helm installs the chart's own copy of the CRD: it must be the generated one that
+  # test 1 checked.
+  diff -u "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml" "$repo/charts/vfxt-ingest/crds/ingest.vfxt.dev_ingestjobs.yaml" >&2 ||
+    { bad "charts/vfxt-ingest/crds differs from crds/ (regenerate the chart's copy)"; return 1; }
   # The agent runs pods on the host network: the metrics listener needs a free port.
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
