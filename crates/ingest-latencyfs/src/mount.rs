@@ -103,7 +103,20 @@ impl Node {
             return Ok(());
         };
         MOUNTED.lock().unwrap().retain(|p| p != &self.mountpoint);
-        s.umount_and_join()
+        // A forced unmount first aborts the FUSE connection (the kernel's umount_begin), which
+        // ends every session thread's read; the session's own unmount-then-join could wait
+        // for ever when its check for "still mounted" misjudged the device (seen under load).
+        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: valid C string.
+        let forced = unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } == 0;
+        if !forced {
+            // Busy (a process still has a file open there): detach it; the abort above still
+            // happened, so the session ends either way.
+            // SAFETY: valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        s.join()
     }
 }
 

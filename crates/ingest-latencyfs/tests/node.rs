@@ -220,3 +220,64 @@ fn engine_copy_through_two_nodes_is_identical() {
 fn rustix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+#[test]
+fn auto_threads_copy_through_uneven_nodes_favours_the_fast_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    generate(
+        Dataset::Small,
+        &src,
+        &GenOptions {
+            scale: 0.005,
+            ..GenOptions::default()
+        },
+    )
+    .unwrap();
+    let backing = tmp.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    let fast = NodeConfig {
+        meta_latency: Duration::from_micros(200),
+        data_latency: Duration::from_micros(200),
+        ..config(8)
+    };
+    let slow = NodeConfig {
+        meta_latency: Duration::from_millis(2),
+        data_latency: Duration::from_millis(2),
+        ..config(1)
+    };
+    let nodes: Vec<Node> = [fast, fast, slow]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Node::mount(&backing, &tmp.path().join(format!("node{i}")), *c).unwrap())
+        .collect();
+    let job = ingest_copy::CopyJob {
+        source: src.clone(),
+        destinations: nodes.iter().map(|n| n.mountpoint().to_path_buf()).collect(),
+        scopes: vec![ingest_copy::Scope::Tree(ingest_copy::RelPath::root())],
+    };
+    let opts = ingest_copy::Options {
+        verify: ingest_copy::VerifyMode::None,
+        concurrency: ingest_copy::Concurrency::Auto(ingest_copy::AutoConfig {
+            max_per_mount: 16,
+            initial: 1,
+            interval_ms: 20,
+        }),
+        ..ingest_copy::Options::default()
+    };
+    let sink = ingest_copy::FirstN::new(20);
+    let summary = ingest_copy::run(&job, &opts, &ingest_copy::Progress::default(), &sink).unwrap();
+    assert_eq!(summary.copy.failed, 0, "{:?}", sink.take().0);
+    let cmp = CompareOptions {
+        owner: rustix_is_root(),
+        ..CompareOptions::all()
+    };
+    assert!(compare(&src, &backing, &cmp).is_empty());
+    let ops: Vec<u64> = nodes.iter().map(|n| n.stats().meta_ops).collect();
+    // The slow node (one slot, ten times the latency) gets the least of the work.
+    assert!(ops[2] < ops[0] && ops[2] < ops[1], "ops per node {ops:?}");
+    for n in &nodes {
+        let s = n.stats();
+        assert!(s.peak_in_service <= n.config().capacity, "{s:?}");
+    }
+}
