@@ -12,7 +12,7 @@
 //! seen, which is fine for a benchmark tool.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
@@ -66,16 +66,19 @@ pub struct Stats {
     pub queued_ops: AtomicU64,
     pub peak_in_service: AtomicUsize,
     pub peak_queued: AtomicUsize,
+    /// Operations by FUSE request name: where a tool's round trips go.
+    pub by_op: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A copy of [`Stats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
     pub meta_ops: u64,
     pub data_ops: u64,
     pub queued_ops: u64,
     pub peak_in_service: usize,
     pub peak_queued: usize,
+    pub by_op: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -86,6 +89,13 @@ impl Stats {
             queued_ops: self.queued_ops.load(Relaxed),
             peak_in_service: self.peak_in_service.load(Relaxed),
             peak_queued: self.peak_queued.load(Relaxed),
+            by_op: self
+                .by_op
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 }
@@ -256,7 +266,8 @@ impl LatencyFs {
     }
 
     /// Takes a slot (waiting if all are busy) and spends the emulated round trip in it.
-    fn serve(&self, op: Op) -> SlotGuard<'_> {
+    fn serve(&self, op: Op, name: &'static str) -> SlotGuard<'_> {
+        *self.stats.by_op.lock().unwrap().entry(name).or_default() += 1;
         let s = &self.slots;
         let mut st = s.state.lock().unwrap();
         if st.0 >= s.capacity {
@@ -459,7 +470,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "lookup");
         match self.enter(parent, name) {
             Ok(a) => reply.entry(&self.cfg.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -467,7 +478,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "getattr");
         let st = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(f) => fstat(&f),
             None => self.path(ino).and_then(|p| lstat(&p)),
@@ -496,7 +507,7 @@ impl Filesystem for LatencyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "setattr");
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.cfg.ttl, &a),
             Err(e) => reply.error(e),
@@ -504,7 +515,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "readlink");
         match self
             .path(ino)
             .and_then(|p| std::fs::read_link(p).map_err(errno))
@@ -524,7 +535,7 @@ impl Filesystem for LatencyFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "mknod");
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -547,7 +558,7 @@ impl Filesystem for LatencyFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "mkdir");
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -562,7 +573,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "unlink");
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -575,7 +586,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "rmdir");
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -595,7 +606,7 @@ impl Filesystem for LatencyFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "symlink");
         let r = self.child(parent, link_name).and_then(|p| {
             std::os::unix::fs::symlink(target, &p).map_err(errno)?;
             self.enter(parent, link_name)
@@ -616,7 +627,7 @@ impl Filesystem for LatencyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "rename");
         let r = (|| {
             let from = cpath(&self.child(parent, name)?)?;
             let to = cpath(&self.child(newparent, newname)?)?;
@@ -646,7 +657,7 @@ impl Filesystem for LatencyFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "link");
         let r = (|| {
             let from = self.path(ino)?;
             std::fs::hard_link(&from, self.child(newparent, newname)?).map_err(errno)?;
@@ -660,7 +671,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "open");
         let f = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         match self.path(ino).and_then(|p| Self::open_raw(&p, f, 0)) {
             Ok(file) => reply.opened(FileHandle(self.keep(file)), FopenFlags::empty()),
@@ -679,7 +690,7 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _slot = self.serve(Op::Data);
+        let _slot = self.serve(Op::Data, "read");
         let r = self.file(fh).and_then(|f| {
             let mut buf = vec![0u8; size as usize];
             let mut n = 0;
@@ -712,7 +723,7 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _slot = self.serve(Op::Data);
+        let _slot = self.serve(Op::Data, "write");
         match self
             .file(fh)
             .and_then(|f| f.write_all_at(data, offset).map_err(errno))
@@ -731,7 +742,7 @@ impl Filesystem for LatencyFs {
         reply: ReplyEmpty,
     ) {
         // close() on NFS waits for the file's writes to be committed: one round trip.
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "flush");
         reply.ok();
     }
 
@@ -758,7 +769,7 @@ impl Filesystem for LatencyFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Data);
+        let _slot = self.serve(Op::Data, "fsync");
         let r = self.file(fh).and_then(|f| {
             if datasync {
                 f.sync_data()
@@ -829,7 +840,7 @@ impl Filesystem for LatencyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "readdir");
         let Some(list) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::from_i32(libc::EBADF));
         };
@@ -854,7 +865,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "statfs");
         let r = cpath(&self.backing).and_then(|c| {
             let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
             // SAFETY: valid C string; `s` is written before being read.
@@ -886,7 +897,7 @@ impl Filesystem for LatencyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "setxattr");
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -908,7 +919,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "getxattr");
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -930,7 +941,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "listxattr");
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let mut buf = vec![0u8; size as usize];
@@ -949,7 +960,7 @@ impl Filesystem for LatencyFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "removexattr");
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -977,7 +988,7 @@ impl Filesystem for LatencyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _slot = self.serve(Op::Meta);
+        let _slot = self.serve(Op::Meta, "create");
         let r = (|| {
             let p = self.child(parent, name)?;
             let f = Self::open_raw(&p, flags | libc::O_CREAT, mode & !umask & 0o7777)?;

@@ -117,6 +117,15 @@ fn file_operations_pass_through_and_are_counted() {
     let s = node.stats();
     assert!(s.meta_ops >= 20, "{s:?}");
     assert!(s.data_ops >= 3, "writes and a read went through: {s:?}");
+    for op in [
+        "lookup", "create", "mkdir", "setattr", "symlink", "link", "rename", "write",
+    ] {
+        assert!(
+            s.by_op.get(op).is_some_and(|n| *n > 0),
+            "{op} counted: {s:?}"
+        );
+    }
+    assert_eq!(s.by_op.values().sum::<u64>(), s.meta_ops + s.data_ops);
     node.unmount().unwrap();
     assert!(
         fs::read_dir(tmp.path().join("node0"))

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    print!("{}", run::table(&records));
+    print!("{}", run::table(&records, bench.files));
     // Exit 1 when any copy failed or differs: its number was left out of the findings.
     if records.iter().all(|r| r.identical) {
         ExitCode::SUCCESS

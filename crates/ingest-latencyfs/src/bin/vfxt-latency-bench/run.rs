@@ -451,16 +451,37 @@ pub fn json(b: &Bench, recs: &[Record]) -> serde_json::Value {
         "dataset": {"name": "small", "scale": b.scale, "files": b.files, "directories": b.dirs},
         "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
         "findings": findings(recs),
+        "opsPerFile": ops_per_file(recs, b.files),
         "records": recs,
     })
 }
 
-pub fn table(recs: &[Record]) -> String {
+/// Round trips per file by operation, for each tool (from its first run): where time goes.
+fn ops_per_file(recs: &[Record], files: u64) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for r in recs {
+        if out.contains_key(&r.label) || r.nodes.is_empty() {
+            continue;
+        }
+        let mut by: BTreeMap<String, f64> = BTreeMap::new();
+        for n in &r.nodes {
+            for (op, c) in &n.by_op {
+                *by.entry(op.clone()).or_default() += *c as f64 / files.max(1) as f64;
+            }
+        }
+        by.values_mut()
+            .for_each(|v| *v = (*v * 100.0).round() / 100.0);
+        out.insert(r.label.clone(), by);
+    }
+    out
+}
+
+pub fn table(recs: &[Record], files: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7}",
-        "part", "lat ms", "mounts", "capacity", "tool", "wall s", "files/s", "node ops", "queued"
+        "part", "lat ms", "mounts", "capacity", "tool", "wall s", "files/s", "ops/file", "queued"
     );
     for r in recs {
         let caps: Vec<String> = r
@@ -470,6 +491,7 @@ pub fn table(recs: &[Record]) -> String {
             .map(|n| n.capacity.to_string())
             .collect();
         let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
+        let ops = format!("{:.1}", ops as f64 / files.max(1) as f64);
         let queued: u64 = r.nodes.iter().map(|n| n.queued_ops).sum();
         let rate = match (&r.error, r.files_per_s) {
             (Some(_), _) => "failed".into(),
@@ -516,6 +538,11 @@ pub fn table(recs: &[Record]) -> String {
             let _ = writeln!(s);
         }
     }
+    let _ = writeln!(
+        s,
+        "\nround trips per file by operation\n{}",
+        serde_json::to_string_pretty(&ops_per_file(recs, files)).unwrap()
+    );
     let _ = writeln!(
         s,
         "\nfindings\n{}",
