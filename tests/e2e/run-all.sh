@@ -36,6 +36,7 @@ on_exit() {
   if [[ -n $current ]] && kill -0 "$current" 2>/dev/null; then
     kill -TERM "$current" 2>/dev/null || true
     wait "$current" 2>/dev/null || true
+    say "interrupted; logs kept in $logs"
   fi
   exit "$rc"
 }
