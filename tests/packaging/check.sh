@@ -144,14 +144,15 @@ allowed=(
     "create serviceaccounts -n ingest" "patch serviceaccounts -n ingest"
     "create roles.rbac.authorization.k8s.io -n ingest" "patch rolebindings.rbac.authorization.k8s.io -n ingest"
     "create persistentvolumeclaims -n ingest" "create persistentvolumes" "patch persistentvolumes"
+    "list persistentvolumes" "delete persistentvolumes" "patch ingestjobs.ingest.vfxt.dev -n ingest"
     "create events.events.k8s.io -n ingest" "patch events.events.k8s.io -n ingest"
     "create leases.coordination.k8s.io -n vfxt-ingest-system"
     "update leases.coordination.k8s.io/vfxt-ingest-leader -n vfxt-ingest-system"
 )
 denied=(
     "get secrets -n ingest" "list secrets -A" "delete ingestjobs.ingest.vfxt.dev -n ingest"
-    "update ingestjobs.ingest.vfxt.dev -n ingest" "update jobs.batch -n ingest" "delete pods -n ingest"
-    "delete persistentvolumes" "create clusterroles.rbac.authorization.k8s.io" "escalate roles.rbac.authorization.k8s.io -n ingest"
+    "update ingestjobs.ingest.vfxt.dev -n ingest" "update jobs.batch -n ingest" "get persistentvolumes" "delete pods -n ingest"
+    "create clusterroles.rbac.authorization.k8s.io" "escalate roles.rbac.authorization.k8s.io -n ingest"
     "update leases.coordination.k8s.io/some-other-lease -n vfxt-ingest-system" "create pods -n ingest"
 )
 for a in "${allowed[@]}"; do

@@ -7,7 +7,10 @@
 #      Event, the pods' ServiceAccount/Role/RoleBinding and the scan Job;
 #   3. the IngestJob goes to Succeeded, the copy is identical to the source, and the operator's log has no
 #      Forbidden: the chart's RBAC is enough for a whole run;
-#   4. helm uninstall stops the operator.
+#   4. the same with destination mountOptions: the operator makes a PV + claim per server (the chart's
+#      cluster-scoped PV rule) and the copy succeeds through them;
+#      deleting that IngestJob runs the operator's finalizer: its PVs go, the data stays;
+#   5. helm uninstall stops the operator.
 # Ends with "N passed". Needs root (the agent bind-mounts volumes). Run time: about a minute.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -92,6 +95,43 @@ phase=$(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.phase}')
 [[ $phase == Succeeded ]] || fail "IngestJob ended $phase: $(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.message}')"
 diff -r "$data/src" "$data/dst" >/dev/null || fail "destination differs from source"
 pass "IngestJob Succeeded through the chart's operator: 343 files identical, no Forbidden in its or its pods' logs"
+
+# With mount options the operator goes through a PersistentVolume + claim per server: the chart's
+# cluster-scoped PV rule (rbac.persistentVolumes) for real.
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: ingest.vfxt.dev/v1alpha1
+kind: IngestJob
+metadata: {name: chart-e2e-opts, namespace: ingest}
+spec:
+  source:
+    nfs: {server: 10.0.0.5, path: /export}
+  destination:
+    nfs: {servers: [10.1.1.101, 10.1.1.102, 10.1.1.103], path: /nfs, mountOptions: [hard, vers=3]}
+    subPath: with-options
+  workers: 3
+  threadsPerWorker: 4
+  preserve: {owner: false, mode: true, times: true, xattrs: false, symlinks: true, hardlinks: true}
+YAML
+wait_until 180 "IngestJob with mountOptions finished" \
+  sh -c "kubectl get ij chart-e2e-opts -n ingest -o jsonpath='{.status.phase}' | grep -qx -e Succeeded -e Failed"
+phase=$(kubectl get ij chart-e2e-opts -n ingest -o jsonpath='{.status.phase}')
+[[ $phase == Succeeded ]] || fail "IngestJob with mountOptions ended $phase: $(kubectl get ij chart-e2e-opts -n ingest -o jsonpath='{.status.message}')"
+pvs=$(kubectl get pv -l ingest.vfxt.dev/job=chart-e2e-opts -o jsonpath='{range .items[*]}{.spec.mountOptions}{"\n"}{end}' | grep -c hard || true)
+[[ $pvs == 3 ]] || fail "expected 3 PersistentVolumes with the mount options, found $pvs"
+diff -r "$data/src" "$data/dst/with-options" >/dev/null || fail "with mountOptions: destination differs from source"
+if op_logs | grep -i forbidden; then fail "the operator was refused an API call with mountOptions"; fi
+pass "IngestJob with mountOptions Succeeded through 3 operator-made PVs (the chart's PV ClusterRole)"
+
+# Deleting it: the operator's finalizer removes the PVs (objects only; Retain keeps the data), then the
+# IngestJob goes.
+kubectl delete ij chart-e2e-opts -n ingest --wait=false >/dev/null
+wait_until 60 "IngestJob with mountOptions deleted" sh -c "! kubectl get ij chart-e2e-opts -n ingest"
+# A PV still bound keeps its pv-protection finalizer until the garbage collector has removed its claim.
+wait_until 60 "its PersistentVolumes deleted" \
+  sh -c "! kubectl get pv -l ingest.vfxt.dev/job=chart-e2e-opts -o name | grep -q ."
+diff -r "$data/src" "$data/dst/with-options" >/dev/null || fail "deleting the IngestJob touched the copied data"
+if op_logs | grep -i forbidden; then fail "the operator was refused an API call in its finalizer"; fi
+pass "deleting it: the finalizer removes its PVs (not the data), no Forbidden"
 
 helm uninstall vfxt-ingest -n "$op_ns" --wait >/dev/null || fail "helm uninstall"
 wait_until 30 "operator pod gone" sh -c "! kubectl get pods -n $op_ns -o name | grep -q ."
