@@ -46,10 +46,16 @@ pub struct AutoConfig {
 impl Default for AutoConfig {
     fn default() -> Self {
         AutoConfig {
-            max_per_mount: 128,
-            // Start with one: the baseline must be measured before any queueing can hide it.
-            initial: 1,
-            interval_ms: 250,
+            // Far past the knee of the emulated nodes (16 at once) and of this 2-core client;
+            // more only adds threads that wait for permits.
+            max_per_mount: 64,
+            // Small, so that the baseline is measured before queueing can hide it, but not 1:
+            // every NFS server serves a few at once, and a copy of a second or two cannot
+            // spend half its time ramping up.
+            initial: 4,
+            // Samples wait for about one finished task per permit anyway (see `Governor::run`),
+            // so a short interval only makes the steps follow the work more closely.
+            interval_ms: 100,
         }
     }
 }
@@ -372,7 +378,11 @@ mod tests {
     }
 
     fn run(models: &[Model], steps: usize) -> (Controller, Vec<Vec<usize>>) {
-        let mut c = Controller::new(models.len(), AutoConfig::default());
+        run_from(models, steps, AutoConfig::default())
+    }
+
+    fn run_from(models: &[Model], steps: usize, cfg: AutoConfig) -> (Controller, Vec<Vec<usize>>) {
+        let mut c = Controller::new(models.len(), cfg);
         let mut trace = Vec::new();
         for _ in 0..steps {
             let limits = c.limits();
@@ -394,7 +404,12 @@ mod tests {
 
     #[test]
     fn rises_to_the_knee_and_stays_near_it() {
-        let (c, trace) = run(&[FAST], 200);
+        // A high ceiling, so that only the controller can stop the climb.
+        let cfg = AutoConfig {
+            max_per_mount: 1000,
+            ..AutoConfig::default()
+        };
+        let (c, trace) = run_from(&[FAST], 200, cfg);
         let limit = c.limits()[0];
         // Full throughput needs at least the capacity in flight ...
         assert!(limit >= 32, "limit {limit} below capacity; trace {trace:?}");
@@ -416,7 +431,12 @@ mod tests {
             latency: 0.001,
             cpu_knee: f64::INFINITY,
         };
-        let (c, _) = run(&[serial], 200);
+        // Started below the knee (as it must be to see the uncongested latency at all).
+        let cfg = AutoConfig {
+            initial: 1,
+            ..AutoConfig::default()
+        };
+        let (c, _) = run_from(&[serial], 200, cfg);
         assert!(c.limits()[0] <= 4, "limits {:?}", c.limits());
     }
 

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value = "target/release/vfxt-ingest")]
     pub vfxt_bin: PathBuf,
     /// With `--threads auto`: the most threads per mount.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub max_per_mount: usize,
     /// A run taking longer is stopped and reported as timed out.
     #[arg(long, default_value_t = 900)]
