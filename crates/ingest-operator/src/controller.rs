@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use ingest_api::IngestJob;
 use ingest_api::constants::{annotations, labels};
+use ingest_api::job::WorkerTemplate;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::controller::{self, Controller};
@@ -30,8 +31,13 @@ use crate::reconcile::{Context, error_policy, reconcile};
 pub struct Options {
     /// Where `/metrics`, `/healthz`, `/readyz` listen.
     pub listen: SocketAddr,
-    /// Pod image when the spec names none.
+    /// Pod image when neither the spec nor `worker_defaults` names one.
     pub default_image: String,
+    /// `spec.worker` defaults for every IngestJob; the IngestJob's own fields win
+    /// ([`crate::defaults::merge_worker`]).
+    pub worker_defaults: WorkerTemplate,
+    /// Namespaces whose IngestJobs (and children) are watched; empty: all namespaces.
+    pub namespaces: Vec<String>,
     /// Minimum time between status writes of one IngestJob.
     pub status_interval: Duration,
     /// Leader election; None runs without (one replica only).
@@ -56,20 +62,66 @@ pub fn pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
     Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
-/// Runs the controller until `shutdown` completes.
-pub async fn run_controller(
+/// Parses `--namespaces`: comma-separated namespace names (spaces around them ignored, repeats dropped, order
+/// kept); an empty or blank list means all namespaces. Each name must be a DNS-1123 label, as Kubernetes
+/// requires of namespaces; the error names the offending entry.
+pub fn parse_namespaces(list: &str) -> std::result::Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    if list.trim().is_empty() {
+        return Ok(out);
+    }
+    for (i, raw) in list.split(',').enumerate() {
+        let ns = raw.trim();
+        let valid = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "entry {} ({ns:?}) is not a namespace name: lowercase letters, digits and '-', at most 63, \
+                 starting and ending with a letter or digit (e.g. \"team-a,team-b\"; empty for all namespaces)",
+                i + 1
+            ));
+        }
+        if !out.iter().any(|n| n == ns) {
+            out.push(ns.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The APIs one controller watches: every namespace (`None`) or one.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+    }
+}
+
+/// One kube-runtime Controller over IngestJobs, their Jobs and plan ConfigMaps and their pods, in `namespace`
+/// (None: cluster-wide).
+async fn run_one(
     ctx: Arc<Context>,
+    namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let managed = watcher::Config::default().labels(&crate::apply::managed_selector());
     Controller::new(
-        Api::<IngestJob>::all(client.clone()),
+        scoped::<IngestJob>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<Job>::all(client.clone()), managed.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-    .watches(Api::<Pod>::all(client), managed, |pod| pod_owner(&pod))
+    .owns(scoped::<Job>(&client, ns), managed.clone())
+    .owns(scoped::<ConfigMap>(&client, ns), managed.clone())
+    .watches(scoped::<Pod>(&client, ns), managed, |pod| pod_owner(&pod))
     // Pods report every ~10 s; coalescing their events keeps one reconcile per job per couple of seconds.
     .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
     .graceful_shutdown_on(shutdown)
@@ -79,6 +131,28 @@ pub async fn run_controller(
             tracing::debug!(error = %e, "controller event");
         }
     })
+    .await;
+}
+
+/// Runs the controller until `shutdown` completes: one over all namespaces when `namespaces` is empty, else
+/// one per namespace (namespaced watches, so a Role in each namespace is enough), sharing the context (status
+/// clock, backoff, metrics) and the shutdown. PersistentVolumes are cluster-scoped and never watched; the
+/// reconcile creates and deletes them by name and label.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = shutdown.shared();
+    if namespaces.is_empty() {
+        return run_one(ctx, None, shutdown).await;
+    }
+    tracing::info!(namespaces = %namespaces.join(","), "watching namespaces");
+    futures::future::join_all(
+        namespaces
+            .iter()
+            .map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone())),
+    )
     .await;
 }
 
@@ -110,6 +184,7 @@ pub async fn run(
         client.clone(),
         Settings {
             default_image: opts.default_image.clone(),
+            worker_defaults: opts.worker_defaults.clone(),
         },
         metrics,
         Some(Recorder::new(client.clone(), reporter)),
@@ -118,7 +193,7 @@ pub async fn run(
 
     let result = match &opts.lease {
         None => {
-            run_controller(ctx, shutdown.clone()).await;
+            run_controller(ctx, &opts.namespaces, shutdown.clone()).await;
             Ok(())
         }
         Some(cfg) => {
@@ -138,10 +213,11 @@ pub async fn run(
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            let controller = tokio::spawn(run_controller(
-                ctx,
-                futures::future::select(Box::pin(stop), Box::pin(shutdown.clone())).map(|_| ()),
-            ));
+            let namespaces = opts.namespaces.clone();
+            let stop =
+                futures::future::select(Box::pin(stop), Box::pin(shutdown.clone())).map(|_| ());
+            let controller =
+                tokio::spawn(async move { run_controller(ctx, &namespaces, stop).await });
             let outcome = tokio::select! {
                 _ = shutdown.clone() => Ok(()),
                 lost = lost_rx => Err(lost.unwrap_or_else(|_| crate::Error::LostLease(cfg.name.clone()))),
@@ -173,4 +249,43 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_parse_as_the_chart_joins_them() {
+        assert_eq!(
+            parse_namespaces("team-a,team-b").unwrap(),
+            ["team-a", "team-b"]
+        );
+        assert_eq!(
+            parse_namespaces(" team-a , team-b,team-a ").unwrap(),
+            ["team-a", "team-b"],
+            "spaces trimmed, repeats dropped, order kept"
+        );
+        assert!(parse_namespaces("").unwrap().is_empty(), "empty: all");
+        assert!(parse_namespaces("  ").unwrap().is_empty(), "blank: all");
+        assert_eq!(parse_namespaces("a1").unwrap(), ["a1"]);
+    }
+
+    #[test]
+    fn bad_namespace_entries_are_named() {
+        for (input, entry) in [
+            ("team-a,,team-b", "entry 2 (\"\")"),
+            ("Team-A", "entry 1 (\"Team-A\")"),
+            ("a,-b", "entry 2 (\"-b\")"),
+            ("a,b-", "entry 2 (\"b-\")"),
+            ("ns/x", "entry 1"),
+            ("team_a", "entry 1"),
+        ] {
+            let e = parse_namespaces(input).unwrap_err();
+            assert!(e.starts_with(entry), "{input}: {e}");
+            assert!(e.contains("lowercase letters"), "{e}");
+        }
+        assert!(parse_namespaces(&"a".repeat(64)).is_err());
+        assert!(parse_namespaces(&"a".repeat(63)).is_ok());
+    }
 }

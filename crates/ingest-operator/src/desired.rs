@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use ingest_api::constants::{BINARY, annotations, labels};
+use ingest_api::job::WorkerTemplate;
 use ingest_api::{IngestJob, VerifyMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
+use crate::defaults::merge_worker;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::pod::env;
@@ -36,8 +38,10 @@ pub const DEST_MOUNT: &str = "/ingest/dest";
 /// Operator-wide settings that shape children.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Image for pods when the spec names none (the operator's own image).
+    /// Image for pods when neither the spec nor `worker_defaults` names one (the operator's own image).
     pub default_image: String,
+    /// `spec.worker` defaults for every IngestJob (`--worker-defaults`); see [`crate::defaults::merge_worker`].
+    pub worker_defaults: WorkerTemplate,
 }
 
 /// One object to apply.
@@ -101,8 +105,10 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         ..Default::default()
     };
     let mut out = Vec::new();
+    // The pods' settings: the IngestJob's own, completed by the operator-wide defaults.
+    let worker = merge_worker(&ij.spec.worker, &settings.worker_defaults);
 
-    if ij.spec.worker.service_account_name.is_none() {
+    if worker.service_account_name.is_none() {
         let id = names::pod_identity(ij);
         out.push(Child::ServiceAccount(ServiceAccount {
             metadata: meta(id.clone(), "identity", None),
@@ -151,7 +157,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             backoff_limit: Some(retries),
             completions: Some(1),
             parallelism: Some(1),
-            template: pod_template(ij, labels::ROLE_SCAN, scan_args, None, settings),
+            template: pod_template(ij, &worker, labels::ROLE_SCAN, scan_args, None, settings),
             ..Default::default()
         }),
         status: None,
@@ -211,6 +217,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             )]));
             let mut template = pod_template(
                 ij,
+                &worker,
                 role,
                 worker_args(ij, role, slot.index),
                 Some(WorkerMounts {
@@ -376,17 +383,17 @@ struct WorkerMounts<'a> {
     plan_chunks: u32,
 }
 
-/// The pod template shared by scan, copy and verify Jobs. `worker`: the destination server and plan for copy
-/// and verify pods; the scan mounts only the source.
+/// The pod template shared by scan, copy and verify Jobs. `w`: `spec.worker` merged with the defaults.
+/// `worker`: the destination server and plan for copy and verify pods; the scan mounts only the source.
 fn pod_template(
     ij: &IngestJob,
+    w: &WorkerTemplate,
     role: &str,
     args: Vec<String>,
     worker: Option<WorkerMounts<'_>>,
     settings: &Settings,
 ) -> PodTemplateSpec {
     let s = &ij.spec;
-    let w = &s.worker;
     let run = s.run;
     let mut volumes =
         vec![Volume {

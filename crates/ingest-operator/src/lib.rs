@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod controller;
+pub mod defaults;
 pub mod desired;
 pub mod error;
 pub mod http;

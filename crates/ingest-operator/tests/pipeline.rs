@@ -256,6 +256,89 @@ fn three_ips_each_copy_job_mounts_its_own_server() {
 }
 
 #[test]
+fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
+    // three-ips.yaml sets worker.image and worker.nodeSelector {pool: ingest}, nothing else.
+    let ij = fixture("three-ips.yaml");
+    let mut with_defaults = settings();
+    with_defaults.worker_defaults = serde_json::from_value(serde_json::json!({
+        "image": "registry.example/defaults:2",
+        "imagePullPolicy": "Always",
+        "nodeSelector": {"agentpool": "default-pool"},
+        "tolerations": [{"key": "workload", "value": "ingest", "effect": "NoSchedule"}],
+        "resources": {"requests": {"cpu": "3"}}
+    }))
+    .unwrap();
+    let obs = scanned(&ij, 6, totals(), false);
+    let children = desired(&ij, &stage(&ij, &obs), &with_defaults).unwrap();
+    let jobs = jobs_of(&children);
+    assert_eq!(jobs.len(), 4, "scan + 3 copy Jobs");
+    for j in jobs {
+        let pod = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        // Set by the spec: the spec's value, whole (no agentpool key mixed into the selector).
+        assert_eq!(c.image.as_deref(), Some("registry.example/vfxt-ingest:1.0"));
+        assert_eq!(
+            pod.node_selector
+                .as_ref()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["pool"],
+            "{}",
+            j.name_any()
+        );
+        // Left unset by the spec: the defaults'.
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            pod.tolerations.as_ref().unwrap()[0].key.as_deref(),
+            Some("workload")
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+            "3"
+        );
+    }
+
+    // A default service account replaces the per-job identity, as spec.worker.serviceAccountName does.
+    with_defaults.worker_defaults.service_account_name = Some("shared-ingest".into());
+    let children = desired(&ij, &Stage::Scan, &with_defaults).unwrap();
+    assert!(
+        !children
+            .iter()
+            .any(|c| matches!(c, Child::ServiceAccount(_) | Child::Role(_))),
+        "{:?}",
+        children.iter().map(Child::describe).collect::<Vec<_>>()
+    );
+    let pod = jobs_of(&children)[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("shared-ingest"));
+
+    // Without defaults nothing changes: the operator's image only when the spec names none.
+    let mut bare = fixture("one-ip.yaml");
+    bare.spec.worker = Default::default();
+    let children = desired(&bare, &Stage::Scan, &settings()).unwrap();
+    let pod = jobs_of(&children)[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("ghcr.example/vfxt-ingest:test")
+    );
+    assert!(pod.node_selector.is_none() && pod.tolerations.is_none());
+}
+
+#[test]
 fn mount_options_give_a_pre_bound_volume_and_claim_per_server() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.destination.nfs.mount_options = Some(vec!["hard".into(), "nconnect=8".into()]);

@@ -31,6 +31,7 @@ pub fn fixture(name: &str) -> IngestJob {
 pub fn settings() -> Settings {
     Settings {
         default_image: "ghcr.example/vfxt-ingest:test".into(),
+        worker_defaults: Default::default(),
     }
 }
 

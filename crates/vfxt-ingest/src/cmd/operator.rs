@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use ingest_api::job::WorkerTemplate;
 use ingest_operator::controller::{self, Options};
 use ingest_operator::leader::LeaseConfig;
 
@@ -47,6 +48,20 @@ pub struct Args {
     /// This replica's name in the Lease and in Events. Default: the pod name, else the host name.
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
+    /// Namespaces whose IngestJobs to handle, comma-separated; empty: all namespaces. With a list, the
+    /// operator watches each namespace on its own (namespaced Roles suffice; the chart's watchNamespaces).
+    #[arg(
+        long,
+        env = "VFXT_INGEST_NAMESPACES",
+        default_value = "",
+        value_name = "NS[,NS...]"
+    )]
+    pub namespaces: String,
+    /// Defaults for every IngestJob's spec.worker, as JSON of the same shape (image, imagePullPolicy,
+    /// resources, nodeSelector, tolerations, serviceAccountName, securityContext). A field the IngestJob sets
+    /// replaces the default whole (nodeSelector and tolerations are not combined).
+    #[arg(long, env = "VFXT_INGEST_WORKER_DEFAULTS", value_name = "JSON")]
+    pub worker_defaults: Option<String>,
     /// Log format. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -66,6 +81,67 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Parses `--worker-defaults`: JSON shaped like `spec.worker`. Errors name the JSON path; a field that is not
+/// part of `spec.worker` (a typo such as `nodeselector`) is an error too, rather than a silently ignored default.
+fn parse_worker_defaults(json: &str) -> Result<WorkerTemplate, String> {
+    if json.trim().is_empty() {
+        return Ok(WorkerTemplate::default());
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let parsed: WorkerTemplate = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("{inner}")
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| format!("{e}"))?;
+    // Serde skips unknown fields; a field given with a value that does not come back out was not understood.
+    let given: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let understood = serde_json::to_value(&parsed).map_err(|e| e.to_string())?;
+    if let Some(path) = unknown_field(&given, &understood, String::new()) {
+        let known = if path.contains(['.', '[']) {
+            "not a field of the Kubernetes type at this path"
+        } else {
+            "spec.worker has image, imagePullPolicy, resources, nodeSelector, tolerations, \
+             serviceAccountName, securityContext"
+        };
+        return Err(format!("{path}: unknown field ({known})"));
+    }
+    Ok(parsed)
+}
+
+/// The first key path present (not null) in `given` but missing from `understood`.
+fn unknown_field(
+    given: &serde_json::Value,
+    understood: &serde_json::Value,
+    at: String,
+) -> Option<String> {
+    use serde_json::Value;
+    let dot = |k: &str| {
+        if at.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (given, understood) {
+        (Value::Object(g), Value::Object(u)) => g.iter().find_map(|(k, v)| match u.get(k) {
+            None if !v.is_null() => Some(dot(k)),
+            None => None,
+            Some(uv) => unknown_field(v, uv, dot(k)),
+        }),
+        (Value::Array(g), Value::Array(u)) => g
+            .iter()
+            .zip(u)
+            .enumerate()
+            .find_map(|(i, (gv, uv))| unknown_field(gv, uv, format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 fn host_name() -> Option<String> {
@@ -90,6 +166,24 @@ pub fn run(args: Args) -> Outcome {
         );
         return Outcome::UnusableInput;
     }
+    let namespaces = match ingest_operator::controller::parse_namespaces(&args.namespaces) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: --namespaces (or VFXT_INGEST_NAMESPACES): {e}");
+            return Outcome::UnusableInput;
+        }
+    };
+    let worker_defaults = match parse_worker_defaults(args.worker_defaults.as_deref().unwrap_or(""))
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!(
+                "error: --worker-defaults (or VFXT_INGEST_WORKER_DEFAULTS): {e} (expected JSON shaped like \
+                 an IngestJob's spec.worker, e.g. '{{\"nodeSelector\":{{\"agentpool\":\"ingest\"}}}}')"
+            );
+            return Outcome::UnusableInput;
+        }
+    };
     let identity = args
         .identity
         .clone()
@@ -98,6 +192,8 @@ pub fn run(args: Args) -> Outcome {
     let opts = Options {
         listen: args.listen,
         default_image: args.image.clone(),
+        worker_defaults,
+        namespaces,
         status_interval: Duration::from_secs_f64(args.status_interval),
         lease: args.leader_elect.then(|| LeaseConfig {
             name: args.lease_name.clone(),
@@ -137,4 +233,98 @@ pub fn run(args: Args) -> Outcome {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use ingest_api::job::PullPolicy;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn chart_style_worker_defaults_parse_into_the_spec_worker_type() {
+        // What the chart's vfxt-ingest.workerDefaults helper renders (toJson of the worker values).
+        let w = parse_worker_defaults(
+            r#"{"image":"acr.example/ingest:1","imagePullPolicy":"Always","nodeSelector":{"agentpool":"ingest"},"resources":{"requests":{"cpu":"2"}},"tolerations":[{"effect":"NoSchedule","key":"workload","value":"ingest"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(w.image.as_deref(), Some("acr.example/ingest:1"));
+        assert_eq!(w.image_pull_policy, Some(PullPolicy::Always));
+        assert_eq!(w.node_selector.unwrap()["agentpool"], "ingest");
+        assert_eq!(w.tolerations.unwrap()[0].key.as_deref(), Some("workload"));
+        assert_eq!(
+            w.resources.unwrap().requests.unwrap()["cpu"].0,
+            "2".to_owned()
+        );
+        // Helm's toJson writes `cpu: 1` from values.yaml as a number; Kubernetes accepts numeric quantities.
+        let w = parse_worker_defaults(r#"{"resources":{"requests":{"cpu":1,"memory":"1Gi"}}}"#)
+            .unwrap();
+        assert_eq!(w.resources.unwrap().requests.unwrap()["cpu"].0, "1");
+        assert_eq!(
+            parse_worker_defaults("").unwrap(),
+            WorkerTemplate::default()
+        );
+        assert_eq!(
+            parse_worker_defaults("{}").unwrap(),
+            WorkerTemplate::default()
+        );
+    }
+
+    #[test]
+    fn bad_worker_defaults_name_the_json_path() {
+        let e = parse_worker_defaults(r#"{"nodeSelector":{"zone":1}}"#).unwrap_err();
+        assert!(e.starts_with("nodeSelector.zone: invalid type"), "{e}");
+        let e = parse_worker_defaults(r#"{"imagePullPolicy":"Sometimes"}"#).unwrap_err();
+        assert!(
+            e.starts_with("imagePullPolicy: unknown variant `Sometimes`"),
+            "{e}"
+        );
+        let e = parse_worker_defaults(r#"{"tolerations":[{"key":"a"},{"key":7}]}"#).unwrap_err();
+        assert!(e.starts_with("tolerations[1].key:"), "{e}");
+        let e = parse_worker_defaults("{\"image\": \"x\"").unwrap_err();
+        assert!(e.contains("EOF"), "{e}");
+        let e = parse_worker_defaults("{} {}").unwrap_err();
+        assert!(e.contains("trailing"), "{e}");
+    }
+
+    #[test]
+    fn unknown_worker_default_fields_are_errors_not_silently_ignored() {
+        let e = parse_worker_defaults(r#"{"nodeselector":{"a":"b"}}"#).unwrap_err();
+        assert!(e.starts_with("nodeselector: unknown field"), "{e}");
+        let e = parse_worker_defaults(r#"{"resources":{"limitz":{"memory":"1Gi"}}}"#).unwrap_err();
+        assert!(e.starts_with("resources.limitz: unknown field"), "{e}");
+        let e = parse_worker_defaults(r#"{"tolerations":[{"key":"a","efect":"NoSchedule"}]}"#)
+            .unwrap_err();
+        assert!(e.starts_with("tolerations[0].efect: unknown field"), "{e}");
+        // null means "not set", as for an IngestJob.
+        assert_eq!(
+            parse_worker_defaults(r#"{"image":null}"#).unwrap(),
+            WorkerTemplate::default()
+        );
+    }
+
+    #[test]
+    fn flags_reach_the_args() {
+        let cli = Cli::try_parse_from([
+            "operator",
+            "--image",
+            "i",
+            "--namespaces",
+            "team-a,team-b",
+            "--worker-defaults",
+            r#"{"image":"w"}"#,
+        ])
+        .unwrap();
+        assert_eq!(cli.args.namespaces, "team-a,team-b");
+        assert_eq!(
+            cli.args.worker_defaults.as_deref(),
+            Some(r#"{"image":"w"}"#)
+        );
+    }
 }
