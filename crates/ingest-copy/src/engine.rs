@@ -756,6 +756,10 @@ impl<'a> Walk<'a> {
                     self.fail(dir.rel.join(name.to_bytes()), op, &e);
                 }
                 inc(&self.progress.entries);
+                // Regular files count themselves when their data is done (split files at the end).
+                if sm.kind != Kind::File {
+                    inc(&self.progress.files);
+                }
             }
             Pass::Verify(mode) => self.verify_entry(dir, name, &sm, mode, local),
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Progress {
     /// Entries (of every type) finished by the copy pass, copied or skipped.
     pub entries: AtomicU64,
-    /// Regular files finished by the copy pass, copied or skipped.
+    /// Non-directory entries finished by the copy pass: written, linked or already up to date.
     pub files: AtomicU64,
     /// Bytes of regular files finished or skipped (skipped files count their size: they are done).
     pub bytes: AtomicU64,

@@ -84,6 +84,12 @@ pub struct CopyCounts {
 }
 
 impl CopyCounts {
+    /// Non-directory entries the pass finished: written, linked, or found already up to date.
+    /// What "files" means in progress and status, where every non-directory counts.
+    pub fn entries_done(&self) -> u64 {
+        self.files_copied + self.files_skipped + self.symlinks + self.hardlinks + self.specials
+    }
+
     pub fn add(&mut self, o: &CopyCounts) {
         self.files_copied += o.files_copied;
         self.files_skipped += o.files_skipped;

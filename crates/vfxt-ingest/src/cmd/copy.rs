@@ -230,7 +230,7 @@ pub fn print_summary(s: &Summary) {
     println!(
         "{:.2} s, {} files/s, {}/s",
         s.elapsed_seconds,
-        ((c.files_copied + c.files_skipped) as f64 / secs).round() as u64,
+        (c.entries_done() as f64 / secs).round() as u64,
         bytes((c.bytes_copied as f64 / secs) as u64)
     );
 }

@@ -899,10 +899,7 @@ fn run_phase(
                 let ran = |k: &str| r["shards"][k].as_array().is_some_and(|a| !a.is_empty());
                 out.worked |= ran("done") || ran("failed");
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
-                    out.per_worker[w as usize] = (
-                        s.copy.files_copied + s.copy.files_skipped,
-                        s.copy.bytes_copied,
-                    );
+                    out.per_worker[w as usize] = (s.copy.entries_done(), s.copy.bytes_copied);
                     add_summary(&mut out.summary, &s);
                 }
                 if let Ok(pr) =
@@ -957,7 +954,7 @@ fn build_status(
     let total = plan.shards.len() as u64;
     let failed_shards = total - succeeded;
     let c = &copy.summary.copy;
-    let files_done = c.files_copied + c.files_skipped;
+    let files_done = c.entries_done();
     let secs = copy_secs.max(1e-3);
     let percent = if t.bytes > 0 {
         (c.bytes_copied as f64 / t.bytes as f64 * 100.0).min(100.0)

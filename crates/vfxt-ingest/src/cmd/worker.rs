@@ -547,7 +547,7 @@ pub fn pod_result(s: &Summary, entries: &[ingest_copy::ReportEntry], recorded: u
         })
         .collect();
     PodResult {
-        files: s.copy.files_copied + s.copy.files_skipped,
+        files: s.copy.entries_done(),
         bytes: s.copy.bytes_copied,
         failed: s.copy.failed + s.copy.unsupported + s.verify.as_ref().map_or(0, |v| v.errors),
         verification: s.verify.as_ref().map(verification),
