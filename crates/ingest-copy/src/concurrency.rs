@@ -90,7 +90,11 @@ struct MountState {
     /// Doubling each step until the first sign of queueing (as TCP's slow start), so that a
     /// copy of a few seconds still reaches the knee.
     slow_start: bool,
-    /// The least time per unit seen (the no-queueing baseline), slowly forgotten.
+    /// Time per unit, smoothed over intervals: tasks differ (a batch of subdirectories costs a
+    /// third of a batch of files per entry), and one cheap interval must not pass for the
+    /// uncongested latency.
+    smoothed: f64,
+    /// The least smoothed time per unit seen (the no-queueing baseline), slowly forgotten.
     baseline: f64,
 }
 
@@ -109,6 +113,8 @@ const DRIFT: f64 = 0.0005;
 /// Latency may grow this much over the baseline before the limit shrinks: below the knee the
 /// time per unit wobbles with the task mix, and shrinking on noise would leave throughput unused.
 const TOLERANCE: f64 = 1.5;
+/// Weight of a new interval in the smoothed time per unit.
+const LATENCY_SMOOTHING: f64 = 0.3;
 /// Weight of the new estimate when the limit shrinks.
 const SMOOTHING: f64 = 0.5;
 /// Growth per interval while no queueing is seen.
@@ -123,6 +129,7 @@ impl Controller {
                 MountState {
                     limit: initial,
                     slow_start: true,
+                    smoothed: f64::NAN,
                     baseline: f64::INFINITY,
                 };
                 mounts
@@ -147,6 +154,12 @@ impl Controller {
                 continue;
             }
             let per_unit = s.busy.as_secs_f64() / s.units as f64;
+            m.smoothed = if m.smoothed.is_nan() {
+                per_unit
+            } else {
+                m.smoothed * (1.0 - LATENCY_SMOOTHING) + per_unit * LATENCY_SMOOTHING
+            };
+            let per_unit = m.smoothed;
             m.baseline = (m.baseline * (1.0 + DRIFT)).min(per_unit);
             let baseline = m.baseline;
             // 1 while the time per unit is within tolerance of the baseline; below 1 in
@@ -421,6 +434,24 @@ mod tests {
         let first = trace.iter().position(|l| l[0] >= 32).unwrap();
         assert!(first <= 8, "took {first} steps");
         assert!(trace[first..].iter().all(|l| l[0] >= 32), "{trace:?}");
+    }
+
+    #[test]
+    fn one_cheap_interval_does_not_collapse_the_limit() {
+        let cfg = AutoConfig {
+            max_per_mount: 1000,
+            ..AutoConfig::default()
+        };
+        let mut c = Controller::new(1, cfg);
+        for step in 0..200 {
+            let mut s = FAST.sample(c.limits()[0]);
+            if step == 3 {
+                // A batch of directories: a third of the usual time per entry.
+                s.busy /= 3;
+            }
+            c.step(&[s]);
+        }
+        assert!(c.limits()[0] >= 32, "limits {:?}", c.limits());
     }
 
     #[test]
