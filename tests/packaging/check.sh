@@ -252,5 +252,8 @@ ok "examples/local-run.yaml: vfxt-ingest run copies and verifies a 201-file tree
 "$here/operator-e2e.sh" >"${TMPDIR:-/tmp}/packaging-operator-e2e.log" 2>&1 \
     || { grep -v -e '^[IWE][0-9]' "${TMPDIR:-/tmp}/packaging-operator-e2e.log" | tail -n 60; fail "operator-e2e.sh"; }
 ok "operator-e2e.sh: $(grep -c '] ok: ' "${TMPDIR:-/tmp}/packaging-operator-e2e.log") steps: the chart's operator (flags, Lease) runs an IngestJob to Succeeded with the chart's RBAC"
+"$here/operator-e2e.sh" --watch-namespaces >"${TMPDIR:-/tmp}/packaging-operator-e2e-ns.log" 2>&1 \
+    || { grep -v -e '^[IWE][0-9]' "${TMPDIR:-/tmp}/packaging-operator-e2e-ns.log" | tail -n 60; fail "operator-e2e.sh --watch-namespaces"; }
+ok "operator-e2e.sh --watch-namespaces: $(grep -c '] ok: ' "${TMPDIR:-/tmp}/packaging-operator-e2e-ns.log") steps: Roles only in the watched namespace, worker defaults in the pod templates, other namespaces left alone"
 
 echo "packaging checks: $passed passed, 0 failed ($((SECONDS - start)) s)"

@@ -11,8 +11,17 @@
 #      cluster-scoped PV rule) and the copy succeeds through them;
 #      deleting that IngestJob runs the operator's finalizer: its PVs go, the data stays;
 #   5. helm uninstall stops the operator.
+# With --watch-namespaces, the chart is installed in its namespaced mode (watchNamespaces={ingest}, Roles
+# instead of ClusterRoles) with worker defaults, and it also checks: no cluster-wide binding; the chart's
+# worker defaults reach the pod templates; an IngestJob in an unwatched namespace is left alone.
 # Ends with "N passed". Needs root (the agent bind-mounts volumes). Run time: about a minute.
 set -euo pipefail
+namespaced=0
+case ${1:-} in
+--watch-namespaces) namespaced=1 ;;
+"") ;;
+*) echo "operator-e2e.sh: unknown argument '$1' (only --watch-namespaces)" >&2; exit 2 ;;
+esac
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 # shellcheck source=../e2e/lib.sh
@@ -46,9 +55,20 @@ e2e_on_failure() {
 
 # The agent runs pods on the host network: give the metrics listener a free port.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mode_sets=()
+if ((namespaced)); then
+  kubectl create namespace ingest >/dev/null
+  kubectl create namespace elsewhere >/dev/null
+  mode_sets=(--set 'watchNamespaces={ingest}' --set worker.resources.requests.cpu=100m
+    --set worker.resources.requests.memory=64Mi --set 'worker.tolerations[0].key=workload'
+    --set 'worker.tolerations[0].operator=Exists')
+fi
 helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
   --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
-  --set statusIntervalSeconds=1 >/dev/null || fail "helm install"
+  --set statusIntervalSeconds=1 "${mode_sets[@]}" >/dev/null || fail "helm install"
+if ((namespaced)) && kubectl get clusterrolebinding vfxt-ingest >/dev/null 2>&1; then
+  fail "watchNamespaces mode has a cluster-wide binding"
+fi
 wait_until 60 "operator pod Running" sh -c "kubectl get pods -n $op_ns -o jsonpath='{.items[0].status.phase}' | grep -qx Running"
 pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
 wait_until 30 "Lease vfxt-ingest-leader held by $pod" \
@@ -56,7 +76,7 @@ wait_until 30 "Lease vfxt-ingest-leader held by $pod" \
 curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || fail "operator /healthz on the chart's metrics port"
 pass "operator pod $pod runs with the chart's flags, serves /healthz on port $port and holds the chart's Lease"
 
-kubectl create namespace ingest >/dev/null
+((namespaced)) || kubectl create namespace ingest >/dev/null
 wait_until 60 "default service account in ingest" kubectl get serviceaccount default -n ingest
 kubectl apply -f - >/dev/null <<'YAML'
 apiVersion: ingest.vfxt.dev/v1alpha1
@@ -82,6 +102,22 @@ wait_until 30 "Event recorded on the IngestJob" \
 identity=$(kubectl get serviceaccounts,roles,rolebindings -n ingest -l ingest.vfxt.dev/job=chart-e2e -o name | wc -l)
 [[ $identity == 3 ]] || fail "expected the pods' ServiceAccount, Role and RoleBinding, found $identity objects"
 pass "the operator wrote status, an Event, the pods' ServiceAccount/Role/RoleBinding and the scan Job"
+if ((namespaced)); then
+  tmpl=$(kubectl get job chart-e2e-r0-scan -n ingest -o jsonpath='{.spec.template.spec.containers[0].resources.requests.cpu} {.spec.template.spec.tolerations[0].key}')
+  [[ $tmpl == "100m workload" ]] || fail "worker defaults not in the scan Job's pod template: '$tmpl'"
+  pass "the chart's worker defaults reached the scan Job's pod template ($tmpl)"
+  kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: ingest.vfxt.dev/v1alpha1
+kind: IngestJob
+metadata: {name: not-watched, namespace: elsewhere}
+spec:
+  source:
+    nfs: {server: 10.0.0.5, path: /export}
+  destination:
+    nfs: {servers: [10.1.1.101], path: /nfs}
+    subPath: never
+YAML
+fi
 
 # The whole run: scan, copy and verify pods (with the identity the operator made for them), status to the end.
 wait_until 180 "IngestJob finished" \
@@ -95,6 +131,11 @@ phase=$(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.phase}')
 [[ $phase == Succeeded ]] || fail "IngestJob ended $phase: $(kubectl get ij chart-e2e -n ingest -o jsonpath='{.status.message}')"
 diff -r "$data/src" "$data/dst" >/dev/null || fail "destination differs from source"
 pass "IngestJob Succeeded through the chart's operator: 343 files identical, no Forbidden in its or its pods' logs"
+if ((namespaced)); then
+  st=$(kubectl get ij not-watched -n elsewhere -o jsonpath='{.status}')
+  [[ -z $st ]] || fail "an IngestJob outside watchNamespaces got a status: $st"
+  pass "the IngestJob in an unwatched namespace was left alone"
+fi
 
 # With mount options the operator goes through a PersistentVolume + claim per server: the chart's
 # cluster-scoped PV rule (rbac.persistentVolumes) for real.
