@@ -319,6 +319,7 @@ impl Governor {
         let mut ctl = Controller::new(self.gates.len(), self.cfg);
         let interval = Duration::from_millis(self.cfg.interval_ms.max(1));
         let mut pending = vec![Sample::default(); self.gates.len()];
+        let trace = std::env::var_os("VFXT_INGEST_AUTO_TRACE").is_some();
         let mut stopped = self.stop.lock().unwrap();
         loop {
             stopped = self.stop_cv.wait_timeout(stopped, interval).unwrap().0;
@@ -344,6 +345,25 @@ impl Governor {
                 })
                 .collect();
             let limits = ctl.step(&samples);
+            if trace {
+                // Opt-in diagnostics for tuning on a real cluster: one line per step.
+                let per_mount: Vec<String> = samples
+                    .iter()
+                    .zip(&limits)
+                    .map(|(s, l)| {
+                        let per_unit_ms = if s.units > 0 {
+                            s.busy.as_secs_f64() * 1e3 / s.units as f64
+                        } else {
+                            0.0
+                        };
+                        format!(
+                            "limit {l} tasks {} units {} ms/unit {per_unit_ms:.2} peak {}",
+                            s.tasks, s.units, s.peak_running
+                        )
+                    })
+                    .collect();
+                eprintln!("threads auto: {}", per_mount.join(" | "));
+            }
             for (g, l) in self.gates.iter().zip(&limits) {
                 g.set_limit(*l);
             }
