@@ -112,7 +112,9 @@ pub struct Controller {
 const DRIFT: f64 = 0.0005;
 /// Latency may grow this much over the baseline before the limit shrinks: below the knee the
 /// time per unit wobbles with the task mix, and shrinking on noise would leave throughput unused.
-const TOLERANCE: f64 = 1.5;
+/// 2 (as Netflix's default): measured on emulated nodes, a client gains from about twice the
+/// server's capacity in flight (its own CPU work and source reads overlap the round trips).
+const TOLERANCE: f64 = 2.0;
 /// Weight of a new interval in the smoothed time per unit.
 const LATENCY_SMOOTHING: f64 = 0.3;
 /// Weight of the new estimate when the limit shrinks.
@@ -447,7 +449,7 @@ mod tests {
         // Full throughput needs at least the capacity in flight ...
         assert!(limit >= 32, "limit {limit} below capacity; trace {trace:?}");
         // ... and the gradient stops it well short of queueing without end.
-        assert!(limit <= 64, "limit {limit} far past the knee");
+        assert!(limit <= 96, "limit {limit} far past the knee");
         // Within 10% of the best throughput, which is what "auto" promises.
         assert!(FAST.throughput(limit) >= 0.9 * FAST.throughput(1000));
         // It gets there in reasonable time (≤ 5 s of 250 ms steps) and never falls back below.
@@ -500,7 +502,7 @@ mod tests {
         };
         let (c, _) = run(&[cpu_bound], 200);
         let l = c.limits()[0];
-        assert!((12..=32).contains(&l), "limit {l}");
+        assert!((12..=48).contains(&l), "limit {l}");
     }
 
     #[test]
