@@ -44,7 +44,8 @@ struct CopyArgs {
     /// Multiplies file counts and large-file sizes (e.g. 0.01 for CI).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
-    /// Comma-separated: vfxt, cp, rsync, rsync-inplace, parallel, fpsync, rclone.
+    /// Comma-separated: vfxt, vfxt-run, cp, rsync, rsync-inplace, parallel, fpsync, fpsync4,
+    /// manifest, rclone (the default leaves out issue 3's vfxt-run, fpsync4 and manifest).
     #[arg(
         long,
         default_value = "vfxt,cp,rsync,rsync-inplace,parallel,fpsync,rclone"

@@ -115,55 +115,88 @@ pub fn finish_dataset(d: &mut DatasetReport) {
 }
 
 fn targets(dataset: &str, runs: &[RunReport]) -> Vec<Target> {
-    let vfxt = runs.iter().find(|r| r.tool == "vfxt");
+    let run = |tool: &str| runs.iter().find(|r| r.tool == tool);
     let peers: Vec<&RunReport> = runs
         .iter()
-        .filter(|r| r.tool != "vfxt" && r.ran_identical())
+        .filter(|r| !r.tool.starts_with("vfxt") && r.ran_identical())
         .collect();
-    let best = |f: fn(&RunReport) -> f64| {
-        peers
-            .iter()
-            .max_by(|a, b| f(a).total_cmp(&f(b)))
-            .map(|r| (r.label.clone(), f(r)))
-    };
     let mut out = Vec::new();
-    let mut ratio_target = |unit: &str, factor: f64, f: fn(&RunReport) -> f64| {
-        let target =
-            format!("{dataset}: vfxt-ingest {unit} >= {factor}x the best identical peer's");
-        let (measured, result) = match (vfxt.filter(|v| v.ran_identical()), best(f)) {
-            (Some(v), Some((label, p))) => {
-                let ok = f(v) >= factor * p;
-                (
-                    format!("{:.1} vs {label} {:.1} ({:.2}x)", f(v), p, f(v) / p),
-                    if ok { "pass" } else { "fail" },
-                )
-            }
-            (None, _) => (
-                "vfxt-ingest did not run or its copy is not identical".to_owned(),
-                "n/a",
-            ),
-            (_, None) => ("no peer made an identical copy".to_owned(), "n/a"),
-        };
-        out.push(Target {
-            target,
-            measured,
-            result: result.into(),
-        });
-    };
+    // Issue 2: `copy` against every peer.
+    let vfxt = run("vfxt");
     match dataset {
-        "small" => ratio_target("files/s", 3.0, |r| r.files_per_s),
-        "large" => ratio_target("MiB/s", 1.0, |r| r.mib_per_s),
+        "small" => out.extend(ratio_target(dataset, vfxt, &peers, "files/s", 3.0, |r| {
+            r.files_per_s
+        })),
+        "large" => out.extend(ratio_target(dataset, vfxt, &peers, "MiB/s", 1.0, |r| {
+            r.mib_per_s
+        })),
         _ => {}
     }
-    if let Some(v) = vfxt.filter(|v| v.available) {
-        let ok = v.max_rss_mib <= 64.0;
-        out.push(Target {
-            target: format!("{dataset}: vfxt-ingest max RSS <= 64 MiB"),
-            measured: format!("{:.1} MiB", v.max_rss_mib),
-            result: if ok { "pass" } else { "fail" }.into(),
-        });
+    // Issue 3: `run` with 4 workers against the same peers, on small and mixed.
+    if matches!(dataset, "small" | "mixed") {
+        out.extend(ratio_target(
+            dataset,
+            run("vfxt-run"),
+            &peers,
+            "files/s",
+            3.0,
+            |r| r.files_per_s,
+        ));
+    }
+    for v in [vfxt, run("vfxt-run")].into_iter().flatten() {
+        if v.available {
+            let ok = v.max_rss_mib <= 64.0;
+            out.push(Target {
+                target: format!("{dataset}: {} max RSS <= 64 MiB", v.label),
+                measured: format!("{:.1} MiB", v.max_rss_mib),
+                result: if ok { "pass" } else { "fail" }.into(),
+            });
+        }
     }
     out
+}
+
+/// `subject`'s figure against `factor` times the best identical peer's; None when the subject
+/// was not asked for.
+fn ratio_target(
+    dataset: &str,
+    subject: Option<&RunReport>,
+    peers: &[&RunReport],
+    unit: &str,
+    factor: f64,
+    f: fn(&RunReport) -> f64,
+) -> Option<Target> {
+    let subject = subject?;
+    let target = format!(
+        "{dataset}: {} {unit} >= {factor}x the best identical peer's",
+        subject.label
+    );
+    let best = peers.iter().max_by(|a, b| f(a).total_cmp(&f(b)));
+    let (measured, result) = match (subject.ran_identical(), best) {
+        (true, Some(p)) => {
+            let ok = f(subject) >= factor * f(p);
+            (
+                format!(
+                    "{:.1} vs {} {:.1} ({:.2}x)",
+                    f(subject),
+                    p.label,
+                    f(p),
+                    f(subject) / f(p)
+                ),
+                if ok { "pass" } else { "fail" },
+            )
+        }
+        (false, _) => (
+            format!("{} did not run or its copy is not identical", subject.label),
+            "n/a",
+        ),
+        (_, None) => ("no peer made an identical copy".to_owned(), "n/a"),
+    };
+    Some(Target {
+        target,
+        measured,
+        result: result.into(),
+    })
 }
 
 /// The table for one dataset, with the differences of every flagged run under it.
@@ -298,10 +331,41 @@ mod tests {
         // rclone is faster but not identical, so cp is the best peer: 3000 >= 3 * 900.
         assert_eq!(d.targets[0].result, "pass", "{:?}", d.targets);
         assert!(d.targets[0].measured.contains("vs cp 900.0"));
-        assert_eq!(d.targets[1].target, "small: vfxt-ingest max RSS <= 64 MiB");
+        assert_eq!(d.targets[1].target, "small: vfxt max RSS <= 64 MiB");
         let t = table(&d, "yes");
         assert!(t.contains("rclone (!)"), "{t}");
         assert!(t.contains("-> pass"), "{t}");
+    }
+
+    #[test]
+    fn run_is_held_to_three_times_the_best_peer_and_is_no_peer_itself() {
+        let mut d = dataset(
+            "mixed",
+            vec![
+                run("vfxt", 1.0, 9000.0, true),
+                run("vfxt-run", 1.0, 3000.0, true),
+                run("fpsync4", 4.0, 900.0, true),
+                run("manifest", 4.0, 1200.0, true),
+            ],
+        );
+        finish_dataset(&mut d);
+        // No copy target on mixed; the run target compares with manifest (not with vfxt).
+        assert_eq!(
+            d.targets[0].target,
+            "mixed: vfxt-run files/s >= 3x the best identical peer's"
+        );
+        assert!(
+            d.targets[0].measured.contains("vs manifest 1200.0 (2.50x)"),
+            "{:?}",
+            d.targets
+        );
+        assert_eq!(d.targets[0].result, "fail");
+        assert_eq!(
+            d.targets.len(),
+            3,
+            "run target and two RSS targets: {:?}",
+            d.targets
+        );
     }
 
     #[test]

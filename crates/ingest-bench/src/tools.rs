@@ -10,36 +10,52 @@ use ingest_testkit::Aspect;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tool {
     Vfxt,
+    /// `vfxt-ingest run` with 4 worker processes (issue 3's comparison).
+    VfxtRun,
     Cp,
     Rsync,
     RsyncInplace,
     Parallel,
     Fpsync,
+    /// `fpsync -n 4`: as many workers as `vfxt-run`.
+    Fpsync4,
+    /// The field guide's manifest: depth-2 directories dealt round robin to 4 clients, each
+    /// `cp -a` one directory after another.
+    Manifest,
     Rclone,
 }
+
+/// Worker processes of `vfxt-run`, clients of `manifest` and jobs of `fpsync4`.
+pub const RUN_WORKERS: u32 = 4;
 
 /// Jobs for the parallel peers, as in issue 2 and the field guide.
 pub const PEER_JOBS: u32 = 16;
 
 impl Tool {
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 10] = [
         Tool::Vfxt,
+        Tool::VfxtRun,
         Tool::Cp,
         Tool::Rsync,
         Tool::RsyncInplace,
         Tool::Parallel,
         Tool::Fpsync,
+        Tool::Fpsync4,
+        Tool::Manifest,
         Tool::Rclone,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Tool::Vfxt => "vfxt",
+            Tool::VfxtRun => "vfxt-run",
             Tool::Cp => "cp",
             Tool::Rsync => "rsync",
             Tool::RsyncInplace => "rsync-inplace",
             Tool::Parallel => "parallel",
             Tool::Fpsync => "fpsync",
+            Tool::Fpsync4 => "fpsync4",
+            Tool::Manifest => "manifest",
             Tool::Rclone => "rclone",
         }
     }
@@ -48,11 +64,14 @@ impl Tool {
     pub fn label(self) -> &'static str {
         match self {
             Tool::Vfxt => "vfxt-ingest copy",
+            Tool::VfxtRun => "vfxt-ingest run (4 workers)",
             Tool::Cp => "cp -a",
             Tool::Rsync => "rsync -a",
             Tool::RsyncInplace => "rsync -a --inplace",
             Tool::Parallel => "find | parallel -j16 cp",
             Tool::Fpsync => "fpsync -n 16",
+            Tool::Fpsync4 => "fpsync -n 4",
+            Tool::Manifest => "manifest, 4 x cp -a",
             Tool::Rclone => "rclone copy --transfers 16",
         }
     }
@@ -60,11 +79,12 @@ impl Tool {
     /// The program that must be on PATH, and the Debian package that has it.
     pub fn program(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Tool::Vfxt => None,
+            Tool::Vfxt | Tool::VfxtRun => None,
             Tool::Cp => Some(("cp", "coreutils")),
             Tool::Rsync | Tool::RsyncInplace => Some(("rsync", "rsync")),
             Tool::Parallel => Some(("parallel", "parallel")),
-            Tool::Fpsync => Some(("fpsync", "fpart")),
+            Tool::Fpsync | Tool::Fpsync4 => Some(("fpsync", "fpart")),
+            Tool::Manifest => Some(("cp", "coreutils")),
             Tool::Rclone => Some(("rclone", "rclone")),
         }
     }
@@ -81,6 +101,16 @@ impl Tool {
                 owner,
             ]
             .concat(),
+            // The IngestJob's default `preserve`: everything but xattrs.
+            Tool::VfxtRun => [
+                vec![Mode, Mtime, DirMtime, SymlinkMtime, HardLink, Sparse],
+                owner,
+            ]
+            .concat(),
+            // Each client's `cp -a` keeps its subtree; the levels above are copied file by file
+            // while the clients write below them, so their directory times are not kept, nor
+            // hard links between different clients' directories.
+            Tool::Manifest => [vec![Mode, Mtime, SymlinkMtime], owner].concat(),
             // -a = --preserve=all (mode, owner, timestamps, links, xattr); --sparse=auto.
             Tool::Cp => [
                 vec![Mode, Mtime, DirMtime, SymlinkMtime, Xattr, HardLink, Sparse],
@@ -93,7 +123,7 @@ impl Tool {
             }
             // rsync -lptgoD per file list; parallel jobs write into shared directories after a
             // job has set their times, so directory times are not kept.
-            Tool::Fpsync => [vec![Mode, Mtime, SymlinkMtime], owner].concat(),
+            Tool::Fpsync | Tool::Fpsync4 => [vec![Mode, Mtime, SymlinkMtime], owner].concat(),
             // cp -P without -p keeps contents and symlinks only.
             Tool::Parallel => vec![],
             // File contents and modification times only (no --metadata).
@@ -142,10 +172,68 @@ impl Tool {
                 c.arg("-c").arg(script).env("SRC", src).env("DEST", dst);
                 c
             }
-            Tool::Fpsync => {
+            Tool::VfxtRun => {
+                // The local form of an IngestJob: one destination mount, RUN_WORKERS processes.
+                let script = r#"set -eu
+cat > "$SCRATCH/job.yaml" <<YAML
+apiVersion: ingest.vfxt.dev/v1alpha1
+kind: IngestJob
+metadata: {name: bench}
+spec:
+  source: {local: "$SRC"}
+  destination: {local: ["$DEST"]}
+  workers: $WORKERS
+  threadsPerWorker: 8
+YAML
+exec "$BIN" run -f "$SCRATCH/job.yaml" --state "$SCRATCH/state" --quiet
+"#;
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(script)
+                    .env("SRC", src)
+                    .env("DEST", dst)
+                    .env("SCRATCH", scratch)
+                    .env("WORKERS", RUN_WORKERS.to_string())
+                    .env("BIN", &vfxt.bin);
+                c
+            }
+            Tool::Manifest => {
+                // The field guide's recipe: the top levels first, then `find -mindepth 2 -maxdepth
+                // 2 -type d` dealt round robin (`sed -n i~Np`) to N clients that `cp -a` one
+                // directory after the other, all at once.
+                let script = r#"set -eu -o pipefail
+cd "$SRC"
+find . -mindepth 1 -maxdepth 1 -type d -exec mkdir -p "$DEST/{}" \;
+find . -mindepth 1 -maxdepth 1 ! -type d -exec cp -a -t "$DEST" {} +
+find . -mindepth 1 -maxdepth 1 -type d | while IFS= read -r d; do
+  find "$d" -mindepth 1 -maxdepth 1 ! -type d -exec cp -a -t "$DEST/$d" {} +
+done
+find . -mindepth 2 -maxdepth 2 -type d > "$SCRATCH/manifest"
+for i in $(seq 1 "$WORKERS"); do
+  sed -n "${i}~${WORKERS}p" "$SCRATCH/manifest" | while IFS= read -r d; do
+    cp -a "$d" "$DEST/$(dirname "$d")/"
+  done &
+done
+wait
+"#;
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(script)
+                    .env("SRC", src)
+                    .env("DEST", dst)
+                    .env("SCRATCH", scratch)
+                    .env("WORKERS", RUN_WORKERS.to_string());
+                c
+            }
+            Tool::Fpsync | Tool::Fpsync4 => {
+                let jobs = if self == Tool::Fpsync4 {
+                    RUN_WORKERS
+                } else {
+                    PEER_JOBS
+                };
                 let mut c = Command::new("fpsync");
                 c.arg("-n")
-                    .arg(PEER_JOBS.to_string())
+                    .arg(jobs.to_string())
                     .arg("-t")
                     .arg(scratch)
                     .arg(slash(src))
@@ -180,7 +268,7 @@ pub struct VfxtArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown tool {0:?} in --tools: valid are vfxt, cp, rsync, rsync-inplace, parallel, fpsync, rclone"
+    "unknown tool {0:?} in --tools: valid are vfxt, vfxt-run, cp, rsync, rsync-inplace, parallel, fpsync, fpsync4, manifest, rclone"
 )]
 pub struct UnknownTool(pub String);
 
@@ -230,7 +318,7 @@ mod tests {
         assert_eq!(parse_tools(&all).unwrap(), Tool::ALL.to_vec());
         let e = parse_tools("cp,robocopy").unwrap_err();
         assert_eq!(e, UnknownTool("robocopy".into()));
-        assert!(e.to_string().contains("valid are vfxt, cp"));
+        assert!(e.to_string().contains("valid are vfxt, vfxt-run, cp"));
         assert!(parse_tools(" , ").is_err());
     }
 
@@ -243,6 +331,12 @@ mod tests {
         assert_eq!(Tool::Rclone.promises(false), [Aspect::Mtime].into());
         assert!(Tool::Vfxt.promises(true).contains(&Aspect::Owner));
         assert!(!Tool::Vfxt.promises(false).contains(&Aspect::Owner));
+        // The IngestJob's default preserve leaves xattrs out; the manifest recipe loses the
+        // directory times above its split depth.
+        assert!(!Tool::VfxtRun.promises(true).contains(&Aspect::Xattr));
+        assert!(Tool::VfxtRun.promises(true).contains(&Aspect::HardLink));
+        assert!(!Tool::Manifest.promises(true).contains(&Aspect::DirMtime));
+        assert_eq!(Tool::Fpsync4.promises(true), Tool::Fpsync.promises(true));
     }
 
     #[test]
