@@ -127,6 +127,12 @@ pub struct Options {
     /// shard ended. The verify pass then sets them, after every entry exists, and does not count
     /// a directory whose only difference is its times as a mismatch.
     pub dir_times_in_verify: bool,
+    /// Prove at start, with a probe file, that every destination is writable and shows the
+    /// same tree. Off for the verify phase of a sharded job: its workers start together, and
+    /// one worker's probe (a create and a remove in the destination root) would move the root's
+    /// times after another worker's verify pass has set them. The copy phase proved the same
+    /// mounts already.
+    pub probe_destinations: bool,
 }
 
 impl Default for Options {
@@ -141,6 +147,7 @@ impl Default for Options {
             batch_files: 16,
             concurrency: Concurrency::Fixed,
             dir_times_in_verify: false,
+            probe_destinations: true,
         }
     }
 }

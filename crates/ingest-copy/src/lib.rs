@@ -42,7 +42,7 @@ pub fn run(
     let started = Instant::now();
     setup::check_options(job, opts)?;
     sys::raise_fd_limit();
-    let roots = setup::open_roots(job)?;
+    let roots = setup::open_roots(job, opts)?;
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
         let (copy, _) = Walk::new(Pass::Copy, opts, &roots, progress, sink).run(&job.scopes);

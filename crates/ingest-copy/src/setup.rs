@@ -56,7 +56,7 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Opens and checks the source and every destination, creating missing destinations.
-pub(crate) fn open_roots(job: &CopyJob) -> Result<Roots, SetupError> {
+pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupError> {
     let src_meta = fs::metadata(&job.source)
         .map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
     if !src_meta.is_dir() {
@@ -93,7 +93,9 @@ pub(crate) fn open_roots(job: &CopyJob) -> Result<Roots, SetupError> {
         }
         dsts.push(open_dir(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?);
     }
-    probe(job, &dsts)?;
+    if opts.probe_destinations {
+        probe(job, &dsts)?;
+    }
     Ok(Roots { src, dsts })
 }
 

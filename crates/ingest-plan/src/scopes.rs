@@ -73,9 +73,29 @@ pub fn engine_options(mut base: Options, phase: Phase) -> Options {
     base.multilinked = MultiLinked::Elsewhere;
     // Shards share directories: their times become final in the verify phase.
     base.dir_times_in_verify = true;
+    // Verify workers start together; their probes would race with the root's times.
+    base.probe_destinations = phase == Phase::Copy;
     base.passes = match phase {
         Phase::Copy => ingest_copy::Passes::CopyOnly,
         Phase::Verify => ingest_copy::Passes::VerifyOnly,
     };
     base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_copy_phase_probes_the_destinations() {
+        // Verify workers start together: a probe in one would move the root's times after
+        // another had set them (seen as a root dir_mtime difference after `run` with 4 workers).
+        let copy = engine_options(Options::default(), Phase::Copy);
+        let verify = engine_options(Options::default(), Phase::Verify);
+        assert!(copy.probe_destinations);
+        assert!(!verify.probe_destinations);
+        assert!(copy.dir_times_in_verify && verify.dir_times_in_verify);
+        assert_eq!(copy.passes, ingest_copy::Passes::CopyOnly);
+        assert_eq!(verify.passes, ingest_copy::Passes::VerifyOnly);
+    }
 }

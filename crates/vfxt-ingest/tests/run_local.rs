@@ -1,5 +1,5 @@
 //! `scan`, `worker` and `run` as a user runs them: the real binary on temp trees, checked against
-//! a plain `std::fs` comparison that shares no code with the engine.
+//! the test kit's tree comparison, which shares no code with the engine.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -60,62 +60,20 @@ fn make_tree(root: &Path, dirs: usize, files_per_dir: usize) {
     .unwrap();
 }
 
-/// Every entry under `a` has an equal twin under `b` (type, size, mode, mtime, contents, link
-/// target) and the other way round; hard-linked paths in `a` are hard-linked in `b`.
+/// `b` is a faithful copy of `a` by the test kit\'s comparison (which shares no code with the
+/// engine): every entry, its contents, mode, times (directories and the root included), hard
+/// links and holes; owners too when root.
 fn assert_identical(a: &Path, b: &Path) {
-    fn collect(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, fs::Metadata>) {
-        for e in fs::read_dir(root.join(rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            let md = fs::symlink_metadata(e.path()).unwrap();
-            if md.is_dir() {
-                collect(root, &r, out);
-            }
-            out.insert(r, md);
-        }
-    }
-    let (mut ma, mut mb) = (BTreeMap::new(), BTreeMap::new());
-    collect(a, Path::new(""), &mut ma);
-    collect(b, Path::new(""), &mut mb);
-    assert_eq!(
-        ma.keys().collect::<Vec<_>>(),
-        mb.keys().collect::<Vec<_>>(),
-        "different sets of paths"
+    let opts = ingest_testkit::CompareOptions {
+        owner: rustix::process::geteuid().is_root(),
+        ..ingest_testkit::CompareOptions::all()
+    };
+    let diffs = ingest_testkit::compare(a, b, &opts);
+    assert!(
+        diffs.is_empty(),
+        "the copy differs:\n{}",
+        diffs.iter().map(|d| format!("  {d}\n")).collect::<String>()
     );
-    let mut inodes: BTreeMap<u64, u64> = BTreeMap::new();
-    for (p, x) in &ma {
-        let y = &mb[p];
-        assert_eq!(x.file_type(), y.file_type(), "{p:?} type");
-        assert_eq!(x.mode(), y.mode(), "{p:?} mode");
-        if x.is_file() {
-            assert_eq!(x.len(), y.len(), "{p:?} size");
-            assert_eq!(
-                (x.mtime(), x.mtime_nsec()),
-                (y.mtime(), y.mtime_nsec()),
-                "{p:?} mtime"
-            );
-            assert!(
-                fs::read(a.join(p)).unwrap() == fs::read(b.join(p)).unwrap(),
-                "{p:?} contents"
-            );
-            if x.nlink() > 1 {
-                let twin = *inodes.entry(x.ino()).or_insert(y.ino());
-                assert_eq!(twin, y.ino(), "{p:?} is not hard-linked like its source");
-            }
-        } else if x.is_symlink() {
-            assert_eq!(
-                fs::read_link(a.join(p)).unwrap(),
-                fs::read_link(b.join(p)).unwrap(),
-                "{p:?} target"
-            );
-        } else if x.is_dir() {
-            assert_eq!(
-                (x.mtime(), x.mtime_nsec()),
-                (y.mtime(), y.mtime_nsec()),
-                "{p:?} dir mtime"
-            );
-        }
-    }
 }
 
 fn job_yaml(dir: &Path, src: &Path, dests: &[PathBuf], extra: &str) -> PathBuf {
