@@ -80,10 +80,17 @@ pub struct IngestJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub workers: Option<u32>,
-    /// Copy threads in each worker pod (files in flight per pod).
-    #[serde(default = "default_threads")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub threads_per_worker: u32,
+    /// Copy threads in each worker pod (files in flight per pod), 1..1024; or `auto`: each pod adapts the
+    /// operations in flight per destination mount while it copies, raising them while throughput rises, backing
+    /// off at the latency knee (where more in flight only slows every operation) and shifting work away from a
+    /// slow mount. Default: 16.
+    // The value is int-or-string (CEL type dyn). `string(self) == self` holds exactly for strings (CEL's `==`
+    // across types is false); the usual `type(self) == int` means the same to the API server, but kube's
+    // client-side CEL (tests/crd.rs) has no `type()`.
+    #[serde(default)]
+    #[schemars(schema_with = "threads_per_worker_schema")]
+    #[x_kube(validation = Rule::new("string(self) == self ? self == 'auto' : (self >= 1 && self <= 1024)").message("spec.threadsPerWorker must be an integer 1..1024 or \"auto\""))]
+    pub threads_per_worker: ThreadsPerWorker,
     /// How the scan splits the tree into shards (units of work a pod copies and retries).
     #[serde(default)]
     pub shards: ShardSizing,
@@ -106,8 +113,89 @@ pub struct IngestJobSpec {
     pub worker: WorkerTemplate,
 }
 
-fn default_threads() -> u32 {
-    16
+/// `spec.threadsPerWorker`: a fixed number of copy threads per worker pod, or `auto` (the engine's adaptive
+/// concurrency, `vfxt-ingest worker --threads auto`). In YAML and JSON an integer or the string `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadsPerWorker {
+    /// This many copy threads in each pod, dealt over its destination mounts (valid: 1..=1024).
+    Fixed(u32),
+    /// A limit per destination mount, found while copying.
+    Auto,
+}
+
+impl ThreadsPerWorker {
+    /// What `threadsPerWorker` is when the spec does not say: existing objects keep meaning 16 threads.
+    pub const DEFAULT: ThreadsPerWorker = ThreadsPerWorker::Fixed(16);
+    /// The valid fixed counts.
+    pub const RANGE: std::ops::RangeInclusive<u32> = 1..=1024;
+}
+
+impl Default for ThreadsPerWorker {
+    fn default() -> Self {
+        ThreadsPerWorker::DEFAULT
+    }
+}
+
+/// `16` or `auto`: the YAML form, and the value of `vfxt-ingest worker --threads`.
+impl std::fmt::Display for ThreadsPerWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThreadsPerWorker::Fixed(n) => write!(f, "{n}"),
+            ThreadsPerWorker::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for ThreadsPerWorker {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ThreadsPerWorker::Fixed(n) => s.serialize_u32(*n),
+            ThreadsPerWorker::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+/// Any integer that fits a `u32` is read (the range is [`crate::validate`]'s to report, naming the field, as the
+/// CRD's rule does); of strings, only `auto`.
+impl<'de> Deserialize<'de> for ThreadsPerWorker {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ThreadsPerWorker;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer 1..1024 or \"auto\"")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(ThreadsPerWorker::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(ThreadsPerWorker::Fixed)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "auto" {
+                    Ok(ThreadsPerWorker::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The schema of `threadsPerWorker`: int-or-string, so the API server keeps `16` an integer and `auto` a string
+/// (a plain `type: integer` would refuse `auto`). Structural schemas allow no `type` here, and OpenAPI bounds do
+/// not apply to a string, so the range is the CEL rule's on the field.
+fn threads_per_worker_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
 }
 
 /// Source tree: exactly one of `nfs` or `pvc`, plus an optional sub-directory.

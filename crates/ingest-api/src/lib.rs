@@ -18,6 +18,7 @@ use kube::CustomResourceExt;
 pub fn crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(IngestJob::crd()).expect("a CRD serializes");
     drop_unsigned_formats(&mut value);
+    not_nullable_with_default(&mut value);
     serde_json::from_value(value).expect("removing formats keeps a valid CRD")
 }
 
@@ -36,6 +37,24 @@ fn drop_unsigned_formats(v: &mut serde_json::Value) {
             map.values_mut().for_each(drop_unsigned_formats);
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
+        _ => {}
+    }
+}
+
+/// kube marks every int-or-string property that is not `required` `nullable` (meant for `Option<IntOrString>`).
+/// A property with a default is never absent, and an explicit `null` would stay null instead of being pruned and
+/// defaulted, so those (`threadsPerWorker`) lose the mark.
+fn not_nullable_with_default(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true))
+                && map.contains_key("default")
+            {
+                map.remove("nullable");
+            }
+            map.values_mut().for_each(not_nullable_with_default);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(not_nullable_with_default),
         _ => {}
     }
 }

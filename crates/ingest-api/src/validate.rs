@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::job::IngestJobSpec;
+use crate::job::{IngestJobSpec, ThreadsPerWorker};
 
 /// One invalid field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,10 +115,12 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if spec.workers == Some(0) {
         bad("spec.workers", "must be at least 1".into());
     }
-    if !(1..=1024).contains(&spec.threads_per_worker) {
+    if let ThreadsPerWorker::Fixed(n) = spec.threads_per_worker
+        && !ThreadsPerWorker::RANGE.contains(&n)
+    {
         bad(
             "spec.threadsPerWorker",
-            format!("{} is out of range 1..=1024", spec.threads_per_worker),
+            format!("must be an integer 1..1024 or \"auto\" (got {n})"),
         );
     }
     if spec.shards.target == Some(0) {
@@ -195,6 +197,81 @@ mod tests {
             "x/y",
         ] {
             assert!(!is_host(bad), "{bad}");
+        }
+    }
+
+    fn job(threads: Option<&str>) -> String {
+        let mut y = String::from(
+            "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {name: t}\nspec:\n  \
+             source: {nfs: {server: 10.0.0.5, path: /export}}\n  \
+             destination: {nfs: {servers: [10.1.1.101], path: /nfs}}\n",
+        );
+        if let Some(t) = threads {
+            y.push_str(&format!("  threadsPerWorker: {t}\n"));
+        }
+        y
+    }
+
+    fn parse(threads: Option<&str>) -> Result<crate::IngestJob, serde_yaml::Error> {
+        serde_yaml::from_str(&job(threads))
+    }
+
+    #[test]
+    fn threads_per_worker_is_an_integer_1_to_1024_or_auto() {
+        for (text, want) in [
+            (None, ThreadsPerWorker::Fixed(16)),
+            (Some("1"), ThreadsPerWorker::Fixed(1)),
+            (Some("32"), ThreadsPerWorker::Fixed(32)),
+            (Some("1024"), ThreadsPerWorker::Fixed(1024)),
+            (Some("auto"), ThreadsPerWorker::Auto),
+            (Some("\"auto\""), ThreadsPerWorker::Auto),
+        ] {
+            let ij = parse(text).unwrap();
+            assert_eq!(ij.spec.threads_per_worker, want, "{text:?}");
+            assert_eq!(validate_spec(&ij.spec), Ok(()), "{text:?}");
+        }
+        for n in ["0", "2000", "1025"] {
+            let ij = parse(Some(n)).unwrap();
+            let errs = validate_spec(&ij.spec).expect_err(n);
+            assert_eq!(errs.0.len(), 1, "{errs}");
+            assert_eq!(errs.0[0].field, "spec.threadsPerWorker");
+            assert_eq!(
+                errs.to_string(),
+                format!("spec.threadsPerWorker: must be an integer 1..1024 or \"auto\" (got {n})")
+            );
+        }
+    }
+
+    #[test]
+    fn threads_per_worker_other_strings_are_refused_naming_the_field() {
+        // Not a value validate_spec could see: reading the YAML already fails, with the field's path.
+        for bad in ["fast", "\"16\"", "Auto", "-1", "5000000000", "1.5"] {
+            let err = parse(Some(bad)).expect_err(bad).to_string();
+            assert!(
+                err.contains("spec.threadsPerWorker")
+                    && err.contains("an integer 1..1024 or \"auto\""),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn threads_per_worker_yaml_round_trip() {
+        use serde_json::json;
+        for (text, written, as_json) in [
+            ("auto", "threadsPerWorker: auto\n", json!("auto")),
+            ("48", "threadsPerWorker: 48\n", json!(48)),
+        ] {
+            let ij = parse(Some(text)).unwrap();
+            let yaml = serde_yaml::to_string(&ij).unwrap();
+            assert!(yaml.contains(written), "{yaml}");
+            let again: crate::IngestJob = serde_yaml::from_str(&yaml).unwrap();
+            assert_eq!(again.spec, ij.spec);
+            // JSON (what the API server stores): an integer stays a number, auto a string.
+            let value = serde_json::to_value(&ij.spec).unwrap();
+            assert_eq!(value["threadsPerWorker"], as_json);
+            let back: crate::IngestJobSpec = serde_json::from_value(value).unwrap();
+            assert_eq!(back, ij.spec);
         }
     }
 

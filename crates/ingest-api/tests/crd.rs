@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ingest_api::validate::validate_spec;
-use ingest_api::{IngestJob, IngestJobSpec, VerifyMode, crd_yaml};
+use ingest_api::{IngestJob, IngestJobSpec, ThreadsPerWorker, VerifyMode, crd_yaml};
 
 const REGENERATE: &str = "cargo run -p vfxt-ingest -- crd > crds/ingest.vfxt.dev_ingestjobs.yaml";
 
@@ -53,7 +53,7 @@ fn full_example_deserializes_with_every_field() {
     );
     assert_eq!(
         (s.workers, s.threads_per_worker, s.shards.target),
-        (Some(6), 16, Some(256))
+        (Some(6), ThreadsPerWorker::Fixed(16), Some(256))
     );
     assert_eq!(s.verify.mode, VerifyMode::Checksum);
     assert!(s.preserve.xattrs && !s.preserve.owner);
@@ -73,7 +73,7 @@ fn minimal_example_gets_defaults() {
     let s: &IngestJobSpec = &ij.spec;
     assert_eq!(s.source.pvc.as_ref().unwrap().claim_name, "old-filer");
     assert_eq!(s.workers, None);
-    assert_eq!(s.threads_per_worker, 16);
+    assert_eq!(s.threads_per_worker, ThreadsPerWorker::Fixed(16));
     assert_eq!(s.verify.mode, VerifyMode::Metadata);
     assert!(s.preserve.owner && s.preserve.hardlinks && !s.preserve.xattrs);
     assert_eq!(s.failure_policy.retries_per_shard, 3);
@@ -105,10 +105,23 @@ fn schema_carries_the_validation_rules() {
     let crd = ingest_api::crd();
     let schema = serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap()).unwrap();
     let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];
-    assert_eq!(spec["threadsPerWorker"]["format"], serde_json::Value::Null);
     assert_eq!(spec["workers"]["minimum"].as_f64(), Some(1.0));
-    assert_eq!(spec["threadsPerWorker"]["minimum"].as_f64(), Some(1.0));
-    assert_eq!(spec["threadsPerWorker"]["maximum"].as_f64(), Some(1024.0));
+    // Structural int-or-string (`16` or `auto`): no type, no format, the range in a CEL rule; default 16.
+    let threads = spec["threadsPerWorker"].as_object().unwrap();
+    assert_eq!(threads["x-kubernetes-int-or-string"], true);
+    assert_eq!(threads["default"], 16);
+    for absent in [
+        "type", "format", "minimum", "maximum", "anyOf", "oneOf", "nullable",
+    ] {
+        assert!(
+            !threads.contains_key(absent),
+            "threadsPerWorker has {absent}"
+        );
+    }
+    assert_eq!(
+        threads["x-kubernetes-validations"][0]["message"],
+        "spec.threadsPerWorker must be an integer 1..1024 or \"auto\""
+    );
     assert_eq!(
         spec["destination"]["properties"]["nfs"]["properties"]["servers"]["minItems"].as_u64(),
         Some(1)
@@ -176,6 +189,21 @@ fn bad_cases() -> Vec<(&'static str, serde_json::Value, &'static str)> {
             json!({"threadsPerWorker": 0}),
             "spec.threadsPerWorker",
         ),
+        (
+            "threads 2000",
+            json!({"threadsPerWorker": 2000}),
+            "spec.threadsPerWorker",
+        ),
+        (
+            "threads fast",
+            json!({"threadsPerWorker": "fast"}),
+            "spec.threadsPerWorker",
+        ),
+        (
+            "threads as a quoted number",
+            json!({"threadsPerWorker": "16"}),
+            "spec.threadsPerWorker",
+        ),
     ]
 }
 
@@ -220,19 +248,43 @@ fn cel_and_rust_validation_reject_the_same_specs_naming_the_field() {
     let good = full_json();
     assert!(
         Validator::new().validate(&schema, &good, None).is_ok(),
-        "the full example must pass the CRD rules"
+        "the full example must pass the CRD rules: {:?}",
+        Validator::new().validate(&schema, &good, None)
     );
+    for threads in [
+        serde_json::json!("auto"),
+        serde_json::json!(1),
+        serde_json::json!(1024),
+    ] {
+        let mut obj = good.clone();
+        obj["spec"]["threadsPerWorker"] = threads.clone();
+        let cel = Validator::new().validate(&schema, &obj, None);
+        assert!(cel.is_ok(), "threadsPerWorker: {threads} rejected: {cel:?}");
+        let ij: IngestJob = serde_json::from_value(obj).unwrap();
+        assert!(
+            validate_spec(&ij.spec).is_ok(),
+            "threadsPerWorker: {threads}"
+        );
+    }
 
     for (what, patch, field) in bad_cases() {
         let mut obj = good.clone();
         merge(&mut obj["spec"], &patch);
-        // Rust validation: always names the field.
-        let spec: IngestJobSpec = serde_json::from_value(obj["spec"].clone()).unwrap();
-        let rust = validate_spec(&spec).expect_err(what);
-        assert!(
-            rust.0.iter().any(|e| e.field == field),
-            "{what}: Rust named {rust}, want {field}"
-        );
+        // Rust: always names the field, from validate_spec, or already when reading the object (a value the
+        // type cannot hold, such as `threadsPerWorker: fast`; serde_yaml errors carry the field's path).
+        match serde_yaml::from_str::<IngestJob>(&serde_yaml::to_string(&obj).unwrap()) {
+            Ok(ij) => {
+                let rust = validate_spec(&ij.spec).expect_err(what);
+                assert!(
+                    rust.0.iter().any(|e| e.field == field),
+                    "{what}: Rust named {rust}, want {field}"
+                );
+            }
+            Err(e) => assert!(
+                e.to_string().contains(field),
+                "{what}: reading it failed without naming {field}: {e}"
+            ),
+        }
         // Schema validation: CEL rules or OpenAPI bounds (minItems/minimum/maximum) must reject it.
         let cel = Validator::new().validate(&schema, &obj, None);
         let bounds = openapi_bounds_reject(&schema, &obj);
@@ -259,10 +311,6 @@ fn openapi_bounds_reject(schema: &serde_json::Value, obj: &serde_json::Value) ->
         })
     };
     out_of(n(&spec["workers"]), &spec_schema["workers"])
-        || out_of(
-            n(&spec["threadsPerWorker"]),
-            &spec_schema["threadsPerWorker"],
-        )
         || spec["destination"]["nfs"]["servers"]
             .as_array()
             .is_some_and(|a| a.is_empty())

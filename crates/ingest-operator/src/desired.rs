@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ingest_api::constants::{BINARY, annotations, labels};
 use ingest_api::job::WorkerTemplate;
-use ingest_api::{IngestJob, VerifyMode};
+use ingest_api::{IngestJob, ThreadsPerWorker, VerifyMode};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, EnvVar, EnvVarSource, NFSVolumeSource,
@@ -295,6 +295,16 @@ fn join(root: &str, sub: Option<&str>) -> String {
     }
 }
 
+/// Walker threads of the scan pod: the spec's count, or 16 for `auto`. `auto` is the copy adapting its operations in
+/// flight to each destination mount while it writes; the scan only lists and stats the source, and its `--threads`
+/// takes a number, so it gets the count `threadsPerWorker` has always defaulted to.
+fn scan_threads(t: ThreadsPerWorker) -> u32 {
+    match t {
+        ThreadsPerWorker::Fixed(n) => n,
+        ThreadsPerWorker::Auto => 16,
+    }
+}
+
 fn scan_args(ij: &IngestJob) -> Vec<String> {
     let s = &ij.spec;
     let servers = &s.destination.nfs.servers;
@@ -304,7 +314,7 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
         "--cluster".into(),
         "--threads".into(),
-        s.threads_per_worker.to_string(),
+        scan_threads(s.threads_per_worker).to_string(),
         "--workers".into(),
         workers.to_string(),
     ];
@@ -360,6 +370,7 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
         "--dest".into(),
         join(DEST_MOUNT, s.destination.sub_path.as_deref()),
+        // `16` or `auto` (the engine's adaptive concurrency per destination mount).
         "--threads".into(),
         s.threads_per_worker.to_string(),
         "--verify".into(),

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::report::PodResult;
-use ingest_api::{FileFailure, Phase, Totals, VerificationCounts};
+use ingest_api::{FileFailure, Phase, ThreadsPerWorker, Totals, VerificationCounts};
 use ingest_operator::desired::{Child, DEST_MOUNT, SOURCE_MOUNT, desired};
 use ingest_operator::stage::{Stage, stage};
 use ingest_operator::status::compute;
@@ -253,6 +253,63 @@ fn three_ips_each_copy_job_mounts_its_own_server() {
         completions += j.spec.as_ref().unwrap().completions.unwrap();
     }
     assert_eq!(completions, 100, "every shard is assigned exactly once");
+}
+
+#[test]
+fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_a_count() {
+    let role_jobs = |children: &[Child], role: &str| -> Vec<Job> {
+        jobs_of(children)
+            .into_iter()
+            .filter(|j| j.labels()[labels::ROLE] == role)
+            .cloned()
+            .collect()
+    };
+    let mut ij = fixture("auto-threads.yaml");
+    assert_eq!(ij.spec.threads_per_worker, ThreadsPerWorker::Auto);
+
+    // The scan only reads the source and takes a number: the default count.
+    let scan = role_jobs(&desired(&ij, &Stage::Scan, &settings()).unwrap(), "scan");
+    assert_eq!(arg_after(&scan[0], "--threads").as_deref(), Some("16"));
+
+    let mut obs = scanned(&ij, 6, totals(), false);
+    let copies = role_jobs(
+        &desired(&ij, &stage(&ij, &obs), &settings()).unwrap(),
+        "copy",
+    );
+    assert_eq!(copies.len(), 3);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    let verify_stage = stage(&ij, &obs);
+    assert!(
+        matches!(verify_stage, Stage::Verify(..)),
+        "{verify_stage:?}"
+    );
+    let verifies = role_jobs(&desired(&ij, &verify_stage, &settings()).unwrap(), "verify");
+    assert_eq!(verifies.len(), 3);
+    for j in copies.iter().chain(&verifies) {
+        assert_eq!(
+            arg_after(j, "--threads").as_deref(),
+            Some("auto"),
+            "{}",
+            j.name_any()
+        );
+    }
+
+    // A fixed count reaches both, as before.
+    ij.spec.threads_per_worker = ThreadsPerWorker::Fixed(48);
+    let scan = role_jobs(&desired(&ij, &Stage::Scan, &settings()).unwrap(), "scan");
+    assert_eq!(arg_after(&scan[0], "--threads").as_deref(), Some("48"));
+    let obs = scanned(&ij, 6, totals(), false);
+    let copies = role_jobs(
+        &desired(&ij, &stage(&ij, &obs), &settings()).unwrap(),
+        "copy",
+    );
+    assert!(
+        copies
+            .iter()
+            .all(|j| arg_after(j, "--threads").as_deref() == Some("48"))
+    );
 }
 
 #[test]

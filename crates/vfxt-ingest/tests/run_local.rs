@@ -138,6 +138,42 @@ fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
 }
 
 #[test]
+fn run_with_threads_per_worker_auto_gives_an_identical_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, 4, 20);
+    let dests = vec![dst.clone(), dst.clone()];
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &dests,
+        "  workers: 2\n  threadsPerWorker: auto\n  shards: {target: 8}\n",
+    );
+    let state = t.path().join("state");
+    let o = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&f)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    // A worker that refused `--threads auto` would exit 2 and fail the run.
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    let status: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
+    assert_eq!(status["verification"]["errors"].as_u64(), Some(0));
+    // What the workers were started with (`--threads` is this value).
+    let job: serde_json::Value =
+        serde_json::from_slice(&fs::read(state.join("job.json")).unwrap()).unwrap();
+    assert_eq!(job["threads"], "auto", "{job}");
+}
+
+#[test]
 fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -333,7 +369,15 @@ fn bad_job_files_exit_2_naming_the_field_line_and_what_is_valid() {
     let (code, err) = run("  threadsPerWorker: many\n", &[]);
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("spec.threadsPerWorker") && err.contains("line 7"),
+        err.contains("spec.threadsPerWorker")
+            && err.contains("line 7")
+            && err.contains("an integer 1..1024 or \"auto\""),
+        "{err}"
+    );
+    let (code, err) = run("  threadsPerWorker: 2000\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("spec.threadsPerWorker: must be an integer 1..1024 or \"auto\" (got 2000)"),
         "{err}"
     );
     let (code, err) = run("  wrokers: 3\n", &[]);
@@ -432,8 +476,9 @@ fn scan_and_worker_commands() {
         text(&o)
     );
 
-    // Worker 0 and worker 1 of 2 copy; then one worker (0 of 1: every shard) verifies.
-    for w in ["0", "1"] {
+    // Worker 0 (2 threads) and worker 1 (adaptive) of 2 copy; then one worker (0 of 1: every shard)
+    // verifies.
+    for (w, threads) in [("0", "2"), ("1", "auto")] {
         let o = bin()
             .args(["worker", "--plan"])
             .arg(&plan)
@@ -449,7 +494,7 @@ fn scan_and_worker_commands() {
                 "--phase",
                 "copy",
                 "--threads",
-                "2",
+                threads,
                 "--no-owner",
             ])
             .output()
@@ -501,6 +546,23 @@ fn scan_and_worker_commands() {
         "{}",
         text(&o)
     );
+    for (threads, says) in [
+        ("fast", "expected a number of threads or `auto`"),
+        ("0", "--threads: must be at least 1"),
+    ] {
+        let o = bin()
+            .args(["worker", "--plan"])
+            .arg(&plan)
+            .arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dst)
+            .args(["--shards", "0", "--threads", threads])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(says), "{threads}: {}", text(&o));
+    }
 
     // The cluster's way: the plan as chunk files, one shard by server and completion index.
     let chunks = t.path().join("chunks");

@@ -224,6 +224,7 @@ test_1_crd_validation() {
   reject "workers 0" "spec.workers" "{$s, $d, workers: 0}" || r=1
   reject "threads 0" "spec.threadsPerWorker" "{$s, $d, threadsPerWorker: 0}" || r=1
   reject "threads 5000" "spec.threadsPerWorker" "{$s, $d, threadsPerWorker: 5000}" || r=1
+  reject "threads fast" "spec.threadsPerWorker" "{$s, $d, threadsPerWorker: fast}" || r=1
   reject "bad verify mode" "spec.verify.mode" "{$s, $d, verify: {mode: Fast}}" || r=1
   reject "bad failure action" "spec.failurePolicy.action" "{$s, $d, failurePolicy: {action: Retry}}" || r=1
   reject "retries out of range" "spec.failurePolicy.retriesPerShard" "{$s, $d, failurePolicy: {retriesPerShard: 101}}" || r=1

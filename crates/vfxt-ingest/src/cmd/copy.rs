@@ -24,11 +24,31 @@ pub enum Verify {
     Checksum,
 }
 
-/// `--threads N` or `--threads auto`.
+/// `--threads N` or `--threads auto`, of `copy` and `worker` (which `run` and the cluster's pods start with
+/// `spec.threadsPerWorker`, an integer or `auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
     Fixed(usize),
     Auto,
+}
+
+impl Threads {
+    /// The engine options for it: `N` threads dealt over the mounts, or `auto`: a limit per mount found while
+    /// copying, up to `max_per_mount` threads each.
+    pub fn apply(self, opts: &mut Options, max_per_mount: usize) {
+        match self {
+            Threads::Fixed(n) => {
+                opts.threads = n;
+                opts.concurrency = Concurrency::Fixed;
+            }
+            Threads::Auto => {
+                opts.concurrency = Concurrency::Auto(AutoConfig {
+                    max_per_mount,
+                    ..AutoConfig::default()
+                })
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for Threads {
@@ -99,15 +119,7 @@ pub fn run(args: Args) -> Outcome {
         verify: args.verify.into(),
         ..Options::default()
     };
-    match args.threads {
-        Threads::Fixed(n) => opts.threads = n,
-        Threads::Auto => {
-            opts.concurrency = Concurrency::Auto(AutoConfig {
-                max_per_mount: args.max_per_mount,
-                ..AutoConfig::default()
-            })
-        }
-    }
+    args.threads.apply(&mut opts, args.max_per_mount);
     opts.preserve.owner = !args.no_owner;
     opts.preserve.xattrs = !args.no_xattrs;
     opts.split_threshold = args.split_threshold;
@@ -233,4 +245,32 @@ pub fn print_summary(s: &Summary) {
         (c.entries_done() as f64 / secs).round() as u64,
         bytes((c.bytes_copied as f64 / secs) as u64)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_parse_a_count_or_auto_and_set_the_engine_options() {
+        let parse = |s: &str| s.parse::<Threads>();
+        assert_eq!(parse("8"), Ok(Threads::Fixed(8)));
+        assert_eq!(parse("auto"), Ok(Threads::Auto));
+        for bad in ["fast", "Auto", "-1", ""] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("a number of threads or `auto`"), "{bad}: {e}");
+        }
+
+        let mut opts = Options::default();
+        Threads::Auto.apply(&mut opts, 12);
+        assert_eq!(
+            opts.concurrency,
+            Concurrency::Auto(AutoConfig {
+                max_per_mount: 12,
+                ..AutoConfig::default()
+            })
+        );
+        Threads::Fixed(5).apply(&mut opts, 12);
+        assert_eq!((opts.threads, opts.concurrency), (5, Concurrency::Fixed));
+    }
 }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{
     Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
     IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
-    ServerStatus, ShardCounts, ShardSizing, Source, Totals, Verify, VerifyMode as JobVerifyMode,
-    WorkerTemplate,
+    ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals, Verify,
+    VerifyMode as JobVerifyMode, WorkerTemplate,
 };
 use ingest_copy::{Snapshot, Summary};
 use ingest_plan::Phase;
@@ -124,8 +124,8 @@ struct RunSpec {
     destination: RunDestination,
     #[serde(default)]
     workers: Option<u32>,
-    #[serde(default = "default_threads")]
-    threads_per_worker: u32,
+    #[serde(default)]
+    threads_per_worker: ThreadsPerWorker,
     #[serde(default)]
     shards: ShardSizing,
     #[serde(default)]
@@ -138,10 +138,6 @@ struct RunSpec {
     run: i64,
     #[serde(default)]
     worker: WorkerTemplate,
-}
-
-fn default_threads() -> u32 {
-    16
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +176,8 @@ struct Resolved {
     servers: Vec<String>,
     workers: u32,
     shards: u32,
-    threads: u32,
+    /// `spec.threadsPerWorker`, each worker's `--threads` (a count or `auto`).
+    threads: ThreadsPerWorker,
     verify: String,
     owner: bool,
     mode: bool,

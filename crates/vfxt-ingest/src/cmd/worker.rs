@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{FileFailure, VerificationCounts};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
-    CopyJob, FirstN, JsonLines, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
-    Tee, VerifyMode,
+    AutoConfig, CopyJob, FirstN, JsonLines, Options, Outcome as EntryOutcome, Progress, ReportSink,
+    Summary, Tee, VerifyMode,
 };
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
@@ -26,7 +26,7 @@ use ingest_plan::planner::deal;
 use ingest_plan::{Phase, engine_options, engine_scopes};
 
 use crate::Outcome;
-use crate::cmd::copy::Verify;
+use crate::cmd::copy::{Threads, Verify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PhaseArg {
@@ -71,9 +71,13 @@ pub struct Args {
     pub index: Option<u32>,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
-    /// Copy threads, dealt round robin over the destinations.
-    #[arg(long, default_value_t = 16)]
-    pub threads: usize,
+    /// Copy threads, dealt round robin over the destinations; or `auto`: a limit per destination,
+    /// raised while throughput rises and lowered when operations only queue (up to --max-per-mount).
+    #[arg(long, default_value = "16", value_name = "N|auto")]
+    pub threads: Threads,
+    /// With `--threads auto`: the most threads per destination.
+    #[arg(long, default_value_t = AutoConfig::default().max_per_mount, value_name = "N")]
+    pub max_per_mount: usize,
     /// How the verify phase compares files.
     #[arg(long, value_enum, default_value_t = Verify::Metadata)]
     pub verify: Verify,
@@ -256,7 +260,7 @@ pub fn run(args: Args) -> Outcome {
             return Outcome::UnusableInput;
         }
     };
-    if args.threads == 0 {
+    if args.threads == Threads::Fixed(0) {
         eprintln!("error: --threads: must be at least 1 (got 0)");
         return Outcome::UnusableInput;
     }
@@ -281,10 +285,10 @@ pub fn run(args: Args) -> Outcome {
         .collect();
 
     let mut base_opts = Options {
-        threads: args.threads,
         verify,
         ..Options::default()
     };
+    args.threads.apply(&mut base_opts, args.max_per_mount);
     if let Some(list) = &args.preserve {
         match parse_preserve(list, base_opts.preserve) {
             Ok(p) => base_opts.preserve = p,
