@@ -10,9 +10,11 @@
 //! controller thread samples each gate every `interval_ms` and feeds the [`Controller`], a pure
 //! state machine (a gradient limiter in the manner of Netflix's concurrency-limits): while the
 //! time per unit of work stays near the best seen, the limit grows; when it grows without more
-//! work done (queueing at the knee), the limit shrinks in proportion. Each mount is controlled
-//! on its own, so a slower node ends with fewer permits and the shared queue's tasks flow to the
-//! faster ones.
+//! work done (queueing at the knee), the limit shrinks in proportion. Each mount has its own
+//! limit, measured against the cluster's uncongested time per unit (the best node's), so a
+//! slower or smaller node ends with fewer permits and the shared queue's tasks flow to the
+//! faster ones. Each mount holds its initial limit for its first few samples, which come from
+//! the top of the tree (cheap directory entries) and would make a misleading baseline.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
@@ -96,6 +98,8 @@ struct MountState {
     smoothed: f64,
     /// The least smoothed time per unit seen (the no-queueing baseline), slowly forgotten.
     baseline: f64,
+    /// Samples fed so far (see `WARMUP_SAMPLES`).
+    samples: u32,
 }
 
 /// The pure part: samples in, limits out. No clock, no threads.
@@ -121,6 +125,11 @@ const LATENCY_SMOOTHING: f64 = 0.3;
 const SMOOTHING: f64 = 0.5;
 /// Growth per interval while no queueing is seen.
 const GROWTH: f64 = 0.2;
+/// Samples a mount holds its initial limit for before the baseline counts. A copy starts with
+/// the top of the tree, directories whose entries cost a fraction of a file's: taken for the
+/// baseline (the cluster's, below), they made every later file look queued and the limits sank
+/// to 1 (seen on emulated 2 ms nodes).
+const WARMUP_SAMPLES: u32 = 3;
 
 impl Controller {
     pub fn new(mounts: usize, cfg: AutoConfig) -> Self {
@@ -133,6 +142,7 @@ impl Controller {
                     slow_start: true,
                     smoothed: f64::NAN,
                     baseline: f64::INFINITY,
+                    samples: 0,
                 };
                 mounts
             ],
@@ -150,23 +160,40 @@ impl Controller {
     /// Takes one interval's samples (one per mount, in mount order) and returns the new limits.
     pub fn step(&mut self, samples: &[Sample]) -> Vec<usize> {
         let max = self.cfg.max_per_mount.max(1) as f64;
+        let per_unit = |s: &Sample| s.busy.as_secs_f64() / s.units as f64;
         for (m, s) in self.mounts.iter_mut().zip(samples) {
-            if s.units == 0 {
+            if s.units > 0 {
+                m.smoothed = if m.smoothed.is_nan() {
+                    per_unit(s)
+                } else {
+                    m.smoothed * (1.0 - LATENCY_SMOOTHING) + per_unit(s) * LATENCY_SMOOTHING
+                };
+                m.samples += 1;
+                if m.samples > WARMUP_SAMPLES {
+                    m.baseline = (m.baseline * (1.0 + DRIFT)).min(m.smoothed);
+                }
+            }
+        }
+        // The uncongested time per unit is the cluster's, not one node's: every mount is the
+        // same export, and the tasks come from one queue. A mount whose first samples were
+        // already queued (a node with little capacity, reached with the initial limit) would
+        // otherwise take its queued time for its baseline and never shrink; measured against
+        // the best node it does, and the work flows to the others.
+        let floor = self
+            .mounts
+            .iter()
+            .map(|m| m.baseline)
+            .fold(f64::INFINITY, f64::min);
+        for (m, s) in self.mounts.iter_mut().zip(samples) {
+            if s.units == 0 || m.samples <= WARMUP_SAMPLES {
                 // Nothing finished: no evidence either way (a long task, or no work queued).
+                // Or still warming up: the initial limit is held while the baseline settles.
                 continue;
             }
-            let per_unit = s.busy.as_secs_f64() / s.units as f64;
-            m.smoothed = if m.smoothed.is_nan() {
-                per_unit
-            } else {
-                m.smoothed * (1.0 - LATENCY_SMOOTHING) + per_unit * LATENCY_SMOOTHING
-            };
-            let per_unit = m.smoothed;
-            m.baseline = (m.baseline * (1.0 + DRIFT)).min(per_unit);
-            let baseline = m.baseline;
-            // 1 while the time per unit is within tolerance of the baseline; below 1 in
-            // proportion to the queueing once past the knee (never less than half per step).
-            let gradient = (TOLERANCE * baseline / per_unit).clamp(0.5, 1.0);
+            // The gradient follows this interval, not the smoothed time: a task's time is
+            // already an average over the several intervals it ran, and smoothing it again
+            // kept the limit shrinking for steps after the queue had drained.
+            let gradient = (TOLERANCE * floor / per_unit(s)).clamp(0.5, 1.0);
             // A mount that did not use its permits shows nothing about more of them: growing
             // its limit then would only let a later burst overshoot the knee.
             let used = s.peak_running as f64 >= (m.limit * 0.5).floor();
@@ -517,6 +544,47 @@ mod tests {
         assert!(l[0] >= 32 && l[1] >= 32, "fast mounts {l:?}");
         assert!(l[2] >= 4, "slow mount must still be used fully: {l:?}");
         assert!(l[2] * 3 <= l[0], "slow mount not shifted away from: {l:?}");
+    }
+
+    #[test]
+    fn node_queued_from_its_first_sample_is_shrunk_against_the_clusters_baseline() {
+        // Capacity 1 at twice the latency: the initial limit already queues there, so its own
+        // first samples show no uncongested time. The fast nodes' baseline does.
+        let tiny = Model {
+            capacity: 1.0,
+            latency: 0.004,
+            cpu_knee: f64::INFINITY,
+        };
+        let (c, trace) = run(&[FAST, FAST, tiny], 200);
+        let l = c.limits();
+        assert!(l[0] >= 32 && l[1] >= 32, "fast mounts {l:?}");
+        assert!(
+            l[2] <= 2,
+            "the tiny node keeps queueing: {l:?}; trace {trace:?}"
+        );
+    }
+
+    #[test]
+    fn cheap_first_samples_do_not_sink_the_limits() {
+        // A copy starts with directories, a third of a file's time per entry: the first
+        // samples of every mount are cheap, and must not become the baseline.
+        let mut c = Controller::new(2, AutoConfig::default());
+        for step in 0..200 {
+            let samples: Vec<Sample> = c
+                .limits()
+                .iter()
+                .map(|l| {
+                    let mut s = FAST.sample(*l);
+                    if step < 3 {
+                        s.busy /= 3;
+                    }
+                    s
+                })
+                .collect();
+            c.step(&samples);
+        }
+        let l = c.limits();
+        assert!(l.iter().all(|l| *l >= 32), "limits {l:?}");
     }
 
     #[test]

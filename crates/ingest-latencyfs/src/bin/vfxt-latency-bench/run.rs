@@ -339,6 +339,12 @@ impl Bench {
                 rec.files_per_s = Some(self.files as f64 / rec.wall_s);
             }
         }
+        // The tool's stderr outlives the run (e.g. the controller's steps with
+        // VFXT_INGEST_AUTO_TRACE=1): runs/N.stderr, N as in the progress lines.
+        let _ = fs::rename(
+            &err_path,
+            self.runs.join(format!("{}.stderr", self.counter)),
+        );
         let _ = fs::remove_dir_all(&base);
         rec
     }
