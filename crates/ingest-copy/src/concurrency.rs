@@ -116,9 +116,12 @@ pub struct Controller {
 const DRIFT: f64 = 0.0005;
 /// Latency may grow this much over the baseline before the limit shrinks: below the knee the
 /// time per unit wobbles with the task mix, and shrinking on noise would leave throughput unused.
-/// 2 (as Netflix's default): measured on emulated nodes, a client gains from about twice the
-/// server's capacity in flight (its own CPU work and source reads overlap the round trips).
-const TOLERANCE: f64 = 2.0;
+/// 3, measured on emulated nodes (crates/ingest-latencyfs/results): where the client's CPU is the
+/// knee (1 ms nodes of capacity 16 on 2 cores), throughput still rises a little while the time
+/// per unit triples, and 2 (Netflix's default) stopped at 80-89% of the best fixed setting;
+/// where the nodes' capacity is the knee, going past it only queues, which costs nothing but
+/// latency, and the cluster baseline still holds a small node near its capacity.
+const TOLERANCE: f64 = 3.0;
 /// Weight of a new interval in the smoothed time per unit.
 const LATENCY_SMOOTHING: f64 = 0.3;
 /// Weight of the new estimate when the limit shrinks.
@@ -475,8 +478,12 @@ mod tests {
         let limit = c.limits()[0];
         // Full throughput needs at least the capacity in flight ...
         assert!(limit >= 32, "limit {limit} below capacity; trace {trace:?}");
-        // ... and the gradient stops it well short of queueing without end.
-        assert!(limit <= 96, "limit {limit} far past the knee");
+        // ... and the gradient stops it where the time per unit reaches the tolerance (about
+        // TOLERANCE x capacity in flight), give or take one step: not queueing without end.
+        assert!(
+            limit as f64 <= (TOLERANCE + 0.5) * 32.0,
+            "limit {limit} far past the knee"
+        );
         // Within 10% of the best throughput, which is what "auto" promises.
         assert!(FAST.throughput(limit) >= 0.9 * FAST.throughput(1000));
         // It gets there in reasonable time (≤ 5 s of 250 ms steps) and never falls back below.
