@@ -168,9 +168,7 @@ impl Tool {
                      find . -mindepth 1 -type d -print0 | parallel --will-cite -0 -j{PEER_JOBS} mkdir -p -- '\"$DEST\"'/{{}}\n\
                      find . -mindepth 1 ! -type d -print0 | parallel --will-cite -0 -j{PEER_JOBS} cp -P -- {{}} '\"$DEST\"'/{{}}\n"
                 );
-                let mut c = Command::new("bash");
-                c.arg("-c").arg(script).env("SRC", src).env("DEST", dst);
-                c
+                bash(&script, src, dst, scratch)
             }
             Tool::VfxtRun => {
                 // The local form of an IngestJob: one destination mount, RUN_WORKERS processes.
@@ -187,14 +185,8 @@ spec:
 YAML
 exec "$BIN" run -f "$SCRATCH/job.yaml" --state "$SCRATCH/state" --quiet
 "#;
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(script)
-                    .env("SRC", src)
-                    .env("DEST", dst)
-                    .env("SCRATCH", scratch)
-                    .env("WORKERS", RUN_WORKERS.to_string())
-                    .env("BIN", &vfxt.bin);
+                let mut c = bash(script, src, dst, scratch);
+                c.env("BIN", &vfxt.bin);
                 c
             }
             Tool::Manifest => {
@@ -216,14 +208,7 @@ for i in $(seq 1 "$WORKERS"); do
 done
 wait
 "#;
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(script)
-                    .env("SRC", src)
-                    .env("DEST", dst)
-                    .env("SCRATCH", scratch)
-                    .env("WORKERS", RUN_WORKERS.to_string());
-                c
+                bash(script, src, dst, scratch)
             }
             Tool::Fpsync | Tool::Fpsync4 => {
                 let jobs = if self == Tool::Fpsync4 {
@@ -295,6 +280,19 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| is_executable(p))
+}
+
+/// A shell recipe run by bash. Paths come through the environment (SRC, DEST, SCRATCH, and
+/// WORKERS for the multi-client recipes), so none is pasted into a shell line.
+fn bash(script: &str, src: &Path, dst: &Path, scratch: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        .arg(script)
+        .env("SRC", src)
+        .env("DEST", dst)
+        .env("SCRATCH", scratch)
+        .env("WORKERS", RUN_WORKERS.to_string());
+    c
 }
 
 pub fn is_executable(p: &Path) -> bool {

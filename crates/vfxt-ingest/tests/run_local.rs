@@ -12,6 +12,30 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vfxt-ingest"))
 }
 
+/// `vfxt-ingest run -q -f JOB --state STATE`.
+fn run_cmd(job: &Path, state: &Path) -> Command {
+    let mut c = bin();
+    c.args(["run", "-q", "-f"])
+        .arg(job)
+        .arg("--state")
+        .arg(state);
+    c
+}
+
+/// The status document a run left in its state directory.
+fn read_status(state: &Path) -> serde_yaml::Value {
+    serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap()
+}
+
+/// `src` with a generated tree and an empty `dst`, under `t`.
+fn src_and_dst(t: &Path, dirs: usize, files_per_dir: usize) -> (PathBuf, PathBuf) {
+    let (src, dst) = (t.join("src"), t.join("dst"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    make_tree(&src, dirs, files_per_dir);
+    (src, dst)
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -94,11 +118,7 @@ fn job_yaml(dir: &Path, src: &Path, dests: &[PathBuf], extra: &str) -> PathBuf {
 #[test]
 fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let dst = t.path().join("dst");
-    fs::create_dir_all(&src).unwrap();
-    fs::create_dir_all(&dst).unwrap();
-    make_tree(&src, 12, 30);
+    let (src, dst) = src_and_dst(t.path(), 12, 30);
     // Three "mounts" of one export: the same directory three times, as in the README demo.
     let dests = vec![dst.clone(), dst.clone(), dst.clone()];
     let f = job_yaml(
@@ -108,17 +128,10 @@ fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
         "  workers: 4\n  threadsPerWorker: 3\n  shards: {target: 40}\n",
     );
     let state = t.path().join("state");
-    let o = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
-        .output()
-        .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
-    let status: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    let status = read_status(&state);
     assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
     assert_eq!(status["shards"]["failed"].as_u64(), Some(0));
     assert_eq!(status["shards"]["succeeded"], status["shards"]["total"]);
@@ -140,11 +153,7 @@ fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
 #[test]
 fn run_with_threads_per_worker_auto_gives_an_identical_tree() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let dst = t.path().join("dst");
-    fs::create_dir_all(&src).unwrap();
-    fs::create_dir_all(&dst).unwrap();
-    make_tree(&src, 4, 20);
+    let (src, dst) = src_and_dst(t.path(), 4, 20);
     let dests = vec![dst.clone(), dst.clone()];
     let f = job_yaml(
         t.path(),
@@ -153,18 +162,11 @@ fn run_with_threads_per_worker_auto_gives_an_identical_tree() {
         "  workers: 2\n  threadsPerWorker: auto\n  shards: {target: 8}\n",
     );
     let state = t.path().join("state");
-    let o = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
-        .output()
-        .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
     // A worker that refused `--threads auto` would exit 2 and fail the run.
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
-    let status: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    let status = read_status(&state);
     assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
     assert_eq!(status["verification"]["errors"].as_u64(), Some(0));
     // What the workers were started with (`--threads` is this value).
@@ -176,11 +178,7 @@ fn run_with_threads_per_worker_auto_gives_an_identical_tree() {
 #[test]
 fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let dst = t.path().join("dst");
-    fs::create_dir_all(&src).unwrap();
-    fs::create_dir_all(&dst).unwrap();
-    make_tree(&src, 40, 60);
+    let (src, dst) = src_and_dst(t.path(), 40, 60);
     let f = job_yaml(
         t.path(),
         &src,
@@ -189,11 +187,7 @@ fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
     );
     let state = t.path().join("state");
     let markers = state.join("markers");
-    let mut child = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
+    let mut child = run_cmd(&f, &state)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -244,13 +238,7 @@ fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
         "the run finished all {shards} shards before it was killed; nothing to resume"
     );
 
-    let o = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
-        .output()
-        .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
     for (p, (data, s, ns)) in &before {
@@ -285,11 +273,7 @@ fn children(pid: u32) -> Vec<u32> {
 #[test]
 fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let dst = t.path().join("dst");
-    fs::create_dir_all(&src).unwrap();
-    fs::create_dir_all(&dst).unwrap();
-    make_tree(&src, 40, 60);
+    let (src, dst) = src_and_dst(t.path(), 40, 60);
     let f = job_yaml(
         t.path(),
         &src,
@@ -297,11 +281,7 @@ fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
         "  workers: 2\n  threadsPerWorker: 1\n  shards: {target: 150}\n",
     );
     let state = t.path().join("state");
-    let child = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
+    let child = run_cmd(&f, &state)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -322,8 +302,7 @@ fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
     )
     .unwrap();
     let o = child.wait_with_output().unwrap();
-    let status: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    let status = read_status(&state);
     if o.status.code() == Some(0) {
         // The worker had finished before the signal landed: nothing was broken.
         assert_eq!(status["phase"].as_str(), Some("Succeeded"));
@@ -333,13 +312,7 @@ fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
         let reasons = format!("{:?}", status["failures"]);
         assert!(reasons.contains("signal: 9"), "{reasons}");
     }
-    let o = bin()
-        .args(["run", "-q", "-f"])
-        .arg(&f)
-        .arg("--state")
-        .arg(&state)
-        .output()
-        .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
 }
@@ -444,11 +417,7 @@ fn bad_job_files_exit_2_naming_the_field_line_and_what_is_valid() {
 #[test]
 fn scan_and_worker_commands() {
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    let dst = t.path().join("dst");
-    fs::create_dir_all(&src).unwrap();
-    fs::create_dir_all(&dst).unwrap();
-    make_tree(&src, 5, 10);
+    let (src, dst) = src_and_dst(t.path(), 5, 10);
     let plan = t.path().join("plan.json");
     let o = bin()
         .arg("scan")
