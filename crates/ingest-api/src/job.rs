@@ -302,7 +302,8 @@ pub struct Verify {
 /// How the verify pass compares a destination file with its source.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum VerifyMode {
-    /// No verify pass.
+    /// No verify pass; the last phase only sets directory metadata (shards share
+    /// directories, so their times are final only once every shard's copy is done).
     None,
     /// Size, modification time and mode.
     #[default]

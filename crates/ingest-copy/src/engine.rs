@@ -15,7 +15,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ingest_path::RelPath;
@@ -30,6 +30,10 @@ use crate::sys::{self, Kind, Meta};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
     Copy,
+    /// Checks (and repairs) the destination. With `VerifyMode::None` it checks nothing and
+    /// only sets the metadata of directories and of files copied in ranges (`Finalize`
+    /// scopes): after a sharded copy, whose shards write into directories other shards own,
+    /// directory times are final only once every shard is done.
     Verify(VerifyMode),
 }
 
@@ -119,14 +123,6 @@ impl Task<'_> {
             _ => true,
         }
     }
-
-    /// Work done by this task, as the concurrency controller counts it: entries handled.
-    fn units(&self) -> u64 {
-        match self {
-            Task::Batch { entries, .. } => entries.len().max(1) as u64,
-            _ => 1,
-        }
-    }
 }
 
 /// A directory in progress. Dropping the last reference finishes it.
@@ -170,6 +166,9 @@ pub(crate) struct Local {
 struct Queue<'a> {
     state: Mutex<QueueState<'a>>,
     cv: Condvar,
+    /// Threads waiting in `pop` for a task: read without the lock by batches deciding whether
+    /// to hand work over.
+    idle: AtomicUsize,
 }
 
 struct QueueState<'a> {
@@ -225,8 +224,15 @@ impl<'a> Queue<'a> {
                 self.cv.notify_all();
                 return None;
             }
+            self.idle.fetch_add(1, Relaxed);
             st = self.cv.wait(st).unwrap();
+            self.idle.fetch_sub(1, Relaxed);
         }
+    }
+
+    /// Whether some thread is waiting for work.
+    fn has_idle(&self) -> bool {
+        self.idle.load(Relaxed) > 0
     }
 
     fn done(&self) {
@@ -282,6 +288,7 @@ impl<'a> Walk<'a> {
                     busy: 0,
                 }),
                 cv: Condvar::new(),
+                idle: AtomicUsize::new(0),
             },
         }
     }
@@ -321,9 +328,8 @@ impl<'a> Walk<'a> {
                             let Some(task) = self.queue.pop(mount) else {
                                 break;
                             };
-                            let units = task.units();
                             let started = gate.map(Gate::begin);
-                            self.handle(task, &mut local);
+                            let units = self.handle(task, &mut local);
                             if let (Some(g), Some(t)) = (gate, started) {
                                 g.end(t, units);
                             }
@@ -371,7 +377,9 @@ impl<'a> Walk<'a> {
         (copy, verify)
     }
 
-    fn handle(&self, task: Task<'a>, local: &mut Local) {
+    /// Runs one task; returns the work it did as the concurrency controller counts it (entries
+    /// handled; any other task is one).
+    fn handle(&self, task: Task<'a>, local: &mut Local) -> u64 {
         match task {
             Task::Scope(scope) => self.start_scope(scope, local),
             Task::Dir {
@@ -395,18 +403,33 @@ impl<'a> Walk<'a> {
                     }
                 }
             }
-            Task::Batch { dir, entries } => {
-                for (name, _kind) in entries {
-                    self.entry(&dir, &name, local, false);
+            Task::Batch { dir, mut entries } => {
+                // While a thread waits for work (the queue ran dry: the end of a copy, or a
+                // slow mount still holding batches), the back half of what is left goes back
+                // to the queue, so that no batch keeps a slow mount busy while others idle.
+                let mut done = 0;
+                while done < entries.len() {
+                    let left = entries.len() - done;
+                    if left > 1 && self.queue.has_idle() {
+                        let given = entries.split_off(done + left / 2);
+                        self.queue.push(Task::Batch {
+                            dir: dir.clone(),
+                            entries: given,
+                        });
+                    }
+                    self.entry(&dir, &entries[done].0, local, false);
+                    done += 1;
                 }
                 dir.busy[local.mount].fetch_sub(1, Relaxed);
                 self.release_dir(dir);
+                return done.max(1) as u64;
             }
             Task::Range { file, off, len } => {
                 self.copy_part(&file, off, len, local);
                 self.release_file(file);
             }
         }
+        1
     }
 
     /// Drops a reference to a directory; the last one finishes it, then releases its parent.
@@ -429,7 +452,7 @@ impl<'a> Walk<'a> {
             return;
         };
         if !f.failed.load(Relaxed) && !f.data_only {
-            match self.set_file_meta(&f.src, &f.dst, &f.meta, false) {
+            match self.set_file_meta(&f.src, &f.dst, &f.meta, None) {
                 Ok(()) => {
                     inc(&self.counts.files_copied);
                     inc(&self.progress.files);
@@ -493,7 +516,10 @@ impl<'a> Walk<'a> {
             Scope::Finalize(file) => {
                 if let Some((dir, name)) = self.open_scope_parent(file, local.mount) {
                     match self.pass {
-                        Pass::Copy => self.finalize_split(&dir, &name, local),
+                        // A sharded copy finalizes split files in its last phase.
+                        Pass::Copy | Pass::Verify(VerifyMode::None) => {
+                            self.finalize_split(&dir, &name, local)
+                        }
                         Pass::Verify(mode) => self.finalize_verify(&dir, &name, mode, local),
                     }
                     self.release_dir(dir);
@@ -684,7 +710,8 @@ impl<'a> Walk<'a> {
             sys::set_meta_fd(fd, &node.meta, self.owner, p.mode, p.times)
         };
         match self.pass {
-            Pass::Copy => {
+            // A verify pass of mode None only settles directories (see `Pass::Verify`).
+            Pass::Copy | Pass::Verify(VerifyMode::None) => {
                 if let Err(e) = set() {
                     self.fail(node.rel.clone(), "set-dir-metadata", &e);
                 }
@@ -761,6 +788,7 @@ impl<'a> Walk<'a> {
                     inc(&self.progress.files);
                 }
             }
+            Pass::Verify(VerifyMode::None) => {}
             Pass::Verify(mode) => self.verify_entry(dir, name, &sm, mode, local),
         }
     }
@@ -932,8 +960,24 @@ impl<'a> Walk<'a> {
                 return Err(e);
             }
         };
+        // The new file's attributes came back with the create (NFS post-op attributes, FUSE's
+        // entry reply), so a stat now is answered from the client's cache; after the write it
+        // would be a round trip (the write invalidates them).
+        let created = match existing {
+            None => match sys::fstat(dfd.as_fd()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    publish(None);
+                    return Err(("stat-dest", e));
+                }
+            },
+            Some(_) => None,
+        };
         if linked {
-            let ino = sys::fstat(dfd.as_fd()).map(|m| m.ino).unwrap_or(0);
+            let ino = match created {
+                Some(m) => m.ino,
+                None => sys::fstat(dfd.as_fd()).map(|m| m.ino).unwrap_or(0),
+            };
             publish(Some(FirstLink {
                 rel: rel(),
                 dst_ino: ino,
@@ -944,7 +988,7 @@ impl<'a> Walk<'a> {
             && self.opts.split_threshold > 0;
         if !split {
             self.write_whole(&src, &dfd, sm, local)?;
-            self.set_file_meta(&src, &dfd, sm, existing.is_none())?;
+            self.set_file_meta(&src, &dfd, sm, created.as_ref())?;
             inc(&self.counts.files_copied);
             inc(&self.progress.files);
             return Ok(());
@@ -1057,7 +1101,7 @@ impl<'a> Walk<'a> {
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             let dfd =
                 sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
-            self.set_file_meta(&src, &dfd, &sm, false)?;
+            self.set_file_meta(&src, &dfd, &sm, None)?;
             inc(&self.counts.files_copied);
             inc(&self.progress.files);
             Ok(())
@@ -1184,23 +1228,22 @@ impl<'a> Walk<'a> {
     }
 
     /// xattrs, owner, mode, then times last: once the mtime is set the file counts as done.
-    /// `created`: this pass created the file, so it has no xattrs yet and its owner and mode
-    /// are checked before being set. On NFS each set is a round trip; the check is not (the
-    /// attributes came back with the create).
+    /// `created`: this pass created the file and these are its attributes as created, so it
+    /// has no xattrs yet and only the owner and mode that differ are set (on NFS each set is a
+    /// round trip).
     fn set_file_meta(
         &self,
         src: &OwnedFd,
         dst: &OwnedFd,
         sm: &Meta,
-        created: bool,
+        created: Option<&Meta>,
     ) -> OpResult<()> {
         if self.xattrs_ok.load(Relaxed) {
-            self.copy_xattrs(src.as_fd(), dst.as_fd(), created)?;
+            self.copy_xattrs(src.as_fd(), dst.as_fd(), created.is_some())?;
         }
         let p = &self.opts.preserve;
         let (mut owner, mut mode) = (self.owner, p.mode);
-        if created && (owner || mode) {
-            let dm = sys::fstat(dst.as_fd()).op("stat-dest")?;
+        if let Some(dm) = created {
             owner &= (dm.uid, dm.gid) != (sm.uid, sm.gid);
             // chown clears setuid and setgid, so those need the chmod after it.
             mode &= dm.perm != sm.perm || (owner && sm.perm & 0o6000 != 0);
@@ -1430,7 +1473,7 @@ impl<'a> Walk<'a> {
                     .op("open-source")?;
                 let dfd =
                     sys::open_dest_file(dst, name, false, self.create_mode(sm)).op("open-dest")?;
-                self.set_file_meta(&src, &dfd, sm, false)
+                self.set_file_meta(&src, &dfd, sm, None)
             })()
         } else {
             self.copy_entry_now(dir, name, sm, local)
@@ -1475,7 +1518,7 @@ impl<'a> Walk<'a> {
                 if same_content(&src, &dfd, sm.size, local).op("compare")? {
                     let dfd = sys::open_dest_file(dst, name, false, self.create_mode(&sm))
                         .op("open-dest")?;
-                    self.set_file_meta(&src, &dfd, &sm, false)?;
+                    self.set_file_meta(&src, &dfd, &sm, None)?;
                 }
             }
             Ok(Some(sm))
@@ -1507,7 +1550,7 @@ impl<'a> Walk<'a> {
         }
         let dfd = sys::open_dest_file(dst, name, true, self.create_mode(sm)).op("open-dest")?;
         self.write_whole(&src, &dfd, sm, local)?;
-        self.set_file_meta(&src, &dfd, sm, false)
+        self.set_file_meta(&src, &dfd, sm, None)
     }
 }
 

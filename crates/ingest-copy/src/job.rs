@@ -104,7 +104,8 @@ pub enum Passes {
     CopyThenVerify,
     /// Copy only (the cluster runs verify as its own phase).
     CopyOnly,
-    /// Verify (and repair) only.
+    /// Verify (and repair) only; with `VerifyMode::None`, set directory metadata only (the
+    /// last phase of a sharded copy).
     VerifyOnly,
 }
 

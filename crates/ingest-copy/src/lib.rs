@@ -48,10 +48,22 @@ pub fn run(
         let (copy, _) = Walk::new(Pass::Copy, opts, &roots, progress, sink).run(&job.scopes);
         summary.copy = copy;
     }
-    if opts.verify != VerifyMode::None && opts.passes != Passes::CopyOnly {
-        let (_, verify) =
-            Walk::new(Pass::Verify(opts.verify), opts, &roots, progress, sink).run(&job.scopes);
-        summary.verify = Some(verify);
+    match (opts.passes, opts.verify) {
+        (Passes::CopyOnly, _) | (Passes::CopyThenVerify, VerifyMode::None) => {}
+        (Passes::VerifyOnly, VerifyMode::None) => {
+            // The verify phase of a sharded job that verifies nothing still settles directory
+            // metadata (see `Pass::Verify`). Nothing is verified; a directory it could not set
+            // counts as a failed copy.
+            let (_, settled) =
+                Walk::new(Pass::Verify(VerifyMode::None), opts, &roots, progress, sink)
+                    .run(&job.scopes);
+            summary.copy.failed += settled.errors;
+        }
+        _ => {
+            let (_, verify) =
+                Walk::new(Pass::Verify(opts.verify), opts, &roots, progress, sink).run(&job.scopes);
+            summary.verify = Some(verify);
+        }
     }
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -199,9 +199,6 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     }
 
     for role in stage.roles().iter().filter(|r| **r != labels::ROLE_SCAN) {
-        if *role == labels::ROLE_VERIFY && ij.spec.verify.mode == VerifyMode::None {
-            continue;
-        }
         for slot in &layout.slots {
             let mut m = meta(
                 names::worker_job(ij, run, role, slot.index),

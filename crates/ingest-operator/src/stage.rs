@@ -2,7 +2,7 @@
 //! and how many workers each destination server gets.
 
 use ingest_api::constants::labels;
-use ingest_api::{FailureAction, IngestJob, IngestJobSpec, VerifyMode};
+use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
 use k8s_openapi::api::batch::v1::Job;
 
 use crate::names;
@@ -197,11 +197,9 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     let layout = layout(&frozen_spec(ij, obs), &plan);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     let mut failed_shards = 0;
-    let mut roles = vec![labels::ROLE_COPY];
-    if ij.spec.verify.mode != VerifyMode::None {
-        roles.push(labels::ROLE_VERIFY);
-    }
-    for role in roles {
+    // The verify role runs even with `verify.mode: None`: its workers then only set directory
+    // metadata, which other shards' copies change until every shard is done.
+    for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
         let states = role_states(ij, obs, &layout, role);
         if !states
             .iter()

@@ -253,6 +253,10 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         let copy = sum_role(obs, labels::ROLE_COPY, run);
         let verify_ran = spec.verify.mode != VerifyMode::None && !matches!(stage, Stage::Copy(..));
         let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
+        // With verify None the verify role only set directory metadata: what it could not set
+        // adds to the copy's failures.
+        let settled = (spec.verify.mode == VerifyMode::None && !matches!(stage, Stage::Copy(..)))
+            .then(|| sum_role(obs, labels::ROLE_VERIFY, run));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
         let prev_p = prev
@@ -316,8 +320,12 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
         let last = verify.as_ref().unwrap_or(&copy);
-        st.failed_files = last.failed;
+        st.failed_files = last.failed + settled.as_ref().map_or(0, |s| s.failed);
         st.failures = last.failures.clone();
+        if let Some(s) = &settled {
+            st.failures.extend(s.failures.iter().cloned());
+            st.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
+        }
         st.verification = verify.as_ref().map(|v| v.verification.clone());
 
         if let Stage::Done { failed_shards, .. } = stage {

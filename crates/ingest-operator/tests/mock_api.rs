@@ -333,11 +333,47 @@ async fn scan_done_creates_one_copy_job_per_server() {
 }
 
 #[tokio::test]
+async fn verify_none_still_runs_the_last_phase_to_set_directory_times() {
+    // Shards write into directories other shards own: their times are final only after
+    // every copy, so the verify role runs (and only sets metadata) even with mode None.
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.verify.mode = ingest_api::VerifyMode::None;
+    let mut obs = scanned(&ij, 8, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0-7", "", 0)
+    });
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            jobs: obs.jobs,
+            plans: obs.plans,
+            ..Default::default()
+        },
+    )
+    .await;
+    result.unwrap();
+    let created: Vec<String> = calls
+        .iter()
+        .filter(|c| c.short() == "POST jobs")
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(created, ["genomics-r0-verify-0"]);
+    let verify_job = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
+    let cmd = verify_job.body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(cmd.contains("\"--verify\",\"none\""), "{cmd}");
+    let st = status_body(&calls);
+    assert!(st["verification"].is_null(), "{st}");
+}
+
+#[tokio::test]
 async fn completion_marks_ready_and_stops_requeueing() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.verify.mode = ingest_api::VerifyMode::None;
     let mut obs = scanned(&ij, 8, totals(), false);
     add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0-7", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
         observed_job(j, true, false, "0-7", "", 0)
     });
     let (result, calls, _) = run(

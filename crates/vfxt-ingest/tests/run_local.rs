@@ -151,6 +151,32 @@ fn run_with_several_workers_gives_an_identical_tree_and_a_status() {
 }
 
 #[test]
+fn run_with_verify_none_still_sets_directory_times_after_every_shard() {
+    // Shards write into directories that other shards own (each shard's root is created in its
+    // parent), so directory times are right only once every shard is done: the last phase sets
+    // them even when nothing is verified.
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 12, 30);
+    let dests = vec![dst.clone(), dst.clone(), dst.clone()];
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &dests,
+        "  workers: 3\n  threadsPerWorker: 4\n  shards: {target: 40}\n  verify: {mode: None}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    let status = read_status(&state);
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
+    // Nothing was verified, and the status does not say otherwise.
+    assert!(status["verification"].is_null(), "{status:?}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not verified"), "{message}");
+}
+
+#[test]
 fn run_with_threads_per_worker_auto_gives_an_identical_tree() {
     let t = tempfile::tempdir().unwrap();
     let (src, dst) = src_and_dst(t.path(), 4, 20);

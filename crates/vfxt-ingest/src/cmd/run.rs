@@ -596,7 +596,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     let t = &plan.totals;
     interim_status(state, job, Some(&plan), JobPhase::Copying, started);
     let copy_started = Instant::now();
-    let copy = run_phase(
+    let mut copy = run_phase(
         job,
         state,
         &plan_path,
@@ -613,7 +613,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         // verify marker from before this copy no longer proves anything: verify every shard.
         clear_markers(&markers, Some(Phase::Verify)).map_err(|e| format!("--state: {e}"))?;
     }
-    let verify = if job.verify != "none" && !copy.unusable {
+    let verify = if !copy.unusable {
         let expected = Expected {
             files: t.files + t.others + t.directories,
             bytes: t.bytes,
@@ -629,6 +629,19 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         ))
     } else {
         None
+    };
+    // With verify none the phase only set directory metadata (shards share directories, so
+    // their times are final only now): it verified nothing, and what it could not set is a
+    // failure of the copy.
+    let verify = match verify {
+        Some(settle) if job.verify == "none" => {
+            copy.failed_files += settle.failed_files;
+            copy.failures.extend(settle.failures);
+            copy.broken.extend(settle.broken);
+            copy.unusable |= settle.unusable;
+            None
+        }
+        v => v,
     };
     let status = build_status(
         job,
@@ -1024,7 +1037,14 @@ fn build_status(
         JobPhase::Failed
     };
     let message = if phase == JobPhase::Succeeded && failed_files == 0 {
-        format!("copied and verified {} files ({})", t.files, bytes(t.bytes))
+        match verify {
+            Some(_) => format!("copied and verified {} files ({})", t.files, bytes(t.bytes)),
+            None => format!(
+                "copied {} files ({}); not verified (verify.mode None)",
+                t.files,
+                bytes(t.bytes)
+            ),
+        }
     } else if phase == JobPhase::Succeeded {
         format!("finished; {failed_files} files failed (listed in failures)")
     } else if broken {
