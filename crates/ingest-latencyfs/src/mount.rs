@@ -140,7 +140,59 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The emulated cluster's own storage for one run: a tmpfs over the backing directory.
+///
+/// A real cache cluster does its file system work on its own CPUs and memory. Over a directory
+/// on this machine's disk, that work (ext4's journal, inode allocation that slows after the
+/// previous run's deletes) would run on the client's two cores and make runs depend on what
+/// ran before. Unmounted (lazily, so an open file cannot keep it) when dropped.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts an empty tmpfs at `path` (an existing directory); needs root.
+    pub fn mount(path: &Path) -> Result<Tmpfs, MountError> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|e| MountError::Backing(path.to_path_buf(), io::Error::other(e)))?;
+        // SAFETY: valid C strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                c.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(MountError::Backing(
+                path.to_path_buf(),
+                io::Error::last_os_error(),
+            ));
+        }
+        MOUNTED.lock().unwrap().push(path.to_path_buf());
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        MOUNTED.lock().unwrap().retain(|p| p != &self.path);
+        lazy_unmount(&self.path);
+    }
+}
+
+/// Detaches the mount at `p`: directly as root, else through fusermount3 (a FUSE mount).
 fn lazy_unmount(p: &Path) {
+    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return;
+        }
+    }
     let _ = Command::new("fusermount3")
         .arg("-u")
         .arg("-z")
@@ -171,7 +223,10 @@ pub fn unmount_all_on_signal() {
         // SAFETY: `set` is a valid, initialized signal set; `sig` receives the signal number.
         unsafe { libc::sigwait(&set, &mut sig) };
         let mounted = MOUNTED.lock().unwrap().clone();
-        eprintln!("interrupted: unmounting {} emulated node(s)", mounted.len());
+        eprintln!(
+            "interrupted: unmounting {} emulated node(s) and backing file systems",
+            mounted.len()
+        );
         for p in &mounted {
             lazy_unmount(p);
         }

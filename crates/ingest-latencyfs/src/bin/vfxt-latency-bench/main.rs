@@ -66,6 +66,19 @@ pub struct Args {
     /// Also write the records as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// The emulated cluster's storage, under every node of a run.
+    #[arg(long, value_enum, default_value_t = Backing::Tmpfs)]
+    pub backing: Backing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backing {
+    /// A fresh tmpfs per run: the cluster's own storage work stays small on the client's
+    /// cores, and a run does not inherit the previous run's deletes (as with a real cluster).
+    Tmpfs,
+    /// A directory under --work, on whatever file system holds it.
+    Disk,
 }
 
 fn main() -> ExitCode {

@@ -19,6 +19,10 @@ pub enum Threads {
 #[serde(rename_all = "camelCase")]
 pub enum Tool {
     Vfxt(Threads),
+    /// `vfxt-ingest run`: one worker per mount with this many threads, the shards dealt to the
+    /// workers up front (the field guide's manifests, and the operator's worker pods): a static
+    /// split, where `copy`'s threads share one queue.
+    VfxtRun(usize),
     Cp,
     RsyncInplace,
     /// The field guide's `find | parallel cp`, its jobs dealt over every mount by job slot.
@@ -31,6 +35,7 @@ impl Tool {
         match self {
             Tool::Vfxt(Threads::Fixed(n)) => format!("vfxt-ingest --threads {n}"),
             Tool::Vfxt(Threads::Auto) => "vfxt-ingest --threads auto".into(),
+            Tool::VfxtRun(n) => format!("vfxt-ingest run, {n} threads/worker"),
             Tool::Cp => "cp -a".into(),
             Tool::RsyncInplace => "rsync -a --inplace".into(),
             Tool::Parallel(j) => format!("find | parallel -j{j} cp"),
@@ -41,7 +46,7 @@ impl Tool {
     /// Whether the tool can spread its writes over several mounts; the others write through
     /// the first (as a person running them by hand would).
     pub fn multi_mount(self) -> bool {
-        matches!(self, Tool::Vfxt(_) | Tool::Parallel(_))
+        matches!(self, Tool::Vfxt(_) | Tool::VfxtRun(_) | Tool::Parallel(_))
     }
 
     fn parse_peer(name: &str) -> Option<Tool> {
@@ -177,12 +182,15 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
         if part("slow") {
             // One node with a quarter of the capacity and twice the latency: an even split
             // over-feeds it and starves the others; auto should shift work to the fast two.
+            // Even splits of threads (one shared queue) and of the work itself (`run`'s shards
+            // dealt to one worker per mount) stand beside auto.
             let mut nodes = even(2);
             nodes.push(node(lat * 2.0, a.slow_capacity));
             let even_split = 3 * a.capacity;
             for tool in [
                 Tool::Vfxt(Threads::Fixed(even_split)),
                 Tool::Vfxt(Threads::Fixed(4 * even_split)),
+                Tool::VfxtRun(a.capacity),
                 Tool::Vfxt(Threads::Auto),
             ] {
                 out.push(Scenario {
@@ -217,7 +225,7 @@ mod tests {
         // 5 thread counts x 3 mount counts.
         assert_eq!(count("curve"), 2 * 15);
         assert_eq!(count("auto"), 2 * 3);
-        assert_eq!(count("slow"), 2 * 3);
+        assert_eq!(count("slow"), 2 * 4);
         let slow = s.iter().find(|x| x.part == "slow").unwrap();
         assert_eq!(
             slow.nodes.iter().map(|n| n.capacity).collect::<Vec<_>>(),

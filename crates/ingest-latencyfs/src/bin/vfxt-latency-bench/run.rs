@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ingest_latencyfs::{Node, StatsSnapshot};
+use ingest_latencyfs::{Node, StatsSnapshot, Tmpfs};
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::Args;
 use crate::plan::{Scenario, Threads, Tool};
+use crate::{Args, Backing};
 
 /// A prepared benchmark: the source tree and how to run the engine.
 pub struct Bench {
@@ -22,6 +22,7 @@ pub struct Bench {
     runs: PathBuf,
     vfxt_bin: PathBuf,
     max_per_mount: usize,
+    backing: Backing,
     pub files: u64,
     pub dirs: u64,
     pub scale: f64,
@@ -154,6 +155,7 @@ impl Bench {
             runs,
             vfxt_bin,
             max_per_mount: a.max_per_mount,
+            backing: a.backing,
             files,
             dirs,
             scale: a.scale,
@@ -180,6 +182,30 @@ impl Bench {
                 };
                 // Timed like the peers, which do not verify; the comparison below checks all.
                 c.args(["--verify", "none", "--quiet"]);
+                c
+            }
+            Tool::VfxtRun(threads) => {
+                // The local form of an IngestJob, one worker per mount. JSON strings are YAML.
+                let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap();
+                let dests: Vec<String> = mounts.iter().map(|m| q(m)).collect();
+                let job = format!(
+                    "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: latency-bench}}\n\
+                     spec:\n  source: {{local: {}}}\n  destination: {{local: [{}]}}\n  workers: {}\n  \
+                     threadsPerWorker: {threads}\n  verify: {{mode: None}}\n",
+                    q(&self.src),
+                    dests.join(", "),
+                    mounts.len()
+                );
+                let file = scratch.join("job.yaml");
+                // A failure to write shows as the run's own error (no such file).
+                let _ = fs::write(&file, job);
+                let mut c = Command::new(&self.vfxt_bin);
+                c.arg("run")
+                    .arg("-q")
+                    .arg("-f")
+                    .arg(file)
+                    .arg("--state")
+                    .arg(scratch.join("state"));
                 c
             }
             Tool::Cp => {
@@ -227,6 +253,12 @@ impl Bench {
         match tool {
             Tool::Vfxt(_) => CompareOptions {
                 owner,
+                ..CompareOptions::all()
+            },
+            // The IngestJob's default preserve: no xattrs.
+            Tool::VfxtRun(_) => CompareOptions {
+                owner,
+                xattrs: false,
                 ..CompareOptions::all()
             },
             Tool::Cp => CompareOptions {
@@ -277,6 +309,17 @@ impl Bench {
             rec.error = Some(format!("{}: {e}", base.display()));
             return rec;
         }
+        // Kept until the comparison is done; dropped (unmounted) before the run's directory is.
+        let storage = match self.backing {
+            Backing::Disk => None,
+            Backing::Tmpfs => match Tmpfs::mount(&backing) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    rec.error = Some(format!("{e} (--backing disk needs no mount)"));
+                    return rec;
+                }
+            },
+        };
         let mut nodes = Vec::new();
         for (i, cfg) in sc.nodes.iter().enumerate() {
             match Node::mount(&backing, &base.join(format!("node{i}")), *cfg) {
@@ -345,6 +388,7 @@ impl Bench {
             &err_path,
             self.runs.join(format!("{}.stderr", self.counter)),
         );
+        drop(storage);
         let _ = fs::remove_dir_all(&base);
         rec
     }
@@ -428,10 +472,16 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
             .iter()
             .copied()
             .find(|r| r.scenario.tool == Tool::Vfxt(Threads::Auto));
-        let slow_even = slow
-            .first()
+        // The better of the even splits of threads (one queue), and the split of the work.
+        let slow_even = best(
+            slow.iter()
+                .copied()
+                .filter(|r| matches!(r.scenario.tool, Tool::Vfxt(Threads::Fixed(_)))),
+        );
+        let slow_static = slow
+            .iter()
             .copied()
-            .filter(|r| r.scenario.tool != Tool::Vfxt(Threads::Auto));
+            .find(|r| matches!(r.scenario.tool, Tool::VfxtRun(_)));
         out.push(json!({
             "latencyMs": lat,
             "bestPeer": best_peer.map(|r| format!("{} ({} mount(s))", r.label, r.scenario.mounts())),
@@ -446,6 +496,9 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
                 "evenSplitFilesPerS": slow_even.and_then(|r| r.files_per_s),
                 "autoFilesPerS": slow_auto.and_then(|r| r.files_per_s),
                 "autoOverEvenSplit": ratio(slow_auto, slow_even),
+                "staticSplit": slow_static.map(|r| r.label.clone()),
+                "staticSplitFilesPerS": slow_static.and_then(|r| r.files_per_s),
+                "autoOverStaticSplit": ratio(slow_auto, slow_static),
             },
         }));
     }
@@ -456,6 +509,7 @@ pub fn json(b: &Bench, recs: &[Record]) -> serde_json::Value {
     json!({
         "dataset": {"name": "small", "scale": b.scale, "files": b.files, "directories": b.dirs},
         "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "backing": b.backing,
         "findings": findings(recs),
         "opsPerFile": ops_per_file(recs, b.files),
         "records": recs,
