@@ -11,4 +11,4 @@ pub mod fs;
 pub mod mount;
 
 pub use fs::{LatencyFs, NodeConfig, Stats, StatsSnapshot};
-pub use mount::{MountError, Node, Tmpfs, unmount_all_on_signal};
+pub use mount::{MountError, Node, Tmpfs, set_running_group, unmount_all_on_signal};

@@ -7,6 +7,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -30,6 +31,15 @@ pub enum MountError {
 
 /// Mount points currently mounted by this process, for the signal handler.
 static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The process group of the tool being timed (0: none), for the signal handler.
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Records the process group the signal handler stops before unmounting (see
+/// [`unmount_all_on_signal`]); 0 when nothing runs.
+pub fn set_running_group(pgid: i32) {
+    RUNNING_GROUP.store(pgid, Ordering::SeqCst);
+}
 
 /// One emulated cluster node: a mount of the backing directory.
 pub struct Node {
@@ -201,12 +211,13 @@ fn lazy_unmount(p: &Path) {
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread started after it, and
-/// starts a thread that, on any of them, unmounts every mounted node and exits with 130.
+/// starts a thread that, on any of them, stops the tool being timed (its process group, see
+/// [`set_running_group`]), unmounts every mounted node and exits with 130.
 ///
 /// Call it first thing in `main`, before any other thread exists (a thread started before keeps
-/// the default action and would let the process die with mounts left behind). Child processes
-/// are unaffected: `std::process::Command` resets the signal mask in the child, so Ctrl-C still
-/// stops a running `cp` or `rsync`.
+/// the default action and would let the process die with mounts left behind). The tool runs in
+/// a process group of its own, which a signal sent to this process alone (`kill`, a CI timeout)
+/// would not reach: left running, `parallel` went on writing into the unmounted directories.
 pub fn unmount_all_on_signal() {
     // SAFETY: plain libc signal-set manipulation on a local sigset_t.
     let set = unsafe {
@@ -222,6 +233,11 @@ pub fn unmount_all_on_signal() {
         let mut sig = 0;
         // SAFETY: `set` is a valid, initialized signal set; `sig` receives the signal number.
         unsafe { libc::sigwait(&set, &mut sig) };
+        let group = RUNNING_GROUP.load(Ordering::SeqCst);
+        if group > 0 {
+            // SAFETY: kill takes plain integers; a group that is already gone gives ESRCH.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let mounted = MOUNTED.lock().unwrap().clone();
         eprintln!(
             "interrupted: unmounting {} emulated node(s) and backing file systems",

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -337,19 +338,30 @@ impl Bench {
             cmd.stdin(Stdio::null())
                 .stdout(fs::File::create(scratch.join("stdout"))?)
                 .stderr(fs::File::create(&err_path)?);
+            // A group of its own: a timeout or Ctrl-C stops the whole tool (parallel's jobs,
+            // fpsync's rsyncs), not only the process started here.
+            cmd.process_group(0);
             let started = Instant::now();
             let mut child = cmd.spawn()?;
-            loop {
+            let group = child.id() as i32;
+            ingest_latencyfs::set_running_group(group);
+            let stop_group = || {
+                // SAFETY: kill takes plain integers; a group already gone gives ESRCH.
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+            };
+            let ended = loop {
                 if let Some(st) = child.try_wait()? {
-                    return Ok((started.elapsed().as_secs_f64(), Some(st)));
+                    break (started.elapsed().as_secs_f64(), Some(st));
                 }
                 if started.elapsed() > timeout {
-                    let _ = child.kill();
+                    stop_group();
                     let _ = child.wait();
-                    return Ok((started.elapsed().as_secs_f64(), None));
+                    break (started.elapsed().as_secs_f64(), None);
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            }
+            };
+            ingest_latencyfs::set_running_group(0);
+            Ok(ended)
         })();
         rec.nodes = nodes.iter().map(Node::stats).collect();
         for n in nodes {
