@@ -66,6 +66,10 @@ pub struct Args {
     /// Also write the records as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Runs of every scenario; the findings take each setting's median (runs of one setting
+    /// differ by up to about 10% on a 2-core machine).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// The emulated cluster's storage, under every node of a run.
     #[arg(long, value_enum, default_value_t = Backing::Tmpfs)]
     pub backing: Backing,

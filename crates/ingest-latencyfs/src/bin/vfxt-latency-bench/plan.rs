@@ -121,6 +121,9 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
     if a.threads.contains(&0) || a.max_per_mount == 0 {
         return Err("--threads, --max-per-mount: every count must be at least 1".into());
     }
+    if !(1..=20).contains(&a.repeat) {
+        return Err(format!("--repeat: {} is not in 1..=20", a.repeat));
+    }
     if let Some(m) = a.mounts.iter().find(|m| !(1..=8).contains(*m)) {
         return Err(format!("--mounts: {m} is not in 1..=8"));
     }
@@ -202,7 +205,11 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
             }
         }
     }
-    Ok(out)
+    // Each run repeated in place, so that its repeats see the same machine.
+    Ok(out
+        .into_iter()
+        .flat_map(|s| std::iter::repeat_n(s, a.repeat))
+        .collect())
 }
 
 #[cfg(test)]
@@ -237,6 +244,16 @@ mod tests {
     }
 
     #[test]
+    fn repeat_runs_each_scenario_in_place() {
+        let once = scenarios(&args(&["--parts", "auto,slow"])).unwrap();
+        let thrice = scenarios(&args(&["--parts", "auto,slow", "--repeat", "3"])).unwrap();
+        assert_eq!(thrice.len(), 3 * once.len());
+        for (i, s) in once.iter().enumerate() {
+            assert!(thrice[3 * i..3 * i + 3].iter().all(|t| t == s));
+        }
+    }
+
+    #[test]
     fn bad_arguments_name_the_flag() {
         for (extra, flag) in [
             (vec!["--peers", "cp,robocopy"], "--peers"),
@@ -246,6 +263,7 @@ mod tests {
             (vec!["--latency-ms=-1"], "--latency-ms"),
             (vec!["--scale", "2"], "--scale"),
             (vec!["--capacity", "0"], "--capacity"),
+            (vec!["--repeat", "0"], "--repeat"),
         ] {
             let e = scenarios(&args(&extra)).unwrap_err();
             assert!(e.contains(flag), "{extra:?}: {e}");

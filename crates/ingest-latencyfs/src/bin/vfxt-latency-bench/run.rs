@@ -24,6 +24,7 @@ pub struct Bench {
     vfxt_bin: PathBuf,
     max_per_mount: usize,
     backing: Backing,
+    repeat: usize,
     pub files: u64,
     pub dirs: u64,
     pub scale: f64,
@@ -157,6 +158,7 @@ impl Bench {
             vfxt_bin,
             max_per_mount: a.max_per_mount,
             backing: a.backing,
+            repeat: a.repeat,
             files,
             dirs,
             scale: a.scale,
@@ -421,7 +423,34 @@ fn lat_key(l: f64) -> String {
 }
 
 /// The headline comparisons of issue 7, per latency.
+/// One record per setting: the runs of a repeated scenario (`--repeat`) as one, with the
+/// median files/s. A setting with any run that failed or differed gets no figure.
+fn medians(recs: &[Record]) -> Vec<Record> {
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    for r in recs {
+        match groups.iter_mut().find(|g| g[0].scenario == r.scenario) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let mut rates: Vec<f64> = g.iter().filter_map(|r| r.files_per_s).collect();
+            rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let n = rates.len();
+            let mut m = g[0].clone();
+            m.files_per_s =
+                (n == g.len() && n > 0).then(|| (rates[(n - 1) / 2] + rates[n / 2]) / 2.0);
+            m.identical = g.iter().all(|r| r.identical);
+            m
+        })
+        .collect()
+}
+
+/// What the runs show, per latency; a repeated setting counts by its median.
 fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
+    let recs = &medians(recs)[..];
     let mut lats: Vec<f64> = recs.iter().map(|r| r.scenario.latency_ms).collect();
     lats.sort_by(|a, b| a.partial_cmp(b).unwrap());
     lats.dedup();
@@ -522,6 +551,7 @@ pub fn json(b: &Bench, recs: &[Record]) -> serde_json::Value {
         "dataset": {"name": "small", "scale": b.scale, "files": b.files, "directories": b.dirs},
         "machine": {"cores": std::thread::available_parallelism().map_or(0, |n| n.get())},
         "backing": b.backing,
+        "repeat": b.repeat,
         "findings": findings(recs),
         "opsPerFile": ops_per_file(recs, b.files),
         "records": recs,
@@ -584,10 +614,10 @@ pub fn table(recs: &[Record], files: u64) -> String {
             queued
         );
     }
-    // The scaling curve: files/s by threads (columns) and mounts (rows), per latency.
+    // The scaling curve: files/s by threads (columns) and mounts (rows), per latency (medians).
     let mut curve: BTreeMap<(String, usize), BTreeMap<usize, String>> = BTreeMap::new();
     let mut cols = std::collections::BTreeSet::new();
-    for r in recs.iter().filter(|r| r.scenario.part == "curve") {
+    for r in medians(recs).iter().filter(|r| r.scenario.part == "curve") {
         if let Tool::Vfxt(Threads::Fixed(t)) = r.scenario.tool {
             cols.insert(t);
             curve
@@ -621,4 +651,55 @@ pub fn table(recs: &[Record], files: u64) -> String {
         serde_json::to_string_pretty(&findings(recs)).unwrap()
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Scenario, Threads, Tool};
+    use ingest_latencyfs::NodeConfig;
+
+    fn rec(threads: usize, rate: Option<f64>) -> Record {
+        Record {
+            scenario: Scenario {
+                part: "curve",
+                tool: Tool::Vfxt(Threads::Fixed(threads)),
+                latency_ms: 1.0,
+                nodes: vec![NodeConfig::default()],
+            },
+            label: Tool::Vfxt(Threads::Fixed(threads)).label(),
+            wall_s: 1.0,
+            files_per_s: rate,
+            identical: rate.is_some(),
+            differences: 0,
+            first_differences: Vec::new(),
+            timed_out: false,
+            error: None,
+            nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn repeated_settings_count_by_their_median_and_a_bad_run_voids_the_setting() {
+        let recs = [
+            rec(16, Some(300.0)),
+            rec(16, Some(100.0)),
+            rec(64, Some(500.0)),
+            rec(16, Some(200.0)),
+            rec(64, None),
+            rec(4, Some(10.0)),
+            rec(4, Some(30.0)),
+        ];
+        let m = medians(&recs);
+        let rate = |t: usize| {
+            m.iter()
+                .find(|r| r.scenario.tool == Tool::Vfxt(Threads::Fixed(t)))
+                .unwrap()
+                .files_per_s
+        };
+        assert_eq!(m.len(), 3);
+        assert_eq!(rate(16), Some(200.0));
+        assert_eq!(rate(64), None);
+        assert_eq!(rate(4), Some(20.0));
+    }
 }
