@@ -11,6 +11,7 @@
 
 pub mod concurrency;
 mod engine;
+pub mod fault;
 pub mod job;
 pub mod progress;
 pub mod report;

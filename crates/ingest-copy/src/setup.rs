@@ -39,9 +39,12 @@ pub enum SetupError {
         .1.display(), .0.display()
     )]
     DestsDiffer(PathBuf, PathBuf),
+    #[error("{0}")]
+    FaultSpec(String),
 }
 
 pub(crate) fn check_options(job: &CopyJob, opts: &Options) -> Result<(), SetupError> {
+    crate::fault::init().map_err(SetupError::FaultSpec)?;
     if opts.threads == 0 {
         return Err(SetupError::NoThreads);
     }

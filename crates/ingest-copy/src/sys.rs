@@ -6,8 +6,10 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use crate::fault::{self, Point, Target};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Timespec, Timestamps};
 
@@ -59,6 +61,9 @@ pub struct Meta {
     pub blocks: u64,
     pub atime: (i64, i64),
     pub mtime: (i64, i64),
+    /// Status change time: moves on any write or metadata change, and cannot be set by a
+    /// user, so it catches a rewrite that put size and mtime back.
+    pub ctime: (i64, i64),
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
@@ -78,6 +83,7 @@ impl Meta {
             blocks: st.st_blocks as u64,
             atime: (st.st_atime as i64, st.st_atime_nsec as i64),
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             nlink: st.st_nlink as u64,
@@ -143,6 +149,13 @@ pub fn open_source_file(
     name: &CStr,
     noatime: &AtomicBool,
 ) -> io::Result<OwnedFd> {
+    fault::hit(
+        Point::OpenSource,
+        Target {
+            source_entry: Some((dir, name)),
+            ..Target::default()
+        },
+    )?;
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     if noatime.load(Relaxed) {
         match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
@@ -162,6 +175,7 @@ pub fn open_dest_file(
     truncate: bool,
     mode: u32,
 ) -> io::Result<OwnedFd> {
+    fault::hit(Point::Create, Target::default())?;
     let mut flags =
         OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
     if truncate {
@@ -205,6 +219,7 @@ pub fn list_dir(
 /// Creates a directory; an existing directory is fine, anything else in its place is an error.
 /// Returns true when it was created.
 pub fn ensure_dir(dir: BorrowedFd<'_>, name: &CStr, perm: u32) -> io::Result<bool> {
+    fault::hit(Point::Mkdir, Target::default())?;
     match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(perm)) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => match stat_at(dir, name)? {
@@ -271,6 +286,7 @@ pub fn set_meta_fd(
     mode: bool,
     times: bool,
 ) -> io::Result<()> {
+    fault::hit(Point::SetMeta, Target::default())?;
     if owner {
         rustix::fs::fchown(
             fd,
@@ -297,6 +313,7 @@ pub fn set_meta_at(
     mode: bool,
     times: bool,
 ) -> io::Result<()> {
+    fault::hit(Point::SetMeta, Target::default())?;
     if owner {
         rustix::fs::chownat(
             dir,
@@ -351,6 +368,12 @@ pub fn copy_range(
         while pos < end {
             let (mut i, mut o) = (pos, pos);
             let want = (end - pos).min(1 << 30) as usize;
+            let from = Target {
+                source_fd: Some(src),
+                ..Target::default()
+            };
+            fault::hit(Point::Read, from)?;
+            fault::hit(Point::Write, Target::default())?;
             match rustix::fs::copy_file_range(src, Some(&mut i), dst, Some(&mut o), want) {
                 Ok(0) => break, // the source shrank under us; the caller sees a short copy
                 Ok(n) => pos += n as u64,
@@ -376,10 +399,16 @@ pub fn copy_range(
     }
     while pos < end {
         let want = ((end - pos) as usize).min(buf.len());
+        let from = Target {
+            source_fd: Some(src),
+            ..Target::default()
+        };
+        fault::hit(Point::Read, from)?;
         let n = pread_full(src, &mut buf[..want], pos)?;
         if n == 0 {
             break;
         }
+        fault::hit(Point::Write, Target::default())?;
         pwrite_all(dst, &buf[..n], pos)?;
         pos += n as u64;
     }
@@ -455,6 +484,27 @@ pub fn set_xattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()
 
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     rustix::fs::fremovexattr(fd, name).map_err(to_io)
+}
+
+/// Closes a file written to, returning what close(2) says: NFS reports a failed write-back
+/// (ENOSPC, EDQUOT, EIO) at close, and dropping an `OwnedFd` would throw that away.
+pub fn close_checked(fd: OwnedFd) -> io::Result<()> {
+    fault::hit(Point::Close, Target::default())?;
+    // SAFETY: `into_raw_fd` gives up ownership, so the descriptor is closed exactly once, here.
+    let r = unsafe { libc::close(fd.into_raw_fd()) };
+    if r == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        // The descriptor is gone either way; EINTR on Linux means it was closed.
+        e if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Flushes a file's data and metadata to stable storage (`--fsync`).
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fsync(fd).map_err(to_io)
 }
 
 pub fn is_root() -> bool {
