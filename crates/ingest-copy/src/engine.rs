@@ -21,10 +21,10 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use ingest_path::RelPath;
 
 use crate::concurrency::{Concurrency, Gate, Governor};
-use crate::job::{MultiLinked, Options, Scope, VerifyMode};
+use crate::job::{Options, Scope, VerifyMode};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
-use crate::sys::{self, Kind, Meta};
+use crate::sys::{self, Kind, Meta, XattrClass};
 
 /// Which pass a walk performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,13 @@ pub(crate) struct Walk<'a> {
     noatime: AtomicBool,
     use_cfr: AtomicBool,
     xattrs_ok: AtomicBool,
+    /// ACLs and `security.*` attributes: on while the options ask for them and the
+    /// destination takes them (each class is switched off, and reported, on its own).
+    acls_ok: AtomicBool,
+    security_ok: AtomicBool,
+    /// Set once when the destination stops taking work (see [`is_destination_gone`]): from
+    /// then on no new task is started.
+    stopped: OnceLock<String>,
     /// Source inode → where its first link went (only inodes with more than one link).
     links: Mutex<HashMap<(u64, u64), LinkSlot>>,
     counts: Counters,
@@ -71,6 +78,11 @@ struct FirstLink {
 
 #[derive(Default)]
 struct Counters {
+    entries: AtomicU64,
+    dirs_up_to_date: AtomicU64,
+    vanished: AtomicU64,
+    changed: AtomicU64,
+    not_attempted: AtomicU64,
     files_copied: AtomicU64,
     files_skipped: AtomicU64,
     bytes_copied: AtomicU64,
@@ -127,6 +139,8 @@ impl Task<'_> {
 
 /// A directory in progress. Dropping the last reference finishes it.
 struct DirNode {
+    /// Its outcome is already counted (its listing failed): finishing it sets metadata only.
+    failed: AtomicBool,
     parent: Option<Arc<DirNode>>,
     rel: RelPath,
     name: CString,
@@ -280,6 +294,9 @@ impl<'a> Walk<'a> {
             noatime: AtomicBool::new(true),
             use_cfr: AtomicBool::new(true),
             xattrs_ok: AtomicBool::new(opts.preserve.xattrs),
+            acls_ok: AtomicBool::new(opts.preserve.xattrs && opts.preserve.acls),
+            security_ok: AtomicBool::new(opts.preserve.xattrs && sys::is_root()),
+            stopped: OnceLock::new(),
             links: Mutex::new(HashMap::new()),
             counts: Counters::default(),
             queue: Queue {
@@ -328,6 +345,11 @@ impl<'a> Walk<'a> {
                             let Some(task) = self.queue.pop(mount) else {
                                 break;
                             };
+                            if self.stopped.get().is_some() {
+                                self.not_started(task, mount);
+                                self.queue.done();
+                                continue;
+                            }
                             let started = gate.map(Gate::begin);
                             let units = self.handle(task, &mut local);
                             if let (Some(g), Some(t)) = (gate, started) {
@@ -351,10 +373,67 @@ impl<'a> Walk<'a> {
         self.totals()
     }
 
+    /// Why the pass stopped taking new work, if it did, with what that left undone.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        let why = self.stopped.get()?;
+        Some(format!(
+            "{why}; no new work was started after it: the entries in progress were cut short \
+             and are reported as failed, {} more were not attempted. Fix the destination and run \
+             again: what is finished is skipped",
+            self.counts.not_attempted.load(Relaxed)
+        ))
+    }
+
+    /// A task popped after the destination stopped taking work: count what it held as not
+    /// attempted and let go of its directory (and file) references.
+    fn not_started(&self, task: Task<'a>, mount: usize) {
+        let na = &self.counts.not_attempted;
+        match task {
+            Task::Scope(scope) => {
+                let n = match scope {
+                    Scope::LinkGroup(paths) => paths.len() as u64,
+                    Scope::FileRange { .. } => 0,
+                    _ => 1,
+                };
+                if self.pass == Pass::Copy {
+                    self.counts.entries.fetch_add(n, Relaxed);
+                    na.fetch_add(n, Relaxed);
+                }
+            }
+            Task::Dir { parent, .. } => {
+                inc(na);
+                self.release_dir(parent);
+            }
+            Task::Batch { dir, entries } => {
+                na.fetch_add(entries.len() as u64, Relaxed);
+                dir.busy[mount].fetch_sub(1, Relaxed);
+                self.release_dir(dir);
+            }
+            Task::Range { file, .. } => {
+                self.cut_short(&file);
+                self.release_file(file);
+            }
+        }
+    }
+
+    /// Marks a split file failed, reporting it once, when one of its ranges will not be written.
+    fn cut_short(&self, file: &SplitFile) {
+        file.failed.store(true, Relaxed);
+        if !file.reported.swap(true, Relaxed) {
+            let why = io::Error::other("cut short: the destination stopped taking writes");
+            self.fail(file.dir.rel.join(file.name.to_bytes()), "write", &why);
+        }
+    }
+
     fn totals(&self) -> (CopyCounts, VerifyCounts) {
         let c = &self.counts;
         let g = |a: &AtomicU64| a.load(Relaxed);
         let copy = CopyCounts {
+            entries: g(&c.entries),
+            dirs_up_to_date: g(&c.dirs_up_to_date),
+            vanished: g(&c.vanished),
+            changed: g(&c.changed),
+            not_attempted: g(&c.not_attempted),
             files_copied: g(&c.files_copied),
             files_skipped: g(&c.files_skipped),
             bytes_copied: g(&c.bytes_copied),
@@ -396,7 +475,11 @@ impl<'a> Walk<'a> {
                         node.fresh = created;
                         self.list(Arc::new(node), local, recurse, None);
                     }
-                    Ok(None) => self.release_dir(parent), // vanished from the source since it was listed
+                    Ok(None) => {
+                        // Gone from the source since it was listed.
+                        self.vanished(rel);
+                        self.release_dir(parent);
+                    }
                     Err((op, e)) => {
                         self.fail(rel, op, &e);
                         self.release_dir(parent);
@@ -410,6 +493,10 @@ impl<'a> Walk<'a> {
                 let mut done = 0;
                 while done < entries.len() {
                     let left = entries.len() - done;
+                    if self.stopped.get().is_some() {
+                        self.counts.not_attempted.fetch_add(left as u64, Relaxed);
+                        break;
+                    }
                     if left > 1 && self.queue.has_idle() {
                         let given = entries.split_off(done + left / 2);
                         self.queue.push(Task::Batch {
@@ -451,13 +538,35 @@ impl<'a> Walk<'a> {
         let Some(f) = Arc::into_inner(file) else {
             return;
         };
-        if !f.failed.load(Relaxed) && !f.data_only {
-            match self.set_file_meta(&f.src, &f.dst, &f.meta, None) {
-                Ok(()) => {
+        let rel = || f.dir.rel.join(f.name.to_bytes());
+        if f.failed.load(Relaxed) {
+            // Reported when it failed; the data is incomplete and the mtime not the source's.
+            let _ = sys::close_checked(f.dst);
+        } else if f.data_only {
+            // One range of a file shared with other shards: its `Finalize` checks the whole.
+            if let Err(e) = sys::close_checked(f.dst) {
+                self.fail(rel(), "close", &e);
+            }
+        } else {
+            // A file changed while its ranges were read is not finished: a later pass
+            // copies it again (splitting it again, so there is no retry here).
+            let done = match sys::fstat(f.src.as_fd()).op("stat-source") {
+                Ok(now) if !same_version(&f.meta, &now) => Ok(false),
+                Ok(_) => match f.dir.dst.iter().find_map(|d| d.get()) {
+                    Some(dst) => {
+                        self.write_finish_meta(dst.as_fd(), &f.name, &f.src, f.dst, &f.meta, None)
+                    }
+                    None => Err(("open-dest-dir", io::Error::other("no open destination"))),
+                },
+                Err(e) => Err(e),
+            };
+            match done {
+                Ok(true) => {
                     inc(&self.counts.files_copied);
                     inc(&self.progress.files);
                 }
-                Err((op, e)) => self.fail(f.dir.rel.join(f.name.to_bytes()), op, &e),
+                Ok(false) => self.changed(rel()),
+                Err((op, e)) => self.fail(rel(), op, &e),
             }
         }
         self.release_dir(f.dir);
@@ -471,7 +580,46 @@ impl<'a> Walk<'a> {
             Pass::Verify(_) => inc(&self.counts.errors),
         }
         inc(&self.progress.failed);
+        if is_destination_gone(op, e) && self.stopped.get().is_none() {
+            let _ = self.stopped.set(format!(
+                "the destination stopped taking writes at {path} ({op}: {e})"
+            ));
+        }
         self.sink.record(ReportEntry::failed(path, op, e));
+    }
+
+    /// An entry listed in the source that was gone when its turn came.
+    fn vanished(&self, path: RelPath) {
+        if self.pass != Pass::Copy {
+            return;
+        }
+        inc(&self.counts.vanished);
+        self.sink.record(ReportEntry {
+            path,
+            outcome: Outcome::Vanished,
+            op: "stat-source".into(),
+            error: Some("gone from the source since it was listed (deleted or renamed)".into()),
+            errno: Some(libc::ENOENT),
+            mismatches: Vec::new(),
+        });
+    }
+
+    /// A regular file that kept changing in the source while it was read.
+    fn changed(&self, path: RelPath) {
+        inc(&self.counts.changed);
+        inc(&self.progress.failed);
+        self.sink.record(ReportEntry {
+            path,
+            outcome: Outcome::Changed,
+            op: "read".into(),
+            error: Some(
+                "the source file changed while it was read (size, mtime or ctime moved); \
+                 not copied: a later pass copies it once it is quiet"
+                    .into(),
+            ),
+            errno: None,
+            mismatches: Vec::new(),
+        });
     }
 
     fn unsupported(&self, path: RelPath, why: &str) {
@@ -489,6 +637,17 @@ impl<'a> Walk<'a> {
     // ---- scopes and directories ------------------------------------------------------------
 
     fn start_scope(&self, scope: &'a Scope, local: &mut Local) {
+        // The entries a scope names itself (its root directory, its files); what is below a
+        // directory is counted when the directory is listed.
+        if self.pass == Pass::Copy {
+            let named = match scope {
+                Scope::Tree(_) | Scope::Finalize(_) => 1,
+                Scope::Entries { from, .. } => u64::from(from.is_none()),
+                Scope::FileRange { .. } => 0,
+                Scope::LinkGroup(paths) => paths.len() as u64,
+            };
+            self.counts.entries.fetch_add(named, Relaxed);
+        }
         match scope {
             Scope::Tree(rel) => {
                 if let Some(node) = self.open_scope_dir(rel, local.mount, true) {
@@ -511,6 +670,9 @@ impl<'a> Walk<'a> {
                 if let Some((dir, name)) = self.open_scope_parent(file, local.mount) {
                     self.file_range(&dir, &name, *offset, *len, local);
                     self.release_dir(dir);
+                } else {
+                    // One range's data is not this pass's entry, but its failure is.
+                    inc(&self.counts.entries);
                 }
             }
             Scope::Finalize(file) => {
@@ -540,6 +702,7 @@ impl<'a> Walk<'a> {
     /// `own_meta`: the scope is responsible for this directory's metadata.
     fn open_scope_dir(&self, rel: &RelPath, mount: usize, own_meta: bool) -> Option<Arc<DirNode>> {
         let mut walked = RelPath::root();
+        let mut created = false;
         let opened = (|| -> OpResult<(OwnedFd, Meta, OwnedFd)> {
             let mut src = self.roots.src.try_clone().op("open-source-dir")?;
             let mut meta = sys::fstat(src.as_fd()).op("stat-source")?;
@@ -550,12 +713,11 @@ impl<'a> Walk<'a> {
                 src = sys::open_dir_at(src.as_fd(), &name).op("open-source-dir")?;
                 meta = sys::fstat(src.as_fd()).op("stat-source")?;
                 // Ancestors made here get their own metadata from the scope that owns them (or
-                // the verify pass); until then they are at least writable by us.
-                if sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?
-                    && self.pass == Pass::Copy
-                {
-                    inc(&self.counts.directories);
-                }
+                // the verify pass); until then they are at least writable by us. They are that
+                // scope's entries, so only the last one, if this scope owns it, is counted (when
+                // finished).
+                created =
+                    sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?;
                 dst = sys::open_dir_at(dst.as_fd(), &name).op("open-dest-dir")?;
             }
             Ok((src, meta, dst))
@@ -563,7 +725,9 @@ impl<'a> Walk<'a> {
         match opened {
             Ok((src, meta, dst)) => {
                 let name = cstr(rel.file_name());
-                let node = DirNode::new(self.roots, None, rel.clone(), name, src, meta, own_meta);
+                let mut node =
+                    DirNode::new(self.roots, None, rel.clone(), name, src, meta, own_meta);
+                node.fresh = created && self.pass == Pass::Copy;
                 let _ = node.dst[mount].set(dst);
                 Some(Arc::new(node))
             }
@@ -598,9 +762,6 @@ impl<'a> Walk<'a> {
         match self.pass {
             Pass::Copy => {
                 created = sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")?;
-                if created {
-                    inc(&self.counts.directories);
-                }
             }
             Pass::Verify(_) => {
                 // A directory missing in the destination is recreated; its contents are then
@@ -641,6 +802,8 @@ impl<'a> Walk<'a> {
             }
         });
         if let Err(e) = listed {
+            // The directory's outcome: its contents could not be listed, so not copied.
+            node.failed.store(true, Relaxed);
             self.fail(node.rel.clone(), "list-dir", &e);
             self.release_dir(node);
             return;
@@ -661,6 +824,13 @@ impl<'a> Walk<'a> {
         self.progress
             .dirs_queued
             .fetch_add(dirs.len() as u64, Relaxed);
+        if self.pass == Pass::Copy {
+            // Each of these ends in one outcome: subdirectories when they are finished (those
+            // not recursed into belong to another scope, which counts them), the others in
+            // `entry`.
+            let handled = others.len() + if recurse { dirs.len() } else { 0 };
+            self.counts.entries.fetch_add(handled as u64, Relaxed);
+        }
         let mut tasks: Vec<Task<'a>> =
             Vec::with_capacity(dirs.len() + others.len() / self.opts.batch_files + 1);
         if recurse {
@@ -703,7 +873,7 @@ impl<'a> Walk<'a> {
         };
         let p = &self.opts.preserve;
         let set = || -> io::Result<()> {
-            if self.xattrs_ok.load(Relaxed) {
+            if self.any_xattrs() {
                 self.copy_xattrs(node.src.as_fd(), fd, false)
                     .map_err(|(_, e)| e)?;
             }
@@ -711,7 +881,13 @@ impl<'a> Walk<'a> {
         };
         match self.pass {
             // A verify pass of mode None only settles directories (see `Pass::Verify`).
-            Pass::Copy | Pass::Verify(VerifyMode::None) => {
+            Pass::Copy => match set() {
+                _ if node.failed.load(Relaxed) => {} // its outcome is counted already
+                Ok(()) if node.fresh => inc(&self.counts.directories),
+                Ok(()) => inc(&self.counts.dirs_up_to_date),
+                Err(e) => self.fail(node.rel.clone(), "set-dir-metadata", &e),
+            },
+            Pass::Verify(VerifyMode::None) => {
                 if let Err(e) = set() {
                     self.fail(node.rel.clone(), "set-dir-metadata", &e);
                 }
@@ -755,10 +931,11 @@ impl<'a> Walk<'a> {
     /// One non-directory entry (or a directory met by a scope naming it): copy or verify it.
     /// `grouped`: the entry comes from a `LinkGroup` scope, so multi-linked files are handled here.
     fn entry(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local, grouped: bool) {
+        let rel = || dir.rel.join(name.to_bytes());
         let sm = match sys::stat_at(dir.src.as_fd(), name) {
             Ok(Some(m)) => m,
-            Ok(None) => return, // vanished from the source since it was listed
-            Err(e) => return self.fail(dir.rel.join(name.to_bytes()), "stat-source", &e),
+            Ok(None) => return self.vanished(rel()),
+            Err(e) => return self.fail(rel(), "stat-source", &e),
         };
         if sm.kind == Kind::Dir {
             self.queue.push(Task::Dir {
@@ -772,15 +949,26 @@ impl<'a> Walk<'a> {
         if sm.kind == Kind::File
             && sm.nlink > 1
             && self.opts.preserve.hardlinks
-            && self.opts.multilinked == MultiLinked::Elsewhere
             && !grouped
+            && self.opts.multilinked.grouped(&rel())
         {
-            return; // a LinkGroup scope copies it
+            // Its `LinkGroup` scope copies (and counts) it; in this pass it is not an entry.
+            if self.pass == Pass::Copy {
+                self.counts.entries.fetch_sub(1, Relaxed);
+            }
+            return;
         }
         match self.pass {
             Pass::Copy => {
-                if let Err((op, e)) = self.copy_entry(dir, name, &sm, local, false) {
-                    self.fail(dir.rel.join(name.to_bytes()), op, &e);
+                match self.copy_entry(dir, name, &sm, local, false) {
+                    Ok(()) => {}
+                    // Listed and stat'ed, then gone before it could be opened.
+                    Err(("open-source" | "read-link", e))
+                        if e.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        self.vanished(rel())
+                    }
+                    Err((op, e)) => self.fail(rel(), op, &e),
                 }
                 inc(&self.progress.entries);
                 // Regular files count themselves when their data is done (split files at the end).
@@ -822,9 +1010,16 @@ impl<'a> Walk<'a> {
                 inc(&self.counts.symlinks);
                 Ok(())
             }
-            Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
-                let is_dev = sm.kind != Kind::Fifo;
-                if !self.opts.preserve.specials || (is_dev && !sys::is_root()) {
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                let is_dev = matches!(sm.kind, Kind::CharDev | Kind::BlockDev);
+                if !self.opts.preserve.specials {
+                    self.unsupported(
+                        dir.rel.join(name.to_bytes()),
+                        "not copied: preserve.specials is off (fifos, sockets, device nodes)",
+                    );
+                    return Ok(());
+                }
+                if is_dev && !sys::is_root() {
                     self.unsupported(
                         dir.rel.join(name.to_bytes()),
                         "device nodes are recreated only when running as root",
@@ -844,10 +1039,6 @@ impl<'a> Walk<'a> {
                 let p = &self.opts.preserve;
                 sys::set_meta_at(dst, name, sm, self.owner, p.mode, p.times).op("set-metadata")?;
                 inc(&self.counts.specials);
-                Ok(())
-            }
-            Kind::Socket => {
-                self.unsupported(dir.rel.join(name.to_bytes()), "sockets cannot be copied");
                 Ok(())
             }
             Kind::Dir => unreachable!("directories are handled by directory tasks"),
@@ -987,10 +1178,12 @@ impl<'a> Walk<'a> {
             && sm.size > self.opts.split_threshold
             && self.opts.split_threshold > 0;
         if !split {
-            self.write_whole(&src, &dfd, sm, local)?;
-            self.set_file_meta(&src, &dfd, sm, created.as_ref())?;
-            inc(&self.counts.files_copied);
-            inc(&self.progress.files);
+            if self.write_finish(dst, name, &src, dfd, sm, created.as_ref(), local)? {
+                inc(&self.counts.files_copied);
+                inc(&self.progress.files);
+            } else {
+                self.changed(rel());
+            }
             return Ok(());
         }
         sys::set_len(dfd.as_fd(), sm.size).op("set-size")?;
@@ -1007,6 +1200,43 @@ impl<'a> Walk<'a> {
         self.queue_ranges(&file, 0, sm.size, local);
         self.release_file(file);
         Ok(())
+    }
+
+    /// Writes a whole regular file into `dfd` (created or truncated) and finishes it: data, then
+    /// fsync (when asked), metadata with the mtime last, then a checked close. The source is
+    /// looked at again after it is read: if it changed meanwhile (size, mtime or ctime), it is
+    /// written once more from its new version; if it changed again, the file is left without
+    /// the source's mtime (so no pass takes it as finished) and `false` is returned.
+    #[allow(clippy::too_many_arguments)]
+    fn write_finish(
+        &self,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        src: &OwnedFd,
+        dfd: OwnedFd,
+        sm: &Meta,
+        created: Option<&Meta>,
+        local: &mut Local,
+    ) -> OpResult<bool> {
+        let mut sm = *sm;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                sys::set_len(dfd.as_fd(), 0).op("truncate")?;
+            }
+            match self.write_whole(src, &dfd, &sm, local) {
+                Ok(()) => {}
+                // It shrank while read: a change, which the look below sees.
+                Err((_, e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e),
+            }
+            let now = sys::fstat(src.as_fd()).op("stat-source")?;
+            if !same_version(&sm, &now) {
+                sm = now;
+                continue;
+            }
+            return self.write_finish_meta(dst, name, src, dfd, &sm, created);
+        }
+        Ok(false)
     }
 
     /// Queues all but the first chunk of `[off, end)` and copies the first here.
@@ -1031,10 +1261,15 @@ impl<'a> Walk<'a> {
         if file.failed.load(Relaxed) {
             return;
         }
-        if let Err((op, e)) = self.write_range(&file.src, &file.dst, &file.meta, off, len, local) {
-            file.failed.store(true, Relaxed);
-            if !file.reported.swap(true, Relaxed) {
-                self.fail(file.dir.rel.join(file.name.to_bytes()), op, &e);
+        match self.write_range(&file.src, &file.dst, &file.meta, off, len, local) {
+            Ok(()) => {}
+            // It shrank while read: `release_file` sees the change and reports it as such.
+            Err((_, e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+            Err((op, e)) => {
+                file.failed.store(true, Relaxed);
+                if !file.reported.swap(true, Relaxed) {
+                    self.fail(file.dir.rel.join(file.name.to_bytes()), op, &e);
+                }
             }
         }
     }
@@ -1091,24 +1326,69 @@ impl<'a> Walk<'a> {
     }
 
     /// A `Finalize` scope in the copy pass: the data is complete, set the metadata.
+    ///
+    /// The ranges were written by other workers, from the source as it was then; it may have
+    /// changed since. So the data is compared in full before the file gets the source's mtime
+    /// (which would make it look finished to every later pass), and written again if it differs.
     fn finalize_split(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local) {
-        let run = || -> OpResult<()> {
+        let rel = || dir.rel.join(name.to_bytes());
+        let mut run = || -> OpResult<Option<bool>> {
             let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else {
-                return Ok(());
+                return Ok(None);
             };
             let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
             let src =
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+            let same = match sys::stat_at(dst, name).op("stat-dest")? {
+                Some(dm) if dm.kind == Kind::File && dm.size == sm.size => {
+                    let dfd = sys::open_read(dst, name).op("open-dest")?;
+                    same_content(&src, &dfd, sm.size, local).op("compare")?
+                        && same_version(&sm, &sys::fstat(src.as_fd()).op("stat-source")?)
+                }
+                _ => false,
+            };
+            if !same {
+                return self
+                    .copy_entry_now(dir, name, &sm, local)
+                    .map(|()| Some(true));
+            }
             let dfd =
                 sys::open_dest_file(dst, name, false, self.create_mode(&sm)).op("open-dest")?;
-            self.set_file_meta(&src, &dfd, &sm, None)?;
-            inc(&self.counts.files_copied);
-            inc(&self.progress.files);
-            Ok(())
+            Ok(Some(
+                self.write_finish_meta(dst, name, &src, dfd, &sm, None)?,
+            ))
         };
-        if let Err((op, e)) = run() {
-            self.fail(dir.rel.join(name.to_bytes()), op, &e);
+        match run() {
+            Ok(Some(_)) => {
+                inc(&self.counts.files_copied);
+                inc(&self.progress.files);
+            }
+            Ok(None) => self.vanished(rel()),
+            Err((op, e)) => self.fail(rel(), op, &e),
         }
+    }
+
+    /// Finishes a file whose data is in place: fsync (when asked), metadata with the mtime
+    /// last, then a checked close.
+    fn write_finish_meta(
+        &self,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        src: &OwnedFd,
+        dfd: OwnedFd,
+        sm: &Meta,
+        created: Option<&Meta>,
+    ) -> OpResult<bool> {
+        if self.opts.fsync {
+            sys::fsync(dfd.as_fd()).op("fsync")?;
+        }
+        self.set_file_meta(src, &dfd, sm, created)?;
+        if let Err(e) = sys::close_checked(dfd) {
+            // The write-back failed after the mtime was set: do not look finished.
+            let _ = sys::touch_now_at(dst, name);
+            return Err(("close", e));
+        }
+        Ok(true)
     }
 
     fn link_to(
@@ -1188,7 +1468,10 @@ impl<'a> Walk<'a> {
                 if n < stop - start {
                     return Err((
                         "read",
-                        io::Error::other("the source file shrank while being copied"),
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the source file shrank while being copied",
+                        ),
                     ));
                 }
                 pos = stop;
@@ -1206,7 +1489,10 @@ impl<'a> Walk<'a> {
             if written < len {
                 return Err((
                     "read",
-                    io::Error::other("the source file shrank while being copied"),
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source file shrank while being copied",
+                    ),
                 ));
             }
         }
@@ -1238,7 +1524,7 @@ impl<'a> Walk<'a> {
         sm: &Meta,
         created: Option<&Meta>,
     ) -> OpResult<()> {
-        if self.xattrs_ok.load(Relaxed) {
+        if self.any_xattrs() {
             self.copy_xattrs(src.as_fd(), dst.as_fd(), created.is_some())?;
         }
         let p = &self.opts.preserve;
@@ -1251,12 +1537,29 @@ impl<'a> Walk<'a> {
         sys::set_meta_fd(dst.as_fd(), sm, owner, mode, p.times).op("set-metadata")
     }
 
+    /// Whether any class of extended attributes is still being copied.
+    fn any_xattrs(&self) -> bool {
+        [&self.xattrs_ok, &self.acls_ok, &self.security_ok]
+            .iter()
+            .any(|f| f.load(Relaxed))
+    }
+
+    /// The switch of the class `name` belongs to (`None`: a class never copied).
+    fn xattr_switch(&self, name: &[u8]) -> Option<&AtomicBool> {
+        match XattrClass::of(name)? {
+            XattrClass::User => Some(&self.xattrs_ok),
+            XattrClass::Acl => Some(&self.acls_ok),
+            XattrClass::Security => Some(&self.security_ok),
+        }
+    }
+
     fn copy_xattrs(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, created: bool) -> OpResult<()> {
-        let want = sys::user_xattrs(src).op("read-xattrs")?;
+        let wanted = |n: &[u8]| self.xattr_switch(n).is_some_and(|f| f.load(Relaxed));
+        let want = sys::xattrs(src, wanted).op("read-xattrs")?;
         let have = if created {
             Vec::new()
         } else {
-            sys::user_xattrs(dst).op("read-dest-xattrs")?
+            sys::xattrs(dst, wanted).op("read-dest-xattrs")?
         };
         for (k, _) in &have {
             if !want.iter().any(|(w, _)| w == k) {
@@ -1267,23 +1570,35 @@ impl<'a> Walk<'a> {
             if have.iter().any(|(hk, hv)| hk == k && hv == v) {
                 continue;
             }
-            match sys::set_xattr(dst, k, v) {
-                Ok(()) => {}
-                Err(e) if sys::errno(&e) == Some(rustix::io::Errno::OPNOTSUPP) => {
-                    // The destination (NFSv3, say) has no xattrs: say so once, then stop trying.
-                    if self.xattrs_ok.swap(false, Relaxed) {
-                        self.sink.record(ReportEntry {
-                            path: RelPath::root(),
-                            outcome: Outcome::Unsupported,
-                            op: "set-xattr".into(),
-                            error: Some(format!("the destination does not support extended attributes ({e}); they are not copied")),
-                            errno: e.raw_os_error(),
-                            mismatches: Vec::new(),
-                        });
-                    }
-                    return Ok(());
+            let Err(e) = sys::set_xattr(dst, k, v) else {
+                continue;
+            };
+            // The destination (NFSv3, say) does not take this class of attribute: say so once,
+            // then stop trying that class. Security labels may also be refused by policy.
+            let unsupported = match sys::errno(&e) {
+                Some(rustix::io::Errno::OPNOTSUPP) => true,
+                Some(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+                    XattrClass::of(k) != Some(XattrClass::User)
                 }
-                Err(e) => return Err(("set-xattr", e)),
+                _ => false,
+            };
+            if !unsupported {
+                return Err(("set-xattr", e));
+            }
+            if let Some(switch) = self.xattr_switch(k)
+                && switch.swap(false, Relaxed)
+            {
+                self.sink.record(ReportEntry {
+                    path: RelPath::root(),
+                    outcome: Outcome::Unsupported,
+                    op: "set-xattr".into(),
+                    error: Some(format!(
+                        "the destination does not take {} ({e}); attributes of this kind are not copied",
+                        String::from_utf8_lossy(k)
+                    )),
+                    errno: e.raw_os_error(),
+                    mismatches: Vec::new(),
+                });
             }
         }
         Ok(())
@@ -1549,9 +1864,43 @@ impl<'a> Walk<'a> {
             self.clear_way(dst, name)?;
         }
         let dfd = sys::open_dest_file(dst, name, true, self.create_mode(sm)).op("open-dest")?;
-        self.write_whole(&src, &dfd, sm, local)?;
-        self.set_file_meta(&src, &dfd, sm, None)
+        if self.write_finish(dst, name, &src, dfd, sm, None, local)? {
+            Ok(())
+        } else {
+            Err((
+                "read",
+                io::Error::other("the source file changed while it was read, twice"),
+            ))
+        }
     }
+}
+
+/// Errors after which a destination takes no more work: full, over quota, read-only, or its
+/// handles gone stale (the export was replaced). Going on would only turn every remaining file
+/// into the same failure. Source-side operations do not count: ESTALE there is one entry's.
+fn is_destination_gone(op: &str, e: &io::Error) -> bool {
+    let source_side = matches!(
+        op,
+        "open-source"
+            | "stat-source"
+            | "open-source-dir"
+            | "list-dir"
+            | "read-link"
+            | "read-xattrs"
+            | "read"
+    );
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS) => true,
+        Some(libc::ESTALE) => !source_side,
+        _ => false,
+    }
+}
+
+/// The same version of a source file: size, mtime and ctime unchanged (ctime cannot be set by
+/// a user, so a rewrite that put the size and mtime back still shows).
+fn same_version(before: &Meta, after: &Meta) -> bool {
+    (before.size, before.mtime, before.ctime, before.ino)
+        == (after.size, after.mtime, after.ctime, after.ino)
 }
 
 fn is_metadata(m: &Mismatch) -> bool {
@@ -1601,6 +1950,7 @@ impl DirNode {
             dst,
             own_meta,
             fresh: false,
+            failed: AtomicBool::new(false),
         }
     }
 

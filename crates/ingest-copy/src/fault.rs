@@ -119,7 +119,10 @@ fn parse(spec: &str) -> Result<Vec<Rule>, String> {
             .map(|(p, _)| *p)
             .ok_or_else(|| {
                 let names: Vec<_> = POINTS.iter().map(|(_, n)| *n).collect();
-                format!("{point:?} is not a fault point; one of {}", names.join(", "))
+                format!(
+                    "{point:?} is not a fault point; one of {}",
+                    names.join(", ")
+                )
             })?;
         let (n, onwards) = match n.strip_suffix("..") {
             Some(n) => (n, true),

@@ -3,7 +3,9 @@
 //! These are plain values with no I/O, so that the planner (which decides scopes) and the CLI
 //! (which parses options) can build them without touching the file system.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +71,10 @@ pub struct Preserve {
     pub specials: bool,
     /// Keep hard links as links (otherwise each link is copied as its own file).
     pub hardlinks: bool,
+    /// POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) and NFSv4 ACLs
+    /// (`system.nfs4_acl`, where both sides expose it); as root also `security.*` attributes.
+    /// Needs `xattrs`.
+    pub acls: bool,
 }
 
 impl Default for Preserve {
@@ -80,19 +86,32 @@ impl Default for Preserve {
             xattrs: true,
             specials: true,
             hardlinks: true,
+            acls: true,
         }
     }
 }
 
 /// Where files with more than one link are copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MultiLinked {
     /// Wherever they are met; the engine keeps an inode map so later links become links.
     #[default]
     Here,
-    /// Skipped by `Tree`/`Entries` scopes: the planner put them in `LinkGroup` scopes.
-    Elsewhere,
+    /// These paths are copied by `LinkGroup` scopes (the planner grouped every path of each
+    /// multi-linked inode it saw), so `Tree`/`Entries` scopes leave them alone. A multi-linked
+    /// file not listed here (a link made after the scan, or one whose other links are outside
+    /// the tree) is copied where it is met, like `Here`: never skipped unseen.
+    Elsewhere(Arc<BTreeSet<RelPath>>),
+}
+
+impl MultiLinked {
+    /// Whether `path` is left to a `LinkGroup` scope.
+    pub fn grouped(&self, path: &RelPath) -> bool {
+        match self {
+            MultiLinked::Here => false,
+            MultiLinked::Elsewhere(paths) => paths.contains(path),
+        }
+    }
 }
 
 /// Which passes to run.
@@ -134,6 +153,9 @@ pub struct Options {
     /// times after another worker's verify pass has set them. The copy phase proved the same
     /// mounts already.
     pub probe_destinations: bool,
+    /// Flush each file to stable storage (fsync) before giving it its final mtime, so that a
+    /// file that looks finished is on the server's disk, not only in its cache.
+    pub fsync: bool,
 }
 
 impl Default for Options {
@@ -149,6 +171,7 @@ impl Default for Options {
             concurrency: Concurrency::Fixed,
             dir_times_in_verify: false,
             probe_destinations: true,
+            fsync: false,
         }
     }
 }

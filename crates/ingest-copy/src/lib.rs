@@ -46,8 +46,15 @@ pub fn run(
     let roots = setup::open_roots(job, opts)?;
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
-        let (copy, _) = Walk::new(Pass::Copy, opts, &roots, progress, sink).run(&job.scopes);
-        summary.copy = copy;
+        let walk = Walk::new(Pass::Copy, opts, &roots, progress, sink);
+        summary.copy = walk.run(&job.scopes).0;
+        summary.stopped = walk.stopped();
+        if summary.stopped.is_some() {
+            // The destination takes no more work: a verify pass would only list what the
+            // copy did not reach.
+            summary.elapsed_seconds = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
     }
     match (opts.passes, opts.verify) {
         (Passes::CopyOnly, _) | (Passes::CopyThenVerify, VerifyMode::None) => {}
@@ -58,7 +65,7 @@ pub fn run(
             let (_, settled) =
                 Walk::new(Pass::Verify(VerifyMode::None), opts, &roots, progress, sink)
                     .run(&job.scopes);
-            summary.copy.failed += settled.errors;
+            summary.metadata_failed += settled.errors;
         }
         _ => {
             let (_, verify) =

@@ -64,23 +64,46 @@ impl VerifyCounts {
 }
 
 /// Counters of the copy pass.
+///
+/// Every entry the pass meets in its scopes ends in exactly one outcome, so
+/// `entries == outcomes()`: copied (`files_copied`, `symlinks`, `hardlinks`, `specials`,
+/// `directories`), up to date (`files_skipped`, `dirs_up_to_date`), or not done and reported
+/// (`failed`, `unsupported`, `vanished`, `changed`, `not_attempted`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyCounts {
+    /// Entries met in scope: every directory and non-directory the walk listed.
+    #[serde(default)]
+    pub entries: u64,
     /// Regular files whose data was written.
     pub files_copied: u64,
-    /// Entries that already matched (type, size, mtime) and were left alone.
+    /// Non-directory entries that already matched (type, size, mtime) and were left alone.
     pub files_skipped: u64,
     pub bytes_copied: u64,
+    /// Directories created.
     pub directories: u64,
+    /// Directories that existed already (their metadata is set all the same).
+    #[serde(default)]
+    pub dirs_up_to_date: u64,
     pub symlinks: u64,
     pub hardlinks: u64,
     /// Fifos, sockets and device nodes recreated.
     pub specials: u64,
-    /// Entries not copied by design (device nodes when not root, sockets); each is reported.
+    /// Entries not copied by design (device nodes when not root); each is reported.
     pub unsupported: u64,
-    /// Entries that failed; each is reported.
+    /// Entries that failed; each is reported with the operation and the OS error.
     pub failed: u64,
+    /// Entries listed in the source that were gone when their turn came; each is reported.
+    #[serde(default)]
+    pub vanished: u64,
+    /// Regular files that changed in the source while they were read, again on the retry;
+    /// each is reported, and left without the source's mtime so a later pass copies it again.
+    #[serde(default)]
+    pub changed: u64,
+    /// Entries not started because the destination stopped taking work (full, over quota,
+    /// read-only, stale): see [`Summary::stopped`]. Directories count once, not their contents.
+    #[serde(default)]
+    pub not_attempted: u64,
 }
 
 impl CopyCounts {
@@ -90,16 +113,38 @@ impl CopyCounts {
         self.files_copied + self.files_skipped + self.symlinks + self.hardlinks + self.specials
     }
 
+    /// The sum of every outcome; equals `entries` (see the type's docs).
+    pub fn outcomes(&self) -> u64 {
+        self.entries_done()
+            + self.directories
+            + self.dirs_up_to_date
+            + self.failed
+            + self.unsupported
+            + self.vanished
+            + self.changed
+            + self.not_attempted
+    }
+
+    /// Entries that did not end copied or up to date.
+    pub fn not_done(&self) -> u64 {
+        self.failed + self.unsupported + self.vanished + self.changed + self.not_attempted
+    }
+
     pub fn add(&mut self, o: &CopyCounts) {
+        self.entries += o.entries;
         self.files_copied += o.files_copied;
         self.files_skipped += o.files_skipped;
         self.bytes_copied += o.bytes_copied;
         self.directories += o.directories;
+        self.dirs_up_to_date += o.dirs_up_to_date;
         self.symlinks += o.symlinks;
         self.hardlinks += o.hardlinks;
         self.specials += o.specials;
         self.unsupported += o.unsupported;
         self.failed += o.failed;
+        self.vanished += o.vanished;
+        self.changed += o.changed;
+        self.not_attempted += o.not_attempted;
     }
 }
 
@@ -110,13 +155,46 @@ pub struct Summary {
     pub copy: CopyCounts,
     pub verify: Option<VerifyCounts>,
     pub elapsed_seconds: f64,
+    /// Set when the destination stopped taking work part-way (ENOSPC, EDQUOT, EROFS, ESTALE):
+    /// what happened, once, instead of one failure per remaining file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Directories and range-copied files of a sharded copy whose final metadata (or data
+    /// check) failed in the last phase; each is reported.
+    #[serde(default)]
+    pub metadata_failed: u64,
 }
 
 impl Summary {
+    /// Adds another run's summary (a worker's shards, a job's workers).
+    pub fn add(&mut self, o: &Summary) {
+        self.copy.add(&o.copy);
+        if let Some(v) = &o.verify {
+            self.verify.get_or_insert_with(Default::default).add(v);
+        }
+        if self.stopped.is_none() {
+            self.stopped.clone_from(&o.stopped);
+        }
+        self.metadata_failed += o.metadata_failed;
+    }
+
+    /// Entries that ended not copied and not repaired (vanished ones left the scope and do not
+    /// count): what a status calls failed.
+    pub fn failed_entries(&self) -> u64 {
+        let c = &self.copy;
+        c.failed
+            + c.unsupported
+            + c.changed
+            + c.not_attempted
+            + self.metadata_failed
+            + self.verify.as_ref().map_or(0, |v| v.errors)
+    }
+
     /// Nothing failed and verification (if run) is clean.
     pub fn is_success(&self) -> bool {
-        self.copy.failed == 0
-            && self.copy.unsupported == 0
+        self.copy.not_done() == self.copy.vanished
+            && self.stopped.is_none()
+            && self.metadata_failed == 0
             && self.verify.as_ref().is_none_or(|v| v.is_clean())
     }
 }
@@ -133,6 +211,10 @@ pub enum Outcome {
     Repaired,
     /// Found different in the verify pass and still different after a re-copy.
     Mismatched,
+    /// Listed in the source, gone when its turn came (deleted or renamed meanwhile).
+    Vanished,
+    /// A regular file that changed in the source while it was read, twice: not copied.
+    Changed,
 }
 
 /// One line of the report (`--report FILE` writes them as JSON Lines).

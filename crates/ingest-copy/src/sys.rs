@@ -266,6 +266,9 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &CStr, meta: &Meta) -> io::Result<()>
         Kind::Fifo => FileType::Fifo,
         Kind::CharDev => FileType::CharacterDevice,
         Kind::BlockDev => FileType::BlockDevice,
+        // A socket file is only a name and an inode (nothing listens on the copy), and Linux
+        // lets anyone make one with mknod.
+        Kind::Socket => FileType::Socket,
         _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
     rustix::fs::mknodat(
@@ -334,6 +337,25 @@ pub fn set_meta_at(
             .map_err(to_io)?;
     }
     Ok(())
+}
+
+/// Moves an entry's mtime (and atime) to now: a file whose final write-back failed after its
+/// metadata was set must not keep the source's mtime, or a re-run would take it as finished.
+pub fn touch_now_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    rustix::fs::utimensat(
+        dir,
+        name,
+        &Timestamps {
+            last_access: now,
+            last_modification: now,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(to_io)
 }
 
 pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
@@ -446,6 +468,43 @@ fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()
 
 /// The `user.*` extended attributes of an open file, as (name, value) pairs.
 pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    xattrs(fd, |n| XattrClass::of(n) == Some(XattrClass::User))
+}
+
+/// The kinds of extended attributes the engine copies, each switched on by its own option and
+/// switched off on its own when the destination does not take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrClass {
+    /// `user.*`: any user's own attributes.
+    User,
+    /// `system.posix_acl_access`, `system.posix_acl_default`, `system.nfs4_acl`.
+    Acl,
+    /// `security.*` (capabilities, labels): only root may set them.
+    Security,
+}
+
+impl XattrClass {
+    pub fn of(name: &[u8]) -> Option<XattrClass> {
+        if name.starts_with(b"user.") {
+            Some(XattrClass::User)
+        } else if matches!(
+            name,
+            b"system.posix_acl_access" | b"system.posix_acl_default" | b"system.nfs4_acl"
+        ) {
+            Some(XattrClass::Acl)
+        } else if name.starts_with(b"security.") {
+            Some(XattrClass::Security)
+        } else {
+            None
+        }
+    }
+}
+
+/// The extended attributes of an open file whose names `keep` accepts, sorted by name.
+pub fn xattrs(
+    fd: BorrowedFd<'_>,
+    keep: impl Fn(&[u8]) -> bool,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 4096];
     let n = loop {
         match rustix::fs::flistxattr(fd, &mut names[..]) {
@@ -458,7 +517,7 @@ pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     for name in names[..n]
         .split(|&b| b == 0)
-        .filter(|n| n.starts_with(b"user."))
+        .filter(|n| !n.is_empty() && keep(n))
     {
         let mut value = vec![0u8; 4096];
         let len = loop {

@@ -4,9 +4,12 @@
 //! byte ranges is written by several shards; its metadata is set, and the whole file checked, by
 //! a `Finalize` in the verify phase of the shard holding its first range, when all ranges are done.
 
-use ingest_copy::{MultiLinked, Options, Scope};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use crate::format::{Shard, ShardScope};
+use ingest_copy::{MultiLinked, Options, RelPath, Scope};
+
+use crate::format::{Plan, Shard, ShardScope};
 
 /// Which pass a shard is run for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +70,27 @@ fn engine_scope(s: &ShardScope, phase: Phase) -> Option<Scope> {
     })
 }
 
-/// Engine options for running plan shards: files with several links are in `LinkGroup` scopes,
-/// so trees and ranges must leave them alone; directory times are set by the verify phase.
+/// Which paths the plan's `LinkGroup` scopes copy, so that trees and ranges leave exactly those
+/// alone (a multi-linked file the scan did not group is still copied where it is met). Set it
+/// once per worker as `Options::multilinked`: every shard of the plan shares it.
+pub fn linked_elsewhere(plan: &Plan) -> MultiLinked {
+    let paths: BTreeSet<RelPath> = plan
+        .shards
+        .iter()
+        .flat_map(|s| &s.scopes)
+        .filter_map(|sc| match sc {
+            ShardScope::LinkGroup { paths } => Some(paths),
+            _ => None,
+        })
+        .flatten()
+        .cloned()
+        .collect();
+    MultiLinked::Elsewhere(Arc::new(paths))
+}
+
+/// Engine options for running plan shards (with `base.multilinked` from [`linked_elsewhere`]):
+/// directory times are set by the verify phase.
 pub fn engine_options(mut base: Options, phase: Phase) -> Options {
-    base.multilinked = MultiLinked::Elsewhere;
     // Shards share directories: their times become final in the verify phase.
     base.dir_times_in_verify = true;
     // Verify workers start together; their probes would race with the root's times.

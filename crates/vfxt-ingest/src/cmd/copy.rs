@@ -112,6 +112,9 @@ pub struct Args {
     /// No progress output.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Flush each file to the destination's stable storage before it gets its final mtime.
+    #[arg(long)]
+    pub fsync: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -123,6 +126,7 @@ pub fn run(args: Args) -> Outcome {
     opts.preserve.owner = !args.no_owner;
     opts.preserve.xattrs = !args.no_xattrs;
     opts.split_threshold = args.split_threshold;
+    opts.fsync = args.fsync;
     let job = CopyJob {
         source: args.source.clone(),
         destinations: args.destinations.clone(),
@@ -195,56 +199,95 @@ pub fn run(args: Args) -> Outcome {
 }
 
 pub fn print_summary(s: &Summary) {
+    for line in summary_lines(s) {
+        println!("{line}");
+    }
+}
+
+/// The summary as lines: every entry's outcome, adding up to the entries in scope, then the
+/// verification and its verdict. "destination identical" only when nothing is left undone and
+/// the verify pass found (or left) no difference.
+pub fn summary_lines(s: &Summary) -> Vec<String> {
     let c = &s.copy;
     let secs = s.elapsed_seconds.max(1e-3);
-    println!(
-        "copied {} files ({}), skipped {} already up to date, {} directories created, {} symlinks, {} hard links, {} special files",
-        c.files_copied,
-        bytes(c.bytes_copied),
-        c.files_skipped,
-        c.directories,
-        c.symlinks,
-        c.hardlinks,
-        c.specials
-    );
-    if c.failed > 0 || c.unsupported > 0 {
-        println!(
-            "FAILED: {} entries, not copied by design: {} (see the report)",
-            c.failed, c.unsupported
-        );
+    let mut out = vec![
+        format!(
+            "{} entries in scope: {} copied, {} up to date, {} failed, {} vanished from the source, {} changed while read, {} not copyable, {} not attempted",
+            c.entries,
+            c.files_copied + c.directories + c.symlinks + c.hardlinks + c.specials,
+            c.files_skipped + c.dirs_up_to_date,
+            c.failed,
+            c.vanished,
+            c.changed,
+            c.unsupported,
+            c.not_attempted
+        ),
+        format!(
+            "  copied: {} files ({}), {} directories, {} symlinks, {} hard links, {} special files",
+            c.files_copied,
+            bytes(c.bytes_copied),
+            c.directories,
+            c.symlinks,
+            c.hardlinks,
+            c.specials
+        ),
+    ];
+    if c.outcomes() != c.entries {
+        out.push(format!(
+            "WARNING: the outcomes add up to {}, not {}: this is a bug in vfxt-ingest, please report it",
+            c.outcomes(),
+            c.entries
+        ));
     }
-    if let Some(v) = &s.verify {
-        let kinds: Vec<String> = v
-            .by_kind
-            .iter()
-            .map(|(k, n)| format!("{k:?}={n}"))
-            .collect();
-        println!(
-            "verified {} entries: {} matched, {} missing, {} mismatched{}, {} repaired, {} errors — {}",
-            v.checked,
-            v.matched,
-            v.missing,
-            v.mismatched,
-            if kinds.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", kinds.join(", "))
-            },
-            v.repaired,
-            v.errors,
-            if v.is_clean() {
-                "destination identical"
-            } else {
-                "DESTINATION DIFFERS"
-            }
-        );
+    if let Some(why) = &s.stopped {
+        out.push(format!("STOPPED: {why}"));
     }
-    println!(
+    if s.metadata_failed > 0 {
+        out.push(format!(
+            "FAILED: final metadata of {} entries (see the report)",
+            s.metadata_failed
+        ));
+    }
+    if c.not_done() > 0 {
+        out.push("not everything was copied: each entry is in the report".to_string());
+    }
+    match &s.verify {
+        Some(v) => {
+            let kinds: Vec<String> = v
+                .by_kind
+                .iter()
+                .map(|(k, n)| format!("{k:?}={n}"))
+                .collect();
+            out.push(format!(
+                "verified {} entries: {} matched, {} missing, {} mismatched{}, {} repaired, {} errors — {}",
+                v.checked,
+                v.matched,
+                v.missing,
+                v.mismatched,
+                if kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", kinds.join(", "))
+                },
+                v.repaired,
+                v.errors,
+                if s.is_success() {
+                    "destination identical"
+                } else {
+                    "DESTINATION DIFFERS"
+                }
+            ));
+        }
+        None if s.stopped.is_some() => out.push("not verified: the copy stopped".to_string()),
+        None => out.push("not verified (--verify none)".to_string()),
+    }
+    out.push(format!(
         "{:.2} s, {} files/s, {}/s",
         s.elapsed_seconds,
         (c.entries_done() as f64 / secs).round() as u64,
         bytes((c.bytes_copied as f64 / secs) as u64)
-    );
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use ingest_copy::{
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
 use ingest_plan::planner::deal;
-use ingest_plan::{Phase, engine_options, engine_scopes};
+use ingest_plan::{Phase, engine_options, engine_scopes, linked_elsewhere};
 
 use crate::Outcome;
 use crate::cmd::copy::{Threads, Verify};
@@ -284,6 +284,7 @@ pub fn run(args: Args) -> Outcome {
 
     let mut base_opts = Options {
         verify,
+        multilinked: linked_elsewhere(&plan),
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
@@ -490,7 +491,15 @@ pub fn run(args: Args) -> Outcome {
 }
 
 /// The names of `--preserve` (the spec's `preserve` fields that are true).
-pub const PRESERVE_NAMES: [&str; 6] = ["owner", "mode", "times", "xattrs", "symlinks", "hardlinks"];
+pub const PRESERVE_NAMES: [&str; 7] = [
+    "owner",
+    "mode",
+    "times",
+    "xattrs",
+    "acls",
+    "symlinks",
+    "hardlinks",
+];
 
 /// Parses `--preserve`: listed attributes on, the others off (special files keep `base`'s setting).
 pub fn parse_preserve(
@@ -502,6 +511,7 @@ pub fn parse_preserve(
         mode: false,
         times: false,
         xattrs: false,
+        acls: false,
         hardlinks: false,
         ..base
     };
@@ -514,6 +524,7 @@ pub fn parse_preserve(
             "mode" => p.mode = true,
             "times" => p.times = true,
             "xattrs" => p.xattrs = true,
+            "acls" => p.acls = true,
             "hardlinks" => p.hardlinks = true,
             // The engine always copies symlinks as symlinks; there is nothing to switch.
             "symlinks" => {}
@@ -529,10 +540,7 @@ pub fn parse_preserve(
 }
 
 pub fn add_summary(total: &mut Summary, s: &Summary) {
-    total.copy.add(&s.copy);
-    if let Some(v) = &s.verify {
-        total.verify.get_or_insert_with(Default::default).add(v);
-    }
+    total.add(s);
 }
 
 /// The engine's counts in the shape the operator reads (also what `run` aggregates).
@@ -551,7 +559,7 @@ pub fn pod_result(s: &Summary, entries: &[ingest_copy::ReportEntry], recorded: u
     PodResult {
         files: s.copy.entries_done(),
         bytes: s.copy.bytes_copied,
-        failed: s.copy.failed + s.copy.unsupported + s.verify.as_ref().map_or(0, |v| v.errors),
+        failed: s.failed_entries(),
         verification: s.verify.as_ref().map(verification),
         failures,
         failures_omitted: recorded.saturating_sub(entries.len() as u64),
