@@ -437,3 +437,83 @@ fn name_ranges_and_subtrees_together_cover_the_tree_once() {
     );
     assert_identical(&src, &dests[0]);
 }
+
+/// A multi-linked file whose other link is outside the tree (or was made after the plan's scan)
+/// is not in any `LinkGroup`: a sharded copy must copy and count it where it is met, not skip it
+/// as "copied elsewhere" (it used to vanish from the destination with the run saying identical).
+#[test]
+fn a_multi_linked_file_the_plan_did_not_group_is_copied_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/linked"), b"shared inode").unwrap();
+    fs::hard_link(src.join("d/linked"), tmp.path().join("outside")).unwrap();
+    fs::write(src.join("d/a"), b"a").unwrap();
+    fs::hard_link(src.join("d/a"), src.join("b")).unwrap();
+    // The plan grouped `d/a` and `b` (both links it saw); `d/linked` it could not group.
+    let grouped: std::collections::BTreeSet<RelPath> = [b"d/a".as_slice(), b"b"]
+        .into_iter()
+        .map(|p| RelPath::from_bytes(p).unwrap())
+        .collect();
+    let opts = Options {
+        multilinked: ingest_copy::MultiLinked::Elsewhere(std::sync::Arc::new(grouped.clone())),
+        ..Options::default()
+    };
+    let mut scopes = whole();
+    scopes.push(Scope::LinkGroup(grouped.into_iter().collect()));
+    let (s, report) = run(&src, std::slice::from_ref(&dst), &opts, scopes);
+    assert!(s.is_success(), "{s:?} {report:?}");
+    assert_eq!(fs::read(dst.join("d/linked")).unwrap(), b"shared inode");
+    assert_eq!(s.copy.outcomes(), s.copy.entries, "{:?}", s.copy);
+    // Root, d, d/linked, and the group's two paths: each once.
+    assert_eq!(s.copy.entries, 5, "{:?}", s.copy);
+    assert_eq!(
+        fs::metadata(dst.join("d/a")).unwrap().ino(),
+        fs::metadata(dst.join("b")).unwrap().ino()
+    );
+    assert_identical(&src, &dst);
+}
+
+/// POSIX ACLs are copied (as root, where the file system takes them), and a re-run with the
+/// destination's ACL removed puts it back.
+#[test]
+fn posix_acls_are_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    // system.posix_acl_access, version 2: user::rw-, user:1234:r--, group::r--, mask::r--, other::---
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 1234),
+        (0x04, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let set = rustix::fs::setxattr(
+        src.join("f"),
+        "system.posix_acl_access",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    );
+    set.expect("the temp dir's file system takes POSIX ACLs (ext4, xfs and tmpfs do)");
+    let (s, report) = run(
+        &src,
+        std::slice::from_ref(&dst),
+        &Options::default(),
+        whole(),
+    );
+    assert!(s.is_success(), "{s:?} {report:?}");
+    let get = |p: &Path| {
+        let mut buf = vec![0u8; 256];
+        let n = rustix::fs::getxattr(p, "system.posix_acl_access", &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    assert_eq!(get(&dst.join("f")), get(&src.join("f")));
+}
