@@ -990,9 +990,43 @@ impl<'a> Walk<'a> {
         local: &mut Local,
         force: bool,
     ) -> OpResult<()> {
+        if sm.kind == Kind::File {
+            return self.copy_file(dir, name, sm, local, force);
+        }
         let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
+        // Symlinks, fifos, sockets and device nodes can have several links too (link(2) does
+        // not follow a symlink): the first one met is made, the others linked to it.
+        if sm.nlink > 1 && self.opts.preserve.hardlinks {
+            let (slot, first) = self.claim(sm);
+            if !first {
+                let target = slot.wait().clone();
+                return self.link_to(dst, name, target, local);
+            }
+            let made = self.copy_other(dst, dir, name, sm, force);
+            let ino = match &made {
+                Ok(()) => sys::stat_at(dst, name).ok().flatten().map(|m| m.ino),
+                Err(_) => None,
+            };
+            let _ = slot.set(ino.map(|dst_ino| FirstLink {
+                rel: dir.rel.join(name.to_bytes()),
+                dst_ino,
+            }));
+            return made;
+        }
+        self.copy_other(dst, dir, name, sm, force)
+    }
+
+    /// Copies a symlink or a special file.
+    fn copy_other(
+        &self,
+        dst: BorrowedFd<'_>,
+        dir: &Arc<DirNode>,
+        name: &CStr,
+        sm: &Meta,
+        force: bool,
+    ) -> OpResult<()> {
         match sm.kind {
-            Kind::File => self.copy_file(dir, name, sm, local, force),
+            Kind::File | Kind::Dir => unreachable!("handled by copy_file and directory tasks"),
             Kind::Symlink => {
                 let target = sys::read_link_at(dir.src.as_fd(), name).op("read-link")?;
                 if !force
@@ -1041,7 +1075,6 @@ impl<'a> Walk<'a> {
                 inc(&self.counts.specials);
                 Ok(())
             }
-            Kind::Dir => unreachable!("directories are handled by directory tasks"),
         }
     }
 
@@ -1405,7 +1438,7 @@ impl<'a> Walk<'a> {
             ));
         };
         if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")? {
-            if dm.ino == first.dst_ino && dm.kind == Kind::File {
+            if dm.ino == first.dst_ino {
                 inc(&self.counts.files_skipped);
                 inc(&self.progress.files);
                 return Ok(());

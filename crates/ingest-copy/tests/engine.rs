@@ -517,3 +517,43 @@ fn posix_acls_are_copied() {
     };
     assert_eq!(get(&dst.join("f")), get(&src.join("f")));
 }
+
+/// Linux lets symlinks, fifos and sockets have several links too (link(2) does not follow a
+/// symlink): they stay links of one inode, and a re-run leaves them alone.
+#[test]
+fn hard_linked_symlinks_and_fifos_stay_linked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(src.join("a")).unwrap();
+    symlink("target/elsewhere", src.join("a/l1")).unwrap();
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        src.join("a/l1"),
+        rustix::fs::CWD,
+        src.join("l2"),
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("a/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    fs::hard_link(src.join("a/fifo"), src.join("fifo2")).unwrap();
+    for _ in 0..2 {
+        let (s, report) = run(
+            &src,
+            std::slice::from_ref(&dst),
+            &Options::default(),
+            whole(),
+        );
+        assert!(s.is_success(), "{s:?} {report:?}");
+        let ino = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap().ino();
+        assert_eq!(ino("a/l1"), ino("l2"));
+        assert_eq!(ino("a/fifo"), ino("fifo2"));
+        assert_identical(&src, &dst);
+    }
+}
