@@ -176,6 +176,9 @@ fn draw_name(r: &mut Rng, index: usize) -> Vec<u8> {
     n
 }
 
+/// A directory's path, mode, atime and mtime, set after its contents.
+type DirMeta = (Vec<u8>, u32, (i64, i64), (i64, i64));
+
 struct Gen<'a> {
     root: &'a Path,
     outside: &'a Path,
@@ -185,7 +188,7 @@ struct Gen<'a> {
     /// Names used in each directory.
     names: BTreeMap<Vec<u8>, HashSet<Vec<u8>>>,
     /// Directories with the mode and times to set last, in creation order.
-    dir_meta: Vec<(Vec<u8>, u32, (i64, i64), (i64, i64))>,
+    dir_meta: Vec<DirMeta>,
     counter: usize,
 }
 
@@ -353,12 +356,14 @@ impl Gen<'_> {
             0 => b"does/not/exist".to_vec(),
             1 => b"/nonexistent/absolute\xff".to_vec(),
             2 if !self.info.files.is_empty() => {
-                // Absolute into the source tree itself: must be copied as text, not followed.
-                let i = self.r.range(0, self.info.files.len() as u64 - 1) as usize;
-                self.path(&self.info.files[i].clone())
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec()
+                // Absolute, to an existing file (must be copied as text, not followed); the
+                // same for every root, so that trees compare equal.
+                if self.r.range(0, 1) == 0 {
+                    b"/etc/passwd".to_vec()
+                } else {
+                    let i = self.r.range(0, self.info.files.len() as u64 - 1) as usize;
+                    [b"/".as_slice(), &self.info.files[i]].concat()
+                }
             }
             3 => b"..".to_vec(),
             4 => {
@@ -494,13 +499,18 @@ impl Gen<'_> {
             return Ok(());
         }
         self.counter += 1;
-        let p = self.outside.join(format!("outside-{}", self.counter));
+        let p = self
+            .outside
+            .join(format!("outside-{}-{}", self.info.seed, self.counter));
         fs::hard_link(self.path(&existing), &p).map_err(io_ctx("create hard link", &p))?;
         self.info.linked_outside.push(existing);
         Ok(())
     }
 
     fn finish(&mut self) -> io::Result<()> {
+        // The root last: its own mode and times are part of the copy too.
+        let (a, m) = (draw_time(&mut self.r), draw_time(&mut self.r));
+        self.dir_meta.insert(0, (Vec::new(), 0o755, a, m));
         for (rel, mode, a, m) in std::mem::take(&mut self.dir_meta).into_iter().rev() {
             let p = self.path(&rel);
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))
@@ -704,7 +714,7 @@ pub fn mutate(seed: u64, info: &TreeInfo, src: &Path, dst: &Path) -> io::Result<
         }
         let class = r.range(0, 7);
         let m = match class {
-            0 | 1 | 2 | 3 if !is_regular(src, &f) => continue,
+            0..=3 if !is_regular(src, &f) => continue,
             4 | 5 | 7 if !is_regular(dst, &f) => continue,
             0 => {
                 let p = abs(src, &f);
