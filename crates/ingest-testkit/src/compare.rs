@@ -36,7 +36,9 @@ pub enum Aspect {
     SymlinkTarget,
     /// User extended attributes (`user.*`).
     Xattr,
-    /// Names that share an inode in the source must share one in the destination, and only those.
+    /// Names that share an inode in the source must share one in the destination, and only
+    /// those; and no destination entry may share its inode with a path outside the destination
+    /// tree (writing it in place would change that other path). Every kind but directories.
     HardLink,
     /// A sparse source file's copy must not allocate much more than the source does.
     Sparse,
@@ -191,6 +193,7 @@ pub fn compare(src: &Path, dst: &Path, opts: &CompareOptions) -> Vec<Difference>
         opts,
         out: Vec::new(),
         links: Vec::new(),
+        dst_inodes: HashMap::new(),
         buf_a: vec![0; BUF],
         buf_b: vec![0; BUF],
     };
@@ -233,17 +236,35 @@ type InodeKey = (u64, u64);
 struct Walk<'a> {
     opts: &'a CompareOptions,
     out: Vec<Difference>,
-    /// Regular files linked more than once on either side: (path, source inode, destination inode).
+    /// Non-directories linked more than once on either side: (path, source inode, destination inode).
     links: Vec<(Vec<u8>, InodeKey, InodeKey)>,
+    /// Destination non-directories linked more than once: inode -> (link count, names seen in
+    /// the destination tree, first name seen).
+    dst_inodes: HashMap<InodeKey, (u64, u64, Vec<u8>)>,
     buf_a: Vec<u8>,
     buf_b: Vec<u8>,
 }
 
-fn show(rel: &[u8]) -> String {
+/// A relative path as differences show it: escaped, `.` for the root.
+pub fn show(rel: &[u8]) -> String {
     if rel.is_empty() {
         ".".to_owned()
     } else {
         ingest_path::escape(rel, true)
+    }
+}
+
+/// A path for messages: escaped like the differences' paths.
+pub fn show_path(p: &Path) -> String {
+    ingest_path::escape(p.as_os_str().as_bytes(), true)
+}
+
+/// The raw bytes of a difference's path (the reverse of its escaping; `.` is the root).
+pub fn path_bytes(shown: &str) -> Vec<u8> {
+    if shown == "." {
+        Vec::new()
+    } else {
+        ingest_path::unescape(shown).unwrap_or_else(|_| shown.as_bytes().to_vec())
     }
 }
 
@@ -337,9 +358,13 @@ impl Walk<'_> {
                 r.push(b'/');
             }
             r.extend_from_slice(name.as_bytes());
-            let what = fs::symlink_metadata(dst.join(name))
-                .map(|m| kind(&m))
-                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            let what = match fs::symlink_metadata(dst.join(name)) {
+                Ok(m) => {
+                    self.note_extra(&r, &dst.join(name), &m);
+                    kind(&m)
+                }
+                Err(e) => format!("unreadable: {e}"),
+            };
             self.push(
                 &r,
                 Aspect::Extra,
@@ -360,6 +385,7 @@ impl Walk<'_> {
                 return;
             }
         };
+        self.note_dst(rel, &d);
         let (sk, dk) = (kind(&s), kind(&d));
         if sk != dk {
             self.push(
@@ -371,6 +397,10 @@ impl Walk<'_> {
         }
         self.entry_metadata(rel, sp, dp, &s, &d);
         let t = s.file_type();
+        if !t.is_dir() && (s.nlink() > 1 || d.nlink() > 1) {
+            self.links
+                .push((rel.to_vec(), (s.dev(), s.ino()), (d.dev(), d.ino())));
+        }
         if t.is_dir() {
             self.dir(rel, sp, dp);
         } else if t.is_symlink() {
@@ -481,10 +511,6 @@ impl Walk<'_> {
     }
 
     fn regular(&mut self, rel: &[u8], sp: &Path, dp: &Path, s: &Metadata, d: &Metadata) {
-        if s.nlink() > 1 || d.nlink() > 1 {
-            self.links
-                .push((rel.to_vec(), (s.dev(), s.ino()), (d.dev(), d.ino())));
-        }
         if s.len() != d.len() {
             self.push(
                 rel,
@@ -545,11 +571,59 @@ impl Walk<'_> {
         }
     }
 
-    /// Names sharing an inode in the source must share one in the destination, and the reverse.
+    /// Counts a destination name of a multi-linked non-directory.
+    fn note_dst(&mut self, rel: &[u8], d: &Metadata) {
+        if !d.is_dir() && d.nlink() > 1 {
+            let e = self
+                .dst_inodes
+                .entry((d.dev(), d.ino()))
+                .or_insert_with(|| (d.nlink(), 0, rel.to_vec()));
+            e.1 += 1;
+        }
+    }
+
+    /// Counts the names of an extra destination entry (and of everything below an extra
+    /// directory), so that a link between an extra name and a compared one is not taken for a
+    /// link out of the tree.
+    fn note_extra(&mut self, rel: &[u8], path: &Path, m: &Metadata) {
+        if !self.opts.hard_links {
+            return;
+        }
+        self.note_dst(rel, m);
+        if m.is_dir()
+            && let Ok(names) = list(path)
+        {
+            for n in names {
+                let p = path.join(&n);
+                let mut r = rel.to_vec();
+                r.push(b'/');
+                r.extend_from_slice(n.as_bytes());
+                if let Ok(m) = fs::symlink_metadata(&p) {
+                    self.note_extra(&r, &p, &m);
+                }
+            }
+        }
+    }
+
+    /// Names sharing an inode in the source must share one in the destination, and the reverse;
+    /// and a destination inode must have no names outside the destination tree.
     fn check_links(&mut self) {
         if !self.opts.hard_links {
             return;
         }
+        let mut outside: Vec<(Vec<u8>, String)> = self
+            .dst_inodes
+            .values()
+            .filter(|(nlink, seen, _)| nlink > seen)
+            .map(|(nlink, seen, rel)| {
+                (
+                    rel.clone(),
+                    format!(
+                        "destination inode has {nlink} links but {seen} name(s) in the destination tree: it shares its data with a path outside the copy"
+                    ),
+                )
+            })
+            .collect();
         let mut by_src: HashMap<InodeKey, Vec<usize>> = HashMap::new();
         let mut by_dst: HashMap<InodeKey, Vec<usize>> = HashMap::new();
         for (i, (_, s, d)) in self.links.iter().enumerate() {
@@ -585,6 +659,7 @@ impl Walk<'_> {
                 }
             }
         }
+        found.append(&mut outside);
         found.sort();
         for (rel, detail) in found {
             self.push(&rel, Aspect::HardLink, detail);
@@ -618,7 +693,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// The `user.*` attributes of a path (not following symlinks), sorted by name.
-fn user_xattrs(p: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+pub fn user_xattrs(p: &Path) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let size = match rustix::fs::llistxattr_query(p) {
         Ok(n) => n,

@@ -18,6 +18,7 @@
 pub mod compare;
 pub mod generator;
 mod rng;
+pub mod torture;
 
 pub use compare::{Aspect, CompareOptions, Difference, compare, count_by_aspect};
 pub use generator::{Dataset, GENERATOR_VERSION, GenError, GenOptions, GenSummary, generate};
