@@ -5,7 +5,6 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 
@@ -164,12 +163,9 @@ impl FromBytesCompat for std::ffi::OsStr {
     }
 }
 
-/// Kill the copy part-way with SIGKILL, run it again, and the destination must end identical:
-/// a file cut off mid-write has the wrong mtime, so it cannot be taken for finished.
-#[test]
-fn killed_copy_rerun_ends_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
+/// A generated tree with a few hundred files (some split into ranges), under `tmp/src`.
+fn mixed_source(tmp: &Path) -> std::path::PathBuf {
+    let src = tmp.join("src");
     generate(
         Dataset::Mixed,
         &src,
@@ -179,45 +175,90 @@ fn killed_copy_rerun_ends_identical() {
         },
     )
     .unwrap();
-    let dest = tmp.path().join("dest");
-    let mut killed_midway = false;
-    for delay_ms in [30u64, 80, 200] {
-        let _ = fs::remove_dir_all(&dest);
-        let mut child = bin()
-            .args([
-                "copy",
-                "--quiet",
-                "--threads",
-                "4",
-                "--split-threshold",
-                "1048576",
-            ])
-            .arg(&src)
-            .arg(&dest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        let _ = child.wait();
-        if !finished && !compare(&src, &dest, &compare_opts()).is_empty() {
-            killed_midway = true;
-            break;
-        }
+    src
+}
+
+/// `copy SRC DEST` with `VFXT_INGEST_FAULTS=faults`, 4 threads, files over 1 MiB split in ranges.
+fn copy_with_faults(src: &Path, dest: &Path, faults: &str) -> Output {
+    bin()
+        .args([
+            "copy",
+            "--quiet",
+            "--threads",
+            "4",
+            "--split-threshold",
+            "1048576",
+        ])
+        .arg(src)
+        .arg(dest)
+        .env("VFXT_INGEST_FAULTS", faults)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The copy is killed with SIGKILL at an exact operation (the fault hook, no timing), is found
+/// part-way, and a run without faults makes the destination identical: a file cut off mid-write
+/// has the wrong mtime, so it cannot be taken for finished.
+#[test]
+fn killed_copy_rerun_ends_identical() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = mixed_source(tmp.path());
+    for faults in ["write@40=kill", "create@30=kill"] {
+        let dest = tmp
+            .path()
+            .join(format!("dest-{}", faults.replace(['@', '='], "-")));
+        let out = copy_with_faults(&src, &dest, faults);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc_sigkill()),
+            "{faults}: the copy was not killed by the fault: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert!(
+            !compare(&src, &dest, &compare_opts()).is_empty(),
+            "{faults}: the kill left a complete copy; nothing to resume"
+        );
+        let out = copy(&[&src, &dest], &["--json"]);
+        assert_eq!(out.status.code(), Some(0), "{faults}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["copy"]["filesSkipped"].as_u64().unwrap() > 0,
+            "{faults}: the re-run reused finished files: {v}"
+        );
+        let diffs = compare(&src, &dest, &compare_opts());
+        assert!(diffs.is_empty(), "{faults}: {diffs:#?}");
     }
-    assert!(
-        killed_midway,
-        "the copy was never caught part-way; the dataset is too small for this machine"
+}
+
+fn libc_sigkill() -> i32 {
+    rustix::process::Signal::KILL.as_raw()
+}
+
+/// A disk that stays full from the 40th data write: the run finishes (no panic), exits 1 with
+/// the failures counted, and a run once there is room again makes the destination identical.
+#[test]
+fn disk_full_exits_1_and_a_rerun_ends_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = mixed_source(tmp.path());
+    let dest = tmp.path().join("dest");
+    let out = copy_with_faults(&src, &dest, "write@40..=enospc");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a full disk is a partial failure (exit 1): {:?} {}",
+        out.status,
+        stderr(&out)
     );
-    let out = copy(&[&src, &dest], &["--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = copy(&[&src, &dest], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        v["copy"]["filesSkipped"].as_u64().unwrap() > 0,
-        "the re-run reused finished files: {v}"
-    );
     let diffs = compare(&src, &dest, &compare_opts());
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
