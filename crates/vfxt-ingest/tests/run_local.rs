@@ -619,3 +619,205 @@ fn scan_and_worker_commands() {
         text(&o)
     );
 }
+
+/// Every entry under `root` (the root too) with what a change to it would move: type, inode, mode,
+/// size, links, mtime and ctime to the nanosecond. Equal snapshots: the tree was not touched.
+fn tree_snapshot(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.push(format!(
+            "{} {:?} ino={} mode={:o} size={} nlink={} mtime={}.{} ctime={}.{}",
+            p.strip_prefix(root).unwrap().display(),
+            m.file_type(),
+            m.ino(),
+            m.mode(),
+            m.size(),
+            m.nlink(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A refused `run` changes nothing: not the source, and no state or destination directory is
+/// made, whatever is wrong (destination inside the source, source inside the destination, the
+/// same directory, a bad field, state inside the source).
+#[test]
+fn refused_run_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _) = src_and_dst(t.path(), 2, 3);
+    let before = tree_snapshot(&src);
+    let state = t.path().join("state");
+    let q = |p: &Path| format!("\"{}\"", p.display());
+    let cases: Vec<(String, Vec<String>, &str)> = vec![
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new/dst}}\n",
+                q(&src),
+                q(&src.join("proj00"))
+            ),
+            vec![],
+            "is inside SRC",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}]}}\n",
+                q(&src.join("proj00")),
+                q(&src)
+            ),
+            vec![],
+            "is inside DEST",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}]}}\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "is the source directory itself",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n  threadsPerWorker: 0\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "spec.threadsPerWorker",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n  verify: {{mode: Sometimes}}\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "spec.verify.mode",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n",
+                q(&src),
+                q(t.path())
+            ),
+            vec!["--state".into(), src.join("state").display().to_string()],
+            "--state",
+        ),
+    ];
+    for (spec, args, needle) in cases {
+        let f = t.path().join("job.yaml");
+        fs::write(
+            &f,
+            format!("apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n{spec}"),
+        )
+        .unwrap();
+        let mut c = bin();
+        c.args(["run", "-q", "-f"]).arg(&f);
+        if args.is_empty() {
+            c.arg("--state").arg(&state);
+        }
+        let o = c.args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", text(&o));
+        assert!(
+            text(&o).contains(needle),
+            "{spec}: expected {needle:?} in {}",
+            text(&o)
+        );
+        assert_eq!(
+            tree_snapshot(&src),
+            before,
+            "{spec} {args:?} changed the source"
+        );
+        assert!(!state.exists(), "{spec}: state created");
+        assert!(
+            !t.path().join("new").exists(),
+            "{spec}: destination created"
+        );
+    }
+}
+
+/// A refused `worker` changes nothing either: not the source, and no markers directory.
+#[test]
+fn refused_worker_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 2, 3);
+    let plan = t.path().join("plan.json");
+    let o = bin()
+        .arg("scan")
+        .arg(&src)
+        .args(["--shards", "2", "--out"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let before = tree_snapshot(&src);
+    let markers = t.path().join("markers");
+    let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
+        (src.join("proj00/dst"), vec![], "is inside SRC"),
+        (src.clone(), vec![], "is the source directory itself"),
+        (t.path().to_path_buf(), vec![], "is inside DEST"),
+        (
+            dst.clone(),
+            vec!["--threads".into(), "0".into()],
+            "--threads",
+        ),
+        (
+            dst.clone(),
+            vec!["--verify".into(), "sometimes".into()],
+            "--verify",
+        ),
+        (
+            dst.clone(),
+            vec!["--preserve".into(), "colour".into()],
+            "--preserve",
+        ),
+        (
+            dst.clone(),
+            vec!["--report".into(), src.join("r.jsonl").display().to_string()],
+            "--report",
+        ),
+    ];
+    for (dest, extra, needle) in cases {
+        let o = bin()
+            .args(["worker", "--plan"])
+            .arg(&plan)
+            .arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dest)
+            .args(["--shards", "0,1", "--markers"])
+            .arg(&markers)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{dest:?} {extra:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(needle),
+            "{dest:?} {extra:?}: expected {needle:?} in {}",
+            text(&o)
+        );
+        assert_eq!(
+            tree_snapshot(&src),
+            before,
+            "{dest:?} {extra:?} changed the source"
+        );
+        assert!(!markers.exists(), "{dest:?} {extra:?}: markers created");
+        assert_eq!(
+            fs::read_dir(&dst).unwrap().count(),
+            0,
+            "{dest:?} {extra:?}: copied"
+        );
+    }
+}

@@ -426,6 +426,26 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         }
         destinations.push(under(root, &spec.destination.sub_path));
     }
+    if errs.is_empty() {
+        // The source against every destination (inside one another, the same directory), before
+        // anything is created.
+        let whole = ingest_copy::CopyJob {
+            source: source.clone(),
+            destinations: destinations.clone(),
+            scopes: Vec::new(),
+        };
+        if let Err(e) = ingest_copy::check(&whole, &ingest_copy::Options::default()) {
+            use ingest_copy::SetupError as E;
+            let field = match e {
+                E::SourceUnreadable(..) | E::SourceNotDirectory(..) | E::SourceInsideDest(..) => {
+                    "spec.source"
+                }
+                E::FaultSpec(_) => "environment",
+                _ => "spec.destination",
+            };
+            errs.push(format!("{field}: {e}"));
+        }
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -514,6 +534,15 @@ pub fn run(args: Args) -> Outcome {
         .state
         .clone()
         .unwrap_or_else(|| PathBuf::from(".vfxt-ingest").join(&job.name));
+    if let Err(e) = crate::cmd::copy::outside_source(&state, &job.source) {
+        let how = if args.state.is_none() {
+            " (the default, under the current directory); give --state DIR or run from elsewhere"
+        } else {
+            ""
+        };
+        eprintln!("error: --state {}: {e}{how}", state.display());
+        return Outcome::UnusableInput;
+    }
     match execute(&job, &state, &args) {
         Ok(o) => o,
         Err(e) => {

@@ -264,15 +264,6 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("error: --threads: must be at least 1 (got 0)");
         return Outcome::UnusableInput;
     }
-    if let Some(dir) = &args.markers
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        eprintln!(
-            "error: --markers {}: cannot be created ({e})",
-            dir.display()
-        );
-        return Outcome::UnusableInput;
-    }
     let verify: VerifyMode = args.verify.into();
     let phases: Vec<Phase> = match args.phase {
         PhaseArg::Copy => vec![Phase::Copy],
@@ -300,6 +291,38 @@ pub fn run(args: Args) -> Outcome {
     }
     base_opts.preserve.owner &= !args.no_owner;
     base_opts.preserve.xattrs &= !args.no_xattrs;
+
+    // Every argument is checked before anything is created: a refused worker changes nothing.
+    let whole = CopyJob {
+        source: args.source.clone(),
+        destinations: args.destinations.clone(),
+        scopes: Vec::new(),
+    };
+    if let Err(e) = ingest_copy::check(&whole, &base_opts) {
+        eprintln!("error: {e}");
+        return Outcome::UnusableInput;
+    }
+    for (flag, path) in [
+        ("--markers", &args.markers),
+        ("--report", &args.report),
+        ("--result-file", &args.result_file),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = crate::cmd::copy::outside_source(p, &args.source)
+        {
+            eprintln!("error: {flag} {}: {e}", p.display());
+            return Outcome::UnusableInput;
+        }
+    }
+    if let Some(dir) = &args.markers
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!(
+            "error: --markers {}: cannot be created ({e})",
+            dir.display()
+        );
+        return Outcome::UnusableInput;
+    }
 
     let report = match args.report.as_ref().map(std::fs::File::create).transpose() {
         Ok(f) => f.map(|f| JsonLines::new(std::io::BufWriter::new(f))),
