@@ -821,3 +821,49 @@ fn refused_worker_changes_nothing() {
         );
     }
 }
+
+/// The probe files (`.vfxt-ingest-probe.*`) in `dir`.
+fn probe_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".vfxt-ingest-probe."))
+        .collect()
+}
+
+/// A destination whose probe cannot be closed (the disk is full) refuses the run and keeps no
+/// probe file; workers killed in the middle of their probe leave theirs, and the resumed run
+/// removes them and ends identical.
+#[test]
+fn run_leaves_no_probe_file_after_a_full_disk_or_a_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 3, 5);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  threadsPerWorker: 2\n  shards: {target: 4}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "close@1=enospc")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(probe_files(&dst), Vec::<String>::new());
+
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "close@1=kill")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        probe_files(&dst).len(),
+        2,
+        "each worker was killed in its probe, after writing its file"
+    );
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(probe_files(&dst), Vec::<String>::new());
+    assert_identical(&src, &dst);
+}
