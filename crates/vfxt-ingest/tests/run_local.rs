@@ -867,3 +867,100 @@ fn run_leaves_no_probe_file_after_a_full_disk_or_a_kill() {
     assert_eq!(probe_files(&dst), Vec::<String>::new());
     assert_identical(&src, &dst);
 }
+
+/// A field the CRD does not know is refused at every depth of a local job file, naming its path,
+/// the valid names and the line; a file using every field is still accepted.
+#[test]
+fn job_files_refuse_unknown_fields_at_every_depth() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 2, 2);
+    let (s, d) = (src.display(), dst.display());
+    let head = "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {name: t, labels: {a: b}}\nspec:\n";
+    let local = format!("  source: {{local: \"{s}\"}}\n  destination: {{local: [\"{d}\"]}}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{local}  verify: {{mod: Checksum}}\n"),
+            "spec.verify.mod: unknown field; expected one of mode (line 7",
+        ),
+        (
+            format!("{local}  preserve: {{ownr: true}}\n"),
+            "spec.preserve.ownr: unknown field; expected one of hardlinks, mode, owner, symlinks, times, xattrs (line 7",
+        ),
+        (
+            format!("{local}  failurePolicy: {{actoin: Continue}}\n"),
+            "spec.failurePolicy.actoin: unknown field; expected one of action, maxFailedFiles, retriesPerShard (line 7",
+        ),
+        (
+            format!("{local}  worker: {{imag: x}}\n"),
+            "spec.worker.imag: unknown field; expected one of image, imagePullPolicy, nodeSelector, resources, securityContext, serviceAccountName, tolerations (line 7",
+        ),
+        (
+            format!("{local}  shards: {{targte: 4}}\n"),
+            "spec.shards.targte: unknown field; expected one of maxBytes, maxFiles, target (line 7",
+        ),
+        (
+            format!("{local}  worker: {{securityContext: {{runAs: 0}}}}\n"),
+            "spec.worker.securityContext.runAs: unknown field; expected one of runAsGroup, runAsUser, supplementalGroups",
+        ),
+        (
+            format!("{local}  worker: {{resources: {{limit: {{cpu: 1}}}}}}\n"),
+            "spec.worker.resources.limit: unknown field; expected one of claims, limits, requests",
+        ),
+        (
+            format!("{local}  worker:\n    tolerations:\n    - operater: Exists\n"),
+            "spec.worker.tolerations[0].operater: unknown field; expected one of effect, key, operator, tolerationSeconds, value (line 9",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\", subpath: a}}\n  destination: {{local: [\"{d}\"]}}\n"
+            ),
+            "spec.source.subpath: unknown field; expected one of local, nfs, pvc, subPath (line 5",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\"}}\n  destination: {{local: [\"{d}\"], sub_path: a}}\n"
+            ),
+            "spec.destination.sub_path: unknown field; expected one of local, nfs, subPath (line 6",
+        ),
+        (
+            format!(
+                "  source: {{nfs: {{sever: h, path: /x}}}}\n  destination: {{local: [\"{d}\"]}}\n"
+            ),
+            "spec.source.nfs.sever: unknown field; expected one of path, server (line 5",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\"}}\n  destination: {{nfs: {{servers: [h], path: /x, mountOption: [hard]}}}}\n"
+            ),
+            "spec.destination.nfs.mountOption: unknown field; expected one of mountOptions, path, servers (line 6",
+        ),
+        (
+            format!("{local}mount: {{}}\n"),
+            "mount: unknown field; expected one of apiVersion, kind, metadata, mounts, spec, status (line 7",
+        ),
+    ];
+    let f = t.path().join("job.yaml");
+    let state = t.path().join("state");
+    for (spec, says) in cases {
+        fs::write(&f, format!("{head}{spec}")).unwrap();
+        let o = run_cmd(&f, &state).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{spec}: expected {says:?} in {}",
+            text(&o)
+        );
+        assert!(!state.exists(), "{spec}: state created");
+    }
+    // Every field of the spec (and a status copied along, and metadata's own fields).
+    fs::write(
+        &f,
+        format!(
+            "{head}{local}  workers: 1\n  threadsPerWorker: 2\n  shards: {{target: 2, maxFiles: 1000, maxBytes: 1000000000}}\n  verify: {{mode: Checksum}}\n  preserve: {{owner: true, mode: true, times: true, xattrs: false, symlinks: true, hardlinks: true}}\n  failurePolicy: {{action: FailJob, maxFailedFiles: 0, retriesPerShard: 1}}\n  run: 1\n  worker:\n    image: x\n    imagePullPolicy: Never\n    resources: {{limits: {{cpu: 1}}}}\n    nodeSelector: {{any: thing}}\n    tolerations: [{{key: k, operator: Exists}}]\n    serviceAccountName: sa\n    securityContext: {{runAsUser: 0, supplementalGroups: [1]}}\nmounts: {{}}\nstatus: {{phase: Succeeded, whatever: 1}}\n"
+        ),
+    )
+    .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+}

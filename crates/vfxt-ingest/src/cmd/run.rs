@@ -15,6 +15,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -193,8 +196,53 @@ struct Resolved {
     bytes_per_second: f64,
 }
 
-/// Parses the YAML; errors name the field path and line, and say what is valid.
+/// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
+/// `spec.destination.local` and the top-level `mounts`; a `status` copied along is not looked at.
+fn local_schema() -> JSONSchemaProps {
+    let mut schema = ingest_api::strict::object_schema();
+    let of = |t: &str| JSONSchemaProps {
+        type_: Some(t.into()),
+        ..JSONSchemaProps::default()
+    };
+    let props = schema.properties.get_or_insert_with(Default::default);
+    props.insert(
+        "mounts".into(),
+        JSONSchemaProps {
+            additional_properties: Some(JSONSchemaPropsOrBool::Schema(Box::new(of("string")))),
+            ..of("object")
+        },
+    );
+    props.insert(
+        "status".into(),
+        JSONSchemaProps {
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..of("object")
+        },
+    );
+    if let Some(spec) = props.get_mut("spec").and_then(|s| s.properties.as_mut()) {
+        for (side, local) in [
+            ("source", of("string")),
+            (
+                "destination",
+                JSONSchemaProps {
+                    items: Some(JSONSchemaPropsOrArray::Schema(Box::new(of("string")))),
+                    ..of("array")
+                },
+            ),
+        ] {
+            if let Some(p) = spec.get_mut(side).and_then(|s| s.properties.as_mut()) {
+                p.insert("local".into(), local);
+            }
+        }
+    }
+    schema
+}
+
+/// Parses the YAML; errors name the field path and line, and say what is valid. A field the
+/// CRD does not know is refused at any depth (the API server prunes or rejects it; silently
+/// ignoring `verify: {mod: Checksum}` would copy with the default instead).
 fn parse(text: &str) -> Result<RunDoc, String> {
+    ingest_api::strict::check_yaml(text, &local_schema())?;
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, RunDoc>(de).map_err(|e| {
         let path = e.path().to_string();
