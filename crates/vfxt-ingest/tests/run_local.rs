@@ -964,3 +964,101 @@ fn job_files_refuse_unknown_fields_at_every_depth() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
 }
+
+/// The numbers of a `this run, copy:` line: (copied, up to date, symlinks, hard links, files/s,
+/// seconds).
+fn this_run_copy(out: &str) -> (u64, u64, u64, u64, u64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("this run, copy: "))
+        .unwrap_or_else(|| panic!("no 'this run, copy' line in {out}"));
+    let num_before = |word: &str| -> f64 {
+        let i = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} in {line}"));
+        line[..i]
+            .trim_end()
+            .rsplit([' ', '(', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{word:?} in {line}: {e}"))
+    };
+    (
+        num_before(" files copied") as u64,
+        num_before(" already up to date") as u64,
+        num_before(" symlinks") as u64,
+        num_before(" hard links") as u64,
+        num_before(" files/s") as u64,
+        line.rsplit("over ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// The printed rate and the status's are the same figure: the files this run finished over the
+/// copy phase's own time.
+#[test]
+fn run_rates_are_this_runs_files_over_the_copy_phase() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 6, 20);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 2\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (copied, up_to_date, symlinks, hardlinks, fps, secs) = this_run_copy(&out);
+    let done = copied + up_to_date + symlinks + hardlinks;
+    let status = read_status(&state);
+    assert_eq!(status["progress"]["files"].as_u64(), Some(done), "{out}");
+    assert_eq!(
+        status["progress"]["filesPerSecond"].as_u64(),
+        Some(fps),
+        "{out}"
+    );
+    let expect = done as f64 / secs;
+    assert!(
+        (fps as f64 - expect).abs() <= 1.0 + 0.01 * expect,
+        "{fps} files/s printed, {done} files over {secs} s is {expect:.0}: {out}"
+    );
+    assert!(out.contains("destination identical"), "{out}");
+}
+
+/// A resumed run after a finished one copied nothing, and says so (the job's totals are a line
+/// of their own), at 0 files/s in the status.
+#[test]
+fn resumed_finished_run_says_it_copied_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 2\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let files = read_status(&state)["progress"]["files"].as_u64().unwrap();
+    let shards = read_status(&state)["shards"]["total"].as_u64().unwrap();
+
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "this run, copy: 0 files copied (0 B), {files} already up to date ({files} in {shards} shards done by an earlier run), 0 directories, 0 symlinks, 0 hard links, 0 failed; 0 files/s, 0 B/s"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "this run, verify: nothing checked ({shards} shards verified by an earlier run)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("job: {files} files")), "{out}");
+    let status = read_status(&state);
+    assert_eq!(status["progress"]["files"].as_u64(), Some(files));
+    assert_eq!(status["progress"]["filesPerSecond"].as_u64(), Some(0));
+    assert_eq!(status["progress"]["bytesPerSecond"].as_u64(), Some(0));
+    assert_identical(&src, &dst);
+}

@@ -542,7 +542,14 @@ struct WorkerState {
 }
 
 struct PhaseOutcome {
+    /// The job's totals: this invocation's work and the shards done before (their markers).
     summary: Summary,
+    /// What this invocation did.
+    ran: Summary,
+    /// Shards skipped because an earlier invocation finished them.
+    shards_before: u64,
+    /// How long the phase took, in this invocation.
+    seconds: f64,
     failures: Vec<FileFailure>,
     failed_files: u64,
     /// Per worker: copied files and bytes (for the per-server status).
@@ -672,7 +679,6 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     };
     let t = &plan.totals;
     interim_status(state, job, Some(&plan), JobPhase::Copying, started);
-    let copy_started = Instant::now();
     let mut copy = run_phase(
         job,
         state,
@@ -684,7 +690,6 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         },
         args,
     );
-    let copy_secs = copy_started.elapsed().as_secs_f64();
     if copy.worked {
         // Copying touches directories other shards share (their times are set by verify), so a
         // verify marker from before this copy no longer proves anything: verify every shard.
@@ -720,15 +725,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
         v => v,
     };
-    let status = build_status(
-        job,
-        &plan,
-        &markers,
-        &copy,
-        verify.as_ref(),
-        copy_secs,
-        started,
-    );
+    let status = build_status(job, &plan, &markers, &copy, verify.as_ref(), started);
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     write_durably(&state.join("status.yaml"), yaml.as_bytes())
         .map_err(|e| format!("--state: status not written ({e})"))?;
@@ -826,6 +823,7 @@ fn run_phase(
     expected: Expected,
     args: &Args,
 ) -> PhaseOutcome {
+    let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
     let states: Vec<Mutex<WorkerState>> = (0..job.workers)
         .map(|_| Mutex::new(WorkerState::default()))
@@ -967,6 +965,9 @@ fn run_phase(
 
     let mut out = PhaseOutcome {
         summary: Summary::default(),
+        ran: Summary::default(),
+        shards_before: 0,
+        seconds: 0.0,
         failures: Vec::new(),
         failed_files: 0,
         per_worker: vec![(0, 0); job.workers as usize],
@@ -989,6 +990,11 @@ fn run_phase(
                     out.per_worker[w as usize] = (s.copy.entries_done(), s.copy.bytes_copied);
                     add_summary(&mut out.summary, &s);
                 }
+                if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
+                    add_summary(&mut out.ran, &s);
+                }
+                out.shards_before +=
+                    r["shards"]["skipped"].as_array().map_or(0, |a| a.len()) as u64;
                 if let Ok(pr) =
                     serde_json::from_value::<ingest_api::report::PodResult>(r["result"].clone())
                 {
@@ -1016,7 +1022,20 @@ fn run_phase(
         }
     }
     out.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
+    out.seconds = phase_started.elapsed().as_secs_f64();
     out
+}
+
+/// Files and bytes per second of the copy phase: what this invocation's workers did (copied, or
+/// found up to date) over the phase's own time. Shards an earlier invocation finished are not
+/// counted: a resumed run that had nothing to do moved nothing, at 0 files/s.
+fn copy_rates(copy: &PhaseOutcome) -> (u64, u64) {
+    let secs = copy.seconds.max(1e-3);
+    let c = &copy.ran.copy;
+    (
+        (c.entries_done() as f64 / secs).round() as u64,
+        (c.bytes_copied as f64 / secs).round() as u64,
+    )
 }
 
 fn now_time(t: Timestamp) -> Time {
@@ -1029,7 +1048,6 @@ fn build_status(
     markers: &Path,
     copy: &PhaseOutcome,
     verify: Option<&PhaseOutcome>,
-    copy_secs: f64,
     started: Timestamp,
 ) -> IngestJobStatus {
     let t = &plan.totals;
@@ -1042,7 +1060,7 @@ fn build_status(
     let failed_shards = total - succeeded;
     let c = &copy.summary.copy;
     let files_done = c.entries_done();
-    let secs = copy_secs.max(1e-3);
+    let (files_per_second, bytes_per_second) = copy_rates(copy);
     let percent = if t.bytes > 0 {
         (c.bytes_copied as f64 / t.bytes as f64 * 100.0).min(100.0)
     } else if t.files > 0 {
@@ -1146,8 +1164,8 @@ fn build_status(
             percent: (percent * 10.0).round() / 10.0,
             percent_text: format!("{percent:.1}%"),
             bytes_text: bytes(c.bytes_copied),
-            bytes_per_second: (c.bytes_copied as f64 / secs) as u64,
-            files_per_second: (files_done as f64 / secs) as u64,
+            bytes_per_second,
+            files_per_second,
             eta: None,
         }),
         shards: Some(ShardCounts {
@@ -1176,20 +1194,58 @@ fn print_status(
 ) {
     let phase = s.phase.map(|p| p.as_str()).unwrap_or("Unknown");
     println!("{phase}: {}", s.message.as_deref().unwrap_or(""));
-    let c = &copy.summary.copy;
+    // What this invocation did, apart from the job's totals: a resumed run that found every shard
+    // done copied nothing.
+    let c = &copy.ran.copy;
+    let before = copy
+        .summary
+        .copy
+        .entries_done()
+        .saturating_sub(c.entries_done());
+    let (fps, bps) = copy_rates(copy);
     println!(
-        "copy: {} files copied ({}), {} already up to date, {} directories, {} symlinks, {} hard links, {} failed",
+        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed; {fps} files/s, {}/s over {:.3} s",
         c.files_copied,
         bytes(c.bytes_copied),
-        c.files_skipped,
+        c.files_skipped + before,
+        if copy.shards_before > 0 {
+            format!(
+                " ({before} in {} shards done by an earlier run)",
+                copy.shards_before
+            )
+        } else {
+            String::new()
+        },
         c.directories,
         c.symlinks,
         c.hardlinks,
-        c.failed
+        c.failed,
+        bytes(bps),
+        copy.seconds,
     );
+    if let Some(v) = verify {
+        let earlier = if v.shards_before > 0 {
+            format!(" ({} shards verified by an earlier run)", v.shards_before)
+        } else {
+            String::new()
+        };
+        match &v.ran.verify {
+            Some(r) if r.checked > 0 => println!(
+                "this run, verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors{earlier}",
+                r.checked, r.matched, r.missing, r.mismatched, r.repaired, r.errors,
+            ),
+            _ => println!("this run, verify: nothing checked{earlier}"),
+        }
+    }
+    if let Some(p) = &s.progress {
+        println!(
+            "job: {} files ({}) at the destination, copied or found up to date",
+            p.files, p.bytes_text
+        );
+    }
     if let (Some(v), Some(_)) = (&s.verification, verify) {
         println!(
-            "verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
+            "job, verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
             v.checked,
             v.matched,
             v.missing,

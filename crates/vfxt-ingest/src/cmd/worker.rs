@@ -3,7 +3,9 @@
 //! Output is for machines: JSON lines on stdout, `{"event":"progress",…}` at least every 2 s,
 //! `{"event":"shard",…}` as each shard ends and `{"event":"result",…}` last. With `--markers DIR`,
 //! a shard whose pass finished cleanly gets a marker file (written durably), and a shard that has
-//! one is skipped: a re-run after a crash redoes only unfinished shards.
+//! one is skipped: a re-run after a crash redoes only unfinished shards. The result's `summary`
+//! counts skipped shards too (from their markers: the job's totals), `ran` only what this
+//! invocation did.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -377,6 +379,9 @@ pub fn run(args: Args) -> Outcome {
     };
 
     let mut total = Summary::default();
+    // What this invocation did: `total` also counts the shards done by an earlier one (their
+    // markers' summaries), so that a resumed job still reports complete totals.
+    let mut ran = Summary::default();
     let (mut done, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
     let setup_error = std::thread::scope(|s| {
@@ -430,6 +435,7 @@ pub fn run(args: Args) -> Outcome {
                                 &sink,
                             )?
                         };
+                        add_summary(&mut ran, &summary);
                         if summary.is_success() {
                             if let Some(dir) = &args.markers {
                                 let m = Marker {
@@ -483,6 +489,7 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("warning: --report: could not be written completely ({e})");
     }
     total.elapsed_seconds = started.elapsed().as_secs_f64();
+    ran.elapsed_seconds = total.elapsed_seconds;
     let (entries, recorded) = first.take();
     let result = pod_result(&total, &entries, recorded);
     emit(&serde_json::json!({
@@ -490,6 +497,7 @@ pub fn run(args: Args) -> Outcome {
         "worker": worker,
         "shards": {"done": done, "skipped": skipped, "failed": failed},
         "summary": total,
+        "ran": ran,
         "result": result,
         "error": setup_error.as_ref().map(|e: &ingest_copy::SetupError| e.to_string()),
     }));
