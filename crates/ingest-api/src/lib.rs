@@ -6,6 +6,7 @@ pub mod conditions;
 pub mod constants;
 pub mod job;
 pub mod report;
+pub mod strict;
 pub mod units;
 pub mod validate;
 

@@ -19,6 +19,12 @@
 //! `vanish-source` (removes the source entry being opened). The last two modify the source:
 //! tests only.
 //!
+//! Counting: the destination probe at the start of a run (it proves the destinations writable and
+//! the same export, see `setup.rs`) creates and closes one file through the first destination, so
+//! when probing is on (`copy`, and every shard of a worker's copy phase) it is a run's first
+//! `create` and first `close`: `create@1=enospc` is a destination that cannot be written at all,
+//! `close@1=kill` dies in the middle of the probe.
+//!
 //! The cost when off is one relaxed atomic load per operation.
 
 use std::io;

@@ -28,9 +28,18 @@ pub use report::{
     CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,
     VerifyCounts,
 };
-pub use setup::SetupError;
+pub use setup::{SetupError, Target, resolve_target};
 
 use engine::{Pass, Walk};
+
+/// Checks a job as [`run`] does before it creates anything: the options, the source, and every
+/// destination against the source (one that does not exist yet by where it would be). Creates and
+/// changes nothing. What only writing can show (a destination that cannot be written, DESTs that
+/// are not the same export) is left to [`run`], which undoes what it created when it refuses.
+pub fn check(job: &CopyJob, opts: &Options) -> Result<(), SetupError> {
+    setup::check_options(job, opts)?;
+    setup::check_paths(job).map(drop)
+}
 
 /// Checks the job, then runs its passes. Per-entry problems are counted in the summary and sent
 /// to `sink`; only unusable input is an `Err`.

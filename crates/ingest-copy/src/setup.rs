@@ -1,13 +1,19 @@
 //! Checks that a job is usable before any data moves, and opens its roots.
 //!
 //! Everything here is an "unusable input" error (exit code 2 in the CLI): the message names the
-//! argument, the path, and what would be valid.
+//! argument, the path, and what would be valid. A refused job changes nothing: every path is
+//! checked before anything is created (a destination that does not exist yet is judged by where
+//! it would be), and what was created before a later refusal (a destination, the probe file) is
+//! removed again, with the times of the directory it was made in put back.
 
+use std::ffi::{CString, OsString};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::Roots;
@@ -58,98 +64,455 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(fs::File::open(path)?.into())
 }
 
-/// Opens and checks the source and every destination, creating missing destinations.
-pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupError> {
-    let src_meta = fs::metadata(&job.source)
-        .map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
-    if !src_meta.is_dir() {
-        return Err(SetupError::SourceNotDirectory(job.source.clone()));
-    }
-    let src =
-        open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
-    let src_canon = fs::canonicalize(&job.source)
-        .map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+/// Where a path is, or would be once its missing directories are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The nearest existing ancestor (the path itself when it exists), with symlinks resolved.
+    pub existing: PathBuf,
+    /// The directories still to create under `existing`, in order (plain names only).
+    pub missing: Vec<OsString>,
+}
 
-    let mut dsts = Vec::with_capacity(job.destinations.len());
+impl Target {
+    /// The canonical path the target has (or will have).
+    pub fn path(&self) -> PathBuf {
+        let mut p = self.existing.clone();
+        p.extend(&self.missing);
+        p
+    }
+}
+
+/// Resolves `path` without creating anything: its nearest existing ancestor, canonicalized,
+/// and the names below it that do not exist yet. `.` is dropped and `..` in the missing part
+/// is taken lexically (which is what creating the directories and then following `..` would
+/// do, since they are no symlinks). An existing non-directory on the way is an error (ENOTDIR).
+pub fn resolve_target(path: &Path) -> io::Result<Target> {
+    let mut path = std::path::absolute(path)?;
+    loop {
+        let comps: Vec<Component> = path.components().collect();
+        let mut split = comps.len();
+        for i in 1..=comps.len() {
+            let prefix: PathBuf = comps[..i].iter().collect();
+            match fs::symlink_metadata(&prefix) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    split = i - 1;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let existing: PathBuf = comps[..split].iter().collect();
+        let existing = fs::canonicalize(&existing)?;
+        if split == comps.len() {
+            return Ok(Target {
+                existing,
+                missing: Vec::new(),
+            });
+        }
+        if !fs::metadata(&existing)?.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let rest = &comps[split..];
+        if rest.iter().all(|c| matches!(c, Component::Normal(_))) {
+            return Ok(Target {
+                existing,
+                missing: rest.iter().map(|c| c.as_os_str().to_owned()).collect(),
+            });
+        }
+        // Take `.` and `..` out of the missing part, then look again: `..` may lead back into
+        // directories that exist.
+        let mut next = existing;
+        for c in rest {
+            match c {
+                Component::Normal(n) => next.push(n),
+                Component::ParentDir => {
+                    next.pop();
+                }
+                _ => {}
+            }
+        }
+        path = next;
+    }
+}
+
+/// True when the directory `inner` (canonical) is `outer` (canonical, with `id` its inode) or
+/// below it; the inode check catches the same directory reached through a bind mount under
+/// another name.
+fn within(inner: &Path, outer: &Path, id: Option<(u64, u64)>) -> bool {
+    inner.starts_with(outer)
+        || id.is_some_and(|id| {
+            inner
+                .ancestors()
+                .any(|a| fs::metadata(a).is_ok_and(|m| (m.dev(), m.ino()) == id))
+        })
+}
+
+/// The source, checked.
+struct SourceInfo {
+    canon: PathBuf,
+    id: (u64, u64),
+}
+
+/// Checks the source and every destination against each other, creating and changing nothing.
+pub(crate) fn check_paths(job: &CopyJob) -> Result<Vec<Target>, SetupError> {
+    let src = check_source(job)?;
+    let mut targets = Vec::with_capacity(job.destinations.len());
     for dest in &job.destinations {
-        fs::create_dir_all(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?;
-        let meta = fs::metadata(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?;
-        if (meta.dev(), meta.ino()) == (src_meta.dev(), src_meta.ino()) {
+        let unusable = |e| SetupError::DestUnusable(dest.clone(), e);
+        let target = resolve_target(dest).map_err(unusable)?;
+        let canon = target.path();
+        let id = if target.missing.is_empty() {
+            let meta = fs::metadata(&canon).map_err(unusable)?;
+            if !meta.is_dir() {
+                return Err(unusable(io::Error::from_raw_os_error(libc::ENOTDIR)));
+            }
+            Some((meta.dev(), meta.ino()))
+        } else {
+            None
+        };
+        if canon == src.canon || id == Some(src.id) {
             return Err(SetupError::DestIsSource(dest.clone()));
         }
-        let canon =
-            fs::canonicalize(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?;
-        if canon == src_canon {
-            return Err(SetupError::DestIsSource(dest.clone()));
-        }
-        if canon.starts_with(&src_canon) || has_ancestor(&canon, (src_meta.dev(), src_meta.ino())) {
+        if within(&canon, &src.canon, Some(src.id)) {
             return Err(SetupError::DestInsideSource(
                 dest.clone(),
                 job.source.clone(),
             ));
         }
-        if src_canon.starts_with(&canon) || has_ancestor(&src_canon, (meta.dev(), meta.ino())) {
+        if within(&src.canon, &canon, id) {
             return Err(SetupError::SourceInsideDest(
                 dest.clone(),
                 job.source.clone(),
             ));
         }
-        dsts.push(open_dir(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?);
+        targets.push(target);
     }
-    if opts.probe_destinations {
-        probe(job, &dsts)?;
-    }
-    Ok(Roots { src, dsts })
+    Ok(targets)
 }
 
-/// True when a directory above `path` (after symlinks are resolved) is the inode `id`: catches
-/// the same directory reached through a bind mount under another name.
-fn has_ancestor(path: &Path, id: (u64, u64)) -> bool {
-    path.ancestors()
-        .skip(1)
-        .any(|a| fs::metadata(a).is_ok_and(|m| (m.dev(), m.ino()) == id))
+fn check_source(job: &CopyJob) -> Result<SourceInfo, SetupError> {
+    let unreadable = |e| SetupError::SourceUnreadable(job.source.clone(), e);
+    let meta = fs::metadata(&job.source).map_err(unreadable)?;
+    if !meta.is_dir() {
+        return Err(SetupError::SourceNotDirectory(job.source.clone()));
+    }
+    Ok(SourceInfo {
+        canon: fs::canonicalize(&job.source).map_err(unreadable)?,
+        id: (meta.dev(), meta.ino()),
+    })
 }
 
-/// Writes a probe file through the first destination and reads it back through each of the
-/// others. Then removes it and puts the root's times back, so the probe leaves no trace.
+/// Directories this run created, to remove again if the job is refused after all.
+#[derive(Default)]
+struct Created {
+    dirs: Vec<Made>,
+}
+
+/// The directories made for one destination.
+struct Made {
+    /// The directory the first one was made in, and its attributes (times) before.
+    parent: Option<(PathBuf, sys::Meta)>,
+    /// In the order made.
+    dirs: Vec<PathBuf>,
+}
+
+impl Created {
+    fn make(&mut self, t: &Target) -> io::Result<()> {
+        if t.missing.is_empty() {
+            return Ok(());
+        }
+        let parent = open_dir(&t.existing).and_then(|fd| sys::fstat(fd.as_fd()));
+        let mut made = Vec::new();
+        let mut p = t.existing.clone();
+        let mut r = Ok(());
+        for name in &t.missing {
+            p.push(name);
+            match fs::DirBuilder::new().mode(0o777).create(&p) {
+                Ok(()) => made.push(p.clone()),
+                // Made by someone else meanwhile (another worker): theirs, not ours to remove.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        self.dirs.push(Made {
+            parent: parent.ok().map(|m| (t.existing.clone(), m)),
+            dirs: made,
+        });
+        r
+    }
+
+    /// Removes what was made (only while empty) and puts the parents' times back.
+    fn undo(self) {
+        for Made { parent, dirs } in self.dirs.into_iter().rev() {
+            let all_gone = dirs.iter().rev().all(|d| fs::remove_dir(d).is_ok());
+            if let (true, false, Some((path, before))) = (all_gone, dirs.is_empty(), parent)
+                && let Ok(fd) = open_dir(&path)
+            {
+                let _ = rustix::fs::futimens(fd.as_fd(), &before.timestamps());
+            }
+        }
+    }
+}
+
+/// Opens and checks the source and every destination, creating missing destinations. Every
+/// check that needs no writing is done before anything is created.
+pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupError> {
+    let targets = check_paths(job)?;
+    let src =
+        open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+    let mut created = Created::default();
+    let opened = (|| {
+        let mut dsts = Vec::with_capacity(job.destinations.len());
+        for (dest, target) in job.destinations.iter().zip(&targets) {
+            let unusable = |e| SetupError::DestUnusable(dest.clone(), e);
+            created.make(target).map_err(unusable)?;
+            dsts.push(open_dir(&target.path()).map_err(unusable)?);
+        }
+        if opts.probe_destinations {
+            probe(job, &dsts)?;
+        }
+        Ok(dsts)
+    })();
+    match opened {
+        Ok(dsts) => Ok(Roots { src, dsts }),
+        Err(e) => {
+            created.undo();
+            Err(e)
+        }
+    }
+}
+
+/// Probe files are named `PROBE_PREFIX` + `HOST.PID.NANOS`.
+const PROBE_PREFIX: &str = ".vfxt-ingest-probe.";
+/// A probe lives a few seconds; one this much older than ours (by the server's clock) was left by a
+/// process that died in the middle of its probe.
+const PROBE_STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// This machine's name as it goes into a probe file's name: letters, digits and `-` only, so the
+/// name splits on dots.
+fn probe_host() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if host.is_empty() { "_".into() } else { host }
+}
+
+/// Proves that the first destination is writable and that every other one shows the same tree:
+/// a probe file created through the first must be seen, with its contents, through each of the
+/// others. Only a name written through one mount and read through another proves that: inode
+/// numbers repeat across file systems (every ext4 root is inode 2), and comparing the roots'
+/// attributes or listings races with other workers writing into the same root.
+///
+/// The probe leaves nothing behind, on every path: the file is removed whatever happened after
+/// its create (and the root's atime and mtime are put back); files of earlier probes whose
+/// process died mid-probe (SIGKILL, a crash, a node lost) are removed here, once per process and
+/// root: those of this machine whose process is gone, those of other machines once older than
+/// [`PROBE_STALE_AFTER`]. The create and close go through [`sys`], so the fault hook counts
+/// them (as `create` and `close`, before the copy's own).
 fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
     let first = &job.destinations[0];
+    let root = dsts[0].as_fd();
+    let unusable = |e| SetupError::DestUnusable(first.clone(), e);
+    let before = sys::fstat(root).map_err(unusable)?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let name = format!(".vfxt-ingest-probe.{}.{nanos}", std::process::id());
-    let token = format!("vfxt-ingest probe {nanos}\n");
-    let root_before =
-        sys::fstat(dsts[0].as_fd()).map_err(|e| SetupError::DestUnusable(first.clone(), e))?;
-    let path0 = first.join(&name);
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path0)
-        .and_then(|mut f| f.write_all(token.as_bytes()));
-    if let Err(e) = written {
-        return Err(SetupError::DestNotWritable(first.clone(), e));
+    let host = probe_host();
+    let name = format!("{PROBE_PREFIX}{host}.{}.{nanos}", std::process::id());
+    let cname = CString::new(name.clone()).expect("no NUL in a probe name");
+    let token = format!("vfxt-ingest probe {host} {nanos}\n");
+    let result = probe_with(job, dsts, &cname, token.as_bytes(), &host);
+    // Whatever happened: the file goes (it may not exist; then this fails harmlessly), and the
+    // root's times are put back.
+    let _ = sys::unlink_at(root, &cname, false);
+    let _ = rustix::fs::futimens(root, &before.timestamps());
+    result
+}
+
+fn probe_with(
+    job: &CopyJob,
+    dsts: &[OwnedFd],
+    name: &CString,
+    token: &[u8],
+    host: &str,
+) -> Result<(), SetupError> {
+    let first = &job.destinations[0];
+    let root = dsts[0].as_fd();
+    let not_writable = |e| SetupError::DestNotWritable(first.clone(), e);
+    let fd = sys::open_dest_file(root, name, true, 0o644).map_err(not_writable)?;
+    let written = rustix::io::write(&fd, token).map_err(sys::to_io);
+    let closed = sys::close_checked(fd);
+    match written {
+        Ok(n) if n == token.len() => closed.map_err(not_writable)?,
+        Ok(_) => return Err(not_writable(io::Error::from_raw_os_error(libc::EIO))),
+        Err(e) => return Err(not_writable(e)),
     }
-    let mut result = Ok(());
-    for dest in &job.destinations[1..] {
+    if let Ok(Some(ours)) = sys::stat_at(root, name) {
+        remove_stale_probes(root, name, host, &ours);
+    }
+    for (dest, fd) in job.destinations[1..].iter().zip(&dsts[1..]) {
         // NFS clients cache lookups (also negative ones) for a moment: look a few times.
         let seen = (0..30).any(|i| {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let mut got = String::new();
-            fs::File::open(dest.join(&name))
-                .and_then(|mut f| f.read_to_string(&mut got))
-                .is_ok()
-                && got == token
+            read_small(fd.as_fd(), name).is_ok_and(|got| got == token)
         });
         if !seen {
-            result = Err(SetupError::DestsDiffer(first.clone(), dest.clone()));
-            break;
+            return Err(SetupError::DestsDiffer(first.clone(), dest.clone()));
         }
     }
-    let _ = fs::remove_file(&path0);
-    let _ = rustix::fs::futimens(dsts[0].as_fd(), &root_before.timestamps());
-    result
+    Ok(())
+}
+
+fn read_small(dir: BorrowedFd<'_>, name: &CString) -> io::Result<Vec<u8>> {
+    let fd = sys::open_read(dir, name)?;
+    let mut buf = vec![0u8; 256];
+    let n = rustix::io::read(&fd, &mut buf).map_err(sys::to_io)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Roots (device, inode) already cleaned of stale probe files by this process.
+static CLEANED: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// Removes probe files left by processes that died mid-probe (see [`probe`]). `ours` is our own
+/// probe file's attributes: its mtime is "now" by the server's clock.
+fn remove_stale_probes(root: BorrowedFd<'_>, own: &CString, host: &str, ours: &sys::Meta) {
+    let Ok(root_meta) = sys::fstat(root) else {
+        return;
+    };
+    {
+        let mut done = CLEANED.lock().unwrap();
+        let id = (root_meta.dev, root_meta.ino);
+        if done.contains(&id) {
+            return;
+        }
+        done.push(id);
+    }
+    let mut names: Vec<CString> = Vec::new();
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+    let _ = sys::list_dir(root, &mut buf, |n, _| {
+        if n.to_bytes().starts_with(PROBE_PREFIX.as_bytes()) && n != own.as_c_str() {
+            names.push(n.to_owned());
+        }
+    });
+    for n in names {
+        let Some((their_host, pid)) = parse_probe_name(n.as_bytes()) else {
+            continue;
+        };
+        let stale = if their_host == Some(host) {
+            !pid_alive(pid)
+        } else {
+            // Another machine's (or from before names carried the host): only by age.
+            sys::stat_at(root, &n).is_ok_and(|m| {
+                m.is_some_and(|m| {
+                    m.mtime.0.saturating_add(PROBE_STALE_AFTER.as_secs() as i64) < ours.mtime.0
+                })
+            })
+        };
+        if stale {
+            let _ = sys::unlink_at(root, &n, false);
+        }
+    }
+}
+
+/// `HOST.PID.NANOS` (or the older `PID.NANOS`) after the prefix, exactly: the host (if any) and pid.
+fn parse_probe_name(name: &[u8]) -> Option<(Option<&str>, u32)> {
+    let rest = std::str::from_utf8(name.strip_prefix(PROBE_PREFIX.as_bytes())?).ok()?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (host, pid, nanos) = match parts[..] {
+        [host, pid, nanos] => (Some(host), pid, nanos),
+        [pid, nanos] => (None, pid, nanos),
+        _ => return None,
+    };
+    if !digits(pid) || !digits(nanos) || host.is_some_and(str::is_empty) {
+        return None;
+    }
+    Some((host, pid.parse().ok()?))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return true;
+    };
+    // EPERM: it exists, owned by someone else.
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_names_parse_exactly() {
+        assert_eq!(
+            parse_probe_name(b".vfxt-ingest-probe.node-1.42.1700000000000000000"),
+            Some((Some("node-1"), 42))
+        );
+        assert_eq!(
+            parse_probe_name(b".vfxt-ingest-probe.42.17"),
+            Some((None, 42))
+        );
+        for other in [
+            &b".vfxt-ingest-probe.node.42"[..],
+            b".vfxt-ingest-probe.node.4x.17",
+            b".vfxt-ingest-probe.a.b.42.17",
+            b".vfxt-ingest-probe..42.17",
+            b"vfxt-ingest-probe.node.42.17",
+            b".vfxt-ingest-probe.node.42.17.bak",
+        ] {
+            assert_eq!(
+                parse_probe_name(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn targets_resolve_through_the_nearest_existing_ancestor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = fs::canonicalize(tmp.path()).unwrap();
+        fs::create_dir(t.join("a")).unwrap();
+        std::os::unix::fs::symlink(t.join("a"), t.join("link")).unwrap();
+        fs::write(t.join("file"), b"x").unwrap();
+        let r = |p: &Path| resolve_target(p).unwrap();
+        assert_eq!(r(&t.join("a")).path(), t.join("a"));
+        assert_eq!(r(&t.join("link/x/y")).path(), t.join("a/x/y"));
+        assert_eq!(r(&t.join("link/x/y")).missing, ["x", "y"]);
+        assert_eq!(r(&t.join("x/../a/./y")).path(), t.join("a/y"));
+        assert_eq!(r(&t.join("x/../a/./y")).existing, t.join("a"));
+        assert_eq!(
+            resolve_target(&t.join("file/sub"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+    }
 }

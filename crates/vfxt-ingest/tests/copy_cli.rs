@@ -5,7 +5,6 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 
@@ -164,12 +163,9 @@ impl FromBytesCompat for std::ffi::OsStr {
     }
 }
 
-/// Kill the copy part-way with SIGKILL, run it again, and the destination must end identical:
-/// a file cut off mid-write has the wrong mtime, so it cannot be taken for finished.
-#[test]
-fn killed_copy_rerun_ends_identical() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
+/// A generated tree with a few hundred files (some split into ranges), under `tmp/src`.
+fn mixed_source(tmp: &Path) -> std::path::PathBuf {
+    let src = tmp.join("src");
     generate(
         Dataset::Mixed,
         &src,
@@ -179,45 +175,379 @@ fn killed_copy_rerun_ends_identical() {
         },
     )
     .unwrap();
-    let dest = tmp.path().join("dest");
-    let mut killed_midway = false;
-    for delay_ms in [30u64, 80, 200] {
-        let _ = fs::remove_dir_all(&dest);
-        let mut child = bin()
-            .args([
-                "copy",
-                "--quiet",
-                "--threads",
-                "4",
-                "--split-threshold",
-                "1048576",
-            ])
-            .arg(&src)
-            .arg(&dest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        let _ = child.wait();
-        if !finished && !compare(&src, &dest, &compare_opts()).is_empty() {
-            killed_midway = true;
-            break;
-        }
+    src
+}
+
+/// `copy SRC DEST` with `VFXT_INGEST_FAULTS=faults`, 4 threads, files over 1 MiB split in ranges.
+fn copy_with_faults(src: &Path, dest: &Path, faults: &str) -> Output {
+    bin()
+        .args([
+            "copy",
+            "--quiet",
+            "--threads",
+            "4",
+            "--split-threshold",
+            "1048576",
+        ])
+        .arg(src)
+        .arg(dest)
+        .env("VFXT_INGEST_FAULTS", faults)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The copy is killed with SIGKILL at an exact operation (the fault hook, no timing), is found
+/// part-way, and a run without faults makes the destination identical: a file cut off mid-write
+/// has the wrong mtime, so it cannot be taken for finished.
+#[test]
+fn killed_copy_rerun_ends_identical() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = mixed_source(tmp.path());
+    for faults in ["write@40=kill", "create@30=kill"] {
+        let dest = tmp
+            .path()
+            .join(format!("dest-{}", faults.replace(['@', '='], "-")));
+        let out = copy_with_faults(&src, &dest, faults);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc_sigkill()),
+            "{faults}: the copy was not killed by the fault: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        assert!(
+            !compare(&src, &dest, &compare_opts()).is_empty(),
+            "{faults}: the kill left a complete copy; nothing to resume"
+        );
+        let out = copy(&[&src, &dest], &["--json"]);
+        assert_eq!(out.status.code(), Some(0), "{faults}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["copy"]["filesSkipped"].as_u64().unwrap() > 0,
+            "{faults}: the re-run reused finished files: {v}"
+        );
+        let diffs = compare(&src, &dest, &compare_opts());
+        assert!(diffs.is_empty(), "{faults}: {diffs:#?}");
     }
-    assert!(
-        killed_midway,
-        "the copy was never caught part-way; the dataset is too small for this machine"
+}
+
+fn libc_sigkill() -> i32 {
+    rustix::process::Signal::KILL.as_raw()
+}
+
+/// A disk that stays full from the 40th data write: the run finishes (no panic), exits 1 with
+/// the failures counted, and a run once there is room again makes the destination identical.
+#[test]
+fn disk_full_exits_1_and_a_rerun_ends_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = mixed_source(tmp.path());
+    let dest = tmp.path().join("dest");
+    let out = copy_with_faults(&src, &dest, "write@40..=enospc");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a full disk is a partial failure (exit 1): {:?} {}",
+        out.status,
+        stderr(&out)
     );
-    let out = copy(&[&src, &dest], &["--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = copy(&[&src, &dest], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        v["copy"]["filesSkipped"].as_u64().unwrap() > 0,
-        "the re-run reused finished files: {v}"
-    );
     let diffs = compare(&src, &dest, &compare_opts());
     assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+/// Every entry under `root` (the root too) with what a change to it would move: type, inode, mode,
+/// size, links, mtime and ctime to the nanosecond. Equal snapshots: the tree was not touched.
+pub fn tree_snapshot(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.push(format!(
+            "{} {:?} ino={} mode={:o} size={} nlink={} mtime={}.{} ctime={}.{}",
+            p.strip_prefix(root).unwrap().display(),
+            m.file_type(),
+            m.ino(),
+            m.mode(),
+            m.size(),
+            m.nlink(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A refused copy changes nothing: the source (every entry's mtime and ctime, the listing) is as
+/// before, and no destination directory is left where none was.
+#[test]
+fn refused_copy_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let src = t.join("src");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    fs::write(src.join("sub/f"), b"data").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    symlink(src.join("sub"), t.join("into-src")).unwrap();
+    let before = tree_snapshot(&src);
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    // (arguments, environment, what the message says)
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        // A destination that does not exist yet is judged by where it would be.
+        (
+            vec![p(&src), p(&src.join("sub/dst"))],
+            vec![],
+            "is inside SRC",
+        ),
+        (
+            vec![p(&src), p(&src.join("new/deeper/dst"))],
+            vec![],
+            "is inside SRC",
+        ),
+        (
+            vec![p(&src), p(&t.join("into-src/dst"))],
+            vec![],
+            "is inside SRC",
+        ),
+        (vec![p(&src.join("sub")), p(&src)], vec![], "is inside DEST"),
+        (
+            vec![p(&src), p(&src)],
+            vec![],
+            "is the source directory itself",
+        ),
+        (
+            vec![p(&src), format!("{}/missing/..", p(&src))],
+            vec![],
+            "is the source directory itself",
+        ),
+        (
+            vec![
+                p(&src),
+                p(&src.join("sub/dst")),
+                "--threads".into(),
+                "0".into(),
+            ],
+            vec![],
+            "--threads",
+        ),
+        (
+            vec![
+                p(&src),
+                p(&src.join("sub/dst")),
+                "--threads".into(),
+                "fast".into(),
+            ],
+            vec![],
+            "--threads",
+        ),
+        (
+            vec![
+                p(&src),
+                p(&src.join("sub/dst")),
+                "--verify".into(),
+                "sometimes".into(),
+            ],
+            vec![],
+            "--verify",
+        ),
+        (
+            vec![
+                p(&src),
+                p(&t.join("out/dst")),
+                "--report".into(),
+                p(&src.join("report.jsonl")),
+            ],
+            vec![],
+            "--report",
+        ),
+        // The probe's create fails: the destination cannot be written. What was created for
+        // it (out/dst) is removed again.
+        (
+            vec![p(&src), p(&t.join("out/dst"))],
+            vec![("VFXT_INGEST_FAULTS", "create@1=eacces")],
+            "is not writable",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let out = bin()
+            .arg("copy")
+            .args(&args)
+            .arg("--quiet")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} {env:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "{args:?}: expected {needle:?} in {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            tree_snapshot(&src),
+            before,
+            "{args:?} {env:?} changed the source"
+        );
+        assert!(
+            !t.join("out").exists(),
+            "{args:?} {env:?} left a destination behind"
+        );
+    }
+}
+
+/// The probe files (`.vfxt-ingest-probe.*`) in `dir`.
+fn probe_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".vfxt-ingest-probe."))
+        .collect()
+}
+
+/// The probe's create or close fails (a full or read-only destination): the copy is refused
+/// naming DEST, and the probe file is not left behind.
+#[test]
+fn failed_probe_leaves_no_probe_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    for faults in ["create@1=enospc", "close@1=enospc", "close@1=eio"] {
+        let dest = tmp.path().join(faults.replace(['@', '='], "-"));
+        fs::create_dir(&dest).unwrap();
+        let out = bin()
+            .arg("copy")
+            .arg(&src)
+            .arg(&dest)
+            .arg("--quiet")
+            .env("VFXT_INGEST_FAULTS", faults)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{faults}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("DEST {}: is not writable", dest.display())),
+            "{faults}: {}",
+            stderr(&out)
+        );
+        assert_eq!(probe_files(&dest), Vec::<String>::new(), "{faults}");
+        assert_eq!(
+            fs::read_dir(&dest).unwrap().count(),
+            0,
+            "{faults}: nothing copied"
+        );
+    }
+}
+
+/// Killed in the middle of the probe (after its file was written), then run again: the re-run
+/// removes the dead run's probe file, and the destination ends identical.
+#[test]
+fn killed_probe_then_rerun_leaves_no_probe_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"x").unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let out = bin()
+        .arg("copy")
+        .arg(&src)
+        .arg(&dest)
+        .arg("--quiet")
+        .env("VFXT_INGEST_FAULTS", "close@1=kill")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigkill()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        probe_files(&dest).len(),
+        1,
+        "the kill landed in the probe, after its file was written"
+    );
+    let out = copy(&[&src, &dest], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(probe_files(&dest), Vec::<String>::new());
+    let diffs = compare(&src, &dest, &compare_opts());
+    assert!(diffs.is_empty(), "{diffs:#?}");
+}
+
+/// Stale probe files are removed by exact name: this machine's whose process is gone, and
+/// anyone's (also the older `PID.NANOS` form) older than ten minutes. A probe in flight (a live
+/// process of this machine, or a recent one of another machine) and look-alike names are kept.
+#[test]
+fn stale_probe_files_are_removed_live_ones_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let host: String = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let me = std::process::id();
+    let stale = [
+        format!(".vfxt-ingest-probe.{host}.{dead_pid}.1700000000000000000"),
+        format!(".vfxt-ingest-probe.another-host.{me}.1700000000000000000"),
+        ".vfxt-ingest-probe.4242.1700000000000000000".to_string(),
+    ];
+    let kept = [
+        format!(".vfxt-ingest-probe.{host}.{me}.1700000000000000000"),
+        format!(".vfxt-ingest-probe.another-host.{dead_pid}.1700000000000000001"),
+        ".vfxt-ingest-probe.notes.txt".to_string(),
+    ];
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for n in &stale {
+        let f = fs::File::create(dest.join(n)).unwrap();
+        if !n.contains(&host) {
+            f.set_modified(hour_ago).unwrap();
+        }
+    }
+    for n in &kept {
+        fs::write(dest.join(n), b"").unwrap();
+    }
+    let out = copy(&[&src, &dest], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut left = probe_files(&dest);
+    left.sort();
+    let mut want = kept.to_vec();
+    want.sort();
+    assert_eq!(left, want);
 }

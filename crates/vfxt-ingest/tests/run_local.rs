@@ -619,3 +619,446 @@ fn scan_and_worker_commands() {
         text(&o)
     );
 }
+
+/// Every entry under `root` (the root too) with what a change to it would move: type, inode, mode,
+/// size, links, mtime and ctime to the nanosecond. Equal snapshots: the tree was not touched.
+fn tree_snapshot(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.push(format!(
+            "{} {:?} ino={} mode={:o} size={} nlink={} mtime={}.{} ctime={}.{}",
+            p.strip_prefix(root).unwrap().display(),
+            m.file_type(),
+            m.ino(),
+            m.mode(),
+            m.size(),
+            m.nlink(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+        if m.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A refused `run` changes nothing: not the source, and no state or destination directory is
+/// made, whatever is wrong (destination inside the source, source inside the destination, the
+/// same directory, a bad field, state inside the source).
+#[test]
+fn refused_run_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _) = src_and_dst(t.path(), 2, 3);
+    let before = tree_snapshot(&src);
+    let state = t.path().join("state");
+    let q = |p: &Path| format!("\"{}\"", p.display());
+    let cases: Vec<(String, Vec<String>, &str)> = vec![
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new/dst}}\n",
+                q(&src),
+                q(&src.join("proj00"))
+            ),
+            vec![],
+            "is inside SRC",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}]}}\n",
+                q(&src.join("proj00")),
+                q(&src)
+            ),
+            vec![],
+            "is inside DEST",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}]}}\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "is the source directory itself",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n  threadsPerWorker: 0\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "spec.threadsPerWorker",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n  verify: {{mode: Sometimes}}\n",
+                q(&src),
+                q(&src)
+            ),
+            vec![],
+            "spec.verify.mode",
+        ),
+        (
+            format!(
+                "  source: {{local: {}}}\n  destination: {{local: [{}], subPath: new}}\n",
+                q(&src),
+                q(t.path())
+            ),
+            vec!["--state".into(), src.join("state").display().to_string()],
+            "--state",
+        ),
+    ];
+    for (spec, args, needle) in cases {
+        let f = t.path().join("job.yaml");
+        fs::write(
+            &f,
+            format!("apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n{spec}"),
+        )
+        .unwrap();
+        let mut c = bin();
+        c.args(["run", "-q", "-f"]).arg(&f);
+        if args.is_empty() {
+            c.arg("--state").arg(&state);
+        }
+        let o = c.args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", text(&o));
+        assert!(
+            text(&o).contains(needle),
+            "{spec}: expected {needle:?} in {}",
+            text(&o)
+        );
+        assert_eq!(
+            tree_snapshot(&src),
+            before,
+            "{spec} {args:?} changed the source"
+        );
+        assert!(!state.exists(), "{spec}: state created");
+        assert!(
+            !t.path().join("new").exists(),
+            "{spec}: destination created"
+        );
+    }
+}
+
+/// A refused `worker` changes nothing either: not the source, and no markers directory.
+#[test]
+fn refused_worker_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 2, 3);
+    let plan = t.path().join("plan.json");
+    let o = bin()
+        .arg("scan")
+        .arg(&src)
+        .args(["--shards", "2", "--out"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let before = tree_snapshot(&src);
+    let markers = t.path().join("markers");
+    let cases: Vec<(PathBuf, Vec<String>, &str)> = vec![
+        (src.join("proj00/dst"), vec![], "is inside SRC"),
+        (src.clone(), vec![], "is the source directory itself"),
+        (t.path().to_path_buf(), vec![], "is inside DEST"),
+        (
+            dst.clone(),
+            vec!["--threads".into(), "0".into()],
+            "--threads",
+        ),
+        (
+            dst.clone(),
+            vec!["--verify".into(), "sometimes".into()],
+            "--verify",
+        ),
+        (
+            dst.clone(),
+            vec!["--preserve".into(), "colour".into()],
+            "--preserve",
+        ),
+        (
+            dst.clone(),
+            vec!["--report".into(), src.join("r.jsonl").display().to_string()],
+            "--report",
+        ),
+    ];
+    for (dest, extra, needle) in cases {
+        let o = bin()
+            .args(["worker", "--plan"])
+            .arg(&plan)
+            .arg("--source")
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dest)
+            .args(["--shards", "0,1", "--markers"])
+            .arg(&markers)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{dest:?} {extra:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(needle),
+            "{dest:?} {extra:?}: expected {needle:?} in {}",
+            text(&o)
+        );
+        assert_eq!(
+            tree_snapshot(&src),
+            before,
+            "{dest:?} {extra:?} changed the source"
+        );
+        assert!(!markers.exists(), "{dest:?} {extra:?}: markers created");
+        assert_eq!(
+            fs::read_dir(&dst).unwrap().count(),
+            0,
+            "{dest:?} {extra:?}: copied"
+        );
+    }
+}
+
+/// The probe files (`.vfxt-ingest-probe.*`) in `dir`.
+fn probe_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".vfxt-ingest-probe."))
+        .collect()
+}
+
+/// A destination whose probe cannot be closed (the disk is full) refuses the run and keeps no
+/// probe file; workers killed in the middle of their probe leave theirs, and the resumed run
+/// removes them and ends identical.
+#[test]
+fn run_leaves_no_probe_file_after_a_full_disk_or_a_kill() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 3, 5);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  threadsPerWorker: 2\n  shards: {target: 4}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "close@1=enospc")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(probe_files(&dst), Vec::<String>::new());
+
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "close@1=kill")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(
+        probe_files(&dst).len(),
+        2,
+        "each worker was killed in its probe, after writing its file"
+    );
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(probe_files(&dst), Vec::<String>::new());
+    assert_identical(&src, &dst);
+}
+
+/// A field the CRD does not know is refused at every depth of a local job file, naming its path,
+/// the valid names and the line; a file using every field is still accepted.
+#[test]
+fn job_files_refuse_unknown_fields_at_every_depth() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 2, 2);
+    let (s, d) = (src.display(), dst.display());
+    let head = "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {name: t, labels: {a: b}}\nspec:\n";
+    let local = format!("  source: {{local: \"{s}\"}}\n  destination: {{local: [\"{d}\"]}}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{local}  verify: {{mod: Checksum}}\n"),
+            "spec.verify.mod: unknown field; expected one of mode (line 7",
+        ),
+        (
+            format!("{local}  preserve: {{ownr: true}}\n"),
+            "spec.preserve.ownr: unknown field; expected one of hardlinks, mode, owner, symlinks, times, xattrs (line 7",
+        ),
+        (
+            format!("{local}  failurePolicy: {{actoin: Continue}}\n"),
+            "spec.failurePolicy.actoin: unknown field; expected one of action, maxFailedFiles, retriesPerShard (line 7",
+        ),
+        (
+            format!("{local}  worker: {{imag: x}}\n"),
+            "spec.worker.imag: unknown field; expected one of image, imagePullPolicy, nodeSelector, resources, securityContext, serviceAccountName, tolerations (line 7",
+        ),
+        (
+            format!("{local}  shards: {{targte: 4}}\n"),
+            "spec.shards.targte: unknown field; expected one of maxBytes, maxFiles, target (line 7",
+        ),
+        (
+            format!("{local}  worker: {{securityContext: {{runAs: 0}}}}\n"),
+            "spec.worker.securityContext.runAs: unknown field; expected one of runAsGroup, runAsUser, supplementalGroups",
+        ),
+        (
+            format!("{local}  worker: {{resources: {{limit: {{cpu: 1}}}}}}\n"),
+            "spec.worker.resources.limit: unknown field; expected one of claims, limits, requests",
+        ),
+        (
+            format!("{local}  worker:\n    tolerations:\n    - operater: Exists\n"),
+            "spec.worker.tolerations[0].operater: unknown field; expected one of effect, key, operator, tolerationSeconds, value (line 9",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\", subpath: a}}\n  destination: {{local: [\"{d}\"]}}\n"
+            ),
+            "spec.source.subpath: unknown field; expected one of local, nfs, pvc, subPath (line 5",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\"}}\n  destination: {{local: [\"{d}\"], sub_path: a}}\n"
+            ),
+            "spec.destination.sub_path: unknown field; expected one of local, nfs, subPath (line 6",
+        ),
+        (
+            format!(
+                "  source: {{nfs: {{sever: h, path: /x}}}}\n  destination: {{local: [\"{d}\"]}}\n"
+            ),
+            "spec.source.nfs.sever: unknown field; expected one of path, server (line 5",
+        ),
+        (
+            format!(
+                "  source: {{local: \"{s}\"}}\n  destination: {{nfs: {{servers: [h], path: /x, mountOption: [hard]}}}}\n"
+            ),
+            "spec.destination.nfs.mountOption: unknown field; expected one of mountOptions, path, servers (line 6",
+        ),
+        (
+            format!("{local}mount: {{}}\n"),
+            "mount: unknown field; expected one of apiVersion, kind, metadata, mounts, spec, status (line 7",
+        ),
+    ];
+    let f = t.path().join("job.yaml");
+    let state = t.path().join("state");
+    for (spec, says) in cases {
+        fs::write(&f, format!("{head}{spec}")).unwrap();
+        let o = run_cmd(&f, &state).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{spec}: expected {says:?} in {}",
+            text(&o)
+        );
+        assert!(!state.exists(), "{spec}: state created");
+    }
+    // Every field of the spec (and a status copied along, and metadata's own fields).
+    fs::write(
+        &f,
+        format!(
+            "{head}{local}  workers: 1\n  threadsPerWorker: 2\n  shards: {{target: 2, maxFiles: 1000, maxBytes: 1000000000}}\n  verify: {{mode: Checksum}}\n  preserve: {{owner: true, mode: true, times: true, xattrs: false, symlinks: true, hardlinks: true}}\n  failurePolicy: {{action: FailJob, maxFailedFiles: 0, retriesPerShard: 1}}\n  run: 1\n  worker:\n    image: x\n    imagePullPolicy: Never\n    resources: {{limits: {{cpu: 1}}}}\n    nodeSelector: {{any: thing}}\n    tolerations: [{{key: k, operator: Exists}}]\n    serviceAccountName: sa\n    securityContext: {{runAsUser: 0, supplementalGroups: [1]}}\nmounts: {{}}\nstatus: {{phase: Succeeded, whatever: 1}}\n"
+        ),
+    )
+    .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+}
+
+/// The numbers of a `this run, copy:` line: (copied, up to date, symlinks, hard links, files/s,
+/// seconds).
+fn this_run_copy(out: &str) -> (u64, u64, u64, u64, u64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("this run, copy: "))
+        .unwrap_or_else(|| panic!("no 'this run, copy' line in {out}"));
+    let num_before = |word: &str| -> f64 {
+        let i = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word:?} in {line}"));
+        line[..i]
+            .trim_end()
+            .rsplit([' ', '(', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{word:?} in {line}: {e}"))
+    };
+    (
+        num_before(" files copied") as u64,
+        num_before(" already up to date") as u64,
+        num_before(" symlinks") as u64,
+        num_before(" hard links") as u64,
+        num_before(" files/s") as u64,
+        line.rsplit("over ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// The printed rate and the status's are the same figure: the files this run finished over the
+/// copy phase's own time.
+#[test]
+fn run_rates_are_this_runs_files_over_the_copy_phase() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 6, 20);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 2\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let (copied, up_to_date, symlinks, hardlinks, fps, secs) = this_run_copy(&out);
+    let done = copied + up_to_date + symlinks + hardlinks;
+    let status = read_status(&state);
+    assert_eq!(status["progress"]["files"].as_u64(), Some(done), "{out}");
+    assert_eq!(
+        status["progress"]["filesPerSecond"].as_u64(),
+        Some(fps),
+        "{out}"
+    );
+    let expect = done as f64 / secs;
+    assert!(
+        (fps as f64 - expect).abs() <= 1.0 + 0.01 * expect,
+        "{fps} files/s printed, {done} files over {secs} s is {expect:.0}: {out}"
+    );
+    assert!(out.contains("destination identical"), "{out}");
+}
+
+/// A resumed run after a finished one copied nothing, and says so (the job's totals are a line
+/// of their own), at 0 files/s in the status.
+#[test]
+fn resumed_finished_run_says_it_copied_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 2\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let files = read_status(&state)["progress"]["files"].as_u64().unwrap();
+    let shards = read_status(&state)["shards"]["total"].as_u64().unwrap();
+
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "this run, copy: 0 files copied (0 B), {files} already up to date ({files} in {shards} shards done by an earlier run), 0 directories, 0 symlinks, 0 hard links, 0 failed; 0 files/s, 0 B/s"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "this run, verify: nothing checked ({shards} shards verified by an earlier run)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("job: {files} files")), "{out}");
+    let status = read_status(&state);
+    assert_eq!(status["progress"]["files"].as_u64(), Some(files));
+    assert_eq!(status["progress"]["filesPerSecond"].as_u64(), Some(0));
+    assert_eq!(status["progress"]["bytesPerSecond"].as_u64(), Some(0));
+    assert_identical(&src, &dst);
+}

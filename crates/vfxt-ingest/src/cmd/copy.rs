@@ -132,6 +132,17 @@ pub fn run(args: Args) -> Outcome {
         destinations: args.destinations.clone(),
         scopes: vec![Scope::Tree(ingest_copy::RelPath::root())],
     };
+    // Everything is checked before anything is created: a refused copy changes nothing.
+    if let Err(e) = ingest_copy::check(&job, &opts) {
+        eprintln!("error: {e}");
+        return Outcome::UnusableInput;
+    }
+    if let Some(r) = &args.report
+        && let Err(e) = outside_source(r, &args.source)
+    {
+        eprintln!("error: --report {}: {e}", r.display());
+        return Outcome::UnusableInput;
+    }
     let report = match args.report.as_ref().map(File::create).transpose() {
         Ok(f) => f.map(|f| JsonLines::new(BufWriter::new(f))),
         Err(e) => {
@@ -196,6 +207,24 @@ pub fn run(args: Args) -> Outcome {
     } else {
         Outcome::PartialFailure
     }
+}
+
+/// `Ok` when `path` is not (and would not be, once created) inside the directory `source`: the
+/// source is never written to. What cannot be resolved is left to the code that opens it.
+pub fn outside_source(path: &std::path::Path, source: &std::path::Path) -> Result<(), String> {
+    let (Ok(p), Ok(src)) = (
+        ingest_copy::resolve_target(path),
+        std::fs::canonicalize(source),
+    ) else {
+        return Ok(());
+    };
+    if p.path().starts_with(&src) {
+        return Err(format!(
+            "is inside the source {}, which is never written to; give a path outside it",
+            source.display()
+        ));
+    }
+    Ok(())
 }
 
 pub fn print_summary(s: &Summary) {

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -193,8 +196,53 @@ struct Resolved {
     bytes_per_second: f64,
 }
 
-/// Parses the YAML; errors name the field path and line, and say what is valid.
+/// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
+/// `spec.destination.local` and the top-level `mounts`; a `status` copied along is not looked at.
+fn local_schema() -> JSONSchemaProps {
+    let mut schema = ingest_api::strict::object_schema();
+    let of = |t: &str| JSONSchemaProps {
+        type_: Some(t.into()),
+        ..JSONSchemaProps::default()
+    };
+    let props = schema.properties.get_or_insert_with(Default::default);
+    props.insert(
+        "mounts".into(),
+        JSONSchemaProps {
+            additional_properties: Some(JSONSchemaPropsOrBool::Schema(Box::new(of("string")))),
+            ..of("object")
+        },
+    );
+    props.insert(
+        "status".into(),
+        JSONSchemaProps {
+            x_kubernetes_preserve_unknown_fields: Some(true),
+            ..of("object")
+        },
+    );
+    if let Some(spec) = props.get_mut("spec").and_then(|s| s.properties.as_mut()) {
+        for (side, local) in [
+            ("source", of("string")),
+            (
+                "destination",
+                JSONSchemaProps {
+                    items: Some(JSONSchemaPropsOrArray::Schema(Box::new(of("string")))),
+                    ..of("array")
+                },
+            ),
+        ] {
+            if let Some(p) = spec.get_mut(side).and_then(|s| s.properties.as_mut()) {
+                p.insert("local".into(), local);
+            }
+        }
+    }
+    schema
+}
+
+/// Parses the YAML; errors name the field path and line, and say what is valid. A field the
+/// CRD does not know is refused at any depth (the API server prunes or rejects it; silently
+/// ignoring `verify: {mod: Checksum}` would copy with the default instead).
 fn parse(text: &str) -> Result<RunDoc, String> {
+    ingest_api::strict::check_yaml(text, &local_schema())?;
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize::<_, RunDoc>(de).map_err(|e| {
         let path = e.path().to_string();
@@ -426,6 +474,26 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         }
         destinations.push(under(root, &spec.destination.sub_path));
     }
+    if errs.is_empty() {
+        // The source against every destination (inside one another, the same directory), before
+        // anything is created.
+        let whole = ingest_copy::CopyJob {
+            source: source.clone(),
+            destinations: destinations.clone(),
+            scopes: Vec::new(),
+        };
+        if let Err(e) = ingest_copy::check(&whole, &ingest_copy::Options::default()) {
+            use ingest_copy::SetupError as E;
+            let field = match e {
+                E::SourceUnreadable(..) | E::SourceNotDirectory(..) | E::SourceInsideDest(..) => {
+                    "spec.source"
+                }
+                E::FaultSpec(_) => "environment",
+                _ => "spec.destination",
+            };
+            errs.push(format!("{field}: {e}"));
+        }
+    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -474,7 +542,14 @@ struct WorkerState {
 }
 
 struct PhaseOutcome {
+    /// The job's totals: this invocation's work and the shards done before (their markers).
     summary: Summary,
+    /// What this invocation did.
+    ran: Summary,
+    /// Shards skipped because an earlier invocation finished them.
+    shards_before: u64,
+    /// How long the phase took, in this invocation.
+    seconds: f64,
     failures: Vec<FileFailure>,
     failed_files: u64,
     /// Per worker: copied files and bytes (for the per-server status).
@@ -514,6 +589,15 @@ pub fn run(args: Args) -> Outcome {
         .state
         .clone()
         .unwrap_or_else(|| PathBuf::from(".vfxt-ingest").join(&job.name));
+    if let Err(e) = crate::cmd::copy::outside_source(&state, &job.source) {
+        let how = if args.state.is_none() {
+            " (the default, under the current directory); give --state DIR or run from elsewhere"
+        } else {
+            ""
+        };
+        eprintln!("error: --state {}: {e}{how}", state.display());
+        return Outcome::UnusableInput;
+    }
     match execute(&job, &state, &args) {
         Ok(o) => o,
         Err(e) => {
@@ -595,7 +679,6 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     };
     let t = &plan.totals;
     interim_status(state, job, Some(&plan), JobPhase::Copying, started);
-    let copy_started = Instant::now();
     let mut copy = run_phase(
         job,
         state,
@@ -607,7 +690,6 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         },
         args,
     );
-    let copy_secs = copy_started.elapsed().as_secs_f64();
     if copy.worked {
         // Copying touches directories other shards share (their times are set by verify), so a
         // verify marker from before this copy no longer proves anything: verify every shard.
@@ -643,15 +725,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
         v => v,
     };
-    let status = build_status(
-        job,
-        &plan,
-        &markers,
-        &copy,
-        verify.as_ref(),
-        copy_secs,
-        started,
-    );
+    let status = build_status(job, &plan, &markers, &copy, verify.as_ref(), started);
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     write_durably(&state.join("status.yaml"), yaml.as_bytes())
         .map_err(|e| format!("--state: status not written ({e})"))?;
@@ -749,6 +823,7 @@ fn run_phase(
     expected: Expected,
     args: &Args,
 ) -> PhaseOutcome {
+    let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
     let states: Vec<Mutex<WorkerState>> = (0..job.workers)
         .map(|_| Mutex::new(WorkerState::default()))
@@ -890,6 +965,9 @@ fn run_phase(
 
     let mut out = PhaseOutcome {
         summary: Summary::default(),
+        ran: Summary::default(),
+        shards_before: 0,
+        seconds: 0.0,
         failures: Vec::new(),
         failed_files: 0,
         per_worker: vec![(0, 0); job.workers as usize],
@@ -912,6 +990,11 @@ fn run_phase(
                     out.per_worker[w as usize] = (s.copy.entries_done(), s.copy.bytes_copied);
                     add_summary(&mut out.summary, &s);
                 }
+                if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
+                    add_summary(&mut out.ran, &s);
+                }
+                out.shards_before +=
+                    r["shards"]["skipped"].as_array().map_or(0, |a| a.len()) as u64;
                 if let Ok(pr) =
                     serde_json::from_value::<ingest_api::report::PodResult>(r["result"].clone())
                 {
@@ -939,7 +1022,20 @@ fn run_phase(
         }
     }
     out.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
+    out.seconds = phase_started.elapsed().as_secs_f64();
     out
+}
+
+/// Files and bytes per second of the copy phase: what this invocation's workers did (copied, or
+/// found up to date) over the phase's own time. Shards an earlier invocation finished are not
+/// counted: a resumed run that had nothing to do moved nothing, at 0 files/s.
+fn copy_rates(copy: &PhaseOutcome) -> (u64, u64) {
+    let secs = copy.seconds.max(1e-3);
+    let c = &copy.ran.copy;
+    (
+        (c.entries_done() as f64 / secs).round() as u64,
+        (c.bytes_copied as f64 / secs).round() as u64,
+    )
 }
 
 fn now_time(t: Timestamp) -> Time {
@@ -952,7 +1048,6 @@ fn build_status(
     markers: &Path,
     copy: &PhaseOutcome,
     verify: Option<&PhaseOutcome>,
-    copy_secs: f64,
     started: Timestamp,
 ) -> IngestJobStatus {
     let t = &plan.totals;
@@ -965,7 +1060,7 @@ fn build_status(
     let failed_shards = total - succeeded;
     let c = &copy.summary.copy;
     let files_done = c.entries_done();
-    let secs = copy_secs.max(1e-3);
+    let (files_per_second, bytes_per_second) = copy_rates(copy);
     let percent = if t.bytes > 0 {
         (c.bytes_copied as f64 / t.bytes as f64 * 100.0).min(100.0)
     } else if t.files > 0 {
@@ -1069,8 +1164,8 @@ fn build_status(
             percent: (percent * 10.0).round() / 10.0,
             percent_text: format!("{percent:.1}%"),
             bytes_text: bytes(c.bytes_copied),
-            bytes_per_second: (c.bytes_copied as f64 / secs) as u64,
-            files_per_second: (files_done as f64 / secs) as u64,
+            bytes_per_second,
+            files_per_second,
             eta: None,
         }),
         shards: Some(ShardCounts {
@@ -1099,20 +1194,58 @@ fn print_status(
 ) {
     let phase = s.phase.map(|p| p.as_str()).unwrap_or("Unknown");
     println!("{phase}: {}", s.message.as_deref().unwrap_or(""));
-    let c = &copy.summary.copy;
+    // What this invocation did, apart from the job's totals: a resumed run that found every shard
+    // done copied nothing.
+    let c = &copy.ran.copy;
+    let before = copy
+        .summary
+        .copy
+        .entries_done()
+        .saturating_sub(c.entries_done());
+    let (fps, bps) = copy_rates(copy);
     println!(
-        "copy: {} files copied ({}), {} already up to date, {} directories, {} symlinks, {} hard links, {} failed",
+        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed; {fps} files/s, {}/s over {:.3} s",
         c.files_copied,
         bytes(c.bytes_copied),
-        c.files_skipped,
+        c.files_skipped + before,
+        if copy.shards_before > 0 {
+            format!(
+                " ({before} in {} shards done by an earlier run)",
+                copy.shards_before
+            )
+        } else {
+            String::new()
+        },
         c.directories,
         c.symlinks,
         c.hardlinks,
-        c.failed
+        c.failed,
+        bytes(bps),
+        copy.seconds,
     );
+    if let Some(v) = verify {
+        let earlier = if v.shards_before > 0 {
+            format!(" ({} shards verified by an earlier run)", v.shards_before)
+        } else {
+            String::new()
+        };
+        match &v.ran.verify {
+            Some(r) if r.checked > 0 => println!(
+                "this run, verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors{earlier}",
+                r.checked, r.matched, r.missing, r.mismatched, r.repaired, r.errors,
+            ),
+            _ => println!("this run, verify: nothing checked{earlier}"),
+        }
+    }
+    if let Some(p) = &s.progress {
+        println!(
+            "job: {} files ({}) at the destination, copied or found up to date",
+            p.files, p.bytes_text
+        );
+    }
     if let (Some(v), Some(_)) = (&s.verification, verify) {
         println!(
-            "verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
+            "job, verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
             v.checked,
             v.matched,
             v.missing,

@@ -3,7 +3,9 @@
 //! Output is for machines: JSON lines on stdout, `{"event":"progress",…}` at least every 2 s,
 //! `{"event":"shard",…}` as each shard ends and `{"event":"result",…}` last. With `--markers DIR`,
 //! a shard whose pass finished cleanly gets a marker file (written durably), and a shard that has
-//! one is skipped: a re-run after a crash redoes only unfinished shards.
+//! one is skipped: a re-run after a crash redoes only unfinished shards. The result's `summary`
+//! counts skipped shards too (from their markers: the job's totals), `ran` only what this
+//! invocation did.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -264,15 +266,6 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("error: --threads: must be at least 1 (got 0)");
         return Outcome::UnusableInput;
     }
-    if let Some(dir) = &args.markers
-        && let Err(e) = std::fs::create_dir_all(dir)
-    {
-        eprintln!(
-            "error: --markers {}: cannot be created ({e})",
-            dir.display()
-        );
-        return Outcome::UnusableInput;
-    }
     let verify: VerifyMode = args.verify.into();
     let phases: Vec<Phase> = match args.phase {
         PhaseArg::Copy => vec![Phase::Copy],
@@ -301,6 +294,38 @@ pub fn run(args: Args) -> Outcome {
     }
     base_opts.preserve.owner &= !args.no_owner;
     base_opts.preserve.xattrs &= !args.no_xattrs;
+
+    // Every argument is checked before anything is created: a refused worker changes nothing.
+    let whole = CopyJob {
+        source: args.source.clone(),
+        destinations: args.destinations.clone(),
+        scopes: Vec::new(),
+    };
+    if let Err(e) = ingest_copy::check(&whole, &base_opts) {
+        eprintln!("error: {e}");
+        return Outcome::UnusableInput;
+    }
+    for (flag, path) in [
+        ("--markers", &args.markers),
+        ("--report", &args.report),
+        ("--result-file", &args.result_file),
+    ] {
+        if let Some(p) = path
+            && let Err(e) = crate::cmd::copy::outside_source(p, &args.source)
+        {
+            eprintln!("error: {flag} {}: {e}", p.display());
+            return Outcome::UnusableInput;
+        }
+    }
+    if let Some(dir) = &args.markers
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!(
+            "error: --markers {}: cannot be created ({e})",
+            dir.display()
+        );
+        return Outcome::UnusableInput;
+    }
 
     let report = match args.report.as_ref().map(std::fs::File::create).transpose() {
         Ok(f) => f.map(|f| JsonLines::new(std::io::BufWriter::new(f))),
@@ -355,6 +380,9 @@ pub fn run(args: Args) -> Outcome {
     };
 
     let mut total = Summary::default();
+    // What this invocation did: `total` also counts the shards done by an earlier one (their
+    // markers' summaries), so that a resumed job still reports complete totals.
+    let mut ran = Summary::default();
     let (mut done, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
     let setup_error = std::thread::scope(|s| {
@@ -408,6 +436,7 @@ pub fn run(args: Args) -> Outcome {
                                 &sink,
                             )?
                         };
+                        add_summary(&mut ran, &summary);
                         if summary.is_success() {
                             if let Some(dir) = &args.markers {
                                 let m = Marker {
@@ -461,6 +490,7 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("warning: --report: could not be written completely ({e})");
     }
     total.elapsed_seconds = started.elapsed().as_secs_f64();
+    ran.elapsed_seconds = total.elapsed_seconds;
     let (entries, recorded) = first.take();
     let result = pod_result(&total, &entries, recorded);
     emit(&serde_json::json!({
@@ -468,6 +498,7 @@ pub fn run(args: Args) -> Outcome {
         "worker": worker,
         "shards": {"done": done, "skipped": skipped, "failed": failed},
         "summary": total,
+        "ran": ran,
         "result": result,
         "error": setup_error.as_ref().map(|e: &ingest_copy::SetupError| e.to_string()),
     }));
