@@ -252,8 +252,10 @@ fn disk_full_exits_1_and_a_rerun_ends_identical() {
         out.status,
         stderr(&out)
     );
+    // One message for the whole destination, not one failure per remaining file.
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("FAILED"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains("STOPPED: the destination stopped taking writes"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
