@@ -50,10 +50,12 @@ pub enum Scope {
 pub enum VerifyMode {
     /// No verify pass.
     None,
-    /// Type, size, mtime, mode, owner (when preserved) and symlink target.
+    /// Both sides listed; type, size, mtime, mode, owner, xattrs (when preserved), symlink
+    /// targets and hard links compared.
     #[default]
     Metadata,
-    /// Metadata, and both sides' contents read and compared in full.
+    /// Metadata, and both sides' contents read in full and compared by BLAKE3 digest (the
+    /// destination bypassing the client's page cache).
     Checksum,
 }
 
@@ -134,6 +136,10 @@ pub struct Options {
     /// times after another worker's verify pass has set them. The copy phase proved the same
     /// mounts already.
     pub probe_destinations: bool,
+    /// The verify pass repairs what differs (re-copies data or fixes metadata). Off: report-only,
+    /// nothing in the destination is written by the verify pass (it still sets directory times
+    /// after a sharded copy when `dir_times_in_verify`: that is the copy's last step, not a repair).
+    pub repair: bool,
 }
 
 impl Default for Options {
@@ -149,6 +155,7 @@ impl Default for Options {
             concurrency: Concurrency::Fixed,
             dir_times_in_verify: false,
             probe_destinations: true,
+            repair: true,
         }
     }
 }
