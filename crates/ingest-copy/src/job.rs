@@ -137,8 +137,9 @@ pub struct Options {
     /// mounts already.
     pub probe_destinations: bool,
     /// The verify pass repairs what differs (re-copies data or fixes metadata). Off: report-only,
-    /// nothing in the destination is written by the verify pass (it still sets directory times
-    /// after a sharded copy when `dir_times_in_verify`: that is the copy's last step, not a repair).
+    /// nothing in the destination is written by the verify pass, and with `Passes::VerifyOnly`
+    /// not even the destination probe. (It still sets directory times after a sharded copy when
+    /// `dir_times_in_verify`: that is the copy's last step, not a repair.)
     pub repair: bool,
 }
 

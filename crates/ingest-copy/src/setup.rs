@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::Roots;
-use crate::job::{CopyJob, Options};
+use crate::job::{CopyJob, Options, Passes};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,9 @@ pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupEr
         }
         dsts.push(open_dir(dest).map_err(|e| SetupError::DestUnusable(dest.clone(), e))?);
     }
-    if opts.probe_destinations {
+    // A report-only verify writes nothing into the destination, not even a probe.
+    let report_only = opts.passes == Passes::VerifyOnly && !opts.repair;
+    if opts.probe_destinations && !report_only {
         probe(job, &dsts)?;
     }
     Ok(Roots { src, dsts })

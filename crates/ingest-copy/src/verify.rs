@@ -824,9 +824,12 @@ impl<'a> Verifier<'a> {
         let mut look = |local: &mut Local| self.look_dir(node, local);
         match look(local) {
             Ok(now) => {
-                // A directory made by a repair before its contents counts as that repair.
-                let mut reported = node.first.clone();
-                reported.extend(now.diffs.iter().copied());
+                // A directory made by a repair before its contents is reported as what was
+                // found (missing, or not a directory); its metadata, set now, is part of that.
+                let reported = match node.first.is_empty() {
+                    true => now.diffs.clone(),
+                    false => node.first.clone(),
+                };
                 self.verdict(&rel, reported, now, None, local, &mut look);
             }
             Err((op, e)) => self.fail(rel, op, &e),
