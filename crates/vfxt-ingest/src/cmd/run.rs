@@ -164,6 +164,10 @@ struct RunDestination {
     sub_path: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Everything `run` needs, resolved to local paths and checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -179,6 +183,9 @@ struct Resolved {
     /// `spec.threadsPerWorker`, each worker's `--threads` (a count or `auto`).
     threads: ThreadsPerWorker,
     verify: String,
+    /// `spec.verify.repair`.
+    #[serde(default = "yes")]
+    repair: bool,
     owner: bool,
     mode: bool,
     times: bool,
@@ -448,6 +455,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         shards,
         threads: spec.threads_per_worker,
         verify: verify.into(),
+        repair: spec.verify.repair,
         // Owners can only be set by root; elsewhere asking for them would fail every file.
         owner: spec.preserve.owner && rustix::process::geteuid().is_root(),
         mode: spec.preserve.mode,
@@ -808,6 +816,9 @@ fn run_phase(
         } else {
             preserve.join(",")
         });
+        if !job.repair {
+            cmd.arg("--no-repair");
+        }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.
         unsafe {
@@ -1021,9 +1032,9 @@ fn build_status(
     let verify_errors = verify.map(|v| v.failed_files);
     let failed_files = t.errors + t.unreadable + verify_errors.unwrap_or(copy.failed_files);
     let broken = !copy.broken.is_empty() || verify.is_some_and(|v| !v.broken.is_empty());
-    let clean_verify = verification
-        .as_ref()
-        .is_none_or(|v| v.errors == 0 && v.repaired == v.missing + v.mismatched);
+    let clean_verify = verification.as_ref().is_none_or(|v| {
+        v.errors == 0 && v.extraneous == 0 && v.repaired == v.missing + v.mismatched
+    });
     let too_many = match (job.fail_job, job.max_failed_files) {
         (true, _) => failed_files > 0,
         (false, Some(max)) => failed_files > max,
@@ -1112,14 +1123,15 @@ fn print_status(
     );
     if let (Some(v), Some(_)) = (&s.verification, verify) {
         println!(
-            "verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
+            "verify: {} checked, {} matched, {} missing, {} mismatched, {} only in the destination, {} repaired, {} errors — {}",
             v.checked,
             v.matched,
             v.missing,
             v.mismatched,
+            v.extraneous,
             v.repaired,
             v.errors,
-            if v.errors == 0 && v.repaired == v.missing + v.mismatched {
+            if v.errors == 0 && v.extraneous == 0 && v.repaired == v.missing + v.mismatched {
                 "destination identical"
             } else {
                 "DESTINATION DIFFERS"
