@@ -291,12 +291,26 @@ pub struct ShardSizing {
 }
 
 /// The checking pass.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Verify {
     /// How files are compared.
     #[serde(default)]
     pub mode: VerifyMode,
+    /// Fix what differs (re-copy data or set metadata) and check again. False: report only;
+    /// the verify pass writes nothing but the directory times a sharded copy leaves to it, and
+    /// every difference fails the job. Entries only in the destination are never deleted.
+    #[serde(default = "yes")]
+    pub repair: bool,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify {
+            mode: VerifyMode::default(),
+            repair: true,
+        }
+    }
 }
 
 /// How the verify pass compares a destination file with its source.
@@ -622,7 +636,7 @@ pub struct ServerStatus {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct VerificationCounts {
-    /// Files compared.
+    /// Entries compared: `matched + missing + mismatched + extraneous`.
     pub checked: u64,
     /// Equal on the first look.
     pub matched: u64,
@@ -630,6 +644,9 @@ pub struct VerificationCounts {
     pub missing: u64,
     /// Different at the destination (then re-copied).
     pub mismatched: u64,
+    /// Only at the destination (never deleted; the destination differs).
+    #[serde(default)]
+    pub extraneous: u64,
     /// Re-copied successfully.
     pub repaired: u64,
     /// Could not be compared or repaired.

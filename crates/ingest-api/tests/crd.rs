@@ -56,6 +56,7 @@ fn full_example_deserializes_with_every_field() {
         (Some(6), ThreadsPerWorker::Fixed(16), Some(256))
     );
     assert_eq!(s.verify.mode, VerifyMode::Checksum);
+    assert!(!s.verify.repair);
     assert!(s.preserve.xattrs && !s.preserve.owner);
     assert_eq!(s.failure_policy.max_failed_files, Some(100));
     assert_eq!(s.run, 2);
@@ -75,6 +76,10 @@ fn minimal_example_gets_defaults() {
     assert_eq!(s.workers, None);
     assert_eq!(s.threads_per_worker, ThreadsPerWorker::Fixed(16));
     assert_eq!(s.verify.mode, VerifyMode::Metadata);
+    assert!(
+        s.verify.repair,
+        "the verify pass repairs unless told not to"
+    );
     assert!(s.preserve.owner && s.preserve.hardlinks && !s.preserve.xattrs);
     assert_eq!(s.failure_policy.retries_per_shard, 3);
     assert!(validate_spec(s).is_ok());

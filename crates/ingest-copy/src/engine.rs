@@ -21,20 +21,20 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use ingest_path::RelPath;
 
 use crate::concurrency::{Concurrency, Gate, Governor};
-use crate::job::{Options, Scope, VerifyMode};
+use crate::job::{Options, Scope};
 use crate::progress::Progress;
-use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
+use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, Meta, XattrClass};
 
 /// Which pass a walk performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
     Copy,
-    /// Checks (and repairs) the destination. With `VerifyMode::None` it checks nothing and
-    /// only sets the metadata of directories and of files copied in ranges (`Finalize`
-    /// scopes): after a sharded copy, whose shards write into directories other shards own,
-    /// directory times are final only once every shard is done.
-    Verify(VerifyMode),
+    /// Checks nothing and only sets the metadata of directories and of files copied in ranges
+    /// (`Finalize` scopes): after a sharded copy, whose shards write into directories other
+    /// shards own, directory times are final only once every shard is done. Runs before the
+    /// verifier (`verify.rs`), which does all the comparing.
+    Settle,
 }
 
 /// The open roots, shared by both passes.
@@ -92,13 +92,6 @@ struct Counters {
     specials: AtomicU64,
     unsupported: AtomicU64,
     failed: AtomicU64,
-    checked: AtomicU64,
-    matched: AtomicU64,
-    missing: AtomicU64,
-    mismatched: AtomicU64,
-    repaired: AtomicU64,
-    errors: AtomicU64,
-    by_kind: Mutex<std::collections::BTreeMap<Mismatch, u64>>,
 }
 
 fn inc(c: &AtomicU64) {
@@ -173,7 +166,6 @@ struct SplitFile {
 pub(crate) struct Local {
     mount: usize,
     buf: Vec<u8>,
-    buf2: Vec<u8>,
     dirbuf: Vec<MaybeUninit<u8>>,
 }
 
@@ -311,7 +303,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Runs the pass over `scopes` with `opts.threads` threads and returns its counters.
-    pub(crate) fn run(&self, scopes: &'a [Scope]) -> (CopyCounts, VerifyCounts) {
+    pub(crate) fn run(&self, scopes: &'a [Scope]) -> CopyCounts {
         // Scopes are queued in reverse so that the LIFO queue starts with the first (largest) one.
         self.queue.push_all(scopes.iter().rev().map(Task::Scope));
         let mounts = self.roots.dsts.len();
@@ -336,7 +328,6 @@ impl<'a> Walk<'a> {
                         let mut local = Local {
                             mount,
                             buf: Vec::new(),
-                            buf2: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
                         let gate = governor.map(|g| &g.gates[mount]);
@@ -425,10 +416,10 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn totals(&self) -> (CopyCounts, VerifyCounts) {
+    fn totals(&self) -> CopyCounts {
         let c = &self.counts;
         let g = |a: &AtomicU64| a.load(Relaxed);
-        let copy = CopyCounts {
+        CopyCounts {
             entries: g(&c.entries),
             dirs_up_to_date: g(&c.dirs_up_to_date),
             vanished: g(&c.vanished),
@@ -443,17 +434,7 @@ impl<'a> Walk<'a> {
             specials: g(&c.specials),
             unsupported: g(&c.unsupported),
             failed: g(&c.failed),
-        };
-        let verify = VerifyCounts {
-            checked: g(&c.checked),
-            matched: g(&c.matched),
-            missing: g(&c.missing),
-            mismatched: g(&c.mismatched),
-            repaired: g(&c.repaired),
-            errors: g(&c.errors),
-            by_kind: c.by_kind.lock().unwrap().clone(),
-        };
-        (copy, verify)
+        }
     }
 
     /// Runs one task; returns the work it did as the concurrency controller counts it (entries
@@ -575,10 +556,7 @@ impl<'a> Walk<'a> {
     // ---- reporting -------------------------------------------------------------------------
 
     fn fail(&self, path: RelPath, op: &str, e: &io::Error) {
-        match self.pass {
-            Pass::Copy => inc(&self.counts.failed),
-            Pass::Verify(_) => inc(&self.counts.errors),
-        }
+        inc(&self.counts.failed);
         inc(&self.progress.failed);
         if is_destination_gone(op, e) && self.stopped.get().is_none() {
             let _ = self.stopped.set(format!(
@@ -601,6 +579,7 @@ impl<'a> Walk<'a> {
             error: Some("gone from the source since it was listed (deleted or renamed)".into()),
             errno: Some(libc::ENOENT),
             mismatches: Vec::new(),
+            digest: None,
         });
     }
 
@@ -619,6 +598,7 @@ impl<'a> Walk<'a> {
             ),
             errno: None,
             mismatches: Vec::new(),
+            digest: None,
         });
     }
 
@@ -631,6 +611,7 @@ impl<'a> Walk<'a> {
             error: Some(why.into()),
             errno: None,
             mismatches: Vec::new(),
+            digest: None,
         });
     }
 
@@ -677,13 +658,8 @@ impl<'a> Walk<'a> {
             }
             Scope::Finalize(file) => {
                 if let Some((dir, name)) = self.open_scope_parent(file, local.mount) {
-                    match self.pass {
-                        // A sharded copy finalizes split files in its last phase.
-                        Pass::Copy | Pass::Verify(VerifyMode::None) => {
-                            self.finalize_split(&dir, &name, local)
-                        }
-                        Pass::Verify(mode) => self.finalize_verify(&dir, &name, mode, local),
-                    }
+                    // A sharded copy finalizes split files in its last phase.
+                    self.finalize_split(&dir, &name, local);
                     self.release_dir(dir);
                 }
             }
@@ -763,9 +739,9 @@ impl<'a> Walk<'a> {
             Pass::Copy => {
                 created = sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")?;
             }
-            Pass::Verify(_) => {
-                // A directory missing in the destination is recreated; its contents are then
-                // found missing one by one and repaired, so they are counted there.
+            Pass::Settle => {
+                // A directory missing in the destination is recreated, so that its times can
+                // be set; its contents are the verifier's business.
                 if sys::stat_at(pdst, name).op("stat-dest")?.is_none() {
                     sys::ensure_dir(pdst, name, meta.perm | 0o700).op("create-dir")?;
                 }
@@ -861,7 +837,7 @@ impl<'a> Walk<'a> {
         self.release_dir(node);
     }
 
-    /// Sets (copy pass) or checks and repairs (verify pass) a finished directory's metadata.
+    /// Sets a finished directory's metadata (copy and settle passes).
     fn finish_dir(&self, node: &DirNode) {
         // An empty directory was never opened on the destination: open it now, on any mount.
         let fd = match node.dst.iter().find_map(|d| d.get()) {
@@ -880,47 +856,15 @@ impl<'a> Walk<'a> {
             sys::set_meta_fd(fd, &node.meta, self.owner, p.mode, p.times)
         };
         match self.pass {
-            // A verify pass of mode None only settles directories (see `Pass::Verify`).
             Pass::Copy => match set() {
                 _ if node.failed.load(Relaxed) => {} // its outcome is counted already
                 Ok(()) if node.fresh => inc(&self.counts.directories),
                 Ok(()) => inc(&self.counts.dirs_up_to_date),
                 Err(e) => self.fail(node.rel.clone(), "set-dir-metadata", &e),
             },
-            Pass::Verify(VerifyMode::None) => {
+            Pass::Settle => {
                 if let Err(e) = set() {
                     self.fail(node.rel.clone(), "set-dir-metadata", &e);
-                }
-            }
-            Pass::Verify(mode) => {
-                let check = || -> io::Result<Vec<Mismatch>> {
-                    let dm = sys::fstat(fd)?;
-                    let mut d = self.meta_diffs(&node.meta, &dm);
-                    if mode == VerifyMode::Checksum
-                        && self.xattrs_ok.load(Relaxed)
-                        && sys::user_xattrs(node.src.as_fd())? != sys::user_xattrs(fd)?
-                    {
-                        d.push(Mismatch::Xattrs);
-                    }
-                    Ok(d)
-                };
-                inc(&self.counts.checked);
-                inc(&self.progress.verified);
-                match check() {
-                    Ok(d) if d.is_empty() => inc(&self.counts.matched),
-                    Ok(d) if d == [Mismatch::Mtime] && self.opts.dir_times_in_verify => {
-                        // Expected after a sharded copy: this is where directory times become final.
-                        match set() {
-                            Ok(()) => inc(&self.counts.matched),
-                            Err(e) => self.fail(node.rel.clone(), "set-dir-metadata", &e),
-                        }
-                    }
-                    Ok(d) => {
-                        self.found(&d);
-                        let again = set().and_then(|()| check());
-                        self.settle(node.rel.clone(), d, again);
-                    }
-                    Err(e) => self.fail(node.rel.clone(), "stat-dest", &e),
                 }
             }
         }
@@ -928,9 +872,12 @@ impl<'a> Walk<'a> {
 
     // ---- entries -----------------------------------------------------------------------------
 
-    /// One non-directory entry (or a directory met by a scope naming it): copy or verify it.
+    /// One non-directory entry (or a directory met by a scope naming it): copy it.
     /// `grouped`: the entry comes from a `LinkGroup` scope, so multi-linked files are handled here.
     fn entry(&self, dir: &Arc<DirNode>, name: &CStr, local: &mut Local, grouped: bool) {
+        if self.pass == Pass::Settle {
+            return; // only directories (and `Finalize` scopes) are settled: no stat needed
+        }
         let rel = || dir.rel.join(name.to_bytes());
         let sm = match sys::stat_at(dir.src.as_fd(), name) {
             Ok(Some(m)) => m,
@@ -976,8 +923,7 @@ impl<'a> Walk<'a> {
                     inc(&self.progress.files);
                 }
             }
-            Pass::Verify(VerifyMode::None) => {}
-            Pass::Verify(mode) => self.verify_entry(dir, name, &sm, mode, local),
+            Pass::Settle => {}
         }
     }
 
@@ -1631,251 +1577,11 @@ impl<'a> Walk<'a> {
                     )),
                     errno: e.raw_os_error(),
                     mismatches: Vec::new(),
+                    digest: None,
                 });
             }
         }
         Ok(())
-    }
-
-    // ---- verify --------------------------------------------------------------------------
-
-    fn found(&self, diffs: &[Mismatch]) {
-        if diffs.contains(&Mismatch::Missing) {
-            inc(&self.counts.missing);
-        } else {
-            inc(&self.counts.mismatched);
-        }
-        let mut k = self.counts.by_kind.lock().unwrap();
-        for d in diffs {
-            *k.entry(*d).or_default() += 1;
-        }
-    }
-
-    /// Records the outcome of a repair: the second look (`again`) decides.
-    fn settle(&self, path: RelPath, diffs: Vec<Mismatch>, again: io::Result<Vec<Mismatch>>) {
-        match again {
-            Ok(d) if d.is_empty() => {
-                inc(&self.counts.repaired);
-                self.sink.record(ReportEntry {
-                    path,
-                    outcome: Outcome::Repaired,
-                    op: "verify".into(),
-                    error: None,
-                    errno: None,
-                    mismatches: diffs,
-                });
-            }
-            Ok(still) => {
-                inc(&self.counts.errors);
-                inc(&self.progress.failed);
-                self.sink.record(ReportEntry {
-                    path,
-                    outcome: Outcome::Mismatched,
-                    op: "verify".into(),
-                    error: Some(format!("still different after a re-copy: {still:?}")),
-                    errno: None,
-                    mismatches: diffs,
-                });
-            }
-            Err(e) => self.fail(path, "repair", &e),
-        }
-    }
-
-    /// Differences in the metadata the options preserve (not content).
-    fn meta_diffs(&self, sm: &Meta, dm: &Meta) -> Vec<Mismatch> {
-        let p = &self.opts.preserve;
-        let mut d = Vec::new();
-        if sm.kind != dm.kind
-            || (matches!(sm.kind, Kind::CharDev | Kind::BlockDev) && sm.rdev != dm.rdev)
-        {
-            d.push(Mismatch::Type);
-            return d;
-        }
-        if sm.kind == Kind::File && sm.size != dm.size {
-            d.push(Mismatch::Size);
-        }
-        // Directory and symlink mtimes are checked too: a wrong one means their metadata pass did not run.
-        if p.times && sm.mtime != dm.mtime {
-            d.push(Mismatch::Mtime);
-        }
-        if p.mode && sm.kind != Kind::Symlink && sm.perm != dm.perm {
-            d.push(Mismatch::Mode);
-        }
-        if self.owner && (sm.uid, sm.gid) != (dm.uid, dm.gid) {
-            d.push(Mismatch::Owner);
-        }
-        d
-    }
-
-    /// All differences between a source entry and its destination. `first`: for a later link of
-    /// a multi-linked inode, where the first link went.
-    fn diffs(
-        &self,
-        dir: &DirNode,
-        name: &CStr,
-        sm: &Meta,
-        mode: VerifyMode,
-        first: Option<&FirstLink>,
-        local: &mut Local,
-    ) -> io::Result<(Vec<Mismatch>, Option<u64>)> {
-        let dst = dir.dst_fd(self.roots, local.mount)?;
-        let Some(dm) = sys::stat_at(dst, name)? else {
-            return Ok((vec![Mismatch::Missing], None));
-        };
-        let mut d = self.meta_diffs(sm, &dm);
-        if d.contains(&Mismatch::Type) {
-            return Ok((d, Some(dm.ino)));
-        }
-        if sm.kind == Kind::Symlink
-            && sys::read_link_at(dir.src.as_fd(), name)? != sys::read_link_at(dst, name)?
-        {
-            d.push(Mismatch::LinkTarget);
-        }
-        if first.is_some_and(|f| f.dst_ino != dm.ino) {
-            d.push(Mismatch::HardLink);
-        }
-        if sm.kind == Kind::File
-            && mode == VerifyMode::Checksum
-            && !d.contains(&Mismatch::Size)
-            && first.is_none()
-        {
-            let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)?;
-            let dfd = sys::open_read(dst, name)?;
-            if !same_content(&src, &dfd, sm.size, local)? {
-                d.push(Mismatch::Content);
-            }
-            if self.xattrs_ok.load(Relaxed)
-                && sys::user_xattrs(src.as_fd())? != sys::user_xattrs(dfd.as_fd())?
-            {
-                d.push(Mismatch::Xattrs);
-            }
-            self.progress.verified_bytes.fetch_add(sm.size, Relaxed);
-        }
-        Ok((d, Some(dm.ino)))
-    }
-
-    fn verify_entry(
-        &self,
-        dir: &Arc<DirNode>,
-        name: &CStr,
-        sm: &Meta,
-        mode: VerifyMode,
-        local: &mut Local,
-    ) {
-        let rel = || dir.rel.join(name.to_bytes());
-        inc(&self.counts.checked);
-        inc(&self.progress.verified);
-        // Links of one inode: the first one met is checked (and repaired) in full and then
-        // published; the others wait for it and must be the same destination inode.
-        let group = (sm.kind == Kind::File && sm.nlink > 1 && self.opts.preserve.hardlinks)
-            .then(|| self.claim(sm));
-        let first = match &group {
-            Some((slot, false)) => match slot.wait() {
-                Some(f) => Some(f.clone()),
-                None => {
-                    return self.fail(
-                        rel(),
-                        "verify",
-                        &io::Error::other("the first link of this inode could not be verified"),
-                    );
-                }
-            },
-            _ => None,
-        };
-        let publish = |ino: Option<u64>| {
-            if let Some((slot, true)) = &group {
-                let _ = slot.set(ino.map(|dst_ino| FirstLink {
-                    rel: rel(),
-                    dst_ino,
-                }));
-            }
-        };
-        let (diffs, ino) = match self.diffs(dir, name, sm, mode, first.as_ref(), local) {
-            Ok(d) => d,
-            Err(e) => {
-                publish(None);
-                return self.fail(rel(), "verify", &e);
-            }
-        };
-        if diffs.is_empty() {
-            publish(ino);
-            inc(&self.counts.matched);
-            return;
-        }
-        self.found(&diffs);
-        let repaired = if let Some(f) = first {
-            dir.dst_fd(self.roots, local.mount)
-                .op("open-dest-dir")
-                .and_then(|dst| {
-                    self.clear_way(dst, name)?;
-                    self.link_to(dst, name, Some(f), local)
-                })
-        } else if sm.kind == Kind::File
-            && sm.size > self.opts.split_threshold
-            && diffs.iter().all(is_metadata)
-        {
-            // Only metadata differs on a big file: fix it without re-sending the data.
-            (|| {
-                let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
-                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
-                    .op("open-source")?;
-                let dfd =
-                    sys::open_dest_file(dst, name, false, self.create_mode(sm)).op("open-dest")?;
-                self.set_file_meta(&src, &dfd, sm, None)
-            })()
-        } else {
-            self.copy_entry_now(dir, name, sm, local)
-        };
-        let group_first = group
-            .as_ref()
-            .and_then(|(slot, first)| (!first).then_some(slot));
-        let first_again = group_first.and_then(|s| s.get().cloned().flatten());
-        let again = match repaired {
-            Ok(()) => self.diffs(dir, name, sm, mode, first_again.as_ref(), local),
-            Err((_, e)) => Err(e),
-        };
-        publish(again.as_ref().ok().and_then(|(_, ino)| *ino));
-        self.settle(rel(), diffs, again.map(|(d, _)| d));
-    }
-
-    /// A `Finalize` scope in the verify pass: a file written in ranges by several workers has
-    /// the source's size but not yet its mtime. Its contents are compared in full (whatever the
-    /// verify mode: nothing else proves every range was written) and, if equal, it gets its
-    /// metadata; then it is verified like any file.
-    fn finalize_verify(
-        &self,
-        dir: &Arc<DirNode>,
-        name: &CStr,
-        mode: VerifyMode,
-        local: &mut Local,
-    ) {
-        let mut run = || -> OpResult<Option<Meta>> {
-            let Some(sm) = sys::stat_at(dir.src.as_fd(), name).op("stat-source")? else {
-                return Ok(None);
-            };
-            let dst = dir.dst_fd(self.roots, local.mount).op("open-dest-dir")?;
-            if let Some(dm) = sys::stat_at(dst, name).op("stat-dest")?
-                && sm.kind == Kind::File
-                && dm.kind == Kind::File
-                && dm.size == sm.size
-                && dm.mtime != sm.mtime
-            {
-                let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime)
-                    .op("open-source")?;
-                let dfd = sys::open_read(dst, name).op("open-dest")?;
-                if same_content(&src, &dfd, sm.size, local).op("compare")? {
-                    let dfd = sys::open_dest_file(dst, name, false, self.create_mode(&sm))
-                        .op("open-dest")?;
-                    self.set_file_meta(&src, &dfd, &sm, None)?;
-                }
-            }
-            Ok(Some(sm))
-        };
-        match run() {
-            Ok(Some(sm)) => self.verify_entry(dir, name, &sm, mode, local),
-            Ok(None) => {}
-            Err((op, e)) => self.fail(dir.rel.join(name.to_bytes()), op, &e),
-        }
     }
 
     /// A forced copy that completes before returning (no split), for repairs.
@@ -1906,11 +1612,175 @@ impl<'a> Walk<'a> {
             ))
         }
     }
+
+    // ---- repairs, for the verifier (`verify.rs`, through `repair.rs`) ----------------------
+
+    /// Makes `rel` in the destination equal to the source through `mount`, before returning
+    /// (nothing queued, never split). `diffs` (what the verifier found) decide between
+    /// re-creating the entry and setting its metadata only (`repair::needs_data`). `link_to`: for
+    /// a file with several links, a path whose destination inode this one must share.
+    /// Creating or replacing an entry moves its directory's times: they are put back, so that a
+    /// repair never spoils a directory that was verified (or settled) before it.
+    pub(crate) fn repair_path(
+        &self,
+        rel: &RelPath,
+        diffs: &[Mismatch],
+        link_to: Option<&RelPath>,
+        mount: usize,
+    ) -> OpResult<()> {
+        if rel.is_root() {
+            // Only the root's metadata can differ: it exists (setup made it).
+            let src = self.roots.src.as_fd();
+            let sm = sys::fstat(src).op("stat-source")?;
+            return self.repair_dir_meta(src, self.roots.dsts[mount].as_fd(), &sm);
+        }
+        let dir = self.open_repair_parent(rel, mount)?;
+        let done = self.repair_entry(&dir, rel, diffs, link_to, mount);
+        self.release_dir(dir);
+        done
+    }
+
+    fn repair_entry(
+        &self,
+        dir: &Arc<DirNode>,
+        rel: &RelPath,
+        diffs: &[Mismatch],
+        link_to: Option<&RelPath>,
+        mount: usize,
+    ) -> OpResult<()> {
+        let name = cstr(rel.file_name());
+        let Some(sm) = sys::stat_at(dir.src.as_fd(), &name).op("stat-source")? else {
+            let gone = io::Error::new(io::ErrorKind::NotFound, "gone from the source");
+            return Err(("stat-source", gone));
+        };
+        let dst = dir.dst_fd(self.roots, mount).op("open-dest-dir")?;
+        let p = &self.opts.preserve;
+        if !crate::repair::needs_data(sm.kind, diffs) {
+            return match sm.kind {
+                Kind::Dir => {
+                    let src = sys::open_dir_at(dir.src.as_fd(), &name).op("open-source-dir")?;
+                    let dfd = sys::open_dir_at(dst, &name).op("open-dest-dir")?;
+                    self.repair_dir_meta(src.as_fd(), dfd.as_fd(), &sm)
+                }
+                Kind::File => {
+                    let src = sys::open_source_file(dir.src.as_fd(), &name, &self.noatime)
+                        .op("open-source")?;
+                    // Read-only is enough for fchmod, fchown, futimens and xattrs, and never
+                    // creates the file.
+                    let dfd = sys::open_read(dst, &name).op("open-dest")?;
+                    self.set_file_meta(&src, &dfd, &sm, None)
+                }
+                _ => sys::set_meta_at(dst, &name, &sm, self.owner, p.mode, p.times)
+                    .op("set-metadata"),
+            };
+        }
+        let is_dev = matches!(sm.kind, Kind::CharDev | Kind::BlockDev);
+        if sm.kind == Kind::Socket
+            || ((sm.kind == Kind::Fifo || is_dev) && !p.specials)
+            || (is_dev && !sys::is_root())
+        {
+            let why = "not copied by design (sockets; special files when not preserved; device nodes without root)";
+            return Err((
+                "create-special",
+                io::Error::new(io::ErrorKind::Unsupported, why),
+            ));
+        }
+        let before = sys::fstat(dst).op("stat-dest-dir")?;
+        let mut local = Local {
+            mount,
+            buf: Vec::new(),
+            dirbuf: Vec::new(),
+        };
+        match sm.kind {
+            Kind::Dir => {
+                // Its contents and then its metadata are the verifier's next steps.
+                if sys::stat_at(dst, &name)
+                    .op("stat-dest")?
+                    .is_some_and(|m| m.kind != Kind::Dir)
+                {
+                    self.clear_way(dst, &name)?;
+                }
+                sys::ensure_dir(dst, &name, sm.perm | 0o700).op("create-dir")?;
+            }
+            Kind::File => {
+                let root = self.roots.dsts[mount].as_fd();
+                let first = match link_to {
+                    Some(l) => sys::stat_at(root, &cstr(l.as_bytes()))
+                        .op("stat-dest")?
+                        .filter(|m| m.kind == Kind::File),
+                    None => None,
+                };
+                let here = sys::stat_at(dst, &name).op("stat-dest")?;
+                match (first, link_to) {
+                    (Some(f), Some(l)) if here.is_none_or(|h| h.ino != f.ino) => {
+                        self.clear_way(dst, &name)?;
+                        sys::link_at(root, l.as_bytes(), dst, &name).op("link")?;
+                    }
+                    // Rewritten in place: every link of a shared inode gets the data.
+                    _ => self.copy_entry_now(dir, &name, &sm, &mut local)?,
+                }
+            }
+            _ => self.copy_entry(dir, &name, &sm, &mut local, true)?,
+        }
+        if p.times {
+            sys::set_meta_fd(dst, &before, false, false, true).op("set-dir-metadata")?;
+        }
+        Ok(())
+    }
+
+    /// A directory's xattrs, owner, mode and times, from the source's.
+    fn repair_dir_meta(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, sm: &Meta) -> OpResult<()> {
+        if self.any_xattrs() {
+            self.copy_xattrs(src, dst, false)?;
+        }
+        let p = &self.opts.preserve;
+        sys::set_meta_fd(dst, sm, self.owner, p.mode, p.times).op("set-dir-metadata")
+    }
+
+    /// The parent directory of `rel` on both sides (not owned: its metadata is left alone),
+    /// creating missing destination ancestors, which get their metadata from their own checks.
+    fn open_repair_parent(&self, rel: &RelPath, mount: usize) -> OpResult<Arc<DirNode>> {
+        let parent = rel.parent();
+        let mut src = self.roots.src.try_clone().op("open-source-dir")?;
+        let mut meta = sys::fstat(src.as_fd()).op("stat-source")?;
+        let mut dst = self.roots.dsts[mount].try_clone().op("open-dest-dir")?;
+        for comp in parent.components() {
+            let name = cstr(comp);
+            src = sys::open_dir_at(src.as_fd(), &name).op("open-source-dir")?;
+            meta = sys::fstat(src.as_fd()).op("stat-source")?;
+            sys::ensure_dir(dst.as_fd(), &name, meta.perm | 0o700).op("create-dir")?;
+            dst = sys::open_dir_at(dst.as_fd(), &name).op("open-dest-dir")?;
+        }
+        let name = cstr(parent.file_name());
+        let node = DirNode::new(self.roots, None, parent, name, src, meta, false);
+        let _ = node.dst[mount].set(dst);
+        Ok(Arc::new(node))
+    }
 }
 
 /// Errors after which a destination takes no more work: full, over quota, read-only, or its
 /// handles gone stale (the export was replaced). Going on would only turn every remaining file
 /// into the same failure. Source-side operations do not count: ESTALE there is one entry's.
+/// Reads both files in full and compares them (the settle step's check of a file written in
+/// ranges by several workers, before it gets its final mtime).
+fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64, local: &mut Local) -> io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    local.buf.resize(2 * CHUNK, 0);
+    let (x, y) = local.buf.split_at_mut(CHUNK);
+    let mut off = 0u64;
+    loop {
+        let n = sys::pread_full(a.as_fd(), x, off)?;
+        let m = sys::pread_full(b.as_fd(), &mut y[..n.clamp(1, CHUNK)], off)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(off == size);
+        }
+        off += n as u64;
+    }
+}
+
 fn is_destination_gone(op: &str, e: &io::Error) -> bool {
     let source_side = matches!(
         op,
@@ -1934,32 +1804,6 @@ fn is_destination_gone(op: &str, e: &io::Error) -> bool {
 fn same_version(before: &Meta, after: &Meta) -> bool {
     (before.size, before.mtime, before.ctime, before.ino)
         == (after.size, after.mtime, after.ctime, after.ino)
-}
-
-fn is_metadata(m: &Mismatch) -> bool {
-    matches!(
-        m,
-        Mismatch::Mtime | Mismatch::Mode | Mismatch::Owner | Mismatch::Xattrs
-    )
-}
-
-/// Reads both files in full and compares them.
-fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64, local: &mut Local) -> io::Result<bool> {
-    const CHUNK: usize = 1 << 20;
-    local.buf.resize(CHUNK, 0);
-    local.buf2.resize(CHUNK, 0);
-    let mut off = 0u64;
-    loop {
-        let n = sys::pread_full(a.as_fd(), &mut local.buf, off)?;
-        let m = sys::pread_full(b.as_fd(), &mut local.buf2[..n.clamp(1, CHUNK)], off)?;
-        if n != m || local.buf[..n] != local.buf2[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(off == size);
-        }
-        off += n as u64;
-    }
 }
 
 impl DirNode {

@@ -52,10 +52,12 @@ pub enum Scope {
 pub enum VerifyMode {
     /// No verify pass.
     None,
-    /// Type, size, mtime, mode, owner (when preserved) and symlink target.
+    /// Both sides listed; type, size, mtime, mode, owner, xattrs (when preserved), symlink
+    /// targets and hard links compared.
     #[default]
     Metadata,
-    /// Metadata, and both sides' contents read and compared in full.
+    /// Metadata, and both sides' contents read in full and compared by BLAKE3 digest (the
+    /// destination bypassing the client's page cache).
     Checksum,
 }
 
@@ -156,6 +158,11 @@ pub struct Options {
     /// Flush each file to stable storage (fsync) before giving it its final mtime, so that a
     /// file that looks finished is on the server's disk, not only in its cache.
     pub fsync: bool,
+    /// The verify pass repairs what differs (re-copies data or fixes metadata). Off: report-only,
+    /// nothing in the destination is written by the verify pass, and with `Passes::VerifyOnly`
+    /// not even the destination probe. (It still sets directory times after a sharded copy when
+    /// `dir_times_in_verify`: that is the copy's last step, not a repair.)
+    pub repair: bool,
 }
 
 impl Default for Options {
@@ -172,6 +179,7 @@ impl Default for Options {
             dir_times_in_verify: false,
             probe_destinations: true,
             fsync: false,
+            repair: true,
         }
     }
 }

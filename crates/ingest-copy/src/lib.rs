@@ -14,9 +14,11 @@ mod engine;
 pub mod fault;
 pub mod job;
 pub mod progress;
+mod repair;
 pub mod report;
 mod setup;
 mod sys;
+mod verify;
 
 use std::time::Instant;
 
@@ -56,7 +58,7 @@ pub fn run(
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
         let walk = Walk::new(Pass::Copy, opts, &roots, progress, sink);
-        summary.copy = walk.run(&job.scopes).0;
+        summary.copy = walk.run(&job.scopes);
         summary.stopped = walk.stopped();
         if summary.stopped.is_some() {
             // The destination takes no more work: a verify pass would only list what the
@@ -65,22 +67,25 @@ pub fn run(
             return Ok(summary);
         }
     }
-    match (opts.passes, opts.verify) {
-        (Passes::CopyOnly, _) | (Passes::CopyThenVerify, VerifyMode::None) => {}
-        (Passes::VerifyOnly, VerifyMode::None) => {
-            // The verify phase of a sharded job that verifies nothing still settles directory
-            // metadata (see `Pass::Verify`). Nothing is verified; a directory it could not set
-            // counts as a failed copy.
-            let (_, settled) =
-                Walk::new(Pass::Verify(VerifyMode::None), opts, &roots, progress, sink)
-                    .run(&job.scopes);
-            summary.metadata_failed += settled.errors;
-        }
-        _ => {
-            let (_, verify) =
-                Walk::new(Pass::Verify(opts.verify), opts, &roots, progress, sink).run(&job.scopes);
-            summary.verify = Some(verify);
-        }
+    if opts.passes == Passes::CopyOnly
+        || (opts.passes == Passes::CopyThenVerify && opts.verify == VerifyMode::None)
+    {
+        summary.elapsed_seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    // After a sharded copy, directory times (set while other shards still wrote into them) and
+    // files copied in ranges get their final metadata now that every shard is done: the copy's
+    // last step, before anything is compared. What it cannot set is reported and counted.
+    let finalize = job.scopes.iter().any(|s| matches!(s, Scope::Finalize(_)));
+    if opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None {
+        let settled = Walk::new(Pass::Settle, opts, &roots, progress, sink).run(&job.scopes);
+        summary.metadata_failed += settled.failed;
+    }
+    if opts.verify != VerifyMode::None {
+        let repairer = repair::EngineRepair::new(opts, &roots, progress, sink);
+        let repairer: Option<&dyn verify::Repair> = opts.repair.then_some(&repairer);
+        let counts = verify::verify(&job.scopes, opts, &roots, progress, sink, repairer);
+        summary.verify = Some(counts);
     }
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(summary)

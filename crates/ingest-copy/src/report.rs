@@ -26,11 +26,19 @@ pub enum Mismatch {
     HardLink,
     Content,
     Xattrs,
+    /// In the destination, not in the source. Never deleted or repaired: the verifier reports it
+    /// and the destination counts as different.
+    Extraneous,
 }
 
-/// Results of the verify pass. `checked = matched + missing + mismatched`; every entry that was
-/// missing or mismatched is either `repaired` (re-copied and found equal on a second look) or
-/// counted in `errors` and listed in the report.
+/// Results of the verify pass.
+///
+/// Every entry compared counts once in `checked`, by what the first look found:
+/// `checked = matched + missing + mismatched + extraneous`. Each missing or mismatched entry is
+/// then either `repaired` (fixed and found equal on a second look) or listed in the report
+/// (report-only mode, a repair that failed or did not hold). `errors` counts entries that could
+/// not be compared (not in `checked`) and repairs that failed or did not hold (also in `missing`
+/// or `mismatched`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyCounts {
@@ -38,6 +46,9 @@ pub struct VerifyCounts {
     pub matched: u64,
     pub missing: u64,
     pub mismatched: u64,
+    /// In the destination only (never deleted).
+    #[serde(default)]
+    pub extraneous: u64,
     pub repaired: u64,
     pub errors: u64,
     /// What was found different, by kind (an entry may count under several kinds).
@@ -50,6 +61,7 @@ impl VerifyCounts {
         self.matched += other.matched;
         self.missing += other.missing;
         self.mismatched += other.mismatched;
+        self.extraneous += other.extraneous;
         self.repaired += other.repaired;
         self.errors += other.errors;
         for (k, v) in &other.by_kind {
@@ -57,9 +69,9 @@ impl VerifyCounts {
         }
     }
 
-    /// Everything checked is now equal.
+    /// Everything checked is now equal: nothing extraneous, every difference repaired, no errors.
     pub fn is_clean(&self) -> bool {
-        self.errors == 0 && self.repaired == self.missing + self.mismatched
+        self.errors == 0 && self.extraneous == 0 && self.repaired == self.missing + self.mismatched
     }
 }
 
@@ -209,12 +221,16 @@ pub enum Outcome {
     Unsupported,
     /// Found different in the verify pass and fixed.
     Repaired,
-    /// Found different in the verify pass and still different after a re-copy.
+    /// Found different in the verify pass and not fixed: still different after a repair, not
+    /// repaired (report-only mode), or never repaired (extraneous).
     Mismatched,
     /// Listed in the source, gone when its turn came (deleted or renamed meanwhile).
     Vanished,
     /// A regular file that changed in the source while it was read, twice: not copied.
     Changed,
+    /// Compared in full and found equal (one per file the checksum verify read, with its
+    /// digest: the audit trail).
+    Matched,
 }
 
 /// One line of the report (`--report FILE` writes them as JSON Lines).
@@ -233,6 +249,9 @@ pub struct ReportEntry {
     pub errno: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mismatches: Vec<Mismatch>,
+    /// The BLAKE3 digest (hex) of the source file's content, when the verify read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 impl ReportEntry {
@@ -244,6 +263,7 @@ impl ReportEntry {
             error: Some(err.to_string()),
             errno: err.raw_os_error(),
             mismatches: Vec::new(),
+            digest: None,
         }
     }
 }
@@ -253,7 +273,8 @@ pub trait ReportSink: Send + Sync {
     fn record(&self, entry: ReportEntry);
 }
 
-/// Keeps the first `limit` entries in memory and counts the rest.
+/// Keeps the first `limit` entries in memory and counts the rest. `Outcome::Matched` entries
+/// (the checksum audit trail) are neither kept nor counted: this sink is for what went wrong.
 #[derive(Debug, Default)]
 pub struct FirstN {
     limit: usize,
@@ -277,6 +298,9 @@ impl FirstN {
 
 impl ReportSink for FirstN {
     fn record(&self, entry: ReportEntry) {
+        if entry.outcome == Outcome::Matched {
+            return;
+        }
         let mut g = self.inner.lock().unwrap();
         g.1 += 1;
         if g.0.len() < self.limit {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::Roots;
-use crate::job::{CopyJob, Options};
+use crate::job::{CopyJob, Options, Passes};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +272,9 @@ pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupEr
             created.make(target).map_err(unusable)?;
             dsts.push(open_dir(&target.path()).map_err(unusable)?);
         }
-        if opts.probe_destinations {
+        // A report-only verify writes nothing into the destination, not even a probe.
+        let report_only = opts.passes == Passes::VerifyOnly && !opts.repair;
+        if opts.probe_destinations && !report_only {
             probe(job, &dsts)?;
         }
         Ok(dsts)

@@ -194,6 +194,35 @@ pub fn open_read(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     .map_err(to_io)
 }
 
+/// Opens a file for reading with `O_DIRECT`, so that reads go to the file system (on NFS, to
+/// the server) and never come from this client's page cache. `EINVAL`: the file system does
+/// not do direct I/O.
+pub fn open_read_direct(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(to_io)
+}
+
+/// Drops a file's cached pages (`POSIX_FADV_DONTNEED`), so that the next reads fetch the data
+/// again where direct I/O is refused.
+pub fn drop_cached(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fadvise(fd, 0, None, rustix::fs::Advice::DontNeed).map_err(to_io)
+}
+
+/// One `pread`, retried on `EINTR` (direct reads must stay aligned, so no short-read loop here).
+pub fn pread_once(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    loop {
+        match rustix::io::pread(fd, &mut *buf, off) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(to_io),
+        }
+    }
+}
+
 /// Lists a directory into `out` (names without `.` and `..`, with the type when the file system
 /// gives it), reading with a caller-owned buffer so no second descriptor is opened.
 pub fn list_dir(
@@ -466,9 +495,18 @@ fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()
     Ok(())
 }
 
+/// `user.*` extended attributes as (name, value) pairs, sorted.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The `user.*` extended attributes of an open file, as (name, value) pairs.
-pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    xattrs(fd, |n| XattrClass::of(n) == Some(XattrClass::User))
+pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
+    Ok(user_xattrs_if_supported(fd)?.unwrap_or_default())
+}
+
+/// Like [`user_xattrs`], but `None` when the file system has no extended attributes at all
+/// (NFSv3, say), which is not the same as a file without any.
+pub fn user_xattrs_if_supported(fd: BorrowedFd<'_>) -> io::Result<Option<Xattrs>> {
+    xattrs_if_supported(fd, |n| XattrClass::of(n) == Some(XattrClass::User))
 }
 
 /// The kinds of extended attributes the engine copies, each switched on by its own option and
@@ -501,16 +539,21 @@ impl XattrClass {
 }
 
 /// The extended attributes of an open file whose names `keep` accepts, sorted by name.
-pub fn xattrs(
+pub fn xattrs(fd: BorrowedFd<'_>, keep: impl Fn(&[u8]) -> bool) -> io::Result<Xattrs> {
+    Ok(xattrs_if_supported(fd, keep)?.unwrap_or_default())
+}
+
+/// Like [`xattrs`], but `None` when the file system has no extended attributes at all.
+pub fn xattrs_if_supported(
     fd: BorrowedFd<'_>,
     keep: impl Fn(&[u8]) -> bool,
-) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+) -> io::Result<Option<Xattrs>> {
     let mut names = vec![0u8; 4096];
     let n = loop {
         match rustix::fs::flistxattr(fd, &mut names[..]) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(None),
             Err(e) => return Err(to_io(e)),
         }
     };
@@ -534,7 +577,7 @@ pub fn xattrs(
         }
     }
     out.sort();
-    Ok(out)
+    Ok(Some(out))
 }
 
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {

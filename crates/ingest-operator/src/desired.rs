@@ -350,7 +350,7 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         VerifyMode::Metadata => "metadata",
         VerifyMode::Checksum => "checksum",
     };
-    vec![
+    let mut args = vec![
         "worker".to_owned(),
         "--plan".into(),
         crate::plan_store::PLAN_MOUNT.into(),
@@ -378,7 +378,11 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         } else {
             preserve.join(",")
         },
-    ]
+    ];
+    if !s.verify.repair {
+        args.push("--no-repair".into());
+    }
+    args
 }
 
 /// What a worker pod mounts besides the source.

@@ -138,6 +138,7 @@ fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
             t.matched += v.matched;
             t.missing += v.missing;
             t.mismatched += v.mismatched;
+            t.extraneous += v.extraneous;
             t.repaired += v.repaired;
             t.errors += v.errors;
         }

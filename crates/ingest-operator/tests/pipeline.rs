@@ -313,6 +313,31 @@ fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_
 }
 
 #[test]
+fn verify_repair_false_reaches_every_worker_as_no_repair() {
+    let mut ij = fixture("auto-threads.yaml");
+    let mut obs = scanned(&ij, 6, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    let verify_stage = stage(&ij, &obs);
+    assert!(
+        matches!(verify_stage, Stage::Verify(..)),
+        "{verify_stage:?}"
+    );
+    let no_repair = |ij: &ingest_api::IngestJob| -> Vec<bool> {
+        jobs_of(&desired(ij, &verify_stage, &settings()).unwrap())
+            .into_iter()
+            .filter(|j| j.labels()[labels::ROLE] == "verify")
+            .map(|j| args(j).iter().any(|a| a == "--no-repair"))
+            .collect()
+    };
+    assert!(ij.spec.verify.repair, "repairs by default");
+    assert_eq!(no_repair(&ij), [false; 3]);
+    ij.spec.verify.repair = false;
+    assert_eq!(no_repair(&ij), [true; 3]);
+}
+
+#[test]
 fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
     // three-ips.yaml sets worker.image and worker.nodeSelector {pool: ingest}, nothing else.
     let ij = fixture("three-ips.yaml");

@@ -116,9 +116,11 @@ fn per_file_failure_exits_1_and_is_in_the_report() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // One line from the copy pass, one from the verify pass's attempt to repair it.
+    // One line from the copy pass, one from the verify pass's attempt to repair it: the same
+    // operation fails the same way.
     assert_eq!(lines.len(), 2, "{lines:?}");
-    for (line, op) in lines.iter().zip(["replace-dest", "repair"]) {
+    assert_eq!(lines[1]["mismatches"], serde_json::json!(["type"]));
+    for (line, op) in lines.iter().zip(["replace-dest", "replace-dest"]) {
         assert_eq!(
             (
                 line["path"].as_str(),
@@ -151,6 +153,67 @@ fn json_summary_and_names_shown_escaped() {
     assert_eq!(v["copy"]["filesCopied"], 1);
     assert_eq!(v["verify"]["matched"], v["verify"]["checked"]);
     assert_eq!(fs::read(dests[0].join(odd)).unwrap(), b"x");
+}
+
+#[test]
+fn verify_only_reports_every_difference_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/kept"), b"kept").unwrap();
+    fs::write(src.join("d/lost"), b"lost").unwrap();
+    let dest = tmp.path().join("dest");
+    let out = copy(&[&src, &dest], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fs::remove_file(dest.join("d/lost")).unwrap();
+    fs::write(dest.join("d/stray"), b"only here").unwrap();
+
+    let report = tmp.path().join("report.jsonl");
+    let out = copy(
+        &[&src, &dest],
+        &["--verify-only", "--report", report.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DESTINATION DIFFERS"), "{stdout}");
+    assert!(stdout.contains("copied 0 files"), "no copy pass: {stdout}");
+    let mut lines: Vec<(String, String, serde_json::Value)> = fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap().to_string(),
+                v["outcome"].as_str().unwrap().to_string(),
+                v["mismatches"].clone(),
+            )
+        })
+        .collect();
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    let m = |p: &str, k: &str| {
+        (
+            p.to_string(),
+            "mismatched".to_string(),
+            serde_json::json!([k]),
+        )
+    };
+    // `d`'s mtime moved with the test's own changes; the verifier says so and leaves it.
+    assert_eq!(
+        lines,
+        [
+            m("d", "mtime"),
+            m("d/lost", "missing"),
+            m("d/stray", "extraneous")
+        ]
+    );
+    assert!(!dest.join("d/lost").exists(), "nothing repaired");
+    assert!(dest.join("d/stray").exists(), "nothing deleted");
+
+    let out = copy(&[&src, &dest], &["--verify-only", "--verify", "none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--verify-only"), "{}", stderr(&out));
+    let help = bin().args(["copy", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--verify-only"));
 }
 
 trait FromBytesCompat {

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use ingest_copy::{
-    AutoConfig, Concurrency, CopyJob, FirstN, JsonLines, Options, Progress, ReportSink, Scope,
-    Summary, Tee, VerifyMode,
+    AutoConfig, Concurrency, CopyJob, FirstN, JsonLines, Options, Passes, Progress, ReportSink,
+    Scope, Summary, Tee, VerifyMode,
 };
 
 use crate::Outcome;
@@ -91,10 +91,16 @@ pub struct Args {
     /// With `--threads auto`: the most threads per DEST.
     #[arg(long, default_value_t = AutoConfig::default().max_per_mount, value_name = "N")]
     pub max_per_mount: usize,
-    /// How the destination is checked after the copy (differences are re-copied and checked again).
+    /// How the destination is checked after the copy: both sides listed, so entries only in the
+    /// destination are reported too (never deleted); differences are repaired and checked again.
     #[arg(long, value_enum, default_value_t = Verify::Metadata)]
     pub verify: Verify,
-    /// Write every failed, skipped or repaired path as JSON Lines to FILE.
+    /// Copy nothing and repair nothing: only compare DEST with SRC (as --verify says) and report
+    /// every difference; nothing is written into DEST. Exit status 1 when they differ.
+    #[arg(long)]
+    pub verify_only: bool,
+    /// Write every failed, unsupported, repaired or different path as JSON Lines to FILE (with
+    /// --verify checksum also every file found equal, with its BLAKE3 digest).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
@@ -122,6 +128,14 @@ pub fn run(args: Args) -> Outcome {
         verify: args.verify.into(),
         ..Options::default()
     };
+    if args.verify_only {
+        if opts.verify == VerifyMode::None {
+            eprintln!("error: --verify-only: needs --verify metadata or checksum (got none)");
+            return Outcome::UnusableInput;
+        }
+        opts.passes = Passes::VerifyOnly;
+        opts.repair = false;
+    }
     args.threads.apply(&mut opts, args.max_per_mount);
     opts.preserve.owner = !args.no_owner;
     opts.preserve.xattrs = !args.no_xattrs;
@@ -163,7 +177,8 @@ pub fn run(args: Args) -> Outcome {
     let stop = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         if !args.quiet {
-            s.spawn(|| progress_view::report_until(&stop, "copy", None, || progress.snapshot()));
+            let label = if args.verify_only { "verify" } else { "copy" };
+            s.spawn(|| progress_view::report_until(&stop, label, None, || progress.snapshot()));
         }
         let r = ingest_copy::run(&job, &opts, &progress, &sink);
         stop.store(true, Ordering::Relaxed);
@@ -190,7 +205,11 @@ pub fn run(args: Args) -> Outcome {
     } else {
         print_summary(&summary);
         for e in &entries {
-            if e.outcome != ingest_copy::Outcome::Repaired {
+            // Repairs are counted in the summary; files found equal are only in --report.
+            if !matches!(
+                e.outcome,
+                ingest_copy::Outcome::Repaired | ingest_copy::Outcome::Matched
+            ) {
                 let err = e.error.as_deref().unwrap_or("");
                 eprintln!("  {:?} {} ({}): {err}", e.outcome, e.path, e.op);
             }
@@ -288,11 +307,12 @@ pub fn summary_lines(s: &Summary) -> Vec<String> {
                 .map(|(k, n)| format!("{k:?}={n}"))
                 .collect();
             out.push(format!(
-                "verified {} entries: {} matched, {} missing, {} mismatched{}, {} repaired, {} errors — {}",
+                "verified {} entries: {} matched, {} missing, {} mismatched, {} only in the destination{}, {} repaired, {} errors — {}",
                 v.checked,
                 v.matched,
                 v.missing,
                 v.mismatched,
+                v.extraneous,
                 if kinds.is_empty() {
                     String::new()
                 } else {

@@ -167,6 +167,10 @@ struct RunDestination {
     sub_path: Option<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Everything `run` needs, resolved to local paths and checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -182,6 +186,9 @@ struct Resolved {
     /// `spec.threadsPerWorker`, each worker's `--threads` (a count or `auto`).
     threads: ThreadsPerWorker,
     verify: String,
+    /// `spec.verify.repair`.
+    #[serde(default = "yes")]
+    repair: bool,
     owner: bool,
     mode: bool,
     times: bool,
@@ -516,6 +523,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         shards,
         threads: spec.threads_per_worker,
         verify: verify.into(),
+        repair: spec.verify.repair,
         // Owners can only be set by root; elsewhere asking for them would fail every file.
         owner: spec.preserve.owner && rustix::process::geteuid().is_root(),
         mode: spec.preserve.mode,
@@ -883,6 +891,9 @@ fn run_phase(
         } else {
             preserve.join(",")
         });
+        if !job.repair {
+            cmd.arg("--no-repair");
+        }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.
         unsafe {
@@ -1116,9 +1127,9 @@ fn build_status(
     let verify_errors = verify.map(|v| v.failed_files);
     let failed_files = t.errors + t.unreadable + verify_errors.unwrap_or(copy.failed_files);
     let broken = !copy.broken.is_empty() || verify.is_some_and(|v| !v.broken.is_empty());
-    let clean_verify = verification
-        .as_ref()
-        .is_none_or(|v| v.errors == 0 && v.repaired == v.missing + v.mismatched);
+    let clean_verify = verification.as_ref().is_none_or(|v| {
+        v.errors == 0 && v.extraneous == 0 && v.repaired == v.missing + v.mismatched
+    });
     let too_many = match (job.fail_job, job.max_failed_files) {
         (true, _) => failed_files > 0,
         (false, Some(max)) => failed_files > max,
@@ -1204,7 +1215,7 @@ fn print_status(
         .saturating_sub(c.entries_done());
     let (fps, bps) = copy_rates(copy);
     println!(
-        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed; {fps} files/s, {}/s over {:.3} s",
+        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed, {} vanished from the source, {} changed while read, {} not attempted; {fps} files/s, {}/s over {:.3} s",
         c.files_copied,
         bytes(c.bytes_copied),
         c.files_skipped + before,
@@ -1220,6 +1231,9 @@ fn print_status(
         c.symlinks,
         c.hardlinks,
         c.failed,
+        c.vanished,
+        c.changed,
+        c.not_attempted,
         bytes(bps),
         copy.seconds,
     );
@@ -1245,14 +1259,21 @@ fn print_status(
     }
     if let (Some(v), Some(_)) = (&s.verification, verify) {
         println!(
-            "job, verify: {} checked, {} matched, {} missing, {} mismatched, {} repaired, {} errors — {}",
+            "job, verify: {} checked, {} matched, {} missing, {} mismatched, {} only in the destination, {} repaired, {} errors — {}",
             v.checked,
             v.matched,
             v.missing,
             v.mismatched,
+            v.extraneous,
             v.repaired,
             v.errors,
-            if v.errors == 0 && v.repaired == v.missing + v.mismatched {
+            // Identical only when the whole job succeeded too: nothing failed, changed while
+            // read, or was left unattempted.
+            if s.phase == Some(JobPhase::Succeeded)
+                && v.errors == 0
+                && v.extraneous == 0
+                && v.repaired == v.missing + v.mismatched
+            {
                 "destination identical"
             } else {
                 "DESTINATION DIFFERS"

@@ -83,6 +83,10 @@ pub struct Args {
     /// How the verify phase compares files.
     #[arg(long, value_enum, default_value_t = Verify::Metadata)]
     pub verify: Verify,
+    /// Report what the verify phase finds different instead of repairing it (the spec's
+    /// `verify.repair: false`).
+    #[arg(long)]
+    pub no_repair: bool,
     /// Directory of per-shard completion markers (created if missing).
     #[arg(long, value_name = "DIR")]
     pub markers: Option<PathBuf>,
@@ -278,6 +282,7 @@ pub fn run(args: Args) -> Outcome {
     let mut base_opts = Options {
         verify,
         multilinked: linked_elsewhere(&plan),
+        repair: !args.no_repair,
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
@@ -578,7 +583,7 @@ pub fn add_summary(total: &mut Summary, s: &Summary) {
 pub fn pod_result(s: &Summary, entries: &[ingest_copy::ReportEntry], recorded: u64) -> PodResult {
     let failures: Vec<FileFailure> = entries
         .iter()
-        .filter(|e| e.outcome != EntryOutcome::Repaired)
+        .filter(|e| !matches!(e.outcome, EntryOutcome::Repaired | EntryOutcome::Matched))
         .map(|e| FileFailure {
             path: e.path.to_escaped(),
             reason: match &e.error {
@@ -604,6 +609,7 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
         matched: v.matched,
         missing: v.missing,
         mismatched: v.mismatched,
+        extraneous: v.extraneous,
         repaired: v.repaired,
         errors: v.errors,
         verified: v.matched + v.repaired,
