@@ -558,10 +558,21 @@ impl<'a> Walk<'a> {
     fn fail(&self, path: RelPath, op: &str, e: &io::Error) {
         inc(&self.counts.failed);
         inc(&self.progress.failed);
-        if is_destination_gone(op, e) && self.stopped.get().is_none() {
-            let _ = self.stopped.set(format!(
-                "the destination stopped taking writes at {path} ({op}: {e})"
-            ));
+        if is_destination_gone(op, e) {
+            let why = format!("the destination stopped taking writes at {path} ({op}: {e})");
+            if self.stopped.set(why.clone()).is_ok() {
+                // One line for everything not started, at the root: what a reader of the
+                // report needs to know about the entries it does not list.
+                self.sink.record(ReportEntry {
+                    path: RelPath::root(),
+                    outcome: Outcome::Failed,
+                    op: "stop".into(),
+                    error: Some(format!("{why}: no new work was started after it")),
+                    errno: e.raw_os_error(),
+                    mismatches: Vec::new(),
+                    digest: None,
+                });
+            }
         }
         self.sink.record(ReportEntry::failed(path, op, e));
     }
@@ -1319,6 +1330,11 @@ impl<'a> Walk<'a> {
             let src =
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             let same = match sys::stat_at(dst, name).op("stat-dest")? {
+                // Finalized already (an earlier run, or this phase run again): finished, like
+                // any file with the source's size and mtime; the verifier reads it in full.
+                Some(dm) if dm.kind == Kind::File && (dm.size, dm.mtime) == (sm.size, sm.mtime) => {
+                    return Ok(Some(false));
+                }
                 Some(dm) if dm.kind == Kind::File && dm.size == sm.size => {
                     let dfd = sys::open_read(dst, name).op("open-dest")?;
                     same_content(&src, &dfd, sm.size, local).op("compare")?
@@ -1338,8 +1354,12 @@ impl<'a> Walk<'a> {
             ))
         };
         match run() {
-            Ok(Some(_)) => {
+            Ok(Some(true)) => {
                 inc(&self.counts.files_copied);
+                inc(&self.progress.files);
+            }
+            Ok(Some(false)) => {
+                inc(&self.counts.files_skipped);
                 inc(&self.progress.files);
             }
             Ok(None) => self.vanished(rel()),

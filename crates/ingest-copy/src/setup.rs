@@ -290,6 +290,11 @@ pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupEr
 
 /// Probe files are named `PROBE_PREFIX` + `HOST.PID.NANOS`.
 const PROBE_PREFIX: &str = ".vfxt-ingest-probe.";
+
+/// Whether a name in a destination root is a probe file's (this or another vfxt-ingest's).
+pub(crate) fn is_probe_name(name: &[u8]) -> bool {
+    name.starts_with(PROBE_PREFIX.as_bytes())
+}
 /// A probe lives a few seconds; one this much older than ours (by the server's clock) was left by a
 /// process that died in the middle of its probe.
 const PROBE_STALE_AFTER: Duration = Duration::from_secs(600);

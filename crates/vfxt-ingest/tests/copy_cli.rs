@@ -176,7 +176,10 @@ fn verify_only_reports_every_difference_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("DESTINATION DIFFERS"), "{stdout}");
-    assert!(stdout.contains("copied 0 files"), "no copy pass: {stdout}");
+    assert!(
+        stdout.contains("0 entries in scope"),
+        "no copy pass: {stdout}"
+    );
     let mut lines: Vec<(String, String, serde_json::Value)> = fs::read_to_string(&report)
         .unwrap()
         .lines()

@@ -203,10 +203,11 @@ fn a_failed_close_leaves_the_file_unfinished_and_a_rerun_repairs_it() {
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     fs::create_dir(&src).unwrap();
     fs::write(src.join("a"), vec![3u8; 10_000]).unwrap();
+    // The first close is the destination probe's (see `setup::probe`), the second the file's.
     let (out, s, report) = copy(
         &src,
         &dst,
-        Some("close@1=eio"),
+        Some("close@2=eio"),
         &["--threads", "1", "--verify", "none"],
     );
     assert_eq!(code(&out), 1);
@@ -247,7 +248,13 @@ fn a_full_destination_stops_the_run_with_one_message_and_a_rerun_finishes() {
     );
     assert!(s["verify"].is_null(), "no verify after a stop: {s}");
     // Only the files in progress are listed (at most one per thread), not every remaining one.
-    let failed = report.iter().filter(|e| e["outcome"] == "failed").count();
+    let failed = report
+        .iter()
+        .filter(|e| e["outcome"] == "failed" && e["op"] != "stop")
+        .count();
+    let stops: Vec<_> = report.iter().filter(|e| e["op"] == "stop").collect();
+    assert_eq!(stops.len(), 1, "one line for the stop: {report:?}");
+    assert_eq!(stops[0]["path"], "", "{stops:?}");
     assert!((1..=4).contains(&failed), "{failed} failures: {report:?}");
     assert!(s["copy"]["notAttempted"].as_u64().unwrap() > 0, "{s}");
     assert!(s["copy"]["entries"].as_u64().unwrap() <= entries + 1);
