@@ -2,6 +2,8 @@
 //! operator observes (Jobs with status, pods with progress annotations and termination messages).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod selectors;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
