@@ -143,16 +143,43 @@ where
     }
 }
 
-/// Writes `/status` with server-side apply (the operator is its only writer).
+/// Suspends `jobs` (the Job controller then deletes their running pods and starts no more).
+pub async fn suspend(client: &Client, ns: &str, jobs: &[&Job]) -> Result<usize> {
+    let api = Api::<Job>::namespaced(client.clone(), ns);
+    for j in jobs {
+        let name = j.name_any();
+        match api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("suspend Job {name}"), e)),
+        }
+    }
+    Ok(jobs.len())
+}
+
+/// Writes `/status` with server-side apply (the operator is its only writer), on the condition that the
+/// IngestJob is still the version `ij` was read from (`metadata.resourceVersion` is a precondition): a
+/// reconcile working from a stale copy gets a conflict and is retried, and can never overwrite a run's
+/// record with a verdict recomputed from fewer pods.
 pub async fn patch_status(client: &Client, ij: &IngestJob, status: &IngestJobStatus) -> Result<()> {
     let ns = ij
         .namespace()
         .ok_or(Error::MissingField("IngestJob has no namespace"))?;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": format!("{}/{}", ingest_api::constants::GROUP, ingest_api::constants::VERSION),
         "kind": ingest_api::constants::KIND,
         "status": status,
     });
+    if let Some(rv) = ij.resource_version() {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     Api::<IngestJob>::namespaced(client.clone(), &ns)
         .patch_status(
             &ij.name_any(),

@@ -25,7 +25,7 @@ use crate::defaults::merge_worker;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::pod::env;
-use crate::stage::{Layout, Stage};
+use crate::stage::Stage;
 
 /// Label on cluster-scoped PersistentVolumes naming the IngestJob's namespace (they cannot have an owner
 /// reference to a namespaced object, so the finalizer finds them by labels).
@@ -163,15 +163,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         status: None,
     })));
 
-    let layout: Option<(&crate::plan_store::PlanSummary, &Layout)> = match stage {
-        Stage::Scan | Stage::ScanFailed(_) => None,
-        Stage::Copy(p, l)
-        | Stage::Verify(p, l)
-        | Stage::Done {
-            plan: p, layout: l, ..
-        } => Some((p, l)),
-    };
-    let Some((plan, layout)) = layout else {
+    let Some((plan, layout)) = stage.plan() else {
         return Ok(out);
     };
     let plan_chunks = plan.chunks;

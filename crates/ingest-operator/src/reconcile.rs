@@ -266,9 +266,13 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         return Err(Error::InvalidSpec(errors));
     }
     let obs = observe::observe(&ctx.client, ij).await?;
+    let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
     let stage = stage::stage(ij, &obs);
-    let children = desired(ij, &stage, &ctx.settings)?;
-    apply::apply(&ctx.client, &ns, &obs, &children).await?;
+    // A run whose record is written creates nothing more (Jobs deleted by hand are not run again).
+    if !recorded {
+        let children = desired(ij, &stage, &ctx.settings)?;
+        apply::apply(&ctx.client, &ns, &obs, &children).await?;
+    }
     apply::prune(&ctx.client, ij, &obs).await?;
     let st = status::compute(ij, &obs, &stage, now);
     ctx.metrics.job(
@@ -282,6 +286,11 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     );
     let later = write_status(ctx, ij, &st).await?;
     let finished = st.phase.is_some_and(Phase::is_finished);
+    if finished && later.is_none() {
+        // The record is written (or was already): nothing of the run may work on. Only FailJob stops a run
+        // with Jobs still running; suspending is idempotent and keeps the pods' objects for inspection.
+        apply::suspend(&ctx.client, &ns, &stage::unfinished_jobs(ij, &obs)).await?;
+    }
     Ok(match later {
         Some(d) => Action::requeue(d),
         // Watches on Jobs and pods wake us on every change; the periodic requeue only catches missed events.

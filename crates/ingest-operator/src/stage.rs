@@ -123,6 +123,14 @@ pub enum Stage {
         layout: Layout,
         failed_shards: u64,
     },
+    /// `failurePolicy.action: FailJob` and a Job of the `role` pass failed: the run ends here. No later pass
+    /// starts, and Jobs of the run still running are suspended.
+    Stopped {
+        plan: PlanSummary,
+        layout: Layout,
+        failed_shards: u64,
+        role: &'static str,
+    },
 }
 
 impl Stage {
@@ -134,6 +142,23 @@ impl Stage {
             Stage::Verify(..) | Stage::Done { .. } => {
                 &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY]
             }
+            // Nothing new is created once FailJob stopped the run.
+            Stage::Stopped { .. } => &[],
+        }
+    }
+
+    /// The plan and layout, once the scan stored a plan.
+    pub fn plan(&self) -> Option<(&PlanSummary, &Layout)> {
+        match self {
+            Stage::Scan | Stage::ScanFailed(_) => None,
+            Stage::Copy(p, l)
+            | Stage::Verify(p, l)
+            | Stage::Done {
+                plan: p, layout: l, ..
+            }
+            | Stage::Stopped {
+                plan: p, layout: l, ..
+            } => Some((p, l)),
         }
     }
 }
@@ -155,6 +180,16 @@ pub fn role_states(
                     .map(job_state),
             )
         })
+        .collect()
+}
+
+/// Jobs of the current run that have not finished (what stopping a run suspends).
+pub fn unfinished_jobs<'a>(ij: &IngestJob, obs: &'a Observed) -> Vec<&'a Job> {
+    obs.jobs
+        .iter()
+        .filter(|j| crate::observe::run_of(&j.metadata.labels) == Some(ij.spec.run))
+        .filter(|j| !job_state(j).finished)
+        .filter(|j| j.spec.as_ref().and_then(|s| s.suspend) != Some(true))
         .collect()
 }
 
@@ -201,6 +236,23 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     // metadata, which other shards' copies change until every shard is done.
     for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
         let states = role_states(ij, obs, &layout, role);
+        let failed = |s: &JobState| s.failed || s.failed_indexes > 0;
+        if fail_fast && states.iter().any(|(_, s)| s.as_ref().is_some_and(failed)) {
+            // With `maxFailedIndexes: 0` a server's Job fails at its first failed shard; the run stops at
+            // once instead of waiting for the other servers' Jobs (which are then suspended).
+            return Stage::Stopped {
+                failed_shards: states
+                    .iter()
+                    .map(|(_, s)| {
+                        s.as_ref()
+                            .map_or(0, |s| s.failed_indexes.max(u64::from(s.failed)))
+                    })
+                    .sum(),
+                plan,
+                layout,
+                role,
+            };
+        }
         if !states
             .iter()
             .all(|(_, s)| s.as_ref().is_some_and(|s| s.finished))
@@ -216,9 +268,6 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
             .iter()
             .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
             .sum();
-        if fail_fast && failed_shards > 0 {
-            break;
-        }
     }
     Stage::Done {
         plan,

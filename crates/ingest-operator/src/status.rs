@@ -202,10 +202,57 @@ fn shard_counts(
     c
 }
 
-/// The status for `stage` of `ij`, observed at `now`.
+/// True when `status` holds the finished record of `run`: its verdict, counts and failure list were written
+/// once, when the run finished, and are never recomputed (pods are garbage-collected or deleted, the
+/// failure policy may be edited afterwards). A new `spec.run` starts a new record.
+pub fn recorded(status: Option<&IngestJobStatus>, run: i64) -> bool {
+    status.is_some_and(|s| {
+        s.run == Some(run) && s.phase.is_some_and(Phase::is_finished) && s.completion_time.is_some()
+    })
+}
+
+/// Whose failures the status shows: the verify pass replaces the copy pass's (it re-copies what the copy
+/// got wrong), so counts are kept from going backwards only while the basis stays the same.
+fn failure_basis(phase: Option<Phase>, verify: VerifyMode) -> Option<&'static str> {
+    match phase? {
+        Phase::Copying => Some(labels::ROLE_COPY),
+        Phase::Verifying if verify == VerifyMode::None => Some(labels::ROLE_COPY),
+        Phase::Verifying => Some(labels::ROLE_VERIFY),
+        _ => None,
+    }
+}
+
+/// `now`'s failures, never fewer than `prev`'s (pods that reported them may be gone): the larger count,
+/// `now`'s list completed by `prev`'s entries it lacks, bounded.
+fn keep_failures(prev: &IngestJobStatus, st: &mut IngestJobStatus) {
+    st.failed_files = st.failed_files.max(prev.failed_files);
+    for f in &prev.failures {
+        if st.failures.len() >= MAX_LISTED_FAILURES {
+            break;
+        }
+        if !st.failures.contains(f) {
+            st.failures.push(f.clone());
+        }
+    }
+    if let (Some(v), Some(p)) = (st.verification.as_mut(), prev.verification.as_ref()) {
+        v.checked = v.checked.max(p.checked);
+        v.matched = v.matched.max(p.matched);
+        v.missing = v.missing.max(p.missing);
+        v.mismatched = v.mismatched.max(p.mismatched);
+        v.repaired = v.repaired.max(p.repaired);
+        v.errors = v.errors.max(p.errors);
+        v.verified = v.matched + v.repaired;
+    }
+}
+
+/// The status for `stage` of `ij`, observed at `now`. Once the run's record is written ([`recorded`]), it is
+/// returned unchanged.
 pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) -> IngestJobStatus {
     let spec = &ij.spec;
     let run = spec.run;
+    if recorded(ij.status.as_ref(), run) {
+        return ij.status.clone().unwrap_or_default();
+    }
     let prev = ij.status.clone().unwrap_or_default();
     let same_run = prev.run == Some(run);
     let mut st = IngestJobStatus {
@@ -241,21 +288,50 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         Stage::Copy(..) => (Phase::Copying, None),
         Stage::Verify(..) => (Phase::Verifying, None),
         Stage::Done { .. } => (Phase::Succeeded, None),
+        Stage::Stopped {
+            failed_shards,
+            role,
+            ..
+        } => {
+            let running = crate::stage::unfinished_jobs(ij, obs).len();
+            (
+                Phase::Failed,
+                Some((
+                    false,
+                    reasons::SHARD_FAILED,
+                    format!(
+                        "{failed_shards} shard(s) of the {role} pass failed after {} retries; failure policy \
+                         FailJob stopped the run: {}{running} running Job(s) suspended",
+                        spec.failure_policy.retries_per_shard,
+                        if *role == labels::ROLE_COPY {
+                            "no verify pass, "
+                        } else {
+                            ""
+                        }
+                    ),
+                )),
+            )
+        }
     };
     st.phase = Some(phase);
 
     let mut outcome = outcome;
-    if let Stage::Copy(plan, layout)
-    | Stage::Verify(plan, layout)
-    | Stage::Done { plan, layout, .. } = stage
-    {
+    if let Some((plan, layout)) = stage.plan() {
         st.totals = Some(plan.totals.clone());
         let copy = sum_role(obs, labels::ROLE_COPY, run);
-        let verify_ran = spec.verify.mode != VerifyMode::None && !matches!(stage, Stage::Copy(..));
+        let in_copy = matches!(
+            stage,
+            Stage::Copy(..)
+                | Stage::Stopped {
+                    role: labels::ROLE_COPY,
+                    ..
+                }
+        );
+        let verify_ran = spec.verify.mode != VerifyMode::None && !in_copy;
         let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
         // With verify None the verify role only set directory metadata: what it could not set
         // adds to the copy's failures.
-        let settled = (spec.verify.mode == VerifyMode::None && !matches!(stage, Stage::Copy(..)))
+        let settled = (spec.verify.mode == VerifyMode::None && !in_copy)
             .then(|| sum_role(obs, labels::ROLE_VERIFY, run));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
@@ -267,7 +343,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         let files = copy.files.max(prev_p.files);
         let bytes = copy.bytes.max(prev_p.bytes);
         let t = &plan.totals;
-        let done = matches!(stage, Stage::Done { .. });
+        let done = matches!(stage, Stage::Done { .. } | Stage::Stopped { .. });
         let percent = if done {
             100.0
         } else if t.bytes > 0 {
@@ -327,6 +403,15 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             st.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
         }
         st.verification = verify.as_ref().map(|v| v.verification.clone());
+        // Never fewer failures within one basis: PodGC or a user may delete the pods that reported them.
+        let basis = if in_copy || spec.verify.mode == VerifyMode::None {
+            labels::ROLE_COPY
+        } else {
+            labels::ROLE_VERIFY
+        };
+        if same_run && failure_basis(prev.phase, spec.verify.mode) == Some(basis) {
+            keep_failures(&prev, &mut st);
+        }
 
         if let Stage::Done { failed_shards, .. } = stage {
             let fp = &spec.failure_policy;

@@ -125,7 +125,23 @@ fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
             let Some(ij) = c.ijs.iter_mut().find(|i| named(i.metadata.name.as_deref())) else {
                 return (404, status_error(404, "ingestjob not found"));
             };
+            // metadata.resourceVersion in a patch is a precondition, as on the API server.
+            let stored = ij.metadata.resource_version.clone();
+            if let (Some(want), Some(have)) =
+                (body["metadata"]["resourceVersion"].as_str(), &stored)
+                && want != have
+            {
+                return (
+                    409,
+                    status_error(
+                        409,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ),
+                );
+            }
             ij.status = serde_json::from_value(body["status"].clone()).unwrap();
+            ij.metadata.resource_version =
+                stored.map(|v| (v.parse::<u64>().unwrap() + 1).to_string());
             (200, serde_json::to_value(&*ij).unwrap())
         }
         "PATCH ingestjobs" => match c.ijs.iter().find(|i| named(i.metadata.name.as_deref())) {
@@ -143,6 +159,19 @@ fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
                 json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
             )
         }
+        "PATCH jobs" => match c
+            .jobs
+            .iter_mut()
+            .find(|j| named(j.metadata.name.as_deref()))
+        {
+            Some(j) => {
+                if let Some(sus) = body["spec"]["suspend"].as_bool() {
+                    j.spec.get_or_insert_default().suspend = Some(sus);
+                }
+                (200, serde_json::to_value(&*j).unwrap())
+            }
+            None => (404, status_error(404, "not found")),
+        },
         "POST jobs" => {
             let job: Job = serde_json::from_value(body.clone()).unwrap();
             if c.jobs.iter().any(|j| j.metadata.name == job.metadata.name) {
@@ -864,5 +893,139 @@ async fn prune_deletes_only_what_this_ingestjob_owns() {
             "/api/v1/namespaces/ingest/configmaps/genomics-r0-plan-0"
         ],
         "exactly our own run-0 objects"
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_verdict_stays_when_pods_go_and_the_policy_changes() {
+    let mut ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
+    ij.metadata.resource_version = Some("100".into());
+    let mut obs = finished_objects(&ij, 3);
+    for s in 0..3 {
+        let mut r = ingest_api::report::PodResult {
+            files: 10,
+            bytes: 10,
+            failed: 4,
+            ..Default::default()
+        };
+        r.failures = vec![ingest_api::FileFailure {
+            path: format!("s{s}/x"),
+            reason: "EACCES".into(),
+        }];
+        obs.pods
+            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+    }
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, _, _) = run_in(&shared, &ij).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let record = current(&shared, "media").status.unwrap();
+    assert_eq!(
+        (record.phase, record.failed_files),
+        (Some(Phase::Failed), 12)
+    );
+
+    // Pods garbage-collected, a verify Job deleted by hand, the policy loosened: nothing changes.
+    {
+        let mut c = shared.lock().unwrap();
+        c.pods.clear();
+        c.jobs
+            .retain(|j| j.metadata.name.as_deref() != Some("media-r0-verify-1"));
+        let ij = &mut c.ijs[0];
+        ij.spec.failure_policy.max_failed_files = None;
+        ij.metadata.generation = Some(5);
+    }
+    let ij = current(&shared, "media");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    assert!(
+        !shorts(&calls)
+            .iter()
+            .any(|c| c == "PATCH ingestjobs/status" || c == "POST jobs"),
+        "no status write, no Job created again: {:?}",
+        shorts(&calls)
+    );
+    assert_eq!(current(&shared, "media").status.unwrap(), record);
+}
+
+#[tokio::test]
+async fn a_status_computed_from_a_stale_object_is_refused() {
+    // The reconcile read resourceVersion 7; the object is at 9 (the record was written meanwhile).
+    let mut ij = fixture("one-ip.yaml");
+    ij.metadata.resource_version = Some("7".into());
+    let mut stored = ij.clone();
+    stored.metadata.resource_version = Some("9".into());
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![stored],
+        ..Default::default()
+    }));
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Conflict, "{err}");
+    assert_eq!(status_body(&calls)["phase"], "Pending");
+    let write = calls
+        .iter()
+        .find(|c| c.short() == "PATCH ingestjobs/status")
+        .unwrap();
+    assert_eq!(write.body["metadata"]["resourceVersion"], "7");
+}
+
+#[tokio::test]
+async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+    ij.spec.failure_policy.max_failed_files = None;
+    let mut obs = scanned(&ij, 6, totals(), false);
+    // Server 0's copy Job failed at its first failed shard; servers 1 and 2 still copy.
+    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
+        if i == 0 {
+            observed_job(j, false, true, "0", "1", 0)
+        } else {
+            observed_job(j, false, false, "", "", 1)
+        }
+    });
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let s = shorts(&calls);
+    assert!(!s.contains(&"POST jobs".to_owned()), "no verify Job: {s:?}");
+    let suspended: Vec<String> = calls
+        .iter()
+        .filter(|c| c.short() == "PATCH jobs")
+        .map(|c| {
+            assert_eq!(c.body, json!({"spec": {"suspend": true}}));
+            c.name().unwrap()
+        })
+        .collect();
+    assert_eq!(suspended, ["media-r0-copy-1", "media-r0-copy-2"]);
+    let st = status_body(&calls);
+    assert_eq!(st["phase"], "Failed");
+    assert_eq!(condition(st, "Stalled")["reason"], "ShardFailed");
+    let msg = st["message"].as_str().unwrap();
+    assert!(
+        msg.contains("FailJob stopped the run: no verify pass, 2 running Job(s) suspended"),
+        "{msg}"
+    );
+    // The status write comes first: the record exists before anything is stopped.
+    let write = s
+        .iter()
+        .position(|c| c == "PATCH ingestjobs/status")
+        .unwrap();
+    let first_suspend = s.iter().position(|c| c == "PATCH jobs").unwrap();
+    assert!(write < first_suspend, "{s:?}");
+
+    // Later reconciles: the record stays, nothing is created or suspended again.
+    let ij = current(&shared, "media");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    assert!(
+        shorts(&calls).iter().all(|c| c.starts_with("GET")),
+        "{:?}",
+        shorts(&calls)
     );
 }

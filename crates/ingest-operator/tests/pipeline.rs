@@ -643,6 +643,16 @@ fn verify_then_done_succeeds_and_keeps_transition_times() {
     assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(500)), done);
 }
 
+/// The copy stage of `obs`'s plan (for the Jobs as they were built).
+fn stage_copy(ij: &ingest_api::IngestJob, obs: &ingest_operator::observe::Observed) -> Stage {
+    match stage(ij, obs) {
+        Stage::Stopped { plan, layout, .. } | Stage::Done { plan, layout, .. } => {
+            Stage::Copy(plan, layout)
+        }
+        s => s,
+    }
+}
+
 #[test]
 fn fail_job_policy_stops_at_a_failed_shard() {
     let mut ij = fixture("one-ip.yaml");
@@ -655,8 +665,9 @@ fn fail_job_policy_stops_at_a_failed_shard() {
     assert!(
         matches!(
             s,
-            Stage::Done {
+            Stage::Stopped {
                 failed_shards: 1,
+                role: "copy",
                 ..
             }
         ),
@@ -669,7 +680,21 @@ fn fail_job_policy_stops_at_a_failed_shard() {
         (stalled.status.as_str(), stalled.reason.as_str()),
         ("True", reasons::SHARD_FAILED)
     );
-    let copy = jobs_of(&desired(&ij, &s, &settings()).unwrap())
+    assert!(
+        stalled
+            .message
+            .contains("FailJob stopped the run: no verify pass"),
+        "{}",
+        stalled.message
+    );
+    let jobs = desired(&ij, &s, &settings()).unwrap();
+    assert!(
+        jobs_of(&jobs)
+            .iter()
+            .all(|j| j.labels()[labels::ROLE] == "scan"),
+        "a stopped run creates no verify Job (and no other Job but the existing scan)"
+    );
+    let copy = jobs_of(&desired(&ij, &stage_copy(&ij, &obs), &settings()).unwrap())
         .into_iter()
         .find(|j| j.labels()[labels::ROLE] == "copy")
         .unwrap()
@@ -758,4 +783,97 @@ fn a_scan_job_without_pods_points_at_its_events() {
             .contains("describe"),
         "before the Job exists, nothing to point at"
     );
+}
+
+/// `three-ips.yaml` (Continue, maxFailedFiles 10) with every Job finished and verify pods reporting
+/// `failed` failures each.
+fn finished_with_failures(
+    failed: [u64; 3],
+) -> (ingest_api::IngestJob, ingest_operator::observe::Observed) {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 3, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    for (s, n) in failed.into_iter().enumerate() {
+        let mut r = result(10, 10, n).unwrap();
+        r.failures = (0..n)
+            .map(|i| FileFailure {
+                path: format!("s{s}/f{i}"),
+                reason: "EACCES".into(),
+            })
+            .collect();
+        obs.pods
+            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+    }
+    (ij, obs)
+}
+
+#[test]
+fn a_finished_runs_record_survives_pod_deletion_and_policy_edits() {
+    let (mut ij, mut obs) = finished_with_failures([4, 7, 0]);
+    let record = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    assert_eq!(
+        (record.phase, record.failed_files),
+        (Some(Phase::Failed), 11)
+    );
+    assert_eq!(
+        ingest_api::conditions::find(&record.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::TOO_MANY_FAILURES
+    );
+    assert!(ingest_operator::status::recorded(Some(&record), 0));
+    ij.status = Some(record.clone());
+
+    // PodGC (or a user) deletes the finished pods: their results are gone, the record is not.
+    obs.pods.clear();
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(900)), record);
+    // Editing the failure policy afterwards does not rewrite the verdict.
+    ij.spec.failure_policy.max_failed_files = Some(1000);
+    ij.metadata.generation = Some(5);
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(901)), record);
+    // The Jobs themselves deleted by hand: still the same record, and nothing is created again.
+    obs.jobs.clear();
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(902)), record);
+
+    // A new run starts a new record.
+    ij.spec.run = 1;
+    let next = compute(&ij, &empty(), &stage(&ij, &empty()), at(1000));
+    assert_eq!((next.run, next.phase), (Some(1), Some(Phase::Pending)));
+    assert_eq!(next.failed_files, 0);
+    assert!(next.completion_time.is_none() && next.failures.is_empty());
+}
+
+#[test]
+fn failures_never_shrink_within_a_pass_when_pods_disappear() {
+    // Verify Jobs still running (one server not finished), failures reported by finished pods.
+    let (ij0, mut obs) = finished_with_failures([2, 3, 0]);
+    for j in obs
+        .jobs
+        .iter_mut()
+        .filter(|j| j.labels()[labels::ROLE] == "verify")
+    {
+        if j.labels()[labels::SERVER_INDEX] == "2" {
+            j.status.as_mut().unwrap().conditions = Some(vec![]);
+        }
+    }
+    let mut ij = ij0.clone();
+    let first = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    assert_eq!(
+        (first.phase, first.failed_files),
+        (Some(Phase::Verifying), 5)
+    );
+    ij.status = Some(first);
+    obs.pods.retain(|p| p.labels()[labels::SERVER_INDEX] != "1");
+    let later = compute(&ij, &obs, &stage(&ij, &obs), at(40));
+    assert_eq!(
+        later.failed_files, 5,
+        "the pods that reported 3 of them are gone"
+    );
+    assert_eq!(later.failures.len(), 5);
+    assert!(later.failures.iter().any(|f| f.path == "s1/f2"));
 }
