@@ -65,6 +65,22 @@ pub struct JobState {
     pub failed_indexes: u64,
     /// Pods running.
     pub active: u64,
+    /// The Failed condition's reason and message (e.g. `PodFailurePolicy`, `FailedIndexes`).
+    pub failure: Option<(String, String)>,
+}
+
+impl JobState {
+    /// Failed as a whole, not merely with failed indexes: a `FailJob` rule matched (exit 2), or the Job's own
+    /// limits (deadline, backoff limit) ended it. The rest of its shards were never done.
+    pub fn failed_whole(&self) -> bool {
+        self.failed
+            && match self.failure.as_ref().map_or("", |(r, _)| r.as_str()) {
+                "FailedIndexes" | "MaxFailedIndexesExceeded" => false,
+                // No reason given: failed indexes explain it.
+                "" => self.failed_indexes == 0,
+                _ => true,
+            }
+    }
 }
 
 /// Reads a Job's status.
@@ -79,7 +95,19 @@ pub fn job_state(job: &Job) -> JobState {
             .any(|c| c.type_ == t && c.status == "True")
     };
     let failed = cond("Failed");
+    let failure = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        });
     JobState {
+        failure,
         finished: cond("Complete") || failed,
         failed,
         succeeded: st
@@ -123,13 +151,15 @@ pub enum Stage {
         layout: Layout,
         failed_shards: u64,
     },
-    /// `failurePolicy.action: FailJob` and a Job of the `role` pass failed: the run ends here. No later pass
-    /// starts, and Jobs of the run still running are suspended.
+    /// A Job of the `role` pass failed as a whole (exit 2, unusable input: `FailJob` rule of the pod failure
+    /// policy), or `failurePolicy.action: FailJob` and a shard failed: the run ends here. No later pass starts,
+    /// and Jobs of the run still running are suspended. `cause` says which and why.
     Stopped {
         plan: PlanSummary,
         layout: Layout,
         failed_shards: u64,
         role: &'static str,
+        cause: String,
     },
 }
 
@@ -221,7 +251,16 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
         return Stage::Scan;
     };
     if scan.failed {
-        return Stage::ScanFailed("the scan Job failed after its retries; see its pod logs".into());
+        let why = match &scan.failure {
+            Some((r, m)) if r == "PodFailurePolicy" => {
+                format!("the scan stopped on unusable input (exit 2): {m}; see its pod logs")
+            }
+            Some((r, m)) if !r.is_empty() => {
+                format!("the scan Job failed after its retries ({r}: {m}); see its pod logs")
+            }
+            _ => "the scan Job failed after its retries; see its pod logs".to_owned(),
+        };
+        return Stage::ScanFailed(why);
     }
     if !scan.finished {
         return Stage::Scan;
@@ -236,21 +275,43 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     // metadata, which other shards' copies change until every shard is done.
     for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
         let states = role_states(ij, obs, &layout, role);
-        let failed = |s: &JobState| s.failed || s.failed_indexes > 0;
-        if fail_fast && states.iter().any(|(_, s)| s.as_ref().is_some_and(failed)) {
+        let sum_failed = || {
+            states
+                .iter()
+                .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
+                .sum::<u64>()
+        };
+        let whole = states.iter().find_map(|(i, s)| {
+            s.as_ref()
+                .filter(|s| s.failed_whole())
+                .map(|s| (*i, s.failure.clone().unwrap_or_default()))
+        });
+        let cause = if let Some((i, (reason, message))) = whole {
+            Some(format!(
+                "the {role} Job {} failed ({reason}: {message})",
+                names::worker_job(ij, run, role, i)
+            ))
+        } else if fail_fast
+            && states
+                .iter()
+                .any(|(_, s)| s.as_ref().is_some_and(|s| s.failed || s.failed_indexes > 0))
+        {
             // With `maxFailedIndexes: 0` a server's Job fails at its first failed shard; the run stops at
             // once instead of waiting for the other servers' Jobs (which are then suspended).
+            Some(format!(
+                "{} shard(s) of the {role} pass failed and the failure policy is FailJob",
+                sum_failed().max(1)
+            ))
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
             return Stage::Stopped {
-                failed_shards: states
-                    .iter()
-                    .map(|(_, s)| {
-                        s.as_ref()
-                            .map_or(0, |s| s.failed_indexes.max(u64::from(s.failed)))
-                    })
-                    .sum(),
+                failed_shards: sum_failed(),
                 plan,
                 layout,
                 role,
+                cause,
             };
         }
         if !states

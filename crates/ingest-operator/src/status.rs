@@ -288,11 +288,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         Stage::Copy(..) => (Phase::Copying, None),
         Stage::Verify(..) => (Phase::Verifying, None),
         Stage::Done { .. } => (Phase::Succeeded, None),
-        Stage::Stopped {
-            failed_shards,
-            role,
-            ..
-        } => {
+        Stage::Stopped { role, cause, .. } => {
             let running = crate::stage::unfinished_jobs(ij, obs).len();
             (
                 Phase::Failed,
@@ -300,9 +296,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
                     false,
                     reasons::SHARD_FAILED,
                     format!(
-                        "{failed_shards} shard(s) of the {role} pass failed after {} retries; failure policy \
-                         FailJob stopped the run: {}{running} running Job(s) suspended",
-                        spec.failure_policy.retries_per_shard,
+                        "{cause}; the run was stopped: {}{running} running Job(s) suspended",
                         if *role == labels::ROLE_COPY {
                             "no verify pass, "
                         } else {

@@ -1008,7 +1008,7 @@ async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
     assert_eq!(condition(st, "Stalled")["reason"], "ShardFailed");
     let msg = st["message"].as_str().unwrap();
     assert!(
-        msg.contains("FailJob stopped the run: no verify pass, 2 running Job(s) suspended"),
+        msg.contains("the run was stopped: no verify pass, 2 running Job(s) suspended"),
         "{msg}"
     );
     // The status write comes first: the record exists before anything is stopped.

@@ -683,7 +683,7 @@ fn fail_job_policy_stops_at_a_failed_shard() {
     assert!(
         stalled
             .message
-            .contains("FailJob stopped the run: no verify pass"),
+            .contains("failure policy is FailJob; the run was stopped: no verify pass"),
         "{}",
         stalled.message
     );
@@ -876,4 +876,113 @@ fn failures_never_shrink_within_a_pass_when_pods_disappear() {
     );
     assert_eq!(later.failures.len(), 5);
     assert!(later.failures.iter().any(|f| f.path == "s1/f2"));
+}
+
+#[test]
+fn pod_failure_policy_fails_an_index_on_exit_1_the_job_on_exit_2_and_ignores_disruptions() {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 6, totals(), false);
+    let copy = {
+        let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
+        jobs_of(&children)
+            .into_iter()
+            .find(|j| j.labels()[labels::ROLE] == "copy")
+            .unwrap()
+            .clone()
+    };
+    let rules = |j: &Job| {
+        j.spec
+            .as_ref()
+            .unwrap()
+            .pod_failure_policy
+            .as_ref()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| {
+                let on = match (&r.on_exit_codes, &r.on_pod_conditions) {
+                    (Some(e), None) => format!("exit {} {:?}", e.operator, e.values),
+                    (None, Some(c)) => {
+                        format!("{}={}", c[0].type_, c[0].status.as_deref().unwrap())
+                    }
+                    _ => panic!("one of onExitCodes and onPodConditions"),
+                };
+                format!("{} on {on}", r.action)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rules(&copy),
+        [
+            "Ignore on DisruptionTarget=True",
+            "FailIndex on exit In [1]",
+            "FailJob on exit In [2]"
+        ]
+    );
+    let spec = copy.spec.as_ref().unwrap();
+    assert_eq!(
+        (
+            spec.pod_replacement_policy.as_deref(),
+            spec.template
+                .spec
+                .as_ref()
+                .unwrap()
+                .restart_policy
+                .as_deref()
+        ),
+        (Some("Failed"), Some("Never")),
+        "what a pod failure policy requires"
+    );
+    let scan = &obs.jobs[0];
+    assert_eq!(
+        rules(scan),
+        ["Ignore on DisruptionTarget=True", "FailJob on exit In [2]"],
+        "the scan is not Indexed: no FailIndex, its exit 1 (plan not stored) is retried"
+    );
+
+    // Exit 2 in a copy pod fails that server's Job as a whole: under Continue too, the run stops.
+    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
+        let mut j = observed_job(j, i != 1, i == 1, if i == 1 { "" } else { "0-1" }, "", 0);
+        if i == 1 {
+            let c = &mut j.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
+            c.reason = Some("PodFailurePolicy".into());
+            c.message = Some("Container copy for pod ingest/media-r0-copy-1-0-x failed with exit code 2 matching FailJob rule at index 2".into());
+        }
+        j
+    });
+    let s = stage(&ij, &obs);
+    assert!(matches!(&s, Stage::Stopped { role: "copy", .. }), "{s:?}");
+    let st = compute(&ij, &obs, &s, at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    let msg = st.message.unwrap();
+    assert!(
+        msg.contains("the copy Job media-r0-copy-1 failed (PodFailurePolicy: Container copy")
+            && msg.contains("no verify pass"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_scan_stopped_by_exit_2_says_so() {
+    let ij = fixture("one-ip.yaml");
+    let mut obs = scanned(&ij, 0, totals(), true);
+    let c = &mut obs.jobs[0]
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()[0];
+    c.reason = Some("PodFailurePolicy".into());
+    c.message = Some("Container scan for pod ingest/genomics-r0-scan-x failed with exit code 2 matching FailJob rule at index 1".into());
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("the scan stopped on unusable input (exit 2): Container scan"),
+        "{:?}",
+        st.message
+    );
 }
