@@ -270,6 +270,20 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     };
     let layout = layout(&frozen_spec(ij, obs), &plan);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
+    if fail_fast && plan.failed > 0 {
+        // Entries the scan could not read count like files that failed to copy.
+        return Stage::Stopped {
+            cause: format!(
+                "the scan could not read {} entr{} and the failure policy is FailJob",
+                plan.failed,
+                if plan.failed == 1 { "y" } else { "ies" }
+            ),
+            failed_shards: 0,
+            plan,
+            layout,
+            role: labels::ROLE_SCAN,
+        };
+    }
     let mut failed_shards = 0;
     // The verify role runs even with `verify.mode: None`: its workers then only set directory
     // metadata, which other shards' copies change until every shard is done.
@@ -357,6 +371,7 @@ mod tests {
             shards: per_server.iter().sum(),
             shards_per_server: per_server.to_vec(),
             totals: Default::default(),
+            ..Default::default()
         }
     }
 

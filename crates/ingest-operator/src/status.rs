@@ -294,13 +294,17 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
                 Phase::Failed,
                 Some((
                     false,
-                    reasons::SHARD_FAILED,
+                    if *role == labels::ROLE_SCAN {
+                        reasons::TOO_MANY_FAILURES
+                    } else {
+                        reasons::SHARD_FAILED
+                    },
                     format!(
                         "{cause}; the run was stopped: {}{running} running Job(s) suspended",
-                        if *role == labels::ROLE_COPY {
-                            "no verify pass, "
-                        } else {
-                            ""
+                        match *role {
+                            labels::ROLE_SCAN => "no copy or verify pass, ",
+                            labels::ROLE_COPY => "no verify pass, ",
+                            _ => "",
                         }
                     ),
                 )),
@@ -313,14 +317,12 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     if let Some((plan, layout)) = stage.plan() {
         st.totals = Some(plan.totals.clone());
         let copy = sum_role(obs, labels::ROLE_COPY, run);
-        let in_copy = matches!(
-            stage,
-            Stage::Copy(..)
-                | Stage::Stopped {
-                    role: labels::ROLE_COPY,
-                    ..
-                }
-        );
+        // Until the verify pass ran (a run stopped after the scan or the copy never gets one).
+        let in_copy = match stage {
+            Stage::Copy(..) => true,
+            Stage::Stopped { role, .. } => *role != labels::ROLE_VERIFY,
+            _ => false,
+        };
         let verify_ran = spec.verify.mode != VerifyMode::None && !in_copy;
         let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
         // With verify None the verify role only set directory metadata: what it could not set
@@ -390,12 +392,14 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
         let last = verify.as_ref().unwrap_or(&copy);
-        st.failed_files = last.failed + settled.as_ref().map_or(0, |s| s.failed);
-        st.failures = last.failures.clone();
+        // Entries the scan could not read are failures of the run too, listed first (the plan keeps them).
+        st.failed_files = plan.failed + last.failed + settled.as_ref().map_or(0, |s| s.failed);
+        st.failures = plan.failures.clone();
+        st.failures.extend(last.failures.iter().cloned());
         if let Some(s) = &settled {
             st.failures.extend(s.failures.iter().cloned());
-            st.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
         }
+        st.failures.truncate(MAX_LISTED_FAILURES);
         st.verification = verify.as_ref().map(|v| v.verification.clone());
         // Never fewer failures within one basis: PodGC or a user may delete the pods that reported them.
         let basis = if in_copy || spec.verify.mode == VerifyMode::None {

@@ -986,3 +986,80 @@ fn a_scan_stopped_by_exit_2_says_so() {
         st.message
     );
 }
+
+/// `ij` scanned into `shards` shards by a scan that could not read `unreadable`.
+fn scanned_with_errors(
+    ij: &ingest_api::IngestJob,
+    shards: u64,
+    unreadable: &[&str],
+) -> ingest_operator::observe::Observed {
+    let mut obs = scanned(ij, shards, totals(), false);
+    obs.plans = vec![plan_meta_with(
+        ij,
+        shards,
+        totals(),
+        unreadable
+            .iter()
+            .map(|p| FileFailure {
+                path: (*p).into(),
+                reason: "scan: Permission denied (os error 13)".into(),
+            })
+            .collect(),
+    )];
+    obs
+}
+
+#[test]
+fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
+    // Continue without a limit: the run goes on and succeeds with the entry listed.
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.verify.mode = ingest_api::VerifyMode::None;
+    let mut obs = scanned_with_errors(&ij, 2, &["locked"]);
+    assert!(matches!(stage(&ij, &obs), Stage::Copy(..)));
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0-1", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0-1", "", 0)
+    });
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!((st.phase, st.failed_files), (Some(Phase::Succeeded), 1));
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::READY)
+            .unwrap()
+            .reason,
+        reasons::SUCCEEDED_WITH_FAILURES
+    );
+    assert_eq!(st.failures[0].path, "locked");
+
+    // maxFailedFiles 0: the same run is TooManyFailures.
+    ij.spec.failure_policy.max_failed_files = Some(0);
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::TOO_MANY_FAILURES
+    );
+
+    // FailJob: the run stops after the scan; no copy Job is created.
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+    let obs = scanned_with_errors(&ij, 2, &["locked", "gone"]);
+    let s = stage(&ij, &obs);
+    assert!(matches!(&s, Stage::Stopped { role: "scan", .. }), "{s:?}");
+    assert!(
+        jobs_of(&desired(&ij, &s, &settings()).unwrap())
+            .iter()
+            .all(|j| j.labels()[labels::ROLE] == "scan")
+    );
+    let st = compute(&ij, &obs, &s, at(10));
+    assert_eq!((st.phase, st.failed_files), (Some(Phase::Failed), 2));
+    let msg = st.message.unwrap();
+    assert!(
+        msg.starts_with("the scan could not read 2 entries and the failure policy is FailJob")
+            && msg.contains("no copy or verify pass"),
+        "{msg}"
+    );
+}
