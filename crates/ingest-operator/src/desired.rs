@@ -154,6 +154,10 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         crate::stage::WORKERS_ANNOTATION.to_owned(),
         workers.to_string(),
     )]));
+    scan_meta
+        .annotations
+        .get_or_insert_default()
+        .extend(spec_annotations(ij));
     out.push(Child::Job(Box::new(Job {
         metadata: scan_meta,
         spec: Some(JobSpec {
@@ -208,6 +212,9 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                 annotations::SERVER.to_owned(),
                 slot.server.clone(),
             )]));
+            m.annotations
+                .get_or_insert_default()
+                .extend(spec_annotations(ij));
             let mut template = pod_template(
                 ij,
                 &worker,
@@ -249,6 +256,20 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// Which spec a Job was built from ([`crate::stage::applied_generation`] reads them back).
+fn spec_annotations(ij: &IngestJob) -> [(String, String); 2] {
+    [
+        (
+            crate::stage::GENERATION_ANNOTATION.to_owned(),
+            ij.metadata.generation.unwrap_or(0).to_string(),
+        ),
+        (
+            crate::stage::SPEC_HASH_ANNOTATION.to_owned(),
+            crate::stage::spec_hash(&ij.spec),
+        ),
+    ]
 }
 
 /// Exit code of a worker or scan whose run finished with some entries failed (each in its result).

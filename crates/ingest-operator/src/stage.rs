@@ -223,6 +223,41 @@ pub fn unfinished_jobs<'a>(ij: &IngestJob, obs: &'a Observed) -> Vec<&'a Job> {
         .collect()
 }
 
+/// Annotation on every Job: `metadata.generation` of the IngestJob the Job was built from.
+pub const GENERATION_ANNOTATION: &str = "ingest.vfxt.dev/generation";
+/// Annotation on every Job: [`spec_hash`] of the spec it was built from.
+pub const SPEC_HASH_ANNOTATION: &str = "ingest.vfxt.dev/spec-hash";
+
+/// A stable hash of what a run's Jobs take from the spec: all of it but `failurePolicy.maxFailedFiles`, which
+/// is read when the verdict is made, not built into a Job.
+pub fn spec_hash(spec: &IngestJobSpec) -> String {
+    let mut s = spec.clone();
+    s.failure_policy.max_failed_files = None;
+    let json = serde_json::to_vec(&s).unwrap_or_default();
+    let h = json.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The generation whose spec the current run actually uses (pure): the IngestJob's own, unless a Job of the
+/// run was built from a spec that differs from today's in something the Job holds (threads, preserve,
+/// workers, verify mode, ...), which applies only from the next run; then the oldest such Job's generation.
+/// GitOps tools then see `observedGeneration < generation` and do not report a change as applied.
+pub fn applied_generation(ij: &IngestJob, obs: &Observed) -> Option<i64> {
+    let hash = spec_hash(&ij.spec);
+    obs.jobs
+        .iter()
+        .filter(|j| crate::observe::run_of(&j.metadata.labels) == Some(ij.spec.run))
+        .filter_map(|j| {
+            let a = j.metadata.annotations.as_ref()?;
+            (a.get(SPEC_HASH_ANNOTATION)? != &hash)
+                .then(|| a.get(GENERATION_ANNOTATION)?.parse().ok())?
+        })
+        .min()
+        .or(ij.metadata.generation)
+}
+
 /// Annotation on the scan Job recording `spec.workers` when the run started. Jobs cannot change their
 /// completions, so the layout of a run is frozen: a changed worker count applies from the next run.
 pub const WORKERS_ANNOTATION: &str = "ingest.vfxt.dev/workers";

@@ -251,12 +251,15 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     let spec = &ij.spec;
     let run = spec.run;
     if recorded(ij.status.as_ref(), run) {
-        return ij.status.clone().unwrap_or_default();
+        let mut record = ij.status.clone().unwrap_or_default();
+        // The only thing that moves on a record: an API error reported since, and now gone.
+        record.conditions.retain(|c| c.type_ != ct::DEGRADED);
+        return record;
     }
     let prev = ij.status.clone().unwrap_or_default();
     let same_run = prev.run == Some(run);
     let mut st = IngestJobStatus {
-        observed_generation: ij.metadata.generation,
+        observed_generation: crate::stage::applied_generation(ij, obs),
         run: Some(run),
         start_time: prev
             .start_time

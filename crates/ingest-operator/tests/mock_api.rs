@@ -269,15 +269,38 @@ async fn run_in(
     Vec<Call>,
     Arc<Metrics>,
 ) {
+    run_in_with(shared, ij, false).await
+}
+
+/// [`run_in`], with an Event recorder when `events` (its Events are `POST events` calls).
+async fn run_in_with(
+    shared: &Shared,
+    ij: &IngestJob,
+    events: bool,
+) -> (
+    Result<Action, ingest_operator::Error>,
+    Vec<Call>,
+    Arc<Metrics>,
+) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(serve(handle, shared.clone(), calls.clone()));
     let metrics = Arc::new(Metrics::default());
+    let client = Client::new(svc, "default");
+    let recorder = events.then(|| {
+        kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "vfxt-ingest".into(),
+                instance: None,
+            },
+        )
+    });
     let ctx = Arc::new(Context::new(
-        Client::new(svc, "default"),
+        client,
         settings(),
         metrics.clone(),
-        None,
+        recorder,
         Duration::from_secs(5),
     ));
     let result = reconcile(Arc::new(ij.clone()), ctx.clone()).await;
@@ -642,13 +665,17 @@ async fn status_writes_are_rate_limited_within_one_context() {
         plans: obs.plans.clone(),
         ..Default::default()
     };
-    let ctx = Arc::new(Context::new(
-        Client::new(svc, "default"),
-        settings(),
-        Arc::new(Metrics::default()),
-        None,
-        Duration::from_secs(5),
-    ));
+    // No reconcile throttle here: the second pass must run and decide not to write.
+    let ctx = Arc::new(
+        Context::new(
+            Client::new(svc, "default"),
+            settings(),
+            Arc::new(Metrics::default()),
+            None,
+            Duration::from_secs(5),
+        )
+        .with_reconcile_gap(Duration::ZERO),
+    );
     let server = tokio::spawn(serve(
         handle,
         Arc::new(Mutex::new(Cluster {
@@ -1027,5 +1054,77 @@ async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
         shorts(&calls).iter().all(|c| c.starts_with("GET")),
         "{:?}",
         shorts(&calls)
+    );
+}
+
+#[tokio::test]
+async fn observed_generation_is_the_one_the_run_uses() {
+    // The scan Job was built at generation 1; generation 2 changes threadsPerWorker, which the run's Jobs
+    // hold: it applies from the next run, so the status does not claim generation 2.
+    let ij1 = fixture("one-ip.yaml");
+    let obs = scanned(&ij1, 8, totals(), false);
+    let mut ij2 = ij1.clone();
+    ij2.metadata.generation = Some(2);
+    ij2.spec.threads_per_worker = ingest_api::ThreadsPerWorker::Fixed(64);
+    let mut c = Cluster::default();
+    add(&mut c, obs.clone());
+    let (result, calls, _) = run(&ij2, c).await;
+    result.unwrap();
+    assert_eq!(status_body(&calls)["observedGeneration"], 1);
+    let created = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
+    assert_eq!(
+        created.body["metadata"]["annotations"]["ingest.vfxt.dev/generation"], "2",
+        "Jobs record the generation they were built from"
+    );
+
+    // maxFailedFiles is read when the verdict is made: a change to it is applied by the running run.
+    let mut ij3 = ij1.clone();
+    ij3.metadata.generation = Some(3);
+    ij3.spec.failure_policy.max_failed_files = Some(5);
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    let (result, calls, _) = run(&ij3, c).await;
+    result.unwrap();
+    assert_eq!(status_body(&calls)["observedGeneration"], 3);
+}
+
+#[tokio::test]
+async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
+    let ij = fixture("one-ip.yaml");
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        fail: vec![("GET", "pods", 503)],
+        ..Default::default()
+    }));
+    let (result, calls, _) = run_in_with(&shared, &ij, true).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Throttled);
+    let st = status_body(&calls);
+    let d = condition(st, "Degraded");
+    assert_eq!(
+        (&d["status"], &d["reason"]),
+        (&json!("True"), &json!("ApiError"))
+    );
+    assert!(
+        d["message"].as_str().unwrap().starts_with("list Pods: "),
+        "the message names the call: {d}"
+    );
+    let event = calls.iter().find(|c| c.short() == "POST events").unwrap();
+    assert_eq!(event.body["reason"], "ApiError");
+    assert_eq!(event.body["type"], "Warning");
+
+    // The API is back: the next reconcile's status drops the condition.
+    shared.lock().unwrap().fail.clear();
+    let ij = current(&shared, "genomics");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let st = status_body(&calls);
+    assert!(
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "Degraded"),
+        "{st}"
     );
 }
