@@ -61,6 +61,9 @@ pub mod conditions {
     pub const RECONCILING: &str = "Reconciling";
     /// True when progress is impossible without a user change (invalid spec, failed run).
     pub const STALLED: &str = "Stalled";
+    /// True while the operator's calls to the Kubernetes API fail (reason `ApiError`, the message names the
+    /// call and the error); removed by the next reconcile that succeeds. kstatus ignores it.
+    pub const DEGRADED: &str = "Degraded";
     /// Value of `status` for a condition that holds.
     pub const TRUE: &str = "True";
     /// Value of `status` for a condition that does not hold.

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::desired::Child;
 use crate::error::{Error, Result};
-use crate::observe::{Observed, run_of};
+use crate::observe::{Observed, owned_by, run_of};
 
 async fn ssa<K>(api: Api<K>, obj: &K) -> Result<()>
 where
@@ -81,19 +81,37 @@ pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]
     Ok(written)
 }
 
-/// Deletes Jobs (with their pods) and plan ConfigMaps of runs other than the current one.
+/// What prune deletes (pure): Jobs and plan ConfigMaps of runs other than the current one that name this
+/// IngestJob's uid as owner. Anything else the label selector returned (another IngestJob's objects, a
+/// same-named predecessor's) is never touched.
+pub fn prunable<'a>(
+    ij: &IngestJob,
+    obs: &'a Observed,
+) -> (
+    Vec<&'a Job>,
+    Vec<&'a kube::api::PartialObjectMeta<ConfigMap>>,
+) {
+    let run = Some(ij.spec.run);
+    let uid = ij.uid().unwrap_or_default();
+    let old = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let r = run_of(&m.labels);
+        r.is_some() && r != run && owned_by(m, &uid)
+    };
+    (
+        obs.jobs.iter().filter(|j| old(&j.metadata)).collect(),
+        obs.plans.iter().filter(|m| old(&m.metadata)).collect(),
+    )
+}
+
+/// Deletes Jobs (with their pods) and plan ConfigMaps of runs other than the current one ([`prunable`]).
 pub async fn prune(client: &Client, ij: &IngestJob, obs: &Observed) -> Result<usize> {
     let ns = ij
         .namespace()
         .ok_or(Error::MissingField("IngestJob has no namespace"))?;
-    let run = Some(ij.spec.run);
     let bg = DeleteParams::background();
     let mut n = 0;
-    for j in obs
-        .jobs
-        .iter()
-        .filter(|j| run_of(&j.metadata.labels).is_some() && run_of(&j.metadata.labels) != run)
-    {
+    let (jobs, plans) = prunable(ij, obs);
+    for j in jobs {
         delete(
             Api::<Job>::namespaced(client.clone(), &ns),
             &j.name_any(),
@@ -102,11 +120,7 @@ pub async fn prune(client: &Client, ij: &IngestJob, obs: &Observed) -> Result<us
         .await?;
         n += 1;
     }
-    for m in obs
-        .plans
-        .iter()
-        .filter(|m| run_of(&m.metadata.labels) != run)
-    {
+    for m in plans {
         delete(
             Api::<ConfigMap>::namespaced(client.clone(), &ns),
             m.metadata.name.as_deref().unwrap_or_default(),
@@ -129,16 +143,43 @@ where
     }
 }
 
-/// Writes `/status` with server-side apply (the operator is its only writer).
+/// Suspends `jobs` (the Job controller then deletes their running pods and starts no more).
+pub async fn suspend(client: &Client, ns: &str, jobs: &[&Job]) -> Result<usize> {
+    let api = Api::<Job>::namespaced(client.clone(), ns);
+    for j in jobs {
+        let name = j.name_any();
+        match api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("suspend Job {name}"), e)),
+        }
+    }
+    Ok(jobs.len())
+}
+
+/// Writes `/status` with server-side apply (the operator is its only writer), on the condition that the
+/// IngestJob is still the version `ij` was read from (`metadata.resourceVersion` is a precondition): a
+/// reconcile working from a stale copy gets a conflict and is retried, and can never overwrite a run's
+/// record with a verdict recomputed from fewer pods.
 pub async fn patch_status(client: &Client, ij: &IngestJob, status: &IngestJobStatus) -> Result<()> {
     let ns = ij
         .namespace()
         .ok_or(Error::MissingField("IngestJob has no namespace"))?;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": format!("{}/{}", ingest_api::constants::GROUP, ingest_api::constants::VERSION),
         "kind": ingest_api::constants::KIND,
         "status": status,
     });
+    if let Some(rv) = ij.resource_version() {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     Api::<IngestJob>::namespaced(client.clone(), &ns)
         .patch_status(
             &ij.name_any(),

@@ -13,7 +13,7 @@ use ingest_api::constants::{annotations, labels};
 use ingest_api::job::WorkerTemplate;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::runtime::controller::{self, Controller};
+use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -122,8 +122,10 @@ async fn run_one(
     .owns(scoped::<Job>(&client, ns), managed.clone())
     .owns(scoped::<ConfigMap>(&client, ns), managed.clone())
     .watches(scoped::<Pod>(&client, ns), managed, |pod| pod_owner(&pod))
-    // Pods report every ~10 s; coalescing their events keeps one reconcile per job per couple of seconds.
-    .with_config(controller::Config::default().debounce(Duration::from_secs(2)))
+    // No debounce: kube-runtime's debounce is pushed back by every new event, so hundreds of short pods
+    // churning kept an IngestJob from being reconciled for a whole phase (issue 12). The reconcile
+    // throttles itself instead (`reconcile::throttle`): at most one pass per job per `RECONCILE_GAP`,
+    // and a trigger inside the gap is requeued to its end, never dropped.
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|r| async move {

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use ingest_api::constants::{BINARY, annotations, labels};
 use ingest_api::job::WorkerTemplate;
 use ingest_api::{IngestJob, ThreadsPerWorker, VerifyMode};
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, EnvVar, EnvVarSource, NFSVolumeSource,
     ObjectFieldSelector, ObjectReference, PersistentVolume, PersistentVolumeClaim,
@@ -25,7 +28,7 @@ use crate::defaults::merge_worker;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::pod::env;
-use crate::stage::{Layout, Stage};
+use crate::stage::Stage;
 
 /// Label on cluster-scoped PersistentVolumes naming the IngestJob's namespace (they cannot have an owner
 /// reference to a namespaced object, so the finalizer finds them by labels).
@@ -151,27 +154,24 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         crate::stage::WORKERS_ANNOTATION.to_owned(),
         workers.to_string(),
     )]));
+    scan_meta
+        .annotations
+        .get_or_insert_default()
+        .extend(spec_annotations(ij));
     out.push(Child::Job(Box::new(Job {
         metadata: scan_meta,
         spec: Some(JobSpec {
             backoff_limit: Some(retries),
             completions: Some(1),
             parallelism: Some(1),
+            pod_failure_policy: Some(pod_failure_policy(false)),
             template: pod_template(ij, &worker, labels::ROLE_SCAN, scan_args, None, settings),
             ..Default::default()
         }),
         status: None,
     })));
 
-    let layout: Option<(&crate::plan_store::PlanSummary, &Layout)> = match stage {
-        Stage::Scan | Stage::ScanFailed(_) => None,
-        Stage::Copy(p, l)
-        | Stage::Verify(p, l)
-        | Stage::Done {
-            plan: p, layout: l, ..
-        } => Some((p, l)),
-    };
-    let Some((plan, layout)) = layout else {
+    let Some((plan, layout)) = stage.plan() else {
         return Ok(out);
     };
     let plan_chunks = plan.chunks;
@@ -212,6 +212,9 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                 annotations::SERVER.to_owned(),
                 slot.server.clone(),
             )]));
+            m.annotations
+                .get_or_insert_default()
+                .extend(spec_annotations(ij));
             let mut template = pod_template(
                 ij,
                 &worker,
@@ -238,6 +241,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                     completions: Some(i32::try_from(slot.shards).unwrap_or(i32::MAX)),
                     parallelism: Some(slot.workers as i32),
                     backoff_limit_per_index: Some(retries),
+                    pod_failure_policy: Some(pod_failure_policy(true)),
                     // FailJob: stop the server's Job at the first shard that exhausts its retries.
                     max_failed_indexes: (ij.spec.failure_policy.action
                         == ingest_api::FailureAction::FailJob)
@@ -252,6 +256,60 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// Which spec a Job was built from ([`crate::stage::applied_generation`] reads them back).
+fn spec_annotations(ij: &IngestJob) -> [(String, String); 2] {
+    [
+        (
+            crate::stage::GENERATION_ANNOTATION.to_owned(),
+            ij.metadata.generation.unwrap_or(0).to_string(),
+        ),
+        (
+            crate::stage::SPEC_HASH_ANNOTATION.to_owned(),
+            crate::stage::spec_hash(&ij.spec),
+        ),
+    ]
+}
+
+/// Exit code of a worker or scan whose run finished with some entries failed (each in its result).
+pub const EXIT_PARTIAL: i32 = 1;
+/// Exit code for unusable input (a bad argument or an unreadable root): no retry can fix it.
+pub const EXIT_UNUSABLE: i32 = 2;
+
+/// How Kubernetes treats a failed pod (rules in order, the first match applies):
+/// - the pod was evicted, preempted or its node drained (`DisruptionTarget`): `Ignore`, a new pod runs the
+///   shard without using up one of its `retriesPerShard`;
+/// - exit 1 (some files failed; they travel in the termination message): `FailIndex` (copy and verify
+///   Jobs), the shard is done and failed: re-walking it cannot fix an EACCES file or a socket;
+/// - exit 2 (unusable input): `FailJob`;
+/// - anything else (a crash, OOM kill, a lost API server during the scan's plan store): counted and retried.
+///
+/// The scan Job is not Indexed, so it cannot fail an index: its exit 1 (the plan could not be stored) is
+/// retried.
+pub fn pod_failure_policy(indexed: bool) -> PodFailurePolicy {
+    let exit = |action: &str, code: i32| PodFailurePolicyRule {
+        action: action.into(),
+        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+            container_name: None,
+            operator: "In".into(),
+            values: vec![code],
+        }),
+        on_pod_conditions: None,
+    };
+    let mut rules = vec![PodFailurePolicyRule {
+        action: "Ignore".into(),
+        on_exit_codes: None,
+        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+            type_: "DisruptionTarget".into(),
+            status: Some("True".into()),
+        }]),
+    }];
+    if indexed {
+        rules.push(exit("FailIndex", EXIT_PARTIAL));
+    }
+    rules.push(exit("FailJob", EXIT_UNUSABLE));
+    PodFailurePolicy { rules }
 }
 
 fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {

@@ -5,6 +5,7 @@ use ingest_api::IngestJob;
 use ingest_api::constants::labels;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::{Client, ResourceExt};
 
@@ -64,11 +65,67 @@ fn has_label(
         .is_some_and(|v| v == value)
 }
 
-/// Lists the children of `ij` (three calls, each filtered by label on the server).
+/// Whether `meta` names the IngestJob with `uid` among its owners. Children are found by label, but labels are
+/// not unique (another IngestJob, an older object of the same name, or a user may set them): only ownership
+/// makes an object ours to count or delete.
+pub fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.kind == ingest_api::constants::KIND)
+}
+
+/// The label selector of `ij`'s children of `role`: the job's own label plus the role (both must hold).
+pub fn role_selector(ij: &IngestJob, role: &str) -> String {
+    format!(
+        "{},{}={role}",
+        names::selector(&ij.name_any()),
+        labels::ROLE
+    )
+}
+
+/// Keeps what belongs to the IngestJob with `uid` (pure): Jobs and plans it owns, and pods whose controlling
+/// Job is one of those (pods without a Job owner are kept: their labels are all there is).
+pub fn keep_owned(uid: &str, obs: Observed) -> Observed {
+    let jobs: Vec<Job> = obs
+        .jobs
+        .into_iter()
+        .filter(|j| owned_by(&j.metadata, uid))
+        .collect();
+    let job_uids: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.metadata.uid.as_deref())
+        .collect();
+    let pods = obs
+        .pods
+        .into_iter()
+        .filter(|p| {
+            let job_owner = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "Job" && o.controller == Some(true));
+            job_owner.is_none_or(|o| job_uids.contains(&o.uid.as_str()))
+        })
+        .collect();
+    let plans = obs
+        .plans
+        .into_iter()
+        .filter(|m| owned_by(&m.metadata, uid))
+        .collect();
+    Observed { jobs, pods, plans }
+}
+
+/// Lists the children of `ij` (three calls, each filtered by label on the server), keeping only what it owns.
 pub async fn observe(client: &Client, ij: &IngestJob) -> Result<Observed> {
     let ns = ij
         .namespace()
         .ok_or(Error::MissingField("IngestJob has no namespace"))?;
+    let uid = ij
+        .uid()
+        .ok_or(Error::MissingField("IngestJob has no uid yet"))?;
+    // `ListParams::labels` replaces the selector: every list gets its whole selector here.
     let lp = ListParams::default().labels(&names::selector(&ij.name_any()));
     let jobs = Api::<Job>::namespaced(client.clone(), &ns)
         .list(&lp)
@@ -78,16 +135,17 @@ pub async fn observe(client: &Client, ij: &IngestJob) -> Result<Observed> {
         .list(&lp)
         .await
         .map_err(|e| Error::kube("list Pods", e))?;
-    let plan_lp = lp
-        .clone()
-        .labels(&format!("{}={}", labels::ROLE, labels::ROLE_PLAN));
+    let plan_lp = ListParams::default().labels(&role_selector(ij, labels::ROLE_PLAN));
     let plans = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .list_metadata(&plan_lp)
         .await
         .map_err(|e| Error::kube("list plan ConfigMaps", e))?;
-    Ok(Observed {
-        jobs: jobs.items,
-        pods: pods.items,
-        plans: plans.items,
-    })
+    Ok(keep_owned(
+        &uid,
+        Observed {
+            jobs: jobs.items,
+            pods: pods.items,
+            plans: plans.items,
+        },
+    ))
 }

@@ -37,7 +37,7 @@ pub fn chunk_key(k: usize) -> String {
 }
 
 /// What the operator needs to know about a stored plan.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSummary {
     /// Number of chunk ConfigMaps.
@@ -49,6 +49,17 @@ pub struct PlanSummary {
     pub shards_per_server: Vec<u64>,
     /// What the scan found.
     pub totals: Totals,
+    /// Entries the scan could not read (unreadable directories, entries that vanished or failed `stat`):
+    /// per-entry outcomes, counted against the failure policy like copy failures.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed: u64,
+    /// The first of them (at most [`ingest_api::MAX_LISTED_FAILURES`]); the plan holds more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ingest_api::FileFailure>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The IngestJob the plan belongs to (from the pod's environment).
@@ -191,6 +202,7 @@ mod tests {
                 directories: 1,
                 bytes: 9,
             },
+            ..Default::default()
         }
     }
 

@@ -9,6 +9,7 @@ use ingest_api::constants::conditions as ct;
 use ingest_api::validate::validate_spec;
 use ingest_api::{IngestJob, IngestJobStatus, Phase};
 use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
@@ -17,7 +18,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::desired::{Settings, desired};
-use crate::error::{Error, Result};
+use crate::error::{Category, Error, Result};
 use crate::metrics::{JobSample, Metrics};
 use crate::{apply, observe, stage, status};
 
@@ -33,8 +34,24 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     /// Minimum time between two status writes of one IngestJob (phase changes go out at once).
     pub status_interval: Duration,
+    /// Minimum time between two reconciles of one IngestJob ([`throttle`]).
+    pub reconcile_gap: Duration,
     last_write: Mutex<HashMap<String, Instant>>,
+    last_reconcile: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Default [`Context::reconcile_gap`]: pod events of one IngestJob (hundreds a second when many short pods
+/// churn) cost at most one observe pass per second.
+pub const RECONCILE_GAP: Duration = Duration::from_secs(1);
+
+/// Whether a reconcile triggered `since_last` after the previous one runs now (None) or is requeued to the end
+/// of the gap (pure). Unlike a debounce, a steady stream of triggers cannot postpone it further.
+pub fn throttle(since_last: Option<Duration>, gap: Duration) -> Option<Duration> {
+    match since_last {
+        Some(d) if d < gap => Some(gap - d),
+        _ => None,
+    }
 }
 
 impl Context {
@@ -52,9 +69,17 @@ impl Context {
             metrics,
             recorder,
             status_interval,
+            reconcile_gap: RECONCILE_GAP,
             last_write: Mutex::default(),
+            last_reconcile: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with another [`Context::reconcile_gap`] (tests use zero).
+    pub fn with_reconcile_gap(mut self, gap: Duration) -> Self {
+        self.reconcile_gap = gap;
+        self
     }
 }
 
@@ -114,14 +139,12 @@ pub fn events_for(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<
         return Vec::new();
     };
     let failed = after == Phase::Failed;
-    let reason = if failed {
-        ingest_api::conditions::find(&new.conditions, ct::STALLED).map_or(
-            ingest_api::constants::reasons::PHASE_CHANGED.to_owned(),
-            |c| c.reason.clone(),
-        )
-    } else {
-        ingest_api::constants::reasons::PHASE_CHANGED.to_owned()
-    };
+    // Each phase has its own reason (the Ready condition's: `Scanning`, `Copying`, `Succeeded`,
+    // `TooManyFailures`, ...): Events with one reason would be merged into one series ("PhaseChanged (x4)").
+    let reason = ingest_api::conditions::find(&new.conditions, ct::READY).map_or(
+        ingest_api::constants::reasons::PHASE_CHANGED.to_owned(),
+        |c| c.reason.clone(),
+    );
     let note = match before {
         Some(b) => format!("{b} → {after}"),
         None => format!("→ {after}"),
@@ -226,6 +249,14 @@ async fn cleanup(ij: &IngestJob, ctx: &Context) -> Result<Action> {
 /// Runs the pipeline for one IngestJob.
 pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    {
+        let mut last = ctx.last_reconcile.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(&ij);
+        if let Some(wait) = throttle(last.get(&k).map(|t| t.elapsed()), ctx.reconcile_gap) {
+            return Ok(Action::requeue(wait));
+        }
+        last.insert(k, started);
+    }
     let result = if needs_finalizer(&ij) {
         let api: Api<IngestJob> =
             Api::namespaced(ctx.client.clone(), &ij.namespace().unwrap_or_default());
@@ -241,6 +272,11 @@ pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> 
         reconcile_steps(&ij, &ctx).await
     };
     ctx.metrics.reconciled(started.elapsed());
+    if let Err(e) = &result
+        && reports_api_error(e)
+    {
+        report_api_error(&ij, &ctx, e).await;
+    }
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -266,9 +302,13 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         return Err(Error::InvalidSpec(errors));
     }
     let obs = observe::observe(&ctx.client, ij).await?;
+    let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
     let stage = stage::stage(ij, &obs);
-    let children = desired(ij, &stage, &ctx.settings)?;
-    apply::apply(&ctx.client, &ns, &obs, &children).await?;
+    // A run whose record is written creates nothing more (Jobs deleted by hand are not run again).
+    if !recorded {
+        let children = desired(ij, &stage, &ctx.settings)?;
+        apply::apply(&ctx.client, &ns, &obs, &children).await?;
+    }
     apply::prune(&ctx.client, ij, &obs).await?;
     let st = status::compute(ij, &obs, &stage, now);
     ctx.metrics.job(
@@ -282,12 +322,70 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     );
     let later = write_status(ctx, ij, &st).await?;
     let finished = st.phase.is_some_and(Phase::is_finished);
+    if finished && later.is_none() {
+        // The record is written (or was already): nothing of the run may work on. Only FailJob stops a run
+        // with Jobs still running; suspending is idempotent and keeps the pods' objects for inspection.
+        apply::suspend(&ctx.client, &ns, &stage::unfinished_jobs(ij, &obs)).await?;
+    }
     Ok(match later {
         Some(d) => Action::requeue(d),
         // Watches on Jobs and pods wake us on every change; the periodic requeue only catches missed events.
         None if finished => Action::await_change(),
         None => Action::requeue(Duration::from_secs(60)),
     })
+}
+
+/// Errors that reach the status as a `Degraded` condition and an Event: failed API calls and our own
+/// inconsistencies. Not an invalid spec (it has its own status) nor a conflict (an optimistic-concurrency
+/// retry is routine).
+fn reports_api_error(e: &Error) -> bool {
+    !matches!(e.category(), Category::Invalid | Category::Conflict)
+}
+
+/// The status `ij` had, with `Degraded` True naming the failed call (pure). None when it already says so.
+pub fn with_api_error(ij: &IngestJob, message: &str, now: Timestamp) -> Option<IngestJobStatus> {
+    let mut st = ij.status.clone().unwrap_or_default();
+    let message: String = message.chars().take(1000).collect();
+    if ingest_api::conditions::find(&st.conditions, ct::DEGRADED)
+        .is_some_and(|c| c.status == ct::TRUE && c.message == message)
+    {
+        return None;
+    }
+    let c = ingest_api::conditions::condition(
+        ct::DEGRADED,
+        true,
+        ingest_api::constants::reasons::API_ERROR,
+        message,
+        ij.metadata.generation,
+        Time(now),
+    );
+    let kept = ingest_api::conditions::merge_conditions(&st.conditions, vec![c.clone()]);
+    st.conditions.retain(|c| c.type_ != ct::DEGRADED);
+    st.conditions.extend(kept);
+    Some(st)
+}
+
+/// Best effort: the error goes to the status (with the same resourceVersion precondition as every status
+/// write, so it never overwrites a newer status) and to an Event.
+async fn report_api_error(ij: &IngestJob, ctx: &Context, e: &Error) {
+    let message = e.to_string();
+    if let Some(st) = with_api_error(ij, &message, Timestamp::now())
+        && let Err(err) = apply::patch_status(&ctx.client, ij, &st).await
+    {
+        tracing::debug!(error = %err, "reporting an API error in status failed");
+    }
+    publish(
+        ctx,
+        ij,
+        vec![Event {
+            type_: EventType::Warning,
+            reason: ingest_api::constants::reasons::API_ERROR.into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        }],
+    )
+    .await;
 }
 
 /// Backoff by error category; an invalid spec waits for the user (no requeue storm).
@@ -365,31 +463,83 @@ mod tests {
     }
 
     #[test]
-    fn one_event_per_phase_change_warning_on_failure() {
-        let a = st(Phase::Copying, 1, false);
-        assert!(events_for(Some(&a), &st(Phase::Copying, 9, false)).is_empty());
-        let e = events_for(Some(&a), &st(Phase::Verifying, 9, false));
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].type_, EventType::Normal);
-        assert!(
-            e[0].note
-                .as_deref()
-                .unwrap()
-                .contains("Copying → Verifying")
+    fn one_event_per_phase_change_each_with_its_own_reason_warning_on_failure() {
+        let with_reason = |phase: Phase, reason: &str| {
+            let mut s = st(phase, 9, phase == Phase::Succeeded);
+            s.conditions[0].reason = reason.into();
+            s
+        };
+        let a = with_reason(Phase::Copying, "Copying");
+        assert!(events_for(Some(&a), &with_reason(Phase::Copying, "Copying")).is_empty());
+        let mut prev = with_reason(Phase::Pending, "Pending");
+        let mut reasons = Vec::new();
+        for (phase, reason) in [
+            (Phase::Scanning, "Scanning"),
+            (Phase::Copying, "Copying"),
+            (Phase::Verifying, "Verifying"),
+            (Phase::Succeeded, "SucceededWithFailures"),
+        ] {
+            let next = with_reason(phase, reason);
+            let e = events_for(Some(&prev), &next);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].type_, EventType::Normal);
+            assert!(
+                e[0].note
+                    .as_deref()
+                    .unwrap()
+                    .contains(&format!("{} → {phase}", prev.phase.unwrap())),
+                "{:?}",
+                e[0].note
+            );
+            reasons.push(e[0].reason.clone());
+            prev = next;
+        }
+        assert_eq!(
+            reasons,
+            ["Scanning", "Copying", "Verifying", "SucceededWithFailures"],
+            "distinct reasons: Kubernetes does not merge them into one series"
         );
-        let mut failed = st(Phase::Failed, 9, false);
-        failed.conditions.push(condition(
-            ct::STALLED,
-            true,
-            "ShardFailed",
-            "x",
-            Some(1),
-            Time(Timestamp::from_second(1).unwrap()),
-        ));
+        let failed = with_reason(Phase::Failed, "ShardFailed");
         let e = events_for(Some(&a), &failed);
         assert_eq!(
             (e[0].type_, e[0].reason.as_str()),
             (EventType::Warning, "ShardFailed")
         );
+    }
+
+    #[test]
+    fn reconciles_are_throttled_not_debounced() {
+        let gap = Duration::from_secs(1);
+        assert_eq!(throttle(None, gap), None);
+        assert_eq!(
+            throttle(Some(Duration::from_millis(300)), gap),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(throttle(Some(Duration::from_millis(1000)), gap), None);
+        // However many triggers arrive, the wait is bounded by the gap since the last pass.
+        for ms in (0..1000).step_by(37) {
+            assert!(throttle(Some(Duration::from_millis(ms)), gap).unwrap() <= gap);
+        }
+    }
+
+    #[test]
+    fn an_api_error_sets_degraded_once() {
+        let mut ij: IngestJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ingest.vfxt.dev/v1alpha1", "kind": "IngestJob",
+            "metadata": {"name": "x", "namespace": "n", "generation": 3},
+            "spec": {"source": {"pvc": {"claimName": "c"}}, "destination": {"nfs": {"servers": ["10.0.0.1"], "path": "/n"}}},
+        }))
+        .unwrap();
+        ij.status = Some(st(Phase::Copying, 1, false));
+        let t = Timestamp::from_second(100).unwrap();
+        let st1 = with_api_error(&ij, "list Pods: 503 Service Unavailable", t).unwrap();
+        let d = ingest_api::conditions::find(&st1.conditions, ct::DEGRADED).unwrap();
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str(), d.message.as_str()),
+            ("True", "ApiError", "list Pods: 503 Service Unavailable")
+        );
+        assert_eq!(st1.phase, Some(Phase::Copying), "nothing else changes");
+        ij.status = Some(st1);
+        assert!(with_api_error(&ij, "list Pods: 503 Service Unavailable", t).is_none());
     }
 }

@@ -65,6 +65,22 @@ pub struct JobState {
     pub failed_indexes: u64,
     /// Pods running.
     pub active: u64,
+    /// The Failed condition's reason and message (e.g. `PodFailurePolicy`, `FailedIndexes`).
+    pub failure: Option<(String, String)>,
+}
+
+impl JobState {
+    /// Failed as a whole, not merely with failed indexes: a `FailJob` rule matched (exit 2), or the Job's own
+    /// limits (deadline, backoff limit) ended it. The rest of its shards were never done.
+    pub fn failed_whole(&self) -> bool {
+        self.failed
+            && match self.failure.as_ref().map_or("", |(r, _)| r.as_str()) {
+                "FailedIndexes" | "MaxFailedIndexesExceeded" => false,
+                // No reason given: failed indexes explain it.
+                "" => self.failed_indexes == 0,
+                _ => true,
+            }
+    }
 }
 
 /// Reads a Job's status.
@@ -79,7 +95,19 @@ pub fn job_state(job: &Job) -> JobState {
             .any(|c| c.type_ == t && c.status == "True")
     };
     let failed = cond("Failed");
+    let failure = st
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        });
     JobState {
+        failure,
         finished: cond("Complete") || failed,
         failed,
         succeeded: st
@@ -123,6 +151,16 @@ pub enum Stage {
         layout: Layout,
         failed_shards: u64,
     },
+    /// A Job of the `role` pass failed as a whole (exit 2, unusable input: `FailJob` rule of the pod failure
+    /// policy), or `failurePolicy.action: FailJob` and a shard failed: the run ends here. No later pass starts,
+    /// and Jobs of the run still running are suspended. `cause` says which and why.
+    Stopped {
+        plan: PlanSummary,
+        layout: Layout,
+        failed_shards: u64,
+        role: &'static str,
+        cause: String,
+    },
 }
 
 impl Stage {
@@ -134,6 +172,23 @@ impl Stage {
             Stage::Verify(..) | Stage::Done { .. } => {
                 &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY]
             }
+            // Nothing new is created once FailJob stopped the run.
+            Stage::Stopped { .. } => &[],
+        }
+    }
+
+    /// The plan and layout, once the scan stored a plan.
+    pub fn plan(&self) -> Option<(&PlanSummary, &Layout)> {
+        match self {
+            Stage::Scan | Stage::ScanFailed(_) => None,
+            Stage::Copy(p, l)
+            | Stage::Verify(p, l)
+            | Stage::Done {
+                plan: p, layout: l, ..
+            }
+            | Stage::Stopped {
+                plan: p, layout: l, ..
+            } => Some((p, l)),
         }
     }
 }
@@ -156,6 +211,51 @@ pub fn role_states(
             )
         })
         .collect()
+}
+
+/// Jobs of the current run that have not finished (what stopping a run suspends).
+pub fn unfinished_jobs<'a>(ij: &IngestJob, obs: &'a Observed) -> Vec<&'a Job> {
+    obs.jobs
+        .iter()
+        .filter(|j| crate::observe::run_of(&j.metadata.labels) == Some(ij.spec.run))
+        .filter(|j| !job_state(j).finished)
+        .filter(|j| j.spec.as_ref().and_then(|s| s.suspend) != Some(true))
+        .collect()
+}
+
+/// Annotation on every Job: `metadata.generation` of the IngestJob the Job was built from.
+pub const GENERATION_ANNOTATION: &str = "ingest.vfxt.dev/generation";
+/// Annotation on every Job: [`spec_hash`] of the spec it was built from.
+pub const SPEC_HASH_ANNOTATION: &str = "ingest.vfxt.dev/spec-hash";
+
+/// A stable hash of what a run's Jobs take from the spec: all of it but `failurePolicy.maxFailedFiles`, which
+/// is read when the verdict is made, not built into a Job.
+pub fn spec_hash(spec: &IngestJobSpec) -> String {
+    let mut s = spec.clone();
+    s.failure_policy.max_failed_files = None;
+    let json = serde_json::to_vec(&s).unwrap_or_default();
+    let h = json.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The generation whose spec the current run actually uses (pure): the IngestJob's own, unless a Job of the
+/// run was built from a spec that differs from today's in something the Job holds (threads, preserve,
+/// workers, verify mode, ...), which applies only from the next run; then the oldest such Job's generation.
+/// GitOps tools then see `observedGeneration < generation` and do not report a change as applied.
+pub fn applied_generation(ij: &IngestJob, obs: &Observed) -> Option<i64> {
+    let hash = spec_hash(&ij.spec);
+    obs.jobs
+        .iter()
+        .filter(|j| crate::observe::run_of(&j.metadata.labels) == Some(ij.spec.run))
+        .filter_map(|j| {
+            let a = j.metadata.annotations.as_ref()?;
+            (a.get(SPEC_HASH_ANNOTATION)? != &hash)
+                .then(|| a.get(GENERATION_ANNOTATION)?.parse().ok())?
+        })
+        .min()
+        .or(ij.metadata.generation)
 }
 
 /// Annotation on the scan Job recording `spec.workers` when the run started. Jobs cannot change their
@@ -186,7 +286,16 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
         return Stage::Scan;
     };
     if scan.failed {
-        return Stage::ScanFailed("the scan Job failed after its retries; see its pod logs".into());
+        let why = match &scan.failure {
+            Some((r, m)) if r == "PodFailurePolicy" => {
+                format!("the scan stopped on unusable input (exit 2): {m}; see its pod logs")
+            }
+            Some((r, m)) if !r.is_empty() => {
+                format!("the scan Job failed after its retries ({r}: {m}); see its pod logs")
+            }
+            _ => "the scan Job failed after its retries; see its pod logs".to_owned(),
+        };
+        return Stage::ScanFailed(why);
     }
     if !scan.finished {
         return Stage::Scan;
@@ -196,11 +305,64 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     };
     let layout = layout(&frozen_spec(ij, obs), &plan);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
+    if fail_fast && plan.failed > 0 {
+        // Entries the scan could not read count like files that failed to copy.
+        return Stage::Stopped {
+            cause: format!(
+                "the scan could not read {} entr{} and the failure policy is FailJob",
+                plan.failed,
+                if plan.failed == 1 { "y" } else { "ies" }
+            ),
+            failed_shards: 0,
+            plan,
+            layout,
+            role: labels::ROLE_SCAN,
+        };
+    }
     let mut failed_shards = 0;
     // The verify role runs even with `verify.mode: None`: its workers then only set directory
     // metadata, which other shards' copies change until every shard is done.
     for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
         let states = role_states(ij, obs, &layout, role);
+        let sum_failed = || {
+            states
+                .iter()
+                .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
+                .sum::<u64>()
+        };
+        let whole = states.iter().find_map(|(i, s)| {
+            s.as_ref()
+                .filter(|s| s.failed_whole())
+                .map(|s| (*i, s.failure.clone().unwrap_or_default()))
+        });
+        let cause = if let Some((i, (reason, message))) = whole {
+            Some(format!(
+                "the {role} Job {} failed ({reason}: {message})",
+                names::worker_job(ij, run, role, i)
+            ))
+        } else if fail_fast
+            && states
+                .iter()
+                .any(|(_, s)| s.as_ref().is_some_and(|s| s.failed || s.failed_indexes > 0))
+        {
+            // With `maxFailedIndexes: 0` a server's Job fails at its first failed shard; the run stops at
+            // once instead of waiting for the other servers' Jobs (which are then suspended).
+            Some(format!(
+                "{} shard(s) of the {role} pass failed and the failure policy is FailJob",
+                sum_failed().max(1)
+            ))
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
+            return Stage::Stopped {
+                failed_shards: sum_failed(),
+                plan,
+                layout,
+                role,
+                cause,
+            };
+        }
         if !states
             .iter()
             .all(|(_, s)| s.as_ref().is_some_and(|s| s.finished))
@@ -216,9 +378,6 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
             .iter()
             .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
             .sum();
-        if fail_fast && failed_shards > 0 {
-            break;
-        }
     }
     Stage::Done {
         plan,
@@ -247,6 +406,7 @@ mod tests {
             shards: per_server.iter().sum(),
             shards_per_server: per_server.to_vec(),
             totals: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -203,14 +203,64 @@ fn shard_counts(
     c
 }
 
-/// The status for `stage` of `ij`, observed at `now`.
+/// True when `status` holds the finished record of `run`: its verdict, counts and failure list were written
+/// once, when the run finished, and are never recomputed (pods are garbage-collected or deleted, the
+/// failure policy may be edited afterwards). A new `spec.run` starts a new record.
+pub fn recorded(status: Option<&IngestJobStatus>, run: i64) -> bool {
+    status.is_some_and(|s| {
+        s.run == Some(run) && s.phase.is_some_and(Phase::is_finished) && s.completion_time.is_some()
+    })
+}
+
+/// Whose failures the status shows: the verify pass replaces the copy pass's (it re-copies what the copy
+/// got wrong), so counts are kept from going backwards only while the basis stays the same.
+fn failure_basis(phase: Option<Phase>, verify: VerifyMode) -> Option<&'static str> {
+    match phase? {
+        Phase::Copying => Some(labels::ROLE_COPY),
+        Phase::Verifying if verify == VerifyMode::None => Some(labels::ROLE_COPY),
+        Phase::Verifying => Some(labels::ROLE_VERIFY),
+        _ => None,
+    }
+}
+
+/// `now`'s failures, never fewer than `prev`'s (pods that reported them may be gone): the larger count,
+/// `now`'s list completed by `prev`'s entries it lacks, bounded.
+fn keep_failures(prev: &IngestJobStatus, st: &mut IngestJobStatus) {
+    st.failed_files = st.failed_files.max(prev.failed_files);
+    for f in &prev.failures {
+        if st.failures.len() >= MAX_LISTED_FAILURES {
+            break;
+        }
+        if !st.failures.contains(f) {
+            st.failures.push(f.clone());
+        }
+    }
+    if let (Some(v), Some(p)) = (st.verification.as_mut(), prev.verification.as_ref()) {
+        v.checked = v.checked.max(p.checked);
+        v.matched = v.matched.max(p.matched);
+        v.missing = v.missing.max(p.missing);
+        v.mismatched = v.mismatched.max(p.mismatched);
+        v.repaired = v.repaired.max(p.repaired);
+        v.errors = v.errors.max(p.errors);
+        v.verified = v.matched + v.repaired;
+    }
+}
+
+/// The status for `stage` of `ij`, observed at `now`. Once the run's record is written ([`recorded`]), it is
+/// returned unchanged.
 pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) -> IngestJobStatus {
     let spec = &ij.spec;
     let run = spec.run;
+    if recorded(ij.status.as_ref(), run) {
+        let mut record = ij.status.clone().unwrap_or_default();
+        // The only thing that moves on a record: an API error reported since, and now gone.
+        record.conditions.retain(|c| c.type_ != ct::DEGRADED);
+        return record;
+    }
     let prev = ij.status.clone().unwrap_or_default();
     let same_run = prev.run == Some(run);
     let mut st = IngestJobStatus {
-        observed_generation: ij.metadata.generation,
+        observed_generation: crate::stage::applied_generation(ij, obs),
         run: Some(run),
         start_time: prev
             .start_time
@@ -242,21 +292,46 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         Stage::Copy(..) => (Phase::Copying, None),
         Stage::Verify(..) => (Phase::Verifying, None),
         Stage::Done { .. } => (Phase::Succeeded, None),
+        Stage::Stopped { role, cause, .. } => {
+            let running = crate::stage::unfinished_jobs(ij, obs).len();
+            (
+                Phase::Failed,
+                Some((
+                    false,
+                    if *role == labels::ROLE_SCAN {
+                        reasons::TOO_MANY_FAILURES
+                    } else {
+                        reasons::SHARD_FAILED
+                    },
+                    format!(
+                        "{cause}; the run was stopped: {}{running} running Job(s) suspended",
+                        match *role {
+                            labels::ROLE_SCAN => "no copy or verify pass, ",
+                            labels::ROLE_COPY => "no verify pass, ",
+                            _ => "",
+                        }
+                    ),
+                )),
+            )
+        }
     };
     st.phase = Some(phase);
 
     let mut outcome = outcome;
-    if let Stage::Copy(plan, layout)
-    | Stage::Verify(plan, layout)
-    | Stage::Done { plan, layout, .. } = stage
-    {
+    if let Some((plan, layout)) = stage.plan() {
         st.totals = Some(plan.totals.clone());
         let copy = sum_role(obs, labels::ROLE_COPY, run);
-        let verify_ran = spec.verify.mode != VerifyMode::None && !matches!(stage, Stage::Copy(..));
+        // Until the verify pass ran (a run stopped after the scan or the copy never gets one).
+        let in_copy = match stage {
+            Stage::Copy(..) => true,
+            Stage::Stopped { role, .. } => *role != labels::ROLE_VERIFY,
+            _ => false,
+        };
+        let verify_ran = spec.verify.mode != VerifyMode::None && !in_copy;
         let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
         // With verify None the verify role only set directory metadata: what it could not set
         // adds to the copy's failures.
-        let settled = (spec.verify.mode == VerifyMode::None && !matches!(stage, Stage::Copy(..)))
+        let settled = (spec.verify.mode == VerifyMode::None && !in_copy)
             .then(|| sum_role(obs, labels::ROLE_VERIFY, run));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
@@ -268,7 +343,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         let files = copy.files.max(prev_p.files);
         let bytes = copy.bytes.max(prev_p.bytes);
         let t = &plan.totals;
-        let done = matches!(stage, Stage::Done { .. });
+        let done = matches!(stage, Stage::Done { .. } | Stage::Stopped { .. });
         let percent = if done {
             100.0
         } else if t.bytes > 0 {
@@ -321,13 +396,24 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
         let last = verify.as_ref().unwrap_or(&copy);
-        st.failed_files = last.failed + settled.as_ref().map_or(0, |s| s.failed);
-        st.failures = last.failures.clone();
+        // Entries the scan could not read are failures of the run too, listed first (the plan keeps them).
+        st.failed_files = plan.failed + last.failed + settled.as_ref().map_or(0, |s| s.failed);
+        st.failures = plan.failures.clone();
+        st.failures.extend(last.failures.iter().cloned());
         if let Some(s) = &settled {
             st.failures.extend(s.failures.iter().cloned());
-            st.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
         }
+        st.failures.truncate(MAX_LISTED_FAILURES);
         st.verification = verify.as_ref().map(|v| v.verification.clone());
+        // Never fewer failures within one basis: PodGC or a user may delete the pods that reported them.
+        let basis = if in_copy || spec.verify.mode == VerifyMode::None {
+            labels::ROLE_COPY
+        } else {
+            labels::ROLE_VERIFY
+        };
+        if same_run && failure_basis(prev.phase, spec.verify.mode) == Some(basis) {
+            keep_failures(&prev, &mut st);
+        }
 
         if let Stage::Done { failed_shards, .. } = stage {
             let fp = &spec.failure_policy;

@@ -7,6 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::selectors;
 use common::*;
 use http::{Request, Response};
 use ingest_api::{IngestJob, Phase, Totals};
@@ -21,10 +22,14 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-/// What the fake API server holds.
+/// What the fake API server holds. Lists honour the namespace in the path and the label and field selectors
+/// as the API server does (`common::selectors`); creates and deletes change what later lists return.
 #[derive(Clone, Default)]
 struct Cluster {
+    /// The IngestJob a single-job test reconciles (added to `ijs` by [`run`]).
     ij: Option<IngestJob>,
+    /// Every IngestJob; status writes land here.
+    ijs: Vec<IngestJob>,
     jobs: Vec<Job>,
     pods: Vec<Pod>,
     plans: Vec<PartialObjectMeta<ConfigMap>>,
@@ -33,6 +38,8 @@ struct Cluster {
     /// (method, path fragment, status code) answered with an error instead.
     fail: Vec<(&'static str, &'static str, u16)>,
 }
+
+type Shared = Arc<Mutex<Cluster>>;
 
 #[derive(Debug, Clone)]
 struct Call {
@@ -46,23 +53,10 @@ impl Call {
     fn short(&self) -> String {
         let path = self.path.split('?').next().unwrap();
         let segs: Vec<&str> = path.split('/').collect();
-        let kinds = [
-            "jobs",
-            "pods",
-            "configmaps",
-            "serviceaccounts",
-            "roles",
-            "rolebindings",
-            "ingestjobs",
-            "events",
-            "persistentvolumes",
-            "persistentvolumeclaims",
-            "leases",
-        ];
         let kind = segs
             .iter()
             .rev()
-            .find(|s| kinds.contains(s))
+            .find(|s| KINDS.contains(s))
             .unwrap_or(&"?");
         let status = if path.ends_with("/status") {
             "/status"
@@ -71,19 +65,147 @@ impl Call {
         };
         format!("{} {kind}{status}", self.method)
     }
+
+    /// The object name in the path (the segment after the resource), if any.
+    fn name(&self) -> Option<String> {
+        let path = self.path.split('?').next().unwrap();
+        let segs: Vec<&str> = path.split('/').collect();
+        let i = segs.iter().rposition(|s| KINDS.contains(s))?;
+        segs.get(i + 1).map(|s| s.to_string())
+    }
 }
 
-fn to_vals<T: serde::Serialize>(v: &[T]) -> Vec<Value> {
-    v.iter().map(|o| serde_json::to_value(o).unwrap()).collect()
-}
+const KINDS: [&str; 11] = [
+    "jobs",
+    "pods",
+    "configmaps",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "ingestjobs",
+    "events",
+    "persistentvolumes",
+    "persistentvolumeclaims",
+    "leases",
+];
 
 fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
+fn listed_vals<T: serde::Serialize>(path: &str, v: &[T]) -> Vec<Value> {
+    v.iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .filter(|o| selectors::listed(path, o))
+        .collect()
+}
+
+fn status_error(code: u16, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "x", "code": code})
+}
+
+fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
+    let (path, body, short) = (&call.path, &call.body, call.short());
+    let name = call.name().unwrap_or_default();
+    let named = |n: Option<&str>| n == Some(name.as_str());
+    match short.as_str() {
+        "GET jobs" => (200, list("JobList", listed_vals(path, &c.jobs))),
+        "GET pods" => (200, list("PodList", listed_vals(path, &c.pods))),
+        "GET configmaps" => {
+            let items: Vec<Value> = listed_vals(path, &c.plans)
+                .into_iter()
+                .map(|m| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m["metadata"]}))
+                .collect();
+            (
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+            )
+        }
+        "PATCH ingestjobs/status" => {
+            let Some(ij) = c.ijs.iter_mut().find(|i| named(i.metadata.name.as_deref())) else {
+                return (404, status_error(404, "ingestjob not found"));
+            };
+            // metadata.resourceVersion in a patch is a precondition, as on the API server.
+            let stored = ij.metadata.resource_version.clone();
+            if let (Some(want), Some(have)) =
+                (body["metadata"]["resourceVersion"].as_str(), &stored)
+                && want != have
+            {
+                return (
+                    409,
+                    status_error(
+                        409,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ),
+                );
+            }
+            ij.status = serde_json::from_value(body["status"].clone()).unwrap();
+            ij.metadata.resource_version =
+                stored.map(|v| (v.parse::<u64>().unwrap() + 1).to_string());
+            (200, serde_json::to_value(&*ij).unwrap())
+        }
+        "PATCH ingestjobs" => match c.ijs.iter().find(|i| named(i.metadata.name.as_deref())) {
+            Some(ij) => (200, serde_json::to_value(ij).unwrap()),
+            None => (404, status_error(404, "ingestjob not found")),
+        },
+        "GET persistentvolumes" => {
+            let items: Vec<Value> = c
+                .volumes
+                .iter()
+                .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
+                .collect();
+            (
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+            )
+        }
+        "PATCH jobs" => match c
+            .jobs
+            .iter_mut()
+            .find(|j| named(j.metadata.name.as_deref()))
+        {
+            Some(j) => {
+                if let Some(sus) = body["spec"]["suspend"].as_bool() {
+                    j.spec.get_or_insert_default().suspend = Some(sus);
+                }
+                (200, serde_json::to_value(&*j).unwrap())
+            }
+            None => (404, status_error(404, "not found")),
+        },
+        "POST jobs" => {
+            let job: Job = serde_json::from_value(body.clone()).unwrap();
+            if c.jobs.iter().any(|j| j.metadata.name == job.metadata.name) {
+                return (409, status_error(409, "already exists"));
+            }
+            c.jobs.push(job);
+            (201, body.clone())
+        }
+        "DELETE jobs" | "DELETE configmaps" | "DELETE pods" => {
+            let before = c.jobs.len() + c.plans.len() + c.pods.len();
+            c.jobs.retain(|o| !named(o.metadata.name.as_deref()));
+            c.plans.retain(|o| !named(o.metadata.name.as_deref()));
+            c.pods.retain(|o| !named(o.metadata.name.as_deref()));
+            if before == c.jobs.len() + c.plans.len() + c.pods.len() {
+                (404, status_error(404, "not found"))
+            } else {
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                )
+            }
+        }
+        "DELETE persistentvolumes" => (
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        ),
+        s if s.starts_with("POST") => (201, body.clone()),
+        _ => (200, body.clone()),
+    }
+}
+
 async fn serve(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    cluster: Cluster,
+    cluster: Shared,
     calls: Arc<Mutex<Vec<Call>>>,
 ) {
     while let Some((req, send)) = handle.next_request().await {
@@ -101,55 +223,17 @@ async fn serve(
             body: body.clone(),
         };
         let short = call.short();
-        calls.lock().unwrap().push(call);
-        let injected = cluster
+        calls.lock().unwrap().push(call.clone());
+        let mut c = cluster.lock().unwrap();
+        let injected = c
             .fail
             .iter()
             .find(|(m, frag, _)| *m == method && short.ends_with(frag));
-        let (code, resp) = if let Some((_, _, code)) = injected {
-            (
-                *code,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "injected", "reason": "x", "code": code}),
-            )
-        } else {
-            match short.as_str() {
-                "GET jobs" => (200, list("JobList", to_vals(&cluster.jobs))),
-                "GET pods" => (200, list("PodList", to_vals(&cluster.pods))),
-                "GET configmaps" => {
-                    let items: Vec<Value> = cluster.plans.iter().map(|m| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m.metadata})).collect();
-                    (
-                        200,
-                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
-                    )
-                }
-                "PATCH ingestjobs/status" => {
-                    let mut ij = serde_json::to_value(cluster.ij.as_ref().unwrap()).unwrap();
-                    ij["status"] = body["status"].clone();
-                    (200, ij)
-                }
-                "PATCH ingestjobs" => (
-                    200,
-                    serde_json::to_value(cluster.ij.as_ref().unwrap()).unwrap(),
-                ),
-                "GET persistentvolumes" => {
-                    let items: Vec<Value> = cluster
-                        .volumes
-                        .iter()
-                        .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n}}))
-                        .collect();
-                    (
-                        200,
-                        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
-                    )
-                }
-                "DELETE jobs" | "DELETE configmaps" | "DELETE persistentvolumes" => (
-                    200,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-                ),
-                s if s.starts_with("POST") => (201, body),
-                _ => (200, body),
-            }
+        let (code, resp) = match injected {
+            Some((_, _, code)) => (*code, status_error(*code, "injected")),
+            None => answer(&mut c, &call),
         };
+        drop(c);
         send.send_response(
             Response::builder()
                 .status(code)
@@ -159,8 +243,7 @@ async fn serve(
     }
 }
 
-/// Runs one reconcile of `ij` against `cluster`; returns its result, the calls, and the context (for a
-/// second reconcile sharing rate-limit memory, pass it back via `ctx`).
+/// Runs one reconcile of `ij` against `cluster`; returns its result, the calls, and the metrics.
 async fn run(
     ij: &IngestJob,
     cluster: Cluster,
@@ -169,22 +252,55 @@ async fn run(
     Vec<Call>,
     Arc<Metrics>,
 ) {
+    let mut cluster = cluster;
+    cluster.ij = Some(ij.clone());
+    cluster.ijs.push(ij.clone());
+    let shared = Arc::new(Mutex::new(cluster));
+    run_in(&shared, ij).await
+}
+
+/// One reconcile of `ij` against a cluster that persists between calls (what later reconciles see is what
+/// this one left: created Jobs, deleted ConfigMaps, written status).
+async fn run_in(
+    shared: &Shared,
+    ij: &IngestJob,
+) -> (
+    Result<Action, ingest_operator::Error>,
+    Vec<Call>,
+    Arc<Metrics>,
+) {
+    run_in_with(shared, ij, false).await
+}
+
+/// [`run_in`], with an Event recorder when `events` (its Events are `POST events` calls).
+async fn run_in_with(
+    shared: &Shared,
+    ij: &IngestJob,
+    events: bool,
+) -> (
+    Result<Action, ingest_operator::Error>,
+    Vec<Call>,
+    Arc<Metrics>,
+) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let server = tokio::spawn(serve(
-        handle,
-        Cluster {
-            ij: Some(ij.clone()),
-            ..cluster
-        },
-        calls.clone(),
-    ));
+    let server = tokio::spawn(serve(handle, shared.clone(), calls.clone()));
     let metrics = Arc::new(Metrics::default());
+    let client = Client::new(svc, "default");
+    let recorder = events.then(|| {
+        kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "vfxt-ingest".into(),
+                instance: None,
+            },
+        )
+    });
     let ctx = Arc::new(Context::new(
-        Client::new(svc, "default"),
+        client,
         settings(),
         metrics.clone(),
-        None,
+        recorder,
         Duration::from_secs(5),
     ));
     let result = reconcile(Arc::new(ij.clone()), ctx.clone()).await;
@@ -198,6 +314,19 @@ async fn run(
         .unwrap();
     let calls = calls.lock().unwrap().clone();
     (result, calls, metrics)
+}
+
+/// The IngestJob `name` as the cluster holds it now (with the status the last reconcile wrote), as the
+/// controller's watch would deliver it.
+fn current(shared: &Shared, name: &str) -> IngestJob {
+    shared
+        .lock()
+        .unwrap()
+        .ijs
+        .iter()
+        .find(|i| i.metadata.name.as_deref() == Some(name))
+        .cloned()
+        .unwrap()
 }
 
 fn shorts(calls: &[Call]) -> Vec<String> {
@@ -536,14 +665,25 @@ async fn status_writes_are_rate_limited_within_one_context() {
         plans: obs.plans.clone(),
         ..Default::default()
     };
-    let ctx = Arc::new(Context::new(
-        Client::new(svc, "default"),
-        settings(),
-        Arc::new(Metrics::default()),
-        None,
-        Duration::from_secs(5),
+    // No reconcile throttle here: the second pass must run and decide not to write.
+    let ctx = Arc::new(
+        Context::new(
+            Client::new(svc, "default"),
+            settings(),
+            Arc::new(Metrics::default()),
+            None,
+            Duration::from_secs(5),
+        )
+        .with_reconcile_gap(Duration::ZERO),
+    );
+    let server = tokio::spawn(serve(
+        handle,
+        Arc::new(Mutex::new(Cluster {
+            ijs: vec![ij.clone()],
+            ..first_cluster
+        })),
+        calls.clone(),
     ));
-    let server = tokio::spawn(serve(handle, first_cluster, calls.clone()));
     reconcile(Arc::new(ij.clone()), ctx.clone()).await.unwrap();
     let written: ingest_api::IngestJobStatus =
         serde_json::from_value(status_body(&calls.lock().unwrap()).clone()).unwrap();
@@ -641,5 +781,350 @@ async fn deleting_a_job_with_volumes_deletes_its_volumes_then_the_finalizer() {
     assert_eq!(
         calls[3].body[1],
         json!({"op": "remove", "path": "/metadata/finalizers/0"})
+    );
+}
+
+/// `ij` at its current run with every Job finished (scan, copy, verify) and its plan stored.
+fn finished_objects(ij: &IngestJob, shards: u64) -> ingest_operator::observe::Observed {
+    let idx = format!("0-{}", shards - 1);
+    let mut obs = scanned(ij, shards, totals(), false);
+    add_role_jobs(ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, &idx, "", 0)
+    });
+    add_role_jobs(ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, &idx, "", 0)
+    });
+    obs
+}
+
+fn add(c: &mut Cluster, obs: ingest_operator::observe::Observed) {
+    c.jobs.extend(obs.jobs);
+    c.pods.extend(obs.pods);
+    c.plans.extend(obs.plans);
+}
+
+fn deletes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.path.split('?').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_mock_evaluates_selectors_as_the_api_server_does() {
+    use selectors::*;
+    let l: std::collections::BTreeMap<String, String> = [("a", "1"), ("b", "x")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+    for (sel, want) in [
+        ("a=1", true),
+        ("a==1,b=x", true),
+        ("a=1,b=y", false),
+        ("a!=2", true),
+        ("c!=2", true),
+        ("a in (1,2)", true),
+        ("a in (2,3)", false),
+        ("c in (1)", false),
+        ("b notin (y, z)", true),
+        ("c notin (1)", true),
+        ("a", true),
+        ("!a", false),
+        ("!c", true),
+        ("a,c", false),
+    ] {
+        assert_eq!(labels_match(Some(sel), &l), want, "{sel}");
+    }
+    let obj = json!({"metadata": {"name": "n", "namespace": "ns", "labels": {"a": "1"}}, "status": {"phase": "Running"}});
+    assert!(fields_match(
+        Some("metadata.name=n,status.phase!=Failed"),
+        &obj
+    ));
+    assert!(!fields_match(Some("status.phase=Failed"), &obj));
+    // What kube sends: form-encoded in the query.
+    let uri = "/api/v1/namespaces/ns/pods?&labelSelector=a+in+%281%2C2%29%2C%21c&fieldSelector=metadata.name%3Dn";
+    assert!(listed(uri, &obj));
+    assert!(!listed("/api/v1/namespaces/other/pods?", &obj));
+}
+
+#[tokio::test]
+async fn two_ingestjobs_in_one_namespace_leave_each_others_plans_alone() {
+    // Issue 12: a job at run 0 and one at run 2 in one namespace deleted each other's plan ConfigMaps
+    // (the plan list selected `role=plan` only, and prune deleted every plan of another run).
+    let a = fixture("one-ip.yaml"); // genomics, run 0
+    let mut b = fixture("three-ips.yaml"); // media
+    b.spec.run = 2;
+    let mut c = Cluster::default();
+    add(&mut c, finished_objects(&a, 8));
+    add(&mut c, finished_objects(&b, 6));
+    c.ijs = vec![a.clone(), b.clone()];
+    let plans_before = c.plans.len();
+    let shared: Shared = Arc::new(Mutex::new(c));
+    for round in 0..2 {
+        for name in ["genomics", "media"] {
+            let ij = current(&shared, name);
+            let (result, calls, _) = run_in(&shared, &ij).await;
+            result.unwrap();
+            assert_eq!(
+                deletes(&calls),
+                Vec::<String>::new(),
+                "round {round}, {name}"
+            );
+            let plan_list = calls
+                .iter()
+                .find(|c| c.short() == "GET configmaps")
+                .unwrap();
+            let sel = selectors::query_param(&plan_list.path, "labelSelector").unwrap();
+            assert!(
+                sel.contains(&format!("ingest.vfxt.dev/job={name}"))
+                    && sel.contains("ingest.vfxt.dev/role=plan"),
+                "the plan list keeps the job's own label: {sel}"
+            );
+            assert_eq!(
+                current(&shared, name).status.unwrap().phase,
+                Some(Phase::Succeeded),
+                "round {round}, {name}"
+            );
+        }
+    }
+    assert_eq!(shared.lock().unwrap().plans.len(), plans_before);
+}
+
+#[tokio::test]
+async fn prune_deletes_only_what_this_ingestjob_owns() {
+    // Labels say "genomics, run 0, plan", but the owner is another object (a deleted and re-created
+    // IngestJob of the same name, or someone's copy): not ours to delete, nor to count.
+    let ij0 = fixture("one-ip.yaml");
+    let mut foreign = ij0.clone();
+    foreign.metadata.uid = Some("6f1c2f0e-0000-4000-8000-0000000000ff".into());
+    let theirs = scanned(&foreign, 8, totals(), false);
+    let ours = scanned(&ij0, 8, totals(), false);
+    let mut ij = ij0.clone();
+    ij.spec.run = 1;
+    let mut c = Cluster::default();
+    c.jobs.extend(theirs.jobs.into_iter().map(|mut j| {
+        j.metadata.name = Some("someone-elses-scan".into());
+        j
+    }));
+    c.plans.extend(theirs.plans.iter().cloned().map(|mut p| {
+        p.metadata.name = Some("someone-elses-plan-0".into());
+        p
+    }));
+    add(&mut c, ours);
+    let (result, calls, _) = run(&ij, c).await;
+    result.unwrap();
+    assert_eq!(
+        deletes(&calls),
+        [
+            "/apis/batch/v1/namespaces/ingest/jobs/genomics-r0-scan",
+            "/api/v1/namespaces/ingest/configmaps/genomics-r0-plan-0"
+        ],
+        "exactly our own run-0 objects"
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_verdict_stays_when_pods_go_and_the_policy_changes() {
+    let mut ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
+    ij.metadata.resource_version = Some("100".into());
+    let mut obs = finished_objects(&ij, 3);
+    for s in 0..3 {
+        let mut r = ingest_api::report::PodResult {
+            files: 10,
+            bytes: 10,
+            failed: 4,
+            ..Default::default()
+        };
+        r.failures = vec![ingest_api::FileFailure {
+            path: format!("s{s}/x"),
+            reason: "EACCES".into(),
+        }];
+        obs.pods
+            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+    }
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, _, _) = run_in(&shared, &ij).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let record = current(&shared, "media").status.unwrap();
+    assert_eq!(
+        (record.phase, record.failed_files),
+        (Some(Phase::Failed), 12)
+    );
+
+    // Pods garbage-collected, a verify Job deleted by hand, the policy loosened: nothing changes.
+    {
+        let mut c = shared.lock().unwrap();
+        c.pods.clear();
+        c.jobs
+            .retain(|j| j.metadata.name.as_deref() != Some("media-r0-verify-1"));
+        let ij = &mut c.ijs[0];
+        ij.spec.failure_policy.max_failed_files = None;
+        ij.metadata.generation = Some(5);
+    }
+    let ij = current(&shared, "media");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    assert!(
+        !shorts(&calls)
+            .iter()
+            .any(|c| c == "PATCH ingestjobs/status" || c == "POST jobs"),
+        "no status write, no Job created again: {:?}",
+        shorts(&calls)
+    );
+    assert_eq!(current(&shared, "media").status.unwrap(), record);
+}
+
+#[tokio::test]
+async fn a_status_computed_from_a_stale_object_is_refused() {
+    // The reconcile read resourceVersion 7; the object is at 9 (the record was written meanwhile).
+    let mut ij = fixture("one-ip.yaml");
+    ij.metadata.resource_version = Some("7".into());
+    let mut stored = ij.clone();
+    stored.metadata.resource_version = Some("9".into());
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![stored],
+        ..Default::default()
+    }));
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Conflict, "{err}");
+    assert_eq!(status_body(&calls)["phase"], "Pending");
+    let write = calls
+        .iter()
+        .find(|c| c.short() == "PATCH ingestjobs/status")
+        .unwrap();
+    assert_eq!(write.body["metadata"]["resourceVersion"], "7");
+}
+
+#[tokio::test]
+async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+    ij.spec.failure_policy.max_failed_files = None;
+    let mut obs = scanned(&ij, 6, totals(), false);
+    // Server 0's copy Job failed at its first failed shard; servers 1 and 2 still copy.
+    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
+        if i == 0 {
+            observed_job(j, false, true, "0", "1", 0)
+        } else {
+            observed_job(j, false, false, "", "", 1)
+        }
+    });
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let s = shorts(&calls);
+    assert!(!s.contains(&"POST jobs".to_owned()), "no verify Job: {s:?}");
+    let suspended: Vec<String> = calls
+        .iter()
+        .filter(|c| c.short() == "PATCH jobs")
+        .map(|c| {
+            assert_eq!(c.body, json!({"spec": {"suspend": true}}));
+            c.name().unwrap()
+        })
+        .collect();
+    assert_eq!(suspended, ["media-r0-copy-1", "media-r0-copy-2"]);
+    let st = status_body(&calls);
+    assert_eq!(st["phase"], "Failed");
+    assert_eq!(condition(st, "Stalled")["reason"], "ShardFailed");
+    let msg = st["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the run was stopped: no verify pass, 2 running Job(s) suspended"),
+        "{msg}"
+    );
+    // The status write comes first: the record exists before anything is stopped.
+    let write = s
+        .iter()
+        .position(|c| c == "PATCH ingestjobs/status")
+        .unwrap();
+    let first_suspend = s.iter().position(|c| c == "PATCH jobs").unwrap();
+    assert!(write < first_suspend, "{s:?}");
+
+    // Later reconciles: the record stays, nothing is created or suspended again.
+    let ij = current(&shared, "media");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    assert!(
+        shorts(&calls).iter().all(|c| c.starts_with("GET")),
+        "{:?}",
+        shorts(&calls)
+    );
+}
+
+#[tokio::test]
+async fn observed_generation_is_the_one_the_run_uses() {
+    // The scan Job was built at generation 1; generation 2 changes threadsPerWorker, which the run's Jobs
+    // hold: it applies from the next run, so the status does not claim generation 2.
+    let ij1 = fixture("one-ip.yaml");
+    let obs = scanned(&ij1, 8, totals(), false);
+    let mut ij2 = ij1.clone();
+    ij2.metadata.generation = Some(2);
+    ij2.spec.threads_per_worker = ingest_api::ThreadsPerWorker::Fixed(64);
+    let mut c = Cluster::default();
+    add(&mut c, obs.clone());
+    let (result, calls, _) = run(&ij2, c).await;
+    result.unwrap();
+    assert_eq!(status_body(&calls)["observedGeneration"], 1);
+    let created = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
+    assert_eq!(
+        created.body["metadata"]["annotations"]["ingest.vfxt.dev/generation"], "2",
+        "Jobs record the generation they were built from"
+    );
+
+    // maxFailedFiles is read when the verdict is made: a change to it is applied by the running run.
+    let mut ij3 = ij1.clone();
+    ij3.metadata.generation = Some(3);
+    ij3.spec.failure_policy.max_failed_files = Some(5);
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    let (result, calls, _) = run(&ij3, c).await;
+    result.unwrap();
+    assert_eq!(status_body(&calls)["observedGeneration"], 3);
+}
+
+#[tokio::test]
+async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
+    let ij = fixture("one-ip.yaml");
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        fail: vec![("GET", "pods", 503)],
+        ..Default::default()
+    }));
+    let (result, calls, _) = run_in_with(&shared, &ij, true).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Throttled);
+    let st = status_body(&calls);
+    let d = condition(st, "Degraded");
+    assert_eq!(
+        (&d["status"], &d["reason"]),
+        (&json!("True"), &json!("ApiError"))
+    );
+    assert!(
+        d["message"].as_str().unwrap().starts_with("list Pods: "),
+        "the message names the call: {d}"
+    );
+    let event = calls.iter().find(|c| c.short() == "POST events").unwrap();
+    assert_eq!(event.body["reason"], "ApiError");
+    assert_eq!(event.body["type"], "Warning");
+
+    // The API is back: the next reconcile's status drops the condition.
+    shared.lock().unwrap().fail.clear();
+    let ij = current(&shared, "genomics");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let st = status_body(&calls);
+    assert!(
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["type"] != "Degraded"),
+        "{st}"
     );
 }

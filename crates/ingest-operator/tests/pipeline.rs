@@ -668,6 +668,16 @@ fn verify_then_done_succeeds_and_keeps_transition_times() {
     assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(500)), done);
 }
 
+/// The copy stage of `obs`'s plan (for the Jobs as they were built).
+fn stage_copy(ij: &ingest_api::IngestJob, obs: &ingest_operator::observe::Observed) -> Stage {
+    match stage(ij, obs) {
+        Stage::Stopped { plan, layout, .. } | Stage::Done { plan, layout, .. } => {
+            Stage::Copy(plan, layout)
+        }
+        s => s,
+    }
+}
+
 #[test]
 fn fail_job_policy_stops_at_a_failed_shard() {
     let mut ij = fixture("one-ip.yaml");
@@ -680,8 +690,9 @@ fn fail_job_policy_stops_at_a_failed_shard() {
     assert!(
         matches!(
             s,
-            Stage::Done {
+            Stage::Stopped {
                 failed_shards: 1,
+                role: "copy",
                 ..
             }
         ),
@@ -694,7 +705,21 @@ fn fail_job_policy_stops_at_a_failed_shard() {
         (stalled.status.as_str(), stalled.reason.as_str()),
         ("True", reasons::SHARD_FAILED)
     );
-    let copy = jobs_of(&desired(&ij, &s, &settings()).unwrap())
+    assert!(
+        stalled
+            .message
+            .contains("failure policy is FailJob; the run was stopped: no verify pass"),
+        "{}",
+        stalled.message
+    );
+    let jobs = desired(&ij, &s, &settings()).unwrap();
+    assert!(
+        jobs_of(&jobs)
+            .iter()
+            .all(|j| j.labels()[labels::ROLE] == "scan"),
+        "a stopped run creates no verify Job (and no other Job but the existing scan)"
+    );
+    let copy = jobs_of(&desired(&ij, &stage_copy(&ij, &obs), &settings()).unwrap())
         .into_iter()
         .find(|j| j.labels()[labels::ROLE] == "copy")
         .unwrap()
@@ -782,5 +807,284 @@ fn a_scan_job_without_pods_points_at_its_events() {
             .unwrap()
             .contains("describe"),
         "before the Job exists, nothing to point at"
+    );
+}
+
+/// `three-ips.yaml` (Continue, maxFailedFiles 10) with every Job finished and verify pods reporting
+/// `failed` failures each.
+fn finished_with_failures(
+    failed: [u64; 3],
+) -> (ingest_api::IngestJob, ingest_operator::observe::Observed) {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 3, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    for (s, n) in failed.into_iter().enumerate() {
+        let mut r = result(10, 10, n).unwrap();
+        r.failures = (0..n)
+            .map(|i| FileFailure {
+                path: format!("s{s}/f{i}"),
+                reason: "EACCES".into(),
+            })
+            .collect();
+        obs.pods
+            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+    }
+    (ij, obs)
+}
+
+#[test]
+fn a_finished_runs_record_survives_pod_deletion_and_policy_edits() {
+    let (mut ij, mut obs) = finished_with_failures([4, 7, 0]);
+    let record = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    assert_eq!(
+        (record.phase, record.failed_files),
+        (Some(Phase::Failed), 11)
+    );
+    assert_eq!(
+        ingest_api::conditions::find(&record.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::TOO_MANY_FAILURES
+    );
+    assert!(ingest_operator::status::recorded(Some(&record), 0));
+    ij.status = Some(record.clone());
+
+    // PodGC (or a user) deletes the finished pods: their results are gone, the record is not.
+    obs.pods.clear();
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(900)), record);
+    // Editing the failure policy afterwards does not rewrite the verdict.
+    ij.spec.failure_policy.max_failed_files = Some(1000);
+    ij.metadata.generation = Some(5);
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(901)), record);
+    // The Jobs themselves deleted by hand: still the same record, and nothing is created again.
+    obs.jobs.clear();
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(902)), record);
+
+    // A new run starts a new record.
+    ij.spec.run = 1;
+    let next = compute(&ij, &empty(), &stage(&ij, &empty()), at(1000));
+    assert_eq!((next.run, next.phase), (Some(1), Some(Phase::Pending)));
+    assert_eq!(next.failed_files, 0);
+    assert!(next.completion_time.is_none() && next.failures.is_empty());
+}
+
+#[test]
+fn failures_never_shrink_within_a_pass_when_pods_disappear() {
+    // Verify Jobs still running (one server not finished), failures reported by finished pods.
+    let (ij0, mut obs) = finished_with_failures([2, 3, 0]);
+    for j in obs
+        .jobs
+        .iter_mut()
+        .filter(|j| j.labels()[labels::ROLE] == "verify")
+    {
+        if j.labels()[labels::SERVER_INDEX] == "2" {
+            j.status.as_mut().unwrap().conditions = Some(vec![]);
+        }
+    }
+    let mut ij = ij0.clone();
+    let first = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    assert_eq!(
+        (first.phase, first.failed_files),
+        (Some(Phase::Verifying), 5)
+    );
+    ij.status = Some(first);
+    obs.pods.retain(|p| p.labels()[labels::SERVER_INDEX] != "1");
+    let later = compute(&ij, &obs, &stage(&ij, &obs), at(40));
+    assert_eq!(
+        later.failed_files, 5,
+        "the pods that reported 3 of them are gone"
+    );
+    assert_eq!(later.failures.len(), 5);
+    assert!(later.failures.iter().any(|f| f.path == "s1/f2"));
+}
+
+#[test]
+fn pod_failure_policy_fails_an_index_on_exit_1_the_job_on_exit_2_and_ignores_disruptions() {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 6, totals(), false);
+    let copy = {
+        let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
+        jobs_of(&children)
+            .into_iter()
+            .find(|j| j.labels()[labels::ROLE] == "copy")
+            .unwrap()
+            .clone()
+    };
+    let rules = |j: &Job| {
+        j.spec
+            .as_ref()
+            .unwrap()
+            .pod_failure_policy
+            .as_ref()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| {
+                let on = match (&r.on_exit_codes, &r.on_pod_conditions) {
+                    (Some(e), None) => format!("exit {} {:?}", e.operator, e.values),
+                    (None, Some(c)) => {
+                        format!("{}={}", c[0].type_, c[0].status.as_deref().unwrap())
+                    }
+                    _ => panic!("one of onExitCodes and onPodConditions"),
+                };
+                format!("{} on {on}", r.action)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rules(&copy),
+        [
+            "Ignore on DisruptionTarget=True",
+            "FailIndex on exit In [1]",
+            "FailJob on exit In [2]"
+        ]
+    );
+    let spec = copy.spec.as_ref().unwrap();
+    assert_eq!(
+        (
+            spec.pod_replacement_policy.as_deref(),
+            spec.template
+                .spec
+                .as_ref()
+                .unwrap()
+                .restart_policy
+                .as_deref()
+        ),
+        (Some("Failed"), Some("Never")),
+        "what a pod failure policy requires"
+    );
+    let scan = &obs.jobs[0];
+    assert_eq!(
+        rules(scan),
+        ["Ignore on DisruptionTarget=True", "FailJob on exit In [2]"],
+        "the scan is not Indexed: no FailIndex, its exit 1 (plan not stored) is retried"
+    );
+
+    // Exit 2 in a copy pod fails that server's Job as a whole: under Continue too, the run stops.
+    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
+        let mut j = observed_job(j, i != 1, i == 1, if i == 1 { "" } else { "0-1" }, "", 0);
+        if i == 1 {
+            let c = &mut j.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
+            c.reason = Some("PodFailurePolicy".into());
+            c.message = Some("Container copy for pod ingest/media-r0-copy-1-0-x failed with exit code 2 matching FailJob rule at index 2".into());
+        }
+        j
+    });
+    let s = stage(&ij, &obs);
+    assert!(matches!(&s, Stage::Stopped { role: "copy", .. }), "{s:?}");
+    let st = compute(&ij, &obs, &s, at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    let msg = st.message.unwrap();
+    assert!(
+        msg.contains("the copy Job media-r0-copy-1 failed (PodFailurePolicy: Container copy")
+            && msg.contains("no verify pass"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_scan_stopped_by_exit_2_says_so() {
+    let ij = fixture("one-ip.yaml");
+    let mut obs = scanned(&ij, 0, totals(), true);
+    let c = &mut obs.jobs[0]
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()[0];
+    c.reason = Some("PodFailurePolicy".into());
+    c.message = Some("Container scan for pod ingest/genomics-r0-scan-x failed with exit code 2 matching FailJob rule at index 1".into());
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("the scan stopped on unusable input (exit 2): Container scan"),
+        "{:?}",
+        st.message
+    );
+}
+
+/// `ij` scanned into `shards` shards by a scan that could not read `unreadable`.
+fn scanned_with_errors(
+    ij: &ingest_api::IngestJob,
+    shards: u64,
+    unreadable: &[&str],
+) -> ingest_operator::observe::Observed {
+    let mut obs = scanned(ij, shards, totals(), false);
+    obs.plans = vec![plan_meta_with(
+        ij,
+        shards,
+        totals(),
+        unreadable
+            .iter()
+            .map(|p| FileFailure {
+                path: (*p).into(),
+                reason: "scan: Permission denied (os error 13)".into(),
+            })
+            .collect(),
+    )];
+    obs
+}
+
+#[test]
+fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
+    // Continue without a limit: the run goes on and succeeds with the entry listed.
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.verify.mode = ingest_api::VerifyMode::None;
+    let mut obs = scanned_with_errors(&ij, 2, &["locked"]);
+    assert!(matches!(stage(&ij, &obs), Stage::Copy(..)));
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0-1", "", 0)
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0-1", "", 0)
+    });
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!((st.phase, st.failed_files), (Some(Phase::Succeeded), 1));
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::READY)
+            .unwrap()
+            .reason,
+        reasons::SUCCEEDED_WITH_FAILURES
+    );
+    assert_eq!(st.failures[0].path, "locked");
+
+    // maxFailedFiles 0: the same run is TooManyFailures.
+    ij.spec.failure_policy.max_failed_files = Some(0);
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed));
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::TOO_MANY_FAILURES
+    );
+
+    // FailJob: the run stops after the scan; no copy Job is created.
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+    let obs = scanned_with_errors(&ij, 2, &["locked", "gone"]);
+    let s = stage(&ij, &obs);
+    assert!(matches!(&s, Stage::Stopped { role: "scan", .. }), "{s:?}");
+    assert!(
+        jobs_of(&desired(&ij, &s, &settings()).unwrap())
+            .iter()
+            .all(|j| j.labels()[labels::ROLE] == "scan")
+    );
+    let st = compute(&ij, &obs, &s, at(10));
+    assert_eq!((st.phase, st.failed_files), (Some(Phase::Failed), 2));
+    let msg = st.message.unwrap();
+    assert!(
+        msg.starts_with("the scan could not read 2 entries and the failure policy is FailJob")
+            && msg.contains("no copy or verify pass"),
+        "{msg}"
     );
 }

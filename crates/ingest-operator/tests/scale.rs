@@ -111,6 +111,7 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
             shards: SHARDS,
             shards_per_server,
             totals: totals.clone(),
+            ..Default::default()
         };
         let maps = plan_store::chunk_objects(&owner, "media-r0-plan", &chunks, &summary).unwrap();
         let sizes: Vec<usize> = maps

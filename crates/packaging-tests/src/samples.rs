@@ -51,6 +51,7 @@ fn plan(spec: &IngestJobSpec) -> PlanSummary {
             directories: 40,
             bytes: 5 << 30,
         },
+        ..Default::default()
     }
 }
 

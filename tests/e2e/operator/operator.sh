@@ -11,7 +11,14 @@
 #  4. a copy worker killed (SIGKILL by pid) mid-copy: its shard is retried, the verification is clean;
 #  5. the operator killed (SIGKILL) mid-job and restarted: the job finishes, no Job is created twice,
 #     progress never goes backwards;
-#  6. deleting the IngestJob removes its Jobs, pods and ConfigMaps, and no copied data.
+#  6. deleting the IngestJob removes its Jobs, pods and ConfigMaps, and no copied data;
+# issue 12:
+#  7. two IngestJobs in one namespace at different runs (0 and 2), started together, then a third one
+#     after they finished: all Succeeded, none regresses, each keeps its plan ConfigMaps;
+#  8. a finished IngestJob's pods deleted by hand and its failurePolicy edited: the verdict, counts and
+#     completionTime stay, observedGeneration stays at the generation the run used;
+#  9. FailJob with a socket in the source (exit 1: the shard fails without retries): the run is
+#     Failed/ShardFailed, no verify Job is created, the socket is listed.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -104,7 +111,7 @@ spec:
   workers: 3
   threadsPerWorker: 2
   shards: {target: 6}
-  failurePolicy: {retriesPerShard: 3}
+  failurePolicy: ${ij_failure_policy:-{retriesPerShard: 3\}}
   verify: {mode: Metadata}
 ${4-}
 YAML
@@ -433,6 +440,72 @@ test_5_operator_killed() {
   return "$r"
 }
 
+# ---------------------------------------------------------------- 7-9. issue 12: verdicts stay true
+finished() { ij_phase "$1" | grep -qxE 'Succeeded|Failed'; }
+# The run's record: what must never change once the run finished.
+record() { ij_json "$1" | jq -c '.status | {phase, run, failedFiles, failures, completionTime, verification, reason: ([.conditions[]? | select(.type == "Ready") | .reason][0])}'; }
+plans_of() { kubectl get configmaps -n "$ns" -l "ingest.vfxt.dev/job=$1,ingest.vfxt.dev/role=plan" -o name | sort; }
+test_7_two_jobs_one_namespace() {
+  gen_tree "$src/t7" 60
+  local r=0 j
+  ij_apply t7a t7 /nfs || { bad "kubectl apply t7a"; return 1; }
+  ij_apply t7b t7 /nfs "  run: 2" || { bad "kubectl apply t7b"; return 1; }
+  for j in t7a t7b; do wait_for 180 "$j finished" finished "$j" || return 1; done
+  for j in t7a t7b; do
+    [[ $(ij_phase $j) == Succeeded ]] || { bad "$j ended $(ij_phase $j): $(ij_json $j | jq -c '.status.message')"; r=1; }
+  done
+  local a b pa pb
+  a=$(record t7a) b=$(record t7b) pa=$(plans_of t7a) pb=$(plans_of t7b)
+  [[ -n $pa && -n $pb ]] || { bad "plans missing after the run: t7a [$pa] t7b [$pb]"; r=1; }
+  # One after the other: a third job at run 2 while both are finished.
+  ij_apply t7c t7 /nfs "  run: 2" || { bad "kubectl apply t7c"; return 1; }
+  wait_for 180 "t7c finished" finished t7c || return 1
+  [[ $(ij_phase t7c) == Succeeded ]] || { bad "t7c ended $(ij_phase t7c): $(ij_json t7c | jq -c '.status.message')"; r=1; }
+  [[ $(record t7a) == "$a" ]] || { bad "t7a's verdict changed: $a -> $(record t7a)"; r=1; }
+  [[ $(record t7b) == "$b" ]] || { bad "t7b's verdict changed: $b -> $(record t7b)"; r=1; }
+  [[ $(plans_of t7a) == "$pa" && $(plans_of t7b) == "$pb" ]] || { bad "plan ConfigMaps of t7a/t7b changed: $(plans_of t7a) $(plans_of t7b)"; r=1; }
+  for j in t7a t7b t7c; do same_tree "$src/t7" "$dst/$j" || { bad "$j: destination differs from source"; r=1; }; done
+  return "$r"
+}
+no_pods_of() { [[ $(children pods "$1" | jq '.items | length') == 0 ]]; }
+test_8_verdict_survives_pod_deletion() {
+  finished t7a || { bad "t7a not finished (test 7 failed)"; return 1; }
+  local before gen0 r=0
+  before=$(record t7a)
+  gen0=$(ij_json t7a | jq -r '.status.observedGeneration')
+  kubectl delete pods -n "$ns" -l ingest.vfxt.dev/job=t7a --wait=true >/dev/null || { bad "kubectl delete pods"; return 1; }
+  wait_for 60 "t7a's pods gone" no_pods_of t7a || return 1
+  kubectl patch ij t7a -n "$ns" --type merge -p '{"spec":{"failurePolicy":{"action":"FailJob","maxFailedFiles":0}}}' >/dev/null ||
+    { bad "kubectl patch t7a failurePolicy"; return 1; }
+  # The pod deletions and the edit are events the operator reconciles t7a on; a whole other run (t8)
+  # finishing afterwards is the event this test waits for, not a fixed time.
+  ij_apply t8 t7 /nfs || { bad "kubectl apply t8"; return 1; }
+  wait_for 180 "t8 finished" finished t8 || return 1
+  [[ $(record t7a) == "$before" ]] || { bad "t7a's verdict changed after its pods were deleted: $before -> $(record t7a)"; r=1; }
+  local gen
+  gen=$(ij_json t7a | jq -r '.status.observedGeneration')
+  [[ $gen == "$gen0" ]] || { bad "observedGeneration moved to $gen for an edit the finished run never applies"; r=1; }
+  return "$r"
+}
+test_9_fail_job_stops() {
+  mkdir -p "$src/t9/d"
+  gen_tree "$src/t9/d" 30
+  python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$src/t9/d/a.sock" ||
+    { bad "could not create a socket in the source"; return 1; }
+  ij_failure_policy='{action: FailJob, retriesPerShard: 3}' ij_apply t9 t9 /nfs || { bad "kubectl apply t9"; return 1; }
+  wait_for 180 "t9 finished" finished t9 || return 1
+  local r=0 st
+  st=$(ij_json t9 | jq -c '.status | {phase, message, failures, reason: ([.conditions[]? | select(.type == "Stalled") | .reason][0])}')
+  say "  $st"
+  jq -e '.phase == "Failed" and .reason == "ShardFailed" and (.message | test("no verify pass"))' <<<"$st" >/dev/null ||
+    { bad "t9 is not Failed/ShardFailed with the run stopped: $st"; r=1; }
+  jq -e 'any(.failures[]?; .path | test("a.sock"))' <<<"$st" >/dev/null || { bad "the socket is not listed: $st"; r=1; }
+  local roles
+  roles=$(children jobs t9 | jq -r '[.items[].metadata.labels["ingest.vfxt.dev/role"]] | unique | join(" ")')
+  [[ $roles != *verify* ]] || { bad "a verify Job was created after FailJob: roles $roles"; r=1; }
+  return "$r"
+}
+
 # ---------------------------------------------------------------- 6. deletion
 # kind/name of every object owned by the IngestJob or labelled with it, and of the Jobs' pods.
 owned_objects() {
@@ -545,6 +618,9 @@ main() {
   run_test "4 worker killed mid-copy: shard retried, verification clean" test_4_worker_killed
   run_test "5 operator killed mid-job: finishes, no duplicate Jobs, no progress reset" test_5_operator_killed
   run_test "6 deleting the IngestJob removes its children, not the data" test_6_delete
+  run_test "7 two IngestJobs in one namespace, runs 0 and 2: both Succeeded, neither regresses" test_7_two_jobs_one_namespace
+  run_test "8 finished pods deleted by hand, policy edited: the verdict stays" test_8_verdict_survives_pod_deletion
+  run_test "9 FailJob: a failed shard stops the run, no verify Job" test_9_fail_job_stops
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

@@ -2,6 +2,8 @@
 //! operator observes (Jobs with status, pods with progress annotations and termination messages).
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod selectors;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -85,6 +87,16 @@ pub fn observed_job(
 
 /// Metadata of the committed chunk 0 of the current run's plan.
 pub fn plan_meta(ij: &IngestJob, shards: u64, totals: Totals) -> PartialObjectMeta<ConfigMap> {
+    plan_meta_with(ij, shards, totals, Vec::new())
+}
+
+/// [`plan_meta`] of a scan that could not read the entries `failures`.
+pub fn plan_meta_with(
+    ij: &IngestJob,
+    shards: u64,
+    totals: Totals,
+    failures: Vec<ingest_api::FileFailure>,
+) -> PartialObjectMeta<ConfigMap> {
     let owner = Owner {
         namespace: ij.namespace().unwrap(),
         name: ij.name_any(),
@@ -108,6 +120,8 @@ pub fn plan_meta(ij: &IngestJob, shards: u64, totals: Totals) -> PartialObjectMe
         shards,
         shards_per_server,
         totals,
+        failed: failures.len() as u64,
+        failures,
     };
     let chunks = ["{\"plan\":".to_owned(), "1}".to_owned()];
     let cms = plan_store::chunk_objects(

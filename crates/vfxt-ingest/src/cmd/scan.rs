@@ -151,12 +151,19 @@ pub fn run(args: Args) -> Outcome {
     } else {
         print_summary(&s, &p, secs);
     }
-    if args.cluster
-        && let Err(e) = store_in_cluster(&p, opts.servers.len())
-    {
-        // Not unusable input: the API may come back; Kubernetes retries the scan pod.
-        eprintln!("error: storing the plan in the cluster: {e}");
-        return Outcome::PartialFailure;
+    if args.cluster {
+        return match store_in_cluster(&p, opts.servers.len()) {
+            // The scan pod's exit code says whether the plan is stored. Entries it could not read are
+            // per-entry outcomes, like a copy's failed files: counted and listed in the termination
+            // message and the plan summary, for the operator to weigh against the failure policy.
+            Ok(()) => Outcome::Success,
+            Err(e) => {
+                // Not unusable input: the API may come back; Kubernetes retries the scan pod (exit 1).
+                // Nothing is written to the termination log, so its message is this error (from the log).
+                eprintln!("error: storing the plan in the cluster: {e}");
+                Outcome::PartialFailure
+            }
+        };
     }
     if p.totals.errors > 0 {
         Outcome::PartialFailure
@@ -181,6 +188,7 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
         directories: p.totals.directories,
         bytes: p.totals.bytes,
     };
+    let failures = scan_failures(p);
     let summary = PlanSummary {
         chunks: chunks.len() as u32,
         shards: p.shards.len() as u64,
@@ -188,6 +196,12 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
             .map(|i| p.shards_of_server(i as u32).count() as u64)
             .collect(),
         totals: totals.clone(),
+        failed: p.totals.errors,
+        failures: failures
+            .iter()
+            .take(ingest_api::MAX_LISTED_FAILURES)
+            .cloned()
+            .collect(),
     };
     pod::save_plan_blocking(&env, &chunks, &summary).map_err(|e| e.to_string())?;
     let result = PodResult {
@@ -195,9 +209,27 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
         bytes: totals.bytes,
         totals: Some(totals),
         shards: Some(p.shards.len() as u64),
+        failed: p.totals.errors,
+        failures,
         ..PodResult::default()
     };
     pod::write_result(Path::new(pod::TERMINATION_LOG), &result).map_err(|e| e.to_string())
+}
+
+/// The entries the scan could not read, as the status and reports list failures (reasons cut to the status'
+/// limit). `Plan::scan_errors` keeps the first of them; all are counted in `totals.errors`.
+pub fn scan_failures(p: &Plan) -> Vec<ingest_api::FileFailure> {
+    p.scan_errors
+        .iter()
+        .map(|e| {
+            let mut reason = format!("scan: {}", e.error);
+            ingest_api::report::truncate_utf8(&mut reason, ingest_api::job::MAX_FAILURE_REASON);
+            ingest_api::FileFailure {
+                path: e.path.to_string(),
+                reason,
+            }
+        })
+        .collect()
 }
 
 /// Writes the plan durably: a temp file, fsync, rename (a crash never leaves half a plan).
