@@ -302,6 +302,11 @@ pub struct Verify {
     /// every difference fails the job. Entries only in the destination are never deleted.
     #[serde(default = "yes")]
     pub repair: bool,
+    /// Flush each file to the destination's stable storage (fsync) before it gets its final
+    /// mtime, so that a file that looks finished is on the server's disks, not only in a
+    /// cache node's memory. Costs a round trip per file.
+    #[serde(default)]
+    pub fsync: bool,
 }
 
 impl Default for Verify {
@@ -309,6 +314,7 @@ impl Default for Verify {
         Verify {
             mode: VerifyMode::default(),
             repair: true,
+            fsync: false,
         }
     }
 }
@@ -348,6 +354,33 @@ pub struct Preserve {
     /// Recreate hard links within a shard.
     #[serde(default = "yes")]
     pub hardlinks: bool,
+    /// POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) and NFSv4 ACLs
+    /// (`system.nfs4_acl`, where both sides expose it), whatever `xattrs` says.
+    #[serde(default = "yes")]
+    pub acls: bool,
+}
+
+impl Preserve {
+    /// The worker's `--preserve` list: the names of the fields that are true, or `none`.
+    pub fn worker_arg(&self) -> String {
+        let on: Vec<&str> = [
+            ("owner", self.owner),
+            ("mode", self.mode),
+            ("times", self.times),
+            ("xattrs", self.xattrs),
+            ("acls", self.acls),
+            ("symlinks", self.symlinks),
+            ("hardlinks", self.hardlinks),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+        if on.is_empty() {
+            "none".into()
+        } else {
+            on.join(",")
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -363,6 +396,7 @@ impl Default for Preserve {
             xattrs: false,
             symlinks: true,
             hardlinks: true,
+            acls: true,
         }
     }
 }

@@ -311,12 +311,12 @@ spec:
             (
                 "verify: {mode:",
                 "verify: {mod:",
-                "spec.verify.mod: unknown field; expected one of mode (line 10",
+                "spec.verify.mod: unknown field; expected one of fsync, mode, repair (line 10",
             ),
             (
                 "{owner: true",
                 "{ownr: true",
-                "spec.preserve.ownr: unknown field; expected one of hardlinks, mode, owner, symlinks, times, xattrs",
+                "spec.preserve.ownr: unknown field; expected one of acls, hardlinks, mode, owner, symlinks, times, xattrs",
             ),
             (
                 "{action: Continue",

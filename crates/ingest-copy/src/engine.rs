@@ -286,7 +286,7 @@ impl<'a> Walk<'a> {
             noatime: AtomicBool::new(true),
             use_cfr: AtomicBool::new(true),
             xattrs_ok: AtomicBool::new(opts.preserve.xattrs),
-            acls_ok: AtomicBool::new(opts.preserve.xattrs && opts.preserve.acls),
+            acls_ok: AtomicBool::new(opts.preserve.acls),
             security_ok: AtomicBool::new(opts.preserve.xattrs && sys::is_root()),
             stopped: OnceLock::new(),
             links: Mutex::new(HashMap::new()),

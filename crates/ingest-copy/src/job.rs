@@ -74,8 +74,8 @@ pub struct Preserve {
     /// Keep hard links as links (otherwise each link is copied as its own file).
     pub hardlinks: bool,
     /// POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) and NFSv4 ACLs
-    /// (`system.nfs4_acl`, where both sides expose it); as root also `security.*` attributes.
-    /// Needs `xattrs`.
+    /// (`system.nfs4_acl`, where both sides expose it), whether or not `xattrs` is on.
+    /// (`security.*` attributes, capabilities and labels, go with `xattrs`, as root.)
     pub acls: bool,
 }
 

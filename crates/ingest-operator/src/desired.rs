@@ -391,18 +391,6 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
 
 fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
     let s = &ij.spec;
-    let p = &s.preserve;
-    let preserve: Vec<&str> = [
-        ("owner", p.owner),
-        ("mode", p.mode),
-        ("times", p.times),
-        ("xattrs", p.xattrs),
-        ("symlinks", p.symlinks),
-        ("hardlinks", p.hardlinks),
-    ]
-    .into_iter()
-    .filter_map(|(n, on)| on.then_some(n))
-    .collect();
     let verify = match s.verify.mode {
         VerifyMode::None => "none",
         VerifyMode::Metadata => "metadata",
@@ -431,14 +419,13 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         "--verify".into(),
         verify.into(),
         "--preserve".into(),
-        if preserve.is_empty() {
-            "none".into()
-        } else {
-            preserve.join(",")
-        },
+        s.preserve.worker_arg(),
     ];
     if !s.verify.repair {
         args.push("--no-repair".into());
+    }
+    if s.verify.fsync {
+        args.push("--fsync".into());
     }
     args
 }

@@ -193,7 +193,12 @@ struct Resolved {
     mode: bool,
     times: bool,
     xattrs: bool,
+    #[serde(default = "yes")]
+    acls: bool,
     hardlinks: bool,
+    /// `spec.verify.fsync`.
+    #[serde(default)]
+    fsync: bool,
     fail_job: bool,
     max_failed_files: Option<u64>,
     max_files: Option<u64>,
@@ -529,7 +534,9 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         mode: spec.preserve.mode,
         times: spec.preserve.times,
         xattrs: spec.preserve.xattrs,
+        acls: spec.preserve.acls,
         hardlinks: spec.preserve.hardlinks,
+        fsync: spec.verify.fsync,
         fail_job: spec.failure_policy.action == FailureAction::FailJob,
         max_failed_files: spec.failure_policy.max_failed_files,
         max_files: spec.shards.max_files,
@@ -876,23 +883,21 @@ fn run_phase(
             .stdout(Stdio::piped())
             .stderr(stderr)
             .stdin(Stdio::null());
-        let preserve: Vec<&str> = [
-            ("owner", job.owner),
-            ("mode", job.mode),
-            ("times", job.times),
-            ("xattrs", job.xattrs),
-            ("hardlinks", job.hardlinks),
-        ]
-        .into_iter()
-        .filter_map(|(n, on)| on.then_some(n))
-        .collect();
-        cmd.arg("--preserve").arg(if preserve.is_empty() {
-            "none".to_string()
-        } else {
-            preserve.join(",")
-        });
+        let preserve = Preserve {
+            owner: job.owner,
+            mode: job.mode,
+            times: job.times,
+            xattrs: job.xattrs,
+            acls: job.acls,
+            symlinks: true,
+            hardlinks: job.hardlinks,
+        };
+        cmd.arg("--preserve").arg(preserve.worker_arg());
         if !job.repair {
             cmd.arg("--no-repair");
+        }
+        if job.fsync {
+            cmd.arg("--fsync");
         }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.

@@ -87,6 +87,9 @@ pub struct Args {
     /// `verify.repair: false`).
     #[arg(long)]
     pub no_repair: bool,
+    /// Flush each file to stable storage before it gets its final mtime (`spec.verify.fsync`).
+    #[arg(long)]
+    pub fsync: bool,
     /// Directory of per-shard completion markers (created if missing).
     #[arg(long, value_name = "DIR")]
     pub markers: Option<PathBuf>,
@@ -283,6 +286,7 @@ pub fn run(args: Args) -> Outcome {
         verify,
         multilinked: linked_elsewhere(&plan),
         repair: !args.no_repair,
+        fsync: args.fsync,
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
