@@ -51,6 +51,7 @@ macro_rules! host_expr {
 
 /// One migration: copy `source` into `destination` through every destination server at once.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(REPORT_OUTSIDE_COPY_RULE).message("spec.report.destinationPath must be outside the copied tree: set spec.destination.subPath and name a directory beside it (not inside it, not containing it), or use spec.report.pvc"))]
 #[kube(
     group = "ingest.vfxt.dev",
     version = "v1alpha1",
@@ -111,6 +112,103 @@ pub struct IngestJobSpec {
     /// Pod settings for the scan and worker pods.
     #[serde(default)]
     pub worker: WorkerTemplate,
+    /// Where every copy and verify pod writes its full per-file report (every failed, repaired or
+    /// mismatched path, JSON Lines, gzip-compressed), beyond the first failures the status lists.
+    /// Default: no report files (the status keeps the first failures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportTarget>,
+}
+
+/// CEL on the spec: a report written into the destination export stays out of the copied tree, so the verify
+/// pass never finds it (as extraneous entries). [`crate::validate`] checks the same on normalized paths.
+const REPORT_OUTSIDE_COPY_RULE: &str = "!has(self.report) || !has(self.report.destinationPath) || \
+     (has(self.destination.subPath) && self.destination.subPath != '' && \
+      self.report.destinationPath != self.destination.subPath && \
+      !self.report.destinationPath.startsWith(self.destination.subPath + '/') && \
+      !self.destination.subPath.startsWith(self.report.destinationPath + '/'))";
+
+/// `spec.report`: exactly one of `pvc` or `destinationPath`. The files of run `n` are
+/// `<location>/<IngestJob name>/run-<n>/<role>-<server index>-<shard index>.jsonl.gz`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.pvc) != has(self.destinationPath)").message("spec.report: set exactly one of pvc or destinationPath"))]
+#[serde(rename_all = "camelCase")]
+pub struct ReportTarget {
+    /// An existing PersistentVolumeClaim in the IngestJob's namespace (ReadWriteMany: every worker pod
+    /// mounts it), mounted read-write at `/ingest/report`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<ReportPvc>,
+    /// A directory of the destination export (relative to the export root, `spec.destination.nfs.path`),
+    /// written through each pod's own destination mount. It must be outside the copied tree: set
+    /// `spec.destination.subPath` and name a directory beside it, e.g. `vfxt-ingest-reports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = sub_path_rule!("spec.report.destinationPath"))]
+    pub destination_path: Option<String>,
+}
+
+/// A claim for the reports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportPvc {
+    /// Claim name in the IngestJob's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Directory inside the claim (relative). Default: the claim's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = sub_path_rule!("spec.report.pvc.subPath"))]
+    pub sub_path: Option<String>,
+}
+
+/// A relative path's segments without empty and `.` ones (`a//./b/` is `a/b`).
+pub fn path_segments(p: &str) -> Vec<&str> {
+    p.split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect()
+}
+
+impl ReportTarget {
+    /// The directory of run `run`'s report files, relative to the report location's root (the claim's root, or
+    /// the destination export's): `[<subPath>/|<destinationPath>/]<name>/run-<run>`.
+    pub fn run_dir(&self, name: &str, run: i64) -> String {
+        let base = match (&self.pvc, &self.destination_path) {
+            (Some(p), _) => p.sub_path.as_deref().unwrap_or(""),
+            (None, Some(d)) => d.as_str(),
+            (None, None) => "",
+        };
+        let mut parts = path_segments(base);
+        let run_part = format!("run-{run}");
+        parts.push(name);
+        parts.push(&run_part);
+        parts.join("/")
+    }
+
+    /// Where run `run`'s report files are, for humans: `pvc <claim>:/<dir>/` or
+    /// `<server>:<export>/<dir>/` (the export is the same through every destination server).
+    pub fn location(&self, spec: &IngestJobSpec, name: &str, run: i64) -> String {
+        let dir = self.run_dir(name, run);
+        match &self.pvc {
+            Some(p) => format!("pvc {}:/{dir}/", p.claim_name),
+            None => {
+                let server = spec
+                    .destination
+                    .nfs
+                    .servers
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("?");
+                let export = spec.destination.nfs.path.trim_end_matches('/');
+                format!("{server}:{export}/{dir}/")
+            }
+        }
+    }
+}
+
+/// The name of one pod's report file in the run's report directory (see [`ReportTarget::run_dir`]):
+/// `<role>-<server index>-<shard index>.jsonl.gz`. `index` may be a variable Kubernetes expands
+/// (`$(JOB_COMPLETION_INDEX)`).
+pub fn report_file_name(role: &str, server_index: usize, index: &str) -> String {
+    format!("{role}-{server_index}-{index}.jsonl.gz")
 }
 
 /// `spec.threadsPerWorker`: a fixed number of copy threads per worker pod, or `auto` (the engine's adaptive
@@ -546,6 +644,19 @@ pub struct IngestJobStatus {
     /// When the current run finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Where the pods of this run write their full per-file reports (`spec.report`); read them with
+    /// `vfxt-ingest report <dir>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportStatus>,
+}
+
+/// Where the full reports of a run are.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportStatus {
+    /// `pvc <claim>:/<dir>/` or `<server>:<export>/<dir>/`: the directory holding one
+    /// `<role>-<server index>-<shard index>.jsonl.gz` per copy and verify pod.
+    pub location: String,
 }
 
 /// At most this many failures are listed in status, so the object stays small whatever happens.

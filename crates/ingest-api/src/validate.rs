@@ -129,6 +129,31 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if spec.run < 0 {
         bad("spec.run", "must not be negative".into());
     }
+    if let Some(report) = &spec.report {
+        if report.pvc.is_some() == report.destination_path.is_some() {
+            bad(
+                "spec.report",
+                "set exactly one of pvc or destinationPath".into(),
+            );
+        }
+        if let Some(pvc) = &report.pvc {
+            if pvc.claim_name.is_empty() {
+                bad("spec.report.pvc.claimName", "must not be empty".into());
+            }
+            if let Some(sub) = &pvc.sub_path
+                && let Err(m) = check_relative(sub)
+            {
+                bad("spec.report.pvc.subPath", m);
+            }
+        }
+        if let Some(dp) = &report.destination_path {
+            if let Err(m) = check_relative(dp) {
+                bad("spec.report.destinationPath", m);
+            } else if let Err(m) = check_report_outside_copy(dp, dst.sub_path.as_deref()) {
+                bad("spec.report.destinationPath", m);
+            }
+        }
+    }
     if errs.is_empty() {
         Ok(())
     } else {
@@ -172,6 +197,30 @@ fn check_relative(p: &str) -> Result<(), String> {
     if p.starts_with('/') || has_dotdot(p) {
         return Err(format!(
             "{p:?} must be a relative path (no leading '/') without a '..' segment"
+        ));
+    }
+    Ok(())
+}
+
+/// `spec.report.destinationPath` must not be in the copied tree (`spec.destination.subPath`, the whole export
+/// when unset), where the verify pass would find the reports as extraneous entries, nor contain it.
+fn check_report_outside_copy(dp: &str, dest_sub: Option<&str>) -> Result<(), String> {
+    let report = crate::job::path_segments(dp);
+    if report.is_empty() {
+        return Err(format!(
+            "{dp:?} names the export root, which holds the copied tree; name a directory beside spec.destination.subPath, e.g. \"vfxt-ingest-reports\""
+        ));
+    }
+    let copied = dest_sub.map(crate::job::path_segments).unwrap_or_default();
+    if copied.is_empty() {
+        return Err(format!(
+            "{dp:?} is inside the copied tree (spec.destination.subPath is not set, so the whole export is copied); set spec.destination.subPath and name a directory beside it, or use spec.report.pvc"
+        ));
+    }
+    if report.starts_with(&copied) || copied.starts_with(&report) {
+        let sub = copied.join("/");
+        return Err(format!(
+            "{dp:?} overlaps the copied tree spec.destination.subPath {sub:?} (the verify pass would find the reports there); name a directory beside it, e.g. \"vfxt-ingest-reports\", or use spec.report.pvc"
         ));
     }
     Ok(())
@@ -288,5 +337,117 @@ mod tests {
         assert!(check_relative("a/b").is_ok());
         assert!(check_relative("/a").is_err());
         assert!(check_relative("../a").is_err());
+    }
+
+    fn with_report(dest_sub: Option<&str>, report: serde_json::Value) -> crate::IngestJobSpec {
+        let mut v = serde_json::json!({
+            "source": {"nfs": {"server": "10.0.0.5", "path": "/export"}},
+            "destination": {"nfs": {"servers": ["10.1.1.101"], "path": "/nfs"}},
+            "report": report,
+        });
+        if let Some(s) = dest_sub {
+            v["destination"]["subPath"] = s.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn report_errors(spec: &crate::IngestJobSpec) -> Vec<FieldError> {
+        validate_spec(spec).err().map(|e| e.0).unwrap_or_default()
+    }
+
+    #[test]
+    fn report_destination_path_beside_the_copied_tree_is_valid() {
+        use serde_json::json;
+        for (sub, dp) in [
+            ("projects", "vfxt-ingest-reports"),
+            ("data/projects", "data/reports"),
+            ("projects", "projects-reports"),
+            ("a/b", "a/bb/reports"),
+        ] {
+            let spec = with_report(Some(sub), json!({"destinationPath": dp}));
+            assert_eq!(validate_spec(&spec), Ok(()), "{sub} {dp}");
+        }
+        let spec = with_report(
+            None,
+            json!({"pvc": {"claimName": "reports", "subPath": "ingest"}}),
+        );
+        assert_eq!(validate_spec(&spec), Ok(()));
+    }
+
+    #[test]
+    fn report_destination_path_in_the_copied_tree_is_refused_naming_the_field() {
+        use serde_json::json;
+        for (sub, dp, says) in [
+            (None, "reports", "spec.destination.subPath is not set"),
+            (Some(""), "reports", "spec.destination.subPath is not set"),
+            (Some("projects"), "projects", "overlaps the copied tree"),
+            (
+                Some("projects"),
+                "projects/reports",
+                "overlaps the copied tree",
+            ),
+            (
+                Some("projects/"),
+                "./projects//r",
+                "overlaps the copied tree",
+            ),
+            (Some("data/projects"), "data", "overlaps the copied tree"),
+            (Some("projects"), ".", "names the export root"),
+            (Some("projects"), "/abs", "must be a relative path"),
+            (Some("projects"), "x/../projects", "without a '..' segment"),
+        ] {
+            let errs = report_errors(&with_report(sub, json!({"destinationPath": dp})));
+            assert_eq!(errs.len(), 1, "{sub:?} {dp}: {errs:?}");
+            assert_eq!(errs[0].field, "spec.report.destinationPath", "{sub:?} {dp}");
+            assert!(errs[0].message.contains(says), "{sub:?} {dp}: {}", errs[0]);
+        }
+        let msg = report_errors(&with_report(
+            Some("projects"),
+            json!({"destinationPath": "projects/r"}),
+        ))[0]
+            .to_string();
+        assert!(
+            msg.contains("vfxt-ingest-reports") && msg.contains("spec.report.pvc"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn report_needs_exactly_one_target_and_a_relative_pvc_sub_path() {
+        use serde_json::json;
+        for (report, field) in [
+            (json!({}), "spec.report"),
+            (
+                json!({"pvc": {"claimName": "r"}, "destinationPath": "reports"}),
+                "spec.report",
+            ),
+            (
+                json!({"pvc": {"claimName": ""}}),
+                "spec.report.pvc.claimName",
+            ),
+            (
+                json!({"pvc": {"claimName": "r", "subPath": "/x"}}),
+                "spec.report.pvc.subPath",
+            ),
+        ] {
+            let errs = report_errors(&with_report(Some("projects"), report.clone()));
+            assert!(errs.iter().any(|e| e.field == field), "{report}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn report_location_names_the_run_directory() {
+        use serde_json::json;
+        let spec = with_report(Some("projects"), json!({"destinationPath": "reports/"}));
+        let r = spec.report.as_ref().unwrap();
+        assert_eq!(r.run_dir("ij", 3), "reports/ij/run-3");
+        assert_eq!(
+            r.location(&spec, "ij", 3),
+            "10.1.1.101:/nfs/reports/ij/run-3/"
+        );
+        let spec = with_report(None, json!({"pvc": {"claimName": "rep"}}));
+        let r = spec.report.as_ref().unwrap();
+        assert_eq!(r.run_dir("ij", 0), "ij/run-0");
+        assert_eq!(r.location(&spec, "ij", 0), "pvc rep:/ij/run-0/");
     }
 }

@@ -65,6 +65,10 @@ fn full_example_deserializes_with_every_field() {
         Some("registry.example/vfxt-ingest:0.1.0")
     );
     assert!(s.worker.tolerations.as_ref().is_some_and(|t| t.len() == 1));
+    assert_eq!(
+        s.report.as_ref().unwrap().destination_path.as_deref(),
+        Some("genomics-reports")
+    );
     assert!(validate_spec(s).is_ok(), "{:?}", validate_spec(s));
 }
 
@@ -208,6 +212,36 @@ fn bad_cases() -> Vec<(&'static str, serde_json::Value, &'static str)> {
             "threads as a quoted number",
             json!({"threadsPerWorker": "16"}),
             "spec.threadsPerWorker",
+        ),
+        (
+            "report inside the copied tree",
+            json!({"report": {"destinationPath": "genomics/2019/reports"}}),
+            "spec.report.destinationPath",
+        ),
+        (
+            "report containing the copied tree",
+            json!({"report": {"destinationPath": "genomics"}}),
+            "spec.report.destinationPath",
+        ),
+        (
+            "report in the export without a destination subPath",
+            json!({"destination": {"nfs": {"servers": ["a"], "path": "/nfs"}, "subPath": ""}}),
+            "spec.report.destinationPath",
+        ),
+        (
+            "absolute report path",
+            json!({"report": {"destinationPath": "/reports"}}),
+            "spec.report.destinationPath",
+        ),
+        (
+            "dotdot report path",
+            json!({"report": {"destinationPath": "x/../genomics"}}),
+            "spec.report.destinationPath",
+        ),
+        (
+            "two report targets",
+            json!({"report": {"pvc": {"claimName": "reports"}}}),
+            "spec.report",
         ),
     ]
 }
