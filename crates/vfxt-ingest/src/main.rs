@@ -33,6 +33,9 @@ enum Command {
     Worker(cmd::worker::Args),
     /// One IngestJob on this machine: scan, plan, W worker processes, verify, status.
     Run(cmd::run::Args),
+    /// Read and merge report files (`.jsonl`, `.jsonl.gz`; directories recursively): counts by outcome and
+    /// operation, the first entries, or every entry with --json/--jsonl.
+    Report(cmd::report::Args),
     /// Print the IngestJob CustomResourceDefinition (YAML) generated from the API types.
     Crd(cmd::crd::Args),
     /// Run the IngestJob controller (in the cluster; see crates/ingest-operator/README.md).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Crd(args) => cmd::crd::run(args),
         Command::Operator(args) => cmd::operator::run(args),
     };

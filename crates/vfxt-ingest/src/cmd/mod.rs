@@ -4,6 +4,7 @@ pub mod copy;
 pub mod crd;
 pub mod demo;
 pub mod operator;
+pub mod report;
 pub mod run;
 pub mod scan;
 pub mod worker;

@@ -435,6 +435,8 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         failure_policy: spec.failure_policy.clone(),
         run: spec.run,
         worker: spec.worker.clone(),
+        // A local run writes its reports into its state directory (`logs/report-*.jsonl.gz`).
+        report: None,
     };
     if let Err(e) = ingest_api::validate::validate_spec(&api_spec) {
         errs.extend(e.0.iter().map(|f| f.to_string()));
@@ -877,7 +879,7 @@ fn run_phase(
             .arg(
                 state
                     .join("logs")
-                    .join(format!("report-{w}-{}.jsonl", phase.as_str())),
+                    .join(format!("report-{w}-{}.jsonl.gz", phase.as_str())),
             )
             .args(["--progress-every", "1"])
             .stdout(Stdio::piped())

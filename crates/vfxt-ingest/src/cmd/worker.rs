@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{FileFailure, VerificationCounts};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
-    AutoConfig, CopyJob, FirstN, JsonLines, Options, Outcome as EntryOutcome, Progress, ReportSink,
-    Summary, Tee, VerifyMode,
+    AutoConfig, CopyJob, FirstN, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
+    Tee, VerifyMode,
 };
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
@@ -103,7 +103,9 @@ pub struct Args {
     /// Do not copy user extended attributes.
     #[arg(long)]
     pub no_xattrs: bool,
-    /// Write every failed or repaired path as JSON Lines to FILE.
+    /// Write every failed or repaired path as JSON Lines to FILE (gzip-compressed when FILE ends
+    /// in `.gz`; parent directories are created). Written under a hidden temporary name and
+    /// renamed to FILE at the end, so FILE, once there, is whole.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Write the final result, bounded to 4096 bytes, to FILE (a pod's termination message).
@@ -336,8 +338,13 @@ pub fn run(args: Args) -> Outcome {
         return Outcome::UnusableInput;
     }
 
-    let report = match args.report.as_ref().map(std::fs::File::create).transpose() {
-        Ok(f) => f.map(|f| JsonLines::new(std::io::BufWriter::new(f))),
+    let report = match args
+        .report
+        .as_deref()
+        .map(crate::cmd::report::ReportFile::create)
+        .transpose()
+    {
+        Ok(f) => f,
         Err(e) => {
             eprintln!(
                 "error: --report {}: cannot be created ({e})",
@@ -494,7 +501,7 @@ pub fn run(args: Args) -> Outcome {
     });
     progress_line();
     if let Some(r) = report
-        && let Err(e) = r.into_inner().flush()
+        && let Err(e) = r.finish()
     {
         eprintln!("warning: --report: could not be written completely ({e})");
     }

@@ -1,0 +1,206 @@
+//! Full reports: `worker --report FILE.jsonl.gz` (what the cluster's pods run) writes every failure,
+//! compressed and atomically, and `vfxt-ingest report` reads and merges such files.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vfxt-ingest"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const FILES: usize = 30;
+
+/// A flat tree of `FILES` small files, its one-shard plan, and an empty destination.
+fn setup(t: &Path) {
+    let src = t.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::create_dir_all(t.join("dst")).unwrap();
+    for i in 0..FILES {
+        fs::write(src.join("d").join(format!("f{i:02}")), format!("data {i}")).unwrap();
+    }
+    let o = bin()
+        .arg("scan")
+        .arg(&src)
+        .args(["--shards", "1", "--workers", "1", "--out"])
+        .arg(t.join("plan.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+fn worker(t: &Path, phase: &str, report: &Path, faults: Option<&str>) -> Output {
+    let mut c = bin();
+    c.args(["worker", "--plan"])
+        .arg(t.join("plan.json"))
+        .arg("--source")
+        .arg(t.join("src"))
+        .arg("--dest")
+        .arg(t.join("dst"))
+        .args([
+            "--shards",
+            "0",
+            "--phase",
+            phase,
+            "--threads",
+            "1",
+            "--no-owner",
+        ])
+        .arg("--report")
+        .arg(report);
+    match faults {
+        Some(f) => c.env("VFXT_INGEST_FAULTS", f),
+        None => c.env_remove("VFXT_INGEST_FAULTS"),
+    };
+    c.output().unwrap()
+}
+
+fn report(args: &[&Path], flags: &[&str]) -> Output {
+    bin().arg("report").args(flags).args(args).output().unwrap()
+}
+
+#[test]
+fn worker_report_is_gzip_whole_and_read_back_with_every_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    setup(t);
+    // The layout the operator gives pods: <location>/<ij>/run-<n>/<role>-<server>-<index>.jsonl.gz;
+    // the worker creates the directories.
+    let run_dir = t.join("reports").join("ij").join("run-0");
+    let copy_report = run_dir.join("copy-0-0.jsonl.gz");
+    // The destination probe is create #1, the first file #2: every later file fails with EACCES.
+    let o = worker(t, "copy", &copy_report, Some("create@3..=eacces"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let failed = FILES - 1;
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let r: serde_json::Value = serde_json::from_str(&last).unwrap();
+    // The result (the pod's termination message) lists 20 and counts the rest; the report has all.
+    assert_eq!(
+        r["result"]["failed"].as_u64(),
+        Some(failed as u64),
+        "{last}"
+    );
+    assert_eq!(r["result"]["failures"].as_array().unwrap().len(), 20);
+    assert_eq!(
+        r["result"]["failuresOmitted"].as_u64(),
+        Some(failed as u64 - 20),
+        "{last}"
+    );
+
+    let raw = fs::read(&copy_report).unwrap();
+    assert_eq!(&raw[..2], &[0x1f, 0x8b], "a gzip stream");
+    let names: Vec<String> = fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["copy-0-0.jsonl.gz"], "no temporary file left");
+
+    let o = report(&[&copy_report], &["--jsonl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), failed);
+    for l in &lines {
+        assert_eq!(l["outcome"], "failed", "{l}");
+        assert_eq!(l["op"], "open-dest", "{l}");
+        assert_eq!(l["errno"].as_i64(), Some(13), "{l}");
+        assert!(l["path"].as_str().unwrap().starts_with("d/f"), "{l}");
+        assert!(l["file"].as_str().unwrap().ends_with("copy-0-0.jsonl.gz"));
+    }
+
+    // The verify pass repairs them; its report goes beside the copy's. A local run's plain
+    // JSON Lines and a killed pod's temporary file lie there too.
+    let o = worker(t, "verify", &run_dir.join("verify-0-0.jsonl.gz"), None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    fs::write(
+        run_dir.join("report-0-copy.jsonl"),
+        "{\"path\":\"local/x\",\"outcome\":\"failed\",\"op\":\"open-source\",\"error\":\"Permission denied (os error 13)\",\"errno\":13}\n",
+    )
+    .unwrap();
+    fs::write(run_dir.join(".copy-0-1.jsonl.gz.tmp-77"), b"\x1f\x8b torn").unwrap();
+
+    let o = report(&[&t.join("reports")], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let total = failed * 2 + 1;
+    assert!(
+        out.contains(&format!("{total} entries from 3 report file(s) (2 gzip)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "by outcome: failed {}, repaired {failed}",
+            failed + 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("first 20 of {total}:")), "{out}");
+    assert!(
+        out.contains("failed open-dest d/f") && out.contains("[copy-0-0.jsonl.gz]"),
+        "{out}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(".copy-0-1.jsonl.gz.tmp-77") && err.contains("unfinished"),
+        "{err}"
+    );
+
+    let o = report(&[&t.join("reports")], &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["entries"].as_u64(), Some(total as u64));
+    assert_eq!(doc["list"].as_array().unwrap().len(), total);
+    assert_eq!(doc["byOp"]["open-dest"].as_u64(), Some(failed as u64));
+    assert_eq!(doc["files"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn unreadable_report_input_exits_2_naming_the_path() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let good = t.join("a.jsonl");
+    fs::write(
+        &good,
+        "{\"path\":\"x\",\"outcome\":\"vanished\",\"op\":\"stat-source\"}\n",
+    )
+    .unwrap();
+    let bad = t.join("b.jsonl.gz");
+    fs::write(&bad, b"\x1f\x8b\x08 not really gzip").unwrap();
+    let missing = t.join("nope");
+
+    let o = report(&[&good, &bad, &missing], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    // What could be read is still summed up.
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 entries from 1 report file(s)"),
+        "{}",
+        text(&o)
+    );
+
+    let garbage = t.join("c.jsonl");
+    fs::write(&garbage, "{\"path\":\"x\"}\nnot json\n").unwrap();
+    let o = report(&[&garbage], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("c.jsonl: line 1: not a report entry"),
+        "{}",
+        text(&o)
+    );
+}
