@@ -37,6 +37,25 @@ pub const NAMESPACE_LABEL: &str = "ingest.vfxt.dev/namespace";
 pub const SOURCE_MOUNT: &str = "/ingest/source";
 /// Where the destination server's export is mounted in worker pods.
 pub const DEST_MOUNT: &str = "/ingest/dest";
+/// Where `spec.report.pvc` is mounted in worker pods (read-write).
+pub const REPORT_MOUNT: &str = "/ingest/report";
+
+/// The `--report` file of a copy or verify pod (`spec.report`; none without it): in the run's report directory
+/// ([`ingest_api::ReportTarget::run_dir`]) under the claim's mount, or under the destination export's mount
+/// (outside the copied tree, which validation ensures), named by role, server and shard index so that pods never
+/// share a file. A retried pod of the same shard replaces its failed attempt's report, as its result does.
+pub fn report_file(ij: &IngestJob, role: &str, server_index: usize) -> Option<String> {
+    let r = ij.spec.report.as_ref()?;
+    let root = if r.pvc.is_some() {
+        REPORT_MOUNT
+    } else {
+        DEST_MOUNT
+    };
+    let dir = r.run_dir(&ij.name_any(), ij.spec.run);
+    let file =
+        ingest_api::report_file_name(role, server_index, &format!("$({})", env::COMPLETION_INDEX));
+    Some(format!("{root}/{dir}/{file}"))
+}
 
 /// Operator-wide settings that shape children.
 #[derive(Clone, Debug)]
@@ -427,6 +446,9 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
     if s.verify.fsync {
         args.push("--fsync".into());
     }
+    if let Some(file) = report_file(ij, role, server_index) {
+        args.extend(["--report".into(), file]);
+    }
     args
 }
 
@@ -529,6 +551,22 @@ fn pod_template(
             mount_path: DEST_MOUNT.into(),
             ..Default::default()
         });
+        // A report under `destinationPath` goes through the `dest` mount; a claim gets its own volume.
+        if let Some(pvc) = s.report.as_ref().and_then(|r| r.pvc.as_ref()) {
+            volumes.push(Volume {
+                name: "report".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: pvc.claim_name.clone(),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "report".into(),
+                mount_path: REPORT_MOUNT.into(),
+                ..Default::default()
+            });
+        }
     }
     let env = vec![
         field_env(env::POD_NAME, "metadata.name"),

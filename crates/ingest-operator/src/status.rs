@@ -10,11 +10,12 @@ use ingest_api::report::{PodProgress, PodResult};
 use ingest_api::validate::SpecErrors;
 use ingest_api::{
     FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
-    ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
+    ReportStatus, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
 
 use crate::observe::Observed;
 use crate::stage::{Layout, Stage, role_states};
@@ -212,6 +213,14 @@ pub fn recorded(status: Option<&IngestJobStatus>, run: i64) -> bool {
     })
 }
 
+/// Where this run's pods write their full reports (`spec.report`), for `status.report`.
+pub fn report_status(ij: &IngestJob) -> Option<ReportStatus> {
+    let r = ij.spec.report.as_ref()?;
+    Some(ReportStatus {
+        location: r.location(&ij.spec, &ij.name_any(), ij.spec.run),
+    })
+}
+
 /// Whose failures the status shows: the verify pass replaces the copy pass's (it re-copies what the copy
 /// got wrong), so counts are kept from going backwards only while the basis stays the same.
 fn failure_basis(phase: Option<Phase>, verify: VerifyMode) -> Option<&'static str> {
@@ -262,6 +271,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     let mut st = IngestJobStatus {
         observed_generation: crate::stage::applied_generation(ij, obs),
         run: Some(run),
+        report: report_status(ij),
         start_time: prev
             .start_time
             .clone()

@@ -6,7 +6,7 @@ use common::*;
 use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::report::PodResult;
 use ingest_api::{FileFailure, Phase, ThreadsPerWorker, Totals, VerificationCounts};
-use ingest_operator::desired::{Child, DEST_MOUNT, SOURCE_MOUNT, desired};
+use ingest_operator::desired::{Child, DEST_MOUNT, REPORT_MOUNT, SOURCE_MOUNT, desired};
 use ingest_operator::stage::{Stage, stage};
 use ingest_operator::status::compute;
 use k8s_openapi::api::batch::v1::Job;
@@ -335,6 +335,166 @@ fn verify_repair_false_reaches_every_worker_as_no_repair() {
     assert_eq!(no_repair(&ij), [false; 3]);
     ij.spec.verify.repair = false;
     assert_eq!(no_repair(&ij), [true; 3]);
+}
+
+fn mounts(job: &Job) -> Vec<(String, String)> {
+    job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect()
+}
+
+fn has_volume(job: &Job, name: &str) -> bool {
+    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    spec.volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|v| v.name == name)
+}
+
+#[test]
+fn report_on_a_claim_mounts_it_in_every_worker_pod_and_passes_a_file_per_pod() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.run = 2;
+    ij.spec.report = Some(
+        serde_json::from_value(serde_json::json!(
+            {"pvc": {"claimName": "ingest-reports", "subPath": "team-a"}}
+        ))
+        .unwrap(),
+    );
+    assert_eq!(ingest_api::validate::validate_spec(&ij.spec), Ok(()));
+    let mut obs = scanned(&ij, 6, totals(), false);
+    for (role, st) in [
+        ("copy", stage(&ij, &obs)),
+        ("verify", {
+            add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+                observed_job(j, true, false, "0", "", 0)
+            });
+            stage(&ij, &obs)
+        }),
+    ] {
+        let children = desired(&ij, &st, &settings()).unwrap();
+        let jobs = jobs_of(&children);
+        let workers: Vec<&&Job> = jobs
+            .iter()
+            .filter(|j| j.labels()[labels::ROLE] == role)
+            .collect();
+        assert_eq!(workers.len(), 3, "{role}");
+        for (s, j) in workers.iter().enumerate() {
+            let pvc = volume(j, "report")
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                (pvc.claim_name.as_str(), pvc.read_only),
+                ("ingest-reports", Some(false))
+            );
+            assert!(
+                mounts(j).contains(&("report".into(), REPORT_MOUNT.into())),
+                "{role}"
+            );
+            assert_eq!(
+                arg_after(j, "--report").as_deref(),
+                Some(format!("{REPORT_MOUNT}/team-a/media/run-2/{role}-{s}-$(JOB_COMPLETION_INDEX).jsonl.gz").as_str()),
+                "{role} {s}"
+            );
+        }
+        // The scan has no per-entry report (its unreadable entries are in the plan summary).
+        let scan = jobs
+            .iter()
+            .find(|j| j.labels()[labels::ROLE] == "scan")
+            .unwrap();
+        assert!(!has_volume(scan, "report") && arg_after(scan, "--report").is_none());
+    }
+    let status = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(
+        status.report.unwrap().location,
+        "pvc ingest-reports:/team-a/media/run-2/"
+    );
+}
+
+#[test]
+fn report_in_the_destination_export_goes_through_each_pods_own_mount() {
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.report = Some(
+        serde_json::from_value(serde_json::json!(
+            {"destinationPath": "vfxt-ingest-reports"}
+        ))
+        .unwrap(),
+    );
+    assert_eq!(ingest_api::validate::validate_spec(&ij.spec), Ok(()));
+    let obs = scanned(&ij, 8, totals(), false);
+    let st = stage(&ij, &obs);
+    let children = desired(&ij, &st, &settings()).unwrap();
+    let copy = jobs_of(&children)
+        .into_iter()
+        .find(|j| j.labels()[labels::ROLE] == "copy")
+        .unwrap();
+    assert!(
+        !has_volume(copy, "report"),
+        "no extra volume: the export is mounted already"
+    );
+    assert_eq!(
+        arg_after(copy, "--report").as_deref(),
+        Some(format!("{DEST_MOUNT}/vfxt-ingest-reports/genomics/run-0/copy-0-$(JOB_COMPLETION_INDEX).jsonl.gz").as_str())
+    );
+    // Beside the copied tree, never in it.
+    assert_eq!(
+        arg_after(copy, "--dest").as_deref(),
+        Some(format!("{DEST_MOUNT}/genomics/2019").as_str())
+    );
+    let status = compute(&ij, &obs, &st, at(10));
+    assert_eq!(
+        status.report.unwrap().location,
+        "10.1.1.101:/nfs/vfxt-ingest-reports/genomics/run-0/"
+    );
+
+    // Without spec.report: no --report, no status.report (as before).
+    ij.spec.report = None;
+    let children = desired(&ij, &st, &settings()).unwrap();
+    let copy = jobs_of(&children)
+        .into_iter()
+        .find(|j| j.labels()[labels::ROLE] == "copy")
+        .unwrap();
+    assert!(arg_after(copy, "--report").is_none());
+    assert!(compute(&ij, &obs, &st, at(10)).report.is_none());
+}
+
+#[test]
+fn a_finished_runs_record_keeps_its_report_location() {
+    let (mut ij, obs) = finished_with_failures([4, 7, 0]);
+    ij.spec.report = Some(
+        serde_json::from_value(serde_json::json!(
+            {"pvc": {"claimName": "reports"}}
+        ))
+        .unwrap(),
+    );
+    let record = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    assert_eq!(
+        record.report.as_ref().unwrap().location,
+        "pvc reports:/media/run-0/"
+    );
+    assert!(ingest_operator::status::recorded(Some(&record), 0));
+    ij.status = Some(record.clone());
+    // Editing spec.report afterwards says where the next run's reports go; this run's record is unchanged.
+    ij.spec.report = Some(
+        serde_json::from_value(serde_json::json!(
+            {"pvc": {"claimName": "other"}}
+        ))
+        .unwrap(),
+    );
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(900)), record);
 }
 
 #[test]
