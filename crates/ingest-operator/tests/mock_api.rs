@@ -462,6 +462,65 @@ async fn scan_done_creates_one_copy_job_per_server() {
 }
 
 #[tokio::test]
+async fn report_claim_reaches_the_created_copy_jobs_and_the_status_says_where() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.report =
+        Some(serde_json::from_value(json!({"pvc": {"claimName": "ingest-reports"}})).unwrap());
+    let obs = scanned(&ij, 6, totals(), false);
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            jobs: obs.jobs,
+            plans: obs.plans,
+            ..Default::default()
+        },
+    )
+    .await;
+    result.unwrap();
+    let created: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.short() == "POST jobs")
+        .map(|c| &c.body)
+        .collect();
+    assert_eq!(created.len(), 3);
+    for (s, job) in created.iter().enumerate() {
+        let pod = &job["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert!(
+            volumes.contains(&json!({"name": "report", "persistentVolumeClaim": {"claimName": "ingest-reports", "readOnly": false}})),
+            "{volumes:?}"
+        );
+        let c = &pod["containers"][0];
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "report", "mountPath": "/ingest/report"})),
+            "{}",
+            c["volumeMounts"]
+        );
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let at = args
+            .iter()
+            .position(|a| *a == "--report")
+            .expect("--report");
+        assert_eq!(
+            args[at + 1],
+            format!("/ingest/report/media/run-0/copy-{s}-$(JOB_COMPLETION_INDEX).jsonl.gz")
+        );
+    }
+    assert_eq!(
+        status_body(&calls)["report"],
+        json!({"location": "pvc ingest-reports:/media/run-0/"})
+    );
+}
+
+#[tokio::test]
 async fn verify_none_still_runs_the_last_phase_to_set_directory_times() {
     // Shards write into directories other shards own: their times are final only after
     // every copy, so the verify role runs (and only sets metadata) even with mode None.
