@@ -204,3 +204,70 @@ fn unreadable_report_input_exits_2_naming_the_path() {
         text(&o)
     );
 }
+
+#[test]
+fn local_run_points_at_its_full_report_and_report_reads_the_state_dir() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    setup(t);
+    let job = t.join("job.yaml");
+    fs::write(
+        &job,
+        format!(
+            "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n  source: {{local: \"{}\"}}\n  destination: {{local: [\"{}\"]}}\n  workers: 1\n  threadsPerWorker: 1\n  shards: {{target: 1}}\n  preserve: {{owner: false}}\n",
+            t.join("src").display(),
+            t.join("dst").display()
+        ),
+    )
+    .unwrap();
+    let state = t.join("state");
+    // Every worker process counts its own creates (one shard: one destination probe): all files but
+    // one fail in the copy, and all but two again in the verify pass's repairs, more than the 20 the
+    // status lists.
+    let o = bin()
+        .args(["run", "-q", "-f"])
+        .arg(&job)
+        .arg("--state")
+        .arg(&state)
+        .env("VFXT_INGEST_FAULTS", "create@3..=eacces")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let status: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(state.join("status.yaml")).unwrap()).unwrap();
+    let failed = status["failedFiles"].as_u64().unwrap();
+    assert!(failed > 20, "{status:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "… {} more; every entry: vfxt-ingest report {}",
+            failed - 20,
+            state.join("logs").display()
+        )),
+        "{out}"
+    );
+
+    let o = report(&[&state], &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<&str> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f.ends_with(".jsonl.gz")),
+        "{files:?}"
+    );
+    // The verify pass's failures are the final ones: each is in its report.
+    let verify_failed = doc["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["file"].as_str().unwrap().ends_with("-verify.jsonl.gz") && e["outcome"] != "repaired"
+        })
+        .count() as u64;
+    assert_eq!(verify_failed, failed, "{doc}");
+}

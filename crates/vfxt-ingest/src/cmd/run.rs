@@ -1302,6 +1302,13 @@ fn print_status(
     for f in &s.failures {
         println!("  FAILED {}: {}", f.path, f.reason);
     }
+    if s.failed_files > s.failures.len() as u64 {
+        println!(
+            "  … {} more; every entry: vfxt-ingest report {}",
+            s.failed_files - s.failures.len() as u64,
+            state.join("logs").display()
+        );
+    }
     println!(
         "{secs:.2} s in all; status: {}",
         state.join("status.yaml").display()
