@@ -24,7 +24,7 @@ use crate::concurrency::{Concurrency, Gate, Governor};
 use crate::job::{Options, Scope};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
-use crate::sys::{self, Kind, Meta, XattrClass};
+use crate::sys::{self, Kind, Meta, Op, OpResult, XattrClass, cstr};
 
 /// Which pass a walk performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,24 +248,6 @@ impl<'a> Queue<'a> {
             self.cv.notify_all();
         }
     }
-}
-
-/// What went wrong with one entry: the operation and the OS error.
-type OpResult<T> = Result<T, (&'static str, io::Error)>;
-
-trait Op<T> {
-    fn op(self, name: &'static str) -> OpResult<T>;
-}
-
-impl<T> Op<T> for io::Result<T> {
-    fn op(self, name: &'static str) -> OpResult<T> {
-        self.map_err(|e| (name, e))
-    }
-}
-
-fn cstr(bytes: &[u8]) -> CString {
-    // Names come from the kernel or from a RelPath, neither of which can hold NUL.
-    CString::new(bytes).expect("file names hold no NUL byte")
 }
 
 impl<'a> Walk<'a> {

@@ -108,6 +108,25 @@ impl Meta {
     }
 }
 
+/// What went wrong with one entry: the operation and the OS error.
+pub(crate) type OpResult<T> = Result<T, (&'static str, io::Error)>;
+
+/// Names the operation an `io::Result` came from.
+pub(crate) trait Op<T> {
+    fn op(self, name: &'static str) -> OpResult<T>;
+}
+
+impl<T> Op<T> for io::Result<T> {
+    fn op(self, name: &'static str) -> OpResult<T> {
+        self.map_err(|e| (name, e))
+    }
+}
+
+pub(crate) fn cstr(bytes: &[u8]) -> std::ffi::CString {
+    // Names come from the kernel or from a RelPath, neither of which can hold NUL.
+    std::ffi::CString::new(bytes).expect("file names hold no NUL byte")
+}
+
 pub fn to_io(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
 }

@@ -51,7 +51,7 @@ use crate::engine::Roots;
 use crate::job::{Options, Scope, VerifyMode};
 use crate::progress::Progress;
 use crate::report::{Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
-use crate::sys::{self, Kind, Meta};
+use crate::sys::{self, Kind, Meta, Op, OpResult, cstr};
 
 /// Fixes one destination entry the verifier found different. The verifier stays read-only:
 /// every write of the verify pass goes through this.
@@ -98,24 +98,6 @@ pub(crate) fn verify(
     };
     v.run(scopes);
     v.totals()
-}
-
-/// What went wrong with one entry: the operation and the OS error.
-type OpResult<T> = Result<T, (&'static str, io::Error)>;
-
-trait Op<T> {
-    fn op(self, name: &'static str) -> OpResult<T>;
-}
-
-impl<T> Op<T> for io::Result<T> {
-    fn op(self, name: &'static str) -> OpResult<T> {
-        self.map_err(|e| (name, e))
-    }
-}
-
-fn cstr(bytes: &[u8]) -> CString {
-    // Names come from the kernel or from a RelPath, neither of which can hold NUL.
-    CString::new(bytes).expect("file names hold no NUL byte")
 }
 
 /// Bytes per read when hashing; direct reads also need the buffer and offsets aligned.

@@ -331,35 +331,13 @@ fn disk_full_exits_1_and_a_rerun_ends_identical() {
     assert!(diffs.is_empty(), "{diffs:#?}");
 }
 
-/// Every entry under `root` (the root too) with what a change to it would move: type, inode, mode,
-/// size, links, mtime and ctime to the nanosecond. Equal snapshots: the tree was not touched.
-pub fn tree_snapshot(root: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        out.push(format!(
-            "{} {:?} ino={} mode={:o} size={} nlink={} mtime={}.{} ctime={}.{}",
-            p.strip_prefix(root).unwrap().display(),
-            m.file_type(),
-            m.ino(),
-            m.mode(),
-            m.size(),
-            m.nlink(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ));
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every entry under `root` (the root too), with everything a change to it would move (the
+/// test kit's snapshot: type, inode, mode, size, links, times to the nanosecond, contents).
+/// Equal snapshots: the tree was not touched.
+fn tree_snapshot(
+    root: &Path,
+) -> std::collections::BTreeMap<Vec<u8>, ingest_testkit::torture::EntrySnap> {
+    ingest_testkit::torture::snapshot(root).unwrap()
 }
 
 /// A refused copy changes nothing: the source (every entry's mtime and ctime, the listing) is as

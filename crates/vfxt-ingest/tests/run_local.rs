@@ -620,34 +620,13 @@ fn scan_and_worker_commands() {
     );
 }
 
-/// Every entry under `root` (the root too) with what a change to it would move: type, inode, mode,
-/// size, links, mtime and ctime to the nanosecond. Equal snapshots: the tree was not touched.
-fn tree_snapshot(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        out.push(format!(
-            "{} {:?} ino={} mode={:o} size={} nlink={} mtime={}.{} ctime={}.{}",
-            p.strip_prefix(root).unwrap().display(),
-            m.file_type(),
-            m.ino(),
-            m.mode(),
-            m.size(),
-            m.nlink(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        ));
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every entry under `root` (the root too), with everything a change to it would move (the
+/// test kit's snapshot: type, inode, mode, size, links, times to the nanosecond, contents).
+/// Equal snapshots: the tree was not touched.
+fn tree_snapshot(
+    root: &Path,
+) -> std::collections::BTreeMap<Vec<u8>, ingest_testkit::torture::EntrySnap> {
+    ingest_testkit::torture::snapshot(root).unwrap()
 }
 
 /// A refused `run` changes nothing: not the source, and no state or destination directory is
@@ -880,11 +859,11 @@ fn job_files_refuse_unknown_fields_at_every_depth() {
     let cases: Vec<(String, &str)> = vec![
         (
             format!("{local}  verify: {{mod: Checksum}}\n"),
-            "spec.verify.mod: unknown field; expected one of mode (line 7",
+            "spec.verify.mod: unknown field; expected one of fsync, mode, repair (line 7",
         ),
         (
             format!("{local}  preserve: {{ownr: true}}\n"),
-            "spec.preserve.ownr: unknown field; expected one of hardlinks, mode, owner, symlinks, times, xattrs (line 7",
+            "spec.preserve.ownr: unknown field; expected one of acls, hardlinks, mode, owner, symlinks, times, xattrs (line 7",
         ),
         (
             format!("{local}  failurePolicy: {{actoin: Continue}}\n"),
@@ -1045,7 +1024,7 @@ fn resumed_finished_run_says_it_copied_nothing() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         out.contains(&format!(
-            "this run, copy: 0 files copied (0 B), {files} already up to date ({files} in {shards} shards done by an earlier run), 0 directories, 0 symlinks, 0 hard links, 0 failed; 0 files/s, 0 B/s"
+            "this run, copy: 0 files copied (0 B), {files} already up to date ({files} in {shards} shards done by an earlier run), 0 directories, 0 symlinks, 0 hard links, 0 failed, 0 vanished from the source, 0 changed while read, 0 not attempted; 0 files/s, 0 B/s"
         )),
         "{out}"
     );
