@@ -271,3 +271,54 @@ fn local_run_points_at_its_full_report_and_report_reads_the_state_dir() {
         .count() as u64;
     assert_eq!(verify_failed, failed, "{doc}");
 }
+
+#[test]
+fn local_run_checks_spec_report_and_says_where_its_reports_go() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    setup(t);
+    let job = |dest: &str, report: &str| {
+        let p = t.join("job.yaml");
+        fs::write(
+            &p,
+            format!(
+                "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n  source: {{local: \"{}\"}}\n  destination: {{local: [\"{}\"]{dest}}}\n  preserve: {{owner: false}}\n  report: {report}\n",
+                t.join("src").display(),
+                t.join("dst").display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |f: &Path| {
+        bin()
+            .args(["run", "-q", "-f"])
+            .arg(f)
+            .arg("--state")
+            .arg(t.join("state"))
+            .env_remove("VFXT_INGEST_FAULTS")
+            .output()
+            .unwrap()
+    };
+    // In the copied tree (no destination.subPath: the whole export is copied): refused, naming the field.
+    let o = run(&job("", "{destinationPath: reports}"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("spec.report.destinationPath")
+            && text(&o).contains("spec.destination.subPath is not set"),
+        "{}",
+        text(&o)
+    );
+    assert!(!t.join("state").exists(), "a refused run creates nothing");
+
+    let o = run(&job(", subPath: copied", "{destinationPath: reports}"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "this local run writes them to {}",
+            t.join("state").join("logs").display()
+        )),
+        "{}",
+        text(&o)
+    );
+}

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{
     Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
     IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
-    ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals, Verify,
+    ReportTarget, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals, Verify,
     VerifyMode as JobVerifyMode, WorkerTemplate,
 };
 use ingest_copy::{Snapshot, Summary};
@@ -141,6 +141,9 @@ struct RunSpec {
     run: i64,
     #[serde(default)]
     worker: WorkerTemplate,
+    /// Checked as in the cluster; a local run writes its reports to its state directory.
+    #[serde(default)]
+    report: Option<ReportTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +179,8 @@ fn yes() -> bool {
 #[serde(rename_all = "camelCase")]
 struct Resolved {
     name: String,
+    /// The job file names a cluster report location (`spec.report`), which a local run does not use.
+    cluster_report: bool,
     source: PathBuf,
     /// Destination directories (mount + subPath), one per server.
     destinations: Vec<PathBuf>,
@@ -435,8 +440,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         failure_policy: spec.failure_policy.clone(),
         run: spec.run,
         worker: spec.worker.clone(),
-        // A local run writes its reports into its state directory (`logs/report-*.jsonl.gz`).
-        report: None,
+        report: spec.report.clone(),
     };
     if let Err(e) = ingest_api::validate::validate_spec(&api_spec) {
         errs.extend(e.0.iter().map(|f| f.to_string()));
@@ -523,6 +527,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
     };
     Ok(Resolved {
         name,
+        cluster_report: spec.report.is_some(),
         source,
         destinations,
         servers,
@@ -614,6 +619,12 @@ pub fn run(args: Args) -> Outcome {
         };
         eprintln!("error: --state {}: {e}{how}", state.display());
         return Outcome::UnusableInput;
+    }
+    if job.cluster_report {
+        eprintln!(
+            "note: spec.report is where the cluster's pods write their reports; this local run writes them to {} (read them with: vfxt-ingest report {0})",
+            state.join("logs").display()
+        );
     }
     match execute(&job, &state, &args) {
         Ok(o) => o,
