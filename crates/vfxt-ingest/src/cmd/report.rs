@@ -296,6 +296,16 @@ pub fn run(args: Args) -> Outcome {
         }
     }
     let _ = out.flush();
+    if files.is_empty() && errors.is_empty() {
+        eprintln!(
+            "note: no report files (*.jsonl, *.jsonl.gz) under {}",
+            args.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for t in &unfinished {
         eprintln!(
             "note: {}: an unfinished report (its writer stopped before the end), not read",
