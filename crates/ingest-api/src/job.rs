@@ -52,6 +52,7 @@ macro_rules! host_expr {
 /// One migration: copy `source` into `destination` through every destination server at once.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new(REPORT_OUTSIDE_COPY_RULE).message("spec.report.destinationPath must be outside the copied tree: set spec.destination.subPath and name a directory beside it (not inside it, not containing it), or use spec.report.pvc"))]
+#[x_kube(validation = Rule::new(REPORT_PER_RUN_RULE).message("spec.report can change only together with spec.run: every pod of a run writes where the run started; bump spec.run to put the next run's reports elsewhere"))]
 #[kube(
     group = "ingest.vfxt.dev",
     version = "v1alpha1",
@@ -126,6 +127,11 @@ const REPORT_OUTSIDE_COPY_RULE: &str = "!has(self.report) || !has(self.report.de
       self.report.destinationPath != self.destination.subPath && \
       !self.report.destinationPath.startsWith(self.destination.subPath + '/') && \
       !self.destination.subPath.startsWith(self.report.destinationPath + '/'))";
+
+/// CEL transition rule on the spec: the report location is the run's, like its Jobs (a changed location mid-run
+/// would split one run's reports over two places while the status names one).
+const REPORT_PER_RUN_RULE: &str = "self.run != oldSelf.run || \
+     (has(self.report) ? (has(oldSelf.report) && self.report == oldSelf.report) : !has(oldSelf.report))";
 
 /// `spec.report`: exactly one of `pvc` or `destinationPath`. The files of run `n` are
 /// `<location>/<IngestJob name>/run-<n>/<role>-<server index>-<shard index>.jsonl.gz`.

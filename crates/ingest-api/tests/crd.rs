@@ -396,3 +396,57 @@ fn source_and_destination_are_immutable() {
         );
     }
 }
+
+#[test]
+fn report_location_changes_only_with_a_new_run() {
+    use kube::core::cel::Validator;
+    let crd = ingest_api::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let old = full_json();
+    let moved = |new: &mut serde_json::Value| {
+        new["spec"]["report"] = serde_json::json!({"pvc": {"claimName": "reports"}});
+    };
+    let dropped = |new: &mut serde_json::Value| {
+        new["spec"].as_object_mut().unwrap().remove("report");
+    };
+    for change in [&moved as &dyn Fn(&mut serde_json::Value), &dropped] {
+        let mut new = old.clone();
+        change(&mut new);
+        let err = Validator::new()
+            .validate(&schema, &new, Some(&old))
+            .expect_err("report changed within a run");
+        assert!(
+            format!("{err:?}").contains("spec.report can change only together with spec.run"),
+            "{err:?}"
+        );
+        // The other way round (added to a job that had none, or replaced): the same rule.
+        assert!(
+            Validator::new()
+                .validate(&schema, &old, Some(&new))
+                .is_err(),
+            "changed back within a run"
+        );
+        new["spec"]["run"] = 3.into();
+        assert!(
+            Validator::new().validate(&schema, &new, Some(&old)).is_ok(),
+            "with a new run it may change"
+        );
+    }
+    // An update that leaves it alone is fine.
+    let mut same = old.clone();
+    same["spec"]["workers"] = 12.into();
+    assert!(
+        Validator::new()
+            .validate(&schema, &same, Some(&old))
+            .is_ok()
+    );
+}
