@@ -242,9 +242,22 @@ fn crash_of_the_run_then_rerun_resumes_without_redoing_finished_shards() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let workers = children(child.id());
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(200)); // the workers' death signal is asynchronous
+    // The workers die with it (their parent-death signal), but asynchronously: wait until they
+    // are gone, so that none writes while the re-run below works.
+    let t0 = Instant::now();
+    while workers
+        .iter()
+        .any(|w| Path::new(&format!("/proc/{w}")).exists())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "workers {workers:?} outlived the run"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let plan: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(state.join("plan.json")).unwrap()).unwrap();
     let shards = plan["shards"].as_array().unwrap().len();
@@ -307,37 +320,17 @@ fn killed_worker_fails_the_run_and_a_rerun_completes_it() {
         "  workers: 2\n  threadsPerWorker: 1\n  shards: {target: 150}\n",
     );
     let state = t.path().join("state");
-    let child = run_cmd(&f, &state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    // Each worker kills itself at its 30th destination create, part-way through its shards
+    // (the fault hook: an exact operation, not a moment).
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "create@30=kill")
+        .output()
         .unwrap();
-    let t0 = Instant::now();
-    let victim = loop {
-        let kids = children(child.id());
-        if kids.len() == 2 || t0.elapsed() > Duration::from_secs(60) {
-            break kids.first().copied();
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let victim = victim.expect("run started no workers");
-    std::thread::sleep(Duration::from_millis(30));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(victim as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let o = child.wait_with_output().unwrap();
     let status = read_status(&state);
-    if o.status.code() == Some(0) {
-        // The worker had finished before the signal landed: nothing was broken.
-        assert_eq!(status["phase"].as_str(), Some("Succeeded"));
-    } else {
-        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-        assert_eq!(status["phase"].as_str(), Some("Failed"), "{status:?}");
-        let reasons = format!("{:?}", status["failures"]);
-        assert!(reasons.contains("signal: 9"), "{reasons}");
-    }
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(status["phase"].as_str(), Some("Failed"), "{status:?}");
+    let reasons = format!("{:?}", status["failures"]);
+    assert!(reasons.contains("signal: 9"), "{reasons}");
     let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_identical(&src, &dst);
