@@ -20,6 +20,8 @@ source "$here/pins.env"
 
 dir=$(cp_pin_dir)
 bin=$dir/bin
+# The Kubernetes binaries the e2e rig runs (built from k8s.io/kubernetes/cmd/NAME).
+KUBE_CMDS=(kube-apiserver kube-controller-manager kubectl)
 
 if [[ ${1-} == --print-bin-dir ]]; then
   echo "$bin"
@@ -61,7 +63,7 @@ staging_replaces() {
 
 build_kube() {
   local w=$dir/src/kube
-  local cmds=(kube-apiserver kube-controller-manager kubectl)
+  local cmds=("${KUBE_CMDS[@]}")
   local replaces
   replaces=$(staging_replaces)
   [[ -n $replaces ]] || { echo "no staging replaces found" >&2; return 1; }
@@ -103,7 +105,9 @@ EOF
   done
   for c in "${cmds[@]}"; do
     echo "== building $c"
-    (cd "$w" && gobuild build -ldflags "$ldflags" -o "$bin/$c" "k8s.io/kubernetes/cmd/$c")
+    # `|| return`: a function run as an `if` condition has `set -e` off, and a binary that
+    # failed to build (say, a full disk) must not get the component stamped as built.
+    (cd "$w" && gobuild build -ldflags "$ldflags" -o "$bin/$c" "k8s.io/kubernetes/cmd/$c") || return 1
   done
 }
 
@@ -146,11 +150,24 @@ EOF
       -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
 }
 
+# Whether every binary a component makes is in the bin dir (a stamp alone could outlive them).
+outputs_present() {
+  local outs
+  case $1 in
+  kube) outs=("${KUBE_CMDS[@]}") ;;
+  *) outs=("$1") ;;
+  esac
+  local o
+  for o in "${outs[@]}"; do
+    [[ -x $bin/$o ]] || return 1
+  done
+}
+
 # Runs one component's build unless its stamp says it is already built for
 # this pin-id. Output goes to the console and to logs/<name>.log.
 component() {
   local name=$1
-  if [[ -f $dir/.built-$name ]]; then
+  if [[ -f $dir/.built-$name ]] && outputs_present "$name"; then
     echo "== $name: cached"
     return 0
   fi
