@@ -517,17 +517,6 @@ fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()
 /// `user.*` extended attributes as (name, value) pairs, sorted.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The `user.*` extended attributes of an open file, as (name, value) pairs.
-pub fn user_xattrs(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
-    Ok(user_xattrs_if_supported(fd)?.unwrap_or_default())
-}
-
-/// Like [`user_xattrs`], but `None` when the file system has no extended attributes at all
-/// (NFSv3, say), which is not the same as a file without any.
-pub fn user_xattrs_if_supported(fd: BorrowedFd<'_>) -> io::Result<Option<Xattrs>> {
-    xattrs_if_supported(fd, |n| XattrClass::of(n) == Some(XattrClass::User))
-}
-
 /// The kinds of extended attributes the engine copies, each switched on by its own option and
 /// switched off on its own when the destination does not take it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -516,6 +516,18 @@ fn posix_acls_are_copied() {
         buf
     };
     assert_eq!(get(&dst.join("f")), get(&src.join("f")));
+    // The checksum verify compares ACLs, and puts a lost one back.
+    rustix::fs::removexattr(dst.join("f"), "system.posix_acl_access").unwrap();
+    let opts = Options {
+        verify: VerifyMode::Checksum,
+        passes: Passes::VerifyOnly,
+        ..Options::default()
+    };
+    let (s, report) = run(&src, std::slice::from_ref(&dst), &opts, whole());
+    let v = s.verify.clone().unwrap();
+    assert_eq!((v.mismatched, v.repaired), (1, 1), "{v:?} {report:?}");
+    assert_eq!(v.by_kind.get(&Mismatch::Xattrs), Some(&1), "{v:?}");
+    assert_eq!(get(&dst.join("f")), get(&src.join("f")));
 }
 
 /// Linux lets symlinks, fifos and sockets have several links too (link(2) does not follow a
