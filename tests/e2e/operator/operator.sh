@@ -17,8 +17,9 @@
 #     after they finished: all Succeeded, none regresses, each keeps its plan ConfigMaps;
 #  8. a finished IngestJob's pods deleted by hand and its failurePolicy edited: the verdict, counts and
 #     completionTime stay, observedGeneration stays at the generation the run used;
-#  9. FailJob with a socket in the source (exit 1: the shard fails without retries): the run is
-#     Failed/ShardFailed, no verify Job is created, the socket is listed.
+#  9. FailJob with an entry that cannot be copied (a non-empty directory in the destination where
+#     the source has a file, which is never deleted; exit 1: the shard fails without retries): the
+#     run is Failed/ShardFailed, no verify Job is created, the entry is listed.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -490,8 +491,11 @@ test_8_verdict_survives_pod_deletion() {
 test_9_fail_job_stops() {
   mkdir -p "$src/t9/d"
   gen_tree "$src/t9/d" 30
-  python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$src/t9/d/a.sock" ||
-    { bad "could not create a socket in the source"; return 1; }
+  # Sockets are copied now (mknod); a non-empty destination directory in a file's place is a
+  # failure the engine reports and never resolves by deleting.
+  echo data >"$src/t9/d/blocker"
+  mkdir -p "$dst/t9/d/blocker/kept" && echo theirs >"$dst/t9/d/blocker/kept/file" ||
+    { bad "could not prepare the destination"; return 1; }
   ij_failure_policy='{action: FailJob, retriesPerShard: 3}' ij_apply t9 t9 /nfs || { bad "kubectl apply t9"; return 1; }
   wait_for 180 "t9 finished" finished t9 || return 1
   local r=0 st
@@ -499,7 +503,8 @@ test_9_fail_job_stops() {
   say "  $st"
   jq -e '.phase == "Failed" and .reason == "ShardFailed" and (.message | test("no verify pass"))' <<<"$st" >/dev/null ||
     { bad "t9 is not Failed/ShardFailed with the run stopped: $st"; r=1; }
-  jq -e 'any(.failures[]?; .path | test("a.sock"))' <<<"$st" >/dev/null || { bad "the socket is not listed: $st"; r=1; }
+  jq -e 'any(.failures[]?; .path | test("d/blocker"))' <<<"$st" >/dev/null || { bad "d/blocker is not listed: $st"; r=1; }
+  [[ -f $dst/t9/d/blocker/kept/file ]] || { bad "the destination's own data was deleted"; r=1; }
   local roles
   roles=$(children jobs t9 | jq -r '[.items[].metadata.labels["ingest.vfxt.dev/role"]] | unique | join(" ")')
   [[ $roles != *verify* ]] || { bad "a verify Job was created after FailJob: roles $roles"; r=1; }
