@@ -5,6 +5,7 @@
 mod measure;
 mod report;
 mod tools;
+mod verify;
 
 use std::fs;
 use std::io;
@@ -34,6 +35,9 @@ struct Cli {
 enum Cmd {
     /// Times each tool copying each dataset and checks every copy.
     Copy(CopyArgs),
+    /// Times each verifier checking an identical copy of each dataset, then checks that each
+    /// one that reads contents finds one flipped byte.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +67,13 @@ struct CopyArgs {
     /// An extra argument for `vfxt-ingest copy` (repeat for several), e.g. --vfxt-arg=--threads=16.
     #[arg(long = "vfxt-arg", allow_hyphen_values = true)]
     vfxt_args: Vec<String>,
+    /// Another vfxt-ingest build, run as the row `vfxt-base` beside `vfxt` (same arguments), so
+    /// old and new are timed on the same machine at the same time.
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<PathBuf>,
+    /// What the baseline is called in the table, e.g. a commit.
+    #[arg(long, default_value = "baseline", value_name = "LABEL")]
+    baseline_label: String,
     #[arg(long, default_value_t = GenOptions::default().seed)]
     seed: u64,
     /// Do not try to drop the page cache between runs.
@@ -99,6 +110,9 @@ enum BenchError {
     },
     #[error("generating the dataset: {0}")]
     Gen(#[from] GenError),
+    /// The verify benchmark could not set up its identical copy.
+    #[error("{0}")]
+    Setup(String),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BenchError + 'a {
@@ -117,14 +131,19 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Copy(args) => match copy(&args) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("vfxt-bench: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Cmd::Copy(args) => exit(copy(&args)),
+        Cmd::Verify(args) => exit(verify::verify(&args)),
+    }
+}
+
+fn exit(r: Result<bool, BenchError>) -> ExitCode {
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vfxt-bench: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -150,33 +169,25 @@ fn parse_datasets(s: &str) -> Result<Vec<Dataset>, BenchError> {
 fn copy(args: &CopyArgs) -> Result<bool, BenchError> {
     measure::install_interrupt_handler();
     let datasets = parse_datasets(&args.dataset)?;
-    let tools = tools::parse_tools(&args.tools).map_err(|e| BenchError::BadArg {
+    let mut tools = tools::parse_tools(&args.tools).map_err(|e| BenchError::BadArg {
         field: "tools",
         message: e.to_string(),
     })?;
-    if !(args.scale.is_finite() && args.scale > 0.0) {
-        return Err(BenchError::BadArg {
-            field: "scale",
-            message: format!("{} is not a number above 0", args.scale),
-        });
+    if args.baseline.is_some() && !tools.contains(&Tool::VfxtBase) {
+        tools.push(Tool::VfxtBase);
+        tools.sort();
     }
-    if args.timeout == 0 {
-        return Err(BenchError::BadArg {
-            field: "timeout",
-            message: "must be at least 1 second".into(),
-        });
-    }
-    let work = args
-        .work
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("vfxt-bench"));
-    fs::create_dir_all(&work).map_err(io_err("create work directory", &work))?;
-    // Absolute, because fpsync requires it and the parallel peer changes directory.
-    let work = work.canonicalize().map_err(io_err("resolve", &work))?;
+    check_scale_and_timeout(args.scale, args.timeout)?;
+    let work = work_dir(args.work.as_deref())?;
     let root = rustix::process::geteuid().is_root();
     let vfxt = VfxtArgs {
         bin: std::path::absolute(&args.vfxt).map_err(io_err("resolve", &args.vfxt))?,
         extra: args.vfxt_args.clone(),
+        baseline: args
+            .baseline
+            .as_ref()
+            .map(|b| std::path::absolute(b).map_err(io_err("resolve", b)))
+            .transpose()?,
     };
 
     let mut cache = if args.no_drop_caches {
@@ -217,7 +228,7 @@ fn copy(args: &CopyArgs) -> Result<bool, BenchError> {
         };
         for &tool in &tools {
             let run = match available(tool, &vfxt, &mut installer) {
-                Err(why) => RunReport::unavailable(tool.name(), tool.label(), why),
+                Err(why) => RunReport::unavailable(tool.name(), &row_label(tool, args), why),
                 Ok(()) => run_tool(
                     tool,
                     ds,
@@ -234,7 +245,7 @@ fn copy(args: &CopyArgs) -> Result<bool, BenchError> {
             eprintln!(
                 "vfxt-bench: {} {}: {}",
                 ds,
-                tool.label(),
+                row_label(tool, args),
                 run.unavailable.clone().unwrap_or_else(|| format!(
                     "{:.2} s, identical: {}",
                     run.wall_s, run.identical
@@ -259,6 +270,40 @@ fn copy(args: &CopyArgs) -> Result<bool, BenchError> {
         .flat_map(|d| &d.runs)
         .any(|r| r.tool == "vfxt" && r.available && !r.identical);
     Ok(!vfxt_bad)
+}
+
+/// The row's label: the baseline's carries `--baseline-label`.
+fn row_label(tool: Tool, args: &CopyArgs) -> String {
+    match tool {
+        Tool::VfxtBase => format!("vfxt-ingest copy ({})", args.baseline_label),
+        _ => tool.label().to_owned(),
+    }
+}
+
+fn check_scale_and_timeout(scale: f64, timeout: u64) -> Result<(), BenchError> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(BenchError::BadArg {
+            field: "scale",
+            message: format!("{scale} is not a number above 0"),
+        });
+    }
+    if timeout == 0 {
+        return Err(BenchError::BadArg {
+            field: "timeout",
+            message: "must be at least 1 second".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `--work`, or $TMPDIR/vfxt-bench: created, and made absolute (fpsync requires it and the
+/// parallel peer changes directory).
+fn work_dir(work: Option<&Path>) -> Result<PathBuf, BenchError> {
+    let work = work
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::env::temp_dir().join("vfxt-bench"));
+    fs::create_dir_all(&work).map_err(io_err("create work directory", &work))?;
+    work.canonicalize().map_err(io_err("resolve", &work))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -335,7 +380,7 @@ fn run_tool(
     let cpu_s = m.usage.user_s + m.usage.sys_s;
     Ok(RunReport {
         tool: tool.name().into(),
-        label: tool.label().into(),
+        label: row_label(tool, args),
         command,
         available: true,
         unavailable: None,
@@ -357,7 +402,7 @@ fn run_tool(
         vfxt_speedup: None,
         flagged: !identical,
         stderr_tail,
-        tool_summary: (tool == Tool::Vfxt)
+        tool_summary: matches!(tool, Tool::Vfxt | Tool::VfxtBase)
             .then(|| {
                 fs::read(&out_path)
                     .ok()
@@ -501,15 +546,34 @@ impl Installer {
 /// Ok when the tool can run; otherwise the "not available" reason for the table.
 fn available(tool: Tool, vfxt: &VfxtArgs, installer: &mut Installer) -> Result<(), String> {
     let Some((program, package)) = tool.program() else {
-        return if tools::is_executable(&vfxt.bin) {
-            Ok(())
-        } else {
-            Err(format!(
-                "not available: {} not found (build it: cargo build --release)",
-                vfxt.bin.display()
-            ))
+        return match (tool, &vfxt.baseline) {
+            (Tool::VfxtBase, None) => Err("not available: needs --baseline BIN".into()),
+            (Tool::VfxtBase, Some(b)) => binary_available(b),
+            _ => binary_available(&vfxt.bin),
         };
     };
+    program_available(program, package, installer)
+}
+
+/// Ok when `bin` (a vfxt-ingest build) is an executable file.
+fn binary_available(bin: &Path) -> Result<(), String> {
+    if tools::is_executable(bin) {
+        Ok(())
+    } else {
+        Err(format!(
+            "not available: {} not found (build it: cargo build --release)",
+            bin.display()
+        ))
+    }
+}
+
+/// Ok when `program` is on PATH, after installing its Debian `package` when allowed (root and
+/// no --no-install); otherwise why not.
+fn program_available(
+    program: &str,
+    package: &str,
+    installer: &mut Installer,
+) -> Result<(), String> {
     if tools::on_path(program).is_some() {
         return Ok(());
     }

@@ -10,6 +10,8 @@ use ingest_testkit::Aspect;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tool {
     Vfxt,
+    /// `vfxt-ingest copy` of another build (`--baseline BIN`), for old against new in one run.
+    VfxtBase,
     /// `vfxt-ingest run` with 4 worker processes (issue 3's comparison).
     VfxtRun,
     Cp,
@@ -32,8 +34,9 @@ pub const RUN_WORKERS: u32 = 4;
 pub const PEER_JOBS: u32 = 16;
 
 impl Tool {
-    pub const ALL: [Tool; 10] = [
+    pub const ALL: [Tool; 11] = [
         Tool::Vfxt,
+        Tool::VfxtBase,
         Tool::VfxtRun,
         Tool::Cp,
         Tool::Rsync,
@@ -48,6 +51,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Vfxt => "vfxt",
+            Tool::VfxtBase => "vfxt-base",
             Tool::VfxtRun => "vfxt-run",
             Tool::Cp => "cp",
             Tool::Rsync => "rsync",
@@ -64,6 +68,7 @@ impl Tool {
     pub fn label(self) -> &'static str {
         match self {
             Tool::Vfxt => "vfxt-ingest copy",
+            Tool::VfxtBase => "vfxt-ingest copy (baseline)",
             Tool::VfxtRun => "vfxt-ingest run (4 workers)",
             Tool::Cp => "cp -a",
             Tool::Rsync => "rsync -a",
@@ -79,7 +84,7 @@ impl Tool {
     /// The program that must be on PATH, and the Debian package that has it.
     pub fn program(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Tool::Vfxt | Tool::VfxtRun => None,
+            Tool::Vfxt | Tool::VfxtBase | Tool::VfxtRun => None,
             Tool::Cp => Some(("cp", "coreutils")),
             Tool::Rsync | Tool::RsyncInplace => Some(("rsync", "rsync")),
             Tool::Parallel => Some(("parallel", "parallel")),
@@ -96,7 +101,7 @@ impl Tool {
         let owner = if root { vec![Owner] } else { vec![] };
         let v: Vec<Aspect> = match self {
             // Issue 2: everything, to the nanosecond.
-            Tool::Vfxt => [
+            Tool::Vfxt | Tool::VfxtBase => [
                 vec![Mode, Mtime, DirMtime, SymlinkMtime, Xattr, HardLink, Sparse],
                 owner,
             ]
@@ -137,8 +142,12 @@ impl Tool {
     pub fn command(self, src: &Path, dst: &Path, scratch: &Path, vfxt: &VfxtArgs) -> Command {
         let slash = |p: &Path| format!("{}/", p.display());
         match self {
-            Tool::Vfxt => {
-                let mut c = Command::new(&vfxt.bin);
+            Tool::Vfxt | Tool::VfxtBase => {
+                let bin = match (self, &vfxt.baseline) {
+                    (Tool::VfxtBase, Some(b)) => b,
+                    _ => &vfxt.bin,
+                };
+                let mut c = Command::new(bin);
                 c.arg("copy")
                     .arg(src)
                     .arg(dst)
@@ -249,11 +258,13 @@ wait
 pub struct VfxtArgs {
     pub bin: PathBuf,
     pub extra: Vec<String>,
+    /// `--baseline BIN`: the build the `vfxt-base` row runs (with the same extra arguments).
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown tool {0:?} in --tools: valid are vfxt, vfxt-run, cp, rsync, rsync-inplace, parallel, fpsync, fpsync4, manifest, rclone"
+    "unknown tool {0:?} in --tools: valid are vfxt, vfxt-base, vfxt-run, cp, rsync, rsync-inplace, parallel, fpsync, fpsync4, manifest, rclone"
 )]
 pub struct UnknownTool(pub String);
 
@@ -316,7 +327,10 @@ mod tests {
         assert_eq!(parse_tools(&all).unwrap(), Tool::ALL.to_vec());
         let e = parse_tools("cp,robocopy").unwrap_err();
         assert_eq!(e, UnknownTool("robocopy".into()));
-        assert!(e.to_string().contains("valid are vfxt, vfxt-run, cp"));
+        assert!(
+            e.to_string()
+                .contains("valid are vfxt, vfxt-base, vfxt-run, cp")
+        );
         assert!(parse_tools(" , ").is_err());
     }
 
@@ -342,6 +356,7 @@ mod tests {
         let v = VfxtArgs {
             bin: "/x/vfxt-ingest".into(),
             extra: vec!["--threads".into(), "8".into()],
+            baseline: Some("/old/vfxt-ingest".into()),
         };
         let (s, d, t) = (Path::new("/s"), Path::new("/d"), Path::new("/t"));
         let argv = |tool: Tool| {
@@ -363,6 +378,8 @@ mod tests {
                 "8"
             ]
         );
+        assert_eq!(argv(Tool::VfxtBase)[..2], ["/old/vfxt-ingest", "copy"]);
+        assert_eq!(argv(Tool::VfxtBase).len(), 7);
         assert_eq!(argv(Tool::Cp), ["cp", "-a", "/s/.", "/d"]);
         assert_eq!(
             argv(Tool::RsyncInplace),
