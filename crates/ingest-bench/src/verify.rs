@@ -965,9 +965,17 @@ pub fn table(d: &VerifyDataset, cache_note: &str) -> String {
         "flipped for the detection runs: byte {} of {} ({} bytes), size and times kept",
         d.flipped.offset, d.flipped.path, d.flipped.size
     );
+    // The label column fits the longest label and its "(!)".
+    let w = d
+        .runs
+        .iter()
+        .map(|r| r.label.len() + 4)
+        .max()
+        .unwrap_or(0)
+        .max(30);
     let _ = writeln!(
         s,
-        "{:<46} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>12} {:>7}",
+        "{:<w$} {:>8} {:>8} {:>9} {:>7} {:>8} {:>9} {:>12} {:>7}",
         "verifier",
         "wall s",
         "MiB/s",
@@ -982,7 +990,7 @@ pub fn table(d: &VerifyDataset, cache_note: &str) -> String {
         if !r.available {
             let _ = writeln!(
                 s,
-                "{:<46} {}",
+                "{:<w$} {}",
                 r.label,
                 r.unavailable.as_deref().unwrap_or("not available")
             );
@@ -1006,7 +1014,7 @@ pub fn table(d: &VerifyDataset, cache_note: &str) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{label:<46} {:>8.2} {:>8.1} {:>9.0} {:>7.2} {:>8.1} {identical:>9} {found:>12} {vs:>7}",
+            "{label:<w$} {:>8.2} {:>8.1} {:>9.0} {:>7.2} {:>8.1} {identical:>9} {found:>12} {vs:>7}",
             r.wall_s, r.mib_per_s, r.files_per_s, r.cpu_s, r.max_rss_mib
         );
     }
