@@ -19,7 +19,8 @@
 #     completionTime stay, observedGeneration stays at the generation the run used;
 #  9. FailJob with an entry that cannot be copied (a non-empty directory in the destination where
 #     the source has a file, which is never deleted; exit 1: the shard fails without retries): the
-#     run is Failed/ShardFailed, no verify Job is created, the entry is listed.
+#     run is Failed/ShardFailed, no verify Job is created, the entry is listed; the pods' full
+#     reports (spec.report on the destination export) are read back with `vfxt-ingest report`.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -496,7 +497,9 @@ test_9_fail_job_stops() {
   echo data >"$src/t9/d/blocker"
   mkdir -p "$dst/t9/d/blocker/kept" && echo theirs >"$dst/t9/d/blocker/kept/file" ||
     { bad "could not prepare the destination"; return 1; }
-  ij_failure_policy='{action: FailJob, retriesPerShard: 3}' ij_apply t9 t9 /nfs || { bad "kubectl apply t9"; return 1; }
+  # Every pod's full report goes beside the copied tree, on the destination export.
+  ij_failure_policy='{action: FailJob, retriesPerShard: 3}' ij_apply t9 t9 /nfs "  report: {destinationPath: reports}" ||
+    { bad "kubectl apply t9"; return 1; }
   wait_for 180 "t9 finished" finished t9 || return 1
   local r=0 st
   st=$(ij_json t9 | jq -c '.status | {phase, message, failures, reason: ([.conditions[]? | select(.type == "Stalled") | .reason][0])}')
@@ -505,6 +508,12 @@ test_9_fail_job_stops() {
     { bad "t9 is not Failed/ShardFailed with the run stopped: $st"; r=1; }
   jq -e 'any(.failures[]?; .path | test("d/blocker"))' <<<"$st" >/dev/null || { bad "d/blocker is not listed: $st"; r=1; }
   [[ -f $dst/t9/d/blocker/kept/file ]] || { bad "the destination's own data was deleted"; r=1; }
+  # The full failure list, read back from where the status says the reports are.
+  local where
+  where=$(ij_json t9 | jq -r '.status.report.location // ""')
+  [[ $where == *reports/t9/run-0* ]] || { bad "status.report.location is '$where'"; r=1; }
+  "$bin" report --jsonl "$dst/reports/t9" | jq -e -s 'any(.[]; .path == "d/blocker" and .outcome == "failed")' >/dev/null ||
+    { bad "vfxt-ingest report $dst/reports/t9 does not list d/blocker: $("$bin" report "$dst/reports/t9" 2>&1 | tail -5)"; r=1; }
   local roles
   roles=$(children jobs t9 | jq -r '[.items[].metadata.labels["ingest.vfxt.dev/role"]] | unique | join(" ")')
   [[ $roles != *verify* ]] || { bad "a verify Job was created after FailJob: roles $roles"; r=1; }
