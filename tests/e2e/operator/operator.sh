@@ -21,6 +21,8 @@
 #     the source has a file, which is never deleted; exit 1: the shard fails without retries): the
 #     run is Failed/ShardFailed, no verify Job is created, the entry is listed; the pods' full
 #     reports (spec.report on the destination export) are read back with `vfxt-ingest report`.
+# 10. ~200 one-file shards (a copy phase of short pods): the status shows progress moving during
+#     the phase, never going back.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -112,7 +114,7 @@ spec:
     subPath: $1
   workers: 3
   threadsPerWorker: 2
-  shards: {target: 6}
+  shards: {target: ${ij_shards:-6}}
   failurePolicy: ${ij_failure_policy:-{retriesPerShard: 3\}}
   verify: {mode: Metadata}
 ${4-}
@@ -520,6 +522,29 @@ test_9_fail_job_stops() {
   return "$r"
 }
 
+test_10_progress_with_many_short_pods() {
+  # 200 one-file directories planned as about as many shards: a copy phase of short pods, each
+  # pod event a reconcile trigger. The status must still show progress moving during the phase
+  # (a debounce pushed back by every event once froze it at 0 for the whole phase).
+  local i
+  for ((i = 1; i <= 200; i++)); do
+    mkdir -p "$src/t10/d$i" && echo "$i" >"$src/t10/d$i/f"
+  done
+  watch_ij t10
+  ij_shards=200 ij_apply t10 t10 /nfs || { bad "kubectl apply t10"; return 1; }
+  wait_for 600 "t10 finished" finished t10 || return 1
+  local r=0 shards moves
+  shards=$(ij_json t10 | jq -r '.status.shards.total')
+  say "  shards: $shards; statuses seen: $(wc -l <"$data/watch-t10")"
+  ((shards >= 100)) || { bad "only $shards shards: not a phase of many short pods"; r=1; }
+  [[ $(ij_json t10 | jq -r '.status.phase') == Succeeded ]] || { bad "t10 did not succeed: $(ij_json t10 | jq -c .status.message)"; r=1; }
+  # Distinct file counts the status showed while Copying: progress moved, not one jump at the end.
+  moves=$(awk '$1 == "Copying" && $2 != "" { print $2 }' "$data/watch-t10" | sort -un | wc -l)
+  ((moves >= 3)) || { bad "progress showed only $moves distinct file counts during the copy phase: $(tr '\n' ';' <"$data/watch-t10")"; r=1; }
+  progress_monotonic t10 || r=1
+  return "$r"
+}
+
 # ---------------------------------------------------------------- 6. deletion
 # kind/name of every object owned by the IngestJob or labelled with it, and of the Jobs' pods.
 owned_objects() {
@@ -635,6 +660,7 @@ main() {
   run_test "7 two IngestJobs in one namespace, runs 0 and 2: both Succeeded, neither regresses" test_7_two_jobs_one_namespace
   run_test "8 finished pods deleted by hand, policy edited: the verdict stays" test_8_verdict_survives_pod_deletion
   run_test "9 FailJob: a failed shard stops the run, no verify Job" test_9_fail_job_stops
+  run_test "10 status progress moves during a copy phase of ~200 short pods" test_10_progress_with_many_short_pods
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"
