@@ -72,6 +72,8 @@ pub mod conditions {
 
 /// Reasons used in conditions and Events (CamelCase, as Kubernetes expects).
 pub mod reasons {
+    use ingest_job::Reason;
+
     /// Spec failed validation.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The scan Job is running.
@@ -83,15 +85,17 @@ pub mod reasons {
     /// Waiting for children to be created or scheduled.
     pub const PENDING: &str = "Pending";
     /// The run finished, every file copied and verified.
-    pub const SUCCEEDED: &str = "Succeeded";
+    pub const SUCCEEDED: &str = Reason::Succeeded.as_str();
     /// The run finished within the failure policy, with some files failed.
-    pub const SUCCEEDED_WITH_FAILURES: &str = "SucceededWithFailures";
+    pub const SUCCEEDED_WITH_FAILURES: &str = Reason::SucceededWithFailures.as_str();
     /// The scan failed after its retries.
     pub const SCAN_FAILED: &str = "ScanFailed";
-    /// A shard failed after its retries (copy or verify).
-    pub const SHARD_FAILED: &str = "ShardFailed";
+    /// A shard ended without a result after its retries (copy or verify), or a pass was stopped.
+    pub const SHARD_FAILED: &str = Reason::ShardFailed.as_str();
     /// More files failed than the failure policy allows.
-    pub const TOO_MANY_FAILURES: &str = "TooManyFailures";
+    pub const TOO_MANY_FAILURES: &str = Reason::TooManyFailures.as_str();
+    /// The verify pass found entries only in the destination (nothing is deleted).
+    pub const DESTINATION_DIFFERS: &str = Reason::DestinationDiffers.as_str();
     /// The phase changed (Event reason).
     pub const PHASE_CHANGED: &str = "PhaseChanged";
     /// An API call failed; the operator retries with backoff.

@@ -806,6 +806,20 @@ pub struct VerificationCounts {
     pub verified: u64,
 }
 
+impl VerificationCounts {
+    /// Adds another part's counts (`verified` included).
+    pub fn add(&mut self, o: &VerificationCounts) {
+        self.checked += o.checked;
+        self.matched += o.matched;
+        self.missing += o.missing;
+        self.mismatched += o.mismatched;
+        self.extraneous += o.extraneous;
+        self.repaired += o.repaired;
+        self.errors += o.errors;
+        self.verified += o.verified;
+    }
+}
+
 /// One failed file.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -673,9 +673,9 @@ impl<'a> Walk<'a> {
         let mut walked = RelPath::root();
         let mut created = false;
         let opened = (|| -> OpResult<(OwnedFd, Meta, OwnedFd)> {
-            let mut src = self.roots.src.try_clone().op("open-source-dir")?;
+            let mut src = sys::reopen_dir(self.roots.src.as_fd()).op("open-source-dir")?;
             let mut meta = sys::fstat(src.as_fd()).op("stat-source")?;
-            let mut dst = self.roots.dsts[mount].try_clone().op("open-dest-dir")?;
+            let mut dst = sys::reopen_dir(self.roots.dsts[mount].as_fd()).op("open-dest-dir")?;
             for comp in rel.components() {
                 walked = walked.join(comp);
                 let name = cstr(comp);
@@ -1743,9 +1743,9 @@ impl<'a> Walk<'a> {
     /// creating missing destination ancestors, which get their metadata from their own checks.
     fn open_repair_parent(&self, rel: &RelPath, mount: usize) -> OpResult<Arc<DirNode>> {
         let parent = rel.parent();
-        let mut src = self.roots.src.try_clone().op("open-source-dir")?;
+        let mut src = sys::reopen_dir(self.roots.src.as_fd()).op("open-source-dir")?;
         let mut meta = sys::fstat(src.as_fd()).op("stat-source")?;
-        let mut dst = self.roots.dsts[mount].try_clone().op("open-dest-dir")?;
+        let mut dst = sys::reopen_dir(self.roots.dsts[mount].as_fd()).op("open-dest-dir")?;
         for comp in parent.components() {
             let name = cstr(comp);
             src = sys::open_dir_at(src.as_fd(), &name).op("open-source-dir")?;
@@ -1841,7 +1841,7 @@ impl DirNode {
         let fd = match &self.parent {
             Some(p) => sys::open_dir_at(p.dst_fd(roots, mount)?, &self.name)?,
             None => {
-                let mut fd = roots.dsts[mount].try_clone()?;
+                let mut fd = sys::reopen_dir(roots.dsts[mount].as_fd())?;
                 for c in self.rel.components() {
                     fd = sys::open_dir_at(fd.as_fd(), &cstr(c))?;
                 }

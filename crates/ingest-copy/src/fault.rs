@@ -34,6 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// The environment variable read by [`init`].
 pub const ENV: &str = "VFXT_INGEST_FAULTS";
+/// With `vfxt-ingest run`: only the worker process of this slot (0, 1, …) gets [`ENV`], so one
+/// worker dies and the others take its shards.
+pub const WORKER_ENV: &str = "VFXT_INGEST_FAULTS_WORKER";
 
 /// Where a fault can strike. The names are the ones used in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,6 +80,15 @@ pub fn run(
     if opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None {
         let settled = Walk::new(Pass::Settle, opts, &roots, progress, sink).run(&job.scopes);
         summary.metadata_failed += settled.failed;
+        // A file copied in ranges gets its outcome here, when it is finalized: it is one of the
+        // copy's entries (copied, found finished, or gone from the source).
+        let c = &mut summary.copy;
+        let finalized = settled.files_copied + settled.files_skipped + settled.vanished;
+        c.entries += finalized;
+        c.files_copied += settled.files_copied;
+        c.files_skipped += settled.files_skipped;
+        c.vanished += settled.vanished;
+        c.bytes_copied += settled.bytes_copied;
     }
     if opts.verify != VerifyMode::None {
         let repairer = repair::EngineRepair::new(opts, &roots, progress, sink);

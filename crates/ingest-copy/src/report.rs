@@ -51,6 +51,10 @@ pub struct VerifyCounts {
     pub extraneous: u64,
     pub repaired: u64,
     pub errors: u64,
+    /// Found different and left so: report-only mode (`repair` off). Each is a failed entry of the
+    /// pass (the destination does not hold the source's version), like `errors`.
+    #[serde(default)]
+    pub unrepaired: u64,
     /// What was found different, by kind (an entry may count under several kinds).
     pub by_kind: BTreeMap<Mismatch, u64>,
 }
@@ -64,6 +68,7 @@ impl VerifyCounts {
         self.extraneous += other.extraneous;
         self.repaired += other.repaired;
         self.errors += other.errors;
+        self.unrepaired += other.unrepaired;
         for (k, v) in &other.by_kind {
             *self.by_kind.entry(*k).or_default() += v;
         }
@@ -199,7 +204,7 @@ impl Summary {
             + c.changed
             + c.not_attempted
             + self.metadata_failed
-            + self.verify.as_ref().map_or(0, |v| v.errors)
+            + self.verify.as_ref().map_or(0, |v| v.errors + v.unrepaired)
     }
 
     /// Nothing failed and verification (if run) is clean.

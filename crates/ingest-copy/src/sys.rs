@@ -161,6 +161,13 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     .map_err(to_io)
 }
 
+/// The same directory through a new open file description. Not `dup`: a dup shares the
+/// directory's read offset, so two threads listing one directory (two name ranges of a root
+/// split into scopes) through dups would each see only part of its entries.
+pub fn reopen_dir(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    open_dir_at(dir, c".")
+}
+
 /// Opens a source file for reading without touching its atime where the kernel lets us
 /// (`O_NOATIME` needs ownership or CAP_FOWNER; after the first refusal we stop asking).
 pub fn open_source_file(
@@ -633,5 +640,48 @@ pub fn raise_fd_limit() {
                 maximum: Some(max),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Entries read through `fd` from its current offset (no rewind).
+    fn read_on(fd: BorrowedFd<'_>) -> usize {
+        let mut buf = vec![MaybeUninit::uninit(); 4096];
+        let mut raw = RawDir::new(fd, &mut buf);
+        let mut n = 0;
+        while let Some(e) = raw.next() {
+            let e = e.unwrap();
+            if !matches!(e.file_name().to_bytes(), b"." | b"..") {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_reopened_directory_has_its_own_offset_where_a_dup_shares_it() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..300 {
+            std::fs::write(t.path().join(format!("entry-{i:04}")), b"").unwrap();
+        }
+        let open = || {
+            rustix::fs::open(
+                t.path(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        let a = open();
+        let own = reopen_dir(a.as_fd()).unwrap();
+        let shared = a.try_clone().unwrap();
+        assert_eq!(read_on(a.as_fd()), 300);
+        // Reading `a` to its end moved the dup along with it, not the reopened one.
+        assert_eq!(read_on(own.as_fd()), 300);
+        assert_eq!(read_on(shared.as_fd()), 0);
     }
 }

@@ -146,6 +146,7 @@ struct Counts {
     extraneous: AtomicU64,
     repaired: AtomicU64,
     errors: AtomicU64,
+    unrepaired: AtomicU64,
     by_kind: Mutex<BTreeMap<Mismatch, u64>>,
 }
 
@@ -213,7 +214,7 @@ impl Node {
                 None => return Ok(None),
             },
             None => (|| {
-                let mut fd = roots.dsts[mount].try_clone()?;
+                let mut fd = sys::reopen_dir(roots.dsts[mount].as_fd())?;
                 for c in self.rel.components() {
                     fd = sys::open_dir_at(fd.as_fd(), &cstr(c))?;
                 }
@@ -357,6 +358,7 @@ impl<'a> Verifier<'a> {
             extraneous: g(&c.extraneous),
             repaired: g(&c.repaired),
             errors: g(&c.errors),
+            unrepaired: g(&c.unrepaired),
             by_kind: c.by_kind.lock().unwrap().clone(),
         }
     }
@@ -504,6 +506,8 @@ impl<'a> Verifier<'a> {
         }
         self.found(&reported);
         let Some(repairer) = self.repair else {
+            inc(&self.counts.unrepaired);
+            inc(&self.progress.failed);
             let mut why = "different; not repaired (report only)".to_string();
             if let Some(d) = &now.dst_digest
                 && now.diffs.contains(&Mismatch::Content)
@@ -611,7 +615,7 @@ impl<'a> Verifier<'a> {
     ) -> Option<Arc<Node>> {
         let mut walked = RelPath::root();
         let opened = (|| -> OpResult<(OwnedFd, Meta)> {
-            let mut src = self.roots.src.try_clone().op("open-source-dir")?;
+            let mut src = sys::reopen_dir(self.roots.src.as_fd()).op("open-source-dir")?;
             for comp in rel.components() {
                 walked = walked.join(comp);
                 src = sys::open_dir_at(src.as_fd(), &cstr(comp)).op("open-source-dir")?;
@@ -635,9 +639,8 @@ impl<'a> Verifier<'a> {
                 .map(Some)
         } else {
             (|| -> OpResult<Option<Meta>> {
-                let mut fd = self.roots.dsts[local.mount]
-                    .try_clone()
-                    .op("open-dest-dir")?;
+                let mut fd =
+                    sys::reopen_dir(self.roots.dsts[local.mount].as_fd()).op("open-dest-dir")?;
                 for c in rel.parent().components() {
                     fd = match sys::open_dir_at(fd.as_fd(), &cstr(c)) {
                         Ok(fd) => fd,

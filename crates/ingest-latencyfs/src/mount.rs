@@ -75,8 +75,13 @@ impl Node {
         cfg.mount_options = vec![
             MountOption::FSName("latencyfs".into()),
             MountOption::Subtype("latencyfs".into()),
+            // The kernel checks each caller's uid against the modes, as an NFS server does for
+            // AUTH_SYS: a worker running as uid 1000 gets EACCES on a mode-000 directory, as it
+            // would on the real export.
+            MountOption::DefaultPermissions,
         ];
-        cfg.acl = SessionACL::Owner;
+        // Any uid may use the mount (allow_other), as any uid may use an NFS mount.
+        cfg.acl = SessionACL::All;
         cfg.n_threads = Some(config.capacity + EXTRA_THREADS);
         cfg.clone_fd = true;
         let session = fuser::spawn_mount(fs, mountpoint, &cfg)

@@ -12,6 +12,7 @@ use ingest_api::{
     FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
     ReportStatus, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
+use ingest_job::WorkerExit;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -32,6 +33,8 @@ struct ShardReport {
     failed: u64,
     failures: Vec<FileFailure>,
     verification: Option<VerificationCounts>,
+    /// It ended with a result and exit 1: its shard finished with failed entries, each counted.
+    files_failed: bool,
 }
 
 /// The pod's final result (termination message) if it finished, else its progress annotation.
@@ -61,6 +64,9 @@ fn pod_report(pod: &Pod) -> Option<ShardReport> {
             failed: result.failed,
             failures: result.failures,
             verification: result.verification,
+            files_failed: terminated.is_some_and(|t| {
+                WorkerExit::from_code(Some(t.exit_code)) == WorkerExit::FilesFailed
+            }),
         });
     }
     let progress: PodProgress = pod
@@ -114,6 +120,8 @@ struct Sum {
     failures: Vec<FileFailure>,
     per_server: BTreeMap<usize, (u64, u64)>,
     verification: VerificationCounts,
+    /// Shards whose latest pod ended with a result and exit 1 (a failed index, but accounted).
+    files_failed_shards: u64,
 }
 
 fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
@@ -125,6 +133,7 @@ fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
         s.files += r.files;
         s.bytes += r.bytes;
         s.failed += r.failed;
+        s.files_failed_shards += u64::from(r.files_failed);
         let e = s.per_server.entry(r.server).or_default();
         e.0 += r.files;
         e.1 += r.bytes;
@@ -134,14 +143,7 @@ fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
             }
         }
         if let Some(v) = r.verification {
-            let t = &mut s.verification;
-            t.checked += v.checked;
-            t.matched += v.matched;
-            t.missing += v.missing;
-            t.mismatched += v.mismatched;
-            t.extraneous += v.extraneous;
-            t.repaired += v.repaired;
-            t.errors += v.errors;
+            s.verification.add(&v);
         }
     }
     s.verification.verified = s.verification.matched + s.verification.repaired;
@@ -350,7 +352,9 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             .clone()
             .filter(|_| same_run)
             .unwrap_or_default();
-        let files = copy.files.max(prev_p.files);
+        // Files copied in ranges get their outcome in the last pass, when they are finalized.
+        let finalized = verify.as_ref().or(settled.as_ref()).map_or(0, |s| s.files);
+        let files = (copy.files + finalized).max(prev_p.files);
         let bytes = copy.bytes.max(prev_p.bytes);
         let t = &plan.totals;
         let done = matches!(stage, Stage::Done { .. } | Stage::Stopped { .. });
@@ -427,49 +431,36 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
 
         if let Stage::Done { failed_shards, .. } = stage {
             let fp = &spec.failure_policy;
-            outcome = if *failed_shards > 0 && fp.action == FailureAction::FailJob {
-                Some((
-                    false,
-                    reasons::SHARD_FAILED,
-                    format!(
-                        "{failed_shards} shard(s) failed after {} retries",
-                        fp.retries_per_shard
-                    ),
-                ))
-            } else if st.failed_files > 0 && fp.action == FailureAction::FailJob {
-                Some((
-                    false,
-                    reasons::TOO_MANY_FAILURES,
-                    format!(
-                        "{} file(s) failed and the failure policy is FailJob",
-                        st.failed_files
-                    ),
-                ))
-            } else if fp.max_failed_files.is_some_and(|m| st.failed_files > m) {
-                Some((
-                    false,
-                    reasons::TOO_MANY_FAILURES,
-                    format!(
-                        "{} file(s) failed, more than maxFailedFiles",
-                        st.failed_files
-                    ),
-                ))
-            } else if st.failed_files > 0 || *failed_shards > 0 {
-                Some((
-                    true,
-                    reasons::SUCCEEDED_WITH_FAILURES,
-                    format!(
-                        "done; {} file(s) and {failed_shards} shard(s) failed",
-                        st.failed_files
-                    ),
-                ))
-            } else {
-                Some((
-                    true,
-                    reasons::SUCCEEDED,
-                    format!("copied {} files ({})", files, human_bytes(bytes)),
-                ))
-            };
+            // A failed index whose latest pod left a result (exit 1: files failed) is accounted
+            // for entry by entry; the others (crashed through their retries) are lost. With verify
+            // None the copy pass is the last word on contents, so its lost shards count too.
+            let last_pass = verify.as_ref().or(settled.as_ref());
+            let mut lost_shards =
+                failed_shards.saturating_sub(last_pass.map_or(0, |s| s.files_failed_shards));
+            if spec.verify.mode == VerifyMode::None {
+                let copy_failed: u64 = role_states(ij, obs, layout, labels::ROLE_COPY)
+                    .iter()
+                    .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
+                    .sum();
+                lost_shards += copy_failed.saturating_sub(copy.files_failed_shards);
+            }
+            let v = ingest_job::decide(
+                ingest_job::Policy {
+                    fail_job: fp.action == FailureAction::FailJob,
+                    max_failed_files: fp.max_failed_files,
+                },
+                &ingest_job::Facts {
+                    scan_failed: plan.failed,
+                    failed: st.failed_files.saturating_sub(plan.failed),
+                    lost_shards,
+                    broken: Vec::new(),
+                    extraneous: verify.as_ref().map_or(0, |v| v.verification.extraneous),
+                    verified: verify.is_some(),
+                    files,
+                    bytes,
+                },
+            );
+            outcome = Some((v.succeeded, v.reason.as_str(), v.message));
         }
     }
 

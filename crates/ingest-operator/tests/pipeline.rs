@@ -1248,3 +1248,111 @@ fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
         "{msg}"
     );
 }
+
+/// The Ready condition's reason of a status.
+fn ready_reason(st: &ingest_api::IngestJobStatus) -> String {
+    ingest_api::conditions::find(&st.conditions, ct::READY)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+/// `three-ips.yaml` (Continue, maxFailedFiles 10) with every Job finished; `verify_failed` are
+/// the failed indexes of server 0's verify Job.
+fn all_finished(
+    ij: &ingest_api::IngestJob,
+    verify_failed: &str,
+) -> ingest_operator::observe::Observed {
+    let mut obs = scanned(ij, 3, totals(), false);
+    add_role_jobs(ij, &mut obs, "copy", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    add_role_jobs(ij, &mut obs, "verify", |i, j| {
+        if i == 0 && !verify_failed.is_empty() {
+            observed_job(j, false, true, "", verify_failed, 0)
+        } else {
+            observed_job(j, true, false, "0", "", 0)
+        }
+    });
+    obs
+}
+
+#[test]
+fn a_failed_index_with_a_result_is_counted_by_entry_and_a_crashed_one_fails_the_run() {
+    let ij = fixture("three-ips.yaml");
+    // Exit 1 with its result: the shard finished, two entries failed; within maxFailedFiles.
+    let mut obs = all_finished(&ij, "0");
+    obs.pods
+        .push(worker_pod(&ij, "verify", 0, 0, 5, None, result(10, 10, 2)));
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(
+        (st.phase, st.failed_files),
+        (Some(Phase::Succeeded), 2),
+        "{st:?}"
+    );
+    assert_eq!(ready_reason(&st), reasons::SUCCEEDED_WITH_FAILURES);
+
+    // Killed through its retries, no result: its entries were never accounted for.
+    let mut obs = all_finished(&ij, "0");
+    obs.pods.push(crashed_pod(&ij, "verify", 0, 0, 5));
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed), "{st:?}");
+    assert_eq!(
+        ingest_api::conditions::find(&st.conditions, ct::STALLED)
+            .unwrap()
+            .reason,
+        reasons::SHARD_FAILED
+    );
+    assert!(
+        st.message.as_deref().unwrap().contains("not accounted"),
+        "{:?}",
+        st.message
+    );
+}
+
+#[test]
+fn with_verify_none_a_lost_copy_shard_fails_the_run() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.verify.mode = ingest_api::VerifyMode::None;
+    let mut obs = scanned(&ij, 3, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
+        if i == 1 {
+            observed_job(j, false, true, "", "0", 0)
+        } else {
+            observed_job(j, true, false, "0", "", 0)
+        }
+    });
+    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    obs.pods.push(crashed_pod(&ij, "copy", 1, 0, 5));
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(
+        st.phase,
+        Some(Phase::Failed),
+        "the settle pass set times; the copy never finished: {st:?}"
+    );
+}
+
+#[test]
+fn entries_only_in_the_destination_mean_it_is_not_identical() {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = all_finished(&ij, "");
+    let mut r = result(10, 10, 0).unwrap();
+    r.verification = Some(VerificationCounts {
+        checked: 12,
+        matched: 10,
+        extraneous: 2,
+        verified: 10,
+        ..Default::default()
+    });
+    obs.pods
+        .push(worker_pod(&ij, "verify", 2, 0, 5, None, Some(r)));
+    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert_eq!(st.phase, Some(Phase::Failed), "{st:?}");
+    assert_eq!(ready_reason(&st), reasons::DESTINATION_DIFFERS);
+    let m = st.message.unwrap();
+    assert!(
+        m.contains("2 entries only in the destination") && !m.contains("destination identical"),
+        "{m}"
+    );
+}

@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::{Container, Pod};
 use rustix::fs::{Mode, OFlags};
 
 use rustix::mount::{MountFlags, MountPropagationFlags, mount_bind, mount_change, mount_remount};
@@ -51,11 +52,80 @@ impl Bind {
     }
 }
 
+/// The identity a container's process runs as, from the pod's and the
+/// container's securityContext (runAsUser, runAsGroup, supplementalGroups,
+/// fsGroup), as a container runtime applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl Identity {
+    /// The `__exec` argument form: `--user UID:GID[:G1,G2...]`.
+    pub fn to_args(&self) -> [String; 2] {
+        let mut v = format!("{}:{}", self.uid, self.gid);
+        if !self.groups.is_empty() {
+            let g: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+            v = format!("{v}:{}", g.join(","));
+        }
+        ["--user".into(), v]
+    }
+
+    pub fn parse(spec: &str) -> Result<Identity, String> {
+        let bad = || format!("user '{spec}': expected UID:GID[:G1,G2...]");
+        let mut parts = spec.splitn(3, ':');
+        let num = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok()).ok_or_else(bad);
+        let uid = num(parts.next())?;
+        let gid = num(parts.next())?;
+        let groups = match parts.next() {
+            None => Vec::new(),
+            Some(g) => g
+                .split(',')
+                .map(|x| x.parse::<u32>().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Identity { uid, gid, groups })
+    }
+}
+
+/// The identity of container `c` of `pod`: the container's runAsUser and
+/// runAsGroup over the pod's, the pod's supplementalGroups and fsGroup as
+/// extra groups. None when nothing is set (the launcher's own, root): there
+/// is no image whose USER could say otherwise.
+pub fn container_identity(pod: &Pod, c: &Container) -> Option<Identity> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = c.security_context.as_ref();
+    let uid = csc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| psc.and_then(|s| s.run_as_user));
+    let gid = csc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| psc.and_then(|s| s.run_as_group));
+    let mut groups: Vec<u32> = psc
+        .into_iter()
+        .flat_map(|s| s.supplemental_groups.iter().flatten().chain(&s.fs_group))
+        .map(|g| *g as u32)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if uid.is_none() && gid.is_none() && groups.is_empty() {
+        return None;
+    }
+    Some(Identity {
+        uid: uid.unwrap_or(0) as u32,
+        gid: gid.unwrap_or(0) as u32,
+        groups,
+    })
+}
+
 /// What `__exec` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
     pub binds: Vec<Bind>,
     pub workdir: Option<PathBuf>,
+    pub user: Option<Identity>,
     pub argv: Vec<String>,
 }
 
@@ -63,6 +133,7 @@ pub struct Launch {
 pub fn parse_args(args: &[String]) -> Result<Launch, String> {
     let mut binds = Vec::new();
     let mut workdir = None;
+    let mut user = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -74,6 +145,7 @@ pub fn parse_args(args: &[String]) -> Result<Launch, String> {
             "--bind" => binds.push(Bind::parse(&value()?, false)?),
             "--bind-ro" => binds.push(Bind::parse(&value()?, true)?),
             "--workdir" => workdir = Some(PathBuf::from(value()?)),
+            "--user" => user = Some(Identity::parse(&value()?)?),
             "--" => {
                 let argv: Vec<String> = it.cloned().collect();
                 if argv.is_empty() {
@@ -82,6 +154,7 @@ pub fn parse_args(args: &[String]) -> Result<Launch, String> {
                 return Ok(Launch {
                     binds,
                     workdir,
+                    user,
                     argv,
                 });
             }
@@ -96,6 +169,7 @@ pub fn exec(launch: Launch) -> String {
     let Launch {
         mut binds,
         workdir,
+        user,
         argv,
     } = launch;
     // Found before mounting: a volume mounted over, say, /tmp would hide a
@@ -121,6 +195,14 @@ pub fn exec(launch: Launch) -> String {
         Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
         None => PathBuf::from(&argv[0]),
     };
+    // Identity last: the mounts above need root. Groups, then gid, then uid
+    // (after setuid to a non-root uid the process may change none of them).
+    // Per-thread calls are the process's here: the launcher is single-threaded.
+    if let Some(id) = &user
+        && let Err(e) = switch_identity(id)
+    {
+        return format!("run as {}:{}: {e}", id.uid, id.gid);
+    }
     let mut cmd = std::process::Command::new(&path);
     cmd.arg0(&argv[0]).args(&argv[1..]);
     if let Some(wd) = workdir {
@@ -131,6 +213,14 @@ pub fn exec(launch: Launch) -> String {
         "exec {:?}: {err} (the program must be on PATH or an absolute path)",
         argv[0]
     )
+}
+
+fn switch_identity(id: &Identity) -> rustix::io::Result<()> {
+    use rustix::thread::{Gid, Uid, set_thread_gid, set_thread_groups, set_thread_uid};
+    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    set_thread_groups(&groups)?;
+    set_thread_gid(Gid::from_raw(id.gid))?;
+    set_thread_uid(Uid::from_raw(id.uid))
 }
 
 /// The file `prog` names: itself when it has a slash, else the first
@@ -218,6 +308,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn identity_takes_the_container_over_the_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "securityContext": {"runAsUser": 7, "runAsGroup": 8, "supplementalGroups": [30, 20], "fsGroup": 20},
+                "containers": [{"name": "a"}, {"name": "b", "securityContext": {"runAsUser": 1000}}],
+            }
+        }))
+        .unwrap();
+        let cs = &pod.spec.as_ref().unwrap().containers;
+        let want = |uid| Identity {
+            uid,
+            gid: 8,
+            groups: vec![20, 30],
+        };
+        assert_eq!(container_identity(&pod, &cs[0]), Some(want(7)));
+        assert_eq!(container_identity(&pod, &cs[1]), Some(want(1000)));
+        let bare: Pod =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": [{"name": "a"}]}}))
+                .unwrap();
+        assert_eq!(
+            container_identity(&bare, &bare.spec.as_ref().unwrap().containers[0]),
+            None
+        );
+    }
+
+    #[test]
     fn args_round_trip() {
         let b = Bind {
             source: "/a/b".into(),
@@ -225,9 +341,26 @@ mod tests {
             read_only: true,
         };
         let mut args: Vec<String> = b.to_args().to_vec();
+        let id = Identity {
+            uid: 1000,
+            gid: 2000,
+            groups: vec![3, 4],
+        };
+        args.extend(id.to_args());
         args.extend(["--workdir", "/w", "--", "sh", "-c", "x"].map(String::from));
         let l = parse_args(&args).unwrap();
         assert_eq!(l.binds, vec![b]);
+        assert_eq!(l.user, Some(id));
+        assert_eq!(
+            Identity::parse("5:6").unwrap(),
+            Identity {
+                uid: 5,
+                gid: 6,
+                groups: vec![]
+            }
+        );
+        assert!(Identity::parse("5").unwrap_err().contains("UID:GID"));
+        assert!(Identity::parse("a:6").is_err());
         assert_eq!(l.workdir, Some(PathBuf::from("/w")));
         assert_eq!(l.argv, ["sh", "-c", "x"]);
         assert!(

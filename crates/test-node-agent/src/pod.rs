@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -405,7 +406,11 @@ impl Runner {
                 std::fs::create_dir_all(&cdir)
                     .map_err(|e| format!("create {}: {e}", cdir.display()))?;
                 // Fresh each start: a message belongs to one run of the container.
+                // World-writable, as the kubelet makes it: the container may run as any uid.
                 std::fs::write(&term_file, b"")
+                    .and_then(|()| {
+                        std::fs::set_permissions(&term_file, std::fs::Permissions::from_mode(0o666))
+                    })
                     .map_err(|e| format!("write {}: {e}", term_file.display()))?;
                 self.start_spec(c, volumes, &pod, &term_file).await
             };
@@ -516,6 +521,13 @@ impl Runner {
         }
         if let Some(wd) = c.working_dir.as_deref().filter(|w| !w.is_empty()) {
             cmd.args(["--workdir", wd]);
+        }
+        let identity = rx
+            .borrow()
+            .as_ref()
+            .and_then(|pod| crate::exec::container_identity(pod, c));
+        if let Some(id) = identity {
+            cmd.args(id.to_args());
         }
         cmd.arg("--")
             .args(&argv)

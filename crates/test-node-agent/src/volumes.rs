@@ -153,7 +153,10 @@ async fn materialise_one(
         std::fs::create_dir_all(&own).map_err(|e| format!("create {}: {e}", own.display()))
     };
     if v.empty_dir.is_some() {
-        std::fs::create_dir_all(&own).map_err(|e| format!("create {}: {e}", own.display()))?;
+        // 0777, as the kubelet makes an emptyDir: the pod may run as any uid.
+        std::fs::create_dir_all(&own)
+            .and_then(|()| std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o777)))
+            .map_err(|e| format!("create {}: {e}", own.display()))?;
         return Ok(writable(own));
     }
     if let Some(h) = &v.host_path {

@@ -1034,3 +1034,135 @@ fn resumed_finished_run_says_it_copied_nothing() {
     assert_eq!(status["progress"]["bytesPerSecond"].as_u64(), Some(0));
     assert_identical(&src, &dst);
 }
+
+/// A directory the workers cannot read is one failed entry of the run, counted once (the scan,
+/// the copy and the verify all meet it) and weighed by the failure policy, as the operator does.
+#[test]
+fn an_unreadable_directory_is_one_failed_entry_weighed_by_the_policy() {
+    use std::os::unix::process::CommandExt;
+    // As root, the run drops to an ordinary uid (root reads a mode-000 directory anyway).
+    let root = rustix::process::geteuid().is_root();
+    let uid = if root {
+        1000
+    } else {
+        rustix::process::geteuid().as_raw()
+    };
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("ok/deep")).unwrap();
+    fs::create_dir_all(src.join("locked/inner")).unwrap();
+    fs::write(src.join("ok/deep/a"), b"a").unwrap();
+    fs::write(src.join("locked/inner/b"), b"b").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    let cases = [
+        ("maxFailedFiles: 5", "Succeeded"),
+        ("maxFailedFiles: 0", "Failed"),
+        ("action: FailJob", "Failed"),
+    ];
+    for (i, (policy, phase)) in cases.into_iter().enumerate() {
+        let case = t.path().join(format!("case{i}"));
+        let (dst, state) = (case.join("dst"), case.join("state"));
+        for d in [&case, &dst, &state] {
+            fs::create_dir_all(d).unwrap();
+            std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+        }
+        let f = job_yaml(
+            &case,
+            &src,
+            std::slice::from_ref(&dst),
+            &format!(
+                "  workers: 2\n  shards: {{target: 4}}\n  preserve: {{owner: false}}\n  failurePolicy: {{{policy}}}\n"
+            ),
+        );
+        let mut c = run_cmd(&f, &state);
+        if root {
+            c.uid(uid).gid(uid);
+        }
+        let o = c.output().unwrap();
+        let st = read_status(&state);
+        let why = format!("{policy}: {}\n{st:?}", text(&o));
+        // Exit 1 whatever the verdict: an entry failed.
+        assert_eq!(o.status.code(), Some(1), "{why}");
+        assert_eq!(st["phase"].as_str(), Some(phase), "{why}");
+        assert_eq!(st["failedFiles"].as_u64(), Some(1), "{why}");
+        let listed: Vec<&str> = st["failures"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["path"].as_str())
+            .collect();
+        assert_eq!(listed, ["locked"], "{why}");
+        let message = st["message"].as_str().unwrap();
+        assert!(message.contains("1 entry failed"), "{why}");
+        assert!(!message.contains("identical"), "{why}");
+        // Everything readable is there.
+        assert_eq!(fs::read(dst.join("ok/deep/a")).unwrap(), b"a", "{why}");
+        assert_eq!(fs::read(dst.join("top")).unwrap(), b"top", "{why}");
+        assert!(!dst.join("locked/inner").exists(), "{why}");
+    }
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Shards are handed out on demand: a worker that dies (killed at its 25th create) gives its
+/// shard back and the others finish the job, identical, with each shard counted once.
+#[test]
+fn a_dead_workers_shard_goes_to_another_worker_and_the_job_still_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 12, 30);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone(), dst.clone()],
+        "  workers: 3\n  shards: {target: 30}\n  verify: {mode: Checksum}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "create@25=kill")
+        .env("VFXT_INGEST_FAULTS_WORKER", "1")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_identical(&src, &dst);
+    assert!(
+        out.contains("note: worker 1 (copy phase): signal: 9"),
+        "the death is reported: {out}"
+    );
+    let st = read_status(&state);
+    assert_eq!(st["phase"].as_str(), Some("Succeeded"), "{st:?}");
+    assert_eq!(st["shards"]["succeeded"], st["shards"]["total"], "{st:?}");
+    // Copied by the dead worker or again by another: every file once at the destination, and the
+    // job's count of them is the tree's.
+    assert_eq!(st["progress"]["files"], st["totals"]["files"], "{st:?}");
+}
+
+/// With nobody left to take them, a dead worker's shards are lost: with verify None (no pass
+/// after the copy re-copies them) that fails the run, and says why.
+#[test]
+fn shards_nobody_could_finish_fail_the_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 6, 30);
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 1\n  shards: {target: 10}\n  verify: {mode: None}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "create@25=kill")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let st = read_status(&state);
+    assert_eq!(st["phase"].as_str(), Some("Failed"), "{st:?}");
+    let message = st["message"].as_str().unwrap();
+    assert!(
+        message.contains("ended without a result") && message.contains("signal: 9"),
+        "{message}"
+    );
+    assert!(st["shards"]["failed"].as_u64().unwrap() > 0, "{st:?}");
+}

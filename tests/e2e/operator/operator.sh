@@ -545,6 +545,38 @@ test_10_progress_with_many_short_pods() {
   return "$r"
 }
 
+test_11_unreadable_directory() {
+  # Workers run as uid 1000 (root reads a mode-000 directory anyway): the scan, every copy and
+  # every verify pod meet locked/ and cannot read it. One failed entry, listed once, weighed by
+  # the failure policy: within maxFailedFiles the run succeeds with it listed, at 0 it fails.
+  mkdir -p "$src/t11/ok/deep" "$src/t11/locked/inner"
+  echo a >"$src/t11/ok/deep/a" && echo b >"$src/t11/locked/inner/b" && echo top >"$src/t11/top"
+  chmod 000 "$src/t11/locked"
+  local j r=0 st
+  for j in t11a t11b; do
+    mkdir -p "$dst/$j" && chown 1000:1000 "$dst/$j" || { bad "could not prepare $dst/$j"; return 1; }
+  done
+  local as_user='  preserve: {owner: false}
+  worker: {securityContext: {runAsUser: 1000, runAsGroup: 1000}}'
+  ij_failure_policy='{maxFailedFiles: 5}' ij_apply t11a t11 /nfs "$as_user" || { bad "kubectl apply t11a"; return 1; }
+  ij_failure_policy='{maxFailedFiles: 0}' ij_apply t11b t11 /nfs "$as_user" || { bad "kubectl apply t11b"; return 1; }
+  for j in t11a t11b; do wait_for 180 "$j finished" finished "$j" || { chmod 755 "$src/t11/locked"; return 1; }; done
+  chmod 755 "$src/t11/locked"
+  for j in t11a t11b; do
+    st=$(ij_json $j | jq -c '.status | {phase, failedFiles, message, failures: [.failures[]?.path], reason: ([.conditions[]? | select(.type == "Ready") | .reason][0])}')
+    say "  $j: $st"
+    jq -e '.failedFiles == 1 and .failures == ["locked"]' <<<"$st" >/dev/null ||
+      { bad "$j: locked/ is not one failed entry listed once: $st"; r=1; }
+    [[ $(cat "$dst/$j/ok/deep/a" 2>/dev/null) == a && $(cat "$dst/$j/top" 2>/dev/null) == top ]] ||
+      { bad "$j: the readable entries were not all copied"; r=1; }
+  done
+  jq -e '.phase == "Succeeded" and .reason == "SucceededWithFailures"' <<<"$(ij_json t11a | jq -c '.status | {phase, reason: ([.conditions[]? | select(.type == "Ready") | .reason][0])}')" >/dev/null ||
+    { bad "t11a (maxFailedFiles 5) did not succeed with failures"; r=1; }
+  [[ $(ij_phase t11b) == Failed && $(ij_json t11b | jq -r '.status.message') == *maxFailedFiles* ]] ||
+    { bad "t11b (maxFailedFiles 0) is not Failed for too many failures: $(ij_json t11b | jq -c '.status.message')"; r=1; }
+  return "$r"
+}
+
 # ---------------------------------------------------------------- 6. deletion
 # kind/name of every object owned by the IngestJob or labelled with it, and of the Jobs' pods.
 owned_objects() {
@@ -661,6 +693,7 @@ main() {
   run_test "8 finished pods deleted by hand, policy edited: the verdict stays" test_8_verdict_survives_pod_deletion
   run_test "9 FailJob: a failed shard stops the run, no verify Job" test_9_fail_job_stops
   run_test "10 status progress moves during a copy phase of ~200 short pods" test_10_progress_with_many_short_pods
+  run_test "11 an unreadable source directory: one failed entry, weighed by the policy" test_11_unreadable_directory
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

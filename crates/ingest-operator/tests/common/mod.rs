@@ -162,9 +162,11 @@ pub fn worker_pod(
             serde_json::to_string(p).unwrap(),
         );
     }
+    // As the worker exits: 1 when some entry failed (its result says which), else 0.
+    let exit_code = result.as_ref().map_or(0, |r| i32::from(r.failed > 0));
     let terminated = result.as_ref().map(|r| ContainerState {
         terminated: Some(ContainerStateTerminated {
-            exit_code: 0,
+            exit_code,
             message: Some(r.to_termination_message()),
             ..Default::default()
         }),
@@ -185,10 +187,10 @@ pub fn worker_pod(
         spec: None,
         status: Some(PodStatus {
             phase: Some(
-                if result.is_some() {
-                    "Succeeded"
-                } else {
-                    "Running"
+                match (&result, exit_code) {
+                    (None, _) => "Running",
+                    (Some(_), 0) => "Succeeded",
+                    (Some(_), _) => "Failed",
                 }
                 .into(),
             ),
@@ -200,6 +202,22 @@ pub fn worker_pod(
             ..Default::default()
         }),
     }
+}
+
+/// A worker pod killed before it wrote a result (OOM kill: exit 137, no termination message).
+pub fn crashed_pod(ij: &IngestJob, role: &str, server: usize, index: u64, created: i64) -> Pod {
+    let mut p = worker_pod(ij, role, server, index, created, None, None);
+    let st = p.status.as_mut().unwrap();
+    st.phase = Some("Failed".into());
+    st.container_statuses.as_mut().unwrap()[0].state = Some(ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 137,
+            reason: Some("OOMKilled".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    p
 }
 
 pub fn progress(files: u64, bytes: u64) -> Option<PodProgress> {

@@ -25,17 +25,18 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{
     Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
     IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
-    ReportTarget, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals, Verify,
-    VerifyMode as JobVerifyMode, WorkerTemplate,
+    ReportTarget, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals,
+    VerificationCounts, Verify, VerifyMode as JobVerifyMode, WorkerTemplate,
 };
 use ingest_copy::{Snapshot, Summary};
+use ingest_job::{ShardQueue, WorkerExit};
 use ingest_plan::Phase;
 use ingest_plan::format::Plan;
 use ingest_plan::planner::PlanOptions;
 
 use crate::Outcome;
 use crate::cmd::scan::{CostArgs, scan_and_plan, write_durably, write_plan};
-use crate::cmd::worker::{add_summary, read_marker, verification};
+use crate::cmd::worker::{add_summary, verification};
 use crate::progress_view::{self, Expected, bytes};
 
 const LOCAL_HELP: &str = "\
@@ -206,6 +207,10 @@ struct Resolved {
     fsync: bool,
     fail_job: bool,
     max_failed_files: Option<u64>,
+    /// `spec.failurePolicy.retriesPerShard`: how often a shard is handed out again after the
+    /// worker that held it died.
+    #[serde(default)]
+    retries: u32,
     max_files: Option<u64>,
     max_bytes: Option<u64>,
     run: i64,
@@ -546,6 +551,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         fsync: spec.verify.fsync,
         fail_job: spec.failure_policy.action == FailureAction::FailJob,
         max_failed_files: spec.failure_policy.max_failed_files,
+        retries: spec.failure_policy.retries_per_shard,
         max_files: spec.shards.max_files,
         max_bytes: spec.shards.max_bytes,
         run: spec.run,
@@ -561,6 +567,9 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
 struct WorkerState {
     snapshot: Snapshot,
     result: Option<serde_json::Value>,
+    /// Each ended shard's summary and whether an earlier run had done it (its `shard` events):
+    /// the counts of a worker that dies before its result.
+    shards: Vec<(Summary, bool)>,
 }
 
 struct PhaseOutcome {
@@ -573,11 +582,20 @@ struct PhaseOutcome {
     /// How long the phase took, in this invocation.
     seconds: f64,
     failures: Vec<FileFailure>,
+    /// Failed entries the workers' results count (without those the scan already counted).
     failed_files: u64,
+    /// Shards the workers' results account for (done now, done before, or ended with failed
+    /// entries); the rest of the plan's shards ended without a result.
+    accounted_shards: u64,
+    /// The workers' verification counts (verify phase).
+    verification: Option<VerificationCounts>,
     /// Per worker: copied files and bytes (for the per-server status).
     per_worker: Vec<(u64, u64)>,
-    /// Workers that died or could not start, with why.
+    /// Workers that could not start or could not use their input, with why.
     broken: Vec<String>,
+    /// Workers that died before their result, with why (their unfinished shards went to the
+    /// others while any was left).
+    died: Vec<String>,
     unusable: bool,
     /// Some shard was run (not skipped by its marker), or a worker broke.
     worked: bool,
@@ -710,6 +728,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     let mut copy = run_phase(
         job,
         state,
+        &plan,
         &plan_path,
         Phase::Copy,
         Expected {
@@ -723,7 +742,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         // verify marker from before this copy no longer proves anything: verify every shard.
         clear_markers(&markers, Some(Phase::Verify)).map_err(|e| format!("--state: {e}"))?;
     }
-    let verify = if !copy.unusable {
+    let last = if !copy.unusable {
         let expected = Expected {
             files: t.files + t.others + t.directories,
             bytes: t.bytes,
@@ -732,6 +751,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         Some(run_phase(
             job,
             state,
+            &plan,
             &plan_path,
             Phase::Verify,
             expected,
@@ -740,20 +760,30 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     } else {
         None
     };
+    // A file copied in ranges by several shards is finalized in the last phase, once every
+    // shard's range is written: that outcome (copied, or found finished) is the copy's.
+    if let Some(l) = &last {
+        copy.summary.copy.add(&l.summary.copy);
+        copy.ran.copy.add(&l.ran.copy);
+    }
+    let verify = last;
     // With verify none the phase only set directory metadata (shards share directories, so
     // their times are final only now): it verified nothing, and what it could not set is a
     // failure of the copy.
     let verify = match verify {
         Some(settle) if job.verify == "none" => {
             copy.failed_files += settle.failed_files;
+            // A shard whose directory metadata was never set is not finished either.
+            copy.accounted_shards = copy.accounted_shards.min(settle.accounted_shards);
             copy.failures.extend(settle.failures);
             copy.broken.extend(settle.broken);
+            copy.died.extend(settle.died);
             copy.unusable |= settle.unusable;
             None
         }
         v => v,
     };
-    let status = build_status(job, &plan, &markers, &copy, verify.as_ref(), started);
+    let status = build_status(job, &plan, &copy, verify.as_ref(), started);
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     write_durably(&state.join("status.yaml"), yaml.as_bytes())
         .map_err(|e| format!("--state: status not written ({e})"))?;
@@ -774,11 +804,14 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     if copy.unusable || verify.as_ref().is_some_and(|v| v.unusable) {
         return Ok(Outcome::UnusableInput);
     }
-    Ok(if status.phase == Some(JobPhase::Succeeded) {
-        Outcome::Success
-    } else {
-        Outcome::PartialFailure
-    })
+    // Exit 1 for any failed entry, also when the failure policy let the run succeed.
+    Ok(
+        if status.phase == Some(JobPhase::Succeeded) && status.failed_files == 0 {
+            Outcome::Success
+        } else {
+            Outcome::PartialFailure
+        },
+    )
 }
 
 /// Removes the markers of `phase` (all markers with `None`).
@@ -846,6 +879,7 @@ fn reusable_plan(job: &Resolved, job_path: &Path, plan_path: &Path) -> Option<Pl
 fn run_phase(
     job: &Resolved,
     state: &Path,
+    plan: &Plan,
     plan_path: &Path,
     phase: Phase,
     expected: Expected,
@@ -875,7 +909,8 @@ fn run_phase(
             .arg(&job.source)
             .arg("--dest")
             .arg(dest)
-            .args(["--worker", &w.to_string(), "--of", &job.workers.to_string()])
+            // Shards are handed out on demand (see `Dispatch`).
+            .arg("--claims")
             .args([
                 "--phase",
                 phase.as_str(),
@@ -895,7 +930,7 @@ fn run_phase(
             .args(["--progress-every", "1"])
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .stdin(Stdio::null());
+            .stdin(Stdio::piped());
         let preserve = Preserve {
             owner: job.owner,
             mode: job.mode,
@@ -922,11 +957,32 @@ fn run_phase(
                 .map_err(std::io::Error::from)
             });
         }
+        // Tests: faults for one worker slot only (the others then take its shards).
+        if std::env::var(ingest_copy::fault::WORKER_ENV).is_ok_and(|only| only != w.to_string()) {
+            cmd.env_remove(ingest_copy::fault::ENV);
+        }
         match cmd.spawn() {
             Ok(c) => children.push((w, c)),
             Err(e) => broken.push(format!("worker {w}: cannot start {} ({e})", exe.display())),
         }
     }
+    let dispatch = Mutex::new(Dispatch {
+        queue: ShardQueue::new(
+            plan.shards.iter().map(|s| s.id),
+            job.retries,
+            // Locally a worker's death is seen at once (its pipe closes): no lease runs out.
+            u64::MAX / 2,
+        ),
+        stdins: (0..job.workers).map(|_| None).collect(),
+    });
+    {
+        let mut d = dispatch.lock().unwrap();
+        for (w, child) in &mut children {
+            d.stdins[*w as usize] = child.stdin.take();
+        }
+        d.feed();
+    }
+    let dispatch = &dispatch;
     let stop = AtomicBool::new(false);
     let mut exits: Vec<(u32, std::io::Result<std::process::ExitStatus>)> = Vec::new();
     let states = &states;
@@ -942,6 +998,18 @@ fn run_phase(
                     };
                     let mut st = states[w as usize].lock().unwrap();
                     match v["event"].as_str() {
+                        Some("shard") => {
+                            if let Ok(sum) = serde_json::from_value::<Summary>(v["summary"].clone())
+                            {
+                                st.shards.push((sum, v["status"] == "skipped"));
+                            }
+                            drop(st);
+                            if let Some(id) = v["shard"].as_u64() {
+                                let mut d = dispatch.lock().unwrap();
+                                d.queue.complete(id as u32);
+                                d.feed();
+                            }
+                        }
                         Some("progress") => {
                             let n = |k: &str| v[k].as_u64().unwrap_or(0);
                             st.snapshot = Snapshot {
@@ -957,6 +1025,11 @@ fn run_phase(
                         _ => {}
                     }
                 }
+                // Its output ended: the worker is gone. What it held goes to the others.
+                let mut d = dispatch.lock().unwrap();
+                d.stdins[w as usize] = None;
+                d.queue.worker_gone(&w.to_string());
+                d.feed();
             });
         }
         let label = phase.as_str();
@@ -999,22 +1072,33 @@ fn run_phase(
         seconds: 0.0,
         failures: Vec::new(),
         failed_files: 0,
+        accounted_shards: 0,
+        verification: None,
         per_worker: vec![(0, 0); job.workers as usize],
         broken,
+        died: Vec::new(),
         unusable: false,
         worked: false,
     };
     out.worked = !out.broken.is_empty();
+    // Shards count as done when their worker said so (a `shard` event), whoever ran them.
+    out.accounted_shards = dispatch.lock().unwrap().queue.completed() as u64;
     for (w, exit) in exits {
         let st = states[w as usize].lock().unwrap().clone();
-        let code = exit.as_ref().ok().and_then(|e| e.code());
-        if code == Some(2) {
+        let class = WorkerExit::from_code(exit.as_ref().ok().and_then(|e| e.code()));
+        if class == WorkerExit::UnusableInput {
             out.unusable = true;
         }
-        match (&st.result, code) {
-            (Some(r), Some(0 | 1)) => {
-                let ran = |k: &str| r["shards"][k].as_array().is_some_and(|a| !a.is_empty());
-                out.worked |= ran("done") || ran("failed");
+        let ended = |k: &str| {
+            st.shards
+                .iter()
+                .filter(|(_, skipped)| (k == "skipped") == *skipped)
+                .count() as u64
+        };
+        out.worked |= ended("ran") > 0;
+        out.shards_before += ended("skipped");
+        match &st.result {
+            Some(r) if class.accounted() => {
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
                     out.per_worker[w as usize] = (s.copy.entries_done(), s.copy.bytes_copied);
                     add_summary(&mut out.summary, &s);
@@ -1022,16 +1106,34 @@ fn run_phase(
                 if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
                     add_summary(&mut out.ran, &s);
                 }
-                out.shards_before +=
-                    r["shards"]["skipped"].as_array().map_or(0, |a| a.len()) as u64;
                 if let Ok(pr) =
                     serde_json::from_value::<ingest_api::report::PodResult>(r["result"].clone())
                 {
                     out.failed_files += pr.failed;
                     out.failures.extend(pr.failures);
+                    if let Some(v) = &pr.verification {
+                        out.verification.get_or_insert_default().add(v);
+                    }
                 }
             }
             _ => {
+                // No result: the shards it ended still count, from their own events (their
+                // failed entries by number; the list died with it).
+                for (sum, skipped) in &st.shards {
+                    add_summary(&mut out.summary, sum);
+                    if !skipped {
+                        add_summary(&mut out.ran, sum);
+                    }
+                    out.failed_files += sum.failed_entries();
+                    if let Some(v) = &sum.verify {
+                        out.verification
+                            .get_or_insert_default()
+                            .add(&verification(v));
+                    }
+                    let pw = &mut out.per_worker[w as usize];
+                    pw.0 += sum.copy.entries_done();
+                    pw.1 += sum.copy.bytes_copied;
+                }
                 let log = state
                     .join("logs")
                     .join(format!("worker-{w}-{}.log", phase.as_str()));
@@ -1042,17 +1144,55 @@ fn run_phase(
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 let last = tail.lines().last().unwrap_or("").to_string();
                 out.worked = true;
-                out.broken.push(format!(
+                let what = format!(
                     "worker {w} ({} phase): {why}; {last} (log: {})",
                     phase.as_str(),
                     log.display()
-                ));
+                );
+                if class == WorkerExit::UnusableInput {
+                    out.broken.push(what);
+                } else {
+                    out.died.push(what);
+                }
             }
         }
     }
     out.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
     out.seconds = phase_started.elapsed().as_secs_f64();
     out
+}
+
+/// The shard queue of one phase and the pipes to the workers' standard input: each idle worker
+/// gets the next shard id when its last shard ended, so a worker on a slow mount takes fewer
+/// shards; when every shard ended, the pipes close and the workers finish.
+struct Dispatch {
+    queue: ShardQueue,
+    /// Per worker slot: its pipe while it runs and the phase is not over.
+    stdins: Vec<Option<std::process::ChildStdin>>,
+}
+
+impl Dispatch {
+    fn feed(&mut self) {
+        use std::io::Write;
+        for (w, pipe) in self.stdins.iter_mut().enumerate() {
+            let name = w.to_string();
+            let Some(stdin) = pipe else { continue };
+            if !self.queue.claims_of(&name).is_empty() {
+                continue;
+            }
+            let Some(shard) = self.queue.claim(&name, 0) else {
+                break;
+            };
+            if writeln!(stdin, "{shard}").is_err() {
+                // It is exiting; its reader gives the claim back when its output ends.
+                *pipe = None;
+            }
+        }
+        if self.queue.finished() {
+            // End of input: each worker finishes and writes its result.
+            self.stdins.iter_mut().for_each(|p| *p = None);
+        }
+    }
 }
 
 /// Files and bytes per second of the copy phase: what this invocation's workers did (copied, or
@@ -1074,19 +1214,16 @@ fn now_time(t: Timestamp) -> Time {
 fn build_status(
     job: &Resolved,
     plan: &Plan,
-    markers: &Path,
     copy: &PhaseOutcome,
     verify: Option<&PhaseOutcome>,
     started: Timestamp,
 ) -> IngestJobStatus {
     let t = &plan.totals;
-    let done = |s: &ingest_plan::Shard| {
-        read_marker(markers, Phase::Copy, s.id).is_some()
-            && (verify.is_none() || read_marker(markers, Phase::Verify, s.id).is_some())
-    };
-    let succeeded = plan.shards.iter().filter(|s| done(s)).count() as u64;
     let total = plan.shards.len() as u64;
-    let failed_shards = total - succeeded;
+    // The last pass decides: verify walks every shard again and re-copies what the copy missed.
+    let last = verify.unwrap_or(copy);
+    let lost_shards = total.saturating_sub(last.accounted_shards);
+    let succeeded = total - lost_shards;
     let c = &copy.summary.copy;
     let files_done = c.entries_done();
     let (files_per_second, bytes_per_second) = copy_rates(copy);
@@ -1098,7 +1235,7 @@ fn build_status(
         100.0
     };
     // A shard counted as done has all its bytes at the destination, copied now or before.
-    let percent = if failed_shards == 0 { 100.0 } else { percent };
+    let percent = if lost_shards == 0 { 100.0 } else { percent };
     let servers: Vec<ServerStatus> = job
         .servers
         .iter()
@@ -1115,9 +1252,7 @@ fn build_status(
             }
         })
         .collect();
-    let verification = verify
-        .and_then(|v| v.summary.verify.as_ref())
-        .map(verification);
+    let verification = verify.and_then(|v| v.verification.clone());
     let mut failures: Vec<FileFailure> = plan
         .scan_errors
         .iter()
@@ -1126,58 +1261,49 @@ fn build_status(
             reason: format!("scan: {}", e.error),
         })
         .collect();
-    for b in copy
+    let mut broken: Vec<String> = copy
         .broken
         .iter()
         .chain(verify.iter().flat_map(|v| v.broken.iter()))
-    {
+        .cloned()
+        .collect();
+    // A worker that died is a failure only when its shards were lost with it (no other worker
+    // was left to take them): then it is the reason.
+    if lost_shards > 0 {
+        broken.extend(last.died.iter().cloned());
+    }
+    for b in &broken {
         failures.push(FileFailure {
             path: String::new(),
             reason: b.clone(),
         });
     }
-    failures.extend(copy.failures.iter().cloned());
-    if let Some(v) = verify {
-        failures.extend(v.failures.iter().cloned());
-    }
+    // Failures of the last pass only: what the verify repaired is not failed any more.
+    failures.extend(last.failures.iter().cloned());
     failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
-    // Files still wrong at the end: copy failures the verify pass repaired do not count.
-    let verify_errors = verify.map(|v| v.failed_files);
-    let failed_files = t.errors + t.unreadable + verify_errors.unwrap_or(copy.failed_files);
-    let broken = !copy.broken.is_empty() || verify.is_some_and(|v| !v.broken.is_empty());
-    let clean_verify = verification.as_ref().is_none_or(|v| {
-        v.errors == 0 && v.extraneous == 0 && v.repaired == v.missing + v.mismatched
-    });
-    let too_many = match (job.fail_job, job.max_failed_files) {
-        (true, _) => failed_files > 0,
-        (false, Some(max)) => failed_files > max,
-        (false, None) => false,
-    };
-    let ok = !broken && failed_shards == 0 && clean_verify && !too_many;
-    let phase = if ok || (!broken && !job.fail_job && !too_many && failed_files > 0 && clean_verify)
-    {
+    let v = ingest_job::decide(
+        ingest_job::Policy {
+            fail_job: job.fail_job,
+            max_failed_files: job.max_failed_files,
+        },
+        &ingest_job::Facts {
+            // Every entry the scan could not read (unreadable directories included).
+            scan_failed: t.errors,
+            failed: last.failed_files,
+            lost_shards,
+            broken,
+            extraneous: verification.as_ref().map_or(0, |v| v.extraneous),
+            verified: verify.is_some(),
+            files: t.files + t.others,
+            bytes: t.bytes,
+        },
+    );
+    let phase = if v.succeeded {
         JobPhase::Succeeded
     } else {
         JobPhase::Failed
     };
-    let message = if phase == JobPhase::Succeeded && failed_files == 0 {
-        match verify {
-            Some(_) => format!("copied and verified {} files ({})", t.files, bytes(t.bytes)),
-            None => format!(
-                "copied {} files ({}); not verified (verify.mode None)",
-                t.files,
-                bytes(t.bytes)
-            ),
-        }
-    } else if phase == JobPhase::Succeeded {
-        format!("finished; {failed_files} files failed (listed in failures)")
-    } else if broken {
-        "a worker process failed; see failures and the logs in the state directory".to_string()
-    } else {
-        format!(
-            "{failed_shards} of {total} shards did not finish cleanly; {failed_files} files failed"
-        )
-    };
+    let (message, failed_files) = (v.message, v.failed_files);
     IngestJobStatus {
         phase: Some(phase),
         run: Some(job.run),
@@ -1202,7 +1328,7 @@ fn build_status(
             pending: 0,
             running: 0,
             succeeded,
-            failed: failed_shards,
+            failed: lost_shards,
         }),
         servers,
         verification,
@@ -1287,14 +1413,10 @@ fn print_status(
             v.errors,
             // Identical only when the whole job succeeded too: nothing failed, changed while
             // read, or was left unattempted.
-            if s.phase == Some(JobPhase::Succeeded)
-                && v.errors == 0
-                && v.extraneous == 0
-                && v.repaired == v.missing + v.mismatched
-            {
-                "destination identical"
-            } else {
-                "DESTINATION DIFFERS"
+            match (s.phase == Some(JobPhase::Succeeded), s.failed_files) {
+                (true, 0) => "destination identical".to_string(),
+                (true, n) => format!("destination identical except the {n} failed entries listed"),
+                (false, _) => "DESTINATION DIFFERS".to_string(),
             }
         );
     }
@@ -1312,6 +1434,13 @@ fn print_status(
     }
     for f in &s.failures {
         println!("  FAILED {}: {}", f.path, f.reason);
+    }
+    for d in copy
+        .died
+        .iter()
+        .chain(verify.iter().flat_map(|v| v.died.iter()))
+    {
+        println!("  note: {d}; its unfinished shard was handed to another worker");
     }
     if s.failed_files > s.failures.len() as u64 {
         println!(

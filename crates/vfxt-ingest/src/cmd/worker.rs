@@ -22,6 +22,7 @@ use ingest_copy::{
     AutoConfig, CopyJob, FirstN, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
     Tee, VerifyMode,
 };
+use ingest_job::ScanFailed;
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
 use ingest_plan::planner::deal;
@@ -71,6 +72,11 @@ pub struct Args {
         requires = "server_index"
     )]
     pub index: Option<u32>,
+    /// Take shards as they are handed out: one shard id per line on standard input, the next read
+    /// when the last ended (its `shard` event is on stdout), until end of input. How `run` deals
+    /// shards on demand, so a worker on a slow mount takes fewer. One phase only.
+    #[arg(long, conflicts_with_all = ["worker", "shards", "server_index"])]
+    pub claims: bool,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations; or `auto`: a limit per destination,
@@ -186,6 +192,12 @@ pub fn load_plan(path: &Path) -> Result<Plan, String> {
 }
 
 fn select<'p>(plan: &'p Plan, args: &Args) -> Result<Vec<&'p Shard>, String> {
+    if args.claims {
+        if args.phase == PhaseArg::Both {
+            return Err("--claims: give one --phase (copy or verify)".into());
+        }
+        return Ok(Vec::new());
+    }
     if let (Some(s), Some(k)) = (args.server_index, args.index) {
         let n = plan.shards_of_server(s).count();
         return match plan.shards_of_server(s).nth(k as usize) {
@@ -354,7 +366,18 @@ pub fn run(args: Args) -> Outcome {
         }
     };
     let first = FirstN::new(ingest_api::job::MAX_LISTED_FAILURES);
-    let mut sinks: Vec<&dyn ReportSink> = vec![&first];
+    let phase_now = Mutex::new(phases.first().copied().unwrap_or(Phase::Copy));
+    // Entries the scan could not read are failed entries of the run already (the plan lists
+    // them): meeting them again here is the same entry, kept in the full report but not counted
+    // or listed a second time.
+    let again = AgainAtScan {
+        known: ScanFailed::new(plan.scan_errors.iter().map(|e| e.path.clone())),
+        inner: &first,
+        phase: &phase_now,
+        entries: AtomicU64::new(0),
+        verify_errors: AtomicU64::new(0),
+    };
+    let mut sinks: Vec<&dyn ReportSink> = vec![&again];
     if let Some(r) = &report {
         sinks.push(r);
     }
@@ -362,9 +385,12 @@ pub fn run(args: Args) -> Outcome {
 
     let progress = Progress::default();
     let base = Base::default();
-    let phase_now = Mutex::new(phases.first().copied().unwrap_or(Phase::Copy));
     let stop = AtomicBool::new(false);
-    let total_shards = (shards.len() * phases.len()) as u64;
+    let total_shards = if args.claims {
+        plan.shards.len() as u64
+    } else {
+        (shards.len() * phases.len()) as u64
+    };
     let worker = args.worker;
     let every = Duration::from_secs_f64(args.progress_every.clamp(0.05, 2.0));
     let pod_reporter = pod_progress_reporter();
@@ -415,7 +441,13 @@ pub fn run(args: Args) -> Outcome {
         let r = (|| {
             for &phase in &phases {
                 *phase_now.lock().unwrap() = phase;
-                for shard in &shards {
+                let mut claimed = claims(args.claims, &plan);
+                let mut given = shards.iter().copied();
+                while let Some(shard) = if args.claims {
+                    claimed.next().transpose()?
+                } else {
+                    given.next()
+                } {
                     let t0 = Instant::now();
                     let marker = args
                         .markers
@@ -450,7 +482,8 @@ pub fn run(args: Args) -> Outcome {
                                 &engine_options(base_opts.clone(), phase),
                                 &progress,
                                 &sink,
-                            )?
+                            )
+                            .map_err(|e| e.to_string())?
                         };
                         add_summary(&mut ran, &summary);
                         if summary.is_success() {
@@ -494,7 +527,7 @@ pub fn run(args: Args) -> Outcome {
                     }));
                 }
             }
-            Ok(())
+            Ok::<(), String>(())
         })();
         stop.store(true, Relaxed);
         r.err()
@@ -508,7 +541,8 @@ pub fn run(args: Args) -> Outcome {
     total.elapsed_seconds = started.elapsed().as_secs_f64();
     ran.elapsed_seconds = total.elapsed_seconds;
     let (entries, recorded) = first.take();
-    let result = pod_result(&total, &entries, recorded);
+    let mut result = pod_result(&total, &entries, recorded);
+    again.discount(&mut result);
     emit(&serde_json::json!({
         "event": "result",
         "worker": worker,
@@ -516,7 +550,7 @@ pub fn run(args: Args) -> Outcome {
         "summary": total,
         "ran": ran,
         "result": result,
-        "error": setup_error.as_ref().map(|e: &ingest_copy::SetupError| e.to_string()),
+        "error": setup_error,
     }));
     if let Some(r) = pod_reporter {
         r.finish();
@@ -534,6 +568,78 @@ pub fn run(args: Args) -> Outcome {
         Outcome::Success
     } else {
         Outcome::PartialFailure
+    }
+}
+
+/// The shards of `--claims`: ids read from standard input, one per line, until its end. Nothing
+/// when `on` is false.
+fn claims(on: bool, plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> {
+    use std::io::BufRead;
+    let lines = on.then(|| std::io::stdin().lock().lines());
+    lines.into_iter().flatten().filter_map(move |line| {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
+        };
+        let id = line.trim();
+        if id.is_empty() {
+            return None;
+        }
+        Some(
+            id.parse::<usize>()
+                .ok()
+                .and_then(|i| plan.shards.get(i))
+                .ok_or_else(|| {
+                    format!(
+                        "--claims: {id:?} is not a shard of the plan (valid: 0..{})",
+                        plan.shards.len()
+                    )
+                }),
+        )
+    })
+}
+
+/// Feeds the status's failure list (`inner`): passes entries on except repaired ones and the
+/// failures of entries the scan already failed on, which it counts instead (see [`ScanFailed`]).
+struct AgainAtScan<'a> {
+    known: ScanFailed,
+    inner: &'a dyn ReportSink,
+    phase: &'a Mutex<Phase>,
+    /// Failed entries met again (any pass).
+    entries: AtomicU64,
+    /// Of those, the verify pass's (each one of its `errors`).
+    verify_errors: AtomicU64,
+}
+
+impl ReportSink for AgainAtScan<'_> {
+    fn record(&self, entry: ingest_copy::ReportEntry) {
+        // The list is of what is still wrong: a repaired entry would only take a place in it
+        // (the full report has it).
+        if matches!(entry.outcome, EntryOutcome::Repaired) {
+            return;
+        }
+        let failure = matches!(
+            entry.outcome,
+            EntryOutcome::Failed | EntryOutcome::Mismatched
+        );
+        if failure && self.known.covers(&entry.path) {
+            self.entries.fetch_add(1, Relaxed);
+            if *self.phase.lock().unwrap() == Phase::Verify {
+                self.verify_errors.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        self.inner.record(entry);
+    }
+}
+
+impl AgainAtScan<'_> {
+    /// Takes the entries met again out of the result's counts.
+    fn discount(&self, r: &mut PodResult) {
+        r.failed = r.failed.saturating_sub(self.entries.load(Relaxed));
+        if let Some(v) = &mut r.verification {
+            v.errors = v.errors.saturating_sub(self.verify_errors.load(Relaxed));
+        }
     }
 }
 

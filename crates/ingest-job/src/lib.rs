@@ -1,0 +1,14 @@
+//! The rules of an ingest job that do not depend on where it runs. `vfxt-ingest run` (worker
+//! processes on one machine) and the operator (pods) both call these, so the two cannot give
+//! different verdicts for the same facts. No Kubernetes types, no I/O: pure and quickly tested.
+
+pub mod exit;
+pub mod queue;
+pub mod scan_failed;
+pub mod units;
+pub mod verdict;
+
+pub use exit::WorkerExit;
+pub use queue::{Completion, ShardQueue};
+pub use scan_failed::ScanFailed;
+pub use verdict::{Facts, Policy, Reason, Verdict, decide};

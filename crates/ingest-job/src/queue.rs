@@ -1,0 +1,278 @@
+//! The shard queue of one pass: workers claim shards when they have room, each claim holds a
+//! lease, and each shard's completion counts exactly once.
+//!
+//! Pure: time is an argument (milliseconds on any monotonic clock), so expiry, retries and
+//! duplicate completions are tested without waiting. The local driver (`vfxt-ingest run`) keeps
+//! one queue per pass; a worker process that dies gives its claims back at once, a worker that
+//! stops renewing loses them when the lease runs out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Shard ids, as in the plan.
+pub type ShardId = u32;
+/// A worker's name (a process slot locally, a pod name in a cluster).
+pub type WorkerId = String;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    worker: WorkerId,
+    expires_ms: u64,
+}
+
+/// What [`ShardQueue::complete`] made of a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The first completion of the shard: count it.
+    Counted,
+    /// The shard was completed before (a worker whose lease had run out finished it too):
+    /// already counted, do not count again.
+    Duplicate,
+}
+
+/// Where a shard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardEnd {
+    /// Completed (with or without failed entries: the result accounts for each).
+    Completed,
+    /// Its claims were lost (worker died, lease expired) more often than the retries allow.
+    Lost,
+}
+
+/// The queue of one pass.
+#[derive(Debug, Clone)]
+pub struct ShardQueue {
+    pending: VecDeque<ShardId>,
+    claims: BTreeMap<ShardId, Claim>,
+    ended: BTreeMap<ShardId, ShardEnd>,
+    /// Claims lost per shard (worker gone, lease expired).
+    lost_claims: BTreeMap<ShardId, u32>,
+    retries: u32,
+    lease_ms: u64,
+}
+
+impl ShardQueue {
+    /// `shards` in the order to hand them out (largest first keeps the tail short); a shard
+    /// whose claim is lost more than `retries` times ends [`ShardEnd::Lost`].
+    pub fn new(shards: impl IntoIterator<Item = ShardId>, retries: u32, lease_ms: u64) -> Self {
+        let mut seen = BTreeSet::new();
+        ShardQueue {
+            pending: shards.into_iter().filter(|s| seen.insert(*s)).collect(),
+            claims: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            lost_claims: BTreeMap::new(),
+            retries,
+            lease_ms,
+        }
+    }
+
+    /// The next shard for `worker`, leased until `now_ms + lease`; `None` when nothing is
+    /// pending (claims of others may still be out).
+    pub fn claim(&mut self, worker: &str, now_ms: u64) -> Option<ShardId> {
+        self.expire(now_ms);
+        let shard = self.pending.pop_front()?;
+        self.claims.insert(
+            shard,
+            Claim {
+                worker: worker.to_owned(),
+                expires_ms: now_ms + self.lease_ms,
+            },
+        );
+        Some(shard)
+    }
+
+    /// `worker` is alive: its leases run from `now_ms` again.
+    pub fn renew(&mut self, worker: &str, now_ms: u64) {
+        for c in self.claims.values_mut().filter(|c| c.worker == worker) {
+            c.expires_ms = now_ms + self.lease_ms;
+        }
+    }
+
+    /// `shard` finished. Counted once, whoever finishes it: a worker whose lease
+    /// expired may still finish the shard it was on, and the copy it made is as good.
+    pub fn complete(&mut self, shard: ShardId) -> Completion {
+        // Whoever holds it now: done is done (a second holder's completion is a Duplicate).
+        self.claims.remove(&shard);
+        if self.ended.get(&shard) == Some(&ShardEnd::Completed) {
+            return Completion::Duplicate;
+        }
+        // Requeued after an expiry and not claimed again yet: done now, so not handed out.
+        self.pending.retain(|s| *s != shard);
+        // A lost shard finished after all (its worker was only slow): completed after all.
+        self.ended.insert(shard, ShardEnd::Completed);
+        Completion::Counted
+    }
+
+    /// `worker` is gone (its process exited, its pod was deleted): its claims go back to the
+    /// queue, each losing one retry. Returns the shards requeued.
+    pub fn worker_gone(&mut self, worker: &str) -> Vec<ShardId> {
+        let held: Vec<ShardId> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| c.worker == worker)
+            .map(|(s, _)| *s)
+            .collect();
+        self.lose_all(held)
+    }
+
+    /// Claims whose lease ran out go back to the queue (each losing one retry). Returns the
+    /// shards requeued.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<ShardId> {
+        let expired: Vec<ShardId> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| c.expires_ms <= now_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        self.lose_all(expired)
+    }
+
+    /// Takes the claims of `shards` away: each goes back to the front of the queue (the tail of
+    /// a pass is where a requeued shard costs the most), in order, or ends Lost when its retries
+    /// are used up. Returns the shards queued again.
+    fn lose_all(&mut self, shards: Vec<ShardId>) -> Vec<ShardId> {
+        let mut again = Vec::new();
+        for shard in shards {
+            self.claims.remove(&shard);
+            let n = self.lost_claims.entry(shard).or_default();
+            *n += 1;
+            if *n > self.retries {
+                self.ended.insert(shard, ShardEnd::Lost);
+            } else {
+                again.push(shard);
+            }
+        }
+        for s in again.iter().rev() {
+            self.pending.push_front(*s);
+        }
+        again
+    }
+
+    /// Shards claimed by `worker` now.
+    pub fn claims_of(&self, worker: &str) -> Vec<ShardId> {
+        self.claims
+            .iter()
+            .filter(|(_, c)| c.worker == worker)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Nothing pending and nothing claimed: every shard ended.
+    pub fn finished(&self) -> bool {
+        self.pending.is_empty() && self.claims.is_empty()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn claimed(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Shards that ended Lost.
+    pub fn lost(&self) -> Vec<ShardId> {
+        self.ended
+            .iter()
+            .filter(|(_, e)| **e == ShardEnd::Lost)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    pub fn completed(&self) -> usize {
+        self.ended
+            .values()
+            .filter(|e| **e == ShardEnd::Completed)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_unique_and_the_queue_finishes_when_every_shard_completed() {
+        let mut q = ShardQueue::new([3, 1, 2, 1], 2, 1000);
+        let a = q.claim("a", 0).unwrap();
+        let b = q.claim("b", 0).unwrap();
+        let c = q.claim("a", 0).unwrap();
+        assert_eq!(
+            (a, b, c),
+            (3, 1, 2),
+            "in the given order, duplicates dropped"
+        );
+        assert_eq!(q.claim("b", 0), None);
+        assert!(!q.finished());
+        assert_eq!(q.claims_of("a"), vec![2, 3]);
+        for s in [3, 1, 2] {
+            assert_eq!(q.complete(s), Completion::Counted);
+        }
+        assert!(q.finished());
+        assert_eq!((q.completed(), q.lost()), (3, vec![]));
+    }
+
+    #[test]
+    fn a_dead_workers_claims_go_to_another_worker() {
+        let mut q = ShardQueue::new(0..3, 1, 1000);
+        assert_eq!(q.claim("dies", 0), Some(0));
+        assert_eq!(q.claim("dies", 0), Some(1));
+        assert_eq!(q.worker_gone("dies"), vec![0, 1]);
+        // Requeued to the front, before the shard never claimed.
+        assert_eq!(q.claim("ok", 1), Some(0));
+        assert_eq!(q.claim("ok", 1), Some(1));
+        assert_eq!(q.claim("ok", 1), Some(2));
+        for s in 0..3 {
+            assert_eq!(q.complete(s), Completion::Counted);
+        }
+        assert!(q.finished() && q.lost().is_empty());
+    }
+
+    #[test]
+    fn leases_expire_unless_renewed() {
+        let mut q = ShardQueue::new([7, 8], 3, 100);
+        assert_eq!(q.claim("slow", 0), Some(7));
+        assert_eq!(q.claim("live", 0), Some(8));
+        q.renew("live", 90);
+        // At 100 the slow worker's lease ran out; the renewed one holds until 190.
+        assert_eq!(q.expire(100), vec![7]);
+        assert_eq!(q.claims_of("live"), vec![8]);
+        assert_eq!(q.claim("live", 101), Some(7));
+        assert_eq!(q.expire(189), Vec::<ShardId>::new());
+    }
+
+    #[test]
+    fn a_completion_counts_once_even_from_a_worker_whose_lease_ran_out() {
+        let mut q = ShardQueue::new([5], 3, 10);
+        q.claim("first", 0);
+        q.expire(10);
+        assert_eq!(q.claim("second", 11), Some(5));
+        // The first worker was only slow: it finishes, then the second does too.
+        assert_eq!(q.complete(5), Completion::Counted);
+        assert_eq!(q.complete(5), Completion::Duplicate);
+        assert!(q.finished());
+        assert_eq!(q.completed(), 1);
+
+        // Expired and requeued but not claimed again: a late completion takes it off the queue.
+        let mut q = ShardQueue::new([6], 3, 10);
+        q.claim("w", 0);
+        q.expire(10);
+        assert_eq!(q.pending(), 1);
+        assert_eq!(q.complete(6), Completion::Counted);
+        assert_eq!((q.pending(), q.claim("x", 11)), (0, None));
+        assert!(q.finished());
+    }
+
+    #[test]
+    fn a_shard_lost_more_often_than_its_retries_ends_lost() {
+        let mut q = ShardQueue::new([1, 2], 1, 1000);
+        for round in 0..2 {
+            assert_eq!(q.claim("w", 0), Some(1), "round {round}");
+            q.worker_gone("w");
+        }
+        assert_eq!(q.lost(), vec![1]);
+        assert_eq!(q.claim("w", 0), Some(2));
+        assert_eq!(q.complete(2), Completion::Counted);
+        assert!(q.finished());
+        assert_eq!((q.completed(), q.lost()), (1, vec![1]));
+    }
+}

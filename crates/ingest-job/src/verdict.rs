@@ -1,0 +1,362 @@
+//! The run's verdict from what its passes found. One function for both drivers: the phase, the
+//! reason and the message of a finished run depend only on these facts and the failure policy.
+//!
+//! The rules, first match wins:
+//! 1. a shard whose last pass never produced a result (crashed after its retries, never ran, or a
+//!    worker that could not start) leaves its entries unaccounted: Failed, `ShardFailed`;
+//! 2. failed entries beyond the policy (any under FailJob, more than `maxFailedFiles`): Failed,
+//!    `TooManyFailures`;
+//! 3. entries only in the destination: it is not identical to the source, and the run deletes
+//!    nothing: Failed, `DestinationDiffers`;
+//! 4. failed entries within the policy: Succeeded, `SucceededWithFailures`, the message saying
+//!    that they are listed;
+//! 5. otherwise Succeeded: every entry copied or up to date (and verified, when a verify ran).
+
+use crate::units::human_bytes;
+
+/// The failure policy, as the verdict needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// FailJob: any failed entry fails the run.
+    pub fail_job: bool,
+    /// Continue: more failed entries than this fail the run; `None` tolerates any number.
+    pub max_failed_files: Option<u64>,
+}
+
+/// What a finished run found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Facts {
+    /// Entries the scan could not read (each a failed entry).
+    pub scan_failed: u64,
+    /// Entries whose last pass ended not done: failed, unsupported, changed while read, or left
+    /// different by a report-only verify. Entries the scan already counted are not counted again
+    /// (see [`crate::ScanFailed`]).
+    pub failed: u64,
+    /// Shards whose last pass ended without a result.
+    pub lost_shards: u64,
+    /// Why workers could not run at all (local driver), shown in the message.
+    pub broken: Vec<String>,
+    /// Entries only in the destination, found by the verify pass.
+    pub extraneous: u64,
+    /// A verify pass compared the destination with the source.
+    pub verified: bool,
+    /// Entries at the destination, copied or found up to date, and their bytes (for the message).
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Why the run ended as it did (the Ready condition's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Succeeded,
+    SucceededWithFailures,
+    ShardFailed,
+    TooManyFailures,
+    DestinationDiffers,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Succeeded => "Succeeded",
+            Reason::SucceededWithFailures => "SucceededWithFailures",
+            Reason::ShardFailed => "ShardFailed",
+            Reason::TooManyFailures => "TooManyFailures",
+            Reason::DestinationDiffers => "DestinationDiffers",
+        }
+    }
+}
+
+/// The verdict of a finished run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub succeeded: bool,
+    pub reason: Reason,
+    pub message: String,
+    /// Failed entries of the run: the scan's plus the last passes'.
+    pub failed_files: u64,
+}
+
+fn entries(n: u64) -> String {
+    format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
+}
+
+/// The verdict: see the module's rules.
+pub fn decide(policy: Policy, f: &Facts) -> Verdict {
+    let failed_files = f.scan_failed + f.failed;
+    let verdict = |succeeded, reason, message| Verdict {
+        succeeded,
+        reason,
+        message,
+        failed_files,
+    };
+    if f.lost_shards > 0 || !f.broken.is_empty() {
+        let mut m = if f.lost_shards > 0 {
+            format!(
+                "{} shard(s) ended without a result after their retries: their entries are not accounted for",
+                f.lost_shards
+            )
+        } else {
+            "a worker could not run".to_string()
+        };
+        if let Some(b) = f.broken.first() {
+            m.push_str(&format!("; {b}"));
+            if f.broken.len() > 1 {
+                m.push_str(&format!(" (and {} more)", f.broken.len() - 1));
+            }
+        }
+        return verdict(false, Reason::ShardFailed, m);
+    }
+    if policy.fail_job && failed_files > 0 {
+        return verdict(
+            false,
+            Reason::TooManyFailures,
+            format!(
+                "{} failed (listed in failures) and the failure policy is FailJob",
+                entries(failed_files)
+            ),
+        );
+    }
+    if let Some(max) = policy.max_failed_files.filter(|&m| failed_files > m) {
+        return verdict(
+            false,
+            Reason::TooManyFailures,
+            format!(
+                "{} failed (listed in failures), more than maxFailedFiles ({max})",
+                entries(failed_files)
+            ),
+        );
+    }
+    if f.extraneous > 0 {
+        return verdict(
+            false,
+            Reason::DestinationDiffers,
+            format!(
+                "the destination is not identical: {} only in the destination (listed in the report; nothing was deleted){}",
+                entries(f.extraneous),
+                if failed_files > 0 {
+                    format!(", and {} failed", entries(failed_files))
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    let what = format!("{} files ({})", f.files, human_bytes(f.bytes));
+    if failed_files > 0 {
+        return verdict(
+            true,
+            Reason::SucceededWithFailures,
+            format!(
+                "{} failed (listed in failures); everything else copied{}: {what}",
+                entries(failed_files),
+                if f.verified { " and verified" } else { "" }
+            ),
+        );
+    }
+    verdict(
+        true,
+        Reason::Succeeded,
+        if f.verified {
+            format!("copied and verified, destination identical: {what}")
+        } else {
+            format!("copied {what}; not verified (verify.mode None)")
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTINUE: Policy = Policy {
+        fail_job: false,
+        max_failed_files: None,
+    };
+    const FAIL_JOB: Policy = Policy {
+        fail_job: true,
+        max_failed_files: None,
+    };
+    const AT_MOST_2: Policy = Policy {
+        fail_job: false,
+        max_failed_files: Some(2),
+    };
+
+    fn facts(scan_failed: u64, failed: u64) -> Facts {
+        Facts {
+            scan_failed,
+            failed,
+            verified: true,
+            files: 10,
+            bytes: 2048,
+            ..Facts::default()
+        }
+    }
+
+    /// One row: (policy, facts, succeeded, reason, failed_files, words the message must hold).
+    type Row = (Policy, Facts, bool, Reason, u64, &'static [&'static str]);
+
+    #[test]
+    fn the_rules_in_order() {
+        let lost = Facts {
+            lost_shards: 1,
+            ..facts(0, 0)
+        };
+        let broken = Facts {
+            broken: vec!["worker 1: cannot start".into(), "worker 2: x".into()],
+            ..facts(0, 0)
+        };
+        let extra = Facts {
+            extraneous: 3,
+            ..facts(0, 0)
+        };
+        let unverified = Facts {
+            verified: false,
+            ..facts(0, 0)
+        };
+        use Reason::*;
+        let table: Vec<Row> = vec![
+            (
+                CONTINUE,
+                facts(0, 0),
+                true,
+                Succeeded,
+                0,
+                &[
+                    "copied and verified, destination identical",
+                    "10 files (2.0 KiB)",
+                ],
+            ),
+            (CONTINUE, unverified, true, Succeeded, 0, &["not verified"]),
+            (
+                CONTINUE,
+                facts(1, 0),
+                true,
+                SucceededWithFailures,
+                1,
+                &["1 entry failed", "listed"],
+            ),
+            (
+                CONTINUE,
+                facts(1, 4),
+                true,
+                SucceededWithFailures,
+                5,
+                &["5 entries failed"],
+            ),
+            (
+                AT_MOST_2,
+                facts(1, 1),
+                true,
+                SucceededWithFailures,
+                2,
+                &["2 entries failed"],
+            ),
+            (
+                AT_MOST_2,
+                facts(1, 2),
+                false,
+                TooManyFailures,
+                3,
+                &["more than maxFailedFiles (2)"],
+            ),
+            (
+                FAIL_JOB,
+                facts(0, 1),
+                false,
+                TooManyFailures,
+                1,
+                &["FailJob"],
+            ),
+            (
+                FAIL_JOB,
+                facts(1, 0),
+                false,
+                TooManyFailures,
+                1,
+                &["FailJob"],
+            ),
+            (FAIL_JOB, facts(0, 0), true, Succeeded, 0, &["identical"]),
+            // A lost shard outranks every count: its entries were never looked at.
+            (
+                CONTINUE,
+                lost.clone(),
+                false,
+                ShardFailed,
+                0,
+                &["1 shard(s)", "not accounted"],
+            ),
+            (
+                FAIL_JOB,
+                Facts { failed: 3, ..lost },
+                false,
+                ShardFailed,
+                3,
+                &["not accounted"],
+            ),
+            (
+                CONTINUE,
+                broken,
+                false,
+                ShardFailed,
+                0,
+                &["cannot start", "and 1 more"],
+            ),
+            (
+                CONTINUE,
+                extra.clone(),
+                false,
+                DestinationDiffers,
+                0,
+                &["3 entries only in the destination", "nothing was deleted"],
+            ),
+            (
+                CONTINUE,
+                Facts { failed: 1, ..extra },
+                false,
+                DestinationDiffers,
+                1,
+                &["and 1 entry failed"],
+            ),
+        ];
+        for (i, (policy, f, ok, reason, failed, words)) in table.into_iter().enumerate() {
+            let v = decide(policy, &f);
+            assert_eq!(
+                (v.succeeded, v.reason, v.failed_files),
+                (ok, reason, failed),
+                "row {i}: {v:?}"
+            );
+            for w in words {
+                assert!(
+                    v.message.contains(w),
+                    "row {i}: {:?} lacks {w:?}",
+                    v.message
+                );
+            }
+            // Never "identical" unless nothing failed, nothing is extra and a verify said so.
+            assert_eq!(
+                v.message.contains("identical") && !v.message.contains("not identical"),
+                ok && failed == 0 && f.verified,
+                "row {i}: {:?}",
+                v.message
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_are_camel_case_words() {
+        for r in [
+            Reason::Succeeded,
+            Reason::SucceededWithFailures,
+            Reason::ShardFailed,
+            Reason::TooManyFailures,
+            Reason::DestinationDiffers,
+        ] {
+            let s = r.as_str();
+            assert!(
+                s.chars().next().unwrap().is_ascii_uppercase()
+                    && s.chars().all(|c| c.is_ascii_alphabetic())
+            );
+        }
+    }
+}
