@@ -19,9 +19,10 @@ pub enum Threads {
 #[serde(rename_all = "camelCase")]
 pub enum Tool {
     Vfxt(Threads),
-    /// `vfxt-ingest run`: one worker per mount with this many threads, the shards dealt to the
-    /// workers up front (the field guide's manifests, and the operator's worker pods): a static
-    /// split, where `copy`'s threads share one queue.
+    /// `vfxt-ingest run`: one worker process per mount with this many threads. Builds before
+    /// c01ac34 dealt the shards to the workers up front (the field guide's manifests, and the
+    /// operator's worker pods: a static split); since then each worker takes the next shard when
+    /// its last one ended, so the worker on a slow mount takes fewer.
     VfxtRun(usize),
     Cp,
     RsyncInplace,
@@ -181,6 +182,16 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
                     nodes: even(m),
                 });
             }
+            // `run` (a worker process per mount, shards on demand) beside one `copy` over the
+            // same even mounts: what the job machinery costs when no node is slow.
+            if let Some(&m) = a.mounts.iter().max().filter(|&&m| m > 1) {
+                out.push(Scenario {
+                    part: "auto",
+                    tool: Tool::VfxtRun(a.capacity),
+                    latency_ms: lat,
+                    nodes: even(m),
+                });
+            }
         }
         if part("slow") {
             // One node with a quarter of the capacity and twice the latency: an even split
@@ -231,7 +242,8 @@ mod tests {
         assert_eq!(count("peers"), 2 * 7);
         // 5 thread counts x 3 mount counts.
         assert_eq!(count("curve"), 2 * 15);
-        assert_eq!(count("auto"), 2 * 3);
+        // auto over 1, 2 and 3 mounts, and `run` over 3.
+        assert_eq!(count("auto"), 2 * 4);
         assert_eq!(count("slow"), 2 * 4);
         let slow = s.iter().find(|x| x.part == "slow").unwrap();
         assert_eq!(

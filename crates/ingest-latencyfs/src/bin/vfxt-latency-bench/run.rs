@@ -523,8 +523,16 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
             .iter()
             .copied()
             .find(|r| matches!(r.scenario.tool, Tool::VfxtRun(_)));
+        // `run` over even mounts beside the best single `copy` over as many.
+        let run_even = best(at.iter().copied().filter(|r| {
+            matches!(r.scenario.tool, Tool::VfxtRun(_)) && r.scenario.part != "slow" && even(r)
+        }));
+        let copy_same = run_even.and_then(|r| vfxt_at(r.scenario.mounts(), None));
         out.push(json!({
             "latencyMs": lat,
+            "runEven": run_even.map(|r| format!("{} ({} mounts)", r.label, r.scenario.mounts())),
+            "runEvenFilesPerS": run_even.and_then(|r| r.files_per_s),
+            "runEvenOverBestCopy": ratio(run_even, copy_same),
             "bestPeer": best_peer.map(|r| format!("{} ({} mount(s))", r.label, r.scenario.mounts())),
             "bestPeerFilesPerS": best_peer.and_then(|r| r.files_per_s),
             "vfxtBest3Mounts": best3.map(|r| r.label.clone()),
