@@ -176,18 +176,24 @@ pub fn exec(launch: Launch) -> String {
     // program that lives there (an --exec-override binary under /tmp).
     let program = resolve_program(&argv[0]);
     let mut held = None;
-    if !binds.is_empty() {
-        if let Some(p) = &program
-            && binds.iter().any(|b| p.starts_with(&b.target))
-        {
-            match open_path(p) {
-                Ok(fd) => held = Some(fd),
-                Err(e) => return e,
-            }
+    // Held open too when the container runs as another uid: the program stands for the image's,
+    // which any uid can run, but its path here (a build directory, say under a mode-0700
+    // directory) may not be reachable for that uid.
+    let shadowed = program
+        .as_ref()
+        .is_some_and(|p| binds.iter().any(|b| p.starts_with(&b.target)));
+    if let Some(p) = &program
+        && (shadowed || user.is_some())
+    {
+        match open_path(p) {
+            Ok(fd) => held = Some(fd),
+            Err(e) => return e,
         }
-        if let Err(e) = enter_namespace(&mut binds) {
-            return e;
-        }
+    }
+    if !binds.is_empty()
+        && let Err(e) = enter_namespace(&mut binds)
+    {
+        return e;
     }
     // A shadowed program runs through the fd opened before the mounts (kept
     // open across exec: the kernel re-opens scripts through it too).
@@ -202,6 +208,14 @@ pub fn exec(launch: Launch) -> String {
         && let Err(e) = switch_identity(id)
     {
         return format!("run as {}:{}: {e}", id.uid, id.gid);
+    }
+    // Changing uid makes the process undumpable, which makes /proc/self/fd root's: the
+    // held program would be out of reach. Nothing here needs that protection.
+    if user.is_some()
+        && let Err(e) =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable)
+    {
+        return format!("prctl(PR_SET_DUMPABLE): {e}");
     }
     let mut cmd = std::process::Command::new(&path);
     cmd.arg0(&argv[0]).args(&argv[1..]);

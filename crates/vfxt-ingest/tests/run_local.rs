@@ -1056,6 +1056,13 @@ fn an_unreadable_directory_is_one_failed_entry_weighed_by_the_policy() {
     fs::write(src.join("locked/inner/b"), b"b").unwrap();
     fs::write(src.join("top"), b"top").unwrap();
     fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    // The build's binary may lie under a directory that uid cannot enter (a CI checkout in a
+    // mode-0700 temporary directory): run a link to it (or a copy) from here.
+    let exe = t.path().join("vfxt-ingest");
+    let built = env!("CARGO_BIN_EXE_vfxt-ingest");
+    fs::hard_link(built, &exe)
+        .or_else(|_| fs::copy(built, &exe).map(drop))
+        .unwrap();
     let cases = [
         ("maxFailedFiles: 5", "Succeeded"),
         ("maxFailedFiles: 0", "Failed"),
@@ -1076,7 +1083,11 @@ fn an_unreadable_directory_is_one_failed_entry_weighed_by_the_policy() {
                 "  workers: 2\n  shards: {{target: 4}}\n  preserve: {{owner: false}}\n  failurePolicy: {{{policy}}}\n"
             ),
         );
-        let mut c = run_cmd(&f, &state);
+        let mut c = Command::new(&exe);
+        c.args(["run", "-q", "-f"])
+            .arg(&f)
+            .arg("--state")
+            .arg(&state);
         if root {
             c.uid(uid).gid(uid);
         }
