@@ -96,6 +96,9 @@ pub mod reasons {
     pub const TOO_MANY_FAILURES: &str = Reason::TooManyFailures.as_str();
     /// The verify pass found entries only in the destination (nothing is deleted).
     pub const DESTINATION_DIFFERS: &str = Reason::DestinationDiffers.as_str();
+    /// Nothing was copied or checked for `spec.stallTimeoutSeconds` (the `Stalled` condition's reason while
+    /// the run still goes on, and a Warning Event).
+    pub const NO_PROGRESS: &str = "NoProgress";
     /// The phase changed (Event reason).
     pub const PHASE_CHANGED: &str = "PhaseChanged";
     /// An API call failed; the operator retries with backoff.

@@ -105,6 +105,12 @@ pub struct IngestJobSpec {
     /// What a failed file or shard does to the job.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// Seconds without a file copied or checked, while the run copies or verifies, after which
+    /// the IngestJob says `Stalled` (reason `NoProgress`, a Warning Event) until work moves
+    /// again: a node that stopped answering shows instead of a frozen percentage. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub stall_timeout_seconds: Option<u32>,
     /// Bump to request a new pass (scan, copy, verify). Files that already match are skipped, so a re-run costs
     /// only the delta.
     #[serde(default)]
@@ -751,6 +757,13 @@ pub struct Progress {
     /// Expected completion of the copy phase, when a rate is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta: Option<Time>,
+    /// Entries the verify pass has checked so far (its pods' live counts).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub checked: u64,
+    /// When a file was last copied or checked (or the phase last changed): what `Stalled` is
+    /// measured from. Pods that are alive but move nothing do not move it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
 }
 
 /// Shards by state.
@@ -805,6 +818,13 @@ pub struct VerificationCounts {
     /// Known equal at the end: `matched + repaired` (the printer column).
     pub verified: u64,
 }
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Default of `spec.stallTimeoutSeconds`.
+pub const DEFAULT_STALL_TIMEOUT_SECONDS: u32 = 60;
 
 impl VerificationCounts {
     /// Adds another part's counts (`verified` included).

@@ -27,6 +27,9 @@ pub struct PodProgress {
     /// Scan only: directories walked so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub directories: u64,
+    /// Verify pass: entries checked so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checked: u64,
     /// Unix seconds of this sample; the operator derives rates from successive samples.
     pub at: i64,
 }

@@ -131,6 +131,36 @@ pub fn decide_write(
 
 /// Events to publish for a status change (pure): one per phase change, Warning when the run failed.
 pub fn events_for(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<Event> {
+    // A run that stops moving (or moves again) without a phase change: one Event each way.
+    let no_progress = |s: Option<&IngestJobStatus>| {
+        s.and_then(|s| ingest_api::conditions::find(&s.conditions, ct::STALLED))
+            .is_some_and(|c| {
+                c.status == "True" && c.reason == ingest_api::constants::reasons::NO_PROGRESS
+            })
+    };
+    if no_progress(Some(new)) != no_progress(prev) && prev.and_then(|p| p.phase) == new.phase {
+        let stalled = no_progress(Some(new));
+        let c = ingest_api::conditions::find(&new.conditions, ct::STALLED);
+        return vec![Event {
+            type_: if stalled {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: if stalled {
+                ingest_api::constants::reasons::NO_PROGRESS.into()
+            } else {
+                "ProgressResumed".into()
+            },
+            note: Some(if stalled {
+                c.map(|c| c.message.clone()).unwrap_or_default()
+            } else {
+                "files are being copied or checked again".into()
+            }),
+            action: "Reconcile".into(),
+            secondary: None,
+        }];
+    }
     let before = prev.and_then(|p| p.phase);
     let (Some(after), true) = (
         new.phase,
@@ -331,7 +361,16 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         Some(d) => Action::requeue(d),
         // Watches on Jobs and pods wake us on every change; the periodic requeue only catches missed events.
         None if finished => Action::await_change(),
-        None => Action::requeue(Duration::from_secs(60)),
+        // Soon enough to see a stall when no pod event comes (a hung mount sends none).
+        None => Action::requeue(Duration::from_secs(
+            u64::from(
+                ij.spec
+                    .stall_timeout_seconds
+                    .unwrap_or(ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS),
+            )
+            .div_ceil(2)
+            .clamp(5, 60),
+        )),
     })
 }
 

@@ -35,6 +35,8 @@ struct ShardReport {
     verification: Option<VerificationCounts>,
     /// It ended with a result and exit 1: its shard finished with failed entries, each counted.
     files_failed: bool,
+    /// Verify pass: entries checked (final or so far).
+    checked: u64,
 }
 
 /// The pod's final result (termination message) if it finished, else its progress annotation.
@@ -63,6 +65,7 @@ fn pod_report(pod: &Pod) -> Option<ShardReport> {
             bytes: result.bytes,
             failed: result.failed,
             failures: result.failures,
+            checked: result.verification.as_ref().map_or(0, |v| v.checked),
             verification: result.verification,
             files_failed: terminated.is_some_and(|t| {
                 WorkerExit::from_code(Some(t.exit_code)) == WorkerExit::FilesFailed
@@ -80,6 +83,7 @@ fn pod_report(pod: &Pod) -> Option<ShardReport> {
         files: progress.files,
         bytes: progress.bytes,
         failed: progress.failed,
+        checked: progress.checked,
         ..Default::default()
     })
 }
@@ -122,6 +126,8 @@ struct Sum {
     verification: VerificationCounts,
     /// Shards whose latest pod ended with a result and exit 1 (a failed index, but accounted).
     files_failed_shards: u64,
+    /// Entries checked by the verify pass (final or so far).
+    checked: u64,
 }
 
 fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
@@ -134,6 +140,7 @@ fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
         s.bytes += r.bytes;
         s.failed += r.failed;
         s.files_failed_shards += u64::from(r.files_failed);
+        s.checked += r.checked;
         let e = s.per_server.entry(r.server).or_default();
         e.0 += r.files;
         e.1 += r.bytes;
@@ -387,6 +394,10 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             } else {
                 None
             },
+            checked: sum_role(obs, labels::ROLE_VERIFY, run)
+                .checked
+                .max(prev_p.checked),
+            last_progress_time: None,
         });
         st.servers = layout
             .slots
@@ -464,6 +475,15 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         }
     }
 
+    let stalled_for = track_progress(&mut st, &prev, same_run, now);
+    let timeout = u64::from(
+        spec.stall_timeout_seconds
+            .unwrap_or(ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS),
+    );
+    let stalled_for = stalled_for.filter(|s| *s >= timeout).filter(|_| {
+        outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying))
+    });
+
     let generation = ij.metadata.generation;
     let at = Time(now);
     let desired = match &outcome {
@@ -504,6 +524,19 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
                     "{msg}; no scan pod yet: if this lasts, see `kubectl describe job {scan_job}`"
                 );
             }
+            let stalled = match stalled_for {
+                Some(s) => condition(
+                    ct::STALLED,
+                    true,
+                    reasons::NO_PROGRESS,
+                    format!(
+                        "nothing copied or checked for {s} s (stallTimeoutSeconds {timeout}); the run goes on, its pods are alive but move nothing: a node that stopped answering?"
+                    ),
+                    generation,
+                    at.clone(),
+                ),
+                None => condition(ct::STALLED, false, reason, "", generation, at.clone()),
+            };
             vec![
                 condition(
                     ct::READY,
@@ -513,8 +546,8 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
                     generation,
                     at.clone(),
                 ),
-                condition(ct::RECONCILING, true, reason, msg, generation, at.clone()),
-                condition(ct::STALLED, false, reason, "", generation, at),
+                condition(ct::RECONCILING, true, reason, msg, generation, at),
+                stalled,
             ]
         }
     };
@@ -531,6 +564,30 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             .or(Some(Time(now)));
     }
     st
+}
+
+/// Sets `progress.lastProgressTime`: now when files, bytes or checked entries moved (or the phase
+/// changed) since `prev`, else kept. Returns the seconds since then.
+fn track_progress(
+    st: &mut IngestJobStatus,
+    prev: &IngestJobStatus,
+    same_run: bool,
+    now: Timestamp,
+) -> Option<u64> {
+    let p = st.progress.as_mut()?;
+    let before = prev
+        .progress
+        .as_ref()
+        .filter(|_| same_run && prev.phase == st.phase);
+    let moved =
+        before.is_none_or(|q| (q.files, q.bytes, q.checked) != (p.files, p.bytes, p.checked));
+    let last = match before.and_then(|q| q.last_progress_time.clone()) {
+        Some(t) if !moved => t,
+        _ => Time(now),
+    };
+    let since = now.duration_since(last.0).as_secs_f64().max(0.0) as u64;
+    p.last_progress_time = Some(last);
+    Some(since)
 }
 
 fn phase_reason(p: Phase) -> &'static str {

@@ -1356,3 +1356,60 @@ fn entries_only_in_the_destination_mean_it_is_not_identical() {
         "{m}"
     );
 }
+
+#[test]
+fn a_copy_that_moves_nothing_for_the_stall_timeout_is_stalled_until_it_moves_again() {
+    let mut ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 3, totals(), false);
+    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+        observed_job(j, false, false, "", "", 1)
+    });
+    // Alive pods whose counts do not move (a hard mount that stopped answering).
+    obs.pods
+        .push(worker_pod(&ij, "copy", 0, 0, 5, progress(40, 4_000), None));
+    let stalled = |st: &ingest_api::IngestJobStatus| {
+        let c = ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap();
+        (c.status == "True").then(|| c.reason.clone())
+    };
+    let step = |ij: &mut ingest_api::IngestJob, obs: &ingest_operator::observe::Observed, t| {
+        let st = compute(ij, obs, &stage(ij, obs), at(t));
+        let events = ingest_operator::reconcile::events_for(ij.status.as_ref(), &st);
+        ij.status = Some(st.clone());
+        (st, events.into_iter().map(|e| e.reason).collect::<Vec<_>>())
+    };
+    let (st, _) = step(&mut ij, &obs, 10);
+    assert_eq!((st.phase, stalled(&st)), (Some(Phase::Copying), None));
+    let since = st.progress.as_ref().unwrap().last_progress_time.clone();
+    assert_eq!(since.as_ref().map(|t| t.0), Some(at(10)));
+    // Within the default 60 s: nothing to say.
+    let (st, ev) = step(&mut ij, &obs, 69);
+    assert_eq!((stalled(&st), ev.len()), (None, 0), "{st:?}");
+    // At 60 s without a file: Stalled, one Warning, the phase unchanged; said once.
+    let (st, ev) = step(&mut ij, &obs, 70);
+    assert_eq!(
+        stalled(&st).as_deref(),
+        Some(reasons::NO_PROGRESS),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.phase, ev),
+        (Some(Phase::Copying), vec![reasons::NO_PROGRESS.to_string()])
+    );
+    let (_, ev) = step(&mut ij, &obs, 200);
+    assert!(ev.is_empty());
+    // Files move again: no longer stalled, measured from now.
+    obs.pods[0] = worker_pod(&ij, "copy", 0, 0, 5, progress(41, 4_100), None);
+    let (st, ev) = step(&mut ij, &obs, 205);
+    assert_eq!(
+        (stalled(&st), ev),
+        (None, vec!["ProgressResumed".to_string()])
+    );
+    assert_eq!(
+        st.progress.unwrap().last_progress_time.map(|t| t.0),
+        Some(at(205))
+    );
+    // A shorter timeout in the spec applies.
+    ij.spec.stall_timeout_seconds = Some(10);
+    let (st, _) = step(&mut ij, &obs, 216);
+    assert_eq!(stalled(&st).as_deref(), Some(reasons::NO_PROGRESS));
+}

@@ -31,6 +31,7 @@ fn sample(files: u64) -> PodProgress {
         bytes: files * 10,
         failed: 0,
         directories: 0,
+        checked: 0,
         at: 1_700_000_000 + files as i64,
     }
 }

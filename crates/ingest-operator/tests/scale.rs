@@ -195,6 +195,7 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
             bytes: u64::MAX,
             failed: u64::MAX,
             directories: 0,
+            checked: 0,
             at: i64::MAX,
         })
         .unwrap()

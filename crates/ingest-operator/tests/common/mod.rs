@@ -226,6 +226,7 @@ pub fn progress(files: u64, bytes: u64) -> Option<PodProgress> {
         bytes,
         failed: 0,
         directories: 0,
+        checked: 0,
         at: 0,
     })
 }

@@ -138,6 +138,9 @@ struct RunSpec {
     preserve: Preserve,
     #[serde(default)]
     failure_policy: FailurePolicy,
+    /// Accepted as in the cluster; a local run shows its progress live instead.
+    #[serde(default)]
+    stall_timeout_seconds: Option<u32>,
     #[serde(default)]
     run: i64,
     #[serde(default)]
@@ -443,6 +446,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         verify: spec.verify.clone(),
         preserve: spec.preserve.clone(),
         failure_policy: spec.failure_policy.clone(),
+        stall_timeout_seconds: spec.stall_timeout_seconds,
         run: spec.run,
         worker: spec.worker.clone(),
         report: spec.report.clone(),
@@ -1322,6 +1326,8 @@ fn build_status(
             bytes_per_second,
             files_per_second,
             eta: None,
+            checked: verification.as_ref().map_or(0, |v| v.checked),
+            last_progress_time: None,
         }),
         shards: Some(ShardCounts {
             total,

@@ -402,6 +402,7 @@ pub fn run(args: Args) -> Outcome {
                 bytes: s.bytes + base.bytes.load(Relaxed),
                 failed: s.failed,
                 directories: 0,
+                checked: s.verified,
                 at: unix_now(),
             });
         }
