@@ -126,6 +126,16 @@ pub struct IngestJobSpec {
     pub report: Option<ReportTarget>,
 }
 
+impl IngestJobSpec {
+    /// `stallTimeoutSeconds`, or its default.
+    pub fn stall_timeout_seconds(&self) -> u64 {
+        u64::from(
+            self.stall_timeout_seconds
+                .unwrap_or(DEFAULT_STALL_TIMEOUT_SECONDS),
+        )
+    }
+}
+
 /// CEL on the spec: a report written into the destination export stays out of the copied tree, so the verify
 /// pass never finds it (as extraneous entries). [`crate::validate`] checks the same on normalized paths.
 const REPORT_OUTSIDE_COPY_RULE: &str = "!has(self.report) || !has(self.report.destinationPath) || \

@@ -363,13 +363,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         None if finished => Action::await_change(),
         // Soon enough to see a stall when no pod event comes (a hung mount sends none).
         None => Action::requeue(Duration::from_secs(
-            u64::from(
-                ij.spec
-                    .stall_timeout_seconds
-                    .unwrap_or(ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS),
-            )
-            .div_ceil(2)
-            .clamp(5, 60),
+            ij.spec.stall_timeout_seconds().div_ceil(2).clamp(5, 60),
         )),
     })
 }

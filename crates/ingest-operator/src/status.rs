@@ -394,9 +394,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             } else {
                 None
             },
-            checked: sum_role(obs, labels::ROLE_VERIFY, run)
-                .checked
-                .max(prev_p.checked),
+            checked: verify.as_ref().map_or(0, |v| v.checked).max(prev_p.checked),
             last_progress_time: None,
         });
         st.servers = layout
@@ -476,10 +474,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     }
 
     let stalled_for = track_progress(&mut st, &prev, same_run, now);
-    let timeout = u64::from(
-        spec.stall_timeout_seconds
-            .unwrap_or(ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS),
-    );
+    let timeout = spec.stall_timeout_seconds();
     let stalled_for = stalled_for.filter(|s| *s >= timeout).filter(|_| {
         outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying))
     });

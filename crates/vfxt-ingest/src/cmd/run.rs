@@ -746,7 +746,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         // verify marker from before this copy no longer proves anything: verify every shard.
         clear_markers(&markers, Some(Phase::Verify)).map_err(|e| format!("--state: {e}"))?;
     }
-    let last = if !copy.unusable {
+    let verify = if !copy.unusable {
         let expected = Expected {
             files: t.files + t.others + t.directories,
             bytes: t.bytes,
@@ -766,11 +766,10 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     };
     // A file copied in ranges by several shards is finalized in the last phase, once every
     // shard's range is written: that outcome (copied, or found finished) is the copy's.
-    if let Some(l) = &last {
+    if let Some(l) = &verify {
         copy.summary.copy.add(&l.summary.copy);
         copy.ran.copy.add(&l.ran.copy);
     }
-    let verify = last;
     // With verify none the phase only set directory metadata (shards share directories, so
     // their times are final only now): it verified nothing, and what it could not set is a
     // failure of the copy.
@@ -1093,14 +1092,9 @@ fn run_phase(
         if class == WorkerExit::UnusableInput {
             out.unusable = true;
         }
-        let ended = |k: &str| {
-            st.shards
-                .iter()
-                .filter(|(_, skipped)| (k == "skipped") == *skipped)
-                .count() as u64
-        };
-        out.worked |= ended("ran") > 0;
-        out.shards_before += ended("skipped");
+        let skipped = st.shards.iter().filter(|(_, skipped)| *skipped).count();
+        out.worked |= st.shards.len() > skipped;
+        out.shards_before += skipped as u64;
         match &st.result {
             Some(r) if class.accounted() => {
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {

@@ -442,13 +442,13 @@ pub fn run(args: Args) -> Outcome {
         let r = (|| {
             for &phase in &phases {
                 *phase_now.lock().unwrap() = phase;
-                let mut claimed = claims(args.claims, &plan);
-                let mut given = shards.iter().copied();
-                while let Some(shard) = if args.claims {
-                    claimed.next().transpose()?
+                let todo: Box<dyn Iterator<Item = Result<&Shard, String>>> = if args.claims {
+                    Box::new(claims(&plan))
                 } else {
-                    given.next()
-                } {
+                    Box::new(shards.iter().copied().map(Ok))
+                };
+                for shard in todo {
+                    let shard = shard?;
                     let t0 = Instant::now();
                     let marker = args
                         .markers
@@ -572,12 +572,10 @@ pub fn run(args: Args) -> Outcome {
     }
 }
 
-/// The shards of `--claims`: ids read from standard input, one per line, until its end. Nothing
-/// when `on` is false.
-fn claims(on: bool, plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> {
+/// The shards of `--claims`: ids read from standard input, one per line, until its end.
+fn claims(plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> {
     use std::io::BufRead;
-    let lines = on.then(|| std::io::stdin().lock().lines());
-    lines.into_iter().flatten().filter_map(move |line| {
+    std::io::stdin().lock().lines().filter_map(move |line| {
         let line = match line {
             Ok(l) => l,
             Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
