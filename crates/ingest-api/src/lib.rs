@@ -2,6 +2,7 @@
 //! helpers, the contract between pods and operator, and shared names. No client and no async runtime, so the
 //! local `run` mode and the planner can depend on it cheaply.
 
+pub mod claims;
 pub mod conditions;
 pub mod constants;
 pub mod job;

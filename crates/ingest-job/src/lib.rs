@@ -3,12 +3,15 @@
 //! different verdicts for the same facts. No Kubernetes types, no I/O: pure and quickly tested.
 
 pub mod exit;
+pub mod indexes;
+pub mod pass;
 pub mod queue;
 pub mod scan_failed;
 pub mod units;
 pub mod verdict;
 
 pub use exit::WorkerExit;
-pub use queue::{Completion, ShardQueue};
+pub use pass::{Checkpoint, Pass, Report, State, Tally};
+pub use queue::{Completion, ShardId, ShardQueue};
 pub use scan_failed::ScanFailed;
 pub use verdict::{Facts, Policy, Reason, Verdict, decide};

@@ -80,6 +80,45 @@ impl ShardQueue {
         Some(shard)
     }
 
+    /// A queue restored from a checkpoint: `ended` shards (completed or lost) are not handed out
+    /// again; the rest are pending, in id order. Claims held when the checkpoint was taken are not
+    /// known: their workers [`adopt`](Self::adopt) them back when they next report.
+    pub fn restore(
+        total: ShardId,
+        completed: &BTreeSet<ShardId>,
+        lost: &BTreeSet<ShardId>,
+        retries: u32,
+        lease_ms: u64,
+    ) -> Self {
+        let mut q = ShardQueue::new(
+            (0..total).filter(|s| !completed.contains(s) && !lost.contains(s)),
+            retries,
+            lease_ms,
+        );
+        q.ended
+            .extend(completed.iter().map(|s| (*s, ShardEnd::Completed)));
+        q.ended.extend(lost.iter().map(|s| (*s, ShardEnd::Lost)));
+        q
+    }
+
+    /// A worker says it holds `shard` (after a restart of whoever keeps this queue, which lost the
+    /// claim): a pending shard becomes its claim again, so it is not handed to a second worker.
+    /// A shard claimed by another worker or already ended stays as it is.
+    pub fn adopt(&mut self, shard: ShardId, worker: &str, now_ms: u64) -> bool {
+        let Some(pos) = self.pending.iter().position(|s| *s == shard) else {
+            return false;
+        };
+        self.pending.remove(pos);
+        self.claims.insert(
+            shard,
+            Claim {
+                worker: worker.to_owned(),
+                expires_ms: now_ms + self.lease_ms,
+            },
+        );
+        true
+    }
+
     /// `worker` is alive: its leases run from `now_ms` again.
     pub fn renew(&mut self, worker: &str, now_ms: u64) {
         for c in self.claims.values_mut().filter(|c| c.worker == worker) {
@@ -174,6 +213,15 @@ impl ShardQueue {
         self.ended
             .iter()
             .filter(|(_, e)| **e == ShardEnd::Lost)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Ids of the completed shards.
+    pub fn completed_ids(&self) -> BTreeSet<ShardId> {
+        self.ended
+            .iter()
+            .filter(|(_, e)| **e == ShardEnd::Completed)
             .map(|(s, _)| *s)
             .collect()
     }

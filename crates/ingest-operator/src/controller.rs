@@ -173,6 +173,7 @@ pub async fn run(
         listener,
         metrics.clone(),
         health.clone(),
+        None,
         shutdown.clone(),
     ));
     // Ready = able to serve probes and take over; a standby replica is ready too.

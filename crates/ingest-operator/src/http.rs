@@ -1,5 +1,6 @@
-//! `/metrics`, `/healthz` and `/readyz` on a plain HTTP/1.1 listener. Three fixed GET routes do not need an HTTP
-//! framework; each connection serves one request and closes.
+//! `/metrics`, `/healthz` and `/readyz`, and the workers' claims endpoint (`POST /claims/v1`,
+//! [`crate::claims`]) on a plain HTTP/1.1 listener. Four fixed routes do not need an HTTP framework;
+//! each connection serves one request and closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,8 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::claims::{Refusal, Registry};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::token::Authenticator;
+
+/// The claims endpoint's parts: the passes and who may talk to them.
+pub struct Claims {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+/// Largest claims message read (a worker's `done` list with its failures is a few KiB).
+const MAX_BODY: usize = 4 << 20;
 
 /// Shared probe state.
 #[derive(Default)]
@@ -43,6 +55,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    claims: Option<Arc<Claims>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -51,26 +64,25 @@ pub async fn serve(
             _ = &mut shutdown => return,
             r = listener.accept() => match r { Ok(c) => c, Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; } },
         };
-        let (metrics, health) = (metrics.clone(), health.clone());
+        let (metrics, health, claims) = (metrics.clone(), health.clone(), claims.clone());
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head only; the routes take no body.
-            while n < buf.len() {
-                match sock.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
+            let (code, ctype, body) = match read_request(&mut sock).await {
+                Some(req) if req.method == "POST" && req.path == ingest_api::claims::PATH => {
+                    match &claims {
+                        Some(c) => claim(c, &req).await,
+                        None => (503, "text/plain", "claims are not served here\n".into()),
+                    }
                 }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (code, ctype, body) = route(path, &metrics, &health);
+                Some(req) => route(&req.path, &metrics, &health),
+                None => (400, "text/plain", "bad request\n".into()),
+            };
             let reason = match code {
                 200 => "OK",
+                400 => "Bad Request",
+                401 => "Unauthorized",
+                403 => "Forbidden",
                 404 => "Not Found",
+                413 => "Payload Too Large",
                 _ => "Service Unavailable",
             };
             let resp = format!(
@@ -80,6 +92,104 @@ pub async fn serve(
             let _ = sock.write_all(resp.as_bytes()).await;
             let _ = sock.shutdown().await;
         });
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Reads the request head and, with a `content-length`, the body (at most [`MAX_BODY`]).
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Request> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split_whitespace();
+    let method = first.next()?.to_owned();
+    let path = first.next()?.to_owned();
+    let (mut length, mut authorization) = (0usize, None);
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse().ok()?;
+            } else if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.to_owned());
+            }
+        }
+    }
+    if length > MAX_BODY {
+        return None;
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => body.extend_from_slice(&chunk[..k]),
+        }
+    }
+    body.truncate(length);
+    Some(Request {
+        method,
+        path,
+        authorization,
+        body,
+    })
+}
+
+/// One claims message: authenticate the pod, then hand the message to its pass.
+async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
+    let msg: ingest_api::claims::ClaimRequest = match serde_json::from_slice(&req.body) {
+        Ok(m) => m,
+        Err(e) => return (400, "text/plain", format!("claims message: {e}\n")),
+    };
+    let Some(token) = req
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+    else {
+        return (
+            401,
+            "text/plain",
+            "no bearer token: the pod's projected service-account token is sent as `Authorization: Bearer`\n".into(),
+        );
+    };
+    if let Err(why) = c.auth.authorize(token, &msg).await {
+        tracing::warn!(worker = %msg.worker, job = %msg.job, namespace = %msg.namespace, %why, "claims message refused");
+        return (403, "text/plain", format!("{why}\n"));
+    }
+    match c.registry.handle(msg) {
+        Ok(r) => (
+            200,
+            "application/json",
+            serde_json::to_string(&r).expect("a claims answer serializes"),
+        ),
+        Err(Refusal::NoPass) => (
+            404,
+            "text/plain",
+            "no such pass: the run moved on or the IngestJob is gone\n".into(),
+        ),
+        Err(Refusal::NotReady) => (
+            503,
+            "text/plain",
+            "this operator has not taken up the job yet: ask again\n".into(),
+        ),
     }
 }
 
@@ -97,6 +207,7 @@ mod tests {
             listener,
             Arc::new(Metrics::default()),
             health.clone(),
+            None,
             async {
                 let _ = rx.await;
             },
@@ -120,6 +231,111 @@ mod tests {
                 .contains("vfxt_ingest_reconciles_total 0")
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    /// Lets in exactly one token, for one pod.
+    struct OneToken;
+    impl Authenticator for OneToken {
+        fn authorize<'a>(
+            &'a self,
+            token: &'a str,
+            msg: &'a ingest_api::claims::ClaimRequest,
+        ) -> std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send + 'a>>
+        {
+            Box::pin(async move {
+                if token == "good" && msg.worker == "j-r1-copy-0-a" {
+                    Ok(())
+                } else {
+                    Err("token refused".into())
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_are_served_to_an_authenticated_worker_and_refused_otherwise() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = Arc::new(Registry::new(None));
+        let ij: ingest_api::IngestJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ingest.vfxt.dev/v1alpha1", "kind": "IngestJob",
+            "metadata": {"name": "j", "namespace": "n", "uid": "u1"},
+            "spec": {
+                "run": 1,
+                "source": {"pvc": {"claimName": "x"}},
+                "destination": {"nfs": {"servers": ["10.0.0.1"], "path": "/nfs"}},
+            }
+        }))
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            Arc::new(Health::default()),
+            Some(Arc::new(Claims {
+                registry: registry.clone(),
+                auth: Arc::new(OneToken),
+            })),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        async fn post(addr: SocketAddr, token: Option<&str>, body: &str) -> String {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let auth = token
+                .map(|t| format!("authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            s.write_all(
+                format!(
+                    "POST {} HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\n\r\n{body}",
+                    ingest_api::claims::PATH,
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+        let msg = |worker: &str, room: u32| {
+            serde_json::json!({"namespace": "n", "job": "j", "uid": "u1", "run": 1, "role": "copy",
+                "worker": worker, "room": room})
+            .to_string()
+        };
+        // Before the reconcile set the pass up: ask again.
+        assert!(
+            post(addr, Some("good"), &msg("j-r1-copy-0-a", 1))
+                .await
+                .starts_with("HTTP/1.1 503")
+        );
+        registry.ensure(&ij, "copy", 3, None).unwrap();
+        let ok = post(addr, Some("good"), &msg("j-r1-copy-0-a", 2)).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        let body = ok.split("\r\n\r\n").nth(1).unwrap();
+        let r: ingest_api::claims::ClaimResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(r.shards, vec![0, 1]);
+        assert!(
+            post(addr, None, &msg("j-r1-copy-0-a", 1))
+                .await
+                .starts_with("HTTP/1.1 401")
+        );
+        let refused = post(addr, Some("bad"), &msg("j-r1-copy-0-a", 1)).await;
+        assert!(
+            refused.starts_with("HTTP/1.1 403") && refused.contains("token refused"),
+            "{refused}"
+        );
+        assert!(
+            post(addr, Some("good"), "{not json")
+                .await
+                .starts_with("HTTP/1.1 400")
+        );
+        // Refused messages took nothing: shard 2 is still there.
+        let ok = post(addr, Some("good"), &msg("j-r1-copy-0-a", 5)).await;
+        assert!(ok.ends_with(r#"{"shards":[2],"state":"work"}"#), "{ok}");
         tx.send(()).unwrap();
         server.await.unwrap();
     }

@@ -4,6 +4,7 @@
 //! it; [`plan_store`] and [`pod`] are the pod side of the contract described in README.md.
 
 pub mod apply;
+pub mod claims;
 pub mod controller;
 pub mod defaults;
 pub mod desired;
@@ -17,6 +18,7 @@ pub mod plan_store;
 pub mod pod;
 pub mod reconcile;
 pub mod stage;
+pub mod token;
 pub mod status;
 
 pub use error::{Category, Error, Result};

@@ -39,6 +39,12 @@ pub fn worker_job(ij: &IngestJob, run: i64, role: &str, server_index: usize) -> 
     child_name(&ij.name_any(), &format!("r{run}-{role}-{server_index}"))
 }
 
+/// Name of the Job whose pods are the workers of a claims pass (`role` of `run`), from the
+/// IngestJob's name (the claims endpoint has only the message).
+pub fn pass_job(ij: &str, run: i64, role: &str) -> String {
+    child_name(ij, &format!("r{run}-{role}"))
+}
+
 /// Name prefix of the plan ConfigMaps of `run` (chunk `k` is `<prefix>-<k>`).
 pub fn plan_prefix(ij: &IngestJob, run: i64) -> String {
     child_name(&ij.name_any(), &format!("r{run}-plan"))

@@ -121,18 +121,7 @@ pub fn job_state(job: &Job) -> JobState {
 }
 
 /// Counts the indexes in Kubernetes' compressed form `"1,3-5,7"`.
-pub fn count_indexes(s: &str) -> u64 {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-                (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                _ => 0,
-            },
-            None => u64::from(p.parse::<u64>().is_ok()),
-        })
-        .sum()
-}
+pub use ingest_job::indexes::count as count_indexes;
 
 /// The stage of the current run.
 #[derive(Clone, Debug, PartialEq)]

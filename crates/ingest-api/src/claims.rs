@@ -1,0 +1,255 @@
+//! The claims protocol between worker pods and the operator (see the operator's README, "Claims"):
+//! a worker pod lives for a whole pass and asks the operator for shards as it has room, over HTTP
+//! (`POST` [`PATH`] on the operator's service port), authenticated by a service-account token
+//! bound to the pod (audience [`TOKEN_AUDIENCE`]). Each message is a [`ClaimRequest`]: what the
+//! worker holds, what it finished (with each shard's result), how many more it can take, its
+//! progress. The answer is a [`ClaimResponse`]: shards to take, and whether to go on, wait, or
+//! exit. The state machine behind it is `ingest_job::Pass`; this module is only the wire format,
+//! and the checkpoint the operator keeps in the IngestJob status.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{MAX_LISTED_FAILURES, VerificationCounts};
+use crate::report::{PodProgress, PodResult};
+
+/// The claims endpoint.
+pub const PATH: &str = "/claims/v1";
+/// Audience of the token a worker sends (`Authorization: Bearer`): a token for the API server
+/// is not accepted, and this one is good for nothing else.
+pub const TOKEN_AUDIENCE: &str = "ingest.vfxt.dev/claims";
+/// Where the worker pod finds its token (a projected volume the kubelet refreshes).
+pub const TOKEN_DIR: &str = "/var/run/secrets/ingest.vfxt.dev";
+/// The token file inside [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "token";
+/// Workers send a message at least this often (with nothing else to say, as a heartbeat that
+/// renews their claims).
+pub const HEARTBEAT_SECONDS: u64 = 5;
+/// A claim not renewed for this long goes back to the queue.
+pub const LEASE_SECONDS: u64 = 45;
+
+/// One message from a worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRequest {
+    /// The IngestJob's namespace.
+    pub namespace: String,
+    /// The IngestJob's name.
+    pub job: String,
+    /// The IngestJob's uid (a job deleted and created again under the same name is another job).
+    pub uid: String,
+    /// `spec.run` the worker was started for.
+    pub run: i64,
+    /// `copy` or `verify`.
+    pub role: String,
+    /// The worker's pod name; must match the pod its token is bound to.
+    pub worker: String,
+    /// Shards it is working on.
+    #[serde(default)]
+    pub holding: Vec<u32>,
+    /// Shards finished since the last answered message, with their results.
+    #[serde(default)]
+    pub done: Vec<ShardDone>,
+    /// How many more shards it can take now.
+    #[serde(default)]
+    pub room: u32,
+    /// Progress on the shards it holds (not on those in `done`).
+    #[serde(default)]
+    pub progress: PodProgress,
+    /// Set when the worker cannot work at all (unusable input): stops the run, with this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusable: Option<String>,
+}
+
+/// A finished shard and its result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardDone {
+    pub shard: u32,
+    pub result: PodResult,
+}
+
+/// What the worker should do next.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PassState {
+    /// Work on what you hold and were given.
+    #[default]
+    Work,
+    /// Nothing to hand out now; ask again (other workers' claims may come back).
+    Wait,
+    /// The pass is over: exit 0.
+    Finished,
+    /// The run was stopped (unusable input, the failure policy, a new run): exit 0 without
+    /// taking more work.
+    Stopped,
+}
+
+impl From<ingest_job::State> for PassState {
+    fn from(s: ingest_job::State) -> Self {
+        match s {
+            ingest_job::State::Work => PassState::Work,
+            ingest_job::State::Wait => PassState::Wait,
+            ingest_job::State::Finished => PassState::Finished,
+            ingest_job::State::Stopped => PassState::Stopped,
+        }
+    }
+}
+
+/// The operator's answer. Errors come as HTTP status codes with a text body: 400 malformed,
+/// 401/403 token refused (the worker exits 2: unusable input), 404 no such job or pass (exit 0:
+/// the run moved on), 503 not ready or not the leader (ask again).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimResponse {
+    /// Shards to take, in addition to those held.
+    #[serde(default)]
+    pub shards: Vec<u32>,
+    pub state: PassState,
+}
+
+impl ingest_job::Tally for PodResult {
+    fn add(&mut self, o: &Self) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.failed += o.failed;
+        if let Some(v) = &o.verification {
+            self.verification
+                .get_or_insert_with(Default::default)
+                .add(v);
+        }
+        let room = MAX_LISTED_FAILURES.saturating_sub(self.failures.len());
+        self.failures.extend(o.failures.iter().take(room).cloned());
+        self.failures_omitted += o.failures_omitted + o.failures.len().saturating_sub(room) as u64;
+    }
+}
+
+/// A pass's checkpoint in the IngestJob status (`status.checkpoint`): what a restarted operator
+/// starts from. The failure list is the status's own (`status.failures`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PassCheckpoint {
+    /// Completed shard ids, as `"0-41,43"`.
+    #[serde(default)]
+    pub completed: String,
+    /// Shards lost after their retries, same form.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lost: String,
+    /// Files done by the completed shards.
+    #[serde(default)]
+    pub files: u64,
+    /// Bytes done by the completed shards.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Entries that failed in the completed shards.
+    #[serde(default)]
+    pub failed: u64,
+    /// Verify pass: comparison counts of the completed shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationCounts>,
+    /// Why a worker stopped the pass (unusable input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// Checkpoints of the current run's passes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCheckpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<PassCheckpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<PassCheckpoint>,
+}
+
+impl From<&ingest_job::Checkpoint<PodResult>> for PassCheckpoint {
+    fn from(c: &ingest_job::Checkpoint<PodResult>) -> Self {
+        PassCheckpoint {
+            completed: c.completed.clone(),
+            lost: c.lost.clone(),
+            files: c.sum.files,
+            bytes: c.sum.bytes,
+            failed: c.sum.failed,
+            verification: c.sum.verification.clone(),
+            stopped: c.stopped.clone(),
+        }
+    }
+}
+
+impl From<&PassCheckpoint> for ingest_job::Checkpoint<PodResult> {
+    fn from(c: &PassCheckpoint) -> Self {
+        ingest_job::Checkpoint {
+            completed: c.completed.clone(),
+            lost: c.lost.clone(),
+            sum: PodResult {
+                files: c.files,
+                bytes: c.bytes,
+                failed: c.failed,
+                verification: c.verification.clone(),
+                ..PodResult::default()
+            },
+            stopped: c.stopped.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingest_job::Tally;
+
+    #[test]
+    fn results_add_up_and_the_failure_list_stays_bounded() {
+        let f = |p: &str| crate::job::FileFailure {
+            path: p.into(),
+            reason: "EACCES".into(),
+        };
+        let mut sum = PodResult::default();
+        let shard = PodResult {
+            files: 3,
+            bytes: 30,
+            failed: 15,
+            failures: (0..15).map(|i| f(&format!("d/{i}"))).collect(),
+            verification: Some(VerificationCounts {
+                checked: 3,
+                ..Default::default()
+            }),
+            ..PodResult::default()
+        };
+        sum.add(&shard);
+        sum.add(&shard);
+        assert_eq!((sum.files, sum.bytes, sum.failed), (6, 60, 30));
+        assert_eq!(sum.failures.len(), MAX_LISTED_FAILURES);
+        assert_eq!(sum.failures_omitted, 30 - MAX_LISTED_FAILURES as u64);
+        assert_eq!(sum.verification.as_ref().unwrap().checked, 6);
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_through_the_status_form() {
+        let cp = ingest_job::Checkpoint {
+            completed: "0-3".into(),
+            lost: "5".into(),
+            sum: PodResult {
+                files: 9,
+                bytes: 90,
+                failed: 1,
+                ..PodResult::default()
+            },
+            stopped: None,
+        };
+        let status = PassCheckpoint::from(&cp);
+        let text = serde_json::to_string(&status).unwrap();
+        let back: PassCheckpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(ingest_job::Checkpoint::<PodResult>::from(&back), cp);
+    }
+
+    #[test]
+    fn a_request_reads_with_only_its_identity_given() {
+        let r: ClaimRequest = serde_json::from_str(
+            r#"{"namespace":"n","job":"j","uid":"u","run":1,"role":"copy","worker":"p",
+                "progress":{"files":0,"bytes":0,"at":0}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.room, r.holding.len(), r.done.len()), (0, 0, 0));
+    }
+}

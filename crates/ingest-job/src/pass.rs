@@ -1,0 +1,400 @@
+//! One pass (copy or verify) of a run as the coordinator sees it: the shard queue, the summed
+//! results of completed shards, and what each worker last said. Workers talk to it through
+//! [`Pass::report`], one call per message: "I hold these, I finished these (with results), I have
+//! room for N more, here is my progress". The answer is the shards to take and the pass's state.
+//!
+//! Exactly once: a shard's result is added to the sum only on its first completion (a second
+//! worker that finished it after a lease ran out is a duplicate). Restart: [`Pass::checkpoint`]
+//! is what the coordinator persists (completed and lost ids, the sum); [`Pass::restore`] starts
+//! from it, and workers that report shards they still hold get them back as claims
+//! ([`ShardQueue::adopt`]), so no second worker is sent to them. Completions after the last
+//! checkpoint are lost with the coordinator: their shards run again, and find their files up to
+//! date.
+//!
+//! Pure: time is an argument, results are any [`Tally`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::indexes;
+use crate::queue::{Completion, ShardId, ShardQueue, WorkerId};
+
+/// A result that adds up across shards.
+pub trait Tally: Default + Clone {
+    /// Adds another shard's result.
+    fn add(&mut self, other: &Self);
+}
+
+/// What a worker says in one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report<R, P> {
+    /// Shards it is working on.
+    pub holding: Vec<ShardId>,
+    /// Shards it finished since its last acknowledged message, with their results.
+    pub done: Vec<(ShardId, R)>,
+    /// How many more shards it can take now.
+    pub room: u32,
+    /// Its progress on the shards it holds.
+    pub progress: P,
+    /// It cannot work at all (unusable input: a destination it cannot write, a plan it cannot
+    /// read): the pass stops, and this says why.
+    pub unusable: Option<String>,
+}
+
+/// Where the pass stands, as told to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Work on what you hold and were given.
+    Work,
+    /// Nothing to hand out now, but the pass is not over (other workers' claims may come back):
+    /// ask again.
+    Wait,
+    /// Every shard ended: exit.
+    Finished,
+    /// A worker reported unusable input: stop taking work and exit.
+    Stopped,
+}
+
+/// Shard counts of a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub total: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub lost: u64,
+}
+
+/// What a coordinator persists to survive its own restart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Checkpoint<R> {
+    /// Completed shard ids ([`indexes::format`]).
+    pub completed: String,
+    /// Shards lost after their retries.
+    pub lost: String,
+    /// Sum of the completed shards' results.
+    pub sum: R,
+    /// First reason a worker gave for unusable input.
+    pub stopped: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Seen<P> {
+    progress: P,
+    at_ms: u64,
+}
+
+/// One pass's coordinator state.
+#[derive(Debug, Clone)]
+pub struct Pass<R, P> {
+    queue: ShardQueue,
+    total: ShardId,
+    sum: R,
+    workers: BTreeMap<WorkerId, Seen<P>>,
+    stopped: Option<String>,
+}
+
+impl<R: Tally, P: Clone> Pass<R, P> {
+    /// A fresh pass over shards `0..total`; a shard whose claim is lost more than `retries` times
+    /// is lost.
+    pub fn new(total: ShardId, retries: u32, lease_ms: u64) -> Self {
+        Pass {
+            queue: ShardQueue::new(0..total, retries, lease_ms),
+            total,
+            sum: R::default(),
+            workers: BTreeMap::new(),
+            stopped: None,
+        }
+    }
+
+    /// The pass a [`Checkpoint`] describes. A malformed id list is an error (a checkpoint written
+    /// by this code never is one).
+    pub fn restore(
+        total: ShardId,
+        cp: &Checkpoint<R>,
+        retries: u32,
+        lease_ms: u64,
+    ) -> Result<Self, String> {
+        let completed: BTreeSet<ShardId> = indexes::parse(&cp.completed)?
+            .into_iter()
+            .filter(|s| *s < total)
+            .collect();
+        let lost: BTreeSet<ShardId> = indexes::parse(&cp.lost)?
+            .into_iter()
+            .filter(|s| *s < total && !completed.contains(s))
+            .collect();
+        Ok(Pass {
+            queue: ShardQueue::restore(total, &completed, &lost, retries, lease_ms),
+            total,
+            sum: cp.sum.clone(),
+            workers: BTreeMap::new(),
+            stopped: cp.stopped.clone(),
+        })
+    }
+
+    /// One message from `worker`; returns the shards it should take and the pass's state.
+    pub fn report(
+        &mut self,
+        worker: &str,
+        report: Report<R, P>,
+        now_ms: u64,
+    ) -> (Vec<ShardId>, State) {
+        self.queue.expire(now_ms);
+        if let Some(why) = report.unusable {
+            self.stopped.get_or_insert(why);
+        }
+        for (shard, result) in &report.done {
+            if *shard < self.total && self.queue.complete(*shard) == Completion::Counted {
+                self.sum.add(result);
+            }
+        }
+        let mine = self.queue.claims_of(worker);
+        for s in &report.holding {
+            if !mine.contains(s) {
+                self.queue.adopt(*s, worker, now_ms);
+            }
+        }
+        self.queue.renew(worker, now_ms);
+        self.workers.insert(
+            worker.to_owned(),
+            Seen {
+                progress: report.progress,
+                at_ms: now_ms,
+            },
+        );
+        if self.stopped.is_some() {
+            return (Vec::new(), State::Stopped);
+        }
+        let mut given = Vec::new();
+        while given.len() < report.room as usize {
+            match self.queue.claim(worker, now_ms) {
+                Some(s) => given.push(s),
+                None => break,
+            }
+        }
+        let state = if self.queue.finished() {
+            State::Finished
+        } else if given.is_empty() && self.queue.claims_of(worker).is_empty() {
+            State::Wait
+        } else {
+            State::Work
+        };
+        (given, state)
+    }
+
+    /// The worker is gone (its pod or process ended): its claims go back to the queue (or are
+    /// lost after their retries) and its in-flight progress no longer counts.
+    pub fn worker_gone(&mut self, worker: &str) -> Vec<ShardId> {
+        self.workers.remove(worker);
+        self.queue.worker_gone(worker)
+    }
+
+    /// Claims whose lease ran out go back to the queue.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<ShardId> {
+        self.queue.expire(now_ms)
+    }
+
+    /// Every shard ended (completed or lost), or a worker reported unusable input and nothing is
+    /// claimed any more.
+    pub fn finished(&self) -> bool {
+        self.queue.finished()
+    }
+
+    /// Why the pass stopped, if a worker reported unusable input.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// Sum of the completed shards' results.
+    pub fn sum(&self) -> &R {
+        &self.sum
+    }
+
+    /// Each worker's last progress on the shards it holds, and when it was reported.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&str, &P, u64)> {
+        self.workers
+            .iter()
+            .map(|(w, s)| (w.as_str(), &s.progress, s.at_ms))
+    }
+
+    /// Shards `worker` holds.
+    pub fn claims_of(&self, worker: &str) -> Vec<ShardId> {
+        self.queue.claims_of(worker)
+    }
+
+    /// Ids of shards lost after their retries.
+    pub fn lost(&self) -> Vec<ShardId> {
+        self.queue.lost()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let completed = self.queue.completed() as u64;
+        let lost = self.queue.lost().len() as u64;
+        Counts {
+            total: u64::from(self.total),
+            pending: self.queue.pending() as u64,
+            running: self.queue.claimed() as u64,
+            completed,
+            lost,
+        }
+    }
+
+    /// What to persist to survive a restart.
+    pub fn checkpoint(&self) -> Checkpoint<R> {
+        Checkpoint {
+            completed: indexes::format(&self.queue.completed_ids()),
+            lost: indexes::format(&self.queue.lost().into_iter().collect()),
+            sum: self.sum.clone(),
+            stopped: self.stopped.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files done, as a shard's result.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Files(u64);
+    impl Tally for Files {
+        fn add(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+    }
+    type P = Pass<Files, u64>;
+
+    fn ask(room: u32) -> Report<Files, u64> {
+        Report {
+            holding: vec![],
+            done: vec![],
+            room,
+            progress: 0,
+            unusable: None,
+        }
+    }
+    fn done(holding: Vec<ShardId>, done: Vec<(ShardId, u64)>, room: u32) -> Report<Files, u64> {
+        Report {
+            holding,
+            done: done.into_iter().map(|(s, f)| (s, Files(f))).collect(),
+            ..ask(room)
+        }
+    }
+
+    #[test]
+    fn workers_take_what_they_have_room_for_and_the_pass_finishes_once_all_completed() {
+        let mut p = P::new(5, 1, 1000);
+        assert_eq!(p.report("a", ask(2), 0), (vec![0, 1], State::Work));
+        assert_eq!(p.report("b", ask(2), 0), (vec![2, 3], State::Work));
+        assert_eq!(
+            p.report("a", done(vec![1], vec![(0, 10)], 1), 1),
+            (vec![4], State::Work)
+        );
+        // Nothing left to hand out, and b holds nothing: it waits (a's shards may come back).
+        assert_eq!(
+            p.report("b", done(vec![], vec![(2, 1), (3, 1)], 2), 2),
+            (vec![], State::Wait)
+        );
+        assert_eq!(
+            p.report("a", done(vec![], vec![(1, 5), (4, 5)], 2), 3),
+            (vec![], State::Finished)
+        );
+        assert_eq!(p.sum(), &Files(22));
+        assert_eq!(p.report("b", ask(2), 4).1, State::Finished);
+        assert_eq!(
+            p.counts(),
+            Counts {
+                total: 5,
+                completed: 5,
+                ..Counts::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_completion_counts_once_even_when_two_workers_finish_a_shard() {
+        let mut p = P::new(1, 3, 100);
+        assert_eq!(p.report("slow", ask(1), 0).0, vec![0]);
+        // slow's lease runs out; fast gets the shard and finishes it.
+        assert_eq!(p.report("fast", ask(1), 150).0, vec![0]);
+        p.report("fast", done(vec![], vec![(0, 7)], 1), 160);
+        // slow finishes too, late: a duplicate, not added.
+        let (_, state) = p.report("slow", done(vec![], vec![(0, 7)], 1), 170);
+        assert_eq!(state, State::Finished);
+        assert_eq!(p.sum(), &Files(7));
+    }
+
+    #[test]
+    fn a_gone_workers_shards_go_to_others_until_their_retries_are_used_up() {
+        let mut p = P::new(2, 1, 1000);
+        assert_eq!(p.report("w1", ask(2), 0).0, vec![0, 1]);
+        p.worker_gone("w1");
+        assert_eq!(p.report("w2", ask(1), 1).0, vec![0]);
+        assert_eq!(p.report("w3", ask(1), 1).0, vec![1]);
+        p.worker_gone("w3"); // shard 1's second loss: retries (1) used up
+        assert_eq!(p.lost(), vec![1]);
+        let (_, state) = p.report("w2", done(vec![], vec![(0, 1)], 1), 2);
+        assert_eq!(state, State::Finished);
+        assert_eq!(p.counts().lost, 1);
+        assert_eq!(p.counts().completed, 1);
+    }
+
+    #[test]
+    fn a_restarted_coordinator_keeps_completions_and_gives_held_shards_back_to_their_workers() {
+        let mut p = P::new(6, 2, 1000);
+        assert_eq!(p.report("a", ask(3), 0).0, vec![0, 1, 2]);
+        assert_eq!(p.report("b", ask(2), 0).0, vec![3, 4]);
+        p.report("a", done(vec![1, 2], vec![(0, 4)], 0), 1);
+        let cp = p.checkpoint();
+        assert_eq!(cp.completed, "0");
+
+        // A new coordinator from the checkpoint; a's and b's claims are unknown to it.
+        let mut q = P::restore(6, &cp, 2, 1000).unwrap();
+        assert_eq!(q.sum(), &Files(4));
+        // b reports first and holds 3 and 4: they stay b's, not handed to a.
+        assert_eq!(q.report("b", done(vec![3, 4], vec![], 0), 5).0, vec![]);
+        // a holds 1 and 2, and asks for one more: it gets 5, not 3 or 4.
+        assert_eq!(q.report("a", done(vec![1, 2], vec![], 1), 5).0, vec![5]);
+        assert_eq!(q.counts().pending, 0);
+        assert_eq!(q.counts().running, 5);
+        // A completion the old coordinator counted is a duplicate for the new one too.
+        q.report(
+            "a",
+            done(vec![], vec![(0, 4), (1, 1), (2, 1), (5, 1)], 0),
+            6,
+        );
+        q.report("b", done(vec![], vec![(3, 1), (4, 1)], 0), 6);
+        assert!(q.finished());
+        assert_eq!(q.sum(), &Files(4 + 5));
+    }
+
+    #[test]
+    fn unusable_input_stops_the_pass_for_every_worker() {
+        let mut p = P::new(4, 1, 1000);
+        p.report("a", ask(1), 0);
+        let (given, state) = p.report(
+            "b",
+            Report {
+                unusable: Some("--dest /ingest/dest-1: read-only file system".into()),
+                ..ask(1)
+            },
+            0,
+        );
+        assert_eq!((given, state), (vec![], State::Stopped));
+        assert_eq!(p.report("a", ask(1), 1), (vec![], State::Stopped));
+        assert_eq!(
+            p.stopped(),
+            Some("--dest /ingest/dest-1: read-only file system")
+        );
+        let cp = p.checkpoint();
+        assert!(P::restore(4, &cp, 1, 1000).unwrap().stopped().is_some());
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_bad_id_list_is_refused() {
+        let cp = Checkpoint {
+            completed: "0-x".into(),
+            ..Checkpoint::<Files>::default()
+        };
+        assert!(P::restore(3, &cp, 1, 10).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The operator's side of the claims protocol (`ingest_api::claims`): one [`ingest_job::Pass`] per
+//! (IngestJob, run, role), kept in memory and checkpointed into the IngestJob status with every
+//! status write. Worker pods talk to it over HTTP ([`crate::http`]); the reconcile creates passes,
+//! tells them about pods that ended, and reads them ([`PassView`]) to decide the stage and status.
+//!
+//! Why HTTP to the operator and not Kubernetes objects (Leases, ConfigMaps or pod annotations per
+//! claim): see the README, "Claims". In short: a claim costs no API server write, the queue has
+//! one owner (no optimistic-concurrency storms at 500 workers), and workers need no RBAC at all.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ingest_api::IngestJob;
+use ingest_api::claims::{ClaimRequest, ClaimResponse, LEASE_SECONDS, PassCheckpoint};
+use ingest_api::report::{PodProgress, PodResult};
+use ingest_job::{Checkpoint, Pass, Report};
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+/// A pass's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub run: i64,
+    pub role: String,
+}
+
+impl Key {
+    pub fn of(ij: &IngestJob, role: &str) -> Key {
+        Key {
+            namespace: ij.namespace().unwrap_or_default(),
+            name: ij.name_any(),
+            uid: ij.uid().unwrap_or_default(),
+            run: ij.spec.run,
+            role: role.to_owned(),
+        }
+    }
+
+    fn of_request(r: &ClaimRequest) -> Key {
+        Key {
+            namespace: r.namespace.clone(),
+            name: r.job.clone(),
+            uid: r.uid.clone(),
+            run: r.run,
+            role: r.role.clone(),
+        }
+    }
+}
+
+/// What the pure steps read from a pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PassView {
+    pub counts: ingest_job::pass::Counts,
+    /// Every shard ended.
+    pub finished: bool,
+    /// A worker reported unusable input.
+    pub stopped: Option<String>,
+    /// Sum of the completed shards' results.
+    pub sum: PodResult,
+    /// Progress of shards still being worked on (live workers' last reports).
+    pub in_flight: PodProgress,
+    /// Workers that reported in the last lease period.
+    pub live_workers: u64,
+    /// For the status.
+    pub checkpoint: PassCheckpoint,
+}
+
+/// Both passes of a run, as far as they exist.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Views {
+    pub copy: Option<PassView>,
+    pub verify: Option<PassView>,
+}
+
+impl Views {
+    pub fn of(&self, role: &str) -> Option<&PassView> {
+        match role {
+            ingest_api::constants::labels::ROLE_COPY => self.copy.as_ref(),
+            ingest_api::constants::labels::ROLE_VERIFY => self.verify.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message was refused, as the HTTP status the worker acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 404: no such pass (the run moved on, or the IngestJob is gone): the worker exits 0.
+    NoPass,
+    /// 503: this operator has not set up the pass yet (it just started): ask again.
+    NotReady,
+}
+
+type P = Pass<PodResult, PodProgress>;
+
+/// All passes this operator coordinates.
+pub struct Registry {
+    /// A request for an IngestJob with no pass here is "not yet" (503: this operator just started
+    /// and has not reconciled it); for one with passes of another run or role, "no such pass" (404).
+    passes: Mutex<HashMap<Key, P>>,
+    /// The clock of leases.
+    started: Instant,
+    /// Told when a pass finishes or stops, so the reconcile moves on at once.
+    trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<IngestJob>>>,
+}
+
+impl Registry {
+    pub fn new(
+        trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<IngestJob>>>,
+    ) -> Registry {
+        Registry {
+            passes: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            trigger,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, P>> {
+        self.passes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure the pass of `role` exists for `ij`'s current run: from the status checkpoint
+    /// when this operator did not have it (a restart), else fresh over `shards` shards. Passes of
+    /// other runs of the same IngestJob are dropped.
+    pub fn ensure(
+        &self,
+        ij: &IngestJob,
+        role: &str,
+        shards: u64,
+        checkpoint: Option<&PassCheckpoint>,
+    ) -> Result<(), String> {
+        let key = Key::of(ij, role);
+        let mut passes = self.lock();
+        passes.retain(|k, _| {
+            !(k.namespace == key.namespace && k.name == key.name)
+                || (k.uid == key.uid && k.run == key.run)
+        });
+        if passes.contains_key(&key) {
+            return Ok(());
+        }
+        let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
+        let retries = ij.spec.failure_policy.retries_per_shard;
+        let lease = LEASE_SECONDS * 1000;
+        let pass = match checkpoint {
+            Some(cp) => P::restore(total, &Checkpoint::from(cp), retries, lease)
+                .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
+            None => P::new(total, retries, lease),
+        };
+        passes.insert(key, pass);
+        Ok(())
+    }
+
+    /// Forgets every pass of the IngestJob (it was deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.lock()
+            .retain(|k, _| !(k.namespace == namespace && k.name == name));
+    }
+
+    /// Pods of the pass that ended (their process is gone): their claims go back to the queue.
+    pub fn workers_ended<'a>(
+        &self,
+        ij: &IngestJob,
+        role: &str,
+        pods: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut passes = self.lock();
+        if let Some(p) = passes.get_mut(&Key::of(ij, role)) {
+            for pod in pods {
+                if !p.claims_of(pod).is_empty() {
+                    tracing::info!(pod, role, "worker ended holding claims: back to the queue");
+                }
+                p.worker_gone(pod);
+            }
+            p.expire(self.now_ms());
+        }
+    }
+
+    /// The pass as the pure steps see it.
+    pub fn view(&self, ij: &IngestJob, role: &str) -> Option<PassView> {
+        let now = self.now_ms();
+        let mut passes = self.lock();
+        let p = passes.get_mut(&Key::of(ij, role))?;
+        p.expire(now);
+        let mut in_flight = PodProgress::default();
+        let mut live = 0;
+        for (_, pr, at) in p.in_flight() {
+            if now.saturating_sub(at) <= LEASE_SECONDS * 1000 {
+                live += 1;
+                in_flight.files += pr.files;
+                in_flight.bytes += pr.bytes;
+                in_flight.failed += pr.failed;
+                in_flight.checked += pr.checked;
+            }
+        }
+        Some(PassView {
+            counts: p.counts(),
+            finished: p.finished(),
+            stopped: p.stopped().map(str::to_owned),
+            sum: p.sum().clone(),
+            in_flight,
+            live_workers: live,
+            checkpoint: PassCheckpoint::from(&p.checkpoint()),
+        })
+    }
+
+    /// Both passes of `ij`'s current run.
+    pub fn views(&self, ij: &IngestJob) -> Views {
+        Views {
+            copy: self.view(ij, ingest_api::constants::labels::ROLE_COPY),
+            verify: self.view(ij, ingest_api::constants::labels::ROLE_VERIFY),
+        }
+    }
+
+    /// One worker message (already authenticated as `req.worker` of this IngestJob).
+    pub fn handle(&self, req: ClaimRequest) -> Result<ClaimResponse, Refusal> {
+        let key = Key::of_request(&req);
+        let now = self.now_ms();
+        let (resp, ended) = {
+            let mut passes = self.lock();
+            let Some(pass) = passes.get_mut(&key) else {
+                let known = passes
+                    .keys()
+                    .any(|k| k.namespace == key.namespace && k.name == key.name);
+                return Err(if known {
+                    Refusal::NoPass
+                } else {
+                    Refusal::NotReady
+                });
+            };
+            let was_over = pass.finished() || pass.stopped().is_some();
+            let report = Report {
+                holding: req.holding,
+                done: req.done.into_iter().map(|d| (d.shard, d.result)).collect(),
+                room: req.room,
+                progress: req.progress,
+                unusable: req.unusable,
+            };
+            let (shards, state) = pass.report(&req.worker, report, now);
+            let over = pass.finished() || pass.stopped().is_some();
+            (
+                ClaimResponse {
+                    shards,
+                    state: state.into(),
+                },
+                over && !was_over,
+            )
+        };
+        if ended && let Some(t) = &self.trigger {
+            let _ = t.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingest_api::claims::{PassState, ShardDone};
+
+    fn ij(run: i64) -> IngestJob {
+        let mut ij: IngestJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ingest.vfxt.dev/v1alpha1", "kind": "IngestJob",
+            "metadata": {"name": "j", "namespace": "n", "uid": "u1"},
+            "spec": {
+                "source": {"pvc": {"claimName": "x"}},
+                "destination": {"nfs": {"servers": ["10.0.0.1"], "path": "/nfs"}},
+            }
+        }))
+        .unwrap();
+        ij.spec.run = run;
+        ij
+    }
+
+    fn req(worker: &str, run: i64, room: u32, done: &[(u32, u64)]) -> ClaimRequest {
+        ClaimRequest {
+            namespace: "n".into(),
+            job: "j".into(),
+            uid: "u1".into(),
+            run,
+            role: "copy".into(),
+            worker: worker.into(),
+            room,
+            done: done
+                .iter()
+                .map(|(s, f)| ShardDone {
+                    shard: *s,
+                    result: PodResult {
+                        files: *f,
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pass_is_served_once_the_reconcile_made_it_and_finishes_with_a_trigger() {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let reg = Registry::new(Some(tx));
+        assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NotReady));
+        reg.ensure(&ij(1), "copy", 2, None).unwrap();
+        let r = reg.handle(req("w0", 1, 2, &[])).unwrap();
+        assert_eq!((r.shards, r.state), (vec![0, 1], PassState::Work));
+        assert!(rx.try_recv().is_err(), "no trigger while work goes on");
+        let r = reg.handle(req("w0", 1, 1, &[(0, 3), (1, 4)])).unwrap();
+        assert_eq!(r.state, PassState::Finished);
+        assert!(rx.try_recv().is_ok(), "the reconcile is woken");
+        let v = reg.view(&ij(1), "copy").unwrap();
+        assert!(v.finished);
+        assert_eq!((v.sum.files, v.checkpoint.completed.as_str()), (7, "0-1"));
+        // A worker of an older run gets "no such pass" once the new run's pass exists.
+        reg.ensure(&ij(2), "copy", 1, None).unwrap();
+        assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NoPass));
+        assert!(reg.view(&ij(1), "copy").is_none(), "old run dropped");
+    }
+
+    #[test]
+    fn a_restarted_operator_resumes_from_the_checkpoint() {
+        let reg = Registry::new(None);
+        reg.ensure(&ij(1), "copy", 3, None).unwrap();
+        reg.handle(req("w0", 1, 2, &[])).unwrap();
+        reg.handle(req("w0", 1, 0, &[(0, 5)])).unwrap();
+        let cp = reg.view(&ij(1), "copy").unwrap().checkpoint;
+
+        let again = Registry::new(None);
+        again.ensure(&ij(1), "copy", 3, Some(&cp)).unwrap();
+        let mut holding = req("w0", 1, 1, &[]);
+        holding.holding = vec![1];
+        // w0 keeps shard 1 and gets 2; shard 0 is not handed out again.
+        assert_eq!(again.handle(holding).unwrap().shards, vec![2]);
+        let v = again.view(&ij(1), "copy").unwrap();
+        assert_eq!((v.sum.files, v.counts.running, v.counts.pending), (5, 2, 0));
+    }
+
+    #[test]
+    fn an_ended_pods_claims_go_back_to_the_queue() {
+        let reg = Registry::new(None);
+        reg.ensure(&ij(1), "copy", 1, None).unwrap();
+        assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
+        reg.workers_ended(&ij(1), "copy", ["w0"]);
+        assert_eq!(reg.handle(req("w1", 1, 1, &[])).unwrap().shards, vec![0]);
+    }
+}
