@@ -153,7 +153,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
                 self.queue.adopt(*s, worker, now_ms);
             }
         }
-        self.queue.renew(worker, now_ms);
+        self.queue.renew_shards(worker, &report.holding, now_ms);
         self.workers.insert(
             worker.to_owned(),
             Seen {
@@ -387,6 +387,32 @@ mod tests {
         );
         let cp = p.checkpoint();
         assert!(P::restore(4, &cp, 1, 1000).unwrap().stopped().is_some());
+    }
+
+    #[test]
+    fn a_shard_whose_hand_out_was_lost_comes_back_when_its_lease_runs_out() {
+        let mut p = P::new(2, 2, 100);
+        // The answer giving shard 0 never reached the worker: it keeps asking, holding nothing.
+        assert_eq!(p.report("w", ask(1), 0).0, vec![0]);
+        for t in [40, 80] {
+            p.report("w", done(vec![], vec![], 0), t);
+        }
+        // Its messages did not renew a claim it does not know about: shard 0 is handed out again.
+        assert_eq!(
+            p.report("w", ask(2), 120).0,
+            vec![0, 1],
+            "a shard that came back goes first"
+        );
+        // A shard the worker lists is renewed.
+        assert_eq!(
+            p.report("w", done(vec![0, 1], vec![], 0), 200).1,
+            State::Work
+        );
+        assert_eq!(
+            p.report("w", done(vec![0, 1], vec![], 0), 290).1,
+            State::Work
+        );
+        assert_eq!(p.counts().running, 2);
     }
 
     #[test]

@@ -126,6 +126,18 @@ impl ShardQueue {
         }
     }
 
+    /// Renews `worker`'s claims on `shards` only. A claim the worker does not list is not
+    /// renewed, so a shard whose hand-out never reached the worker (the answer was lost) comes
+    /// back when its lease runs out, instead of being renewed forever by a worker that does not
+    /// know it holds it.
+    pub fn renew_shards(&mut self, worker: &str, shards: &[ShardId], now_ms: u64) {
+        for (s, c) in self.claims.iter_mut() {
+            if c.worker == worker && shards.contains(s) {
+                c.expires_ms = now_ms + self.lease_ms;
+            }
+        }
+    }
+
     /// `shard` finished. Counted once, whoever finishes it: a worker whose lease
     /// expired may still finish the shard it was on, and the copy it made is as good.
     pub fn complete(&mut self, shard: ShardId) -> Completion {

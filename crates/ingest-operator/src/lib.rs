@@ -18,7 +18,7 @@ pub mod plan_store;
 pub mod pod;
 pub mod reconcile;
 pub mod stage;
-pub mod token;
 pub mod status;
+pub mod token;
 
 pub use error::{Category, Error, Result};

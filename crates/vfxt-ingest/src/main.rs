@@ -1,7 +1,8 @@
 //! `vfxt-ingest`: one binary, several roles (see `--help`).
 //!
 //! Exit codes, for every subcommand: 0 success; 1 finished, but some entries failed (the report
-//! lists each); 2 unusable input (the message names the argument or field).
+//! lists each); 2 unusable input (the message names the argument or field). `worker --claims-url`
+//! also exits 3 when the operator stayed unreachable (a crash: its pod is started again).
 
 mod cmd;
 mod progress_view;
@@ -42,21 +43,33 @@ enum Command {
     Operator(cmd::operator::Args),
 }
 
-/// The three outcomes a run can have; each maps to one exit code.
+/// The outcomes a run can have; each maps to one exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
     PartialFailure,
     UnusableInput,
+    /// Neither a result nor a verdict on the input (`worker --claims-url` that never reached the
+    /// operator): what `ingest_job::WorkerExit` calls a crash, so its shards are run again.
+    Crashed,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::PartialFailure => ingest_job::exit::FILES_FAILED as u8,
+            Outcome::UnusableInput => ingest_job::exit::UNUSABLE_INPUT as u8,
+            // WorkerExit has no constant for a crash (any other code is one); 3 is the first
+            // code no other outcome uses.
+            Outcome::Crashed => 3,
+        }
+    }
 }
 
 impl From<Outcome> for ExitCode {
     fn from(o: Outcome) -> ExitCode {
-        ExitCode::from(match o {
-            Outcome::Success => 0,
-            Outcome::PartialFailure => 1,
-            Outcome::UnusableInput => 2,
-        })
+        ExitCode::from(o.code())
     }
 }
 

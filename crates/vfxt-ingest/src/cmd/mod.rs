@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod claims_client;
 pub mod copy;
 pub mod crd;
 pub mod demo;

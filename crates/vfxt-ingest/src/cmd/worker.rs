@@ -6,6 +6,10 @@
 //! one is skipped: a re-run after a crash redoes only unfinished shards. The result's `summary`
 //! counts skipped shards too (from their markers: the job's totals), `ran` only what this
 //! invocation did.
+//!
+//! Which shards: given (`--shards`, `--worker W --of N`, `--server-index S --index K`), read from
+//! stdin as they are handed out (`--claims`, how `run` deals them), or claimed from the operator's
+//! endpoint (`--claims-url`, see [`crate::cmd::claims_client`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,13 +26,14 @@ use ingest_copy::{
     AutoConfig, CopyJob, FirstN, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
     Tee, VerifyMode,
 };
-use ingest_job::ScanFailed;
+use ingest_job::{ScanFailed, Tally};
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
 use ingest_plan::planner::deal;
 use ingest_plan::{Phase, engine_options, engine_scopes, linked_elsewhere};
 
 use crate::Outcome;
+use crate::cmd::claims_client::{End, Session};
 use crate::cmd::copy::{Threads, Verify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +82,37 @@ pub struct Args {
     /// shards on demand, so a worker on a slow mount takes fewer. One phase only.
     #[arg(long, conflicts_with_all = ["worker", "shards", "server_index"])]
     pub claims: bool,
+    /// Take shards from the operator's claims endpoint at URL (e.g. `http://10.0.0.9:8080`; the
+    /// messages go to URL/claims/v1), one at a time, for one --phase (copy or verify), until it
+    /// says the pass is finished (exit 0) or stopped (exit 0). Identity from POD_NAMESPACE,
+    /// INGEST_JOB_NAME, INGEST_JOB_UID, INGEST_RUN and POD_NAME. A refused token exits 2; an
+    /// operator unreachable for 10 minutes exits 3.
+    #[arg(
+        long,
+        value_name = "URL",
+        // Not `index`: it also comes from JOB_COMPLETION_INDEX, which an Indexed Job sets on
+        // every pod (clap counts that as given); `claims_session` refuses the flag itself.
+        conflicts_with_all = ["claims", "shards", "worker", "of", "server_index"]
+    )]
+    pub claims_url: Option<String>,
+    /// With --claims-url: the service-account token sent as `Authorization: Bearer` (read again
+    /// before every request: the kubelet rotates it).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "claims_url",
+        default_value_os_t = crate::cmd::claims_client::default_token_file()
+    )]
+    pub token_file: PathBuf,
+    /// With --claims-url: seconds between heartbeats while a shard runs (tests shorten it).
+    #[arg(
+        long,
+        hide = true,
+        requires = "claims_url",
+        default_value_t = ingest_api::claims::HEARTBEAT_SECONDS as f64,
+        value_name = "SECONDS"
+    )]
+    pub heartbeat_seconds: f64,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations; or `auto`: a limit per destination,
@@ -192,6 +228,10 @@ pub fn load_plan(path: &Path) -> Result<Plan, String> {
 }
 
 fn select<'p>(plan: &'p Plan, args: &Args) -> Result<Vec<&'p Shard>, String> {
+    if args.claims_url.is_some() {
+        // Checked before: `claims_session`.
+        return Ok(Vec::new());
+    }
     if args.claims {
         if args.phase == PhaseArg::Both {
             return Err("--claims: give one --phase (copy or verify)".into());
@@ -268,24 +308,90 @@ fn pod_progress_reporter() -> Option<ProgressReporter> {
     }
 }
 
+/// Why a worker stopped before its shards ran out.
+enum Halt {
+    /// Unusable input (exit 2).
+    Unusable(String),
+    /// `--claims-url`: the operator or the connection ended the pass for this worker.
+    Claims(End),
+}
+
+impl From<String> for Halt {
+    fn from(e: String) -> Self {
+        Halt::Unusable(e)
+    }
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halt::Unusable(e) => f.write_str(e),
+            Halt::Claims(e) => e.fmt(f),
+        }
+    }
+}
+
+/// `--claims-url`: checks the arguments and the pod's identity, and connects nothing yet.
+fn claims_session(args: &Args) -> Result<Option<Session>, String> {
+    let Some(url) = &args.claims_url else {
+        return Ok(None);
+    };
+    if args.index.is_some() && std::env::var_os(pod::env::COMPLETION_INDEX).is_none() {
+        return Err(
+            "--index cannot be used with --claims-url (the operator hands out the shards)".into(),
+        );
+    }
+    let phase = match args.phase {
+        PhaseArg::Copy => Phase::Copy,
+        PhaseArg::Verify => Phase::Verify,
+        PhaseArg::Both => {
+            return Err("--claims-url: give one --phase (copy or verify), not both".into());
+        }
+    };
+    if !(args.heartbeat_seconds > 0.0
+        && args.heartbeat_seconds < ingest_api::claims::LEASE_SECONDS as f64)
+    {
+        return Err(format!(
+            "--heartbeat-seconds: {} must be above 0 and below the lease ({} s)",
+            args.heartbeat_seconds,
+            ingest_api::claims::LEASE_SECONDS
+        ));
+    }
+    Session::new(
+        url,
+        &args.token_file,
+        phase,
+        Duration::from_secs_f64(args.heartbeat_seconds),
+    )
+    .map(Some)
+}
+
 pub fn run(args: Args) -> Outcome {
-    let plan = match load_plan(&args.plan) {
-        Ok(p) => p,
+    let claims = match claims_session(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Outcome::UnusableInput;
         }
+    };
+    // Unusable input: said on stderr, and to the operator by a claims worker (it stops the run).
+    let refuse = |e: String| {
+        eprintln!("error: {e}");
+        if let Some(c) = &claims {
+            c.unusable(&e);
+        }
+        Outcome::UnusableInput
+    };
+    let plan = match load_plan(&args.plan) {
+        Ok(p) => p,
+        Err(e) => return refuse(e),
     };
     let shards = match select(&plan, &args) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Outcome::UnusableInput;
-        }
+        Err(e) => return refuse(e),
     };
     if args.threads == Threads::Fixed(0) {
-        eprintln!("error: --threads: must be at least 1 (got 0)");
-        return Outcome::UnusableInput;
+        return refuse("--threads: must be at least 1 (got 0)".into());
     }
     let verify: VerifyMode = args.verify.into();
     let phases: Vec<Phase> = match args.phase {
@@ -307,10 +413,7 @@ pub fn run(args: Args) -> Outcome {
     if let Some(list) = &args.preserve {
         match parse_preserve(list, base_opts.preserve) {
             Ok(p) => base_opts.preserve = p,
-            Err(e) => {
-                eprintln!("error: --preserve: {e}");
-                return Outcome::UnusableInput;
-            }
+            Err(e) => return refuse(format!("--preserve: {e}")),
         }
     } else {
         base_opts.preserve.xattrs = false;
@@ -325,8 +428,7 @@ pub fn run(args: Args) -> Outcome {
         scopes: Vec::new(),
     };
     if let Err(e) = ingest_copy::check(&whole, &base_opts) {
-        eprintln!("error: {e}");
-        return Outcome::UnusableInput;
+        return refuse(e.to_string());
     }
     for (flag, path) in [
         ("--markers", &args.markers),
@@ -336,18 +438,16 @@ pub fn run(args: Args) -> Outcome {
         if let Some(p) = path
             && let Err(e) = crate::cmd::copy::outside_source(p, &args.source)
         {
-            eprintln!("error: {flag} {}: {e}", p.display());
-            return Outcome::UnusableInput;
+            return refuse(format!("{flag} {}: {e}", p.display()));
         }
     }
     if let Some(dir) = &args.markers
         && let Err(e) = std::fs::create_dir_all(dir)
     {
-        eprintln!(
-            "error: --markers {}: cannot be created ({e})",
+        return refuse(format!(
+            "--markers {}: cannot be created ({e})",
             dir.display()
-        );
-        return Outcome::UnusableInput;
+        ));
     }
 
     let report = match args
@@ -358,11 +458,10 @@ pub fn run(args: Args) -> Outcome {
     {
         Ok(f) => f,
         Err(e) => {
-            eprintln!(
-                "error: --report {}: cannot be created ({e})",
+            return refuse(format!(
+                "--report {}: cannot be created ({e})",
                 args.report.as_ref().unwrap().display()
-            );
-            return Outcome::UnusableInput;
+            ));
         }
     };
     let first = FirstN::new(ingest_api::job::MAX_LISTED_FAILURES);
@@ -386,14 +485,19 @@ pub fn run(args: Args) -> Outcome {
     let progress = Progress::default();
     let base = Base::default();
     let stop = AtomicBool::new(false);
-    let total_shards = if args.claims {
+    let total_shards = if args.claims || claims.is_some() {
         plan.shards.len() as u64
     } else {
         (shards.len() * phases.len()) as u64
     };
     let worker = args.worker;
     let every = Duration::from_secs_f64(args.progress_every.clamp(0.05, 2.0));
-    let pod_reporter = pod_progress_reporter();
+    // A claims worker's progress goes with its messages to the operator.
+    let pod_reporter = if claims.is_some() {
+        None
+    } else {
+        pod_progress_reporter()
+    };
     let progress_line = || {
         let s = progress.snapshot();
         if let Some(r) = &pod_reporter {
@@ -426,9 +530,11 @@ pub fn run(args: Args) -> Outcome {
     // What this invocation did: `total` also counts the shards done by an earlier one (their
     // markers' summaries), so that a resumed job still reports complete totals.
     let mut ran = Summary::default();
+    // A claims worker's result: the sum of the results it sent for each shard.
+    let mut claimed = PodResult::default();
     let (mut done, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let started = Instant::now();
-    let setup_error = std::thread::scope(|s| {
+    let halt = std::thread::scope(|s| {
         s.spawn(|| {
             let mut last = Instant::now();
             while !stop.load(Relaxed) {
@@ -439,17 +545,30 @@ pub fn run(args: Args) -> Outcome {
                 }
             }
         });
+        if let Some(c) = &claims {
+            s.spawn(|| c.heartbeats(&progress, &stop));
+        }
         let r = (|| {
+            // The failure sink's count when the shard now ending started (claims workers).
+            let mut recorded_before = 0;
+            let mut probed = false;
             for &phase in &phases {
                 *phase_now.lock().unwrap() = phase;
-                let todo: Box<dyn Iterator<Item = Result<&Shard, String>>> = if args.claims {
-                    Box::new(claims(&plan))
+                let todo: Box<dyn Iterator<Item = Result<&Shard, Halt>>> = if let Some(c) = &claims
+                {
+                    Box::new(claimed_shards(c, &plan))
+                } else if args.claims {
+                    Box::new(self::claims(&plan).map(|r| r.map_err(Halt::from)))
                 } else {
                     Box::new(shards.iter().copied().map(Ok))
                 };
                 for shard in todo {
                     let shard = shard?;
                     let t0 = Instant::now();
+                    let again_before = again.counts();
+                    if let Some(c) = &claims {
+                        c.start(shard.id, progress.snapshot());
+                    }
                     let marker = args
                         .markers
                         .as_deref()
@@ -478,13 +597,16 @@ pub fn run(args: Args) -> Outcome {
                         let summary = if job.scopes.is_empty() {
                             Summary::default()
                         } else {
-                            ingest_copy::run(
-                                &job,
-                                &engine_options(base_opts.clone(), phase),
-                                &progress,
-                                &sink,
-                            )
-                            .map_err(|e| e.to_string())?
+                            let mut opts = engine_options(base_opts.clone(), phase);
+                            // One probe per worker process: it proves the mounts writable and
+                            // showing one export, and every later shard goes through the same
+                            // mounts. A probe per shard cost a create, a read per mount and a
+                            // remove for each shard of small files.
+                            opts.probe_destinations &= !probed;
+                            let summary = ingest_copy::run(&job, &opts, &progress, &sink)
+                                .map_err(|e| e.to_string())?;
+                            probed |= opts.probe_destinations;
+                            summary
                         };
                         add_summary(&mut ran, &summary);
                         if summary.is_success() {
@@ -515,6 +637,16 @@ pub fn run(args: Args) -> Outcome {
                     };
                     add_summary(&mut total, &summary);
                     base.done.fetch_add(1, Relaxed);
+                    if let Some(c) = &claims {
+                        // This shard's own result: its summary, the failures listed since it
+                        // started, and only its entries met again after the scan.
+                        let (entries, recorded) = first.take();
+                        let mut result = pod_result(&summary, &entries, recorded - recorded_before);
+                        recorded_before = recorded;
+                        again.discount_since(&mut result, again_before);
+                        claimed.add(&result);
+                        c.finish(shard.id, result);
+                    }
                     emit(&serde_json::json!({
                         "event": "shard",
                         "worker": worker,
@@ -528,7 +660,7 @@ pub fn run(args: Args) -> Outcome {
                     }));
                 }
             }
-            Ok::<(), String>(())
+            Ok::<(), Halt>(())
         })();
         stop.store(true, Relaxed);
         r.err()
@@ -541,9 +673,14 @@ pub fn run(args: Args) -> Outcome {
     }
     total.elapsed_seconds = started.elapsed().as_secs_f64();
     ran.elapsed_seconds = total.elapsed_seconds;
-    let (entries, recorded) = first.take();
-    let mut result = pod_result(&total, &entries, recorded);
-    again.discount(&mut result);
+    let result = if claims.is_some() {
+        claimed
+    } else {
+        let (entries, recorded) = first.take();
+        let mut result = pod_result(&total, &entries, recorded);
+        again.discount(&mut result);
+        result
+    };
     emit(&serde_json::json!({
         "event": "result",
         "worker": worker,
@@ -551,7 +688,7 @@ pub fn run(args: Args) -> Outcome {
         "summary": total,
         "ran": ran,
         "result": result,
-        "error": setup_error,
+        "error": halt.as_ref().map(Halt::to_string),
     }));
     if let Some(r) = pod_reporter {
         r.finish();
@@ -561,15 +698,41 @@ pub fn run(args: Args) -> Outcome {
     {
         eprintln!("warning: --result-file {}: not written ({e})", f.display());
     }
-    if let Some(e) = setup_error {
-        eprintln!("error: {e}");
-        return Outcome::UnusableInput;
+    match halt {
+        Some(Halt::Unusable(e)) => return refuse(e),
+        Some(Halt::Claims(end)) => {
+            eprintln!("{}", end.message());
+            return end.outcome();
+        }
+        None => {}
     }
-    if failed.is_empty() && total.is_success() {
+    if claims.is_some() {
+        // The pass is finished: every shard's result, failures included, went to the operator.
+        Outcome::Success
+    } else if failed.is_empty() && total.is_success() {
         Outcome::Success
     } else {
         Outcome::PartialFailure
     }
+}
+
+/// The shards of `--claims-url`, as the operator hands them out.
+fn claimed_shards<'p>(
+    session: &'p Session,
+    plan: &'p Plan,
+) -> impl Iterator<Item = Result<&'p Shard, Halt>> + 'p {
+    let unknown = |id: u32| {
+        Halt::Unusable(format!(
+            "--claims-url: the operator handed out shard {id}, which is not in --plan \
+             (valid: 0..{}); is it this run's plan?",
+            plan.shards.len()
+        ))
+    };
+    std::iter::from_fn(move || match session.next_shard() {
+        Ok(None) => None,
+        Ok(Some(id)) => Some(plan.shards.get(id as usize).ok_or_else(|| unknown(id))),
+        Err(end) => Some(Err(Halt::Claims(end))),
+    })
 }
 
 /// The shards of `--claims`: ids read from standard input, one per line, until its end.
@@ -635,9 +798,21 @@ impl ReportSink for AgainAtScan<'_> {
 impl AgainAtScan<'_> {
     /// Takes the entries met again out of the result's counts.
     fn discount(&self, r: &mut PodResult) {
-        r.failed = r.failed.saturating_sub(self.entries.load(Relaxed));
+        self.discount_since(r, (0, 0));
+    }
+
+    /// Entries met again, and of those the verify pass's, so far.
+    fn counts(&self) -> (u64, u64) {
+        (self.entries.load(Relaxed), self.verify_errors.load(Relaxed))
+    }
+
+    /// Takes the entries met again since [`Self::counts`] returned `since` out of the result's
+    /// counts (one shard's result: only that shard's entries).
+    fn discount_since(&self, r: &mut PodResult, since: (u64, u64)) {
+        let (entries, verify_errors) = self.counts();
+        r.failed = r.failed.saturating_sub(entries - since.0);
         if let Some(v) = &mut r.verification {
-            v.errors = v.errors.saturating_sub(self.verify_errors.load(Relaxed));
+            v.errors = v.errors.saturating_sub(verify_errors - since.1);
         }
     }
 }

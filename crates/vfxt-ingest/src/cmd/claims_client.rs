@@ -1,0 +1,843 @@
+//! The worker side of the claims protocol: `vfxt-ingest worker --claims-url URL --phase copy|verify`
+//! (the wire format is `ingest_api::claims`; the state machine behind the endpoint is
+//! `ingest_job::Pass`).
+//!
+//! A claims worker lives for a whole pass (one phase) and asks the operator for its shards, one at
+//! a time:
+//!
+//! - Identity: namespace, IngestJob name and uid, run and worker (pod) name come from the pod's
+//!   environment (`POD_NAMESPACE`, `INGEST_JOB_NAME`, `INGEST_JOB_UID`, `INGEST_RUN`, `POD_NAME`);
+//!   the role is `--phase`. Every message is a `POST` of a [`ClaimRequest`] to URL +
+//!   [`claims::PATH`] with `Authorization: Bearer <token>`, the token read from `--token-file`
+//!   (default [`claims::TOKEN_DIR`]/[`claims::TOKEN_FILE`]) before every request, since the
+//!   kubelet rotates it. One request is in flight at a time; each has a 30 s timeout.
+//! - The loop: ask with `room: 1`; run each shard given exactly as `--claims` runs one (markers,
+//!   report, failure list); the next message carries `done: [{shard, result}]` with that shard's
+//!   own result. A `done` is kept, and sent again with the next message, until a message carrying
+//!   it got a 2xx answer (the operator counts a shard's completion once, so sending it twice is
+//!   safe). Answers: `work` with shards: run them, in order; `wait` (or `work` with nothing
+//!   given): ask again after 1 s; `finished`: exit 0; `stopped`: exit 0, saying on stderr that the
+//!   operator stopped the run.
+//! - Heartbeat: while a shard runs, a thread sends `holding: [shard]`, `room: 0` and the shard's
+//!   own progress every [`claims::HEARTBEAT_SECONDS`] (it renews the claim's lease). A `stopped`
+//!   answer to a heartbeat ends the worker at once (exit 0): the engine writes files in place and
+//!   gives each its mtime last, so a file cut short never looks finished to the next run.
+//! - HTTP errors: 401/403: the token is refused: exit 2 (unusable input), naming the URL and the
+//!   answer. 404/409: the run moved on: exit 0. 408, 429, 5xx, connection errors and timeouts:
+//!   asked again after 0.5 s, doubling to 5 s (heartbeats: at the next beat); after
+//!   [`GIVE_UP`] without an answer, exit 3 (a crash: Kubernetes starts the pod again and the
+//!   shards it held go to other workers). Any other status: exit 2 (the worker and the operator do
+//!   not understand each other; asking again cannot help).
+//! - Unusable input found by the worker (bad paths, an unreadable plan, a destination it cannot
+//!   write): one message with `unusable` set, so the operator stops the run and says why (best
+//!   effort: one attempt), then exit 2.
+//! - Progress goes with the messages, not to the pod's progress annotation.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ingest_api::claims::{self, ClaimRequest, ClaimResponse, PassState, ShardDone};
+use ingest_api::report::{PodProgress, PodResult};
+use ingest_copy::{Progress, Snapshot};
+use ingest_operator::pod::{self, PodEnv};
+use ingest_plan::Phase;
+
+use crate::Outcome;
+
+/// Longest wait for one answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before asking again after a `wait` answer.
+pub const WAIT: Duration = Duration::from_secs(1);
+/// First pause before asking again after a failed request; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Without a single answer for this long, the worker gives up (exit 3).
+pub const GIVE_UP: Duration = Duration::from_secs(600);
+/// The most of an error answer's body repeated in a message.
+const BODY_SHOWN: usize = 512;
+
+/// `--token-file`'s default.
+pub fn default_token_file() -> PathBuf {
+    Path::new(claims::TOKEN_DIR).join(claims::TOKEN_FILE)
+}
+
+/// How a claims worker ends, other than by a `finished` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The operator answered `stopped`.
+    Stopped,
+    /// 404 or 409: the run moved on (a new run, the job deleted).
+    MovedOn(String),
+    /// The worker cannot talk to the operator at all: token refused or unreadable, an answer
+    /// neither side can do anything about.
+    Unusable(String),
+    /// No answer for [`GIVE_UP`].
+    GaveUp(String),
+}
+
+impl End {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            End::Stopped | End::MovedOn(_) => Outcome::Success,
+            End::Unusable(_) => Outcome::UnusableInput,
+            End::GaveUp(_) => Outcome::Crashed,
+        }
+    }
+
+    /// The line for stderr.
+    pub fn message(&self) -> String {
+        match self {
+            End::Stopped => {
+                "note: the operator stopped the run (see the IngestJob's status); exiting".into()
+            }
+            End::MovedOn(m) => format!("note: the run moved on ({m}); exiting"),
+            End::Unusable(m) => format!("error: {m}"),
+            End::GaveUp(m) => format!("error: {m}"),
+        }
+    }
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// Ends the process now (from the heartbeat thread, while the engine runs a shard).
+fn end_now(end: End) -> ! {
+    eprintln!("{}", end.message());
+    std::process::exit(end.outcome().code().into())
+}
+
+/// Why one request got no usable answer.
+#[derive(Debug)]
+enum Failure {
+    /// Worth asking again (5xx, connection, timeout).
+    Retry(String),
+    /// Not worth it.
+    End(End),
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+struct Identity {
+    namespace: String,
+    job: String,
+    uid: String,
+    run: i64,
+    role: &'static str,
+    worker: String,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The shard the engine runs now, and the engine's counters when it started.
+    current: Option<(u32, Snapshot)>,
+    /// Given and not started.
+    queued: VecDeque<u32>,
+    /// Finished, not yet acknowledged by a 2xx answer.
+    done: Vec<ShardDone>,
+    /// When the last request was sent.
+    last_sent: Instant,
+    /// Since when every request failed (`None` after an answer).
+    failing_since: Option<Instant>,
+}
+
+/// A claims worker's connection to the operator. Every request goes through the mutex around
+/// [`State`], held for the whole request: one in flight at a time.
+pub struct Session {
+    url: String,
+    token_file: PathBuf,
+    who: Identity,
+    agent: ureq::Agent,
+    heartbeat: Duration,
+    /// [`GIVE_UP`] (tests shorten it).
+    give_up: Duration,
+    state: Mutex<State>,
+}
+
+impl Session {
+    /// Checks what a claims worker needs before it asks anything: the URL, its identity (from
+    /// the environment) and a readable token. Errors are unusable input, naming the flag, the
+    /// variable or the path.
+    pub fn new(
+        base_url: &str,
+        token_file: &Path,
+        phase: Phase,
+        heartbeat: Duration,
+    ) -> Result<Session, String> {
+        let url = endpoint(base_url)?;
+        // The claims worker reads its plan from --plan: the plan ConfigMaps' prefix, which the
+        // operator also sets, is not needed here.
+        let env = PodEnv::from_lookup(|k| {
+            std::env::var(k)
+                .ok()
+                .or_else(|| (k == pod::env::PLAN_PREFIX).then(|| "-".to_owned()))
+        })?;
+        let who = Identity {
+            namespace: env.owner.namespace,
+            job: env.owner.name,
+            uid: env.owner.uid,
+            run: env.owner.run,
+            role: phase.as_str(),
+            worker: env.pod,
+        };
+        Session::with_identity(url, token_file, who, heartbeat)
+    }
+
+    fn with_identity(
+        url: String,
+        token_file: &Path,
+        who: Identity,
+        heartbeat: Duration,
+    ) -> Result<Session, String> {
+        read_token(token_file)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            // The endpoint is the operator's Service, inside the cluster: never through a proxy
+            // set for the outside world.
+            .proxy(None)
+            // A fresh connection per message (a few seconds apart): a message never goes out on
+            // a pooled connection that an operator since restarted or moved has closed.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .build()
+            .into();
+        Ok(Session {
+            url,
+            token_file: token_file.to_owned(),
+            who,
+            agent,
+            heartbeat,
+            give_up: GIVE_UP,
+            state: Mutex::new(State {
+                current: None,
+                queued: VecDeque::new(),
+                done: Vec::new(),
+                last_sent: Instant::now(),
+                failing_since: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next shard to run, asking the operator when none is left of those given (and first
+    /// telling it about finished ones). `None`: the pass is finished.
+    pub fn next_shard(&self) -> Result<Option<u32>, End> {
+        let mut st = self.lock();
+        loop {
+            if st.done.is_empty()
+                && let Some(s) = st.queued.pop_front()
+            {
+                return Ok(Some(s));
+            }
+            let room = u32::from(st.queued.is_empty());
+            let answer = self.exchange(&mut st, room)?;
+            match answer.state {
+                PassState::Stopped => return Err(End::Stopped),
+                PassState::Finished => return Ok(None),
+                PassState::Work | PassState::Wait => {
+                    if st.queued.is_empty() && room > 0 {
+                        // Nothing for us now; other workers' claims may come back.
+                        drop(st);
+                        std::thread::sleep(WAIT);
+                        st = self.lock();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The engine starts `shard`; `base` is its counters now (heartbeats send the difference).
+    pub fn start(&self, shard: u32, base: Snapshot) {
+        let mut st = self.lock();
+        st.queued.retain(|s| *s != shard);
+        st.current = Some((shard, base));
+    }
+
+    /// `shard` ended with `result`: sent with the next message, and again until acknowledged.
+    pub fn finish(&self, shard: u32, result: PodResult) {
+        let mut st = self.lock();
+        if st.current.is_some_and(|(s, _)| s == shard) {
+            st.current = None;
+        }
+        st.done.push(ShardDone { shard, result });
+    }
+
+    /// Tells the operator this worker cannot work at all (one attempt: the worker exits 2
+    /// whether or not it got through).
+    pub fn unusable(&self, why: &str) {
+        let mut st = self.lock();
+        let mut req = self.request(&st, 0, idle_progress(), Some(why.to_owned()));
+        req.holding.clear();
+        if let Err(f) = self.send(&mut st, &req) {
+            let why = match f {
+                Failure::Retry(m) | Failure::End(End::Unusable(m) | End::MovedOn(m)) => m,
+                Failure::End(e) => e.message(),
+            };
+            eprintln!("warning: could not tell the operator the input is unusable ({why})");
+        }
+    }
+
+    /// The heartbeat thread's body: while a shard runs, one message every heartbeat period
+    /// (counted from the last message of any kind) until `stop`.
+    pub fn heartbeats(&self, progress: &Progress, stop: &AtomicBool) {
+        while !stop.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut st = self.lock();
+            let Some((_, base)) = st.current else {
+                continue;
+            };
+            if st.last_sent.elapsed() < self.heartbeat {
+                continue;
+            }
+            let req = self.request(&st, 0, shard_progress(&progress.snapshot(), &base), None);
+            match self.send(&mut st, &req) {
+                Ok(ClaimResponse {
+                    state: PassState::Stopped,
+                    ..
+                }) => end_now(End::Stopped),
+                Ok(_) => {}
+                Err(Failure::End(e)) => end_now(e),
+                Err(Failure::Retry(why)) => {
+                    if let Some(end) = self.given_up(&st, &why) {
+                        end_now(end);
+                    }
+                    eprintln!(
+                        "warning: heartbeat: {why}; next one in {:?}",
+                        self.heartbeat
+                    );
+                }
+            }
+        }
+    }
+
+    /// One message, asked again with backoff while the failure is worth it.
+    fn exchange(&self, st: &mut State, room: u32) -> Result<ClaimResponse, End> {
+        let mut pause = BACKOFF_FIRST;
+        loop {
+            let req = self.request(st, room, idle_progress(), None);
+            match self.send(st, &req) {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::End(e)) => return Err(e),
+                Err(Failure::Retry(why)) => {
+                    if let Some(end) = self.given_up(st, &why) {
+                        return Err(end);
+                    }
+                    eprintln!("warning: {why}; asking again in {pause:?}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn given_up(&self, st: &State, why: &str) -> Option<End> {
+        let since = st.failing_since?;
+        (since.elapsed() >= self.give_up).then(|| {
+            End::GaveUp(format!(
+                "{}: no answer for {} s, giving up (last: {why})",
+                self.url,
+                since.elapsed().as_secs()
+            ))
+        })
+    }
+
+    fn request(
+        &self,
+        st: &State,
+        room: u32,
+        progress: PodProgress,
+        unusable: Option<String>,
+    ) -> ClaimRequest {
+        ClaimRequest {
+            namespace: self.who.namespace.clone(),
+            job: self.who.job.clone(),
+            uid: self.who.uid.clone(),
+            run: self.who.run,
+            role: self.who.role.to_owned(),
+            worker: self.who.worker.clone(),
+            holding: st
+                .current
+                .iter()
+                .map(|(s, _)| *s)
+                .chain(st.queued.iter().copied())
+                .collect(),
+            done: st.done.clone(),
+            room,
+            progress,
+            unusable,
+        }
+    }
+
+    /// One request. A 2xx answer acknowledges the `done` it carried; shards given are queued.
+    fn send(&self, st: &mut State, req: &ClaimRequest) -> Result<ClaimResponse, Failure> {
+        st.last_sent = Instant::now();
+        let (acknowledged, answer) = self.send_once(req).unwrap_or_else(|f| (false, Err(f)));
+        if acknowledged {
+            st.done.clear();
+        }
+        match &answer {
+            Err(Failure::Retry(_)) => {
+                st.failing_since.get_or_insert_with(Instant::now);
+            }
+            _ => st.failing_since = None,
+        }
+        let answer = answer?;
+        for s in &answer.shards {
+            if !st.queued.contains(s) && st.current.is_none_or(|(c, _)| c != *s) {
+                st.queued.push_back(*s);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Whether the answer was a 2xx, and what it said.
+    #[allow(clippy::type_complexity)]
+    fn send_once(
+        &self,
+        req: &ClaimRequest,
+    ) -> Result<(bool, Result<ClaimResponse, Failure>), Failure> {
+        let token = read_token(&self.token_file).map_err(|e| Failure::End(End::Unusable(e)))?;
+        let mut answer = self
+            .agent
+            .post(&self.url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .send_json(req)
+            .map_err(|e| self.transport_failure(e))?;
+        let status = answer.status().as_u16();
+        if (200..300).contains(&status) {
+            let parsed = answer.body_mut().read_json::<ClaimResponse>().map_err(|e| {
+                Failure::Retry(format!(
+                    "{}: answer {status} not understood ({e})",
+                    self.url
+                ))
+            });
+            return Ok((true, parsed));
+        }
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let mut body = body.trim().to_owned();
+        ingest_api::report::truncate_utf8(&mut body, BODY_SHOWN);
+        let what = format!("{} answered {status}: {body:?}", self.url);
+        Err(match status {
+            401 | 403 => Failure::End(End::Unusable(format!(
+                "{what} (the token from {} was refused)",
+                self.token_file.display()
+            ))),
+            404 | 409 => Failure::End(End::MovedOn(what)),
+            408 | 429 | 500..=599 => Failure::Retry(what),
+            _ => Failure::End(End::Unusable(what)),
+        })
+    }
+
+    fn transport_failure(&self, e: ureq::Error) -> Failure {
+        match e {
+            // What the URL or this build cannot do: asking again cannot help.
+            ureq::Error::BadUri(_)
+            | ureq::Error::Http(_)
+            | ureq::Error::InvalidProxyUrl
+            | ureq::Error::RedirectFailed
+            | ureq::Error::TooManyRedirects => {
+                Failure::End(End::Unusable(format!("--claims-url {}: {e}", self.url)))
+            }
+            // Refused, reset, timed out, a name not (yet) resolved, a torn answer: the operator
+            // may be restarting or moving.
+            e => Failure::Retry(format!("{}: {e}", self.url)),
+        }
+    }
+}
+
+/// The endpoint of `--claims-url` (`http://HOST[:PORT][/PREFIX]` + [`claims::PATH`]).
+fn endpoint(base: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("--claims-url {base:?}: {why}");
+    let rest = base.strip_prefix("http://").ok_or_else(|| {
+        bad("must be an http:// URL (the endpoint is inside the cluster; this build has no TLS)")
+    })?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') {
+        return Err(bad("has no host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(format!("{}{}", base.trim_end_matches('/'), claims::PATH))
+}
+
+/// The token, read fresh (the kubelet rotates the file).
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "--token-file {}: cannot be read ({e}); a claims worker needs its service-account token",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--token-file {}: is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Progress of a worker holding nothing.
+fn idle_progress() -> PodProgress {
+    PodProgress {
+        at: unix_now(),
+        ..PodProgress::default()
+    }
+}
+
+/// The engine's counters since `base`: the progress of the shard that started then.
+fn shard_progress(now: &Snapshot, base: &Snapshot) -> PodProgress {
+    PodProgress {
+        files: now.files.saturating_sub(base.files),
+        bytes: now.bytes.saturating_sub(base.bytes),
+        failed: now.failed.saturating_sub(base.failed),
+        directories: 0,
+        checked: now.verified.saturating_sub(base.verified),
+        at: unix_now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Condvar};
+
+    /// Requests an endpoint received: the Authorization header and the message.
+    type Seen = Arc<(Mutex<Vec<(String, ClaimRequest)>>, Condvar)>;
+
+    /// An endpoint that answers with `answers` in order (the last one again when they run out)
+    /// and records every request.
+    fn scripted(answers: Vec<(u16, &str)>) -> (String, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let answers: Vec<(u16, String)> = answers
+            .into_iter()
+            .map(|(c, b)| (c, b.to_owned()))
+            .collect();
+        std::thread::spawn(move || {
+            for (i, conn) in listener.incoming().enumerate() {
+                let mut conn = conn.unwrap();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let (mut auth, mut length) = (String::new(), 0);
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    let (k, v) = line.split_once(':').unwrap_or_default();
+                    match k.to_ascii_lowercase().as_str() {
+                        "authorization" => auth = v.trim().to_owned(),
+                        "content-length" => length = v.trim().parse().unwrap(),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                r.read_exact(&mut body).unwrap();
+                let (code, text) = &answers[i.min(answers.len() - 1)];
+                write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                )
+                .unwrap();
+                drop(conn);
+                log.0
+                    .lock()
+                    .unwrap()
+                    .push((auth, serde_json::from_slice(&body).unwrap()));
+                log.1.notify_all();
+            }
+        });
+        (url, seen)
+    }
+
+    /// Waits for the `n`-th request.
+    fn wait_for(seen: &Seen, n: usize) -> Vec<(String, ClaimRequest)> {
+        let mut log = seen.0.lock().unwrap();
+        while log.len() < n {
+            log = seen.1.wait_timeout(log, Duration::from_secs(60)).unwrap().0;
+        }
+        log.clone()
+    }
+
+    fn session(url: &str, token: &Path, heartbeat: Duration) -> Session {
+        let who = Identity {
+            namespace: "ns".into(),
+            job: "ij".into(),
+            uid: "u".into(),
+            run: 4,
+            role: "copy",
+            worker: "ij-copy-x".into(),
+        };
+        Session::with_identity(endpoint(url).unwrap(), token, who, heartbeat).unwrap()
+    }
+
+    fn token(t: &tempfile::TempDir, value: &str) -> PathBuf {
+        let p = t.path().join("token");
+        std::fs::write(&p, value).unwrap();
+        p
+    }
+
+    const FINISHED: &str = r#"{"shards":[],"state":"finished"}"#;
+
+    #[test]
+    fn a_done_is_sent_again_until_an_answer_acknowledges_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![(503, "not yet"), (200, FINISHED)]);
+        let s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
+        let result = PodResult {
+            files: 2,
+            ..PodResult::default()
+        };
+        s.finish(3, result.clone());
+        assert_eq!(s.next_shard(), Ok(None));
+        assert_eq!(s.next_shard(), Ok(None));
+        let log = wait_for(&seen, 3);
+        let done = |i: usize| log[i].1.done.clone();
+        let three = vec![ShardDone { shard: 3, result }];
+        assert_eq!((done(0), done(1), done(2)), (three.clone(), three, vec![]));
+        assert!(log.iter().all(|(auth, r)| auth == "Bearer tok"
+            && r.room == 1
+            && r.holding.is_empty()
+            && (
+                r.namespace.as_str(),
+                r.job.as_str(),
+                r.uid.as_str(),
+                r.run,
+                r.role.as_str()
+            ) == ("ns", "ij", "u", 4, "copy")));
+    }
+
+    #[test]
+    fn heartbeats_hold_the_running_shard_and_send_its_own_progress() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![(200, r#"{"shards":[],"state":"work"}"#)]);
+        let s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
+        let progress = Progress::default();
+        // An earlier shard's counts, then this one's.
+        progress.files.fetch_add(10, Relaxed);
+        s.start(7, progress.snapshot());
+        progress.files.fetch_add(4, Relaxed);
+        progress.bytes.fetch_add(100, Relaxed);
+        let stop = AtomicBool::new(false);
+        let log = std::thread::scope(|sc| {
+            sc.spawn(|| s.heartbeats(&progress, &stop));
+            let log = wait_for(&seen, 1);
+            stop.store(true, Relaxed);
+            log
+        });
+        let r = &log[0].1;
+        assert_eq!((r.holding.clone(), r.room, r.done.len()), (vec![7], 0, 0));
+        assert_eq!((r.progress.files, r.progress.bytes), (4, 100));
+        // Once the shard ended, its end is what the next message says, not a heartbeat.
+        s.finish(7, PodResult::default());
+        assert!(s.lock().current.is_none());
+    }
+
+    #[test]
+    fn refusals_end_the_worker_as_the_protocol_says() {
+        let t = tempfile::tempdir().unwrap();
+        let tok = token(&t, "tok");
+        for (code, want) in [
+            (401, Outcome::UnusableInput),
+            (403, Outcome::UnusableInput),
+            (400, Outcome::UnusableInput),
+            (404, Outcome::Success),
+            (409, Outcome::Success),
+        ] {
+            let (url, _) = scripted(vec![(code, "the reason")]);
+            let end = session(&url, &tok, Duration::from_secs(5))
+                .next_shard()
+                .unwrap_err();
+            assert_eq!(end.outcome(), want, "{code}: {end}");
+            let m = end.message();
+            assert!(
+                m.contains(&url) && m.contains(&code.to_string()) && m.contains("the reason"),
+                "{m}"
+            );
+            if code == 401 || code == 403 {
+                assert!(m.contains(&tok.display().to_string()), "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn wait_means_ask_again_and_stopped_ends_the_pass() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![
+            (200, r#"{"shards":[],"state":"wait"}"#),
+            (200, r#"{"shards":[5,6],"state":"work"}"#),
+            (200, r#"{"shards":[],"state":"work"}"#),
+            (200, r#"{"shards":[],"state":"stopped"}"#),
+        ]);
+        let s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
+        assert_eq!(s.next_shard(), Ok(Some(5)));
+        s.start(5, Snapshot::default());
+        s.finish(5, PodResult::default());
+        // Shard 6 was given too: the end of 5 is told first (holding 6, no room), then 6 runs.
+        assert_eq!(s.next_shard(), Ok(Some(6)));
+        s.start(6, Snapshot::default());
+        s.finish(6, PodResult::default());
+        assert_eq!(s.next_shard(), Err(End::Stopped));
+        let log = wait_for(&seen, 4);
+        let r = |i: usize| {
+            let r = &log[i].1;
+            (
+                r.room,
+                r.holding.clone(),
+                r.done.iter().map(|d| d.shard).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(r(0), (1, vec![], vec![]));
+        assert_eq!(r(1), (1, vec![], vec![]));
+        assert_eq!(r(2), (0, vec![6], vec![5]));
+        assert_eq!(r(3), (1, vec![], vec![6]));
+    }
+
+    #[test]
+    fn an_unreachable_operator_is_given_up_on() {
+        let t = tempfile::tempdir().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let url = format!("http://{addr}");
+        let mut s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
+        s.give_up = Duration::from_millis(600);
+        let end = s.next_shard().unwrap_err();
+        assert!(
+            matches!(&end, End::GaveUp(m) if m.contains(&url)),
+            "{end:?}"
+        );
+        assert_eq!(end.outcome(), Outcome::Crashed);
+    }
+
+    #[test]
+    fn unusable_input_is_told_once_and_the_token_is_read_for_every_request() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![(200, FINISHED)]);
+        let tok = token(&t, "first\n");
+        let s = session(&url, &tok, Duration::from_secs(5));
+        s.unusable("--dest /x: read-only file system");
+        std::fs::write(&tok, "second").unwrap();
+        s.unusable("again");
+        let log = wait_for(&seen, 2);
+        assert_eq!(
+            (log[0].0.as_str(), log[1].0.as_str()),
+            ("Bearer first", "Bearer second")
+        );
+        let r = &log[0].1;
+        assert_eq!(
+            r.unusable.as_deref(),
+            Some("--dest /x: read-only file system")
+        );
+        assert_eq!((r.room, r.holding.len()), (0, 0));
+        // A token file that went away is unusable input, naming the file.
+        std::fs::remove_file(&tok).unwrap();
+        let end = s.next_shard().unwrap_err();
+        assert!(
+            matches!(&end, End::Unusable(m) if m.contains(&tok.display().to_string())),
+            "{end:?}"
+        );
+    }
+
+    #[test]
+    fn the_endpoint_is_the_url_and_the_claims_path() {
+        assert_eq!(
+            endpoint("http://10.0.0.9:8080").unwrap(),
+            "http://10.0.0.9:8080/claims/v1"
+        );
+        assert_eq!(
+            endpoint("http://op.ns.svc:8080/").unwrap(),
+            "http://op.ns.svc:8080/claims/v1"
+        );
+        for bad in [
+            "https://op:8080",
+            "10.0.0.9:8080",
+            "http://",
+            "http://:80",
+            "http://h/?x",
+        ] {
+            let e = endpoint(bad).unwrap_err();
+            assert!(e.starts_with("--claims-url"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_default_token_file_is_the_projected_volumes() {
+        assert_eq!(
+            default_token_file(),
+            Path::new("/var/run/secrets/ingest.vfxt.dev/token")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_empty_token_names_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("token");
+        assert!(
+            read_token(&p)
+                .unwrap_err()
+                .contains(&p.display().to_string())
+        );
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_token(&p).unwrap_err().contains("empty"));
+        std::fs::write(&p, "abc\n").unwrap();
+        assert_eq!(read_token(&p).unwrap(), "abc");
+    }
+
+    #[test]
+    fn heartbeat_progress_is_the_current_shards_only() {
+        let base = Snapshot {
+            files: 10,
+            bytes: 100,
+            failed: 1,
+            verified: 4,
+            ..Snapshot::default()
+        };
+        let now = Snapshot {
+            files: 15,
+            bytes: 160,
+            failed: 1,
+            verified: 9,
+            ..Snapshot::default()
+        };
+        let p = shard_progress(&now, &base);
+        assert_eq!((p.files, p.bytes, p.failed, p.checked), (5, 60, 0, 5));
+        assert!(p.at > 0);
+    }
+
+    #[test]
+    fn ends_map_to_exit_codes() {
+        assert_eq!(End::Stopped.outcome(), Outcome::Success);
+        assert_eq!(End::MovedOn("x".into()).outcome(), Outcome::Success);
+        assert_eq!(End::Unusable("x".into()).outcome(), Outcome::UnusableInput);
+        assert_eq!(End::GaveUp("x".into()).outcome(), Outcome::Crashed);
+        assert!(End::Stopped.message().contains("operator stopped the run"));
+    }
+}
