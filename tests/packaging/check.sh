@@ -64,8 +64,8 @@ if ! grep -q '^kind: ServiceMonitor' <<<"$out" || ! grep -q 't-vfxt-ingest-metri
 fi
 ok "metrics.serviceMonitor.enabled renders a ServiceMonitor and its Service"
 out=$(helm template t "$chart" "${K[@]}" --set 'watchNamespaces={team-a,team-b}')
-[[ $(grep -c '^kind: Role$' <<<"$out") == 3 && $(grep -c '^kind: ClusterRole$' <<<"$out") == 1 ]] \
-    || fail "watchNamespaces: expected 2 namespace Roles + the Lease Role and only the PV ClusterRole"
+[[ $(grep -c '^kind: Role$' <<<"$out") == 3 && $(grep -c '^kind: ClusterRole$' <<<"$out") == 2 ]] \
+    || fail "watchNamespaces: expected 2 namespace Roles + the Lease Role and only the PV and TokenReview ClusterRoles"
 ok "watchNamespaces renders a Role per namespace (+ Lease Role) and no cluster-wide job rights"
 
 # 2. Rust-side checks
@@ -140,6 +140,7 @@ allowed=(
     "get ingestjobs.ingest.vfxt.dev -n ingest" "list ingestjobs.ingest.vfxt.dev -A" "watch ingestjobs.ingest.vfxt.dev -A"
     "patch ingestjobs.ingest.vfxt.dev --subresource=status -n ingest"
     "list jobs.batch -A" "watch jobs.batch -A" "create jobs.batch -n ingest" "delete jobs.batch -n ingest"
+    "create tokenreviews.authentication.k8s.io"
     "list pods -A" "watch pods -A" "list configmaps -A" "watch configmaps -A" "delete configmaps -n ingest"
     "create serviceaccounts -n ingest" "patch serviceaccounts -n ingest"
     "create roles.rbac.authorization.k8s.io -n ingest" "patch rolebindings.rbac.authorization.k8s.io -n ingest"
@@ -151,9 +152,11 @@ allowed=(
 )
 denied=(
     "get secrets -n ingest" "list secrets -A" "delete ingestjobs.ingest.vfxt.dev -n ingest"
-    "update ingestjobs.ingest.vfxt.dev -n ingest" "update jobs.batch -n ingest" "get persistentvolumes" "delete pods -n ingest"
+    "update ingestjobs.ingest.vfxt.dev -n ingest" "update jobs.batch -n ingest" "patch jobs.batch -n ingest" "get persistentvolumes" "delete pods -n ingest"
     "create clusterroles.rbac.authorization.k8s.io" "escalate roles.rbac.authorization.k8s.io -n ingest"
     "update leases.coordination.k8s.io/some-other-lease -n vfxt-ingest-system" "create pods -n ingest"
+    "patch pods -n ingest" "get pods -n ingest" "create tokenrequests.authentication.k8s.io"
+    "create serviceaccounts/token -n ingest"
 )
 for a in "${allowed[@]}"; do
     # shellcheck disable=SC2086
@@ -179,7 +182,6 @@ kind: Role
 metadata: {name: ij-demo-pods, namespace: ingest}
 rules:
   - {apiGroups: [""], resources: [configmaps], verbs: [get, create, patch]}
-  - {apiGroups: [""], resources: [pods], verbs: [get, patch]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

@@ -44,7 +44,7 @@ metadata:
 YAML
 } >"$out/namespace.yaml"
 { header "crds/"; cat "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml"; } >"$out/crd.yaml"
-for t in serviceaccount rbac deployment; do
+for t in serviceaccount rbac service deployment; do
     {
         header "templates/$t.yaml"
         helm template vfxt-ingest "$chart" --namespace "$namespace" --kube-version 1.36.3 \
@@ -62,6 +62,7 @@ resources:
   - crd.yaml
   - serviceaccount.yaml
   - rbac.yaml
+  - service.yaml
   - deployment.yaml
 # Point at your registry in an overlay:
 #   images:

@@ -226,11 +226,11 @@ impl ReportTarget {
     }
 }
 
-/// The name of one pod's report file in the run's report directory (see [`ReportTarget::run_dir`]):
-/// `<role>-<server index>-<shard index>.jsonl.gz`. `index` may be a variable Kubernetes expands
-/// (`$(JOB_COMPLETION_INDEX)`).
-pub fn report_file_name(role: &str, server_index: usize, index: &str) -> String {
-    format!("{role}-{server_index}-{index}.jsonl.gz")
+/// The name of one worker pod's report file in the run's report directory (see
+/// [`ReportTarget::run_dir`]): `<role>-<worker index>.jsonl.gz`. `index` may be a variable
+/// Kubernetes expands (`$(JOB_COMPLETION_INDEX)`).
+pub fn report_file_name(role: &str, index: &str) -> String {
+    format!("{role}-{index}.jsonl.gz")
 }
 
 /// `spec.threadsPerWorker`: a fixed number of copy threads per worker pod, or `auto` (the engine's adaptive
@@ -670,6 +670,10 @@ pub struct IngestJobStatus {
     /// `vfxt-ingest report <dir>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportStatus>,
+    /// Where the current run's passes stand, for an operator that restarts: completed and lost
+    /// shards and their summed results (see the operator's README, "Claims").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<crate::claims::RunCheckpoint>,
 }
 
 /// Where the full reports of a run are.

@@ -91,6 +91,8 @@ pub struct Pass<R, P> {
     sum: R,
     workers: BTreeMap<WorkerId, Seen<P>>,
     stopped: Option<String>,
+    /// The coordinator ended the run (its failure policy stopped it): no more work for anyone.
+    halted: bool,
 }
 
 impl<R: Tally, P: Clone> Pass<R, P> {
@@ -103,6 +105,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             sum: R::default(),
             workers: BTreeMap::new(),
             stopped: None,
+            halted: false,
         }
     }
 
@@ -128,6 +131,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             sum: cp.sum.clone(),
             workers: BTreeMap::new(),
             stopped: cp.stopped.clone(),
+            halted: false,
         })
     }
 
@@ -161,7 +165,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
                 at_ms: now_ms,
             },
         );
-        if self.stopped.is_some() {
+        if self.stopped.is_some() || self.halted {
             return (Vec::new(), State::Stopped);
         }
         let mut given = Vec::new();
@@ -179,6 +183,13 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             State::Work
         };
         (given, state)
+    }
+
+    /// The run ended without this pass (the failure policy stopped it): every worker is told
+    /// `Stopped` from its next message on, and finishes cleanly (its report written) instead of
+    /// being killed.
+    pub fn halt(&mut self) {
+        self.halted = true;
     }
 
     /// The worker is gone (its pod or process ended): its claims go back to the queue (or are
@@ -413,6 +424,20 @@ mod tests {
             State::Work
         );
         assert_eq!(p.counts().running, 2);
+    }
+
+    #[test]
+    fn a_halted_pass_hands_out_nothing_more_and_tells_every_worker_to_stop() {
+        let mut p = P::new(3, 1, 1000);
+        assert_eq!(p.report("a", ask(1), 0).0, vec![0]);
+        p.halt();
+        assert_eq!(
+            p.report("a", done(vec![], vec![(0, 2)], 1), 1),
+            (vec![], State::Stopped)
+        );
+        assert_eq!(p.report("b", ask(1), 1), (vec![], State::Stopped));
+        assert_eq!(p.sum(), &Files(2), "what was finished still counts");
+        assert_eq!(p.stopped(), None, "not a worker's unusable input");
     }
 
     #[test]

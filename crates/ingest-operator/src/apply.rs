@@ -143,27 +143,6 @@ where
     }
 }
 
-/// Suspends `jobs` (the Job controller then deletes their running pods and starts no more).
-pub async fn suspend(client: &Client, ns: &str, jobs: &[&Job]) -> Result<usize> {
-    let api = Api::<Job>::namespaced(client.clone(), ns);
-    for j in jobs {
-        let name = j.name_any();
-        match api
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(Error::kube(format!("suspend Job {name}"), e)),
-        }
-    }
-    Ok(jobs.len())
-}
-
 /// Writes `/status` with server-side apply (the operator is its only writer), on the condition that the
 /// IngestJob is still the version `ij` was read from (`metadata.resourceVersion` is a precondition): a
 /// reconcile working from a stale copy gets a conflict and is retried, and can never overwrite a run's

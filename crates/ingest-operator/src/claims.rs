@@ -2,6 +2,7 @@
 //! (IngestJob, run, role), kept in memory and checkpointed into the IngestJob status with every
 //! status write. Worker pods talk to it over HTTP ([`crate::http`]); the reconcile creates passes,
 //! tells them about pods that ended, and reads them ([`PassView`]) to decide the stage and status.
+//! A pass that ends moves its run on when its workers exit (pod events wake the reconcile).
 //!
 //! Why HTTP to the operator and not Kubernetes objects (Leases, ConfigMaps or pod annotations per
 //! claim): see the README, "Claims". In short: a claim costs no API server write, the queue has
@@ -16,7 +17,6 @@ use ingest_api::claims::{ClaimRequest, ClaimResponse, LEASE_SECONDS, PassCheckpo
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_job::{Checkpoint, Pass, Report};
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 /// A pass's identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,23 +101,29 @@ pub struct Registry {
     /// A request for an IngestJob with no pass here is "not yet" (503: this operator just started
     /// and has not reconciled it); for one with passes of another run or role, "no such pass" (404).
     passes: Mutex<HashMap<Key, P>>,
+    /// Per IngestJob (namespace, name): the (uid, run) whose record is written. Its workers, if
+    /// any are left, are told the run moved on (404) even by an operator that never had its passes.
+    ended: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// Finished passes whose checkpoint (every completion) is in the IngestJob status. Until then
+    /// their workers are told to wait rather than to exit: a completion that reached only this
+    /// operator's memory must not be the last copy of it when the workers are gone.
+    persisted: Mutex<std::collections::HashSet<Key>>,
     /// The clock of leases.
     started: Instant,
-    /// Told when a pass finishes or stops, so the reconcile moves on at once.
-    trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<IngestJob>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            passes: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
+            persisted: Mutex::new(Default::default()),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Registry {
-    pub fn new(
-        trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<IngestJob>>>,
-    ) -> Registry {
-        Registry {
-            passes: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-            trigger,
-        }
-    }
-
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -138,10 +144,15 @@ impl Registry {
     ) -> Result<(), String> {
         let key = Key::of(ij, role);
         let mut passes = self.lock();
-        passes.retain(|k, _| {
+        let current = |k: &Key| {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
-        });
+        };
+        passes.retain(|k, _| current(k));
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| current(k));
         if passes.contains_key(&key) {
             return Ok(());
         }
@@ -153,6 +164,9 @@ impl Registry {
                 .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
             None => P::new(total, retries, lease),
         };
+        if pass.finished() && checkpoint.is_some() {
+            self.mark_persisted(ij, role);
+        }
         passes.insert(key, pass);
         Ok(())
     }
@@ -161,6 +175,34 @@ impl Registry {
     pub fn forget(&self, namespace: &str, name: &str) {
         self.lock()
             .retain(|k, _| !(k.namespace == namespace && k.name == name));
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| !(k.namespace == namespace && k.name == name));
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// The current run of `ij` is over (its record is written, or its failure policy stopped it):
+    /// workers still asking are told to stop (`stopped` while this operator has the passes, 404
+    /// otherwise), so they exit cleanly with their reports written.
+    pub fn end_run(&self, ij: &IngestJob) {
+        for role in [
+            ingest_api::constants::labels::ROLE_COPY,
+            ingest_api::constants::labels::ROLE_VERIFY,
+        ] {
+            if let Some(p) = self.lock().get_mut(&Key::of(ij, role))
+                && !p.finished()
+            {
+                p.halt();
+            }
+        }
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (ij.namespace().unwrap_or_default(), ij.name_any()),
+            (ij.uid().unwrap_or_default(), ij.spec.run),
+        );
     }
 
     /// Pods of the pass that ended (their process is gone): their claims go back to the queue.
@@ -222,40 +264,53 @@ impl Registry {
     pub fn handle(&self, req: ClaimRequest) -> Result<ClaimResponse, Refusal> {
         let key = Key::of_request(&req);
         let now = self.now_ms();
-        let (resp, ended) = {
-            let mut passes = self.lock();
-            let Some(pass) = passes.get_mut(&key) else {
-                let known = passes
-                    .keys()
-                    .any(|k| k.namespace == key.namespace && k.name == key.name);
-                return Err(if known {
-                    Refusal::NoPass
-                } else {
-                    Refusal::NotReady
-                });
-            };
-            let was_over = pass.finished() || pass.stopped().is_some();
-            let report = Report {
-                holding: req.holding,
-                done: req.done.into_iter().map(|d| (d.shard, d.result)).collect(),
-                room: req.room,
-                progress: req.progress,
-                unusable: req.unusable,
-            };
-            let (shards, state) = pass.report(&req.worker, report, now);
-            let over = pass.finished() || pass.stopped().is_some();
-            (
-                ClaimResponse {
-                    shards,
-                    state: state.into(),
-                },
-                over && !was_over,
-            )
+        let ended = self
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(key.namespace.clone(), key.name.clone()))
+            .is_some_and(|(uid, run)| *uid == key.uid && *run == key.run);
+        let mut passes = self.lock();
+        let Some(pass) = passes.get_mut(&key) else {
+            let known = passes
+                .keys()
+                .any(|k| k.namespace == key.namespace && k.name == key.name);
+            return Err(if known || ended {
+                Refusal::NoPass
+            } else {
+                Refusal::NotReady
+            });
         };
-        if ended && let Some(t) = &self.trigger {
-            let _ = t.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+        let report = Report {
+            holding: req.holding,
+            done: req.done.into_iter().map(|d| (d.shard, d.result)).collect(),
+            room: req.room,
+            progress: req.progress,
+            unusable: req.unusable,
+        };
+        let (shards, mut state) = pass.report(&req.worker, report, now);
+        if state == ingest_job::State::Finished
+            && !self
+                .persisted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key)
+        {
+            state = ingest_job::State::Wait;
         }
-        Ok(resp)
+        Ok(ClaimResponse {
+            shards,
+            state: state.into(),
+        })
+    }
+
+    /// The status now holds `role`'s checkpoint as a finished pass (it was written, or already
+    /// said so): its workers may exit.
+    pub fn mark_persisted(&self, ij: &IngestJob, role: &str) {
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Key::of(ij, role));
     }
 }
 
@@ -302,20 +357,33 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_is_served_once_the_reconcile_made_it_and_finishes_with_a_trigger() {
-        let (tx, mut rx) = futures::channel::mpsc::unbounded();
-        let reg = Registry::new(Some(tx));
+    fn a_pass_is_served_once_the_reconcile_made_it_and_finishes() {
+        let reg = Registry::default();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NotReady));
         reg.ensure(&ij(1), "copy", 2, None).unwrap();
         let r = reg.handle(req("w0", 1, 2, &[])).unwrap();
         assert_eq!((r.shards, r.state), (vec![0, 1], PassState::Work));
-        assert!(rx.try_recv().is_err(), "no trigger while work goes on");
         let r = reg.handle(req("w0", 1, 1, &[(0, 3), (1, 4)])).unwrap();
-        assert_eq!(r.state, PassState::Finished);
-        assert!(rx.try_recv().is_ok(), "the reconcile is woken");
+        // Every shard is done, but the completions are only in this operator's memory: the
+        // worker waits until the status holds them.
+        assert_eq!(r.state, PassState::Wait);
         let v = reg.view(&ij(1), "copy").unwrap();
         assert!(v.finished);
         assert_eq!((v.sum.files, v.checkpoint.completed.as_str()), (7, "0-1"));
+        reg.mark_persisted(&ij(1), "copy");
+        assert_eq!(
+            reg.handle(req("w0", 1, 1, &[])).unwrap().state,
+            PassState::Finished
+        );
+        // An operator restarted from that checkpoint lets the workers go at once.
+        let again = Registry::default();
+        again
+            .ensure(&ij(1), "copy", 2, Some(&v.checkpoint))
+            .unwrap();
+        assert_eq!(
+            again.handle(req("w0", 1, 1, &[])).unwrap().state,
+            PassState::Finished
+        );
         // A worker of an older run gets "no such pass" once the new run's pass exists.
         reg.ensure(&ij(2), "copy", 1, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NoPass));
@@ -324,13 +392,13 @@ mod tests {
 
     #[test]
     fn a_restarted_operator_resumes_from_the_checkpoint() {
-        let reg = Registry::new(None);
+        let reg = Registry::default();
         reg.ensure(&ij(1), "copy", 3, None).unwrap();
         reg.handle(req("w0", 1, 2, &[])).unwrap();
         reg.handle(req("w0", 1, 0, &[(0, 5)])).unwrap();
         let cp = reg.view(&ij(1), "copy").unwrap().checkpoint;
 
-        let again = Registry::new(None);
+        let again = Registry::default();
         again.ensure(&ij(1), "copy", 3, Some(&cp)).unwrap();
         let mut holding = req("w0", 1, 1, &[]);
         holding.holding = vec![1];
@@ -341,8 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn the_workers_of_an_ended_run_are_told_to_stop_even_after_a_restart() {
+        let reg = Registry::default();
+        reg.ensure(&ij(1), "copy", 3, None).unwrap();
+        assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
+        reg.end_run(&ij(1));
+        let r = reg.handle(req("w0", 1, 1, &[(0, 1)])).unwrap();
+        assert_eq!((r.shards, r.state), (vec![], PassState::Stopped));
+        // A restarted operator never had the passes: the recorded run's workers get 404, not 503.
+        let again = Registry::default();
+        assert_eq!(again.handle(req("w1", 1, 1, &[])), Err(Refusal::NotReady));
+        again.end_run(&ij(1));
+        assert_eq!(again.handle(req("w1", 1, 1, &[])), Err(Refusal::NoPass));
+    }
+
+    #[test]
     fn an_ended_pods_claims_go_back_to_the_queue() {
-        let reg = Registry::new(None);
+        let reg = Registry::default();
         reg.ensure(&ij(1), "copy", 1, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
         reg.workers_ended(&ij(1), "copy", ["w0"]);

@@ -19,12 +19,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use crate::claims::Registry;
 use crate::desired::Settings;
 use crate::error::Result;
 use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
+use crate::token::TokenReviewer;
 
 /// Operator settings (the `vfxt-ingest operator` flags).
 #[derive(Clone, Debug)]
@@ -44,6 +46,8 @@ pub struct Options {
     pub lease: Option<LeaseConfig>,
     /// Instance name in Events (the pod name).
     pub instance: Option<String>,
+    /// Where worker pods reach this operator's claims endpoint (the chart's Service).
+    pub claims_url: String,
 }
 
 /// A client from the in-cluster service account, else the local kubeconfig. The error says which were tried.
@@ -169,11 +173,17 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let listener = http::bind(opts.listen).await?;
     let shutdown = shutdown.shared();
+    // A pass that ends moves its run on when its workers exit (pod events) or at the next
+    // periodic reconcile (every status interval while a pass runs).
+    let registry = Arc::new(Registry::default());
     let server = tokio::spawn(http::serve(
         listener,
         metrics.clone(),
         health.clone(),
-        None,
+        Some(Arc::new(http::Claims {
+            registry: registry.clone(),
+            auth: Arc::new(TokenReviewer::new(client.clone())),
+        })),
         shutdown.clone(),
     ));
     // Ready = able to serve probes and take over; a standby replica is ready too.
@@ -183,16 +193,20 @@ pub async fn run(
         controller: "vfxt-ingest".into(),
         instance: opts.instance.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings {
-            default_image: opts.default_image.clone(),
-            worker_defaults: opts.worker_defaults.clone(),
-        },
-        metrics,
-        Some(Recorder::new(client.clone(), reporter)),
-        opts.status_interval,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Settings {
+                default_image: opts.default_image.clone(),
+                worker_defaults: opts.worker_defaults.clone(),
+                claims_url: opts.claims_url.clone(),
+            },
+            metrics,
+            Some(Recorder::new(client.clone(), reporter)),
+            opts.status_interval,
+        )
+        .with_claims(registry),
+    );
 
     let result = match &opts.lease {
         None => {

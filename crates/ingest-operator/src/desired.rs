@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeProjection,
-    VolumeResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccount, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -35,25 +35,30 @@ use crate::stage::Stage;
 pub const NAMESPACE_LABEL: &str = "ingest.vfxt.dev/namespace";
 /// Where the source is mounted in every pod (read-only).
 pub const SOURCE_MOUNT: &str = "/ingest/source";
-/// Where the destination server's export is mounted in worker pods.
+/// Where destination server `i`'s export is mounted in worker pods: `/ingest/dest-<i>`.
 pub const DEST_MOUNT: &str = "/ingest/dest";
+
+/// The mount of destination server `i`.
+pub fn dest_mount(i: usize) -> String {
+    format!("{DEST_MOUNT}-{i}")
+}
 /// Where `spec.report.pvc` is mounted in worker pods (read-write).
 pub const REPORT_MOUNT: &str = "/ingest/report";
 
 /// The `--report` file of a copy or verify pod (`spec.report`; none without it): in the run's report directory
-/// ([`ingest_api::ReportTarget::run_dir`]) under the claim's mount, or under the destination export's mount
-/// (outside the copied tree, which validation ensures), named by role, server and shard index so that pods never
-/// share a file. A retried pod of the same shard replaces its failed attempt's report, as its result does.
-pub fn report_file(ij: &IngestJob, role: &str, server_index: usize) -> Option<String> {
+/// ([`ingest_api::ReportTarget::run_dir`]) under the claim's mount, or under the first destination server's
+/// mount (outside the copied tree, which validation ensures), named by role and worker index so that pods
+/// never share a file. A replacement pod of the same worker index writes the file its failed attempt did not
+/// finish.
+pub fn report_file(ij: &IngestJob, role: &str) -> Option<String> {
     let r = ij.spec.report.as_ref()?;
     let root = if r.pvc.is_some() {
-        REPORT_MOUNT
+        REPORT_MOUNT.to_owned()
     } else {
-        DEST_MOUNT
+        dest_mount(0)
     };
     let dir = r.run_dir(&ij.name_any(), ij.spec.run);
-    let file =
-        ingest_api::report_file_name(role, server_index, &format!("$({})", env::COMPLETION_INDEX));
+    let file = ingest_api::report_file_name(role, &format!("$({})", env::COMPLETION_INDEX));
     Some(format!("{root}/{dir}/{file}"))
 }
 
@@ -64,6 +69,8 @@ pub struct Settings {
     pub default_image: String,
     /// `spec.worker` defaults for every IngestJob (`--worker-defaults`); see [`crate::defaults::merge_worker`].
     pub worker_defaults: WorkerTemplate,
+    /// Where worker pods reach this operator's claims endpoint (`--claims-url`).
+    pub claims_url: String,
 }
 
 /// One object to apply.
@@ -79,7 +86,7 @@ pub enum Child {
     Volume(Box<PersistentVolume>),
     /// Claim bound to that volume.
     Claim(Box<PersistentVolumeClaim>),
-    /// The scan Job, or a copy/verify Job for one server.
+    /// The scan Job, or the copy or verify Job of a pass.
     Job(Box<Job>),
 }
 
@@ -140,9 +147,8 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             metadata: meta(id.clone(), "identity", None),
             rules: Some(vec![
                 // The scan pod stores the plan; workers read it. Create cannot be limited by name in RBAC.
+                // Workers need nothing else: they claim and report through the operator's endpoint.
                 rule("", "configmaps", &["get", "create", "patch"]),
-                // Each pod patches its own progress annotation.
-                rule("", "pods", &["get", "patch"]),
             ]),
         }));
         out.push(Child::RoleBinding(RoleBinding {
@@ -183,7 +189,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             backoff_limit: Some(retries),
             completions: Some(1),
             parallelism: Some(1),
-            pod_failure_policy: Some(pod_failure_policy(false)),
+            pod_failure_policy: Some(pod_failure_policy()),
             template: pod_template(ij, &worker, labels::ROLE_SCAN, scan_args, None, settings),
             ..Default::default()
         }),
@@ -203,14 +209,14 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         .as_ref()
         .filter(|o| !o.is_empty());
     if let Some(opts) = mount_options {
-        for slot in &layout.slots {
+        for (i, server) in layout.servers.iter().enumerate() {
             let (pv, pvc) = destination_volume(
                 ij,
                 &ns,
-                slot.index,
-                &slot.server,
+                i,
+                server,
                 opts,
-                meta(names::dest_claim(ij, slot.index), labels::ROLE_VOLUME, None),
+                meta(names::dest_claim(ij, i), labels::ROLE_VOLUME, None),
             );
             out.push(Child::Volume(Box::new(pv)));
             out.push(Child::Claim(Box::new(pvc)));
@@ -218,61 +224,38 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     }
 
     for role in stage.roles().iter().filter(|r| **r != labels::ROLE_SCAN) {
-        for slot in &layout.slots {
-            let mut m = meta(
-                names::worker_job(ij, run, role, slot.index),
-                role,
-                Some(run),
-            );
-            m.labels
-                .get_or_insert_default()
-                .insert(labels::SERVER_INDEX.into(), slot.index.to_string());
-            m.annotations = Some(BTreeMap::from([(
-                annotations::SERVER.to_owned(),
-                slot.server.clone(),
-            )]));
-            m.annotations
-                .get_or_insert_default()
-                .extend(spec_annotations(ij));
-            let mut template = pod_template(
-                ij,
-                &worker,
-                role,
-                worker_args(ij, role, slot.index),
-                Some(WorkerMounts {
-                    index: slot.index,
-                    server: &slot.server,
-                    plan_chunks,
-                }),
-                settings,
-            );
-            let tl = template.metadata.get_or_insert_default();
-            tl.labels
-                .get_or_insert_default()
-                .insert(labels::SERVER_INDEX.into(), slot.index.to_string());
-            tl.annotations
-                .get_or_insert_default()
-                .insert(annotations::SERVER.to_owned(), slot.server.clone());
-            out.push(Child::Job(Box::new(Job {
-                metadata: m,
-                spec: Some(JobSpec {
-                    completion_mode: Some("Indexed".into()),
-                    completions: Some(i32::try_from(slot.shards).unwrap_or(i32::MAX)),
-                    parallelism: Some(slot.workers as i32),
-                    backoff_limit_per_index: Some(retries),
-                    pod_failure_policy: Some(pod_failure_policy(true)),
-                    // FailJob: stop the server's Job at the first shard that exhausts its retries.
-                    max_failed_indexes: (ij.spec.failure_policy.action
-                        == ingest_api::FailureAction::FailJob)
-                        .then_some(0),
-                    // Never two pods on one shard: a replacement starts only after the old pod is gone.
-                    pod_replacement_policy: Some("Failed".into()),
-                    template,
-                    ..Default::default()
-                }),
-                status: None,
-            })));
-        }
+        let mut m = meta(names::worker_job(ij, run, role), role, Some(run));
+        m.annotations = Some(spec_annotations(ij).into_iter().collect());
+        let template = pod_template(
+            ij,
+            &worker,
+            role,
+            worker_args(ij, role, &layout.servers, settings),
+            Some(WorkerMounts {
+                servers: &layout.servers,
+                plan_chunks,
+            }),
+            settings,
+        );
+        let workers = layout.workers as i32;
+        out.push(Child::Job(Box::new(Job {
+            metadata: m,
+            spec: Some(JobSpec {
+                // Each index is one worker: it lives for the whole pass and claims shards. The
+                // index names its report file; a crashed worker is started again under its
+                // index (`backoffLimitPerIndex`), and its claims go back to the pass's queue.
+                completion_mode: Some("Indexed".into()),
+                completions: Some(workers),
+                parallelism: Some(workers),
+                backoff_limit_per_index: Some(retries),
+                pod_failure_policy: Some(pod_failure_policy()),
+                // A replacement starts only after the old pod is gone (its claims are then released).
+                pod_replacement_policy: Some("Failed".into()),
+                template,
+                ..Default::default()
+            }),
+            status: None,
+        })));
     }
     Ok(out)
 }
@@ -291,22 +274,20 @@ fn spec_annotations(ij: &IngestJob) -> [(String, String); 2] {
     ]
 }
 
-/// Exit code of a worker or scan whose run finished with some entries failed (each in its result).
-pub const EXIT_PARTIAL: i32 = 1;
 /// Exit code for unusable input (a bad argument or an unreadable root): no retry can fix it.
 pub const EXIT_UNUSABLE: i32 = 2;
 
-/// How Kubernetes treats a failed pod (rules in order, the first match applies):
-/// - the pod was evicted, preempted or its node drained (`DisruptionTarget`): `Ignore`, a new pod runs the
-///   shard without using up one of its `retriesPerShard`;
-/// - exit 1 (some files failed; they travel in the termination message): `FailIndex` (copy and verify
-///   Jobs), the shard is done and failed: re-walking it cannot fix an EACCES file or a socket;
+/// How Kubernetes treats a failed pod of any Job (rules in order, the first match applies):
+/// - the pod was evicted, preempted or its node drained (`DisruptionTarget`): `Ignore`, a new pod
+///   takes its place without using up a retry;
 /// - exit 2 (unusable input): `FailJob`;
-/// - anything else (a crash, OOM kill, a lost API server during the scan's plan store): counted and retried.
+/// - anything else (a crash, OOM kill, a worker that could not reach the operator, a lost API server
+///   during the scan's plan store): counted and retried (`backoffLimit` for the scan,
+///   `backoffLimitPerIndex` for a worker).
 ///
-/// The scan Job is not Indexed, so it cannot fail an index: its exit 1 (the plan could not be stored) is
-/// retried.
-pub fn pod_failure_policy(indexed: bool) -> PodFailurePolicy {
+/// No exit means "some entries failed": the scan puts them in the plan summary and exits 0, and a
+/// worker reports them with each shard to the operator.
+pub fn pod_failure_policy() -> PodFailurePolicy {
     let exit = |action: &str, code: i32| PodFailurePolicyRule {
         action: action.into(),
         on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
@@ -316,19 +297,19 @@ pub fn pod_failure_policy(indexed: bool) -> PodFailurePolicy {
         }),
         on_pod_conditions: None,
     };
-    let mut rules = vec![PodFailurePolicyRule {
-        action: "Ignore".into(),
-        on_exit_codes: None,
-        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-            type_: "DisruptionTarget".into(),
-            status: Some("True".into()),
-        }]),
-    }];
-    if indexed {
-        rules.push(exit("FailIndex", EXIT_PARTIAL));
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_exit_codes: None,
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+            },
+            exit("FailJob", EXIT_UNUSABLE),
+        ],
     }
-    rules.push(exit("FailJob", EXIT_UNUSABLE));
-    PodFailurePolicy { rules }
 }
 
 fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
@@ -392,7 +373,7 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
         "--workers".into(),
         workers.to_string(),
     ];
-    // The plan deals shards to the servers in spec order; completions of server i's Jobs come from that.
+    // The plan records the servers; workers mount all of them and take shards from one queue.
     for server in servers {
         a.extend(["--server".to_owned(), server.clone()]);
     }
@@ -408,7 +389,7 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
     a
 }
 
-fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
+fn worker_args(ij: &IngestJob, role: &str, servers: &[String], settings: &Settings) -> Vec<String> {
     let s = &ij.spec;
     let verify = match s.verify.mode {
         VerifyMode::None => "none",
@@ -421,17 +402,28 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         crate::plan_store::PLAN_MOUNT.into(),
         "--phase".into(),
         role.into(),
-        // The k-th shard the plan deals to this server; Kubernetes expands the variable it sets on Indexed pods.
-        "--server-index".into(),
-        server_index.to_string(),
-        "--index".into(),
-        format!("$({})", env::COMPLETION_INDEX),
+        "--claims-url".into(),
+        settings.claims_url.clone(),
+        "--token-file".into(),
+        format!(
+            "{}/{}",
+            ingest_api::claims::TOKEN_DIR,
+            ingest_api::claims::TOKEN_FILE
+        ),
         "--result-file".into(),
         crate::pod::TERMINATION_LOG.into(),
         "--source".into(),
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
-        "--dest".into(),
-        join(DEST_MOUNT, s.destination.sub_path.as_deref()),
+    ];
+    // Every destination server: the engine spreads its threads over them (`auto` moves work off a
+    // slow one).
+    for i in 0..servers.len() {
+        args.extend([
+            "--dest".into(),
+            join(&dest_mount(i), s.destination.sub_path.as_deref()),
+        ]);
+    }
+    args.extend([
         // `16` or `auto` (the engine's adaptive concurrency per destination mount).
         "--threads".into(),
         s.threads_per_worker.to_string(),
@@ -439,14 +431,14 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
         verify.into(),
         "--preserve".into(),
         s.preserve.worker_arg(),
-    ];
+    ]);
     if !s.verify.repair {
         args.push("--no-repair".into());
     }
     if s.verify.fsync {
         args.push("--fsync".into());
     }
-    if let Some(file) = report_file(ij, role, server_index) {
+    if let Some(file) = report_file(ij, role) {
         args.extend(["--report".into(), file]);
     }
     args
@@ -454,16 +446,14 @@ fn worker_args(ij: &IngestJob, role: &str, server_index: usize) -> Vec<String> {
 
 /// What a worker pod mounts besides the source.
 struct WorkerMounts<'a> {
-    /// Position of the destination server.
-    index: usize,
-    /// Its address.
-    server: &'a str,
+    /// The destination servers, each mounted at [`dest_mount`] of its position.
+    servers: &'a [String],
     /// Number of plan ConfigMaps to project into [`crate::plan_store::PLAN_MOUNT`].
     plan_chunks: u32,
 }
 
 /// The pod template shared by scan, copy and verify Jobs. `w`: `spec.worker` merged with the defaults.
-/// `worker`: the destination server and plan for copy and verify pods; the scan mounts only the source.
+/// `worker`: the destination servers and plan for copy and verify pods; the scan mounts only the source.
 fn pod_template(
     ij: &IngestJob,
     w: &WorkerTemplate,
@@ -497,8 +487,7 @@ fn pod_template(
         ..Default::default()
     }];
     if let Some(WorkerMounts {
-        index,
-        server,
+        servers,
         plan_chunks,
     }) = worker
     {
@@ -533,25 +522,51 @@ fn pod_template(
             .mount_options
             .as_ref()
             .is_some_and(|o| !o.is_empty());
+        for (index, server) in servers.iter().enumerate() {
+            let name = format!("dest-{index}");
+            volumes.push(Volume {
+                name: name.clone(),
+                nfs: (!with_options).then(|| NFSVolumeSource {
+                    server: server.to_owned(),
+                    path: s.destination.nfs.path.clone(),
+                    read_only: Some(false),
+                }),
+                persistent_volume_claim: with_options.then(|| PersistentVolumeClaimVolumeSource {
+                    claim_name: names::dest_claim(ij, index),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name,
+                mount_path: dest_mount(index),
+                ..Default::default()
+            });
+        }
+        // The token the worker shows the claims endpoint: bound to this pod, for that audience only,
+        // refreshed by the kubelet.
         volumes.push(Volume {
-            name: "dest".into(),
-            nfs: (!with_options).then(|| NFSVolumeSource {
-                server: server.to_owned(),
-                path: s.destination.nfs.path.clone(),
-                read_only: Some(false),
-            }),
-            persistent_volume_claim: with_options.then(|| PersistentVolumeClaimVolumeSource {
-                claim_name: names::dest_claim(ij, index),
-                read_only: Some(false),
+            name: "claims-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(ingest_api::claims::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(3600),
+                        path: ingest_api::claims::TOKEN_FILE.into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
             }),
             ..Default::default()
         });
         mounts.push(VolumeMount {
-            name: "dest".into(),
-            mount_path: DEST_MOUNT.into(),
+            name: "claims-token".into(),
+            mount_path: ingest_api::claims::TOKEN_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
         });
-        // A report under `destinationPath` goes through the `dest` mount; a claim gets its own volume.
+        // A report under `destinationPath` goes through the first `dest` mount; a claim gets its own volume.
         if let Some(pvc) = s.report.as_ref().and_then(|r| r.pvc.as_ref()) {
             volumes.push(Volume {
                 name: "report".into(),

@@ -258,7 +258,7 @@ mod tests {
     async fn claims_are_served_to_an_authenticated_worker_and_refused_otherwise() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let registry = Arc::new(Registry::new(None));
+        let registry = Arc::new(Registry::default());
         let ij: ingest_api::IngestJob = serde_json::from_value(serde_json::json!({
             "apiVersion": "ingest.vfxt.dev/v1alpha1", "kind": "IngestJob",
             "metadata": {"name": "j", "namespace": "n", "uid": "u1"},

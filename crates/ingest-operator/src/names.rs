@@ -34,9 +34,9 @@ pub fn scan_job(ij: &IngestJob, run: i64) -> String {
     child_name(&ij.name_any(), &format!("r{run}-scan"))
 }
 
-/// Name of the copy (or verify) Job for destination server `server_index` in `run`.
-pub fn worker_job(ij: &IngestJob, run: i64, role: &str, server_index: usize) -> String {
-    child_name(&ij.name_any(), &format!("r{run}-{role}-{server_index}"))
+/// Name of the copy (or verify) Job of `run`: its pods are the pass's workers.
+pub fn worker_job(ij: &IngestJob, run: i64, role: &str) -> String {
+    pass_job(&ij.name_any(), run, role)
 }
 
 /// Name of the Job whose pods are the workers of a claims pass (`role` of `run`), from the

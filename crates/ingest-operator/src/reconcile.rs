@@ -17,10 +17,12 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::claims::{Registry, Views};
 use crate::desired::{Settings, desired};
 use crate::error::{Category, Error, Result};
 use crate::metrics::{JobSample, Metrics};
 use crate::{apply, observe, stage, status};
+use ingest_api::constants::labels;
 
 /// Everything reconcile needs.
 pub struct Context {
@@ -36,6 +38,8 @@ pub struct Context {
     pub status_interval: Duration,
     /// Minimum time between two reconciles of one IngestJob ([`throttle`]).
     pub reconcile_gap: Duration,
+    /// The copy and verify passes this operator coordinates (the claims endpoint serves them).
+    pub claims: Arc<Registry>,
     last_write: Mutex<HashMap<String, Instant>>,
     last_reconcile: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -70,10 +74,17 @@ impl Context {
             recorder,
             status_interval,
             reconcile_gap: RECONCILE_GAP,
+            claims: Arc::new(Registry::default()),
             last_write: Mutex::default(),
             last_reconcile: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context coordinating the passes of `claims` (the one the HTTP endpoint serves).
+    pub fn with_claims(mut self, claims: Arc<Registry>) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// The same context with another [`Context::reconcile_gap`] (tests use zero).
@@ -321,6 +332,8 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         // Children go with their owner references; nothing to do but forget the job.
         ctx.metrics
             .forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
+        ctx.claims
+            .forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
         return Ok(Action::await_change());
     }
     let ns = ij
@@ -333,14 +346,19 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     }
     let obs = observe::observe(&ctx.client, ij).await?;
     let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
-    let stage = stage::stage(ij, &obs);
+    let passes = if recorded {
+        Views::default()
+    } else {
+        set_up_passes(ij, &obs, &ctx.claims)?
+    };
+    let stage = stage::stage(ij, &obs, &passes);
     // A run whose record is written creates nothing more (Jobs deleted by hand are not run again).
     if !recorded {
         let children = desired(ij, &stage, &ctx.settings)?;
         apply::apply(&ctx.client, &ns, &obs, &children).await?;
     }
     apply::prune(&ctx.client, ij, &obs).await?;
-    let st = status::compute(ij, &obs, &stage, now);
+    let st = status::compute(ij, &obs, &stage, &passes, now);
     ctx.metrics.job(
         &ns,
         &ij.name_any(),
@@ -351,21 +369,90 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         },
     );
     let later = write_status(ctx, ij, &st).await?;
+    if later.is_none() {
+        // The status holds the checkpoint just computed: a pass it shows finished may let its
+        // workers go.
+        for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
+            if passes.of(role).is_some_and(|p| p.finished) {
+                ctx.claims.mark_persisted(ij, role);
+            }
+        }
+    }
     let finished = st.phase.is_some_and(Phase::is_finished);
-    if finished && later.is_none() {
-        // The record is written (or was already): nothing of the run may work on. Only FailJob stops a run
-        // with Jobs still running; suspending is idempotent and keeps the pods' objects for inspection.
-        apply::suspend(&ctx.client, &ns, &stage::unfinished_jobs(ij, &obs)).await?;
+    if finished {
+        // Nothing of a finished run may work on: workers still asking (FailJob stopped the run while
+        // they copied) are told to stop, and exit with their reports written.
+        ctx.claims.end_run(ij);
     }
     Ok(match later {
         Some(d) => Action::requeue(d),
         // Watches on Jobs and pods wake us on every change; the periodic requeue only catches missed events.
         None if finished => Action::await_change(),
+        // Workers report to the claims endpoint, not through pod events: look again every status
+        // interval while a pass runs, so progress reaches the status.
+        None if matches!(stage, stage::Stage::Copy(..) | stage::Stage::Verify(..)) => {
+            Action::requeue(ctx.status_interval.max(Duration::from_secs(1)))
+        }
         // Soon enough to see a stall when no pod event comes (a hung mount sends none).
         None => Action::requeue(Duration::from_secs(
             ij.spec.stall_timeout_seconds().div_ceil(2).clamp(5, 60),
         )),
     })
+}
+
+/// Makes sure the current run's passes exist in `claims` (the copy pass once the plan is stored,
+/// the verify pass once the copy pass ended), restored from the status checkpoint after an
+/// operator restart; tells them which worker pods ended (their claims go back to the queue);
+/// returns what they say.
+fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> Result<Views> {
+    let run = ij.spec.run;
+    let Some(plan) = obs.plan(ij, run) else {
+        return Ok(Views::default());
+    };
+    let checkpoint = ij
+        .status
+        .as_ref()
+        .filter(|s| s.run == Some(run))
+        .and_then(|s| s.checkpoint.clone())
+        .unwrap_or_default();
+    let plan_error = |message: String| Error::Plan {
+        prefix: crate::names::plan_prefix(ij, run),
+        message,
+    };
+    let ended = |role: &'static str| {
+        obs.pods_of(role, run)
+            .filter(|p| {
+                matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect::<Vec<_>>()
+    };
+    claims
+        .ensure(ij, labels::ROLE_COPY, plan.shards, checkpoint.copy.as_ref())
+        .map_err(plan_error)?;
+    claims.workers_ended(ij, labels::ROLE_COPY, ended(labels::ROLE_COPY));
+    // As in `stage::stage`: the copy pass also ends when its Job finished (every worker gone)
+    // with shards left; the verify pass then re-copies them, so its workers need a pass too.
+    let copy_job_ended = stage::role_state(ij, obs, labels::ROLE_COPY)
+        .is_some_and(|s| s.finished && !s.failed_whole());
+    if claims
+        .view(ij, labels::ROLE_COPY)
+        .is_some_and(|v| (v.finished || copy_job_ended) && v.stopped.is_none())
+    {
+        claims
+            .ensure(
+                ij,
+                labels::ROLE_VERIFY,
+                plan.shards,
+                checkpoint.verify.as_ref(),
+            )
+            .map_err(plan_error)?;
+        claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
+    }
+    Ok(claims.views(ij))
 }
 
 /// Errors that reach the status as a `Degraded` condition and an Event: failed API calls and our own

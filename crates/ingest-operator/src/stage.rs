@@ -5,51 +5,32 @@ use ingest_api::constants::labels;
 use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
 use k8s_openapi::api::batch::v1::Job;
 
+use kube::ResourceExt;
+
+use crate::claims::Views;
 use crate::names;
 use crate::observe::Observed;
 use crate::plan_store::PlanSummary;
 
-/// One destination server's share of the work.
+/// Who works on a run's passes: every worker pod mounts every destination server and claims
+/// shards from the pass's queue, so no server is dealt a fixed share.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
-    /// Position in `spec.destination.nfs.servers`.
-    pub index: usize,
-    /// The address.
-    pub server: String,
-    /// Shards the plan deals to this server (completions of its Indexed Jobs).
-    pub shards: u64,
-    /// Pods running at once for this server.
+pub struct Layout {
+    /// The destination servers, in `spec.destination.nfs.servers` order (`/ingest/dest-<i>`).
+    pub servers: Vec<String>,
+    /// Worker pods of each pass: `spec.workers` (default: one per server), never more than there
+    /// are shards.
     pub workers: u32,
 }
 
-/// How shards and workers are spread over the servers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    /// Servers that get work (at least one shard dealt to them).
-    pub slots: Vec<Slot>,
-}
-
-/// The plan deals shards to servers (`shardsPerServer`); workers are spread round-robin like the plan's dealing
-/// (worker `w` writes through server `w mod n`), and a server never runs more pods at once than it has shards.
+/// The run's layout from the (frozen) spec and the plan.
 pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
-    let servers = &spec.destination.nfs.servers;
-    let n = servers.len().max(1) as u32;
-    let w = spec.workers.unwrap_or(n).max(1);
-    let slots = servers
-        .iter()
-        .enumerate()
-        .filter_map(|(i, server)| {
-            let shards = plan.shards_per_server.get(i).copied().unwrap_or(0);
-            let workers = (w / n + u32::from((i as u32) < w % n)).max(1);
-            (shards > 0).then(|| Slot {
-                index: i,
-                server: server.clone(),
-                shards,
-                workers: workers.min(u32::try_from(shards).unwrap_or(u32::MAX)),
-            })
-        })
-        .collect();
-    Layout { slots }
+    let servers = spec.destination.nfs.servers.clone();
+    let w = spec.workers.unwrap_or(servers.len() as u32).max(1);
+    Layout {
+        workers: w.min(u32::try_from(plan.shards.max(1)).unwrap_or(u32::MAX)),
+        servers,
+    }
 }
 
 /// How a Job stands, from its status.
@@ -142,7 +123,7 @@ pub enum Stage {
     },
     /// A Job of the `role` pass failed as a whole (exit 2, unusable input: `FailJob` rule of the pod failure
     /// policy), or `failurePolicy.action: FailJob` and a shard failed: the run ends here. No later pass starts,
-    /// and Jobs of the run still running are suspended. `cause` says which and why.
+    /// and workers of the run still asking for work are told to stop. `cause` says which and why.
     Stopped {
         plan: PlanSummary,
         layout: Layout,
@@ -182,27 +163,13 @@ impl Stage {
     }
 }
 
-/// Per-role Job states of a layout; a missing Job counts as not finished.
-pub fn role_states(
-    ij: &IngestJob,
-    obs: &Observed,
-    layout: &Layout,
-    role: &str,
-) -> Vec<(usize, Option<JobState>)> {
-    layout
-        .slots
-        .iter()
-        .map(|s| {
-            (
-                s.index,
-                obs.job(&names::worker_job(ij, ij.spec.run, role, s.index))
-                    .map(job_state),
-            )
-        })
-        .collect()
+/// The state of `role`'s Job of the current run, if it exists.
+pub fn role_state(ij: &IngestJob, obs: &Observed, role: &str) -> Option<JobState> {
+    obs.job(&names::pass_job(&ij.name_any(), ij.spec.run, role))
+        .map(job_state)
 }
 
-/// Jobs of the current run that have not finished (what stopping a run suspends).
+/// Jobs of the current run that have not finished (their workers are told to stop when the run is).
 pub fn unfinished_jobs<'a>(ij: &IngestJob, obs: &'a Observed) -> Vec<&'a Job> {
     obs.jobs
         .iter()
@@ -268,8 +235,8 @@ pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     spec
 }
 
-/// Decides the stage of `ij.spec.run` from what exists.
-pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
+/// Decides the stage of `ij.spec.run` from what exists and what the passes say.
+pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let run = ij.spec.run;
     let Some(scan) = obs.job(&names::scan_job(ij, run)).map(job_state) else {
         return Stage::Scan;
@@ -312,61 +279,69 @@ pub fn stage(ij: &IngestJob, obs: &Observed) -> Stage {
     // The verify role runs even with `verify.mode: None`: its workers then only set directory
     // metadata, which other shards' copies change until every shard is done.
     for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
-        let states = role_states(ij, obs, &layout, role);
-        let sum_failed = || {
-            states
-                .iter()
-                .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
-                .sum::<u64>()
-        };
-        let whole = states.iter().find_map(|(i, s)| {
-            s.as_ref()
-                .filter(|s| s.failed_whole())
-                .map(|s| (*i, s.failure.clone().unwrap_or_default()))
-        });
-        let cause = if let Some((i, (reason, message))) = whole {
+        let job = role_state(ij, obs, role);
+        let pass = passes.of(role);
+        let lost = pass.map_or(0, |p| p.counts.lost);
+        let cause = if let Some(why) = pass.and_then(|p| p.stopped.as_deref()) {
+            Some(format!("a {role} worker stopped on unusable input: {why}"))
+        } else if let Some((reason, message)) = job
+            .as_ref()
+            .filter(|s| s.failed_whole())
+            .map(|s| s.failure.clone().unwrap_or_default())
+        {
             Some(format!(
                 "the {role} Job {} failed ({reason}: {message})",
-                names::worker_job(ij, run, role, i)
+                names::pass_job(&ij.name_any(), run, role)
             ))
-        } else if fail_fast
-            && states
-                .iter()
-                .any(|(_, s)| s.as_ref().is_some_and(|s| s.failed || s.failed_indexes > 0))
-        {
-            // With `maxFailedIndexes: 0` a server's Job fails at its first failed shard; the run stops at
-            // once instead of waiting for the other servers' Jobs (which are then suspended).
+        } else if fail_fast && lost > 0 {
             Some(format!(
-                "{} shard(s) of the {role} pass failed and the failure policy is FailJob",
-                sum_failed().max(1)
+                "{lost} shard(s) of the {role} pass were lost (their workers ended through all retries) and the failure policy is FailJob"
             ))
         } else {
-            None
+            // FailJob stops at the first shard that finished with failed entries, as it always did.
+            pass.map(|p| p.sum.failed)
+                .filter(|f| fail_fast && *f > 0)
+                .map(|failed| {
+                    format!(
+                        "{failed} entr{} failed in the {role} pass and the failure policy is FailJob",
+                        if failed == 1 { "y" } else { "ies" }
+                    )
+                })
         };
         if let Some(cause) = cause {
             return Stage::Stopped {
-                failed_shards: sum_failed(),
+                failed_shards: lost,
                 plan,
                 layout,
                 role,
                 cause,
             };
         }
-        if !states
-            .iter()
-            .all(|(_, s)| s.as_ref().is_some_and(|s| s.finished))
-        {
+        let finished = pass.is_some_and(|p| p.finished);
+        // Every worker pod ended (through its retries) while shards were left: nobody will claim
+        // them, so they are lost.
+        let abandoned = !finished && pass.is_some() && job.as_ref().is_some_and(|s| s.finished);
+        if !finished && !abandoned {
             return if role == labels::ROLE_COPY {
                 Stage::Copy(plan, layout)
             } else {
                 Stage::Verify(plan, layout)
             };
         }
-        // Verify re-copies what the copy pass missed, so the verify pass's failures are the final word.
-        failed_shards = states
-            .iter()
-            .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
-            .sum();
+        // Verify re-copies what the copy pass missed, so the verify pass's lost shards are the
+        // final word (the status adds the copy's when verify is None).
+        failed_shards = pass.map_or(0, |p| p.counts.total.saturating_sub(p.counts.completed));
+        if fail_fast && failed_shards > 0 {
+            return Stage::Stopped {
+                cause: format!(
+                    "{failed_shards} shard(s) of the {role} pass were lost (every worker ended) and the failure policy is FailJob"
+                ),
+                failed_shards,
+                plan,
+                layout,
+                role,
+            };
+        }
     }
     Stage::Done {
         plan,
@@ -400,35 +375,16 @@ mod tests {
     }
 
     #[test]
-    fn completions_follow_the_plan_and_workers_spread_round_robin() {
+    fn every_worker_gets_every_server_and_workers_never_exceed_shards() {
         let l = layout(&spec(3, Some(7)), &plan(&[4, 3, 3]));
-        let got: Vec<_> = l
-            .slots
-            .iter()
-            .map(|s| (s.server.as_str(), s.shards, s.workers))
-            .collect();
-        assert_eq!(
-            got,
-            [("10.0.0.1", 4, 3), ("10.0.0.2", 3, 2), ("10.0.0.3", 3, 2)]
-        );
-    }
-
-    #[test]
-    fn servers_without_shards_get_no_job() {
-        let l = layout(&spec(4, Some(2)), &plan(&[50, 50, 0, 0]));
-        assert_eq!(l.slots.iter().map(|s| s.index).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!((l.servers.len(), l.workers), (3, 7));
         let l = layout(&spec(3, None), &plan(&[1, 1]));
         assert_eq!(
-            l.slots.len(),
-            2,
-            "a summary shorter than the server list means no shards there"
+            l.workers, 2,
+            "one per server by default, capped by the 2 shards"
         );
-    }
-
-    #[test]
-    fn workers_never_exceed_shards_of_their_server() {
         let l = layout(&spec(1, Some(50)), &plan(&[3]));
-        assert_eq!(l.slots[0].workers, 3);
+        assert_eq!(l.workers, 3);
     }
 
     #[test]

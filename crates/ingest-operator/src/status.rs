@@ -2,159 +2,49 @@
 //! a run (a restarted operator or a retried pod does not reset progress), lists are bounded, and the result
 //! depends only on its inputs, so the same observation always gives the same status.
 
-use std::collections::BTreeMap;
-
+use ingest_api::claims::RunCheckpoint;
 use ingest_api::conditions::{condition, merge_conditions};
-use ingest_api::constants::{annotations, conditions as ct, labels, reasons};
-use ingest_api::report::{PodProgress, PodResult};
+use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::validate::SpecErrors;
 use ingest_api::{
     FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
     ReportStatus, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
-use ingest_job::WorkerExit;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
+use crate::claims::{PassView, Views};
 use crate::observe::Observed;
-use crate::stage::{Layout, Stage, role_states};
+use crate::stage::Stage;
 
-/// Pod annotation Kubernetes sets on Indexed Job pods.
-const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
-
-/// What one shard's latest pod says.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct ShardReport {
-    server: usize,
-    files: u64,
-    bytes: u64,
-    failed: u64,
-    failures: Vec<FileFailure>,
-    verification: Option<VerificationCounts>,
-    /// It ended with a result and exit 1: its shard finished with failed entries, each counted.
-    files_failed: bool,
-    /// Verify pass: entries checked (final or so far).
-    checked: u64,
-}
-
-/// The pod's final result (termination message) if it finished, else its progress annotation.
-fn pod_report(pod: &Pod) -> Option<ShardReport> {
-    let server = pod
-        .metadata
-        .labels
-        .as_ref()?
-        .get(labels::SERVER_INDEX)?
-        .parse()
-        .ok()?;
-    let terminated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
-    if let Some(result) = terminated
-        .and_then(|t| t.message.as_deref())
-        .and_then(|m| serde_json::from_str::<PodResult>(m).ok())
-    {
-        return Some(ShardReport {
-            server,
-            files: result.files,
-            bytes: result.bytes,
-            failed: result.failed,
-            failures: result.failures,
-            checked: result.verification.as_ref().map_or(0, |v| v.checked),
-            verification: result.verification,
-            files_failed: terminated.is_some_and(|t| {
-                WorkerExit::from_code(Some(t.exit_code)) == WorkerExit::FilesFailed
-            }),
-        });
-    }
-    let progress: PodProgress = pod
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(annotations::PROGRESS)
-        .and_then(|a| serde_json::from_str(a).ok())?;
-    Some(ShardReport {
-        server,
-        files: progress.files,
-        bytes: progress.bytes,
-        failed: progress.failed,
-        checked: progress.checked,
-        ..Default::default()
-    })
-}
-
-/// The latest pod of each (server, index): retries replace earlier attempts instead of adding to them.
-fn latest_per_shard<'a>(pods: impl Iterator<Item = &'a Pod>) -> Vec<&'a Pod> {
-    let mut latest: BTreeMap<(String, String), &Pod> = BTreeMap::new();
-    for p in pods {
-        let l = p.metadata.labels.as_ref();
-        let key = (
-            l.and_then(|l| l.get(labels::SERVER_INDEX))
-                .cloned()
-                .unwrap_or_default(),
-            p.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(INDEX_ANNOTATION))
-                .cloned()
-                .unwrap_or_default(),
-        );
-        let newer = |old: &Pod| {
-            old.metadata.creation_timestamp.as_ref().map(|t| t.0)
-                < p.metadata.creation_timestamp.as_ref().map(|t| t.0)
-        };
-        if latest.get(&key).is_none_or(|old| newer(old)) {
-            latest.insert(key, p);
-        }
-    }
-    latest.into_values().collect()
-}
-
-/// Sum of the reports of one role's latest pods.
+/// What a pass's completed shards and its live workers add up to.
 #[derive(Default)]
 struct Sum {
     files: u64,
     bytes: u64,
     failed: u64,
     failures: Vec<FileFailure>,
-    per_server: BTreeMap<usize, (u64, u64)>,
     verification: VerificationCounts,
-    /// Shards whose latest pod ended with a result and exit 1 (a failed index, but accounted).
-    files_failed_shards: u64,
     /// Entries checked by the verify pass (final or so far).
     checked: u64,
 }
 
-fn sum_role(obs: &Observed, role: &str, run: i64) -> Sum {
-    let mut s = Sum::default();
-    for r in latest_per_shard(obs.pods_of(role, run))
-        .into_iter()
-        .filter_map(pod_report)
-    {
-        s.files += r.files;
-        s.bytes += r.bytes;
-        s.failed += r.failed;
-        s.files_failed_shards += u64::from(r.files_failed);
-        s.checked += r.checked;
-        let e = s.per_server.entry(r.server).or_default();
-        e.0 += r.files;
-        e.1 += r.bytes;
-        for f in r.failures {
-            if s.failures.len() < MAX_LISTED_FAILURES {
-                s.failures.push(f);
-            }
-        }
-        if let Some(v) = r.verification {
-            s.verification.add(&v);
-        }
+/// The completed shards' results plus the progress live workers reported on the shards they hold.
+fn sum_pass(pass: Option<&PassView>) -> Sum {
+    let Some(p) = pass else {
+        return Sum::default();
+    };
+    let mut verification = p.sum.verification.clone().unwrap_or_default();
+    verification.verified = verification.matched + verification.repaired;
+    Sum {
+        files: p.sum.files + p.in_flight.files,
+        bytes: p.sum.bytes + p.in_flight.bytes,
+        failed: p.sum.failed + p.in_flight.failed,
+        failures: p.sum.failures.clone(),
+        checked: verification.checked + p.in_flight.checked,
+        verification,
     }
-    s.verification.verified = s.verification.matched + s.verification.repaired;
-    s
 }
 
 pub use ingest_api::units::human_bytes;
@@ -191,26 +81,15 @@ pub fn rates_and_eta(
     (bps as u64, fps as u64, eta)
 }
 
-fn shard_counts(
-    ij: &IngestJob,
-    obs: &Observed,
-    layout: &Layout,
-    role: &str,
-    total: u64,
-) -> ShardCounts {
-    let mut c = ShardCounts {
+fn shard_counts(pass: Option<&PassView>, total: u64) -> ShardCounts {
+    let c = pass.map(|p| p.counts).unwrap_or_default();
+    ShardCounts {
         total,
-        ..Default::default()
-    };
-    for (_, state) in role_states(ij, obs, layout, role) {
-        if let Some(s) = state {
-            c.succeeded += s.succeeded;
-            c.failed += s.failed_indexes;
-            c.running += s.active;
-        }
+        pending: total.saturating_sub(c.completed + c.lost + c.running),
+        running: c.running,
+        succeeded: c.completed,
+        failed: c.lost,
     }
-    c.pending = total.saturating_sub(c.succeeded + c.failed + c.running);
-    c
 }
 
 /// True when `status` holds the finished record of `run`: its verdict, counts and failure list were written
@@ -266,7 +145,13 @@ fn keep_failures(prev: &IngestJobStatus, st: &mut IngestJobStatus) {
 
 /// The status for `stage` of `ij`, observed at `now`. Once the run's record is written ([`recorded`]), it is
 /// returned unchanged.
-pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) -> IngestJobStatus {
+pub fn compute(
+    ij: &IngestJob,
+    obs: &Observed,
+    stage: &Stage,
+    passes: &Views,
+    now: Timestamp,
+) -> IngestJobStatus {
     let spec = &ij.spec;
     let run = spec.run;
     if recorded(ij.status.as_ref(), run) {
@@ -323,7 +208,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
                         reasons::SHARD_FAILED
                     },
                     format!(
-                        "{cause}; the run was stopped: {}{running} running Job(s) suspended",
+                        "{cause}; the run was stopped: {}the workers of {running} running Job(s) take no more work",
                         match *role {
                             labels::ROLE_SCAN => "no copy or verify pass, ",
                             labels::ROLE_COPY => "no verify pass, ",
@@ -339,7 +224,7 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
     let mut outcome = outcome;
     if let Some((plan, layout)) = stage.plan() {
         st.totals = Some(plan.totals.clone());
-        let copy = sum_role(obs, labels::ROLE_COPY, run);
+        let copy = sum_pass(passes.copy.as_ref());
         // Until the verify pass ran (a run stopped after the scan or the copy never gets one).
         let in_copy = match stage {
             Stage::Copy(..) => true,
@@ -347,11 +232,11 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             _ => false,
         };
         let verify_ran = spec.verify.mode != VerifyMode::None && !in_copy;
-        let verify = verify_ran.then(|| sum_role(obs, labels::ROLE_VERIFY, run));
+        let verify = verify_ran.then(|| sum_pass(passes.verify.as_ref()));
         // With verify None the verify role only set directory metadata: what it could not set
         // adds to the copy's failures.
         let settled = (spec.verify.mode == VerifyMode::None && !in_copy)
-            .then(|| sum_role(obs, labels::ROLE_VERIFY, run));
+            .then(|| sum_pass(passes.verify.as_ref()));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
         let prev_p = prev
@@ -397,17 +282,16 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
             checked: verify.as_ref().map_or(0, |v| v.checked).max(prev_p.checked),
             last_progress_time: None,
         });
+        // Every worker mounts every server; per-server figures come with the engine's per-mount
+        // counters (not yet reported).
         st.servers = layout
-            .slots
+            .servers
             .iter()
-            .map(|s| {
-                let (f, b) = copy.per_server.get(&s.index).copied().unwrap_or_default();
-                ServerStatus {
-                    server: s.server.clone(),
-                    workers: s.workers,
-                    files: f,
-                    bytes: b,
-                }
+            .map(|s| ServerStatus {
+                server: s.clone(),
+                workers: layout.workers,
+                files: 0,
+                bytes: 0,
             })
             .collect();
         let role = if verify_ran {
@@ -415,7 +299,11 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
         } else {
             labels::ROLE_COPY
         };
-        st.shards = Some(shard_counts(ij, obs, layout, role, plan.shards));
+        st.shards = Some(shard_counts(passes.of(role), plan.shards));
+        st.checkpoint = Some(RunCheckpoint {
+            copy: passes.copy.as_ref().map(|p| p.checkpoint.clone()),
+            verify: passes.verify.as_ref().map(|p| p.checkpoint.clone()),
+        });
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
         let last = verify.as_ref().unwrap_or(&copy);
@@ -440,18 +328,14 @@ pub fn compute(ij: &IngestJob, obs: &Observed, stage: &Stage, now: Timestamp) ->
 
         if let Stage::Done { failed_shards, .. } = stage {
             let fp = &spec.failure_policy;
-            // A failed index whose latest pod left a result (exit 1: files failed) is accounted
-            // for entry by entry; the others (crashed through their retries) are lost. With verify
-            // None the copy pass is the last word on contents, so its lost shards count too.
-            let last_pass = verify.as_ref().or(settled.as_ref());
-            let mut lost_shards =
-                failed_shards.saturating_sub(last_pass.map_or(0, |s| s.files_failed_shards));
+            // Shards no worker finished after their retries; with verify None the copy pass is the
+            // last word on contents, so its lost shards count too.
+            let mut lost_shards = *failed_shards;
             if spec.verify.mode == VerifyMode::None {
-                let copy_failed: u64 = role_states(ij, obs, layout, labels::ROLE_COPY)
-                    .iter()
-                    .map(|(_, s)| s.as_ref().map_or(0, |s| s.failed_indexes))
-                    .sum();
-                lost_shards += copy_failed.saturating_sub(copy.files_failed_shards);
+                lost_shards += passes
+                    .copy
+                    .as_ref()
+                    .map_or(0, |p| p.counts.total.saturating_sub(p.counts.completed));
             }
             let v = ingest_job::decide(
                 ingest_job::Policy {

@@ -10,8 +10,11 @@ use std::time::Duration;
 use common::selectors;
 use common::*;
 use http::{Request, Response};
-use ingest_api::{IngestJob, Phase, Totals};
+use ingest_api::claims::{ClaimResponse, PassCheckpoint, PassState, RunCheckpoint, ShardDone};
+use ingest_api::report::PodResult;
+use ingest_api::{IngestJob, IngestJobStatus, Phase, Totals};
 use ingest_operator::Category;
+use ingest_operator::claims::{Refusal, Registry};
 use ingest_operator::metrics::Metrics;
 use ingest_operator::reconcile::{Context, error_policy, reconcile};
 use k8s_openapi::api::batch::v1::Job;
@@ -26,6 +29,10 @@ use serde_json::{Value, json};
 /// as the API server does (`common::selectors`); creates and deletes change what later lists return.
 #[derive(Clone, Default)]
 struct Cluster {
+    /// Not the API server's: the operator's claims registry (what its endpoint serves the worker
+    /// pods). Every reconcile of one test uses it, as one operator process would; a test replaces
+    /// it to restart the operator.
+    claims: Arc<Registry>,
     /// The IngestJob a single-job test reconciles (added to `ijs` by [`run`]).
     ij: Option<IngestJob>,
     /// Every IngestJob; status writes land here.
@@ -296,13 +303,17 @@ async fn run_in_with(
             },
         )
     });
-    let ctx = Arc::new(Context::new(
-        client,
-        settings(),
-        metrics.clone(),
-        recorder,
-        Duration::from_secs(5),
-    ));
+    let claims = shared.lock().unwrap().claims.clone();
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            settings(),
+            metrics.clone(),
+            recorder,
+            Duration::from_secs(5),
+        )
+        .with_claims(claims),
+    );
     let result = reconcile(Arc::new(ij.clone()), ctx.clone()).await;
     if let Err(e) = &result {
         error_policy(Arc::new(ij.clone()), e, ctx.clone());
@@ -402,21 +413,36 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
 }
 
 #[tokio::test]
-async fn restart_mid_copy_creates_nothing_twice_and_reports_progress() {
-    let ij = fixture("three-ips.yaml");
+async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_twice_and_reports_progress()
+ {
+    // The operator restarted mid-copy: its registry is empty; the status holds the copy pass's
+    // checkpoint (shards 0-2 completed).
+    let mut ij = fixture("three-ips.yaml");
     let mut obs = scanned(&ij, 6, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, false, false, "", "", 2)
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", 6)
     });
     obs.pods
-        .push(worker_pod(&ij, "copy", 1, 0, 5, progress(30, 300), None));
-    let cluster = Cluster {
-        jobs: obs.jobs,
-        pods: obs.pods,
-        plans: obs.plans,
+        .push(worker_pod(&ij, "copy", 1, "abcde", "Running"));
+    ij.status = Some(IngestJobStatus {
+        run: Some(0),
+        phase: Some(Phase::Copying),
+        checkpoint: Some(RunCheckpoint {
+            copy: Some(PassCheckpoint {
+                completed: "0-2".into(),
+                files: 30,
+                bytes: 300,
+                ..Default::default()
+            }),
+            verify: None,
+        }),
         ..Default::default()
-    };
-    let (result, calls, _) = run(&ij, cluster).await;
+    });
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, calls, _) = run_in(&shared, &ij).await;
     result.unwrap();
     assert!(
         !shorts(&calls).contains(&"POST jobs".to_owned()),
@@ -432,38 +458,118 @@ async fn restart_mid_copy_creates_nothing_twice_and_reports_progress() {
         ),
         (Some(30), Some(300))
     );
-    assert_eq!(st["servers"][1]["files"], 30);
+    assert_eq!(
+        (&st["shards"]["succeeded"], &st["shards"]["pending"]),
+        (&json!(3), &json!(3))
+    );
+    assert_eq!(st["checkpoint"]["copy"]["completed"], "0-2");
+    assert_eq!(st["servers"].as_array().unwrap().len(), 3);
+    assert_eq!(st["servers"][1]["workers"], 6);
     assert_eq!(st["totals"]["files"], 100);
+
+    // The running worker reports to the new operator: it keeps shard 3 (no one else gets it).
+    let claims = shared.lock().unwrap().claims.clone();
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "abcde"));
+    r.holding = vec![3];
+    r.progress = progress(5, 50);
+    assert_eq!(
+        claims.handle(r).unwrap(),
+        ClaimResponse {
+            shards: vec![],
+            state: PassState::Work
+        }
+    );
+    let ij = current(&shared, "media");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let st = status_body(&calls);
+    assert_eq!(
+        (
+            st["progress"]["files"].as_u64(),
+            st["progress"]["bytes"].as_u64()
+        ),
+        (Some(35), Some(350))
+    );
+    assert_eq!(
+        (
+            &st["shards"]["succeeded"],
+            &st["shards"]["running"],
+            &st["shards"]["pending"]
+        ),
+        (&json!(3), &json!(1), &json!(2))
+    );
 }
 
 #[tokio::test]
-async fn scan_done_creates_one_copy_job_per_server() {
+async fn scan_done_creates_one_copy_job_whose_workers_mount_every_server_and_sets_up_its_pass() {
     let ij = fixture("three-ips.yaml");
     let obs = scanned(&ij, 6, totals(), false);
-    let (result, calls, _) = run(
-        &ij,
-        Cluster {
-            jobs: obs.jobs,
-            plans: obs.plans,
-            ..Default::default()
-        },
-    )
-    .await;
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        jobs: obs.jobs,
+        plans: obs.plans,
+        ..Default::default()
+    }));
+    let (result, calls, _) = run_in(&shared, &ij).await;
     result.unwrap();
-    let created: Vec<String> = calls
+    let created: Vec<&Value> = calls
         .iter()
         .filter(|c| c.short() == "POST jobs")
-        .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_owned())
+        .map(|c| &c.body)
+        .collect();
+    assert_eq!(created.len(), 1);
+    let job = created[0];
+    assert_eq!(job["metadata"]["name"], "media-r0-copy");
+    assert_eq!(
+        (
+            &job["spec"]["completionMode"],
+            &job["spec"]["completions"],
+            &job["spec"]["parallelism"]
+        ),
+        (&json!("Indexed"), &json!(6), &json!(6))
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    let servers: Vec<(&str, &str)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"].as_str().unwrap().starts_with("dest-"))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["nfs"]["server"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
-        created,
-        ["media-r0-copy-0", "media-r0-copy-1", "media-r0-copy-2"]
+        servers,
+        [
+            ("dest-0", "10.1.1.101"),
+            ("dest-1", "10.1.1.102"),
+            ("dest-2", "10.1.1.103")
+        ]
     );
-    assert_eq!(status_body(&calls)["phase"], "Copying");
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(
+        args.contains(&format!("\"--claims-url\",\"{}\"", settings().claims_url)),
+        "{args}"
+    );
+    let st = status_body(&calls);
+    assert_eq!(st["phase"], "Copying");
+    assert_eq!(
+        (&st["shards"]["total"], &st["shards"]["pending"]),
+        (&json!(6), &json!(6))
+    );
+
+    // The pass its workers claim from exists: the first worker to ask gets shards.
+    let claims = shared.lock().unwrap().claims.clone();
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "x"));
+    r.room = 2;
+    assert_eq!(claims.handle(r).unwrap().shards, vec![0, 1]);
 }
 
 #[tokio::test]
-async fn report_claim_reaches_the_created_copy_jobs_and_the_status_says_where() {
+async fn report_claim_reaches_the_created_copy_job_and_the_status_says_where() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.report =
         Some(serde_json::from_value(json!({"pvc": {"claimName": "ingest-reports"}})).unwrap());
@@ -483,38 +589,36 @@ async fn report_claim_reaches_the_created_copy_jobs_and_the_status_says_where() 
         .filter(|c| c.short() == "POST jobs")
         .map(|c| &c.body)
         .collect();
-    assert_eq!(created.len(), 3);
-    for (s, job) in created.iter().enumerate() {
-        let pod = &job["spec"]["template"]["spec"];
-        let volumes = pod["volumes"].as_array().unwrap();
-        assert!(
-            volumes.contains(&json!({"name": "report", "persistentVolumeClaim": {"claimName": "ingest-reports", "readOnly": false}})),
-            "{volumes:?}"
-        );
-        let c = &pod["containers"][0];
-        assert!(
-            c["volumeMounts"]
-                .as_array()
-                .unwrap()
-                .contains(&json!({"name": "report", "mountPath": "/ingest/report"})),
-            "{}",
-            c["volumeMounts"]
-        );
-        let args: Vec<&str> = c["args"]
+    assert_eq!(created.len(), 1);
+    let pod = &created[0]["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(
+        volumes.contains(&json!({"name": "report", "persistentVolumeClaim": {"claimName": "ingest-reports", "readOnly": false}})),
+        "{volumes:?}"
+    );
+    let c = &pod["containers"][0];
+    assert!(
+        c["volumeMounts"]
             .as_array()
             .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
-        let at = args
-            .iter()
-            .position(|a| *a == "--report")
-            .expect("--report");
-        assert_eq!(
-            args[at + 1],
-            format!("/ingest/report/media/run-0/copy-{s}-$(JOB_COMPLETION_INDEX).jsonl.gz")
-        );
-    }
+            .contains(&json!({"name": "report", "mountPath": "/ingest/report"})),
+        "{}",
+        c["volumeMounts"]
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--report")
+        .expect("--report");
+    assert_eq!(
+        args[at + 1],
+        "/ingest/report/media/run-0/copy-$(JOB_COMPLETION_INDEX).jsonl.gz"
+    );
     assert_eq!(
         status_body(&calls)["report"],
         json!({"location": "pvc ingest-reports:/media/run-0/"})
@@ -528,57 +632,68 @@ async fn verify_none_still_runs_the_last_phase_to_set_directory_times() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.verify.mode = ingest_api::VerifyMode::None;
     let mut obs = scanned(&ij, 8, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0-7", "", 0)
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "0-1", "", 0)
     });
-    let (result, calls, _) = run(
+    let c = Cluster {
+        jobs: obs.jobs,
+        plans: obs.plans,
+        ..Default::default()
+    };
+    drive(
+        &c.claims,
         &ij,
-        Cluster {
-            jobs: obs.jobs,
-            plans: obs.plans,
-            ..Default::default()
-        },
-    )
-    .await;
+        "copy",
+        8,
+        &PassScript::all_done(8, result(1, 10, 0)),
+    );
+    let claims = c.claims.clone();
+    let (result, calls, _) = run(&ij, c).await;
     result.unwrap();
     let created: Vec<String> = calls
         .iter()
         .filter(|c| c.short() == "POST jobs")
         .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(created, ["genomics-r0-verify-0"]);
+    assert_eq!(created, ["genomics-r0-verify"]);
     let verify_job = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
     let cmd = verify_job.body["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(cmd.contains("\"--verify\",\"none\""), "{cmd}");
+    assert!(cmd.contains("\"--phase\",\"verify\""), "{cmd}");
     let st = status_body(&calls);
+    assert_eq!(st["phase"], "Verifying");
     assert!(st["verification"].is_null(), "{st}");
+    // Its workers find their pass.
+    let mut r = claim_request(&ij, "verify", &worker_pod_name(&ij, "verify", 0, "x"));
+    r.room = 1;
+    assert_eq!(claims.handle(r).unwrap().shards, vec![0]);
 }
 
 #[tokio::test]
-async fn completion_marks_ready_and_stops_requeueing() {
+async fn completion_marks_ready_writes_the_checkpoint_and_stops_requeueing() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.verify.mode = ingest_api::VerifyMode::None;
-    let mut obs = scanned(&ij, 8, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0-7", "", 0)
-    });
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0-7", "", 0)
-    });
-    let (result, calls, _) = run(
+    let mut c = Cluster::default();
+    add_finished(
+        &mut c,
         &ij,
-        Cluster {
-            jobs: obs.jobs,
-            plans: obs.plans,
-            ..Default::default()
-        },
-    )
-    .await;
+        8,
+        PassScript::all_done(8, PodResult::default()),
+    );
+    let (result, calls, _) = run(&ij, c).await;
     assert_eq!(result.unwrap(), Action::await_change());
     let st = status_body(&calls);
     assert_eq!(st["phase"], "Succeeded");
     assert_eq!(condition(st, "Ready")["status"], "True");
     assert_eq!(st["shards"]["succeeded"], 8);
+    assert_eq!(st["progress"]["files"], 8);
+    assert_eq!(
+        st["checkpoint"],
+        json!({
+            "copy": {"completed": "0-7", "files": 8, "bytes": 80, "failed": 0},
+            "verify": {"completed": "0-7", "files": 0, "bytes": 0, "failed": 0}
+        })
+    );
     assert!(st["completionTime"].is_string());
 }
 
@@ -710,11 +825,18 @@ async fn status_writes_are_rate_limited_within_one_context() {
     // Two reconciles 0 s apart sharing a context: the second has only counter changes and must not write.
     let ij = fixture("one-ip.yaml");
     let mut obs = scanned(&ij, 8, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
+    add_pass_job(&ij, &mut obs, "copy", |j| {
         observed_job(j, false, false, "", "", 2)
     });
-    obs.pods
-        .push(worker_pod(&ij, "copy", 0, 0, 5, progress(1, 1), None));
+    // A live worker reports 1 file so far.
+    let claims = Arc::new(Registry::default());
+    drive(
+        &claims,
+        &ij,
+        "copy",
+        8,
+        &PassScript::default().running(&worker_pod_name(&ij, "copy", 0, "x"), &[0], progress(1, 1)),
+    );
 
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -734,6 +856,7 @@ async fn status_writes_are_rate_limited_within_one_context() {
             None,
             Duration::from_secs(5),
         )
+        .with_claims(claims)
         .with_reconcile_gap(Duration::ZERO),
     );
     let server = tokio::spawn(serve(
@@ -844,17 +967,22 @@ async fn deleting_a_job_with_volumes_deletes_its_volumes_then_the_finalizer() {
     );
 }
 
-/// `ij` at its current run with every Job finished (scan, copy, verify) and its plan stored.
-fn finished_objects(ij: &IngestJob, shards: u64) -> ingest_operator::observe::Observed {
-    let idx = format!("0-{}", shards - 1);
+/// `ij` at its current run with every Job finished (scan, copy, verify), its plan stored, and both
+/// passes over `shards` shards completed in the operator's registry (verify as `verify` says).
+fn add_finished(c: &mut Cluster, ij: &IngestJob, shards: u64, verify: PassScript) {
     let mut obs = scanned(ij, shards, totals(), false);
-    add_role_jobs(ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, &idx, "", 0)
-    });
-    add_role_jobs(ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, &idx, "", 0)
-    });
-    obs
+    let done = |j: &Job| observed_job(j, true, false, "", "", 0);
+    add_pass_job(ij, &mut obs, "copy", done);
+    add_pass_job(ij, &mut obs, "verify", done);
+    add(c, obs);
+    drive(
+        &c.claims,
+        ij,
+        "copy",
+        shards,
+        &PassScript::all_done(shards, result(1, 10, 0)),
+    );
+    drive(&c.claims, ij, "verify", shards, &verify);
 }
 
 fn add(c: &mut Cluster, obs: ingest_operator::observe::Observed) {
@@ -915,8 +1043,8 @@ async fn two_ingestjobs_in_one_namespace_leave_each_others_plans_alone() {
     let mut b = fixture("three-ips.yaml"); // media
     b.spec.run = 2;
     let mut c = Cluster::default();
-    add(&mut c, finished_objects(&a, 8));
-    add(&mut c, finished_objects(&b, 6));
+    add_finished(&mut c, &a, 8, PassScript::all_done(8, PodResult::default()));
+    add_finished(&mut c, &b, 6, PassScript::all_done(6, PodResult::default()));
     c.ijs = vec![a.clone(), b.clone()];
     let plans_before = c.plans.len();
     let shared: Shared = Arc::new(Mutex::new(c));
@@ -984,26 +1112,20 @@ async fn prune_deletes_only_what_this_ingestjob_owns() {
 }
 
 #[tokio::test]
-async fn a_recorded_verdict_stays_when_pods_go_and_the_policy_changes() {
+async fn a_recorded_verdict_stays_when_pods_go_the_operator_restarts_and_the_policy_changes() {
     let mut ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
     ij.metadata.resource_version = Some("100".into());
-    let mut obs = finished_objects(&ij, 3);
+    let mut verify = PassScript::default();
     for s in 0..3 {
-        let mut r = ingest_api::report::PodResult {
-            files: 10,
-            bytes: 10,
-            failed: 4,
-            ..Default::default()
-        };
+        let mut r = result(10, 10, 4);
         r.failures = vec![ingest_api::FileFailure {
             path: format!("s{s}/x"),
             reason: "EACCES".into(),
         }];
-        obs.pods
-            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+        verify = verify.with(s, r);
     }
     let mut c = Cluster::default();
-    add(&mut c, obs);
+    add_finished(&mut c, &ij, 3, verify);
     c.ijs = vec![ij.clone()];
     let shared: Shared = Arc::new(Mutex::new(c));
     let (result, _, _) = run_in(&shared, &ij).await;
@@ -1014,12 +1136,14 @@ async fn a_recorded_verdict_stays_when_pods_go_and_the_policy_changes() {
         (Some(Phase::Failed), 12)
     );
 
-    // Pods garbage-collected, a verify Job deleted by hand, the policy loosened: nothing changes.
+    // Pods garbage-collected, the verify Job deleted by hand, the policy loosened, and the operator
+    // restarted (its passes are gone): nothing changes.
     {
         let mut c = shared.lock().unwrap();
         c.pods.clear();
         c.jobs
-            .retain(|j| j.metadata.name.as_deref() != Some("media-r0-verify-1"));
+            .retain(|j| j.metadata.name.as_deref() != Some("media-r0-verify"));
+        c.claims = Arc::default();
         let ij = &mut c.ijs[0];
         ij.spec.failure_policy.max_failed_files = None;
         ij.metadata.generation = Some(5);
@@ -1035,6 +1159,11 @@ async fn a_recorded_verdict_stays_when_pods_go_and_the_policy_changes() {
         shorts(&calls)
     );
     assert_eq!(current(&shared, "media").status.unwrap(), record);
+    let claims = shared.lock().unwrap().claims.clone();
+    assert!(
+        claims.view(&ij, "copy").is_none(),
+        "no pass is set up for a recorded run"
+    );
 }
 
 #[tokio::test]
@@ -1060,53 +1189,104 @@ async fn a_status_computed_from_a_stale_object_is_refused() {
 }
 
 #[tokio::test]
-async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
+async fn fail_job_stops_the_run_at_a_shard_lost_through_its_retries_and_tells_the_workers_to_stop()
+{
     let mut ij = fixture("three-ips.yaml");
     ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
     ij.spec.failure_policy.max_failed_files = None;
+    ij.spec.failure_policy.retries_per_shard = 1;
     let mut obs = scanned(&ij, 6, totals(), false);
-    // Server 0's copy Job failed at its first failed shard; servers 1 and 2 still copy.
-    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
-        if i == 0 {
-            observed_job(j, false, true, "0", "1", 0)
-        } else {
-            observed_job(j, false, false, "", "", 1)
-        }
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", 6)
     });
     let mut c = Cluster::default();
     add(&mut c, obs);
     c.ijs = vec![ij.clone()];
     let shared: Shared = Arc::new(Mutex::new(c));
-    let (result, calls, _) = run_in(&shared, &ij).await;
+    let (result, _, _) = run_in(&shared, &ij).await;
     result.unwrap();
-    let s = shorts(&calls);
-    assert!(!s.contains(&"POST jobs".to_owned()), "no verify Job: {s:?}");
-    let suspended: Vec<String> = calls
-        .iter()
-        .filter(|c| c.short() == "PATCH jobs")
-        .map(|c| {
-            assert_eq!(c.body, json!({"spec": {"suspend": true}}));
-            c.name().unwrap()
-        })
-        .collect();
-    assert_eq!(suspended, ["media-r0-copy-1", "media-r0-copy-2"]);
-    let st = status_body(&calls);
-    assert_eq!(st["phase"], "Failed");
-    assert_eq!(condition(st, "Stalled")["reason"], "ShardFailed");
-    let msg = st["message"].as_str().unwrap();
-    assert!(
-        msg.contains("the run was stopped: no verify pass, 2 running Job(s) suspended"),
-        "{msg}"
+    assert_eq!(
+        current(&shared, "media").status.unwrap().phase,
+        Some(Phase::Copying)
     );
-    // The status write comes first: the record exists before anything is stopped.
-    let write = s
-        .iter()
-        .position(|c| c == "PATCH ingestjobs/status")
-        .unwrap();
-    let first_suspend = s.iter().position(|c| c == "PATCH jobs").unwrap();
-    assert!(write < first_suspend, "{s:?}");
+    let claims = shared.lock().unwrap().claims.clone();
+    let ask = |pod: &str, room| {
+        let mut r = claim_request(&ij, "copy", pod);
+        r.room = room;
+        claims.handle(r).unwrap().shards
+    };
+    // Worker 1 copies shards 1 and 2 throughout.
+    let first = worker_pod_name(&ij, "copy", 0, "first");
+    assert_eq!(ask(&first, 1), vec![0]);
+    assert_eq!(
+        ask(&worker_pod_name(&ij, "copy", 1, "alive"), 2),
+        vec![1, 2]
+    );
+    // Shard 0's pods are killed (OOM) while holding it: the reconcile sees each pod ended and gives
+    // its claims back; the second loss uses up retriesPerShard 1.
+    for (attempt, pod) in ["first", "second"].into_iter().enumerate() {
+        if attempt == 1 {
+            assert_eq!(
+                ask(&worker_pod_name(&ij, "copy", 0, pod), 1),
+                vec![0],
+                "the shard came back first"
+            );
+        }
+        shared
+            .lock()
+            .unwrap()
+            .pods
+            .push(worker_pod(&ij, "copy", 0, pod, "Failed"));
+        let ij = current(&shared, "media");
+        let (result, calls, _) = run_in(&shared, &ij).await;
+        result.unwrap();
+        if attempt == 0 {
+            assert!(
+                !shorts(&calls).contains(&"PATCH jobs".to_owned()),
+                "a shard with retries left goes back to the queue: {:?}",
+                shorts(&calls)
+            );
+            assert_eq!(
+                current(&shared, "media").status.unwrap().phase,
+                Some(Phase::Copying)
+            );
+            continue;
+        }
+        let s = shorts(&calls);
+        assert!(!s.contains(&"POST jobs".to_owned()), "no verify Job: {s:?}");
+        assert!(
+            !s.contains(&"PATCH jobs".to_owned()),
+            "no Job is suspended (its pods would be killed mid-report): {s:?}"
+        );
+        let st = status_body(&calls);
+        assert_eq!(st["phase"], "Failed");
+        assert_eq!(condition(st, "Stalled")["reason"], "ShardFailed");
+        assert_eq!(st["shards"]["failed"], 1);
+        assert_eq!(st["checkpoint"]["copy"]["lost"], "0");
+        let msg = st["message"].as_str().unwrap();
+        assert!(
+            msg.contains("1 shard(s) of the copy pass were lost")
+                && msg.contains(
+                    "the run was stopped: no verify pass, the workers of 1 running Job(s) take no more work"
+                ),
+            "{msg}"
+        );
+    }
+    // The worker still copying is told to stop at its next message, and takes nothing more.
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "alive"));
+    r.holding = vec![1, 2];
+    r.room = 2;
+    assert_eq!(
+        claims.handle(r).unwrap(),
+        ClaimResponse {
+            shards: vec![],
+            state: PassState::Stopped
+        }
+    );
 
-    // Later reconciles: the record stays, nothing is created or suspended again.
+    // Later reconciles, by a restarted operator: the record stays, nothing is created, and a
+    // worker still asking is told the run moved on.
+    shared.lock().unwrap().claims = Arc::default();
     let ij = current(&shared, "media");
     let (result, calls, _) = run_in(&shared, &ij).await;
     result.unwrap();
@@ -1115,6 +1295,89 @@ async fn fail_job_stops_the_run_creates_no_verify_job_and_suspends_what_runs() {
         "{:?}",
         shorts(&calls)
     );
+    let restarted = shared.lock().unwrap().claims.clone();
+    assert_eq!(
+        restarted.handle(claim_request(
+            &ij,
+            "copy",
+            &worker_pod_name(&ij, "copy", 1, "alive")
+        )),
+        Err(Refusal::NoPass)
+    );
+}
+
+#[tokio::test]
+async fn a_copy_job_that_ended_with_shards_never_claimed_moves_on_to_a_verify_pass_its_workers_can_claim()
+ {
+    // Every copy worker pod ended (the Job is Complete) while shards 5-7 were never claimed: the
+    // copy pass lost them, and the verify pass (which re-copies what the copy missed) goes on.
+    let ij = fixture("one-ip.yaml"); // verify Metadata, Continue
+    let mut obs = scanned(&ij, 8, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "0-1", "", 0)
+    });
+    let mut c = Cluster::default();
+    add(&mut c, obs);
+    c.ijs = vec![ij.clone()];
+    drive(
+        &c.claims,
+        &ij,
+        "copy",
+        8,
+        &PassScript::done(0..5, result(1, 10, 0)),
+    );
+    let shared: Shared = Arc::new(Mutex::new(c));
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    result.unwrap();
+    let created: Vec<String> = calls
+        .iter()
+        .filter(|c| c.short() == "POST jobs")
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(created, ["genomics-r0-verify"]);
+    assert_eq!(status_body(&calls)["phase"], "Verifying");
+
+    // Its workers find a pass to claim from (told "no such pass", they would exit 0 and the run
+    // would wait for a pass that never comes).
+    let claims = shared.lock().unwrap().claims.clone();
+    let pod = worker_pod_name(&ij, "verify", 0, "v");
+    let mut r = claim_request(&ij, "verify", &pod);
+    r.room = 8;
+    let got = claims.handle(r).expect("the verify pass exists");
+    assert_eq!(got.shards, (0..8).collect::<Vec<u32>>());
+    let mut r = claim_request(&ij, "verify", &pod);
+    r.done = (0..8)
+        .map(|shard| ShardDone {
+            shard,
+            result: PodResult {
+                files: u64::from(shard >= 5),
+                ..Default::default()
+            },
+        })
+        .collect();
+    // Every shard is done, but only in the operator's memory: the worker waits for the status.
+    assert_eq!(claims.handle(r).unwrap().state, PassState::Wait);
+    {
+        let mut c = shared.lock().unwrap();
+        let job = c
+            .jobs
+            .iter_mut()
+            .find(|j| j.metadata.name.as_deref() == Some("genomics-r0-verify"))
+            .unwrap();
+        *job = observed_job(job, true, false, "0-1", "", 0);
+    }
+    let ij = current(&shared, "genomics");
+    let (result, calls, _) = run_in(&shared, &ij).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let st = status_body(&calls);
+    assert_eq!(
+        (&st["phase"], &condition(st, "Ready")["reason"]),
+        (&json!("Succeeded"), &json!("Succeeded")),
+        "{st}"
+    );
+    // The status holds the finished pass now: its workers may exit.
+    let r = claim_request(&ij, "verify", &pod);
+    assert_eq!(claims.handle(r).unwrap().state, PassState::Finished);
 }
 
 #[tokio::test]

@@ -1,16 +1,22 @@
 //! Pure pipeline tests from YAML fixtures: stage → desired children → status, without any API server.
+//! The passes the stage and status read are driven through the operator's real claims
+//! [`Registry`] (see `common::drive`).
 
 mod common;
 
 use common::*;
 use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::report::PodResult;
-use ingest_api::{FileFailure, Phase, ThreadsPerWorker, Totals, VerificationCounts};
-use ingest_operator::desired::{Child, DEST_MOUNT, REPORT_MOUNT, SOURCE_MOUNT, desired};
+use ingest_api::{
+    FileFailure, IngestJob, IngestJobStatus, Phase, ThreadsPerWorker, Totals, VerificationCounts,
+};
+use ingest_operator::claims::{Registry, Views};
+use ingest_operator::desired::{Child, REPORT_MOUNT, SOURCE_MOUNT, desired, dest_mount};
+use ingest_operator::observe::Observed;
 use ingest_operator::stage::{Stage, stage};
 use ingest_operator::status::compute;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Volume;
+use k8s_openapi::api::core::v1::{PodSpec, Volume};
 use kube::ResourceExt;
 
 fn totals() -> Totals {
@@ -21,27 +27,23 @@ fn totals() -> Totals {
     }
 }
 
+fn pod_spec(job: &Job) -> &PodSpec {
+    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
 fn volume<'a>(job: &'a Job, name: &str) -> &'a Volume {
-    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    spec.volumes
+    pod_spec(job)
+        .volumes
         .as_ref()
         .unwrap()
         .iter()
         .find(|v| v.name == name)
-        .unwrap()
+        .unwrap_or_else(|| panic!("{}: no volume {name}", job.name_any()))
 }
 
 fn env(job: &Job, name: &str) -> Option<String> {
-    let c = &job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    c.env
+    pod_spec(job).containers[0]
+        .env
         .as_ref()
         .unwrap()
         .iter()
@@ -56,24 +58,96 @@ fn arg_after(job: &Job, flag: &str) -> Option<String> {
         .and_then(|i| a.get(i + 1).cloned())
 }
 
+/// Every value given to `flag`, in order.
+fn args_after(job: &Job, flag: &str) -> Vec<String> {
+    args(job)
+        .windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
 fn args(job: &Job) -> Vec<String> {
-    job.spec
+    pod_spec(job).containers[0].args.clone().unwrap()
+}
+
+fn mounts(job: &Job) -> Vec<(String, String)> {
+    pod_spec(job).containers[0]
+        .volume_mounts
         .as_ref()
         .unwrap()
-        .template
-        .spec
+        .iter()
+        .map(|m| (m.name.clone(), m.mount_path.clone()))
+        .collect()
+}
+
+fn has_volume(job: &Job, name: &str) -> bool {
+    pod_spec(job)
+        .volumes
         .as_ref()
         .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap()
+        .iter()
+        .any(|v| v.name == name)
+}
+
+/// The Jobs of `role` among `children`.
+fn role_jobs(children: &[Child], role: &str) -> Vec<Job> {
+    jobs_of(children)
+        .into_iter()
+        .filter(|j| j.labels()[labels::ROLE] == role)
+        .cloned()
+        .collect()
+}
+
+/// A Job whose every worker pod ended (completions done).
+fn finished(j: &Job) -> Job {
+    let n = j.spec.as_ref().unwrap().completions.unwrap();
+    observed_job(j, true, false, &format!("0-{}", n - 1), "", 0)
+}
+
+/// A Job whose worker pods run.
+fn running(j: &Job) -> Job {
+    let n = j.spec.as_ref().unwrap().parallelism.unwrap();
+    observed_job(j, false, false, "", "", n)
+}
+
+/// The Ready condition's reason of a status.
+fn ready_reason(st: &IngestJobStatus) -> String {
+    ingest_api::conditions::find(&st.conditions, ct::READY)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+/// A verify shard's result: `checked` entries, all identical.
+fn verified(checked: u64) -> PodResult {
+    PodResult {
+        verification: Some(VerificationCounts {
+            checked,
+            matched: checked,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `ij` scanned into `shards` shards, its copy pass completed (every shard copied `files` files)
+/// and its copy Job finished: the verify stage, with a fresh verify pass.
+fn copied(ij: &IngestJob, shards: u64) -> (Observed, Views) {
+    let mut obs = scanned(ij, shards, totals(), false);
+    add_pass_job(ij, &mut obs, "copy", finished);
+    let v = views(
+        ij,
+        shards,
+        Some(&PassScript::all_done(shards, result(10, 100, 0))),
+        Some(&PassScript::default()),
+    );
+    (obs, v)
 }
 
 #[test]
 fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
     let ij = fixture("one-ip.yaml");
-    assert_eq!(stage(&ij, &empty()), Stage::Scan);
+    assert_eq!(stage(&ij, &empty(), &no_passes()), Stage::Scan);
     let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
     let kinds: Vec<String> = children.iter().map(Child::describe).collect();
     assert_eq!(
@@ -85,26 +159,34 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
             "Job/genomics-r0-scan"
         ]
     );
+    // Workers claim and report through the operator's endpoint: the pods' Role only lets the scan
+    // store the plan and the workers read it (no pods get/patch any more).
+    let Some(Child::Role(role)) = children.iter().find(|c| matches!(c, Child::Role(_))) else {
+        panic!("a Role")
+    };
+    let rules: Vec<(Vec<String>, Vec<String>)> = role
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| (r.resources.clone().unwrap(), r.verbs.clone()))
+        .collect();
+    assert_eq!(
+        rules,
+        [(
+            vec!["configmaps".to_owned()],
+            vec!["get".to_owned(), "create".to_owned(), "patch".to_owned()]
+        )]
+    );
     let scan = jobs_of(&children)[0];
     let src = volume(scan, "source").nfs.as_ref().unwrap();
     assert_eq!(
         (src.server.as_str(), src.path.as_str(), src.read_only),
         ("10.0.0.5", "/export/genomics", Some(true))
     );
-    assert!(
-        scan.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .volumes
-            .as_ref()
-            .unwrap()
-            .len()
-            == 1,
-        "the scan never mounts the destination"
+    assert_eq!(
+        pod_spec(scan).volumes.as_ref().unwrap().len(),
+        1,
+        "the scan never mounts the destination (nor a claims token)"
     );
     let a = args(scan);
     assert_eq!(
@@ -126,39 +208,42 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
 }
 
 #[test]
-fn one_ip_copy_job_mounts_that_server_and_takes_all_shards() {
+fn one_ip_copy_job_mounts_that_server_and_runs_the_pass_workers() {
     let ij = fixture("one-ip.yaml");
     let obs = scanned(&ij, 8, totals(), false);
-    let st = stage(&ij, &obs);
+    let st = stage(&ij, &obs, &no_passes());
     assert!(matches!(st, Stage::Copy(..)), "{st:?}");
     let children = desired(&ij, &st, &settings()).unwrap();
-    let copies: Vec<&Job> = jobs_of(&children)
-        .into_iter()
-        .filter(|j| j.labels()[labels::ROLE] == "copy")
-        .collect();
+    let copies = role_jobs(&children, "copy");
     assert_eq!(copies.len(), 1);
-    let j = copies[0];
+    let j = &copies[0];
+    assert_eq!(j.name_any(), "genomics-r0-copy");
     let spec = j.spec.as_ref().unwrap();
+    // One index per worker (spec.workers 2), not per shard: the workers claim the 8 shards.
     assert_eq!(
         (
             spec.completion_mode.as_deref(),
             spec.completions,
             spec.parallelism
         ),
-        (Some("Indexed"), Some(8), Some(2))
+        (Some("Indexed"), Some(2), Some(2))
     );
     assert_eq!(spec.backoff_limit_per_index, Some(3));
-    let dst = volume(j, "dest").nfs.as_ref().unwrap();
+    let dst = volume(j, "dest-0").nfs.as_ref().unwrap();
     assert_eq!(
         (dst.server.as_str(), dst.path.as_str()),
         ("10.1.1.101", "/nfs")
     );
+    assert!(!has_volume(j, "dest-1"));
+    let a = args(j);
     assert_eq!(
-        (
-            arg_after(j, "--server-index").as_deref(),
-            arg_after(j, "--index").as_deref()
-        ),
-        (Some("0"), Some("$(JOB_COMPLETION_INDEX)"))
+        &a[..5],
+        ["worker", "--plan", "/ingest/plan", "--phase", "copy"]
+    );
+    assert!(
+        !a.iter()
+            .any(|x| x == "--server-index" || x == "--index" || x == "--shard"),
+        "no shard is dealt to a pod: {a:?}"
     );
     assert_eq!(
         env(j, "INGEST_PLAN_PREFIX").as_deref(),
@@ -168,24 +253,12 @@ fn one_ip_copy_job_mounts_that_server_and_takes_all_shards() {
         env(j, "INGEST_JOB_UID").as_deref(),
         Some("6f1c2f0e-0000-4000-8000-000000000001")
     );
-    let a = args(j);
-    assert!(
-        a.windows(2)
-            .any(|w| w == ["--dest", &format!("{DEST_MOUNT}/genomics/2019")])
+    assert_eq!(
+        args_after(j, "--dest"),
+        [format!("{}/genomics/2019", dest_mount(0))]
     );
     assert!(a.windows(2).any(|w| w == ["--threads", "32"]));
-    let sc = j
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .security_context
-        .clone()
-        .unwrap();
+    let sc = pod_spec(j).containers[0].security_context.clone().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert!(
         sc.capabilities
@@ -198,72 +271,157 @@ fn one_ip_copy_job_mounts_that_server_and_takes_all_shards() {
 }
 
 #[test]
-fn three_ips_each_copy_job_mounts_its_own_server() {
+fn three_ips_one_copy_job_per_pass_whose_pods_mount_all_three_servers() {
     let ij = fixture("three-ips.yaml");
     let obs = scanned(&ij, 100, totals(), false);
-    let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
-    let copies: Vec<&Job> = jobs_of(&children)
-        .into_iter()
-        .filter(|j| j.labels()[labels::ROLE] == "copy")
+    let children = desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap();
+    let copies = role_jobs(&children, "copy");
+    assert_eq!(copies.len(), 1, "one Job per pass, not per server");
+    let j = &copies[0];
+    assert_eq!(j.name_any(), "media-r0-copy");
+    for i in 0..3 {
+        assert_eq!(
+            volume(j, &format!("dest-{i}")).nfs.as_ref().unwrap().server,
+            format!("10.1.1.10{}", i + 1)
+        );
+    }
+    let src = volume(j, "source")
+        .persistent_volume_claim
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (src.claim_name.as_str(), src.read_only),
+        ("old-filer", Some(true))
+    );
+    assert_eq!(arg_after(j, "--plan").as_deref(), Some("/ingest/plan"));
+    let plan = volume(j, "plan")
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap();
+    let names: Vec<_> = plan
+        .iter()
+        .map(|p| p.config_map.as_ref().unwrap().name.as_str())
         .collect();
-    assert_eq!(copies.len(), 3);
-    let mut completions = 0;
-    for (i, j) in copies.iter().enumerate() {
-        let server = format!("10.1.1.10{}", i + 1);
-        assert_eq!(
-            volume(j, "dest").nfs.as_ref().unwrap().server,
-            server,
-            "{}",
-            j.name_any()
-        );
-        let src = volume(j, "source")
-            .persistent_volume_claim
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            (src.claim_name.as_str(), src.read_only),
-            ("old-filer", Some(true))
-        );
-        assert_eq!(arg_after(j, "--server-index"), Some(i.to_string()));
-        assert_eq!(arg_after(j, "--plan").as_deref(), Some("/ingest/plan"));
-        let plan = volume(j, "plan")
-            .projected
-            .as_ref()
-            .unwrap()
-            .sources
-            .as_ref()
-            .unwrap();
-        let names: Vec<_> = plan
+    assert_eq!(
+        names,
+        ["media-r0-plan-0", "media-r0-plan-1"],
+        "every chunk of the plan is mounted"
+    );
+    let spec = j.spec.as_ref().unwrap();
+    // spec.workers 6 workers in all (not 6 per server), whatever the 100 shards.
+    assert_eq!((spec.completions, spec.parallelism), (Some(6), Some(6)));
+    let pod = pod_spec(j);
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/vfxt-ingest:1.0")
+    );
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "ingest");
+    assert!(
+        !j.annotations().contains_key("ingest.vfxt.dev/server"),
+        "no Job belongs to one server"
+    );
+}
+
+#[test]
+fn with_three_servers_worker_pods_mount_each_and_reach_the_claims_endpoint_with_a_bound_token() {
+    let ij = fixture("three-ips.yaml");
+    let mut s = settings();
+    s.claims_url = "http://claims.example:9443".into();
+    let obs = scanned(&ij, 9, totals(), false);
+    let copy_stage = stage(&ij, &obs, &no_passes());
+    let (verify_obs, verify_views) = copied(&ij, 9);
+    let verify_stage = stage(&ij, &verify_obs, &verify_views);
+    assert!(
+        matches!(verify_stage, Stage::Verify(..)),
+        "{verify_stage:?}"
+    );
+    for (role, st) in [("copy", copy_stage), ("verify", verify_stage)] {
+        let children = desired(&ij, &st, &s).unwrap();
+        let jobs = role_jobs(&children, role);
+        assert_eq!(jobs.len(), 1, "{role}");
+        let j = &jobs[0];
+        assert_eq!(j.name_any(), format!("media-r0-{role}"));
+        let pod = pod_spec(j);
+        let dests: Vec<(String, String, String, Option<bool>)> = pod
+            .volumes
             .iter()
-            .map(|p| p.config_map.as_ref().unwrap().name.as_str())
+            .flatten()
+            .filter(|v| v.name.starts_with("dest-"))
+            .map(|v| {
+                let n = v.nfs.as_ref().unwrap();
+                (
+                    v.name.clone(),
+                    n.server.clone(),
+                    n.path.clone(),
+                    n.read_only,
+                )
+            })
             .collect();
         assert_eq!(
-            names,
-            ["media-r0-plan-0", "media-r0-plan-1"],
-            "every chunk of the plan is mounted"
+            dests,
+            (0..3)
+                .map(|i| (
+                    format!("dest-{i}"),
+                    format!("10.1.1.10{}", i + 1),
+                    "/nfs".to_owned(),
+                    Some(false)
+                ))
+                .collect::<Vec<_>>(),
+            "{role}"
         );
-        assert_eq!(j.spec.as_ref().unwrap().parallelism, Some(2));
-        let pod = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        for i in 0..3 {
+            assert!(
+                mounts(j).contains(&(format!("dest-{i}"), format!("/ingest/dest-{i}"))),
+                "{role}: {:?}",
+                mounts(j)
+            );
+        }
+        let token = volume(j, "claims-token").projected.as_ref().unwrap();
+        let sources = token.sources.as_ref().unwrap();
+        assert_eq!(sources.len(), 1);
+        let sat = sources[0].service_account_token.as_ref().unwrap();
         assert_eq!(
-            pod.containers[0].image.as_deref(),
-            Some("registry.example/vfxt-ingest:1.0")
+            (sat.audience.as_deref(), sat.path.as_str()),
+            (Some("ingest.vfxt.dev/claims"), "token")
         );
-        assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "ingest");
-        assert_eq!(j.annotations()["ingest.vfxt.dev/server"], server);
-        completions += j.spec.as_ref().unwrap().completions.unwrap();
+        assert!(sat.expiration_seconds.is_some());
+        let m = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "claims-token")
+            .unwrap();
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            ("/var/run/secrets/ingest.vfxt.dev", Some(true))
+        );
+        assert_eq!(
+            args_after(j, "--dest"),
+            ["/ingest/dest-0", "/ingest/dest-1", "/ingest/dest-2"],
+            "{role}"
+        );
+        assert_eq!(
+            arg_after(j, "--claims-url").as_deref(),
+            Some("http://claims.example:9443"),
+            "the URL comes from the operator's settings"
+        );
+        assert_eq!(arg_after(j, "--phase").as_deref(), Some(role));
+        assert_eq!(
+            arg_after(j, "--token-file").as_deref(),
+            Some("/var/run/secrets/ingest.vfxt.dev/token")
+        );
+        assert_eq!(
+            arg_after(j, "--result-file").as_deref(),
+            Some("/dev/termination-log")
+        );
     }
-    assert_eq!(completions, 100, "every shard is assigned exactly once");
 }
 
 #[test]
 fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_a_count() {
-    let role_jobs = |children: &[Child], role: &str| -> Vec<Job> {
-        jobs_of(children)
-            .into_iter()
-            .filter(|j| j.labels()[labels::ROLE] == role)
-            .cloned()
-            .collect()
-    };
     let mut ij = fixture("auto-threads.yaml");
     assert_eq!(ij.spec.threads_per_worker, ThreadsPerWorker::Auto);
 
@@ -271,22 +429,20 @@ fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_
     let scan = role_jobs(&desired(&ij, &Stage::Scan, &settings()).unwrap(), "scan");
     assert_eq!(arg_after(&scan[0], "--threads").as_deref(), Some("16"));
 
-    let mut obs = scanned(&ij, 6, totals(), false);
+    let obs = scanned(&ij, 6, totals(), false);
     let copies = role_jobs(
-        &desired(&ij, &stage(&ij, &obs), &settings()).unwrap(),
+        &desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap(),
         "copy",
     );
-    assert_eq!(copies.len(), 3);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    let verify_stage = stage(&ij, &obs);
+    assert_eq!(copies.len(), 1);
+    let (obs, v) = copied(&ij, 6);
+    let verify_stage = stage(&ij, &obs, &v);
     assert!(
         matches!(verify_stage, Stage::Verify(..)),
         "{verify_stage:?}"
     );
     let verifies = role_jobs(&desired(&ij, &verify_stage, &settings()).unwrap(), "verify");
-    assert_eq!(verifies.len(), 3);
+    assert_eq!(verifies.len(), 1);
     for j in copies.iter().chain(&verifies) {
         assert_eq!(
             arg_after(j, "--threads").as_deref(),
@@ -300,13 +456,15 @@ fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_
     ij.spec.threads_per_worker = ThreadsPerWorker::Fixed(48);
     let scan = role_jobs(&desired(&ij, &Stage::Scan, &settings()).unwrap(), "scan");
     assert_eq!(arg_after(&scan[0], "--threads").as_deref(), Some("48"));
-    let obs = scanned(&ij, 6, totals(), false);
-    let copies = role_jobs(
-        &desired(&ij, &stage(&ij, &obs), &settings()).unwrap(),
-        "copy",
-    );
+    let (obs, v) = copied(&ij, 6);
+    let all = desired(&ij, &stage(&ij, &obs, &v), &settings()).unwrap();
+    let workers: Vec<Job> = role_jobs(&all, "copy")
+        .into_iter()
+        .chain(role_jobs(&all, "verify"))
+        .collect();
+    assert_eq!(workers.len(), 2);
     assert!(
-        copies
+        workers
             .iter()
             .all(|j| arg_after(j, "--threads").as_deref() == Some("48"))
     );
@@ -315,56 +473,26 @@ fn threads_per_worker_auto_gives_copy_and_verify_pods_threads_auto_and_the_scan_
 #[test]
 fn verify_repair_false_reaches_every_worker_as_no_repair() {
     let mut ij = fixture("auto-threads.yaml");
-    let mut obs = scanned(&ij, 6, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    let verify_stage = stage(&ij, &obs);
+    let (obs, v) = copied(&ij, 6);
+    let verify_stage = stage(&ij, &obs, &v);
     assert!(
         matches!(verify_stage, Stage::Verify(..)),
         "{verify_stage:?}"
     );
-    let no_repair = |ij: &ingest_api::IngestJob| -> Vec<bool> {
-        jobs_of(&desired(ij, &verify_stage, &settings()).unwrap())
-            .into_iter()
-            .filter(|j| j.labels()[labels::ROLE] == "verify")
+    let no_repair = |ij: &IngestJob| -> Vec<bool> {
+        role_jobs(&desired(ij, &verify_stage, &settings()).unwrap(), "verify")
+            .iter()
             .map(|j| args(j).iter().any(|a| a == "--no-repair"))
             .collect()
     };
     assert!(ij.spec.verify.repair, "repairs by default");
-    assert_eq!(no_repair(&ij), [false; 3]);
+    assert_eq!(no_repair(&ij), [false]);
     ij.spec.verify.repair = false;
-    assert_eq!(no_repair(&ij), [true; 3]);
-}
-
-fn mounts(job: &Job) -> Vec<(String, String)> {
-    job.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .volume_mounts
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|m| (m.name.clone(), m.mount_path.clone()))
-        .collect()
-}
-
-fn has_volume(job: &Job, name: &str) -> bool {
-    let spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    spec.volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .any(|v| v.name == name)
+    assert_eq!(no_repair(&ij), [true]);
 }
 
 #[test]
-fn report_on_a_claim_mounts_it_in_every_worker_pod_and_passes_a_file_per_pod() {
+fn report_on_a_claim_mounts_it_in_every_worker_pod_and_passes_a_file_per_worker() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.run = 2;
     ij.spec.report = Some(
@@ -374,50 +502,50 @@ fn report_on_a_claim_mounts_it_in_every_worker_pod_and_passes_a_file_per_pod() {
         .unwrap(),
     );
     assert_eq!(ingest_api::validate::validate_spec(&ij.spec), Ok(()));
-    let mut obs = scanned(&ij, 6, totals(), false);
+    let obs = scanned(&ij, 6, totals(), false);
+    let (verify_obs, verify_views) = copied(&ij, 6);
     for (role, st) in [
-        ("copy", stage(&ij, &obs)),
-        ("verify", {
-            add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-                observed_job(j, true, false, "0", "", 0)
-            });
-            stage(&ij, &obs)
-        }),
+        ("copy", stage(&ij, &obs, &no_passes())),
+        ("verify", stage(&ij, &verify_obs, &verify_views)),
     ] {
         let children = desired(&ij, &st, &settings()).unwrap();
-        let jobs = jobs_of(&children);
-        let workers: Vec<&&Job> = jobs
-            .iter()
-            .filter(|j| j.labels()[labels::ROLE] == role)
-            .collect();
-        assert_eq!(workers.len(), 3, "{role}");
-        for (s, j) in workers.iter().enumerate() {
-            let pvc = volume(j, "report")
-                .persistent_volume_claim
-                .as_ref()
-                .unwrap();
-            assert_eq!(
-                (pvc.claim_name.as_str(), pvc.read_only),
-                ("ingest-reports", Some(false))
-            );
-            assert!(
-                mounts(j).contains(&("report".into(), REPORT_MOUNT.into())),
-                "{role}"
-            );
-            assert_eq!(
-                arg_after(j, "--report").as_deref(),
-                Some(format!("{REPORT_MOUNT}/team-a/media/run-2/{role}-{s}-$(JOB_COMPLETION_INDEX).jsonl.gz").as_str()),
-                "{role} {s}"
-            );
-        }
-        // The scan has no per-entry report (its unreadable entries are in the plan summary).
-        let scan = jobs
-            .iter()
-            .find(|j| j.labels()[labels::ROLE] == "scan")
+        let workers = role_jobs(&children, role);
+        assert_eq!(workers.len(), 1, "{role}");
+        let j = &workers[0];
+        let pvc = volume(j, "report")
+            .persistent_volume_claim
+            .as_ref()
             .unwrap();
+        assert_eq!(
+            (pvc.claim_name.as_str(), pvc.read_only),
+            ("ingest-reports", Some(false))
+        );
+        assert!(
+            mounts(j).contains(&("report".into(), REPORT_MOUNT.into())),
+            "{role}"
+        );
+        // One file per worker index: a replacement pod of the index finishes its predecessor's.
+        assert_eq!(
+            arg_after(j, "--report").as_deref(),
+            Some(
+                format!(
+                    "{REPORT_MOUNT}/team-a/media/run-2/{role}-$(JOB_COMPLETION_INDEX).jsonl.gz"
+                )
+                .as_str()
+            ),
+            "{role}"
+        );
+        // The scan has no per-entry report (its unreadable entries are in the plan summary).
+        let scan = &role_jobs(&children, "scan")[0];
         assert!(!has_volume(scan, "report") && arg_after(scan, "--report").is_none());
     }
-    let status = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let status = compute(
+        &ij,
+        &verify_obs,
+        &stage(&ij, &verify_obs, &verify_views),
+        &verify_views,
+        at(10),
+    );
     assert_eq!(
         status.report.unwrap().location,
         "pvc ingest-reports:/team-a/media/run-2/"
@@ -425,7 +553,7 @@ fn report_on_a_claim_mounts_it_in_every_worker_pod_and_passes_a_file_per_pod() {
 }
 
 #[test]
-fn report_in_the_destination_export_goes_through_each_pods_own_mount() {
+fn report_in_the_destination_export_goes_through_the_first_servers_mount() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.report = Some(
         serde_json::from_value(serde_json::json!(
@@ -435,26 +563,29 @@ fn report_in_the_destination_export_goes_through_each_pods_own_mount() {
     );
     assert_eq!(ingest_api::validate::validate_spec(&ij.spec), Ok(()));
     let obs = scanned(&ij, 8, totals(), false);
-    let st = stage(&ij, &obs);
+    let st = stage(&ij, &obs, &no_passes());
     let children = desired(&ij, &st, &settings()).unwrap();
-    let copy = jobs_of(&children)
-        .into_iter()
-        .find(|j| j.labels()[labels::ROLE] == "copy")
-        .unwrap();
+    let copy = &role_jobs(&children, "copy")[0];
     assert!(
         !has_volume(copy, "report"),
         "no extra volume: the export is mounted already"
     );
     assert_eq!(
         arg_after(copy, "--report").as_deref(),
-        Some(format!("{DEST_MOUNT}/vfxt-ingest-reports/genomics/run-0/copy-0-$(JOB_COMPLETION_INDEX).jsonl.gz").as_str())
+        Some(
+            format!(
+                "{}/vfxt-ingest-reports/genomics/run-0/copy-$(JOB_COMPLETION_INDEX).jsonl.gz",
+                dest_mount(0)
+            )
+            .as_str()
+        )
     );
     // Beside the copied tree, never in it.
     assert_eq!(
         arg_after(copy, "--dest").as_deref(),
-        Some(format!("{DEST_MOUNT}/genomics/2019").as_str())
+        Some(format!("{}/genomics/2019", dest_mount(0)).as_str())
     );
-    let status = compute(&ij, &obs, &st, at(10));
+    let status = compute(&ij, &obs, &st, &no_passes(), at(10));
     assert_eq!(
         status.report.unwrap().location,
         "10.1.1.101:/nfs/vfxt-ingest-reports/genomics/run-0/"
@@ -463,24 +594,25 @@ fn report_in_the_destination_export_goes_through_each_pods_own_mount() {
     // Without spec.report: no --report, no status.report (as before).
     ij.spec.report = None;
     let children = desired(&ij, &st, &settings()).unwrap();
-    let copy = jobs_of(&children)
-        .into_iter()
-        .find(|j| j.labels()[labels::ROLE] == "copy")
-        .unwrap();
+    let copy = &role_jobs(&children, "copy")[0];
     assert!(arg_after(copy, "--report").is_none());
-    assert!(compute(&ij, &obs, &st, at(10)).report.is_none());
+    assert!(
+        compute(&ij, &obs, &st, &no_passes(), at(10))
+            .report
+            .is_none()
+    );
 }
 
 #[test]
 fn a_finished_runs_record_keeps_its_report_location() {
-    let (mut ij, obs) = finished_with_failures([4, 7, 0]);
+    let (mut ij, obs, v) = finished_with_failures([4, 7, 0]);
     ij.spec.report = Some(
         serde_json::from_value(serde_json::json!(
             {"pvc": {"claimName": "reports"}}
         ))
         .unwrap(),
     );
-    let record = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    let record = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(30));
     assert_eq!(
         record.report.as_ref().unwrap().location,
         "pvc reports:/media/run-0/"
@@ -494,7 +626,10 @@ fn a_finished_runs_record_keeps_its_report_location() {
         ))
         .unwrap(),
     );
-    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(900)), record);
+    assert_eq!(
+        compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(900)),
+        record
+    );
 }
 
 #[test]
@@ -511,11 +646,11 @@ fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
     }))
     .unwrap();
     let obs = scanned(&ij, 6, totals(), false);
-    let children = desired(&ij, &stage(&ij, &obs), &with_defaults).unwrap();
+    let children = desired(&ij, &stage(&ij, &obs, &no_passes()), &with_defaults).unwrap();
     let jobs = jobs_of(&children);
-    assert_eq!(jobs.len(), 4, "scan + 3 copy Jobs");
+    assert_eq!(jobs.len(), 2, "scan + the copy Job");
     for j in jobs {
-        let pod = j.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let pod = pod_spec(j);
         let c = &pod.containers[0];
         // Set by the spec: the spec's value, whole (no agentpool key mixed into the selector).
         assert_eq!(c.image.as_deref(), Some("registry.example/vfxt-ingest:1.0"));
@@ -551,28 +686,14 @@ fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
         "{:?}",
         children.iter().map(Child::describe).collect::<Vec<_>>()
     );
-    let pod = jobs_of(&children)[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .clone()
-        .unwrap();
+    let pod = pod_spec(jobs_of(&children)[0]);
     assert_eq!(pod.service_account_name.as_deref(), Some("shared-ingest"));
 
     // Without defaults nothing changes: the operator's image only when the spec names none.
     let mut bare = fixture("one-ip.yaml");
     bare.spec.worker = Default::default();
     let children = desired(&bare, &Stage::Scan, &settings()).unwrap();
-    let pod = jobs_of(&children)[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .clone()
-        .unwrap();
+    let pod = pod_spec(jobs_of(&children)[0]);
     assert_eq!(
         pod.containers[0].image.as_deref(),
         Some("ghcr.example/vfxt-ingest:test")
@@ -581,11 +702,11 @@ fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
 }
 
 #[test]
-fn mount_options_give_a_pre_bound_volume_and_claim_per_server() {
+fn mount_options_give_a_pre_bound_volume_and_claim_per_server_mounted_by_every_worker() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.destination.nfs.mount_options = Some(vec!["hard".into(), "nconnect=8".into()]);
     let obs = scanned(&ij, 9, totals(), false);
-    let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
+    let children = desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap();
     let pvs: Vec<_> = children
         .iter()
         .filter_map(|c| {
@@ -622,89 +743,60 @@ fn mount_options_give_a_pre_bound_volume_and_claim_per_server() {
         assert_eq!(s.claim_ref.as_ref().unwrap().name, pvc.metadata.name);
         assert_eq!(pvc.spec.as_ref().unwrap().volume_name, pv.metadata.name);
     }
-    let copy0 = jobs_of(&children)
-        .into_iter()
-        .find(|j| j.name_any() == "media-r0-copy-0")
-        .unwrap();
-    let dest = volume(copy0, "dest");
-    assert!(dest.nfs.is_none());
-    assert_eq!(
-        dest.persistent_volume_claim.as_ref().unwrap().claim_name,
-        pvcs[0].name_any()
-    );
-}
-
-fn result(files: u64, bytes: u64, failed: u64) -> Option<PodResult> {
-    Some(PodResult {
-        files,
-        bytes,
-        failed,
-        failures: (0..failed)
-            .map(|i| FileFailure {
-                path: format!("d/f{i}"),
-                reason: "EIO".into(),
-            })
-            .collect(),
-        ..Default::default()
-    })
+    let copies = role_jobs(&children, "copy");
+    assert_eq!(copies.len(), 1);
+    for (i, pvc) in pvcs.iter().enumerate() {
+        let dest = volume(&copies[0], &format!("dest-{i}"));
+        assert!(dest.nfs.is_none());
+        assert_eq!(
+            dest.persistent_volume_claim.as_ref().unwrap().claim_name,
+            pvc.name_any()
+        );
+        assert_eq!(pvc.name_any(), format!("media-dst-{i}"));
+    }
 }
 
 #[test]
-fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
-    let ij = fixture("three-ips.yaml");
-    let mut obs = scanned(&ij, 6, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, false, false, "0", "", 1)
-    });
-    // server 0 shard 0: a failed first attempt (older) and a finished retry; only the retry counts.
-    obs.pods.push(worker_pod(
-        &ij,
+fn copying_status_sums_the_pass_completed_shards_plus_live_workers_progress_and_estimates_eta() {
+    let ij0 = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij0, 6, totals(), false);
+    add_pass_job(&ij0, &mut obs, "copy", running);
+    let reg = Registry::default();
+    let (a, b, gone) = (
+        worker_pod_name(&ij0, "copy", 1, "aaaaa"),
+        worker_pod_name(&ij0, "copy", 2, "bbbbb"),
+        worker_pod_name(&ij0, "copy", 3, "ccccc"),
+    );
+    drive(
+        &reg,
+        &ij0,
         "copy",
-        0,
-        0,
-        100,
-        progress(50, 50_000),
-        None,
-    ));
-    obs.pods.push(worker_pod(
-        &ij,
-        "copy",
-        0,
-        0,
-        200,
-        None,
-        result(100, 100_000, 1),
-    ));
-    obs.pods.push(worker_pod(
-        &ij,
-        "copy",
-        1,
-        0,
-        150,
-        progress(40, 200_000),
-        None,
-    ));
-    obs.pods.push(worker_pod(
-        &ij,
-        "copy",
-        2,
-        0,
-        150,
-        progress(10, 200_000),
-        None,
-    ));
-    let mut ij = ij;
-    ij.status = Some(ingest_api::IngestJobStatus {
+        6,
+        &PassScript::done([1, 2], result(20, 20_000, 0))
+            .with(0, result(60, 60_000, 1))
+            .running(&a, &[3], progress(40, 200_000))
+            .running(&b, &[4], progress(10, 200_000))
+            .running(&gone, &[5], progress(50, 50_000)),
+    );
+    // The pod working on shard 5 was killed: its progress no longer counts (the shard's next
+    // attempt starts over), and the shard goes back to the queue.
+    reg.workers_ended(&ij0, "copy", [gone.as_str()]);
+    let v = reg.views(&ij0);
+    let mut ij = ij0;
+    ij.status = Some(IngestJobStatus {
         run: Some(0),
         start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
             1000,
         ))),
         ..Default::default()
     });
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(1100));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(1100));
     assert_eq!(st.phase, Some(Phase::Copying));
     let p = st.progress.as_ref().unwrap();
-    assert_eq!((p.files, p.bytes), (150, 500_000));
+    assert_eq!(
+        (p.files, p.bytes),
+        (60 + 20 + 20 + 40 + 10, 100_000 + 400_000)
+    );
     assert_eq!(p.percent, 50.0);
     assert_eq!(p.percent_text, "50.0%");
     assert_eq!(p.bytes_per_second, 5000, "500 kB in 100 s");
@@ -713,6 +805,7 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
         at(1200),
         "another 500 kB at 5 kB/s"
     );
+    // Every worker mounts every server: no per-server split of the work.
     let servers: Vec<_> = st
         .servers
         .iter()
@@ -721,9 +814,9 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
     assert_eq!(
         servers,
         [
-            ("10.1.1.101", 2, 100, 100_000),
-            ("10.1.1.102", 2, 40, 200_000),
-            ("10.1.1.103", 2, 10, 200_000)
+            ("10.1.1.101", 6, 0, 0),
+            ("10.1.1.102", 6, 0, 0),
+            ("10.1.1.103", 6, 0, 0)
         ]
     );
     let shards = st.shards.as_ref().unwrap();
@@ -735,10 +828,18 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
             shards.pending,
             shards.failed
         ),
-        (6, 3, 3, 0, 0)
+        (6, 3, 2, 1, 0)
     );
     assert_eq!(st.failed_files, 1);
     assert_eq!(st.failures[0].path, "d/f0");
+    let cp = st.checkpoint.as_ref().unwrap();
+    let copy_cp = cp.copy.as_ref().unwrap();
+    assert_eq!(
+        (copy_cp.completed.as_str(), copy_cp.files, copy_cp.failed),
+        ("0-2", 100, 1),
+        "the checkpoint holds completed shards only, never in-flight progress"
+    );
+    assert!(cp.verify.is_none());
     assert!(ingest_api::conditions::is_true(
         &st.conditions,
         ct::RECONCILING
@@ -747,66 +848,101 @@ fn copying_status_sums_latest_pods_per_shard_and_estimates_eta() {
 }
 
 #[test]
-fn progress_never_goes_backwards_after_a_restart_when_pods_are_gone() {
+fn a_restarted_operator_resumes_from_the_status_checkpoint_and_progress_never_goes_backwards() {
     let ij0 = fixture("one-ip.yaml");
     let mut obs = scanned(&ij0, 8, totals(), false);
-    add_role_jobs(&ij0, &mut obs, "copy", |_, j| {
-        observed_job(j, false, false, "0-3", "", 2)
-    });
-    obs.pods
-        .push(worker_pod(&ij0, "copy", 0, 4, 10, progress(5, 5), None));
+    add_pass_job(&ij0, &mut obs, "copy", running);
+    let reg = Registry::default();
+    let pod = worker_pod_name(&ij0, "copy", 1, "abcde");
+    drive(
+        &reg,
+        &ij0,
+        "copy",
+        8,
+        &PassScript::done(0..4, result(100, 100_000, 0)).running(&pod, &[4], progress(5, 5)),
+    );
+    let v = reg.views(&ij0);
+    let before = compute(&ij0, &obs, &stage(&ij0, &obs, &v), &v, at(50));
+    assert_eq!(before.progress.as_ref().unwrap().files, 405);
+    let checkpoint = before.checkpoint.clone().unwrap();
+    assert_eq!(checkpoint.copy.as_ref().unwrap().completed, "0-3");
+
+    // The operator restarts: its passes are gone. The reconcile restores them from the status.
     let mut ij = ij0.clone();
-    ij.status = Some(ingest_api::IngestJobStatus {
-        run: Some(0),
-        progress: Some(ingest_api::Progress {
-            files: 400,
-            bytes: 400_000,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(50));
-    assert_eq!(st.progress.as_ref().unwrap().files, 400);
+    ij.status = Some(before);
+    let again = Registry::default();
+    again
+        .ensure(&ij, "copy", 8, checkpoint.copy.as_ref())
+        .unwrap();
+    let v = again.views(&ij);
+    let copy = v.copy.as_ref().unwrap();
+    assert_eq!(
+        (copy.sum.files, copy.counts.completed, copy.counts.pending),
+        (400, 4, 4)
+    );
+    // The live worker has not reported to the new operator yet: its 5 files are not in the pass,
+    // but the status does not go back to 400.
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(55));
+    assert_eq!(st.phase, Some(Phase::Copying));
+    assert_eq!(st.progress.as_ref().unwrap().files, 405);
+    assert_eq!(st.shards.as_ref().unwrap().succeeded, 4);
+
+    // It reports: it keeps shard 4, and its next shard is 5, not a completed one.
+    let mut r = claim_request(&ij, "copy", &pod);
+    r.holding = vec![4];
+    r.room = 1;
+    r.progress = progress(7, 7);
+    assert_eq!(again.handle(r).unwrap().shards, vec![5]);
+    let v = again.views(&ij);
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(60));
+    assert_eq!(st.progress.as_ref().unwrap().files, 407);
+    let sh = st.shards.unwrap();
+    assert_eq!((sh.succeeded, sh.running, sh.pending), (4, 2, 2));
+
     // A new run starts from zero.
     ij.spec.run = 1;
-    let st = compute(&ij, &empty(), &Stage::Scan, at(60));
-    assert!(st.progress.is_none());
+    let st = compute(&ij, &empty(), &Stage::Scan, &no_passes(), at(60));
+    assert!(st.progress.is_none() && st.checkpoint.is_none());
     assert_eq!(st.run, Some(1));
 }
 
 #[test]
 fn verify_then_done_succeeds_and_keeps_transition_times() {
     let ij0 = fixture("three-ips.yaml");
-    let mut obs = scanned(&ij0, 3, totals(), false);
-    add_role_jobs(&ij0, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    assert!(matches!(stage(&ij0, &obs), Stage::Verify(..)));
+    let (mut obs, v) = copied(&ij0, 3);
+    assert!(matches!(stage(&ij0, &obs, &v), Stage::Verify(..)));
     let mut ij = ij0.clone();
-    let verifying = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let verifying = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!(verifying.phase, Some(Phase::Verifying));
+    assert_eq!(
+        verifying.shards.as_ref().unwrap().pending,
+        3,
+        "shards of the verify pass"
+    );
     ij.status = Some(verifying.clone());
 
-    add_role_jobs(&ij0, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    for s in 0..3 {
-        let mut r = result(0, 0, 0).unwrap();
-        r.verification = Some(VerificationCounts {
+    add_pass_job(&ij0, &mut obs, "verify", finished);
+    let r = PodResult {
+        verification: Some(VerificationCounts {
             checked: 10,
             matched: 9,
             mismatched: 1,
             repaired: 1,
             ..Default::default()
-        });
-        obs.pods
-            .push(worker_pod(&ij0, "verify", s, 0, 20, None, Some(r)));
-    }
-    let done = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+        }),
+        ..Default::default()
+    };
+    let v = views(
+        &ij0,
+        3,
+        Some(&PassScript::all_done(3, result(10, 100, 0))),
+        Some(&PassScript::all_done(3, r)),
+    );
+    let done = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(30));
     assert_eq!(done.phase, Some(Phase::Succeeded));
-    let v = done.verification.as_ref().unwrap();
+    let vc = done.verification.as_ref().unwrap();
     assert_eq!(
-        (v.checked, v.matched, v.repaired, v.verified),
+        (vc.checked, vc.matched, vc.repaired, vc.verified),
         (30, 27, 3, 30)
     );
     let ready = ingest_api::conditions::find(&done.conditions, ct::READY).unwrap();
@@ -822,31 +958,57 @@ fn verify_then_done_succeeds_and_keeps_transition_times() {
     );
     assert_eq!(done.completion_time.as_ref().unwrap().0, at(30));
     assert_eq!(done.progress.as_ref().unwrap().percent, 100.0);
+    let cp = done.checkpoint.as_ref().unwrap();
+    assert_eq!(
+        (
+            cp.copy.as_ref().unwrap().completed.as_str(),
+            cp.verify.as_ref().unwrap().completed.as_str()
+        ),
+        ("0-2", "0-2")
+    );
 
     // Recomputing later does not change a finished status (so it is not rewritten).
     ij.status = Some(done.clone());
-    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(500)), done);
-}
-
-/// The copy stage of `obs`'s plan (for the Jobs as they were built).
-fn stage_copy(ij: &ingest_api::IngestJob, obs: &ingest_operator::observe::Observed) -> Stage {
-    match stage(ij, obs) {
-        Stage::Stopped { plan, layout, .. } | Stage::Done { plan, layout, .. } => {
-            Stage::Copy(plan, layout)
-        }
-        s => s,
-    }
+    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(500)), done);
 }
 
 #[test]
-fn fail_job_policy_stops_at_a_failed_shard() {
+fn fail_job_policy_stops_at_the_first_shard_lost_through_its_retries() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
     let mut obs = scanned(&ij, 8, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, false, true, "0-6", "7", 0)
-    });
-    let s = stage(&ij, &obs);
+    add_pass_job(&ij, &mut obs, "copy", running);
+    // The Job holds no FailJob-specific limit: the pass decides when a shard is lost.
+    let copy = pass_job(&ij, &obs, "copy");
+    let spec = copy.spec.as_ref().unwrap();
+    assert_eq!(
+        (spec.max_failed_indexes, spec.backoff_limit_per_index),
+        (None, Some(3))
+    );
+
+    let reg = Registry::default();
+    let other = worker_pod_name(&ij, "copy", 1, "other");
+    drive(
+        &reg,
+        &ij,
+        "copy",
+        8,
+        &PassScript::done(0..6, result(1, 1, 0)).running(&other, &[7], progress(1, 1)),
+    );
+    // Shard 6: each pod that takes it is killed. Up to retriesPerShard (3) times it goes back to
+    // the queue and the run goes on.
+    for attempt in 0..4 {
+        let s = stage(&ij, &obs, &reg.views(&ij));
+        assert!(matches!(s, Stage::Copy(..)), "attempt {attempt}: {s:?}");
+        let pod = worker_pod_name(&ij, "copy", 0, &format!("try{attempt}"));
+        let mut r = claim_request(&ij, "copy", &pod);
+        r.room = 1;
+        assert_eq!(reg.handle(r).unwrap().shards, vec![6]);
+        reg.workers_ended(&ij, "copy", [pod.as_str()]);
+    }
+    let v = reg.views(&ij);
+    assert_eq!(v.copy.as_ref().unwrap().counts.lost, 1);
+    let s = stage(&ij, &obs, &v);
     assert!(
         matches!(
             s,
@@ -856,9 +1018,9 @@ fn fail_job_policy_stops_at_a_failed_shard() {
                 ..
             }
         ),
-        "{s:?}"
+        "stopped while shard 7 is still being copied: {s:?}"
     );
-    let st = compute(&ij, &obs, &s, at(10));
+    let st = compute(&ij, &obs, &s, &v, at(10));
     assert_eq!(st.phase, Some(Phase::Failed));
     let stalled = ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap();
     assert_eq!(
@@ -866,12 +1028,14 @@ fn fail_job_policy_stops_at_a_failed_shard() {
         ("True", reasons::SHARD_FAILED)
     );
     assert!(
-        stalled
-            .message
-            .contains("failure policy is FailJob; the run was stopped: no verify pass"),
+        stalled.message.starts_with("1 shard(s) of the copy pass were lost")
+            && stalled.message.contains(
+                "failure policy is FailJob; the run was stopped: no verify pass, the workers of 1 running Job(s) take no more work"
+            ),
         "{}",
         stalled.message
     );
+    assert_eq!(st.shards.as_ref().unwrap().failed, 1);
     let jobs = desired(&ij, &s, &settings()).unwrap();
     assert!(
         jobs_of(&jobs)
@@ -879,45 +1043,37 @@ fn fail_job_policy_stops_at_a_failed_shard() {
             .all(|j| j.labels()[labels::ROLE] == "scan"),
         "a stopped run creates no verify Job (and no other Job but the existing scan)"
     );
-    let copy = jobs_of(&desired(&ij, &stage_copy(&ij, &obs), &settings()).unwrap())
-        .into_iter()
-        .find(|j| j.labels()[labels::ROLE] == "copy")
-        .unwrap()
-        .clone();
-    assert_eq!(copy.spec.unwrap().max_failed_indexes, Some(0));
 }
 
 #[test]
 fn continue_policy_fails_only_above_max_failed_files() {
     let ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
-    let mut obs = scanned(&ij, 3, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    obs.pods
-        .push(worker_pod(&ij, "verify", 0, 0, 5, None, result(10, 10, 4)));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
-    assert_eq!(st.phase, Some(Phase::Succeeded));
-    assert_eq!(
-        ingest_api::conditions::find(&st.conditions, ct::READY)
-            .unwrap()
-            .reason,
-        reasons::SUCCEEDED_WITH_FAILURES
-    );
-    obs.pods
-        .push(worker_pod(&ij, "verify", 1, 0, 5, None, result(10, 10, 7)));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let (mut obs, _) = copied(&ij, 3);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let copy = PassScript::all_done(3, result(10, 100, 0));
+    let verify = PassScript::all_done(3, result(10, 10, 0)).with(0, result(10, 10, 4));
+    let v = views(&ij, 3, Some(&copy), Some(&verify));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
+    assert_eq!((st.phase, st.failed_files), (Some(Phase::Succeeded), 4));
+    assert_eq!(ready_reason(&st), reasons::SUCCEEDED_WITH_FAILURES);
+    let verify = verify.with(1, result(10, 10, 7));
+    let v = views(&ij, 3, Some(&copy), Some(&verify));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!((st.phase, st.failed_files), (Some(Phase::Failed), 11));
+    assert_eq!(ready_reason(&st), reasons::TOO_MANY_FAILURES);
 }
 
 #[test]
 fn failed_scan_and_missing_plan_fail_the_run() {
     let ij = fixture("one-ip.yaml");
     let obs = scanned(&ij, 0, totals(), true);
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let st = compute(
+        &ij,
+        &obs,
+        &stage(&ij, &obs, &no_passes()),
+        &no_passes(),
+        at(10),
+    );
     assert_eq!(st.phase, Some(Phase::Failed));
     assert_eq!(
         ingest_api::conditions::find(&st.conditions, ct::STALLED)
@@ -928,7 +1084,7 @@ fn failed_scan_and_missing_plan_fail_the_run() {
     let mut obs = scanned(&ij, 8, totals(), false);
     obs.plans.clear();
     assert!(
-        matches!(stage(&ij, &obs), Stage::ScanFailed(m) if m.contains("without storing a plan"))
+        matches!(stage(&ij, &obs, &no_passes()), Stage::ScanFailed(m) if m.contains("without storing a plan"))
     );
 }
 
@@ -937,21 +1093,30 @@ fn worker_count_is_frozen_for_the_run() {
     let mut ij = fixture("one-ip.yaml");
     let obs = scanned(&ij, 8, totals(), false);
     ij.spec.workers = Some(5);
-    let Stage::Copy(_, layout) = stage(&ij, &obs) else {
+    let Stage::Copy(_, layout) = stage(&ij, &obs, &no_passes()) else {
         panic!("copy stage")
     };
-    assert_eq!(layout.slots[0].workers, 2, "the run started with 2 workers");
+    assert_eq!(layout.workers, 2, "the run started with 2 workers");
+    assert_eq!(layout.servers, ["10.1.1.101"]);
+    let copy = pass_job(&ij, &obs, "copy");
+    assert_eq!(copy.spec.unwrap().parallelism, Some(2));
 }
 
 #[test]
 fn a_scan_job_without_pods_points_at_its_events() {
     let ij = fixture("one-ip.yaml");
     let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
-    let obs = ingest_operator::observe::Observed {
+    let obs = Observed {
         jobs: vec![observed_job(jobs_of(&children)[0], false, false, "", "", 0)],
         ..Default::default()
     };
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(5));
+    let st = compute(
+        &ij,
+        &obs,
+        &stage(&ij, &obs, &no_passes()),
+        &no_passes(),
+        at(5),
+    );
     assert_eq!(st.phase, Some(Phase::Pending));
     assert!(
         st.message
@@ -962,7 +1127,7 @@ fn a_scan_job_without_pods_points_at_its_events() {
         st.message
     );
     assert!(
-        !compute(&ij, &empty(), &Stage::Scan, at(5))
+        !compute(&ij, &empty(), &Stage::Scan, &no_passes(), at(5))
             .message
             .unwrap()
             .contains("describe"),
@@ -970,37 +1135,41 @@ fn a_scan_job_without_pods_points_at_its_events() {
     );
 }
 
-/// `three-ips.yaml` (Continue, maxFailedFiles 10) with every Job finished and verify pods reporting
-/// `failed` failures each.
-fn finished_with_failures(
-    failed: [u64; 3],
-) -> (ingest_api::IngestJob, ingest_operator::observe::Observed) {
+/// The verify result of shard `s` with `n` failed entries (`s<s>/f<i>`).
+fn failing(s: u32, n: u64) -> PodResult {
+    let mut r = result(10, 10, n);
+    r.failures = (0..n)
+        .map(|i| FileFailure {
+            path: format!("s{s}/f{i}"),
+            reason: "EACCES".into(),
+        })
+        .collect();
+    r
+}
+
+/// `three-ips.yaml` (Continue, maxFailedFiles 10) with both passes completed over 3 shards and
+/// both Jobs finished; verify shard `s` found `failed[s]` failed entries.
+fn finished_with_failures(failed: [u64; 3]) -> (IngestJob, Observed, Views) {
     let ij = fixture("three-ips.yaml");
-    let mut obs = scanned(&ij, 3, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
+    let (mut obs, _) = copied(&ij, 3);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let mut verify = PassScript::default();
     for (s, n) in failed.into_iter().enumerate() {
-        let mut r = result(10, 10, n).unwrap();
-        r.failures = (0..n)
-            .map(|i| FileFailure {
-                path: format!("s{s}/f{i}"),
-                reason: "EACCES".into(),
-            })
-            .collect();
-        obs.pods
-            .push(worker_pod(&ij, "verify", s, 0, 20, None, Some(r)));
+        verify = verify.with(s as u32, failing(s as u32, n));
     }
-    (ij, obs)
+    let v = views(
+        &ij,
+        3,
+        Some(&PassScript::all_done(3, result(10, 100, 0))),
+        Some(&verify),
+    );
+    (ij, obs, v)
 }
 
 #[test]
-fn a_finished_runs_record_survives_pod_deletion_and_policy_edits() {
-    let (mut ij, mut obs) = finished_with_failures([4, 7, 0]);
-    let record = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+fn a_finished_runs_record_survives_a_restart_job_deletion_and_policy_edits() {
+    let (mut ij, mut obs, v) = finished_with_failures([4, 7, 0]);
+    let record = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(30));
     assert_eq!(
         (record.phase, record.failed_files),
         (Some(Phase::Failed), 11)
@@ -1014,67 +1183,93 @@ fn a_finished_runs_record_survives_pod_deletion_and_policy_edits() {
     assert!(ingest_operator::status::recorded(Some(&record), 0));
     ij.status = Some(record.clone());
 
-    // PodGC (or a user) deletes the finished pods: their results are gone, the record is not.
-    obs.pods.clear();
-    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(900)), record);
+    // The operator restarts: it sets up no pass for a recorded run, and the record stays.
+    assert_eq!(
+        compute(
+            &ij,
+            &obs,
+            &stage(&ij, &obs, &no_passes()),
+            &no_passes(),
+            at(900)
+        ),
+        record
+    );
     // Editing the failure policy afterwards does not rewrite the verdict.
     ij.spec.failure_policy.max_failed_files = Some(1000);
     ij.metadata.generation = Some(5);
-    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(901)), record);
+    assert_eq!(
+        compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(901)),
+        record
+    );
     // The Jobs themselves deleted by hand: still the same record, and nothing is created again.
     obs.jobs.clear();
-    assert_eq!(compute(&ij, &obs, &stage(&ij, &obs), at(902)), record);
+    assert_eq!(
+        compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(902)),
+        record
+    );
 
     // A new run starts a new record.
     ij.spec.run = 1;
-    let next = compute(&ij, &empty(), &stage(&ij, &empty()), at(1000));
+    let next = compute(
+        &ij,
+        &empty(),
+        &stage(&ij, &empty(), &no_passes()),
+        &no_passes(),
+        at(1000),
+    );
     assert_eq!((next.run, next.phase), (Some(1), Some(Phase::Pending)));
     assert_eq!(next.failed_files, 0);
     assert!(next.completion_time.is_none() && next.failures.is_empty());
 }
 
 #[test]
-fn failures_never_shrink_within_a_pass_when_pods_disappear() {
-    // Verify Jobs still running (one server not finished), failures reported by finished pods.
-    let (ij0, mut obs) = finished_with_failures([2, 3, 0]);
-    for j in obs
-        .jobs
-        .iter_mut()
-        .filter(|j| j.labels()[labels::ROLE] == "verify")
-    {
-        if j.labels()[labels::SERVER_INDEX] == "2" {
-            j.status.as_mut().unwrap().conditions = Some(vec![]);
-        }
-    }
+fn failures_never_shrink_within_a_pass_when_a_restarted_operator_resumes_from_its_checkpoint() {
+    // Verify running: shards 0 and 1 completed with failures, shard 2 still being verified.
+    let ij0 = fixture("three-ips.yaml");
+    let (mut obs, _) = copied(&ij0, 3);
+    add_pass_job(&ij0, &mut obs, "verify", running);
+    let verify = PassScript::default()
+        .with(0, failing(0, 2))
+        .with(1, failing(1, 3))
+        .running(
+            &worker_pod_name(&ij0, "verify", 0, "x"),
+            &[2],
+            progress(1, 1),
+        );
+    let v = views(
+        &ij0,
+        3,
+        Some(&PassScript::all_done(3, result(10, 100, 0))),
+        Some(&verify),
+    );
     let mut ij = ij0.clone();
-    let first = compute(&ij, &obs, &stage(&ij, &obs), at(30));
+    let first = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(30));
     assert_eq!(
-        (first.phase, first.failed_files),
-        (Some(Phase::Verifying), 5)
+        (first.phase, first.failed_files, first.failures.len()),
+        (Some(Phase::Verifying), 5, 5)
     );
+    let cp = first.checkpoint.clone().unwrap();
     ij.status = Some(first);
-    obs.pods.retain(|p| p.labels()[labels::SERVER_INDEX] != "1");
-    let later = compute(&ij, &obs, &stage(&ij, &obs), at(40));
-    assert_eq!(
-        later.failed_files, 5,
-        "the pods that reported 3 of them are gone"
-    );
-    assert_eq!(later.failures.len(), 5);
+
+    // The restarted operator's passes come from the checkpoint, which keeps counts but not the
+    // failure list (the status has it).
+    let again = Registry::default();
+    again.ensure(&ij, "copy", 3, cp.copy.as_ref()).unwrap();
+    again.ensure(&ij, "verify", 3, cp.verify.as_ref()).unwrap();
+    let v = again.views(&ij);
+    assert!(v.verify.as_ref().unwrap().sum.failures.is_empty());
+    let later = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(40));
+    assert_eq!(later.phase, Some(Phase::Verifying));
+    assert_eq!(later.failed_files, 5);
+    assert_eq!(later.failures.len(), 5, "{:?}", later.failures);
     assert!(later.failures.iter().any(|f| f.path == "s1/f2"));
 }
 
 #[test]
-fn pod_failure_policy_fails_an_index_on_exit_1_the_job_on_exit_2_and_ignores_disruptions() {
+fn worker_jobs_pod_failure_policy_has_no_fail_index_fails_the_job_on_exit_2_and_ignores_disruptions()
+ {
     let ij = fixture("three-ips.yaml");
     let mut obs = scanned(&ij, 6, totals(), false);
-    let copy = {
-        let children = desired(&ij, &stage(&ij, &obs), &settings()).unwrap();
-        jobs_of(&children)
-            .into_iter()
-            .find(|j| j.labels()[labels::ROLE] == "copy")
-            .unwrap()
-            .clone()
-    };
     let rules = |j: &Job| {
         j.spec
             .as_ref()
@@ -1096,52 +1291,64 @@ fn pod_failure_policy_fails_an_index_on_exit_1_the_job_on_exit_2_and_ignores_dis
             })
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        rules(&copy),
-        [
-            "Ignore on DisruptionTarget=True",
-            "FailIndex on exit In [1]",
-            "FailJob on exit In [2]"
-        ]
-    );
-    let spec = copy.spec.as_ref().unwrap();
-    assert_eq!(
-        (
-            spec.pod_replacement_policy.as_deref(),
-            spec.template
-                .spec
-                .as_ref()
-                .unwrap()
-                .restart_policy
-                .as_deref()
-        ),
-        (Some("Failed"), Some("Never")),
-        "what a pod failure policy requires"
-    );
+    // A worker's entries' outcomes go to the operator with each shard: it never exits 1 for failed
+    // entries, so no index is failed for them; other exits are retried (backoffLimitPerIndex) and
+    // the pod's claims go back to the pass's queue.
+    for role in ["copy", "verify"] {
+        let j = pass_job(&ij, &obs, role);
+        assert_eq!(
+            rules(&j),
+            ["Ignore on DisruptionTarget=True", "FailJob on exit In [2]"],
+            "{role}"
+        );
+        let spec = j.spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.max_failed_indexes, spec.backoff_limit_per_index),
+            (None, Some(3)),
+            "{role}"
+        );
+        assert_eq!(
+            (
+                spec.pod_replacement_policy.as_deref(),
+                spec.template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .restart_policy
+                    .as_deref()
+            ),
+            (Some("Failed"), Some("Never")),
+            "what a pod failure policy requires"
+        );
+    }
     let scan = &obs.jobs[0];
     assert_eq!(
         rules(scan),
         ["Ignore on DisruptionTarget=True", "FailJob on exit In [2]"],
-        "the scan is not Indexed: no FailIndex, its exit 1 (plan not stored) is retried"
+        "the scan's exit 1 (plan not stored) is retried"
     );
 
-    // Exit 2 in a copy pod fails that server's Job as a whole: under Continue too, the run stops.
-    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
-        let mut j = observed_job(j, i != 1, i == 1, if i == 1 { "" } else { "0-1" }, "", 0);
-        if i == 1 {
-            let c = &mut j.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
-            c.reason = Some("PodFailurePolicy".into());
-            c.message = Some("Container copy for pod ingest/media-r0-copy-1-0-x failed with exit code 2 matching FailJob rule at index 2".into());
-        }
+    // Exit 2 in a copy pod fails the copy Job as a whole: under Continue too, the run stops.
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        let mut j = observed_job(j, false, true, "0-2", "", 0);
+        let c = &mut j.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
+        c.reason = Some("PodFailurePolicy".into());
+        c.message = Some("Container copy for pod ingest/media-r0-copy-4-x failed with exit code 2 matching FailJob rule at index 4".into());
         j
     });
-    let s = stage(&ij, &obs);
+    let v = views(
+        &ij,
+        6,
+        Some(&PassScript::done([0, 1], result(1, 1, 0))),
+        None,
+    );
+    let s = stage(&ij, &obs, &v);
     assert!(matches!(&s, Stage::Stopped { role: "copy", .. }), "{s:?}");
-    let st = compute(&ij, &obs, &s, at(10));
+    let st = compute(&ij, &obs, &s, &v, at(10));
     assert_eq!(st.phase, Some(Phase::Failed));
     let msg = st.message.unwrap();
     assert!(
-        msg.contains("the copy Job media-r0-copy-1 failed (PodFailurePolicy: Container copy")
+        msg.contains("the copy Job media-r0-copy failed (PodFailurePolicy: Container copy")
             && msg.contains("no verify pass"),
         "{msg}"
     );
@@ -1160,7 +1367,13 @@ fn a_scan_stopped_by_exit_2_says_so() {
         .unwrap()[0];
     c.reason = Some("PodFailurePolicy".into());
     c.message = Some("Container scan for pod ingest/genomics-r0-scan-x failed with exit code 2 matching FailJob rule at index 1".into());
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let st = compute(
+        &ij,
+        &obs,
+        &stage(&ij, &obs, &no_passes()),
+        &no_passes(),
+        at(10),
+    );
     assert_eq!(st.phase, Some(Phase::Failed));
     assert!(
         st.message
@@ -1173,11 +1386,7 @@ fn a_scan_stopped_by_exit_2_says_so() {
 }
 
 /// `ij` scanned into `shards` shards by a scan that could not read `unreadable`.
-fn scanned_with_errors(
-    ij: &ingest_api::IngestJob,
-    shards: u64,
-    unreadable: &[&str],
-) -> ingest_operator::observe::Observed {
+fn scanned_with_errors(ij: &IngestJob, shards: u64, unreadable: &[&str]) -> Observed {
     let mut obs = scanned(ij, shards, totals(), false);
     obs.plans = vec![plan_meta_with(
         ij,
@@ -1200,26 +1409,19 @@ fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.verify.mode = ingest_api::VerifyMode::None;
     let mut obs = scanned_with_errors(&ij, 2, &["locked"]);
-    assert!(matches!(stage(&ij, &obs), Stage::Copy(..)));
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0-1", "", 0)
-    });
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0-1", "", 0)
-    });
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    assert!(matches!(stage(&ij, &obs, &no_passes()), Stage::Copy(..)));
+    add_pass_job(&ij, &mut obs, "copy", finished);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let all = PassScript::all_done(2, result(5, 50, 0));
+    let v = views(&ij, 2, Some(&all), Some(&all));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!((st.phase, st.failed_files), (Some(Phase::Succeeded), 1));
-    assert_eq!(
-        ingest_api::conditions::find(&st.conditions, ct::READY)
-            .unwrap()
-            .reason,
-        reasons::SUCCEEDED_WITH_FAILURES
-    );
+    assert_eq!(ready_reason(&st), reasons::SUCCEEDED_WITH_FAILURES);
     assert_eq!(st.failures[0].path, "locked");
 
     // maxFailedFiles 0: the same run is TooManyFailures.
     ij.spec.failure_policy.max_failed_files = Some(0);
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!(st.phase, Some(Phase::Failed));
     assert_eq!(
         ingest_api::conditions::find(&st.conditions, ct::STALLED)
@@ -1232,14 +1434,14 @@ fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
     let mut ij = fixture("one-ip.yaml");
     ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
     let obs = scanned_with_errors(&ij, 2, &["locked", "gone"]);
-    let s = stage(&ij, &obs);
+    let s = stage(&ij, &obs, &no_passes());
     assert!(matches!(&s, Stage::Stopped { role: "scan", .. }), "{s:?}");
     assert!(
         jobs_of(&desired(&ij, &s, &settings()).unwrap())
             .iter()
             .all(|j| j.labels()[labels::ROLE] == "scan")
     );
-    let st = compute(&ij, &obs, &s, at(10));
+    let st = compute(&ij, &obs, &s, &no_passes(), at(10));
     assert_eq!((st.phase, st.failed_files), (Some(Phase::Failed), 2));
     let msg = st.message.unwrap();
     assert!(
@@ -1249,41 +1451,29 @@ fn entries_the_scan_could_not_read_count_against_the_failure_policy() {
     );
 }
 
-/// The Ready condition's reason of a status.
-fn ready_reason(st: &ingest_api::IngestJobStatus) -> String {
-    ingest_api::conditions::find(&st.conditions, ct::READY)
-        .map(|c| c.reason.clone())
-        .unwrap_or_default()
-}
-
-/// `three-ips.yaml` (Continue, maxFailedFiles 10) with every Job finished; `verify_failed` are
-/// the failed indexes of server 0's verify Job.
-fn all_finished(
-    ij: &ingest_api::IngestJob,
-    verify_failed: &str,
-) -> ingest_operator::observe::Observed {
-    let mut obs = scanned(ij, 3, totals(), false);
-    add_role_jobs(ij, &mut obs, "copy", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    add_role_jobs(ij, &mut obs, "verify", |i, j| {
-        if i == 0 && !verify_failed.is_empty() {
-            observed_job(j, false, true, "", verify_failed, 0)
-        } else {
-            observed_job(j, true, false, "0", "", 0)
-        }
-    });
-    obs
-}
-
 #[test]
-fn a_failed_index_with_a_result_is_counted_by_entry_and_a_crashed_one_fails_the_run() {
-    let ij = fixture("three-ips.yaml");
-    // Exit 1 with its result: the shard finished, two entries failed; within maxFailedFiles.
-    let mut obs = all_finished(&ij, "0");
-    obs.pods
-        .push(worker_pod(&ij, "verify", 0, 0, 5, None, result(10, 10, 2)));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+fn a_shard_lost_through_its_retries_fails_the_run_and_failed_entries_in_completed_shards_count_by_entry()
+ {
+    let ij = fixture("three-ips.yaml"); // Continue, maxFailedFiles 10
+    let (mut obs, _) = copied(&ij, 3);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let copy = PassScript::all_done(3, result(10, 100, 0));
+
+    // Shard 0 completed with two failed entries: accounted entry by entry, within maxFailedFiles.
+    let verify = PassScript::all_done(3, verified(10)).with(0, failing(0, 2));
+    let v = views(&ij, 3, Some(&copy), Some(&verify));
+    let s = stage(&ij, &obs, &v);
+    assert!(
+        matches!(
+            s,
+            Stage::Done {
+                failed_shards: 0,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    let st = compute(&ij, &obs, &s, &v, at(10));
     assert_eq!(
         (st.phase, st.failed_files),
         (Some(Phase::Succeeded), 2),
@@ -1291,17 +1481,24 @@ fn a_failed_index_with_a_result_is_counted_by_entry_and_a_crashed_one_fails_the_
     );
     assert_eq!(ready_reason(&st), reasons::SUCCEEDED_WITH_FAILURES);
 
-    // Killed through its retries, no result: its entries were never accounted for.
-    let mut obs = all_finished(&ij, "0");
-    obs.pods.push(crashed_pod(&ij, "verify", 0, 0, 5));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
-    assert_eq!(st.phase, Some(Phase::Failed), "{st:?}");
-    assert_eq!(
-        ingest_api::conditions::find(&st.conditions, ct::STALLED)
-            .unwrap()
-            .reason,
-        reasons::SHARD_FAILED
+    // Shard 0's workers were killed through all its retries: its entries were never accounted for.
+    let verify = PassScript::done([1, 2], verified(10)).lost([0]);
+    let v = views(&ij, 3, Some(&copy), Some(&verify));
+    let s = stage(&ij, &obs, &v);
+    assert!(
+        matches!(
+            s,
+            Stage::Done {
+                failed_shards: 1,
+                ..
+            }
+        ),
+        "{s:?}"
     );
+    let st = compute(&ij, &obs, &s, &v, at(10));
+    assert_eq!(st.phase, Some(Phase::Failed), "{st:?}");
+    assert_eq!(ready_reason(&st), reasons::SHARD_FAILED);
+    assert_eq!(st.shards.as_ref().unwrap().failed, 1);
     assert!(
         st.message.as_deref().unwrap().contains("not accounted"),
         "{:?}",
@@ -1314,30 +1511,30 @@ fn with_verify_none_a_lost_copy_shard_fails_the_run() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.verify.mode = ingest_api::VerifyMode::None;
     let mut obs = scanned(&ij, 3, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |i, j| {
-        if i == 1 {
-            observed_job(j, false, true, "", "0", 0)
-        } else {
-            observed_job(j, true, false, "0", "", 0)
-        }
-    });
-    add_role_jobs(&ij, &mut obs, "verify", |_, j| {
-        observed_job(j, true, false, "0", "", 0)
-    });
-    obs.pods.push(crashed_pod(&ij, "copy", 1, 0, 5));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    add_pass_job(&ij, &mut obs, "copy", finished);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let v = views(
+        &ij,
+        3,
+        Some(&PassScript::done([0, 2], result(10, 100, 0)).lost([1])),
+        Some(&PassScript::all_done(3, PodResult::default())),
+    );
+    let s = stage(&ij, &obs, &v);
+    assert!(matches!(s, Stage::Done { .. }), "{s:?}");
+    let st = compute(&ij, &obs, &s, &v, at(10));
     assert_eq!(
-        st.phase,
-        Some(Phase::Failed),
-        "the settle pass set times; the copy never finished: {st:?}"
+        (st.phase, ready_reason(&st)),
+        (Some(Phase::Failed), reasons::SHARD_FAILED.to_owned()),
+        "the settle pass set times; the copy never finished shard 1: {st:?}"
     );
 }
 
 #[test]
 fn entries_only_in_the_destination_mean_it_is_not_identical() {
     let ij = fixture("three-ips.yaml");
-    let mut obs = all_finished(&ij, "");
-    let mut r = result(10, 10, 0).unwrap();
+    let (mut obs, _) = copied(&ij, 3);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let mut r = result(10, 10, 0);
     r.verification = Some(VerificationCounts {
         checked: 12,
         matched: 10,
@@ -1345,9 +1542,13 @@ fn entries_only_in_the_destination_mean_it_is_not_identical() {
         verified: 10,
         ..Default::default()
     });
-    obs.pods
-        .push(worker_pod(&ij, "verify", 2, 0, 5, None, Some(r)));
-    let st = compute(&ij, &obs, &stage(&ij, &obs), at(10));
+    let v = views(
+        &ij,
+        3,
+        Some(&PassScript::all_done(3, result(10, 100, 0))),
+        Some(&PassScript::all_done(3, verified(10)).with(2, r)),
+    );
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!(st.phase, Some(Phase::Failed), "{st:?}");
     assert_eq!(ready_reason(&st), reasons::DESTINATION_DIFFERS);
     let m = st.message.unwrap();
@@ -1361,31 +1562,39 @@ fn entries_only_in_the_destination_mean_it_is_not_identical() {
 fn a_copy_that_moves_nothing_for_the_stall_timeout_is_stalled_until_it_moves_again() {
     let mut ij = fixture("three-ips.yaml");
     let mut obs = scanned(&ij, 3, totals(), false);
-    add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-        observed_job(j, false, false, "", "", 1)
-    });
-    // Alive pods whose counts do not move (a hard mount that stopped answering).
-    obs.pods
-        .push(worker_pod(&ij, "copy", 0, 0, 5, progress(40, 4_000), None));
-    let stalled = |st: &ingest_api::IngestJobStatus| {
+    add_pass_job(&ij, &mut obs, "copy", running);
+    // A live worker whose counts do not move (a hard mount that stopped answering): it keeps
+    // sending the same progress.
+    let reg = Registry::default();
+    let pod = worker_pod_name(&ij, "copy", 0, "stuck");
+    drive(
+        &reg,
+        &ij,
+        "copy",
+        3,
+        &PassScript::default().running(&pod, &[0], progress(40, 4_000)),
+    );
+    let stalled = |st: &IngestJobStatus| {
         let c = ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap();
         (c.status == "True").then(|| c.reason.clone())
     };
-    let step = |ij: &mut ingest_api::IngestJob, obs: &ingest_operator::observe::Observed, t| {
-        let st = compute(ij, obs, &stage(ij, obs), at(t));
+    let step = |ij: &mut IngestJob, t| {
+        let v = reg.views(ij);
+        let st = compute(ij, &obs, &stage(ij, &obs, &v), &v, at(t));
         let events = ingest_operator::reconcile::events_for(ij.status.as_ref(), &st);
         ij.status = Some(st.clone());
         (st, events.into_iter().map(|e| e.reason).collect::<Vec<_>>())
     };
-    let (st, _) = step(&mut ij, &obs, 10);
+    let (st, _) = step(&mut ij, 10);
     assert_eq!((st.phase, stalled(&st)), (Some(Phase::Copying), None));
+    assert_eq!(st.progress.as_ref().unwrap().files, 40);
     let since = st.progress.as_ref().unwrap().last_progress_time.clone();
     assert_eq!(since.as_ref().map(|t| t.0), Some(at(10)));
     // Within the default 60 s: nothing to say.
-    let (st, ev) = step(&mut ij, &obs, 69);
+    let (st, ev) = step(&mut ij, 69);
     assert_eq!((stalled(&st), ev.len()), (None, 0), "{st:?}");
     // At 60 s without a file: Stalled, one Warning, the phase unchanged; said once.
-    let (st, ev) = step(&mut ij, &obs, 70);
+    let (st, ev) = step(&mut ij, 70);
     assert_eq!(
         stalled(&st).as_deref(),
         Some(reasons::NO_PROGRESS),
@@ -1395,11 +1604,14 @@ fn a_copy_that_moves_nothing_for_the_stall_timeout_is_stalled_until_it_moves_aga
         (st.phase, ev),
         (Some(Phase::Copying), vec![reasons::NO_PROGRESS.to_string()])
     );
-    let (_, ev) = step(&mut ij, &obs, 200);
+    let (_, ev) = step(&mut ij, 200);
     assert!(ev.is_empty());
     // Files move again: no longer stalled, measured from now.
-    obs.pods[0] = worker_pod(&ij, "copy", 0, 0, 5, progress(41, 4_100), None);
-    let (st, ev) = step(&mut ij, &obs, 205);
+    let mut r = claim_request(&ij, "copy", &pod);
+    r.holding = vec![0];
+    r.progress = progress(41, 4_100);
+    reg.handle(r).unwrap();
+    let (st, ev) = step(&mut ij, 205);
     assert_eq!(
         (stalled(&st), ev),
         (None, vec!["ProgressResumed".to_string()])
@@ -1410,6 +1622,186 @@ fn a_copy_that_moves_nothing_for_the_stall_timeout_is_stalled_until_it_moves_aga
     );
     // A shorter timeout in the spec applies.
     ij.spec.stall_timeout_seconds = Some(10);
-    let (st, _) = step(&mut ij, &obs, 216);
+    let (st, _) = step(&mut ij, 216);
     assert_eq!(stalled(&st).as_deref(), Some(reasons::NO_PROGRESS));
+}
+
+/// One scenario of [`claims_verdicts`].
+struct Case {
+    name: &'static str,
+    /// `verify.mode: None` (else three-ips.yaml's Checksum).
+    verify_none: bool,
+    /// `failurePolicy.action: FailJob` (else three-ips.yaml's Continue, maxFailedFiles 10).
+    fail_job: bool,
+    copy: PassScript,
+    /// Every copy worker pod ended (the Job is Complete), else they run.
+    copy_job_done: bool,
+    /// The verify pass, once the copy pass let it start.
+    verify: Option<PassScript>,
+    verify_job_done: bool,
+    phase: Phase,
+    reason: &'static str,
+    /// Words of the status message.
+    says: &'static str,
+}
+
+#[test]
+fn claims_verdicts() {
+    const SHARDS: u64 = 6;
+    let ok = || PassScript::all_done(SHARDS, result(10, 1000, 0));
+    let identical = || PassScript::all_done(SHARDS, verified(10));
+    let base = || Case {
+        name: "",
+        verify_none: false,
+        fail_job: false,
+        copy: ok(),
+        copy_job_done: true,
+        verify: Some(identical()),
+        verify_job_done: true,
+        phase: Phase::Succeeded,
+        reason: reasons::SUCCEEDED,
+        says: "",
+    };
+    let cases = [
+        Case {
+            name: "every shard of both passes completed",
+            says: "copied and verified, destination identical: 60 files",
+            ..base()
+        },
+        Case {
+            name: "a verify shard lost through its retries",
+            verify: Some(PassScript::done(0..5, verified(10)).lost([5])),
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "1 shard(s) ended without a result after their retries",
+            ..base()
+        },
+        Case {
+            name: "a copy worker's unusable input stops the run",
+            copy: PassScript::done([0, 1], result(10, 1000, 0))
+                .running("media-r0-copy-2-x", &[2], progress(1, 1))
+                .unusable("--dest /ingest/dest-1: Read-only file system (os error 30)"),
+            copy_job_done: false,
+            verify: None,
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "a copy worker stopped on unusable input: --dest /ingest/dest-1: Read-only file system (os error 30); the run was stopped: no verify pass",
+            ..base()
+        },
+        Case {
+            name: "failed entries within maxFailedFiles",
+            verify: Some(
+                identical()
+                    .with(1, result(10, 10, 3))
+                    .with(4, result(10, 10, 4)),
+            ),
+            reason: reasons::SUCCEEDED_WITH_FAILURES,
+            says: "7 entries failed (listed in failures); everything else copied and verified",
+            ..base()
+        },
+        Case {
+            name: "failed entries beyond maxFailedFiles",
+            verify: Some(
+                identical()
+                    .with(1, result(10, 10, 5))
+                    .with(4, result(10, 10, 6)),
+            ),
+            phase: Phase::Failed,
+            reason: reasons::TOO_MANY_FAILURES,
+            says: "11 entries failed (listed in failures), more than maxFailedFiles (10)",
+            ..base()
+        },
+        Case {
+            name: "verify None: the copy Job ended (all workers gone) with shards never claimed",
+            verify_none: true,
+            copy: PassScript::done(0..3, result(10, 1000, 0)),
+            verify: Some(PassScript::all_done(SHARDS, PodResult::default())),
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "3 shard(s) ended without a result after their retries",
+            ..base()
+        },
+        Case {
+            name: "the copy Job ended with shards never claimed: the verify pass copies them",
+            copy: PassScript::done(0..3, result(10, 1000, 0)),
+            says: "copied and verified, destination identical",
+            ..base()
+        },
+        Case {
+            name: "the verify Job ended (all workers gone) with shards never claimed",
+            verify: Some(PassScript::done(0..4, verified(10))),
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "2 shard(s) ended without a result after their retries",
+            ..base()
+        },
+        Case {
+            name: "FailJob: the first lost copy shard stops the run while others copy",
+            fail_job: true,
+            copy: PassScript::done(0..2, result(10, 1000, 0))
+                .lost([2])
+                .running("media-r0-copy-3-x", &[3], progress(1, 1)),
+            copy_job_done: false,
+            verify: None,
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "1 shard(s) of the copy pass were lost (their workers ended through all retries) and the failure policy is FailJob; the run was stopped: no verify pass, the workers of 1 running Job(s) take no more work",
+            ..base()
+        },
+        Case {
+            name: "FailJob: the copy Job ended with shards never claimed",
+            fail_job: true,
+            copy: PassScript::done(0..5, result(10, 1000, 0)),
+            verify: None,
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "1 shard(s) of the copy pass were lost (every worker ended) and the failure policy is FailJob",
+            ..base()
+        },
+        Case {
+            name: "FailJob: a copy shard completed with a failed entry stops the run",
+            fail_job: true,
+            copy: PassScript::done(0..2, result(10, 1000, 0))
+                .with(2, result(10, 1000, 1))
+                .running("media-r0-copy-3-x", &[3], progress(1, 1)),
+            copy_job_done: false,
+            verify: None,
+            phase: Phase::Failed,
+            reason: reasons::SHARD_FAILED,
+            says: "1 entry failed in the copy pass and the failure policy is FailJob; the run was stopped: no verify pass",
+            ..base()
+        },
+    ];
+    for c in cases {
+        let mut ij = fixture("three-ips.yaml");
+        if c.verify_none {
+            ij.spec.verify.mode = ingest_api::VerifyMode::None;
+        }
+        if c.fail_job {
+            ij.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+            ij.spec.failure_policy.max_failed_files = None;
+        }
+        let mut obs = scanned(&ij, SHARDS, totals(), false);
+        let job = |done: bool| move |j: &Job| if done { finished(j) } else { running(j) };
+        add_pass_job(&ij, &mut obs, "copy", job(c.copy_job_done));
+        if c.verify.is_some() {
+            add_pass_job(&ij, &mut obs, "verify", job(c.verify_job_done));
+        }
+        let v = views(&ij, SHARDS, Some(&c.copy), c.verify.as_ref());
+        let s = stage(&ij, &obs, &v);
+        let st = compute(&ij, &obs, &s, &v, at(100));
+        let msg = st.message.clone().unwrap_or_default();
+        assert_eq!(
+            (st.phase, ready_reason(&st)),
+            (Some(c.phase), c.reason.to_owned()),
+            "{}: {s:?}: {msg}",
+            c.name
+        );
+        assert!(msg.contains(c.says), "{}: {msg}", c.name);
+        assert!(
+            st.completion_time.is_some(),
+            "{}: the run is finished",
+            c.name
+        );
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 fn pod_env() -> PodEnv {
     PodEnv {
-        pod: "media-r0-copy-1-3-abcde".into(),
+        pod: "media-r0-copy-3-abcde".into(),
         owner: Owner {
             namespace: "ingest".into(),
             name: "media".into(),
@@ -83,7 +83,7 @@ async fn reporter_patches_changed_samples_and_flushes_on_finish() {
             (method.as_str(), path.as_str()),
             (
                 "PATCH",
-                "/api/v1/namespaces/ingest/pods/media-r0-copy-1-3-abcde"
+                "/api/v1/namespaces/ingest/pods/media-r0-copy-3-abcde"
             )
         );
     }

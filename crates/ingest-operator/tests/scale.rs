@@ -8,10 +8,11 @@ use std::time::Duration;
 use common::*;
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_api::{FileFailure, IngestJobStatus, Totals, VerificationCounts};
+use ingest_operator::claims::Registry;
 use ingest_operator::desired::desired;
 use ingest_operator::plan_store::{self, Owner};
 use ingest_operator::reconcile::{WriteDecision, decide_write};
-use ingest_operator::stage::stage;
+use ingest_operator::stage::{Stage, stage};
 use ingest_operator::status::compute;
 use ingest_path::RelPath;
 use ingest_plan::format::{
@@ -128,57 +129,80 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
         // Mounted pieces join back into the same plan (what `worker --plan DIR` does).
         assert_eq!(Plan::from_chunks(&chunks).unwrap(), plan);
 
-        // Every child the operator applies, in the stage with the most children.
+        // Every child the operator applies, in the stage with the most children (both passes'
+        // Jobs). The passes: the copy completed; the verify too, its first shards (one per server)
+        // with a full failure list of long paths each.
         let mut obs = scanned(&ij, SHARDS, totals, false);
-        add_role_jobs(&ij, &mut obs, "copy", |_, j| {
-            observed_job(j, true, false, "", "", 0)
-        });
-        let s = stage(&ij, &obs);
+        let done = |j: &k8s_openapi::api::batch::v1::Job| observed_job(j, true, false, "", "", 0);
+        add_pass_job(&ij, &mut obs, "copy", done);
+        add_pass_job(&ij, &mut obs, "verify", done);
+        let mut verify = PassScript::all_done(
+            SHARDS,
+            PodResult {
+                files: 5,
+                bytes: 1,
+                verification: Some(VerificationCounts {
+                    checked: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        for server in 0..n_servers as u32 {
+            verify = verify.with(
+                server,
+                PodResult {
+                    files: 5,
+                    bytes: 1,
+                    failed: 1000,
+                    verification: Some(VerificationCounts {
+                        checked: 1,
+                        ..Default::default()
+                    }),
+                    failures: (0..1000)
+                        .map(|i| FileFailure {
+                            path: format!("{}/{i}", "deep/".repeat(300)),
+                            reason: "x".repeat(600),
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            );
+        }
+        let v = views(
+            &ij,
+            SHARDS,
+            Some(&PassScript::all_done(SHARDS, PodResult::default())),
+            Some(&verify),
+        );
+        let s = stage(&ij, &obs, &v);
+        assert!(matches!(s, Stage::Done { .. }), "{s:?}");
         let children = desired(&ij, &s, &settings()).unwrap();
         let biggest_child = children.iter().map(|c| c.encoded_len()).max().unwrap();
         assert!(
             biggest_child < 64 * 1024,
             "children stay small: {biggest_child} bytes"
         );
-        let total_parallelism: i32 = jobs_of(&children)
-            .iter()
-            .filter(|j| j.labels()["ingest.vfxt.dev/role"] == "copy")
-            .map(|j| j.spec.as_ref().unwrap().parallelism.unwrap())
-            .sum();
-        assert_eq!(total_parallelism, WORKERS as i32);
-        let completions: i32 = jobs_of(&children)
-            .iter()
-            .filter(|j| j.labels()["ingest.vfxt.dev/role"] == "copy")
-            .map(|j| j.spec.as_ref().unwrap().completions.unwrap())
-            .sum();
-        assert_eq!(completions as u64, SHARDS);
+        for role in ["copy", "verify"] {
+            let jobs: Vec<_> = jobs_of(&children)
+                .into_iter()
+                .filter(|j| j.labels()["ingest.vfxt.dev/role"] == role)
+                .collect();
+            assert_eq!(jobs.len(), 1, "one Job per pass");
+            let spec = jobs[0].spec.as_ref().unwrap();
+            // One index per worker: the 10,000 shards are claimed, not dealt to indexes.
+            assert_eq!(
+                (spec.parallelism, spec.completions),
+                (Some(WORKERS as i32), Some(WORKERS as i32))
+            );
+        }
 
         // The status at its largest: every server, a full failure list with long paths, verification.
-        for server in 0..n_servers {
-            let mut r = PodResult {
-                files: 1,
-                bytes: 1,
-                failed: 1000,
-                verification: Some(VerificationCounts {
-                    checked: 1,
-                    ..Default::default()
-                }),
-                failures: (0..1000)
-                    .map(|i| FileFailure {
-                        path: format!("{}/{i}", "deep/".repeat(300)),
-                        reason: "x".repeat(600),
-                    })
-                    .collect(),
-                ..Default::default()
-            };
-            r.files = 5;
-            obs.pods
-                .push(worker_pod(&ij, "verify", server, 0, 5, None, Some(r)));
-        }
-        let st: IngestJobStatus = compute(&ij, &obs, &s, at(100));
+        let st: IngestJobStatus = compute(&ij, &obs, &s, &v, at(100));
         let status_len = serde_json::to_vec(&st).unwrap().len();
         assert!(status_len < 64 * 1024, "status of {status_len} bytes");
-        // Each pod's termination message keeps as many failures as fit 4 KiB; the status lists at most 20.
+        assert_eq!(st.servers.len(), n_servers);
+        // The pass keeps as many failures as the status lists (20), and counts the rest.
         assert!(
             !st.failures.is_empty() && st.failures.len() <= ingest_api::MAX_LISTED_FAILURES,
             "{}",
@@ -203,11 +227,50 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
         println!(
             "servers={n_servers} shards={SHARDS} workers={WORKERS}: plan JSON {json_len} B in {} ConfigMaps (largest {biggest_map} B, \
              summary annotation {summary_len} B); {} children (largest {biggest_child} B); \
-             status {status_len} B; progress annotation <= {progress_len} B",
+             status {status_len} B; progress in a claims message <= {progress_len} B",
             maps.len(),
             children.len()
         );
     }
+}
+
+#[test]
+fn a_fragmented_pass_checkpoint_of_ten_thousand_shards_keeps_the_status_small() {
+    // The worst case for `status.checkpoint`: every other shard completed and the rest lost, so
+    // neither id list compresses into ranges.
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.workers = Some(WORKERS);
+    ij.spec.failure_policy.retries_per_shard = 0;
+    let totals = Totals {
+        files: SHARDS * 10_000,
+        directories: 1_000_000,
+        bytes: SHARDS << 30,
+    };
+    let mut obs = scanned(&ij, SHARDS, totals, false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", WORKERS as i32)
+    });
+    let reg = Registry::default();
+    let script = PassScript::done((0..SHARDS as u32).step_by(2), PodResult::default())
+        .lost((1..SHARDS as u32).step_by(2).filter(|s| s % 1000 != 1));
+    drive(&reg, &ij, "copy", SHARDS, &script);
+    let v = reg.views(&ij);
+    let s = stage(&ij, &obs, &v);
+    assert!(matches!(s, Stage::Copy(..)), "{s:?}");
+    let st = compute(&ij, &obs, &s, &v, at(100));
+    let cp = st.checkpoint.as_ref().unwrap().copy.as_ref().unwrap();
+    assert_eq!(
+        ingest_job::indexes::count(&cp.completed),
+        SHARDS / 2,
+        "every completed shard is in the checkpoint"
+    );
+    let status_len = serde_json::to_vec(&st).unwrap().len();
+    println!(
+        "checkpoint of {SHARDS} alternating shards: completed {} B, lost {} B; status {status_len} B",
+        cp.completed.len(),
+        cp.lost.len()
+    );
+    assert!(status_len < 64 * 1024, "status of {status_len} bytes");
 }
 
 #[test]

@@ -56,7 +56,13 @@ fn plan(spec: &IngestJobSpec) -> PlanSummary {
 }
 
 fn with_status(mut ij: IngestJob, stage: &Stage) -> IngestJob {
-    ij.status = Some(compute(&ij, &Observed::default(), stage, now()));
+    ij.status = Some(compute(
+        &ij,
+        &Observed::default(),
+        stage,
+        &ingest_operator::claims::Views::default(),
+        now(),
+    ));
     ij
 }
 

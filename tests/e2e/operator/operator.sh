@@ -21,8 +21,11 @@
 #     the source has a file, which is never deleted; exit 1: the shard fails without retries): the
 #     run is Failed/ShardFailed, no verify Job is created, the entry is listed; the pods' full
 #     reports (spec.report on the destination export) are read back with `vfxt-ingest report`.
-# 10. ~200 one-file shards (a copy phase of short pods): the status shows progress moving during
-#     the phase, never going back.
+# 10. ~200 one-file shards (a copy phase of many short claims): the status shows progress moving
+#     during the phase, never going back.
+# issue 13:
+# 12. three IPs of one export, one node at a quarter of the others' capacity: Succeeded, every shard
+#     completed once, identical (workers mount every IP and share one queue).
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -274,7 +277,7 @@ test_2_helm_install() {
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
     --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
-    --set statusIntervalSeconds=1 >/dev/null || { bad "helm install"; return 1; }
+    --set statusIntervalSeconds=1 --set claims.url="http://127.0.0.1:$port" >/dev/null || { bad "helm install"; return 1; }
   wait_for 90 "operator pod Running" op_running || return 1
   op_pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
   op_sa=$(kubectl get pod "$op_pod" -n "$op_ns" -o jsonpath='{.spec.serviceAccountName}')
@@ -287,7 +290,8 @@ test_2_helm_install() {
   local r=0 q words
   for q in "list ingestjobs.ingest.vfxt.dev -A" "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns" \
     "create jobs.batch -n $ns" "delete jobs.batch -n $ns" "watch pods -n $ns" "create configmaps -n $ns" \
-    "create events.events.k8s.io -n $ns" "update leases.coordination.k8s.io/vfxt-ingest-leader -n $op_ns"; do
+    "create events.events.k8s.io -n $ns" "update leases.coordination.k8s.io/vfxt-ingest-leader -n $op_ns" \
+    "create tokenreviews.authentication.k8s.io"; do
     read -ra words <<<"$q" # no globbing of the words
     [[ $(can_i "${words[@]}") == yes ]] || { bad "the chart's service account may not: $q"; r=1; }
   done
@@ -301,12 +305,13 @@ test_2_helm_install() {
 }
 
 # ---------------------------------------------------------------- 3. a full run
-# NFS servers of the volumes the copy/verify pods mount at /ingest/dest (the contract's destination mount).
+# For each copy/verify pod, the NFS servers of the volumes it mounts at /ingest/dest-<i> (the contract's
+# destination mounts), one line per pod: every worker mounts every server.
 worker_servers() {
   kubectl get pods -n "$ns" -l "ingest.vfxt.dev/job=$1" -o json |
     jq -r '.items[] | select(.metadata.labels["ingest.vfxt.dev/role"] == "copy" or .metadata.labels["ingest.vfxt.dev/role"] == "verify")
-           | .spec as $s | [$s.containers[].volumeMounts[]? | select(.mountPath == "/ingest/dest") | .name] as $names
-           | $s.volumes[]? | select(.name as $n | $names | index($n)) | (.nfs.server // empty)' | sort -u | tr '\n' ' '
+           | .spec as $s | [$s.containers[].volumeMounts[]? | select(.mountPath | startswith("/ingest/dest-")) | .name] as $names
+           | [$s.volumes[]? | select(.name as $n | $names | index($n)) | (.nfs.server // empty)] | sort | join(" ")' | sort -u
 }
 test_3_full_run() {
   gen_tree "$src/t3" 300
@@ -316,7 +321,7 @@ test_3_full_run() {
   local servers="" deadline=$((SECONDS + 150)) phase
   while ((SECONDS < deadline)); do
     phase=$(ij_phase t3)
-    servers=$(echo "$servers $(worker_servers t3)" | tr ' ' '\n' | grep . | sort -u | tr '\n' ' ')
+    servers=$(printf '%s\n%s\n' "$servers" "$(worker_servers t3)" | grep . | sort -u)
     [[ $phase == Succeeded || $phase == Failed ]] && break
     sleep 1
   done
@@ -335,9 +340,13 @@ test_3_full_run() {
   local prog
   prog=$(ij_json t3 | jq -r '"\(.status.progress.files) \(.status.progress.percent)"')
   [[ $prog == "${want%% *} 100" ]] || { bad "status.progress files/percent '$prog', want '${want%% *} 100'"; r=1; }
-  servers=${servers% }
-  say "  worker pods' NFS servers: $servers"
-  [[ $servers == "${ips[*]}" ]] || { bad "worker pods' NFS volumes cover '$servers', want '${ips[*]}'"; r=1; }
+  say "  worker pods' NFS servers (per pod): $(echo "$servers" | tr '\n' '|')"
+  [[ $servers == "${ips[*]}" ]] || { bad "each worker pod must mount every server: got '$(echo "$servers" | tr '\n' '|')', want '${ips[*]}'"; r=1; }
+  local shards
+  shards=$(ij_json t3 | jq -c '.status.shards')
+  say "  shards: $shards"
+  jq -e '.total > 0 and .succeeded == .total and .failed == 0' <<<"$shards" >/dev/null ||
+    { bad "not every shard completed: $shards"; r=1; }
   progress_monotonic t3 || r=1
   no_forbidden || r=1
   return "$r"
@@ -381,7 +390,8 @@ test_4_worker_killed() {
   wait_for 150 "IngestJob t4 finished" sh -c "kubectl get ij t4 -n $ns -o jsonpath='{.status.phase}' | grep -qxE 'Succeeded|Failed'" || return 1
   sleep 1
   [[ $(ij_phase t4) == Succeeded ]] || { bad "t4 ended $(ij_phase t4): $(ij_json t4 | jq -c '.status.conditions')"; return 1; }
-  # The shard was retried: another pod ran the same index of the same Job, and succeeded.
+  # The worker was started again: another pod ran the same index of the same Job, and succeeded (the
+  # killed one's claims went back to the queue).
   local retry
   retry=$(kubectl get pods -n "$ns" -l "job-name=$job" -o json | jq -r --arg n "$name" --arg i "$index" \
     '[.items[] | select(.metadata.name != $n and .metadata.annotations["batch.kubernetes.io/job-completion-index"] == $i)
@@ -433,11 +443,15 @@ test_5_operator_killed() {
   while read -r line; do
     grep -qxF "$line" <<<"$after" || { bad "Job ${line%% *} was re-created or lost across the restart (uid ${line#* })"; r=1; }
   done <<<"$before"
-  # ... and there is exactly one Job per role and server: 1 scan, 3 copy, 3 verify.
-  names=$(children jobs t5 | jq -r '.items[] | .metadata.labels["ingest.vfxt.dev/role"] + "/" + (.metadata.labels["ingest.vfxt.dev/server-index"] // "-")' | sort)
-  say "  Jobs by role/server: $(echo "$names" | tr '\n' ' ')"
-  [[ $(echo "$names" | tr '\n' ' ') == "copy/0 copy/1 copy/2 scan/- verify/0 verify/1 verify/2 " ]] ||
-    { bad "Jobs of t5 are not one scan + one copy and one verify per server: $(echo "$names" | tr '\n' ' ')"; r=1; }
+  # ... and there is exactly one Job per pass: 1 scan, 1 copy, 1 verify (workers mount every server).
+  names=$(children jobs t5 | jq -r '.items[] | .metadata.labels["ingest.vfxt.dev/role"]' | sort)
+  say "  Jobs by role: $(echo "$names" | tr '\n' ' ')"
+  [[ $(echo "$names" | tr '\n' ' ') == "copy scan verify " ]] ||
+    { bad "Jobs of t5 are not one scan, one copy and one verify: $(echo "$names" | tr '\n' ' ')"; r=1; }
+  # The copy pass's completions survived the restart: no shard was lost or counted twice.
+  local shards
+  shards=$(ij_json t5 | jq -c '.status.shards')
+  jq -e '.succeeded == .total and .failed == 0' <<<"$shards" >/dev/null || { bad "shards after the restart: $shards"; r=1; }
   progress_monotonic t5 || r=1
   no_forbidden || r=1
   same_tree "$src/t5" "$slow/backing/t5" || { bad "destination differs from source"; r=1; }
@@ -523,15 +537,17 @@ test_9_fail_job_stops() {
 }
 
 test_10_progress_with_many_short_pods() {
-  # 200 one-file directories planned as about as many shards: a copy phase of short pods, each
-  # pod event a reconcile trigger. The status must still show progress moving during the phase
-  # (a debounce pushed back by every event once froze it at 0 for the whole phase).
+  # 200 one-file directories planned as about as many shards: a copy phase of many short claims.
+  # The status must show progress moving during the phase (a debounce pushed back by every pod
+  # event once froze it at 0 for the whole phase; now workers report to the claims endpoint and
+  # the reconcile looks every status interval).
   local i
   for ((i = 1; i <= 200; i++)); do
     mkdir -p "$src/t10/d$i" && echo "$i" >"$src/t10/d$i/f"
   done
   watch_ij t10
-  ij_shards=200 ij_apply t10 t10 /nfs || { bad "kubectl apply t10"; return 1; }
+  # Through the slow nodes, so the copy phase lasts long enough to be sampled several times.
+  ij_shards=200 ij_apply t10 t10 /slow || { bad "kubectl apply t10"; return 1; }
   wait_for 600 "t10 finished" finished t10 || return 1
   local r=0 shards moves
   shards=$(ij_json t10 | jq -r '.status.shards.total')
@@ -574,6 +590,21 @@ test_11_unreadable_directory() {
     { bad "t11a (maxFailedFiles 5) did not succeed with failures"; r=1; }
   [[ $(ij_phase t11b) == Failed && $(ij_json t11b | jq -r '.status.message') == *maxFailedFiles* ]] ||
     { bad "t11b (maxFailedFiles 0) is not Failed for too many failures: $(ij_json t11b | jq -c '.status.message')"; r=1; }
+  return "$r"
+}
+
+test_12_one_node_at_a_quarter_capacity() {
+  # Three IPs of one export, the third node with a quarter of the others' capacity. Every worker
+  # mounts all three and takes shards from one queue, so the slow node costs only its share.
+  gen_tree "$src/t12" 300
+  ij_apply t12 t12 /uneven "  threadsPerWorker: auto" || { bad "kubectl apply t12"; return 1; }
+  wait_for 300 "t12 finished" finished t12 || return 1
+  local r=0 st
+  st=$(ij_json t12 | jq -c '.status | {phase, shards, servers: [.servers[]?.server], checked: .verification.checked}')
+  say "  $st"
+  jq -e '.phase == "Succeeded" and .shards.succeeded == .shards.total and .shards.failed == 0
+         and (.servers | length) == 3' <<<"$st" >/dev/null || { bad "t12: $st"; r=1; }
+  same_tree "$src/t12" "$uneven/backing/t12" || { bad "destination differs from source"; r=1; }
   return "$r"
 }
 
@@ -646,25 +677,35 @@ setup() {
   say "building vfxt-ingest and e2e-tests"
   (cd "$repo" && nice -n 10 cargo build -q -p vfxt-ingest -p e2e-tests) || fail "cargo build -p vfxt-ingest -p e2e-tests"
   target=${CARGO_TARGET_DIR:-$repo/target}
-  bin=$target/debug/vfxt-ingest
+  # The benchmark runs the release build (E2E_VFXT_BIN); the tests the debug one.
+  bin=${E2E_VFXT_BIN:-$target/debug/vfxt-ingest}
   slow_nodes=$target/debug/e2e-slow-nodes
 
   data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
   src=$data/src      # the source filer's export 10.0.0.5:/export
   dst=$data/dst      # one cluster export, reached as 10.1.1.101..103:/nfs
   slow=$data/slow    # another: 10.1.1.101..103:/slow, each IP through its own slow emulated node
-  mkdir -p "$src" "$dst" "$slow/backing"
+  fast=$data/fast    # a source filer without added latency, 10.0.0.6:/fast (the benchmark's)
+  mkdir -p "$src" "$dst" "$slow/backing" "$fast"
   # The source filer is a slow node too, as a real one over NFS is: a scan takes a few seconds rather
   # than the milliseconds of a local disk, longer than the operator's reconcile debounce.
   start_slow_nodes source --backing "$src" --latency-ms "${E2E_SOURCE_LATENCY_MS:-25}" --capacity 2 "$data/source-node"
   start_slow_nodes cluster --backing "$slow/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 4 \
     "$slow/node1" "$slow/node2" "$slow/node3"
+  # One export whose third node has a quarter of the others' capacity (test 12).
+  uneven=$data/uneven
+  mkdir -p "$uneven/backing"
+  start_slow_nodes uneven --backing "$uneven/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 4 \
+    "$uneven/node1" "$uneven/node2"
+  start_slow_nodes uneven-small --backing "$uneven/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 1 \
+    "$uneven/node3"
 
   image=registry.invalid/vfxt-ingest
   ips=(10.1.1.101 10.1.1.102 10.1.1.103)
-  maps=(--nfs-map "10.0.0.5:/export=$data/source-node")
+  maps=(--nfs-map "10.0.0.5:/export=$data/source-node" --nfs-map "10.0.0.6:/fast=$fast")
   for i in 0 1 2; do
-    maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))")
+    maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))"
+      --nfs-map "${ips[i]}:/uneven=$uneven/node$((i + 1))")
   done
 
   trap cleanup EXIT
@@ -680,7 +721,101 @@ setup() {
   wait_until 60 "default service account in $ns" kubectl get serviceaccount default -n "$ns"
 }
 
+# ---------------------------------------------------------------- benchmark (not a test)
+# operator.sh --bench [FILES]: the same IngestJob (FILES small files, default 20000, in 100-file
+# directories; 3 workers, threads auto, verify Metadata) through the operator on this plane and
+# through `vfxt-ingest run` on this machine, both from an unthrottled source to the same export.
+# Prints a table and writes JSON to $E2E_BENCH_JSON (default $data/bench.json, kept). Both copies must
+# be identical to the source, or the figures do not count. Pod start-up is measured on the rig: per pod
+# wave (scan, copy, verify), from the Job's creation to its first container start (1 s resolution).
+bench_yaml() { # NAME DEST_SUBPATH [MOUNTS_YAML]
+  cat <<YAML
+apiVersion: ingest.vfxt.dev/v1alpha1
+kind: IngestJob
+metadata: {name: $1, namespace: $ns}
+spec:
+  source:
+    nfs: {server: 10.0.0.6, path: /fast}
+    subPath: bench
+  destination:
+    nfs: {servers: [${ips[0]}, ${ips[1]}, ${ips[2]}], path: /nfs}
+    subPath: $2
+  workers: 3
+  threadsPerWorker: auto
+  verify: {mode: Metadata}
+${3-}
+YAML
+}
+now_s() { date +%s.%N; }
+wave_start_s() { # JOB: seconds from the Job's creation to its first pod's container start
+  local job=$1
+  kubectl get job "$job" -n "$ns" -o json | jq -r '.metadata.creationTimestamp' |
+    xargs -I{} date -d {} +%s |
+    { read -r created
+      kubectl get pods -n "$ns" -l "job-name=$job" -o json |
+        jq -r '[.items[].status.containerStatuses[0].state | (.running.startedAt // .terminated.startedAt // empty)] | min // empty' |
+        xargs -I{} date -d {} +%s | { read -r started; echo $((started - created)); }; }
+}
+bench() {
+  local n=${1:-20000} d i
+  say "benchmark: $n files, operator vs vfxt-ingest run ($bin)"
+  for ((d = 0; d < (n + 99) / 100; d++)); do
+    mkdir -p "$fast/bench/d$d"
+    for ((i = 0; i < 100 && d * 100 + i < n; i++)); do printf '%s\n' "$d/$i" >"$fast/bench/d$d/f$i"; done
+  done
+  local t0 t1 phase
+  t0=$(now_s)
+  bench_yaml bench bench-op | kubectl apply -f - >/dev/null || fail "kubectl apply bench"
+  while phase=$(ij_phase bench); [[ $phase != Succeeded && $phase != Failed ]]; do sleep 0.2; done
+  t1=$(now_s)
+  [[ $phase == Succeeded ]] || fail "the operator's run ended $phase: $(ij_json bench | jq -c .status.message)"
+  local op_s startup=0 w
+  op_s=$(awk "BEGIN {print $t1 - $t0}")
+  for w in scan copy verify; do startup=$((startup + $(wave_start_s "bench-r0-$w"))); done
+  local shards
+  shards=$(ij_json bench | jq -r '.status.shards.total')
+  # The same job on this machine: the cluster form with each export's local directory.
+  local mounts="mounts:
+  \"10.0.0.6:/fast\": $fast
+  \"${ips[0]}:/nfs\": $dst
+  \"${ips[1]}:/nfs\": $dst
+  \"${ips[2]}:/nfs\": $dst"
+  bench_yaml bench-run bench-run "$mounts" >"$data/bench-run.yaml"
+  t0=$(now_s)
+  "$bin" run -q --file "$data/bench-run.yaml" --state "$data/bench-run-state" --shards "$shards" >/dev/null ||
+    fail "vfxt-ingest run failed (state in $data/bench-run-state)"
+  t1=$(now_s)
+  local run_s ident_op=true ident_run=true
+  run_s=$(awk "BEGIN {print $t1 - $t0}")
+  same_tree "$fast/bench" "$dst/bench-op" || ident_op=false
+  same_tree "$fast/bench" "$dst/bench-run" || ident_run=false
+  local ratio ratio_bare
+  ratio=$(awk "BEGIN {printf \"%.2f\", $op_s / ($run_s + $startup)}")
+  ratio_bare=$(awk "BEGIN {printf \"%.2f\", $op_s / $run_s}")
+  printf '\n| path | seconds | files/s | identical |\n|---|---|---|---|\n'
+  printf '| operator (claims: 3 worker pods, all IPs each) | %.1f | %.0f | %s |\n' "$op_s" "$(awk "BEGIN {print $n / $op_s}")" "$ident_op"
+  printf '| vfxt-ingest run (3 worker processes) | %.1f | %.0f | %s |\n' "$run_s" "$(awk "BEGIN {print $n / $run_s}")" "$ident_run"
+  printf '| pod start-up on the rig (scan + copy + verify waves) | %d | | |\n' "$startup"
+  printf '\noperator / (run + pod start-up) = %s; operator / run = %s; %s shards\n' "$ratio" "$ratio_bare" "$shards"
+  local json=${E2E_BENCH_JSON:-$data/bench.json}
+  jq -n --argjson files "$n" --argjson shards "$shards" --argjson op "$op_s" --argjson run "$run_s" \
+    --argjson startup "$startup" --argjson ratio "$ratio" --argjson identOp "$ident_op" --argjson identRun "$ident_run" \
+    --arg bin "$bin" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+    '{files: $files, shards: $shards, operatorSeconds: $op, runSeconds: $run, podStartupSeconds: $startup,
+      operatorOverRunPlusStartup: $ratio, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine}' >"$json"
+  say "JSON: $json"
+  $ident_op && $ident_run || fail "a copy is not identical: the figures do not count"
+}
+
 main() {
+  if [[ ${1-} == --bench ]]; then
+    selected=(2)
+    setup
+    run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
+    ((failed == 0)) || fail "the operator did not come up"
+    bench "${2:-20000}"
+    return
+  fi
   selected=("$@")
   setup
   run_test "1 CRD accepted, bad IngestJobs rejected naming the field" test_1_crd_validation
@@ -694,6 +829,7 @@ main() {
   run_test "9 FailJob: a failed shard stops the run, no verify Job" test_9_fail_job_stops
   run_test "10 status progress moves during a copy phase of ~200 short pods" test_10_progress_with_many_short_pods
   run_test "11 an unreadable source directory: one failed entry, weighed by the policy" test_11_unreadable_directory
+  run_test "12 one of three IPs at a quarter capacity: shared queue, identical" test_12_one_node_at_a_quarter_capacity
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

@@ -1,5 +1,6 @@
-//! Builders shared by the pure pipeline tests and the mock-API tests: fixtures and the cluster objects the
-//! operator observes (Jobs with status, pods with progress annotations and termination messages).
+//! Builders shared by the pure pipeline tests and the mock-API tests: fixtures, the cluster objects the
+//! operator observes (Jobs with status, worker pods), and passes driven through the real claims
+//! [`Registry`] (worker messages and ended pods, as the endpoint and the reconcile feed it).
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod selectors;
@@ -7,18 +8,21 @@ pub mod selectors;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ingest_api::claims::{ClaimRequest, ShardDone};
 use ingest_api::constants::{annotations, labels};
 use ingest_api::report::{PodProgress, PodResult};
-use ingest_api::{IngestJob, Totals};
+use ingest_api::{FileFailure, IngestJob, Totals};
+use ingest_operator::claims::{Registry, Views};
 use ingest_operator::desired::{Child, Settings, desired};
 use ingest_operator::names;
 use ingest_operator::observe::Observed;
 use ingest_operator::plan_store::{self, Owner, PlanSummary};
+use ingest_operator::stage::{self, Stage};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
@@ -34,6 +38,7 @@ pub fn settings() -> Settings {
     Settings {
         default_image: "ghcr.example/vfxt-ingest:test".into(),
         worker_defaults: Default::default(),
+        claims_url: "http://vfxt-ingest.vfxt-ingest-system.svc:8082".into(),
     }
 }
 
@@ -137,63 +142,44 @@ pub fn plan_meta_with(
     }
 }
 
-/// A worker pod of `role` for (server, index), running with a progress annotation or finished with a result.
-pub fn worker_pod(
-    ij: &IngestJob,
-    role: &str,
-    server: usize,
-    index: u64,
-    created: i64,
-    progress: Option<PodProgress>,
-    result: Option<PodResult>,
-) -> Pod {
-    let mut l = names::child_labels(ij, role, Some(ij.spec.run));
-    l.insert(labels::SERVER_INDEX.into(), server.to_string());
-    let mut a = BTreeMap::from([
+/// Name of a worker pod of the current run's `role` Job, as the Job controller names them
+/// (`<job>-<completion index>-<suffix>`).
+pub fn worker_pod_name(ij: &IngestJob, role: &str, index: u32, suffix: &str) -> String {
+    format!(
+        "{}-{index}-{suffix}",
+        names::worker_job(ij, ij.spec.run, role)
+    )
+}
+
+/// A worker pod of the current run's `role` Job, index `index`, in pod `phase` (`Running`, or
+/// `Succeeded`/`Failed` once its process ended). Workers report to the claims endpoint, not
+/// through the pod: the reconcile only reads whether the pod ended.
+pub fn worker_pod(ij: &IngestJob, role: &str, index: u32, suffix: &str, phase: &str) -> Pod {
+    let a = BTreeMap::from([
         (
             "batch.kubernetes.io/job-completion-index".to_owned(),
             index.to_string(),
         ),
         (annotations::INGEST_JOB.to_owned(), ij.name_any()),
     ]);
-    if let Some(p) = &progress {
-        a.insert(
-            annotations::PROGRESS.into(),
-            serde_json::to_string(p).unwrap(),
-        );
-    }
-    // As the worker exits: 1 when some entry failed (its result says which), else 0.
-    let exit_code = result.as_ref().map_or(0, |r| i32::from(r.failed > 0));
-    let terminated = result.as_ref().map(|r| ContainerState {
+    let terminated = (phase != "Running").then(|| ContainerState {
         terminated: Some(ContainerStateTerminated {
-            exit_code,
-            message: Some(r.to_termination_message()),
+            exit_code: i32::from(phase == "Failed") * 137,
             ..Default::default()
         }),
         ..Default::default()
     });
     Pod {
         metadata: ObjectMeta {
-            name: Some(format!(
-                "{}-{role}-{server}-{index}-{created}",
-                ij.name_any()
-            )),
+            name: Some(worker_pod_name(ij, role, index, suffix)),
             namespace: ij.namespace(),
-            labels: Some(l),
+            labels: Some(names::child_labels(ij, role, Some(ij.spec.run))),
             annotations: Some(a),
-            creation_timestamp: Some(Time(at(created))),
             ..Default::default()
         },
         spec: None,
         status: Some(PodStatus {
-            phase: Some(
-                match (&result, exit_code) {
-                    (None, _) => "Running",
-                    (Some(_), 0) => "Succeeded",
-                    (Some(_), _) => "Failed",
-                }
-                .into(),
-            ),
+            phase: Some(phase.into()),
             container_statuses: Some(vec![ContainerStatus {
                 name: role.into(),
                 state: terminated,
@@ -204,31 +190,178 @@ pub fn worker_pod(
     }
 }
 
-/// A worker pod killed before it wrote a result (OOM kill: exit 137, no termination message).
-pub fn crashed_pod(ij: &IngestJob, role: &str, server: usize, index: u64, created: i64) -> Pod {
-    let mut p = worker_pod(ij, role, server, index, created, None, None);
-    let st = p.status.as_mut().unwrap();
-    st.phase = Some("Failed".into());
-    st.container_statuses.as_mut().unwrap()[0].state = Some(ContainerState {
-        terminated: Some(ContainerStateTerminated {
-            exit_code: 137,
-            reason: Some("OOMKilled".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    p
-}
-
-pub fn progress(files: u64, bytes: u64) -> Option<PodProgress> {
-    Some(PodProgress {
+pub fn progress(files: u64, bytes: u64) -> PodProgress {
+    PodProgress {
         files,
         bytes,
         failed: 0,
         directories: 0,
         checked: 0,
         at: 0,
-    })
+    }
+}
+
+/// A shard's result: `failed` of its entries failed (each listed as `d/f<i>`).
+pub fn result(files: u64, bytes: u64, failed: u64) -> PodResult {
+    PodResult {
+        files,
+        bytes,
+        failed,
+        failures: (0..failed)
+            .map(|i| FileFailure {
+                path: format!("d/f{i}"),
+                reason: "EIO".into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// How a test wants one pass to stand. [`drive`] gets it there through the operator's real
+/// [`Registry`]: worker pods send the [`ClaimRequest`]s they would send over HTTP, and pods that
+/// end are reported to it as the reconcile reports them.
+#[derive(Clone, Debug, Default)]
+pub struct PassScript {
+    /// Shards completed, each with the result its worker reported.
+    pub completed: Vec<(u32, PodResult)>,
+    /// Shards lost: a worker pod ended while holding it, once more than `retriesPerShard` allows.
+    pub lost: Vec<u32>,
+    /// Live workers: pod name, the shards it holds, its progress on them.
+    pub running: Vec<(String, Vec<u32>, PodProgress)>,
+    /// A worker's unusable input (it stops the pass).
+    pub unusable: Option<String>,
+}
+
+impl PassScript {
+    /// Shards `shards` completed, each with `r`.
+    pub fn done(shards: impl IntoIterator<Item = u32>, r: PodResult) -> Self {
+        PassScript {
+            completed: shards.into_iter().map(|s| (s, r.clone())).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Every one of `total` shards completed with `r`.
+    pub fn all_done(total: u64, r: PodResult) -> Self {
+        Self::done(0..total as u32, r)
+    }
+
+    /// Shard `shard` completed with `r` (instead of the result it had, if any).
+    pub fn with(mut self, shard: u32, r: PodResult) -> Self {
+        self.completed.retain(|(s, _)| *s != shard);
+        self.completed.push((shard, r));
+        self
+    }
+
+    /// Shards `shards` lost through their retries.
+    pub fn lost(mut self, shards: impl IntoIterator<Item = u32>) -> Self {
+        self.lost.extend(shards);
+        self
+    }
+
+    /// A live worker pod holding `holding`, with `p` done on them so far.
+    pub fn running(mut self, pod: &str, holding: &[u32], p: PodProgress) -> Self {
+        self.running.push((pod.to_owned(), holding.to_vec(), p));
+        self
+    }
+
+    /// A worker that cannot work at all.
+    pub fn unusable(mut self, why: &str) -> Self {
+        self.unusable = Some(why.to_owned());
+        self
+    }
+}
+
+/// An empty message of worker pod `worker` of `ij`'s current run, pass `role`.
+pub fn claim_request(ij: &IngestJob, role: &str, worker: &str) -> ClaimRequest {
+    ClaimRequest {
+        namespace: ij.namespace().unwrap(),
+        job: ij.name_any(),
+        uid: ij.uid().unwrap(),
+        run: ij.spec.run,
+        role: role.into(),
+        worker: worker.into(),
+        ..Default::default()
+    }
+}
+
+/// Creates the pass of `role` over `shards` shards in `reg` (as the reconcile does) and drives it
+/// to `script` through worker messages and ended pods. Panics when the pass does not end up as
+/// scripted (a script that contradicts itself).
+pub fn drive(reg: &Registry, ij: &IngestJob, role: &str, shards: u64, script: &PassScript) {
+    reg.ensure(ij, role, shards, None).unwrap();
+    let retries = ij.spec.failure_policy.retries_per_shard;
+    // Each attempt at a lost shard: a pod takes it and ends (OOM kill, node lost) holding it.
+    for &s in &script.lost {
+        for attempt in 0..=retries {
+            let pod = worker_pod_name(ij, role, 0, &format!("lost{s}a{attempt}"));
+            let mut r = claim_request(ij, role, &pod);
+            r.holding = vec![s];
+            reg.handle(r).unwrap();
+            reg.workers_ended(ij, role, [pod.as_str()]);
+        }
+    }
+    if !script.completed.is_empty() {
+        let pod = worker_pod_name(ij, role, 0, "done");
+        let mut r = claim_request(ij, role, &pod);
+        r.done = script
+            .completed
+            .iter()
+            .map(|(shard, result)| ShardDone {
+                shard: *shard,
+                result: result.clone(),
+            })
+            .collect();
+        reg.handle(r).unwrap();
+        // It finished its shards and exited.
+        reg.workers_ended(ij, role, [pod.as_str()]);
+    }
+    for (pod, holding, p) in &script.running {
+        let mut r = claim_request(ij, role, pod);
+        r.holding = holding.clone();
+        r.progress = p.clone();
+        reg.handle(r).unwrap();
+    }
+    if let Some(why) = &script.unusable {
+        let pod = worker_pod_name(ij, role, 0, "unusable");
+        let mut r = claim_request(ij, role, &pod);
+        r.unusable = Some(why.clone());
+        reg.handle(r).unwrap();
+    }
+    let c = reg.view(ij, role).unwrap().counts;
+    let held: usize = script.running.iter().map(|(_, h, _)| h.len()).sum();
+    assert_eq!(
+        (c.completed, c.lost, c.running),
+        (
+            script.completed.len() as u64,
+            script.lost.len() as u64,
+            held as u64
+        ),
+        "the {role} pass is as scripted"
+    );
+}
+
+/// The views of `ij`'s passes over `shards` shards, each driven to its script (None: the pass
+/// does not exist yet).
+pub fn views(
+    ij: &IngestJob,
+    shards: u64,
+    copy: Option<&PassScript>,
+    verify: Option<&PassScript>,
+) -> Views {
+    let reg = Registry::default();
+    if let Some(s) = copy {
+        drive(&reg, ij, labels::ROLE_COPY, shards, s);
+    }
+    if let Some(s) = verify {
+        drive(&reg, ij, labels::ROLE_VERIFY, shards, s);
+    }
+    reg.views(ij)
+}
+
+/// No pass yet.
+pub fn no_passes() -> Views {
+    Views::default()
 }
 
 pub fn empty() -> Observed {
@@ -237,7 +370,7 @@ pub fn empty() -> Observed {
 
 /// The scan Job as built, finished (or failed), plus the plan it stored.
 pub fn scanned(ij: &IngestJob, shards: u64, totals: Totals, failed: bool) -> Observed {
-    let children = desired(ij, &ingest_operator::stage::Stage::Scan, &settings()).unwrap();
+    let children = desired(ij, &Stage::Scan, &settings()).unwrap();
     let scan = jobs_of(&children)[0].clone();
     let mut obs = Observed {
         jobs: vec![observed_job(&scan, !failed, failed, "", "", 0)],
@@ -249,20 +382,20 @@ pub fn scanned(ij: &IngestJob, shards: u64, totals: Totals, failed: bool) -> Obs
     obs
 }
 
-/// Adds the Jobs of `role` as `desired` builds them for the current stage, each with `complete`.
-pub fn add_role_jobs(
-    ij: &IngestJob,
-    obs: &mut Observed,
-    role: &str,
-    status: impl Fn(usize, &Job) -> Job,
-) {
-    let stage = ingest_operator::stage::stage(ij, obs);
-    let children = desired(ij, &stage, &settings()).unwrap();
-    for (i, j) in jobs_of(&children)
+/// The current run's `role` Job as `desired` builds it once the scan stored its plan in `obs`.
+pub fn pass_job(ij: &IngestJob, obs: &Observed, role: &str) -> Job {
+    let plan = obs.plan(ij, ij.spec.run).expect("the plan is stored");
+    let layout = stage::layout(&stage::frozen_spec(ij, obs), &plan);
+    let children = desired(ij, &Stage::Verify(plan, layout), &settings()).unwrap();
+    jobs_of(&children)
         .into_iter()
-        .filter(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
-        .enumerate()
-    {
-        obs.jobs.push(status(i, j));
-    }
+        .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
+        .unwrap()
+        .clone()
+}
+
+/// Adds the current run's `role` Job as `desired` builds it, with the status `status` gives it.
+pub fn add_pass_job(ij: &IngestJob, obs: &mut Observed, role: &str, status: impl Fn(&Job) -> Job) {
+    let j = pass_job(ij, obs, role);
+    obs.jobs.push(status(&j));
 }

@@ -25,6 +25,10 @@ pub struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
+    /// Where worker pods reach this operator's claims endpoint (POST /claims/v1 on --listen's port),
+    /// through the operator's Service: the chart sets http://<release>.<namespace>.svc:<port>.
+    #[arg(long, env = "VFXT_INGEST_CLAIMS_URL", value_name = "http://HOST:PORT")]
+    pub claims_url: String,
     /// Image of the scan and worker pods when an IngestJob names none (normally the operator's own image).
     #[arg(long, env = "VFXT_INGEST_IMAGE", value_name = "IMAGE")]
     pub image: String,
@@ -166,6 +170,13 @@ pub fn run(args: Args) -> Outcome {
         );
         return Outcome::UnusableInput;
     }
+    if !args.claims_url.starts_with("http://") || args.claims_url.len() <= "http://".len() {
+        eprintln!(
+            "error: --claims-url (or VFXT_INGEST_CLAIMS_URL): {:?} is not an http:// URL (e.g. http://vfxt-ingest.vfxt-system.svc:8080, the operator's Service)",
+            args.claims_url
+        );
+        return Outcome::UnusableInput;
+    }
     let namespaces = match ingest_operator::controller::parse_namespaces(&args.namespaces) {
         Ok(n) => n,
         Err(e) => {
@@ -203,6 +214,7 @@ pub fn run(args: Args) -> Outcome {
             renew_every: Duration::from_secs(5),
         }),
         instance: Some(identity),
+        claims_url: args.claims_url.trim_end_matches('/').to_owned(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
