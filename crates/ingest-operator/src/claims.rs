@@ -2,7 +2,7 @@
 //! (IngestJob, run, role), kept in memory and checkpointed into the IngestJob status with every
 //! status write. Worker pods talk to it over HTTP ([`crate::http`]); the reconcile creates passes,
 //! tells them about pods that ended, and reads them ([`PassView`]) to decide the stage and status.
-//! A pass that ends moves its run on when its workers exit (pod events wake the reconcile).
+//! A pass that ends wakes its IngestJob's reconcile ([`Registry::with_trigger`]).
 //!
 //! Why HTTP to the operator and not Kubernetes objects (Leases, ConfigMaps or pod annotations per
 //! claim): see the README, "Claims". In short: a claim costs no API server write, the queue has
@@ -12,11 +12,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use futures::channel::mpsc::UnboundedSender;
 use ingest_api::IngestJob;
 use ingest_api::claims::{ClaimRequest, ClaimResponse, LEASE_SECONDS, PassCheckpoint};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_job::{Checkpoint, Pass, Report};
 use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
 
 /// A pass's identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +112,9 @@ pub struct Registry {
     persisted: Mutex<std::collections::HashSet<Key>>,
     /// The clock of leases.
     started: Instant,
+    /// Told the IngestJob whose pass just ended, so its run moves on at once instead of at the
+    /// next periodic reconcile.
+    passes_ended: Option<UnboundedSender<ObjectRef<IngestJob>>>,
 }
 
 impl Default for Registry {
@@ -119,11 +124,21 @@ impl Default for Registry {
             ended: Mutex::new(HashMap::new()),
             persisted: Mutex::new(Default::default()),
             started: Instant::now(),
+            passes_ended: None,
         }
     }
 }
 
 impl Registry {
+    /// A registry that sends the IngestJob of every pass that ends (finished, or stopped by a
+    /// worker) to `tx` (the controller's `reconcile_on` stream).
+    pub fn with_trigger(tx: UnboundedSender<ObjectRef<IngestJob>>) -> Registry {
+        Registry {
+            passes_ended: Some(tx),
+            ..Registry::default()
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -288,7 +303,14 @@ impl Registry {
             progress: req.progress,
             unusable: req.unusable,
         };
+        let was_over = pass.finished() || pass.stopped().is_some();
         let (shards, mut state) = pass.report(&req.worker, report, now);
+        if !was_over
+            && (pass.finished() || pass.stopped().is_some())
+            && let Some(tx) = &self.passes_ended
+        {
+            let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
         if state == ingest_job::State::Finished
             && !self
                 .persisted
@@ -388,6 +410,23 @@ mod tests {
         reg.ensure(&ij(2), "copy", 1, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NoPass));
         assert!(reg.view(&ij(1), "copy").is_none(), "old run dropped");
+    }
+
+    #[test]
+    fn the_reconcile_is_woken_once_when_a_pass_ends() {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let reg = Registry::with_trigger(tx);
+        reg.ensure(&ij(1), "copy", 2, None).unwrap();
+        reg.handle(req("w0", 1, 2, &[])).unwrap();
+        assert!(rx.try_recv().is_err(), "not while work goes on");
+        reg.handle(req("w0", 1, 0, &[(0, 1), (1, 1)])).unwrap();
+        let woken = rx.try_recv().expect("woken when the pass finished");
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("j", Some("n"))
+        );
+        reg.handle(req("w0", 1, 0, &[])).unwrap();
+        assert!(rx.try_recv().is_err(), "once");
     }
 
     #[test]

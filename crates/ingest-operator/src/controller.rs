@@ -114,6 +114,7 @@ where
 async fn run_one(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    passes_ended: impl futures::Stream<Item = ObjectRef<IngestJob>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -126,6 +127,8 @@ async fn run_one(
     .owns(scoped::<Job>(&client, ns), managed.clone())
     .owns(scoped::<ConfigMap>(&client, ns), managed.clone())
     .watches(scoped::<Pod>(&client, ns), managed, |pod| pod_owner(&pod))
+    // A pass that ended (told by the claims endpoint) moves its run on at once.
+    .reconcile_on(passes_ended)
     // No debounce: kube-runtime's debounce is pushed back by every new event, so hundreds of short pods
     // churning kept an IngestJob from being reconciled for a whole phase (issue 12). The reconcile
     // throttles itself instead (`reconcile::throttle`): at most one pass per job per `RECONCILE_GAP`,
@@ -147,19 +150,30 @@ async fn run_one(
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespaces: &[String],
+    passes_ended: futures::channel::mpsc::UnboundedReceiver<ObjectRef<IngestJob>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
     if namespaces.is_empty() {
-        return run_one(ctx, None, shutdown).await;
+        return run_one(ctx, None, passes_ended, shutdown).await;
     }
     tracing::info!(namespaces = %namespaces.join(","), "watching namespaces");
-    futures::future::join_all(
-        namespaces
-            .iter()
-            .map(|ns| run_one(ctx.clone(), Some(ns.clone()), shutdown.clone())),
-    )
-    .await;
+    // One trigger stream per namespace's controller, fed from the registry's one.
+    let mut senders = std::collections::HashMap::new();
+    let mut controllers = Vec::new();
+    for ns in namespaces {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        senders.insert(ns.clone(), tx);
+        controllers.push(run_one(ctx.clone(), Some(ns.clone()), rx, shutdown.clone()));
+    }
+    let fan_out = tokio::spawn(passes_ended.for_each(move |r| {
+        if let Some(tx) = r.namespace.as_ref().and_then(|ns| senders.get(ns)) {
+            let _ = tx.unbounded_send(r);
+        }
+        futures::future::ready(())
+    }));
+    futures::future::join_all(controllers).await;
+    fan_out.abort();
 }
 
 /// The whole operator: listener, optional leader election, controller; returns on `shutdown` or when the
@@ -173,9 +187,8 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let listener = http::bind(opts.listen).await?;
     let shutdown = shutdown.shared();
-    // A pass that ends moves its run on when its workers exit (pod events) or at the next
-    // periodic reconcile (every status interval while a pass runs).
-    let registry = Arc::new(Registry::default());
+    let (passes_ended, passes_ended_rx) = futures::channel::mpsc::unbounded();
+    let registry = Arc::new(Registry::with_trigger(passes_ended));
     let server = tokio::spawn(http::serve(
         listener,
         metrics.clone(),
@@ -210,7 +223,7 @@ pub async fn run(
 
     let result = match &opts.lease {
         None => {
-            run_controller(ctx, &opts.namespaces, shutdown.clone()).await;
+            run_controller(ctx, &opts.namespaces, passes_ended_rx, shutdown.clone()).await;
             Ok(())
         }
         Some(cfg) => {
@@ -233,8 +246,9 @@ pub async fn run(
             let namespaces = opts.namespaces.clone();
             let stop =
                 futures::future::select(Box::pin(stop), Box::pin(shutdown.clone())).map(|_| ());
-            let controller =
-                tokio::spawn(async move { run_controller(ctx, &namespaces, stop).await });
+            let controller = tokio::spawn(async move {
+                run_controller(ctx, &namespaces, passes_ended_rx, stop).await
+            });
             let outcome = tokio::select! {
                 _ = shutdown.clone() => Ok(()),
                 lost = lost_rx => Err(lost.unwrap_or_else(|_| crate::Error::LostLease(cfg.name.clone()))),

@@ -74,8 +74,9 @@ async fn watched_paths(namespaces: &[String], scopes: &[Option<String>]) -> Vec<
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let namespaces = namespaces.to_vec();
+    let (_passes_ended, passes_ended_rx) = futures::channel::mpsc::unbounded();
     let controllers = tokio::spawn(async move {
-        run_controller(ctx, &namespaces, async move {
+        run_controller(ctx, &namespaces, passes_ended_rx, async move {
             let _ = stop_rx.await;
         })
         .await
