@@ -326,6 +326,14 @@ impl Registry {
         })
     }
 
+    /// Whether `role`'s finished pass is in the status already.
+    pub fn is_persisted(&self, ij: &IngestJob, role: &str) -> bool {
+        self.persisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&Key::of(ij, role))
+    }
+
     /// The status now holds `role`'s checkpoint as a finished pass (it was written, or already
     /// said so): its workers may exit.
     pub fn mark_persisted(&self, ij: &IngestJob, role: &str) {

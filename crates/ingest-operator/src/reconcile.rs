@@ -223,6 +223,7 @@ async fn write_status(
     ctx: &Context,
     ij: &IngestJob,
     st: &IngestJobStatus,
+    urgent: bool,
 ) -> Result<Option<Duration>> {
     let k = key(ij);
     let since = ctx
@@ -233,8 +234,8 @@ async fn write_status(
         .map(|t| t.elapsed());
     match decide_write(ij.status.as_ref(), st, since, ctx.status_interval) {
         WriteDecision::Skip => Ok(None),
-        WriteDecision::Later(d) => Ok(Some(d)),
-        WriteDecision::Now => {
+        WriteDecision::Later(d) if !urgent => Ok(Some(d)),
+        WriteDecision::Later(_) | WriteDecision::Now => {
             apply::patch_status(&ctx.client, ij, st).await?;
             ctx.metrics.status_written();
             ctx.last_write
@@ -341,7 +342,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         .ok_or(Error::MissingField("IngestJob has no namespace"))?;
     let now = Timestamp::now();
     if let Err(errors) = validate_spec(&ij.spec) {
-        write_status(ctx, ij, &status::invalid(ij, &errors, now)).await?;
+        write_status(ctx, ij, &status::invalid(ij, &errors, now), false).await?;
         return Err(Error::InvalidSpec(errors));
     }
     let obs = observe::observe(&ctx.client, ij).await?;
@@ -368,7 +369,13 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
             bytes: st.progress.as_ref().map_or(0, |p| p.bytes),
         },
     );
-    let later = write_status(ctx, ij, &st).await?;
+    // A finished pass whose checkpoint is not in the status yet holds its workers back: write now.
+    let release = [labels::ROLE_COPY, labels::ROLE_VERIFY]
+        .into_iter()
+        .any(|role| {
+            passes.of(role).is_some_and(|p| p.finished) && !ctx.claims.is_persisted(ij, role)
+        });
+    let later = write_status(ctx, ij, &st, release).await?;
     if later.is_none() {
         // The status holds the checkpoint just computed: a pass it shows finished may let its
         // workers go.

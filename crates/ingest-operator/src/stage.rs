@@ -321,7 +321,15 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         // Every worker pod ended (through its retries) while shards were left: nobody will claim
         // them, so they are lost.
         let abandoned = !finished && pass.is_some() && job.as_ref().is_some_and(|s| s.finished);
-        if !finished && !abandoned {
+        // The last pass's workers write their full reports when they exit, after the pass is
+        // finished: the run's record waits for them, so the reports it points at are complete.
+        // Pods not yet started do not hold it up (they will be told the pass is over).
+        let draining = finished
+            && role == labels::ROLE_VERIFY
+            && obs
+                .pods_of(role, run)
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if (!finished && !abandoned) || draining {
             return if role == labels::ROLE_COPY {
                 Stage::Copy(plan, layout)
             } else {

@@ -1805,3 +1805,33 @@ fn claims_verdicts() {
         );
     }
 }
+
+#[test]
+fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_complete() {
+    let ij = fixture("one-ip.yaml");
+    let mut obs = scanned(&ij, 4, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "0", "", 0)
+    });
+    add_pass_job(&ij, &mut obs, "verify", |j| {
+        observed_job(j, false, false, "", "", 1)
+    });
+    let done = PassScript::all_done(4, result(1, 1, 0));
+    let v = views(&ij, 4, Some(&done), Some(&done));
+    // Every verify shard is done, but a verify worker is still running (it writes its report when
+    // it exits): no verdict yet.
+    obs.pods.push(worker_pod(&ij, "verify", 0, "a", "Running"));
+    assert!(matches!(stage(&ij, &obs, &v), Stage::Verify(..)));
+    // It exited: the run is done. A worker pod that never started does not hold the record up.
+    obs.pods = vec![
+        worker_pod(&ij, "verify", 0, "a", "Succeeded"),
+        worker_pod(&ij, "verify", 1, "b", "Pending"),
+    ];
+    assert!(matches!(
+        stage(&ij, &obs, &v),
+        Stage::Done {
+            failed_shards: 0,
+            ..
+        }
+    ));
+}

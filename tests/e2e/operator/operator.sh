@@ -524,7 +524,9 @@ test_9_fail_job_stops() {
     { bad "t9 is not Failed/ShardFailed with the run stopped: $st"; r=1; }
   jq -e 'any(.failures[]?; .path | test("d/blocker"))' <<<"$st" >/dev/null || { bad "d/blocker is not listed: $st"; r=1; }
   [[ -f $dst/t9/d/blocker/kept/file ]] || { bad "the destination's own data was deleted"; r=1; }
-  # The full failure list, read back from where the status says the reports are.
+  # The full failure list, read back from where the status says the reports are, once the workers
+  # (told to stop) have ended: each writes its report when it exits.
+  wait_for 60 "t9's worker pods ended" sh -c "! kubectl get pods -n $ns -l ingest.vfxt.dev/job=t9 -o jsonpath='{.items[*].status.phase}' | grep -qw Running" || return 1
   local where
   where=$(ij_json t9 | jq -r '.status.report.location // ""')
   [[ $where == *reports/t9/run-0* ]] || { bad "status.report.location is '$where'"; r=1; }
