@@ -768,7 +768,14 @@ bench() {
   local t0 t1 phase
   t0=$(now_s)
   bench_yaml bench bench-op | kubectl apply -f - >/dev/null || fail "kubectl apply bench"
-  while phase=$(ij_phase bench); [[ $phase != Succeeded && $phase != Failed ]]; do sleep 0.2; done
+  local seen="" timeline=""
+  while phase=$(ij_phase bench); [[ $phase != Succeeded && $phase != Failed ]]; do
+    if [[ $phase != "$seen" ]]; then
+      timeline+="$phase@$(awk "BEGIN {printf \"%.1f\", $(now_s) - $t0}")s "
+      seen=$phase
+    fi
+    sleep 0.2
+  done
   t1=$(now_s)
   [[ $phase == Succeeded ]] || fail "the operator's run ended $phase: $(ij_json bench | jq -c .status.message)"
   local op_s startup=0 w
@@ -799,12 +806,14 @@ bench() {
   printf '| vfxt-ingest run (3 worker processes) | %.1f | %.0f | %s |\n' "$run_s" "$(awk "BEGIN {print $n / $run_s}")" "$ident_run"
   printf '| pod start-up on the rig (scan + copy + verify waves) | %d | | |\n' "$startup"
   printf '\noperator / (run + pod start-up) = %s; operator / run = %s; %s shards\n' "$ratio" "$ratio_bare" "$shards"
+  printf 'operator phases first seen (s after apply): %s%s@%.1fs\n' "$timeline" "$phase" "$op_s"
   local json=${E2E_BENCH_JSON:-$data/bench.json}
   jq -n --argjson files "$n" --argjson shards "$shards" --argjson op "$op_s" --argjson run "$run_s" \
     --argjson startup "$startup" --argjson ratio "$ratio" --argjson identOp "$ident_op" --argjson identRun "$ident_run" \
-    --arg bin "$bin" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+    --arg timeline "$timeline$phase@${op_s}s" --arg bin "$bin" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
     '{files: $files, shards: $shards, operatorSeconds: $op, runSeconds: $run, podStartupSeconds: $startup,
-      operatorOverRunPlusStartup: $ratio, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine}' >"$json"
+      operatorOverRunPlusStartup: $ratio, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine,
+      phases: $timeline}' >"$json"
   say "JSON: $json"
   $ident_op && $ident_run || fail "a copy is not identical: the figures do not count"
 }
