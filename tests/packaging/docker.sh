@@ -138,7 +138,7 @@ owner=$(stat -c %u:%g "$work/dst-root/a/f1")
 [[ $owner == 1234:1234 ]] || fail "as root, copied files belong to $owner, expected the source's 1234:1234"
 # The operator role starts and says clearly that there is no cluster to talk to.
 set +e
-msg=$($docker run --rm "$image" operator --image x 2>&1)
+msg=$($docker run --rm "$image" operator --image x --claims-url http://vfxt-ingest-claims.x.svc:8080 2>&1)
 rc=$?
 set -e
 [[ $rc == 2 ]] || fail "operator without a cluster exited $rc (expected 2): $msg"

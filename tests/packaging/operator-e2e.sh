@@ -65,7 +65,8 @@ if ((namespaced)); then
 fi
 helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
   --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
-  --set statusIntervalSeconds=1 "${mode_sets[@]}" >/dev/null || fail "helm install"
+  --set statusIntervalSeconds=1 --set claims.url="http://127.0.0.1:$port" "${mode_sets[@]}" >/dev/null ||
+  fail "helm install"
 if ((namespaced)) && kubectl get clusterrolebinding vfxt-ingest >/dev/null 2>&1; then
   fail "watchNamespaces mode has a cluster-wide binding"
 fi

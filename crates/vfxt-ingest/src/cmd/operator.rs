@@ -331,9 +331,15 @@ mod tests {
             "team-a,team-b",
             "--worker-defaults",
             r#"{"image":"w"}"#,
+            "--claims-url",
+            "http://vfxt-ingest-claims.ops.svc:8080",
         ])
         .unwrap();
         assert_eq!(cli.args.namespaces, "team-a,team-b");
+        assert_eq!(
+            cli.args.claims_url,
+            "http://vfxt-ingest-claims.ops.svc:8080"
+        );
         assert_eq!(
             cli.args.worker_defaults.as_deref(),
             Some(r#"{"image":"w"}"#)
