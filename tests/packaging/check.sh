@@ -155,8 +155,7 @@ denied=(
     "update ingestjobs.ingest.vfxt.dev -n ingest" "update jobs.batch -n ingest" "patch jobs.batch -n ingest" "get persistentvolumes" "delete pods -n ingest"
     "create clusterroles.rbac.authorization.k8s.io" "escalate roles.rbac.authorization.k8s.io -n ingest"
     "update leases.coordination.k8s.io/some-other-lease -n vfxt-ingest-system" "create pods -n ingest"
-    "patch pods -n ingest" "get pods -n ingest" "create tokenrequests.authentication.k8s.io"
-    "create serviceaccounts/token -n ingest"
+    "patch pods -n ingest" "get pods -n ingest" "create serviceaccounts --subresource=token -n ingest"
 )
 for a in "${allowed[@]}"; do
     # shellcheck disable=SC2086
