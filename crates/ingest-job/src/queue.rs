@@ -142,12 +142,16 @@ impl ShardQueue {
     /// expired may still finish the shard it was on, and the copy it made is as good.
     pub fn complete(&mut self, shard: ShardId) -> Completion {
         // Whoever holds it now: done is done (a second holder's completion is a Duplicate).
-        self.claims.remove(&shard);
+        let was_claimed = self.claims.remove(&shard).is_some();
         if self.ended.get(&shard) == Some(&ShardEnd::Completed) {
             return Completion::Duplicate;
         }
-        // Requeued after an expiry and not claimed again yet: done now, so not handed out.
-        self.pending.retain(|s| *s != shard);
+        // Requeued after an expiry and not claimed again yet: done now, so not handed out. A
+        // claimed shard is never also pending, so the usual completion skips this scan of the
+        // queue (a pass of 100,000 shards would otherwise scan it once per completion).
+        if !was_claimed {
+            self.pending.retain(|s| *s != shard);
+        }
         // A lost shard finished after all (its worker was only slow): completed after all.
         self.ended.insert(shard, ShardEnd::Completed);
         Completion::Counted

@@ -98,18 +98,28 @@ pub enum Refusal {
 
 type P = Pass<PodResult, PodProgress>;
 
-/// All passes this operator coordinates.
-pub struct Registry {
+/// A pass and whether the status holds it finished.
+struct Entry {
+    pass: P,
+    /// The pass is finished and its checkpoint (every completion) is in the IngestJob status.
+    /// Until then its workers are told to wait rather than to exit: a completion that reached
+    /// only this operator's memory must not be the last copy of it when the workers are gone.
+    persisted: bool,
+}
+
+#[derive(Default)]
+struct Inner {
     /// A request for an IngestJob with no pass here is "not yet" (503: this operator just started
     /// and has not reconciled it); for one with passes of another run or role, "no such pass" (404).
-    passes: Mutex<HashMap<Key, P>>,
+    passes: HashMap<Key, Entry>,
     /// Per IngestJob (namespace, name): the (uid, run) whose record is written. Its workers, if
     /// any are left, are told the run moved on (404) even by an operator that never had its passes.
-    ended: Mutex<HashMap<(String, String), (String, i64)>>,
-    /// Finished passes whose checkpoint (every completion) is in the IngestJob status. Until then
-    /// their workers are told to wait rather than to exit: a completion that reached only this
-    /// operator's memory must not be the last copy of it when the workers are gone.
-    persisted: Mutex<std::collections::HashSet<Key>>,
+    ended: HashMap<(String, String), (String, i64)>,
+}
+
+/// All passes this operator coordinates.
+pub struct Registry {
+    inner: Mutex<Inner>,
     /// The clock of leases.
     started: Instant,
     /// Told the IngestJob whose pass just ended, so its run moves on at once instead of at the
@@ -120,9 +130,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Registry {
         Registry {
-            passes: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
-            persisted: Mutex::new(Default::default()),
+            inner: Mutex::default(),
             started: Instant::now(),
             passes_ended: None,
         }
@@ -143,8 +151,8 @@ impl Registry {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, P>> {
-        self.passes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes sure the pass of `role` exists for `ij`'s current run: from the status checkpoint
@@ -158,17 +166,12 @@ impl Registry {
         checkpoint: Option<&PassCheckpoint>,
     ) -> Result<(), String> {
         let key = Key::of(ij, role);
-        let mut passes = self.lock();
-        let current = |k: &Key| {
+        let mut inner = self.lock();
+        inner.passes.retain(|k, _| {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
-        };
-        passes.retain(|k, _| current(k));
-        self.persisted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k| current(k));
-        if passes.contains_key(&key) {
+        });
+        if inner.passes.contains_key(&key) {
             return Ok(());
         }
         let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
@@ -179,42 +182,37 @@ impl Registry {
                 .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
             None => P::new(total, retries, lease),
         };
-        if pass.finished() && checkpoint.is_some() {
-            self.mark_persisted(ij, role);
-        }
-        passes.insert(key, pass);
+        // A pass restored finished came from the status: it is there already.
+        let persisted = pass.finished() && checkpoint.is_some();
+        inner.passes.insert(key, Entry { pass, persisted });
         Ok(())
     }
 
     /// Forgets every pass of the IngestJob (it was deleted).
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.lock()
+        let mut inner = self.lock();
+        inner
+            .passes
             .retain(|k, _| !(k.namespace == namespace && k.name == name));
-        self.persisted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k| !(k.namespace == namespace && k.name == name));
-        self.ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        inner.ended.remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// The current run of `ij` is over (its record is written, or its failure policy stopped it):
     /// workers still asking are told to stop (`stopped` while this operator has the passes, 404
     /// otherwise), so they exit cleanly with their reports written.
     pub fn end_run(&self, ij: &IngestJob) {
+        let mut inner = self.lock();
         for role in [
             ingest_api::constants::labels::ROLE_COPY,
             ingest_api::constants::labels::ROLE_VERIFY,
         ] {
-            if let Some(p) = self.lock().get_mut(&Key::of(ij, role))
-                && !p.finished()
+            if let Some(e) = inner.passes.get_mut(&Key::of(ij, role))
+                && !e.pass.finished()
             {
-                p.halt();
+                e.pass.halt();
             }
         }
-        self.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        inner.ended.insert(
             (ij.namespace().unwrap_or_default(), ij.name_any()),
             (ij.uid().unwrap_or_default(), ij.spec.run),
         );
@@ -227,23 +225,24 @@ impl Registry {
         role: &str,
         pods: impl IntoIterator<Item = &'a str>,
     ) {
-        let mut passes = self.lock();
-        if let Some(p) = passes.get_mut(&Key::of(ij, role)) {
+        let now = self.now_ms();
+        let mut inner = self.lock();
+        if let Some(Entry { pass: p, .. }) = inner.passes.get_mut(&Key::of(ij, role)) {
             for pod in pods {
                 if !p.claims_of(pod).is_empty() {
                     tracing::info!(pod, role, "worker ended holding claims: back to the queue");
                 }
                 p.worker_gone(pod);
             }
-            p.expire(self.now_ms());
+            p.expire(now);
         }
     }
 
     /// The pass as the pure steps see it.
     pub fn view(&self, ij: &IngestJob, role: &str) -> Option<PassView> {
         let now = self.now_ms();
-        let mut passes = self.lock();
-        let p = passes.get_mut(&Key::of(ij, role))?;
+        let mut inner = self.lock();
+        let p = &mut inner.passes.get_mut(&Key::of(ij, role))?.pass;
         p.expire(now);
         let mut in_flight = PodProgress::default();
         let mut live = 0;
@@ -279,17 +278,14 @@ impl Registry {
     pub fn handle(&self, req: ClaimRequest) -> Result<ClaimResponse, Refusal> {
         let key = Key::of_request(&req);
         let now = self.now_ms();
-        let ended = self
-            .ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(key.namespace.clone(), key.name.clone()))
-            .is_some_and(|(uid, run)| *uid == key.uid && *run == key.run);
-        let mut passes = self.lock();
-        let Some(pass) = passes.get_mut(&key) else {
-            let known = passes
-                .keys()
-                .any(|k| k.namespace == key.namespace && k.name == key.name);
+        let mut inner = self.lock();
+        let Some(entry) = inner.passes.get_mut(&key) else {
+            let same_job = |ns: &str, name: &str| ns == key.namespace && name == key.name;
+            let known = inner.passes.keys().any(|k| same_job(&k.namespace, &k.name));
+            let ended = inner
+                .ended
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .is_some_and(|(uid, run)| *uid == key.uid && *run == key.run);
             return Err(if known || ended {
                 Refusal::NoPass
             } else {
@@ -303,21 +299,16 @@ impl Registry {
             progress: req.progress,
             unusable: req.unusable,
         };
-        let was_over = pass.finished() || pass.stopped().is_some();
-        let (shards, mut state) = pass.report(&req.worker, report, now);
+        let over = |p: &P| p.finished() || p.stopped().is_some();
+        let was_over = over(&entry.pass);
+        let (shards, mut state) = entry.pass.report(&req.worker, report, now);
         if !was_over
-            && (pass.finished() || pass.stopped().is_some())
+            && over(&entry.pass)
             && let Some(tx) = &self.passes_ended
         {
             let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
         }
-        if state == ingest_job::State::Finished
-            && !self
-                .persisted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&key)
-        {
+        if state == ingest_job::State::Finished && !entry.persisted {
             state = ingest_job::State::Wait;
         }
         Ok(ClaimResponse {
@@ -328,19 +319,18 @@ impl Registry {
 
     /// Whether `role`'s finished pass is in the status already.
     pub fn is_persisted(&self, ij: &IngestJob, role: &str) -> bool {
-        self.persisted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&Key::of(ij, role))
+        self.lock()
+            .passes
+            .get(&Key::of(ij, role))
+            .is_some_and(|e| e.persisted)
     }
 
     /// The status now holds `role`'s checkpoint as a finished pass (it was written, or already
     /// said so): its workers may exit.
     pub fn mark_persisted(&self, ij: &IngestJob, role: &str) {
-        self.persisted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(Key::of(ij, role));
+        if let Some(e) = self.lock().passes.get_mut(&Key::of(ij, role)) {
+            e.persisted = true;
+        }
     }
 }
 

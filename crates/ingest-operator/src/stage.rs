@@ -5,8 +5,6 @@ use ingest_api::constants::labels;
 use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
 use k8s_openapi::api::batch::v1::Job;
 
-use kube::ResourceExt;
-
 use crate::claims::Views;
 use crate::names;
 use crate::observe::Observed;
@@ -165,7 +163,7 @@ impl Stage {
 
 /// The state of `role`'s Job of the current run, if it exists.
 pub fn role_state(ij: &IngestJob, obs: &Observed, role: &str) -> Option<JobState> {
-    obs.job(&names::pass_job(&ij.name_any(), ij.spec.run, role))
+    obs.job(&names::worker_job(ij, ij.spec.run, role))
         .map(job_state)
 }
 
@@ -291,7 +289,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         {
             Some(format!(
                 "the {role} Job {} failed ({reason}: {message})",
-                names::pass_job(&ij.name_any(), run, role)
+                names::worker_job(ij, run, role)
             ))
         } else if fail_fast && lost > 0 {
             Some(format!(

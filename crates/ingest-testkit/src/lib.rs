@@ -23,3 +23,19 @@ pub mod torture;
 pub use compare::{Aspect, CompareOptions, Difference, compare, count_by_aspect};
 pub use generator::{Dataset, GENERATOR_VERSION, GenError, GenOptions, GenSummary, generate};
 pub use rng::Rng;
+
+/// Panics, listing every difference, unless `b` is a faithful copy of `a` by [`compare`] with
+/// every aspect ([`CompareOptions::all`]): entries, contents, modes, times (directories and the
+/// root included), hard links and holes; owners too when run as root.
+pub fn assert_identical(a: &std::path::Path, b: &std::path::Path) {
+    let opts = CompareOptions {
+        owner: rustix::process::geteuid().is_root(),
+        ..CompareOptions::all()
+    };
+    let diffs = compare(a, b, &opts);
+    assert!(
+        diffs.is_empty(),
+        "the copy differs:\n{}",
+        diffs.iter().map(|d| format!("  {d}\n")).collect::<String>()
+    );
+}

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ingest_api::claims::{ClaimRequest, ClaimResponse, PATH};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_job::{Pass, Report};
+use ingest_testkit::assert_identical;
 
 const TOKEN: &str = "the-pods-token";
 const NAMESPACE: &str = "ns";
@@ -379,20 +380,6 @@ fn assert_exit(ended: &[Ended], code: i32) {
             w.stderr
         );
     }
-}
-
-/// The test kit's comparison: every entry, type, mode, size, times, content, hard links.
-fn assert_identical(a: &Path, b: &Path) {
-    let opts = ingest_testkit::CompareOptions {
-        owner: rustix::process::geteuid().is_root(),
-        ..ingest_testkit::CompareOptions::all()
-    };
-    let diffs = ingest_testkit::compare(a, b, &opts);
-    assert!(
-        diffs.is_empty(),
-        "the copy differs:\n{}",
-        diffs.iter().map(|d| format!("  {d}\n")).collect::<String>()
-    );
 }
 
 /// What every message of a pass must be: this pod's identity and role; a heartbeat holds the

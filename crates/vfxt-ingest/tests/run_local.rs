@@ -1,6 +1,7 @@
 //! `scan`, `worker` and `run` as a user runs them: the real binary on temp trees, checked against
 //! the test kit's tree comparison, which shares no code with the engine.
 
+use ingest_testkit::assert_identical;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -82,22 +83,6 @@ fn make_tree(root: &Path, dirs: usize, files_per_dir: usize) {
         b"bytes",
     )
     .unwrap();
-}
-
-/// `b` is a faithful copy of `a` by the test kit\'s comparison (which shares no code with the
-/// engine): every entry, its contents, mode, times (directories and the root included), hard
-/// links and holes; owners too when root.
-fn assert_identical(a: &Path, b: &Path) {
-    let opts = ingest_testkit::CompareOptions {
-        owner: rustix::process::geteuid().is_root(),
-        ..ingest_testkit::CompareOptions::all()
-    };
-    let diffs = ingest_testkit::compare(a, b, &opts);
-    assert!(
-        diffs.is_empty(),
-        "the copy differs:\n{}",
-        diffs.iter().map(|d| format!("  {d}\n")).collect::<String>()
-    );
 }
 
 fn job_yaml(dir: &Path, src: &Path, dests: &[PathBuf], extra: &str) -> PathBuf {

@@ -101,28 +101,34 @@ on_failure() {
   done
 }
 
-# ij_apply NAME SOURCE_SUBPATH DEST_EXPORT [EXTRA_SPEC_YAML]: an IngestJob copying $src/SUBPATH to
-# DEST_EXPORT/NAME on all three cluster IPs.
-ij_apply() {
-  kubectl apply -f - >/dev/null <<YAML
+# ij_yaml NAME SOURCE_SUBPATH DEST_EXPORT [EXTRA_SPEC_YAML]: an IngestJob copying the source's
+# SUBPATH to DEST_EXPORT/NAME on all three cluster IPs. Env: ij_source (default the slow filer
+# 10.0.0.5:/export), ij_dest_subpath (default NAME), ij_threads (default 2), ij_shards (default 6;
+# "auto": the planner's own count), ij_failure_policy.
+ij_yaml() {
+  local shards="  shards: {target: ${ij_shards:-6}}"
+  [[ ${ij_shards-} == auto ]] && shards=""
+  cat <<YAML
 apiVersion: ingest.vfxt.dev/v1alpha1
 kind: IngestJob
 metadata: {name: $1, namespace: $ns}
 spec:
   source:
-    nfs: {server: 10.0.0.5, path: /export}
+    nfs: ${ij_source:-{server: 10.0.0.5, path: /export\}}
     subPath: $2
   destination:
     nfs: {servers: [${ips[0]}, ${ips[1]}, ${ips[2]}], path: $3}
-    subPath: $1
+    subPath: ${ij_dest_subpath:-$1}
   workers: 3
-  threadsPerWorker: 2
-  shards: {target: ${ij_shards:-6}}
+  threadsPerWorker: ${ij_threads:-2}
+$shards
   failurePolicy: ${ij_failure_policy:-{retriesPerShard: 3\}}
   verify: {mode: Metadata}
 ${4-}
 YAML
 }
+# ij_apply: kubectl apply of ij_yaml (same arguments).
+ij_apply() { ij_yaml "$@" | kubectl apply -f - >/dev/null; }
 
 # watch_ij NAME: records every status the API server sends for the IngestJob, one line each:
 # "phase files bytes" (the watch sees every write, so a phase held for a moment is not missed).
@@ -599,7 +605,7 @@ test_12_one_node_at_a_quarter_capacity() {
   # Three IPs of one export, the third node with a quarter of the others' capacity. Every worker
   # mounts all three and takes shards from one queue, so the slow node costs only its share.
   gen_tree "$src/t12" 300
-  ij_apply t12 t12 /uneven "  threadsPerWorker: auto" || { bad "kubectl apply t12"; return 1; }
+  ij_threads=auto ij_apply t12 t12 /uneven || { bad "kubectl apply t12"; return 1; }
   wait_for 300 "t12 finished" finished t12 || return 1
   local r=0 st
   st=$(ij_json t12 | jq -c '.status | {phase, shards, servers: [.servers[]?.server], checked: .verification.checked}')
@@ -730,23 +736,9 @@ setup() {
 # Prints a table and writes JSON to $E2E_BENCH_JSON (default $data/bench.json, kept). Both copies must
 # be identical to the source, or the figures do not count. Pod start-up is measured on the rig: per pod
 # wave (scan, copy, verify), from the Job's creation to its first container start (1 s resolution).
-bench_yaml() { # NAME DEST_SUBPATH [MOUNTS_YAML]
-  cat <<YAML
-apiVersion: ingest.vfxt.dev/v1alpha1
-kind: IngestJob
-metadata: {name: $1, namespace: $ns}
-spec:
-  source:
-    nfs: {server: 10.0.0.6, path: /fast}
-    subPath: bench
-  destination:
-    nfs: {servers: [${ips[0]}, ${ips[1]}, ${ips[2]}], path: /nfs}
-    subPath: $2
-  workers: 3
-  threadsPerWorker: auto
-  verify: {mode: Metadata}
-${3-}
-YAML
+bench_yaml() { # NAME DEST_SUBPATH [MOUNTS_YAML]: from the unthrottled source, the planner's shards
+  ij_source='{server: 10.0.0.6, path: /fast}' ij_dest_subpath=$2 ij_threads=auto ij_shards=auto \
+    ij_yaml "$1" bench /nfs "${3-}"
 }
 now_s() { date +%s.%N; }
 wave_start_s() { # JOB: seconds from the Job's creation to its first pod's container start
