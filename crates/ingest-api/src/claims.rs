@@ -59,6 +59,44 @@ pub struct ClaimRequest {
     /// Set when the worker cannot work at all (unusable input): stops the run, with this message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
+    /// Set when a destination mount stopped answering: the worker's last message. It hands back
+    /// what it holds (without cost to the shards' retries) and exits 4; no worker gets that mount
+    /// again ([`ClaimResponse::avoid`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresponsive: Option<UnresponsiveMount>,
+    /// What went through each destination mount since the worker started (cumulative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountFigures>,
+}
+
+/// A destination mount on which tasks were running and none finished for the stall timeout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UnresponsiveMount {
+    /// The destination as the worker was given it (`/ingest/dest-<i>[/subpath]`).
+    pub mount: String,
+    /// The worker's other destinations, not avoided: with none left, the pass stops.
+    pub left: u32,
+    /// What it saw, for the status ("4 operations waiting for 61 s").
+    pub why: String,
+}
+
+/// One worker's figures for one destination mount, cumulative since the worker started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MountFigures {
+    /// The destination as the worker was given it.
+    pub mount: String,
+    /// Engine tasks finished (a directory listing, a batch of entries, a byte range).
+    pub tasks: u64,
+    /// Entries handled by those tasks.
+    pub entries: u64,
+    /// Bytes written through it.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Task durations in `ingest_job::latency` buckets (power-of-two microseconds).
+    #[serde(default)]
+    pub latency: Vec<u64>,
 }
 
 /// A finished shard and its result.
@@ -106,6 +144,9 @@ pub struct ClaimResponse {
     #[serde(default)]
     pub shards: Vec<u32>,
     pub state: PassState,
+    /// Destination mounts found unresponsive: write through none of them (from the next shard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
 }
 
 impl ingest_job::Tally for PodResult {
@@ -150,6 +191,10 @@ pub struct PassCheckpoint {
     /// Why a worker stopped the pass (unusable input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Destination mounts found unresponsive (`/ingest/dest-<i>...`): no worker writes through
+    /// them again in this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoided: Vec<String>,
 }
 
 /// Checkpoints of the current run's passes.
@@ -172,6 +217,7 @@ impl From<&ingest_job::Checkpoint<PodResult>> for PassCheckpoint {
             failed: c.sum.failed,
             verification: c.sum.verification.clone(),
             stopped: c.stopped.clone(),
+            avoided: c.avoided.iter().cloned().collect(),
         }
     }
 }
@@ -189,6 +235,7 @@ impl From<&PassCheckpoint> for ingest_job::Checkpoint<PodResult> {
                 ..PodResult::default()
             },
             stopped: c.stopped.clone(),
+            avoided: c.avoided.iter().cloned().collect(),
         }
     }
 }
@@ -236,6 +283,7 @@ mod tests {
                 ..PodResult::default()
             },
             stopped: None,
+            avoided: ["/ingest/dest-1".to_owned()].into(),
         };
         let status = PassCheckpoint::from(&cp);
         let text = serde_json::to_string(&status).unwrap();

@@ -64,6 +64,10 @@ pub mod conditions {
     /// True while the operator's calls to the Kubernetes API fail (reason `ApiError`, the message names the
     /// call and the error); removed by the next reconcile that succeeds. kstatus ignores it.
     pub const DEGRADED: &str = "Degraded";
+    /// True while every destination server answers; False (reason `ServerUnresponsive`, the
+    /// message names them) once a worker found one hung: its work went to the others and no
+    /// worker uses it again in this run. kstatus ignores it.
+    pub const SERVERS_RESPONDING: &str = "ServersResponding";
     /// Value of `status` for a condition that holds.
     pub const TRUE: &str = "True";
     /// Value of `status` for a condition that does not hold.
@@ -99,6 +103,10 @@ pub mod reasons {
     /// Nothing was copied or checked for `spec.stallTimeoutSeconds` (the `Stalled` condition's reason while
     /// the run still goes on, and a Warning Event).
     pub const NO_PROGRESS: &str = "NoProgress";
+    /// A destination server stopped answering (condition `ServersResponding` and a Warning Event).
+    pub const SERVER_UNRESPONSIVE: &str = "ServerUnresponsive";
+    /// Every destination server answers (condition `ServersResponding`).
+    pub const ALL_RESPONDING: &str = "AllResponding";
     /// The phase changed (Event reason).
     pub const PHASE_CHANGED: &str = "PhaseChanged";
     /// An API call failed; the operator retries with backoff.

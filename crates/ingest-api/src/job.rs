@@ -108,6 +108,9 @@ pub struct IngestJobSpec {
     /// Seconds without a file copied or checked, while the run copies or verifies, after which
     /// the IngestJob says `Stalled` (reason `NoProgress`, a Warning Event) until work moves
     /// again: a node that stopped answering shows instead of a frozen percentage. Default 60.
+    /// Also per destination server: a worker whose operations on one server wait this long with
+    /// none finishing reports it `Unresponsive`, hands its shards back and exits; the pass goes
+    /// on in a new Job whose pods do not mount that server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub stall_timeout_seconds: Option<u32>,
@@ -796,18 +799,48 @@ pub struct ShardCounts {
     pub failed: u64,
 }
 
-/// Progress through one destination server.
+/// Progress through one destination server (every worker mounts every server; these are the
+/// engine's per-mount figures, summed over the workers).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerStatus {
     /// The address from the spec.
     pub server: String,
-    /// Worker pods assigned to it.
+    /// Worker pods writing through it.
     pub workers: u32,
-    /// Files done through it.
+    /// Entries handled through it, copy and verify passes of this run.
     pub files: u64,
-    /// Bytes done through it.
+    /// Bytes written through it.
     pub bytes: u64,
+    /// `files` per second since the run started.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub files_per_second: u64,
+    /// `bytes` per second since the run started.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub bytes_per_second: u64,
+    /// Median time of one engine task (a listing, a batch of entries, a byte range), in
+    /// microseconds (the upper bound of its power-of-two bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_p50_micros: Option<u64>,
+    /// 99th percentile of the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_p99_micros: Option<u64>,
+    /// `Healthy`; `Slow` (median task time surely 4x the best server's or more);
+    /// `Unresponsive` (tasks waited `stallTimeoutSeconds` with none finishing: no worker writes
+    /// through it again in this run, and its work went to the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServerState>,
+    /// Why it is Unresponsive (what the worker saw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How a destination server answers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    Healthy,
+    Slow,
+    Unresponsive,
 }
 
 /// Verify pass counts.

@@ -41,6 +41,8 @@ pub(crate) enum Pass {
 pub(crate) struct Roots {
     pub src: OwnedFd,
     pub dsts: Vec<OwnedFd>,
+    /// Each destination's path as the job names it: the key of its [`crate::MountMeter`].
+    pub names: Vec<String>,
 }
 
 /// Everything one pass shares between its threads.
@@ -165,6 +167,8 @@ struct SplitFile {
 /// Per-thread state: the mount this thread writes through and its buffers.
 pub(crate) struct Local {
     mount: usize,
+    /// The mount's meter (bytes written through it).
+    meter: Arc<crate::MountMeter>,
     buf: Vec<u8>,
     dirbuf: Vec<MaybeUninit<u8>>,
 }
@@ -307,8 +311,10 @@ impl<'a> Walk<'a> {
                 .map(|i| {
                     let mount = i % mounts;
                     s.spawn(move || {
+                        let meter = self.progress.mount(&self.roots.names[mount]);
                         let mut local = Local {
                             mount,
+                            meter: meter.clone(),
                             buf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
@@ -324,7 +330,9 @@ impl<'a> Walk<'a> {
                                 continue;
                             }
                             let started = gate.map(Gate::begin);
+                            let metered = meter.begin();
                             let units = self.handle(task, &mut local);
+                            metered.end(units);
                             if let (Some(g), Some(t)) = (gate, started) {
                                 g.end(t, units);
                             }
@@ -1479,6 +1487,7 @@ impl<'a> Walk<'a> {
         }
         self.counts.bytes_copied.fetch_add(written, Relaxed);
         self.progress.bytes_written.fetch_add(written, Relaxed);
+        local.meter.add_bytes(written);
         self.progress.bytes.fetch_add(len, Relaxed);
         Ok(())
     }
@@ -1690,6 +1699,7 @@ impl<'a> Walk<'a> {
         let before = sys::fstat(dst).op("stat-dest-dir")?;
         let mut local = Local {
             mount,
+            meter: self.progress.mount(&self.roots.names[mount]),
             buf: Vec::new(),
             dirbuf: Vec::new(),
         };

@@ -25,7 +25,7 @@ use std::time::Instant;
 pub use concurrency::{AutoConfig, Concurrency};
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
-pub use progress::{Progress, Snapshot};
+pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};
 pub use report::{
     CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,
     VerifyCounts,
@@ -54,7 +54,7 @@ pub fn run(
     let started = Instant::now();
     setup::check_options(job, opts)?;
     sys::raise_fd_limit();
-    let roots = setup::open_roots(job, opts)?;
+    let roots = setup::open_roots(job, opts, progress)?;
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
         let walk = Walk::new(Pass::Copy, opts, &roots, progress, sink);

@@ -13,11 +13,12 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::Roots;
 use crate::job::{CopyJob, Options, Passes};
+use crate::progress::{MountMeter, Progress};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -260,27 +261,43 @@ impl Created {
 
 /// Opens and checks the source and every destination, creating missing destinations. Every
 /// check that needs no writing is done before anything is created.
-pub(crate) fn open_roots(job: &CopyJob, opts: &Options) -> Result<Roots, SetupError> {
+///
+/// Each destination's calls are counted on its [`crate::MountMeter`] in `progress`, so that a
+/// mount that stops answering here is seen as well as one that stops in the middle of a copy.
+pub(crate) fn open_roots(
+    job: &CopyJob,
+    opts: &Options,
+    progress: &Progress,
+) -> Result<Roots, SetupError> {
     let targets = check_paths(job)?;
     let src =
         open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
+    let names: Vec<String> = job
+        .destinations
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     let mut created = Created::default();
     let opened = (|| {
         let mut dsts = Vec::with_capacity(job.destinations.len());
-        for (dest, target) in job.destinations.iter().zip(&targets) {
+        for ((dest, target), name) in job.destinations.iter().zip(&targets).zip(&names) {
             let unusable = |e| SetupError::DestUnusable(dest.clone(), e);
+            let meter = progress.mount(name);
+            let call = meter.begin();
             created.make(target).map_err(unusable)?;
             dsts.push(open_dir(&target.path()).map_err(unusable)?);
+            call.end(0);
         }
         // A report-only verify writes nothing into the destination, not even a probe.
         let report_only = opts.passes == Passes::VerifyOnly && !opts.repair;
         if opts.probe_destinations && !report_only {
-            probe(job, &dsts)?;
+            let meters: Vec<_> = names.iter().map(|n| progress.mount(n)).collect();
+            probe(job, &dsts, &meters)?;
         }
         Ok(dsts)
     })();
     match opened {
-        Ok(dsts) => Ok(Roots { src, dsts }),
+        Ok(dsts) => Ok(Roots { src, dsts, names }),
         Err(e) => {
             created.undo();
             Err(e)
@@ -329,7 +346,7 @@ fn probe_host() -> String {
 /// root: those of this machine whose process is gone, those of other machines once older than
 /// [`PROBE_STALE_AFTER`]. The create and close go through [`sys`], so the fault hook counts
 /// them (as `create` and `close`, before the copy's own).
-fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
+fn probe(job: &CopyJob, dsts: &[OwnedFd], meters: &[Arc<MountMeter>]) -> Result<(), SetupError> {
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
     let unusable = |e| SetupError::DestUnusable(first.clone(), e);
@@ -342,7 +359,7 @@ fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
     let name = format!("{PROBE_PREFIX}{host}.{}.{nanos}", std::process::id());
     let cname = CString::new(name.clone()).expect("no NUL in a probe name");
     let token = format!("vfxt-ingest probe {host} {nanos}\n");
-    let result = probe_with(job, dsts, &cname, token.as_bytes(), &host);
+    let result = probe_with(job, dsts, meters, &cname, token.as_bytes(), &host);
     // Whatever happened: the file goes (it may not exist; then this fails harmlessly), and the
     // root's times are put back.
     let _ = sys::unlink_at(root, &cname, false);
@@ -353,12 +370,14 @@ fn probe(job: &CopyJob, dsts: &[OwnedFd]) -> Result<(), SetupError> {
 fn probe_with(
     job: &CopyJob,
     dsts: &[OwnedFd],
+    meters: &[Arc<MountMeter>],
     name: &CString,
     token: &[u8],
     host: &str,
 ) -> Result<(), SetupError> {
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
+    let call = meters[0].begin();
     let not_writable = |e| SetupError::DestNotWritable(first.clone(), e);
     let fd = sys::open_dest_file(root, name, true, 0o644).map_err(not_writable)?;
     let written = rustix::io::write(&fd, token).map_err(sys::to_io);
@@ -371,7 +390,13 @@ fn probe_with(
     if let Ok(Some(ours)) = sys::stat_at(root, name) {
         remove_stale_probes(root, name, host, &ours);
     }
-    for (dest, fd) in job.destinations[1..].iter().zip(&dsts[1..]) {
+    call.end(0);
+    for ((dest, fd), meter) in job.destinations[1..]
+        .iter()
+        .zip(&dsts[1..])
+        .zip(&meters[1..])
+    {
+        let _call = meter.begin();
         // NFS clients cache lookups (also negative ones) for a moment: look a few times.
         let seen = (0..30).any(|i| {
             if i > 0 {

@@ -331,8 +331,11 @@ impl<'a> Verifier<'a> {
                             dbuf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
+                        let meter = self.progress.mount(&self.roots.names[local.mount]);
                         while let Some(task) = self.queue.pop() {
+                            let metered = meter.begin();
                             self.handle(task, &mut local);
+                            metered.end(1);
                             self.queue.done();
                         }
                     })

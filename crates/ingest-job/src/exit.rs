@@ -6,6 +6,11 @@ pub const FILES_FAILED: i32 = 1;
 /// Exit code of a worker given input it cannot use (bad arguments, unreadable plan, bad paths).
 pub const UNUSABLE_INPUT: i32 = 2;
 
+/// Exit code of a worker that found a destination mount unresponsive (nothing completed on it
+/// for the stall timeout): it handed its claims back and told the coordinator which mount, and
+/// exits so that its threads stuck in the kernel go with it. A new worker takes its place.
+pub const MOUNT_UNRESPONSIVE: i32 = 4;
+
 /// A worker's end, classified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerExit {
@@ -16,6 +21,9 @@ pub enum WorkerExit {
     FilesFailed,
     /// Exit 2: nothing it could do; the run cannot go on with this input.
     UnusableInput,
+    /// Exit 4: a destination mount stopped answering; its claims went back to the queue
+    /// without cost to their retries (the shards did nothing wrong), and it is replaced.
+    MountUnresponsive,
     /// Anything else (a signal, an OOM kill, a panic, an unknown code): its shards' state is
     /// unknown and they are run again, up to the retry limit.
     Crashed,
@@ -28,6 +36,7 @@ impl WorkerExit {
             Some(0) => WorkerExit::Clean,
             Some(FILES_FAILED) => WorkerExit::FilesFailed,
             Some(UNUSABLE_INPUT) => WorkerExit::UnusableInput,
+            Some(MOUNT_UNRESPONSIVE) => WorkerExit::MountUnresponsive,
             _ => WorkerExit::Crashed,
         }
     }
@@ -53,6 +62,7 @@ mod tests {
             (Some(0), WorkerExit::Clean, false, true),
             (Some(1), WorkerExit::FilesFailed, false, true),
             (Some(2), WorkerExit::UnusableInput, false, false),
+            (Some(4), WorkerExit::MountUnresponsive, false, false),
             (Some(101), WorkerExit::Crashed, true, false),
             (Some(137), WorkerExit::Crashed, true, false),
             (None, WorkerExit::Crashed, true, false),

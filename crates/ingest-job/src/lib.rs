@@ -4,6 +4,7 @@
 
 pub mod exit;
 pub mod indexes;
+pub mod latency;
 pub mod pass;
 pub mod queue;
 pub mod scan_failed;
@@ -11,7 +12,7 @@ pub mod units;
 pub mod verdict;
 
 pub use exit::WorkerExit;
-pub use pass::{Checkpoint, Pass, Report, State, Tally};
+pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
 pub use queue::{Completion, ShardId, ShardQueue};
 pub use scan_failed::ScanFailed;
 pub use verdict::{Facts, Policy, Reason, Verdict, decide};

@@ -38,6 +38,21 @@ pub struct Report<R, P> {
     /// It cannot work at all (unusable input: a destination it cannot write, a plan it cannot
     /// read): the pass stops, and this says why.
     pub unusable: Option<String>,
+    /// A destination mount it writes through stopped answering: the worker hands its claims
+    /// back (without cost to their retries) and exits; no worker gets work for that mount again.
+    pub unresponsive: Option<Unresponsive>,
+}
+
+/// A destination mount on which nothing completed for the stall timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresponsive {
+    /// The mount, as workers name it (the operator: `/ingest/dest-<i>`).
+    pub mount: String,
+    /// The worker's other destination mounts not avoided: with none left, the pass stops
+    /// (nothing could write).
+    pub left: usize,
+    /// What the worker saw (for the status message).
+    pub why: String,
 }
 
 /// Where the pass stands, as told to a worker.
@@ -75,6 +90,8 @@ pub struct Checkpoint<R> {
     pub sum: R,
     /// First reason a worker gave for unusable input.
     pub stopped: Option<String>,
+    /// Destination mounts that stopped answering: no worker writes through them again.
+    pub avoided: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +110,11 @@ pub struct Pass<R, P> {
     stopped: Option<String>,
     /// The coordinator ended the run (its failure policy stopped it): no more work for anyone.
     halted: bool,
+    /// Destination mounts reported unresponsive, with what the worker saw.
+    avoided: BTreeMap<String, String>,
+    /// Workers that reported one and left: their process may never end (threads stuck on a
+    /// hung mount), and nothing waits for it.
+    gave_up: BTreeSet<WorkerId>,
 }
 
 impl<R: Tally, P: Clone> Pass<R, P> {
@@ -106,7 +128,26 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             workers: BTreeMap::new(),
             stopped: None,
             halted: false,
+            avoided: BTreeMap::new(),
+            gave_up: BTreeSet::new(),
         }
+    }
+
+    /// Mounts an earlier pass of the run found unresponsive stay avoided in this one.
+    pub fn avoiding(mut self, earlier: &BTreeMap<String, String>) -> Self {
+        self.avoided
+            .extend(earlier.iter().map(|(m, w)| (m.clone(), w.clone())));
+        self
+    }
+
+    /// Destination mounts no worker may write through, with why.
+    pub fn avoided(&self) -> &BTreeMap<String, String> {
+        &self.avoided
+    }
+
+    /// Workers that found a mount unresponsive and left (their process may not end).
+    pub fn gave_up(&self) -> &BTreeSet<WorkerId> {
+        &self.gave_up
     }
 
     /// The pass a [`Checkpoint`] describes. A malformed id list is an error (a checkpoint written
@@ -132,6 +173,12 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             workers: BTreeMap::new(),
             stopped: cp.stopped.clone(),
             halted: false,
+            avoided: cp
+                .avoided
+                .iter()
+                .map(|m| (m.clone(), "found unresponsive before a restart".to_owned()))
+                .collect(),
+            gave_up: BTreeSet::new(),
         })
     }
 
@@ -150,6 +197,31 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             if *shard < self.total && self.queue.complete(*shard) == Completion::Counted {
                 self.sum.add(result);
             }
+        }
+        if let Some(u) = report.unresponsive {
+            // The worker exits: what it held goes to others at once, not after its lease.
+            self.queue.release(worker);
+            self.workers.remove(worker);
+            self.gave_up.insert(worker.to_owned());
+            if self.queue.finished() {
+                // Nothing is left to hand out: the pass's record (and the Jobs named after
+                // what it avoided) no longer changes.
+                return (Vec::new(), State::Finished);
+            }
+            self.avoided.entry(u.mount).or_insert(u.why);
+            if u.left == 0 {
+                self.stopped.get_or_insert_with(|| {
+                    format!(
+                        "every destination mount stopped answering: {}",
+                        self.avoided
+                            .iter()
+                            .map(|(m, w)| format!("{m} ({w})"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                });
+            }
+            return (Vec::new(), State::Stopped);
         }
         let mine = self.queue.claims_of(worker);
         for s in &report.holding {
@@ -256,6 +328,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             lost: indexes::format(&self.queue.lost().into_iter().collect()),
             sum: self.sum.clone(),
             stopped: self.stopped.clone(),
+            avoided: self.avoided.keys().cloned().collect(),
         }
     }
 }
@@ -281,6 +354,7 @@ mod tests {
             room,
             progress: 0,
             unusable: None,
+            unresponsive: None,
         }
     }
     fn done(holding: Vec<ShardId>, done: Vec<(ShardId, u64)>, room: u32) -> Report<Files, u64> {
@@ -347,6 +421,59 @@ mod tests {
         assert_eq!(state, State::Finished);
         assert_eq!(p.counts().lost, 1);
         assert_eq!(p.counts().completed, 1);
+    }
+
+    fn unresponsive(mount: &str, left: usize) -> Report<Files, u64> {
+        Report {
+            unresponsive: Some(Unresponsive {
+                mount: mount.into(),
+                left,
+                why: "nothing completed for 60 s".into(),
+            }),
+            ..ask(0)
+        }
+    }
+
+    #[test]
+    fn an_unresponsive_mount_frees_its_workers_claims_at_once_and_is_avoided_from_then_on() {
+        // No retries: had the claims been lost (lease, pod gone), the shards would end Lost.
+        let mut p = P::new(4, 0, 1000);
+        assert_eq!(p.report("a", ask(2), 0), (vec![0, 1], State::Work));
+        assert_eq!(p.report("b", ask(1), 0), (vec![2], State::Work));
+        assert_eq!(
+            p.report("a", unresponsive("/ingest/dest-2", 2), 5),
+            (vec![], State::Stopped)
+        );
+        assert!(p.claims_of("a").is_empty());
+        assert!(p.gave_up().contains("a"));
+        assert_eq!(p.avoided().keys().collect::<Vec<_>>(), ["/ingest/dest-2"]);
+        assert_eq!(p.stopped(), None, "two mounts still answer");
+        // a's shards go to the next worker first, without any lease running out.
+        assert_eq!(p.report("c", ask(2), 6), (vec![0, 1], State::Work));
+        assert_eq!(p.counts().lost, 0);
+        // It survives a restart, and a later pass of the run inherits it.
+        let cp = p.checkpoint();
+        assert!(cp.avoided.contains("/ingest/dest-2"));
+        let back = P::restore(4, &cp, 0, 1000).unwrap();
+        assert!(back.avoided().contains_key("/ingest/dest-2"));
+        let verify = P::new(4, 0, 1000).avoiding(p.avoided());
+        assert!(verify.avoided().contains_key("/ingest/dest-2"));
+    }
+
+    #[test]
+    fn when_every_mount_is_unresponsive_the_pass_stops_and_names_them() {
+        let mut p = P::new(3, 1, 1000);
+        p.report("a", ask(1), 0);
+        p.report("b", ask(1), 0);
+        p.report("a", unresponsive("/ingest/dest-0", 1), 1);
+        assert_eq!(p.report("c", ask(1), 2).1, State::Work);
+        p.report("b", unresponsive("/ingest/dest-1", 0), 3);
+        let why = p.stopped().expect("stopped").to_owned();
+        assert!(
+            why.contains("/ingest/dest-0") && why.contains("/ingest/dest-1"),
+            "{why}"
+        );
+        assert_eq!(p.report("c", ask(1), 4).1, State::Stopped);
     }
 
     #[test]

@@ -181,6 +181,20 @@ impl ShardQueue {
         self.lose_all(expired)
     }
 
+    /// `worker` hands its claims back without fault of the shards (a destination mount it
+    /// writes through stopped answering): they go back to the front of the queue without losing
+    /// a retry. Returns them.
+    pub fn release(&mut self, worker: &str) -> Vec<ShardId> {
+        let held = self.claims_of(worker);
+        for s in &held {
+            self.claims.remove(s);
+        }
+        for s in held.iter().rev() {
+            self.pending.push_front(*s);
+        }
+        held
+    }
+
     /// Takes the claims of `shards` away: each goes back to the front of the queue (the tail of
     /// a pass is where a requeued shard costs the most), in order, or ends Lost when its retries
     /// are used up. Returns the shards queued again.
@@ -253,6 +267,21 @@ impl ShardQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn released_claims_go_back_first_without_losing_a_retry() {
+        let mut q = ShardQueue::new(0..4, 0, 1000);
+        assert_eq!(q.claim("a", 0), Some(0));
+        assert_eq!(q.claim("a", 0), Some(1));
+        assert_eq!(q.claim("b", 0), Some(2));
+        assert_eq!(q.release("a"), vec![0, 1]);
+        assert!(q.claims_of("a").is_empty());
+        // With no retries, a lost claim would have ended the shard Lost; a release does not.
+        assert_eq!(q.claim("b", 1), Some(0));
+        assert_eq!(q.claim("b", 1), Some(1));
+        assert!(q.lost().is_empty());
+        assert_eq!(q.claims_of("b"), vec![0, 1, 2]);
+    }
 
     #[test]
     fn claims_are_unique_and_the_queue_finishes_when_every_shard_completed() {

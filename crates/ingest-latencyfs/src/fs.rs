@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// How long the kernel may cache names and attributes (an NFS client caches them too; zero
     /// would make every path component a round trip, which NFS clients avoid).
     pub ttl: Duration,
+    /// Fault hook: from its N-th operation on (counting from 1), the node stops answering, as an
+    /// NFS server that hangs behind a hard mount: every request waits until the node is
+    /// unmounted. `None`: it always answers.
+    pub stop_answering_at: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +57,7 @@ impl Default for NodeConfig {
             data_latency: Duration::from_millis(1),
             capacity: 16,
             ttl: Duration::from_secs(1),
+            stop_answering_at: None,
         }
     }
 }
@@ -68,6 +73,13 @@ pub struct Stats {
     pub peak_queued: AtomicUsize,
     /// Operations by FUSE request name: where a tool's round trips go.
     pub by_op: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests received so far (for [`NodeConfig::stop_answering_at`]).
+    pub received: AtomicU64,
+    /// Requests held unanswered because the node stopped answering.
+    pub unanswered: AtomicU64,
+    /// Set when the node is unmounted: held requests go on (to nowhere: the connection is gone).
+    released: Mutex<bool>,
+    release_cv: Condvar,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -79,9 +91,38 @@ pub struct StatsSnapshot {
     pub peak_in_service: usize,
     pub peak_queued: usize,
     pub by_op: BTreeMap<String, u64>,
+    /// Requests held unanswered (see [`NodeConfig::stop_answering_at`]).
+    pub unanswered: u64,
 }
 
 impl Stats {
+    /// Lets requests held by a node that stopped answering go (called at unmount, so that the
+    /// session's threads can end).
+    pub fn release_held(&self) {
+        *self.released.lock().unwrap() = true;
+        self.release_cv.notify_all();
+    }
+
+    /// Holds a request of thread `tid` as a hung server would: until the node is unmounted
+    /// (true: go on), or until the caller is killed (false). A hard NFS mount waits killably:
+    /// SIGKILL ends the wait. A FUSE request already read by its daemon does not (the kernel
+    /// waits for the answer uninterruptibly), so the node watches for the caller's kill itself.
+    fn hold(&self, tid: u32) -> bool {
+        self.unanswered.fetch_add(1, Relaxed);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            if being_killed(tid) {
+                return false;
+            }
+            released = self
+                .release_cv
+                .wait_timeout(released, Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        true
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             meta_ops: self.meta_ops.load(Relaxed),
@@ -89,6 +130,7 @@ impl Stats {
             queued_ops: self.queued_ops.load(Relaxed),
             peak_in_service: self.peak_in_service.load(Relaxed),
             peak_queued: self.peak_queued.load(Relaxed),
+            unanswered: self.unanswered.load(Relaxed),
             by_op: self
                 .by_op
                 .lock()
@@ -124,6 +166,39 @@ impl Drop for SlotGuard<'_> {
 
 thread_local! {
     static SLACK_SET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether thread `tid` is gone, exiting, or has SIGKILL pending (its process was killed).
+///
+/// Exiting counts too: a killed thread's SIGKILL is consumed when it starts to exit, and the exit
+/// then closes its files, whose FUSE flush would wait for ever. (On a real hard NFS mount a
+/// process exiting with dirty pages for a hung server can stay stuck like that; the operator does
+/// not wait for such a pod, see the operator's README, "A server that stops answering".)
+fn being_killed(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    // Field 9 of /proc/<tid>/stat, after the parenthesised name: the task's flags.
+    const PF_EXITING: u64 = 0x4;
+    let exiting = std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|st| {
+            let after = &st[st.rfind(')')? + 1..];
+            after.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_none_or(|flags| flags & PF_EXITING != 0);
+    if exiting {
+        return true;
+    }
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    status.lines().any(|l| {
+        l.strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|mask| mask & sigkill != 0)
+    }) || status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("zombie"))
 }
 
 /// Sleeps of half a millisecond would otherwise overshoot by the default 50 µs timer slack.
@@ -266,8 +341,14 @@ impl LatencyFs {
     }
 
     /// Takes a slot (waiting if all are busy) and spends the emulated round trip in it.
-    fn serve(&self, op: Op, name: &'static str) -> SlotGuard<'_> {
+    /// `None`: the node stopped answering and the caller was killed while it waited (the handler
+    /// answers EINTR, which no one reads).
+    fn serve(&self, req: &Request, op: Op, name: &'static str) -> Option<SlotGuard<'_>> {
         *self.stats.by_op.lock().unwrap().entry(name).or_default() += 1;
+        let n = self.stats.received.fetch_add(1, Relaxed) + 1;
+        if self.cfg.stop_answering_at.is_some_and(|at| n >= at) && !self.stats.hold(req.pid()) {
+            return None;
+        }
         let s = &self.slots;
         let mut st = s.state.lock().unwrap();
         if st.0 >= s.capacity {
@@ -291,7 +372,7 @@ impl LatencyFs {
             tight_timer();
             std::thread::sleep(latency);
         }
-        SlotGuard(s)
+        Some(SlotGuard(s))
     }
 
     /// FUSE inode for a backing inode: the root is 1 (and a backing inode 1, if any, takes the
@@ -469,16 +550,20 @@ impl Filesystem for LatencyFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _slot = self.serve(Op::Meta, "lookup");
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(_slot) = self.serve(req, Op::Meta, "lookup") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         match self.enter(parent, name) {
             Ok(a) => reply.entry(&self.cfg.ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _slot = self.serve(Op::Meta, "getattr");
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(_slot) = self.serve(req, Op::Meta, "getattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let st = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(f) => fstat(&f),
             None => self.path(ino).and_then(|p| lstat(&p)),
@@ -491,7 +576,7 @@ impl Filesystem for LatencyFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -507,15 +592,19 @@ impl Filesystem for LatencyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _slot = self.serve(Op::Meta, "setattr");
+        let Some(_slot) = self.serve(req, Op::Meta, "setattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.cfg.ttl, &a),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _slot = self.serve(Op::Meta, "readlink");
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some(_slot) = self.serve(req, Op::Meta, "readlink") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         match self
             .path(ino)
             .and_then(|p| std::fs::read_link(p).map_err(errno))
@@ -527,7 +616,7 @@ impl Filesystem for LatencyFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -535,7 +624,9 @@ impl Filesystem for LatencyFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta, "mknod");
+        let Some(_slot) = self.serve(req, Op::Meta, "mknod") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -551,14 +642,16 @@ impl Filesystem for LatencyFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta, "mkdir");
+        let Some(_slot) = self.serve(req, Op::Meta, "mkdir") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -572,8 +665,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta, "unlink");
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_slot) = self.serve(req, Op::Meta, "unlink") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -585,8 +680,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta, "rmdir");
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_slot) = self.serve(req, Op::Meta, "rmdir") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.child(parent, name).and_then(|p| {
             let c = cpath(&p)?;
             // SAFETY: valid C string.
@@ -600,13 +697,15 @@ impl Filesystem for LatencyFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta, "symlink");
+        let Some(_slot) = self.serve(req, Op::Meta, "symlink") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.child(parent, link_name).and_then(|p| {
             std::os::unix::fs::symlink(target, &p).map_err(errno)?;
             self.enter(parent, link_name)
@@ -619,7 +718,7 @@ impl Filesystem for LatencyFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -627,7 +726,9 @@ impl Filesystem for LatencyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Meta, "rename");
+        let Some(_slot) = self.serve(req, Op::Meta, "rename") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let from = cpath(&self.child(parent, name)?)?;
             let to = cpath(&self.child(newparent, newname)?)?;
@@ -651,13 +752,15 @@ impl Filesystem for LatencyFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _slot = self.serve(Op::Meta, "link");
+        let Some(_slot) = self.serve(req, Op::Meta, "link") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let from = self.path(ino)?;
             std::fs::hard_link(&from, self.child(newparent, newname)?).map_err(errno)?;
@@ -670,8 +773,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _slot = self.serve(Op::Meta, "open");
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(_slot) = self.serve(req, Op::Meta, "open") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let f = flags.0 & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         match self.path(ino).and_then(|p| Self::open_raw(&p, f, 0)) {
             Ok(file) => reply.opened(FileHandle(self.keep(file)), FopenFlags::empty()),
@@ -681,7 +786,7 @@ impl Filesystem for LatencyFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -690,7 +795,9 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _slot = self.serve(Op::Data, "read");
+        let Some(_slot) = self.serve(req, Op::Data, "read") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.file(fh).and_then(|f| {
             let mut buf = vec![0u8; size as usize];
             let mut n = 0;
@@ -713,7 +820,7 @@ impl Filesystem for LatencyFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -723,7 +830,9 @@ impl Filesystem for LatencyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _slot = self.serve(Op::Data, "write");
+        let Some(_slot) = self.serve(req, Op::Data, "write") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         match self
             .file(fh)
             .and_then(|f| f.write_all_at(data, offset).map_err(errno))
@@ -735,14 +844,16 @@ impl Filesystem for LatencyFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         // close() on NFS waits for the file's writes to be committed: one round trip.
-        let _slot = self.serve(Op::Meta, "flush");
+        let Some(_slot) = self.serve(req, Op::Meta, "flush") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         reply.ok();
     }
 
@@ -763,13 +874,15 @@ impl Filesystem for LatencyFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Data, "fsync");
+        let Some(_slot) = self.serve(req, Op::Data, "fsync") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = self.file(fh).and_then(|f| {
             if datasync {
                 f.sync_data()
@@ -834,13 +947,15 @@ impl Filesystem for LatencyFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _slot = self.serve(Op::Meta, "readdir");
+        let Some(_slot) = self.serve(req, Op::Meta, "readdir") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let Some(list) = self.dirs.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::from_i32(libc::EBADF));
         };
@@ -864,8 +979,10 @@ impl Filesystem for LatencyFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _slot = self.serve(Op::Meta, "statfs");
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let Some(_slot) = self.serve(req, Op::Meta, "statfs") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = cpath(&self.backing).and_then(|c| {
             let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
             // SAFETY: valid C string; `s` is written before being read.
@@ -889,7 +1006,7 @@ impl Filesystem for LatencyFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -897,7 +1014,9 @@ impl Filesystem for LatencyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _slot = self.serve(Op::Meta, "setxattr");
+        let Some(_slot) = self.serve(req, Op::Meta, "setxattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -918,8 +1037,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _slot = self.serve(Op::Meta, "getxattr");
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(_slot) = self.serve(req, Op::Meta, "getxattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -940,8 +1061,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _slot = self.serve(Op::Meta, "listxattr");
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(_slot) = self.serve(req, Op::Meta, "listxattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let mut buf = vec![0u8; size as usize];
@@ -959,8 +1082,10 @@ impl Filesystem for LatencyFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _slot = self.serve(Op::Meta, "removexattr");
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_slot) = self.serve(req, Op::Meta, "removexattr") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let p = cpath(&self.path(ino)?)?;
             let n = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
@@ -980,7 +1105,7 @@ impl Filesystem for LatencyFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -988,7 +1113,9 @@ impl Filesystem for LatencyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _slot = self.serve(Op::Meta, "create");
+        let Some(_slot) = self.serve(req, Op::Meta, "create") else {
+            return reply.error(Errno::from_i32(libc::EINTR));
+        };
         let r = (|| {
             let p = self.child(parent, name)?;
             let f = Self::open_raw(&p, flags | libc::O_CREAT, mode & !umask & 0o7777)?;

@@ -103,6 +103,11 @@ impl Node {
         self.config
     }
 
+    /// The node's live counters (to watch them from another thread).
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// What this node served so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
@@ -118,6 +123,9 @@ impl Node {
             return Ok(());
         };
         MOUNTED.lock().unwrap().retain(|p| p != &self.mountpoint);
+        // Requests held by a node that stopped answering would keep their session threads, and
+        // the join below, waiting for ever.
+        self.stats.release_held();
         // A forced unmount first aborts the FUSE connection (the kernel's umount_begin), which
         // ends every session thread's read; the session's own unmount-then-join could wait
         // for ever when its check for "still mounted" misjudged the device (seen under load).

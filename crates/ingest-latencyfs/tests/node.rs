@@ -15,6 +15,7 @@ fn config(capacity: usize) -> NodeConfig {
         data_latency: Duration::from_millis(1),
         capacity,
         ttl: Duration::from_secs(1),
+        stop_answering_at: None,
     }
 }
 
@@ -289,4 +290,67 @@ fn auto_threads_copy_through_uneven_nodes_favours_the_fast_ones() {
         let s = n.stats();
         assert!(s.peak_in_service <= n.config().capacity, "{s:?}");
     }
+}
+
+/// The fault hook: a node that stops answering at its N-th operation holds that request and every
+/// later one (a hung server behind a hard mount), and unmounting it still ends cleanly.
+#[test]
+fn a_node_stops_answering_at_its_nth_operation_and_still_unmounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = tmp.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    for i in 0..50 {
+        fs::write(backing.join(format!("f{i}")), b"x").unwrap();
+    }
+    let cfg = NodeConfig {
+        stop_answering_at: Some(20),
+        ttl: Duration::ZERO,
+        ..config(4)
+    };
+    let node = Node::mount(&backing, &tmp.path().join("node"), cfg).unwrap();
+    let mp = node.mountpoint().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Detached: its last request never returns while the node is mounted.
+    std::thread::spawn(move || {
+        for i in 0..50 {
+            let r = fs::read(mp.join(format!("f{i}")));
+            if tx.send(r.is_ok()).is_err() {
+                return;
+            }
+        }
+    });
+    // Some reads answer, then one is held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.stats().unanswered == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request was held");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let held = node.stats();
+    let answered: Vec<bool> = rx.try_iter().collect();
+    assert!(
+        !answered.is_empty() && answered.len() < 50 && answered.iter().all(|ok| *ok),
+        "reads answered before the hold: {answered:?}"
+    );
+    let received = held.meta_ops + held.data_ops + held.unanswered;
+    assert!(
+        received >= 20,
+        "stopped before its 20th operation: {held:?}"
+    );
+    // As on a hard NFS mount, a process waiting on the hung node can still be killed.
+    let mut cat = std::process::Command::new("cat")
+        .arg(node.mountpoint().join("f49"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.stats().unanswered <= held.unanswered {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cat's request was not held"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cat.kill().unwrap();
+    assert!(!cat.wait().unwrap().success());
+    node.unmount().unwrap();
 }

@@ -8,15 +8,17 @@
 //! claim): see the README, "Claims". In short: a claim costs no API server write, the queue has
 //! one owner (no optimistic-concurrency storms at 500 workers), and workers need no RBAC at all.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::channel::mpsc::UnboundedSender;
 use ingest_api::IngestJob;
-use ingest_api::claims::{ClaimRequest, ClaimResponse, LEASE_SECONDS, PassCheckpoint};
+use ingest_api::claims::{
+    ClaimRequest, ClaimResponse, LEASE_SECONDS, MountFigures, PassCheckpoint,
+};
 use ingest_api::report::{PodProgress, PodResult};
-use ingest_job::{Checkpoint, Pass, Report};
+use ingest_job::{Checkpoint, Pass, Report, Unresponsive};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -68,6 +70,13 @@ pub struct PassView {
     pub live_workers: u64,
     /// For the status.
     pub checkpoint: PassCheckpoint,
+    /// Destination mounts found unresponsive, with what the worker saw.
+    pub avoided: BTreeMap<String, String>,
+    /// Per destination mount (as workers name it), every worker's figures summed.
+    pub mounts: BTreeMap<String, MountFigures>,
+    /// Worker pods that found a destination unresponsive and left: their process may never end
+    /// (threads stuck on a hung hard mount), so nothing waits for them.
+    pub gave_up: std::collections::BTreeSet<String>,
 }
 
 /// Both passes of a run, as far as they exist.
@@ -105,6 +114,9 @@ struct Entry {
     /// Until then its workers are told to wait rather than to exit: a completion that reached
     /// only this operator's memory must not be the last copy of it when the workers are gone.
     persisted: bool,
+    /// Each worker's last figures per destination mount (cumulative for the worker, kept after
+    /// it is gone so that the sums never go down).
+    mounts: BTreeMap<String, Vec<MountFigures>>,
 }
 
 #[derive(Default)]
@@ -177,14 +189,30 @@ impl Registry {
         let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
         let retries = ij.spec.failure_policy.retries_per_shard;
         let lease = LEASE_SECONDS * 1000;
+        // A mount found unresponsive in the copy pass stays avoided in the verify pass.
+        let earlier = inner
+            .passes
+            .iter()
+            .filter(|(k, _)| k.uid == key.uid && k.run == key.run && k.name == key.name)
+            .filter(|(k, _)| k.namespace == key.namespace && k.role != key.role)
+            .flat_map(|(_, e)| e.pass.avoided().clone())
+            .collect::<BTreeMap<_, _>>();
         let pass = match checkpoint {
             Some(cp) => P::restore(total, &Checkpoint::from(cp), retries, lease)
                 .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
             None => P::new(total, retries, lease),
-        };
+        }
+        .avoiding(&earlier);
         // A pass restored finished came from the status: it is there already.
         let persisted = pass.finished() && checkpoint.is_some();
-        inner.passes.insert(key, Entry { pass, persisted });
+        inner.passes.insert(
+            key,
+            Entry {
+                pass,
+                persisted,
+                mounts: BTreeMap::new(),
+            },
+        );
         Ok(())
     }
 
@@ -242,7 +270,21 @@ impl Registry {
     pub fn view(&self, ij: &IngestJob, role: &str) -> Option<PassView> {
         let now = self.now_ms();
         let mut inner = self.lock();
-        let p = &mut inner.passes.get_mut(&Key::of(ij, role))?.pass;
+        let entry = inner.passes.get_mut(&Key::of(ij, role))?;
+        let mut mounts: BTreeMap<String, MountFigures> = BTreeMap::new();
+        for f in entry.mounts.values().flatten() {
+            let sum = mounts
+                .entry(f.mount.clone())
+                .or_insert_with(|| MountFigures {
+                    mount: f.mount.clone(),
+                    ..MountFigures::default()
+                });
+            sum.tasks += f.tasks;
+            sum.entries += f.entries;
+            sum.bytes += f.bytes;
+            ingest_job::latency::add(&mut sum.latency, &f.latency);
+        }
+        let p = &mut entry.pass;
         p.expire(now);
         let mut in_flight = PodProgress::default();
         let mut live = 0;
@@ -263,6 +305,9 @@ impl Registry {
             in_flight,
             live_workers: live,
             checkpoint: PassCheckpoint::from(&p.checkpoint()),
+            avoided: p.avoided().clone(),
+            mounts,
+            gave_up: p.gave_up().clone(),
         })
     }
 
@@ -298,12 +343,22 @@ impl Registry {
             room: req.room,
             progress: req.progress,
             unusable: req.unusable,
+            unresponsive: req.unresponsive.map(|u| Unresponsive {
+                mount: u.mount,
+                left: u.left as usize,
+                why: u.why,
+            }),
         };
+        if !req.mounts.is_empty() {
+            entry.mounts.insert(req.worker.clone(), req.mounts);
+        }
         let over = |p: &P| p.finished() || p.stopped().is_some();
         let was_over = over(&entry.pass);
+        let avoided_before = entry.pass.avoided().len();
         let (shards, mut state) = entry.pass.report(&req.worker, report, now);
-        if !was_over
-            && over(&entry.pass)
+        // A pass that ended, or a mount newly found unresponsive (the status names it, with an
+        // Event), wakes the IngestJob's reconcile.
+        if (!was_over && over(&entry.pass) || entry.pass.avoided().len() > avoided_before)
             && let Some(tx) = &self.passes_ended
         {
             let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
@@ -314,6 +369,7 @@ impl Registry {
         Ok(ClaimResponse {
             shards,
             state: state.into(),
+            avoid: entry.pass.avoided().keys().cloned().collect(),
         })
     }
 

@@ -42,6 +42,15 @@ pub const DEST_MOUNT: &str = "/ingest/dest";
 pub fn dest_mount(i: usize) -> String {
     format!("{DEST_MOUNT}-{i}")
 }
+
+/// Which server a worker's destination names: [`dest_mount`] of it, or a path under it.
+pub fn server_of_mount(mount: &str, servers: usize) -> Option<usize> {
+    (0..servers).find(|&i| {
+        mount
+            .strip_prefix(&dest_mount(i))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
 /// Where `spec.report.pvc` is mounted in worker pods (read-write).
 pub const REPORT_MOUNT: &str = "/ingest/report";
 
@@ -189,7 +198,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             backoff_limit: Some(retries),
             completions: Some(1),
             parallelism: Some(1),
-            pod_failure_policy: Some(pod_failure_policy()),
+            pod_failure_policy: Some(pod_failure_policy(labels::ROLE_SCAN)),
             template: pod_template(ij, &worker, labels::ROLE_SCAN, scan_args, None, settings),
             ..Default::default()
         }),
@@ -224,15 +233,16 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     }
 
     for role in stage.roles().iter().filter(|r| **r != labels::ROLE_SCAN) {
-        let mut m = meta(names::worker_job(ij, run, role), role, Some(run));
+        let mut m = meta(layout.job_name(ij, run, role), role, Some(run));
         m.annotations = Some(spec_annotations(ij).into_iter().collect());
+        let servers: Vec<(usize, &String)> = layout.mounted(role).collect();
         let template = pod_template(
             ij,
             &worker,
             role,
-            worker_args(ij, role, &layout.servers, settings),
+            worker_args(ij, role, &servers, settings),
             Some(WorkerMounts {
-                servers: &layout.servers,
+                servers: &servers,
                 plan_chunks,
             }),
             settings,
@@ -248,7 +258,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
                 completions: Some(workers),
                 parallelism: Some(workers),
                 backoff_limit_per_index: Some(retries),
-                pod_failure_policy: Some(pod_failure_policy()),
+                pod_failure_policy: Some(pod_failure_policy(role)),
                 // A replacement starts only after the old pod is gone (its claims are then released).
                 pod_replacement_policy: Some("Failed".into()),
                 template,
@@ -281,13 +291,17 @@ pub const EXIT_UNUSABLE: i32 = 2;
 /// - the pod was evicted, preempted or its node drained (`DisruptionTarget`): `Ignore`, a new pod
 ///   takes its place without using up a retry;
 /// - exit 2 (unusable input): `FailJob`;
+/// - copy and verify workers only, exit 4 (a destination server stopped answering: the worker
+///   handed its shards back and told the operator): `FailIndex`, no pod of this Job replaces
+///   it, since a new one would mount the hung server again and never start. The operator makes
+///   the pass a new Job (`-x<n>`, see [`names::worker_job`]) whose pods do not mount it;
 /// - anything else (a crash, OOM kill, a worker that could not reach the operator, a lost API server
 ///   during the scan's plan store): counted and retried (`backoffLimit` for the scan,
 ///   `backoffLimitPerIndex` for a worker).
 ///
 /// No exit means "some entries failed": the scan puts them in the plan summary and exits 0, and a
 /// worker reports them with each shard to the operator.
-pub fn pod_failure_policy() -> PodFailurePolicy {
+pub fn pod_failure_policy(role: &str) -> PodFailurePolicy {
     let exit = |action: &str, code: i32| PodFailurePolicyRule {
         action: action.into(),
         on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
@@ -308,7 +322,13 @@ pub fn pod_failure_policy() -> PodFailurePolicy {
                 }]),
             },
             exit("FailJob", EXIT_UNUSABLE),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            (role != labels::ROLE_SCAN)
+                .then(|| exit("FailIndex", ingest_job::exit::MOUNT_UNRESPONSIVE)),
+        )
+        .collect(),
     }
 }
 
@@ -389,7 +409,12 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
     a
 }
 
-fn worker_args(ij: &IngestJob, role: &str, servers: &[String], settings: &Settings) -> Vec<String> {
+fn worker_args(
+    ij: &IngestJob,
+    role: &str,
+    servers: &[(usize, &String)],
+    settings: &Settings,
+) -> Vec<String> {
     let s = &ij.spec;
     let verify = match s.verify.mode {
         VerifyMode::None => "none",
@@ -417,10 +442,10 @@ fn worker_args(ij: &IngestJob, role: &str, servers: &[String], settings: &Settin
     ];
     // Every destination server: the engine spreads its threads over them (`auto` moves work off a
     // slow one).
-    for i in 0..servers.len() {
+    for (i, _) in servers {
         args.extend([
             "--dest".into(),
-            join(&dest_mount(i), s.destination.sub_path.as_deref()),
+            join(&dest_mount(*i), s.destination.sub_path.as_deref()),
         ]);
     }
     args.extend([
@@ -431,6 +456,10 @@ fn worker_args(ij: &IngestJob, role: &str, servers: &[String], settings: &Settin
         verify.into(),
         "--preserve".into(),
         s.preserve.worker_arg(),
+        // A destination whose operations wait this long with none finishing is reported
+        // unresponsive (the worker hands its shards back and exits 4).
+        "--stall-timeout".into(),
+        s.stall_timeout_seconds().to_string(),
     ]);
     if !s.verify.repair {
         args.push("--no-repair".into());
@@ -446,8 +475,9 @@ fn worker_args(ij: &IngestJob, role: &str, servers: &[String], settings: &Settin
 
 /// What a worker pod mounts besides the source.
 struct WorkerMounts<'a> {
-    /// The destination servers, each mounted at [`dest_mount`] of its position.
-    servers: &'a [String],
+    /// The destination servers to mount (index in the spec, address), each at [`dest_mount`]
+    /// of its index.
+    servers: &'a [(usize, &'a String)],
     /// Number of plan ConfigMaps to project into [`crate::plan_store::PLAN_MOUNT`].
     plan_chunks: u32,
 }
@@ -522,7 +552,7 @@ fn pod_template(
             .mount_options
             .as_ref()
             .is_some_and(|o| !o.is_empty());
-        for (index, server) in servers.iter().enumerate() {
+        for &(index, server) in servers {
             let name = format!("dest-{index}");
             volumes.push(Volume {
                 name: name.clone(),

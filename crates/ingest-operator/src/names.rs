@@ -35,8 +35,19 @@ pub fn scan_job(ij: &IngestJob, run: i64) -> String {
 }
 
 /// Name of the copy (or verify) Job of `run`: its pods are the pass's workers.
-pub fn worker_job(ij: &IngestJob, run: i64, role: &str) -> String {
-    pass_job(&ij.name_any(), run, role)
+///
+/// `generation` counts the destination servers found unresponsive in the pass: each one found
+/// makes a new Job (`-x<generation>`) whose pods do not mount it (a pod that mounts a hung NFS
+/// server never starts). Its pods' names still start with the pass's Job name (see
+/// [`pass_job`]); the suffix keeps their host names (`<job>-<index>`) within 63 characters for
+/// up to 99 generations.
+pub fn worker_job(ij: &IngestJob, run: i64, role: &str, generation: usize) -> String {
+    let base = pass_job(&ij.name_any(), run, role);
+    if generation == 0 {
+        base
+    } else {
+        format!("{base}-x{}", generation.min(99))
+    }
 }
 
 /// Name of the Job whose pods are the workers of a claims pass (`role` of `run`), from the

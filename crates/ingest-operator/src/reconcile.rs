@@ -142,6 +142,42 @@ pub fn decide_write(
 
 /// Events to publish for a status change (pure): one per phase change, Warning when the run failed.
 pub fn events_for(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<Event> {
+    let mut events = server_events(prev, new);
+    events.extend(run_events(prev, new));
+    events
+}
+
+/// A Warning for each destination server newly found unresponsive in this run.
+fn server_events(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<Event> {
+    let hung =
+        |s: &ingest_api::ServerStatus| s.state == Some(ingest_api::ServerState::Unresponsive);
+    let was_hung = |server: &str| {
+        prev.filter(|p| p.run == new.run)
+            .is_some_and(|p| p.servers.iter().any(|s| s.server == server && hung(s)))
+    };
+    new.servers
+        .iter()
+        .filter(|s| hung(s) && !was_hung(&s.server))
+        .map(|s| Event {
+            type_: EventType::Warning,
+            reason: ingest_api::constants::reasons::SERVER_UNRESPONSIVE.into(),
+            note: Some(
+                format!(
+                    "destination server {} stopped answering ({}); its shards went back to the queue and the other servers take the work",
+                    s.server,
+                    s.message.as_deref().unwrap_or("no detail")
+                )
+                .chars()
+                .take(1000)
+                .collect(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        })
+        .collect()
+}
+
+fn run_events(prev: Option<&IngestJobStatus>, new: &IngestJobStatus) -> Vec<Event> {
     // A run that stops moving (or moves again) without a phase change: one Event each way.
     let no_progress = |s: Option<&IngestJobStatus>| {
         s.and_then(|s| ingest_api::conditions::find(&s.conditions, ct::STALLED))
@@ -443,7 +479,9 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
     claims.workers_ended(ij, labels::ROLE_COPY, ended(labels::ROLE_COPY));
     // As in `stage::stage`: the copy pass also ends when its Job finished (every worker gone)
     // with shards left; the verify pass then re-copies them, so its workers need a pass too.
-    let copy_job_ended = stage::role_state(ij, obs, labels::ROLE_COPY)
+    let avoided =
+        stage::Avoided::from_views(&claims.views(ij), ij.spec.destination.nfs.servers.len());
+    let copy_job_ended = stage::role_state(ij, obs, labels::ROLE_COPY, &avoided)
         .is_some_and(|s| s.finished && !s.failed_whole());
     if claims
         .view(ij, labels::ROLE_COPY)
@@ -586,6 +624,37 @@ mod tests {
                 i
             ),
             WriteDecision::Now
+        );
+    }
+
+    #[test]
+    fn a_server_found_unresponsive_gets_one_warning_event_in_its_run() {
+        let server = |name: &str, state| ingest_api::ServerStatus {
+            server: name.into(),
+            state: Some(state),
+            message: Some("3 operation(s) waiting 61 s with none finishing".into()),
+            ..Default::default()
+        };
+        use ingest_api::ServerState::{Healthy, Unresponsive};
+        let mut before = st(Phase::Copying, 9, false);
+        before.servers = vec![server("10.0.0.1", Healthy), server("10.0.0.2", Healthy)];
+        let mut after = before.clone();
+        after.servers[1].state = Some(Unresponsive);
+        let e = events_for(Some(&before), &after);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].type_, EventType::Warning);
+        assert_eq!(e[0].reason, "ServerUnresponsive");
+        let note = e[0].note.as_deref().unwrap();
+        assert!(note.contains("10.0.0.2") && note.contains("61 s"), "{note}");
+        // Said once: the next status with the same state adds nothing.
+        assert!(events_for(Some(&after), &after.clone()).is_empty());
+        // A new run that finds it hung again says so again.
+        let mut next_run = after.clone();
+        next_run.run = Some(1);
+        assert_eq!(
+            events_for(Some(&after), &next_run).len(),
+            2,
+            "the run's phase event too"
         );
     }
 

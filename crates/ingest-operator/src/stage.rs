@@ -1,6 +1,8 @@
 //! Where a run stands (pure): which Jobs exist and how they ended decide the stage; the layout says which shards
 //! and how many workers each destination server gets.
 
+use std::collections::BTreeSet;
+
 use ingest_api::constants::labels;
 use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -10,8 +12,9 @@ use crate::names;
 use crate::observe::Observed;
 use crate::plan_store::PlanSummary;
 
-/// Who works on a run's passes: every worker pod mounts every destination server and claims
-/// shards from the pass's queue, so no server is dealt a fixed share.
+/// Who works on a run's passes: every worker pod mounts every destination server (but those
+/// found unresponsive) and claims shards from the pass's queue, so no server is dealt a fixed
+/// share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// The destination servers, in `spec.destination.nfs.servers` order (`/ingest/dest-<i>`).
@@ -19,6 +22,55 @@ pub struct Layout {
     /// Worker pods of each pass: `spec.workers` (default: one per server), never more than there
     /// are shards.
     pub workers: u32,
+    /// Servers (by index) each pass found unresponsive: its newest Job's pods do not mount them.
+    pub avoided: Avoided,
+}
+
+/// Servers found unresponsive, per pass (the verify pass starts with the copy pass's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Avoided {
+    pub copy: BTreeSet<usize>,
+    pub verify: BTreeSet<usize>,
+}
+
+impl Avoided {
+    pub fn of(&self, role: &str) -> &BTreeSet<usize> {
+        if role == labels::ROLE_VERIFY {
+            &self.verify
+        } else {
+            &self.copy
+        }
+    }
+
+    /// From what the passes say (mounts as workers name them).
+    pub fn from_views(passes: &Views, servers: usize) -> Avoided {
+        let of = |v: Option<&crate::claims::PassView>| {
+            v.into_iter()
+                .flat_map(|v| v.avoided.keys())
+                .filter_map(|m| crate::desired::server_of_mount(m, servers))
+                .collect()
+        };
+        Avoided {
+            copy: of(passes.copy.as_ref()),
+            verify: of(passes.verify.as_ref()),
+        }
+    }
+}
+
+impl Layout {
+    /// The name of `role`'s newest worker Job in `run`.
+    pub fn job_name(&self, ij: &IngestJob, run: i64, role: &str) -> String {
+        names::worker_job(ij, run, role, self.avoided.of(role).len())
+    }
+
+    /// Servers the pods of `role`'s newest Job mount, by index.
+    pub fn mounted(&self, role: &str) -> impl Iterator<Item = (usize, &String)> {
+        let avoided = self.avoided.of(role);
+        self.servers
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| !avoided.contains(i))
+    }
 }
 
 /// The run's layout from the (frozen) spec and the plan.
@@ -28,6 +80,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
     Layout {
         workers: w.min(u32::try_from(plan.shards.max(1)).unwrap_or(u32::MAX)),
         servers,
+        avoided: Avoided::default(),
     }
 }
 
@@ -161,10 +214,21 @@ impl Stage {
     }
 }
 
-/// The state of `role`'s Job of the current run, if it exists.
-pub fn role_state(ij: &IngestJob, obs: &Observed, role: &str) -> Option<JobState> {
-    obs.job(&names::worker_job(ij, ij.spec.run, role))
-        .map(job_state)
+/// The state of `role`'s newest Job of the current run, if it exists (`avoided`: the servers
+/// the pass found unresponsive, which name it).
+pub fn role_state(
+    ij: &IngestJob,
+    obs: &Observed,
+    role: &str,
+    avoided: &Avoided,
+) -> Option<JobState> {
+    obs.job(&names::worker_job(
+        ij,
+        ij.spec.run,
+        role,
+        avoided.of(role).len(),
+    ))
+    .map(job_state)
 }
 
 /// Jobs of the current run that have not finished (their workers are told to stop when the run is).
@@ -257,7 +321,8 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let Some(plan) = obs.plan(ij, run) else {
         return Stage::ScanFailed("the scan finished without storing a plan".into());
     };
-    let layout = layout(&frozen_spec(ij, obs), &plan);
+    let mut layout = layout(&frozen_spec(ij, obs), &plan);
+    layout.avoided = Avoided::from_views(passes, layout.servers.len());
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     if fail_fast && plan.failed > 0 {
         // Entries the scan could not read count like files that failed to copy.
@@ -277,7 +342,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     // The verify role runs even with `verify.mode: None`: its workers then only set directory
     // metadata, which other shards' copies change until every shard is done.
     for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
-        let job = role_state(ij, obs, role);
+        let job = role_state(ij, obs, role, &layout.avoided);
         let pass = passes.of(role);
         let lost = pass.map_or(0, |p| p.counts.lost);
         let cause = if let Some(why) = pass.and_then(|p| p.stopped.as_deref()) {
@@ -289,7 +354,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         {
             Some(format!(
                 "the {role} Job {} failed ({reason}: {message})",
-                names::worker_job(ij, run, role)
+                layout.job_name(ij, run, role)
             ))
         } else if fail_fast && lost > 0 {
             Some(format!(
@@ -321,12 +386,16 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         let abandoned = !finished && pass.is_some() && job.as_ref().is_some_and(|s| s.finished);
         // The last pass's workers write their full reports when they exit, after the pass is
         // finished: the run's record waits for them, so the reports it points at are complete.
-        // Pods not yet started do not hold it up (they will be told the pass is over).
+        // Pods not yet started do not hold it up (they will be told the pass is over), nor do
+        // workers that found a server hung and left (their exit may never finish).
+        let gave_up =
+            |name: Option<&str>| pass.zip(name).is_some_and(|(p, n)| p.gave_up.contains(n));
         let draining = finished
             && role == labels::ROLE_VERIFY
-            && obs
-                .pods_of(role, run)
-                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+            && obs.pods_of(role, run).any(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && !gave_up(p.metadata.name.as_deref())
+            });
         if (!finished && !abandoned) || draining {
             return if role == labels::ROLE_COPY {
                 Stage::Copy(plan, layout)

@@ -2,21 +2,23 @@
 //! a run (a restarted operator or a retried pod does not reset progress), lists are bounded, and the result
 //! depends only on its inputs, so the same observation always gives the same status.
 
-use ingest_api::claims::RunCheckpoint;
+use ingest_api::claims::{MountFigures, RunCheckpoint};
 use ingest_api::conditions::{condition, merge_conditions};
 use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::validate::SpecErrors;
 use ingest_api::{
     FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
-    ReportStatus, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
+    ReportStatus, ServerState, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::claims::{PassView, Views};
+use crate::desired::server_of_mount;
 use crate::observe::Observed;
-use crate::stage::Stage;
+use crate::stage::{Layout, Stage};
+use ingest_job::latency::Health;
 
 /// What a pass's completed shards and its live workers add up to.
 #[derive(Default)]
@@ -79,6 +81,130 @@ pub fn rates_and_eta(
         })
         .map(Time);
     (bps as u64, fps as u64, eta)
+}
+
+/// Per destination server: the engine's per-mount figures summed over both passes' workers,
+/// rates over `secs` (since the run started), and its health beside the others'. Counts never go
+/// down within a run (`prev`: an operator restarted since keeps no figures of gone workers).
+pub fn server_statuses(
+    layout: &Layout,
+    passes: &Views,
+    prev: &[ServerStatus],
+    secs: f64,
+) -> Vec<ServerStatus> {
+    let n = layout.servers.len();
+    let mut figures = vec![MountFigures::default(); n];
+    let mut avoided: Vec<Option<String>> = vec![None; n];
+    for pass in [passes.copy.as_ref(), passes.verify.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        for (mount, f) in &pass.mounts {
+            if let Some(i) = server_of_mount(mount, n) {
+                let sum = &mut figures[i];
+                sum.tasks += f.tasks;
+                sum.entries += f.entries;
+                sum.bytes += f.bytes;
+                ingest_job::latency::add(&mut sum.latency, &f.latency);
+            }
+        }
+        for (mount, why) in &pass.avoided {
+            if let Some(i) = server_of_mount(mount, n) {
+                avoided[i].get_or_insert_with(|| why.clone());
+            }
+        }
+    }
+    for (i, p) in prev.iter().enumerate().take(n) {
+        if p.state == Some(ServerState::Unresponsive) && avoided[i].is_none() {
+            avoided[i] = Some(p.message.clone().unwrap_or_default());
+        }
+    }
+    let p50: Vec<Option<(u64, u64)>> = figures
+        .iter()
+        .map(|f| ingest_job::latency::percentile(&f.latency, 0.5).map(|p| (p, f.tasks)))
+        .collect();
+    let unresponsive: Vec<bool> = avoided.iter().map(Option::is_some).collect();
+    let health = ingest_job::latency::classify(&p50, &unresponsive);
+    let per_second = |x: u64| {
+        if secs >= 1.0 {
+            (x as f64 / secs) as u64
+        } else {
+            0
+        }
+    };
+    layout
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let before = prev.get(i).filter(|p| &p.server == server);
+            let files = figures[i].entries.max(before.map_or(0, |p| p.files));
+            let bytes = figures[i].bytes.max(before.map_or(0, |p| p.bytes));
+            let has_figures = !figures[i].latency.is_empty();
+            ServerStatus {
+                server: server.clone(),
+                workers: if unresponsive[i] { 0 } else { layout.workers },
+                files,
+                bytes,
+                files_per_second: per_second(files),
+                bytes_per_second: per_second(bytes),
+                task_p50_micros: if has_figures {
+                    ingest_job::latency::percentile(&figures[i].latency, 0.5)
+                } else {
+                    before.and_then(|p| p.task_p50_micros)
+                },
+                task_p99_micros: if has_figures {
+                    ingest_job::latency::percentile(&figures[i].latency, 0.99)
+                } else {
+                    before.and_then(|p| p.task_p99_micros)
+                },
+                state: Some(match health[i] {
+                    Health::Healthy => ServerState::Healthy,
+                    Health::Slow => ServerState::Slow,
+                    Health::Unresponsive => ServerState::Unresponsive,
+                }),
+                message: avoided[i].clone(),
+            }
+        })
+        .collect()
+}
+
+/// `ServersResponding`: False naming every server found unresponsive, else True.
+fn servers_condition(
+    servers: &[ServerStatus],
+    generation: Option<i64>,
+    at: Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let hung: Vec<String> = servers
+        .iter()
+        .filter(|s| s.state == Some(ServerState::Unresponsive))
+        .map(|s| match &s.message {
+            Some(m) if !m.is_empty() => format!("{} ({m})", s.server),
+            _ => s.server.clone(),
+        })
+        .collect();
+    if hung.is_empty() {
+        condition(
+            ct::SERVERS_RESPONDING,
+            true,
+            reasons::ALL_RESPONDING,
+            "",
+            generation,
+            at,
+        )
+    } else {
+        condition(
+            ct::SERVERS_RESPONDING,
+            false,
+            reasons::SERVER_UNRESPONSIVE,
+            format!(
+                "stopped answering: {}; its work went to the other servers, and no worker uses it again in this run",
+                hung.join("; ")
+            ),
+            generation,
+            at,
+        )
+    }
 }
 
 fn shard_counts(pass: Option<&PassView>, total: u64) -> ShardCounts {
@@ -282,18 +408,9 @@ pub fn compute(
             checked: verify.as_ref().map_or(0, |v| v.checked).max(prev_p.checked),
             last_progress_time: None,
         });
-        // Every worker mounts every server; per-server figures come with the engine's per-mount
-        // counters (not yet reported).
-        st.servers = layout
-            .servers
-            .iter()
-            .map(|s| ServerStatus {
-                server: s.clone(),
-                workers: layout.workers,
-                files: 0,
-                bytes: 0,
-            })
-            .collect();
+        let prev_servers = if same_run { &prev.servers[..] } else { &[] };
+        let secs = rate_now.duration_since(started).as_secs_f64();
+        st.servers = server_statuses(layout, passes, prev_servers, secs);
         let role = if verify_ran {
             labels::ROLE_VERIFY
         } else {
@@ -434,6 +551,10 @@ pub fn compute(
         .first()
         .map(|c| c.message.clone())
         .filter(|m| !m.is_empty());
+    let mut desired = desired;
+    if !st.servers.is_empty() {
+        desired.push(servers_condition(&st.servers, generation, Time(now)));
+    }
     st.conditions = merge_conditions(&prev.conditions, desired);
     if st.phase.is_some_and(Phase::is_finished) {
         st.completion_time = prev
@@ -514,5 +635,90 @@ pub fn invalid(ij: &IngestJob, errors: &SpecErrors, now: Timestamp) -> IngestJob
             ],
         ),
         ..prev
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use crate::claims::PassView;
+    use std::collections::BTreeMap;
+
+    fn figures(mount: &str, tasks: u64, micros: u64) -> (String, MountFigures) {
+        let mut latency = vec![0; ingest_job::latency::BUCKETS];
+        latency[ingest_job::latency::bucket_of(micros)] = tasks;
+        (
+            mount.to_owned(),
+            MountFigures {
+                mount: mount.to_owned(),
+                tasks,
+                entries: tasks * 10,
+                bytes: tasks * 1000,
+                latency,
+            },
+        )
+    }
+
+    #[test]
+    fn a_mount_path_names_its_server_and_no_other() {
+        assert_eq!(server_of_mount("/ingest/dest-1", 12), Some(1));
+        assert_eq!(server_of_mount("/ingest/dest-1/projects/a", 12), Some(1));
+        assert_eq!(server_of_mount("/ingest/dest-10/x", 12), Some(10));
+        assert_eq!(server_of_mount("/ingest/dest-10", 3), None);
+        assert_eq!(server_of_mount("/elsewhere", 3), None);
+    }
+
+    #[test]
+    fn servers_sum_both_passes_name_the_unresponsive_one_and_never_go_down() {
+        let layout = Layout {
+            servers: vec!["10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into()],
+            workers: 3,
+            avoided: Default::default(),
+        };
+        let copy = PassView {
+            mounts: BTreeMap::from([
+                figures("/ingest/dest-0/sub", 100, 1_000),
+                figures("/ingest/dest-1/sub", 100, 8_000),
+                figures("/ingest/dest-2/sub", 10, 1_000),
+            ]),
+            avoided: BTreeMap::from([(
+                "/ingest/dest-2/sub".to_owned(),
+                "2 operation(s) waiting 60 s with none finishing".to_owned(),
+            )]),
+            ..Default::default()
+        };
+        let verify = PassView {
+            mounts: BTreeMap::from([figures("/ingest/dest-0/sub", 50, 1_000)]),
+            ..Default::default()
+        };
+        let views = Views {
+            copy: Some(copy),
+            verify: Some(verify),
+        };
+        let s = server_statuses(&layout, &views, &[], 10.0);
+        let states: Vec<_> = s.iter().map(|x| x.state.unwrap()).collect();
+        assert_eq!(
+            states,
+            [
+                ServerState::Healthy,
+                ServerState::Slow,
+                ServerState::Unresponsive
+            ]
+        );
+        assert_eq!((s[0].files, s[0].bytes), (1500, 150_000));
+        assert_eq!(
+            (s[0].files_per_second, s[0].bytes_per_second),
+            (150, 15_000)
+        );
+        assert_eq!(s[0].task_p50_micros, Some(1024));
+        assert_eq!(s[1].task_p99_micros, Some(8192));
+        assert_eq!(s[2].workers, 0);
+        assert!(s[2].message.as_deref().unwrap().contains("60 s"));
+        // An operator restarted since has no figures: the last status's stand, and so does the
+        // unresponsive server.
+        let again = server_statuses(&layout, &Views::default(), &s, 20.0);
+        assert_eq!((again[0].files, again[0].bytes), (1500, 150_000));
+        assert_eq!(again[0].task_p50_micros, Some(1024));
+        assert_eq!(again[2].state, Some(ServerState::Unresponsive));
     }
 }

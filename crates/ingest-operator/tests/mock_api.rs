@@ -476,7 +476,8 @@ async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_t
         claims.handle(r).unwrap(),
         ClaimResponse {
             shards: vec![],
-            state: PassState::Work
+            state: PassState::Work,
+            avoid: vec![],
         }
     );
     let ij = current(&shared, "media");
@@ -1280,7 +1281,8 @@ async fn fail_job_stops_the_run_at_a_shard_lost_through_its_retries_and_tells_th
         claims.handle(r).unwrap(),
         ClaimResponse {
             shards: vec![],
-            state: PassState::Stopped
+            state: PassState::Stopped,
+            avoid: vec![],
         }
     );
 

@@ -1293,12 +1293,19 @@ fn worker_jobs_pod_failure_policy_has_no_fail_index_fails_the_job_on_exit_2_and_
     };
     // A worker's entries' outcomes go to the operator with each shard: it never exits 1 for failed
     // entries, so no index is failed for them; other exits are retried (backoffLimitPerIndex) and
-    // the pod's claims go back to the pass's queue.
+    // the pod's claims go back to the pass's queue. A worker that found a destination server
+    // unresponsive (exit 4) handed its claims back; no pod of this Job replaces it (it would
+    // mount the hung server again): the pass's next Job does (see
+    // `a_server_found_unresponsive_makes_the_pass_a_new_job_without_it`).
     for role in ["copy", "verify"] {
         let j = pass_job(&ij, &obs, role);
         assert_eq!(
             rules(&j),
-            ["Ignore on DisruptionTarget=True", "FailJob on exit In [2]"],
+            [
+                "Ignore on DisruptionTarget=True",
+                "FailJob on exit In [2]",
+                "FailIndex on exit In [4]"
+            ],
             "{role}"
         );
         let spec = j.spec.as_ref().unwrap();
@@ -1834,4 +1841,154 @@ fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_comp
             ..
         }
     ));
+    // Nor does a worker that found a server hung and left: its process may never end (threads
+    // stuck on a hard mount), and its report ends with what it gave back.
+    let reg = Registry::default();
+    drive(&reg, &ij, "copy", 4, &done);
+    reg.ensure(&ij, "verify", 4, None).unwrap();
+    let stuck = worker_pod_name(&ij, "verify", 2, "c");
+    let mut r = claim_request(&ij, "verify", &stuck);
+    r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
+        mount: "/ingest/dest-0".into(),
+        left: 1,
+        why: "1 operation(s) waiting 60 s with none finishing".into(),
+    });
+    reg.handle(r).unwrap();
+    let mut r = claim_request(&ij, "verify", &worker_pod_name(&ij, "verify", 0, "a"));
+    r.done = (0..4)
+        .map(|shard| ingest_api::claims::ShardDone {
+            shard,
+            result: result(1, 1, 0),
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    let v = reg.views(&ij);
+    obs.pods = vec![
+        worker_pod(&ij, "verify", 0, "a", "Succeeded"),
+        worker_pod(&ij, "verify", 2, "c", "Running"),
+    ];
+    assert!(
+        matches!(stage(&ij, &obs, &v), Stage::Done { .. }),
+        "{:?}",
+        stage(&ij, &obs, &v)
+    );
+    // Any other running verify worker still holds it up.
+    obs.pods.push(worker_pod(&ij, "verify", 1, "b", "Running"));
+    assert!(matches!(stage(&ij, &obs, &v), Stage::Verify(..)));
+}
+
+/// A copy worker found server 2 hung (exit 4 after telling the claims endpoint): the copy pass
+/// gets a new Job, `-x1`, whose pods neither mount server 2 nor write through it; the first Job
+/// stays (its other workers go on, through the servers that answer). The verify pass starts
+/// with the copy pass's list: its first Job is already `-x1`. The status names the server.
+#[test]
+fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 6, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", 3)
+    });
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 6, None).unwrap();
+    let hung = worker_pod_name(&ij, "copy", 2, "abcde");
+    let mut r = claim_request(&ij, "copy", &hung);
+    r.room = 1;
+    let given = reg.handle(r).unwrap().shards;
+    assert_eq!(given.len(), 1);
+    let mut r = claim_request(&ij, "copy", &hung);
+    r.holding = given;
+    r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
+        mount: "/ingest/dest-2".into(),
+        left: 2,
+        why: "3 operation(s) waiting 60 s with none finishing".into(),
+    });
+    let answer = reg.handle(r).unwrap();
+    assert_eq!(answer.avoid, ["/ingest/dest-2"]);
+    let v = reg.views(&ij);
+    assert_eq!(v.copy.as_ref().unwrap().counts.running, 0, "handed back");
+
+    let s = stage(&ij, &obs, &v);
+    let Stage::Copy(_, layout) = &s else {
+        panic!("{s:?}")
+    };
+    let children = desired(&ij, &s, &settings()).unwrap();
+    let copy: Vec<&Job> = jobs_of(&children)
+        .into_iter()
+        .filter(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some("copy"))
+        .collect();
+    assert_eq!(copy.len(), 1);
+    assert_eq!(copy[0].name_any(), "media-r0-copy-x1");
+    assert_eq!(layout.job_name(&ij, 0, "copy"), "media-r0-copy-x1");
+    let pod = copy[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let volumes: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .filter(|n| n.starts_with("dest-"))
+        .collect();
+    assert_eq!(volumes, ["dest-0", "dest-1"]);
+    let args = pod.containers[0].args.clone().unwrap().join(" ");
+    assert!(
+        args.contains("--dest /ingest/dest-0 --dest /ingest/dest-1 ") && !args.contains("dest-2"),
+        "{args}"
+    );
+    // Its pods' names start with the pass's Job name: the claims endpoint takes their tokens.
+    assert!(copy[0].name_any().starts_with("media-r0-copy-"));
+
+    let st = compute(&ij, &obs, &s, &v, at(30));
+    let servers: Vec<_> = st
+        .servers
+        .iter()
+        .map(|x| (x.server.as_str(), x.state))
+        .collect();
+    use ingest_api::ServerState::*;
+    assert_eq!(
+        servers,
+        [
+            ("10.1.1.101", Some(Healthy)),
+            ("10.1.1.102", Some(Healthy)),
+            ("10.1.1.103", Some(Unresponsive))
+        ]
+    );
+    let c = ingest_api::conditions::find(&st.conditions, "ServersResponding").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ServerUnresponsive")
+    );
+    assert!(
+        c.message.contains("10.1.1.103") && c.message.contains("60 s"),
+        "{}",
+        c.message
+    );
+    let events = ingest_operator::reconcile::events_for(ij.status.as_ref(), &st);
+    assert!(events.iter().any(|e| e.reason == "ServerUnresponsive"));
+
+    // The copy pass finishes through the other two; the verify pass starts without server 2.
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "fghij"));
+    r.done = (0..6)
+        .map(|shard| ingest_api::claims::ShardDone {
+            shard,
+            result: result(1, 1, 0),
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    reg.mark_persisted(&ij, "copy");
+    reg.ensure(&ij, "verify", 6, None).unwrap();
+    let v = reg.views(&ij);
+    let s = stage(&ij, &obs, &v);
+    assert!(matches!(s, Stage::Verify(..)), "{s:?}");
+    let children = desired(&ij, &s, &settings()).unwrap();
+    let names: Vec<String> = jobs_of(&children).iter().map(|j| j.name_any()).collect();
+    assert!(
+        names.contains(&"media-r0-verify-x1".to_owned()),
+        "{names:?}"
+    );
 }

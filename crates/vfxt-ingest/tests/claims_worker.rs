@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ingest_api::claims::{ClaimRequest, ClaimResponse, PATH};
 use ingest_api::report::{PodProgress, PodResult};
-use ingest_job::{Pass, Report};
+use ingest_job::{Pass, Report, Unresponsive};
 use ingest_testkit::assert_identical;
 
 const TOKEN: &str = "the-pods-token";
@@ -54,15 +54,23 @@ struct Endpoint {
 
 impl Endpoint {
     fn start(shards: u32) -> Endpoint {
+        Endpoint {
+            url: String::new(),
+            shared: Arc::new(Shared {
+                pass: Mutex::new(P::new(shards, 2, ingest_api::claims::LEASE_SECONDS * 1000)),
+                log: Mutex::new(Vec::new()),
+                arrived: Condvar::new(),
+                started: Instant::now(),
+            }),
+        }
+        .serving()
+    }
+
+    /// Listens on a loopback port for this endpoint's pass.
+    fn serving(mut self) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shared = Arc::new(Shared {
-            pass: Mutex::new(P::new(shards, 2, ingest_api::claims::LEASE_SECONDS * 1000)),
-            log: Mutex::new(Vec::new()),
-            arrived: Condvar::new(),
-            started: Instant::now(),
-        });
-        let s = shared.clone();
+        self.url = format!("http://{}", listener.local_addr().unwrap());
+        let s = self.shared.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
@@ -70,7 +78,7 @@ impl Endpoint {
                 std::thread::spawn(move || serve(&s, conn));
             }
         });
-        Endpoint { url, shared }
+        self
     }
 
     /// The operator saw the worker's pod end.
@@ -113,7 +121,8 @@ fn serve(s: &Shared, mut conn: TcpStream) {
         (403, None)
     } else if let Some(r) = &request {
         let now = s.started.elapsed().as_millis() as u64;
-        let (shards, state) = s.pass.lock().unwrap().report(
+        let mut pass = s.pass.lock().unwrap();
+        let (shards, state) = pass.report(
             &r.worker,
             Report {
                 holding: r.holding.clone(),
@@ -121,6 +130,11 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 room: r.room,
                 progress: r.progress.clone(),
                 unusable: r.unusable.clone(),
+                unresponsive: r.unresponsive.clone().map(|u| Unresponsive {
+                    mount: u.mount,
+                    left: u.left as usize,
+                    why: u.why,
+                }),
             },
             now,
         );
@@ -129,6 +143,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
             Some(ClaimResponse {
                 shards,
                 state: state.into(),
+                avoid: pass.avoided().keys().cloned().collect(),
             }),
         )
     } else {
@@ -308,14 +323,32 @@ fn spawn_worker(
     token: &str,
     faults: Option<&str>,
 ) -> Child {
+    let mut c = worker_command(s, e, name, phase, token, &[&s.dst]);
+    match faults {
+        Some(f) => c.env("VFXT_INGEST_FAULTS", f),
+        None => c.env_remove("VFXT_INGEST_FAULTS"),
+    };
+    c.spawn().unwrap()
+}
+
+/// The worker's command line and environment, writing through `dests`.
+fn worker_command(
+    s: &Setup,
+    e: &Endpoint,
+    name: &str,
+    phase: &str,
+    token: &str,
+    dests: &[&Path],
+) -> Command {
     let mut c = bin();
     c.args(["worker", "--plan"])
         .arg(&s.plan)
         .arg("--source")
-        .arg(&s.src)
-        .arg("--dest")
-        .arg(&s.dst)
-        .args(["--claims-url", &e.url, "--phase", phase, "--threads", "2"])
+        .arg(&s.src);
+    for d in dests {
+        c.arg("--dest").arg(d);
+    }
+    c.args(["--claims-url", &e.url, "--phase", phase, "--threads", "2"])
         // Beats as often as the worker looks (every 50 ms), so that they meet shards that run.
         .args(["--heartbeat-seconds", "0.01", "--token-file"])
         .arg(s.dir.join(token))
@@ -329,11 +362,7 @@ fn spawn_worker(
         .stdin(Stdio::null())
         .stdout(fs::File::create(s.dir.join(format!("{name}-{phase}.out"))).unwrap())
         .stderr(fs::File::create(s.dir.join(format!("{name}-{phase}.err"))).unwrap());
-    match faults {
-        Some(f) => c.env("VFXT_INGEST_FAULTS", f),
-        None => c.env_remove("VFXT_INGEST_FAULTS"),
-    };
-    c.spawn().unwrap()
+    c
 }
 
 /// Waits for every worker to exit; each one's end is told to the pass as soon as it is seen (as
@@ -404,7 +433,10 @@ fn check_messages(e: &Endpoint, phase: &str, shards: usize) -> BTreeMap<u32, Str
             "{r:?}"
         );
         assert!(r.unusable.is_none(), "{r:?}");
-        if r.room == 0 && r.done.is_empty() {
+        if r.room == 0 && r.done.is_empty() && r.holding.is_empty() {
+            // The worker's first message (it learns which destinations to avoid).
+            assert!(!given.contains_key(&r.worker), "{r:?}");
+        } else if r.room == 0 && r.done.is_empty() {
             // A heartbeat: the current shard, and its own progress.
             assert_eq!(r.holding.len(), 1, "{r:?}");
             assert!(given[&r.worker].contains(&r.holding[0]), "{r:?}");
@@ -614,4 +646,142 @@ fn unusable_input_stops_the_pass_for_every_worker() {
     );
     assert_eq!(copy.shared.pass.lock().unwrap().counts().completed, 0);
     assert_eq!(fs::read_dir(&s.dst).unwrap().count(), 0);
+}
+
+/// A destination that stops answering mid-copy (an emulated node that holds every request from
+/// its N-th on, as a hung NFS server behind a hard mount): the worker sees operations waiting
+/// `--stall-timeout` with none finishing, tells the endpoint which destination, hands back every
+/// shard it holds (without cost to their retries: the pass allows none here) and exits 4, its
+/// stuck threads killed with it. The worker started after it learns to avoid that destination in
+/// its first message, never touches it, and finishes the pass: every shard once, identical tree.
+#[test]
+fn a_destination_that_stops_answering_is_given_back_and_avoided() {
+    let s = setup();
+    let shards = s.shard_files.len();
+    let files = non_dirs(&s.src);
+    // The same export as `dst`, through a node that stops answering at its 60th operation.
+    let hung = s.dir.join("hung-node");
+    let node = ingest_latencyfs::Node::mount(
+        &s.dst,
+        &hung,
+        ingest_latencyfs::NodeConfig {
+            meta_latency: Duration::ZERO,
+            data_latency: Duration::ZERO,
+            stop_answering_at: Some(60),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let copy = Endpoint {
+        url: String::new(),
+        shared: Arc::new(Shared {
+            // No retries: a claim lost (rather than handed back) would end its shard Lost.
+            pass: Mutex::new(P::new(
+                shards as u32,
+                0,
+                ingest_api::claims::LEASE_SECONDS * 1000,
+            )),
+            log: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            started: Instant::now(),
+        }),
+    }
+    .serving();
+    let dests = [s.dst.as_path(), hung.as_path()];
+    let first = worker_command(&s, &copy, "w0", "copy", "token", &dests)
+        .args(["--stall-timeout", "5"])
+        .env_remove("VFXT_INGEST_FAULTS")
+        .spawn()
+        .unwrap();
+    let ended = wait_all(&s, &copy, "copy", vec![("w0".into(), first)]);
+    assert_exit(&ended, ingest_job::exit::MOUNT_UNRESPONSIVE);
+    let hung_name = hung.display().to_string();
+    assert!(ended[0].stderr.contains(&hung_name), "{}", ended[0].stderr);
+    let told = copy
+        .log()
+        .into_iter()
+        .filter_map(|l| l.request)
+        .filter_map(|r| r.unresponsive)
+        .collect::<Vec<_>>();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(
+        (told[0].mount.as_str(), told[0].left),
+        (hung_name.as_str(), 1)
+    );
+    {
+        let p = copy.shared.pass.lock().unwrap();
+        let c = p.counts();
+        assert_eq!((c.running, c.lost), (0, 0), "w0's shards went back: {c:?}");
+        assert!(p.avoided().contains_key(&hung_name));
+    }
+    let held = node.stats();
+    assert!(held.unanswered >= 1, "{held:?}");
+
+    let second = worker_command(&s, &copy, "w1", "copy", "token", &dests)
+        .args(["--stall-timeout", "5"])
+        .env_remove("VFXT_INGEST_FAULTS")
+        .spawn()
+        .unwrap();
+    let ended = wait_all(&s, &copy, "copy", vec![("w1".into(), second)]);
+    assert_exit(&ended, 0);
+    let after = node.stats();
+    assert_eq!(
+        after.meta_ops + after.data_ops + after.unanswered,
+        held.meta_ops + held.data_ops + held.unanswered,
+        "w1 touched the destination it was told to avoid"
+    );
+    let first_answer = copy
+        .log()
+        .into_iter()
+        .find(|l| l.request.as_ref().is_some_and(|r| r.worker == "w1"))
+        .and_then(|l| l.answer)
+        .unwrap();
+    assert_eq!(first_answer.avoid, std::slice::from_ref(&hung_name));
+    let sum = assert_pass_complete(&copy, shards);
+    assert_eq!((sum.files, sum.failed), (files, 0), "{sum:?}");
+    // Per-destination figures came with the messages: w1 wrote only through `dst`.
+    let w1_mounts = copy
+        .log()
+        .into_iter()
+        .filter_map(|l| l.request)
+        .rfind(|r| r.worker == "w1")
+        .unwrap()
+        .mounts;
+    assert!(
+        w1_mounts.iter().all(|m| m.mount != hung_name),
+        "{w1_mounts:?}"
+    );
+    assert!(w1_mounts.iter().any(|m| m.tasks > 0), "{w1_mounts:?}");
+
+    // The verify pass inherits the avoided destination (as the operator's does): it checks
+    // and settles everything through `dst` alone.
+    let avoided = copy.shared.pass.lock().unwrap().avoided().clone();
+    let verify = Endpoint {
+        url: String::new(),
+        shared: Arc::new(Shared {
+            pass: Mutex::new(P::new(shards as u32, 0, 45_000).avoiding(&avoided)),
+            log: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            started: Instant::now(),
+        }),
+    }
+    .serving();
+    let checker = worker_command(&s, &verify, "w2", "verify", "token", &dests)
+        .args(["--stall-timeout", "5"])
+        .env_remove("VFXT_INGEST_FAULTS")
+        .spawn()
+        .unwrap();
+    let ended = wait_all(&s, &verify, "verify", vec![("w2".into(), checker)]);
+    assert_exit(&ended, 0);
+    let sum = assert_pass_complete(&verify, shards);
+    let v = sum.verification.clone().unwrap();
+    assert_eq!((v.errors, sum.failed), (0, 0), "{sum:?}");
+    let last = node.stats();
+    assert_eq!(
+        last.meta_ops + last.data_ops + last.unanswered,
+        held.meta_ops + held.data_ops + held.unanswered,
+        "the verify pass touched the avoided destination"
+    );
+    drop(node);
+    assert_identical(&s.src, &s.dst);
 }

@@ -26,6 +26,9 @@
 # issue 13:
 # 12. three IPs of one export, one node at a quarter of the others' capacity: Succeeded, every shard
 #     completed once, identical (workers mount every IP and share one queue).
+# 13. three IPs of one export, the third node stops answering mid-copy (its requests held, as a
+#     hung NFS server behind a hard mount): Succeeded, identical; the status names the server
+#     Unresponsive (ServersResponding False, a Warning Event); the pass's next Job does not mount it.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -616,6 +619,39 @@ test_12_one_node_at_a_quarter_capacity() {
   return "$r"
 }
 
+test_13_one_node_stops_answering() {
+  # The third node of /hung stops answering at its E2E_HUNG_AT-th operation. Every worker of the
+  # copy Job writes through it and gets stuck there: each reports it (stallTimeoutSeconds),
+  # hands its shards back and exits 4; the operator makes the pass a new Job without that server.
+  gen_tree "$src/t13" 300
+  # Two threads per IP (threads are dealt round robin over the mounts).
+  ij_threads=6 ij_apply t13 t13 /hung "  stallTimeoutSeconds: 10" || { bad "kubectl apply t13"; return 1; }
+  wait_for 600 "t13 finished" finished t13 || return 1
+  local r=0 st
+  st=$(ij_json t13 | jq -c '.status | {phase, shards, servers: [.servers[]? | {server, state, files, message}],
+        responding: ([.conditions[]? | select(.type == "ServersResponding")][0] | {status, reason, message})}')
+  say "  $st"
+  jq -e --arg hung "${ips[2]}" '.phase == "Succeeded" and .shards.succeeded == .shards.total and .shards.failed == 0
+         and ([.servers[] | select(.state == "Unresponsive") | .server] == [$hung])
+         and ([.servers[] | select(.server == $hung) | .message][0] | length > 0)
+         and .responding.status == "False" and .responding.reason == "ServerUnresponsive"
+         and (.responding.message | contains($hung))' <<<"$st" >/dev/null || { bad "t13: $st"; r=1; }
+  [[ $(unresponsive_held) -ge 1 ]] || { bad "the third node held no request: nothing was tested"; r=1; }
+  kubectl get events -n "$ns" --field-selector "involvedObject.name=t13,reason=ServerUnresponsive" -o name |
+    grep -q . || { bad "no ServerUnresponsive Event for t13"; r=1; }
+  # The pass went on in a Job whose pods do not mount the hung server.
+  local next
+  next=$(kubectl get job t13-r0-copy-x1 -n "$ns" -o json 2>/dev/null) || { bad "no Job t13-r0-copy-x1"; r=1; }
+  if [[ -n $next ]]; then
+    jq -e '[.spec.template.spec.volumes[].name | select(startswith("dest-"))] == ["dest-0", "dest-1"]' <<<"$next" >/dev/null ||
+      { bad "t13-r0-copy-x1 mounts: $(jq -c '[.spec.template.spec.volumes[].name]' <<<"$next")"; r=1; }
+  fi
+  same_tree "$src/t13" "$hung/backing/t13" || { bad "destination differs from source"; r=1; }
+  return "$r"
+}
+# 1 once the hung node held a request (e2e-slow-nodes says so in its log), else 0.
+unresponsive_held() { grep -c '^stopped answering' "$data/slow-nodes-hung-3.log" || true; }
+
 # ---------------------------------------------------------------- 6. deletion
 # kind/name of every object owned by the IngestJob or labelled with it, and of the Jobs' pods.
 owned_objects() {
@@ -707,13 +743,21 @@ setup() {
     "$uneven/node1" "$uneven/node2"
   start_slow_nodes uneven-small --backing "$uneven/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 1 \
     "$uneven/node3"
+  # One export whose third node stops answering at its E2E_HUNG_AT-th operation (test 13): past the
+  # workers' start (a probe, a few lookups), well before the end of a 300-file copy.
+  hung=$data/hung
+  mkdir -p "$hung/backing"
+  start_slow_nodes hung --backing "$hung/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 4 \
+    "$hung/node1" "$hung/node2"
+  start_slow_nodes hung-3 --backing "$hung/backing" --latency-ms "${E2E_SLOW_LATENCY_MS:-15}" --capacity 4 \
+    --stop-answering-at "${E2E_HUNG_AT:-150}" "$hung/node3"
 
   image=registry.invalid/vfxt-ingest
   ips=(10.1.1.101 10.1.1.102 10.1.1.103)
   maps=(--nfs-map "10.0.0.5:/export=$data/source-node" --nfs-map "10.0.0.6:/fast=$fast")
   for i in 0 1 2; do
     maps+=(--nfs-map "${ips[i]}:/nfs=$dst" --nfs-map "${ips[i]}:/slow=$slow/node$((i + 1))"
-      --nfs-map "${ips[i]}:/uneven=$uneven/node$((i + 1))")
+      --nfs-map "${ips[i]}:/uneven=$uneven/node$((i + 1))" --nfs-map "${ips[i]}:/hung=$hung/node$((i + 1))")
   done
 
   trap cleanup EXIT
@@ -833,6 +877,7 @@ main() {
   run_test "10 status progress moves during a copy phase of ~200 short pods" test_10_progress_with_many_short_pods
   run_test "11 an unreadable source directory: one failed entry, weighed by the policy" test_11_unreadable_directory
   run_test "12 one of three IPs at a quarter capacity: shared queue, identical" test_12_one_node_at_a_quarter_capacity
+  run_test "13 one of three IPs stops answering mid-copy: named Unresponsive, Succeeded, identical" test_13_one_node_stops_answering
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

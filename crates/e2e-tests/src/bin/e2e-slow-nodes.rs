@@ -27,6 +27,10 @@ struct Args {
     /// Operations one node serves at once.
     #[arg(long, default_value_t = 4)]
     capacity: usize,
+    /// Fault hook: every node stops answering at its N-th operation (counting from 1), as an NFS
+    /// server that hangs behind a hard mount; its requests wait until the node is unmounted.
+    #[arg(long, value_name = "N")]
+    stop_answering_at: Option<u64>,
     /// Where to mount the nodes (created if missing).
     #[arg(required = true)]
     mountpoints: Vec<PathBuf>,
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         meta_latency: latency,
         data_latency: latency,
         capacity: args.capacity,
+        stop_answering_at: args.stop_answering_at,
         ..NodeConfig::default()
     };
     let mut nodes = Vec::new();
@@ -62,6 +67,25 @@ fn main() -> ExitCode {
         }
     }
     println!("ready");
+    if let Some(at) = args.stop_answering_at {
+        // Tells the test that the fault happened (a test whose node never stopped tested nothing).
+        let stats: Vec<_> = nodes
+            .iter()
+            .map(|n| (n.mountpoint().to_owned(), n.stats_handle()))
+            .collect();
+        std::thread::spawn(move || {
+            let mut told = vec![false; stats.len()];
+            loop {
+                for (i, (mp, s)) in stats.iter().enumerate() {
+                    if !told[i] && s.unanswered.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                        told[i] = true;
+                        println!("stopped answering at operation {at}: {}", mp.display());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
     // The signal thread exits the process after unmounting; until then there is nothing to do.
     loop {
         std::thread::park();

@@ -147,7 +147,7 @@ pub fn plan_meta_with(
 pub fn worker_pod_name(ij: &IngestJob, role: &str, index: u32, suffix: &str) -> String {
     format!(
         "{}-{index}-{suffix}",
-        names::worker_job(ij, ij.spec.run, role)
+        names::worker_job(ij, ij.spec.run, role, 0)
     )
 }
 

@@ -39,9 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ingest_api::claims::{self, ClaimRequest, ClaimResponse, PassState, ShardDone};
+use ingest_api::claims::{
+    self, ClaimRequest, ClaimResponse, MountFigures, PassState, ShardDone, UnresponsiveMount,
+};
 use ingest_api::report::{PodProgress, PodResult};
-use ingest_copy::{Progress, Snapshot};
+use ingest_copy::{MountSnapshot, Progress, Snapshot};
 use ingest_operator::pod::{self, PodEnv};
 use ingest_plan::Phase;
 
@@ -144,6 +146,10 @@ struct State {
     last_sent: Instant,
     /// Since when every request failed (`None` after an answer).
     failing_since: Option<Instant>,
+    /// Destination mounts the operator says no worker may use (from the last answer).
+    avoid: Vec<String>,
+    /// This worker's figures per destination mount (sent with every message).
+    mounts: Vec<MountFigures>,
 }
 
 /// A claims worker's connection to the operator. Every request goes through the mutex around
@@ -220,12 +226,30 @@ impl Session {
                 done: Vec::new(),
                 last_sent: Instant::now(),
                 failing_since: None,
+                avoid: Vec::new(),
+                mounts: Vec::new(),
             }),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first message, before the worker touches any destination: it proves the token and
+    /// the endpoint, and learns which destination mounts to keep away from ([`Session::avoid`]):
+    /// a worker that replaces one that found a mount hung must not hang on it too.
+    pub fn hello(&self) -> Result<(), End> {
+        let mut st = self.lock();
+        match self.exchange(&mut st, 0)?.state {
+            PassState::Stopped => Err(End::Stopped),
+            _ => Ok(()),
+        }
+    }
+
+    /// Destination mounts no worker may use, as the operator last said.
+    pub fn avoid(&self) -> Vec<String> {
+        self.lock().avoid.clone()
     }
 
     /// The next shard to run, asking the operator when none is left of those given (and first
@@ -287,11 +311,35 @@ impl Session {
     }
 
     /// The heartbeat thread's body: while a shard runs, one message every heartbeat period
-    /// (counted from the last message of any kind) until `stop`.
-    pub fn heartbeats(&self, progress: &Progress, stop: &AtomicBool) {
+    /// (counted from the last message of any kind) until `stop`. It is also the worker's
+    /// watchdog: a destination mount with tasks waiting `stall` and none finishing has stopped
+    /// answering (see [`Session::give_back`]); `dests` are the worker's destinations.
+    pub fn heartbeats(
+        &self,
+        progress: &Progress,
+        stop: &AtomicBool,
+        stall: Duration,
+        dests: &[PathBuf],
+    ) {
         while !stop.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            let figures = progress.mounts();
+            if let Some((mount, snap)) = figures.iter().find(|(_, m)| m.waiting >= stall) {
+                let why = format!(
+                    "{} operation(s) waiting {} s with none finishing",
+                    snap.running,
+                    snap.waiting.as_secs()
+                );
+                let avoid = self.avoid();
+                let left = dests
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .filter(|d| d != mount && !avoid.contains(d))
+                    .count();
+                self.give_back(mount, &why, left, progress);
+            }
             let mut st = self.lock();
+            st.mounts = figures.iter().map(mount_figures).collect();
             let Some((_, base)) = st.current else {
                 continue;
             };
@@ -317,6 +365,39 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A destination mount stopped answering: its threads are stuck in the kernel (a hung NFS
+    /// server behind a hard mount gives no error), and every shard this worker holds has work
+    /// waiting on them. The worker tells the operator which mount and hands its shards back (one
+    /// attempt; if it fails they come back when the pod ends), then exits 4 so that the stuck
+    /// threads go with the process. Its replacement keeps away from the mount.
+    fn give_back(&self, mount: &str, why: &str, left: usize, progress: &Progress) -> ! {
+        let mut st = self.lock();
+        st.mounts = progress.mounts().iter().map(mount_figures).collect();
+        let mut req = self.request(&st, 0, idle_progress(), None);
+        req.holding.clear();
+        req.unresponsive = Some(UnresponsiveMount {
+            mount: mount.to_owned(),
+            left: left as u32,
+            why: why.to_owned(),
+        });
+        let told = match self.send(&mut st, &req) {
+            Ok(_) => "the operator was told".to_owned(),
+            Err(
+                Failure::Retry(m)
+                | Failure::End(End::Unusable(m) | End::MovedOn(m) | End::GaveUp(m)),
+            ) => {
+                format!("the operator could not be told: {m}")
+            }
+            Err(Failure::End(End::Stopped)) => "the operator was told".to_owned(),
+        };
+        eprintln!(
+            "error: destination {mount} stopped answering ({why}); the shards held go back to the \
+             queue and this worker exits {} ({told})",
+            ingest_job::exit::MOUNT_UNRESPONSIVE
+        );
+        std::process::exit(ingest_job::exit::MOUNT_UNRESPONSIVE)
     }
 
     /// One message, asked again with backoff while the failure is worth it.
@@ -374,6 +455,8 @@ impl Session {
             room,
             progress,
             unusable,
+            unresponsive: None,
+            mounts: st.mounts.clone(),
         }
     }
 
@@ -391,6 +474,7 @@ impl Session {
             _ => st.failing_since = None,
         }
         let answer = answer?;
+        st.avoid = answer.avoid.clone();
         for s in &answer.shards {
             if !st.queued.contains(s) && st.current.is_none_or(|(c, _)| c != *s) {
                 st.queued.push_back(*s);
@@ -498,6 +582,16 @@ fn unix_now() -> i64 {
 }
 
 /// Progress of a worker holding nothing.
+fn mount_figures((mount, m): &(String, MountSnapshot)) -> MountFigures {
+    MountFigures {
+        mount: mount.clone(),
+        tasks: m.tasks,
+        entries: m.entries,
+        bytes: m.bytes,
+        latency: m.latency.clone(),
+    }
+}
+
 fn idle_progress() -> PodProgress {
     PodProgress {
         at: unix_now(),
@@ -646,7 +740,7 @@ mod tests {
         progress.bytes.fetch_add(100, Relaxed);
         let stop = AtomicBool::new(false);
         let log = std::thread::scope(|sc| {
-            sc.spawn(|| s.heartbeats(&progress, &stop));
+            sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
             let log = wait_for(&seen, 1);
             stop.store(true, Relaxed);
             log

@@ -1247,6 +1247,7 @@ fn build_status(
                 workers: ws.len() as u32,
                 files: ws.iter().map(|&w| copy.per_worker[w].0).sum(),
                 bytes: ws.iter().map(|&w| copy.per_worker[w].1).sum(),
+                ..ServerStatus::default()
             }
         })
         .collect();

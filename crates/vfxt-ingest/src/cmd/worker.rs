@@ -113,6 +113,17 @@ pub struct Args {
         value_name = "SECONDS"
     )]
     pub heartbeat_seconds: f64,
+    /// With --claims-url: a destination with operations waiting this long and none finishing has
+    /// stopped answering (a hung server behind a hard NFS mount blocks without an error). The
+    /// worker tells the operator, hands its shards back and exits 4; workers after it keep away
+    /// from that destination. The operator passes `spec.stallTimeoutSeconds`.
+    #[arg(
+        long,
+        requires = "claims_url",
+        default_value_t = ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS as f64,
+        value_name = "SECONDS"
+    )]
+    pub stall_timeout: f64,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations; or `auto`: a limit per destination,
@@ -348,6 +359,12 @@ fn claims_session(args: &Args) -> Result<Option<Session>, String> {
             return Err("--claims-url: give one --phase (copy or verify), not both".into());
         }
     };
+    if !(args.stall_timeout.is_finite() && args.stall_timeout >= 1.0) {
+        return Err(format!(
+            "--stall-timeout: {} must be at least 1 (seconds)",
+            args.stall_timeout
+        ));
+    }
     if !(args.heartbeat_seconds > 0.0
         && args.heartbeat_seconds < ingest_api::claims::LEASE_SECONDS as f64)
     {
@@ -421,10 +438,27 @@ pub fn run(args: Args) -> Outcome {
     base_opts.preserve.owner &= !args.no_owner;
     base_opts.preserve.xattrs &= !args.no_xattrs;
 
+    // A claims worker asks first which destinations to keep away from (one found hung by a
+    // worker before it): checking a hung mount would hang this worker too.
+    if let Some(c) = &claims
+        && let Err(end) = c.hello()
+    {
+        eprintln!("{}", end.message());
+        return end.outcome();
+    }
+    let destinations = || -> Vec<PathBuf> {
+        let avoid = claims.as_ref().map(Session::avoid).unwrap_or_default();
+        args.destinations
+            .iter()
+            .filter(|d| !avoid.iter().any(|a| Path::new(a) == d.as_path()))
+            .cloned()
+            .collect()
+    };
+
     // Every argument is checked before anything is created: a refused worker changes nothing.
     let whole = CopyJob {
         source: args.source.clone(),
-        destinations: args.destinations.clone(),
+        destinations: destinations(),
         scopes: Vec::new(),
     };
     if let Err(e) = ingest_copy::check(&whole, &base_opts) {
@@ -546,7 +580,9 @@ pub fn run(args: Args) -> Outcome {
             }
         });
         if let Some(c) = &claims {
-            s.spawn(|| c.heartbeats(&progress, &stop));
+            let stall = Duration::from_secs_f64(args.stall_timeout);
+            let (progress, stop, dests) = (&progress, &stop, &args.destinations);
+            s.spawn(move || c.heartbeats(progress, stop, stall, dests));
         }
         let r = (|| {
             // The failure sink's count when the shard now ending started (claims workers).
@@ -583,7 +619,7 @@ pub fn run(args: Args) -> Outcome {
                     } else {
                         let job = CopyJob {
                             source: args.source.clone(),
-                            destinations: args.destinations.clone(),
+                            destinations: destinations(),
                             // Without hard links kept, trees and ranges copy every path as
                             // its own file, so the link groups would only copy them again.
                             scopes: engine_scopes(shard, phase)
