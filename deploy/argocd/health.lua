@@ -3,6 +3,7 @@
 -- Reads the kstatus conditions the operator writes (Ready, Reconciling, Stalled) and status.phase:
 --   Healthy      the requested run finished (Ready=True, phase Succeeded)
 --   Degraded     the run failed or cannot go on without a change (Stalled=True, phase Failed)
+--   Suspended    spec.suspend holds the run (Ready=False, reason Suspended)
 --   Progressing  anything else: not yet seen by the operator, scanning, copying, verifying
 -- Written for Argo CD's Lua 5.1 (gopher-lua): no integer division, no goto, no os/io.
 local hs = {}
@@ -67,6 +68,11 @@ if (stalled ~= nil and stalled.status == "True") or status.phase == "Failed" the
 end
 
 local ready = condition(status, "Ready")
+if ready ~= nil and ready.status == "False" and ready.reason == "Suspended" then
+  hs.status = "Suspended"
+  hs.message = ready.message or "suspended (spec.suspend)"
+  return hs
+end
 local reconciling = condition(status, "Reconciling")
 local busy = reconciling ~= nil and reconciling.status == "True"
 if not busy and ((ready ~= nil and ready.status == "True") or (ready == nil and status.phase == "Succeeded")) then

@@ -107,6 +107,8 @@ pub mod reasons {
     pub const SERVER_UNRESPONSIVE: &str = "ServerUnresponsive";
     /// Every destination server answers (condition `ServersResponding`).
     pub const ALL_RESPONDING: &str = "AllResponding";
+    /// `spec.suspend` holds the run (Ready and Reconciling False).
+    pub const SUSPENDED: &str = "Suspended";
     /// The phase changed (Event reason).
     pub const PHASE_CHANGED: &str = "PhaseChanged";
     /// An API call failed; the operator retries with backoff.

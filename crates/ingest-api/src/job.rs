@@ -119,6 +119,12 @@ pub struct IngestJobSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub run: i64,
+    /// Pauses the run: workers finish the shards they are running (each counted) and take no new
+    /// ones until it is set back to false; the IngestJob says `Ready=False`, reason `Suspended`.
+    /// The scan, when running, goes on to its end. Nothing is lost: the run resumes where it
+    /// stopped, in the same pods.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
     /// Pod settings for the scan and worker pods.
     #[serde(default)]
     pub worker: WorkerTemplate,

@@ -115,6 +115,8 @@ pub struct Pass<R, P> {
     /// Workers that reported one and left: their process may never end (threads stuck on a
     /// hung mount), and nothing waits for it.
     gave_up: BTreeSet<WorkerId>,
+    /// Paused by the user: no shard is handed out; held ones run to their end.
+    paused: bool,
 }
 
 impl<R: Tally, P: Clone> Pass<R, P> {
@@ -130,6 +132,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
             halted: false,
             avoided: BTreeMap::new(),
             gave_up: BTreeSet::new(),
+            paused: false,
         }
     }
 
@@ -143,6 +146,12 @@ impl<R: Tally, P: Clone> Pass<R, P> {
     /// Destination mounts no worker may write through, with why.
     pub fn avoided(&self) -> &BTreeMap<String, String> {
         &self.avoided
+    }
+
+    /// Pauses (or resumes) handing out shards. Shards already claimed run to their end, with
+    /// their leases renewed as usual.
+    pub fn pause(&mut self, paused: bool) {
+        self.paused = paused;
     }
 
     /// Workers that found a mount unresponsive and left (their process may not end).
@@ -179,6 +188,7 @@ impl<R: Tally, P: Clone> Pass<R, P> {
                 .map(|m| (m.clone(), "found unresponsive before a restart".to_owned()))
                 .collect(),
             gave_up: BTreeSet::new(),
+            paused: false,
         })
     }
 
@@ -239,6 +249,15 @@ impl<R: Tally, P: Clone> Pass<R, P> {
         );
         if self.stopped.is_some() || self.halted {
             return (Vec::new(), State::Stopped);
+        }
+        if self.paused && !self.queue.finished() {
+            // Held shards go on (the worker keeps them: `Work`); idle workers wait.
+            let state = if self.queue.claims_of(worker).is_empty() {
+                State::Wait
+            } else {
+                State::Work
+            };
+            return (Vec::new(), state);
         }
         let mut given = Vec::new();
         while given.len() < report.room as usize {
@@ -458,6 +477,29 @@ mod tests {
         assert!(back.avoided().contains_key("/ingest/dest-2"));
         let verify = P::new(4, 0, 1000).avoiding(p.avoided());
         assert!(verify.avoided().contains_key("/ingest/dest-2"));
+    }
+
+    #[test]
+    fn a_paused_pass_hands_out_nothing_lets_held_shards_finish_and_resumes() {
+        let mut p = P::new(4, 1, 1000);
+        assert_eq!(p.report("a", ask(1), 0), (vec![0], State::Work));
+        p.pause(true);
+        // a keeps its shard and finishes it; b gets nothing and waits.
+        assert_eq!(
+            p.report("a", done(vec![0], vec![], 0), 1),
+            (vec![], State::Work)
+        );
+        assert_eq!(p.report("b", ask(2), 1), (vec![], State::Wait));
+        assert_eq!(
+            p.report("a", done(vec![], vec![(0, 5)], 1), 2),
+            (vec![], State::Wait)
+        );
+        assert_eq!(p.counts().completed, 1);
+        // Long after the lease: nothing was lost while paused (a held shard's lease was renewed
+        // by its worker's messages; nothing else was claimed).
+        assert_eq!(p.counts().lost, 0);
+        p.pause(false);
+        assert_eq!(p.report("b", ask(2), 3), (vec![1, 2], State::Work));
     }
 
     #[test]

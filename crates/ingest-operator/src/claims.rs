@@ -169,7 +169,8 @@ impl Registry {
 
     /// Makes sure the pass of `role` exists for `ij`'s current run: from the status checkpoint
     /// when this operator did not have it (a restart), else fresh over `shards` shards. Passes of
-    /// other runs of the same IngestJob are dropped.
+    /// other runs of the same IngestJob are dropped. The pass hands out shards unless
+    /// `spec.suspend` says otherwise.
     pub fn ensure(
         &self,
         ij: &IngestJob,
@@ -183,7 +184,8 @@ impl Registry {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
         });
-        if inner.passes.contains_key(&key) {
+        if let Some(e) = inner.passes.get_mut(&key) {
+            e.pass.pause(ij.spec.suspend);
             return Ok(());
         }
         let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
@@ -203,6 +205,8 @@ impl Registry {
             None => P::new(total, retries, lease),
         }
         .avoiding(&earlier);
+        let mut pass = pass;
+        pass.pause(ij.spec.suspend);
         // A pass restored finished came from the status: it is there already.
         let persisted = pass.finished() && checkpoint.is_some();
         inner.passes.insert(

@@ -247,10 +247,12 @@ pub const GENERATION_ANNOTATION: &str = "ingest.vfxt.dev/generation";
 pub const SPEC_HASH_ANNOTATION: &str = "ingest.vfxt.dev/spec-hash";
 
 /// A stable hash of what a run's Jobs take from the spec: all of it but `failurePolicy.maxFailedFiles`, which
-/// is read when the verdict is made, not built into a Job.
+/// is read when the verdict is made, and `suspend`, which the claims endpoint applies; neither is built
+/// into a Job.
 pub fn spec_hash(spec: &IngestJobSpec) -> String {
     let mut s = spec.clone();
     s.failure_policy.max_failed_files = None;
+    s.suspend = false;
     let json = serde_json::to_vec(&s).unwrap_or_default();
     let h = json.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)

@@ -476,9 +476,12 @@ pub fn compute(
 
     let stalled_for = track_progress(&mut st, &prev, same_run, now);
     let timeout = spec.stall_timeout_seconds();
-    let stalled_for = stalled_for.filter(|s| *s >= timeout).filter(|_| {
-        outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying))
-    });
+    let working = outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying));
+    // A suspended run moves nothing on purpose: it is not stalled.
+    let suspended = working && spec.suspend;
+    let stalled_for = stalled_for
+        .filter(|s| *s >= timeout)
+        .filter(|_| working && !suspended);
 
     let generation = ij.metadata.generation;
     let at = Time(now);
@@ -504,6 +507,18 @@ pub fn compute(
                 ),
                 condition(ct::RECONCILING, false, reason, "", generation, at.clone()),
                 condition(ct::STALLED, true, reason, msg.clone(), generation, at),
+            ]
+        }
+        None if suspended => {
+            let msg = format!(
+                "run {run}: {}, suspended (spec.suspend): workers finish the shards they run and take no new ones; set spec.suspend to false to resume",
+                st.phase.unwrap_or(Phase::Pending)
+            );
+            let r = reasons::SUSPENDED;
+            vec![
+                condition(ct::READY, false, r, msg.clone(), generation, at.clone()),
+                condition(ct::RECONCILING, false, r, msg, generation, at.clone()),
+                condition(ct::STALLED, false, r, "", generation, at),
             ]
         }
         None => {

@@ -1992,3 +1992,76 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
         "{names:?}"
     );
 }
+
+/// `spec.suspend`: the pass hands out no shard (a worker's held shard still finishes and counts),
+/// the status says Suspended (not Stalled, however long nothing moves), and clearing it resumes.
+/// Neither way changes what the run's Jobs are built from.
+#[test]
+fn suspend_holds_the_claims_says_so_and_resumes() {
+    let mut ij = fixture("three-ips.yaml");
+    let obs = scanned(&ij, 4, totals(), false);
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 4, None).unwrap();
+    let a = worker_pod_name(&ij, "copy", 0, "aaaaa");
+    let mut r = claim_request(&ij, "copy", &a);
+    r.room = 1;
+    let held = reg.handle(r).unwrap().shards;
+    assert_eq!(held, [0]);
+
+    let hash = ingest_operator::stage::spec_hash(&ij.spec);
+    ij.spec.suspend = true;
+    assert_eq!(ingest_operator::stage::spec_hash(&ij.spec), hash);
+    reg.ensure(&ij, "copy", 4, None).unwrap();
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
+    r.room = 1;
+    let answer = reg.handle(r).unwrap();
+    assert_eq!(
+        (answer.shards.len(), answer.state),
+        (0, ingest_api::claims::PassState::Wait)
+    );
+    let mut r = claim_request(&ij, "copy", &a);
+    r.done = vec![ingest_api::claims::ShardDone {
+        shard: 0,
+        result: result(3, 30, 0),
+    }];
+    r.room = 1;
+    let answer = reg.handle(r).unwrap();
+    assert_eq!(
+        (answer.shards.len(), answer.state),
+        (0, ingest_api::claims::PassState::Wait)
+    );
+    assert_eq!(reg.view(&ij, "copy").unwrap().counts.completed, 1);
+
+    let v = reg.views(&ij);
+    let s = stage(&ij, &obs, &v);
+    let st = compute(&ij, &obs, &s, &v, at(10));
+    // An hour later, nothing moved: still Suspended, not Stalled.
+    ij.status = Some(st);
+    let st = compute(&ij, &obs, &s, &v, at(3600));
+    assert_eq!(st.phase, Some(Phase::Copying));
+    let cond = |t: &str| {
+        ingest_api::conditions::find(&st.conditions, t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            cond(ct::READY).status.as_str(),
+            cond(ct::READY).reason.as_str()
+        ),
+        ("False", "Suspended")
+    );
+    assert_eq!(cond(ct::RECONCILING).status, "False");
+    assert_eq!(cond(ct::STALLED).status, "False");
+    assert!(
+        st.message.as_deref().unwrap().contains("spec.suspend"),
+        "{:?}",
+        st.message
+    );
+
+    ij.spec.suspend = false;
+    reg.ensure(&ij, "copy", 4, None).unwrap();
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
+    r.room = 2;
+    assert_eq!(reg.handle(r).unwrap().shards, [1, 2]);
+}

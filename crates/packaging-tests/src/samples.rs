@@ -106,6 +106,17 @@ pub fn samples() -> Vec<Sample> {
     let p = plan(&ij.spec);
     let copying = with_status(ij.clone(), &Stage::Copy(p.clone(), layout(&ij.spec, &p)));
     add("copying", copying, "Progressing", "Copying", "InProgress");
+    let mut ij = job();
+    ij.spec.suspend = true;
+    let p = plan(&ij.spec);
+    let suspended = with_status(ij.clone(), &Stage::Copy(p.clone(), layout(&ij.spec, &p)));
+    add(
+        "suspended",
+        suspended,
+        "Suspended",
+        "suspended (spec.suspend)",
+        "Current",
+    );
     let ij = job();
     let stage = done(&ij, 0);
     add(

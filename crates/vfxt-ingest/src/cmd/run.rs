@@ -448,6 +448,9 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         failure_policy: spec.failure_policy.clone(),
         stall_timeout_seconds: spec.stall_timeout_seconds,
         run: spec.run,
+        // Pausing is a cluster matter (the claims endpoint holds the shards); a local run is
+        // paused with Ctrl-Z.
+        suspend: false,
         worker: spec.worker.clone(),
         report: spec.report.clone(),
     };
