@@ -63,6 +63,13 @@ if ! grep -q '^kind: ServiceMonitor' <<<"$out" || ! grep -q 't-vfxt-ingest-metri
     fail "ServiceMonitor + metrics Service not rendered"
 fi
 ok "metrics.serviceMonitor.enabled renders a ServiceMonitor and its Service"
+out=$(helm template t "$chart" "${K[@]}" --set grafana.dashboard.enabled=true --show-only templates/grafana-dashboard.yaml)
+grep -q '^kind: ConfigMap' <<<"$out" && grep -q '^    grafana_dashboard: "1"' <<<"$out" ||
+    fail "grafana.dashboard.enabled: no ConfigMap with the sidecar label"
+# The dashboard is the block under `vfxt-ingest.json: |-`, indented four spaces: it must be the JSON file.
+panels=$(awk '/^  vfxt-ingest.json: \|-$/ {on = 1; next} on { sub(/^    /, ""); print }' <<<"$out" |
+    jq -e '.panels | length') || fail "grafana.dashboard.enabled: the dashboard in the ConfigMap does not parse"
+ok "grafana.dashboard.enabled renders the dashboard ConfigMap ($panels panels, sidecar label)"
 out=$(helm template t "$chart" "${K[@]}" --set 'watchNamespaces={team-a,team-b}')
 [[ $(grep -c '^kind: Role$' <<<"$out") == 3 && $(grep -c '^kind: ClusterRole$' <<<"$out") == 2 ]] \
     || fail "watchNamespaces: expected 2 namespace Roles + the Lease Role and only the PV and TokenReview ClusterRoles"

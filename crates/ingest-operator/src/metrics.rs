@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ingest_api::Phase;
+use ingest_api::{Phase, ServerState, ServerStatus};
 
 use crate::error::Category;
 
@@ -23,6 +23,8 @@ pub struct JobSample {
     pub files: u64,
     /// Bytes done in the current run.
     pub bytes: u64,
+    /// Per destination server, from the status (`status.servers`).
+    pub servers: Vec<ServerStatus>,
 }
 
 /// All operator metrics.
@@ -187,7 +189,74 @@ impl Metrics {
                 );
             }
         }
+        render_servers(&mut o, &jobs);
         o
+    }
+}
+
+/// Per destination server of each IngestJob (the Grafana dashboard's per-IP panels): counters
+/// of the current run, the task-time percentiles, and the state as a 0/1 series per state.
+fn render_servers(o: &mut String, jobs: &BTreeMap<(String, String), JobSample>) {
+    type Pick = fn(&ServerStatus) -> Option<f64>;
+    let series: [(&str, &str, &str, Pick); 4] = [
+        (
+            "vfxt_ingest_server_files_total",
+            "Entries handled through the destination server in the current run (resets with a new run).",
+            "counter",
+            |s| Some(s.files as f64),
+        ),
+        (
+            "vfxt_ingest_server_bytes_total",
+            "Bytes written through the destination server in the current run (resets with a new run).",
+            "counter",
+            |s| Some(s.bytes as f64),
+        ),
+        (
+            "vfxt_ingest_server_task_p50_seconds",
+            "Median engine task time through the server (upper bound of its bucket).",
+            "gauge",
+            |s| s.task_p50_micros.map(|u| u as f64 / 1e6),
+        ),
+        (
+            "vfxt_ingest_server_task_p99_seconds",
+            "99th percentile engine task time through the server (upper bound of its bucket).",
+            "gauge",
+            |s| s.task_p99_micros.map(|u| u as f64 / 1e6),
+        ),
+    ];
+    for (metric, help, kind, pick) in series {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for ((ns, name), j) in jobs {
+            for s in &j.servers {
+                if let Some(v) = pick(s) {
+                    let _ = writeln!(
+                        o,
+                        "{metric}{{namespace=\"{ns}\",ingestjob=\"{name}\",server=\"{}\"}} {v}",
+                        s.server
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vfxt_ingest_server_state 1 for the destination server's state (Healthy, Slow, Unresponsive).\n# TYPE vfxt_ingest_server_state gauge"
+    );
+    for ((ns, name), j) in jobs {
+        for s in &j.servers {
+            for state in [
+                ServerState::Healthy,
+                ServerState::Slow,
+                ServerState::Unresponsive,
+            ] {
+                let _ = writeln!(
+                    o,
+                    "vfxt_ingest_server_state{{namespace=\"{ns}\",ingestjob=\"{name}\",server=\"{}\",state=\"{state:?}\"}} {}",
+                    s.server,
+                    u8::from(s.state == Some(state))
+                );
+            }
+        }
     }
 }
 
@@ -207,6 +276,14 @@ mod tests {
                 phase: Some(Phase::Copying),
                 files: 7,
                 bytes: 9,
+                servers: vec![ServerStatus {
+                    server: "10.0.0.3".into(),
+                    files: 4,
+                    bytes: 40,
+                    task_p50_micros: Some(2048),
+                    state: Some(ServerState::Unresponsive),
+                    ..Default::default()
+                }],
             },
         );
         let t = m.render();
@@ -217,6 +294,24 @@ mod tests {
         assert!(t.contains("vfxt_ingest_reconcile_duration_seconds_bucket{le=\"0.025\"} 0"));
         assert!(t.contains("vfxt_ingest_jobs{phase=\"Copying\"} 1"));
         assert!(t.contains("vfxt_ingest_copied_bytes{namespace=\"ns\",ingestjob=\"a\"} 9"));
+        let server = "namespace=\"ns\",ingestjob=\"a\",server=\"10.0.0.3\"";
+        assert!(
+            t.contains(&format!("vfxt_ingest_server_bytes_total{{{server}}} 40")),
+            "{t}"
+        );
+        assert!(t.contains(&format!(
+            "vfxt_ingest_server_task_p50_seconds{{{server}}} 0.002048"
+        )));
+        assert!(
+            !t.contains("vfxt_ingest_server_task_p99_seconds{"),
+            "none measured"
+        );
+        assert!(t.contains(&format!(
+            "vfxt_ingest_server_state{{{server},state=\"Unresponsive\"}} 1"
+        )));
+        assert!(t.contains(&format!(
+            "vfxt_ingest_server_state{{{server},state=\"Healthy\"}} 0"
+        )));
         m.forget("ns", "a");
         assert!(m.render().contains("vfxt_ingest_jobs{phase=\"Copying\"} 0"));
     }

@@ -403,6 +403,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
             phase: st.phase,
             files: st.progress.as_ref().map_or(0, |p| p.files),
             bytes: st.progress.as_ref().map_or(0, |p| p.bytes),
+            servers: st.servers.clone(),
         },
     );
     // A finished pass whose checkpoint is not in the status yet holds its workers back: write now.

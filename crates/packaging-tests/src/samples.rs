@@ -115,7 +115,8 @@ pub fn samples() -> Vec<Sample> {
         suspended,
         "Suspended",
         "suspended (spec.suspend)",
-        "Current",
+        // Ready=False: not done, so a Flux health check keeps waiting (until its timeout).
+        "InProgress",
     );
     let ij = job();
     let stage = done(&ij, 0);
