@@ -50,11 +50,17 @@ pub struct Options {
     pub claims_url: String,
 }
 
-/// A client from the in-cluster service account, else the local kubeconfig. The error says which were tried.
-pub async fn connect() -> Result<Client> {
-    Client::try_default().await.map_err(|e| {
-        crate::Error::kube("connect to the Kubernetes API (in-cluster service account, then KUBECONFIG / ~/.kube/config)", e)
-    })
+/// A client from the in-cluster service account, else the local kubeconfig, counting its
+/// requests into `counts` (`/metrics`). The error says which were tried.
+pub async fn connect(counts: Arc<crate::api_count::ApiCounts>) -> Result<Client> {
+    let what = "connect to the Kubernetes API (in-cluster service account, then KUBECONFIG / ~/.kube/config)";
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| crate::Error::kube(what, kube::Error::InferConfig(e)))?;
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| crate::Error::kube(what, e))?
+        .with_layer(&crate::api_count::CountLayer(counts))
+        .build())
 }
 
 /// Maps a pod to its IngestJob: the full-name annotation, else the `job` label.
@@ -181,9 +187,10 @@ pub async fn run_controller(
 pub async fn run(
     client: Client,
     opts: Options,
+    api_counts: Arc<crate::api_count::ApiCounts>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_api_counts(api_counts));
     let health = Arc::new(Health::default());
     let listener = http::bind(opts.listen).await?;
     let shutdown = shutdown.shared();

@@ -3,6 +3,7 @@
 //! server-side apply) → [`status`] (pure) → status write ([`reconcile`], I/O, rate-limited). [`controller`] runs
 //! it; [`plan_store`] and [`pod`] are the pod side of the contract described in README.md.
 
+pub mod api_count;
 pub mod apply;
 pub mod claims;
 pub mod controller;

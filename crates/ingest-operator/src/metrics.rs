@@ -35,9 +35,19 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<Category, u64>>,
     histogram: Mutex<([u64; BUCKETS.len()], u64, f64)>,
     jobs: Mutex<BTreeMap<(String, String), JobSample>>,
+    /// The client's requests to the API server (when the client counts them).
+    api: Option<std::sync::Arc<crate::api_count::ApiCounts>>,
 }
 
 impl Metrics {
+    /// Metrics that also render the client's API requests.
+    pub fn with_api_counts(api: std::sync::Arc<crate::api_count::ApiCounts>) -> Metrics {
+        Metrics {
+            api: Some(api),
+            ..Metrics::default()
+        }
+    }
+
     /// Counts one reconcile and its duration.
     pub fn reconciled(&self, took: Duration) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +200,18 @@ impl Metrics {
             }
         }
         render_servers(&mut o, &jobs);
+        if let Some(api) = &self.api {
+            let _ = writeln!(
+                o,
+                "# HELP vfxt_ingest_api_requests_total Requests to the Kubernetes API server, by verb and resource (a watch counts when it starts).\n# TYPE vfxt_ingest_api_requests_total counter"
+            );
+            for ((verb, resource), n) in api.snapshot() {
+                let _ = writeln!(
+                    o,
+                    "vfxt_ingest_api_requests_total{{verb=\"{verb}\",resource=\"{resource}\"}} {n}"
+                );
+            }
+        }
         o
     }
 }
@@ -312,6 +334,21 @@ mod tests {
         assert!(t.contains(&format!(
             "vfxt_ingest_server_state{{{server},state=\"Healthy\"}} 0"
         )));
+        assert!(
+            !t.contains("vfxt_ingest_api_requests_total"),
+            "no client counts here"
+        );
+        let api = std::sync::Arc::new(crate::api_count::ApiCounts::default());
+        let with_api = Metrics::with_api_counts(api.clone());
+        api.count(
+            &http::Method::PATCH,
+            &"/apis/ingest.vfxt.dev/v1alpha1/namespaces/n/ingestjobs/a/status"
+                .parse()
+                .unwrap(),
+        );
+        assert!(with_api.render().contains(
+            "vfxt_ingest_api_requests_total{verb=\"patch\",resource=\"ingestjobs/status\"} 1"
+        ));
         m.forget("ns", "a");
         assert!(m.render().contains("vfxt_ingest_jobs{phase=\"Copying\"} 0"));
     }

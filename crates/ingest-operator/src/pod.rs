@@ -111,7 +111,7 @@ impl ProgressReporter {
     /// Connects with the pod's service account (or kubeconfig) and starts reporting.
     pub fn start(pod: PodEnv, every: Duration) -> Result<Self> {
         let runtime = runtime()?;
-        let client = runtime.block_on(crate::controller::connect())?;
+        let client = runtime.block_on(crate::controller::connect(Default::default()))?;
         Ok(Self::start_with(runtime, client, pod, every))
     }
 
@@ -197,7 +197,7 @@ pub fn save_plan_blocking(
 ) -> Result<()> {
     let runtime = runtime()?;
     runtime.block_on(async {
-        let client = crate::controller::connect().await?;
+        let client = crate::controller::connect(Default::default()).await?;
         crate::plan_store::save(client, &pod.owner, &pod.plan_prefix, chunks, summary).await
     })
 }

@@ -33,7 +33,9 @@
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
 # Each test prints PASS/FAIL; the last line is "N passed, M failed"; exit status 1 if any failed.
-# Usage: operator.sh [N...] (only tests N..., e.g. '1 2 3 6'). Needs root (the node agent bind-mounts
+# Usage: operator.sh [N...] (only tests N..., e.g. '1 2 3 6'); operator.sh --bench [FILES] (operator vs
+# `vfxt-ingest run`); operator.sh --api-load [WORKERS...] (the operator's API requests/s with 100 and 500
+# simulated claims workers by default). Needs root (the node agent bind-mounts
 # volumes; FUSE mounts). Env: E2E_SOURCE_LATENCY_MS, E2E_SLOW_LATENCY_MS: the slow nodes'
 # latency per operation (source: default 25 ms; destination nodes of tests 4, 5: 15 ms).
 # Tests and helpers run indirectly (run_test "$fn", wait_for "$@", traps), which shellcheck cannot follow.
@@ -122,7 +124,7 @@ spec:
   destination:
     nfs: {servers: [${ips[0]}, ${ips[1]}, ${ips[2]}], path: $3}
     subPath: ${ij_dest_subpath:-$1}
-  workers: 3
+  workers: ${ij_workers:-3}
   threadsPerWorker: ${ij_threads:-2}
 $shards
   failurePolicy: ${ij_failure_policy:-{retriesPerShard: 3\}}
@@ -282,11 +284,10 @@ test_2_helm_install() {
   diff -u "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml" "$repo/charts/vfxt-ingest/crds/ingest.vfxt.dev_ingestjobs.yaml" >&2 ||
     { bad "charts/vfxt-ingest/crds differs from crds/ (regenerate the chart's copy)"; return 1; }
   # The agent runs pods on the host network: the metrics listener needs a free port.
-  local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
     --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
-    --set statusIntervalSeconds=1 --set claims.url="http://127.0.0.1:$port" >/dev/null || { bad "helm install"; return 1; }
+    --set statusIntervalSeconds="${E2E_STATUS_INTERVAL:-1}" --set claims.url="http://127.0.0.1:$port" >/dev/null || { bad "helm install"; return 1; }
   wait_for 90 "operator pod Running" op_running || return 1
   op_pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
   op_sa=$(kubectl get pod "$op_pod" -n "$op_ns" -o jsonpath='{.spec.serviceAccountName}')
@@ -854,7 +855,53 @@ bench() {
   $ident_op && $ident_run || fail "a copy is not identical: the figures do not count"
 }
 
+# The operator's requests to the API server with N claims workers (issue 13), for each N given: an
+# IngestJob with one real worker and 2N shards; e2e-claims-sim adds N simulated workers (real pods,
+# never scheduled, with real bound tokens) that each hold a shard and beat every 5 s; the operator's
+# own counter (vfxt_ingest_api_requests_total) is read over a window. The job then finishes
+# (the real worker takes the held shards when their leases run out) and must be identical.
+api_load() {
+  local n rows=() json=()
+  for n in "$@"; do
+    local name="api$n" out i
+    # One small file per directory: the plan can make a shard of each (more shards than workers).
+    mkdir -p "$src/$name"
+    for ((i = 0; i < 2 * n + 10; i++)); do mkdir "$src/$name/d$i" && echo "$i" >"$src/$name/d$i/f"; done
+    ij_workers=1 ij_shards=$((2 * n)) ij_apply "$name" "$name" /nfs || fail "kubectl apply $name"
+    wait_for 600 "$name copying" phase_is "$name" Copying || fail "$name never reached Copying"
+    say "api load: $n simulated workers on $name ($(ij_json "$name" | jq -r '.status.shards.total') shards)"
+    out=$("$target/debug/e2e-claims-sim" --namespace "$ns" --ingestjob "$name" --workers "$n" \
+      --claims-url "http://127.0.0.1:$port" --metrics-url "http://127.0.0.1:$port/metrics" \
+      --seconds "${E2E_API_WINDOW:-60}") || fail "e2e-claims-sim ($n workers)"
+    echo "$out"
+    json+=("$(tail -n 1 <<<"$out")")
+    rows+=("| $n | $(tail -n 1 <<<"$out" | jq -r '.apiRequestsPerSecond') | $(tail -n 1 <<<"$out" | jq -r '.byVerbAndResource | to_entries | map("\(.key) \(.value)") | join(", ")') |")
+    wait_for 900 "$name finished" finished "$name" || fail "$name did not finish"
+    [[ $(ij_phase "$name") == Succeeded ]] || fail "$name: $(ij_json "$name" | jq -c .status.message)"
+    same_tree "$src/$name" "$dst/$name" || fail "$name: destination differs from source"
+  done
+  printf '\n| claims workers | operator API requests/s | by verb and resource (/s) |\n|---|---|---|\n'
+  printf '%s\n' "${rows[@]}"
+  local file=${E2E_API_JSON:-$data/api-load.json}
+  printf '%s\n' "${json[@]}" | jq -s --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+    '{machine: $machine, runs: .}' >"$file"
+  say "JSON: $file"
+}
+phase_is() { [[ $(ij_phase "$1") == "$2" ]]; }
+
 main() {
+  if [[ ${1-} == --api-load ]]; then
+    # The chart's default status interval (the tests use 1 s to run faster): what a user's operator costs.
+    E2E_STATUS_INTERVAL=${E2E_STATUS_INTERVAL:-5}
+    selected=(2)
+    setup
+    run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
+    ((failed == 0)) || fail "the operator did not come up"
+    shift
+    (($#)) || set -- 100 500
+    api_load "$@"
+    return
+  fi
   if [[ ${1-} == --bench ]]; then
     selected=(2)
     setup

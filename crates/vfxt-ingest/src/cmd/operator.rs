@@ -227,14 +227,15 @@ pub fn run(args: Args) -> Outcome {
         }
     };
     runtime.block_on(async {
-        let client = match controller::connect().await {
+        let api_counts = std::sync::Arc::new(ingest_operator::api_count::ApiCounts::default());
+        let client = match controller::connect(api_counts.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
                 return Outcome::UnusableInput;
             }
         };
-        match controller::run(client, opts, controller::shutdown_signal()).await {
+        match controller::run(client, opts, api_counts, controller::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 Outcome::Success
