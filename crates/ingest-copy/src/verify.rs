@@ -236,6 +236,8 @@ impl Node {
 /// Per-thread state: the mount this thread reads through and its buffers.
 struct Local {
     mount: usize,
+    /// The mount's meter: long reads through it say it still answers.
+    meter: Arc<crate::MountMeter>,
     buf: Vec<u8>,
     /// `CHUNK + ALIGN` bytes, of which an aligned `CHUNK` is used for direct reads.
     dbuf: Vec<u8>,
@@ -325,13 +327,14 @@ impl<'a> Verifier<'a> {
             let workers: Vec<_> = (0..self.opts.threads.max(1))
                 .map(|i| {
                     s.spawn(move || {
+                        let meter = self.progress.mount(&self.roots.names[i % mounts]);
                         let mut local = Local {
                             mount: i % mounts,
+                            meter: meter.clone(),
                             buf: Vec::new(),
                             dbuf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
-                        let meter = self.progress.mount(&self.roots.names[local.mount]);
                         while let Some(task) = self.queue.pop() {
                             let metered = meter.begin();
                             self.handle(task, &mut local);
@@ -1027,19 +1030,20 @@ impl<'a> Verifier<'a> {
             look.diffs.push(Mismatch::Xattrs);
         }
         if content {
-            let want = hash_buffered(src.as_fd(), &mut local.buf).op("read-source")?;
+            let want = hash_buffered(src.as_fd(), &mut local.buf, None).op("read-source")?;
+            let meter = local.meter.clone();
             let have = match dfd.1 {
-                true => match hash_direct(dfd.0.as_fd(), local) {
+                true => match hash_direct(dfd.0.as_fd(), local, &meter) {
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         // Opened with O_DIRECT but refused on read: read through the cache,
                         // emptied first, from now on.
                         self.direct.store(false, Relaxed);
                         dfd = self.open_dest_for_content(dst, name)?;
-                        hash_buffered(dfd.0.as_fd(), &mut local.buf)
+                        hash_buffered(dfd.0.as_fd(), &mut local.buf, Some(&meter))
                     }
                     r => r,
                 },
-                false => hash_buffered(dfd.0.as_fd(), &mut local.buf),
+                false => hash_buffered(dfd.0.as_fd(), &mut local.buf, Some(&meter)),
             }
             .op("read-dest")?;
             self.progress.verified_bytes.fetch_add(sm.size, Relaxed);
@@ -1132,13 +1136,21 @@ impl<'a> Verifier<'a> {
     }
 }
 
-/// BLAKE3 of a whole file read through the page cache.
-fn hash_buffered(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<blake3::Hash> {
+/// BLAKE3 of a whole file read through the page cache; each chunk read is told to `answered`
+/// (the destination mount's meter).
+fn hash_buffered(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    answered: Option<&crate::MountMeter>,
+) -> io::Result<blake3::Hash> {
     buf.resize(CHUNK, 0);
     let mut h = blake3::Hasher::new();
     let mut off = 0u64;
     loop {
         let n = sys::pread_full(fd, buf, off)?;
+        if let Some(m) = answered {
+            m.touch();
+        }
         h.update(&buf[..n]);
         off += n as u64;
         if n < buf.len() {
@@ -1149,12 +1161,17 @@ fn hash_buffered(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<blake3::Ha
 
 /// BLAKE3 of a whole file opened with `O_DIRECT`: aligned buffer, aligned offsets, whole
 /// chunks; the last read comes back short (not a multiple of the alignment) or empty at the end.
-fn hash_direct(fd: BorrowedFd<'_>, local: &mut Local) -> io::Result<blake3::Hash> {
+fn hash_direct(
+    fd: BorrowedFd<'_>,
+    local: &mut Local,
+    answered: &crate::MountMeter,
+) -> io::Result<blake3::Hash> {
     let buf = local.direct_buf();
     let mut h = blake3::Hasher::new();
     let mut off = 0u64;
     loop {
         let n = sys::pread_once(fd, buf, off)?;
+        answered.touch();
         h.update(&buf[..n]);
         off += n as u64;
         if n == 0 || n % ALIGN != 0 {
