@@ -107,6 +107,16 @@ pub struct ShardDone {
     pub result: PodResult,
 }
 
+impl MountFigures {
+    /// Adds another worker's figures for the same mount (or for the same server).
+    pub fn add(&mut self, o: &MountFigures) {
+        self.tasks += o.tasks;
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+        ingest_job::latency::add(&mut self.latency, &o.latency);
+    }
+}
+
 /// What the worker should do next.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]

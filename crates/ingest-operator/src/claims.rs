@@ -192,13 +192,14 @@ impl Registry {
         let retries = ij.spec.failure_policy.retries_per_shard;
         let lease = LEASE_SECONDS * 1000;
         // A mount found unresponsive in the copy pass stays avoided in the verify pass.
-        let earlier = inner
-            .passes
-            .iter()
-            .filter(|(k, _)| k.uid == key.uid && k.run == key.run && k.name == key.name)
-            .filter(|(k, _)| k.namespace == key.namespace && k.role != key.role)
-            .flat_map(|(_, e)| e.pass.avoided().clone())
-            .collect::<BTreeMap<_, _>>();
+        let copy = Key {
+            role: ingest_api::constants::labels::ROLE_COPY.to_owned(),
+            ..key.clone()
+        };
+        let earlier = match inner.passes.get(&copy) {
+            Some(e) if copy != key => e.pass.avoided().clone(),
+            _ => BTreeMap::new(),
+        };
         let pass = match checkpoint {
             Some(cp) => P::restore(total, &Checkpoint::from(cp), retries, lease)
                 .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
@@ -277,16 +278,13 @@ impl Registry {
         let entry = inner.passes.get_mut(&Key::of(ij, role))?;
         let mut mounts: BTreeMap<String, MountFigures> = BTreeMap::new();
         for f in entry.mounts.values().flatten() {
-            let sum = mounts
+            mounts
                 .entry(f.mount.clone())
                 .or_insert_with(|| MountFigures {
                     mount: f.mount.clone(),
                     ..MountFigures::default()
-                });
-            sum.tasks += f.tasks;
-            sum.entries += f.entries;
-            sum.bytes += f.bytes;
-            ingest_job::latency::add(&mut sum.latency, &f.latency);
+                })
+                .add(f);
         }
         let p = &mut entry.pass;
         p.expire(now);

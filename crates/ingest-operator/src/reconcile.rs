@@ -480,12 +480,15 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
     claims.workers_ended(ij, labels::ROLE_COPY, ended(labels::ROLE_COPY));
     // As in `stage::stage`: the copy pass also ends when its Job finished (every worker gone)
     // with shards left; the verify pass then re-copies them, so its workers need a pass too.
-    let avoided =
-        stage::Avoided::from_views(&claims.views(ij), ij.spec.destination.nfs.servers.len());
+    let copy = Views {
+        copy: claims.view(ij, labels::ROLE_COPY),
+        verify: None,
+    };
+    let avoided = stage::Avoided::from_views(&copy, ij.spec.destination.nfs.servers.len());
     let copy_job_ended = stage::role_state(ij, obs, labels::ROLE_COPY, &avoided)
         .is_some_and(|s| s.finished && !s.failed_whole());
-    if claims
-        .view(ij, labels::ROLE_COPY)
+    if copy
+        .copy
         .is_some_and(|v| (v.finished || copy_job_ended) && v.stopped.is_none())
     {
         claims

@@ -101,11 +101,7 @@ pub fn server_statuses(
     {
         for (mount, f) in &pass.mounts {
             if let Some(i) = server_of_mount(mount, n) {
-                let sum = &mut figures[i];
-                sum.tasks += f.tasks;
-                sum.entries += f.entries;
-                sum.bytes += f.bytes;
-                ingest_job::latency::add(&mut sum.latency, &f.latency);
+                figures[i].add(f);
             }
         }
         for (mount, why) in &pass.avoided {
@@ -140,7 +136,6 @@ pub fn server_statuses(
             let before = prev.get(i).filter(|p| &p.server == server);
             let files = figures[i].entries.max(before.map_or(0, |p| p.files));
             let bytes = figures[i].bytes.max(before.map_or(0, |p| p.bytes));
-            let has_figures = !figures[i].latency.is_empty();
             ServerStatus {
                 server: server.clone(),
                 workers: if unresponsive[i] { 0 } else { layout.workers },
@@ -148,16 +143,12 @@ pub fn server_statuses(
                 bytes,
                 files_per_second: per_second(files),
                 bytes_per_second: per_second(bytes),
-                task_p50_micros: if has_figures {
-                    ingest_job::latency::percentile(&figures[i].latency, 0.5)
-                } else {
-                    before.and_then(|p| p.task_p50_micros)
-                },
-                task_p99_micros: if has_figures {
-                    ingest_job::latency::percentile(&figures[i].latency, 0.99)
-                } else {
-                    before.and_then(|p| p.task_p99_micros)
-                },
+                // The last figures stand until this operator has some of its own.
+                task_p50_micros: p50[i]
+                    .map(|(p, _)| p)
+                    .or(before.and_then(|p| p.task_p50_micros)),
+                task_p99_micros: ingest_job::latency::percentile(&figures[i].latency, 0.99)
+                    .or(before.and_then(|p| p.task_p99_micros)),
                 state: Some(match health[i] {
                     Health::Healthy => ServerState::Healthy,
                     Health::Slow => ServerState::Slow,

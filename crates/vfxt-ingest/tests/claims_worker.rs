@@ -54,23 +54,20 @@ struct Endpoint {
 
 impl Endpoint {
     fn start(shards: u32) -> Endpoint {
-        Endpoint {
-            url: String::new(),
-            shared: Arc::new(Shared {
-                pass: Mutex::new(P::new(shards, 2, ingest_api::claims::LEASE_SECONDS * 1000)),
-                log: Mutex::new(Vec::new()),
-                arrived: Condvar::new(),
-                started: Instant::now(),
-            }),
-        }
-        .serving()
+        Endpoint::serving(P::new(shards, 2, ingest_api::claims::LEASE_SECONDS * 1000))
     }
 
-    /// Listens on a loopback port for this endpoint's pass.
-    fn serving(mut self) -> Endpoint {
+    /// Serves `pass` on a loopback port.
+    fn serving(pass: P) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        self.url = format!("http://{}", listener.local_addr().unwrap());
-        let s = self.shared.clone();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shared = Arc::new(Shared {
+            pass: Mutex::new(pass),
+            log: Mutex::new(Vec::new()),
+            arrived: Condvar::new(),
+            started: Instant::now(),
+        });
+        let s = shared.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
@@ -78,7 +75,7 @@ impl Endpoint {
                 std::thread::spawn(move || serve(&s, conn));
             }
         });
-        self
+        Endpoint { url, shared }
     }
 
     /// The operator saw the worker's pod end.
@@ -672,21 +669,12 @@ fn a_destination_that_stops_answering_is_given_back_and_avoided() {
         },
     )
     .unwrap();
-    let copy = Endpoint {
-        url: String::new(),
-        shared: Arc::new(Shared {
-            // No retries: a claim lost (rather than handed back) would end its shard Lost.
-            pass: Mutex::new(P::new(
-                shards as u32,
-                0,
-                ingest_api::claims::LEASE_SECONDS * 1000,
-            )),
-            log: Mutex::new(Vec::new()),
-            arrived: Condvar::new(),
-            started: Instant::now(),
-        }),
-    }
-    .serving();
+    // No retries: a claim lost (rather than handed back) would end its shard Lost.
+    let copy = Endpoint::serving(P::new(
+        shards as u32,
+        0,
+        ingest_api::claims::LEASE_SECONDS * 1000,
+    ));
     let dests = [s.dst.as_path(), hung.as_path()];
     let first = worker_command(&s, &copy, "w0", "copy", "token", &dests)
         .args(["--stall-timeout", "5"])
@@ -756,16 +744,9 @@ fn a_destination_that_stops_answering_is_given_back_and_avoided() {
     // The verify pass inherits the avoided destination (as the operator's does): it checks
     // and settles everything through `dst` alone.
     let avoided = copy.shared.pass.lock().unwrap().avoided().clone();
-    let verify = Endpoint {
-        url: String::new(),
-        shared: Arc::new(Shared {
-            pass: Mutex::new(P::new(shards as u32, 0, 45_000).avoiding(&avoided)),
-            log: Mutex::new(Vec::new()),
-            arrived: Condvar::new(),
-            started: Instant::now(),
-        }),
-    }
-    .serving();
+    let verify = Endpoint::serving(
+        P::new(shards as u32, 0, ingest_api::claims::LEASE_SECONDS * 1000).avoiding(&avoided),
+    );
     let checker = worker_command(&s, &verify, "w2", "verify", "token", &dests)
         .args(["--stall-timeout", "5"])
         .env_remove("VFXT_INGEST_FAULTS")
