@@ -117,6 +117,63 @@ impl MountFigures {
     }
 }
 
+/// Each destination server's status from the per-mount figures of every worker that wrote
+/// through it (`figures[i]`, summed), over `secs` (since the run started): what it moved, its
+/// rates, task latency and health beside the others'. `unresponsive[i]` says why server `i` was
+/// found not answering (it then counts no workers). Shared by the operator and `vfxt-ingest run`,
+/// so the two describe a server alike.
+pub fn server_statuses(
+    servers: &[String],
+    figures: &[MountFigures],
+    unresponsive: &[Option<String>],
+    workers: u32,
+    secs: f64,
+) -> Vec<crate::job::ServerStatus> {
+    use crate::job::{ServerState, ServerStatus};
+    use ingest_job::latency::{self, Health};
+    let none = MountFigures::default();
+    let figures_of = |i: usize| figures.get(i).unwrap_or(&none);
+    let gone = |i: usize| unresponsive.get(i).is_some_and(Option::is_some);
+    let p50: Vec<Option<(u64, u64)>> = (0..servers.len())
+        .map(|i| {
+            let f = figures_of(i);
+            latency::percentile(&f.latency, 0.5).map(|p| (p, f.tasks))
+        })
+        .collect();
+    let flags: Vec<bool> = (0..servers.len()).map(gone).collect();
+    let health = latency::classify(&p50, &flags);
+    let per_second = |x: u64| {
+        if secs >= 1.0 {
+            (x as f64 / secs) as u64
+        } else {
+            0
+        }
+    };
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let f = figures_of(i);
+            ServerStatus {
+                server: server.clone(),
+                workers: if flags[i] { 0 } else { workers },
+                files: f.entries,
+                bytes: f.bytes,
+                files_per_second: per_second(f.entries),
+                bytes_per_second: per_second(f.bytes),
+                task_p50_micros: p50[i].map(|(p, _)| p),
+                task_p99_micros: latency::percentile(&f.latency, 0.99),
+                state: Some(match health[i] {
+                    Health::Healthy => ServerState::Healthy,
+                    Health::Slow => ServerState::Slow,
+                    Health::Unresponsive => ServerState::Unresponsive,
+                }),
+                message: unresponsive.get(i).cloned().flatten(),
+            }
+        })
+        .collect()
+}
+
 /// What the worker should do next.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]

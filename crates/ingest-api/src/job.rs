@@ -110,7 +110,10 @@ pub struct IngestJobSpec {
     /// again: a node that stopped answering shows instead of a frozen percentage. Default 60.
     /// Also per destination server: a worker whose operations on one server wait this long with
     /// none finishing reports it `Unresponsive`, hands its shards back and exits; the pass goes
-    /// on in a new Job whose pods do not mount that server.
+    /// on in a new Job whose pods do not mount that server. One operation can be a whole 64 MiB
+    /// range of a large file (one copy_file_range call), so this must exceed the time one thread
+    /// takes to write 64 MiB through a mount: the default assumes at least about 1.1 MB/s per
+    /// thread; raise it for slower links.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub stall_timeout_seconds: Option<u32>,

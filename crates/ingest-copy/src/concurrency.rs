@@ -16,9 +16,12 @@
 //! faster ones. Each mount holds its initial limit for its first few samples, which come from
 //! the top of the tree (cheap directory entries) and would make a misleading baseline.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::job::Options;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +61,7 @@ impl Default for AutoConfig {
             // still shows its queueing against the cluster's baseline, now that its samples
             // come after a few tasks (see `FEED_TASKS`).
             initial: 16,
-            // Samples wait for about one finished task per permit anyway (see `Governor::run`),
+            // Samples wait for about one finished task per permit anyway (see `MountLimits::govern`),
             // so a short interval only makes the steps follow the work more closely.
             interval_ms: 100,
         }
@@ -335,33 +338,69 @@ impl Drop for Permit<'_> {
 /// take seconds when it is over-fed, at its initial limit for most of a copy.
 const FEED_TASKS: usize = 4;
 
-/// The gates of one pass and the controller loop that adjusts them.
-pub(crate) struct Governor {
-    pub gates: Vec<Gate>,
-    cfg: AutoConfig,
+/// The permits of each destination mount, for every run that goes on at once in this process,
+/// and (`--threads auto`) the controller loop that adjusts them.
+///
+/// A worker runs two shards at a time so that its threads never idle at a shard's tail (see
+/// `vfxt-ingest worker`). Each run starts its own threads, and all of them take their permits
+/// here, so the mounts see the configured concurrency (N threads, or auto's limits) and not
+/// twice it: at one shard's tail its threads wait for work without holding permits, and the
+/// other shard's threads take them. [`crate::run`] makes limits of its own;
+/// [`crate::run_sharing`] takes the caller's.
+pub struct MountLimits {
+    /// By destination, as [`crate::mount_names`] names it.
+    gates: Vec<(String, Gate)>,
+    auto: Option<AutoConfig>,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
 
-impl Governor {
-    pub fn new(mounts: usize, cfg: AutoConfig) -> Self {
-        let c = Controller::new(mounts, cfg);
-        Governor {
-            gates: c.limits().into_iter().map(Gate::new).collect(),
-            cfg,
+impl MountLimits {
+    /// Limits for `destinations` under `opts`: with a fixed thread count, each mount's share
+    /// of `opts.threads` as the engine deals them (round robin); with `auto`, the controller's
+    /// initial limit.
+    pub fn new(destinations: &[PathBuf], opts: &Options) -> Self {
+        let n = destinations.len().max(1);
+        let auto = match opts.concurrency {
+            Concurrency::Fixed => None,
+            Concurrency::Auto(cfg) => Some(cfg),
+        };
+        let limits = match auto {
+            Some(cfg) => Controller::new(n, cfg).limits(),
+            None => (0..n)
+                .map(|i| opts.threads / n + usize::from(i < opts.threads % n))
+                .collect(),
+        };
+        MountLimits {
+            gates: crate::mount_names(destinations)
+                .into_iter()
+                .zip(limits)
+                .map(|(name, l)| (name, Gate::new(l)))
+                .collect(),
+            auto,
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         }
     }
 
-    /// Samples and adjusts until [`Governor::stop`].
-    pub fn run(&self) {
-        let mut ctl = Controller::new(self.gates.len(), self.cfg);
-        let interval = Duration::from_millis(self.cfg.interval_ms.max(1));
-        let mut pending = vec![Sample::default(); self.gates.len()];
+    /// The gate of the destination `name`, if these limits know it.
+    pub fn gate(&self, name: &str) -> Option<&Gate> {
+        self.gates.iter().find(|(n, _)| n == name).map(|(_, g)| g)
+    }
+
+    /// `--threads auto`: samples and adjusts the gates until [`MountLimits::stop`]. With a
+    /// fixed thread count there is nothing to adjust, and it returns at once.
+    pub fn govern(&self) {
+        let Some(cfg) = self.auto else {
+            return;
+        };
+        let gates: Vec<&Gate> = self.gates.iter().map(|(_, g)| g).collect();
+        let mut ctl = Controller::new(gates.len(), cfg);
+        let interval = Duration::from_millis(cfg.interval_ms.max(1));
+        let mut pending = vec![Sample::default(); gates.len()];
         let trace = std::env::var_os("VFXT_INGEST_AUTO_TRACE").is_some();
         let mut stopped = self.stop.lock().unwrap();
-        loop {
+        while !*stopped {
             stopped = self.stop_cv.wait_timeout(stopped, interval).unwrap().0;
             if *stopped {
                 return;
@@ -370,8 +409,7 @@ impl Governor {
             // with long tasks (a batch of files at 2 ms per operation) an interval can end
             // before any finish, and a latency measured on one or two tasks is mostly noise.
             let limits = ctl.limits();
-            let samples: Vec<Sample> = self
-                .gates
+            let samples: Vec<Sample> = gates
                 .iter()
                 .zip(pending.iter_mut())
                 .zip(&limits)
@@ -404,15 +442,36 @@ impl Governor {
                     .collect();
                 eprintln!("threads auto: {}", per_mount.join(" | "));
             }
-            for (g, l) in self.gates.iter().zip(&limits) {
+            for (g, l) in gates.iter().zip(&limits) {
                 g.set_limit(*l);
             }
         }
     }
 
+    /// Ends [`MountLimits::govern`].
     pub fn stop(&self) {
         *self.stop.lock().unwrap() = true;
         self.stop_cv.notify_all();
+    }
+
+    /// Runs `f` while [`MountLimits::govern`] runs beside it (in a thread of its own, only with
+    /// `auto`), and stops it afterwards, also when `f` panics. One caller at a time.
+    pub fn governing<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct StopOnDrop<'a>(&'a MountLimits);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.stop();
+            }
+        }
+        if self.auto.is_none() {
+            return f();
+        }
+        *self.stop.lock().unwrap() = false;
+        std::thread::scope(|s| {
+            s.spawn(|| self.govern());
+            let _stop = StopOnDrop(self);
+            f()
+        })
     }
 }
 
@@ -700,6 +759,67 @@ mod tests {
         };
         let diffs = compare(&src, &dst, &cmp);
         assert!(diffs.is_empty(), "{}", diffs[0]);
+    }
+
+    #[test]
+    fn runs_sharing_limits_never_exceed_them_together_and_both_copy_everything() {
+        use crate::{CopyJob, FirstN, Options, Progress, RelPath, Scope, VerifyMode};
+        use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        for (part, seed) in [("a", 1), ("b", 2)] {
+            let opts = GenOptions { scale: 0.005, seed };
+            generate(Dataset::Small, &src.join(part), &opts).unwrap();
+        }
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        let other = tmp.path().join("mount1");
+        std::os::unix::fs::symlink(&dst, &other).unwrap();
+        let job = |part: &str| CopyJob {
+            source: src.clone(),
+            destinations: vec![dst.clone(), other.clone()],
+            scopes: vec![Scope::Tree(
+                RelPath::from_bytes(part.as_bytes().to_vec()).unwrap(),
+            )],
+        };
+        let (a, b) = (job("a"), job("b"));
+        // Two threads over two mounts: one permit each, for both runs (four threads) together.
+        let opts = Options {
+            threads: 2,
+            verify: VerifyMode::Metadata,
+            ..Options::default()
+        };
+        let limits = MountLimits::new(&a.destinations, &opts);
+        let progress = Progress::default();
+        let other_progress = progress.sharing_meters();
+        let (sa, sb) = (FirstN::new(10), FirstN::new(10));
+        let (ra, rb) = std::thread::scope(|s| {
+            let ra = s.spawn(|| crate::run_sharing(&a, &opts, &progress, &sa, &limits));
+            let rb = s.spawn(|| crate::run_sharing(&b, &opts, &other_progress, &sb, &limits));
+            (ra.join().unwrap().unwrap(), rb.join().unwrap().unwrap())
+        });
+        for r in [&ra, &rb] {
+            assert!(r.is_success(), "{r:?}");
+            assert!(r.copy.files_copied > 0, "{:?}", r.copy);
+        }
+        for name in [dst.display().to_string(), other.display().to_string()] {
+            let s = limits.gate(&name).unwrap().take_sample();
+            assert!(s.tasks > 0, "{name}: no task took a permit");
+            assert_eq!(s.peak_running, 1, "{name}: more at once than its permits");
+        }
+        // Each run counted its own entries; the mounts' meters are one.
+        assert_eq!(progress.snapshot().files, ra.copy.files_copied);
+        assert_eq!(other_progress.snapshot().files, rb.copy.files_copied);
+        assert_eq!(progress.mounts(), other_progress.mounts());
+        let cmp = CompareOptions {
+            owner: false,
+            ..CompareOptions::all()
+        };
+        for part in ["a", "b"] {
+            let diffs = compare(&src.join(part), &dst.join(part), &cmp);
+            assert!(diffs.is_empty(), "{part}: {}", diffs[0]);
+        }
     }
 
     #[test]

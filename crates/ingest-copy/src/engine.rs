@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ingest_path::RelPath;
 
-use crate::concurrency::{Concurrency, Gate, Governor};
+use crate::concurrency::{Concurrency, Gate, MountLimits};
 use crate::job::{Options, Scope};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
@@ -176,9 +176,17 @@ pub(crate) struct Local {
 struct Queue<'a> {
     state: Mutex<QueueState<'a>>,
     cv: Condvar,
-    /// Threads waiting in `pop` for a task: read without the lock by batches deciding whether
+    /// Threads waiting in `wait_for_work` for a task: read without the lock by batches deciding whether
     /// to hand work over.
     idle: AtomicUsize,
+}
+
+enum Popped<'a> {
+    Task(Task<'a>),
+    /// Nothing queued, but tasks still run.
+    Empty,
+    /// Nothing queued or running: the walk is over.
+    Finished,
 }
 
 struct QueueState<'a> {
@@ -205,35 +213,42 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// The next task for a thread on `mount`, or `None` once the queue is empty and no task is
-    /// running (none can add more).
+    /// The next task for a thread on `mount`: [`Popped::Empty`] when there is none now but
+    /// tasks still run (they may add more), [`Popped::Finished`] once none runs either.
     ///
     /// Mostly the newest task (depth first), but a batch is passed over while its directory
     /// already has `MAX_BATCHES_PER_DIR` batches in progress through this mount: the kernel
     /// serialises file creation in one directory of one mount (the VFS holds the directory's lock
     /// for the whole create, an NFS round trip), so more threads there would only wait. They do
     /// better listing or copying another directory, or writing through another mount.
-    fn pop(&self, mount: usize) -> Option<Task<'a>> {
+    fn try_pop(&self, mount: usize) -> Popped<'a> {
         const LOOK_DEEPER: usize = 64;
         let mut st = self.state.lock().unwrap();
-        loop {
-            let n = st.tasks.len();
-            if n > 0 {
-                let pick = (n.saturating_sub(LOOK_DEEPER)..n)
-                    .rev()
-                    .find(|&i| st.tasks[i].admits(mount))
-                    .unwrap_or(n - 1);
-                let t = st.tasks.remove(pick);
-                if let Task::Batch { dir, .. } = &t {
-                    dir.busy[mount].fetch_add(1, Relaxed);
-                }
-                st.busy += 1;
-                return Some(t);
-            }
+        let n = st.tasks.len();
+        if n == 0 {
             if st.busy == 0 {
                 self.cv.notify_all();
-                return None;
+                return Popped::Finished;
             }
+            return Popped::Empty;
+        }
+        let pick = (n.saturating_sub(LOOK_DEEPER)..n)
+            .rev()
+            .find(|&i| st.tasks[i].admits(mount))
+            .unwrap_or(n - 1);
+        let t = st.tasks.remove(pick);
+        if let Task::Batch { dir, .. } = &t {
+            dir.busy[mount].fetch_add(1, Relaxed);
+        }
+        st.busy += 1;
+        Popped::Task(t)
+    }
+
+    /// Waits until there is a task to take or none is running (the walk is over). The caller
+    /// holds no permit meanwhile: another run sharing the mount's limits may use it.
+    fn wait_for_work(&self) {
+        let mut st = self.state.lock().unwrap();
+        while st.tasks.is_empty() && st.busy > 0 {
             self.idle.fetch_add(1, Relaxed);
             st = self.cv.wait(st).unwrap();
             self.idle.fetch_sub(1, Relaxed);
@@ -288,25 +303,18 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Runs the pass over `scopes` with `opts.threads` threads and returns its counters.
-    pub(crate) fn run(&self, scopes: &'a [Scope]) -> CopyCounts {
+    /// Runs the pass over `scopes` and returns its counters: `opts.threads` threads, or with
+    /// `--threads auto` up to `max_per_mount` per mount; before each task a thread takes a
+    /// permit from its mount's gate in `limits` (shared with any run going on beside this one).
+    pub(crate) fn run(&self, scopes: &'a [Scope], limits: &MountLimits) -> CopyCounts {
         // Scopes are queued in reverse so that the LIFO queue starts with the first (largest) one.
         self.queue.push_all(scopes.iter().rev().map(Task::Scope));
         let mounts = self.roots.dsts.len();
-        // `--threads auto`: every thread takes a permit from its mount's gate before each task.
-        let governor = match self.opts.concurrency {
-            Concurrency::Fixed => None,
-            Concurrency::Auto(cfg) => Some(Governor::new(mounts, cfg)),
-        };
         let threads = match self.opts.concurrency {
             Concurrency::Fixed => self.opts.threads,
             Concurrency::Auto(cfg) => cfg.max_per_mount.max(1) * mounts,
         };
-        let governor = governor.as_ref();
         std::thread::scope(|s| {
-            if let Some(g) = governor {
-                s.spawn(|| g.run());
-            }
             let workers: Vec<_> = (0..threads)
                 .map(|i| {
                     let mount = i % mounts;
@@ -318,11 +326,17 @@ impl<'a> Walk<'a> {
                             buf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
-                        let gate = governor.map(|g| &g.gates[mount]);
+                        let gate = limits.gate(&self.roots.names[mount]);
                         loop {
-                            let _permit = gate.map(Gate::acquire);
-                            let Some(task) = self.queue.pop(mount) else {
-                                break;
+                            let permit = gate.map(Gate::acquire);
+                            let task = match self.queue.try_pop(mount) {
+                                Popped::Task(t) => t,
+                                Popped::Finished => break,
+                                Popped::Empty => {
+                                    drop(permit);
+                                    self.queue.wait_for_work();
+                                    continue;
+                                }
                             };
                             if self.stopped.get().is_some() {
                                 self.not_started(task, mount);
@@ -346,9 +360,6 @@ impl<'a> Walk<'a> {
                 if let Err(p) = w.join() {
                     std::panic::resume_unwind(p);
                 }
-            }
-            if let Some(g) = governor {
-                g.stop();
             }
         });
         self.totals()

@@ -22,7 +22,7 @@ mod verify;
 
 use std::time::Instant;
 
-pub use concurrency::{AutoConfig, Concurrency};
+pub use concurrency::{AutoConfig, Concurrency, MountLimits};
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
 pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};
@@ -33,6 +33,28 @@ pub use report::{
 pub use setup::{SetupError, Target, resolve_target};
 
 use engine::{Pass, Walk};
+
+/// The name of each destination in [`Progress::mount`] and [`MountLimits`]: its path, and for a
+/// path given more than once (one directory standing for several mounts, as in the demo) the
+/// path followed by ` #2`, ` #3`… for its later entries, so that each entry keeps its own meter
+/// and permits.
+pub fn mount_names(destinations: &[std::path::PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(destinations.len());
+    for d in destinations {
+        let path = d.display().to_string();
+        let seen = destinations
+            .iter()
+            .take(names.len())
+            .filter(|e| e.display().to_string() == path)
+            .count();
+        names.push(if seen == 0 {
+            path
+        } else {
+            format!("{path} #{}", seen + 1)
+        });
+    }
+    names
+}
 
 /// Checks a job as [`run`] does before it creates anything: the options, the source, and every
 /// destination against the source (one that does not exist yet by where it would be). Creates and
@@ -51,6 +73,28 @@ pub fn run(
     progress: &Progress,
     sink: &dyn ReportSink,
 ) -> Result<Summary, SetupError> {
+    let limits = MountLimits::new(&job.destinations, opts);
+    limits.governing(|| run_sharing(job, opts, progress, sink, &limits))
+}
+
+/// Checks the job and proves its destinations as [`run`] does before it copies (creates what
+/// is missing of each destination path and, with `opts.probe_destinations`, writes and removes
+/// a probe file through every mount), and copies nothing. A caller that runs several jobs at
+/// once through the same mounts proves them once, before any of them starts writing.
+pub fn prepare(job: &CopyJob, opts: &Options, progress: &Progress) -> Result<(), SetupError> {
+    setup::check_options(job, opts)?;
+    setup::open_roots(job, opts, progress).map(drop)
+}
+
+/// [`run`], taking every mount's permits from `limits`, which runs going on at the same time
+/// share (the caller runs [`MountLimits::governing`] around them with `--threads auto`).
+pub fn run_sharing(
+    job: &CopyJob,
+    opts: &Options,
+    progress: &Progress,
+    sink: &dyn ReportSink,
+    limits: &MountLimits,
+) -> Result<Summary, SetupError> {
     let started = Instant::now();
     setup::check_options(job, opts)?;
     sys::raise_fd_limit();
@@ -58,7 +102,7 @@ pub fn run(
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
         let walk = Walk::new(Pass::Copy, opts, &roots, progress, sink);
-        summary.copy = walk.run(&job.scopes);
+        summary.copy = walk.run(&job.scopes, limits);
         summary.stopped = walk.stopped();
         if summary.stopped.is_some() {
             // The destination takes no more work: a verify pass would only list what the
@@ -78,7 +122,8 @@ pub fn run(
     // last step, before anything is compared. What it cannot set is reported and counted.
     let finalize = job.scopes.iter().any(|s| matches!(s, Scope::Finalize(_)));
     if opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None {
-        let settled = Walk::new(Pass::Settle, opts, &roots, progress, sink).run(&job.scopes);
+        let settled =
+            Walk::new(Pass::Settle, opts, &roots, progress, sink).run(&job.scopes, limits);
         summary.metadata_failed += settled.failed;
         // A file copied in ranges gets its outcome here, when it is finalized: it is one of the
         // copy's entries (copied, found finished, or gone from the source).
@@ -93,9 +138,24 @@ pub fn run(
     if opts.verify != VerifyMode::None {
         let repairer = repair::EngineRepair::new(opts, &roots, progress, sink);
         let repairer: Option<&dyn verify::Repair> = opts.repair.then_some(&repairer);
-        let counts = verify::verify(&job.scopes, opts, &roots, progress, sink, repairer);
+        let counts = verify::verify(&job.scopes, opts, &roots, progress, sink, repairer, limits);
         summary.verify = Some(counts);
     }
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_destination_given_twice_gets_a_name_of_its_own_each_time() {
+        let d = |p: &str| PathBuf::from(p);
+        assert_eq!(
+            super::mount_names(&[d("/m/a"), d("/m/b"), d("/m/a"), d("/m/a")]),
+            ["/m/a", "/m/b", "/m/a #2", "/m/a #3"]
+        );
+        assert_eq!(super::mount_names(&[d("/x")]), ["/x"]);
+    }
 }

@@ -28,9 +28,13 @@ pub struct Progress {
     pub dirs_queued: AtomicU64,
     /// Per destination, by its path as the job names it: what went through it (see
     /// [`MountMeter`]). Keyed by path, not position, so that a caller that drops a destination
-    /// between runs keeps each one's figures apart.
-    mounts: Mutex<Vec<(String, Arc<MountMeter>)>>,
+    /// between runs keeps each one's figures apart. Shared with the progress of runs going on
+    /// beside this one ([`Progress::sharing_meters`]): a mount is one whoever writes through it.
+    mounts: Arc<Mutex<Meters>>,
 }
+
+/// The meter of each destination, by its path.
+type Meters = Vec<(String, Arc<MountMeter>)>;
 
 /// What one destination mount did, counted by the engine's threads around each task (a listing,
 /// a batch of entries, a byte range): how many ran and finished, how long they took, when one last
@@ -166,7 +170,42 @@ pub struct Snapshot {
     pub dirs_queued: u64,
 }
 
+impl std::ops::Add for Snapshot {
+    type Output = Snapshot;
+
+    /// The counters of two runs together.
+    fn add(self, o: Snapshot) -> Snapshot {
+        Snapshot {
+            entries: self.entries + o.entries,
+            files: self.files + o.files,
+            bytes: self.bytes + o.bytes,
+            bytes_written: self.bytes_written + o.bytes_written,
+            failed: self.failed + o.failed,
+            verified: self.verified + o.verified,
+            verified_bytes: self.verified_bytes + o.verified_bytes,
+            dirs_listed: self.dirs_listed + o.dirs_listed,
+            dirs_queued: self.dirs_queued + o.dirs_queued,
+        }
+    }
+}
+
+impl std::iter::Sum for Snapshot {
+    fn sum<I: Iterator<Item = Snapshot>>(iter: I) -> Snapshot {
+        iter.fold(Snapshot::default(), |a, b| a + b)
+    }
+}
+
 impl Progress {
+    /// New counters, at zero, that share this progress's mount meters: the progress of another
+    /// run going on at the same time through the same mounts. Each run's counters stay its own
+    /// (a worker reports each shard's progress); the mounts' figures are the process's.
+    pub fn sharing_meters(&self) -> Progress {
+        Progress {
+            mounts: self.mounts.clone(),
+            ..Progress::default()
+        }
+    }
+
     /// The meter of the destination `name` (its path as the job gives it).
     pub fn mount(&self, name: &str) -> Arc<MountMeter> {
         let mut m = self.mounts.lock().unwrap();
@@ -225,5 +264,27 @@ mod tests {
         // The same meter whoever asks.
         assert!(Arc::ptr_eq(&m, &p.mount("/d/2")));
         assert_eq!(p.mounts()[0].0, "/d/2");
+    }
+
+    #[test]
+    fn progress_sharing_meters_has_its_own_counters_and_the_same_mounts() {
+        let p = Progress::default();
+        p.files.fetch_add(3, Relaxed);
+        let m = p.mount("/d/0");
+        let q = p.sharing_meters();
+        assert_eq!(q.snapshot(), Snapshot::default());
+        q.files.fetch_add(2, Relaxed);
+        assert!(Arc::ptr_eq(&m, &q.mount("/d/0")));
+        // A mount first used by the other run is the same meter here.
+        assert!(Arc::ptr_eq(&q.mount("/d/1"), &p.mount("/d/1")));
+        assert_eq!(p.mounts().len(), 2);
+        assert_eq!((p.snapshot() + q.snapshot()).files, 5);
+        assert_eq!(
+            [p.snapshot(), q.snapshot()]
+                .into_iter()
+                .sum::<Snapshot>()
+                .files,
+            5
+        );
     }
 }

@@ -272,11 +272,7 @@ pub(crate) fn open_roots(
     let targets = check_paths(job)?;
     let src =
         open_dir(&job.source).map_err(|e| SetupError::SourceUnreadable(job.source.clone(), e))?;
-    let names: Vec<String> = job
-        .destinations
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect();
+    let names = crate::mount_names(&job.destinations);
     let mut created = Created::default();
     let opened = (|| {
         let mut dsts = Vec::with_capacity(job.destinations.len());

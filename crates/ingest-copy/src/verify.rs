@@ -1,8 +1,9 @@
 //! The verifier: proves that the destination equals the source, in both directions, with code
 //! of its own.
 //!
-//! It shares nothing with the copy's walk but the system-call wrappers (`sys.rs`), so that a bug
-//! in the copy (a skip rule, a missed entry) cannot hide itself from the check meant to catch it:
+//! It shares nothing with the copy's walk but the system-call wrappers (`sys.rs`) and the mounts'
+//! permits (how many operations go at once, nothing of what is done), so that a bug in the copy
+//! (a skip rule, a missed entry) cannot hide itself from the check meant to catch it:
 //!
 //! - Its own parallel walk: `opts.threads` threads (at least one), thread `i` reading the
 //!   destination through mount `i % mounts`, sharing one LIFO queue so the walk stays depth
@@ -49,6 +50,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use ingest_path::RelPath;
 
+use crate::concurrency::{Gate, MountLimits};
 use crate::engine::Roots;
 use crate::job::{Options, Scope, VerifyMode};
 use crate::progress::Progress;
@@ -79,6 +81,7 @@ pub(crate) fn verify(
     progress: &Progress,
     sink: &dyn ReportSink,
     repair: Option<&dyn Repair>,
+    limits: &MountLimits,
 ) -> VerifyCounts {
     let v = Verifier {
         opts,
@@ -100,7 +103,7 @@ pub(crate) fn verify(
             cv: Condvar::new(),
         },
     };
-    v.run(scopes);
+    v.run(scopes, limits);
     v.totals()
 }
 
@@ -319,7 +322,9 @@ impl Look {
 }
 
 impl<'a> Verifier<'a> {
-    fn run(&self, scopes: &'a [Scope]) {
+    /// Before each task a thread takes a permit from its mount's gate in `limits`, which runs
+    /// going on beside this one share (a worker checks two shards at a time).
+    fn run(&self, scopes: &'a [Scope], limits: &MountLimits) {
         // Reversed so that the LIFO queue starts with the first (largest) scope.
         self.queue.push_all(scopes.iter().rev().map(Task::Scope));
         let mounts = self.roots.dsts.len();
@@ -335,10 +340,16 @@ impl<'a> Verifier<'a> {
                             dbuf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
+                        let gate = limits.gate(&self.roots.names[i % mounts]);
                         while let Some(task) = self.queue.pop() {
+                            let _permit = gate.map(Gate::acquire);
+                            let started = gate.map(Gate::begin);
                             let metered = meter.begin();
                             self.handle(task, &mut local);
                             metered.end(1);
+                            if let (Some(g), Some(t)) = (gate, started) {
+                                g.end(t, 1);
+                            }
                             self.queue.done();
                         }
                     })

@@ -11,6 +11,11 @@ pub mod scan_failed;
 pub mod units;
 pub mod verdict;
 
+/// Shards a worker runs at once (and holds claims on): two, so that its threads never idle at
+/// a shard's tail (a shard's last directory, its largest file) while the next is asked for and
+/// started. Both share the worker's threads' permits per mount (`ingest_copy::MountLimits`).
+pub const SHARDS_AT_ONCE: usize = 2;
+
 pub use exit::WorkerExit;
 pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
 pub use queue::{Completion, ShardId, ShardQueue};

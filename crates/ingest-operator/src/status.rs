@@ -18,7 +18,6 @@ use crate::claims::{PassView, Views};
 use crate::desired::server_of_mount;
 use crate::observe::Observed;
 use crate::stage::{Layout, Stage};
-use ingest_job::latency::Health;
 
 /// What a pass's completed shards and its live workers add up to.
 #[derive(Default)]
@@ -115,49 +114,29 @@ pub fn server_statuses(
             avoided[i] = Some(p.message.clone().unwrap_or_default());
         }
     }
-    let p50: Vec<Option<(u64, u64)>> = figures
-        .iter()
-        .map(|f| ingest_job::latency::percentile(&f.latency, 0.5).map(|p| (p, f.tasks)))
-        .collect();
-    let unresponsive: Vec<bool> = avoided.iter().map(Option::is_some).collect();
-    let health = ingest_job::latency::classify(&p50, &unresponsive);
-    let per_second = |x: u64| {
-        if secs >= 1.0 {
-            (x as f64 / secs) as u64
-        } else {
-            0
+    // Counts never go down: an operator restarted since has no figures of gone workers.
+    let before = |i: usize| prev.get(i).filter(|p| p.server == layout.servers[i]);
+    for (i, f) in figures.iter_mut().enumerate() {
+        if let Some(p) = before(i) {
+            f.entries = f.entries.max(p.files);
+            f.bytes = f.bytes.max(p.bytes);
         }
-    };
-    layout
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, server)| {
-            let before = prev.get(i).filter(|p| &p.server == server);
-            let files = figures[i].entries.max(before.map_or(0, |p| p.files));
-            let bytes = figures[i].bytes.max(before.map_or(0, |p| p.bytes));
-            ServerStatus {
-                server: server.clone(),
-                workers: if unresponsive[i] { 0 } else { layout.workers },
-                files,
-                bytes,
-                files_per_second: per_second(files),
-                bytes_per_second: per_second(bytes),
-                // The last figures stand until this operator has some of its own.
-                task_p50_micros: p50[i]
-                    .map(|(p, _)| p)
-                    .or(before.and_then(|p| p.task_p50_micros)),
-                task_p99_micros: ingest_job::latency::percentile(&figures[i].latency, 0.99)
-                    .or(before.and_then(|p| p.task_p99_micros)),
-                state: Some(match health[i] {
-                    Health::Healthy => ServerState::Healthy,
-                    Health::Slow => ServerState::Slow,
-                    Health::Unresponsive => ServerState::Unresponsive,
-                }),
-                message: avoided[i].clone(),
-            }
-        })
-        .collect()
+    }
+    let mut statuses = ingest_api::claims::server_statuses(
+        &layout.servers,
+        &figures,
+        &avoided,
+        layout.workers,
+        secs,
+    );
+    for (i, st) in statuses.iter_mut().enumerate() {
+        // The last figures stand until this operator has some of its own.
+        if let Some(p) = before(i) {
+            st.task_p50_micros = st.task_p50_micros.or(p.task_p50_micros);
+            st.task_p99_micros = st.task_p99_micros.or(p.task_p99_micros);
+        }
+    }
+    statuses
 }
 
 /// `ServersResponding`: False naming every server found unresponsive, else True.

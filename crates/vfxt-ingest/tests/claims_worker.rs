@@ -409,7 +409,8 @@ fn assert_exit(ended: &[Ended], code: i32) {
 }
 
 /// What every message of a pass must be: this pod's identity and role; a heartbeat holds the
-/// one shard the worker runs and asks for nothing; each shard's `done` is sent once (every
+/// shards the worker runs (at most two) and asks for nothing; a worker asks for no more than
+/// its free slots and holds only shards it was given; each shard's `done` is sent once (every
 /// answer here is a 200), by the worker that was given it, and only after it was given.
 /// Returns who completed each shard.
 fn check_messages(e: &Endpoint, phase: &str, shards: usize) -> BTreeMap<u32, String> {
@@ -434,12 +435,21 @@ fn check_messages(e: &Endpoint, phase: &str, shards: usize) -> BTreeMap<u32, Str
             // The worker's first message (it learns which destinations to avoid).
             assert!(!given.contains_key(&r.worker), "{r:?}");
         } else if r.room == 0 && r.done.is_empty() {
-            // A heartbeat: the current shard, and its own progress.
-            assert_eq!(r.holding.len(), 1, "{r:?}");
-            assert!(given[&r.worker].contains(&r.holding[0]), "{r:?}");
+            // A heartbeat: the shards running (two at once at most), and their own progress.
+            assert!(
+                (1..=ingest_job::SHARDS_AT_ONCE).contains(&r.holding.len()),
+                "{r:?}"
+            );
             assert!(r.progress.at > 0, "{r:?}");
         } else {
-            assert!(r.room <= 1 && r.holding.is_empty(), "{r:?}");
+            // Room for as many as it has slots free, never more.
+            assert!(
+                r.room as usize + r.holding.len() <= ingest_job::SHARDS_AT_ONCE,
+                "{r:?}"
+            );
+        }
+        for h in &r.holding {
+            assert!(given[&r.worker].contains(h), "{r:?}");
         }
         for d in &r.done {
             assert!(
@@ -559,7 +569,7 @@ fn a_killed_workers_shard_is_finished_by_the_other_and_counted_once() {
     copy.wait_for("w1 to be given shard 0", |log| {
         log.iter().any(|l| {
             l.request.as_ref().is_some_and(|r| r.worker == "w1")
-                && l.answer.as_ref().is_some_and(|a| a.shards == [0])
+                && l.answer.as_ref().is_some_and(|a| a.shards.contains(&0))
         })
     });
     let w0 = spawn_worker(&s, &copy, "w0", "copy", "token", None);
@@ -587,8 +597,6 @@ fn a_killed_workers_shard_is_finished_by_the_other_and_counted_once() {
 
     let by = check_messages(&copy, "copy", shards);
     assert_eq!(by[&0], "w0", "{by:?}");
-    // w1 never finished a shard: everything was completed by w0.
-    assert!(by.values().all(|w| w == "w0"), "{by:?}");
     let sum = assert_pass_complete(&copy, shards);
     assert_eq!((sum.files, sum.failed), (files, 0), "{sum:?}");
 

@@ -2,8 +2,9 @@
 //! (the wire format is `ingest_api::claims`; the state machine behind the endpoint is
 //! `ingest_job::Pass`).
 //!
-//! A claims worker lives for a whole pass (one phase) and asks the operator for its shards, one at
-//! a time:
+//! A claims worker lives for a whole pass (one phase) and asks the operator for its shards, as
+//! many as it has slots free (`--shards-at-once`, two by default: while one shard's last files
+//! finish, the threads it leaves idle work on the next):
 //!
 //! - Identity: namespace, IngestJob name and uid, run and worker (pod) name come from the pod's
 //!   environment (`POD_NAMESPACE`, `INGEST_JOB_NAME`, `INGEST_JOB_UID`, `INGEST_RUN`, `POD_NAME`);
@@ -11,15 +12,15 @@
 //!   [`claims::PATH`] with `Authorization: Bearer <token>`, the token read from `--token-file`
 //!   (default [`claims::TOKEN_DIR`]/[`claims::TOKEN_FILE`]) before every request, since the
 //!   kubelet rotates it. One request is in flight at a time; each has a 30 s timeout.
-//! - The loop: ask with `room: 1`; run each shard given exactly as `--claims` runs one (markers,
-//!   report, failure list); the next message carries `done: [{shard, result}]` with that shard's
-//!   own result. A `done` is kept, and sent again with the next message, until a message carrying
+//! - The loop: ask with `room` = free slots; run each shard given exactly as `--claims` runs one
+//!   (markers, report, failure list); the next message carries `done: [{shard, result}]` with
+//!   that shard's own result. A `done` is kept, and sent again with the next message, until a message carrying
 //!   it got a 2xx answer (the operator counts a shard's completion once, so sending it twice is
 //!   safe). Answers: `work` with shards: run them, in order; `wait` (or `work` with nothing
-//!   given): ask again after 1 s; `finished`: exit 0; `stopped`: exit 0, saying on stderr that the
+//!   given): ask again after 1 s (once per worker, however many slots are free); `finished`: exit 0; `stopped`: exit 0, saying on stderr that the
 //!   operator stopped the run.
-//! - Heartbeat: while a shard runs, a thread sends `holding: [shard]`, `room: 0` and the shard's
-//!   own progress every [`claims::HEARTBEAT_SECONDS`] (it renews the claim's lease). A `stopped`
+//! - Heartbeat: while shards run, a thread sends `holding: [shards]`, `room: 0` and those shards'
+//!   own progress (each from its own start) every [`claims::HEARTBEAT_SECONDS`] (it renews the claim's lease). A `stopped`
 //!   answer to a heartbeat ends the worker at once (exit 0): the engine writes files in place and
 //!   gives each its mtime last, so a file cut short never looks finished to the next run.
 //! - HTTP errors: 401/403: the token is refused: exit 2 (unusable input), naming the URL and the
@@ -136,8 +137,9 @@ struct Identity {
 
 #[derive(Debug)]
 struct State {
-    /// The shard the engine runs now, and the engine's counters when it started.
-    current: Option<(u32, Snapshot)>,
+    /// The shards the engine runs now: each with its slot (the index of its counters among
+    /// those given to [`Session::heartbeats`]) and those counters when it started.
+    running: Vec<(u32, usize, Snapshot)>,
     /// Given and not started.
     queued: VecDeque<u32>,
     /// Finished, not yet acknowledged by a 2xx answer.
@@ -150,6 +152,8 @@ struct State {
     avoid: Vec<String>,
     /// This worker's figures per destination mount (sent with every message).
     mounts: Vec<MountFigures>,
+    /// When the last `wait` (or empty `work`) answer came.
+    waited: Option<Instant>,
 }
 
 /// A claims worker's connection to the operator. Every request goes through the mutex around
@@ -221,8 +225,9 @@ impl Session {
             heartbeat,
             give_up: GIVE_UP,
             state: Mutex::new(State {
-                current: None,
+                running: Vec::new(),
                 queued: VecDeque::new(),
+                waited: None,
                 done: Vec::new(),
                 last_sent: Instant::now(),
                 failing_since: None,
@@ -253,45 +258,57 @@ impl Session {
     }
 
     /// The next shard to run, asking the operator when none is left of those given (and first
-    /// telling it about finished ones). `None`: the pass is finished.
-    pub fn next_shard(&self) -> Result<Option<u32>, End> {
+    /// telling it about finished ones). `None`: the pass is finished. The worker asks for as
+    /// many as it has slots free ([`ingest_job::SHARDS_AT_ONCE`] less those running or given),
+    /// never more: a shard given and not started is one no idle worker can take.
+    pub fn next_shard(&self, slots: usize) -> Result<Option<u32>, End> {
         let mut st = self.lock();
         loop {
             if st.done.is_empty()
                 && let Some(s) = st.queued.pop_front()
             {
+                // Held from now on (its slot and counters come with `start`): the next slot
+                // to ask must not count it as room.
+                st.running.push((s, usize::MAX, Snapshot::default()));
                 return Ok(Some(s));
             }
-            let room = u32::from(st.queued.is_empty());
+            let room = slots.saturating_sub(st.running.len() + st.queued.len()) as u32;
+            // Nothing for us a moment ago: ask again only after `WAIT` (once a second per
+            // worker, however many of its slots are free), unless there is a result to tell.
+            if let Some(at) = st.waited
+                && st.done.is_empty()
+                && at.elapsed() < WAIT
+            {
+                drop(st);
+                std::thread::sleep(WAIT - at.elapsed().min(WAIT));
+                st = self.lock();
+                continue;
+            }
             let answer = self.exchange(&mut st, room)?;
             match answer.state {
                 PassState::Stopped => return Err(End::Stopped),
                 PassState::Finished => return Ok(None),
                 PassState::Work | PassState::Wait => {
-                    if st.queued.is_empty() && room > 0 {
-                        // Nothing for us now; other workers' claims may come back.
-                        drop(st);
-                        std::thread::sleep(WAIT);
-                        st = self.lock();
-                    }
+                    // Nothing for us now; other workers' claims may come back.
+                    st.waited = st.queued.is_empty().then(Instant::now);
                 }
             }
         }
     }
 
-    /// The engine starts `shard`; `base` is its counters now (heartbeats send the difference).
-    pub fn start(&self, shard: u32, base: Snapshot) {
+    /// The engine starts `shard` in `slot`; `base` is the slot's counters now (heartbeats send
+    /// the difference).
+    pub fn start(&self, shard: u32, slot: usize, base: Snapshot) {
         let mut st = self.lock();
         st.queued.retain(|s| *s != shard);
-        st.current = Some((shard, base));
+        st.running.retain(|(s, ..)| *s != shard);
+        st.running.push((shard, slot, base));
     }
 
     /// `shard` ended with `result`: sent with the next message, and again until acknowledged.
     pub fn finish(&self, shard: u32, result: PodResult) {
         let mut st = self.lock();
-        if st.current.is_some_and(|(s, _)| s == shard) {
-            st.current = None;
-        }
+        st.running.retain(|(s, ..)| *s != shard);
         st.done.push(ShardDone { shard, result });
     }
 
@@ -310,17 +327,22 @@ impl Session {
         }
     }
 
-    /// The heartbeat thread's body: while a shard runs, one message every heartbeat period
-    /// (counted from the last message of any kind) until `stop`. It is also the worker's
-    /// watchdog: a destination mount with tasks waiting `stall` and none finishing has stopped
-    /// answering (see [`Session::give_back`]); `dests` are the worker's destinations.
+    /// The heartbeat thread's body: while shards run, one message every heartbeat period
+    /// (counted from the last message of any kind) until `stop`, with the progress of the
+    /// shards running (`slots`: each slot's counters, sharing the mounts' meters). It is also
+    /// the worker's watchdog: a destination mount with tasks waiting `stall` and none finishing
+    /// has stopped answering (see [`Session::give_back`]); `dests` are the worker's
+    /// destinations.
     pub fn heartbeats(
         &self,
-        progress: &Progress,
+        slots: &[Progress],
         stop: &AtomicBool,
         stall: Duration,
         dests: &[PathBuf],
     ) {
+        let Some(progress) = slots.first() else {
+            return;
+        };
         while !stop.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             let figures = progress.mounts();
@@ -340,13 +362,13 @@ impl Session {
             }
             let mut st = self.lock();
             st.mounts = figures.iter().map(mount_figures).collect();
-            let Some((_, base)) = st.current else {
-                continue;
-            };
-            if st.last_sent.elapsed() < self.heartbeat {
+            if st.running.is_empty() || st.last_sent.elapsed() < self.heartbeat {
                 continue;
             }
-            let req = self.request(&st, 0, shard_progress(&progress.snapshot(), &base), None);
+            let running = st.running.iter().filter_map(|(_, slot, base)| {
+                Some(shard_progress(&slots.get(*slot)?.snapshot(), base))
+            });
+            let req = self.request(&st, 0, sum_progress(running), None);
             match self.send(&mut st, &req) {
                 Ok(ClaimResponse {
                     state: PassState::Stopped,
@@ -446,9 +468,9 @@ impl Session {
             role: self.who.role.to_owned(),
             worker: self.who.worker.clone(),
             holding: st
-                .current
+                .running
                 .iter()
-                .map(|(s, _)| *s)
+                .map(|(s, ..)| *s)
                 .chain(st.queued.iter().copied())
                 .collect(),
             done: st.done.clone(),
@@ -476,7 +498,7 @@ impl Session {
         let answer = answer?;
         st.avoid = answer.avoid.clone();
         for s in &answer.shards {
-            if !st.queued.contains(s) && st.current.is_none_or(|(c, _)| c != *s) {
+            if !st.queued.contains(s) && !st.running.iter().any(|(r, ..)| r == s) {
                 st.queued.push_back(*s);
             }
         }
@@ -581,8 +603,8 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Progress of a worker holding nothing.
-fn mount_figures((mount, m): &(String, MountSnapshot)) -> MountFigures {
+/// One destination's meter as the operator (and `run`) take it.
+pub fn mount_figures((mount, m): &(String, MountSnapshot)) -> MountFigures {
     MountFigures {
         mount: mount.clone(),
         tasks: m.tasks,
@@ -592,11 +614,24 @@ fn mount_figures((mount, m): &(String, MountSnapshot)) -> MountFigures {
     }
 }
 
+/// Progress of a worker holding nothing.
 fn idle_progress() -> PodProgress {
     PodProgress {
         at: unix_now(),
         ..PodProgress::default()
     }
+}
+
+/// The progress of several shards together.
+fn sum_progress(shards: impl Iterator<Item = PodProgress>) -> PodProgress {
+    shards.fold(idle_progress(), |mut sum, p| {
+        sum.files += p.files;
+        sum.bytes += p.bytes;
+        sum.failed += p.failed;
+        sum.directories += p.directories;
+        sum.checked += p.checked;
+        sum
+    })
 }
 
 /// The engine's counters since `base`: the progress of the shard that started then.
@@ -709,8 +744,8 @@ mod tests {
             ..PodResult::default()
         };
         s.finish(3, result.clone());
-        assert_eq!(s.next_shard(), Ok(None));
-        assert_eq!(s.next_shard(), Ok(None));
+        assert_eq!(s.next_shard(1), Ok(None));
+        assert_eq!(s.next_shard(1), Ok(None));
         let log = wait_for(&seen, 3);
         let done = |i: usize| log[i].1.done.clone();
         let three = vec![ShardDone { shard: 3, result }];
@@ -735,12 +770,13 @@ mod tests {
         let progress = Progress::default();
         // An earlier shard's counts, then this one's.
         progress.files.fetch_add(10, Relaxed);
-        s.start(7, progress.snapshot());
+        s.start(7, 0, progress.snapshot());
         progress.files.fetch_add(4, Relaxed);
         progress.bytes.fetch_add(100, Relaxed);
         let stop = AtomicBool::new(false);
         let log = std::thread::scope(|sc| {
-            sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
+            let slots = std::slice::from_ref(&progress);
+            sc.spawn(|| s.heartbeats(slots, &stop, Duration::from_secs(3600), &[]));
             let log = wait_for(&seen, 1);
             stop.store(true, Relaxed);
             log
@@ -750,7 +786,55 @@ mod tests {
         assert_eq!((r.progress.files, r.progress.bytes), (4, 100));
         // Once the shard ended, its end is what the next message says, not a heartbeat.
         s.finish(7, PodResult::default());
-        assert!(s.lock().current.is_none());
+        assert!(s.lock().running.is_empty());
+    }
+
+    #[test]
+    fn two_shards_at_once_are_both_held_and_their_progress_is_summed_from_each_start() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![
+            (200, r#"{"shards":[5,6],"state":"work"}"#),
+            (200, r#"{"shards":[8],"state":"work"}"#),
+            // Heartbeats, as many as come.
+            (200, r#"{"shards":[],"state":"work"}"#),
+        ]);
+        let s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
+        let slots = [Progress::default(), Progress::default()];
+        assert_eq!(s.next_shard(2), Ok(Some(5)));
+        // Given together: the second slot starts 6 without asking.
+        assert_eq!(s.next_shard(2), Ok(Some(6)));
+        s.start(5, 0, slots[0].snapshot());
+        s.start(6, 1, slots[1].snapshot());
+        slots[0].files.fetch_add(3, Relaxed);
+        // 5 ends while 6 runs: one slot is free, so the worker asks for one shard, holding 6.
+        s.finish(5, PodResult::default());
+        assert_eq!(s.next_shard(2), Ok(Some(8)));
+        // Slot 0 ran 5 before: its counts until now are not 8's.
+        s.start(8, 0, slots[0].snapshot());
+        slots[0].files.fetch_add(4, Relaxed);
+        slots[1].files.fetch_add(2, Relaxed);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.heartbeats(&slots, &stop, Duration::from_secs(3600), &[]));
+            wait_for(&seen, 3);
+            stop.store(true, Relaxed);
+        });
+        let log = wait_for(&seen, 3);
+        let r = |i: usize| {
+            let r = &log[i].1;
+            let mut holding = r.holding.clone();
+            holding.sort();
+            (
+                r.room,
+                holding,
+                r.done.iter().map(|d| d.shard).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(r(0), (2, vec![], vec![]));
+        assert_eq!(r(1), (1, vec![6], vec![5]));
+        // The heartbeat: both shards held, each one's progress since its own start.
+        assert_eq!(r(2), (0, vec![6, 8], vec![]));
+        assert_eq!(log[2].1.progress.files, 4 + 2);
     }
 
     #[test]
@@ -766,7 +850,7 @@ mod tests {
         ] {
             let (url, _) = scripted(vec![(code, "the reason")]);
             let end = session(&url, &tok, Duration::from_secs(5))
-                .next_shard()
+                .next_shard(1)
                 .unwrap_err();
             assert_eq!(end.outcome(), want, "{code}: {end}");
             let m = end.message();
@@ -790,14 +874,14 @@ mod tests {
             (200, r#"{"shards":[],"state":"stopped"}"#),
         ]);
         let s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
-        assert_eq!(s.next_shard(), Ok(Some(5)));
-        s.start(5, Snapshot::default());
+        assert_eq!(s.next_shard(1), Ok(Some(5)));
+        s.start(5, 0, Snapshot::default());
         s.finish(5, PodResult::default());
         // Shard 6 was given too: the end of 5 is told first (holding 6, no room), then 6 runs.
-        assert_eq!(s.next_shard(), Ok(Some(6)));
-        s.start(6, Snapshot::default());
+        assert_eq!(s.next_shard(1), Ok(Some(6)));
+        s.start(6, 0, Snapshot::default());
         s.finish(6, PodResult::default());
-        assert_eq!(s.next_shard(), Err(End::Stopped));
+        assert_eq!(s.next_shard(1), Err(End::Stopped));
         let log = wait_for(&seen, 4);
         let r = |i: usize| {
             let r = &log[i].1;
@@ -823,7 +907,7 @@ mod tests {
         let url = format!("http://{addr}");
         let mut s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
         s.give_up = Duration::from_millis(600);
-        let end = s.next_shard().unwrap_err();
+        let end = s.next_shard(1).unwrap_err();
         assert!(
             matches!(&end, End::GaveUp(m) if m.contains(&url)),
             "{end:?}"
@@ -853,7 +937,7 @@ mod tests {
         assert_eq!((r.room, r.holding.len()), (0, 0));
         // A token file that went away is unusable input, naming the file.
         std::fs::remove_file(&tok).unwrap();
-        let end = s.next_shard().unwrap_err();
+        let end = s.next_shard(1).unwrap_err();
         assert!(
             matches!(&end, End::Unusable(m) if m.contains(&tok.display().to_string())),
             "{end:?}"

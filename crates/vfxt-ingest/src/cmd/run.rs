@@ -1,12 +1,13 @@
 //! `vfxt-ingest run -f ingestjob.yaml`: one IngestJob, end to end, on this machine.
 //!
 //! The same stages as the cluster, with processes instead of pods: scan → plan → W `worker`
-//! processes for the copy phase (each writing through its destination mount, as dealt by the
-//! plan) → the same workers for the verify phase → a status document shaped like the CRD's.
+//! processes for the copy phase (each writing through every destination mount, taking shards as
+//! it has room) → the same workers for the verify phase → a status document shaped like the CRD's.
 //! The state directory keeps the plan and per-shard markers, so a re-run after a crash skips
 //! the shards that finished without scanning again.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use ingest_api::claims::MountFigures;
 use ingest_api::job::{
     Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
     IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
@@ -48,7 +50,7 @@ says where the source and destination are on this machine in one of two ways:
        source:      {local: /data/projects}
        destination: {local: [/mnt/destination1, /mnt/destination2, /mnt/destination3]}
    Each destination entry is a mount of the same export (through a different cluster node IP);
-   workers are spread over them.
+   every worker writes through all of them.
 
 2. The cluster form (source.nfs {server, path}, destination.nfs {servers, path}) plus a top-level
    map from each \"SERVER:/EXPORT\" to where it is mounted here:
@@ -596,8 +598,9 @@ struct PhaseOutcome {
     accounted_shards: u64,
     /// The workers' verification counts (verify phase).
     verification: Option<VerificationCounts>,
-    /// Per worker: copied files and bytes (for the per-server status).
-    per_worker: Vec<(u64, u64)>,
+    /// What went through each destination, by its path: the workers' per-mount figures summed
+    /// (for the per-server status).
+    mounts: Vec<MountFigures>,
     /// Workers that could not start or could not use their input, with why.
     broken: Vec<String>,
     /// Workers that died before their result, with why (their unfinished shards went to the
@@ -899,7 +902,6 @@ fn run_phase(
     let mut broken = Vec::new();
     let mut children: Vec<(u32, Child)> = Vec::new();
     for w in 0..job.workers {
-        let dest = &job.destinations[w as usize % job.destinations.len()];
         let log = state
             .join("logs")
             .join(format!("worker-{w}-{}.log", phase.as_str()));
@@ -913,8 +915,14 @@ fn run_phase(
             .arg(plan_path)
             .arg("--source")
             .arg(&job.source)
-            .arg("--dest")
-            .arg(dest)
+            // Every destination, as every pod in the cluster has: the engine spreads each
+            // worker's threads over them. Each worker's list starts at another one, so that the
+            // destinations that get one thread more (threads not a multiple of them) differ.
+            .args(
+                crate::cmd::worker::turned(&job.destinations, w as usize)
+                    .iter()
+                    .flat_map(|d| [OsStr::new("--dest"), d.as_os_str()]),
+            )
             // Shards are handed out on demand (see `Dispatch`).
             .arg("--claims")
             .args([
@@ -1080,7 +1088,7 @@ fn run_phase(
         failed_files: 0,
         accounted_shards: 0,
         verification: None,
-        per_worker: vec![(0, 0); job.workers as usize],
+        mounts: Vec::new(),
         broken,
         died: Vec::new(),
         unusable: false,
@@ -1101,8 +1109,15 @@ fn run_phase(
         match &st.result {
             Some(r) if class.accounted() => {
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
-                    out.per_worker[w as usize] = (s.copy.entries_done(), s.copy.bytes_copied);
                     add_summary(&mut out.summary, &s);
+                }
+                let mounts: Vec<MountFigures> =
+                    serde_json::from_value(r["mounts"].clone()).unwrap_or_default();
+                for m in mounts {
+                    match out.mounts.iter_mut().find(|o| o.mount == m.mount) {
+                        Some(o) => o.add(&m),
+                        None => out.mounts.push(m),
+                    }
                 }
                 if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
                     add_summary(&mut out.ran, &s);
@@ -1131,9 +1146,6 @@ fn run_phase(
                             .get_or_insert_default()
                             .add(&verification(v));
                     }
-                    let pw = &mut out.per_worker[w as usize];
-                    pw.0 += sum.copy.entries_done();
-                    pw.1 += sum.copy.bytes_copied;
                 }
                 let log = state
                     .join("logs")
@@ -1163,8 +1175,8 @@ fn run_phase(
     out
 }
 
-/// The shard queue of one phase and the pipes to the workers' standard input: each idle worker
-/// gets the next shard id when its last shard ended, so a worker on a slow mount takes fewer
+/// The shard queue of one phase and the pipes to the workers' standard input: a worker gets the
+/// next shard id whenever one of its slots is free, so a worker on a slow mount takes fewer
 /// shards; when every shard ended, the pipes close and the workers finish.
 struct Dispatch {
     queue: ShardQueue,
@@ -1173,20 +1185,24 @@ struct Dispatch {
 }
 
 impl Dispatch {
+    /// Tops every worker up to [`ingest_job::SHARDS_AT_ONCE`] shards (it runs that many at
+    /// once), a shard to each in turn.
     fn feed(&mut self) {
         use std::io::Write;
-        for (w, pipe) in self.stdins.iter_mut().enumerate() {
-            let name = w.to_string();
-            let Some(stdin) = pipe else { continue };
-            if !self.queue.claims_of(&name).is_empty() {
-                continue;
-            }
-            let Some(shard) = self.queue.claim(&name, 0) else {
-                break;
-            };
-            if writeln!(stdin, "{shard}").is_err() {
-                // It is exiting; its reader gives the claim back when its output ends.
-                *pipe = None;
+        'deal: for holds in 0..ingest_job::SHARDS_AT_ONCE {
+            for (w, pipe) in self.stdins.iter_mut().enumerate() {
+                let name = w.to_string();
+                let Some(stdin) = pipe else { continue };
+                if self.queue.claims_of(&name).len() > holds {
+                    continue;
+                }
+                let Some(shard) = self.queue.claim(&name, 0) else {
+                    break 'deal;
+                };
+                if writeln!(stdin, "{shard}").is_err() {
+                    // It is exiting; its reader gives the claim back when its output ends.
+                    *pipe = None;
+                }
             }
         }
         if self.queue.finished() {
@@ -1237,23 +1253,26 @@ fn build_status(
     };
     // A shard counted as done has all its bytes at the destination, copied now or before.
     let percent = if lost_shards == 0 { 100.0 } else { percent };
-    let servers: Vec<ServerStatus> = job
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let ws: Vec<usize> = (0..job.workers as usize)
-                .filter(|w| w % job.servers.len() == i)
-                .collect();
-            ServerStatus {
-                server: name.clone(),
-                workers: ws.len() as u32,
-                files: ws.iter().map(|&w| copy.per_worker[w].0).sum(),
-                bytes: ws.iter().map(|&w| copy.per_worker[w].1).sum(),
-                ..ServerStatus::default()
+    // Each server's figures: every worker wrote through every destination, in both phases.
+    let figures: Vec<MountFigures> = ingest_copy::mount_names(&job.destinations)
+        .into_iter()
+        .map(|name| {
+            let mut sum = MountFigures::default();
+            for m in [Some(copy), verify]
+                .into_iter()
+                .flatten()
+                .flat_map(|p| &p.mounts)
+            {
+                if m.mount == name {
+                    sum.add(m);
+                }
             }
+            sum
         })
         .collect();
+    let secs = copy.seconds + verify.map_or(0.0, |v| v.seconds);
+    let servers: Vec<ServerStatus> =
+        ingest_api::claims::server_statuses(&job.servers, &figures, &[], job.workers, secs);
     let verification = verify.and_then(|v| v.verification.clone());
     let mut failures: Vec<FileFailure> = plan
         .scan_errors

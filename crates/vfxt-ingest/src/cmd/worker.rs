@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{FileFailure, VerificationCounts};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
-    AutoConfig, CopyJob, FirstN, Options, Outcome as EntryOutcome, Progress, ReportSink, Summary,
-    Tee, VerifyMode,
+    AutoConfig, CopyJob, FirstN, MountLimits, Options, Outcome as EntryOutcome, Progress,
+    ReportSink, Snapshot, Summary, Tee, VerifyMode,
 };
 use ingest_job::{ScanFailed, Tally};
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
@@ -78,12 +78,13 @@ pub struct Args {
     )]
     pub index: Option<u32>,
     /// Take shards as they are handed out: one shard id per line on standard input, the next read
-    /// when the last ended (its `shard` event is on stdout), until end of input. How `run` deals
+    /// when a slot is free (see --shards-at-once; a `shard` event on stdout tells each end),
+    /// until end of input. How `run` deals
     /// shards on demand, so a worker on a slow mount takes fewer. One phase only.
     #[arg(long, conflicts_with_all = ["worker", "shards", "server_index"])]
     pub claims: bool,
     /// Take shards from the operator's claims endpoint at URL (e.g. `http://10.0.0.9:8080`; the
-    /// messages go to URL/claims/v1), one at a time, for one --phase (copy or verify), until it
+    /// messages go to URL/claims/v1), --shards-at-once at a time, for one --phase (copy or verify), until it
     /// says the pass is finished (exit 0) or stopped (exit 0). Identity from POD_NAMESPACE,
     /// INGEST_JOB_NAME, INGEST_JOB_UID, INGEST_RUN and POD_NAME. A refused token exits 2; an
     /// operator unreachable for 10 minutes exits 3.
@@ -167,6 +168,29 @@ pub struct Args {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub progress_every: f64,
+    /// Shards run at once, each by all the threads (they share each mount's permits, so the
+    /// mounts see --threads, not N times it): at one shard's tail, while its last files finish,
+    /// the threads it leaves idle take up the next shard's work. 1 runs one shard after another.
+    #[arg(long, default_value_t = ingest_job::SHARDS_AT_ONCE, value_name = "N",
+          value_parser = shards_at_once)]
+    pub shards_at_once: usize,
+}
+
+/// `list` starting at its `k`-th entry (modulo its length), the ones before it at the end.
+pub fn turned<T: Clone>(list: &[T], k: usize) -> Vec<T> {
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let k = k % list.len();
+    list[k..].iter().chain(&list[..k]).cloned().collect()
+}
+
+/// `--shards-at-once`: 1 to 16.
+fn shards_at_once(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=16) => Ok(n),
+        _ => Err(format!("expected a number from 1 to 16, got {s:?}")),
+    }
 }
 
 /// What a marker file holds: the pass's summary, so a resumed run still reports complete totals.
@@ -383,7 +407,18 @@ fn claims_session(args: &Args) -> Result<Option<Session>, String> {
     .map(Some)
 }
 
-pub fn run(args: Args) -> Outcome {
+pub fn run(mut args: Args) -> Outcome {
+    // A claims worker in the cluster starts its list of destinations at its own index: with
+    // --threads N not a multiple of the servers, the servers that get one thread more differ
+    // from pod to pod, so that each server gets an equal share in all (`run` hands each local
+    // worker its list turned the same way).
+    if args.claims_url.is_some()
+        && let Some(k) = std::env::var("JOB_COMPLETION_INDEX")
+            .ok()
+            .and_then(|k| k.parse::<usize>().ok())
+    {
+        args.destinations = turned(&args.destinations, k);
+    }
     let claims = match claims_session(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -498,25 +533,43 @@ pub fn run(args: Args) -> Outcome {
             ));
         }
     };
-    let first = FirstN::new(ingest_api::job::MAX_LISTED_FAILURES);
-    let phase_now = Mutex::new(phases.first().copied().unwrap_or(Phase::Copy));
     // Entries the scan could not read are failed entries of the run already (the plan lists
     // them): meeting them again here is the same entry, kept in the full report but not counted
     // or listed a second time.
-    let again = AgainAtScan {
-        known: ScanFailed::new(plan.scan_errors.iter().map(|e| e.path.clone())),
-        inner: &first,
-        phase: &phase_now,
-        entries: AtomicU64::new(0),
-        verify_errors: AtomicU64::new(0),
-    };
-    let mut sinks: Vec<&dyn ReportSink> = vec![&again];
-    if let Some(r) = &report {
-        sinks.push(r);
-    }
-    let sink = Tee(sinks);
-
+    let known = ScanFailed::new(plan.scan_errors.iter().map(|e| e.path.clone()));
+    let phase_now = Mutex::new(phases.first().copied().unwrap_or(Phase::Copy));
+    // Shards run `--shards-at-once` at a time, each in a slot of its own: its own counters (a
+    // claims worker reports each shard's progress and result apart) and failure list, the
+    // mounts' meters and permits shared (see `ingest_copy::MountLimits`).
     let progress = Progress::default();
+    let slots = args.shards_at_once.max(1);
+    let progresses: Vec<Progress> = (0..slots).map(|_| progress.sharing_meters()).collect();
+    let firsts: Vec<FirstN> = (0..slots)
+        .map(|_| FirstN::new(ingest_api::job::MAX_LISTED_FAILURES))
+        .collect();
+    let agains: Vec<AgainAtScan> = firsts
+        .iter()
+        .map(|first| AgainAtScan {
+            known: &known,
+            inner: first,
+            phase: &phase_now,
+            entries: AtomicU64::new(0),
+            verify_errors: AtomicU64::new(0),
+        })
+        .collect();
+    let sinks: Vec<Tee> = agains
+        .iter()
+        .map(|again| {
+            let mut to: Vec<&dyn ReportSink> = vec![again];
+            if let Some(r) = &report {
+                to.push(r);
+            }
+            Tee(to)
+        })
+        .collect();
+    let limits = MountLimits::new(&args.destinations, &base_opts);
+    let snapshot = || -> Snapshot { progresses.iter().map(Progress::snapshot).sum() };
+
     let base = Base::default();
     let stop = AtomicBool::new(false);
     let total_shards = if args.claims || claims.is_some() {
@@ -533,7 +586,7 @@ pub fn run(args: Args) -> Outcome {
         pod_progress_reporter()
     };
     let progress_line = || {
-        let s = progress.snapshot();
+        let s = snapshot();
         if let Some(r) = &pod_reporter {
             r.update(PodProgress {
                 files: s.files + base.files.load(Relaxed),
@@ -560,13 +613,8 @@ pub fn run(args: Args) -> Outcome {
         }));
     };
 
-    let mut total = Summary::default();
-    // What this invocation did: `total` also counts the shards done by an earlier one (their
-    // markers' summaries), so that a resumed job still reports complete totals.
-    let mut ran = Summary::default();
-    // A claims worker's result: the sum of the results it sent for each shard.
-    let mut claimed = PodResult::default();
-    let (mut done, mut skipped, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    // What the slots found, added up as each shard ends.
+    let tally = Mutex::new(Ran::default());
     let started = Instant::now();
     let halt = std::thread::scope(|s| {
         s.spawn(|| {
@@ -581,127 +629,98 @@ pub fn run(args: Args) -> Outcome {
         });
         if let Some(c) = &claims {
             let stall = Duration::from_secs_f64(args.stall_timeout);
-            let (progress, stop, dests) = (&progress, &stop, &args.destinations);
-            s.spawn(move || c.heartbeats(progress, stop, stall, dests));
+            let (progresses, stop, dests) = (&progresses, &stop, &args.destinations);
+            s.spawn(move || c.heartbeats(progresses, stop, stall, dests));
         }
-        let r = (|| {
-            // The failure sink's count when the shard now ending started (claims workers).
-            let mut recorded_before = 0;
-            let mut probed = false;
+        let r = limits.governing(|| {
+            // One probe per worker process, before any shard writes: it proves the mounts
+            // writable and showing one export, and every shard goes through the same mounts.
+            // (A probe per shard cost a create, a read per mount and a remove for each shard of
+            // small files.)
+            if phases.contains(&Phase::Copy) {
+                let opts = engine_options(base_opts.clone(), Phase::Copy);
+                let job = CopyJob {
+                    source: args.source.clone(),
+                    destinations: destinations(),
+                    scopes: Vec::new(),
+                };
+                if opts.probe_destinations {
+                    ingest_copy::prepare(&job, &opts, &progress)
+                        .map_err(|e| Halt::Unusable(e.to_string()))?;
+                }
+            }
             for &phase in &phases {
                 *phase_now.lock().unwrap() = phase;
-                let todo: Box<dyn Iterator<Item = Result<&Shard, Halt>>> = if let Some(c) = &claims
-                {
-                    Box::new(claimed_shards(c, &plan))
-                } else if args.claims {
-                    Box::new(self::claims(&plan).map(|r| r.map_err(Halt::from)))
-                } else {
-                    Box::new(shards.iter().copied().map(Ok))
-                };
-                for shard in todo {
-                    let shard = shard?;
-                    let t0 = Instant::now();
-                    let again_before = again.counts();
+                let todo: Box<dyn Iterator<Item = Result<&Shard, Halt>> + Send> =
                     if let Some(c) = &claims {
-                        c.start(shard.id, progress.snapshot());
-                    }
-                    let marker = args
-                        .markers
-                        .as_deref()
-                        .and_then(|d| read_marker(d, phase, shard.id));
-                    let (status, summary) = if let Some(m) = marker {
-                        if phase == Phase::Copy {
-                            base.files.fetch_add(shard.files, Relaxed);
-                            base.bytes.fetch_add(shard.bytes, Relaxed);
-                        }
-                        skipped.push(shard.id);
-                        ("skipped", m.summary)
+                        Box::new(claimed_shards(c, &plan, slots))
+                    } else if args.claims {
+                        Box::new(self::claims(&plan).map(|r| r.map_err(Halt::from)))
                     } else {
-                        let job = CopyJob {
-                            source: args.source.clone(),
-                            destinations: destinations(),
-                            // Without hard links kept, trees and ranges copy every path as
-                            // its own file, so the link groups would only copy them again.
-                            scopes: engine_scopes(shard, phase)
-                                .into_iter()
-                                .filter(|sc| {
-                                    base_opts.preserve.hardlinks
-                                        || !matches!(sc, ingest_copy::Scope::LinkGroup(_))
-                                })
-                                .collect(),
-                        };
-                        let summary = if job.scopes.is_empty() {
-                            Summary::default()
-                        } else {
-                            let mut opts = engine_options(base_opts.clone(), phase);
-                            // One probe per worker process: it proves the mounts writable and
-                            // showing one export, and every later shard goes through the same
-                            // mounts. A probe per shard cost a create, a read per mount and a
-                            // remove for each shard of small files.
-                            opts.probe_destinations &= !probed;
-                            let summary = ingest_copy::run(&job, &opts, &progress, &sink)
-                                .map_err(|e| e.to_string())?;
-                            probed |= opts.probe_destinations;
-                            summary
-                        };
-                        add_summary(&mut ran, &summary);
-                        if summary.is_success() {
-                            if let Some(dir) = &args.markers {
-                                let m = Marker {
-                                    shard: shard.id,
-                                    phase: phase.as_str().into(),
-                                    summary: summary.clone(),
+                        Box::new(shards.clone().into_iter().map(Ok))
+                    };
+                let todo = Mutex::new(todo);
+                let halted: Mutex<Option<Halt>> = Mutex::new(None);
+                let run = ShardRun {
+                    args: &args,
+                    phase,
+                    base_opts: &base_opts,
+                    destinations: &destinations,
+                    limits: &limits,
+                    claims: claims.as_ref(),
+                    base: &base,
+                    tally: &tally,
+                    worker,
+                };
+                std::thread::scope(|s| {
+                    for (slot, (again, sink)) in agains.iter().zip(&sinks).enumerate() {
+                        let (todo, halted, run) = (&todo, &halted, &run);
+                        let progress = &progresses[slot];
+                        s.spawn(move || {
+                            let mut recorded_before = 0;
+                            loop {
+                                if halted.lock().unwrap().is_some() {
+                                    return;
+                                }
+                                // Asked under the lock: one question to the operator at a time.
+                                let next = todo.lock().unwrap().next();
+                                let outcome = match next {
+                                    None => return,
+                                    Some(Ok(shard)) => run.shard(
+                                        shard,
+                                        (slot, progress),
+                                        again,
+                                        sink,
+                                        &mut recorded_before,
+                                    ),
+                                    Some(Err(h)) => Err(h),
                                 };
-                                let data = serde_json::to_vec(&m).expect("markers serialize");
-                                if let Err(e) = crate::cmd::scan::write_durably(
-                                    &marker_path(dir, phase, shard.id),
-                                    &data,
-                                ) {
-                                    // The shard is done; without its marker it is only redone (cheaply) next time.
-                                    eprintln!(
-                                        "warning: --markers: marker for shard {} not written ({e})",
-                                        shard.id
-                                    );
+                                if let Err(h) = outcome {
+                                    halted.lock().unwrap().get_or_insert(h);
+                                    return;
                                 }
                             }
-                            done.push(shard.id);
-                            ("done", summary)
-                        } else {
-                            failed.push(shard.id);
-                            ("failed", summary)
-                        }
-                    };
-                    add_summary(&mut total, &summary);
-                    base.done.fetch_add(1, Relaxed);
-                    if let Some(c) = &claims {
-                        // This shard's own result: its summary, the failures listed since it
-                        // started, and only its entries met again after the scan.
-                        let (entries, recorded) = first.take();
-                        let mut result = pod_result(&summary, &entries, recorded - recorded_before);
-                        recorded_before = recorded;
-                        again.discount_since(&mut result, again_before);
-                        claimed.add(&result);
-                        c.finish(shard.id, result);
+                        });
                     }
-                    emit(&serde_json::json!({
-                        "event": "shard",
-                        "worker": worker,
-                        "phase": phase.as_str(),
-                        "shard": shard.id,
-                        "status": status,
-                        "files": shard.files,
-                        "bytes": shard.bytes,
-                        "seconds": t0.elapsed().as_secs_f64(),
-                        "summary": summary,
-                    }));
+                });
+                if let Some(h) = halted.into_inner().unwrap() {
+                    return Err(h);
                 }
             }
             Ok::<(), Halt>(())
-        })();
+        });
         stop.store(true, Relaxed);
         r.err()
     });
     progress_line();
+    let Ran {
+        mut total,
+        mut ran,
+        claimed,
+        done,
+        skipped,
+        failed,
+    } = tally.into_inner().unwrap();
     if let Some(r) = report
         && let Err(e) = r.finish()
     {
@@ -712,9 +731,17 @@ pub fn run(args: Args) -> Outcome {
     let result = if claims.is_some() {
         claimed
     } else {
-        let (entries, recorded) = first.take();
+        let (mut entries, mut recorded) = (Vec::new(), 0);
+        for first in &firsts {
+            let (e, r) = first.take();
+            entries.extend(e);
+            recorded += r;
+        }
+        entries.truncate(ingest_api::job::MAX_LISTED_FAILURES);
         let mut result = pod_result(&total, &entries, recorded);
-        again.discount(&mut result);
+        for again in &agains {
+            again.discount(&mut result);
+        }
         result
     };
     emit(&serde_json::json!({
@@ -724,6 +751,12 @@ pub fn run(args: Args) -> Outcome {
         "summary": total,
         "ran": ran,
         "result": result,
+        // What went through each destination (`run` sums them per server for its status).
+        "mounts": progress
+            .mounts()
+            .iter()
+            .map(crate::cmd::claims_client::mount_figures)
+            .collect::<Vec<_>>(),
         "error": halt.as_ref().map(Halt::to_string),
     }));
     if let Some(r) = pod_reporter {
@@ -752,11 +785,160 @@ pub fn run(args: Args) -> Outcome {
     }
 }
 
+/// What a worker's shards added up to.
+#[derive(Default)]
+struct Ran {
+    /// Every shard's summary, those done by an earlier invocation (their markers') too, so
+    /// that a resumed job still reports complete totals.
+    total: Summary,
+    /// What this invocation did.
+    ran: Summary,
+    /// A claims worker's result: the sum of the results it sent for each shard.
+    claimed: PodResult,
+    done: Vec<u32>,
+    skipped: Vec<u32>,
+    failed: Vec<u32>,
+}
+
+/// What every shard of one phase runs with.
+struct ShardRun<'a> {
+    args: &'a Args,
+    phase: Phase,
+    base_opts: &'a Options,
+    /// The destinations to write through now (a claims worker leaves out those the operator
+    /// says to avoid).
+    destinations: &'a (dyn Fn() -> Vec<PathBuf> + Sync),
+    limits: &'a MountLimits,
+    claims: Option<&'a Session>,
+    base: &'a Base,
+    tally: &'a Mutex<Ran>,
+    worker: Option<u32>,
+}
+
+impl ShardRun<'_> {
+    /// Runs one shard in `slot` (its index and counters), or skips it by its marker; tells the
+    /// operator (a claims worker) and stdout how it ended. `recorded_before` is the slot's
+    /// failure count when the shard started; only unusable input is an `Err`.
+    fn shard(
+        &self,
+        shard: &Shard,
+        (slot, progress): (usize, &Progress),
+        again: &AgainAtScan,
+        sink: &dyn ReportSink,
+        recorded_before: &mut u64,
+    ) -> Result<(), Halt> {
+        let (args, phase) = (self.args, self.phase);
+        let t0 = Instant::now();
+        let again_before = again.counts();
+        if let Some(c) = self.claims {
+            c.start(shard.id, slot, progress.snapshot());
+        }
+        let marker = args
+            .markers
+            .as_deref()
+            .and_then(|d| read_marker(d, phase, shard.id));
+        let (status, summary) = if let Some(m) = marker {
+            if phase == Phase::Copy {
+                self.base.files.fetch_add(shard.files, Relaxed);
+                self.base.bytes.fetch_add(shard.bytes, Relaxed);
+            }
+            ("skipped", m.summary)
+        } else {
+            let job = CopyJob {
+                source: args.source.clone(),
+                destinations: (self.destinations)(),
+                // Without hard links kept, trees and ranges copy every path as its own file,
+                // so the link groups would only copy them again.
+                scopes: engine_scopes(shard, phase)
+                    .into_iter()
+                    .filter(|sc| {
+                        self.base_opts.preserve.hardlinks
+                            || !matches!(sc, ingest_copy::Scope::LinkGroup(_))
+                    })
+                    .collect(),
+            };
+            let summary = if job.scopes.is_empty() {
+                Summary::default()
+            } else {
+                let mut opts = engine_options(self.base_opts.clone(), phase);
+                // Proved once for the worker, before its first shard (`ingest_copy::prepare`).
+                opts.probe_destinations = false;
+                ingest_copy::run_sharing(&job, &opts, progress, sink, self.limits)
+                    .map_err(|e| e.to_string())?
+            };
+            if summary.is_success()
+                && let Some(dir) = &args.markers
+            {
+                let m = Marker {
+                    shard: shard.id,
+                    phase: phase.as_str().into(),
+                    summary: summary.clone(),
+                };
+                let data = serde_json::to_vec(&m).expect("markers serialize");
+                if let Err(e) =
+                    crate::cmd::scan::write_durably(&marker_path(dir, phase, shard.id), &data)
+                {
+                    // The shard is done; without its marker it is only redone (cheaply) next time.
+                    eprintln!(
+                        "warning: --markers: marker for shard {} not written ({e})",
+                        shard.id
+                    );
+                }
+            }
+            let status = if summary.is_success() {
+                "done"
+            } else {
+                "failed"
+            };
+            (status, summary)
+        };
+        {
+            let mut t = self.tally.lock().unwrap();
+            match status {
+                "skipped" => t.skipped.push(shard.id),
+                "done" => {
+                    add_summary(&mut t.ran, &summary);
+                    t.done.push(shard.id);
+                }
+                _ => {
+                    add_summary(&mut t.ran, &summary);
+                    t.failed.push(shard.id);
+                }
+            }
+            add_summary(&mut t.total, &summary);
+        }
+        self.base.done.fetch_add(1, Relaxed);
+        if let Some(c) = self.claims {
+            // This shard's own result: its summary, the failures its slot listed since it
+            // started, and only its entries met again after the scan.
+            let (entries, recorded) = again.inner.take();
+            let mut result = pod_result(&summary, &entries, recorded - *recorded_before);
+            *recorded_before = recorded;
+            again.discount_since(&mut result, again_before);
+            self.tally.lock().unwrap().claimed.add(&result);
+            c.finish(shard.id, result);
+        }
+        emit(&serde_json::json!({
+            "event": "shard",
+            "worker": self.worker,
+            "phase": phase.as_str(),
+            "shard": shard.id,
+            "status": status,
+            "files": shard.files,
+            "bytes": shard.bytes,
+            "seconds": t0.elapsed().as_secs_f64(),
+            "summary": summary,
+        }));
+        Ok(())
+    }
+}
+
 /// The shards of `--claims-url`, as the operator hands them out.
 fn claimed_shards<'p>(
     session: &'p Session,
     plan: &'p Plan,
-) -> impl Iterator<Item = Result<&'p Shard, Halt>> + 'p {
+    slots: usize,
+) -> impl Iterator<Item = Result<&'p Shard, Halt>> + Send + 'p {
     let unknown = |id: u32| {
         Halt::Unusable(format!(
             "--claims-url: the operator handed out shard {id}, which is not in --plan \
@@ -764,7 +946,7 @@ fn claimed_shards<'p>(
             plan.shards.len()
         ))
     };
-    std::iter::from_fn(move || match session.next_shard() {
+    std::iter::from_fn(move || match session.next_shard(slots) {
         Ok(None) => None,
         Ok(Some(id)) => Some(plan.shards.get(id as usize).ok_or_else(|| unknown(id))),
         Err(end) => Some(Err(Halt::Claims(end))),
@@ -772,36 +954,39 @@ fn claimed_shards<'p>(
 }
 
 /// The shards of `--claims`: ids read from standard input, one per line, until its end.
-fn claims(plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> {
+fn claims(plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> + Send {
     use std::io::BufRead;
-    std::io::stdin().lock().lines().filter_map(move |line| {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
-        };
-        let id = line.trim();
-        if id.is_empty() {
-            return None;
-        }
-        Some(
-            id.parse::<usize>()
-                .ok()
-                .and_then(|i| plan.shards.get(i))
-                .ok_or_else(|| {
-                    format!(
-                        "--claims: {id:?} is not a shard of the plan (valid: 0..{})",
-                        plan.shards.len()
-                    )
-                }),
-        )
-    })
+    // Not `stdin().lock()`: the slots take turns reading, from different threads.
+    std::io::BufReader::new(std::io::stdin())
+        .lines()
+        .filter_map(move |line| {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
+            };
+            let id = line.trim();
+            if id.is_empty() {
+                return None;
+            }
+            Some(
+                id.parse::<usize>()
+                    .ok()
+                    .and_then(|i| plan.shards.get(i))
+                    .ok_or_else(|| {
+                        format!(
+                            "--claims: {id:?} is not a shard of the plan (valid: 0..{})",
+                            plan.shards.len()
+                        )
+                    }),
+            )
+        })
 }
 
 /// Feeds the status's failure list (`inner`): passes entries on except repaired ones and the
 /// failures of entries the scan already failed on, which it counts instead (see [`ScanFailed`]).
 struct AgainAtScan<'a> {
-    known: ScanFailed,
-    inner: &'a dyn ReportSink,
+    known: &'a ScanFailed,
+    inner: &'a FirstN,
     phase: &'a Mutex<Phase>,
     /// Failed entries met again (any pass).
     entries: AtomicU64,
@@ -940,5 +1125,39 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
         repaired: v.repaired,
         errors: v.errors,
         verified: v.matched + v.repaired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_starts_its_destinations_at_its_own_index() {
+        let d = ["a", "b", "c"];
+        assert_eq!(turned(&d, 0), ["a", "b", "c"]);
+        assert_eq!(turned(&d, 1), ["b", "c", "a"]);
+        assert_eq!(turned(&d, 5), ["c", "a", "b"]);
+        assert!(turned::<&str>(&[], 3).is_empty());
+        // Four threads over three destinations, dealt round robin by three workers so turned:
+        // every destination gets four threads in all.
+        let mut per_dest = [0; 3];
+        for w in 0..3 {
+            let order = turned(&[0, 1, 2], w);
+            for t in 0..4 {
+                per_dest[order[t % 3]] += 1;
+            }
+        }
+        assert_eq!(per_dest, [4, 4, 4]);
+    }
+
+    #[test]
+    fn shards_at_once_is_1_to_16() {
+        assert_eq!(shards_at_once("2"), Ok(2));
+        assert_eq!(shards_at_once("16"), Ok(16));
+        for bad in ["0", "17", "two", ""] {
+            let e = shards_at_once(bad).unwrap_err();
+            assert!(e.contains("1 to 16") && e.contains(bad), "{e}");
+        }
     }
 }

@@ -19,11 +19,12 @@ pub enum Threads {
 #[serde(rename_all = "camelCase")]
 pub enum Tool {
     Vfxt(Threads),
-    /// `vfxt-ingest run`: one worker process per mount with this many threads. Builds before
-    /// c01ac34 dealt the shards to the workers up front (the field guide's manifests, and the
-    /// operator's worker pods: a static split); since then each worker takes the next shard when
-    /// its last one ended, so the worker on a slow mount takes fewer.
-    VfxtRun(usize),
+    /// `vfxt-ingest run`: one worker process per mount, with this many threads (`threadsPerWorker`).
+    /// Builds before c01ac34 dealt the shards to the workers up front (the field guide's
+    /// manifests, and the operator's worker pods: a static split); since then each worker takes
+    /// the next shard when it has room, so the worker on a slow mount takes fewer. Since the
+    /// shared permits (issue 13) every worker writes through every mount, two shards at once.
+    VfxtRun(Threads),
     Cp,
     RsyncInplace,
     /// The field guide's `find | parallel cp`, its jobs dealt over every mount by job slot.
@@ -36,7 +37,8 @@ impl Tool {
         match self {
             Tool::Vfxt(Threads::Fixed(n)) => format!("vfxt-ingest --threads {n}"),
             Tool::Vfxt(Threads::Auto) => "vfxt-ingest --threads auto".into(),
-            Tool::VfxtRun(n) => format!("vfxt-ingest run, {n} threads/worker"),
+            Tool::VfxtRun(Threads::Fixed(n)) => format!("vfxt-ingest run, {n} threads/worker"),
+            Tool::VfxtRun(Threads::Auto) => "vfxt-ingest run, auto threads/worker".into(),
             Tool::Cp => "cp -a".into(),
             Tool::RsyncInplace => "rsync -a --inplace".into(),
             Tool::Parallel(j) => format!("find | parallel -j{j} cp"),
@@ -185,12 +187,14 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
             // `run` (a worker process per mount, shards on demand) beside one `copy` over the
             // same even mounts: what the job machinery costs when no node is slow.
             if let Some(&m) = a.mounts.iter().max().filter(|&&m| m > 1) {
-                out.push(Scenario {
-                    part: "auto",
-                    tool: Tool::VfxtRun(a.capacity),
-                    latency_ms: lat,
-                    nodes: even(m),
-                });
+                for threads in [Threads::Fixed(a.capacity), Threads::Auto] {
+                    out.push(Scenario {
+                        part: "auto",
+                        tool: Tool::VfxtRun(threads),
+                        latency_ms: lat,
+                        nodes: even(m),
+                    });
+                }
             }
         }
         if part("slow") {
@@ -204,7 +208,8 @@ pub fn scenarios(a: &Args) -> Result<Vec<Scenario>, String> {
             for tool in [
                 Tool::Vfxt(Threads::Fixed(even_split)),
                 Tool::Vfxt(Threads::Fixed(4 * even_split)),
-                Tool::VfxtRun(a.capacity),
+                Tool::VfxtRun(Threads::Fixed(a.capacity)),
+                Tool::VfxtRun(Threads::Auto),
                 Tool::Vfxt(Threads::Auto),
             ] {
                 out.push(Scenario {
@@ -242,9 +247,9 @@ mod tests {
         assert_eq!(count("peers"), 2 * 7);
         // 5 thread counts x 3 mount counts.
         assert_eq!(count("curve"), 2 * 15);
-        // auto over 1, 2 and 3 mounts, and `run` over 3.
-        assert_eq!(count("auto"), 2 * 4);
-        assert_eq!(count("slow"), 2 * 4);
+        // auto over 1, 2 and 3 mounts, and `run` over 3 (fixed and auto threads).
+        assert_eq!(count("auto"), 2 * 5);
+        assert_eq!(count("slow"), 2 * 5);
         let slow = s.iter().find(|x| x.part == "slow").unwrap();
         assert_eq!(
             slow.nodes.iter().map(|n| n.capacity).collect::<Vec<_>>(),

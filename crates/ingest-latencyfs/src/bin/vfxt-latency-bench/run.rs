@@ -194,10 +194,14 @@ impl Bench {
                 let job = format!(
                     "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: latency-bench}}\n\
                      spec:\n  source: {{local: {}}}\n  destination: {{local: [{}]}}\n  workers: {}\n  \
-                     threadsPerWorker: {threads}\n  verify: {{mode: None}}\n",
+                     threadsPerWorker: {}\n  verify: {{mode: None}}\n",
                     q(&self.src),
                     dests.join(", "),
-                    mounts.len()
+                    mounts.len(),
+                    match threads {
+                        Threads::Fixed(n) => n.to_string(),
+                        Threads::Auto => "auto".into(),
+                    }
                 );
                 let file = scratch.join("job.yaml");
                 // A failure to write shows as the run's own error (no such file).
@@ -519,10 +523,12 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
                 .copied()
                 .filter(|r| matches!(r.scenario.tool, Tool::Vfxt(Threads::Fixed(_)))),
         );
-        let slow_static = slow
-            .iter()
-            .copied()
-            .find(|r| matches!(r.scenario.tool, Tool::VfxtRun(_)));
+        // `run` with the slow node: the better of its thread settings.
+        let slow_static = best(
+            slow.iter()
+                .copied()
+                .filter(|r| matches!(r.scenario.tool, Tool::VfxtRun(_))),
+        );
         // `run` over even mounts beside the best single `copy` over as many.
         let run_even = best(at.iter().copied().filter(|r| {
             matches!(r.scenario.tool, Tool::VfxtRun(_)) && r.scenario.part != "slow" && even(r)
@@ -548,10 +554,41 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
                 "staticSplit": slow_static.map(|r| r.label.clone()),
                 "staticSplitFilesPerS": slow_static.and_then(|r| r.files_per_s),
                 "autoOverStaticSplit": ratio(slow_auto, slow_static),
+                // The ideal in the engine's own operations per file (one `copy --threads
+                // auto`): `run`'s extra operations count against it.
+                "idealFilesPerS": slow_auto.and_then(ideal_files_per_s),
+                "runOverIdeal": ratio_to(slow_static, slow_auto.and_then(ideal_files_per_s)),
+                "autoOverIdeal": ratio_to(slow_auto, slow_auto.and_then(ideal_files_per_s)),
             },
         }));
     }
     out
+}
+
+/// The ideal rate of a run: the operations it made, served by every node at its full capacity
+/// (capacity / latency operations per second each, summed), per file. "The work divided by the
+/// total capacity", in the run's own operations per file.
+fn ideal_files_per_s(r: &Record) -> Option<f64> {
+    let files = r.files_per_s? * r.wall_s;
+    let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
+    if files <= 0.0 || ops == 0 {
+        return None;
+    }
+    let capacity: f64 = r
+        .scenario
+        .nodes
+        .iter()
+        .map(|n| n.capacity as f64 / n.meta_latency.as_secs_f64().max(1e-6))
+        .sum();
+    Some(capacity / (ops as f64 / files))
+}
+
+/// A run's rate over `rate`.
+fn ratio_to(r: Option<&Record>, rate: Option<f64>) -> Option<f64> {
+    match (r.and_then(|r| r.files_per_s), rate) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    }
 }
 
 pub fn json(b: &Bench, recs: &[Record]) -> serde_json::Value {
