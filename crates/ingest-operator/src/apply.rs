@@ -1,5 +1,10 @@
 //! Apply (I/O): server-side apply of the desired children, pruning of older runs, and the `/status` write.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use ingest_api::constants::{FIELD_MANAGER, labels};
 use ingest_api::{IngestJob, IngestJobStatus};
 use k8s_openapi::api::batch::v1::Job;
@@ -32,7 +37,7 @@ where
     Ok(())
 }
 
-/// Applies every child. Jobs that already exist are left alone: their pod template and completions are
+/// Applies every child. Jobs that already exist (in `obs`) are left alone: their pod template and completions are
 /// immutable, and the run's layout is frozen when its Jobs are created.
 pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]) -> Result<usize> {
     let mut written = 0;
@@ -70,7 +75,8 @@ pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]
                     )
                     .await
                     .or_else(|e| match e {
-                        // Created by a concurrent reconcile (or before a restart and not yet in our list): fine.
+                        // Created by a concurrent reconcile, or earlier and not yet in the watch cache the
+                        // reconcile read (a cache lags the cluster): fine, the Job is there.
                         kube::Error::Api(s) if s.code == 409 => Ok((**j).clone()),
                         e => Err(Error::kube(format!("create Job {}", j.name_any()), e)),
                     })?;
@@ -173,4 +179,123 @@ pub async fn patch_status(client: &Client, ij: &IngestJob, status: &IngestJobSta
 /// Label selector of the operator's own objects (for the controller's watches).
 pub fn managed_selector() -> String {
     format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)
+}
+
+/// How long the pods' RBAC objects, once applied, are not applied again while unchanged. Then they are, to
+/// repair drift (a RoleBinding deleted by hand).
+pub const RBAC_REAPPLY_AFTER: Duration = Duration::from_secs(600);
+
+/// Whether a child is one of the pods' RBAC objects (ServiceAccount, Role, RoleBinding).
+pub fn is_rbac(child: &Child) -> bool {
+    matches!(
+        child,
+        Child::ServiceAccount(_) | Child::Role(_) | Child::RoleBinding(_)
+    )
+}
+
+/// A hash of the RBAC objects among `children` as they would be applied (their JSON, owner reference
+/// included, so a re-created IngestJob of the same name applies its own); None when there are none (the
+/// pods run as the user's service account).
+pub fn rbac_hash(children: &[Child]) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut any = false;
+    for c in children.iter().filter(|c| is_rbac(c)) {
+        let json = match c {
+            Child::ServiceAccount(o) => serde_json::to_vec(o),
+            Child::Role(o) => serde_json::to_vec(o),
+            Child::RoleBinding(o) => serde_json::to_vec(o),
+            _ => continue,
+        };
+        json.unwrap_or_default().hash(&mut h);
+        any = true;
+    }
+    any.then(|| h.finish())
+}
+
+/// Whether RBAC objects hashing to `hash` are applied now (pure), given the hash and age of the last
+/// apply: unless the same objects were applied less than `max_age` ago.
+pub fn rbac_due(last: Option<(u64, Duration)>, hash: u64, max_age: Duration) -> bool {
+    !last.is_some_and(|(h, age)| h == hash && age < max_age)
+}
+
+/// The RBAC objects last applied for each IngestJob (`namespace/name`): their [`rbac_hash`] and when. Each
+/// IngestJob has its own ServiceAccount, Role and RoleBinding (`<name>-pods`), so that is the key.
+#[derive(Default)]
+pub struct RbacApplied(Mutex<HashMap<String, (u64, Instant)>>);
+
+impl RbacApplied {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `key`'s RBAC objects hashing to `hash` are applied now ([`rbac_due`]).
+    pub fn due(&self, key: &str, hash: u64) -> bool {
+        let last = self.lock().get(key).map(|(h, at)| (*h, at.elapsed()));
+        rbac_due(last, hash, RBAC_REAPPLY_AFTER)
+    }
+
+    /// Notes that `key`'s RBAC objects hashing to `hash` were just applied.
+    pub fn applied(&self, key: String, hash: u64) {
+        self.lock().insert(key, (hash, Instant::now()));
+    }
+
+    /// Forgets `key` (its apply failed, or the IngestJob is gone): the next reconcile applies them.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_rbac_is_applied_again_only_after_a_while() {
+        let max = Duration::from_secs(600);
+        let minute = Duration::from_secs(60);
+        assert!(rbac_due(None, 7, max), "never applied (or forgotten)");
+        assert!(!rbac_due(Some((7, minute)), 7, max), "same, recent: skip");
+        assert!(rbac_due(Some((8, minute)), 7, max), "changed: apply");
+        assert!(
+            rbac_due(Some((7, max)), 7, max),
+            "same, but old: repair drift"
+        );
+        assert!(rbac_due(Some((7, 2 * max)), 7, max));
+    }
+
+    #[test]
+    fn the_memory_skips_until_forgotten() {
+        let m = RbacApplied::default();
+        assert!(m.due("ns/a", 1));
+        m.applied("ns/a".into(), 1);
+        assert!(!m.due("ns/a", 1));
+        assert!(m.due("ns/a", 2), "another desired form");
+        assert!(m.due("ns/b", 1), "another IngestJob");
+        m.forget("ns/a");
+        assert!(m.due("ns/a", 1), "an apply error forgets");
+    }
+
+    #[test]
+    fn the_rbac_hash_covers_only_the_rbac_objects_and_follows_them() {
+        let sa = |name: &str| {
+            Child::ServiceAccount(ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let job = Child::Job(Box::default());
+        assert_eq!(rbac_hash(&[]), None);
+        assert_eq!(
+            rbac_hash(std::slice::from_ref(&job)),
+            None,
+            "no RBAC objects"
+        );
+        let a = rbac_hash(&[sa("x-pods"), job.clone()]).unwrap();
+        assert_eq!(rbac_hash(&[sa("x-pods")]), Some(a), "Jobs do not count");
+        assert_ne!(rbac_hash(&[sa("y-pods"), job]), Some(a));
+        assert!(is_rbac(&sa("x")));
+    }
 }

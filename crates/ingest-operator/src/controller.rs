@@ -13,10 +13,11 @@ use ingest_api::constants::{annotations, labels};
 use ingest_api::job::WorkerTemplate;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use crate::claims::Registry;
@@ -25,6 +26,7 @@ use crate::error::Result;
 use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::observe::Caches;
 use crate::reconcile::{Context, error_policy, reconcile};
 use crate::token::TokenReviewer;
 
@@ -116,7 +118,8 @@ where
 }
 
 /// One kube-runtime Controller over IngestJobs, their Jobs and plan ConfigMaps and their pods, in `namespace`
-/// (None: cluster-wide).
+/// (None: cluster-wide). The watches of the children fill the watch caches the reconcile reads them from
+/// (`observe`), and then trigger the reconcile: a reconcile triggered by a change sees it in the cache.
 async fn run_one(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -126,13 +129,35 @@ async fn run_one(
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let managed = watcher::Config::default().labels(&crate::apply::managed_selector());
+    let (jobs, jobs_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    let (plans, plans_writer) = reflector::store();
+    ctx.caches
+        .insert(namespace.clone(), Caches { jobs, pods, plans });
+    // Full Jobs and pods (their status is what the reconcile reads); managed fields are dropped before they
+    // are cached, nothing reads them. ConfigMaps metadata only: the plans' data is never streamed.
+    let jobs = watcher(scoped::<Job>(&client, ns), managed.clone())
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(jobs_writer)
+        .touched_objects();
+    let plans = watcher(
+        scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        managed.clone(),
+    )
+    .modify(|o| o.managed_fields_mut().clear())
+    .reflect(plans_writer)
+    .touched_objects();
+    let pods = watcher(scoped::<Pod>(&client, ns), managed)
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(pods_writer)
+        .touched_objects();
     Controller::new(
         scoped::<IngestJob>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(scoped::<Job>(&client, ns), managed.clone())
-    .owns(scoped::<ConfigMap>(&client, ns), managed.clone())
-    .watches(scoped::<Pod>(&client, ns), managed, |pod| pod_owner(&pod))
+    .owns_stream(jobs)
+    .owns_stream(plans)
+    .watches_stream(pods, |pod| pod_owner(&pod))
     // A pass that ended (told by the claims endpoint) moves its run on at once.
     .reconcile_on(passes_ended)
     // No debounce: kube-runtime's debounce is pushed back by every new event, so hundreds of short pods

@@ -40,6 +40,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A watch cache the reconcile reads (Jobs, Pods, plan ConfigMaps) has not had its first full list yet,
+    /// or no controller of this operator watches the namespace: retried soon (the watch retries on its own).
+    #[error(
+        "the operator's watch cache of {0} has not listed them yet (its watch retries; a lasting error is in the operator's log)"
+    )]
+    CacheNotReady(String),
     /// Another replica holds the leader Lease.
     #[error("lost leadership of lease {0}")]
     LostLease(String),
@@ -156,7 +162,7 @@ impl Error {
                 _ => Category::Api,
             },
             Error::LostLease(_) => Category::Conflict,
-            Error::Io { .. } => Category::Transport,
+            Error::Io { .. } | Error::CacheNotReady(_) => Category::Transport,
             Error::MissingField(_) | Error::Plan { .. } | Error::Serde { .. } => Category::Internal,
         }
     }

@@ -18,7 +18,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::claims::{Registry, Views};
-use crate::desired::{Settings, desired};
+use crate::desired::{Child, Settings, desired};
 use crate::error::{Category, Error, Result};
 use crate::metrics::{JobSample, Metrics};
 use crate::{apply, observe, stage, status};
@@ -40,6 +40,10 @@ pub struct Context {
     pub reconcile_gap: Duration,
     /// The copy and verify passes this operator coordinates (the claims endpoint serves them).
     pub claims: Arc<Registry>,
+    /// The watch caches of the children the reconcile reads (each controller adds its own).
+    pub caches: observe::WatchCaches,
+    /// The pods' RBAC objects last applied per IngestJob: unchanged ones are not applied on every pass.
+    pub rbac: apply::RbacApplied,
     last_write: Mutex<HashMap<String, Instant>>,
     last_reconcile: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<String, u32>>,
@@ -75,6 +79,8 @@ impl Context {
             status_interval,
             reconcile_gap: RECONCILE_GAP,
             claims: Arc::new(Registry::default()),
+            caches: observe::WatchCaches::default(),
+            rbac: apply::RbacApplied::default(),
             last_write: Mutex::default(),
             last_reconcile: Mutex::default(),
             failures: Mutex::default(),
@@ -84,6 +90,13 @@ impl Context {
     /// The same context coordinating the passes of `claims` (the one the HTTP endpoint serves).
     pub fn with_claims(mut self, claims: Arc<Registry>) -> Self {
         self.claims = claims;
+        self
+    }
+
+    /// The same context reading the children of IngestJobs in `scope` (None: every namespace) from
+    /// `caches` (a running controller adds its own instead).
+    pub fn with_caches(self, scope: Option<String>, caches: observe::Caches) -> Self {
+        self.caches.insert(scope, caches);
         self
     }
 
@@ -371,6 +384,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
             .forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
         ctx.claims
             .forget(&ij.namespace().unwrap_or_default(), &ij.name_any());
+        ctx.rbac.forget(&key(ij));
         return Ok(Action::await_change());
     }
     let ns = ij
@@ -381,7 +395,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         write_status(ctx, ij, &status::invalid(ij, &errors, now), false).await?;
         return Err(Error::InvalidSpec(errors));
     }
-    let obs = observe::observe(&ctx.client, ij).await?;
+    let obs = observe::observe(&ctx.client, &ctx.caches, ij).await?;
     let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
     let passes = if recorded {
         Views::default()
@@ -392,7 +406,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     // A run whose record is written creates nothing more (Jobs deleted by hand are not run again).
     if !recorded {
         let children = desired(ij, &stage, &ctx.settings)?;
-        apply::apply(&ctx.client, &ns, &obs, &children).await?;
+        apply_children(ctx, ij, &ns, &obs, children).await?;
     }
     apply::prune(&ctx.client, ij, &obs).await?;
     let st = status::compute(ij, &obs, &stage, &passes, now);
@@ -442,6 +456,40 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
             ij.spec.stall_timeout_seconds().div_ceil(2).clamp(5, 60),
         )),
     })
+}
+
+/// Applies `children`, but the pods' RBAC objects only when they changed or were last applied long ago
+/// ([`apply::rbac_due`]): they are the same on every pass of a job. An error forgets them, so the next
+/// pass applies them again.
+async fn apply_children(
+    ctx: &Context,
+    ij: &IngestJob,
+    ns: &str,
+    obs: &observe::Observed,
+    children: Vec<Child>,
+) -> Result<()> {
+    let k = key(ij);
+    let rbac = apply::rbac_hash(&children).filter(|h| ctx.rbac.due(&k, *h));
+    let children: Vec<Child> = if rbac.is_some() {
+        children
+    } else {
+        children
+            .into_iter()
+            .filter(|c| !apply::is_rbac(c))
+            .collect()
+    };
+    match apply::apply(&ctx.client, ns, obs, &children).await {
+        Ok(_) => {
+            if let Some(h) = rbac {
+                ctx.rbac.applied(k, h);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            ctx.rbac.forget(&k);
+            Err(e)
+        }
+    }
 }
 
 /// Makes sure the current run's passes exist in `claims` (the copy pass once the plan is stored,

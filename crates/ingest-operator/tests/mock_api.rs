@@ -16,13 +16,14 @@ use ingest_api::{IngestJob, IngestJobStatus, Phase, Totals};
 use ingest_operator::Category;
 use ingest_operator::claims::{Refusal, Registry};
 use ingest_operator::metrics::Metrics;
+use ingest_operator::observe::Caches;
 use ingest_operator::reconcile::{Context, error_policy, reconcile};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::Client;
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 /// What the fake API server holds. Lists honour the namespace in the path and the label and field selectors
@@ -44,6 +45,23 @@ struct Cluster {
     volumes: Vec<String>,
     /// (method, path fragment, status code) answered with an error instead.
     fail: Vec<(&'static str, &'static str, u16)>,
+    /// Not the API server's: the operator's watch caches, when a test fixes what they hold (a cache
+    /// lagging the cluster). None: as the watches fill them from this cluster ([`watched`]).
+    caches: Option<Caches>,
+}
+
+/// The operator's watch caches as its watches (every namespace, by the managed-by label) fill them from
+/// `c` once they have listed: what a reconcile reads its children from instead of listing them.
+fn watched(c: &Cluster) -> Caches {
+    fn managed<K: kube::Resource + Clone>(items: &[K]) -> Vec<K> {
+        let sel = ingest_operator::apply::managed_selector();
+        items
+            .iter()
+            .filter(|o| selectors::labels_match(Some(&sel), o.labels()))
+            .cloned()
+            .collect()
+    }
+    Caches::listed(managed(&c.jobs), managed(&c.pods), managed(&c.plans))
 }
 
 type Shared = Arc<Mutex<Cluster>>;
@@ -108,7 +126,9 @@ fn listed_vals<T: serde::Serialize>(path: &str, v: &[T]) -> Vec<Value> {
 }
 
 fn status_error(code: u16, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "x", "code": code})
+    // The reason as the API server gives it where a client reads it (`get_opt` tells a 404 by it).
+    let reason = if code == 404 { "NotFound" } else { "x" };
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
 }
 
 fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
@@ -118,6 +138,19 @@ fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
     match short.as_str() {
         "GET jobs" => (200, list("JobList", listed_vals(path, &c.jobs))),
         "GET pods" => (200, list("PodList", listed_vals(path, &c.pods))),
+        "GET configmaps" if !name.is_empty() => {
+            // One plan's metadata (`get_metadata_opt`), as the API server answers it.
+            match c.plans.iter().find(|m| {
+                named(m.metadata.name.as_deref())
+                    && selectors::listed(path, &serde_json::to_value(m).unwrap())
+            }) {
+                Some(m) => (
+                    200,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m.metadata}),
+                ),
+                None => (404, status_error(404, "configmaps not found")),
+            }
+        }
         "GET configmaps" => {
             let items: Vec<Value> = listed_vals(path, &c.plans)
                 .into_iter()
@@ -303,7 +336,13 @@ async fn run_in_with(
             },
         )
     });
-    let claims = shared.lock().unwrap().claims.clone();
+    let (claims, caches) = {
+        let c = shared.lock().unwrap();
+        (
+            c.claims.clone(),
+            c.caches.clone().unwrap_or_else(|| watched(&c)),
+        )
+    };
     let ctx = Arc::new(
         Context::new(
             client,
@@ -312,7 +351,8 @@ async fn run_in_with(
             recorder,
             Duration::from_secs(5),
         )
-        .with_claims(claims),
+        .with_claims(claims)
+        .with_caches(None, caches),
     );
     let result = reconcile(Arc::new(ij.clone()), ctx.clone()).await;
     if let Err(e) = &result {
@@ -375,12 +415,10 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
     let (result, calls, metrics) = run(&ij, Cluster::default()).await;
     // Half the default stall timeout: a stall shows even when no pod event comes.
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
+    // Nothing is listed: the children are read from the operator's watch caches.
     assert_eq!(
         shorts(&calls),
         [
-            "GET jobs",
-            "GET pods",
-            "GET configmaps",
             "PATCH serviceaccounts",
             "PATCH roles",
             "PATCH rolebindings",
@@ -389,18 +427,11 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
         ]
     );
     assert!(
-        calls[0]
-            .path
-            .contains("labelSelector=ingest.vfxt.dev%2Fjob%3Dgenomics"),
-        "{}",
+        calls[0].path.contains("fieldManager=vfxt-ingest") && calls[0].path.contains("force=true"),
+        "server-side apply: {}",
         calls[0].path
     );
-    assert!(
-        calls[3].path.contains("fieldManager=vfxt-ingest") && calls[3].path.contains("force=true"),
-        "server-side apply: {}",
-        calls[3].path
-    );
-    assert_eq!(calls[6].body["metadata"]["name"], "genomics-r0-scan");
+    assert_eq!(calls[3].body["metadata"]["name"], "genomics-r0-scan");
     let st = status_body(&calls);
     assert_eq!(st["phase"], "Pending");
     assert_eq!(condition(st, "Reconciling")["status"], "True");
@@ -779,7 +810,7 @@ async fn api_errors_surface_with_their_category_and_conflicts_on_create_are_tole
     let (result, _, _) = run(
         &ij,
         Cluster {
-            fail: vec![("GET", "pods", 429)],
+            fail: vec![("PATCH", "roles", 429)],
             ..Default::default()
         },
     )
@@ -858,6 +889,7 @@ async fn status_writes_are_rate_limited_within_one_context() {
             Duration::from_secs(5),
         )
         .with_claims(claims)
+        .with_caches(None, watched(&first_cluster))
         .with_reconcile_gap(Duration::ZERO),
     );
     let server = tokio::spawn(serve(
@@ -1059,15 +1091,12 @@ async fn two_ingestjobs_in_one_namespace_leave_each_others_plans_alone() {
                 Vec::<String>::new(),
                 "round {round}, {name}"
             );
-            let plan_list = calls
-                .iter()
-                .find(|c| c.short() == "GET configmaps")
-                .unwrap();
-            let sel = selectors::query_param(&plan_list.path, "labelSelector").unwrap();
+            // Both jobs' plans are in the one cache; each reconcile selects its own by the job's label
+            // (`observe::select`), as the lists by label did, and lists nothing.
             assert!(
-                sel.contains(&format!("ingest.vfxt.dev/job={name}"))
-                    && sel.contains("ingest.vfxt.dev/role=plan"),
-                "the plan list keeps the job's own label: {sel}"
+                calls.iter().all(|c| c.method != "GET"),
+                "{:?}",
+                shorts(&calls)
             );
             assert_eq!(
                 current(&shared, name).status.unwrap().phase,
@@ -1418,7 +1447,7 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
     let ij = fixture("one-ip.yaml");
     let shared: Shared = Arc::new(Mutex::new(Cluster {
         ijs: vec![ij.clone()],
-        fail: vec![("GET", "pods", 503)],
+        fail: vec![("PATCH", "roles", 503)],
         ..Default::default()
     }));
     let (result, calls, _) = run_in_with(&shared, &ij, true).await;
@@ -1431,7 +1460,10 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
         (&json!("True"), &json!("ApiError"))
     );
     assert!(
-        d["message"].as_str().unwrap().starts_with("list Pods: "),
+        d["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("apply Role genomics-pods: "),
         "the message names the call: {d}"
     );
     let event = calls.iter().find(|c| c.short() == "POST events").unwrap();
@@ -1451,5 +1483,172 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
             .iter()
             .all(|c| c["type"] != "Degraded"),
         "{st}"
+    );
+}
+
+/// One operator process against `shared`: one context (its memory of applied RBAC objects; no reconcile
+/// throttle) whose watch caches hold `caches` throughout, whatever the cluster does (a cache lagging the
+/// cluster). Returns the context, the calls so far, and the fake API server (it stops when the context,
+/// holding the client, is dropped).
+fn operator(
+    shared: &Shared,
+    caches: Caches,
+) -> (
+    Arc<Context>,
+    Arc<Mutex<Vec<Call>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let server = tokio::spawn(serve(handle, shared.clone(), calls.clone()));
+    let claims = shared.lock().unwrap().claims.clone();
+    let ctx = Arc::new(
+        Context::new(
+            Client::new(svc, "default"),
+            settings(),
+            Arc::new(Metrics::default()),
+            None,
+            Duration::from_secs(5),
+        )
+        .with_claims(claims)
+        .with_caches(None, caches)
+        .with_reconcile_gap(Duration::ZERO),
+    );
+    (ctx, calls, server)
+}
+
+/// The calls since the last time this was asked.
+fn taken(calls: &Mutex<Vec<Call>>) -> Vec<String> {
+    shorts(&std::mem::take(&mut *calls.lock().unwrap()))
+}
+
+#[tokio::test]
+async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_create() {
+    let ij = fixture("one-ip.yaml");
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        ..Default::default()
+    }));
+    // The caches never see the scan Job this operator creates: they lag the cluster throughout.
+    let (ctx, calls, server) = operator(&shared, Caches::listed(vec![], vec![], vec![]));
+    let pass = || reconcile(Arc::new(current(&shared, "genomics")), ctx.clone());
+    pass().await.unwrap();
+    assert_eq!(
+        taken(&calls),
+        [
+            "PATCH serviceaccounts",
+            "PATCH roles",
+            "PATCH rolebindings",
+            "POST jobs",
+            "PATCH ingestjobs/status"
+        ]
+    );
+    // The same RBAC objects are not applied again. The scan Job, missing from the cache, is created
+    // again; the API server says it exists (409), which is no error; nothing is deleted.
+    pass().await.unwrap();
+    assert_eq!(taken(&calls), ["POST jobs"]);
+    assert_eq!(shared.lock().unwrap().jobs.len(), 1);
+    // An apply error forgets what was applied: the pass after it applies the RBAC objects again (a
+    // failed pass may have been a RoleBinding the API server lost).
+    shared.lock().unwrap().fail = vec![("POST", "jobs", 500)];
+    pass().await.unwrap_err();
+    assert_eq!(taken(&calls), ["POST jobs", "PATCH ingestjobs/status"]);
+    shared.lock().unwrap().fail.clear();
+    pass().await.unwrap();
+    assert_eq!(
+        taken(&calls)[..4],
+        [
+            "PATCH serviceaccounts",
+            "PATCH roles",
+            "PATCH rolebindings",
+            "POST jobs"
+        ]
+    );
+    drop(ctx);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_finished_scan_whose_plan_the_cache_lacks_is_checked_with_the_api_server() {
+    let ij = fixture("one-ip.yaml");
+    let obs = scanned(&ij, 8, totals(), false);
+    // The Job watch delivered the finished scan; the ConfigMap watch has not delivered its plan yet.
+    let lagging = Caches::listed(obs.jobs.clone(), vec![], vec![]);
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            jobs: obs.jobs.clone(),
+            plans: obs.plans.clone(),
+            caches: Some(lagging.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    result.unwrap();
+    let gets: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.method == "GET")
+        .map(|c| c.path.split('?').next().unwrap())
+        .collect();
+    assert_eq!(
+        gets,
+        ["/api/v1/namespaces/ingest/configmaps/genomics-r0-plan-0"]
+    );
+    let created = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
+    assert_eq!(created.body["metadata"]["name"], "genomics-r0-copy");
+    assert_ne!(status_body(&calls)["phase"], Phase::Failed.as_str());
+
+    // The API server has none either: then the scan did finish without storing one.
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            jobs: obs.jobs,
+            caches: Some(lagging),
+            ..Default::default()
+        },
+    )
+    .await;
+    result.unwrap();
+    let st = status_body(&calls);
+    assert_eq!(st["phase"], Phase::Failed.as_str());
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap()
+            .contains("without storing a plan"),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn a_cache_that_has_not_listed_is_never_read() {
+    use kube::runtime::reflector::store;
+    let ij = fixture("one-ip.yaml");
+    // The Jobs and plans caches listed (nothing); the pods cache's watch ended before its first list.
+    let listed = Caches::listed(vec![], vec![], vec![]);
+    let (pods, writer) = store::<Pod>();
+    drop(writer);
+    let (result, calls, _) = run(
+        &ij,
+        Cluster {
+            caches: Some(Caches { pods, ..listed }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, ingest_operator::Error::CacheNotReady(what) if what == "Pods"),
+        "{err}"
+    );
+    assert_eq!(err.category(), Category::Transport, "retried soon");
+    // Nothing created from an empty-looking cache: only the error goes to the status.
+    assert_eq!(shorts(&calls), ["PATCH ingestjobs/status"]);
+    assert_eq!(
+        condition(status_body(&calls), "Degraded")["reason"],
+        "ApiError"
     );
 }
