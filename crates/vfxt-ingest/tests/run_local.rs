@@ -1166,3 +1166,68 @@ fn shards_nobody_could_finish_fail_the_run() {
     );
     assert!(st["shards"]["failed"].as_u64().unwrap() > 0, "{st:?}");
 }
+
+/// A destination that stops answering mid-copy (a hung NFS server behind a hard mount: no error,
+/// its callers wait in the kernel): each worker that meets it says which and exits 4, its shards
+/// go back at no cost to their retries, and its slot starts again without it. The run ends
+/// Succeeded and identical through the other destination, the status naming the hung one.
+#[test]
+fn a_destination_that_stops_answering_is_given_up_and_the_run_still_succeeds() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 12, 30);
+    // The same export as `dst`, through a node that stops answering at its 200th operation.
+    let hung = t.path().join("hung-node");
+    let node = ingest_latencyfs::Node::mount(
+        &dst,
+        &hung,
+        ingest_latencyfs::NodeConfig {
+            meta_latency: Duration::ZERO,
+            data_latency: Duration::ZERO,
+            stop_answering_at: Some(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone(), hung.clone()],
+        // No retries: a shard whose claim were lost (rather than handed back) would fail the run.
+        "  workers: 2\n  threadsPerWorker: 4\n  shards: {target: 40}\n  stallTimeoutSeconds: 10\n  \
+         failurePolicy: {retriesPerShard: 0}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let held = node.stats();
+    assert!(
+        held.unanswered >= 1,
+        "the node never stopped answering: {held:?}"
+    );
+    drop(node);
+    assert_identical(&src, &dst);
+    let status = read_status(&state);
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{status:?}");
+    assert_eq!(status["shards"]["succeeded"], status["shards"]["total"]);
+    let servers = status["servers"].as_sequence().unwrap();
+    let hung_name = hung.display().to_string();
+    let gone = servers
+        .iter()
+        .find(|s| s["server"].as_str() == Some(hung_name.as_str()))
+        .unwrap();
+    assert_eq!(gone["state"].as_str(), Some("Unresponsive"), "{gone:?}");
+    assert_eq!(gone["workers"].as_u64(), Some(0), "{gone:?}");
+    let why = gone["message"].as_str().unwrap();
+    assert!(why.contains(&hung_name) && why.contains("waiting"), "{why}");
+    let other = servers
+        .iter()
+        .find(|s| s["server"].as_str() == Some(dst.display().to_string().as_str()))
+        .unwrap();
+    assert_eq!(other["state"].as_str(), Some("Healthy"), "{other:?}");
+    // Every worker that met the hung node said so in its log.
+    let logs: String = fs::read_dir(state.join("logs"))
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
+        .collect();
+    assert!(logs.contains("stopped answering"), "{logs}");
+}

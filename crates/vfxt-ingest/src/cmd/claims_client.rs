@@ -346,19 +346,14 @@ impl Session {
         while !stop.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
             let figures = progress.mounts();
-            if let Some((mount, snap)) = figures.iter().find(|(_, m)| m.waiting >= stall) {
-                let why = format!(
-                    "{} operation(s) waiting {} s with none finishing",
-                    snap.running,
-                    snap.waiting.as_secs()
-                );
+            if let Some((mount, why)) = stalled(&figures, stall) {
                 let avoid = self.avoid();
                 let left = dests
                     .iter()
                     .map(|d| d.display().to_string())
-                    .filter(|d| d != mount && !avoid.contains(d))
+                    .filter(|d| *d != mount && !avoid.contains(d))
                     .count();
-                self.give_back(mount, &why, left, progress);
+                self.give_back(&mount, &why, left, progress);
             }
             let mut st = self.lock();
             st.mounts = figures.iter().map(mount_figures).collect();
@@ -601,6 +596,20 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The first destination with operations waiting `stall` and none finishing (it has stopped
+/// answering), and why it looks so.
+pub fn stalled(figures: &[(String, MountSnapshot)], stall: Duration) -> Option<(String, String)> {
+    let (mount, snap) = figures.iter().find(|(_, m)| m.waiting >= stall)?;
+    Some((
+        mount.clone(),
+        format!(
+            "{} operation(s) waiting {} s with none finishing",
+            snap.running,
+            snap.waiting.as_secs()
+        ),
+    ))
 }
 
 /// One destination's meter as the operator (and `run`) take it.

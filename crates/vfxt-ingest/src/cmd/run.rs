@@ -27,8 +27,8 @@ use ingest_api::claims::MountFigures;
 use ingest_api::job::{
     Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
     IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
-    ReportTarget, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker, Totals,
-    VerificationCounts, Verify, VerifyMode as JobVerifyMode, WorkerTemplate,
+    ReportTarget, ServerState, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker,
+    Totals, VerificationCounts, Verify, VerifyMode as JobVerifyMode, WorkerTemplate,
 };
 use ingest_copy::{Snapshot, Summary};
 use ingest_job::{ShardQueue, WorkerExit};
@@ -140,7 +140,9 @@ struct RunSpec {
     preserve: Preserve,
     #[serde(default)]
     failure_policy: FailurePolicy,
-    /// Accepted as in the cluster; a local run shows its progress live instead.
+    /// As in the cluster, per destination: a worker whose operations on one destination wait
+    /// this long with none finishing gives it up (a local run shows its progress live instead
+    /// of a Stalled condition).
     #[serde(default)]
     stall_timeout_seconds: Option<u32>,
     #[serde(default)]
@@ -196,6 +198,9 @@ struct Resolved {
     shards: u32,
     /// `spec.threadsPerWorker`, each worker's `--threads` (a count or `auto`).
     threads: ThreadsPerWorker,
+    /// `spec.stallTimeoutSeconds` (or its default): each worker's `--stall-timeout`.
+    #[serde(default)]
+    stall_timeout: u64,
     verify: String,
     /// `spec.verify.repair`.
     #[serde(default = "yes")]
@@ -548,6 +553,10 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         workers,
         shards,
         threads: spec.threads_per_worker,
+        stall_timeout: spec
+            .stall_timeout_seconds
+            .unwrap_or(ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS)
+            .into(),
         verify: verify.into(),
         repair: spec.verify.repair,
         // Owners can only be set by root; elsewhere asking for them would fail every file.
@@ -579,6 +588,9 @@ struct WorkerState {
     /// Each ended shard's summary and whether an earlier run had done it (its `shard` events):
     /// the counts of a worker that dies before its result.
     shards: Vec<(Summary, bool)>,
+    /// What went through each destination (from its result, or from the message of a worker
+    /// that found a destination unresponsive).
+    mounts: Vec<MountFigures>,
 }
 
 struct PhaseOutcome {
@@ -735,6 +747,8 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     };
     let t = &plan.totals;
     interim_status(state, job, Some(&plan), JobPhase::Copying, started);
+    // Destinations found unresponsive, with why: no worker after uses them, in either phase.
+    let avoided = Mutex::new(Vec::new());
     let mut copy = run_phase(
         job,
         state,
@@ -746,6 +760,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             bytes: t.bytes,
         },
         args,
+        &avoided,
     );
     if copy.worked {
         // Copying touches directories other shards share (their times are set by verify), so a
@@ -766,6 +781,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             Phase::Verify,
             expected,
             args,
+            &avoided,
         ))
     } else {
         None
@@ -792,7 +808,8 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
         v => v,
     };
-    let status = build_status(job, &plan, &copy, verify.as_ref(), started);
+    let avoided = avoided.into_inner().unwrap();
+    let status = build_status(job, &plan, &copy, verify.as_ref(), &avoided, started);
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     write_durably(&state.join("status.yaml"), yaml.as_bytes())
         .map_err(|e| format!("--state: status not written ({e})"))?;
@@ -885,6 +902,13 @@ fn reusable_plan(job: &Resolved, job_path: &Path, plan_path: &Path) -> Option<Pl
 }
 
 /// Starts one worker process per worker slot for `phase`, shows aggregate progress, collects results.
+///
+/// A worker that finds a destination unresponsive (operations waiting `stallTimeoutSeconds`
+/// with none finishing) says which and exits 4; its shards go back to the queue at no cost to
+/// their retries, and its slot starts again without that destination, as does every worker
+/// started after it (`avoided`, kept for the next phase). With no destination left the phase
+/// ends with its shards unfinished.
+#[allow(clippy::too_many_arguments)]
 fn run_phase(
     job: &Resolved,
     state: &Path,
@@ -893,19 +917,38 @@ fn run_phase(
     phase: Phase,
     expected: Expected,
     args: &Args,
+    avoided: &Mutex<Vec<(String, String)>>,
 ) -> PhaseOutcome {
     let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
-    let states: Vec<Mutex<WorkerState>> = (0..job.workers)
+    let names = ingest_copy::mount_names(&job.destinations);
+    // One state per process: a slot starts again at most once per destination it gives up.
+    let per_slot = job.destinations.len().max(1);
+    let states: Vec<Mutex<WorkerState>> = (0..job.workers as usize * per_slot)
         .map(|_| Mutex::new(WorkerState::default()))
         .collect();
-    let mut broken = Vec::new();
-    let mut children: Vec<(u32, Child)> = Vec::new();
-    for w in 0..job.workers {
+    let spawn = |w: u32| -> Result<Child, String> {
+        let avoid = avoided.lock().unwrap().clone();
+        let dests: Vec<&PathBuf> = job
+            .destinations
+            .iter()
+            .zip(&names)
+            .filter(|(_, n)| !avoid.iter().any(|(a, _)| a == *n))
+            .map(|(d, _)| d)
+            .collect();
+        if dests.is_empty() {
+            return Err(format!(
+                "worker {w}: no destination left to write through (every one stopped answering)"
+            ));
+        }
         let log = state
             .join("logs")
             .join(format!("worker-{w}-{}.log", phase.as_str()));
-        let stderr = match std::fs::File::create(&log) {
+        let stderr = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
             Ok(f) => Stdio::from(f),
             Err(_) => Stdio::inherit(),
         };
@@ -919,7 +962,7 @@ fn run_phase(
             // worker's threads over them. Each worker's list starts at another one, so that the
             // destinations that get one thread more (threads not a multiple of them) differ.
             .args(
-                crate::cmd::worker::turned(&job.destinations, w as usize)
+                crate::cmd::worker::turned(&dests, w as usize)
                     .iter()
                     .flat_map(|d| [OsStr::new("--dest"), d.as_os_str()]),
             )
@@ -932,6 +975,8 @@ fn run_phase(
                 &job.threads.to_string(),
                 "--verify",
                 &job.verify,
+                "--stall-timeout",
+                &job.stall_timeout.to_string(),
             ])
             .arg("--markers")
             .arg(state.join("markers"))
@@ -975,11 +1020,9 @@ fn run_phase(
         if std::env::var(ingest_copy::fault::WORKER_ENV).is_ok_and(|only| only != w.to_string()) {
             cmd.env_remove(ingest_copy::fault::ENV);
         }
-        match cmd.spawn() {
-            Ok(c) => children.push((w, c)),
-            Err(e) => broken.push(format!("worker {w}: cannot start {} ({e})", exe.display())),
-        }
-    }
+        cmd.spawn()
+            .map_err(|e| format!("worker {w}: cannot start {} ({e})", exe.display()))
+    };
     let dispatch = Mutex::new(Dispatch {
         queue: ShardQueue::new(
             plan.shards.iter().map(|s| s.id),
@@ -989,63 +1032,68 @@ fn run_phase(
         ),
         stdins: (0..job.workers).map(|_| None).collect(),
     });
-    {
-        let mut d = dispatch.lock().unwrap();
-        for (w, child) in &mut children {
-            d.stdins[*w as usize] = child.stdin.take();
-        }
-        d.feed();
-    }
     let dispatch = &dispatch;
     let stop = AtomicBool::new(false);
-    let mut exits: Vec<(u32, std::io::Result<std::process::ExitStatus>)> = Vec::new();
+    // Per process that ran: its slot, its state's index, how it ended.
+    let exits: Mutex<Vec<(u32, usize, std::io::Result<std::process::ExitStatus>)>> =
+        Mutex::new(Vec::new());
+    let broken = Mutex::new(Vec::new());
     let states = &states;
     std::thread::scope(|s| {
-        for (w, child) in &mut children {
-            let out = child.stdout.take().expect("stdout piped");
-            let w = *w;
-            s.spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    let mut st = states[w as usize].lock().unwrap();
-                    match v["event"].as_str() {
-                        Some("shard") => {
-                            if let Ok(sum) = serde_json::from_value::<Summary>(v["summary"].clone())
-                            {
-                                st.shards.push((sum, v["status"] == "skipped"));
+        let slots: Vec<_> = (0..job.workers)
+            .map(|w| {
+                let (spawn, exits, broken) = (&spawn, &exits, &broken);
+                s.spawn(move || {
+                    for k in 0..per_slot {
+                        let idx = w as usize * per_slot + k;
+                        let mut child = match spawn(w) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                broken.lock().unwrap().push(e);
+                                break;
                             }
-                            drop(st);
-                            if let Some(id) = v["shard"].as_u64() {
-                                let mut d = dispatch.lock().unwrap();
-                                d.queue.complete(id as u32);
-                                d.feed();
+                        };
+                        let out = child.stdout.take().expect("stdout piped");
+                        {
+                            let mut d = dispatch.lock().unwrap();
+                            d.stdins[w as usize] = child.stdin.take();
+                            d.feed();
+                        }
+                        let gave_up = read_worker(out, &states[idx], dispatch);
+                        let exit = child.wait();
+                        let class =
+                            WorkerExit::from_code(exit.as_ref().ok().and_then(|e| e.code()));
+                        // Its output ended: the worker is gone. What it held goes to the
+                        // others (at no cost to the shards when a destination was to blame).
+                        let again = {
+                            let mut d = dispatch.lock().unwrap();
+                            d.stdins[w as usize] = None;
+                            let name = w.to_string();
+                            if class == WorkerExit::MountUnresponsive {
+                                d.queue.release(&name);
+                            } else {
+                                d.queue.worker_gone(&name);
                             }
+                            d.feed();
+                            !d.queue.finished()
+                        };
+                        exits.lock().unwrap().push((w, idx, exit));
+                        match gave_up {
+                            Some(m) if class == WorkerExit::MountUnresponsive => {
+                                let mut a = avoided.lock().unwrap();
+                                if !a.iter().any(|(n, _)| *n == m.0) {
+                                    a.push(m);
+                                }
+                            }
+                            _ => break,
                         }
-                        Some("progress") => {
-                            let n = |k: &str| v[k].as_u64().unwrap_or(0);
-                            st.snapshot = Snapshot {
-                                files: n("files"),
-                                bytes: n("bytes"),
-                                failed: n("failed"),
-                                verified: n("verified"),
-                                verified_bytes: n("verifiedBytes"),
-                                ..Snapshot::default()
-                            };
+                        if !again {
+                            break;
                         }
-                        Some("result") => st.result = Some(v),
-                        _ => {}
                     }
-                }
-                // Its output ended: the worker is gone. What it held goes to the others.
-                let mut d = dispatch.lock().unwrap();
-                d.stdins[w as usize] = None;
-                d.queue.worker_gone(&w.to_string());
-                d.feed();
-            });
-        }
+                })
+            })
+            .collect();
         let label = phase.as_str();
         let stop = &stop;
         let viewer = (!args.quiet && !args.json).then(|| {
@@ -1069,15 +1117,16 @@ fn run_phase(
                 })
             })
         });
-        for (w, child) in &mut children {
-            exits.push((*w, child.wait()));
+        for slot in slots {
+            let _ = slot.join();
         }
-        // Readers end at EOF, which follows the exits.
         stop.store(true, Relaxed);
         if let Some(v) = viewer {
             let _ = v.join();
         }
     });
+    let exits = exits.into_inner().unwrap();
+    let broken = broken.into_inner().unwrap();
 
     let mut out = PhaseOutcome {
         summary: Summary::default(),
@@ -1097,11 +1146,17 @@ fn run_phase(
     out.worked = !out.broken.is_empty();
     // Shards count as done when their worker said so (a `shard` event), whoever ran them.
     out.accounted_shards = dispatch.lock().unwrap().queue.completed() as u64;
-    for (w, exit) in exits {
-        let st = states[w as usize].lock().unwrap().clone();
+    for (w, idx, exit) in exits {
+        let st = states[idx].lock().unwrap().clone();
         let class = WorkerExit::from_code(exit.as_ref().ok().and_then(|e| e.code()));
         if class == WorkerExit::UnusableInput {
             out.unusable = true;
+        }
+        for m in &st.mounts {
+            match out.mounts.iter_mut().find(|o| o.mount == m.mount) {
+                Some(o) => o.add(m),
+                None => out.mounts.push(m.clone()),
+            }
         }
         let skipped = st.shards.iter().filter(|(_, skipped)| *skipped).count();
         out.worked |= st.shards.len() > skipped;
@@ -1110,14 +1165,6 @@ fn run_phase(
             Some(r) if class.accounted() => {
                 if let Ok(s) = serde_json::from_value::<Summary>(r["summary"].clone()) {
                     add_summary(&mut out.summary, &s);
-                }
-                let mounts: Vec<MountFigures> =
-                    serde_json::from_value(r["mounts"].clone()).unwrap_or_default();
-                for m in mounts {
-                    match out.mounts.iter_mut().find(|o| o.mount == m.mount) {
-                        Some(o) => o.add(&m),
-                        None => out.mounts.push(m),
-                    }
                 }
                 if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
                     add_summary(&mut out.ran, &s);
@@ -1147,6 +1194,12 @@ fn run_phase(
                             .add(&verification(v));
                     }
                 }
+                out.worked = true;
+                if class == WorkerExit::MountUnresponsive {
+                    // Not a death: it gave its shards back and its slot went on without the
+                    // destination (the status names it).
+                    continue;
+                }
                 let log = state
                     .join("logs")
                     .join(format!("worker-{w}-{}.log", phase.as_str()));
@@ -1173,6 +1226,60 @@ fn run_phase(
     out.failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
     out.seconds = phase_started.elapsed().as_secs_f64();
     out
+}
+
+/// Reads a worker's events until its output ends: progress and ended shards into `st` (each
+/// ended shard also into the queue, which then deals the next), its result, and what went
+/// through each destination. Returns the destination it found unresponsive, with why, if it
+/// said so.
+fn read_worker(
+    out: std::process::ChildStdout,
+    st: &Mutex<WorkerState>,
+    dispatch: &Mutex<Dispatch>,
+) -> Option<(String, String)> {
+    let mut gave_up = None;
+    for line in BufReader::new(out).lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let mut st = st.lock().unwrap();
+        match v["event"].as_str() {
+            Some("shard") => {
+                if let Ok(sum) = serde_json::from_value::<Summary>(v["summary"].clone()) {
+                    st.shards.push((sum, v["status"] == "skipped"));
+                }
+                drop(st);
+                if let Some(id) = v["shard"].as_u64() {
+                    let mut d = dispatch.lock().unwrap();
+                    d.queue.complete(id as u32);
+                    d.feed();
+                }
+            }
+            Some("progress") => {
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                st.snapshot = Snapshot {
+                    files: n("files"),
+                    bytes: n("bytes"),
+                    failed: n("failed"),
+                    verified: n("verified"),
+                    verified_bytes: n("verifiedBytes"),
+                    ..Snapshot::default()
+                };
+            }
+            Some("result") => {
+                st.mounts = serde_json::from_value(v["mounts"].clone()).unwrap_or_default();
+                st.result = Some(v);
+            }
+            Some("unresponsive") => {
+                st.mounts = serde_json::from_value(v["mounts"].clone()).unwrap_or_default();
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                gave_up = Some((s("mount"), s("why")));
+            }
+            _ => {}
+        }
+    }
+    gave_up
 }
 
 /// The shard queue of one phase and the pipes to the workers' standard input: a worker gets the
@@ -1233,6 +1340,7 @@ fn build_status(
     plan: &Plan,
     copy: &PhaseOutcome,
     verify: Option<&PhaseOutcome>,
+    avoided: &[(String, String)],
     started: Timestamp,
 ) -> IngestJobStatus {
     let t = &plan.totals;
@@ -1254,7 +1362,17 @@ fn build_status(
     // A shard counted as done has all its bytes at the destination, copied now or before.
     let percent = if lost_shards == 0 { 100.0 } else { percent };
     // Each server's figures: every worker wrote through every destination, in both phases.
-    let figures: Vec<MountFigures> = ingest_copy::mount_names(&job.destinations)
+    let names = ingest_copy::mount_names(&job.destinations);
+    let unresponsive: Vec<Option<String>> = names
+        .iter()
+        .map(|n| {
+            avoided
+                .iter()
+                .find(|(a, _)| a == n)
+                .map(|(_, why)| format!("{n} stopped answering: {why}"))
+        })
+        .collect();
+    let figures: Vec<MountFigures> = names
         .into_iter()
         .map(|name| {
             let mut sum = MountFigures::default();
@@ -1271,8 +1389,13 @@ fn build_status(
         })
         .collect();
     let secs = copy.seconds + verify.map_or(0.0, |v| v.seconds);
-    let servers: Vec<ServerStatus> =
-        ingest_api::claims::server_statuses(&job.servers, &figures, &[], job.workers, secs);
+    let servers: Vec<ServerStatus> = ingest_api::claims::server_statuses(
+        &job.servers,
+        &figures,
+        &unresponsive,
+        job.workers,
+        secs,
+    );
     let verification = verify.and_then(|v| v.verification.clone());
     let mut failures: Vec<FileFailure> = plan
         .scan_errors
@@ -1447,8 +1570,13 @@ fn print_status(
         println!("shards: {} of {} finished", sh.succeeded, sh.total);
     }
     for sv in &s.servers {
+        let state = match (sv.state, &sv.message) {
+            (Some(ServerState::Healthy) | None, _) => String::new(),
+            (Some(st), Some(m)) => format!(" ({st:?}: {m})"),
+            (Some(st), None) => format!(" ({st:?})"),
+        };
         println!(
-            "  {}: {} workers, {} files, {}",
+            "  {}: {} workers, {} files, {}{state}",
             sv.server,
             sv.workers,
             sv.files,

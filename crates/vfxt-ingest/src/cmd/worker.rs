@@ -114,13 +114,13 @@ pub struct Args {
         value_name = "SECONDS"
     )]
     pub heartbeat_seconds: f64,
-    /// With --claims-url: a destination with operations waiting this long and none finishing has
-    /// stopped answering (a hung server behind a hard NFS mount blocks without an error). The
-    /// worker tells the operator, hands its shards back and exits 4; workers after it keep away
-    /// from that destination. The operator passes `spec.stallTimeoutSeconds`.
+    /// With --claims-url or --claims: a destination with operations waiting this long and none
+    /// finishing has stopped answering (a hung server behind a hard NFS mount blocks without an
+    /// error). The worker says which (to the operator, or as an `unresponsive` event on stdout),
+    /// hands its shards back and exits 4; workers after it keep away from that destination. The
+    /// operator and `run` pass `spec.stallTimeoutSeconds`.
     #[arg(
         long,
-        requires = "claims_url",
         default_value_t = ingest_api::job::DEFAULT_STALL_TIMEOUT_SECONDS as f64,
         value_name = "SECONDS"
     )]
@@ -174,6 +174,35 @@ pub struct Args {
     #[arg(long, default_value_t = ingest_job::SHARDS_AT_ONCE, value_name = "N",
           value_parser = shards_at_once)]
     pub shards_at_once: usize,
+}
+
+/// The watchdog of a `--claims` worker (how `run` deals shards): a destination with operations
+/// waiting `stall` and none finishing has stopped answering; its threads are stuck in the kernel.
+/// The worker says which on stdout (an `unresponsive` event, with what went through each
+/// destination) and exits 4: the stuck threads go with the process, and `run` starts the worker
+/// again without that destination; the shards it held go back to the queue.
+fn watch_mounts(progress: &Progress, stop: &AtomicBool, stall: Duration) {
+    while !stop.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let figures = progress.mounts();
+        if let Some((mount, why)) = crate::cmd::claims_client::stalled(&figures, stall) {
+            emit(&serde_json::json!({
+                "event": "unresponsive",
+                "mount": mount,
+                "why": why,
+                "mounts": figures
+                    .iter()
+                    .map(crate::cmd::claims_client::mount_figures)
+                    .collect::<Vec<_>>(),
+            }));
+            eprintln!(
+                "error: destination {mount} stopped answering ({why}); the shards held go back to \
+                 the queue and this worker exits {}",
+                ingest_job::exit::MOUNT_UNRESPONSIVE
+            );
+            std::process::exit(ingest_job::exit::MOUNT_UNRESPONSIVE);
+        }
+    }
 }
 
 /// `list` starting at its `k`-th entry (modulo its length), the ones before it at the end.
@@ -383,12 +412,6 @@ fn claims_session(args: &Args) -> Result<Option<Session>, String> {
             return Err("--claims-url: give one --phase (copy or verify), not both".into());
         }
     };
-    if !(args.stall_timeout.is_finite() && args.stall_timeout >= 1.0) {
-        return Err(format!(
-            "--stall-timeout: {} must be at least 1 (seconds)",
-            args.stall_timeout
-        ));
-    }
     if !(args.heartbeat_seconds > 0.0
         && args.heartbeat_seconds < ingest_api::claims::LEASE_SECONDS as f64)
     {
@@ -426,6 +449,13 @@ pub fn run(mut args: Args) -> Outcome {
             return Outcome::UnusableInput;
         }
     };
+    if !(args.stall_timeout.is_finite() && args.stall_timeout >= 1.0) {
+        eprintln!(
+            "error: --stall-timeout: {} must be at least 1 (seconds)",
+            args.stall_timeout
+        );
+        return Outcome::UnusableInput;
+    }
     // Unusable input: said on stderr, and to the operator by a claims worker (it stops the run).
     let refuse = |e: String| {
         eprintln!("error: {e}");
@@ -627,10 +657,13 @@ pub fn run(mut args: Args) -> Outcome {
                 }
             }
         });
+        let stall = Duration::from_secs_f64(args.stall_timeout);
         if let Some(c) = &claims {
-            let stall = Duration::from_secs_f64(args.stall_timeout);
             let (progresses, stop, dests) = (&progresses, &stop, &args.destinations);
             s.spawn(move || c.heartbeats(progresses, stop, stall, dests));
+        } else if args.claims {
+            let (progress, stop) = (&progress, &stop);
+            s.spawn(move || watch_mounts(progress, stop, stall));
         }
         let r = limits.governing(|| {
             // One probe per worker process, before any shard writes: it proves the mounts
