@@ -136,7 +136,10 @@ async fn run_one(
         .insert(namespace.clone(), Caches { jobs, pods, plans });
     // Full Jobs and pods (their status is what the reconcile reads); managed fields are dropped before they
     // are cached, nothing reads them. ConfigMaps metadata only: the plans' data is never streamed.
+    // Each watch backs off on errors (as `Controller::owns` does): a failing watch must not
+    // become a tight loop of requests to the API server.
     let jobs = watcher(scoped::<Job>(&client, ns), managed.clone())
+        .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(jobs_writer)
         .touched_objects();
@@ -144,10 +147,12 @@ async fn run_one(
         scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
     )
+    .default_backoff()
     .modify(|o| o.managed_fields_mut().clear())
     .reflect(plans_writer)
     .touched_objects();
     let pods = watcher(scoped::<Pod>(&client, ns), managed)
+        .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(pods_writer)
         .touched_objects();

@@ -870,8 +870,6 @@ async fn status_writes_are_rate_limited_within_one_context() {
         &PassScript::default().running(&worker_pod_name(&ij, "copy", 0, "x"), &[0], progress(1, 1)),
     );
 
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let calls = Arc::new(Mutex::new(Vec::new()));
     let first_cluster = Cluster {
         ij: Some(ij.clone()),
         jobs: obs.jobs.clone(),
@@ -880,26 +878,13 @@ async fn status_writes_are_rate_limited_within_one_context() {
         ..Default::default()
     };
     // No reconcile throttle here: the second pass must run and decide not to write.
-    let ctx = Arc::new(
-        Context::new(
-            Client::new(svc, "default"),
-            settings(),
-            Arc::new(Metrics::default()),
-            None,
-            Duration::from_secs(5),
-        )
-        .with_claims(claims)
-        .with_caches(None, watched(&first_cluster))
-        .with_reconcile_gap(Duration::ZERO),
-    );
-    let server = tokio::spawn(serve(
-        handle,
-        Arc::new(Mutex::new(Cluster {
-            ijs: vec![ij.clone()],
-            ..first_cluster
-        })),
-        calls.clone(),
-    ));
+    let caches = watched(&first_cluster);
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        claims,
+        ..first_cluster
+    }));
+    let (ctx, calls, server) = operator(&shared, caches);
     reconcile(Arc::new(ij.clone()), ctx.clone()).await.unwrap();
     let written: ingest_api::IngestJobStatus =
         serde_json::from_value(status_body(&calls.lock().unwrap()).clone()).unwrap();

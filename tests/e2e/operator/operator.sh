@@ -724,6 +724,8 @@ setup() {
   target=${CARGO_TARGET_DIR:-$repo/target}
   # The benchmark runs the release build (E2E_VFXT_BIN); the tests the debug one.
   bin=${E2E_VFXT_BIN:-$target/debug/vfxt-ingest}
+  # Pods run it by an absolute path (the node agent's image override), whatever the caller's cwd.
+  bin=$(realpath -- "$bin") || fail "E2E_VFXT_BIN: $E2E_VFXT_BIN not found"
   slow_nodes=$target/debug/e2e-slow-nodes
 
   data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
