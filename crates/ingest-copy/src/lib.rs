@@ -77,13 +77,23 @@ pub fn run(
     limits.governing(|| run_sharing(job, opts, progress, sink, &limits))
 }
 
-/// Checks the job and proves its destinations as [`run`] does before it copies (creates what
-/// is missing of each destination path and, with `opts.probe_destinations`, writes and removes
-/// a probe file through every mount), and copies nothing. A caller that runs several jobs at
-/// once through the same mounts proves them once, before any of them starts writing.
-pub fn prepare(job: &CopyJob, opts: &Options, progress: &Progress) -> Result<(), SetupError> {
+/// A job's source and destinations, checked and opened as [`run`] does before it copies, to run
+/// many sets of scopes through ([`run_opened`]). A worker opens them once for all its shards:
+/// checking every path and opening every mount's root again for each shard cost a few round
+/// trips per mount and shard, and a slow server answers those last.
+pub struct Opened {
+    roots: engine::Roots,
+}
+
+/// Checks the job (options, paths), creates what is missing of each destination path, opens the
+/// source and every destination and, with `opts.probe_destinations`, proves with a probe file
+/// that every mount is writable and shows the same export. Copies nothing.
+pub fn open(job: &CopyJob, opts: &Options, progress: &Progress) -> Result<Opened, SetupError> {
     setup::check_options(job, opts)?;
-    setup::open_roots(job, opts, progress).map(drop)
+    sys::raise_fd_limit();
+    Ok(Opened {
+        roots: setup::open_roots(job, opts, progress)?,
+    })
 }
 
 /// [`run`], taking every mount's permits from `limits`, which runs going on at the same time
@@ -96,13 +106,31 @@ pub fn run_sharing(
     limits: &MountLimits,
 ) -> Result<Summary, SetupError> {
     let started = Instant::now();
-    setup::check_options(job, opts)?;
-    sys::raise_fd_limit();
-    let roots = setup::open_roots(job, opts, progress)?;
+    let opened = open(job, opts, progress)?;
+    let mut summary = run_opened(&opened, &job.scopes, opts, progress, sink, limits)?;
+    summary.elapsed_seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Runs the passes over `scopes` through what [`open`] opened (`opts` as for [`run`]; its probe
+/// setting is [`open`]'s alone), taking every mount's permits from `limits`.
+pub fn run_opened(
+    opened: &Opened,
+    scopes: &[Scope],
+    opts: &Options,
+    progress: &Progress,
+    sink: &dyn ReportSink,
+    limits: &MountLimits,
+) -> Result<Summary, SetupError> {
+    if opts.threads == 0 {
+        return Err(SetupError::NoThreads);
+    }
+    let roots = &opened.roots;
+    let started = Instant::now();
     let mut summary = Summary::default();
     if opts.passes != Passes::VerifyOnly {
-        let walk = Walk::new(Pass::Copy, opts, &roots, progress, sink);
-        summary.copy = walk.run(&job.scopes, limits);
+        let walk = Walk::new(Pass::Copy, opts, roots, progress, sink);
+        summary.copy = walk.run(scopes, limits);
         summary.stopped = walk.stopped();
         if summary.stopped.is_some() {
             // The destination takes no more work: a verify pass would only list what the
@@ -120,10 +148,9 @@ pub fn run_sharing(
     // After a sharded copy, directory times (set while other shards still wrote into them) and
     // files copied in ranges get their final metadata now that every shard is done: the copy's
     // last step, before anything is compared. What it cannot set is reported and counted.
-    let finalize = job.scopes.iter().any(|s| matches!(s, Scope::Finalize(_)));
+    let finalize = scopes.iter().any(|s| matches!(s, Scope::Finalize(_)));
     if opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None {
-        let settled =
-            Walk::new(Pass::Settle, opts, &roots, progress, sink).run(&job.scopes, limits);
+        let settled = Walk::new(Pass::Settle, opts, roots, progress, sink).run(scopes, limits);
         summary.metadata_failed += settled.failed;
         // A file copied in ranges gets its outcome here, when it is finalized: it is one of the
         // copy's entries (copied, found finished, or gone from the source).
@@ -136,9 +163,9 @@ pub fn run_sharing(
         c.bytes_copied += settled.bytes_copied;
     }
     if opts.verify != VerifyMode::None {
-        let repairer = repair::EngineRepair::new(opts, &roots, progress, sink);
+        let repairer = repair::EngineRepair::new(opts, roots, progress, sink);
         let repairer: Option<&dyn verify::Repair> = opts.repair.then_some(&repairer);
-        let counts = verify::verify(&job.scopes, opts, &roots, progress, sink, repairer, limits);
+        let counts = verify::verify(scopes, opts, roots, progress, sink, repairer, limits);
         summary.verify = Some(counts);
     }
     summary.elapsed_seconds = started.elapsed().as_secs_f64();

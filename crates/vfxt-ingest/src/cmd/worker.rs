@@ -13,8 +13,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{FileFailure, VerificationCounts};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
-    AutoConfig, CopyJob, FirstN, MountLimits, Options, Outcome as EntryOutcome, Progress,
+    AutoConfig, CopyJob, FirstN, MountLimits, Opened, Options, Outcome as EntryOutcome, Progress,
     ReportSink, Snapshot, Summary, Tee, VerifyMode,
 };
 use ingest_job::{ScanFailed, Tally};
@@ -645,6 +645,10 @@ pub fn run(mut args: Args) -> Outcome {
 
     // What the slots found, added up as each shard ends.
     let tally = Mutex::new(Ran::default());
+    // The source and destinations as the engine opened them (the first time with the probe),
+    // for every shard; opened again only when the destinations change (a claims worker told to
+    // keep away from one).
+    let opened: Mutex<Option<(Vec<PathBuf>, Arc<Opened>)>> = Mutex::new(None);
     let started = Instant::now();
     let halt = std::thread::scope(|s| {
         s.spawn(|| {
@@ -672,14 +676,16 @@ pub fn run(mut args: Args) -> Outcome {
             // small files.)
             if phases.contains(&Phase::Copy) {
                 let opts = engine_options(base_opts.clone(), Phase::Copy);
+                let dests = destinations();
                 let job = CopyJob {
                     source: args.source.clone(),
-                    destinations: destinations(),
+                    destinations: dests.clone(),
                     scopes: Vec::new(),
                 };
                 if opts.probe_destinations {
-                    ingest_copy::prepare(&job, &opts, &progress)
+                    let o = ingest_copy::open(&job, &opts, &progress)
                         .map_err(|e| Halt::Unusable(e.to_string()))?;
+                    *opened.lock().unwrap() = Some((dests, Arc::new(o)));
                 }
             }
             for &phase in &phases {
@@ -700,6 +706,7 @@ pub fn run(mut args: Args) -> Outcome {
                     base_opts: &base_opts,
                     destinations: &destinations,
                     limits: &limits,
+                    opened: &opened,
                     claims: claims.as_ref(),
                     base: &base,
                     tally: &tally,
@@ -842,6 +849,7 @@ struct ShardRun<'a> {
     /// says to avoid).
     destinations: &'a (dyn Fn() -> Vec<PathBuf> + Sync),
     limits: &'a MountLimits,
+    opened: &'a Mutex<Option<(Vec<PathBuf>, Arc<Opened>)>>,
     claims: Option<&'a Session>,
     base: &'a Base,
     tally: &'a Mutex<Ran>,
@@ -849,6 +857,25 @@ struct ShardRun<'a> {
 }
 
 impl ShardRun<'_> {
+    /// The job's source and destinations as opened for an earlier shard, or opened now when
+    /// there is none or its destinations were others.
+    fn opened(
+        &self,
+        job: &CopyJob,
+        opts: &Options,
+        progress: &Progress,
+    ) -> Result<Arc<Opened>, Halt> {
+        let mut cached = self.opened.lock().unwrap();
+        if let Some((dests, o)) = cached.as_ref()
+            && *dests == job.destinations
+        {
+            return Ok(o.clone());
+        }
+        let o = Arc::new(ingest_copy::open(job, opts, progress).map_err(|e| e.to_string())?);
+        *cached = Some((job.destinations.clone(), o.clone()));
+        Ok(o)
+    }
+
     /// Runs one shard in `slot` (its index and counters), or skips it by its marker; tells the
     /// operator (a claims worker) and stdout how it ended. `recorded_before` is the slot's
     /// failure count when the shard started; only unusable input is an `Err`.
@@ -894,9 +921,10 @@ impl ShardRun<'_> {
                 Summary::default()
             } else {
                 let mut opts = engine_options(self.base_opts.clone(), phase);
-                // Proved once for the worker, before its first shard (`ingest_copy::prepare`).
+                // Proved once for the worker, before its first shard.
                 opts.probe_destinations = false;
-                ingest_copy::run_sharing(&job, &opts, progress, sink, self.limits)
+                let opened = self.opened(&job, &opts, progress)?;
+                ingest_copy::run_opened(&opened, &job.scopes, &opts, progress, sink, self.limits)
                     .map_err(|e| e.to_string())?
             };
             if summary.is_success()
