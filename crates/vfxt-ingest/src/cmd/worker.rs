@@ -205,6 +205,15 @@ fn watch_mounts(progress: &Progress, stop: &AtomicBool, stall: Duration) {
     }
 }
 
+/// `--threads auto`'s starting limit per mount for one of `workers` workers: every worker writes
+/// through every server, so each starts at its share of the engine's initial limit (at least 2)
+/// and the controller grows it from there. Starting every worker at the full limit put `workers`
+/// times as many operations on each server at once, and each controller then measured the
+/// others' queueing as its own.
+fn shared_initial(initial: usize, workers: u32) -> usize {
+    (initial / workers.max(1) as usize).max(2)
+}
+
 /// `list` starting at its `k`-th entry (modulo its length), the ones before it at the end.
 pub fn turned<T: Clone>(list: &[T], k: usize) -> Vec<T> {
     if list.is_empty() {
@@ -492,6 +501,9 @@ pub fn run(mut args: Args) -> Outcome {
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
+    if let ingest_copy::Concurrency::Auto(cfg) = &mut base_opts.concurrency {
+        cfg.initial = shared_initial(cfg.initial, plan.workers);
+    }
     if let Some(list) = &args.preserve {
         match parse_preserve(list, base_opts.preserve) {
             Ok(p) => base_opts.preserve = p,
@@ -1210,6 +1222,14 @@ mod tests {
             }
         }
         assert_eq!(per_dest, [4, 4, 4]);
+    }
+
+    #[test]
+    fn auto_workers_start_at_their_share_of_the_initial_limit() {
+        assert_eq!(shared_initial(16, 1), 16);
+        assert_eq!(shared_initial(16, 3), 5);
+        assert_eq!(shared_initial(16, 0), 16);
+        assert_eq!(shared_initial(16, 100), 2);
     }
 
     #[test]
