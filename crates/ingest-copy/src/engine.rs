@@ -148,6 +148,9 @@ struct DirNode {
     busy: Vec<AtomicU32>,
     /// Created by this copy pass: nothing can be in it yet, so entries need no look first.
     fresh: bool,
+    /// Not created by this pass, and a file's exclusive create here found its name taken: from
+    /// then on each file is looked at first (see `Walk::copy_file`).
+    taken: AtomicBool,
 }
 
 /// A large regular file being copied by several threads.
@@ -1045,6 +1048,24 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// Opens the source file and creates its destination exclusively: `None` when the name is
+    /// taken (nothing was changed). The source is opened first, so that a source that cannot be
+    /// read leaves no new file behind.
+    fn create_new(
+        &self,
+        dir: &DirNode,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        sm: &Meta,
+    ) -> OpResult<Option<(OwnedFd, OwnedFd)>> {
+        let src = sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
+        match sys::create_new_file(dst, name, self.create_mode(sm)) {
+            Ok(d) => Ok(Some((src, d))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(("open-dest", e)),
+        }
+    }
+
     /// The hard-link slot for a multi-linked source inode: `(slot, true)` for the first claimant.
     fn claim(&self, sm: &Meta) -> (LinkSlot, bool) {
         let mut map = self.links.lock().unwrap();
@@ -1086,7 +1107,22 @@ impl<'a> Walk<'a> {
             }
         };
         let rel = || dir.rel.join(name.to_bytes());
-        let existing = if dir.fresh && !force {
+        // A directory this pass did not create may still be one this run made (a sharded copy:
+        // another shard's, or its parent's); until a name is found taken in it, a file is
+        // created exclusively rather than looked at first: one round trip instead of two, and
+        // a name that exists sends it (and every later file here) the usual way.
+        let mut made = None;
+        if !dir.fresh && !force && self.pass == Pass::Copy && !dir.taken.load(Relaxed) {
+            match self.create_new(dir, dst, name, sm) {
+                Ok(Some(pair)) => made = Some(pair),
+                Ok(None) => dir.taken.store(true, Relaxed),
+                Err(e) => {
+                    publish(None);
+                    return Err(e);
+                }
+            }
+        }
+        let existing = if (dir.fresh && !force) || made.is_some() {
             Ok(None)
         } else {
             sys::stat_at(dst, name).op("stat-dest")
@@ -1114,6 +1150,9 @@ impl<'a> Walk<'a> {
             return Ok(());
         }
         let opened = (|| -> OpResult<(OwnedFd, OwnedFd)> {
+            if let Some(pair) = made {
+                return Ok(pair);
+            }
             let src =
                 sys::open_source_file(dir.src.as_fd(), name, &self.noatime).op("open-source")?;
             if let Some(dm) = existing
@@ -1850,6 +1889,7 @@ impl DirNode {
             dst,
             own_meta,
             fresh: false,
+            taken: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         }
     }

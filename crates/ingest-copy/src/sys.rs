@@ -210,6 +210,19 @@ pub fn open_dest_file(
     rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(to_io)
 }
 
+/// Creates `name` for writing only if no entry has that name (`O_EXCL`: one round trip on NFS
+/// and FUSE, where a look first and a create are two); `AlreadyExists` when one has.
+pub fn create_new_file(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<OwnedFd> {
+    fault::hit(Point::Create, Target::default())?;
+    let flags = OFlags::WRONLY
+        | OFlags::CREATE
+        | OFlags::EXCL
+        | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC
+        | OFlags::NOCTTY;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode)).map_err(to_io)
+}
+
 pub fn open_read(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,

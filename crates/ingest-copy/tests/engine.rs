@@ -569,3 +569,50 @@ fn hard_linked_symlinks_and_fifos_stay_linked() {
         assert_identical(&src, &dst);
     }
 }
+
+/// A directory the copy did not create (another shard's, an earlier run's) is written with
+/// exclusive creates until a name is found taken there; from then on each file is looked at
+/// first. Either way a file already done is skipped, one that differs is rewritten, and
+/// whatever is in the way of a file is replaced: the same outcomes as a look first for all.
+#[test]
+fn files_in_a_directory_made_before_get_the_same_outcomes_with_exclusive_creates() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let d = src.join("d");
+    fs::create_dir_all(&d).unwrap();
+    for (name, data) in [("a", "new"), ("b", "same"), ("c", "changed"), ("e", "file")] {
+        fs::write(d.join(name), data).unwrap();
+    }
+    let dst = t.path().join("dst");
+    // The first run makes `dst/d`; the second finds it made and `b` done, `c` stale, a symlink
+    // where `e` goes and `a` missing.
+    run(
+        &src,
+        std::slice::from_ref(&dst),
+        &Options::default(),
+        whole(),
+    );
+    fs::remove_file(dst.join("d/a")).unwrap();
+    fs::write(dst.join("d/c"), "stale!").unwrap();
+    let c_mtime = fs::metadata(d.join("c")).unwrap().modified().unwrap();
+    let f = fs::File::options()
+        .write(true)
+        .open(dst.join("d/c"))
+        .unwrap();
+    f.set_modified(c_mtime - std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    fs::remove_file(dst.join("d/e")).unwrap();
+    symlink("a", dst.join("d/e")).unwrap();
+    let (summary, entries) = run(
+        &src,
+        std::slice::from_ref(&dst),
+        &Options::default(),
+        whole(),
+    );
+    assert_eq!(summary.copy.failed, 0, "{entries:?}");
+    // a, c and e written; b found done.
+    assert_eq!(summary.copy.files_copied, 3, "{:?}", summary.copy);
+    assert_eq!(summary.copy.files_skipped, 1, "{:?}", summary.copy);
+    assert_identical(&src, &dst);
+}
