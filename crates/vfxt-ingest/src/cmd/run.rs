@@ -1575,8 +1575,9 @@ fn print_status(
             (Some(st), Some(m)) => format!(" ({st:?}: {m})"),
             (Some(st), None) => format!(" ({st:?})"),
         };
+        // What went through it, both phases: entries copied or checked, and bytes written.
         println!(
-            "  {}: {} workers, {} files, {}{state}",
+            "  {}: {} workers, {} entries handled, {} written{state}",
             sv.server,
             sv.workers,
             sv.files,
