@@ -1099,15 +1099,8 @@ fn run_phase(
         let viewer = (!args.quiet && !args.json).then(|| {
             s.spawn(move || {
                 progress_view::report_until(stop, label, Some(expected), || {
-                    let mut sum = Snapshot::default();
-                    for st in states {
-                        let x = st.lock().unwrap().snapshot;
-                        sum.files += x.files;
-                        sum.bytes += x.bytes;
-                        sum.failed += x.failed;
-                        sum.verified += x.verified;
-                        sum.verified_bytes += x.verified_bytes;
-                    }
+                    let mut sum: Snapshot =
+                        states.iter().map(|st| st.lock().unwrap().snapshot).sum();
                     if phase == Phase::Verify {
                         // The bar follows what this phase moves.
                         sum.files = sum.verified;

@@ -967,16 +967,14 @@ impl ShardRun<'_> {
         };
         {
             let mut t = self.tally.lock().unwrap();
-            match status {
-                "skipped" => t.skipped.push(shard.id),
-                "done" => {
-                    add_summary(&mut t.ran, &summary);
-                    t.done.push(shard.id);
-                }
-                _ => {
-                    add_summary(&mut t.ran, &summary);
-                    t.failed.push(shard.id);
-                }
+            let ids = match status {
+                "skipped" => &mut t.skipped,
+                "done" => &mut t.done,
+                _ => &mut t.failed,
+            };
+            ids.push(shard.id);
+            if status != "skipped" {
+                add_summary(&mut t.ran, &summary);
             }
             add_summary(&mut t.total, &summary);
         }
