@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use ingest_path::RelPath;
 
 use crate::concurrency::{Concurrency, Gate, MountLimits};
-use crate::job::{Options, Scope};
+use crate::job::{Options, Scope, SettleDirs};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, Meta, Op, OpResult, XattrClass, cstr};
@@ -645,6 +645,9 @@ impl<'a> Walk<'a> {
             self.counts.entries.fetch_add(named, Relaxed);
         }
         match scope {
+            // A tree no other shard writes into was finished by its own copy: nothing to settle.
+            Scope::Tree(rel)
+                if self.pass == Pass::Settle && !self.opts.settle_dirs.includes(rel) => {}
             Scope::Tree(rel) => {
                 if let Some(node) = self.open_scope_dir(rel, local.mount, true) {
                     self.list(node, local, true, None);
@@ -822,6 +825,32 @@ impl<'a> Walk<'a> {
             let handled = others.len() + if recurse { dirs.len() } else { 0 };
             self.counts.entries.fetch_add(handled as u64, Relaxed);
         }
+        if self.pass == Pass::Settle {
+            // Only directories are settled (files of `Finalize` scopes come on their own), and
+            // with `SettleDirs::Only` only those other shards wrote into. Subdirectories a range
+            // does not recurse into are settled by their own scopes.
+            let settle = &self.opts.settle_dirs;
+            if matches!(settle, SettleDirs::All) && !recurse {
+                for name in &dirs {
+                    if let Err((op, e)) = self.open_child_dir(&node, name, local.mount) {
+                        self.fail(node.rel.join(name.to_bytes()), op, &e);
+                    }
+                }
+            }
+            let tasks: Vec<Task<'a>> = dirs
+                .into_iter()
+                .filter(|name| recurse && settle.includes(&node.rel.join(name.to_bytes())))
+                .map(|name| Task::Dir {
+                    parent: node.clone(),
+                    name,
+                    recurse: true,
+                    own_meta: true,
+                })
+                .collect();
+            self.queue.push_all(tasks);
+            self.release_dir(node);
+            return;
+        }
         let mut tasks: Vec<Task<'a>> =
             Vec::with_capacity(dirs.len() + others.len() / self.opts.batch_files + 1);
         if recurse {
@@ -870,6 +899,11 @@ impl<'a> Walk<'a> {
             }
             sys::set_meta_fd(fd, &node.meta, self.owner, p.mode, p.times)
         };
+        // Shards other than its own write into this directory: the settle pass sets it, once.
+        let settled_later = self.pass == Pass::Copy
+            && matches!(self.opts.settle_dirs, SettleDirs::Only(_))
+            && self.opts.settle_dirs.includes(&node.rel);
+        let set = || if settled_later { Ok(()) } else { set() };
         match self.pass {
             Pass::Copy => match set() {
                 _ if node.failed.load(Relaxed) => {} // its outcome is counted already

@@ -116,6 +116,31 @@ impl MultiLinked {
     }
 }
 
+/// Which directories get their metadata set by the settle pass (the last step of a sharded copy,
+/// see [`Options::dir_times_in_verify`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SettleDirs {
+    /// Every directory of the scopes.
+    #[default]
+    All,
+    /// Only these, which hold every ancestor of each of their members: the directories that
+    /// shards other than the one owning them write into (the planner's junctions, see
+    /// `ingest_plan::settled_dirs`). Every other directory is written by its own shard alone,
+    /// whose copy sets its times once its contents are done, so the settle pass walks and sets
+    /// only these, and the copy pass leaves their metadata to it.
+    Only(Arc<BTreeSet<RelPath>>),
+}
+
+impl SettleDirs {
+    /// Whether the settle pass sets `dir`'s metadata (and walks into it).
+    pub fn includes(&self, dir: &RelPath) -> bool {
+        match self {
+            SettleDirs::All => true,
+            SettleDirs::Only(dirs) => dirs.contains(dir),
+        }
+    }
+}
+
 /// Which passes to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -149,6 +174,8 @@ pub struct Options {
     /// shard ended. The verify pass then sets them, after every entry exists, and does not count
     /// a directory whose only difference is its times as a mismatch.
     pub dir_times_in_verify: bool,
+    /// With `dir_times_in_verify`: which directories the settle pass sets.
+    pub settle_dirs: SettleDirs,
     /// Prove at start, with a probe file, that every destination is writable and shows the
     /// same tree. Off for the verify phase of a sharded job: its workers start together, and
     /// one worker's probe (a create and a remove in the destination root) would move the root's
@@ -177,6 +204,7 @@ impl Default for Options {
             batch_files: 16,
             concurrency: Concurrency::Fixed,
             dir_times_in_verify: false,
+            settle_dirs: SettleDirs::All,
             probe_destinations: true,
             fsync: false,
             repair: true,

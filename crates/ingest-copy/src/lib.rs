@@ -24,7 +24,7 @@ use std::time::Instant;
 
 pub use concurrency::{AutoConfig, Concurrency, MountLimits};
 pub use ingest_path::{RelPath, escape};
-pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, VerifyMode};
+pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, SettleDirs, VerifyMode};
 pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};
 pub use report::{
     CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,

@@ -345,10 +345,10 @@ impl<'a> Verifier<'a> {
                             let _permit = gate.map(Gate::acquire);
                             let started = gate.map(Gate::begin);
                             let metered = meter.begin();
-                            self.handle(task, &mut local);
-                            metered.end(1);
+                            let units = self.handle(task, &mut local);
+                            metered.end(units);
                             if let (Some(g), Some(t)) = (gate, started) {
-                                g.end(t, 1);
+                                g.end(t, units);
                             }
                             self.queue.done();
                         }
@@ -380,7 +380,9 @@ impl<'a> Verifier<'a> {
         }
     }
 
-    fn handle(&self, task: Task<'a>, local: &mut Local) {
+    /// Runs one task; returns the entries it handled, as the engine counts them (a directory
+    /// listing counts one): the mount meters and the concurrency controller count in them.
+    fn handle(&self, task: Task<'a>, local: &mut Local) -> u64 {
         match task {
             Task::Scope(scope) => self.scope(scope, local),
             Task::Dir {
@@ -393,11 +395,13 @@ impl<'a> Verifier<'a> {
                     Ok(fd) => fd,
                     // Gone from the source since it was listed.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return self.release(parent, local);
+                        self.release(parent, local);
+                        return 1;
                     }
                     Err(e) => {
                         self.fail(rel, "open-source-dir", &e);
-                        return self.release(parent, local);
+                        self.release(parent, local);
+                        return 1;
                     }
                 };
                 let dm = if in_dst {
@@ -430,8 +434,10 @@ impl<'a> Verifier<'a> {
                     self.entry(&dir, name, *in_dst, local);
                 }
                 self.release(dir, local);
+                return items.len().max(1) as u64;
             }
         }
+        1
     }
 
     // ---- reporting -------------------------------------------------------------------------

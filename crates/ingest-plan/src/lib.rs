@@ -14,4 +14,4 @@ pub mod scopes;
 pub use format::{CostModel, Plan, Shard, ShardScope};
 pub use planner::{PlanError, PlanOptions, plan};
 pub use scan::{Scan, ScanError, ScanOptions, scan};
-pub use scopes::{Phase, engine_options, engine_scopes, linked_elsewhere};
+pub use scopes::{Phase, engine_options, engine_scopes, linked_elsewhere, settled_dirs};

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use ingest_copy::{MultiLinked, Options, RelPath, Scope};
+use ingest_copy::{MultiLinked, Options, RelPath, Scope, SettleDirs};
 
 use crate::format::{Plan, Shard, ShardScope};
 
@@ -88,6 +88,36 @@ pub fn linked_elsewhere(plan: &Plan) -> MultiLinked {
     MultiLinked::Elsewhere(Arc::new(paths))
 }
 
+/// The directories that shards other than their own write into, with all their ancestors: the
+/// only ones whose times a sharded copy's last (settle) step must set. A tree scope's directories
+/// are written by that scope alone, so its copy sets them for good; but a scope creates its root
+/// (and missing ancestors) in its parent, name ranges of one directory and the pieces of a split
+/// file write into a directory together, and a link group adds names anywhere. Set it once per
+/// worker as `Options::settle_dirs`, beside [`linked_elsewhere`].
+pub fn settled_dirs(plan: &Plan) -> SettleDirs {
+    let mut dirs = BTreeSet::new();
+    let mut with_ancestors = |mut dir: RelPath| {
+        // Inserting stops at the first ancestor already in: its own ancestors are too.
+        while dirs.insert(dir.clone()) && !dir.is_root() {
+            dir = dir.parent();
+        }
+    };
+    for scope in plan.shards.iter().flat_map(|s| &s.scopes) {
+        match scope {
+            ShardScope::Tree { dir } if !dir.is_root() => with_ancestors(dir.parent()),
+            ShardScope::Tree { .. } => {}
+            ShardScope::Entries { dir, .. } => with_ancestors(dir.clone()),
+            ShardScope::FileRange { file, .. } => with_ancestors(file.parent()),
+            ShardScope::LinkGroup { paths } => {
+                for p in paths {
+                    with_ancestors(p.parent());
+                }
+            }
+        }
+    }
+    SettleDirs::Only(Arc::new(dirs))
+}
+
 /// Engine options for running plan shards (with `base.multilinked` from [`linked_elsewhere`]):
 /// directory times are set by the verify phase.
 pub fn engine_options(mut base: Options, phase: Phase) -> Options {
@@ -105,6 +135,93 @@ pub fn engine_options(mut base: Options, phase: Phase) -> Options {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{CostModel, PLAN_API_VERSION, PLAN_KIND, Prediction, Totals};
+
+    fn rel(p: &str) -> RelPath {
+        RelPath::from_bytes(p).unwrap()
+    }
+
+    fn plan_of(scopes: Vec<ShardScope>) -> Plan {
+        Plan {
+            api_version: PLAN_API_VERSION.into(),
+            kind: PLAN_KIND.into(),
+            requested_shards: 1,
+            cost_model: CostModel::default(),
+            servers: vec!["a".into()],
+            workers: 1,
+            totals: Totals::default(),
+            prediction: Prediction::default(),
+            scan_errors: Vec::new(),
+            shards: scopes
+                .into_iter()
+                .enumerate()
+                .map(|(id, s)| Shard {
+                    id: id as u32,
+                    cost: 1.0,
+                    files: 1,
+                    bytes: 0,
+                    server: 0,
+                    worker: 0,
+                    scopes: vec![s],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn settled_dirs_are_where_other_shards_write_and_their_ancestors() {
+        let entries = |dir: &str, from: Option<&str>| ShardScope::Entries {
+            dir: rel(dir),
+            from: from.map(rel),
+            to: None,
+            subtrees: true,
+        };
+        let plan = plan_of(vec![
+            // Split directories: their ranges and the trees cut out of them.
+            entries("", None),
+            entries("", Some("m")),
+            entries("big", None),
+            ShardScope::Tree { dir: rel("big/a") },
+            ShardScope::Tree {
+                dir: rel("big/b/deep"),
+            },
+            // A split file's pieces write into its directory; a link group into each path's.
+            ShardScope::FileRange {
+                file: rel("media/raw/huge.bin"),
+                offset: 0,
+                len: 8,
+            },
+            ShardScope::LinkGroup {
+                paths: vec![rel("big/a/x/l1"), rel("l2")],
+            },
+        ]);
+        let SettleDirs::Only(dirs) = settled_dirs(&plan) else {
+            panic!("a plan names its settled directories");
+        };
+        let got: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                ".",
+                "big",
+                "big/a",
+                "big/a/x",
+                "big/b",
+                "media",
+                "media/raw"
+            ],
+            "a tree's own root is not settled (its copy set it), its parent is"
+        );
+        for d in dirs.iter() {
+            assert!(
+                d.is_root() || dirs.contains(&d.parent()),
+                "{d}: ancestors are in"
+            );
+        }
+        // A plan that is one whole tree has nothing to settle.
+        let whole = plan_of(vec![ShardScope::Tree { dir: rel("") }]);
+        assert_eq!(settled_dirs(&whole), SettleDirs::Only(Arc::default()));
+    }
 
     #[test]
     fn only_the_copy_phase_probes_the_destinations() {

@@ -3,8 +3,8 @@
 //! `ingest_job::Pass`).
 //!
 //! A claims worker lives for a whole pass (one phase) and asks the operator for its shards, as
-//! many as it has slots free (`--shards-at-once`, two by default: while one shard's last files
-//! finish, the threads it leaves idle work on the next):
+//! many as it has slots free (`--shards-at-once`, 2 to 8 by default, more for fewer threads: while
+//! one shard starts or its last files finish, the threads it leaves idle work on the others):
 //!
 //! - Identity: namespace, IngestJob name and uid, run and worker (pod) name come from the pod's
 //!   environment (`POD_NAMESPACE`, `INGEST_JOB_NAME`, `INGEST_JOB_UID`, `INGEST_RUN`, `POD_NAME`);
@@ -259,7 +259,7 @@ impl Session {
 
     /// The next shard to run, asking the operator when none is left of those given (and first
     /// telling it about finished ones). `None`: the pass is finished. The worker asks for as
-    /// many as it has slots free ([`ingest_job::SHARDS_AT_ONCE`] less those running or given),
+    /// many as it has slots free (`--shards-at-once` less those running or given),
     /// never more: a shard given and not started is one no idle worker can take.
     pub fn next_shard(&self, slots: usize) -> Result<Option<u32>, End> {
         let mut st = self.lock();

@@ -33,6 +33,14 @@ pub enum Threads {
 }
 
 impl Threads {
+    /// The fixed count; `None` for `auto`.
+    pub fn count(self) -> Option<usize> {
+        match self {
+            Threads::Fixed(n) => Some(n),
+            Threads::Auto => None,
+        }
+    }
+
     /// The engine options for it: `N` threads dealt over the mounts, or `auto`: a limit per mount found while
     /// copying, up to `max_per_mount` threads each.
     pub fn apply(self, opts: &mut Options, max_per_mount: usize) {

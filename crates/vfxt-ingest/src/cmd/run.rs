@@ -922,6 +922,10 @@ fn run_phase(
     let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
     let names = ingest_copy::mount_names(&job.destinations);
+    let at_once = ingest_job::shards_at_once(match job.threads {
+        ThreadsPerWorker::Fixed(n) => Some(n as usize),
+        ThreadsPerWorker::Auto => None,
+    });
     // One state per process: a slot starts again at most once per destination it gives up.
     let per_slot = job.destinations.len().max(1);
     let states: Vec<Mutex<WorkerState>> = (0..job.workers as usize * per_slot)
@@ -977,6 +981,8 @@ fn run_phase(
                 &job.verify,
                 "--stall-timeout",
                 &job.stall_timeout.to_string(),
+                "--shards-at-once",
+                &at_once.to_string(),
             ])
             .arg("--markers")
             .arg(state.join("markers"))
@@ -1031,6 +1037,7 @@ fn run_phase(
             u64::MAX / 2,
         ),
         stdins: (0..job.workers).map(|_| None).collect(),
+        at_once,
     });
     let dispatch = &dispatch;
     let stop = AtomicBool::new(false);
@@ -1282,14 +1289,16 @@ struct Dispatch {
     queue: ShardQueue,
     /// Per worker slot: its pipe while it runs and the phase is not over.
     stdins: Vec<Option<std::process::ChildStdin>>,
+    /// Shards each worker runs at once (its `--shards-at-once`).
+    at_once: usize,
 }
 
 impl Dispatch {
-    /// Tops every worker up to [`ingest_job::SHARDS_AT_ONCE`] shards (it runs that many at
-    /// once), a shard to each in turn.
+    /// Tops every worker up to `at_once` shards (it runs that many at once), a shard to each in
+    /// turn.
     fn feed(&mut self) {
         use std::io::Write;
-        'deal: for holds in 0..ingest_job::SHARDS_AT_ONCE {
+        'deal: for holds in 0..self.at_once {
             for (w, pipe) in self.stdins.iter_mut().enumerate() {
                 let name = w.to_string();
                 let Some(stdin) = pipe else { continue };

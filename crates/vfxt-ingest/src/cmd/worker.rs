@@ -30,7 +30,7 @@ use ingest_job::{ScanFailed, Tally};
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
 use ingest_plan::format::{Plan, Shard};
 use ingest_plan::planner::deal;
-use ingest_plan::{Phase, engine_options, engine_scopes, linked_elsewhere};
+use ingest_plan::{Phase, engine_options, engine_scopes, linked_elsewhere, settled_dirs};
 
 use crate::Outcome;
 use crate::cmd::claims_client::{End, Session};
@@ -169,11 +169,20 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     pub progress_every: f64,
     /// Shards run at once, each by all the threads (they share each mount's permits, so the
-    /// mounts see --threads, not N times it): at one shard's tail, while its last files finish,
-    /// the threads it leaves idle take up the next shard's work. 1 runs one shard after another.
-    #[arg(long, default_value_t = ingest_job::SHARDS_AT_ONCE, value_name = "N",
-          value_parser = shards_at_once)]
-    pub shards_at_once: usize,
+    /// mounts see --threads, not N times it): at one shard's start and tail the threads it leaves
+    /// idle take up the other shards' work. 1 runs one shard after another. Default: 128 / threads,
+    /// from 2 to 8 (8 with auto, each shard starting a share of --max-per-mount).
+    #[arg(long, value_name = "N", value_parser = shards_at_once)]
+    pub shards_at_once: Option<usize>,
+}
+
+impl Args {
+    /// Shards run at once: `--shards-at-once`, or what suits `--threads`.
+    pub fn slots(&self) -> usize {
+        self.shards_at_once
+            .unwrap_or_else(|| ingest_job::shards_at_once(self.threads.count()))
+            .max(1)
+    }
 }
 
 /// The watchdog of a `--claims` worker (how `run` deals shards): a destination with operations
@@ -496,6 +505,7 @@ pub fn run(mut args: Args) -> Outcome {
     let mut base_opts = Options {
         verify,
         multilinked: linked_elsewhere(&plan),
+        settle_dirs: settled_dirs(&plan),
         repair: !args.no_repair,
         fsync: args.fsync,
         ..Options::default()
@@ -584,7 +594,7 @@ pub fn run(mut args: Args) -> Outcome {
     // claims worker reports each shard's progress and result apart) and failure list, the
     // mounts' meters and permits shared (see `ingest_copy::MountLimits`).
     let progress = Progress::default();
-    let slots = args.shards_at_once.max(1);
+    let slots = args.slots();
     let progresses: Vec<Progress> = (0..slots).map(|_| progress.sharing_meters()).collect();
     let firsts: Vec<FirstN> = (0..slots)
         .map(|_| FirstN::new(ingest_api::job::MAX_LISTED_FAILURES))
@@ -935,6 +945,12 @@ impl ShardRun<'_> {
                 let mut opts = engine_options(self.base_opts.clone(), phase);
                 // Proved once for the worker, before its first shard.
                 opts.probe_destinations = false;
+                // With auto each shard in flight starts a share of the threads; the limits (up
+                // to --max-per-mount per mount) are the worker's, shared by all of them.
+                if let ingest_copy::Concurrency::Auto(cfg) = &mut opts.concurrency {
+                    cfg.max_per_mount =
+                        ingest_job::auto_threads_per_shard(cfg.max_per_mount, args.slots());
+                }
                 let opened = self.opened(&job, &opts, progress)?;
                 ingest_copy::run_opened(&opened, &job.scopes, &opts, progress, sink, self.limits)
                     .map_err(|e| e.to_string())?
