@@ -166,7 +166,14 @@ pub fn is_host(s: &str) -> bool {
     if s.parse::<IpAddr>().is_ok() {
         return true;
     }
-    if s.is_empty() || s.len() > 253 || s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+    !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && is_dns_subdomain(s)
+}
+
+/// A DNS-1123 subdomain: dot-separated labels of lowercase letters, digits and '-', each starting
+/// and ending with a letter or digit, at most 253 characters in all. Kubernetes requires it of
+/// an IngestJob's name, and it can name no other directory than its own (no '/', no '..').
+pub fn is_dns_subdomain(s: &str) -> bool {
+    if s.is_empty() || s.len() > 253 {
         return false;
     }
     s.split('.').all(|label| {
@@ -178,6 +185,19 @@ pub fn is_host(s: &str) -> bool {
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
     })
+}
+
+/// An IngestJob's `metadata.name`, as the API server checks it (`vfxt-ingest run` names its state
+/// directory after it, so it must not reach outside).
+pub fn check_object_name(name: &str) -> Result<(), String> {
+    if is_dns_subdomain(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} must be a DNS-1123 subdomain, as Kubernetes requires of an object's name: \
+         lowercase letters, digits, '-' and '.', at most 253 characters, starting and ending \
+         with a letter or digit (for example \"nightly-sync\")"
+    ))
 }
 
 fn has_dotdot(p: &str) -> bool {

@@ -53,9 +53,26 @@ pub use queue::{Completion, ShardId, ShardQueue};
 pub use scan_failed::ScanFailed;
 pub use verdict::{Facts, Policy, Reason, Verdict, decide};
 
+/// Workers a pass starts: `requested` (at least one), never more than there are shards to
+/// claim (a worker with nothing to claim would only start and stop).
+pub fn workers_for(requested: u32, shards: usize) -> u32 {
+    requested
+        .max(1)
+        .min(u32::try_from(shards.max(1)).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_are_never_more_than_the_shards() {
+        assert_eq!(workers_for(100_000, 1), 1);
+        assert_eq!(workers_for(3, 85), 3);
+        assert_eq!(workers_for(0, 85), 1);
+        assert_eq!(workers_for(4, 0), 1);
+        assert_eq!(workers_for(u32::MAX, usize::MAX), u32::MAX);
+    }
 
     #[test]
     fn shards_at_once_grow_as_threads_shrink_within_bounds() {

@@ -78,7 +78,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
     let servers = spec.destination.nfs.servers.clone();
     let w = spec.workers.unwrap_or(servers.len() as u32).max(1);
     Layout {
-        workers: w.min(u32::try_from(plan.shards.max(1)).unwrap_or(u32::MAX)),
+        workers: ingest_job::workers_for(w, usize::try_from(plan.shards).unwrap_or(usize::MAX)),
         servers,
         avoided: Avoided::default(),
     }

@@ -1248,3 +1248,87 @@ fn a_destination_that_stops_answering_is_given_up_and_the_run_still_succeeds() {
         .collect();
     assert!(logs.contains("stopped answering"), "{logs}");
 }
+
+/// The default state directory is `.vfxt-ingest/<metadata.name>`: a name that is not one
+/// Kubernetes would take (a '/', a '..', capitals) is refused before anything is made, and so is
+/// a file name that cannot stand in for a missing one.
+#[test]
+fn a_job_name_that_could_reach_outside_its_state_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 2, 2);
+    let cwd = t.path().join("cwd");
+    fs::create_dir(&cwd).unwrap();
+    let spec = format!(
+        "spec:\n  source: {{local: \"{}\"}}\n  destination: {{local: [\"{}\"], subPath: new}}\n",
+        src.display(),
+        dst.display()
+    );
+    for (file, metadata) in [
+        ("job.yaml", "metadata: {name: ../../escape}\n"),
+        ("job.yaml", "metadata: {name: a/b}\n"),
+        ("job.yaml", "metadata: {name: ..}\n"),
+        ("job.yaml", "metadata: {name: Nightly}\n"),
+        ("Bad Name.yaml", ""),
+    ] {
+        let f = cwd.join(file);
+        fs::write(
+            &f,
+            format!("apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\n{metadata}{spec}"),
+        )
+        .unwrap();
+        // No --state: the default, under the current directory, is what a bad name would escape.
+        let o = bin()
+            .current_dir(&cwd)
+            .args(["run", "-q", "-f"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{metadata}{file}: {}", text(&o));
+        assert!(
+            text(&o).contains("metadata.name") && text(&o).contains("DNS-1123 subdomain"),
+            "{metadata}{file}: {}",
+            text(&o)
+        );
+        let made: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(!dst.join("new").exists(), "{metadata}: destination made");
+        assert!(!t.path().join("escape").exists(), "{metadata}: {made:?}");
+        assert!(!cwd.join(".vfxt-ingest").exists(), "{metadata}: state made");
+        fs::remove_file(&f).unwrap();
+    }
+}
+
+/// `workers` above the plan's shards starts only as many workers as there are shards.
+#[test]
+fn more_workers_than_shards_start_one_per_shard() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    fs::write(src.join("only"), b"one file").unwrap();
+    let f = job_yaml(t.path(), &src, &[dst.clone()], "  workers: 100000\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    let status = read_status(&state);
+    let shards = status["shards"]["total"].as_u64().unwrap();
+    assert!(shards >= 1, "{status:?}");
+    assert_eq!(
+        status["servers"][0]["workers"].as_u64(),
+        Some(shards),
+        "{status:?}"
+    );
+    // One worker log per worker that ran, per phase.
+    let logs = fs::read_dir(state.join("logs"))
+        .unwrap()
+        .filter(|e| {
+            let n = e.as_ref().unwrap().file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("worker-") && n.ends_with("-copy.log")
+        })
+        .count() as u64;
+    assert_eq!(logs, shards, "{}", text(&o));
+}

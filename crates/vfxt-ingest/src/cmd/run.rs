@@ -534,11 +534,26 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
     if !errs.is_empty() {
         return Err(errs);
     }
-    let name = doc.metadata.name.clone().unwrap_or_else(|| {
-        file.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "ingestjob".into())
-    });
+    // The default state directory is named after the job: a name must not reach outside it.
+    let name = match &doc.metadata.name {
+        Some(n) => ingest_api::validate::check_object_name(n)
+            .map(|()| n.clone())
+            .map_err(|e| vec![format!("metadata.name: {e}")])?,
+        None => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            ingest_api::validate::check_object_name(&stem)
+                .map(|()| stem.clone())
+                .map_err(|e| {
+                    vec![format!(
+                        "metadata.name: not set, and the file's name {stem:?} cannot stand in \
+                         for it: {e}; set metadata.name"
+                    )]
+                })?
+        }
+    };
     let verify = match spec.verify.mode {
         JobVerifyMode::None => "none",
         JobVerifyMode::Metadata => "metadata",
@@ -734,7 +749,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
                     t.directories,
                     bytes(t.bytes),
                     p.shards.len(),
-                    p.workers,
+                    ingest_job::workers_for(p.workers, p.shards.len()),
                     p.servers.len(),
                     p.prediction.imbalance
                 ),
@@ -922,13 +937,14 @@ fn run_phase(
     let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
     let names = ingest_copy::mount_names(&job.destinations);
+    let workers = ingest_job::workers_for(job.workers, plan.shards.len());
     let at_once = ingest_job::shards_at_once(match job.threads {
         ThreadsPerWorker::Fixed(n) => Some(n as usize),
         ThreadsPerWorker::Auto => None,
     });
     // One state per process: a slot starts again at most once per destination it gives up.
     let per_slot = job.destinations.len().max(1);
-    let states: Vec<Mutex<WorkerState>> = (0..job.workers as usize * per_slot)
+    let states: Vec<Mutex<WorkerState>> = (0..workers as usize * per_slot)
         .map(|_| Mutex::new(WorkerState::default()))
         .collect();
     let spawn = |w: u32| -> Result<Child, String> {
@@ -1036,7 +1052,7 @@ fn run_phase(
             // Locally a worker's death is seen at once (its pipe closes): no lease runs out.
             u64::MAX / 2,
         ),
-        stdins: (0..job.workers).map(|_| None).collect(),
+        stdins: (0..workers).map(|_| None).collect(),
         at_once,
     });
     let dispatch = &dispatch;
@@ -1047,7 +1063,7 @@ fn run_phase(
     let broken = Mutex::new(Vec::new());
     let states = &states;
     std::thread::scope(|s| {
-        let slots: Vec<_> = (0..job.workers)
+        let slots: Vec<_> = (0..workers)
             .map(|w| {
                 let (spawn, exits, broken) = (&spawn, &exits, &broken);
                 s.spawn(move || {
@@ -1395,7 +1411,7 @@ fn build_status(
         &job.servers,
         &figures,
         &unresponsive,
-        job.workers,
+        ingest_job::workers_for(job.workers, plan.shards.len()),
         secs,
     );
     let verification = verify.and_then(|v| v.verification.clone());

@@ -23,7 +23,8 @@ pub enum Tool {
     /// Builds before c01ac34 dealt the shards to the workers up front (the field guide's
     /// manifests, and the operator's worker pods: a static split); since then each worker takes
     /// the next shard when it has room, so the worker on a slow mount takes fewer. Since the
-    /// shared permits (issue 13) every worker writes through every mount, two shards at once.
+    /// shared permits (issue 13) every worker writes through every mount, several shards at once
+    /// (two before 041c11a, since then up to eight).
     VfxtRun(Threads),
     Cp,
     RsyncInplace,
