@@ -1308,7 +1308,7 @@ fn more_workers_than_shards_start_one_per_shard() {
     fs::create_dir_all(&src).unwrap();
     fs::create_dir_all(&dst).unwrap();
     fs::write(src.join("only"), b"one file").unwrap();
-    let f = job_yaml(t.path(), &src, &[dst.clone()], "  workers: 100000\n");
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 100000\n");
     let state = t.path().join("state");
     let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
