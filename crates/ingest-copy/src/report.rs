@@ -343,6 +343,11 @@ impl<W: io::Write + Send> JsonLines<W> {
     pub fn into_inner(self) -> W {
         self.out.into_inner().unwrap()
     }
+
+    /// Runs `f` on the writer, between two entries.
+    pub fn with_writer<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        f(&mut self.out.lock().unwrap())
+    }
 }
 
 impl<W: io::Write + Send> ReportSink for JsonLines<W> {

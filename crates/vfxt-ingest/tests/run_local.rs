@@ -1247,6 +1247,25 @@ fn a_destination_that_stops_answering_is_given_up_and_the_run_still_succeeds() {
         .filter_map(|e| fs::read_to_string(e.unwrap().path()).ok())
         .collect();
     assert!(logs.contains("stopped answering"), "{logs}");
+    // Each worker process published its own report, those that left the hung node too (no
+    // temporary file left behind, none replaced by the worker started after it).
+    let names: Vec<String> = fs::read_dir(state.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('.')), "{names:?}");
+    for w in 0..2 {
+        assert!(
+            names.contains(&format!("report-{w}-copy.jsonl.gz")),
+            "{names:?}"
+        );
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("report-") && n.ends_with("-copy-1.jsonl.gz")),
+        "a worker started again without the hung node reports apart: {names:?}"
+    );
 }
 
 /// The default state directory is `.vfxt-ingest/<metadata.name>`: a name that is not one
@@ -1308,7 +1327,12 @@ fn more_workers_than_shards_start_one_per_shard() {
     fs::create_dir_all(&src).unwrap();
     fs::create_dir_all(&dst).unwrap();
     fs::write(src.join("only"), b"one file").unwrap();
-    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 100000\n");
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 100000\n",
+    );
     let state = t.path().join("state");
     let o = run_cmd(&f, &state).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -1331,4 +1355,51 @@ fn more_workers_than_shards_start_one_per_shard() {
         })
         .count() as u64;
     assert_eq!(logs, shards, "{}", text(&o));
+}
+
+/// A worker that ends without its last word (killed here; one leaving a hung destination is the
+/// same) has already delivered what each shard it ended found: a failed entry of a shard it
+/// finished is listed in the status with its path and error, not only counted.
+#[test]
+fn a_dead_workers_finished_shards_keep_their_listed_failures() {
+    let t = tempfile::tempdir().unwrap();
+    // 60 directories of 8 small files: a shard is a directory or less.
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    for d in 0..60 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..8 {
+            fs::write(src.join(format!("d{d:02}/f{f}")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    fs::create_dir_all(&dst).unwrap();
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        // Small shards, two at once (64 threads): the shard of the 3rd create has long ended
+        // when the worker is killed at its 150th.
+        "  workers: 2\n  threadsPerWorker: 64\n  shards: {target: 60}\n  verify: {mode: None}\n  \
+         failurePolicy: {maxFailedFiles: 10}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state)
+        .env("VFXT_INGEST_FAULTS", "create@3=eio,create@150=kill")
+        .env("VFXT_INGEST_FAULTS_WORKER", "0")
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(
+        out.contains("note: worker 0 (copy phase): signal: 9"),
+        "the death is reported: {out}"
+    );
+    // Exit 1: an entry failed (the policy lets the run succeed).
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let st = read_status(&state);
+    assert_eq!(st["failedFiles"].as_u64(), Some(1), "{st:?}");
+    let failures = st["failures"].as_sequence().expect("failures listed");
+    assert_eq!(failures.len(), 1, "{st:?}");
+    let error = failures[0]["reason"].as_str().unwrap_or_default();
+    assert!(error.contains("Input/output error"), "{:?}", failures[0]);
+    let path = failures[0]["path"].as_str().unwrap();
+    assert!(src.join(path).is_file(), "names a source file: {path}");
 }

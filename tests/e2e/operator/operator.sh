@@ -853,7 +853,13 @@ bench() {
     '{files: $files, shards: $shards, operatorSeconds: $op, runSeconds: $run, podStartupSeconds: $startup,
       operatorOverRunPlusStartup: $ratio, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine,
       phases: $timeline}' >"$json"
-  say "JSON: $json"
+  # Where the operator's time went: its log (timestamped), and each worker's log with file times.
+  op_logs >"${json%.json}-operator.log" 2>&1 || true
+  local f
+  for f in "$e2e_run_dir"/agent/pods/"$ns"_bench-r0-*/containers/*/log; do
+    [[ -f $f ]] && printf '%s %s\n' "$(stat -c '%w %y' "$f")" "$f"
+  done >"${json%.json}-pod-logs.txt"
+  say "JSON: $json (operator log and pod log times beside it)"
   $ident_op && $ident_run || fail "a copy is not identical: the figures do not count"
 }
 

@@ -40,11 +40,27 @@ impl Write for Out {
     }
 }
 
+/// The report's stream until it is finished; entries after that have nowhere to go.
+struct Open(Option<Out>);
+
+impl Write for Open {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Some(o) => o.write(buf),
+            None => Err(io::Error::other("the report is finished")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
 /// A report being written: a [`ReportSink`] until [`ReportFile::finish`] makes it appear under its name.
 pub struct ReportFile {
     path: PathBuf,
     temp: PathBuf,
-    sink: JsonLines<Out>,
+    sink: JsonLines<Open>,
 }
 
 impl ReportFile {
@@ -73,13 +89,18 @@ impl ReportFile {
         Ok(ReportFile {
             path: path.to_path_buf(),
             temp,
-            sink: JsonLines::new(out),
+            sink: JsonLines::new(Open(Some(out))),
         })
     }
 
-    /// Ends the stream (the gzip trailer), syncs the file and renames it to its name.
-    pub fn finish(self) -> io::Result<()> {
-        let file = match self.sink.into_inner() {
+    /// Ends the stream (the gzip trailer), syncs the file and renames it to its name. Through a
+    /// shared reference, so that a worker about to exit on a hung destination (its threads stuck
+    /// in the kernel) can still publish what it recorded; a second call does nothing.
+    pub fn finish(&self) -> io::Result<()> {
+        let Some(out) = self.sink.with_writer(|w| w.0.take()) else {
+            return Ok(());
+        };
+        let file = match out {
             Out::Plain(w) => w.into_inner().map_err(|e| e.into_error())?,
             Out::Gzip(w) => w.finish()?.into_inner().map_err(|e| e.into_error())?,
         };

@@ -30,6 +30,7 @@ use ingest_api::job::{
     ReportTarget, ServerState, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker,
     Totals, VerificationCounts, Verify, VerifyMode as JobVerifyMode, WorkerTemplate,
 };
+use ingest_api::report::PodResult;
 use ingest_copy::{Snapshot, Summary};
 use ingest_job::{ShardQueue, WorkerExit};
 use ingest_plan::Phase;
@@ -600,9 +601,9 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
 struct WorkerState {
     snapshot: Snapshot,
     result: Option<serde_json::Value>,
-    /// Each ended shard's summary and whether an earlier run had done it (its `shard` events):
-    /// the counts of a worker that dies before its result.
-    shards: Vec<(Summary, bool)>,
+    /// Each ended shard's summary, whether an earlier run had done it, and its own result (its
+    /// `shard` events): what a worker that ends without its last word found.
+    shards: Vec<(Summary, bool, Option<PodResult>)>,
     /// What went through each destination (from its result, or from the message of a worker
     /// that found a destination unresponsive).
     mounts: Vec<MountFigures>,
@@ -947,7 +948,8 @@ fn run_phase(
     let states: Vec<Mutex<WorkerState>> = (0..workers as usize * per_slot)
         .map(|_| Mutex::new(WorkerState::default()))
         .collect();
-    let spawn = |w: u32| -> Result<Child, String> {
+    // `k`: the slot's k-th process (it starts again after a destination stopped answering).
+    let spawn = |w: u32, k: usize| -> Result<Child, String> {
         let avoid = avoided.lock().unwrap().clone();
         let dests: Vec<&PathBuf> = job
             .destinations
@@ -1006,7 +1008,12 @@ fn run_phase(
             .arg(
                 state
                     .join("logs")
-                    .join(format!("report-{w}-{}.jsonl.gz", phase.as_str())),
+                    // Each process its own: a worker started again must not replace what the
+                    // one before it reported.
+                    .join(match k {
+                        0 => format!("report-{w}-{}.jsonl.gz", phase.as_str()),
+                        k => format!("report-{w}-{}-{k}.jsonl.gz", phase.as_str()),
+                    }),
             )
             .args(["--progress-every", "1"])
             .stdout(Stdio::piped())
@@ -1069,7 +1076,7 @@ fn run_phase(
                 s.spawn(move || {
                     for k in 0..per_slot {
                         let idx = w as usize * per_slot + k;
-                        let mut child = match spawn(w) {
+                        let mut child = match spawn(w, k) {
                             Ok(c) => c,
                             Err(e) => {
                                 broken.lock().unwrap().push(e);
@@ -1174,7 +1181,7 @@ fn run_phase(
                 None => out.mounts.push(m.clone()),
             }
         }
-        let skipped = st.shards.iter().filter(|(_, skipped)| *skipped).count();
+        let skipped = st.shards.iter().filter(|(_, skipped, _)| *skipped).count();
         out.worked |= st.shards.len() > skipped;
         out.shards_before += skipped as u64;
         match &st.result {
@@ -1185,9 +1192,7 @@ fn run_phase(
                 if let Ok(s) = serde_json::from_value::<Summary>(r["ran"].clone()) {
                     add_summary(&mut out.ran, &s);
                 }
-                if let Ok(pr) =
-                    serde_json::from_value::<ingest_api::report::PodResult>(r["result"].clone())
-                {
+                if let Ok(pr) = serde_json::from_value::<PodResult>(r["result"].clone()) {
                     out.failed_files += pr.failed;
                     out.failures.extend(pr.failures);
                     if let Some(v) = &pr.verification {
@@ -1196,18 +1201,31 @@ fn run_phase(
                 }
             }
             _ => {
-                // No result: the shards it ended still count, from their own events (their
-                // failed entries by number; the list died with it).
-                for (sum, skipped) in &st.shards {
+                // No result: the shards it ended still count, from their own events, with
+                // the failures each one listed.
+                for (sum, skipped, result) in &st.shards {
                     add_summary(&mut out.summary, sum);
                     if !skipped {
                         add_summary(&mut out.ran, sum);
                     }
-                    out.failed_files += sum.failed_entries();
-                    if let Some(v) = &sum.verify {
-                        out.verification
-                            .get_or_insert_default()
-                            .add(&verification(v));
+                    match result {
+                        Some(pr) => {
+                            out.failed_files += pr.failed;
+                            out.failures.extend(pr.failures.iter().cloned());
+                            if let Some(v) = &pr.verification {
+                                out.verification.get_or_insert_default().add(v);
+                            }
+                        }
+                        // An event without its result (`run`'s workers always send one): the
+                        // number of failed entries at least.
+                        None => {
+                            out.failed_files += sum.failed_entries();
+                            if let Some(v) = &sum.verify {
+                                out.verification
+                                    .get_or_insert_default()
+                                    .add(&verification(v));
+                            }
+                        }
                     }
                 }
                 out.worked = true;
@@ -1263,7 +1281,8 @@ fn read_worker(
         match v["event"].as_str() {
             Some("shard") => {
                 if let Ok(sum) = serde_json::from_value::<Summary>(v["summary"].clone()) {
-                    st.shards.push((sum, v["status"] == "skipped"));
+                    let result = serde_json::from_value::<PodResult>(v["result"].clone()).ok();
+                    st.shards.push((sum, v["status"] == "skipped", result));
                 }
                 drop(st);
                 if let Some(id) = v["shard"].as_u64() {

@@ -1,7 +1,9 @@
 //! `vfxt-ingest worker`: copies and/or verifies some shards of a plan with the engine.
 //!
 //! Output is for machines: JSON lines on stdout, `{"event":"progress",…}` at least every 2 s,
-//! `{"event":"shard",…}` as each shard ends and `{"event":"result",…}` last. With `--markers DIR`,
+//! `{"event":"shard",…}` as each shard ends (with `--claims`, its own `result`: counts and the
+//! failures it listed, so that what a worker found survives it) and `{"event":"result",…}` last.
+//! With `--markers DIR`,
 //! a shard whose pass finished cleanly gets a marker file (written durably), and a shard that has
 //! one is skipped: a re-run after a crash redoes only unfinished shards. The result's `summary`
 //! counts skipped shards too (from their markers: the job's totals), `ran` only what this
@@ -190,7 +192,12 @@ impl Args {
 /// The worker says which on stdout (an `unresponsive` event, with what went through each
 /// destination) and exits 4: the stuck threads go with the process, and `run` starts the worker
 /// again without that destination; the shards it held go back to the queue.
-fn watch_mounts(progress: &Progress, stop: &AtomicBool, stall: Duration) {
+fn watch_mounts(
+    progress: &Progress,
+    stop: &AtomicBool,
+    stall: Duration,
+    report: Option<&crate::cmd::report::ReportFile>,
+) {
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let figures = progress.mounts();
@@ -209,6 +216,11 @@ fn watch_mounts(progress: &Progress, stop: &AtomicBool, stall: Duration) {
                  the queue and this worker exits {}",
                 ingest_job::exit::MOUNT_UNRESPONSIVE
             );
+            // What the shards it ended recorded stays in the report; the shards it gives back
+            // are recorded by whoever runs them next.
+            if let Some(Err(e)) = report.map(crate::cmd::report::ReportFile::finish) {
+                eprintln!("warning: --report: could not be written completely ({e})");
+            }
             std::process::exit(ingest_job::exit::MOUNT_UNRESPONSIVE);
         }
     }
@@ -688,8 +700,8 @@ pub fn run(mut args: Args) -> Outcome {
             let (progresses, stop, dests) = (&progresses, &stop, &args.destinations);
             s.spawn(move || c.heartbeats(progresses, stop, stall, dests));
         } else if args.claims {
-            let (progress, stop) = (&progress, &stop);
-            s.spawn(move || watch_mounts(progress, stop, stall));
+            let (progress, stop, report) = (&progress, &stop, report.as_ref());
+            s.spawn(move || watch_mounts(progress, stop, stall, report));
         }
         let r = limits.governing(|| {
             // One probe per worker process, before any shard writes: it proves the mounts
@@ -790,7 +802,8 @@ pub fn run(mut args: Args) -> Outcome {
     }
     total.elapsed_seconds = started.elapsed().as_secs_f64();
     ran.elapsed_seconds = total.elapsed_seconds;
-    let result = if claims.is_some() {
+    let result = if claims.is_some() || args.claims {
+        // The sum of the results each shard's event carried.
         claimed
     } else {
         let (mut entries, mut recorded) = (Vec::new(), 0);
@@ -995,15 +1008,21 @@ impl ShardRun<'_> {
             add_summary(&mut t.total, &summary);
         }
         self.base.done.fetch_add(1, Relaxed);
-        if let Some(c) = self.claims {
-            // This shard's own result: its summary, the failures its slot listed since it
-            // started, and only its entries met again after the scan.
+        // A worker whose shards are handed to it one by one (by the operator, or by `run`)
+        // reports each shard's own result as it ends: its summary, the failures its slot listed
+        // since it started, and only its entries met again after the scan. So what a shard found
+        // is delivered even if the worker never gets to its last word (it dies, or leaves a hung
+        // destination with its threads stuck).
+        let result = (self.claims.is_some() || args.claims).then(|| {
             let (entries, recorded) = again.inner.take();
             let mut result = pod_result(&summary, &entries, recorded - *recorded_before);
             *recorded_before = recorded;
             again.discount_since(&mut result, again_before);
             self.tally.lock().unwrap().claimed.add(&result);
-            c.finish(shard.id, result);
+            result
+        });
+        if let (Some(c), Some(result)) = (self.claims, &result) {
+            c.finish(shard.id, result.clone());
         }
         emit(&serde_json::json!({
             "event": "shard",
@@ -1015,6 +1034,7 @@ impl ShardRun<'_> {
             "bytes": shard.bytes,
             "seconds": t0.elapsed().as_secs_f64(),
             "summary": summary,
+            "result": result,
         }));
         Ok(())
     }
