@@ -302,7 +302,7 @@ pub fn plan_to_confirm(ij: &IngestJob, obs: &Observed) -> Option<String> {
     if crate::status::recorded(ij.status.as_ref(), run) {
         return None;
     }
-    let scan = crate::stage::job_state(obs.job(&names::scan_job(ij, run))?);
+    let scan = crate::stage::scan_state(ij, obs, run)?;
     (scan.finished && !scan.failed && obs.plan(ij, run).is_none())
         .then(|| format!("{}-0", names::plan_prefix(ij, run)))
 }

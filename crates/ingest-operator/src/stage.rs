@@ -299,10 +299,26 @@ pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     spec
 }
 
+/// The state of run `run`'s scan Job, finished as soon as its pod succeeded: the Job's Complete
+/// condition follows the pod by the Job controller's batching of pod updates (about a second),
+/// which every run would otherwise wait before its copy starts. A scan pod that exits 0 has stored
+/// the plan (a plan the cache still lacks is read from the API server, see
+/// [`crate::observe::plan_to_confirm`]).
+pub fn scan_state(ij: &IngestJob, obs: &Observed, run: i64) -> Option<JobState> {
+    let mut scan = job_state(obs.job(&names::scan_job(ij, run))?);
+    let succeeded = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    };
+    if !scan.failed && obs.pods_of(labels::ROLE_SCAN, run).any(succeeded) {
+        scan.finished = true;
+    }
+    Some(scan)
+}
+
 /// Decides the stage of `ij.spec.run` from what exists and what the passes say.
 pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let run = ij.spec.run;
-    let Some(scan) = obs.job(&names::scan_job(ij, run)).map(job_state) else {
+    let Some(scan) = scan_state(ij, obs, run) else {
         return Stage::Scan;
     };
     if scan.failed {

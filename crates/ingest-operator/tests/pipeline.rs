@@ -2065,3 +2065,52 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     r.room = 2;
     assert_eq!(reg.handle(r).unwrap().shards, [1, 2]);
 }
+
+#[test]
+fn a_scan_whose_pod_succeeded_starts_the_copy_before_its_job_completes() {
+    // The Job's Complete condition comes a Job-controller batch after the pod's success: the
+    // copy does not wait for it.
+    let ij = fixture("one-ip.yaml");
+    let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    let scan = jobs_of(&children)[0];
+    let mut obs = Observed {
+        jobs: vec![observed_job(scan, false, false, "", "", 1)],
+        plans: vec![plan_meta(&ij, 2, totals())],
+        ..Default::default()
+    };
+    obs.pods = vec![worker_pod(&ij, labels::ROLE_SCAN, 0, "a", "Running")];
+    assert_eq!(
+        stage(&ij, &obs, &no_passes()),
+        Stage::Scan,
+        "still scanning"
+    );
+    // A failed pod is retried by its Job: not the end of the scan either.
+    obs.pods = vec![worker_pod(&ij, labels::ROLE_SCAN, 0, "a", "Failed")];
+    assert_eq!(stage(&ij, &obs, &no_passes()), Stage::Scan);
+    obs.pods
+        .push(worker_pod(&ij, labels::ROLE_SCAN, 0, "b", "Succeeded"));
+    assert!(
+        matches!(stage(&ij, &obs, &no_passes()), Stage::Copy(..)),
+        "{:?}",
+        stage(&ij, &obs, &no_passes())
+    );
+    // A plan the cache does not show yet is read from the API server before any verdict.
+    obs.plans.clear();
+    assert_eq!(
+        ingest_operator::observe::plan_to_confirm(&ij, &obs).as_deref(),
+        Some("genomics-r0-plan-0")
+    );
+    // Another run's scan pod says nothing about this one.
+    let mut other = ij.clone();
+    other.spec.run = 1;
+    obs.plans = vec![plan_meta(&ij, 2, totals())];
+    obs.jobs = vec![observed_job(
+        jobs_of(&desired(&other, &Stage::Scan, &settings()).unwrap())[0],
+        false,
+        false,
+        "",
+        "",
+        1,
+    )];
+    assert_eq!(stage(&other, &obs, &no_passes()), Stage::Scan);
+}
