@@ -901,8 +901,7 @@ impl<'a> Walk<'a> {
         };
         // Shards other than its own write into this directory: the settle pass sets it, once.
         let settled_later = self.pass == Pass::Copy
-            && matches!(self.opts.settle_dirs, SettleDirs::Only(_))
-            && self.opts.settle_dirs.includes(&node.rel);
+            && matches!(&self.opts.settle_dirs, SettleDirs::Only(dirs) if dirs.contains(&node.rel));
         let set = || if settled_later { Ok(()) } else { set() };
         match self.pass {
             Pass::Copy => match set() {

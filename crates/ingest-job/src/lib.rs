@@ -47,12 +47,6 @@ pub fn auto_threads_per_shard(max_per_mount: usize, shards: usize) -> usize {
         .clamp(1, max_per_mount.max(1))
 }
 
-pub use exit::WorkerExit;
-pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
-pub use queue::{Completion, ShardId, ShardQueue};
-pub use scan_failed::ScanFailed;
-pub use verdict::{Facts, Policy, Reason, Verdict, decide};
-
 /// Workers a pass starts: `requested` (at least one), never more than there are shards to
 /// claim (a worker with nothing to claim would only start and stop).
 pub fn workers_for(requested: u32, shards: usize) -> u32 {
@@ -60,6 +54,12 @@ pub fn workers_for(requested: u32, shards: usize) -> u32 {
         .max(1)
         .min(u32::try_from(shards.max(1)).unwrap_or(u32::MAX))
 }
+
+pub use exit::WorkerExit;
+pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
+pub use queue::{Completion, ShardId, ShardQueue};
+pub use scan_failed::ScanFailed;
+pub use verdict::{Facts, Policy, Reason, Verdict, decide};
 
 #[cfg(test)]
 mod tests {

@@ -537,24 +537,21 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
     }
     // The default state directory is named after the job: a name must not reach outside it.
     let name = match &doc.metadata.name {
-        Some(n) => ingest_api::validate::check_object_name(n)
-            .map(|()| n.clone())
-            .map_err(|e| vec![format!("metadata.name: {e}")])?,
-        None => {
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            ingest_api::validate::check_object_name(&stem)
-                .map(|()| stem.clone())
-                .map_err(|e| {
-                    vec![format!(
-                        "metadata.name: not set, and the file's name {stem:?} cannot stand in \
-                         for it: {e}; set metadata.name"
-                    )]
-                })?
-        }
+        Some(n) => n.clone(),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
+    ingest_api::validate::check_object_name(&name).map_err(|e| {
+        vec![match doc.metadata.name {
+            Some(_) => format!("metadata.name: {e}"),
+            None => format!(
+                "metadata.name: not set, and the file's name {name:?} cannot stand in for it: \
+                 {e}; set metadata.name"
+            ),
+        }]
+    })?;
     let verify = match spec.verify.mode {
         JobVerifyMode::None => "none",
         JobVerifyMode::Metadata => "metadata",
@@ -637,6 +634,18 @@ struct PhaseOutcome {
     unusable: bool,
     /// Some shard was run (not skipped by its marker), or a worker broke.
     worked: bool,
+}
+
+impl PhaseOutcome {
+    /// A worker's result, or one shard's: its failed entries, the failures it listed and what
+    /// it verified.
+    fn add_result(&mut self, pr: &PodResult) {
+        self.failed_files += pr.failed;
+        self.failures.extend(pr.failures.iter().cloned());
+        if let Some(v) = &pr.verification {
+            self.verification.get_or_insert_default().add(v);
+        }
+    }
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -1193,11 +1202,7 @@ fn run_phase(
                     add_summary(&mut out.ran, &s);
                 }
                 if let Ok(pr) = serde_json::from_value::<PodResult>(r["result"].clone()) {
-                    out.failed_files += pr.failed;
-                    out.failures.extend(pr.failures);
-                    if let Some(v) = &pr.verification {
-                        out.verification.get_or_insert_default().add(v);
-                    }
+                    out.add_result(&pr);
                 }
             }
             _ => {
@@ -1209,13 +1214,7 @@ fn run_phase(
                         add_summary(&mut out.ran, sum);
                     }
                     match result {
-                        Some(pr) => {
-                            out.failed_files += pr.failed;
-                            out.failures.extend(pr.failures.iter().cloned());
-                            if let Some(v) = &pr.verification {
-                                out.verification.get_or_insert_default().add(v);
-                            }
-                        }
+                        Some(pr) => out.add_result(pr),
                         // An event without its result (`run`'s workers always send one): the
                         // number of failed entries at least.
                         None => {
