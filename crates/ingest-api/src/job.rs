@@ -128,6 +128,12 @@ pub struct IngestJobSpec {
     /// stopped, in the same pods.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Which entries of the source the job copies: include/exclude patterns and age limits,
+    /// applied alike by the scan, the copy and the verify pass. Excluded entries are counted
+    /// (`status.progress.excluded`), never copied and never reported missing. Takes effect at
+    /// the next scan (a run in progress keeps the filter its scan applied).
+    #[serde(default, skip_serializing_if = "EntryFilter::is_empty")]
+    pub filter: EntryFilter,
     /// Pod settings for the scan and worker pods.
     #[serde(default)]
     pub worker: WorkerTemplate,
@@ -420,6 +426,76 @@ pub struct ShardSizing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_bytes: Option<u64>,
+}
+
+/// Which entries of the source tree are in a job's scope.
+///
+/// Patterns match paths relative to the source root (after `subPath`), as `.gitignore` reads
+/// them: a pattern without `/` matches a name at any depth (`*.tmp`, `~$*`); one with a `/` is
+/// anchored at the root (`/scratch`, `projects/*/cache`); a trailing `/` matches directories only
+/// (`.snapshot/`); `*` stays within a name, `**` spans names. Excludes win, and an excluded
+/// directory is left out whole.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryFilter {
+    /// Leave out entries matching any of these patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub exclude: Vec<String>,
+    /// When set, only files (and other non-directories) matching one of these patterns, or
+    /// below a directory matching one, are in scope. Directories are still walked and created,
+    /// so that the included files have their parents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub include: Vec<String>,
+    /// Leave out files modified less than this long before the pass's scan started (still
+    /// being written): a whole number and a unit, s, m, h, d or w (`10m`, `2h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+[smhdw]$')").message("spec.filter.minAge must be a whole number and a unit s, m, h, d or w (for example 10m, 12h, 7d)"))]
+    pub min_age: Option<String>,
+    /// Leave out files modified more than this long before the pass's scan started: a whole
+    /// number and a unit, s, m, h, d or w (`365d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+[smhdw]$')").message("spec.filter.maxAge must be a whole number and a unit s, m, h, d or w (for example 10m, 12h, 7d)"))]
+    pub max_age: Option<String>,
+}
+
+impl EntryFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == EntryFilter::default()
+    }
+
+    /// The filter as the engine takes it (ages not yet fixed to a time), or what is wrong, by
+    /// field (`spec.filter.exclude[2]`, `spec.filter.minAge`).
+    pub fn to_spec(&self) -> Result<ingest_filter::FilterSpec, (String, String)> {
+        let age = |field: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(ingest_filter::parse_age)
+                .transpose()
+                .map_err(|m| (format!("spec.filter.{field}"), m))
+        };
+        let spec = ingest_filter::FilterSpec {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            min_age_seconds: age("minAge", &self.min_age)?,
+            max_age_seconds: age("maxAge", &self.max_age)?,
+            reference_time: None,
+        };
+        // Compiled once here so that a bad pattern is refused before any pod starts.
+        match ingest_filter::Filter::new(&spec.clone().fixed_at(0)) {
+            Ok(_) => Ok(spec),
+            Err(ingest_filter::FilterError::Pattern {
+                field,
+                index,
+                pattern,
+                why,
+            }) => Err((
+                format!("spec.filter.{field}[{index}]"),
+                format!("{pattern:?}: {why}"),
+            )),
+            Err(e) => Err(("spec.filter".into(), e.to_string())),
+        }
+    }
 }
 
 /// The checking pass.
@@ -760,6 +836,10 @@ pub struct Totals {
     pub directories: u64,
     /// Bytes of regular files.
     pub bytes: u64,
+    /// Entries `spec.filter` left out (an excluded directory once, not what is below it): not
+    /// in the counts above, not copied, not reported missing.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub excluded: u64,
 }
 
 /// Copy progress of the current run.

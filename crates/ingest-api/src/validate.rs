@@ -129,6 +129,9 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if spec.run < 0 {
         bad("spec.run", "must not be negative".into());
     }
+    if let Err((field, message)) = spec.filter.to_spec() {
+        bad(&field, message);
+    }
     if let Some(report) = &spec.report {
         if report.pvc.is_some() == report.destination_path.is_some() {
             bad(

@@ -85,6 +85,7 @@ struct Counters {
     vanished: AtomicU64,
     changed: AtomicU64,
     not_attempted: AtomicU64,
+    excluded: AtomicU64,
     files_copied: AtomicU64,
     files_skipped: AtomicU64,
     bytes_copied: AtomicU64,
@@ -429,6 +430,7 @@ impl<'a> Walk<'a> {
             vanished: g(&c.vanished),
             changed: g(&c.changed),
             not_attempted: g(&c.not_attempted),
+            excluded: g(&c.excluded),
             files_copied: g(&c.files_copied),
             files_skipped: g(&c.files_skipped),
             bytes_copied: g(&c.bytes_copied),
@@ -786,11 +788,27 @@ impl<'a> Walk<'a> {
         };
         let mut dirs = Vec::new();
         let mut others = Vec::new();
+        // Left out by the user's filters, by name (by age: in `entry`). An excluded directory is
+        // one entry: it is not walked, created or settled.
+        let filter = &self.opts.filter;
+        let keeps = |name: &CStr, dir: bool| {
+            filter.is_empty() || {
+                let rel = node.rel.join(name.to_bytes());
+                if dir {
+                    filter.keeps_dir(&rel)
+                } else {
+                    filter.keeps_path(&rel)
+                }
+            }
+        };
+        let mut excluded = 0u64;
         let listed = sys::list_dir(node.src.as_fd(), &mut local.dirbuf, |name, kind| {
             if !in_range(name.to_bytes()) {
                 return;
             }
             match kind {
+                // An entry of unknown type is asked once its type is known, below.
+                Some(k) if !keeps(name, k == Kind::Dir) => excluded += 1,
                 Some(Kind::Dir) => dirs.push(name.to_owned()),
                 _ => others.push((name.to_owned(), kind)),
             }
@@ -807,14 +825,21 @@ impl<'a> Walk<'a> {
             if kind.is_some() {
                 return true;
             }
-            match sys::stat_at(node.src.as_fd(), name) {
-                Ok(Some(m)) if m.kind == Kind::Dir => {
-                    dirs.push(name.clone());
-                    false
-                }
-                _ => true,
+            let dir =
+                matches!(sys::stat_at(node.src.as_fd(), name), Ok(Some(m)) if m.kind == Kind::Dir);
+            if !keeps(name, dir) {
+                excluded += 1;
+                return false;
             }
+            if dir {
+                dirs.push(name.clone());
+            }
+            !dir
         });
+        if self.pass == Pass::Copy && excluded > 0 {
+            self.counts.entries.fetch_add(excluded, Relaxed);
+            self.counts.excluded.fetch_add(excluded, Relaxed);
+        }
         self.progress
             .dirs_queued
             .fetch_add(dirs.len() as u64, Relaxed);
@@ -950,6 +975,16 @@ impl<'a> Walk<'a> {
             // Its `LinkGroup` scope copies (and counts) it; in this pass it is not an entry.
             if self.pass == Pass::Copy {
                 self.counts.entries.fetch_sub(1, Relaxed);
+            }
+            return;
+        }
+        if sm.kind != Kind::Dir
+            && self.opts.filter.has_age()
+            && !self.opts.filter.keeps_mtime(sm.mtime.0)
+        {
+            // Out of the job's age limits: an entry of this pass, not copied.
+            if self.pass == Pass::Copy {
+                inc(&self.counts.excluded);
             }
             return;
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use ingest_filter::Filter;
 use ingest_path::RelPath;
 
 use crate::concurrency::Concurrency;
@@ -190,6 +191,10 @@ pub struct Options {
     /// not even the destination probe. (It still sets directory times after a sharded copy when
     /// `dir_times_in_verify`: that is the copy's last step, not a repair.)
     pub repair: bool,
+    /// The user's include/exclude patterns and age limits: entries they leave out are counted
+    /// as excluded by the copy and not looked at by the verifier (nor walked into, for a
+    /// directory).
+    pub filter: Filter,
 }
 
 impl Default for Options {
@@ -208,6 +213,7 @@ impl Default for Options {
             probe_destinations: true,
             fsync: false,
             repair: true,
+            filter: Filter::none(),
         }
     }
 }

@@ -23,6 +23,7 @@ mod verify;
 use std::time::Instant;
 
 pub use concurrency::{AutoConfig, Concurrency, MountLimits};
+pub use ingest_filter::{Filter, FilterSpec, parse_age as filter_age};
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, SettleDirs, VerifyMode};
 pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};

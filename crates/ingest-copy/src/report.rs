@@ -31,6 +31,10 @@ pub enum Mismatch {
     Extraneous,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// Results of the verify pass.
 ///
 /// Every entry compared counts once in `checked`, by what the first look found:
@@ -55,6 +59,10 @@ pub struct VerifyCounts {
     /// pass (the destination does not hold the source's version), like `errors`.
     #[serde(default)]
     pub unrepaired: u64,
+    /// Source bytes of the regular files found missing or with data to copy again (size,
+    /// content, type or mtime different): what a copy pass would write.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub differing_bytes: u64,
     /// What was found different, by kind (an entry may count under several kinds).
     pub by_kind: BTreeMap<Mismatch, u64>,
 }
@@ -69,6 +77,7 @@ impl VerifyCounts {
         self.repaired += other.repaired;
         self.errors += other.errors;
         self.unrepaired += other.unrepaired;
+        self.differing_bytes += other.differing_bytes;
         for (k, v) in &other.by_kind {
             *self.by_kind.entry(*k).or_default() += v;
         }
@@ -85,7 +94,8 @@ impl VerifyCounts {
 /// Every entry the pass meets in its scopes ends in exactly one outcome, so
 /// `entries == outcomes()`: copied (`files_copied`, `symlinks`, `hardlinks`, `specials`,
 /// `directories`), up to date (`files_skipped`, `dirs_up_to_date`), or not done and reported
-/// (`failed`, `unsupported`, `vanished`, `changed`, `not_attempted`).
+/// (`failed`, `unsupported`, `vanished`, `changed`, `not_attempted`), or left out by the user's
+/// filters (`excluded`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CopyCounts {
@@ -121,6 +131,10 @@ pub struct CopyCounts {
     /// read-only, stale): see [`Summary::stopped`]. Directories count once, not their contents.
     #[serde(default)]
     pub not_attempted: u64,
+    /// Entries left out by the job's include/exclude patterns or age limits (a directory counts
+    /// once; what is below it is not walked).
+    #[serde(default)]
+    pub excluded: u64,
 }
 
 impl CopyCounts {
@@ -140,6 +154,7 @@ impl CopyCounts {
             + self.vanished
             + self.changed
             + self.not_attempted
+            + self.excluded
     }
 
     /// Entries that did not end copied or up to date.
@@ -162,6 +177,7 @@ impl CopyCounts {
         self.vanished += o.vanished;
         self.changed += o.changed;
         self.not_attempted += o.not_attempted;
+        self.excluded += o.excluded;
     }
 }
 

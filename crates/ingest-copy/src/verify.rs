@@ -150,6 +150,7 @@ struct Counts {
     repaired: AtomicU64,
     errors: AtomicU64,
     unrepaired: AtomicU64,
+    differing_bytes: AtomicU64,
     by_kind: Mutex<BTreeMap<Mismatch, u64>>,
 }
 
@@ -376,6 +377,7 @@ impl<'a> Verifier<'a> {
             repaired: g(&c.repaired),
             errors: g(&c.errors),
             unrepaired: g(&c.unrepaired),
+            differing_bytes: g(&c.differing_bytes),
             by_kind: c.by_kind.lock().unwrap().clone(),
         }
     }
@@ -620,6 +622,13 @@ impl<'a> Verifier<'a> {
         };
         let name = cstr(rel.file_name());
         match sys::stat_at(dir.src.as_fd(), &name) {
+            // A file scope's path was in scope at the scan; its age may have moved since (the
+            // copy then left it out too).
+            Ok(Some(sm))
+                if !self
+                    .opts
+                    .filter
+                    .keeps(rel, sm.kind == Kind::Dir, sm.mtime.0) => {}
             Ok(Some(sm)) => self.check(&dir, &name, rel, &sm, true, full, local),
             Ok(None) => {} // gone from the source since it was planned
             Err(e) => self.fail(rel.clone(), "stat-source", &e),
@@ -743,18 +752,33 @@ impl<'a> Verifier<'a> {
                 from.is_none_or(|f| name >= f.as_bytes()) && to.is_none_or(|t| name < t.as_bytes())
             }
         };
-        let mut src: Vec<(CString, Option<Kind>)> = Vec::new();
+        // The user's filters, asked here on their own: a name they leave out is neither missing
+        // nor extraneous, and an excluded directory is not walked. An entry of unknown type
+        // is asked again in `entry`, where its type is known.
+        let filter = &self.opts.filter;
+        let keeps = |name: &CStr, kind: Option<Kind>| {
+            filter.is_empty() || {
+                let rel = node.rel.join(name.to_bytes());
+                match kind {
+                    Some(Kind::Dir) => filter.keeps_dir(&rel),
+                    Some(_) => filter.keeps_path(&rel),
+                    None => filter.keeps_dir(&rel) && filter.keeps_path(&rel),
+                }
+            }
+        };
+        let mut src: Vec<(CString, Option<Kind>, bool)> = Vec::new();
         let mut dst: Vec<CString> = Vec::new();
         let listed = (|| -> OpResult<()> {
             sys::list_dir(node.src.as_fd(), &mut local.dirbuf, |name, kind| {
                 if in_range(name.to_bytes()) {
-                    src.push((name.to_owned(), kind));
+                    let kept = kind.is_none() || keeps(name, kind);
+                    src.push((name.to_owned(), kind, kept));
                 }
             })
             .op("list-dir")?;
             if let Some(fd) = node.dst_fd(self.roots, local.mount).op("open-dest-dir")? {
-                sys::list_dir(fd, &mut local.dirbuf, |name, _| {
-                    if in_range(name.to_bytes()) {
+                sys::list_dir(fd, &mut local.dirbuf, |name, kind| {
+                    if in_range(name.to_bytes()) && keeps(name, kind) {
                         dst.push(name.to_owned());
                     }
                 })
@@ -772,11 +796,14 @@ impl<'a> Verifier<'a> {
         let mut tasks: Vec<Task<'a>> = Vec::new();
         let mut items: Vec<(CString, bool)> = Vec::new();
         let mut d = dst.into_iter().peekable();
-        for (name, kind) in src {
+        for (name, kind, kept) in src {
             while let Some(extra) = d.next_if(|x| x.as_bytes() < name.as_bytes()) {
                 self.extraneous(node.rel.join(extra.as_bytes()));
             }
             let in_dst = d.next_if(|x| x.as_bytes() == name.as_bytes()).is_some();
+            if !kept {
+                continue; // the destination's entry of that name is left out with it
+            }
             if kind == Some(Kind::Dir) && node.recurse {
                 tasks.push(Task::Dir {
                     parent: node.clone(),
@@ -875,6 +902,10 @@ impl<'a> Verifier<'a> {
             Ok(None) => return, // gone from the source since it was listed
             Err(e) => return self.fail(rel, "stat-source", &e),
         };
+        let filter = &self.opts.filter;
+        if !filter.is_empty() && !filter.keeps(&rel, sm.kind == Kind::Dir, sm.mtime.0) {
+            return; // left out by the user's filters: the copy counted it as excluded
+        }
         if sm.kind == Kind::Dir && dir.recurse {
             return self.queue.push_all([Task::Dir {
                 parent: dir.clone(),
@@ -932,6 +963,13 @@ impl<'a> Verifier<'a> {
             .filter(|a| a.rel != *rel)
             .map(|a| a.rel.clone());
         let reported = now.diffs.clone();
+        if sm.kind == Kind::File
+            && link_to.is_none()
+            && crate::repair::needs_data(sm.kind, &reported)
+        {
+            // What a copy of this entry would write (a dry run's estimate).
+            self.counts.differing_bytes.fetch_add(sm.size, Relaxed);
+        }
         let mut again =
             |local: &mut Local| self.look(dir, name, rel, sm, full, anchor.as_deref_mut(), local);
         self.verdict(rel, reported, now, link_to.as_ref(), local, &mut again);

@@ -43,6 +43,8 @@ pub struct Facts {
     /// Entries at the destination, copied or found up to date, and their bytes (for the message).
     pub files: u64,
     pub bytes: u64,
+    /// Entries the job's filters left out (said in the message: "identical" is within them).
+    pub excluded: u64,
 }
 
 /// Why the run ended as it did (the Ready condition's reason).
@@ -142,7 +144,15 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
             ),
         );
     }
-    let what = format!("{} files ({})", f.files, human_bytes(f.bytes));
+    let what = match f.excluded {
+        0 => format!("{} files ({})", f.files, human_bytes(f.bytes)),
+        n => format!(
+            "{} files ({}); {} left out by the filter",
+            f.files,
+            human_bytes(f.bytes),
+            entries(n)
+        ),
+    };
     if failed_files > 0 {
         return verdict(
             true,
@@ -228,6 +238,20 @@ mod tests {
                 ],
             ),
             (CONTINUE, unverified, true, Succeeded, 0, &["not verified"]),
+            (
+                CONTINUE,
+                Facts {
+                    excluded: 4,
+                    ..facts(0, 0)
+                },
+                true,
+                Succeeded,
+                0,
+                &[
+                    "destination identical",
+                    "10 files (2.0 KiB); 4 entries left out by the filter",
+                ],
+            ),
             (
                 CONTINUE,
                 facts(1, 0),

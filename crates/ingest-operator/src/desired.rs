@@ -406,6 +406,10 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
             a.extend([flag.to_owned(), v.to_string()]);
         }
     }
+    // The scan fixes the ages to its start and writes the filter into the plan, from which
+    // every worker of the run takes it. (A filter that does not compile was refused with the
+    // rest of the spec before any Job is built.)
+    a.extend(s.filter.to_spec().map(|f| f.to_args()).unwrap_or_default());
     a
 }
 

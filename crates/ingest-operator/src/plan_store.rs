@@ -201,6 +201,7 @@ mod tests {
                 files: 5,
                 directories: 1,
                 bytes: 9,
+                ..Default::default()
             },
             ..Default::default()
         }

@@ -438,6 +438,7 @@ pub fn compute(
                     verified: verify.is_some(),
                     files,
                     bytes,
+                    excluded: plan.totals.excluded,
                 },
             );
             outcome = Some((v.succeeded, v.reason.as_str(), v.message));

@@ -24,6 +24,7 @@ fn totals() -> Totals {
         files: 1000,
         directories: 10,
         bytes: 1_000_000,
+        excluded: 0,
     }
 }
 
@@ -142,6 +143,43 @@ fn copied(ij: &IngestJob, shards: u64) -> (Observed, Views) {
         Some(&PassScript::default()),
     );
     (obs, v)
+}
+
+/// `spec.filter` goes to the scan, which fixes the ages to its start and writes the filter into
+/// the plan; the workers take it from there, so a copy pod carries no filter of its own.
+#[test]
+fn the_filter_goes_to_the_scan_and_the_workers_take_it_from_the_plan() {
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.filter = serde_json::from_value(serde_json::json!({
+        "exclude": ["*.tmp", "-odd", ".snapshot/"],
+        "include": ["projects/**"],
+        "minAge": "10m",
+    }))
+    .unwrap();
+    let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    let a = args(jobs_of(&children)[0]);
+    for want in [
+        "--exclude=*.tmp",
+        "--exclude=-odd",
+        "--exclude=.snapshot/",
+        "--include=projects/**",
+        "--min-age=600s",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--max-age")), "{a:?}");
+    let obs = scanned(&ij, 4, totals(), false);
+    let st = stage(&ij, &obs, &no_passes());
+    assert!(matches!(st, Stage::Copy(..)), "{st:?}");
+    let copies = role_jobs(&desired(&ij, &st, &settings()).unwrap(), "copy");
+    assert_eq!(copies.len(), 1);
+    for job in &copies {
+        assert!(
+            !args(job).iter().any(|x| x.starts_with("--exclude")),
+            "{:?}",
+            args(job)
+        );
+    }
 }
 
 #[test]

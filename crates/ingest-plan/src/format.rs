@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use ingest_filter::FilterSpec;
 use ingest_path::RelPath;
 
 /// `apiVersion` of the plan document; bump on any incompatible change.
@@ -106,6 +107,13 @@ pub struct Totals {
     pub errors: u64,
     /// Regular files by size: see [`HISTOGRAM_BUCKETS`].
     pub size_histogram: Vec<u64>,
+    /// Entries the job's filters left out (an excluded directory once, not its contents).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A path the scan could not read (the first few; [`Totals::unreadable`] + [`Totals::errors`] count all).
@@ -148,6 +156,10 @@ pub struct Plan {
     pub prediction: Prediction,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scan_errors: Vec<ScanErrorEntry>,
+    /// The include/exclude patterns and age limits (with their reference time) the scan
+    /// applied: every worker of the pass applies the same.
+    #[serde(default, skip_serializing_if = "FilterSpec::is_empty")]
+    pub filter: FilterSpec,
     pub shards: Vec<Shard>,
 }
 

@@ -187,6 +187,7 @@ pub fn plan(scan: &Scan, opts: &PlanOptions) -> Result<Plan, PlanError> {
         totals: totals(scan),
         prediction,
         scan_errors: scan.errors.clone(),
+        filter: scan.filter.clone(),
         shards,
     })
 }
@@ -214,6 +215,7 @@ pub fn totals(scan: &Scan) -> Totals {
         unreadable: scan.unreadable,
         errors: scan.error_count,
         size_histogram: scan.histogram.clone(),
+        excluded: scan.excluded,
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 
+use ingest_filter::{Filter, FilterSpec};
 use ingest_path::RelPath;
 
 use crate::format::{HISTOGRAM_BUCKETS, ScanErrorEntry};
@@ -40,6 +41,9 @@ pub struct ScanOptions {
     pub big_file_min: u64,
     /// Scan errors kept with their path (all are counted).
     pub max_errors: usize,
+    /// The user's include/exclude patterns and age limits: what they leave out is counted, not
+    /// planned (and an excluded directory is not walked).
+    pub filter: Filter,
 }
 
 impl Default for ScanOptions {
@@ -52,6 +56,7 @@ impl Default for ScanOptions {
             // The engine's own split size: smaller files are never worth cutting across workers.
             big_file_min: 64 << 20,
             max_errors: 100,
+            filter: Filter::none(),
         }
     }
 }
@@ -152,6 +157,10 @@ pub struct Scan {
     /// Entries that failed `stat` (vanished, permission), and directories that could not be read.
     pub error_count: u64,
     pub unreadable: u64,
+    /// Entries the filter left out (an excluded directory once, not what is below it).
+    pub excluded: u64,
+    /// The filter the scan applied: the plan carries it to every phase of the pass.
+    pub filter: FilterSpec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +200,7 @@ struct Local {
     errors: Vec<ScanErrorEntry>,
     error_count: u64,
     unreadable: u64,
+    excluded: u64,
 }
 
 impl Local {
@@ -258,7 +268,9 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
             .map(|h| h.join().expect("scan thread panicked"))
             .collect();
     });
-    Ok(merge(locals, opts.max_errors))
+    let mut scan = merge(locals, opts.max_errors);
+    scan.filter = opts.filter.spec().clone();
+    Ok(scan)
 }
 
 struct Thread<'a> {
@@ -362,7 +374,11 @@ impl<'a> Thread<'a> {
             }
             let mut ftype = entry.file_type();
             let mut stat = None;
-            if ftype == FileType::RegularFile || ftype == FileType::Unknown {
+            let filter = &opts.filter;
+            if ftype == FileType::RegularFile
+                || ftype == FileType::Unknown
+                || (filter.has_age() && ftype != FileType::Directory)
+            {
                 match rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => {
                         ftype = FileType::from_raw_mode(st.st_mode);
@@ -374,6 +390,20 @@ impl<'a> Thread<'a> {
                             .error(opts.max_errors, path.join(name), &e.into());
                         continue;
                     }
+                }
+            }
+            if !filter.is_empty() {
+                let rel = path.join(name);
+                let kept = match (ftype, stat) {
+                    (FileType::Directory, _) => filter.keeps_dir(&rel),
+                    // `st_mtime`'s type differs between architectures.
+                    #[allow(clippy::unnecessary_cast)]
+                    (_, Some(st)) => filter.keeps(&rel, false, st.st_mtime as i64),
+                    (_, None) => filter.keeps_path(&rel),
+                };
+                if !kept {
+                    self.local.excluded += 1;
+                    continue;
                 }
             }
             if ftype == FileType::Directory {
@@ -471,7 +501,7 @@ fn merge(locals: Vec<Local>, max_errors: usize) -> Scan {
     let mut links = Vec::new();
     let mut histogram = vec![0u64; HISTOGRAM_BUCKETS];
     let mut errors = Vec::new();
-    let (mut error_count, mut unreadable) = (0, 0);
+    let (mut error_count, mut unreadable, mut excluded) = (0, 0, 0);
     for l in locals {
         dirs.extend(l.dirs);
         links.extend(l.links);
@@ -481,6 +511,7 @@ fn merge(locals: Vec<Local>, max_errors: usize) -> Scan {
         errors.extend(l.errors);
         error_count += l.error_count;
         unreadable += l.unreadable;
+        excluded += l.excluded;
     }
     dirs.sort_by(|a, b| tree_order(&a.path, &b.path));
     links.sort_unstable();
@@ -493,6 +524,8 @@ fn merge(locals: Vec<Local>, max_errors: usize) -> Scan {
         errors,
         error_count,
         unreadable,
+        excluded,
+        filter: FilterSpec::default(),
     };
     scan.aggregate();
     scan

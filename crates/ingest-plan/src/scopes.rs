@@ -152,6 +152,7 @@ mod tests {
             totals: Totals::default(),
             prediction: Prediction::default(),
             scan_errors: Vec::new(),
+            filter: Default::default(),
             shards: scopes
                 .into_iter()
                 .enumerate()

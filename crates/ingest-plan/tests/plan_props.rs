@@ -15,6 +15,7 @@ fn scan_opts(threads: usize) -> ScanOptions {
         entries_per_sample: 1,
         big_file_min: 4 << 20,
         max_errors: 10,
+        ..ScanOptions::default()
     }
 }
 
@@ -202,4 +203,57 @@ fn zero_shards_or_workers_are_refused() {
         p.shards
     );
     assert_eq!(Plan::from_json(&p.to_json()).unwrap(), p);
+}
+
+/// A filtered scan: the same with 1 and 4 threads, and what it counts and plans is what a plain
+/// walk keeps under the same patterns (an excluded directory's contents are not walked, so not
+/// counted; the directory itself is one excluded entry).
+#[test]
+fn a_filtered_scan_plans_only_what_the_filter_keeps() {
+    use ingest_filter::{Filter, FilterSpec};
+    let filter = Filter::new(&FilterSpec {
+        exclude: vec!["d1*/".into(), "h*".into(), "*7".into()],
+        ..FilterSpec::default()
+    })
+    .unwrap();
+    for seed in [5u64, 17, 99] {
+        let dir = tempfile::tempdir().unwrap();
+        common::random_tree(dir.path(), seed, 400);
+        let opts = |threads| ScanOptions {
+            filter: filter.clone(),
+            ..scan_opts(threads)
+        };
+        let s1 = scan(dir.path(), &opts(1)).unwrap();
+        assert_eq!(s1, scan(dir.path(), &opts(4)).unwrap(), "seed {seed}");
+        assert_eq!(&s1.filter, filter.spec());
+
+        // The plain walk, pruned by hand.
+        let (all_files, all_dirs) = common::walk(dir.path());
+        let under_excluded = |p: &ingest_path::RelPath| {
+            let mut a = p.parent();
+            while !a.is_root() {
+                if !filter.keeps_dir(&a) {
+                    return true;
+                }
+                a = a.parent();
+            }
+            false
+        };
+        let files: Vec<_> = all_files
+            .iter()
+            .filter(|f| !under_excluded(&f.path) && filter.keeps_path(&f.path))
+            .collect();
+        let dirs = all_dirs
+            .iter()
+            .filter(|d| !under_excluded(d) && filter.keeps_dir(d))
+            .count();
+        let root = s1.root().tree;
+        assert_eq!(root.files, files.len() as u64, "seed {seed}");
+        assert_eq!(root.dirs, dirs as u64, "seed {seed}");
+        assert!(s1.excluded > 0, "seed {seed}: the patterns must leave something out");
+        let p = plan(&s1, &plan_opts(8, 3)).unwrap();
+        assert_eq!(p.totals.excluded, s1.excluded);
+        assert_eq!(&p.filter, filter.spec());
+        assert_eq!(p.shards.iter().map(|s| s.files).sum::<u64>(), p.totals.files);
+    }
 }

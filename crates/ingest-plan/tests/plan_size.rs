@@ -46,6 +46,8 @@ fn synthetic() -> Scan {
         errors: Vec::new(),
         error_count: 0,
         unreadable: 0,
+        excluded: 0,
+        filter: Default::default(),
     };
     scan.aggregate();
     scan
@@ -96,6 +98,8 @@ fn chunks_split_at_character_boundaries() {
         errors: Vec::new(),
         error_count: 0,
         unreadable: 0,
+        excluded: 0,
+        filter: Default::default(),
     };
     for i in 0..50 {
         let mut d = DirStats::new(RelPath::root().join(format!("日本語-{i:02}").as_bytes()));

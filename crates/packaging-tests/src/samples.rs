@@ -50,6 +50,7 @@ fn plan(spec: &IngestJobSpec) -> PlanSummary {
             files: 1200,
             directories: 40,
             bytes: 5 << 30,
+            ..Default::default()
         },
         ..Default::default()
     }

@@ -219,6 +219,114 @@ fn verify_only_reports_every_difference_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--verify-only"));
 }
 
+/// Every entry under `root` with its ctime and mtime: a write of any kind (data, metadata, a
+/// create or remove in a directory) moves at least one of them.
+fn stamps(root: &Path) -> Vec<(String, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.push((
+            p.display().to_string(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec(),
+        ));
+        if m.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A dry run compares and says what a copy would do, and writes nothing at all: every ctime
+/// in the destination stays. After the copy it finds nothing to do.
+#[test]
+fn a_dry_run_says_what_a_copy_would_do_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d/sub")).unwrap();
+    fs::write(src.join("d/kept"), b"kept").unwrap();
+    fs::write(src.join("d/lost"), b"lost!").unwrap();
+    fs::write(src.join("d/sub/new"), b"0123456789").unwrap();
+    fs::write(src.join("d/x.tmp"), b"scratch").unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(dest.join("d")).unwrap();
+    fs::write(dest.join("d/kept"), b"kept").unwrap();
+    fs::write(dest.join("d/lost"), b"old").unwrap();
+    fs::write(dest.join("d/stray"), b"only here").unwrap();
+    // Every time the same on both sides, so what differs is only what the test made differ.
+    let at = |p: &Path| {
+        fs::File::open(p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap()
+    };
+    for p in ["d/kept", "d/lost", "d/sub/new", "d/x.tmp", "d/sub", "d", ""] {
+        at(&src.join(p));
+    }
+    for p in ["d/kept", "d/lost", "d/stray", "d", ""] {
+        at(&dest.join(p));
+    }
+    let before = stamps(&dest);
+
+    let report = tmp.path().join("report.jsonl");
+    let out = copy(
+        &[&src, &dest],
+        &[
+            "--dry-run",
+            "--exclude",
+            "*.tmp",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stamps(&dest), before, "a dry run wrote to the destination");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Create d/sub and d/sub/new, update d/lost (its size): write 5 + 10 bytes.
+    assert!(
+        stdout.contains("a copy would create 2, update 1 and write 15 B"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 only in the destination"), "{stdout}");
+    let err = stderr(&out);
+    for line in [
+        "would create d/sub/new",
+        "would update d/lost",
+        "only in the destination: d/stray",
+    ] {
+        assert!(err.contains(line), "{line}: {err}");
+    }
+    assert!(!err.contains("x.tmp"), "excluded: {err}");
+    assert_eq!(fs::read_to_string(&report).unwrap().lines().count(), 4);
+
+    // (A copy never deletes, and its verify counts an entry only in the destination as a
+    // difference: the user removes it.)
+    fs::remove_file(dest.join("d/stray")).unwrap();
+    let out = copy(&[&src, &dest], &["--exclude", "*.tmp"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before = stamps(&dest);
+    let out = copy(
+        &[&src, &dest],
+        &["--dry-run", "--verify", "checksum", "--exclude", "*.tmp"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("a copy would create 0, update 0 and write 0 B"),
+        "{stdout}"
+    );
+    assert_eq!(stamps(&dest), before);
+
+    let out = copy(&[&src, &dest], &["--dry-run", "--verify", "none"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
+}
+
 trait FromBytesCompat {
     fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
 }

@@ -1403,3 +1403,156 @@ fn a_dead_workers_finished_shards_keep_their_listed_failures() {
     let path = failures[0]["path"].as_str().unwrap();
     assert!(src.join(path).is_file(), "names a source file: {path}");
 }
+
+/// `spec.filter` as a user writes it: excluded names, an excluded directory (left out whole),
+/// an anchored pattern and an age limit, in a run sharded fine enough to cut directories into
+/// name ranges. The scan, the copy and the verify pass agree: what is left out is counted once,
+/// not copied, never reported missing, and a destination entry that the patterns cover is
+/// neither reported as only in the destination nor touched.
+#[test]
+fn a_filter_leaves_out_the_same_entries_in_every_phase() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 12, 30);
+    fs::create_dir_all(src.join("proj00/run0/.snapshot/hourly.0")).unwrap();
+    fs::write(src.join("proj00/run0/.snapshot/hourly.0/f"), b"snap").unwrap();
+    fs::write(src.join("flat/x.tmp"), b"scratch").unwrap();
+    fs::write(src.join("proj03/run0/y.tmp"), b"scratch").unwrap();
+    fs::create_dir_all(src.join("proj05/run2/cache/deep")).unwrap();
+    fs::write(src.join("proj05/run2/cache/deep/c"), b"cache").unwrap();
+    // An old file and a symlink named like an excluded file.
+    let old = src.join("proj04/run1/old.dat");
+    fs::write(&old, b"old").unwrap();
+    let f = fs::File::options().write(true).open(&old).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(631_152_000))
+        .unwrap(); // 1990
+    drop(f);
+    symlink("nowhere", src.join("proj06/run0/link.tmp")).unwrap();
+    // The destination already has a scratch file of its own.
+    fs::create_dir_all(dst.join("flat")).unwrap();
+    fs::write(dst.join("flat/junk.tmp"), b"theirs").unwrap();
+
+    let excluded = [
+        "flat/x.tmp",
+        "proj00/run0/.snapshot",
+        "proj03/run0/y.tmp",
+        "proj04/run1/old.dat",
+        "proj05/run2/cache",
+        "proj06/run0/link.tmp",
+    ];
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone(), dst.clone()],
+        "  workers: 3\n  shards: {target: 40}\n  filter:\n    exclude: ['*.tmp', '.snapshot/', 'proj*/*/cache']\n    maxAge: 3650d\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st = read_status(&state);
+    let why = format!("{}\n{st:?}", text(&o));
+    assert_eq!(st["phase"].as_str(), Some("Succeeded"), "{why}");
+    assert_eq!(
+        st["totals"]["excluded"].as_u64(),
+        Some(excluded.len() as u64),
+        "{why}"
+    );
+    for field in ["missing", "mismatched", "extraneous", "repaired", "errors"] {
+        assert_eq!(
+            st["verification"][field].as_u64(),
+            Some(0),
+            "{field}: {why}"
+        );
+    }
+    let message = st["message"].as_str().unwrap();
+    assert!(
+        message.contains("destination identical")
+            && message.contains("6 entries left out by the filter"),
+        "{why}"
+    );
+    // The trees differ by exactly what the filter left out, and the destination's own file.
+    let diffs = ingest_testkit::compare::compare(&src, &dst, &Default::default());
+    let mut got: Vec<String> = diffs
+        .iter()
+        .map(|d| format!("{} {}", d.aspect.name(), d.path))
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = excluded.iter().map(|p| format!("missing {p}")).collect();
+    want.push("extra flat/junk.tmp".into());
+    want.sort();
+    assert_eq!(got, want, "{diffs:#?}");
+    assert_eq!(fs::read(dst.join("flat/junk.tmp")).unwrap(), b"theirs");
+
+    // A checksum pass over the same destination agrees: nothing to copy, nothing different.
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone(), dst.clone()],
+        "  workers: 3\n  shards: {target: 40}\n  run: 1\n  verify: {mode: Checksum, repair: false}\n  filter:\n    exclude: ['*.tmp', '.snapshot/', 'proj*/*/cache']\n    maxAge: 3650d\n",
+    );
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st = read_status(&state);
+    assert_eq!(st["verification"]["mismatched"].as_u64(), Some(0), "{st:?}");
+    assert_eq!(st["verification"]["extraneous"].as_u64(), Some(0), "{st:?}");
+}
+
+/// Includes select files (and everything below a matching directory); bad patterns and ages are
+/// refused naming the field, before anything is created.
+#[test]
+fn includes_select_files_and_bad_filters_are_refused_naming_the_field() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("a/keep/deep")).unwrap();
+    fs::create_dir_all(src.join("b")).unwrap();
+    for (p, d) in [
+        ("a/x.csv", "1"),
+        ("a/x.txt", "2"),
+        ("a/keep/deep/y.bin", "3"),
+        ("b/z.csv", "4"),
+        ("top.txt", "5"),
+    ] {
+        fs::write(src.join(p), d).unwrap();
+    }
+    let dst = t.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    let o = bin()
+        .args(["copy", "-q", "--include", "*.csv", "--include", "keep/"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for p in ["a/x.csv", "a/keep/deep/y.bin", "b/z.csv"] {
+        assert!(dst.join(p).is_file(), "{p} should be copied");
+    }
+    for p in ["a/x.txt", "top.txt"] {
+        assert!(!dst.join(p).exists(), "{p} should be left out");
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 excluded by the filter"), "{out}");
+
+    for (filter, field) in [
+        ("{exclude: ['ok', '[a']}", "spec.filter.exclude[1]"),
+        ("{include: ['a/../b']}", "spec.filter.include[0]"),
+        ("{minAge: 10x}", "spec.filter.minAge"),
+        ("{minAge: 2d, maxAge: 1d}", "spec.filter"),
+    ] {
+        let case = t.path().join("refused");
+        let d = case.join("dst");
+        fs::create_dir_all(&d).unwrap();
+        let f = job_yaml(
+            &case,
+            &src,
+            std::slice::from_ref(&d),
+            &format!("  filter: {filter}\n"),
+        );
+        let state = case.join("state");
+        let o = run_cmd(&f, &state).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{filter}: {}", text(&o));
+        assert!(text(&o).contains(field), "{filter}: {}", text(&o));
+        assert!(!state.exists(), "{filter}: nothing is created");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "{filter}");
+        fs::remove_dir_all(&case).unwrap();
+    }
+}

@@ -129,16 +129,36 @@ pub struct Args {
     /// Flush each file to the destination's stable storage before it gets its final mtime.
     #[arg(long)]
     pub fsync: bool,
+    #[command(flatten)]
+    pub filter: crate::cmd::scan::FilterArgs,
+    /// Compare only and write nothing (not even a probe file or a directory time): say what a
+    /// copy would create, update and write, and what is only in the destination. With
+    /// `--verify checksum` contents are compared too; `--report FILE` lists every path.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
+    let filter = match crate::cmd::scan::filter_now(&args.filter.spec()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::UnusableInput;
+        }
+    };
     let mut opts = Options {
         verify: args.verify.into(),
+        filter,
         ..Options::default()
     };
-    if args.verify_only {
+    if args.verify_only || args.dry_run {
         if opts.verify == VerifyMode::None {
-            eprintln!("error: --verify-only: needs --verify metadata or checksum (got none)");
+            let flag = if args.dry_run {
+                "--dry-run"
+            } else {
+                "--verify-only"
+            };
+            eprintln!("error: {flag}: needs --verify metadata or checksum (got none)");
             return Outcome::UnusableInput;
         }
         opts.passes = Passes::VerifyOnly;
@@ -185,7 +205,11 @@ pub fn run(args: Args) -> Outcome {
     let stop = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         if !args.quiet {
-            let label = if args.verify_only { "verify" } else { "copy" };
+            let label = match (args.dry_run, args.verify_only) {
+                (true, _) => "dry run",
+                (false, true) => "verify",
+                (false, false) => "copy",
+            };
             s.spawn(|| progress_view::report_until(&stop, label, None, || progress.snapshot()));
         }
         let r = ingest_copy::run(&job, &opts, &progress, &sink);
@@ -210,6 +234,19 @@ pub fn run(args: Args) -> Outcome {
             "{}",
             serde_json::to_string_pretty(&summary).expect("summary serializes")
         );
+    } else if args.dry_run {
+        for line in dry_run_lines(&summary) {
+            println!("{line}");
+        }
+        for e in &entries {
+            eprintln!("  {}", dry_run_entry(e));
+        }
+        if total > entries.len() as u64 {
+            eprintln!(
+                "  … and {} more (use --report FILE for all)",
+                total - entries.len() as u64
+            );
+        }
     } else {
         print_summary(&summary);
         for e in &entries {
@@ -229,11 +266,49 @@ pub fn run(args: Args) -> Outcome {
             );
         }
     }
-    if summary.is_success() {
+    // A dry run succeeds when it could compare everything: differences are its answer.
+    let compared = summary.verify.as_ref().is_some_and(|v| v.errors == 0);
+    if (args.dry_run && compared) || (!args.dry_run && summary.is_success()) {
         Outcome::Success
     } else {
         Outcome::PartialFailure
     }
+}
+
+/// What a copy would do, from a report-only comparison.
+pub fn dry_run_lines(s: &Summary) -> Vec<String> {
+    let Some(v) = &s.verify else {
+        return vec!["dry run: nothing compared".into()];
+    };
+    vec![
+        format!(
+            "dry run, nothing written: {} entries compared; a copy would create {}, update {} and write {}",
+            v.checked,
+            v.missing,
+            v.mismatched,
+            bytes(v.differing_bytes)
+        ),
+        format!(
+            "  {} up to date; {} only in the destination (a copy keeps them); {} could not be compared",
+            v.matched, v.extraneous, v.errors
+        ),
+    ]
+}
+
+/// One listed entry of a dry run, worded as what a copy would do with it.
+fn dry_run_entry(e: &ingest_copy::ReportEntry) -> String {
+    use ingest_copy::Mismatch;
+    if e.outcome == ingest_copy::Outcome::Failed {
+        let err = e.error.as_deref().unwrap_or("");
+        return format!("could not compare {} ({}): {err}", e.path, e.op);
+    }
+    if e.mismatches.contains(&Mismatch::Extraneous) {
+        return format!("only in the destination: {}", e.path);
+    }
+    if e.mismatches.contains(&Mismatch::Missing) {
+        return format!("would create {}", e.path);
+    }
+    format!("would update {} ({:?})", e.path, e.mismatches)
 }
 
 /// `Ok` when `path` is not (and would not be, once created) inside the directory `source`: the
@@ -268,7 +343,7 @@ pub fn summary_lines(s: &Summary) -> Vec<String> {
     let secs = s.elapsed_seconds.max(1e-3);
     let mut out = vec![
         format!(
-            "{} entries in scope: {} copied, {} up to date, {} failed, {} vanished from the source, {} changed while read, {} not copyable, {} not attempted",
+            "{} entries in scope: {} copied, {} up to date, {} failed, {} vanished from the source, {} changed while read, {} not copyable, {} not attempted{}",
             c.entries,
             c.files_copied + c.directories + c.symlinks + c.hardlinks + c.specials,
             c.files_skipped + c.dirs_up_to_date,
@@ -276,7 +351,11 @@ pub fn summary_lines(s: &Summary) -> Vec<String> {
             c.vanished,
             c.changed,
             c.unsupported,
-            c.not_attempted
+            c.not_attempted,
+            match c.excluded {
+                0 => String::new(),
+                n => format!(", {n} excluded by the filter"),
+            }
         ),
         format!(
             "  copied: {} files ({}), {} directories, {} symlinks, {} hard links, {} special files",

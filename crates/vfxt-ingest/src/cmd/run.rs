@@ -25,20 +25,21 @@ use serde::{Deserialize, Serialize};
 
 use ingest_api::claims::MountFigures;
 use ingest_api::job::{
-    Destination, DestinationNfs, FailureAction, FailurePolicy, FileFailure, IngestJobSpec,
-    IngestJobStatus, NfsSource, Phase as JobPhase, Preserve, Progress as JobProgress, PvcSource,
-    ReportTarget, ServerState, ServerStatus, ShardCounts, ShardSizing, Source, ThreadsPerWorker,
-    Totals, VerificationCounts, Verify, VerifyMode as JobVerifyMode, WorkerTemplate,
+    Destination, DestinationNfs, EntryFilter, FailureAction, FailurePolicy, FileFailure,
+    IngestJobSpec, IngestJobStatus, NfsSource, Phase as JobPhase, Preserve,
+    Progress as JobProgress, PvcSource, ReportTarget, ServerState, ServerStatus, ShardCounts,
+    ShardSizing, Source, ThreadsPerWorker, VerificationCounts, Verify, VerifyMode as JobVerifyMode,
+    WorkerTemplate,
 };
 use ingest_api::report::PodResult;
-use ingest_copy::{Snapshot, Summary};
+use ingest_copy::{FilterSpec, Snapshot, Summary};
 use ingest_job::{ShardQueue, WorkerExit};
 use ingest_plan::Phase;
 use ingest_plan::format::Plan;
 use ingest_plan::planner::PlanOptions;
 
 use crate::Outcome;
-use crate::cmd::scan::{CostArgs, scan_and_plan, write_durably, write_plan};
+use crate::cmd::scan::{CostArgs, scan_and_plan, status_totals, write_durably, write_plan};
 use crate::cmd::worker::{add_summary, verification};
 use crate::progress_view::{self, Expected, bytes};
 
@@ -149,6 +150,8 @@ struct RunSpec {
     #[serde(default)]
     run: i64,
     #[serde(default)]
+    filter: EntryFilter,
+    #[serde(default)]
     worker: WorkerTemplate,
     /// Checked as in the cluster; a local run writes its reports to its state directory.
     #[serde(default)]
@@ -227,6 +230,9 @@ struct Resolved {
     run: i64,
     seconds_per_entry: f64,
     bytes_per_second: f64,
+    /// `spec.filter`, ages not yet fixed: each scan fixes them to its start (the plan keeps that).
+    #[serde(default)]
+    filter: FilterSpec,
 }
 
 /// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
@@ -459,6 +465,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         // Pausing is a cluster matter (the claims endpoint holds the shards); a local run is
         // paused with Ctrl-Z.
         suspend: false,
+        filter: spec.filter.clone(),
         worker: spec.worker.clone(),
         report: spec.report.clone(),
     };
@@ -588,6 +595,8 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         run: spec.run,
         seconds_per_entry: cost.seconds_per_entry,
         bytes_per_second: cost.bytes_per_second,
+        // Checked with the rest of the spec above.
+        filter: spec.filter.to_spec().unwrap_or_default(),
     })
 }
 
@@ -741,7 +750,8 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
                 max_bytes: job.max_bytes,
                 ..PlanOptions::default()
             };
-            let (_, p, secs) = scan_and_plan(&job.source, args.scan_threads, &opts)?;
+            let filter = crate::cmd::scan::filter_now(&job.filter)?;
+            let (_, p, secs) = scan_and_plan(&job.source, args.scan_threads, &filter, &opts)?;
             // A new plan invalidates the old markers (shard ids mean other things now).
             clear_markers(&markers, None).map_err(|e| format!("--state: {e}"))?;
             write_plan(&plan_path, &p).map_err(|e| format!("--state: plan not written ({e})"))?;
@@ -893,11 +903,7 @@ fn interim_status(
         phase: Some(phase),
         run: Some(job.run),
         message: Some(format!("{phase}")),
-        totals: plan.map(|p| Totals {
-            files: p.totals.files + p.totals.others,
-            directories: p.totals.directories,
-            bytes: p.totals.bytes,
-        }),
+        totals: plan.map(|p| status_totals(&p.totals)),
         shards: plan.map(|p| ShardCounts {
             total: p.shards.len() as u64,
             pending: p.shards.len() as u64,
@@ -1476,6 +1482,7 @@ fn build_status(
             verified: verify.is_some(),
             files: t.files + t.others,
             bytes: t.bytes,
+            excluded: t.excluded,
         },
     );
     let phase = if v.succeeded {
@@ -1488,11 +1495,7 @@ fn build_status(
         phase: Some(phase),
         run: Some(job.run),
         message: Some(message),
-        totals: Some(Totals {
-            files: t.files + t.others,
-            directories: t.directories,
-            bytes: t.bytes,
-        }),
+        totals: Some(status_totals(t)),
         progress: Some(JobProgress {
             files: files_done,
             bytes: c.bytes_copied,
@@ -1541,7 +1544,7 @@ fn print_status(
         .saturating_sub(c.entries_done());
     let (fps, bps) = copy_rates(copy);
     println!(
-        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed, {} vanished from the source, {} changed while read, {} not attempted; {fps} files/s, {}/s over {:.3} s",
+        "this run, copy: {} files copied ({}), {} already up to date{}, {} directories, {} symlinks, {} hard links, {} failed, {} vanished from the source, {} changed while read, {} not attempted{}; {fps} files/s, {}/s over {:.3} s",
         c.files_copied,
         bytes(c.bytes_copied),
         c.files_skipped + before,
@@ -1560,6 +1563,10 @@ fn print_status(
         c.vanished,
         c.changed,
         c.not_attempted,
+        match c.excluded {
+            0 => String::new(),
+            n => format!(", {n} excluded by the filter"),
+        },
         bytes(bps),
         copy.seconds,
     );

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ingest_copy::{Filter, FilterSpec};
 use ingest_plan::CostModel;
 use ingest_plan::format::Plan;
 use ingest_plan::planner::{PlanOptions, plan};
@@ -36,6 +37,8 @@ pub struct Args {
     pub max_bytes: Option<u64>,
     #[command(flatten)]
     pub cost: CostArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Write the plan (JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -80,10 +83,64 @@ impl CostArgs {
     }
 }
 
+/// What a plan's scan found, as the IngestJob's `status.totals` says it (the cluster's scan pod
+/// and `run`).
+pub fn status_totals(t: &ingest_plan::format::Totals) -> ingest_api::job::Totals {
+    ingest_api::job::Totals {
+        // The status counts every non-directory as a file.
+        files: t.files + t.others,
+        directories: t.directories,
+        bytes: t.bytes,
+        excluded: t.excluded,
+    }
+}
+
+/// Which entries are in scope; shared by `scan`, `copy` and the operator's scan pod (`run` and the
+/// cluster take the same from `spec.filter`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Leave out entries matching GLOB (repeat the flag). Without `/` a pattern matches a name at
+    /// any depth (`*.tmp`); with one it is anchored at the root (`projects/*/cache`); a trailing
+    /// `/` matches directories only (`.snapshot/`), which are then left out whole.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Only files matching GLOB, or below a directory matching it, are in scope (repeat the flag).
+    #[arg(long = "include", value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files modified less than AGE ago (10m, 2h, 7d, 1w): still being written.
+    #[arg(long, value_name = "AGE", value_parser = ingest_copy::filter_age)]
+    pub min_age: Option<u64>,
+    /// Leave out files modified more than AGE ago.
+    #[arg(long, value_name = "AGE", value_parser = ingest_copy::filter_age)]
+    pub max_age: Option<u64>,
+}
+
+impl FilterArgs {
+    pub fn spec(&self) -> FilterSpec {
+        FilterSpec {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            min_age_seconds: self.min_age,
+            max_age_seconds: self.max_age,
+            reference_time: None,
+        }
+    }
+}
+
+/// The filter with its ages measured from now (a scan's start), compiled; errors name the flag
+/// or pattern.
+pub fn filter_now(spec: &FilterSpec) -> Result<Filter, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    Filter::new(&spec.clone().fixed_at(now)).map_err(|e| format!("filter: {e}"))
+}
+
 /// Scans `source` and plans it; errors are unusable input, worded for the command line.
 pub fn scan_and_plan(
     source: &Path,
     threads: usize,
+    filter: &Filter,
     opts: &PlanOptions,
 ) -> Result<(Scan, Plan, f64), String> {
     if threads == 0 {
@@ -100,6 +157,7 @@ pub fn scan_and_plan(
         source,
         &ScanOptions {
             threads,
+            filter: filter.clone(),
             ..ScanOptions::default()
         },
     )
@@ -130,7 +188,9 @@ pub fn run(args: Args) -> Outcome {
         max_bytes: args.max_bytes,
         ..PlanOptions::default()
     };
-    let (s, p, secs) = match scan_and_plan(&args.source, args.threads, &opts) {
+    let scanned = filter_now(&args.filter.spec())
+        .and_then(|filter| scan_and_plan(&args.source, args.threads, &filter, &opts));
+    let (s, p, secs) = match scanned {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
@@ -175,19 +235,13 @@ pub fn run(args: Args) -> Outcome {
 /// The scan pod's side of the operator contract: the plan's chunks into ConfigMaps (chunk 0, with
 /// the summary, last: the commit marker), then the result as the termination message.
 fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
-    use ingest_api::job::Totals;
     use ingest_api::report::PodResult;
     use ingest_operator::plan_store::{MAX_CHUNK_BYTES, PlanSummary};
     use ingest_operator::pod::{self, PodEnv};
 
     let env = PodEnv::from_env()?;
     let chunks = p.to_chunks(MAX_CHUNK_BYTES).map_err(|e| e.to_string())?;
-    let totals = Totals {
-        // The status counts every non-directory as a file.
-        files: p.totals.files + p.totals.others,
-        directories: p.totals.directories,
-        bytes: p.totals.bytes,
-    };
+    let totals = status_totals(&p.totals);
     let failures = scan_failures(p);
     let summary = PlanSummary {
         chunks: chunks.len() as u32,
@@ -274,6 +328,12 @@ pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
         secs,
         ((t.files + t.directories + t.others) as f64 / secs.max(1e-3)).round() as u64
     );
+    if t.excluded > 0 {
+        println!(
+            "excluded by the filter: {} entries (a directory once, not what is below it)",
+            t.excluded
+        );
+    }
     if t.linked_inodes > 0 {
         println!(
             "hard links: {} inodes with {} paths (each inode kept in one shard)",
@@ -343,4 +403,34 @@ pub fn summary_json(s: &Scan, p: &Plan, secs: f64) -> serde_json::Value {
         "scanErrors": p.scan_errors,
         "seconds": secs,
     })
+}
+
+#[cfg(test)]
+mod filter_flags {
+    use super::*;
+    use clap::Parser;
+
+    /// The operator hands `spec.filter` to its scan pod as flags (`FilterSpec::to_args`): they
+    /// must read back as the same filter, patterns that start with `-` included.
+    #[test]
+    fn a_filter_given_as_flags_reads_back_the_same() {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            filter: FilterArgs,
+        }
+        let spec = FilterSpec {
+            exclude: vec!["-odd".into(), "*.tmp".into(), ".snapshot/".into()],
+            include: vec!["a/**".into()],
+            min_age_seconds: Some(600),
+            max_age_seconds: Some(86_400),
+            reference_time: None,
+        };
+        let argv = std::iter::once("scan".to_string()).chain(spec.to_args());
+        assert_eq!(Cli::try_parse_from(argv).unwrap().filter.spec(), spec);
+        let bad = Cli::try_parse_from(["scan", "--min-age", "10x"])
+            .err()
+            .unwrap();
+        assert!(bad.to_string().contains("--min-age"), "{bad}");
+    }
 }

@@ -514,8 +514,13 @@ pub fn run(mut args: Args) -> Outcome {
     // With --verify none the verify phase still runs: it only sets directory metadata, which
     // other shards' copies change until every shard is done.
 
+    let filter = match ingest_copy::Filter::new(&plan.filter) {
+        Ok(f) => f,
+        Err(e) => return refuse(format!("--plan {}: filter: {e}", args.plan.display())),
+    };
     let mut base_opts = Options {
         verify,
+        filter,
         multilinked: linked_elsewhere(&plan),
         settle_dirs: settled_dirs(&plan),
         repair: !args.no_repair,
