@@ -10,7 +10,7 @@
 //! last one is dropped, the node's `Drop` finishes the directory and releases its parent. The
 //! same trick finishes a large file split across threads ([`SplitFile`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::MaybeUninit;
@@ -22,6 +22,7 @@ use ingest_path::RelPath;
 
 use crate::concurrency::{Concurrency, Gate, MountLimits};
 use crate::job::{Options, Scope, SettleDirs};
+use crate::mirror::{Extra, MirrorCounts};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, Meta, Op, OpResult, XattrClass, cstr};
@@ -67,6 +68,12 @@ pub(crate) struct Walk<'a> {
     links: Mutex<HashMap<(u64, u64), LinkSlot>>,
     counts: Counters,
     queue: Queue<'a>,
+    /// Mirror mode: names only in the destination, found as directories are listed; deleted
+    /// (or not) by `mirror::prune` once the pass is over.
+    extras: Mutex<Vec<Extra>>,
+    /// Mirror mode: destination directories that could not be listed, and the like: counted
+    /// here, not as entries (the directory's own outcome is its copy).
+    mirror: Mutex<MirrorCounts>,
 }
 
 /// Filled once by the first link's thread: where it went, or `None` if it could not be copied.
@@ -304,7 +311,17 @@ impl<'a> Walk<'a> {
                 cv: Condvar::new(),
                 idle: AtomicUsize::new(0),
             },
+            extras: Mutex::new(Vec::new()),
+            mirror: Mutex::new(MirrorCounts::default()),
         }
+    }
+
+    /// Mirror mode: what the pass found only in the destination, and what went wrong looking.
+    pub(crate) fn take_extras(&self) -> (Vec<Extra>, MirrorCounts) {
+        (
+            std::mem::take(&mut *self.extras.lock().unwrap()),
+            std::mem::take(&mut *self.mirror.lock().unwrap()),
+        )
     }
 
     /// Runs the pass over `scopes` and returns its counters: `opts.threads` threads, or with
@@ -802,9 +819,16 @@ impl<'a> Walk<'a> {
             }
         };
         let mut excluded = 0u64;
+        // Mirror mode: every name of the source listing in range, excluded ones too (a name the
+        // source has is never deleted from the destination, whatever its type there).
+        let mirror = self.pass == Pass::Copy && self.opts.mirror.is_some() && !node.fresh;
+        let mut names: HashSet<Vec<u8>> = HashSet::new();
         let listed = sys::list_dir(node.src.as_fd(), &mut local.dirbuf, |name, kind| {
             if !in_range(name.to_bytes()) {
                 return;
+            }
+            if mirror {
+                names.insert(name.to_bytes().to_vec());
             }
             match kind {
                 // An entry of unknown type is asked once its type is known, below.
@@ -839,6 +863,9 @@ impl<'a> Walk<'a> {
         if self.pass == Pass::Copy && excluded > 0 {
             self.counts.entries.fetch_add(excluded, Relaxed);
             self.counts.excluded.fetch_add(excluded, Relaxed);
+        }
+        if mirror {
+            self.find_extras(&node, &names, &in_range, local);
         }
         self.progress
             .dirs_queued
@@ -904,6 +931,61 @@ impl<'a> Walk<'a> {
         }
         self.queue.push_all(tasks);
         self.release_dir(node);
+    }
+
+    /// Mirror mode: the destination's names in range that the source listing (complete: this
+    /// runs only after it succeeded) does not have and the filters keep. Found, not deleted.
+    fn find_extras(
+        &self,
+        node: &DirNode,
+        names: &HashSet<Vec<u8>>,
+        in_range: &dyn Fn(&[u8]) -> bool,
+        local: &mut Local,
+    ) {
+        let filter = &self.opts.filter;
+        let mut found: Vec<(CString, Option<Kind>)> = Vec::new();
+        let listed = node.dst_fd(self.roots, local.mount).and_then(|fd| {
+            sys::list_dir(fd, &mut local.dirbuf, |name, kind| {
+                let b = name.to_bytes();
+                if in_range(b) && !names.contains(b) {
+                    found.push((name.to_owned(), kind));
+                }
+            })
+            .map(|()| fd)
+        });
+        let fd = match listed {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.mirror.lock().unwrap().failed += 1;
+                self.sink
+                    .record(ReportEntry::failed(node.rel.clone(), "list-dest-dir", &e));
+                return;
+            }
+        };
+        let mut extras = Vec::new();
+        for (name, kind) in found {
+            let rel = node.rel.join(name.to_bytes());
+            // Another worker's probe file, there for a moment (see `setup::probe`).
+            if node.rel.is_root() && crate::setup::is_probe_name(name.to_bytes()) {
+                continue;
+            }
+            let dir = match kind {
+                Some(k) => k == Kind::Dir,
+                None => matches!(sys::stat_at(fd, &name), Ok(Some(m)) if m.kind == Kind::Dir),
+            };
+            let kept = if dir {
+                filter.keeps_dir(&rel)
+            } else {
+                filter.keeps_path(&rel)
+            };
+            // What the filters leave out is not the job's to delete.
+            if kept {
+                extras.push(Extra { path: rel, dir });
+            }
+        }
+        if !extras.is_empty() {
+            self.extras.lock().unwrap().append(&mut extras);
+        }
     }
 
     /// Sets a finished directory's metadata (copy and settle passes).

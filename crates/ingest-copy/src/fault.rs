@@ -55,9 +55,11 @@ pub enum Point {
     Mkdir,
     /// Setting metadata (owner, mode, times) on a destination entry (`set-meta`).
     SetMeta,
+    /// Deleting a destination entry only in the destination, in mirror mode (`delete`).
+    Delete,
 }
 
-const POINTS: [(Point, &str); 7] = [
+const POINTS: [(Point, &str); 8] = [
     (Point::OpenSource, "open-source"),
     (Point::Create, "create"),
     (Point::Write, "write"),
@@ -65,6 +67,7 @@ const POINTS: [(Point, &str); 7] = [
     (Point::Close, "close"),
     (Point::Mkdir, "mkdir"),
     (Point::SetMeta, "set-meta"),
+    (Point::Delete, "delete"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

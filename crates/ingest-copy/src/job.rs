@@ -13,6 +13,7 @@ use ingest_filter::Filter;
 use ingest_path::RelPath;
 
 use crate::concurrency::Concurrency;
+use crate::mirror::MaxDeletes;
 
 /// One piece of the source tree. A whole copy is `Scope::Tree(RelPath::root())`; the shard
 /// planner describes its shards with the other forms so that a plan never lists files.
@@ -195,6 +196,9 @@ pub struct Options {
     /// as excluded by the copy and not looked at by the verifier (nor walked into, for a
     /// directory).
     pub filter: Filter,
+    /// Mirror mode: delete what the copy pass finds only in the destination, within this limit
+    /// (see `mirror.rs`). `None`: a copy never deletes.
+    pub mirror: Option<MaxDeletes>,
 }
 
 impl Default for Options {
@@ -214,6 +218,7 @@ impl Default for Options {
             fsync: false,
             repair: true,
             filter: Filter::none(),
+            mirror: None,
         }
     }
 }

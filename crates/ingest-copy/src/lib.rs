@@ -13,6 +13,7 @@ pub mod concurrency;
 mod engine;
 pub mod fault;
 pub mod job;
+pub mod mirror;
 pub mod progress;
 mod repair;
 pub mod report;
@@ -26,6 +27,7 @@ pub use concurrency::{AutoConfig, Concurrency, MountLimits};
 pub use ingest_filter::{Filter, FilterSpec, parse_age as filter_age};
 pub use ingest_path::{RelPath, escape};
 pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, SettleDirs, VerifyMode};
+pub use mirror::{MaxDeletes, MirrorCounts};
 pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};
 pub use report::{
     CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,
@@ -138,6 +140,18 @@ pub fn run_opened(
             // copy did not reach.
             summary.elapsed_seconds = started.elapsed().as_secs_f64();
             return Ok(summary);
+        }
+        if opts.mirror.is_some() {
+            let (extras, found) = walk.take_extras();
+            summary.mirror = Some(mirror::prune(
+                roots,
+                opts,
+                extras,
+                &summary.copy,
+                found,
+                progress,
+                sink,
+            ));
         }
     }
     if opts.passes == Passes::CopyOnly

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mirror::MirrorCounts;
+
 use ingest_path::RelPath;
 
 /// Ways in which a destination entry can differ from its source.
@@ -63,6 +65,10 @@ pub struct VerifyCounts {
     /// content, type or mtime different): what a copy pass would write.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub differing_bytes: u64,
+    /// Mirror mode: the entries the extraneous ones hold (a directory with everything below
+    /// it), what a mirror would delete.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extraneous_entries: u64,
     /// What was found different, by kind (an entry may count under several kinds).
     pub by_kind: BTreeMap<Mismatch, u64>,
 }
@@ -78,6 +84,7 @@ impl VerifyCounts {
         self.errors += other.errors;
         self.unrepaired += other.unrepaired;
         self.differing_bytes += other.differing_bytes;
+        self.extraneous_entries += other.extraneous_entries;
         for (k, v) in &other.by_kind {
             *self.by_kind.entry(*k).or_default() += v;
         }
@@ -196,6 +203,9 @@ pub struct Summary {
     /// check) failed in the last phase; each is reported.
     #[serde(default)]
     pub metadata_failed: u64,
+    /// Mirror mode: what was found only in the destination and deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorCounts>,
 }
 
 impl Summary {
@@ -209,6 +219,9 @@ impl Summary {
             self.stopped.clone_from(&o.stopped);
         }
         self.metadata_failed += o.metadata_failed;
+        if let Some(m) = &o.mirror {
+            self.mirror.get_or_insert_with(Default::default).add(m);
+        }
     }
 
     /// Entries that ended not copied and not repaired (vanished ones left the scope and do not
@@ -221,6 +234,7 @@ impl Summary {
             + c.not_attempted
             + self.metadata_failed
             + self.verify.as_ref().map_or(0, |v| v.errors + v.unrepaired)
+            + self.mirror.as_ref().map_or(0, |m| m.failed)
     }
 
     /// Nothing failed and verification (if run) is clean.
@@ -229,6 +243,7 @@ impl Summary {
             && self.stopped.is_none()
             && self.metadata_failed == 0
             && self.verify.as_ref().is_none_or(|v| v.is_clean())
+            && self.mirror.as_ref().is_none_or(|m| m.is_clean())
     }
 }
 
@@ -252,6 +267,8 @@ pub enum Outcome {
     /// Compared in full and found equal (one per file the checksum verify read, with its
     /// digest: the audit trail).
     Matched,
+    /// Only in the destination, deleted by a mirror (a directory with what was below it).
+    Deleted,
 }
 
 /// One line of the report (`--report FILE` writes them as JSON Lines).
@@ -294,8 +311,9 @@ pub trait ReportSink: Send + Sync {
     fn record(&self, entry: ReportEntry);
 }
 
-/// Keeps the first `limit` entries in memory and counts the rest. `Outcome::Matched` entries
-/// (the checksum audit trail) are neither kept nor counted: this sink is for what went wrong.
+/// Keeps the first `limit` entries in memory and counts the rest. `Outcome::Matched` and
+/// `Outcome::Deleted` entries (the audit trail) are neither kept nor counted: this sink is for
+/// what went wrong.
 #[derive(Debug, Default)]
 pub struct FirstN {
     limit: usize,
@@ -319,7 +337,9 @@ impl FirstN {
 
 impl ReportSink for FirstN {
     fn record(&self, entry: ReportEntry) {
-        if entry.outcome == Outcome::Matched {
+        // The audit trail (files proven equal, entries a mirror deleted) is for the report
+        // file; the first entries are what went wrong or was repaired.
+        if matches!(entry.outcome, Outcome::Matched | Outcome::Deleted) {
             return;
         }
         let mut g = self.inner.lock().unwrap();

@@ -151,6 +151,7 @@ struct Counts {
     errors: AtomicU64,
     unrepaired: AtomicU64,
     differing_bytes: AtomicU64,
+    extraneous_entries: AtomicU64,
     by_kind: Mutex<BTreeMap<Mismatch, u64>>,
 }
 
@@ -378,6 +379,7 @@ impl<'a> Verifier<'a> {
             errors: g(&c.errors),
             unrepaired: g(&c.unrepaired),
             differing_bytes: g(&c.differing_bytes),
+            extraneous_entries: g(&c.extraneous_entries),
             by_kind: c.by_kind.lock().unwrap().clone(),
         }
     }
@@ -482,11 +484,25 @@ impl<'a> Verifier<'a> {
         }
     }
 
-    fn extraneous(&self, path: RelPath) {
+    fn extraneous(&self, node: &Node, name: &CString, local: &mut Local) {
+        let path = node.rel.join(name.to_bytes());
         // Another process's destination probe, there for a moment (see `setup::probe`): not
         // part of the tree. A source entry of that name is compared like any other.
         if path.parent().is_root() && crate::setup::is_probe_name(path.as_bytes()) {
             return;
+        }
+        if self.opts.mirror.is_some() {
+            // What a mirror would delete with it (a dry run's figure): counted, read only.
+            let n = node
+                .dst_fd(self.roots, local.mount)
+                .ok()
+                .flatten()
+                .and_then(|fd| {
+                    let dir = sys::stat_at(fd, name).ok()??.kind == Kind::Dir;
+                    crate::mirror::count_tree(fd, name, dir).ok()
+                })
+                .unwrap_or(1);
+            self.counts.extraneous_entries.fetch_add(n, Relaxed);
         }
         inc(&self.progress.verified);
         inc(&self.counts.checked);
@@ -501,7 +517,10 @@ impl<'a> Verifier<'a> {
         self.record(
             path,
             Outcome::Mismatched,
-            Some("in the destination only (never deleted)".into()),
+            Some(match self.opts.mirror {
+                None => "in the destination only (never deleted)".into(),
+                Some(_) => "in the destination only (not deleted by the mirror)".into(),
+            }),
             vec![Mismatch::Extraneous],
             None,
         );
@@ -798,7 +817,7 @@ impl<'a> Verifier<'a> {
         let mut d = dst.into_iter().peekable();
         for (name, kind, kept) in src {
             while let Some(extra) = d.next_if(|x| x.as_bytes() < name.as_bytes()) {
-                self.extraneous(node.rel.join(extra.as_bytes()));
+                self.extraneous(&node, &extra, local);
             }
             let in_dst = d.next_if(|x| x.as_bytes() == name.as_bytes()).is_some();
             if !kept {
@@ -816,7 +835,7 @@ impl<'a> Verifier<'a> {
             }
         }
         for extra in d {
-            self.extraneous(node.rel.join(extra.as_bytes()));
+            self.extraneous(&node, &extra, local);
         }
         let batch = self.opts.batch_files.max(1);
         let mut items = items.into_iter().peekable();

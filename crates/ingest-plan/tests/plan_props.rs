@@ -250,10 +250,16 @@ fn a_filtered_scan_plans_only_what_the_filter_keeps() {
         let root = s1.root().tree;
         assert_eq!(root.files, files.len() as u64, "seed {seed}");
         assert_eq!(root.dirs, dirs as u64, "seed {seed}");
-        assert!(s1.excluded > 0, "seed {seed}: the patterns must leave something out");
+        assert!(
+            s1.excluded > 0,
+            "seed {seed}: the patterns must leave something out"
+        );
         let p = plan(&s1, &plan_opts(8, 3)).unwrap();
         assert_eq!(p.totals.excluded, s1.excluded);
         assert_eq!(&p.filter, filter.spec());
-        assert_eq!(p.shards.iter().map(|s| s.files).sum::<u64>(), p.totals.files);
+        assert_eq!(
+            p.shards.iter().map(|s| s.files).sum::<u64>(),
+            p.totals.files
+        );
     }
 }

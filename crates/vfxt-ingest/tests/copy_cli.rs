@@ -242,6 +242,20 @@ fn stamps(root: &Path) -> Vec<(String, i64, i64, i64, i64)> {
     out
 }
 
+/// Fails naming the entries whose stamps differ (not the whole tree).
+fn assert_same_stamps(
+    now: &[(String, i64, i64, i64, i64)],
+    before: &[(String, i64, i64, i64, i64)],
+    why: &str,
+) {
+    let changed: Vec<_> = now.iter().filter(|s| !before.contains(s)).collect();
+    let gone: Vec<_> = before.iter().filter(|s| !now.contains(s)).collect();
+    assert!(
+        changed.is_empty() && gone.is_empty(),
+        "{why}: now {changed:?}, before {gone:?}"
+    );
+}
+
 /// A dry run compares and says what a copy would do, and writes nothing at all: every ctime
 /// in the destination stays. After the copy it finds nothing to do.
 #[test]
@@ -285,7 +299,11 @@ fn a_dry_run_says_what_a_copy_would_do_and_writes_nothing() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stamps(&dest), before, "a dry run wrote to the destination");
+    assert_same_stamps(
+        &stamps(&dest),
+        &before,
+        "a dry run wrote to the destination",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Create d/sub and d/sub/new, update d/lost (its size): write 5 + 10 bytes.
     assert!(
@@ -320,7 +338,11 @@ fn a_dry_run_says_what_a_copy_would_do_and_writes_nothing() {
         stdout.contains("a copy would create 0, update 0 and write 0 B"),
         "{stdout}"
     );
-    assert_eq!(stamps(&dest), before);
+    assert_same_stamps(
+        &stamps(&dest),
+        &before,
+        "a dry run wrote to the destination",
+    );
 
     let out = copy(&[&src, &dest], &["--dry-run", "--verify", "none"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -704,4 +726,171 @@ fn stale_probe_files_are_removed_live_ones_kept() {
     let mut want = kept.to_vec();
     want.sort();
     assert_eq!(left, want);
+}
+
+/// A tree to mirror: the source, a destination copied from it, then changed as users would
+/// change the old share after the bulk copy: files and a directory tree only in the destination,
+/// and a scratch file the filters leave out.
+fn mirror_case(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = tmp.join("src");
+    for d in ["a/b", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..200 {
+        fs::write(src.join(format!("a/b/f{i}")), format!("{i}")).unwrap();
+    }
+    fs::write(src.join("c/keep"), b"keep").unwrap();
+    let dest = tmp.join("dest");
+    let out = copy(&[&src, &dest], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fs::create_dir_all(dest.join("a/old/deeper")).unwrap();
+    fs::write(dest.join("a/old/deeper/x"), b"x").unwrap();
+    fs::write(dest.join("a/old/y"), b"y").unwrap();
+    fs::write(dest.join("c/removed"), b"r").unwrap();
+    fs::write(dest.join("c/scratch.tmp"), b"t").unwrap();
+    (src, dest)
+}
+
+fn report_lines(report: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = fs::read_to_string(report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["outcome"].as_str().unwrap().into(),
+                v["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--mirror` deletes what is only in the destination (a directory with what is below it) and
+/// nothing the filters leave out, puts the directories' times back, and ends identical; the
+/// source is never touched. A dry run said the same beforehand and wrote nothing.
+#[test]
+fn a_mirror_deletes_only_what_is_only_in_the_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = mirror_case(tmp.path());
+    let src_before = stamps(&src);
+    let dest_before = stamps(&dest);
+    let args = ["--mirror", "--max-deletes", "10", "--exclude", "*.tmp"];
+
+    let out = copy(&[&src, &dest], &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2 only in the destination (a mirror would delete them: 5 entries)"),
+        "{stdout}"
+    );
+    assert_same_stamps(&stamps(&dest), &dest_before, "the dry run wrote");
+
+    let report = tmp.path().join("report.jsonl");
+    let out = copy(
+        &[&src, &dest],
+        &[&args[..], &["--report", report.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("mirror: 2 names only in the destination (5 entries): 5 entries deleted, 0 kept (in the source again), 0 failed"),
+        "{stdout}"
+    );
+    // Nothing left to repair: the deletions put their directories' times back.
+    assert!(
+        stdout.contains("0 repaired, 0 errors — destination identical"),
+        "{stdout}"
+    );
+    assert_eq!(
+        report_lines(&report),
+        [
+            ("deleted".into(), "a/old".into()),
+            ("deleted".into(), "c/removed".into())
+        ]
+    );
+    assert!(
+        dest.join("c/scratch.tmp").exists(),
+        "excluded: not the mirror's to delete"
+    );
+    fs::remove_file(dest.join("c/scratch.tmp")).unwrap();
+    let diffs = compare(&src, &dest, &compare_opts());
+    assert!(
+        diffs
+            .iter()
+            .all(|d| d.path == "c" && d.aspect.name() == "dir_mtime"),
+        "{diffs:?}"
+    );
+    assert_same_stamps(&stamps(&src), &src_before, "the source was touched");
+}
+
+/// The guards: above --max-deletes, or after a copy pass with a failed entry, a mirror deletes
+/// nothing at all and says why (exit 1: the destination is not identical).
+#[test]
+fn a_mirror_over_its_limit_or_after_a_failure_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = mirror_case(tmp.path());
+    // 6 entries to delete (the scratch file too: no filter here) of 209 in scope: over 2%.
+    let out = copy(&[&src, &dest], &["--mirror", "--max-deletes", "2%"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("MIRROR: 3 names only in the destination; nothing deleted: 6 entries"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("limit of 2% of the destination's entries"),
+        "{stdout}"
+    );
+    for p in ["a/old/deeper/x", "a/old/y", "c/removed", "c/scratch.tmp"] {
+        assert!(dest.join(p).exists(), "{p} deleted over the limit");
+    }
+
+    // A copy pass with a failed entry (its first create is the destination probe): its picture
+    // of the source may be incomplete.
+    fs::write(src.join("c/new"), b"new").unwrap();
+    let out = bin()
+        .args(["copy", "--quiet", "--mirror", "--max-deletes", "100%"])
+        .arg(&src)
+        .arg(&dest)
+        .env("VFXT_INGEST_FAULTS", "create@2=eio")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("nothing deleted: the copy pass left 1 entries failed"),
+        "{stdout}"
+    );
+    for p in ["a/old/deeper/x", "a/old/y", "c/removed", "c/scratch.tmp"] {
+        assert!(dest.join(p).exists(), "{p} deleted after a failed pass");
+    }
+}
+
+/// Killed at its second deletion, a mirror leaves the rest in place; run again, it finishes and
+/// the destination ends identical.
+#[test]
+fn a_mirror_killed_mid_deletion_finishes_when_run_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = mirror_case(tmp.path());
+    fs::remove_file(dest.join("c/scratch.tmp")).unwrap();
+    let out = bin()
+        .args(["copy", "--quiet", "--mirror", "--max-deletes", "10"])
+        .arg(&src)
+        .arg(&dest)
+        .env("VFXT_INGEST_FAULTS", "delete@2=kill")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    let left = ["a/old/deeper/x", "a/old/deeper", "a/old/y"]
+        .iter()
+        .filter(|p| dest.join(p).exists())
+        .count();
+    assert_eq!(left, 2, "one entry deleted before the kill");
+    assert!(dest.join("c/removed").exists(), "not reached");
+    let out = copy(&[&src, &dest], &["--mirror", "--max-deletes", "10"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let diffs = compare(&src, &dest, &compare_opts());
+    assert!(diffs.is_empty(), "{diffs:?}");
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use ingest_copy::{
-    AutoConfig, Concurrency, CopyJob, FirstN, JsonLines, Options, Passes, Progress, ReportSink,
-    Scope, Summary, Tee, VerifyMode,
+    AutoConfig, Concurrency, CopyJob, FirstN, JsonLines, MaxDeletes, Options, Passes, Progress,
+    ReportSink, Scope, Summary, Tee, VerifyMode,
 };
 
 use crate::Outcome;
@@ -136,6 +136,15 @@ pub struct Args {
     /// `--verify checksum` contents are compared too; `--report FILE` lists every path.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete what is only in the DESTs (within the filters), after the copy pass and before
+    /// the verify pass: never after a copy pass with failed entries, and never more than
+    /// --max-deletes (then nothing at all). With --dry-run: say what would be deleted.
+    #[arg(long)]
+    pub mirror: bool,
+    /// The most a --mirror may delete: a count of entries (a directory counts with everything
+    /// below it) or a percentage of the destination's entries in scope.
+    #[arg(long, value_name = "N|P%", requires = "mirror", value_parser = MaxDeletes::parse, default_value = "1%")]
+    pub max_deletes: MaxDeletes,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -149,6 +158,7 @@ pub fn run(args: Args) -> Outcome {
     let mut opts = Options {
         verify: args.verify.into(),
         filter,
+        mirror: args.mirror.then_some(args.max_deletes),
         ..Options::default()
     };
     if args.verify_only || args.dry_run {
@@ -235,7 +245,7 @@ pub fn run(args: Args) -> Outcome {
             serde_json::to_string_pretty(&summary).expect("summary serializes")
         );
     } else if args.dry_run {
-        for line in dry_run_lines(&summary) {
+        for line in dry_run_lines(&summary, opts.mirror) {
             println!("{line}");
         }
         for e in &entries {
@@ -276,7 +286,7 @@ pub fn run(args: Args) -> Outcome {
 }
 
 /// What a copy would do, from a report-only comparison.
-pub fn dry_run_lines(s: &Summary) -> Vec<String> {
+pub fn dry_run_lines(s: &Summary, mirror: Option<MaxDeletes>) -> Vec<String> {
     let Some(v) = &s.verify else {
         return vec!["dry run: nothing compared".into()];
     };
@@ -289,8 +299,28 @@ pub fn dry_run_lines(s: &Summary) -> Vec<String> {
             bytes(v.differing_bytes)
         ),
         format!(
-            "  {} up to date; {} only in the destination (a copy keeps them); {} could not be compared",
-            v.matched, v.extraneous, v.errors
+            "  {} up to date; {} only in the destination ({}); {} could not be compared",
+            v.matched,
+            v.extraneous,
+            match mirror {
+                None => "a copy keeps them".to_string(),
+                Some(limit)
+                    if limit.allows(
+                        v.extraneous_entries,
+                        v.checked - v.extraneous + v.extraneous_entries
+                    ) =>
+                {
+                    format!(
+                        "a mirror would delete them: {} entries",
+                        v.extraneous_entries
+                    )
+                }
+                Some(limit) => format!(
+                    "a mirror would delete NOTHING: their {} entries are over the limit of {limit}",
+                    v.extraneous_entries
+                ),
+            },
+            v.errors
         ),
     ]
 }
@@ -304,6 +334,9 @@ fn dry_run_entry(e: &ingest_copy::ReportEntry) -> String {
     }
     if e.mismatches.contains(&Mismatch::Extraneous) {
         return format!("only in the destination: {}", e.path);
+    }
+    if e.outcome == ingest_copy::Outcome::Deleted {
+        return format!("deleted {}", e.path);
     }
     if e.mismatches.contains(&Mismatch::Missing) {
         return format!("would create {}", e.path);
@@ -376,6 +409,18 @@ pub fn summary_lines(s: &Summary) -> Vec<String> {
     }
     if let Some(why) = &s.stopped {
         out.push(format!("STOPPED: {why}"));
+    }
+    if let Some(m) = &s.mirror {
+        out.push(match &m.refused {
+            Some(why) => format!(
+                "MIRROR: {} names only in the destination; {why}",
+                m.found
+            ),
+            None => format!(
+                "mirror: {} names only in the destination ({} entries): {} entries deleted, {} kept (in the source again), {} failed",
+                m.found, m.entries, m.deleted, m.kept, m.failed
+            ),
+        });
     }
     if s.metadata_failed > 0 {
         out.push(format!(

@@ -1,0 +1,382 @@
+//! Mirror mode: entries only in the destination are deleted after the copy pass, safely.
+//!
+//! The copy pass lists each directory's destination beside its source ([`Extra`]: a name that a
+//! complete source listing of this pass does not have, that the user's filters keep, and that is
+//! in the scope's name range). Nothing is deleted while the copy runs: [`prune`] then decides
+//! for the pass as a whole, and deletes nothing at all when
+//! - the copy pass left any entry failed (a listing that failed is the case that matters: a
+//!   directory whose source could not be read in full must not lose its destination's files), or
+//!   a destination directory could not be listed;
+//! - the entries the candidates hold (a directory counts with everything below it, counted
+//!   before anything is deleted) exceed [`MaxDeletes`].
+//!
+//! Otherwise each candidate is deleted after one more look at the source (a name that appeared
+//! there since the listing is kept), its directory's times put back to the source's, and each
+//! deletion is a report line ([`Outcome::Deleted`]). The verify pass that follows checks the
+//! result with its own walk, both ways: a mirror ends identical or says what is left.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+
+use ingest_path::RelPath;
+
+use crate::engine::Roots;
+use crate::fault::{self, Point, Target};
+use crate::job::Options;
+use crate::progress::Progress;
+use crate::report::{CopyCounts, Outcome, ReportEntry, ReportSink};
+use crate::sys::{self, Kind, cstr};
+
+/// The most a mirror may delete in one pass: above it the pass deletes nothing and says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MaxDeletes {
+    /// Entries (a directory and everything below it each count).
+    Count(u64),
+    /// Basis points (hundredths of a percent) of the destination's entries in scope: the
+    /// pass's entries plus those to delete.
+    BasisPoints(u32),
+}
+
+impl Default for MaxDeletes {
+    /// A final pass deletes what users removed since the last one: a small share of a tree. More
+    /// usually means a wrong source (an empty or unmounted export), which must not empty the
+    /// destination.
+    fn default() -> Self {
+        MaxDeletes::BasisPoints(100)
+    }
+}
+
+impl MaxDeletes {
+    /// `1000` or `5%`.
+    pub fn parse(text: &str) -> Result<MaxDeletes, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a limit: give a count of entries (1000) or a percentage of the destination's entries (5%)"
+            )
+        };
+        match text.strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(format!("{text:?}: a percentage is 0..=100"));
+                }
+                Ok(MaxDeletes::BasisPoints((p * 100.0).round() as u32))
+            }
+            None => text
+                .trim()
+                .parse()
+                .map(MaxDeletes::Count)
+                .map_err(|_| bad()),
+        }
+    }
+
+    /// Whether deleting `entries` of `in_scope` destination entries stays within the limit.
+    pub fn allows(&self, entries: u64, in_scope: u64) -> bool {
+        match *self {
+            MaxDeletes::Count(n) => entries <= n,
+            MaxDeletes::BasisPoints(bp) => {
+                u128::from(entries) * 10_000 <= u128::from(bp) * u128::from(in_scope)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for MaxDeletes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxDeletes::Count(n) => write!(f, "{n} entries"),
+            MaxDeletes::BasisPoints(bp) => {
+                write!(
+                    f,
+                    "{}% of the destination's entries",
+                    f64::from(*bp) / 100.0
+                )
+            }
+        }
+    }
+}
+
+/// A destination entry the copy pass found absent from its directory's complete source listing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Extra {
+    pub path: RelPath,
+    pub dir: bool,
+}
+
+/// What a mirror did after the copy pass.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorCounts {
+    /// Names only in the destination that the copy pass found.
+    pub found: u64,
+    /// Entries they hold (a directory with everything below it): what the limit weighs.
+    pub entries: u64,
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Names kept because the source has them again (created since it was listed).
+    pub kept: u64,
+    /// Deletions that failed, and destination directories that could not be listed; each is
+    /// reported.
+    pub failed: u64,
+    /// Why nothing was deleted, when the pass refused to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl MirrorCounts {
+    pub fn add(&mut self, o: &MirrorCounts) {
+        self.found += o.found;
+        self.entries += o.entries;
+        self.deleted += o.deleted;
+        self.kept += o.kept;
+        self.failed += o.failed;
+        if self.refused.is_none() {
+            self.refused.clone_from(&o.refused);
+        }
+    }
+
+    /// Everything found was deleted (or is in the source again).
+    pub fn is_clean(&self) -> bool {
+        self.refused.is_none() && self.failed == 0
+    }
+}
+
+/// Entries in the destination subtree `name` of `dir`, itself included. Read only.
+pub(crate) fn count_tree(dir: BorrowedFd<'_>, name: &CString, is_dir: bool) -> io::Result<u64> {
+    if !is_dir {
+        return Ok(1);
+    }
+    let fd = sys::open_dir_at(dir, name)?;
+    let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
+    let mut subdirs = Vec::new();
+    let mut n = 1;
+    sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
+        n += 1;
+        if kind != Some(Kind::Dir) && kind.is_some() {
+            return;
+        }
+        subdirs.push((child.to_owned(), kind));
+    })?;
+    for (child, kind) in subdirs {
+        let is_dir = match kind {
+            Some(k) => k == Kind::Dir,
+            None => sys::stat_at(fd.as_fd(), &child)?.is_some_and(|m| m.kind == Kind::Dir),
+        };
+        if is_dir {
+            // Counted once already as a name of this directory.
+            n += count_tree(fd.as_fd(), &child, true)? - 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes the destination subtree `name` of `dir`, depth first; returns the entries deleted.
+/// Stops at the first error (what is left is reported by the caller and found by the verifier).
+fn delete_tree(dir: BorrowedFd<'_>, name: &CString, is_dir: bool) -> io::Result<u64> {
+    let mut n = 0;
+    if is_dir {
+        let fd = sys::open_dir_at(dir, name)?;
+        let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
+        let mut children = Vec::new();
+        sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
+            children.push((child.to_owned(), kind))
+        })?;
+        for (child, kind) in children {
+            let child_dir = match kind {
+                Some(k) => k == Kind::Dir,
+                None => sys::stat_at(fd.as_fd(), &child)?.is_some_and(|m| m.kind == Kind::Dir),
+            };
+            n += delete_tree(fd.as_fd(), &child, child_dir)?;
+        }
+    }
+    fault::hit(Point::Delete, Target::default())?;
+    sys::unlink_at(dir, name, is_dir)?;
+    Ok(n + 1)
+}
+
+/// Opens directory `rel` below `root`, one name at a time (no path resolution by the kernel:
+/// a symlink on the way is an error, not a detour).
+fn open_rel(root: BorrowedFd<'_>, rel: &RelPath) -> io::Result<OwnedFd> {
+    let mut fd = sys::reopen_dir(root)?;
+    for comp in rel.components() {
+        fd = sys::open_dir_at(fd.as_fd(), &cstr(comp))?;
+    }
+    Ok(fd)
+}
+
+/// Weighs and deletes what the copy pass found only in the destination (see the module).
+pub(crate) fn prune(
+    roots: &Roots,
+    opts: &Options,
+    mut extras: Vec<Extra>,
+    copy: &CopyCounts,
+    mut m: MirrorCounts,
+    progress: &Progress,
+    sink: &dyn ReportSink,
+) -> MirrorCounts {
+    let Some(limit) = opts.mirror else {
+        return m;
+    };
+    extras.sort();
+    m.found = extras.len() as u64;
+    // Failed entries (a listing among them) and entries not attempted (the destination stopped)
+    // leave the pass's picture incomplete; vanished, changed and not-copyable ones do not.
+    let failed = copy.failed + copy.not_attempted;
+    if failed > 0 || m.failed > 0 {
+        m.refused = Some(format!(
+            "nothing deleted: the copy pass left {} entries failed and {} destination directories unlisted, so some listings may be incomplete; a mirror deletes only after a pass without failures",
+            failed, m.failed
+        ));
+        return m;
+    }
+    let dst = roots.dsts[0].as_fd();
+    // Weigh everything before deleting anything.
+    for e in &extras {
+        let counted = open_rel(dst, &e.path.parent())
+            .and_then(|p| count_tree(p.as_fd(), &cstr(e.path.file_name()), e.dir));
+        match counted {
+            Ok(n) => m.entries += n,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                m.failed += 1;
+                sink.record(ReportEntry::failed(
+                    e.path.clone(),
+                    "count-extraneous",
+                    &err,
+                ));
+            }
+        }
+    }
+    if m.failed > 0 {
+        m.refused = Some(format!(
+            "nothing deleted: {} entries only in the destination could not be counted",
+            m.failed
+        ));
+        return m;
+    }
+    let in_scope = copy.entries - copy.excluded + m.entries;
+    if !limit.allows(m.entries, in_scope) {
+        m.refused = Some(format!(
+            "nothing deleted: {} entries are only in the destination ({} names), more than the limit of {limit} ({in_scope} in scope); check the source is the right one, then raise the limit (maxDeletes) or delete them yourself",
+            m.entries, m.found
+        ));
+        return m;
+    }
+    // One directory at a time, so that its times are put back once, after its last deletion.
+    let mut i = 0;
+    while i < extras.len() {
+        let parent = extras[i].path.parent();
+        let end = i + extras[i..]
+            .iter()
+            .take_while(|e| e.path.parent() == parent)
+            .count();
+        let dirs =
+            open_rel(roots.src.as_fd(), &parent).and_then(|s| Ok((s, open_rel(dst, &parent)?)));
+        let (src, dst_dir) = match dirs {
+            Ok(d) => d,
+            Err(err) => {
+                for e in &extras[i..end] {
+                    m.failed += 1;
+                    sink.record(ReportEntry::failed(e.path.clone(), "open-dest-dir", &err));
+                }
+                i = end;
+                continue;
+            }
+        };
+        let mut changed = false;
+        for e in &extras[i..end] {
+            let name = cstr(e.path.file_name());
+            // The source has it again (created since it was listed): the next pass copies it.
+            match sys::stat_at(src.as_fd(), &name) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    m.kept += 1;
+                    continue;
+                }
+                Err(err) => {
+                    m.failed += 1;
+                    sink.record(ReportEntry::failed(e.path.clone(), "stat-source", &err));
+                    continue;
+                }
+            }
+            match delete_tree(dst_dir.as_fd(), &name, e.dir) {
+                Ok(n) => {
+                    changed = true;
+                    m.deleted += n;
+                    progress
+                        .entries
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    sink.record(ReportEntry {
+                        path: e.path.clone(),
+                        outcome: Outcome::Deleted,
+                        op: "delete".into(),
+                        error: (n > 1).then(|| format!("with the {} entries below it", n - 1)),
+                        errno: None,
+                        mismatches: Vec::new(),
+                        digest: None,
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    changed = true;
+                    m.failed += 1;
+                    sink.record(ReportEntry::failed(e.path.clone(), "delete", &err));
+                }
+            }
+        }
+        // Deleting moved the directory's times; the copy had set them to the source's.
+        if changed
+            && opts.preserve.times
+            && !opts.dir_times_in_verify
+            && let Err(err) = sys::fstat(src.as_fd())
+                .and_then(|sm| sys::set_meta_fd(dst_dir.as_fd(), &sm, false, false, true))
+        {
+            m.failed += 1;
+            sink.record(ReportEntry::failed(
+                parent.clone(),
+                "set-dir-metadata",
+                &err,
+            ));
+        }
+        i = end;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_as_a_count_or_a_percentage() {
+        assert_eq!(MaxDeletes::parse("1000"), Ok(MaxDeletes::Count(1000)));
+        assert_eq!(MaxDeletes::parse("5%"), Ok(MaxDeletes::BasisPoints(500)));
+        assert_eq!(MaxDeletes::parse("0.5%"), Ok(MaxDeletes::BasisPoints(50)));
+        assert_eq!(
+            MaxDeletes::default().to_string(),
+            "1% of the destination's entries"
+        );
+        for bad in ["", "-1", "ten", "101%", "%"] {
+            assert!(MaxDeletes::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_limit_weighs_entries_against_the_destination_in_scope() {
+        assert!(MaxDeletes::Count(3).allows(3, 10));
+        assert!(!MaxDeletes::Count(3).allows(4, 1_000_000));
+        assert!(MaxDeletes::BasisPoints(100).allows(10, 1000));
+        assert!(!MaxDeletes::BasisPoints(100).allows(11, 1000));
+        assert!(MaxDeletes::BasisPoints(0).allows(0, 0));
+        assert!(!MaxDeletes::BasisPoints(0).allows(1, 1000));
+        // An empty source (everything in scope is to be deleted) is never within a percentage
+        // below 100.
+        assert!(!MaxDeletes::BasisPoints(9900).allows(500, 500));
+        assert!(MaxDeletes::BasisPoints(10_000).allows(500, 500));
+    }
+}
