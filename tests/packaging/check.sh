@@ -75,6 +75,15 @@ out=$(helm template t "$chart" "${K[@]}" --set 'watchNamespaces={team-a,team-b}'
     || fail "watchNamespaces: expected 2 namespace Roles + the Lease Role and only the PV and TokenReview ClusterRoles"
 ok "watchNamespaces renders a Role per namespace (+ Lease Role) and no cluster-wide job rights"
 
+defaults=$(helm template t "$chart" "${K[@]}" --set worker.priorityClassName=batch-low \
+    --set 'worker.imagePullSecrets[0].name=acr' --set worker.podLabels.team=render \
+    --set worker.podAnnotations.note=m7 --show-only templates/deployment.yaml |
+    awk '/name: VFXT_INGEST_WORKER_DEFAULTS/ {getline; sub(/^ *value: /, ""); print}')
+jq -e 'fromjson | .priorityClassName == "batch-low" and .imagePullSecrets[0].name == "acr"
+    and .labels.team == "render" and .annotations.note == "m7"' <<<"$defaults" >/dev/null ||
+    fail "worker pod settings do not reach VFXT_INGEST_WORKER_DEFAULTS: $defaults"
+ok "worker.priorityClassName, imagePullSecrets, podLabels and podAnnotations reach the operator's worker defaults"
+
 # 2. Rust-side checks
 (cd "$repo" && nice -n 10 cargo test -q -p packaging-tests 2>&1) >"${TMPDIR:-/tmp}/packaging-tests.log" \
     || { cat "${TMPDIR:-/tmp}/packaging-tests.log"; fail "cargo test -p packaging-tests"; }

@@ -127,15 +127,18 @@ $docker run --rm --read-only --cap-drop ALL --security-opt no-new-privileges \
 diff -r "$work/src" "$work/dst" >/dev/null || fail "copied tree differs from the source"
 owner=$(stat -c %u "$work/dst/a/f1")
 [[ $owner == 65532 ]] || fail "copied files belong to uid $owner, expected the non-root 65532"
-# As root with the capabilities the operator gives copy pods that preserve owners: owners are kept.
+# As root with the capabilities the operator gives copy pods that preserve owners (all within Pod
+# Security's baseline): owners are kept, and a directory and a file closed to everyone are still read.
+mkdir -p "$work/src/a/closed" && echo secret >"$work/src/a/closed/f" && chmod 000 "$work/src/a/closed/f" "$work/src/a/closed"
 chown -R 1234:1234 "$work/src/a"
 mkdir -p "$work/dst-root"
 $docker run --rm --read-only --user 0:0 --cap-drop ALL \
-    --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add DAC_READ_SEARCH --cap-add FOWNER --cap-add FSETID \
+    --cap-add CHOWN --cap-add DAC_OVERRIDE --cap-add FOWNER --cap-add FSETID \
     -v "$work/src:/src:ro" -v "$work/dst-root:/dst" "$image" copy -q --threads 4 /src /dst >/dev/null \
     || fail "copy as root exited $?"
 owner=$(stat -c %u:%g "$work/dst-root/a/f1")
 [[ $owner == 1234:1234 ]] || fail "as root, copied files belong to $owner, expected the source's 1234:1234"
+[[ $(cat "$work/dst-root/a/closed/f" 2>/dev/null) == secret ]] || fail "as root without DAC_READ_SEARCH, a mode-000 file was not copied"
 # The operator role starts and says clearly that there is no cluster to talk to.
 set +e
 msg=$($docker run --rm "$image" operator --image x --claims-url http://vfxt-ingest-claims.x.svc:8080 2>&1)

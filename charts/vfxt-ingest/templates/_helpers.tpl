@@ -57,5 +57,11 @@ IngestJob's spec.worker: only the fields that are set.
 {{- with .Values.worker.resources }}{{ $_ := set $w "resources" . }}{{ end }}
 {{- with .Values.worker.nodeSelector }}{{ $_ := set $w "nodeSelector" . }}{{ end }}
 {{- with .Values.worker.tolerations }}{{ $_ := set $w "tolerations" . }}{{ end }}
+{{- with .Values.worker.imagePullSecrets }}{{ $_ := set $w "imagePullSecrets" . }}{{ end }}
+{{- with .Values.worker.priorityClassName }}{{ $_ := set $w "priorityClassName" . }}{{ end }}
+{{- with .Values.worker.affinity }}{{ $_ := set $w "affinity" . }}{{ end }}
+{{- with .Values.worker.topologySpreadConstraints }}{{ $_ := set $w "topologySpreadConstraints" . }}{{ end }}
+{{- with .Values.worker.podLabels }}{{ $_ := set $w "labels" . }}{{ end }}
+{{- with .Values.worker.podAnnotations }}{{ $_ := set $w "annotations" . }}{{ end }}
 {{- toJson $w }}
 {{- end }}

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -677,6 +679,28 @@ pub struct WorkerTemplate {
     /// Identity of the copy processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<WorkerSecurity>,
+    /// Secrets for pulling `image` from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Node affinity and pod (anti-)affinity of the pods: for example, keep worker pods on nodes
+    /// near the cache cluster, or one per node (worker pods carry `ingest.vfxt.dev/job` and
+    /// `ingest.vfxt.dev/role` labels to select on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Extra labels of the pods (cost allocation, policy selectors). Keys under `ingest.vfxt.dev/`
+    /// and `app.kubernetes.io/managed-by` are the operator's and are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations of the pods. Keys under `ingest.vfxt.dev/` are the operator's and are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 /// Image pull policy.

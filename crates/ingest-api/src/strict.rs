@@ -326,7 +326,7 @@ spec:
             (
                 "    image: x",
                 "    imag: x",
-                "spec.worker.imag: unknown field; expected one of image, imagePullPolicy, nodeSelector, resources, securityContext, serviceAccountName, tolerations (line 15",
+                "spec.worker.imag: unknown field; expected one of affinity, annotations, image, imagePullPolicy, imagePullSecrets, labels, nodeSelector, priorityClassName, resources, securityContext, serviceAccountName, tolerations, topologySpreadConstraints (line 15",
             ),
             (
                 "{target: 4",

@@ -129,6 +129,32 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if spec.run < 0 {
         bad("spec.run", "must not be negative".into());
     }
+    for (field, map, reserved) in [
+        (
+            "spec.worker.labels",
+            &spec.worker.labels,
+            &[
+                crate::constants::GROUP,
+                crate::constants::labels::MANAGED_BY,
+            ][..],
+        ),
+        (
+            "spec.worker.annotations",
+            &spec.worker.annotations,
+            &[crate::constants::GROUP][..],
+        ),
+    ] {
+        for (key, value) in map.iter().flatten() {
+            if let Err(m) = check_metadata_key(key, reserved) {
+                bad(field, format!("{key:?}: {m}"));
+            }
+            if field == "spec.worker.labels"
+                && let Err(m) = check_label_value(value)
+            {
+                bad(field, format!("{key:?}: value {value:?} {m}"));
+            }
+        }
+    }
     if let Err((field, message)) = spec.filter.to_spec() {
         bad(&field, message);
     }
@@ -161,6 +187,54 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
         Ok(())
     } else {
         Err(SpecErrors(errs))
+    }
+}
+
+/// A label or annotation key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 characters (alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric); not one of
+/// `reserved` (a prefix, or a whole key).
+fn check_metadata_key(key: &str, reserved: &[&str]) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && (p.len() > 253 || !is_dns_subdomain(p))
+    {
+        return Err("the prefix before '/' must be a DNS subdomain (example.com)".into());
+    }
+    if !is_label_name(name) {
+        return Err(
+            "the name must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into(),
+        );
+    }
+    if reserved.iter().any(|r| {
+        key == *r || prefix == Some(*r) || prefix.is_some_and(|p| p.ends_with(&format!(".{r}")))
+    }) {
+        return Err(format!(
+            "is the operator's own ({}); choose a key of your own",
+            reserved.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label value: empty, or what a label name may be.
+fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_label_name(v) {
+        Ok(())
+    } else {
+        Err("must be empty or 1-63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit".into())
     }
 }
 
@@ -286,6 +360,66 @@ mod tests {
 
     fn parse(threads: Option<&str>) -> Result<crate::IngestJob, serde_yaml::Error> {
         serde_yaml::from_str(&job(threads))
+    }
+
+    fn with_worker(worker: &str) -> crate::IngestJobSpec {
+        let y = format!("{}  worker: {worker}\n", job(None));
+        serde_yaml::from_str::<crate::IngestJob>(&y).unwrap().spec
+    }
+
+    #[test]
+    fn pod_labels_and_annotations_of_the_operators_own_are_refused_naming_the_field() {
+        let ok = with_worker(
+            "{labels: {cost-center: r-42, example.com/team: storage, empty: ''}, annotations: {note: 'any text at all'}}",
+        );
+        assert_eq!(validate_spec(&ok), Ok(()));
+        for (worker, field, words) in [
+            (
+                "{labels: {ingest.vfxt.dev/role: x}}",
+                "spec.worker.labels",
+                "operator's own",
+            ),
+            (
+                "{labels: {app.kubernetes.io/managed-by: me}}",
+                "spec.worker.labels",
+                "operator's own",
+            ),
+            (
+                "{labels: {sub.ingest.vfxt.dev/x: y}}",
+                "spec.worker.labels",
+                "operator's own",
+            ),
+            (
+                "{annotations: {ingest.vfxt.dev/ingestjob: x}}",
+                "spec.worker.annotations",
+                "operator's own",
+            ),
+            (
+                "{labels: {'bad key!': x}}",
+                "spec.worker.labels",
+                "1-63 characters",
+            ),
+            (
+                "{labels: {'Not_A.Domain/x': y}}",
+                "spec.worker.labels",
+                "DNS subdomain",
+            ),
+            (
+                "{labels: {team: 'has space'}}",
+                "spec.worker.labels",
+                "value \"has space\"",
+            ),
+        ] {
+            let errs = validate_spec(&with_worker(worker)).expect_err(worker);
+            assert_eq!(errs.0.len(), 1, "{worker}: {errs}");
+            assert_eq!(errs.0[0].field, field, "{worker}");
+            assert!(errs.to_string().contains(words), "{worker}: {errs}");
+        }
+        // A value may hold anything in an annotation.
+        assert_eq!(
+            validate_spec(&with_worker("{annotations: {team: 'has space'}}")),
+            Ok(())
+        );
     }
 
     #[test]

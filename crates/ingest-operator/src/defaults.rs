@@ -6,7 +6,11 @@
 //! `securityContext` are never combined key by key or concatenated, so an IngestJob that sets
 //! `nodeSelector: {}` or `tolerations: []` runs with none, whatever the defaults say. Combining would make it
 //! impossible for a job to leave the default node pool (a selector can only be narrowed by adding keys), and
-//! a toleration list that grows from two sources is hard to reason about.
+//! a toleration list that grows from two sources is hard to reason about. `labels` and `annotations` are
+//! the exception: they add up key by key, the job's value winning for a key both set, so that an install's
+//! labels (cost allocation, policy selectors) stay on every pod whatever a job adds.
+
+use std::collections::BTreeMap;
 
 use ingest_api::job::WorkerTemplate;
 
@@ -21,7 +25,27 @@ pub fn merge_worker(spec: &WorkerTemplate, defaults: &WorkerTemplate) -> WorkerT
         tolerations,
         service_account_name,
         security_context,
+        image_pull_secrets,
+        priority_class_name,
+        affinity,
+        topology_spread_constraints,
+        labels,
+        annotations,
     } = spec;
+    // Labels and annotations add up, the job's winning over the install's defaults.
+    let merged = |own: &Option<BTreeMap<String, String>>,
+                  base: &Option<BTreeMap<String, String>>| {
+        match (own, base) {
+            (None, None) => None,
+            _ => Some(
+                base.iter()
+                    .chain(own.iter())
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+        }
+    };
     WorkerTemplate {
         image: image.clone().or_else(|| defaults.image.clone()),
         image_pull_policy: image_pull_policy.or(defaults.image_pull_policy),
@@ -36,6 +60,18 @@ pub fn merge_worker(spec: &WorkerTemplate, defaults: &WorkerTemplate) -> WorkerT
         security_context: security_context
             .clone()
             .or_else(|| defaults.security_context.clone()),
+        image_pull_secrets: image_pull_secrets
+            .clone()
+            .or_else(|| defaults.image_pull_secrets.clone()),
+        priority_class_name: priority_class_name
+            .clone()
+            .or_else(|| defaults.priority_class_name.clone()),
+        affinity: affinity.clone().or_else(|| defaults.affinity.clone()),
+        topology_spread_constraints: topology_spread_constraints
+            .clone()
+            .or_else(|| defaults.topology_spread_constraints.clone()),
+        labels: merged(labels, &defaults.labels),
+        annotations: merged(annotations, &defaults.annotations),
     }
 }
 
@@ -79,6 +115,12 @@ mod tests {
                 run_as_user: Some(1000),
                 ..Default::default()
             }),
+            image_pull_secrets: Some(vec![Default::default()]),
+            priority_class_name: Some("low".into()),
+            affinity: Some(Default::default()),
+            topology_spread_constraints: Some(Vec::new()),
+            labels: Some(selector("cost-center", "it")),
+            annotations: Some(selector("note", "install")),
         }
     }
 
@@ -169,5 +211,35 @@ mod tests {
         );
         let sc = m.security_context.unwrap();
         assert_eq!((sc.run_as_user, sc.run_as_group), (None, Some(5)));
+    }
+
+    #[test]
+    fn labels_and_annotations_add_up_key_by_key_the_jobs_winning() {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let defaults = WorkerTemplate {
+            labels: map(&[("cost-center", "it"), ("tier", "batch")]),
+            priority_class_name: Some("low".into()),
+            ..WorkerTemplate::default()
+        };
+        let spec = WorkerTemplate {
+            labels: map(&[("cost-center", "render")]),
+            annotations: map(&[("note", "x")]),
+            ..WorkerTemplate::default()
+        };
+        let m = merge_worker(&spec, &defaults);
+        assert_eq!(
+            m.labels,
+            map(&[("cost-center", "render"), ("tier", "batch")])
+        );
+        assert_eq!(m.annotations, map(&[("note", "x")]));
+        assert_eq!(m.priority_class_name.as_deref(), Some("low"));
+        let none = merge_worker(&WorkerTemplate::default(), &WorkerTemplate::default());
+        assert_eq!((none.labels, none.annotations), (None, None));
     }
 }

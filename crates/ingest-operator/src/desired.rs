@@ -627,9 +627,11 @@ fn pod_template(
     ];
     let sc = w.security_context.clone().unwrap_or_default();
     let uid = sc.run_as_user.unwrap_or(0);
-    // Root is needed to read every source file and to set owners; give it only the capabilities that needs.
+    // Root is needed to read every source file and to set owners; give it only the capabilities that needs,
+    // all of them in what Pod Security's `baseline` level allows (DAC_OVERRIDE already reads and searches
+    // what DAC_READ_SEARCH would).
     let caps = if uid == 0 {
-        let mut c = vec!["DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "FSETID"];
+        let mut c = vec!["DAC_OVERRIDE", "FOWNER", "FSETID"];
         if s.preserve.owner {
             c.push("CHOWN");
         }
@@ -666,13 +668,17 @@ fn pod_template(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
+    // The user's labels and annotations first: the operator's own (what its watches and the
+    // Jobs' selectors go by) are put over them. (Keys of the operator's are refused by the spec's
+    // validation; this keeps a pod selectable even if one got through.)
+    let mut pod_labels = w.labels.clone().unwrap_or_default();
+    pod_labels.extend(names::child_labels(ij, role, Some(run)));
+    let mut pod_annotations = w.annotations.clone().unwrap_or_default();
+    pod_annotations.insert(annotations::INGEST_JOB.to_owned(), ij.name_any());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(names::child_labels(ij, role, Some(run))),
-            annotations: Some(BTreeMap::from([(
-                annotations::INGEST_JOB.to_owned(),
-                ij.name_any(),
-            )])),
+            labels: Some(pod_labels),
+            annotations: Some(pod_annotations),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -684,6 +690,10 @@ fn pod_template(
             ),
             node_selector: w.node_selector.clone(),
             tolerations: w.tolerations.clone(),
+            image_pull_secrets: w.image_pull_secrets.clone(),
+            priority_class_name: w.priority_class_name.clone(),
+            affinity: w.affinity.clone(),
+            topology_spread_constraints: w.topology_spread_constraints.clone(),
             security_context: Some(PodSecurityContext {
                 supplemental_groups: sc.supplemental_groups.clone(),
                 seccomp_profile: Some(SeccompProfile {

@@ -145,6 +145,56 @@ fn copied(ij: &IngestJob, shards: u64) -> (Observed, Views) {
     (obs, v)
 }
 
+/// The pod settings platform teams expect reach every pod the job runs (scan, copy and verify),
+/// and the user's labels never displace the operator's own, which its Jobs select on.
+#[test]
+fn pod_settings_reach_every_pod_and_the_operators_labels_stay() {
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.worker = serde_json::from_value(serde_json::json!({
+        "imagePullSecrets": [{"name": "registry-creds"}],
+        "priorityClassName": "batch-low",
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["eastus-1"]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway"}],
+        "labels": {"cost-center": "render", "ingest.vfxt.dev/role": "forged"},
+        "annotations": {"note": "migration 7"},
+    }))
+    .unwrap();
+    let scan = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    let obs = scanned(&ij, 4, totals(), false);
+    let copy = desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap();
+    let (verify_obs, verify_views) = copied(&ij, 4);
+    let verify = desired(&ij, &stage(&ij, &verify_obs, &verify_views), &settings()).unwrap();
+    let mut roles = Vec::new();
+    for job in jobs_of(&scan)
+        .into_iter()
+        .chain(jobs_of(&copy))
+        .chain(jobs_of(&verify))
+    {
+        let t = &job.spec.as_ref().unwrap().template;
+        let meta = t.metadata.as_ref().unwrap();
+        let labels = meta.labels.as_ref().unwrap();
+        let role = labels["ingest.vfxt.dev/role"].clone();
+        assert_ne!(role, "forged", "the operator's label wins");
+        assert_eq!(labels["cost-center"], "render");
+        assert_eq!(meta.annotations.as_ref().unwrap()["note"], "migration 7");
+        let p = t.spec.as_ref().unwrap();
+        assert_eq!(
+            p.image_pull_secrets.as_ref().unwrap()[0].name,
+            "registry-creds"
+        );
+        assert_eq!(p.priority_class_name.as_deref(), Some("batch-low"));
+        assert!(p.affinity.as_ref().unwrap().node_affinity.is_some());
+        assert_eq!(p.topology_spread_constraints.as_ref().unwrap().len(), 1);
+        roles.push(role);
+    }
+    roles.sort();
+    roles.dedup();
+    assert_eq!(roles, ["copy", "scan", "verify"]);
+}
+
 /// `spec.filter` goes to the scan, which fixes the ages to its start and writes the filter into
 /// the plan; the workers take it from there, so a copy pod carries no filter of its own.
 #[test]

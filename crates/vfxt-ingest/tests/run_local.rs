@@ -870,7 +870,7 @@ fn job_files_refuse_unknown_fields_at_every_depth() {
         ),
         (
             format!("{local}  worker: {{imag: x}}\n"),
-            "spec.worker.imag: unknown field; expected one of image, imagePullPolicy, nodeSelector, resources, securityContext, serviceAccountName, tolerations (line 7",
+            "spec.worker.imag: unknown field; expected one of affinity, annotations, image, imagePullPolicy, imagePullSecrets, labels, nodeSelector, priorityClassName, resources, securityContext, serviceAccountName, tolerations, topologySpreadConstraints (line 7",
         ),
         (
             format!("{local}  shards: {{targte: 4}}\n"),

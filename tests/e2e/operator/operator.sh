@@ -4,7 +4,8 @@
 #  1. the API server accepts the generated CRD (crds/) and rejects bad IngestJobs, each with a message
 #     naming the field;
 #  2. the operator runs from `helm install charts/vfxt-ingest`, under the chart's own service account
-#     and RBAC (and nothing more: checked with `kubectl auth can-i` both ways);
+#     and RBAC (and nothing more: checked with `kubectl auth can-i` both ways), in a namespace that
+#     enforces Pod Security's restricted level; every IngestJob's pods run under baseline;
 #  3. an IngestJob on a generated tree (nested dirs, modes, mtimes, owners, a symlink, a hard link) goes
 #     Scanning -> Copying -> Verifying -> Succeeded; the destination is identical to the source; status
 #     totals equal the tree; the worker pods' NFS volumes cover all three cluster IPs;
@@ -285,6 +286,19 @@ test_2_helm_install() {
     { bad "charts/vfxt-ingest/crds differs from crds/ (regenerate the chart's copy)"; return 1; }
   # The agent runs pods on the host network: the metrics listener needs a free port.
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # The operator's namespace enforces Pod Security's restricted level: its pod must pass it.
+  kubectl create namespace "$op_ns" >/dev/null 2>&1 || true
+  kubectl label --overwrite namespace "$op_ns" pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/enforce-version=latest >/dev/null || { bad "label $op_ns"; return 1; }
+  # The levels are enforced here: a pod over each one is refused (so the passes below mean something).
+  local refused
+  refused=$(kubectl run psa-probe -n "$op_ns" --image=busybox --dry-run=server -o name 2>&1) &&
+    { bad "a pod that runs as root was admitted in $op_ns (restricted)"; return 1; }
+  grep -q 'violates PodSecurity "restricted' <<<"$refused" || { bad "no PodSecurity refusal in $op_ns: $refused"; return 1; }
+  refused=$(kubectl run psa-probe -n "$ns" --image=busybox --privileged --dry-run=server -o name 2>&1) &&
+    { bad "a privileged pod was admitted in $ns (baseline)"; return 1; }
+  grep -q 'violates PodSecurity "baseline' <<<"$refused" || { bad "no PodSecurity refusal in $ns: $refused"; return 1; }
+  say "  Pod Security enforced: restricted in $op_ns, baseline in $ns"
   helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
     --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
     --set statusIntervalSeconds="${E2E_STATUS_INTERVAL:-1}" --set claims.url="http://127.0.0.1:$port" >/dev/null || { bad "helm install"; return 1; }
@@ -773,6 +787,10 @@ setup() {
   ns=ingest-e2e
   op_ns=vfxt-ingest-system
   kubectl create namespace "$ns" >/dev/null
+  # Every IngestJob of these tests runs its pods under Pod Security's baseline level, enforced by
+  # the API server (the default worker pods must pass it; test 2 checks the enforcement is on).
+  kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=baseline \
+    pod-security.kubernetes.io/enforce-version=latest >/dev/null
   wait_until 60 "default service account in $ns" kubectl get serviceaccount default -n "$ns"
 }
 

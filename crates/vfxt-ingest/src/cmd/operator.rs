@@ -275,6 +275,17 @@ mod tests {
             w.resources.unwrap().requests.unwrap()["cpu"].0,
             "2".to_owned()
         );
+        // The pod settings (worker.podLabels and worker.podAnnotations become labels/annotations).
+        let w = parse_worker_defaults(
+            r#"{"affinity":{"podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"podAffinityTerm":{"topologyKey":"kubernetes.io/hostname"}}]}},"annotations":{"note":"x"},"imagePullSecrets":[{"name":"acr"}],"labels":{"team":"a"},"priorityClassName":"low","topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"zone","whenUnsatisfiable":"DoNotSchedule"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(w.image_pull_secrets.unwrap()[0].name, "acr");
+        assert_eq!(w.priority_class_name.as_deref(), Some("low"));
+        assert!(w.affinity.unwrap().pod_anti_affinity.is_some());
+        assert_eq!(w.topology_spread_constraints.unwrap()[0].max_skew, 1);
+        assert_eq!(w.labels.unwrap()["team"], "a");
+        assert_eq!(w.annotations.unwrap()["note"], "x");
         // Helm's toJson writes `cpu: 1` from values.yaml as a number; Kubernetes accepts numeric quantities.
         let w = parse_worker_defaults(r#"{"resources":{"requests":{"cpu":1,"memory":"1Gi"}}}"#)
             .unwrap();
