@@ -124,6 +124,15 @@ pub struct IngestJobSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub run: i64,
+    /// Compare only: the run scans, then checks every shard without copying (no copy pass, no
+    /// repairs, nothing written to the destination, not even a directory's times) and says what
+    /// a pass would do: `status.verification` counts what it would create (`missing`), update
+    /// (`mismatched`) and write (`differingBytes`), and what is only in the destination;
+    /// `status.failures` lists the first of those paths; every path is in the reports
+    /// (`spec.report`). Ends Succeeded when everything could be compared. Fixed when the run's
+    /// scan starts: set it to false and bump `spec.run` to copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Pauses the run: workers finish the shards they are running (each counted) and take no new
     /// ones until it is set back to false; the IngestJob says `Ready=False`, reason `Suspended`.
     /// The scan, when running, goes on to its end. Nothing is lost: the run resumes where it
@@ -977,6 +986,10 @@ pub struct VerificationCounts {
     pub errors: u64,
     /// Known equal at the end: `matched + repaired` (the printer column).
     pub verified: u64,
+    /// Source bytes of the files found missing or with data to copy again: what a copy of the
+    /// differences writes (a dry run's estimate).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub differing_bytes: u64,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -987,6 +1000,16 @@ fn is_zero_u64(n: &u64) -> bool {
 pub const DEFAULT_STALL_TIMEOUT_SECONDS: u32 = 60;
 
 impl VerificationCounts {
+    /// What a dry run (a report-only verify) found a pass would do, for the verdict.
+    pub fn dry_run(&self) -> ingest_job::DryRun {
+        ingest_job::DryRun {
+            create: self.missing,
+            update: self.mismatched,
+            bytes: self.differing_bytes,
+            only_in_destination: self.extraneous,
+        }
+    }
+
     /// Adds another part's counts (`verified` included).
     pub fn add(&mut self, o: &VerificationCounts) {
         self.checked += o.checked;
@@ -997,6 +1020,7 @@ impl VerificationCounts {
         self.repaired += o.repaired;
         self.errors += o.errors;
         self.verified += o.verified;
+        self.differing_bytes += o.differing_bytes;
     }
 }
 

@@ -199,6 +199,10 @@ pub struct Options {
     /// Mirror mode: delete what the copy pass finds only in the destination, within this limit
     /// (see `mirror.rs`). `None`: a copy never deletes.
     pub mirror: Option<MaxDeletes>,
+    /// Compare only, and write nothing at all: with `Passes::VerifyOnly` and `repair` off, also
+    /// no settle step (directory times, split files' metadata), which a sharded job's verify
+    /// phase otherwise runs as the copy's last step.
+    pub dry_run: bool,
 }
 
 impl Default for Options {
@@ -219,6 +223,7 @@ impl Default for Options {
             repair: true,
             filter: Filter::none(),
             mirror: None,
+            dry_run: false,
         }
     }
 }

@@ -311,6 +311,25 @@ pub trait ReportSink: Send + Sync {
     fn record(&self, entry: ReportEntry);
 }
 
+impl ReportEntry {
+    /// What a copy would do with this entry, as a dry run (a report-only comparison) words it.
+    pub fn dry_run_reason(&self) -> String {
+        match self.outcome {
+            Outcome::Failed => format!(
+                "could not compare ({}): {}",
+                self.op,
+                self.error.as_deref().unwrap_or("")
+            ),
+            Outcome::Deleted => "deleted".into(),
+            _ if self.mismatches.contains(&Mismatch::Extraneous) => {
+                "only in the destination".into()
+            }
+            _ if self.mismatches.contains(&Mismatch::Missing) => "would create".into(),
+            _ => format!("would update ({:?})", self.mismatches),
+        }
+    }
+}
+
 /// Keeps the first `limit` entries in memory and counts the rest. `Outcome::Matched` and
 /// `Outcome::Deleted` entries (the audit trail) are neither kept nor counted: this sink is for
 /// what went wrong.

@@ -276,16 +276,23 @@ pub(crate) fn open_roots(
     let mut created = Created::default();
     let opened = (|| {
         let mut dsts = Vec::with_capacity(job.destinations.len());
+        // A report-only verify (a dry run) writes nothing into the destination, not even a probe
+        // or a missing directory of its path.
+        let report_only = opts.dry_run || (opts.passes == Passes::VerifyOnly && !opts.repair);
         for ((dest, target), name) in job.destinations.iter().zip(&targets).zip(&names) {
             let unusable = |e| SetupError::DestUnusable(dest.clone(), e);
             let meter = progress.mount(name);
             let call = meter.begin();
+            if report_only && !target.missing.is_empty() {
+                return Err(unusable(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "does not exist, and a report-only check (a dry run) creates nothing; a copy would create it and everything in it",
+                )));
+            }
             created.make(target).map_err(unusable)?;
             dsts.push(open_dir(&target.path()).map_err(unusable)?);
             call.end(0);
         }
-        // A report-only verify writes nothing into the destination, not even a probe.
-        let report_only = opts.passes == Passes::VerifyOnly && !opts.repair;
         if opts.probe_destinations && !report_only {
             let meters: Vec<_> = names.iter().map(|n| progress.mount(n)).collect();
             probe(job, &dsts, &meters)?;

@@ -59,7 +59,7 @@ pub use exit::WorkerExit;
 pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
 pub use queue::{Completion, ShardId, ShardQueue};
 pub use scan_failed::ScanFailed;
-pub use verdict::{Facts, Policy, Reason, Verdict, decide};
+pub use verdict::{DryRun, Facts, Policy, Reason, Verdict, decide};
 
 #[cfg(test)]
 mod tests {

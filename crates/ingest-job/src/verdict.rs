@@ -6,11 +6,14 @@
 //!    worker that could not start) leaves its entries unaccounted: Failed, `ShardFailed`;
 //! 2. failed entries beyond the policy (any under FailJob, more than `maxFailedFiles`): Failed,
 //!    `TooManyFailures`;
-//! 3. entries only in the destination: it is not identical to the source, and the run deletes
+//! 3. a dry run (nothing copied, only compared) that compared everything else: Succeeded,
+//!    `DryRun`, the message saying what a pass would create, update, write and find only in the
+//!    destination;
+//! 4. entries only in the destination: it is not identical to the source, and the run deletes
 //!    nothing: Failed, `DestinationDiffers`;
-//! 4. failed entries within the policy: Succeeded, `SucceededWithFailures`, the message saying
+//! 5. failed entries within the policy: Succeeded, `SucceededWithFailures`, the message saying
 //!    that they are listed;
-//! 5. otherwise Succeeded: every entry copied or up to date (and verified, when a verify ran).
+//! 6. otherwise Succeeded: every entry copied or up to date (and verified, when a verify ran).
 
 use crate::units::human_bytes;
 
@@ -45,6 +48,22 @@ pub struct Facts {
     pub bytes: u64,
     /// Entries the job's filters left out (said in the message: "identical" is within them).
     pub excluded: u64,
+    /// The run only compared (`spec.dryRun`): what a pass would do. Its differences are the
+    /// answer, not failures (`failed` counts only what could not be compared).
+    pub dry_run: Option<DryRun>,
+}
+
+/// What a dry run found a pass would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DryRun {
+    /// Entries missing at the destination.
+    pub create: u64,
+    /// Entries that differ.
+    pub update: u64,
+    /// Source bytes of the files to write.
+    pub bytes: u64,
+    /// Entries only in the destination.
+    pub only_in_destination: u64,
 }
 
 /// Why the run ended as it did (the Ready condition's reason).
@@ -55,6 +74,7 @@ pub enum Reason {
     ShardFailed,
     TooManyFailures,
     DestinationDiffers,
+    DryRun,
 }
 
 impl Reason {
@@ -65,6 +85,7 @@ impl Reason {
             Reason::ShardFailed => "ShardFailed",
             Reason::TooManyFailures => "TooManyFailures",
             Reason::DestinationDiffers => "DestinationDiffers",
+            Reason::DryRun => "DryRun",
         }
     }
 }
@@ -126,6 +147,31 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
             format!(
                 "{} failed (listed in failures), more than maxFailedFiles ({max})",
                 entries(failed_files)
+            ),
+        );
+    }
+    if let Some(d) = f.dry_run {
+        return verdict(
+            true,
+            Reason::DryRun,
+            format!(
+                "dry run, nothing written: a pass would create {}, update {} and write {}; {} only in the destination{}{}",
+                entries(d.create),
+                entries(d.update),
+                human_bytes(d.bytes),
+                entries(d.only_in_destination),
+                if failed_files > 0 {
+                    format!(
+                        "; {} could not be compared (listed in failures)",
+                        entries(failed_files)
+                    )
+                } else {
+                    String::new()
+                },
+                match f.excluded {
+                    0 => String::new(),
+                    n => format!("; {} left out by the filter", entries(n)),
+                }
             ),
         );
     }
@@ -238,6 +284,39 @@ mod tests {
                 ],
             ),
             (CONTINUE, unverified, true, Succeeded, 0, &["not verified"]),
+            (
+                CONTINUE,
+                Facts {
+                    dry_run: Some(super::DryRun {
+                        create: 3,
+                        update: 1,
+                        bytes: 4096,
+                        only_in_destination: 2,
+                    }),
+                    extraneous: 2,
+                    ..facts(0, 0)
+                },
+                true,
+                DryRun,
+                0,
+                &[
+                    "dry run, nothing written: a pass would create 3 entries, update 1 entry and write 4.0 KiB; 2 entries only in the destination",
+                ],
+            ),
+            (
+                Policy {
+                    fail_job: false,
+                    max_failed_files: Some(0),
+                },
+                Facts {
+                    dry_run: Some(Default::default()),
+                    ..facts(0, 1)
+                },
+                false,
+                TooManyFailures,
+                1,
+                &["1 entry failed"],
+            ),
             (
                 CONTINUE,
                 Facts {
@@ -357,10 +436,11 @@ mod tests {
                     v.message
                 );
             }
-            // Never "identical" unless nothing failed, nothing is extra and a verify said so.
+            // Never "identical" unless nothing failed, nothing is extra and a verify said so
+            // (and never from a dry run, which copied nothing).
             assert_eq!(
                 v.message.contains("identical") && !v.message.contains("not identical"),
-                ok && failed == 0 && f.verified,
+                ok && failed == 0 && f.verified && f.dry_run.is_none(),
                 "row {i}: {:?}",
                 v.message
             );

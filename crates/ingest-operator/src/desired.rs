@@ -184,10 +184,16 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         .spec
         .workers
         .unwrap_or(ij.spec.destination.nfs.servers.len() as u32);
-    scan_meta.annotations = Some(BTreeMap::from([(
-        crate::stage::WORKERS_ANNOTATION.to_owned(),
-        workers.to_string(),
-    )]));
+    scan_meta.annotations = Some(BTreeMap::from([
+        (
+            crate::stage::WORKERS_ANNOTATION.to_owned(),
+            workers.to_string(),
+        ),
+        (
+            crate::stage::DRY_RUN_ANNOTATION.to_owned(),
+            ij.spec.dry_run.to_string(),
+        ),
+    ]));
     scan_meta
         .annotations
         .get_or_insert_default()
@@ -240,7 +246,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             ij,
             &worker,
             role,
-            worker_args(ij, role, &servers, settings),
+            worker_args(ij, role, &servers, settings, layout.dry_run),
             Some(WorkerMounts {
                 servers: &servers,
                 plan_chunks,
@@ -418,6 +424,7 @@ fn worker_args(
     role: &str,
     servers: &[(usize, &String)],
     settings: &Settings,
+    dry_run: bool,
 ) -> Vec<String> {
     let s = &ij.spec;
     let verify = match s.verify.mode {
@@ -467,6 +474,10 @@ fn worker_args(
     ]);
     if !s.verify.repair {
         args.push("--no-repair".into());
+    }
+    if dry_run {
+        // Compare only (the run has no copy pass).
+        args.push("--dry-run".into());
     }
     if s.verify.fsync {
         args.push("--fsync".into());

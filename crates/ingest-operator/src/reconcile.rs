@@ -522,6 +522,19 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             .filter_map(|p| p.metadata.name.as_deref())
             .collect::<Vec<_>>()
     };
+    if stage::frozen_spec(ij, obs).dry_run {
+        // No copy pass: the verify pass compares from the start.
+        claims
+            .ensure(
+                ij,
+                labels::ROLE_VERIFY,
+                plan.shards,
+                checkpoint.verify.as_ref(),
+            )
+            .map_err(plan_error)?;
+        claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
+        return Ok(claims.views(ij));
+    }
     claims
         .ensure(ij, labels::ROLE_COPY, plan.shards, checkpoint.copy.as_ref())
         .map_err(plan_error)?;

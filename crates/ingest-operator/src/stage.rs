@@ -24,6 +24,19 @@ pub struct Layout {
     pub workers: u32,
     /// Servers (by index) each pass found unresponsive: its newest Job's pods do not mount them.
     pub avoided: Avoided,
+    /// `spec.dryRun` when the run's scan started: no copy pass; the verify pass compares only.
+    pub dry_run: bool,
+}
+
+impl Layout {
+    /// The worker passes of the run, in order.
+    pub fn passes(&self) -> &'static [&'static str] {
+        if self.dry_run {
+            &[labels::ROLE_VERIFY]
+        } else {
+            &[labels::ROLE_COPY, labels::ROLE_VERIFY]
+        }
+    }
 }
 
 /// Servers found unresponsive, per pass (the verify pass starts with the copy pass's).
@@ -81,6 +94,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
         workers: ingest_job::workers_for(w, usize::try_from(plan.shards).unwrap_or(usize::MAX)),
         servers,
         avoided: Avoided::default(),
+        dry_run: spec.dry_run,
     }
 }
 
@@ -190,6 +204,10 @@ impl Stage {
         match self {
             Stage::Scan | Stage::ScanFailed(_) => &[labels::ROLE_SCAN],
             Stage::Copy(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY],
+            // A dry run has no copy pass.
+            Stage::Verify(_, l) | Stage::Done { layout: l, .. } if l.dry_run => {
+                &[labels::ROLE_SCAN, labels::ROLE_VERIFY]
+            }
             Stage::Verify(..) | Stage::Done { .. } => {
                 &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY]
             }
@@ -282,19 +300,20 @@ pub fn applied_generation(ij: &IngestJob, obs: &Observed) -> Option<i64> {
 /// completions, so the layout of a run is frozen: a changed worker count applies from the next run.
 pub const WORKERS_ANNOTATION: &str = "ingest.vfxt.dev/workers";
 
-/// The spec with the worker count the run started with.
+/// Annotation on the scan Job recording `spec.dryRun` when the run started: a run that began as
+/// a dry run stays one (and a copy stays a copy) whatever the spec says meanwhile.
+pub const DRY_RUN_ANNOTATION: &str = "ingest.vfxt.dev/dry-run";
+
+/// The spec with the worker count and the dry-run switch the run started with.
 pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     let mut spec = ij.spec.clone();
-    let frozen = obs.job(&names::scan_job(ij, ij.spec.run)).and_then(|j| {
-        j.metadata
-            .annotations
-            .as_ref()?
-            .get(WORKERS_ANNOTATION)?
-            .parse()
-            .ok()
-    });
-    if let Some(w) = frozen {
+    let scan = obs.job(&names::scan_job(ij, ij.spec.run));
+    let frozen = |key: &str| scan?.metadata.annotations.as_ref()?.get(key).cloned();
+    if let Some(w) = frozen(WORKERS_ANNOTATION).and_then(|w| w.parse().ok()) {
         spec.workers = Some(w);
+    }
+    if let Some(d) = frozen(DRY_RUN_ANNOTATION).and_then(|d| d.parse().ok()) {
+        spec.dry_run = d;
     }
     spec
 }
@@ -359,7 +378,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let mut failed_shards = 0;
     // The verify role runs even with `verify.mode: None`: its workers then only set directory
     // metadata, which other shards' copies change until every shard is done.
-    for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
+    for &role in layout.passes() {
         let job = role_state(ij, obs, role, &layout.avoided);
         let pass = passes.of(role);
         let lost = pass.map_or(0, |p| p.counts.lost);

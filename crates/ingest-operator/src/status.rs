@@ -327,12 +327,14 @@ pub fn compute(
             Stage::Stopped { role, .. } => *role != labels::ROLE_VERIFY,
             _ => false,
         };
-        let verify_ran = spec.verify.mode != VerifyMode::None && !in_copy;
+        // A dry run's verify pass compares whatever `verify.mode` says (by metadata for None).
+        let dry_run = layout.dry_run;
+        let no_verify = spec.verify.mode == VerifyMode::None && !dry_run;
+        let verify_ran = !no_verify && !in_copy;
         let verify = verify_ran.then(|| sum_pass(passes.verify.as_ref()));
         // With verify None the verify role only set directory metadata: what it could not set
         // adds to the copy's failures.
-        let settled = (spec.verify.mode == VerifyMode::None && !in_copy)
-            .then(|| sum_pass(passes.verify.as_ref()));
+        let settled = (no_verify && !in_copy).then(|| sum_pass(passes.verify.as_ref()));
 
         // Never backwards within a run: pods may be gone after a restart or node loss.
         let prev_p = prev
@@ -404,7 +406,7 @@ pub fn compute(
         st.failures.truncate(MAX_LISTED_FAILURES);
         st.verification = verify.as_ref().map(|v| v.verification.clone());
         // Never fewer failures within one basis: PodGC or a user may delete the pods that reported them.
-        let basis = if in_copy || spec.verify.mode == VerifyMode::None {
+        let basis = if in_copy || no_verify {
             labels::ROLE_COPY
         } else {
             labels::ROLE_VERIFY
@@ -418,7 +420,7 @@ pub fn compute(
             // Shards no worker finished after their retries; with verify None the copy pass is the
             // last word on contents, so its lost shards count too.
             let mut lost_shards = *failed_shards;
-            if spec.verify.mode == VerifyMode::None {
+            if no_verify {
                 lost_shards += passes
                     .copy
                     .as_ref()
@@ -439,6 +441,12 @@ pub fn compute(
                     files,
                     bytes,
                     excluded: plan.totals.excluded,
+                    dry_run: dry_run.then(|| {
+                        verify
+                            .as_ref()
+                            .map(|v| v.verification.dry_run())
+                            .unwrap_or_default()
+                    }),
                 },
             );
             outcome = Some((v.succeeded, v.reason.as_str(), v.message));
@@ -660,6 +668,7 @@ mod server_tests {
             servers: vec!["10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into()],
             workers: 3,
             avoided: Default::default(),
+            dry_run: false,
         };
         let copy = PassView {
             mounts: BTreeMap::from([

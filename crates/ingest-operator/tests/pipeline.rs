@@ -2202,3 +2202,57 @@ fn a_scan_whose_pod_succeeded_starts_the_copy_before_its_job_completes() {
     )];
     assert_eq!(stage(&other, &obs, &no_passes()), Stage::Scan);
 }
+
+/// `spec.dryRun`: the scan, then a verify pass that only compares (`--dry-run`), no copy Job at
+/// all; the switch is fixed when the scan starts; the verdict says what a pass would do and
+/// never "identical", and the differences are not failures.
+#[test]
+fn a_dry_run_scans_then_only_compares_and_says_what_a_pass_would_do() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.dry_run = true;
+    let scan = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    let annotations = jobs_of(&scan)[0].metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["ingest.vfxt.dev/dry-run"], "true");
+    let mut obs = scanned(&ij, 3, totals(), false);
+    let st = stage(&ij, &obs, &no_passes());
+    assert!(matches!(st, Stage::Verify(..)), "no copy pass: {st:?}");
+    let children = desired(&ij, &st, &settings()).unwrap();
+    assert!(
+        role_jobs(&children, "copy").is_empty(),
+        "a dry run copies nothing"
+    );
+    let verify = role_jobs(&children, "verify");
+    assert_eq!(verify.len(), 1);
+    assert!(args(&verify[0]).iter().any(|a| a == "--dry-run"));
+    // Switched off in the middle of the run: the run stays what it started as.
+    let mut flipped = ij.clone();
+    flipped.spec.dry_run = false;
+    assert!(matches!(
+        stage(&flipped, &obs, &no_passes()),
+        Stage::Verify(..)
+    ));
+
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let mut r = result(0, 0, 0);
+    r.verification = Some(VerificationCounts {
+        checked: 12,
+        matched: 7,
+        missing: 3,
+        mismatched: 1,
+        extraneous: 1,
+        verified: 7,
+        differing_bytes: 3 << 20,
+        ..Default::default()
+    });
+    let v = views(&ij, 3, None, Some(&PassScript::all_done(3, r)));
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
+    assert_eq!(st.phase, Some(Phase::Succeeded), "{st:?}");
+    assert_eq!(ready_reason(&st), "DryRun");
+    let m = st.message.unwrap();
+    assert!(
+        m.starts_with("dry run, nothing written: a pass would create 9 entries, update 3 entries and write 9.0 MiB; 3 entries only in the destination"),
+        "{m}"
+    );
+    assert!(!m.contains("identical"), "{m}");
+    assert_eq!(st.failed_files, 0);
+}

@@ -391,11 +391,10 @@ impl Planner<'_> {
 
     fn range(&mut self, i: usize, from: Option<Vec<u8>>, to: Option<Vec<u8>>, load: Load) {
         let d = &self.scan.dirs[i];
-        // A gap between two excluded names holds nothing when the directory's own entries are
-        // all accounted for elsewhere; skip it rather than make an empty unit.
-        if load == Load::default() && d.own_entries() == 0 && (from.is_some() || to.is_some()) {
-            return;
-        }
+        // Every name of the directory belongs to exactly one scope, also a gap between two split
+        // subdirectories that held nothing at the scan: the destination may have names there
+        // (the verifier must find them, a mirror must delete them), and the source may have new
+        // ones by the time the copy runs. An empty gap costs one listing of the directory.
         let name =
             |n: Vec<u8>| RelPath::from_bytes(n).expect("names from the scan are single components");
         self.units.push(Unit {

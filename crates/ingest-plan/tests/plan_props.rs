@@ -263,3 +263,52 @@ fn a_filtered_scan_plans_only_what_the_filter_keeps() {
         );
     }
 }
+
+/// Every name a directory could hold belongs to one scope: the name ranges of a directory the
+/// plan cut up, with the names split out between them (subdirectories and big files planned on
+/// their own), leave no gap from the first name to the last. A gap would hide an entry created
+/// there after the scan, or one only in the destination, from the copy, the verifier and a mirror.
+#[test]
+fn the_name_ranges_of_a_directory_leave_no_gap() {
+    use ingest_plan::format::ShardScope;
+    use std::collections::BTreeMap;
+    for seed in 1..=24u64 {
+        let dir = tempfile::tempdir().unwrap();
+        common::random_tree(dir.path(), seed, 300);
+        let s = scan(dir.path(), &scan_opts(2)).unwrap();
+        for k in [3u32, 8, 40] {
+            let p = plan(&s, &plan_opts(k, 3)).unwrap();
+            // Directory -> its ranges (from, to), as bytes.
+            type Bound = Option<Vec<u8>>;
+            let mut ranges: BTreeMap<Vec<u8>, Vec<(Bound, Bound)>> = BTreeMap::new();
+            for sc in p.shards.iter().flat_map(|sh| &sh.scopes) {
+                if let ShardScope::Entries { dir, from, to, .. } = sc {
+                    ranges.entry(dir.as_bytes().to_vec()).or_default().push((
+                        from.as_ref().map(|f| f.as_bytes().to_vec()),
+                        to.as_ref().map(|t| t.as_bytes().to_vec()),
+                    ));
+                }
+            }
+            for (d, mut rs) in ranges {
+                rs.sort();
+                let why = format!("seed {seed} k {k} dir {d:?}: {rs:?}");
+                assert_eq!(
+                    rs[0].0, None,
+                    "the first range starts at the first name: {why}"
+                );
+                assert_eq!(rs[rs.len() - 1].1, None, "the last range has no end: {why}");
+                for w in rs.windows(2) {
+                    let to = w[0].1.clone().expect("only the last range is open");
+                    let from = w[1].0.clone().expect("only the first range starts at None");
+                    // Next to each other, or around one name planned on its own.
+                    let mut after = to.clone();
+                    after.push(0);
+                    assert!(
+                        from == to || from == after,
+                        "a gap between {to:?} and {from:?}: {why}"
+                    );
+                }
+            }
+        }
+    }
+}

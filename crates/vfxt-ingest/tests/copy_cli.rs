@@ -313,8 +313,8 @@ fn a_dry_run_says_what_a_copy_would_do_and_writes_nothing() {
     assert!(stdout.contains("1 only in the destination"), "{stdout}");
     let err = stderr(&out);
     for line in [
-        "would create d/sub/new",
-        "would update d/lost",
+        "would create: d/sub/new",
+        "would update ([Size]): d/lost",
         "only in the destination: d/stray",
     ] {
         assert!(err.contains(line), "{line}: {err}");

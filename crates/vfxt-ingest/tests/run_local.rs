@@ -1556,3 +1556,206 @@ fn includes_select_files_and_bad_filters_are_refused_naming_the_field() {
         fs::remove_dir_all(&case).unwrap();
     }
 }
+
+/// Every entry under `root` with its ctime and mtime (nanoseconds): any write moves one.
+fn stamps(root: &Path) -> BTreeMap<PathBuf, (i64, i64, i64, i64)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        out.insert(
+            p.clone(),
+            (m.ctime(), m.ctime_nsec(), m.mtime(), m.mtime_nsec()),
+        );
+        if m.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// `spec.dryRun` (and `run --dry-run`): the run scans and compares every shard, writes nothing
+/// to the destination (every ctime stays), leaves no marker, and says what a pass would do; it
+/// never says "identical". The real run after it copies as usual. A destination that does not
+/// exist is refused, not created.
+#[test]
+fn a_dry_run_says_what_a_pass_would_do_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 6, 20);
+    // Half the tree already there (as a bulk pass left it), and a file of the destination's own.
+    let o = bin()
+        .args(["copy", "-q"])
+        .arg(src.join("proj00"))
+        .arg(dst.join("proj00"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    fs::write(dst.join("theirs.txt"), b"not in the source").unwrap();
+    let before = stamps(&dst);
+    let state = t.path().join("state");
+    for (how, extra, flag) in [
+        (
+            "spec.dryRun",
+            "  workers: 2\n  shards: {target: 12}\n  dryRun: true\n",
+            None,
+        ),
+        (
+            "--dry-run",
+            "  workers: 2\n  shards: {target: 12}\n",
+            Some("--dry-run"),
+        ),
+    ] {
+        let f = job_yaml(t.path(), &src, &[dst.clone(), dst.clone()], extra);
+        let o = run_cmd(&f, &state).args(flag).output().unwrap();
+        let st = read_status(&state);
+        let why = format!("{how}: {}\n{st:?}", text(&o));
+        assert_eq!(o.status.code(), Some(0), "{why}");
+        assert_eq!(st["phase"].as_str(), Some("Succeeded"), "{why}");
+        let message = st["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("dry run, nothing written: a pass would create"),
+            "{why}"
+        );
+        assert!(message.contains("1 entry only in the destination"), "{why}");
+        assert!(!message.contains("identical"), "{why}");
+        let v = &st["verification"];
+        assert!(v["missing"].as_u64().unwrap() > 100, "{why}");
+        assert!(
+            v["differingBytes"].as_u64().unwrap() > 100 << 20,
+            "the big file: {why}"
+        );
+        assert_eq!(v["errors"].as_u64(), Some(0), "{why}");
+        assert_eq!(st["failedFiles"].as_u64().unwrap_or(0), 0, "{why}");
+        let reasons: Vec<&str> = st["failures"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["reason"].as_str())
+            .collect();
+        // The first paths (the list is capped): what a pass would do with them.
+        assert_eq!(reasons.len(), 20, "{why}");
+        assert!(
+            reasons
+                .iter()
+                .all(|r| r.starts_with("would ") || *r == "only in the destination"),
+            "{why}"
+        );
+        // Every path is in the reports.
+        let r = bin()
+            .args(["report", "--jsonl"])
+            .arg(state.join("logs"))
+            .output()
+            .unwrap();
+        let all = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            all.lines()
+                .any(|l| l.contains("\"theirs.txt\"") && l.contains("extraneous")),
+            "{why}\n{all}"
+        );
+        assert!(
+            all.lines().filter(|l| l.contains("\"missing\"")).count() > 100,
+            "{why}"
+        );
+        assert_eq!(stamps(&dst), before, "{how} wrote to the destination");
+        assert_eq!(
+            fs::read_dir(state.join("markers")).unwrap().count(),
+            0,
+            "{why}"
+        );
+    }
+
+    // The real pass, once the destination's own file is dealt with.
+    fs::remove_file(dst.join("theirs.txt")).unwrap();
+    let f = job_yaml(
+        t.path(),
+        &src,
+        &[dst.clone(), dst.clone()],
+        "  workers: 2\n  shards: {target: 12}\n",
+    );
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_identical(&src, &dst);
+    assert!(
+        read_status(&state)["message"]
+            .as_str()
+            .unwrap()
+            .contains("destination identical")
+    );
+
+    // Nothing to compare with (a subPath not made yet): refused naming the field, and nothing
+    // is created.
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  dryRun: true\n",
+    );
+    let y = fs::read_to_string(&f).unwrap().replace(
+        "destination: {local: [",
+        "destination: {subPath: next, local: [",
+    );
+    fs::write(&f, y).unwrap();
+    let o = run_cmd(&f, &t.path().join("state2")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("spec.destination") && text(&o).contains("a dry run creates nothing"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dst.join("next").exists());
+}
+
+/// A directory that holds only subdirectories, each big enough to be planned on its own, has no
+/// entries of its own at the scan: the names between its subdirectories still belong to a shard.
+/// So an entry only in the destination there is found (the run is not "identical"), and a file
+/// created in the source there after the scan is copied or reported, never silently missed.
+#[test]
+fn names_between_split_subdirectories_are_still_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    // As the e2e tests' tree: big subdirectories around a small one, no files of its own.
+    for (d, n) in [("a", 150), ("d", 150), ("empty", 0), ("sp ace", 150)] {
+        let dir = src.join("top").join(d);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            fs::write(dir.join(format!("{i}")), b"x").unwrap();
+        }
+    }
+    fs::create_dir_all(&dst).unwrap();
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  shards: {target: 12}\n",
+    );
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let plan = fs::read_to_string(state.join("plan.json")).unwrap();
+    assert!(
+        plan.contains("\"dir\":\"top/a\""),
+        "top is split by subdirectory: {plan}"
+    );
+    // Names before, between and after the split subdirectories, only in the destination.
+    for n in ["0-theirs", "b-theirs", "z-theirs"] {
+        fs::write(dst.join("top").join(n), b"theirs").unwrap();
+    }
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  shards: {target: 12}\n  run: 1\n",
+    );
+    let o = run_cmd(&f, &state).output().unwrap();
+    let st = read_status(&state);
+    assert_eq!(o.status.code(), Some(1), "{}\n{st:?}", text(&o));
+    assert_eq!(st["verification"]["extraneous"].as_u64(), Some(3), "{st:?}");
+    assert!(
+        !st["message"]
+            .as_str()
+            .unwrap()
+            .contains("destination identical"),
+        "{st:?}"
+    );
+}

@@ -30,6 +30,10 @@
 # 13. three IPs of one export, the third node stops answering mid-copy (its requests held, as a
 #     hung NFS server behind a hard mount): Succeeded, identical; the status names the server
 #     Unresponsive (ServersResponding False, a Warning Event); the pass's next Job does not mount it.
+# issue 14:
+# 14. spec.dryRun on a destination that holds a file of its own: Succeeded/DryRun, no copy Job,
+#     nothing in the destination changed (every ctime stays), the verification counts what a pass
+#     would create; then the real run (dryRun off, run 1) copies, identical.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -698,6 +702,38 @@ test_6_delete() {
 t6_gone() { [[ -z $(owned_objects "$1" t3) ]]; }
 
 # Runs on exit, however the script ends; keeps the run dir and test data of a failed run.
+# ---------------------------------------------------------------- 14. a dry run, then the pass
+# Every entry of a destination tree with its ctime and mtime: a write of any kind moves one.
+dest_stamps() { (cd "$1" && find . -printf '%P|%C@|%T@\n' | LC_ALL=C sort); }
+finished_run() { [[ $(ij_json "$1" | jq -r '.status.run') == "$2" ]] && finished "$1"; }
+ready_reason() { ij_json "$1" | jq -r '.status.conditions[]? | select(.type == "Ready") | .reason'; }
+test_14_dry_run_then_copy() {
+  gen_tree "$src/t14" 120
+  # A dry run creates nothing, not even the destination's directory: it must exist.
+  mkdir -p "$dst/t14" && echo theirs >"$dst/t14/theirs.txt"
+  local before r=0 msg want
+  before=$(dest_stamps "$dst/t14")
+  ij_apply t14 t14 /nfs "  dryRun: true" || { bad "kubectl apply IngestJob t14 (dryRun)"; return 1; }
+  wait_for 150 "t14's dry run finished" finished_run t14 0 || return 1
+  msg=$(ij_json t14 | jq -r '.status.message')
+  say "  dry run: $(ij_phase t14)/$(ready_reason t14): $msg"
+  [[ $(ij_phase t14) == Succeeded && $(ready_reason t14) == DryRun ]] || { bad "dry run ended $(ij_phase t14)/$(ready_reason t14)"; r=1; }
+  [[ $msg == "dry run, nothing written: a pass would create"*"1 entry only in the destination"* ]] || { bad "dry run message: $msg"; r=1; }
+  want=$(($(find "$src/t14" -mindepth 1 | wc -l)))
+  (($(ij_json t14 | jq -r ".status.verification.missing") >= want)) ||
+    { bad "verification.missing $(ij_json t14 | jq -r '.status.verification.missing'), want at least every entry ($want; a path of a hard link is checked where each scope meets it)"; r=1; }
+  [[ $(dest_stamps "$dst/t14") == "$before" ]] || { bad "the dry run wrote to the destination"; r=1; }
+  [[ -z $(children jobs t14 | jq -r '.items[] | select(.metadata.labels["ingest.vfxt.dev/role"] == "copy") | .metadata.name') ]] ||
+    { bad "a dry run made a copy Job"; r=1; }
+  # The real pass.
+  rm "$dst/t14/theirs.txt"
+  ij_apply t14 t14 /nfs "  run: 1" || { bad "kubectl apply IngestJob t14 (run 1)"; return 1; }
+  wait_for 150 "t14's run 1 finished" finished_run t14 1 || return 1
+  [[ $(ij_phase t14) == Succeeded ]] || { bad "run 1 ended $(ij_phase t14): $(ij_json t14 | jq -c '.status.conditions')"; r=1; }
+  same_tree "$src/t14" "$dst/t14" || { bad "after the real pass, $dst/t14 differs from $src/t14"; r=1; }
+  return "$r"
+}
+
 cleanup() {
   local rc=$?
   # Watchers first, then the plane (component log tails and pod logs on failure; down.sh), then the
@@ -951,6 +987,7 @@ main() {
   run_test "11 an unreadable source directory: one failed entry, weighed by the policy" test_11_unreadable_directory
   run_test "12 one of three IPs at a quarter capacity: shared queue, identical" test_12_one_node_at_a_quarter_capacity
   run_test "13 one of three IPs stops answering mid-copy: named Unresponsive, Succeeded, identical" test_13_one_node_stops_answering
+  run_test "14 a dry run writes nothing and says what a pass would do; the pass then copies" test_14_dry_run_then_copy
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

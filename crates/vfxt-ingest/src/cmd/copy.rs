@@ -159,6 +159,7 @@ pub fn run(args: Args) -> Outcome {
         verify: args.verify.into(),
         filter,
         mirror: args.mirror.then_some(args.max_deletes),
+        dry_run: args.dry_run,
         ..Options::default()
     };
     if args.verify_only || args.dry_run {
@@ -249,7 +250,7 @@ pub fn run(args: Args) -> Outcome {
             println!("{line}");
         }
         for e in &entries {
-            eprintln!("  {}", dry_run_entry(e));
+            eprintln!("  {}: {}", e.dry_run_reason(), e.path);
         }
         if total > entries.len() as u64 {
             eprintln!(
@@ -323,25 +324,6 @@ pub fn dry_run_lines(s: &Summary, mirror: Option<MaxDeletes>) -> Vec<String> {
             v.errors
         ),
     ]
-}
-
-/// One listed entry of a dry run, worded as what a copy would do with it.
-fn dry_run_entry(e: &ingest_copy::ReportEntry) -> String {
-    use ingest_copy::Mismatch;
-    if e.outcome == ingest_copy::Outcome::Failed {
-        let err = e.error.as_deref().unwrap_or("");
-        return format!("could not compare {} ({}): {err}", e.path, e.op);
-    }
-    if e.mismatches.contains(&Mismatch::Extraneous) {
-        return format!("only in the destination: {}", e.path);
-    }
-    if e.outcome == ingest_copy::Outcome::Deleted {
-        return format!("deleted {}", e.path);
-    }
-    if e.mismatches.contains(&Mismatch::Missing) {
-        return format!("would create {}", e.path);
-    }
-    format!("would update {} ({:?})", e.path, e.mismatches)
 }
 
 /// `Ok` when `path` is not (and would not be, once created) inside the directory `source`: the

@@ -7,7 +7,7 @@
 //! the shards that finished without scanning again.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,11 @@ pub struct Args {
     /// Print the final status as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Compare only, as `spec.dryRun: true`: scan, then check every shard without copying or
+    /// writing anything; say what a pass would create, update, write and find only in the
+    /// destination.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 // ---- the document ---------------------------------------------------------------------------
@@ -151,6 +156,8 @@ struct RunSpec {
     run: i64,
     #[serde(default)]
     filter: EntryFilter,
+    #[serde(default)]
+    dry_run: bool,
     #[serde(default)]
     worker: WorkerTemplate,
     /// Checked as in the cluster; a local run writes its reports to its state directory.
@@ -233,6 +240,9 @@ struct Resolved {
     /// `spec.filter`, ages not yet fixed: each scan fixes them to its start (the plan keeps that).
     #[serde(default)]
     filter: FilterSpec,
+    /// `spec.dryRun` or `--dry-run`: compare only.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
@@ -465,6 +475,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         // Pausing is a cluster matter (the claims endpoint holds the shards); a local run is
         // paused with Ctrl-Z.
         suspend: false,
+        dry_run: spec.dry_run,
         filter: spec.filter.clone(),
         worker: spec.worker.clone(),
         report: spec.report.clone(),
@@ -597,6 +608,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         bytes_per_second: cost.bytes_per_second,
         // Checked with the rest of the spec above.
         filter: spec.filter.to_spec().unwrap_or_default(),
+        dry_run: spec.dry_run || args.dry_run,
     })
 }
 
@@ -646,6 +658,25 @@ struct PhaseOutcome {
 }
 
 impl PhaseOutcome {
+    /// A phase that did not run (a dry run's copy): nothing done, every shard accounted for.
+    fn skipped(shards: u64) -> PhaseOutcome {
+        PhaseOutcome {
+            summary: Summary::default(),
+            ran: Summary::default(),
+            shards_before: 0,
+            seconds: 0.0,
+            failures: Vec::new(),
+            failed_files: 0,
+            accounted_shards: shards,
+            verification: None,
+            mounts: Vec::new(),
+            broken: Vec::new(),
+            died: Vec::new(),
+            unusable: false,
+            worked: false,
+        }
+    }
+
     /// A worker's result, or one shard's: its failed entries, the failures it listed and what
     /// it verified.
     fn add_result(&mut self, pr: &PodResult) {
@@ -718,6 +749,17 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             .map_err(|e| format!("--state {}: cannot be created ({e})", d.display()))?;
     }
     for d in &job.destinations {
+        if job.dry_run {
+            // A dry run writes nothing to the destination, not even its missing directories.
+            if !d.is_dir() {
+                return Err(format!(
+                    "spec.destination: {} does not exist, and a dry run creates nothing; a pass would copy all of the source ({})",
+                    d.display(),
+                    "see `vfxt-ingest scan` for its size"
+                ));
+            }
+            continue;
+        }
         std::fs::create_dir_all(d)
             .map_err(|e| format!("spec.destination: {} cannot be created ({e})", d.display()))?;
     }
@@ -781,22 +823,27 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
     };
     let t = &plan.totals;
-    interim_status(state, job, Some(&plan), JobPhase::Copying, started);
     // Destinations found unresponsive, with why: no worker after uses them, in either phase.
     let avoided = Mutex::new(Vec::new());
-    let mut copy = run_phase(
-        job,
-        state,
-        &plan,
-        &plan_path,
-        Phase::Copy,
-        Expected {
-            files: t.files,
-            bytes: t.bytes,
-        },
-        args,
-        &avoided,
-    );
+    let mut copy = if job.dry_run {
+        // Nothing is copied: the verify phase compares, report only.
+        PhaseOutcome::skipped(plan.shards.len() as u64)
+    } else {
+        interim_status(state, job, Some(&plan), JobPhase::Copying, started);
+        run_phase(
+            job,
+            state,
+            &plan,
+            &plan_path,
+            Phase::Copy,
+            Expected {
+                files: t.files,
+                bytes: t.bytes,
+            },
+            args,
+            &avoided,
+        )
+    };
     if copy.worked {
         // Copying touches directories other shards share (their times are set by verify), so a
         // verify marker from before this copy no longer proves anything: verify every shard.
@@ -860,6 +907,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             verify.as_ref(),
             t0.elapsed().as_secs_f64(),
             state,
+            job.dry_run,
         );
     }
     if copy.unusable || verify.as_ref().is_some_and(|v| v.unusable) {
@@ -1017,8 +1065,12 @@ fn run_phase(
                 "--shards-at-once",
                 &at_once.to_string(),
             ])
-            .arg("--markers")
-            .arg(state.join("markers"))
+            .args(match job.dry_run {
+                // A dry run compares every shard (an earlier run's markers prove nothing about
+                // the destination now) and leaves none.
+                true => vec![OsString::from("--dry-run")],
+                false => vec![OsString::from("--markers"), state.join("markers").into()],
+            })
             .arg("--report")
             .arg(
                 state
@@ -1483,6 +1535,12 @@ fn build_status(
             files: t.files + t.others,
             bytes: t.bytes,
             excluded: t.excluded,
+            dry_run: job.dry_run.then(|| {
+                verification
+                    .as_ref()
+                    .map(VerificationCounts::dry_run)
+                    .unwrap_or_default()
+            }),
         },
     );
     let phase = if v.succeeded {
@@ -1531,9 +1589,34 @@ fn print_status(
     verify: Option<&PhaseOutcome>,
     secs: f64,
     state: &Path,
+    dry_run: bool,
 ) {
     let phase = s.phase.map(|p| p.as_str()).unwrap_or("Unknown");
     println!("{phase}: {}", s.message.as_deref().unwrap_or(""));
+    if dry_run {
+        // Nothing was copied: the message says what a pass would do; the paths are listed.
+        if let Some(v) = &s.verification {
+            println!(
+                "dry run: {} compared, {} up to date, {} to create, {} to update ({} to write), {} only in the destination, {} could not be compared",
+                v.checked,
+                v.matched,
+                v.missing,
+                v.mismatched,
+                bytes(v.differing_bytes),
+                v.extraneous,
+                v.errors
+            );
+        }
+        for f in &s.failures {
+            println!("  {}: {}", f.reason, f.path);
+        }
+        println!(
+            "state: {} (the reports list every path: vfxt-ingest report {})",
+            state.display(),
+            state.join("logs").display()
+        );
+        return;
+    }
     // What this invocation did, apart from the job's totals: a resumed run that found every shard
     // done copied nothing.
     let c = &copy.ran.copy;

@@ -143,6 +143,11 @@ pub struct Args {
     /// `verify.repair: false`).
     #[arg(long)]
     pub no_repair: bool,
+    /// Compare only (`spec.dryRun`; with `--phase verify`): no repairs, no directory times, no
+    /// probe, no markers. Differences are what a pass would do, not failures: only what could
+    /// not be compared counts as failed.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Flush each file to stable storage before it gets its final mtime (`spec.verify.fsync`).
     #[arg(long)]
     pub fsync: bool,
@@ -505,7 +510,11 @@ pub fn run(mut args: Args) -> Outcome {
     if args.threads == Threads::Fixed(0) {
         return refuse("--threads: must be at least 1 (got 0)".into());
     }
-    let verify: VerifyMode = args.verify.into();
+    let mut verify: VerifyMode = args.verify.into();
+    if args.dry_run && verify == VerifyMode::None {
+        // A dry run compares: by metadata, what the copy's up-to-date rule looks at too.
+        verify = VerifyMode::Metadata;
+    }
     let phases: Vec<Phase> = match args.phase {
         PhaseArg::Copy => vec![Phase::Copy],
         PhaseArg::Verify => vec![Phase::Verify],
@@ -514,6 +523,9 @@ pub fn run(mut args: Args) -> Outcome {
     // With --verify none the verify phase still runs: it only sets directory metadata, which
     // other shards' copies change until every shard is done.
 
+    if args.dry_run && args.phase != PhaseArg::Verify {
+        return refuse("--dry-run: only with --phase verify (a dry run copies nothing)".into());
+    }
     let filter = match ingest_copy::Filter::new(&plan.filter) {
         Ok(f) => f,
         Err(e) => return refuse(format!("--plan {}: filter: {e}", args.plan.display())),
@@ -523,7 +535,8 @@ pub fn run(mut args: Args) -> Outcome {
         filter,
         multilinked: linked_elsewhere(&plan),
         settle_dirs: settled_dirs(&plan),
-        repair: !args.no_repair,
+        repair: !args.no_repair && !args.dry_run,
+        dry_run: args.dry_run,
         fsync: args.fsync,
         ..Options::default()
     };
@@ -818,7 +831,7 @@ pub fn run(mut args: Args) -> Outcome {
             recorded += r;
         }
         entries.truncate(ingest_api::job::MAX_LISTED_FAILURES);
-        let mut result = pod_result(&total, &entries, recorded);
+        let mut result = pod_result(&total, &entries, recorded, args.dry_run);
         for again in &agains {
             again.discount(&mut result);
         }
@@ -858,7 +871,8 @@ pub fn run(mut args: Args) -> Outcome {
     if claims.is_some() {
         // The pass is finished: every shard's result, failures included, went to the operator.
         Outcome::Success
-    } else if failed.is_empty() && total.is_success() {
+    } else if failed.is_empty() && (total.is_success() || (args.dry_run && result.failed == 0)) {
+        // A dry run's differences are its answer; it failed only where it could not compare.
         Outcome::Success
     } else {
         Outcome::PartialFailure
@@ -974,6 +988,7 @@ impl ShardRun<'_> {
                     .map_err(|e| e.to_string())?
             };
             if summary.is_success()
+                && !args.dry_run
                 && let Some(dir) = &args.markers
             {
                 let m = Marker {
@@ -1020,7 +1035,12 @@ impl ShardRun<'_> {
         // destination with its threads stuck).
         let result = (self.claims.is_some() || args.claims).then(|| {
             let (entries, recorded) = again.inner.take();
-            let mut result = pod_result(&summary, &entries, recorded - *recorded_before);
+            let mut result = pod_result(
+                &summary,
+                &entries,
+                recorded - *recorded_before,
+                args.dry_run,
+            );
             *recorded_before = recorded;
             again.discount_since(&mut result, again_before);
             self.tally.lock().unwrap().claimed.add(&result);
@@ -1204,22 +1224,35 @@ pub fn add_summary(total: &mut Summary, s: &Summary) {
 }
 
 /// The engine's counts in the shape the operator reads (also what `run` aggregates).
-pub fn pod_result(s: &Summary, entries: &[ingest_copy::ReportEntry], recorded: u64) -> PodResult {
+/// `dry_run`: the differences a report-only verify found are what a pass would do, listed as
+/// such, and not failed entries.
+pub fn pod_result(
+    s: &Summary,
+    entries: &[ingest_copy::ReportEntry],
+    recorded: u64,
+    dry_run: bool,
+) -> PodResult {
     let failures: Vec<FileFailure> = entries
         .iter()
         .filter(|e| !matches!(e.outcome, EntryOutcome::Repaired | EntryOutcome::Matched))
         .map(|e| FileFailure {
-            path: e.path.to_escaped(),
+            // The root as `.`: an empty path is a shard-level failure's.
+            path: match e.path.is_root() {
+                true => ".".into(),
+                false => e.path.to_escaped(),
+            },
             reason: match &e.error {
+                _ if dry_run => e.dry_run_reason(),
                 Some(err) => format!("{}: {err}", e.op),
                 None => format!("{} {:?}", e.op, e.mismatches),
             },
         })
         .collect();
+    let unrepaired = s.verify.as_ref().map_or(0, |v| v.unrepaired);
     PodResult {
         files: s.copy.entries_done(),
         bytes: s.copy.bytes_copied,
-        failed: s.failed_entries(),
+        failed: s.failed_entries() - if dry_run { unrepaired } else { 0 },
         verification: s.verify.as_ref().map(verification),
         failures,
         failures_omitted: recorded.saturating_sub(entries.len() as u64),
@@ -1237,6 +1270,7 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
         repaired: v.repaired,
         errors: v.errors,
         verified: v.matched + v.repaired,
+        differing_bytes: v.differing_bytes,
     }
 }
 
