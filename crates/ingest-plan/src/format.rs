@@ -110,6 +110,9 @@ pub struct Totals {
     /// Entries the job's filters left out (an excluded directory once, not its contents).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub excluded: u64,
+    /// Regular files by the age of their mtime at the scan's start (`scan::AGE_BUCKETS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub age_histogram: Vec<u64>,
 }
 
 fn is_zero(n: &u64) -> bool {

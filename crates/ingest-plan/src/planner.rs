@@ -216,6 +216,7 @@ pub fn totals(scan: &Scan) -> Totals {
         errors: scan.error_count,
         size_histogram: scan.histogram.clone(),
         excluded: scan.excluded,
+        age_histogram: scan.age_histogram.clone(),
     }
 }
 

@@ -152,6 +152,8 @@ pub struct Scan {
     /// Sorted by (dev, ino, path).
     pub links: Vec<LinkEntry>,
     pub histogram: Vec<u64>,
+    /// Regular files by the age of their mtime at the scan's start: see [`AGE_BUCKETS`].
+    pub age_histogram: Vec<u64>,
     /// The first `max_errors` errors, sorted by path.
     pub errors: Vec<ScanErrorEntry>,
     /// Entries that failed `stat` (vanished, permission), and directories that could not be read.
@@ -189,6 +191,8 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     opts: ScanOptions,
+    /// Unix seconds ages are measured from: the filter's reference time, or the scan's start.
+    started: i64,
 }
 
 /// What one thread found; merged at the end.
@@ -197,6 +201,7 @@ struct Local {
     dirs: Vec<DirStats>,
     links: Vec<LinkEntry>,
     histogram: Vec<u64>,
+    ages: Vec<u64>,
     errors: Vec<ScanErrorEntry>,
     error_count: u64,
     unreadable: u64,
@@ -237,6 +242,11 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Scan, ScanError> {
         }),
         ready: Condvar::new(),
         opts: opts.clone(),
+        started: opts.filter.spec().reference_time.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        }),
     };
     let mut locals: Vec<Local> = Vec::new();
     std::thread::scope(|s| {
@@ -288,6 +298,7 @@ impl<'a> Thread<'a> {
             shared,
             local: Local {
                 histogram: vec![0; HISTOGRAM_BUCKETS],
+                ages: vec![0; AGE_BUCKETS.len()],
                 ..Local::default()
             },
             buf: vec![MaybeUninit::uninit(); 64 * 1024],
@@ -420,6 +431,10 @@ impl<'a> Thread<'a> {
                 d.files += 1;
                 d.bytes += size;
                 self.local.histogram[size_bucket(size)] += 1;
+                // `st_mtime`'s type differs between architectures.
+                #[allow(clippy::unnecessary_cast)]
+                let age = self.shared.started - st.st_mtime as i64;
+                self.local.ages[age_bucket(age)] += 1;
                 if st.st_nlink > 1 {
                     d.linked_files += 1;
                     d.linked_bytes += size;
@@ -482,6 +497,28 @@ impl<'a> Thread<'a> {
     }
 }
 
+/// Age buckets of files (by mtime, in seconds before the scan's start): a file is in the first
+/// bucket whose upper bound exceeds its age; the first holds mtimes in the future (clock skew).
+pub const AGE_BUCKETS: [(&str, i64); 9] = [
+    ("in the future", 0),
+    ("under 1 hour", 3600),
+    ("under 1 day", 86_400),
+    ("under 1 week", 7 * 86_400),
+    ("under 30 days", 30 * 86_400),
+    ("under 90 days", 90 * 86_400),
+    ("under 1 year", 365 * 86_400),
+    ("under 3 years", 3 * 365 * 86_400),
+    ("3 years or more", i64::MAX),
+];
+
+/// The [`AGE_BUCKETS`] index of a file `age` seconds old.
+pub fn age_bucket(age: i64) -> usize {
+    AGE_BUCKETS
+        .iter()
+        .position(|&(_, below)| age < below)
+        .unwrap_or(AGE_BUCKETS.len() - 1)
+}
+
 pub fn size_bucket(size: u64) -> usize {
     if size == 0 {
         0
@@ -500,11 +537,15 @@ fn merge(locals: Vec<Local>, max_errors: usize) -> Scan {
     let mut dirs = Vec::new();
     let mut links = Vec::new();
     let mut histogram = vec![0u64; HISTOGRAM_BUCKETS];
+    let mut age_histogram = vec![0u64; AGE_BUCKETS.len()];
     let mut errors = Vec::new();
     let (mut error_count, mut unreadable, mut excluded) = (0, 0, 0);
     for l in locals {
         dirs.extend(l.dirs);
         links.extend(l.links);
+        for (h, v) in age_histogram.iter_mut().zip(l.ages) {
+            *h += v;
+        }
         for (h, v) in histogram.iter_mut().zip(l.histogram) {
             *h += v;
         }
@@ -521,6 +562,7 @@ fn merge(locals: Vec<Local>, max_errors: usize) -> Scan {
         dirs,
         links,
         histogram,
+        age_histogram,
         errors,
         error_count,
         unreadable,
@@ -616,5 +658,20 @@ impl SplitMix {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod age_tests {
+    use super::*;
+
+    #[test]
+    fn ages_fall_in_the_first_bucket_whose_bound_exceeds_them() {
+        assert_eq!(AGE_BUCKETS[age_bucket(-5)].0, "in the future");
+        assert_eq!(AGE_BUCKETS[age_bucket(0)].0, "under 1 hour");
+        assert_eq!(AGE_BUCKETS[age_bucket(3599)].0, "under 1 hour");
+        assert_eq!(AGE_BUCKETS[age_bucket(3600)].0, "under 1 day");
+        assert_eq!(AGE_BUCKETS[age_bucket(400 * 86_400)].0, "under 3 years");
+        assert_eq!(AGE_BUCKETS[age_bucket(i64::MAX)].0, "3 years or more");
     }
 }

@@ -103,6 +103,12 @@ fn scan_counts_match_an_independent_walk() {
     assert_eq!(root.dirs, dirs.len() as u64);
     assert_eq!(s.dirs.len(), dirs.len());
     assert_eq!(s.histogram.iter().sum::<u64>(), files.len() as u64);
+    // Every file has an age; the generator's files are new.
+    assert_eq!(s.age_histogram.iter().sum::<u64>(), files.len() as u64);
+    assert_eq!(
+        s.age_histogram[ingest_plan::scan::age_bucket(0)],
+        files.len() as u64
+    );
     assert_eq!(s.links.len(), files.iter().filter(|f| f.nlink > 1).count());
     assert_eq!(s.error_count, 0);
 }

@@ -353,6 +353,14 @@ pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
     for (b, n) in t.size_histogram.iter().enumerate().filter(|(_, n)| **n > 0) {
         println!("  {:>24} {n}", bucket_label(b));
     }
+    if t.age_histogram.iter().any(|n| *n > 0) {
+        println!("file ages (mtime, from the scan's start):");
+        for (n, (label, _)) in t.age_histogram.iter().zip(ingest_plan::scan::AGE_BUCKETS) {
+            if *n > 0 {
+                println!("  {label:>24} {n}");
+            }
+        }
+    }
     println!("largest directories (own entries):");
     for d in s.largest_dirs(5) {
         let path = if d.path.is_root() {
@@ -394,9 +402,20 @@ pub fn summary_json(s: &Scan, p: &Plan, secs: f64) -> serde_json::Value {
         .filter(|(_, n)| **n > 0)
         .map(|(b, n)| serde_json::json!({"bucket": bucket_label(b), "minBytes": if b == 0 { 0 } else { 1u64 << (b - 1) }, "files": n}))
         .collect();
+    let ages: Vec<serde_json::Value> = p
+        .totals
+        .age_histogram
+        .iter()
+        .zip(ingest_plan::scan::AGE_BUCKETS)
+        .filter(|(n, _)| **n > 0)
+        .map(|(n, (label, below))| {
+            serde_json::json!({"bucket": label, "belowSeconds": (below < i64::MAX).then_some(below), "files": n})
+        })
+        .collect();
     serde_json::json!({
         "totals": p.totals,
         "sizeHistogram": hist,
+        "ageHistogram": ages,
         "largestDirectories": largest,
         "shards": p.shards.len(),
         "prediction": p.prediction,
