@@ -795,6 +795,91 @@ pub struct IngestJobStatus {
     /// shards and their summed results (see the operator's README, "Claims").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<crate::claims::RunCheckpoint>,
+    /// The job's finished runs, newest last (at most [`MAX_PASSES`]): a migration's passes (the
+    /// bulk copy, the deltas, dry runs, the final pass) side by side. A run's record is written
+    /// when it finishes and stays when the next run starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<PassRecord>,
+}
+
+/// Finished runs kept in `status.passes`.
+pub const MAX_PASSES: usize = 10;
+
+/// What kind of run a pass was.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PassMode {
+    /// Copied (and verified, unless `verify.mode: None`).
+    #[default]
+    Copy,
+    /// Compared only (`spec.dryRun`).
+    DryRun,
+}
+
+/// One finished run of the job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PassRecord {
+    /// `spec.run` of the pass.
+    pub run: i64,
+    pub mode: PassMode,
+    /// Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The Ready condition's reason: Succeeded, SucceededWithFailures, DryRun, DestinationDiffers...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Non-directory entries at the destination at the end, copied or found up to date.
+    #[serde(default)]
+    pub files: u64,
+    /// Bytes the pass wrote.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Entries that ended failed.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub failed_files: u64,
+    /// Entries `spec.filter` left out.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub excluded: u64,
+    /// What its verify pass found (for a dry run: what a pass would change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationCounts>,
+}
+
+impl IngestJobStatus {
+    /// `passes` with this status's finished run recorded (replacing an earlier record of the
+    /// same run and mode), the oldest dropped beyond [`MAX_PASSES`]. Unchanged while the run is not
+    /// finished.
+    pub fn with_pass_recorded(&self, mode: PassMode, reason: &str) -> Vec<PassRecord> {
+        let mut passes = self.passes.clone();
+        let (Some(run), Some(phase)) = (self.run, self.phase) else {
+            return passes;
+        };
+        if !phase.is_finished() {
+            return passes;
+        }
+        // A dry run and the copy after it may share a run number: both are kept.
+        passes.retain(|p| (p.run, p.mode) != (run, mode));
+        passes.push(PassRecord {
+            run,
+            mode,
+            phase: Some(phase),
+            reason: reason.to_owned(),
+            start_time: self.start_time.clone(),
+            completion_time: self.completion_time.clone(),
+            files: self.progress.as_ref().map_or(0, |p| p.files),
+            bytes: self.progress.as_ref().map_or(0, |p| p.bytes),
+            failed_files: self.failed_files,
+            excluded: self.totals.as_ref().map_or(0, |t| t.excluded),
+            verification: self.verification.clone(),
+        });
+        let extra = passes.len().saturating_sub(MAX_PASSES);
+        passes.drain(..extra);
+        passes
+    }
 }
 
 /// Where the full reports of a run are.

@@ -7,8 +7,8 @@ use ingest_api::conditions::{condition, merge_conditions};
 use ingest_api::constants::{conditions as ct, labels, reasons};
 use ingest_api::validate::SpecErrors;
 use ingest_api::{
-    FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, Phase, Progress,
-    ReportStatus, ServerState, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
+    FailureAction, FileFailure, IngestJob, IngestJobStatus, MAX_LISTED_FAILURES, PassMode, Phase,
+    Progress, ReportStatus, ServerState, ServerStatus, ShardCounts, VerificationCounts, VerifyMode,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -267,6 +267,7 @@ pub fn compute(
             .clone()
             .filter(|_| same_run)
             .or(Some(Time(now))),
+        passes: prev.passes.clone(),
         ..Default::default()
     };
     let started = st.start_time.as_ref().map_or(now, |t| t.0);
@@ -556,6 +557,14 @@ pub fn compute(
             .clone()
             .filter(|_| same_run && prev.phase == st.phase)
             .or(Some(Time(now)));
+        let mode = match stage.plan().map_or(spec.dry_run, |(_, l)| l.dry_run) {
+            true => PassMode::DryRun,
+            false => PassMode::Copy,
+        };
+        let reason = ingest_api::conditions::find(&st.conditions, ct::READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default();
+        st.passes = st.with_pass_recorded(mode, &reason);
     }
     st
 }

@@ -2248,11 +2248,24 @@ fn a_dry_run_scans_then_only_compares_and_says_what_a_pass_would_do() {
     let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(10));
     assert_eq!(st.phase, Some(Phase::Succeeded), "{st:?}");
     assert_eq!(ready_reason(&st), "DryRun");
-    let m = st.message.unwrap();
+    let m = st.message.clone().unwrap();
     assert!(
         m.starts_with("dry run, nothing written: a pass would create 9 entries, update 3 entries and write 9.0 MiB; 3 entries only in the destination"),
         "{m}"
     );
     assert!(!m.contains("identical"), "{m}");
     assert_eq!(st.failed_files, 0);
+    // The run is in the job's history, and stays there when the next run starts.
+    assert_eq!(st.passes.len(), 1);
+    let p = &st.passes[0];
+    assert_eq!(
+        (p.run, p.mode, p.reason.as_str()),
+        (0, ingest_api::PassMode::DryRun, "DryRun")
+    );
+    assert_eq!(p.verification.as_ref().unwrap().missing, 9);
+    ij.status = Some(st);
+    ij.spec.dry_run = false;
+    ij.spec.run = 1;
+    let next = compute(&ij, &empty(), &Stage::Scan, &no_passes(), at(20));
+    assert_eq!(next.passes.len(), 1, "{next:?}");
 }

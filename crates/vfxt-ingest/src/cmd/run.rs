@@ -891,7 +891,21 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         v => v,
     };
     let avoided = avoided.into_inner().unwrap();
-    let status = build_status(job, &plan, &copy, verify.as_ref(), &avoided, started);
+    let mut status = build_status(job, &plan, &copy, verify.as_ref(), &avoided, started);
+    // The passes before this one, from the status the last run left.
+    status.passes = earlier_passes(state);
+    let reason = status
+        .conditions
+        .first()
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    status.passes = status.with_pass_recorded(
+        match job.dry_run {
+            true => ingest_api::job::PassMode::DryRun,
+            false => ingest_api::job::PassMode::Copy,
+        },
+        &reason,
+    );
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     write_durably(&state.join("status.yaml"), yaml.as_bytes())
         .map_err(|e| format!("--state: status not written ({e})"))?;
@@ -958,11 +972,21 @@ fn interim_status(
             ..ShardCounts::default()
         }),
         start_time: Some(now_time(started)),
+        passes: earlier_passes(state),
         ..IngestJobStatus::default()
     };
     let yaml = serde_yaml::to_string(&status).expect("status serializes");
     // Best effort: the final status is the one that must be written.
     let _ = write_durably(&state.join("status.yaml"), yaml.as_bytes());
+}
+
+/// The finished runs the status in `state` records (none when there is no status yet).
+fn earlier_passes(state: &Path) -> Vec<ingest_api::job::PassRecord> {
+    std::fs::read_to_string(state.join("status.yaml"))
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<IngestJobStatus>(&t).ok())
+        .map(|s| s.passes)
+        .unwrap_or_default()
 }
 
 fn say(args: &Args, line: &str) {
@@ -1549,9 +1573,19 @@ fn build_status(
         JobPhase::Failed
     };
     let (message, failed_files) = (v.message, v.failed_files);
+    let finished = now_time(Timestamp::now());
     IngestJobStatus {
         phase: Some(phase),
         run: Some(job.run),
+        // The cluster's Ready condition, with the verdict's reason (DryRun, DestinationDiffers...).
+        conditions: vec![ingest_api::conditions::condition(
+            ingest_api::constants::conditions::READY,
+            v.succeeded,
+            v.reason.as_str(),
+            message.clone(),
+            None,
+            finished.clone(),
+        )],
         message: Some(message),
         totals: Some(status_totals(t)),
         progress: Some(JobProgress {
@@ -1578,7 +1612,7 @@ fn build_status(
         failed_files,
         failures,
         start_time: Some(now_time(started)),
-        completion_time: Some(now_time(Timestamp::now())),
+        completion_time: Some(finished),
         ..IngestJobStatus::default()
     }
 }
