@@ -145,6 +145,11 @@ pub struct IngestJobSpec {
     /// the next scan (a run in progress keeps the filter its scan applied).
     #[serde(default, skip_serializing_if = "EntryFilter::is_empty")]
     pub filter: EntryFilter,
+    /// How fast the whole job may write, divided evenly among its worker pods: bytes per second
+    /// of file data and entries per second handled. Unset: as fast as it goes. Takes effect with
+    /// the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
     /// Pod settings for the scan and worker pods.
     #[serde(default)]
     pub worker: WorkerTemplate,
@@ -506,6 +511,36 @@ impl EntryFilter {
             )),
             Err(e) => Err(("spec.filter".into(), e.to_string())),
         }
+    }
+}
+
+/// Rates for a whole job.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// File data written per second, all pods together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub bytes_per_second: Option<u64>,
+    /// Entries (files, symlinks, ...) handled per second, all pods together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub files_per_second: Option<u64>,
+}
+
+impl Limits {
+    /// Each of `workers` worker processes' flags (`--bytes-per-second`, `--files-per-second`):
+    /// its share, rounded up.
+    pub fn worker_args(&self, workers: u32) -> Vec<String> {
+        let share = |v: Option<u64>| v.map(|v| v.div_ceil(u64::from(workers.max(1))).max(1));
+        let mut out = Vec::new();
+        if let Some(b) = share(self.bytes_per_second) {
+            out.extend(["--bytes-per-second".to_owned(), b.to_string()]);
+        }
+        if let Some(f) = share(self.files_per_second) {
+            out.extend(["--files-per-second".to_owned(), f.to_string()]);
+        }
+        out
     }
 }
 

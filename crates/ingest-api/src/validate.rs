@@ -126,6 +126,19 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if spec.shards.target == Some(0) {
         bad("spec.shards.target", "must be at least 1".into());
     }
+    if let Some(l) = &spec.limits {
+        for (field, v) in [
+            ("spec.limits.bytesPerSecond", l.bytes_per_second),
+            ("spec.limits.filesPerSecond", l.files_per_second),
+        ] {
+            if v == Some(0) {
+                bad(
+                    field,
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+            }
+        }
+    }
     if spec.run < 0 {
         bad("spec.run", "must not be negative".into());
     }

@@ -4,6 +4,7 @@
 
 mod measure;
 mod report;
+mod throttle;
 mod tools;
 mod verify;
 
@@ -38,6 +39,9 @@ enum Cmd {
     /// Times each verifier checking an identical copy of each dataset, then checks that each
     /// one that reads contents finds one flipped byte.
     Verify(verify::VerifyArgs),
+    /// Checks `vfxt-ingest copy --bytes-per-second` and `--files-per-second` hold their limits
+    /// (within ±10% over the middle of a run of about --seconds) and still copy identically.
+    Throttle(throttle::ThrottleArgs),
 }
 
 #[derive(clap::Args)]
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Copy(args) => exit(copy(&args)),
         Cmd::Verify(args) => exit(verify::verify(&args)),
+        Cmd::Throttle(args) => exit(throttle::throttle(&args)),
     }
 }
 

@@ -1072,6 +1072,9 @@ impl<'a> Walk<'a> {
         }
         match self.pass {
             Pass::Copy => {
+                if let Some(t) = &self.opts.throttle {
+                    t.entry();
+                }
                 match self.copy_entry(dir, name, &sm, local, false) {
                     Ok(()) => {}
                     // Listed and stat'ed, then gone before it could be opened.
@@ -1623,6 +1626,47 @@ impl<'a> Walk<'a> {
     }
 
     /// Copies `[off, off+len)`; for sparse sources only the data regions, leaving holes.
+    /// Copies bytes `[off, off + len)`, within the job's byte rate when it has one (in pieces of
+    /// a tenth of a second's worth, each waited for before it is written).
+    fn copy_data(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        off: u64,
+        len: u64,
+        local: &mut Local,
+    ) -> io::Result<u64> {
+        let copy = |off, len, local: &mut Local| {
+            sys::copy_range(
+                src.as_fd(),
+                dst.as_fd(),
+                off,
+                len,
+                &mut local.buf,
+                &self.use_cfr,
+            )
+        };
+        let Some((t, piece)) = self
+            .opts
+            .throttle
+            .as_deref()
+            .and_then(|t| Some((t, t.piece()?)))
+        else {
+            return copy(off, len, local);
+        };
+        let mut done = 0;
+        while done < len {
+            let want = piece.min(len - done);
+            t.bytes(want);
+            let n = copy(off + done, want, local)?;
+            done += n;
+            if n < want {
+                break; // the source shrank: the caller sees a short copy
+            }
+        }
+        Ok(done)
+    }
+
     fn write_range(
         &self,
         src: &OwnedFd,
@@ -1644,15 +1688,9 @@ impl<'a> Walk<'a> {
                     break;
                 }
                 let stop = stop.min(end);
-                let n = sys::copy_range(
-                    src.as_fd(),
-                    dst.as_fd(),
-                    start,
-                    stop - start,
-                    &mut local.buf,
-                    &self.use_cfr,
-                )
-                .op("write")?;
+                let n = self
+                    .copy_data(src, dst, start, stop - start, local)
+                    .op("write")?;
                 written += n;
                 if n < stop - start {
                     return Err((
@@ -1666,15 +1704,7 @@ impl<'a> Walk<'a> {
                 pos = stop;
             }
         } else {
-            written = sys::copy_range(
-                src.as_fd(),
-                dst.as_fd(),
-                off,
-                len,
-                &mut local.buf,
-                &self.use_cfr,
-            )
-            .op("write")?;
+            written = self.copy_data(src, dst, off, len, local).op("write")?;
             if written < len {
                 return Err((
                     "read",

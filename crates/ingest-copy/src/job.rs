@@ -14,6 +14,7 @@ use ingest_path::RelPath;
 
 use crate::concurrency::Concurrency;
 use crate::mirror::MaxDeletes;
+use crate::throttle::Throttle;
 
 /// One piece of the source tree. A whole copy is `Scope::Tree(RelPath::root())`; the shard
 /// planner describes its shards with the other forms so that a plan never lists files.
@@ -203,6 +204,9 @@ pub struct Options {
     /// no settle step (directory times, split files' metadata), which a sharded job's verify
     /// phase otherwise runs as the copy's last step.
     pub dry_run: bool,
+    /// Bytes and entries per second the copy may write, shared by every run holding this
+    /// `Arc` (a worker's shards); `None`: as fast as it goes.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl Default for Options {
@@ -224,6 +228,7 @@ impl Default for Options {
             filter: Filter::none(),
             mirror: None,
             dry_run: false,
+            throttle: None,
         }
     }
 }

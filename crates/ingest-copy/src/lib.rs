@@ -19,6 +19,7 @@ mod repair;
 pub mod report;
 mod setup;
 mod sys;
+pub mod throttle;
 mod verify;
 
 use std::time::Instant;
@@ -34,6 +35,7 @@ pub use report::{
     VerifyCounts,
 };
 pub use setup::{SetupError, Target, resolve_target};
+pub use throttle::{RateLimit, Throttle};
 
 use engine::{Pass, Walk};
 

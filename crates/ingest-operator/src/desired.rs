@@ -246,7 +246,7 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             ij,
             &worker,
             role,
-            worker_args(ij, role, &servers, settings, layout.dry_run),
+            worker_args(ij, role, &servers, settings, layout),
             Some(WorkerMounts {
                 servers: &servers,
                 plan_chunks,
@@ -424,7 +424,7 @@ fn worker_args(
     role: &str,
     servers: &[(usize, &String)],
     settings: &Settings,
-    dry_run: bool,
+    layout: &crate::stage::Layout,
 ) -> Vec<String> {
     let s = &ij.spec;
     let verify = match s.verify.mode {
@@ -475,9 +475,13 @@ fn worker_args(
     if !s.verify.repair {
         args.push("--no-repair".into());
     }
-    if dry_run {
+    if layout.dry_run {
         // Compare only (the run has no copy pass).
         args.push("--dry-run".into());
+    }
+    if let Some(l) = &s.limits {
+        // The job's rates, divided among its worker pods.
+        args.extend(l.worker_args(layout.workers));
     }
     if s.verify.fsync {
         args.push("--fsync".into());

@@ -2269,3 +2269,27 @@ fn a_dry_run_scans_then_only_compares_and_says_what_a_pass_would_do() {
     let next = compute(&ij, &empty(), &Stage::Scan, &no_passes(), at(20));
     assert_eq!(next.passes.len(), 1, "{next:?}");
 }
+
+/// `spec.limits` is for the whole job: each worker pod gets its share, rounded up.
+#[test]
+fn the_jobs_rate_limits_are_divided_among_its_worker_pods() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.workers = Some(3);
+    ij.spec.limits = Some(ingest_api::Limits {
+        bytes_per_second: Some(100 << 20),
+        files_per_second: Some(10),
+    });
+    let obs = scanned(&ij, 9, totals(), false);
+    let st = stage(&ij, &obs, &no_passes());
+    let copies = role_jobs(&desired(&ij, &st, &settings()).unwrap(), "copy");
+    let a = args(&copies[0]);
+    assert!(
+        a.windows(2)
+            .any(|w| w == ["--bytes-per-second", "34952534"]),
+        "{a:?}"
+    );
+    assert!(
+        a.windows(2).any(|w| w == ["--files-per-second", "4"]),
+        "{a:?}"
+    );
+}

@@ -894,3 +894,33 @@ fn a_mirror_killed_mid_deletion_finishes_when_run_again() {
     let diffs = compare(&src, &dest, &compare_opts());
     assert!(diffs.is_empty(), "{diffs:?}");
 }
+
+/// A rate-limited copy is a copy like any other (the limit's accuracy is `vfxt-bench throttle`'s
+/// business, not a timed test's); a limit of 0 is refused naming the flag.
+#[test]
+fn a_rate_limited_copy_is_identical_and_a_zero_limit_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = mixed_source(tmp.path());
+    let dest = tmp.path().join("dest");
+    let out = copy(
+        &[&src, &dest],
+        &[
+            "--bytes-per-second",
+            "1073741824",
+            "--files-per-second",
+            "100000",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let diffs = compare(&src, &dest, &compare_opts());
+    assert!(diffs.is_empty(), "{diffs:?}");
+    for flag in ["--bytes-per-second", "--files-per-second"] {
+        let out = copy(&[&src, &tmp.path().join("d2")], &[flag, "0"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{}", stderr(&out));
+        assert!(
+            !tmp.path().join("d2").exists(),
+            "a refused copy creates nothing"
+        );
+    }
+}

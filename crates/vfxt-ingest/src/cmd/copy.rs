@@ -145,6 +145,31 @@ pub struct Args {
     /// below it) or a percentage of the destination's entries in scope.
     #[arg(long, value_name = "N|P%", requires = "mirror", value_parser = MaxDeletes::parse, default_value = "1%")]
     pub max_deletes: MaxDeletes,
+    #[command(flatten)]
+    pub rate: RateArgs,
+}
+
+/// How fast a copy may write; shared by `copy` and `worker` (the operator and `run` give each
+/// worker its share of `spec.limits`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RateArgs {
+    /// Write at most this many bytes of file data per second (all threads together).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bytes_per_second: Option<u64>,
+    /// Handle at most this many entries per second (all threads together).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub files_per_second: Option<u64>,
+}
+
+impl RateArgs {
+    /// The engine's throttle, shared by every run that gets a clone of it; `None`: no limit.
+    pub fn throttle(&self) -> Option<std::sync::Arc<ingest_copy::Throttle>> {
+        ingest_copy::Throttle::new(ingest_copy::RateLimit {
+            bytes_per_second: self.bytes_per_second,
+            files_per_second: self.files_per_second,
+        })
+        .map(std::sync::Arc::new)
+    }
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -160,6 +185,7 @@ pub fn run(args: Args) -> Outcome {
         filter,
         mirror: args.mirror.then_some(args.max_deletes),
         dry_run: args.dry_run,
+        throttle: args.rate.throttle(),
         ..Options::default()
     };
     if args.verify_only || args.dry_run {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use ingest_api::claims::MountFigures;
 use ingest_api::job::{
     Destination, DestinationNfs, EntryFilter, FailureAction, FailurePolicy, FileFailure,
-    IngestJobSpec, IngestJobStatus, NfsSource, Phase as JobPhase, Preserve,
+    IngestJobSpec, IngestJobStatus, Limits, NfsSource, Phase as JobPhase, Preserve,
     Progress as JobProgress, PvcSource, ReportTarget, ServerState, ServerStatus, ShardCounts,
     ShardSizing, Source, ThreadsPerWorker, VerificationCounts, Verify, VerifyMode as JobVerifyMode,
     WorkerTemplate,
@@ -159,6 +159,8 @@ struct RunSpec {
     #[serde(default)]
     dry_run: bool,
     #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
     worker: WorkerTemplate,
     /// Checked as in the cluster; a local run writes its reports to its state directory.
     #[serde(default)]
@@ -243,6 +245,9 @@ struct Resolved {
     /// `spec.dryRun` or `--dry-run`: compare only.
     #[serde(default)]
     dry_run: bool,
+    /// `spec.limits`, for the whole job: each worker gets its share.
+    #[serde(default)]
+    limits: Option<Limits>,
 }
 
 /// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
@@ -476,6 +481,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         // paused with Ctrl-Z.
         suspend: false,
         dry_run: spec.dry_run,
+        limits: spec.limits,
         filter: spec.filter.clone(),
         worker: spec.worker.clone(),
         report: spec.report.clone(),
@@ -609,6 +615,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         // Checked with the rest of the spec above.
         filter: spec.filter.to_spec().unwrap_or_default(),
         dry_run: spec.dry_run || args.dry_run,
+        limits: spec.limits,
     })
 }
 
@@ -1125,6 +1132,9 @@ fn run_phase(
         }
         if job.fsync {
             cmd.arg("--fsync");
+        }
+        if let Some(l) = &job.limits {
+            cmd.args(l.worker_args(workers));
         }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.

@@ -148,6 +148,9 @@ pub struct Args {
     /// not be compared counts as failed.
     #[arg(long)]
     pub dry_run: bool,
+    /// This worker's share of the job's rate limits (`spec.limits`), for all its shards.
+    #[command(flatten)]
+    pub rate: crate::cmd::copy::RateArgs,
     /// Flush each file to stable storage before it gets its final mtime (`spec.verify.fsync`).
     #[arg(long)]
     pub fsync: bool,
@@ -538,6 +541,7 @@ pub fn run(mut args: Args) -> Outcome {
         repair: !args.no_repair && !args.dry_run,
         dry_run: args.dry_run,
         fsync: args.fsync,
+        throttle: args.rate.throttle(),
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
