@@ -140,43 +140,43 @@ pub fn throttle(args: &ThrottleArgs) -> Result<bool, BenchError> {
             fs::write(&f, data).map_err(io_err("write", &f))?;
         }
     }
+    // (what, tree, flag, limit, the sample's figure it limits: bytes or files)
+    type Case<'a> = (
+        &'static str,
+        &'a Path,
+        &'static str,
+        u64,
+        fn((u64, u64)) -> u64,
+    );
+    let cases: [Case; 2] = [
+        (
+            "bytes/s",
+            &big,
+            "--bytes-per-second",
+            args.bytes_per_second,
+            |s| s.0,
+        ),
+        (
+            "files/s",
+            &small,
+            "--files-per-second",
+            args.files_per_second,
+            |s| s.1,
+        ),
+    ];
     let mut rows = Vec::new();
-    let (rate, secs, ok) = timed_copy(
-        args,
-        &big,
-        &dst,
-        &[
-            "--bytes-per-second".into(),
-            args.bytes_per_second.to_string(),
-        ],
-        |s| s.0,
-    )?;
-    rows.push(Row {
-        limit: "bytes/s",
-        target: args.bytes_per_second as f64,
-        achieved: rate,
-        ratio: rate / args.bytes_per_second as f64,
-        seconds: secs,
-        identical: ok,
-    });
-    let (rate, secs, ok) = timed_copy(
-        args,
-        &small,
-        &dst,
-        &[
-            "--files-per-second".into(),
-            args.files_per_second.to_string(),
-        ],
-        |s| s.1,
-    )?;
-    rows.push(Row {
-        limit: "files/s",
-        target: args.files_per_second as f64,
-        achieved: rate,
-        ratio: rate / args.files_per_second as f64,
-        seconds: secs,
-        identical: ok,
-    });
+    for (limit, tree, flag, target, pick) in cases {
+        let (rate, secs, ok) =
+            timed_copy(args, tree, &dst, &[flag.into(), target.to_string()], pick)?;
+        rows.push(Row {
+            limit,
+            target: target as f64,
+            achieved: rate,
+            ratio: rate / target as f64,
+            seconds: secs,
+            identical: ok,
+        });
+    }
     let _ = fs::remove_dir_all(&dst);
     println!(
         "{:<8} {:>14} {:>14} {:>7} {:>8} {:>9}",

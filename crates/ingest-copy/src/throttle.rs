@@ -57,10 +57,6 @@ impl Throttle {
         })
     }
 
-    pub fn limit(&self) -> RateLimit {
-        self.limit
-    }
-
     /// The largest piece of data to copy in one call: about a tenth of a second's worth.
     pub fn piece(&self) -> Option<u64> {
         self.limit

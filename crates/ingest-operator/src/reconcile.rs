@@ -522,8 +522,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             .filter_map(|p| p.metadata.name.as_deref())
             .collect::<Vec<_>>()
     };
-    if stage::frozen_spec(ij, obs).dry_run {
-        // No copy pass: the verify pass compares from the start.
+    let verify_pass = || -> Result<()> {
         claims
             .ensure(
                 ij,
@@ -533,6 +532,11 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             )
             .map_err(plan_error)?;
         claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
+        Ok(())
+    };
+    if stage::frozen_spec(ij, obs).dry_run {
+        // No copy pass: the verify pass compares from the start.
+        verify_pass()?;
         return Ok(claims.views(ij));
     }
     claims
@@ -552,15 +556,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
         .copy
         .is_some_and(|v| (v.finished || copy_job_ended) && v.stopped.is_none())
     {
-        claims
-            .ensure(
-                ij,
-                labels::ROLE_VERIFY,
-                plan.shards,
-                checkpoint.verify.as_ref(),
-            )
-            .map_err(plan_error)?;
-        claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
+        verify_pass()?;
     }
     Ok(claims.views(ij))
 }

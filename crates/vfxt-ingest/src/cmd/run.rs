@@ -634,6 +634,7 @@ struct WorkerState {
     mounts: Vec<MountFigures>,
 }
 
+#[derive(Default)]
 struct PhaseOutcome {
     /// The job's totals: this invocation's work and the shards done before (their markers).
     summary: Summary,
@@ -668,19 +669,8 @@ impl PhaseOutcome {
     /// A phase that did not run (a dry run's copy): nothing done, every shard accounted for.
     fn skipped(shards: u64) -> PhaseOutcome {
         PhaseOutcome {
-            summary: Summary::default(),
-            ran: Summary::default(),
-            shards_before: 0,
-            seconds: 0.0,
-            failures: Vec::new(),
-            failed_files: 0,
             accounted_shards: shards,
-            verification: None,
-            mounts: Vec::new(),
-            broken: Vec::new(),
-            died: Vec::new(),
-            unusable: false,
-            worked: false,
+            ..PhaseOutcome::default()
         }
     }
 
@@ -760,9 +750,8 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             // A dry run writes nothing to the destination, not even its missing directories.
             if !d.is_dir() {
                 return Err(format!(
-                    "spec.destination: {} does not exist, and a dry run creates nothing; a pass would copy all of the source ({})",
-                    d.display(),
-                    "see `vfxt-ingest scan` for its size"
+                    "spec.destination: {} does not exist, and a dry run creates nothing; a pass would copy all of the source (`vfxt-ingest scan` says how much)",
+                    d.display()
                 ));
             }
             continue;
@@ -1253,19 +1242,8 @@ fn run_phase(
     let broken = broken.into_inner().unwrap();
 
     let mut out = PhaseOutcome {
-        summary: Summary::default(),
-        ran: Summary::default(),
-        shards_before: 0,
-        seconds: 0.0,
-        failures: Vec::new(),
-        failed_files: 0,
-        accounted_shards: 0,
-        verification: None,
-        mounts: Vec::new(),
         broken,
-        died: Vec::new(),
-        unusable: false,
-        worked: false,
+        ..PhaseOutcome::default()
     };
     out.worked = !out.broken.is_empty();
     // Shards count as done when their worker said so (a `shard` event), whoever ran them.
