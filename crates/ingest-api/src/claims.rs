@@ -214,6 +214,10 @@ pub struct ClaimResponse {
     /// Destination mounts found unresponsive: write through none of them (from the next shard).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid: Vec<String>,
+    /// The prune pass (`spec.mode: Mirror`): how many entries each shard given may delete, at
+    /// most (what its copy found). A shard not listed may delete nothing.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub deletes: std::collections::BTreeMap<u32, u64>,
 }
 
 impl ingest_job::Tally for PodResult {
@@ -225,6 +229,9 @@ impl ingest_job::Tally for PodResult {
             self.verification
                 .get_or_insert_with(Default::default)
                 .add(v);
+        }
+        if let Some(m) = &o.mirror {
+            self.mirror.get_or_insert_with(Default::default).add(m);
         }
         let room = MAX_LISTED_FAILURES.saturating_sub(self.failures.len());
         self.failures.extend(o.failures.iter().take(room).cloned());
@@ -255,6 +262,10 @@ pub struct PassCheckpoint {
     /// Verify pass: comparison counts of the completed shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationCounts>,
+    /// `spec.mode: Mirror`: what the completed shards found only in the destination (copy
+    /// pass) or deleted (prune pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::report::MirrorResult>,
     /// Why a worker stopped the pass (unusable input).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -270,6 +281,9 @@ pub struct PassCheckpoint {
 pub struct RunCheckpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<PassCheckpoint>,
+    /// `spec.mode: Mirror`: the pass that deletes what the copy pass found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PassCheckpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<PassCheckpoint>,
 }
@@ -283,6 +297,7 @@ impl From<&ingest_job::Checkpoint<PodResult>> for PassCheckpoint {
             bytes: c.sum.bytes,
             failed: c.sum.failed,
             verification: c.sum.verification.clone(),
+            mirror: c.sum.mirror.clone(),
             stopped: c.stopped.clone(),
             avoided: c.avoided.iter().cloned().collect(),
         }
@@ -299,6 +314,7 @@ impl From<&PassCheckpoint> for ingest_job::Checkpoint<PodResult> {
                 bytes: c.bytes,
                 failed: c.failed,
                 verification: c.verification.clone(),
+                mirror: c.mirror.clone(),
                 ..PodResult::default()
             },
             stopped: c.stopped.clone(),

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,19 @@ pub struct IngestJobSpec {
     /// scan starts: set it to false and bump `spec.run` to copy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// `Copy` (the default) adds and updates, and deletes nothing. `Mirror` also deletes what is
+    /// only in the destination, safely: only names in the job's scope that the filter keeps, only
+    /// in directories whose source listing succeeded in this pass, and only when the whole copy
+    /// pass found no more than `maxDeletes` and failed no more entries than the failure policy
+    /// allows (else nothing at all is deleted, and the status says why). A dry run with `Mirror`
+    /// shows what would be deleted. Fixed when the run's scan starts.
+    #[serde(default, skip_serializing_if = "Mode::is_copy")]
+    pub mode: Mode,
+    /// With `mode: Mirror`: the most entries one pass may delete (a directory counts with
+    /// everything below it), as a count (`1000`) or a percentage of the destination's entries in
+    /// scope (`"5%"`). Above it, the pass deletes nothing. Default `"1%"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deletes: Option<IntOrString>,
     /// Pauses the run: workers finish the shards they are running (each counted) and take no new
     /// ones until it is set back to false; the IngestJob says `Ready=False`, reason `Suspended`.
     /// The scan, when running, goes on to its end. Nothing is lost: the run resumes where it
@@ -807,6 +821,9 @@ pub struct IngestJobStatus {
     /// Per destination server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<ServerStatus>,
+    /// What `mode: Mirror` deleted after the copy pass, or why it deleted nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorStatus>,
     /// Verify pass counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationCounts>,
@@ -840,6 +857,66 @@ pub struct IngestJobStatus {
 /// Finished runs kept in `status.passes`.
 pub const MAX_PASSES: usize = 10;
 
+/// Whether a pass may delete (`spec.mode`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Add and update only.
+    #[default]
+    Copy,
+    /// Also delete what is only in the destination (within `maxDeletes`).
+    Mirror,
+}
+
+impl Mode {
+    pub fn is_copy(&self) -> bool {
+        *self == Mode::Copy
+    }
+}
+
+impl IngestJobSpec {
+    /// The mirror's limit: `Some` with `mode: Mirror` (`maxDeletes`, default 1%), or why
+    /// `maxDeletes` is not one (naming the field).
+    pub fn mirror_limit(&self) -> Result<Option<ingest_job::mirror::MaxDeletes>, (String, String)> {
+        use ingest_job::mirror::MaxDeletes;
+        let field = || "spec.maxDeletes".to_owned();
+        let limit = match &self.max_deletes {
+            None => MaxDeletes::default(),
+            Some(IntOrString::Int(n)) => u64::try_from(*n).map(MaxDeletes::Count).map_err(|_| {
+                (field(), format!("{n} is negative: give a count of entries (1000) or a percentage (\"5%\")"))
+            })?,
+            Some(IntOrString::String(t)) => MaxDeletes::parse(t).map_err(|m| (field(), m))?,
+        };
+        match self.mode {
+            Mode::Mirror => Ok(Some(limit)),
+            Mode::Copy if self.max_deletes.is_some() => Err((
+                field(),
+                "applies only with mode: Mirror (a Copy pass deletes nothing)".into(),
+            )),
+            Mode::Copy => Ok(None),
+        }
+    }
+}
+
+/// What a mirror pass deleted, or why it deleted nothing.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorStatus {
+    /// Entries the copy pass found only in the destination (a directory with everything below
+    /// it): what `maxDeletes` weighs.
+    pub found: u64,
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Names kept because the source had them again when they were to be deleted.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub kept: u64,
+    /// Deletions that failed (listed in failures and the reports).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub failed: u64,
+    /// Why nothing was deleted, when the pass refused to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 /// What kind of run a pass was.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PassMode {
@@ -848,6 +925,8 @@ pub enum PassMode {
     Copy,
     /// Compared only (`spec.dryRun`).
     DryRun,
+    /// Copied, deleted what was only in the destination, and verified (`mode: Mirror`).
+    Mirror,
 }
 
 /// One finished run of the job.
@@ -882,6 +961,9 @@ pub struct PassRecord {
     /// What its verify pass found (for a dry run: what a pass would change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationCounts>,
+    /// Entries a Mirror pass deleted.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub deleted: u64,
 }
 
 impl IngestJobStatus {
@@ -910,6 +992,7 @@ impl IngestJobStatus {
             failed_files: self.failed_files,
             excluded: self.totals.as_ref().map_or(0, |t| t.excluded),
             verification: self.verification.clone(),
+            deleted: self.mirror.as_ref().map_or(0, |m| m.deleted),
         });
         let extra = passes.len().saturating_sub(MAX_PASSES);
         passes.drain(..extra);

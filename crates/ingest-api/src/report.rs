@@ -6,6 +6,9 @@
 //! - At exit, it writes [`PodResult`] as JSON to its termination message file (`/dev/termination-log`),
 //!   bounded by [`PodResult::to_termination_message`] to the kubelet's 4096-byte limit.
 
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{FileFailure, Totals, VerificationCounts};
@@ -60,6 +63,100 @@ pub struct PodResult {
     /// Failures left out to fit the limit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures_omitted: u64,
+    /// `spec.mode: Mirror`: what the copy pass found only in the destination, or what the prune
+    /// pass deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorResult>,
+}
+
+/// A mirror's findings and deletions in a worker's shards (`spec.mode: Mirror`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorResult {
+    /// Copy pass: entries only in the destination (a directory with everything below it), per
+    /// shard id, for shards that found some. Kept per shard so that the prune pass lets each
+    /// shard delete no more than it found.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub found: BTreeMap<u32, u64>,
+    /// Copy pass: destination directories that could not be listed, and entries that could not
+    /// be weighed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unweighed: u64,
+    /// Prune pass: entries deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted: u64,
+    /// Prune pass: names kept because the source had them again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept: u64,
+    /// Prune pass: deletions that failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed: u64,
+    /// Prune pass: why a shard deleted nothing (the first shard's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// What a mirror did, for `status.mirror`: what its copy pass found (`found`), what
+/// `ingest_job::mirror::decide` made of it, and what the prune pass deleted (`pruned`, with the
+/// failures it listed). Shared by the operator and `vfxt-ingest run`.
+pub fn mirror_status(
+    found: &MirrorResult,
+    decision: &ingest_job::mirror::Decision,
+    pruned: Option<&MirrorResult>,
+) -> crate::job::MirrorStatus {
+    use ingest_job::mirror::Decision;
+    let p = pruned.cloned().unwrap_or_default();
+    crate::job::MirrorStatus {
+        found: found.weighed().entries(),
+        deleted: p.deleted,
+        kept: p.kept,
+        failed: p.failed,
+        refused: match decision {
+            Decision::Refused(why) => Some(why.clone()),
+            // A shard that refused (its destination grew, or its walk failed) deleted nothing.
+            _ => p
+                .refused
+                .map(|why| format!("a shard deleted nothing: {why}")),
+        },
+    }
+}
+
+impl crate::job::MirrorStatus {
+    /// What the verdict needs.
+    pub fn facts(&self) -> ingest_job::verdict::Mirrored {
+        ingest_job::verdict::Mirrored {
+            deleted: self.deleted,
+            refused: self.refused.clone(),
+        }
+    }
+}
+
+impl MirrorResult {
+    pub fn add(&mut self, o: &MirrorResult) {
+        for (shard, n) in &o.found {
+            *self.found.entry(*shard).or_default() += n;
+        }
+        self.unweighed += o.unweighed;
+        self.deleted += o.deleted;
+        self.kept += o.kept;
+        self.failed += o.failed;
+        if self.refused.is_none() {
+            self.refused.clone_from(&o.refused);
+        }
+    }
+
+    /// What the copy pass weighed, for `ingest_job::mirror::decide`.
+    pub fn weighed(&self) -> ingest_job::mirror::Weighed {
+        ingest_job::mirror::Weighed {
+            per_shard: self
+                .found
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(s, n)| (*s, *n))
+                .collect(),
+            unweighed: self.unweighed,
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

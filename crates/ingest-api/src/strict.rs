@@ -371,7 +371,7 @@ spec:
             (
                 "  workers: 2",
                 "  wrokers: 2",
-                "spec.wrokers: unknown field; expected one of destination, dryRun, failurePolicy, filter, limits, preserve, report, run, shards, source, stallTimeoutSeconds, suspend, threadsPerWorker, verify, worker, workers (line 7",
+                "spec.wrokers: unknown field; expected one of destination, dryRun, failurePolicy, filter, limits, maxDeletes, mode, preserve, report, run, shards, source, stallTimeoutSeconds, suspend, threadsPerWorker, verify, worker, workers (line 7",
             ),
         ] {
             assert!(VALID.contains(from), "{from}");

@@ -171,6 +171,9 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if let Err((field, message)) = spec.filter.to_spec() {
         bad(&field, message);
     }
+    if let Err((field, message)) = spec.mirror_limit() {
+        bad(&field, message);
+    }
     if let Some(report) = &spec.report {
         if report.pvc.is_some() == report.destination_path.is_some() {
             bad(

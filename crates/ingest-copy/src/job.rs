@@ -200,6 +200,10 @@ pub struct Options {
     /// Mirror mode: delete what the copy pass finds only in the destination, within this limit
     /// (see `mirror.rs`). `None`: a copy never deletes.
     pub mirror: Option<MaxDeletes>,
+    /// With `mirror`: find and weigh what only the destination has, delete nothing (the copy
+    /// pass of a sharded job, whose coordinator weighs all shards together before any deletes:
+    /// `ingest_job::mirror`).
+    pub mirror_weigh_only: bool,
     /// Compare only, and write nothing at all: with `Passes::VerifyOnly` and `repair` off, also
     /// no settle step (directory times, split files' metadata), which a sharded job's verify
     /// phase otherwise runs as the copy's last step.
@@ -227,6 +231,7 @@ impl Default for Options {
             repair: true,
             filter: Filter::none(),
             mirror: None,
+            mirror_weigh_only: false,
             dry_run: false,
             throttle: None,
         }

@@ -24,82 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use ingest_path::RelPath;
 
+pub use ingest_job::mirror::MaxDeletes;
+
 use crate::engine::Roots;
 use crate::fault::{self, Point, Target};
 use crate::job::Options;
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, cstr};
-
-/// The most a mirror may delete in one pass: above it the pass deletes nothing and says so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum MaxDeletes {
-    /// Entries (a directory and everything below it each count).
-    Count(u64),
-    /// Basis points (hundredths of a percent) of the destination's entries in scope: the
-    /// pass's entries plus those to delete.
-    BasisPoints(u32),
-}
-
-impl Default for MaxDeletes {
-    /// A final pass deletes what users removed since the last one: a small share of a tree. More
-    /// usually means a wrong source (an empty or unmounted export), which must not empty the
-    /// destination.
-    fn default() -> Self {
-        MaxDeletes::BasisPoints(100)
-    }
-}
-
-impl MaxDeletes {
-    /// `1000` or `5%`.
-    pub fn parse(text: &str) -> Result<MaxDeletes, String> {
-        let bad = || {
-            format!(
-                "{text:?} is not a limit: give a count of entries (1000) or a percentage of the destination's entries (5%)"
-            )
-        };
-        match text.strip_suffix('%') {
-            Some(p) => {
-                let p: f64 = p.trim().parse().map_err(|_| bad())?;
-                if !(0.0..=100.0).contains(&p) {
-                    return Err(format!("{text:?}: a percentage is 0..=100"));
-                }
-                Ok(MaxDeletes::BasisPoints((p * 100.0).round() as u32))
-            }
-            None => text
-                .trim()
-                .parse()
-                .map(MaxDeletes::Count)
-                .map_err(|_| bad()),
-        }
-    }
-
-    /// Whether deleting `entries` of `in_scope` destination entries stays within the limit.
-    pub fn allows(&self, entries: u64, in_scope: u64) -> bool {
-        match *self {
-            MaxDeletes::Count(n) => entries <= n,
-            MaxDeletes::BasisPoints(bp) => {
-                u128::from(entries) * 10_000 <= u128::from(bp) * u128::from(in_scope)
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for MaxDeletes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MaxDeletes::Count(n) => write!(f, "{n} entries"),
-            MaxDeletes::BasisPoints(bp) => {
-                write!(
-                    f,
-                    "{}% of the destination's entries",
-                    f64::from(*bp) / 100.0
-                )
-            }
-        }
-    }
-}
 
 /// A destination entry the copy pass found absent from its directory's complete source listing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -227,7 +159,7 @@ pub(crate) fn prune(
     // Failed entries (a listing among them) and entries not attempted (the destination stopped)
     // leave the pass's picture incomplete; vanished, changed and not-copyable ones do not.
     let failed = copy.failed + copy.not_attempted;
-    if failed > 0 || m.failed > 0 {
+    if (failed > 0 || m.failed > 0) && !opts.mirror_weigh_only {
         m.refused = Some(format!(
             "nothing deleted: the copy pass left {} entries failed and {} destination directories unlisted, so some listings may be incomplete; a mirror deletes only after a pass without failures",
             failed, m.failed
@@ -251,6 +183,10 @@ pub(crate) fn prune(
                 ));
             }
         }
+    }
+    if opts.mirror_weigh_only {
+        // The coordinator decides for all shards together (`ingest_job::mirror::decide`).
+        return m;
     }
     if m.failed > 0 {
         m.refused = Some(format!(
@@ -346,37 +282,4 @@ pub(crate) fn prune(
         i = end;
     }
     m
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_parse_as_a_count_or_a_percentage() {
-        assert_eq!(MaxDeletes::parse("1000"), Ok(MaxDeletes::Count(1000)));
-        assert_eq!(MaxDeletes::parse("5%"), Ok(MaxDeletes::BasisPoints(500)));
-        assert_eq!(MaxDeletes::parse("0.5%"), Ok(MaxDeletes::BasisPoints(50)));
-        assert_eq!(
-            MaxDeletes::default().to_string(),
-            "1% of the destination's entries"
-        );
-        for bad in ["", "-1", "ten", "101%", "%"] {
-            assert!(MaxDeletes::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_limit_weighs_entries_against_the_destination_in_scope() {
-        assert!(MaxDeletes::Count(3).allows(3, 10));
-        assert!(!MaxDeletes::Count(3).allows(4, 1_000_000));
-        assert!(MaxDeletes::BasisPoints(100).allows(10, 1000));
-        assert!(!MaxDeletes::BasisPoints(100).allows(11, 1000));
-        assert!(MaxDeletes::BasisPoints(0).allows(0, 0));
-        assert!(!MaxDeletes::BasisPoints(0).allows(1, 1000));
-        // An empty source (everything in scope is to be deleted) is never within a percentage
-        // below 100.
-        assert!(!MaxDeletes::BasisPoints(9900).allows(500, 500));
-        assert!(MaxDeletes::BasisPoints(10_000).allows(500, 500));
-    }
 }

@@ -5,6 +5,7 @@
 pub mod exit;
 pub mod indexes;
 pub mod latency;
+pub mod mirror;
 pub mod pass;
 pub mod queue;
 pub mod scan_failed;

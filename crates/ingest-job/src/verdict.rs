@@ -26,6 +26,13 @@ pub struct Policy {
     pub max_failed_files: Option<u64>,
 }
 
+impl Policy {
+    /// Whether `failed` entries leave the run within the policy.
+    pub fn tolerates(&self, failed: u64) -> bool {
+        !(self.fail_job && failed > 0) && self.max_failed_files.is_none_or(|m| failed <= m)
+    }
+}
+
 /// What a finished run found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Facts {
@@ -51,6 +58,17 @@ pub struct Facts {
     /// The run only compared (`spec.dryRun`): what a pass would do. Its differences are the
     /// answer, not failures (`failed` counts only what could not be compared).
     pub dry_run: Option<DryRun>,
+    /// A mirror (`mode: Mirror`): what it deleted, or why it deleted nothing.
+    pub mirror: Option<Mirrored>,
+}
+
+/// What a mirror did between its copy and its verify pass.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mirrored {
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Why nothing was deleted (`mirror::decide`'s refusal, or a shard's).
+    pub refused: Option<String>,
 }
 
 /// What a dry run found a pass would do.
@@ -176,11 +194,21 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
         );
     }
     if f.extraneous > 0 {
+        let why = match &f.mirror {
+            None => "nothing was deleted".to_owned(),
+            Some(Mirrored {
+                refused: Some(r), ..
+            }) => format!("the mirror refused: {r}"),
+            Some(m) => format!(
+                "the mirror deleted {}; what is left appeared since the copy pass or could not be deleted",
+                entries(m.deleted)
+            ),
+        };
         return verdict(
             false,
             Reason::DestinationDiffers,
             format!(
-                "the destination is not identical: {} only in the destination (listed in the report; nothing was deleted){}",
+                "the destination is not identical: {} only in the destination (listed in the report; {why}){}",
                 entries(f.extraneous),
                 if failed_files > 0 {
                     format!(", and {} failed", entries(failed_files))
@@ -190,15 +218,16 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
             ),
         );
     }
-    let what = match f.excluded {
-        0 => format!("{} files ({})", f.files, human_bytes(f.bytes)),
-        n => format!(
-            "{} files ({}); {} left out by the filter",
-            f.files,
-            human_bytes(f.bytes),
-            entries(n)
-        ),
-    };
+    let mut what = format!("{} files ({})", f.files, human_bytes(f.bytes));
+    if let Some(m) = &f.mirror {
+        what.push_str(&format!(
+            "; {} only in the destination deleted (Mirror)",
+            entries(m.deleted)
+        ));
+    }
+    if f.excluded > 0 {
+        what.push_str(&format!("; {} left out by the filter", entries(f.excluded)));
+    }
     if failed_files > 0 {
         return verdict(
             true,
@@ -462,5 +491,49 @@ mod tests {
                     && s.chars().all(|c| c.is_ascii_alphabetic())
             );
         }
+    }
+
+    #[test]
+    fn a_mirror_says_what_it_deleted_or_why_it_deleted_nothing() {
+        let mirrored = |deleted, refused: Option<&str>| Facts {
+            mirror: Some(Mirrored {
+                deleted,
+                refused: refused.map(str::to_owned),
+            }),
+            ..facts(0, 0)
+        };
+        let v = decide(CONTINUE, &mirrored(3, None));
+        assert!(v.succeeded, "{v:?}");
+        assert!(
+            v.message
+                .starts_with("copied and verified, destination identical")
+                && v.message
+                    .contains("3 entries only in the destination deleted (Mirror)"),
+            "{v:?}"
+        );
+        let refused = Facts {
+            extraneous: 4,
+            ..mirrored(
+                0,
+                Some("nothing deleted: 40 entries are only in the destination"),
+            )
+        };
+        let v = decide(CONTINUE, &refused);
+        assert_eq!((v.succeeded, v.reason), (false, Reason::DestinationDiffers));
+        assert!(
+            v.message
+                .contains("the mirror refused: nothing deleted: 40 entries"),
+            "{v:?}"
+        );
+        // Entries that appeared after the copy pass (no budget for them) are left and named.
+        let late = Facts {
+            extraneous: 1,
+            ..mirrored(5, None)
+        };
+        let v = decide(CONTINUE, &late);
+        assert!(
+            !v.succeeded && v.message.contains("the mirror deleted 5 entries"),
+            "{v:?}"
+        );
     }
 }

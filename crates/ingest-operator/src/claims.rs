@@ -372,6 +372,7 @@ impl Registry {
             shards,
             state: state.into(),
             avoid: entry.pass.avoided().keys().cloned().collect(),
+            deletes: Default::default(),
         })
     }
 

@@ -393,6 +393,7 @@ pub fn compute(
         st.checkpoint = Some(RunCheckpoint {
             copy: passes.copy.as_ref().map(|p| p.checkpoint.clone()),
             verify: passes.verify.as_ref().map(|p| p.checkpoint.clone()),
+            prune: None,
         });
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
@@ -448,6 +449,7 @@ pub fn compute(
                             .map(|v| v.verification.dry_run())
                             .unwrap_or_default()
                     }),
+                    mirror: st.mirror.as_ref().map(|m| m.facts()),
                 },
             );
             outcome = Some((v.succeeded, v.reason.as_str(), v.message));

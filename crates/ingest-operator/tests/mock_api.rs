@@ -467,6 +467,7 @@ async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_t
                 ..Default::default()
             }),
             verify: None,
+            prune: None,
         }),
         ..Default::default()
     });
@@ -510,6 +511,7 @@ async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_t
             shards: vec![],
             state: PassState::Work,
             avoid: vec![],
+            deletes: Default::default(),
         }
     );
     let ij = current(&shared, "media");
@@ -1298,6 +1300,7 @@ async fn fail_job_stops_the_run_at_a_shard_lost_through_its_retries_and_tells_th
             shards: vec![],
             state: PassState::Stopped,
             avoid: vec![],
+            deletes: Default::default(),
         }
     );
 

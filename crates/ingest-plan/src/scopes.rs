@@ -15,6 +15,9 @@ use crate::format::{Plan, Shard, ShardScope};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Copy,
+    /// `mode: Mirror`, between copy and verify: each shard's directories are walked again and
+    /// what only the destination has is deleted, within the shard's budget (`ingest_job::mirror`).
+    Prune,
     Verify,
 }
 
@@ -22,6 +25,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Copy => "copy",
+            Phase::Prune => "prune",
             Phase::Verify => "verify",
         }
     }
@@ -66,6 +70,11 @@ fn engine_scope(s: &ShardScope, phase: Phase) -> Option<Scope> {
             Phase::Verify,
         ) => Scope::Finalize(file.clone()),
         (ShardScope::FileRange { .. }, Phase::Verify) => return None,
+        // Only directory listings find what to delete: a range of a file or a link group's
+        // paths have none, and are not copied again.
+        (ShardScope::FileRange { .. } | ShardScope::LinkGroup { .. }, Phase::Prune) => {
+            return None;
+        }
         (ShardScope::LinkGroup { paths }, _) => Scope::LinkGroup(paths.clone()),
     })
 }
@@ -126,7 +135,7 @@ pub fn engine_options(mut base: Options, phase: Phase) -> Options {
     // Verify workers start together; their probes would race with the root's times.
     base.probe_destinations = phase == Phase::Copy;
     base.passes = match phase {
-        Phase::Copy => ingest_copy::Passes::CopyOnly,
+        Phase::Copy | Phase::Prune => ingest_copy::Passes::CopyOnly,
         Phase::Verify => ingest_copy::Passes::VerifyOnly,
     };
     base

@@ -141,6 +141,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 shards,
                 state: state.into(),
                 avoid: pass.avoided().keys().cloned().collect(),
+                deletes: Default::default(),
             }),
         )
     } else {

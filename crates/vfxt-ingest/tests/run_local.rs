@@ -1759,3 +1759,162 @@ fn names_between_split_subdirectories_are_still_checked() {
         "{st:?}"
     );
 }
+
+/// `mode: Mirror`: after the copy phase weighed what only the destination has, the run deletes
+/// it, but only within the job's scope (the destination's subPath), never what the filter leaves
+/// out, never more than `maxDeletes` (above it nothing at all), and never after failures beyond
+/// the failure policy. Each refusal leaves every entry in place and says why; the verify pass
+/// then finds them, so the run is not "identical".
+#[test]
+fn a_mirror_deletes_only_what_the_source_lacks_in_scope_and_within_its_limits() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst_root) = src_and_dst(t.path(), 8, 20);
+    let dst = dst_root.join("mirror");
+    let state = t.path().join("state");
+    let job = |extra: &str| {
+        job_yaml(
+            t.path(),
+            &src,
+            &[dst_root.clone(), dst_root.clone()],
+            &format!(
+                "  workers: 2\n  shards: {{target: 12}}\n  filter: {{exclude: [\"*.keep\"]}}\n{extra}"
+            ),
+        )
+    };
+    let y = |f: PathBuf| {
+        let y = fs::read_to_string(&f).unwrap().replace(
+            "destination: {local: [",
+            "destination: {subPath: mirror, local: [",
+        );
+        fs::write(&f, y).unwrap();
+        f
+    };
+    let o = run_cmd(&y(job("")), &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Users removed things from the source; the destination has things of its own.
+    fs::remove_dir_all(src.join("proj03")).unwrap();
+    fs::remove_file(src.join("flat/img0007")).unwrap();
+    fs::create_dir_all(dst.join("proj01/run1/old/deeper")).unwrap();
+    fs::write(dst.join("proj01/run1/old/deeper/x"), b"x").unwrap();
+    fs::write(dst.join("flat/stale"), b"s").unwrap();
+    // Outside the job's scope, and left out by its filter: never deleted.
+    fs::write(dst_root.join("outside"), b"o").unwrap();
+    fs::write(dst.join("flat/notes.keep"), b"k").unwrap();
+    let extras = [
+        dst.join("proj03"),
+        dst.join("flat/img0007"),
+        dst.join("proj01/run1/old"),
+        dst.join("flat/stale"),
+    ];
+    // proj03 (its run0 directory and 20 files) + img0007 + old, deeper, x + stale.
+    let weight = 22 + 1 + 3 + 1;
+    let everything_there = |why: &str| {
+        for p in extras
+            .iter()
+            .chain([&dst_root.join("outside"), &dst.join("flat/notes.keep")])
+        {
+            assert!(p.exists(), "{} deleted: {why}", p.display());
+        }
+    };
+    let refused = |st: &serde_yaml::Value, o: &Output, what: &str, verdict: &str| {
+        let why = format!("{what}: {}\n{st:?}", text(o));
+        assert_eq!(o.status.code(), Some(1), "{why}");
+        assert_eq!(st["phase"].as_str(), Some("Failed"), "{why}");
+        let message = st["message"].as_str().unwrap();
+        assert!(message.contains(verdict), "{why}");
+        assert!(!message.contains("destination identical"), "{why}");
+        assert_eq!(st["mirror"]["deleted"].as_u64(), Some(0), "{why}");
+        assert!(
+            st["mirror"]["refused"].as_str().unwrap().contains(what),
+            "{why}"
+        );
+        everything_there(&why);
+    };
+
+    // Over the limit: nothing at all.
+    let o = run_cmd(
+        &y(job("  run: 1\n  mode: Mirror\n  maxDeletes: 26\n")),
+        &state,
+    )
+    .output()
+    .unwrap();
+    let st = read_status(&state);
+    refused(&st, &o, "more than maxDeletes", "the mirror refused");
+    assert_eq!(st["mirror"]["found"].as_u64(), Some(weight), "{st:?}");
+    assert_eq!(
+        st["verification"]["extraneous"].as_u64(),
+        Some(extras.len() as u64),
+        "{st:?}"
+    );
+
+    // A failed entry (a changed file whose source cannot be opened) under FailJob: nothing.
+    fs::write(src.join("flat/img0001"), b"changed").unwrap();
+    let o = run_cmd(
+        &y(job(
+            "  run: 2\n  mode: Mirror\n  maxDeletes: 100\n  failurePolicy: {action: FailJob}\n",
+        )),
+        &state,
+    )
+    .env("VFXT_INGEST_FAULTS", "open-source@1=eacces")
+    .output()
+    .unwrap();
+    refused(
+        &read_status(&state),
+        &o,
+        "beyond the failure policy",
+        "the failure policy is FailJob",
+    );
+
+    // Within the limit and without failures: exactly the extras go.
+    let o = run_cmd(
+        &y(job("  run: 3\n  mode: Mirror\n  maxDeletes: \"5%\"\n")),
+        &state,
+    )
+    .output()
+    .unwrap();
+    let st = read_status(&state);
+    let why = format!("{}\n{st:?}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{why}");
+    assert_eq!(st["phase"].as_str(), Some("Succeeded"), "{why}");
+    assert_eq!(st["mirror"]["found"].as_u64(), Some(weight), "{why}");
+    assert_eq!(st["mirror"]["deleted"].as_u64(), Some(weight), "{why}");
+    assert!(st["mirror"]["refused"].is_null(), "{why}");
+    let message = st["message"].as_str().unwrap();
+    assert!(
+        message.contains("destination identical")
+            && message.contains(&format!("{weight} entries only in the destination deleted")),
+        "{why}"
+    );
+    for p in &extras {
+        assert!(!p.exists(), "{} left: {why}", p.display());
+    }
+    assert!(dst_root.join("outside").exists(), "{why}");
+    // Once the filter's file is gone (and its directory's mtime put back), the rest is the source.
+    let flat_mtime = fs::metadata(dst.join("flat")).unwrap().modified().unwrap();
+    fs::remove_file(dst.join("flat/notes.keep")).unwrap();
+    fs::File::open(dst.join("flat"))
+        .unwrap()
+        .set_modified(flat_mtime)
+        .unwrap();
+    assert_identical(&src, &dst);
+    let modes: Vec<&str> = st["passes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["mode"].as_str())
+        .collect();
+    assert_eq!(modes, ["Copy", "Mirror", "Mirror", "Mirror"], "{why}");
+    assert_eq!(st["passes"][3]["deleted"].as_u64(), Some(weight), "{why}");
+
+    // A Copy job with a limit is a mistake worth naming.
+    let o = run_cmd(&y(job("  maxDeletes: 10\n")), &t.path().join("state2"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("spec.maxDeletes") && text(&o).contains("mode: Mirror"),
+        "{}",
+        text(&o)
+    );
+}

@@ -150,6 +150,8 @@ struct State {
     failing_since: Option<Instant>,
     /// Destination mounts the operator says no worker may use (from the last answer).
     avoid: Vec<String>,
+    /// The prune pass: how many entries each shard given may delete.
+    budgets: std::collections::HashMap<u32, u64>,
     /// This worker's figures per destination mount (sent with every message).
     mounts: Vec<MountFigures>,
     /// When the last `wait` (or empty `work`) answer came.
@@ -236,6 +238,7 @@ impl Session {
                 last_sent: Instant::now(),
                 failing_since: None,
                 avoid: Vec::new(),
+                budgets: Default::default(),
                 mounts: Vec::new(),
                 in_flight: false,
             }),
@@ -302,6 +305,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// How many entries `shard` may delete (the prune pass; 0 when the operator gave none).
+    pub fn budget(&self, shard: u32) -> u64 {
+        self.lock().budgets.get(&shard).copied().unwrap_or(0)
     }
 
     /// The engine starts `shard` in `slot`; `base` is the slot's counters now (heartbeats send
@@ -546,6 +554,7 @@ impl Session {
         }
         let answer = answer?;
         st.avoid = answer.avoid.clone();
+        st.budgets.extend(&answer.deletes);
         for s in &answer.shards {
             if !st.queued.contains(s) && !st.running.iter().any(|(r, ..)| r == s) {
                 st.queued.push_back(*s);

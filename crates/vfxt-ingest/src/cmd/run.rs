@@ -24,6 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use ingest_api::claims::MountFigures;
+use ingest_api::job::MirrorStatus;
 use ingest_api::job::{
     Destination, DestinationNfs, EntryFilter, FailureAction, FailurePolicy, FileFailure,
     IngestJobSpec, IngestJobStatus, Limits, NfsSource, Phase as JobPhase, Preserve,
@@ -31,7 +32,7 @@ use ingest_api::job::{
     ShardSizing, Source, ThreadsPerWorker, VerificationCounts, Verify, VerifyMode as JobVerifyMode,
     WorkerTemplate,
 };
-use ingest_api::report::PodResult;
+use ingest_api::report::{MirrorResult, PodResult};
 use ingest_copy::{FilterSpec, Snapshot, Summary};
 use ingest_job::{ShardQueue, WorkerExit};
 use ingest_plan::Phase;
@@ -159,6 +160,10 @@ struct RunSpec {
     #[serde(default)]
     dry_run: bool,
     #[serde(default)]
+    mode: ingest_api::job::Mode,
+    #[serde(default)]
+    max_deletes: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
+    #[serde(default)]
     limits: Option<Limits>,
     #[serde(default)]
     worker: WorkerTemplate,
@@ -248,6 +253,18 @@ struct Resolved {
     /// `spec.limits`, for the whole job: each worker gets its share.
     #[serde(default)]
     limits: Option<Limits>,
+    /// `spec.mode: Mirror`, with `spec.maxDeletes` (or its default).
+    #[serde(default)]
+    mirror: Option<ingest_copy::MaxDeletes>,
+}
+
+impl Resolved {
+    fn policy(&self) -> ingest_job::Policy {
+        ingest_job::Policy {
+            fail_job: self.fail_job,
+            max_failed_files: self.max_failed_files,
+        }
+    }
 }
 
 /// The CRD's schema of an IngestJob with the local forms `run` adds: `spec.source.local`,
@@ -481,6 +498,8 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         // paused with Ctrl-Z.
         suspend: false,
         dry_run: spec.dry_run,
+        mode: spec.mode,
+        max_deletes: spec.max_deletes.clone(),
         limits: spec.limits,
         filter: spec.filter.clone(),
         worker: spec.worker.clone(),
@@ -616,6 +635,8 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         filter: spec.filter.to_spec().unwrap_or_default(),
         dry_run: spec.dry_run || args.dry_run,
         limits: spec.limits,
+        // Checked with the rest of the spec above.
+        mirror: api_spec.mirror_limit().ok().flatten(),
     })
 }
 
@@ -652,6 +673,9 @@ struct PhaseOutcome {
     accounted_shards: u64,
     /// The workers' verification counts (verify phase).
     verification: Option<VerificationCounts>,
+    /// `mode: Mirror`: what the shards found only in the destination (copy phase) or deleted
+    /// (prune phase).
+    mirror: Option<MirrorResult>,
     /// What went through each destination, by its path: the workers' per-mount figures summed
     /// (for the per-server status).
     mounts: Vec<MountFigures>,
@@ -681,6 +705,9 @@ impl PhaseOutcome {
         self.failures.extend(pr.failures.iter().cloned());
         if let Some(v) = &pr.verification {
             self.verification.get_or_insert_default().add(v);
+        }
+        if let Some(m) = &pr.mirror {
+            self.mirror.get_or_insert_default().add(m);
         }
     }
 }
@@ -838,7 +865,62 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             },
             args,
             &avoided,
+            None,
         )
+    };
+    // Mirror: the copy phase weighed what only the destination has; all of it is weighed
+    // together before anything is deleted.
+    let mirror = match job.mirror {
+        Some(limit) if !job.dry_run && !copy.unusable => {
+            let found = copy.mirror.clone().unwrap_or_default();
+            let c = &copy.summary.copy;
+            let decision = ingest_job::mirror::decide(
+                limit,
+                job.policy(),
+                ingest_job::mirror::CopyOutcome {
+                    failed: t.errors + copy.failed_files,
+                    lost_shards: (plan.shards.len() as u64).saturating_sub(copy.accounted_shards),
+                    in_scope: c.entries.saturating_sub(c.excluded) + found.weighed().entries(),
+                },
+                &found.weighed(),
+            );
+            let pruned = match &decision {
+                ingest_job::mirror::Decision::Prune { budgets, .. } => {
+                    interim_status(state, job, Some(&plan), JobPhase::Copying, started);
+                    let files = budgets
+                        .keys()
+                        .filter_map(|id| plan.shards.get(*id as usize))
+                        .map(|s| s.files)
+                        .sum();
+                    let pruned = run_phase(
+                        job,
+                        state,
+                        &plan,
+                        &plan_path,
+                        Phase::Prune,
+                        Expected { files, bytes: 0 },
+                        args,
+                        &avoided,
+                        Some(budgets),
+                    );
+                    copy.broken.extend(pruned.broken.iter().cloned());
+                    copy.unusable |= pruned.unusable;
+                    copy.worked = true;
+                    Some(pruned)
+                }
+                _ => None,
+            };
+            if let Some(p) = &pruned {
+                // Deletions that failed are the run's failures, listed with the rest.
+                copy.failures.extend(p.failures.iter().cloned());
+            }
+            Some(ingest_api::report::mirror_status(
+                &found,
+                &decision,
+                pruned.as_ref().and_then(|p| p.mirror.as_ref()),
+            ))
+        }
+        _ => None,
     };
     if copy.worked {
         // Copying touches directories other shards share (their times are set by verify), so a
@@ -860,6 +942,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             expected,
             args,
             &avoided,
+            None,
         ))
     } else {
         None
@@ -887,7 +970,14 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         v => v,
     };
     let avoided = avoided.into_inner().unwrap();
-    let mut status = build_status(job, &plan, &copy, verify.as_ref(), &avoided, started);
+    let mut status = build_status(
+        job,
+        &plan,
+        &copy,
+        verify.as_ref(),
+        (&avoided, mirror.as_ref()),
+        started,
+    );
     // The passes before this one, from the status the last run left.
     status.passes = earlier_passes(state);
     let reason = status
@@ -896,9 +986,10 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         .map(|c| c.reason.clone())
         .unwrap_or_default();
     status.passes = status.with_pass_recorded(
-        match job.dry_run {
-            true => ingest_api::job::PassMode::DryRun,
-            false => ingest_api::job::PassMode::Copy,
+        match (job.dry_run, job.mirror) {
+            (true, _) => ingest_api::job::PassMode::DryRun,
+            (false, Some(_)) => ingest_api::job::PassMode::Mirror,
+            (false, None) => ingest_api::job::PassMode::Copy,
         },
         &reason,
     );
@@ -1017,6 +1108,7 @@ fn run_phase(
     expected: Expected,
     args: &Args,
     avoided: &Mutex<Vec<(String, String)>>,
+    budgets: Option<&BTreeMap<ingest_job::ShardId, u64>>,
 ) -> PhaseOutcome {
     let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
@@ -1085,12 +1177,15 @@ fn run_phase(
                 "--shards-at-once",
                 &at_once.to_string(),
             ])
-            .args(match job.dry_run {
+            .args(match (job.dry_run, phase) {
                 // A dry run compares every shard (an earlier run's markers prove nothing about
                 // the destination now) and leaves none.
-                true => vec![OsString::from("--dry-run")],
-                false => vec![OsString::from("--markers"), state.join("markers").into()],
+                (true, _) => vec![OsString::from("--dry-run")],
+                // Deleting is decided anew in every run: no marker skips it.
+                (false, Phase::Prune) => Vec::new(),
+                (false, _) => vec![OsString::from("--markers"), state.join("markers").into()],
             })
+            .args(job.mirror.is_some().then_some("--mirror"))
             .arg("--report")
             .arg(
                 state
@@ -1144,13 +1239,18 @@ fn run_phase(
     };
     let dispatch = Mutex::new(Dispatch {
         queue: ShardQueue::new(
-            plan.shards.iter().map(|s| s.id),
+            match budgets {
+                // The prune phase runs only the shards whose copy found something to delete.
+                Some(b) => b.keys().copied().collect::<Vec<_>>(),
+                None => plan.shards.iter().map(|s| s.id).collect(),
+            },
             job.retries,
             // Locally a worker's death is seen at once (its pipe closes): no lease runs out.
             u64::MAX / 2,
         ),
         stdins: (0..workers).map(|_| None).collect(),
         at_once,
+        budgets,
     });
     let dispatch = &dispatch;
     let stop = AtomicBool::new(false);
@@ -1389,15 +1489,17 @@ fn read_worker(
 /// The shard queue of one phase and the pipes to the workers' standard input: a worker gets the
 /// next shard id whenever one of its slots is free, so a worker on a slow mount takes fewer
 /// shards; when every shard ended, the pipes close and the workers finish.
-struct Dispatch {
+struct Dispatch<'b> {
     queue: ShardQueue,
     /// Per worker slot: its pipe while it runs and the phase is not over.
     stdins: Vec<Option<std::process::ChildStdin>>,
     /// Shards each worker runs at once (its `--shards-at-once`).
     at_once: usize,
+    /// The prune phase: how many entries each shard may delete, sent with its id.
+    budgets: Option<&'b BTreeMap<ingest_job::ShardId, u64>>,
 }
 
-impl Dispatch {
+impl Dispatch<'_> {
     /// Tops every worker up to `at_once` shards (it runs that many at once), a shard to each in
     /// turn.
     fn feed(&mut self) {
@@ -1412,7 +1514,11 @@ impl Dispatch {
                 let Some(shard) = self.queue.claim(&name, 0) else {
                     break 'deal;
                 };
-                if writeln!(stdin, "{shard}").is_err() {
+                let sent = match self.budgets {
+                    Some(b) => writeln!(stdin, "{shard} {}", b.get(&shard).copied().unwrap_or(0)),
+                    None => writeln!(stdin, "{shard}"),
+                };
+                if sent.is_err() {
                     // It is exiting; its reader gives the claim back when its output ends.
                     *pipe = None;
                 }
@@ -1446,7 +1552,7 @@ fn build_status(
     plan: &Plan,
     copy: &PhaseOutcome,
     verify: Option<&PhaseOutcome>,
-    avoided: &[(String, String)],
+    (avoided, mirror): (&[(String, String)], Option<&MirrorStatus>),
     started: Timestamp,
 ) -> IngestJobStatus {
     let t = &plan.totals;
@@ -1532,10 +1638,7 @@ fn build_status(
     failures.extend(last.failures.iter().cloned());
     failures.truncate(ingest_api::job::MAX_LISTED_FAILURES);
     let v = ingest_job::decide(
-        ingest_job::Policy {
-            fail_job: job.fail_job,
-            max_failed_files: job.max_failed_files,
-        },
+        job.policy(),
         &ingest_job::Facts {
             // Every entry the scan could not read (unreadable directories included).
             scan_failed: t.errors,
@@ -1553,6 +1656,7 @@ fn build_status(
                     .map(VerificationCounts::dry_run)
                     .unwrap_or_default()
             }),
+            mirror: mirror.map(MirrorStatus::facts),
         },
     );
     let phase = if v.succeeded {
@@ -1597,6 +1701,7 @@ fn build_status(
         }),
         servers,
         verification,
+        mirror: mirror.cloned(),
         failed_files,
         failures,
         start_time: Some(now_time(started)),
@@ -1675,6 +1780,25 @@ fn print_status(
         bytes(bps),
         copy.seconds,
     );
+    if let Some(m) = &s.mirror {
+        println!(
+            "mirror: {} entries found only in the destination, {} deleted{}{}{}",
+            m.found,
+            m.deleted,
+            match m.kept {
+                0 => String::new(),
+                n => format!(", {n} kept (in the source again)"),
+            },
+            match m.failed {
+                0 => String::new(),
+                n => format!(", {n} could not be deleted"),
+            },
+            m.refused
+                .as_deref()
+                .map(|r| format!("; {r}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(v) = verify {
         let earlier = if v.shards_before > 0 {
             format!(" ({} shards verified by an earlier run)", v.shards_before)

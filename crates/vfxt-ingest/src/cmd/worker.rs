@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use ingest_api::job::{FileFailure, VerificationCounts};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_copy::{
-    AutoConfig, CopyJob, FirstN, MountLimits, Opened, Options, Outcome as EntryOutcome, Progress,
-    ReportSink, Snapshot, Summary, Tee, VerifyMode,
+    AutoConfig, CopyJob, FirstN, MaxDeletes, MirrorCounts, MountLimits, Opened, Options,
+    Outcome as EntryOutcome, Progress, ReportSink, Snapshot, Summary, Tee, VerifyMode,
 };
 use ingest_job::{ScanFailed, Tally};
 use ingest_operator::pod::{self, PodEnv, ProgressReporter};
@@ -46,6 +46,10 @@ pub enum PhaseArg {
     Verify,
     /// Copy all the given shards, then verify them.
     Both,
+    /// `mode: Mirror`, after the copy phase: walk each shard's directories again and delete
+    /// what only the destination has, no more than the shard's budget (with `--claims`, given
+    /// after each shard id; from the operator, with each shard).
+    Prune,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +152,12 @@ pub struct Args {
     /// not be compared counts as failed.
     #[arg(long)]
     pub dry_run: bool,
+    /// The job is a mirror (`spec.mode: Mirror`): the copy phase finds and weighs what only the
+    /// destination has and deletes nothing (each shard's result says how much, and `run` or the
+    /// operator weighs all shards together before the prune phase deletes any); the verify
+    /// phase says what is left. Implied by `--phase prune`.
+    #[arg(long)]
+    pub mirror: bool,
     /// This worker's share of the job's rate limits (`spec.limits`), for all its shards.
     #[command(flatten)]
     pub rate: crate::cmd::copy::RateArgs,
@@ -446,8 +456,9 @@ fn claims_session(args: &Args) -> Result<Option<Session>, String> {
     let phase = match args.phase {
         PhaseArg::Copy => Phase::Copy,
         PhaseArg::Verify => Phase::Verify,
+        PhaseArg::Prune => Phase::Prune,
         PhaseArg::Both => {
-            return Err("--claims-url: give one --phase (copy or verify), not both".into());
+            return Err("--claims-url: give one --phase (copy, prune or verify), not both".into());
         }
     };
     if !(args.heartbeat_seconds > 0.0
@@ -522,7 +533,14 @@ pub fn run(mut args: Args) -> Outcome {
         PhaseArg::Copy => vec![Phase::Copy],
         PhaseArg::Verify => vec![Phase::Verify],
         PhaseArg::Both => vec![Phase::Copy, Phase::Verify],
+        PhaseArg::Prune => vec![Phase::Prune],
     };
+    if args.phase == PhaseArg::Prune && !(args.claims || claims.is_some()) {
+        return refuse(
+            "--phase prune: only with --claims or --claims-url (each shard comes with how much it may delete)"
+                .into(),
+        );
+    }
     // With --verify none the verify phase still runs: it only sets directory metadata, which
     // other shards' copies change until every shard is done.
 
@@ -542,6 +560,9 @@ pub fn run(mut args: Args) -> Outcome {
         dry_run: args.dry_run,
         fsync: args.fsync,
         throttle: args.rate.throttle(),
+        // The limit of each phase's own (see `ShardRun::shard`): the copy weighs only.
+        mirror: (args.mirror || args.phase == PhaseArg::Prune).then_some(MaxDeletes::Count(0)),
+        mirror_weigh_only: true,
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
@@ -701,6 +722,7 @@ pub fn run(mut args: Args) -> Outcome {
 
     // What the slots found, added up as each shard ends.
     let tally = Mutex::new(Ran::default());
+    let budgets = Budgets::default();
     // The source and destinations as the engine opened them (the first time with the probe),
     // for every shard; opened again only when the destinations change (a claims worker told to
     // keep away from one).
@@ -750,7 +772,7 @@ pub fn run(mut args: Args) -> Outcome {
                     if let Some(c) = &claims {
                         Box::new(claimed_shards(c, &plan, slots))
                     } else if args.claims {
-                        Box::new(self::claims(&plan).map(|r| r.map_err(Halt::from)))
+                        Box::new(self::claims(&plan, &budgets).map(|r| r.map_err(Halt::from)))
                     } else {
                         Box::new(shards.clone().into_iter().map(Ok))
                     };
@@ -764,6 +786,7 @@ pub fn run(mut args: Args) -> Outcome {
                     limits: &limits,
                     opened: &opened,
                     claims: claims.as_ref(),
+                    budgets: &budgets,
                     base: &base,
                     tally: &tally,
                     worker,
@@ -909,6 +932,8 @@ struct ShardRun<'a> {
     limits: &'a MountLimits,
     opened: &'a Mutex<Option<(Vec<PathBuf>, Arc<Opened>)>>,
     claims: Option<&'a Session>,
+    /// The prune phase: how many entries a shard may delete (what its copy found).
+    budgets: &'a Budgets,
     base: &'a Base,
     tally: &'a Mutex<Ran>,
     worker: Option<u32>,
@@ -979,6 +1004,16 @@ impl ShardRun<'_> {
                 Summary::default()
             } else {
                 let mut opts = engine_options(self.base_opts.clone(), phase);
+                if phase == Phase::Prune {
+                    // Never more than the copy phase found in this shard: a shard whose
+                    // destination grew since deletes nothing, and the verify reports it.
+                    let budget = match self.claims {
+                        Some(c) => c.budget(shard.id),
+                        None => self.budgets.get(shard.id),
+                    };
+                    opts.mirror = Some(MaxDeletes::Count(budget));
+                    opts.mirror_weigh_only = false;
+                }
                 // Proved once for the worker, before its first shard.
                 opts.probe_destinations = false;
                 // With auto each shard in flight starts a share of the threads; the limits (up
@@ -1047,6 +1082,10 @@ impl ShardRun<'_> {
             );
             *recorded_before = recorded;
             again.discount_since(&mut result, again_before);
+            result.mirror = summary
+                .mirror
+                .as_ref()
+                .map(|m| mirror_result(shard.id, phase, m));
             self.tally.lock().unwrap().claimed.add(&result);
             result
         });
@@ -1089,8 +1128,45 @@ fn claimed_shards<'p>(
     })
 }
 
-/// The shards of `--claims`: ids read from standard input, one per line, until its end.
-fn claims(plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> + Send {
+/// A shard's mirror counts as its result carries them: the copy phase's finding under the
+/// shard's id (the prune phase's budget), the prune phase's deletions.
+fn mirror_result(shard: u32, phase: Phase, m: &MirrorCounts) -> ingest_api::report::MirrorResult {
+    match phase {
+        Phase::Prune => ingest_api::report::MirrorResult {
+            deleted: m.deleted,
+            kept: m.kept,
+            failed: m.failed,
+            refused: m.refused.clone(),
+            ..Default::default()
+        },
+        _ => ingest_api::report::MirrorResult {
+            found: (m.entries > 0)
+                .then_some((shard, m.entries))
+                .into_iter()
+                .collect(),
+            unweighed: m.failed,
+            ..Default::default()
+        },
+    }
+}
+
+/// The prune phase's budgets given with the shard ids of `--claims` (`ID BUDGET` lines).
+#[derive(Default)]
+pub struct Budgets(Mutex<std::collections::HashMap<u32, u64>>);
+
+impl Budgets {
+    /// A shard given without one may delete nothing.
+    fn get(&self, shard: u32) -> u64 {
+        self.0.lock().unwrap().get(&shard).copied().unwrap_or(0)
+    }
+}
+
+/// The shards of `--claims`: ids read from standard input, one per line (`ID`, or `ID BUDGET`
+/// for the prune phase), until its end.
+fn claims<'p>(
+    plan: &'p Plan,
+    budgets: &'p Budgets,
+) -> impl Iterator<Item = Result<&'p Shard, String>> + Send + 'p {
     use std::io::BufRead;
     // Not `stdin().lock()`: the slots take turns reading, from different threads.
     std::io::BufReader::new(std::io::stdin())
@@ -1100,9 +1176,19 @@ fn claims(plan: &Plan) -> impl Iterator<Item = Result<&Shard, String>> + Send {
                 Ok(l) => l,
                 Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
             };
-            let id = line.trim();
-            if id.is_empty() {
-                return None;
+            let mut fields = line.split_whitespace();
+            let id = fields.next()?;
+            if let Some(b) = fields.next() {
+                match (id.parse::<u32>(), b.parse::<u64>()) {
+                    (Ok(i), Ok(b)) => {
+                        budgets.0.lock().unwrap().insert(i, b);
+                    }
+                    _ => {
+                        return Some(Err(format!(
+                            "--claims: {line:?} is not a shard id and a budget"
+                        )));
+                    }
+                }
             }
             Some(
                 id.parse::<usize>()
