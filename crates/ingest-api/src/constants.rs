@@ -34,6 +34,9 @@ pub mod labels {
     pub const ROLE_COPY: &str = "copy";
     /// Verify Jobs and their worker pods.
     pub const ROLE_VERIFY: &str = "verify";
+    /// `spec.mode: Mirror`: the Jobs and worker pods that delete what only the destination has,
+    /// between copy and verify.
+    pub const ROLE_PRUNE: &str = "prune";
     /// ConfigMaps holding plan chunks.
     pub const ROLE_PLAN: &str = "plan";
     /// Per-server PersistentVolumes/Claims (only when mount options are given).

@@ -96,6 +96,30 @@ pub struct MirrorResult {
     pub refused: Option<String>,
 }
 
+/// Whether a mirror's copy pass may be followed by deletions, and each shard's budget (see
+/// `ingest_job::mirror`), from the copy pass's summed result (`copy`), the entries the scan could
+/// not read and the shards that ended without a result. Shared by the operator and `run`.
+pub fn mirror_decision(
+    limit: ingest_job::mirror::MaxDeletes,
+    policy: ingest_job::Policy,
+    scan_failed: u64,
+    copy: &PodResult,
+    lost_shards: u64,
+) -> ingest_job::mirror::Decision {
+    let weighed = copy.mirror.clone().unwrap_or_default().weighed();
+    ingest_job::mirror::decide(
+        limit,
+        policy,
+        ingest_job::mirror::CopyOutcome {
+            failed: scan_failed + copy.failed,
+            lost_shards,
+            // Entries at the destination, copied or up to date, plus those to delete.
+            in_scope: copy.files + weighed.entries(),
+        },
+        &weighed,
+    )
+}
+
 /// What a mirror did, for `status.mirror`: what its copy pass found (`found`), what
 /// `ingest_job::mirror::decide` made of it, and what the prune pass deleted (`pruned`, with the
 /// failures it listed). Shared by the operator and `vfxt-ingest run`.

@@ -143,6 +143,16 @@ impl<R: Tally, P: Clone> Pass<R, P> {
         self
     }
 
+    /// Only `shards` are handed out; every other shard counts as completed, with no result (the
+    /// prune pass of a mirror runs only the shards whose copy found something to delete). Also
+    /// applied to a pass restored from a checkpoint that predates it.
+    pub fn only(mut self, shards: &BTreeSet<ShardId>) -> Self {
+        for s in (0..self.total).filter(|s| !shards.contains(s)) {
+            self.queue.complete(s);
+        }
+        self
+    }
+
     /// Destination mounts no worker may write through, with why.
     pub fn avoided(&self) -> &BTreeMap<String, String> {
         &self.avoided
@@ -607,6 +617,28 @@ mod tests {
         assert_eq!(p.report("b", ask(1), 1), (vec![], State::Stopped));
         assert_eq!(p.sum(), &Files(2), "what was finished still counts");
         assert_eq!(p.stopped(), None, "not a worker's unusable input");
+    }
+
+    #[test]
+    fn a_pass_over_some_shards_hands_out_only_those_and_adds_nothing_for_the_rest() {
+        let mut p = P::new(6, 1, 1000).only(&BTreeSet::from([1, 4]));
+        assert_eq!(p.report("a", ask(8), 0), (vec![1, 4], State::Work));
+        assert_eq!(
+            p.report("a", done(vec![], vec![(1, 2), (4, 3)], 8), 1),
+            (vec![], State::Finished)
+        );
+        assert_eq!(p.sum(), &Files(5));
+        assert_eq!(p.counts().completed, 6);
+        // Restored from a checkpoint taken before any of them ended: still only those two.
+        let fresh = P::new(6, 1, 1000)
+            .only(&BTreeSet::from([1, 4]))
+            .checkpoint();
+        let mut q = P::restore(6, &fresh, 1, 1000)
+            .unwrap()
+            .only(&BTreeSet::from([1, 4]));
+        assert_eq!(q.report("b", ask(8), 0).0, vec![1, 4]);
+        // Nothing to run at all: finished from the start.
+        assert!(P::new(3, 1, 1000).only(&BTreeSet::new()).finished());
     }
 
     #[test]

@@ -79,17 +79,27 @@ pub struct PassView {
     pub gave_up: std::collections::BTreeSet<String>,
 }
 
-/// Both passes of a run, as far as they exist.
+/// The passes of a run, as far as they exist.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Views {
     pub copy: Option<PassView>,
+    /// `spec.mode: Mirror`, when the copy pass found something it may delete.
+    pub prune: Option<PassView>,
     pub verify: Option<PassView>,
 }
+
+/// The worker passes a run may have, in order.
+pub const ROLES: [&str; 3] = [
+    ingest_api::constants::labels::ROLE_COPY,
+    ingest_api::constants::labels::ROLE_PRUNE,
+    ingest_api::constants::labels::ROLE_VERIFY,
+];
 
 impl Views {
     pub fn of(&self, role: &str) -> Option<&PassView> {
         match role {
             ingest_api::constants::labels::ROLE_COPY => self.copy.as_ref(),
+            ingest_api::constants::labels::ROLE_PRUNE => self.prune.as_ref(),
             ingest_api::constants::labels::ROLE_VERIFY => self.verify.as_ref(),
             _ => None,
         }
@@ -117,6 +127,8 @@ struct Entry {
     /// Each worker's last figures per destination mount (cumulative for the worker, kept after
     /// it is gone so that the sums never go down).
     mounts: BTreeMap<String, Vec<MountFigures>>,
+    /// The prune pass: how many entries each of its shards may delete.
+    budgets: BTreeMap<u32, u64>,
 }
 
 #[derive(Default)]
@@ -170,13 +182,15 @@ impl Registry {
     /// Makes sure the pass of `role` exists for `ij`'s current run: from the status checkpoint
     /// when this operator did not have it (a restart), else fresh over `shards` shards. Passes of
     /// other runs of the same IngestJob are dropped. The pass hands out shards unless
-    /// `spec.suspend` says otherwise.
+    /// `spec.suspend` says otherwise. `budgets` (the prune pass): only those shards run, each
+    /// deleting no more than its budget.
     pub fn ensure(
         &self,
         ij: &IngestJob,
         role: &str,
         shards: u64,
         checkpoint: Option<&PassCheckpoint>,
+        budgets: Option<&BTreeMap<u32, u64>>,
     ) -> Result<(), String> {
         let key = Key::of(ij, role);
         let mut inner = self.lock();
@@ -206,7 +220,10 @@ impl Registry {
             None => P::new(total, retries, lease),
         }
         .avoiding(&earlier);
-        let mut pass = pass;
+        let mut pass = match budgets {
+            Some(b) => pass.only(&b.keys().copied().collect()),
+            None => pass,
+        };
         pass.pause(ij.spec.suspend);
         // A pass restored finished came from the status: it is there already.
         let persisted = pass.finished() && checkpoint.is_some();
@@ -216,6 +233,7 @@ impl Registry {
                 pass,
                 persisted,
                 mounts: BTreeMap::new(),
+                budgets: budgets.cloned().unwrap_or_default(),
             },
         );
         Ok(())
@@ -235,10 +253,7 @@ impl Registry {
     /// otherwise), so they exit cleanly with their reports written.
     pub fn end_run(&self, ij: &IngestJob) {
         let mut inner = self.lock();
-        for role in [
-            ingest_api::constants::labels::ROLE_COPY,
-            ingest_api::constants::labels::ROLE_VERIFY,
-        ] {
+        for role in ROLES {
             if let Some(e) = inner.passes.get_mut(&Key::of(ij, role))
                 && !e.pass.finished()
             {
@@ -313,10 +328,11 @@ impl Registry {
         })
     }
 
-    /// Both passes of `ij`'s current run.
+    /// The passes of `ij`'s current run.
     pub fn views(&self, ij: &IngestJob) -> Views {
         Views {
             copy: self.view(ij, ingest_api::constants::labels::ROLE_COPY),
+            prune: self.view(ij, ingest_api::constants::labels::ROLE_PRUNE),
             verify: self.view(ij, ingest_api::constants::labels::ROLE_VERIFY),
         }
     }
@@ -369,10 +385,13 @@ impl Registry {
             state = ingest_job::State::Wait;
         }
         Ok(ClaimResponse {
-            shards,
             state: state.into(),
             avoid: entry.pass.avoided().keys().cloned().collect(),
-            deletes: Default::default(),
+            deletes: shards
+                .iter()
+                .filter_map(|s| entry.budgets.get(s).map(|b| (*s, *b)))
+                .collect(),
+            shards,
         })
     }
 
@@ -439,7 +458,7 @@ mod tests {
     fn a_pass_is_served_once_the_reconcile_made_it_and_finishes() {
         let reg = Registry::default();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NotReady));
-        reg.ensure(&ij(1), "copy", 2, None).unwrap();
+        reg.ensure(&ij(1), "copy", 2, None, None).unwrap();
         let r = reg.handle(req("w0", 1, 2, &[])).unwrap();
         assert_eq!((r.shards, r.state), (vec![0, 1], PassState::Work));
         let r = reg.handle(req("w0", 1, 1, &[(0, 3), (1, 4)])).unwrap();
@@ -457,14 +476,14 @@ mod tests {
         // An operator restarted from that checkpoint lets the workers go at once.
         let again = Registry::default();
         again
-            .ensure(&ij(1), "copy", 2, Some(&v.checkpoint))
+            .ensure(&ij(1), "copy", 2, Some(&v.checkpoint), None)
             .unwrap();
         assert_eq!(
             again.handle(req("w0", 1, 1, &[])).unwrap().state,
             PassState::Finished
         );
         // A worker of an older run gets "no such pass" once the new run's pass exists.
-        reg.ensure(&ij(2), "copy", 1, None).unwrap();
+        reg.ensure(&ij(2), "copy", 1, None, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NoPass));
         assert!(reg.view(&ij(1), "copy").is_none(), "old run dropped");
     }
@@ -473,7 +492,7 @@ mod tests {
     fn the_reconcile_is_woken_once_when_a_pass_ends() {
         let (tx, mut rx) = futures::channel::mpsc::unbounded();
         let reg = Registry::with_trigger(tx);
-        reg.ensure(&ij(1), "copy", 2, None).unwrap();
+        reg.ensure(&ij(1), "copy", 2, None, None).unwrap();
         reg.handle(req("w0", 1, 2, &[])).unwrap();
         assert!(rx.try_recv().is_err(), "not while work goes on");
         reg.handle(req("w0", 1, 0, &[(0, 1), (1, 1)])).unwrap();
@@ -489,13 +508,13 @@ mod tests {
     #[test]
     fn a_restarted_operator_resumes_from_the_checkpoint() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 3, None).unwrap();
+        reg.ensure(&ij(1), "copy", 3, None, None).unwrap();
         reg.handle(req("w0", 1, 2, &[])).unwrap();
         reg.handle(req("w0", 1, 0, &[(0, 5)])).unwrap();
         let cp = reg.view(&ij(1), "copy").unwrap().checkpoint;
 
         let again = Registry::default();
-        again.ensure(&ij(1), "copy", 3, Some(&cp)).unwrap();
+        again.ensure(&ij(1), "copy", 3, Some(&cp), None).unwrap();
         let mut holding = req("w0", 1, 1, &[]);
         holding.holding = vec![1];
         // w0 keeps shard 1 and gets 2; shard 0 is not handed out again.
@@ -507,7 +526,7 @@ mod tests {
     #[test]
     fn the_workers_of_an_ended_run_are_told_to_stop_even_after_a_restart() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 3, None).unwrap();
+        reg.ensure(&ij(1), "copy", 3, None, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
         reg.end_run(&ij(1));
         let r = reg.handle(req("w0", 1, 1, &[(0, 1)])).unwrap();
@@ -522,7 +541,7 @@ mod tests {
     #[test]
     fn an_ended_pods_claims_go_back_to_the_queue() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 1, None).unwrap();
+        reg.ensure(&ij(1), "copy", 1, None, None).unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
         reg.workers_ended(&ij(1), "copy", ["w0"]);
         assert_eq!(reg.handle(req("w1", 1, 1, &[])).unwrap().shards, vec![0]);

@@ -193,6 +193,10 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
             crate::stage::DRY_RUN_ANNOTATION.to_owned(),
             ij.spec.dry_run.to_string(),
         ),
+        (
+            crate::stage::MODE_ANNOTATION.to_owned(),
+            format!("{:?}", ij.spec.mode),
+        ),
     ]));
     scan_meta
         .annotations
@@ -478,6 +482,11 @@ fn worker_args(
     if layout.dry_run {
         // Compare only (the run has no copy pass).
         args.push("--dry-run".into());
+    }
+    if layout.mirror.is_some() {
+        // The copy pass weighs what only the destination has (the prune pass deletes it); the
+        // verify pass names what is left, and a dry run what a mirror would delete.
+        args.push("--mirror".into());
     }
     if let Some(l) = &s.limits {
         // The job's rates, divided among its worker pods.

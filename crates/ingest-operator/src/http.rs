@@ -312,7 +312,7 @@ mod tests {
                 .await
                 .starts_with("HTTP/1.1 503")
         );
-        registry.ensure(&ij, "copy", 3, None).unwrap();
+        registry.ensure(&ij, "copy", 3, None, None).unwrap();
         let ok = post(addr, Some("good"), &msg("j-r1-copy-0-a", 2)).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         let body = ok.split("\r\n\r\n").nth(1).unwrap();

@@ -421,16 +421,14 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         },
     );
     // A finished pass whose checkpoint is not in the status yet holds its workers back: write now.
-    let release = [labels::ROLE_COPY, labels::ROLE_VERIFY]
-        .into_iter()
-        .any(|role| {
-            passes.of(role).is_some_and(|p| p.finished) && !ctx.claims.is_persisted(ij, role)
-        });
+    let release = crate::claims::ROLES.into_iter().any(|role| {
+        passes.of(role).is_some_and(|p| p.finished) && !ctx.claims.is_persisted(ij, role)
+    });
     let later = write_status(ctx, ij, &st, release).await?;
     if later.is_none() {
         // The status holds the checkpoint just computed: a pass it shows finished may let its
         // workers go.
-        for role in [labels::ROLE_COPY, labels::ROLE_VERIFY] {
+        for role in crate::claims::ROLES {
             if passes.of(role).is_some_and(|p| p.finished) {
                 ctx.claims.mark_persisted(ij, role);
             }
@@ -448,7 +446,11 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         None if finished => Action::await_change(),
         // Workers report to the claims endpoint, not through pod events: look again every status
         // interval while a pass runs, so progress reaches the status.
-        None if matches!(stage, stage::Stage::Copy(..) | stage::Stage::Verify(..)) => {
+        None if matches!(
+            stage,
+            stage::Stage::Copy(..) | stage::Stage::Prune(..) | stage::Stage::Verify(..)
+        ) =>
+        {
             Action::requeue(ctx.status_interval.max(Duration::from_secs(1)))
         }
         // Soon enough to see a stall when no pod event comes (a hung mount sends none).
@@ -529,6 +531,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
                 labels::ROLE_VERIFY,
                 plan.shards,
                 checkpoint.verify.as_ref(),
+                None,
             )
             .map_err(plan_error)?;
         claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
@@ -540,24 +543,55 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
         return Ok(claims.views(ij));
     }
     claims
-        .ensure(ij, labels::ROLE_COPY, plan.shards, checkpoint.copy.as_ref())
+        .ensure(
+            ij,
+            labels::ROLE_COPY,
+            plan.shards,
+            checkpoint.copy.as_ref(),
+            None,
+        )
         .map_err(plan_error)?;
     claims.workers_ended(ij, labels::ROLE_COPY, ended(labels::ROLE_COPY));
-    // As in `stage::stage`: the copy pass also ends when its Job finished (every worker gone)
-    // with shards left; the verify pass then re-copies them, so its workers need a pass too.
-    let copy = Views {
-        copy: claims.view(ij, labels::ROLE_COPY),
-        verify: None,
+    // As in `stage::stage`: a pass also ends when its Job finished (every worker gone) with
+    // shards left; the verify pass then re-copies them, so its workers need a pass too.
+    let ended_pass = |role: &'static str| -> bool {
+        let views = claims.views(ij);
+        let avoided = stage::Avoided::from_views(&views, ij.spec.destination.nfs.servers.len());
+        let job_ended = stage::role_state(ij, obs, role, &avoided)
+            .is_some_and(|s| s.finished && !s.failed_whole());
+        views
+            .of(role)
+            .is_some_and(|v| (v.finished || job_ended) && v.stopped.is_none())
     };
-    let avoided = stage::Avoided::from_views(&copy, ij.spec.destination.nfs.servers.len());
-    let copy_job_ended = stage::role_state(ij, obs, labels::ROLE_COPY, &avoided)
-        .is_some_and(|s| s.finished && !s.failed_whole());
-    if copy
-        .copy
-        .is_some_and(|v| (v.finished || copy_job_ended) && v.stopped.is_none())
-    {
-        verify_pass()?;
+    if !ended_pass(labels::ROLE_COPY) {
+        return Ok(claims.views(ij));
     }
+    // A mirror whose copy pass found what it may delete runs its prune pass first.
+    let frozen = stage::frozen_spec(ij, obs);
+    let mut layout = stage::layout(&frozen, &plan);
+    layout.deletes = stage::mirror_decision(
+        &layout,
+        &frozen,
+        &plan,
+        claims.view(ij, labels::ROLE_COPY).as_ref(),
+        true,
+    );
+    if let Some(ingest_job::mirror::Decision::Prune { budgets, .. }) = &layout.deletes {
+        claims
+            .ensure(
+                ij,
+                labels::ROLE_PRUNE,
+                plan.shards,
+                checkpoint.prune.as_ref(),
+                Some(budgets),
+            )
+            .map_err(plan_error)?;
+        claims.workers_ended(ij, labels::ROLE_PRUNE, ended(labels::ROLE_PRUNE));
+        if !ended_pass(labels::ROLE_PRUNE) {
+            return Ok(claims.views(ij));
+        }
+    }
+    verify_pass()?;
     Ok(claims.views(ij))
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use ingest_api::constants::labels;
 use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
+use ingest_job::mirror::{Decision, MaxDeletes};
 use k8s_openapi::api::batch::v1::Job;
 
 use crate::claims::Views;
@@ -26,6 +27,12 @@ pub struct Layout {
     pub avoided: Avoided,
     /// `spec.dryRun` when the run's scan started: no copy pass; the verify pass compares only.
     pub dry_run: bool,
+    /// `spec.mode: Mirror` (with `maxDeletes`) when the run's scan started: the copy pass weighs
+    /// what only the destination has.
+    pub mirror: Option<MaxDeletes>,
+    /// Once the copy pass ended, what the mirror does: a prune pass runs only for
+    /// [`Decision::Prune`].
+    pub deletes: Option<Decision>,
 }
 
 impl Layout {
@@ -33,25 +40,57 @@ impl Layout {
     pub fn passes(&self) -> &'static [&'static str] {
         if self.dry_run {
             &[labels::ROLE_VERIFY]
+        } else if self.prunes() {
+            &[labels::ROLE_COPY, labels::ROLE_PRUNE, labels::ROLE_VERIFY]
         } else {
             &[labels::ROLE_COPY, labels::ROLE_VERIFY]
         }
     }
+
+    /// The run has a prune pass (its copy pass found what it may delete).
+    pub fn prunes(&self) -> bool {
+        matches!(self.deletes, Some(Decision::Prune { .. }))
+    }
 }
 
-/// Servers found unresponsive, per pass (the verify pass starts with the copy pass's).
+/// What a mirror does after its copy pass (`None`: not a mirror, a dry run, or the copy pass not
+/// ended yet). `copy_ended`: its Job finished with shards left (lost). Pure, so every reconcile
+/// and a restarted operator decide alike from the same checkpoint.
+pub fn mirror_decision(
+    layout: &Layout,
+    spec: &IngestJobSpec,
+    plan: &PlanSummary,
+    copy: Option<&crate::claims::PassView>,
+    copy_ended: bool,
+) -> Option<Decision> {
+    let limit = layout.mirror.filter(|_| !layout.dry_run)?;
+    let copy = copy.filter(|c| c.finished || copy_ended)?;
+    Some(ingest_api::report::mirror_decision(
+        limit,
+        ingest_job::Policy {
+            fail_job: spec.failure_policy.action == FailureAction::FailJob,
+            max_failed_files: spec.failure_policy.max_failed_files,
+        },
+        plan.failed,
+        &copy.sum,
+        copy.counts.total.saturating_sub(copy.counts.completed),
+    ))
+}
+
+/// Servers found unresponsive, per pass (later passes start with the copy pass's).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Avoided {
     pub copy: BTreeSet<usize>,
+    pub prune: BTreeSet<usize>,
     pub verify: BTreeSet<usize>,
 }
 
 impl Avoided {
     pub fn of(&self, role: &str) -> &BTreeSet<usize> {
-        if role == labels::ROLE_VERIFY {
-            &self.verify
-        } else {
-            &self.copy
+        match role {
+            labels::ROLE_VERIFY => &self.verify,
+            labels::ROLE_PRUNE => &self.prune,
+            _ => &self.copy,
         }
     }
 
@@ -65,6 +104,7 @@ impl Avoided {
         };
         Avoided {
             copy: of(passes.copy.as_ref()),
+            prune: of(passes.prune.as_ref()),
             verify: of(passes.verify.as_ref()),
         }
     }
@@ -95,6 +135,9 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
         servers,
         avoided: Avoided::default(),
         dry_run: spec.dry_run,
+        // Checked with the spec: a refused maxDeletes never gets this far.
+        mirror: spec.mirror_limit().ok().flatten(),
+        deletes: None,
     }
 }
 
@@ -178,6 +221,8 @@ pub enum Stage {
     ScanFailed(String),
     /// Copy Jobs are missing or running.
     Copy(PlanSummary, Layout),
+    /// `mode: Mirror`: prune Jobs are missing or running.
+    Prune(PlanSummary, Layout),
     /// Verify Jobs are missing or running.
     Verify(PlanSummary, Layout),
     /// All Jobs of the run finished. `failed_shards` counts indexes that failed after their retries.
@@ -204,6 +249,13 @@ impl Stage {
         match self {
             Stage::Scan | Stage::ScanFailed(_) => &[labels::ROLE_SCAN],
             Stage::Copy(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY],
+            Stage::Prune(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_PRUNE],
+            Stage::Verify(_, l) | Stage::Done { layout: l, .. } if l.prunes() => &[
+                labels::ROLE_SCAN,
+                labels::ROLE_COPY,
+                labels::ROLE_PRUNE,
+                labels::ROLE_VERIFY,
+            ],
             // A dry run has no copy pass.
             Stage::Verify(_, l) | Stage::Done { layout: l, .. } if l.dry_run => {
                 &[labels::ROLE_SCAN, labels::ROLE_VERIFY]
@@ -221,6 +273,7 @@ impl Stage {
         match self {
             Stage::Scan | Stage::ScanFailed(_) => None,
             Stage::Copy(p, l)
+            | Stage::Prune(p, l)
             | Stage::Verify(p, l)
             | Stage::Done {
                 plan: p, layout: l, ..
@@ -304,7 +357,11 @@ pub const WORKERS_ANNOTATION: &str = "ingest.vfxt.dev/workers";
 /// a dry run stays one (and a copy stays a copy) whatever the spec says meanwhile.
 pub const DRY_RUN_ANNOTATION: &str = "ingest.vfxt.dev/dry-run";
 
-/// The spec with the worker count and the dry-run switch the run started with.
+/// Annotation on the scan Job recording `spec.mode` when the run started: a run deletes (or not)
+/// as its scan was told, whatever the spec says meanwhile.
+pub const MODE_ANNOTATION: &str = "ingest.vfxt.dev/mode";
+
+/// The spec with the worker count, the dry-run switch and the mode the run started with.
 pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     let mut spec = ij.spec.clone();
     let scan = obs.job(&names::scan_job(ij, ij.spec.run));
@@ -314,6 +371,15 @@ pub fn frozen_spec(ij: &IngestJob, obs: &Observed) -> IngestJobSpec {
     }
     if let Some(d) = frozen(DRY_RUN_ANNOTATION).and_then(|d| d.parse().ok()) {
         spec.dry_run = d;
+    }
+    if let Some(m) = frozen(MODE_ANNOTATION)
+        .and_then(|m| serde_json::from_value(serde_json::Value::String(m)).ok())
+    {
+        spec.mode = m;
+        if m == ingest_api::job::Mode::Copy {
+            // A limit without Mirror would be refused; it applies to no run that started as a copy.
+            spec.max_deletes = None;
+        }
     }
     spec
 }
@@ -358,8 +424,12 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let Some(plan) = obs.plan(ij, run) else {
         return Stage::ScanFailed("the scan finished without storing a plan".into());
     };
-    let mut layout = layout(&frozen_spec(ij, obs), &plan);
+    let frozen = frozen_spec(ij, obs);
+    let mut layout = layout(&frozen, &plan);
     layout.avoided = Avoided::from_views(passes, layout.servers.len());
+    let copy_ended = role_state(ij, obs, labels::ROLE_COPY, &layout.avoided)
+        .is_some_and(|s| s.finished && !s.failed_whole());
+    layout.deletes = mirror_decision(&layout, &frozen, &plan, passes.copy.as_ref(), copy_ended);
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     if fail_fast && plan.failed > 0 {
         // Entries the scan could not read count like files that failed to copy.
@@ -434,10 +504,10 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
                     && !gave_up(p.metadata.name.as_deref())
             });
         if (!finished && !abandoned) || draining {
-            return if role == labels::ROLE_COPY {
-                Stage::Copy(plan, layout)
-            } else {
-                Stage::Verify(plan, layout)
+            return match role {
+                labels::ROLE_COPY => Stage::Copy(plan, layout),
+                labels::ROLE_PRUNE => Stage::Prune(plan, layout),
+                _ => Stage::Verify(plan, layout),
             };
         }
         // Verify re-copies what the copy pass missed, so the verify pass's lost shards are the

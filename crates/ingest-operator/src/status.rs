@@ -290,7 +290,8 @@ pub fn compute(
             Phase::Failed,
             Some((false, reasons::SCAN_FAILED, m.clone())),
         ),
-        Stage::Copy(..) => (Phase::Copying, None),
+        // Deleting what only the destination has is the copy's last step.
+        Stage::Copy(..) | Stage::Prune(..) => (Phase::Copying, None),
         Stage::Verify(..) => (Phase::Verifying, None),
         Stage::Done { .. } => (Phase::Succeeded, None),
         Stage::Stopped { role, cause, .. } => {
@@ -324,7 +325,7 @@ pub fn compute(
         let copy = sum_pass(passes.copy.as_ref());
         // Until the verify pass ran (a run stopped after the scan or the copy never gets one).
         let in_copy = match stage {
-            Stage::Copy(..) => true,
+            Stage::Copy(..) | Stage::Prune(..) => true,
             Stage::Stopped { role, .. } => *role != labels::ROLE_VERIFY,
             _ => false,
         };
@@ -393,7 +394,18 @@ pub fn compute(
         st.checkpoint = Some(RunCheckpoint {
             copy: passes.copy.as_ref().map(|p| p.checkpoint.clone()),
             verify: passes.verify.as_ref().map(|p| p.checkpoint.clone()),
-            prune: None,
+            prune: passes.prune.as_ref().map(|p| p.checkpoint.clone()),
+        });
+        st.mirror = layout.deletes.as_ref().map(|d| {
+            ingest_api::report::mirror_status(
+                passes
+                    .copy
+                    .as_ref()
+                    .and_then(|p| p.sum.mirror.as_ref())
+                    .unwrap_or(&Default::default()),
+                d,
+                passes.prune.as_ref().and_then(|p| p.sum.mirror.as_ref()),
+            )
         });
 
         // The verify pass re-copies what the copy pass got wrong, so its failures are the final ones.
@@ -458,7 +470,11 @@ pub fn compute(
 
     let stalled_for = track_progress(&mut st, &prev, same_run, now);
     let timeout = spec.stall_timeout_seconds();
-    let working = outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying));
+    // The prune pass moves no files or bytes (it deletes): a hung mount there is found by its
+    // workers' watchdog, not by this.
+    let working = outcome.is_none()
+        && matches!(st.phase, Some(Phase::Copying | Phase::Verifying))
+        && !matches!(stage, Stage::Prune(..));
     // A suspended run moves nothing on purpose: it is not stalled.
     let suspended = working && spec.suspend;
     let stalled_for = stalled_for
@@ -559,9 +575,12 @@ pub fn compute(
             .clone()
             .filter(|_| same_run && prev.phase == st.phase)
             .or(Some(Time(now)));
-        let mode = match stage.plan().map_or(spec.dry_run, |(_, l)| l.dry_run) {
-            true => PassMode::DryRun,
-            false => PassMode::Copy,
+        let mode = match stage.plan().map(|(_, l)| (l.dry_run, l.mirror.is_some())) {
+            Some((true, _)) => PassMode::DryRun,
+            Some((false, true)) => PassMode::Mirror,
+            Some((false, false)) => PassMode::Copy,
+            None if spec.dry_run => PassMode::DryRun,
+            None => PassMode::Copy,
         };
         let reason = ingest_api::conditions::find(&st.conditions, ct::READY)
             .map(|c| c.reason.clone())
@@ -680,6 +699,8 @@ mod server_tests {
             workers: 3,
             avoided: Default::default(),
             dry_run: false,
+            mirror: None,
+            deletes: None,
         };
         let copy = PassView {
             mounts: BTreeMap::from([
@@ -700,6 +721,7 @@ mod server_tests {
         let views = Views {
             copy: Some(copy),
             verify: Some(verify),
+            prune: None,
         };
         let s = server_statuses(&layout, &views, &[], 10.0);
         let states: Vec<_> = s.iter().map(|x| x.state.unwrap()).collect();

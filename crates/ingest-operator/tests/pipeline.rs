@@ -3,6 +3,9 @@
 //! [`Registry`] (see `common::drive`).
 
 mod common;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use common::*;
 use ingest_api::constants::{conditions as ct, labels, reasons};
@@ -960,7 +963,7 @@ fn a_restarted_operator_resumes_from_the_status_checkpoint_and_progress_never_go
     ij.status = Some(before);
     let again = Registry::default();
     again
-        .ensure(&ij, "copy", 8, checkpoint.copy.as_ref())
+        .ensure(&ij, "copy", 8, checkpoint.copy.as_ref(), None)
         .unwrap();
     let v = again.views(&ij);
     let copy = v.copy.as_ref().unwrap();
@@ -1342,8 +1345,12 @@ fn failures_never_shrink_within_a_pass_when_a_restarted_operator_resumes_from_it
     // The restarted operator's passes come from the checkpoint, which keeps counts but not the
     // failure list (the status has it).
     let again = Registry::default();
-    again.ensure(&ij, "copy", 3, cp.copy.as_ref()).unwrap();
-    again.ensure(&ij, "verify", 3, cp.verify.as_ref()).unwrap();
+    again
+        .ensure(&ij, "copy", 3, cp.copy.as_ref(), None)
+        .unwrap();
+    again
+        .ensure(&ij, "verify", 3, cp.verify.as_ref(), None)
+        .unwrap();
     let v = again.views(&ij);
     assert!(v.verify.as_ref().unwrap().sum.failures.is_empty());
     let later = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(40));
@@ -1933,7 +1940,7 @@ fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_comp
     // stuck on a hard mount), and its report ends with what it gave back.
     let reg = Registry::default();
     drive(&reg, &ij, "copy", 4, &done);
-    reg.ensure(&ij, "verify", 4, None).unwrap();
+    reg.ensure(&ij, "verify", 4, None, None).unwrap();
     let stuck = worker_pod_name(&ij, "verify", 2, "c");
     let mut r = claim_request(&ij, "verify", &stuck);
     r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
@@ -1977,7 +1984,7 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
         observed_job(j, false, false, "", "", 3)
     });
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 6, None).unwrap();
+    reg.ensure(&ij, "copy", 6, None, None).unwrap();
     let hung = worker_pod_name(&ij, "copy", 2, "abcde");
     let mut r = claim_request(&ij, "copy", &hung);
     r.room = 1;
@@ -2069,7 +2076,7 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
         .collect();
     reg.handle(r).unwrap();
     reg.mark_persisted(&ij, "copy");
-    reg.ensure(&ij, "verify", 6, None).unwrap();
+    reg.ensure(&ij, "verify", 6, None, None).unwrap();
     let v = reg.views(&ij);
     let s = stage(&ij, &obs, &v);
     assert!(matches!(s, Stage::Verify(..)), "{s:?}");
@@ -2089,7 +2096,7 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     let mut ij = fixture("three-ips.yaml");
     let obs = scanned(&ij, 4, totals(), false);
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 4, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None).unwrap();
     let a = worker_pod_name(&ij, "copy", 0, "aaaaa");
     let mut r = claim_request(&ij, "copy", &a);
     r.room = 1;
@@ -2099,7 +2106,7 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     let hash = ingest_operator::stage::spec_hash(&ij.spec);
     ij.spec.suspend = true;
     assert_eq!(ingest_operator::stage::spec_hash(&ij.spec), hash);
-    reg.ensure(&ij, "copy", 4, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None).unwrap();
     let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
     r.room = 1;
     let answer = reg.handle(r).unwrap();
@@ -2148,7 +2155,7 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     );
 
     ij.spec.suspend = false;
-    reg.ensure(&ij, "copy", 4, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None).unwrap();
     let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
     r.room = 2;
     assert_eq!(reg.handle(r).unwrap().shards, [1, 2]);
@@ -2292,4 +2299,162 @@ fn the_jobs_rate_limits_are_divided_among_its_worker_pods() {
         a.windows(2).any(|w| w == ["--files-per-second", "4"]),
         "{a:?}"
     );
+}
+
+/// A shard's copy result in a mirror: `found` entries only in the destination.
+fn found(shard: u32, n: u64) -> PodResult {
+    PodResult {
+        mirror: Some(ingest_api::report::MirrorResult {
+            found: (n > 0).then_some((shard, n)).into_iter().collect(),
+            ..Default::default()
+        }),
+        ..result(10, 100, 0)
+    }
+}
+
+/// `mode: Mirror` in the cluster: once the copy pass ended, the operator weighs what its shards
+/// found only in the destination; within `maxDeletes` a prune pass runs (its own Job, `--phase
+/// prune`), handing out only the shards that found something, each with what it may delete;
+/// then the verify pass. The record says what was deleted and that the pass was a Mirror.
+/// Above the limit there is no prune pass, and the record says why nothing was deleted.
+#[test]
+fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.mode = ingest_api::job::Mode::Mirror;
+    ij.spec.max_deletes = Some(IntOrString::Int(5));
+    let mut obs = scanned(&ij, 4, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "", "", 4)
+    });
+    let copy = PassScript::done([1, 3], found(0, 0))
+        .with(0, found(0, 3))
+        .with(2, found(2, 2));
+    let reg = Registry::default();
+    drive(&reg, &ij, "copy", 4, &copy);
+
+    let s = stage(&ij, &obs, &reg.views(&ij));
+    let Stage::Prune(_, layout) = &s else {
+        panic!("{s:?}")
+    };
+    let budgets = match &layout.deletes {
+        Some(ingest_job::mirror::Decision::Prune {
+            budgets,
+            entries: 5,
+        }) => budgets.clone(),
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(budgets, BTreeMap::from([(0, 3), (2, 2)]));
+    let children = desired(&ij, &s, &settings()).unwrap();
+    let prune = jobs_of(&children)
+        .into_iter()
+        .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some("prune"))
+        .expect("a prune Job")
+        .clone();
+    let args = prune
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.windows(2).any(|w| w == ["--phase", "prune"]) && args.contains(&"--mirror".into()),
+        "{args:?}"
+    );
+    assert_eq!(
+        compute(&ij, &obs, &s, &reg.views(&ij), at(20)).phase,
+        Some(Phase::Copying)
+    );
+
+    // Its workers get only those shards, each with its budget.
+    reg.ensure(&ij, "prune", 4, None, Some(&budgets)).unwrap();
+    let pod = worker_pod_name(&ij, "prune", 0, "p");
+    let mut r = claim_request(&ij, "prune", &pod);
+    r.room = 8;
+    let answer = reg.handle(r).unwrap();
+    assert_eq!(answer.shards, [0, 2]);
+    assert_eq!(answer.deletes, budgets);
+    let mut r = claim_request(&ij, "prune", &pod);
+    r.done = [(0, 3), (2, 2)]
+        .into_iter()
+        .map(|(shard, deleted)| ingest_api::claims::ShardDone {
+            shard,
+            result: PodResult {
+                mirror: Some(ingest_api::report::MirrorResult {
+                    deleted,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    obs.jobs.push(observed_job(&prune, true, false, "", "", 1));
+    let s = stage(&ij, &obs, &reg.views(&ij));
+    assert!(matches!(&s, Stage::Verify(_, l) if l.prunes()), "{s:?}");
+
+    // The verify pass finds the destination identical.
+    let verified = PodResult {
+        verification: Some(ingest_api::job::VerificationCounts {
+            checked: 10,
+            matched: 10,
+            verified: 10,
+            ..Default::default()
+        }),
+        ..result(10, 0, 0)
+    };
+    drive(&reg, &ij, "verify", 4, &PassScript::all_done(4, verified));
+    let views = reg.views(&ij);
+    let mut verify_job = pass_job(&ij, &obs, "verify");
+    verify_job = observed_job(&verify_job, true, false, "", "", 4);
+    obs.jobs.push(verify_job);
+    let s = stage(&ij, &obs, &views);
+    assert!(matches!(s, Stage::Done { .. }), "{s:?}");
+    let st = compute(&ij, &obs, &s, &views, at(60));
+    assert_eq!(st.phase, Some(Phase::Succeeded), "{:?}", st.message);
+    let m = st.mirror.as_ref().unwrap();
+    assert_eq!((m.found, m.deleted, m.refused.as_ref()), (5, 5, None));
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("5 entries only in the destination deleted (Mirror)"),
+        "{:?}",
+        st.message
+    );
+    let rec = st.passes.last().unwrap();
+    assert_eq!(
+        (rec.mode, rec.deleted),
+        (ingest_api::job::PassMode::Mirror, 5)
+    );
+    assert_eq!(
+        st.checkpoint
+            .as_ref()
+            .unwrap()
+            .prune
+            .as_ref()
+            .unwrap()
+            .completed,
+        "0-3",
+        "the shards without a budget count as done"
+    );
+
+    // Over the limit: no prune pass, and the verify pass comes next.
+    ij.spec.max_deletes = Some(IntOrString::String("4".into()));
+    let reg = Registry::default();
+    drive(&reg, &ij, "copy", 4, &copy);
+    let s = stage(&ij, &obs, &reg.views(&ij));
+    let Stage::Verify(_, layout) = &s else {
+        panic!("{s:?}")
+    };
+    let Some(ingest_job::mirror::Decision::Refused(why)) = &layout.deletes else {
+        panic!("{:?}", layout.deletes)
+    };
+    assert!(why.contains("more than maxDeletes"), "{why}");
+    assert!(!layout.passes().contains(&"prune"));
 }

@@ -34,6 +34,10 @@
 # 14. spec.dryRun on a destination that holds a file of its own: Succeeded/DryRun, no copy Job,
 #     nothing in the destination changed (every ctime stays), the verification counts what a pass
 #     would create; then the real run (dryRun off, run 1) copies, identical.
+# 15. a migration in three passes: a bulk copy, a delta pass after users changed the source, and a
+#     final Mirror pass with Checksum after they deleted a file and a directory: each Succeeded and
+#     identical; the final pass ran a prune Job, status.mirror says what it deleted, and
+#     status.passes lists Copy, Copy, Mirror.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -114,7 +118,7 @@ on_failure() {
 # ij_yaml NAME SOURCE_SUBPATH DEST_EXPORT [EXTRA_SPEC_YAML]: an IngestJob copying the source's
 # SUBPATH to DEST_EXPORT/NAME on all three cluster IPs. Env: ij_source (default the slow filer
 # 10.0.0.5:/export), ij_dest_subpath (default NAME), ij_threads (default 2), ij_shards (default 6;
-# "auto": the planner's own count), ij_failure_policy.
+# "auto": the planner's own count), ij_failure_policy, ij_verify (default Metadata).
 ij_yaml() {
   local shards="  shards: {target: ${ij_shards:-6}}"
   [[ ${ij_shards-} == auto ]] && shards=""
@@ -133,7 +137,7 @@ spec:
   threadsPerWorker: ${ij_threads:-2}
 $shards
   failurePolicy: ${ij_failure_policy:-{retriesPerShard: 3\}}
-  verify: {mode: Metadata}
+  verify: {mode: ${ij_verify:-Metadata}}
 ${4-}
 YAML
 }
@@ -734,6 +738,43 @@ test_14_dry_run_then_copy() {
   return "$r"
 }
 
+# ---------------------------------------------------------------- 15. three passes to a cutover
+test_15_three_passes() {
+  gen_tree "$src/t15" 120
+  local r=0 run want got
+  ij_apply t15 t15 /nfs "" || { bad "kubectl apply IngestJob t15 (bulk)"; return 1; }
+  wait_for 150 "t15's bulk pass finished" finished_run t15 0 || return 1
+  # Users keep working: a new file, a changed one. The delta pass copies them.
+  echo new >"$src/t15/d/new.txt"
+  printf 'changed\n' >>"$src/t15/a/f4"
+  ij_apply t15 t15 /nfs "  run: 1" || { bad "kubectl apply IngestJob t15 (delta)"; return 1; }
+  wait_for 150 "t15's delta pass finished" finished_run t15 1 || return 1
+  for run in 0 1; do
+    [[ $(ij_json t15 | jq -r ".status.passes[] | select(.run == $run) | .phase") == Succeeded ]] ||
+      { bad "pass $run: $(ij_json t15 | jq -c ".status.passes[] | select(.run == $run)")"; r=1; }
+  done
+  same_tree "$src/t15" "$dst/t15" || { bad "after the delta pass, $dst/t15 differs"; r=1; }
+  # Cutover: users deleted a directory and a file (one of a hard link's two paths); the final pass
+  # mirrors, comparing every file's data.
+  want=$(($(find "$dst/t15/d/e" | wc -l) + 1))
+  rm -r "$src/t15/d/e" "$src/t15/a/f8"
+  ij_verify=Checksum ij_apply t15 t15 /nfs "  run: 2
+  mode: Mirror
+  maxDeletes: \"50%\"" || { bad "kubectl apply IngestJob t15 (final Mirror)"; return 1; }
+  wait_for 150 "t15's final pass finished" finished_run t15 2 || return 1
+  say "  final pass: $(ij_phase t15)/$(ready_reason t15): $(ij_json t15 | jq -r '.status.message')"
+  [[ $(ij_phase t15) == Succeeded ]] || { bad "the final pass ended $(ij_phase t15): $(ij_json t15 | jq -c '.status.conditions')"; r=1; }
+  same_tree "$src/t15" "$dst/t15" || { bad "after the final pass, $dst/t15 differs"; r=1; }
+  got=$(ij_json t15 | jq -c '.status.mirror')
+  [[ $(jq -r .deleted <<<"$got") == "$want" && $(jq -r .found <<<"$got") == "$want" && $(jq -r '.refused // ""' <<<"$got") == "" ]] ||
+    { bad "status.mirror $got, want $want found and deleted"; r=1; }
+  got=$(ij_json t15 | jq -r '[.status.passes[] | "\(.run):\(.mode):\(.deleted // 0)"] | join(" ")')
+  [[ $got == "0:Copy:0 1:Copy:0 2:Mirror:$want" ]] || { bad "status.passes: $got"; r=1; }
+  [[ -n $(children jobs t15 | jq -r '.items[] | select(.metadata.labels["ingest.vfxt.dev/role"] == "prune") | .metadata.name') ]] ||
+    { bad "the final pass made no prune Job"; r=1; }
+  return "$r"
+}
+
 cleanup() {
   local rc=$?
   # Watchers first, then the plane (component log tails and pod logs on failure; down.sh), then the
@@ -988,6 +1029,7 @@ main() {
   run_test "12 one of three IPs at a quarter capacity: shared queue, identical" test_12_one_node_at_a_quarter_capacity
   run_test "13 one of three IPs stops answering mid-copy: named Unresponsive, Succeeded, identical" test_13_one_node_stops_answering
   run_test "14 a dry run writes nothing and says what a pass would do; the pass then copies" test_14_dry_run_then_copy
+  run_test "15 three passes to a cutover: bulk, delta, final Mirror with Checksum" test_15_three_passes
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

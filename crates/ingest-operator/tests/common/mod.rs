@@ -289,7 +289,7 @@ pub fn claim_request(ij: &IngestJob, role: &str, worker: &str) -> ClaimRequest {
 /// to `script` through worker messages and ended pods. Panics when the pass does not end up as
 /// scripted (a script that contradicts itself).
 pub fn drive(reg: &Registry, ij: &IngestJob, role: &str, shards: u64, script: &PassScript) {
-    reg.ensure(ij, role, shards, None).unwrap();
+    reg.ensure(ij, role, shards, None, None).unwrap();
     let retries = ij.spec.failure_policy.retries_per_shard;
     // Each attempt at a lost shard: a pod takes it and ends (OOM kill, node lost) holding it.
     for &s in &script.lost {

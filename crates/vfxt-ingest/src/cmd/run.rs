@@ -873,16 +873,18 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     let mirror = match job.mirror {
         Some(limit) if !job.dry_run && !copy.unusable => {
             let found = copy.mirror.clone().unwrap_or_default();
-            let c = &copy.summary.copy;
-            let decision = ingest_job::mirror::decide(
+            let decision = ingest_api::report::mirror_decision(
                 limit,
                 job.policy(),
-                ingest_job::mirror::CopyOutcome {
-                    failed: t.errors + copy.failed_files,
-                    lost_shards: (plan.shards.len() as u64).saturating_sub(copy.accounted_shards),
-                    in_scope: c.entries.saturating_sub(c.excluded) + found.weighed().entries(),
+                t.errors,
+                // The copy phase as the operator sums it.
+                &PodResult {
+                    files: copy.summary.copy.entries_done(),
+                    failed: copy.failed_files,
+                    mirror: Some(found.clone()),
+                    ..PodResult::default()
                 },
-                &found.weighed(),
+                (plan.shards.len() as u64).saturating_sub(copy.accounted_shards),
             );
             let pruned = match &decision {
                 ingest_job::mirror::Decision::Prune { budgets, .. } => {
