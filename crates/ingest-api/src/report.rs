@@ -77,6 +77,7 @@ pub struct MirrorResult {
     /// shard id, for shards that found some. Kept per shard so that the prune pass lets each
     /// shard delete no more than it found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "counts_by_shard_schema")]
     pub found: BTreeMap<u32, u64>,
     /// Copy pass: destination directories that could not be listed, and entries that could not
     /// be weighed.
@@ -153,6 +154,15 @@ impl crate::job::MirrorStatus {
             refused: self.refused.clone(),
         }
     }
+}
+
+/// A map from shard id to a count. schemars writes integer keys as `patternProperties`, which the
+/// API server refuses in a CRD: an object of integers says the same in the structural form.
+fn counts_by_shard_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "integer", "minimum": 0}
+    })
 }
 
 impl MirrorResult {

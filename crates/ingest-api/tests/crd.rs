@@ -28,6 +28,19 @@ fn checked_in_crd_is_fresh() {
     );
 }
 
+/// Keywords a structural schema may not hold: the API server refuses the whole CRD for one of them
+/// (schemars writes a map with integer keys as `patternProperties`).
+#[test]
+fn the_schema_holds_only_what_the_api_server_accepts() {
+    let yaml = crd_yaml();
+    for keyword in ["patternProperties", "$ref", "definitions"] {
+        assert!(
+            !yaml.contains(keyword),
+            "the CRD holds {keyword}, which a CustomResourceDefinition's schema may not"
+        );
+    }
+}
+
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
