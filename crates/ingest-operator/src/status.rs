@@ -452,8 +452,10 @@ pub fn compute(
                     broken: Vec::new(),
                     extraneous: verify.as_ref().map_or(0, |v| v.verification.extraneous),
                     verified: verify.is_some(),
-                    files,
-                    bytes,
+                    // What the destination holds in scope (as `run` says it): the scan's totals,
+                    // not what this pass wrote (a delta pass writes little of an identical tree).
+                    files: plan.totals.files,
+                    bytes: plan.totals.bytes,
                     excluded: plan.totals.excluded,
                     dry_run: dry_run.then(|| {
                         verify

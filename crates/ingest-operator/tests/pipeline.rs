@@ -1767,7 +1767,7 @@ fn claims_verdicts() {
     let cases = [
         Case {
             name: "every shard of both passes completed",
-            says: "copied and verified, destination identical: 60 files",
+            says: "copied and verified, destination identical: 1000 files (976.6 KiB)",
             ..base()
         },
         Case {
