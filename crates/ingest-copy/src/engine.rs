@@ -594,6 +594,7 @@ impl<'a> Walk<'a> {
                     errno: e.raw_os_error(),
                     mismatches: Vec::new(),
                     digest: None,
+                    meta: None,
                 });
             }
         }
@@ -614,6 +615,7 @@ impl<'a> Walk<'a> {
             errno: Some(libc::ENOENT),
             mismatches: Vec::new(),
             digest: None,
+            meta: None,
         });
     }
 
@@ -633,6 +635,7 @@ impl<'a> Walk<'a> {
             errno: None,
             mismatches: Vec::new(),
             digest: None,
+            meta: None,
         });
     }
 
@@ -646,6 +649,7 @@ impl<'a> Walk<'a> {
             errno: None,
             mismatches: Vec::new(),
             digest: None,
+            meta: None,
         });
     }
 
@@ -1819,6 +1823,7 @@ impl<'a> Walk<'a> {
                     errno: e.raw_os_error(),
                     mismatches: Vec::new(),
                     digest: None,
+                    meta: None,
                 });
             }
         }

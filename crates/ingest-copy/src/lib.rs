@@ -31,8 +31,8 @@ pub use job::{CopyJob, MultiLinked, Options, Passes, Preserve, Scope, SettleDirs
 pub use mirror::{MaxDeletes, MirrorCounts};
 pub use progress::{MountMeter, MountSnapshot, Progress, Snapshot};
 pub use report::{
-    CopyCounts, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary, Tee,
-    VerifyCounts,
+    CopyCounts, EntryMeta, FirstN, JsonLines, Mismatch, Outcome, ReportEntry, ReportSink, Summary,
+    Tee, VerifyCounts,
 };
 pub use setup::{SetupError, Target, resolve_target};
 pub use throttle::{RateLimit, Throttle};

@@ -255,6 +255,7 @@ pub(crate) fn prune(
                         errno: None,
                         mismatches: Vec::new(),
                         digest: None,
+                        meta: None,
                     });
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}

@@ -290,6 +290,39 @@ pub struct ReportEntry {
     /// The BLAKE3 digest (hex) of the source file's content, when the verify read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// What the verify pass found the entry to be at the source: the audit trail's record (the
+    /// verify writes one for every entry it compared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<EntryMeta>,
+}
+
+/// An entry's type, size and mtime, as one record of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// `f` file, `d` directory, `l` symlink, `p` fifo, `s` socket, `c`/`b` device.
+    pub kind: char,
+    pub size: u64,
+    /// Seconds and nanoseconds since the epoch, as `1700000000.123456789`.
+    pub mtime: String,
+}
+
+impl EntryMeta {
+    pub(crate) fn of(m: &crate::sys::Meta) -> EntryMeta {
+        use crate::sys::Kind;
+        EntryMeta {
+            kind: match m.kind {
+                Kind::File => 'f',
+                Kind::Dir => 'd',
+                Kind::Symlink => 'l',
+                Kind::Fifo => 'p',
+                Kind::Socket => 's',
+                Kind::CharDev => 'c',
+                Kind::BlockDev => 'b',
+            },
+            size: m.size,
+            mtime: format!("{}.{:09}", m.mtime.0, m.mtime.1),
+        }
+    }
 }
 
 impl ReportEntry {
@@ -302,6 +335,7 @@ impl ReportEntry {
             errno: err.raw_os_error(),
             mismatches: Vec::new(),
             digest: None,
+            meta: None,
         }
     }
 }

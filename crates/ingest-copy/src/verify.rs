@@ -54,7 +54,7 @@ use crate::concurrency::{Gate, MountLimits};
 use crate::engine::Roots;
 use crate::job::{Options, Scope, VerifyMode};
 use crate::progress::Progress;
-use crate::report::{Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
+use crate::report::{EntryMeta, Mismatch, Outcome, ReportEntry, ReportSink, VerifyCounts};
 use crate::sys::{self, Kind, Meta, Op, OpResult, cstr};
 
 /// Fixes one destination entry the verifier found different. The verifier stays read-only:
@@ -312,6 +312,8 @@ struct Look {
     /// BLAKE3 of the source's and the destination's content, when both were read.
     digest: Option<String>,
     dst_digest: Option<String>,
+    /// The source entry's type, size and mtime (the audit trail's record).
+    meta: Option<EntryMeta>,
 }
 
 impl Look {
@@ -452,7 +454,7 @@ impl<'a> Verifier<'a> {
         outcome: Outcome,
         error: Option<String>,
         mismatches: Vec<Mismatch>,
-        digest: Option<String>,
+        (digest, meta): (Option<String>, Option<EntryMeta>),
     ) {
         self.sink.record(ReportEntry {
             path,
@@ -462,6 +464,7 @@ impl<'a> Verifier<'a> {
             errno: None,
             mismatches,
             digest,
+            meta,
         });
     }
 
@@ -522,7 +525,7 @@ impl<'a> Verifier<'a> {
                 Some(_) => "in the destination only (not deleted by the mirror)".into(),
             }),
             vec![Mismatch::Extraneous],
-            None,
+            (None, None),
         );
     }
 
@@ -542,10 +545,15 @@ impl<'a> Verifier<'a> {
         inc(&self.counts.checked);
         if reported.is_empty() {
             inc(&self.counts.matched);
-            if now.digest.is_some() {
-                // The audit trail of a checksum verify: what each file's content was proven to be.
-                self.record(rel.clone(), Outcome::Matched, None, Vec::new(), now.digest);
-            }
+            // The audit trail: every entry compared, with what it was (and, in a checksum
+            // verify, what its content was proven to be).
+            self.record(
+                rel.clone(),
+                Outcome::Matched,
+                None,
+                Vec::new(),
+                (now.digest, now.meta),
+            );
             return;
         }
         self.found(&reported);
@@ -563,7 +571,7 @@ impl<'a> Verifier<'a> {
                 Outcome::Mismatched,
                 Some(why),
                 reported,
-                now.digest,
+                (now.digest, now.meta),
             );
         };
         let after = if now.diffs.is_empty() {
@@ -576,7 +584,13 @@ impl<'a> Verifier<'a> {
         match after {
             Ok(l) if l.diffs.is_empty() => {
                 inc(&self.counts.repaired);
-                self.record(rel.clone(), Outcome::Repaired, None, reported, l.digest);
+                self.record(
+                    rel.clone(),
+                    Outcome::Repaired,
+                    None,
+                    reported,
+                    (l.digest, l.meta),
+                );
             }
             Ok(l) => {
                 inc(&self.counts.errors);
@@ -587,7 +601,7 @@ impl<'a> Verifier<'a> {
                     Outcome::Mismatched,
                     Some(why),
                     reported,
-                    l.digest,
+                    (l.digest, l.meta),
                 );
             }
             Err((op, e)) => {
@@ -900,15 +914,22 @@ impl<'a> Verifier<'a> {
     }
 
     fn look_dir(&self, node: &Node, local: &mut Local) -> OpResult<Look> {
+        let meta = Some(EntryMeta::of(&node.meta));
         let Some(fd) = node.dst_fd(self.roots, local.mount).op("open-dest-dir")? else {
-            return Ok(Look::of(vec![Mismatch::Missing]));
+            return Ok(Look {
+                meta,
+                ..Look::of(vec![Mismatch::Missing])
+            });
         };
         let dm = sys::fstat(fd).op("stat-dest")?;
         let mut diffs = self.meta_diffs(&node.meta, &dm);
         if !diffs.contains(&Mismatch::Type) && self.xattrs_differ(node.src.as_fd(), fd)? {
             diffs.push(Mismatch::Xattrs);
         }
-        Ok(Look::of(diffs))
+        Ok(Look {
+            meta,
+            ..Look::of(diffs)
+        })
     }
 
     // ---- entries -----------------------------------------------------------------------------
@@ -969,7 +990,10 @@ impl<'a> Verifier<'a> {
         let first = if in_dst {
             self.look(dir, name, rel, sm, full, anchor.as_deref_mut(), local)
         } else {
-            Ok(Look::of(vec![Mismatch::Missing]))
+            Ok(Look {
+                meta: Some(EntryMeta::of(sm)),
+                ..Look::of(vec![Mismatch::Missing])
+            })
         };
         let now = match first {
             Ok(l) => l,
@@ -1005,7 +1029,24 @@ impl<'a> Verifier<'a> {
 
     /// Everything that differs between a source entry and its destination.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn look(
+        &self,
+        dir: &Node,
+        name: &CStr,
+        rel: &RelPath,
+        sm: &Meta,
+        full: bool,
+        anchor: Option<&mut Option<Anchor>>,
+        local: &mut Local,
+    ) -> OpResult<Look> {
+        let mut look = self.look_at(dir, name, rel, sm, full, anchor, local)?;
+        look.meta = Some(EntryMeta::of(sm));
+        Ok(look)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn look_at(
         &self,
         dir: &Node,
         name: &CStr,
@@ -1202,6 +1243,7 @@ impl<'a> Verifier<'a> {
                         errno: Some(libc::EOPNOTSUPP),
                         mismatches: Vec::new(),
                         digest: None,
+                        meta: None,
                     });
                 }
                 Ok(false)

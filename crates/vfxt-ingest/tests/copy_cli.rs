@@ -111,11 +111,7 @@ fn per_file_failure_exits_1_and_is_in_the_report() {
     let report = tmp.path().join("report.jsonl");
     let out = copy(&[&src, &dest], &["--report", report.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = fs::read_to_string(&report)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = problems(&report);
     // One line from the copy pass, one from the verify pass's attempt to repair it: the same
     // operation fails the same way.
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -180,10 +176,8 @@ fn verify_only_reports_every_difference_and_writes_nothing() {
         stdout.contains("0 entries in scope"),
         "no copy pass: {stdout}"
     );
-    let mut lines: Vec<(String, String, serde_json::Value)> = fs::read_to_string(&report)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let mut lines: Vec<(String, String, serde_json::Value)> = problems(&report)
+        .into_iter()
         .map(|v| {
             (
                 v["path"].as_str().unwrap().to_string(),
@@ -320,7 +314,7 @@ fn a_dry_run_says_what_a_copy_would_do_and_writes_nothing() {
         assert!(err.contains(line), "{line}: {err}");
     }
     assert!(!err.contains("x.tmp"), "excluded: {err}");
-    assert_eq!(fs::read_to_string(&report).unwrap().lines().count(), 4);
+    assert_eq!(problems(&report).len(), 4);
 
     // (A copy never deletes, and its verify counts an entry only in the destination as a
     // difference: the user removes it.)
@@ -751,11 +745,28 @@ fn mirror_case(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (src, dest)
 }
 
-fn report_lines(report: &Path) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = fs::read_to_string(report)
+/// A report's lines but the audit trail's (`matched`: an entry the verify found equal), which
+/// every compared entry has; at least one must be there.
+fn problems(report: &Path) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> = fs::read_to_string(report)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        all.iter()
+            .any(|v| v["outcome"] == "matched" && v["meta"].is_object()),
+        "no audit trail in {}",
+        report.display()
+    );
+    all.into_iter()
+        .filter(|v| v["outcome"] != "matched")
+        .collect()
+}
+
+fn report_lines(report: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = problems(report)
+        .into_iter()
         .map(|v| {
             (
                 v["outcome"].as_str().unwrap().into(),

@@ -133,22 +133,28 @@ fn worker_report_is_gzip_whole_and_read_back_with_every_failure() {
     .unwrap();
     fs::write(run_dir.join(".copy-0-1.jsonl.gz.tmp-77"), b"\x1f\x8b torn").unwrap();
 
+    // The verify pass's audit trail: a `matched` line for every entry it found equal.
+    let o = report(&[&t.join("reports")], &["--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let matched = doc["byOutcome"]["matched"].as_u64().unwrap() as usize;
+    assert!(matched > 0, "{doc}");
     let o = report(&[&t.join("reports")], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    let total = failed * 2 + 1;
+    let listed = failed * 2 + 1;
+    let total = listed + matched;
     assert!(
         out.contains(&format!("{total} entries from 3 report file(s) (2 gzip)")),
         "{out}"
     );
     assert!(
         out.contains(&format!(
-            "by outcome: failed {}, repaired {failed}",
+            "by outcome: failed {}, matched {matched}, repaired {failed}",
             failed + 1
         )),
         "{out}"
     );
-    assert!(out.contains(&format!("first 20 of {total}:")), "{out}");
+    assert!(out.contains(&format!("first 20 of {listed}:")), "{out}");
     assert!(
         out.contains("failed open-dest d/f") && out.contains("[copy-0-0.jsonl.gz]"),
         "{out}"
@@ -242,7 +248,7 @@ fn local_run_points_at_its_full_report_and_report_reads_the_state_dir() {
         out.contains(&format!(
             "… {} more; every entry: vfxt-ingest report {}",
             failed - 20,
-            state.join("logs").display()
+            state.join("logs/run-0").display()
         )),
         "{out}"
     );
@@ -266,7 +272,9 @@ fn local_run_points_at_its_full_report_and_report_reads_the_state_dir() {
         .unwrap()
         .iter()
         .filter(|e| {
-            e["file"].as_str().unwrap().ends_with("-verify.jsonl.gz") && e["outcome"] != "repaired"
+            e["file"].as_str().unwrap().ends_with("-verify.jsonl.gz")
+                && e["outcome"] != "repaired"
+                && e["outcome"] != "matched"
         })
         .count() as u64;
     assert_eq!(verify_failed, failed, "{doc}");
@@ -316,7 +324,7 @@ fn local_run_checks_spec_report_and_says_where_its_reports_go() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains(&format!(
             "this local run writes them to {}",
-            t.join("state").join("logs").display()
+            t.join("state").join("logs/run-0").display()
         )),
         "{}",
         text(&o)

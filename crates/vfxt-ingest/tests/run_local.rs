@@ -1249,7 +1249,7 @@ fn a_destination_that_stops_answering_is_given_up_and_the_run_still_succeeds() {
     assert!(logs.contains("stopped answering"), "{logs}");
     // Each worker process published its own report, those that left the hung node too (no
     // temporary file left behind, none replaced by the worker started after it).
-    let names: Vec<String> = fs::read_dir(state.join("logs"))
+    let names: Vec<String> = fs::read_dir(state.join("logs/run-0"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -1917,4 +1917,101 @@ fn a_mirror_deletes_only_what_the_source_lacks_in_scope_and_within_its_limits() 
         "{}",
         text(&o)
     );
+}
+
+/// Each pass keeps its audit trail in its own directory (`logs/run-N`): a record per entry its
+/// verify pass compared, with type, size and mtime (and the digest under Checksum). `report
+/// --against` says what changed between two passes; `--csv` exports a trail.
+#[test]
+fn each_pass_keeps_an_audit_trail_and_two_passes_compare() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let state = t.path().join("state");
+    let job = |extra: &str| {
+        job_yaml(
+            t.path(),
+            &src,
+            &[dst.clone(), dst.clone()],
+            &format!("  workers: 2\n  shards: {{target: 8}}\n{extra}"),
+        )
+    };
+    let o = run_cmd(&job(""), &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    fs::write(src.join("flat/new"), b"new").unwrap();
+    fs::remove_file(src.join("flat/img0003")).unwrap();
+    fs::write(src.join("proj00/run0/f000.dat"), b"rewritten").unwrap();
+    let o = run_cmd(
+        &job("  run: 1\n  mode: Mirror\n  verify: {mode: Checksum}\n"),
+        &state,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let report = |args: &[&str]| {
+        let o = bin().arg("report").args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (r0, r1) = (state.join("logs/run-0"), state.join("logs/run-1"));
+    let (r0, r1) = (r0.to_str().unwrap(), r1.to_str().unwrap());
+    let diff: serde_json::Value =
+        serde_json::from_str(&report(&[r1, "--against", r0, "--json"])).unwrap();
+    assert_eq!(diff["added"], serde_json::json!(["flat/new"]), "{diff}");
+    assert_eq!(
+        diff["removed"],
+        serde_json::json!(["flat/img0003"]),
+        "{diff}"
+    );
+    let changed: Vec<&str> = diff["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["path"].as_str())
+        .collect();
+    // The rewritten file, and the directories whose entries changed (their mtime).
+    assert!(changed.contains(&"proj00/run0/f000.dat"), "{diff}");
+    assert!(changed.contains(&"flat"), "{diff}");
+    assert!(
+        changed
+            .iter()
+            .all(|p| ["proj00/run0/f000.dat", "flat", "proj00/run0"].contains(p)),
+        "{diff}"
+    );
+
+    // The later trail as CSV: one line per entry compared (every path of the source, hard links
+    // by each path), each with its type, size and mtime; files with their digest.
+    let csv = report(&[r1, "--csv"]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("path,outcome,op,type,size,mtime,digest,error")
+    );
+    let rows: Vec<Vec<&str>> = lines
+        .map(|l| l.split(',').collect())
+        .filter(|r: &Vec<&str>| r[1] == "matched")
+        .collect();
+    // A hard link's paths are checked where each scope meets them: once or twice each.
+    let paths: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(paths.len() as u64, walkdir_count(&src), "{csv}");
+    for r in &rows {
+        assert!(!r[3].is_empty() && !r[5].is_empty(), "{r:?}");
+        if r[3] == "f" {
+            assert_eq!(r[6].len(), 64, "a BLAKE3 digest: {r:?}");
+        }
+    }
+}
+
+/// Entries below `root`, itself included.
+fn walkdir_count(root: &Path) -> u64 {
+    let mut n = 1;
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        n += if e.file_type().unwrap().is_dir() {
+            walkdir_count(&e.path())
+        } else {
+            1
+        };
+    }
+    n
 }

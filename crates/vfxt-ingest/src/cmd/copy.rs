@@ -107,8 +107,9 @@ pub struct Args {
     /// every difference; nothing is written into DEST. Exit status 1 when they differ.
     #[arg(long)]
     pub verify_only: bool,
-    /// Write every failed, unsupported, repaired or different path as JSON Lines to FILE (with
-    /// --verify checksum also every file found equal, with its BLAKE3 digest).
+    /// Write every failed, unsupported, repaired, deleted or different path as JSON Lines to FILE,
+    /// and the audit trail: every entry the verify found equal, with its type, size and mtime
+    /// (with --verify checksum also its BLAKE3 digest).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Print the summary as JSON on stdout.

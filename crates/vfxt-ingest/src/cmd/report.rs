@@ -143,8 +143,141 @@ pub struct Args {
     #[arg(long, conflicts_with = "jsonl")]
     pub json: bool,
     /// Print every entry as a JSON line (with the `file` it came from).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub jsonl: bool,
+    /// Print every entry as CSV: path, outcome, operation, type, size, mtime, digest, error.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// Compare with an earlier pass's reports (its run directory, or its report location): which
+    /// entries the later pass found that the earlier did not, which it no longer found, and which
+    /// changed (type, size, mtime, or content digest), from each pass's audit trail (the entries
+    /// its verify pass compared).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub against: Option<PathBuf>,
+}
+
+/// One entry as a pass's audit trail left it: what the verify pass found at the source (and,
+/// checksummed, its content's digest). The trail is the verify's `matched` and `repaired` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    meta: Option<ingest_copy::EntryMeta>,
+    digest: Option<String>,
+}
+
+/// Path (escaped) -> what the trail says of it.
+fn trail(entries: &[(usize, ReportEntry)]) -> BTreeMap<String, Seen> {
+    entries
+        .iter()
+        .filter(|(_, e)| matches!(e.outcome, EntryOutcome::Matched | EntryOutcome::Repaired))
+        .map(|(_, e)| {
+            (
+                e.path.to_escaped(),
+                Seen {
+                    meta: e.meta.clone(),
+                    digest: e.digest.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// What changed between two trails.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+struct Changes {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// Path and what differs (`type`, `size`, `mtime`, `content`).
+    changed: Vec<(String, Vec<&'static str>)>,
+}
+
+fn compare(old: &BTreeMap<String, Seen>, new: &BTreeMap<String, Seen>) -> Changes {
+    let mut c = Changes::default();
+    for (path, n) in new {
+        let Some(o) = old.get(path) else {
+            c.added.push(path.clone());
+            continue;
+        };
+        let mut what = Vec::new();
+        if let (Some(om), Some(nm)) = (&o.meta, &n.meta) {
+            if om.kind != nm.kind {
+                what.push("type");
+            }
+            if om.size != nm.size {
+                what.push("size");
+            }
+            if om.mtime != nm.mtime {
+                what.push("mtime");
+            }
+        }
+        // Only when both passes read the content: a metadata verify has no digest to compare.
+        if let (Some(od), Some(nd)) = (&o.digest, &n.digest)
+            && od != nd
+        {
+            what.push("content");
+        }
+        if !what.is_empty() {
+            c.changed.push((path.clone(), what));
+        }
+    }
+    c.removed = old
+        .keys()
+        .filter(|p| !new.contains_key(*p))
+        .cloned()
+        .collect();
+    c
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn csv_line(e: &ReportEntry) -> String {
+    let meta = e.meta.as_ref();
+    [
+        e.path.to_escaped(),
+        outcome_name(e.outcome),
+        e.op.clone(),
+        meta.map(|m| m.kind.to_string()).unwrap_or_default(),
+        meta.map(|m| m.size.to_string()).unwrap_or_default(),
+        meta.map(|m| m.mtime.clone()).unwrap_or_default(),
+        e.digest.clone().unwrap_or_default(),
+        match (&e.error, e.mismatches.is_empty()) {
+            (Some(err), _) => err.clone(),
+            (None, false) => format!("{:?}", e.mismatches),
+            (None, true) => String::new(),
+        },
+    ]
+    .iter()
+    .map(|f| csv_field(f))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// Every entry of the report files under `inputs`, with the index of its file.
+fn read_all(
+    files: &[PathBuf],
+    errors: &mut Vec<String>,
+) -> (Vec<(usize, ReportEntry)>, usize, usize) {
+    let mut entries = Vec::new();
+    let (mut read, mut gz_files) = (0, 0);
+    for (i, f) in files.iter().enumerate() {
+        match read_file(f) {
+            Ok(es) => {
+                read += 1;
+                if is_gzip_name(f) {
+                    gz_files += 1;
+                }
+                entries.extend(es.into_iter().map(|e| (i, e)));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (entries, read, gz_files)
 }
 
 /// Every report file under the inputs, sorted, and the unfinished (temporary) ones seen.
@@ -230,19 +363,35 @@ fn outcome_name(o: EntryOutcome) -> String {
 pub fn run(args: Args) -> Outcome {
     let mut errors = Vec::new();
     let (files, unfinished) = collect(&args.inputs, &mut errors);
-    let mut entries: Vec<(usize, ReportEntry)> = Vec::new();
-    let (mut read, mut gz_files) = (0, 0);
-    for (i, f) in files.iter().enumerate() {
-        match read_file(f) {
-            Ok(es) => {
-                read += 1;
-                if is_gzip_name(f) {
-                    gz_files += 1;
-                }
-                entries.extend(es.into_iter().map(|e| (i, e)));
-            }
-            Err(e) => errors.push(e),
+    let (entries, read, gz_files) = read_all(&files, &mut errors);
+    if let Some(against) = &args.against {
+        let (old_files, old_unfinished) = collect(std::slice::from_ref(against), &mut errors);
+        let (old, _, _) = read_all(&old_files, &mut errors);
+        for t in unfinished.iter().chain(&old_unfinished) {
+            eprintln!(
+                "note: {}: an unfinished report (its writer stopped before the end), not read",
+                t.display()
+            );
         }
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Outcome::UnusableInput;
+        }
+        let (old, new) = (trail(&old), trail(&entries));
+        if old.is_empty() || new.is_empty() {
+            eprintln!(
+                "error: {}: no audit trail (entries its verify pass compared); a pass with verify.mode None has none",
+                if old.is_empty() {
+                    against.display().to_string()
+                } else {
+                    args.inputs[0].display().to_string()
+                }
+            );
+            return Outcome::UnusableInput;
+        }
+        return print_changes(&args, &compare(&old, &new), (old.len(), new.len()));
     }
     let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_op: BTreeMap<String, u64> = BTreeMap::new();
@@ -260,6 +409,11 @@ pub fn run(args: Args) -> Outcome {
     if args.jsonl {
         for (i, e) in &entries {
             let _ = writeln!(out, "{}", with_file(*i, e));
+        }
+    } else if args.csv {
+        let _ = writeln!(out, "path,outcome,op,type,size,mtime,digest,error");
+        for (_, e) in &entries {
+            let _ = writeln!(out, "{}", csv_line(e));
         }
     } else if args.json {
         let doc = serde_json::json!({
@@ -288,7 +442,7 @@ pub fn run(args: Args) -> Outcome {
             let _ = writeln!(out, "by outcome: {}", join(&by_outcome));
             let _ = writeln!(out, "by operation: {}", join(&by_op));
         }
-        // The checksum audit trail (matched files) is counted, not listed: the list is what went wrong.
+        // The audit trail (matched entries) is counted, not listed: the list is what went wrong.
         let listed: Vec<&(usize, ReportEntry)> = entries
             .iter()
             .filter(|(_, e)| e.outcome != EntryOutcome::Matched)
@@ -340,5 +494,110 @@ pub fn run(args: Args) -> Outcome {
         Outcome::Success
     } else {
         Outcome::UnusableInput
+    }
+}
+
+/// `--against`: the differences between two passes, as a summary, JSON or CSV.
+fn print_changes(args: &Args, c: &Changes, (old, new): (usize, usize)) -> Outcome {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "earlier": old, "later": new,
+            "added": c.added, "removed": c.removed,
+            "changed": c.changed.iter().map(|(p, w)| serde_json::json!({"path": p, "what": w})).collect::<Vec<_>>(),
+        });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("json"));
+    } else if args.csv || args.jsonl {
+        let rows = c
+            .added
+            .iter()
+            .map(|p| ("added", p, String::new()))
+            .chain(c.removed.iter().map(|p| ("removed", p, String::new())))
+            .chain(c.changed.iter().map(|(p, w)| ("changed", p, w.join(" "))));
+        if args.csv {
+            let _ = writeln!(out, "change,path,what");
+        }
+        for (kind, p, what) in rows {
+            let _ = if args.csv {
+                writeln!(out, "{kind},{},{}", csv_field(p), csv_field(&what))
+            } else {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"change": kind, "path": p, "what": what})
+                )
+            };
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "{old} entries in the earlier pass's trail, {new} in the later's: {} added, {} removed, {} changed",
+            c.added.len(),
+            c.removed.len(),
+            c.changed.len()
+        );
+        for (label, list) in [("added", &c.added), ("removed", &c.removed)] {
+            for p in list.iter().take(args.limit) {
+                let _ = writeln!(out, "  {label} {p}");
+            }
+        }
+        for (p, what) in c.changed.iter().take(args.limit) {
+            let _ = writeln!(out, "  changed {p}: {}", what.join(", "));
+        }
+    }
+    let _ = out.flush();
+    Outcome::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(kind: char, size: u64, mtime: &str, digest: Option<&str>) -> Seen {
+        Seen {
+            meta: Some(ingest_copy::EntryMeta {
+                kind,
+                size,
+                mtime: mtime.into(),
+            }),
+            digest: digest.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn two_trails_differ_by_what_was_added_removed_and_changed() {
+        let old = BTreeMap::from([
+            ("a".to_owned(), seen('f', 1, "1.0", Some("aa"))),
+            ("b".to_owned(), seen('f', 2, "1.0", None)),
+            ("c".to_owned(), seen('f', 3, "1.0", Some("cc"))),
+            ("gone".to_owned(), seen('l', 4, "1.0", None)),
+        ]);
+        let new = BTreeMap::from([
+            ("a".to_owned(), seen('f', 1, "1.0", Some("aa"))),
+            ("b".to_owned(), seen('d', 5, "2.0", None)),
+            // Same size and mtime, other content (a checksum pass on both sides sees it).
+            ("c".to_owned(), seen('f', 3, "1.0", Some("cd"))),
+            ("new".to_owned(), seen('f', 0, "3.0", None)),
+        ]);
+        let c = compare(&old, &new);
+        assert_eq!(c.added, ["new"]);
+        assert_eq!(c.removed, ["gone"]);
+        assert_eq!(
+            c.changed,
+            [
+                ("b".to_owned(), vec!["type", "size", "mtime"]),
+                ("c".to_owned(), vec!["content"])
+            ]
+        );
+        assert_eq!(compare(&new, &new), Changes::default());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_they_must_be() {
+        assert_eq!(csv_field("plain/path"), "plain/path");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
     }
 }

@@ -258,6 +258,12 @@ struct Resolved {
     mirror: Option<ingest_copy::MaxDeletes>,
 }
 
+/// Where the workers of run `run` write their reports: a directory per pass (`spec.run`), so that
+/// each pass keeps its own audit trail (`vfxt-ingest report --against` compares two).
+fn reports_dir(state: &Path, run: i64) -> PathBuf {
+    state.join("logs").join(format!("run-{run}"))
+}
+
 impl Resolved {
     fn policy(&self) -> ingest_job::Policy {
         ingest_job::Policy {
@@ -752,7 +758,7 @@ pub fn run(args: Args) -> Outcome {
     if job.cluster_report {
         eprintln!(
             "note: spec.report is where the cluster's pods write their reports; this local run writes them to {} (read them with: vfxt-ingest report {0})",
-            state.join("logs").display()
+            reports_dir(&state, job.run).display()
         );
     }
     match execute(&job, &state, &args) {
@@ -1190,8 +1196,7 @@ fn run_phase(
             .args(job.mirror.is_some().then_some("--mirror"))
             .arg("--report")
             .arg(
-                state
-                    .join("logs")
+                reports_dir(state, job.run)
                     // Each process its own: a worker started again must not replace what the
                     // one before it reported.
                     .join(match k {
@@ -1742,7 +1747,7 @@ fn print_status(
         println!(
             "state: {} (the reports list every path: vfxt-ingest report {})",
             state.display(),
-            state.join("logs").display()
+            reports_dir(state, s.run.unwrap_or_default()).display()
         );
         return;
     }
@@ -1872,7 +1877,7 @@ fn print_status(
         println!(
             "  … {} more; every entry: vfxt-ingest report {}",
             s.failed_files - s.failures.len() as u64,
-            state.join("logs").display()
+            reports_dir(state, s.run.unwrap_or_default()).display()
         );
     }
     println!(

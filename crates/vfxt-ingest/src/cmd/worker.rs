@@ -177,7 +177,8 @@ pub struct Args {
     /// Do not copy user extended attributes.
     #[arg(long)]
     pub no_xattrs: bool,
-    /// Write every failed or repaired path as JSON Lines to FILE (gzip-compressed when FILE ends
+    /// Write every failed, repaired or deleted path, and the audit trail (every entry the verify
+    /// phase compared, with its type, size, mtime and digest), as JSON Lines to FILE (gzip-compressed when FILE ends
     /// in `.gz`; parent directories are created). Written under a hidden temporary name and
     /// renamed to FILE at the end, so FILE, once there, is whole.
     #[arg(long, value_name = "FILE")]
