@@ -1076,6 +1076,59 @@ pub struct Totals {
     /// in the counts above, not copied, not reported missing.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub excluded: u64,
+    /// Regular files by size, smallest first: non-empty rows only, each a factor of 16 wide
+    /// (`vfxt-ingest scan` shows rows a factor of 2 wide, worded alike).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub size_histogram: Vec<HistogramRow>,
+    /// Regular files by the age of their mtime when the scan started, youngest first: non-empty
+    /// rows only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub age_histogram: Vec<HistogramRow>,
+    /// The directories with the most entries of their own, most first (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub largest_directories: Vec<DirectoryTotals>,
+    /// Files with more than one link: each inode is copied once, with all its paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard_links: Option<HardLinks>,
+    /// Seconds a run over the whole tree would take (scan, copy and verify) at the files and
+    /// bytes per second measured by the job's earlier Copy pass that wrote the most bytes (see
+    /// `status.passes`): the larger of `files` over the one rate and `bytes` over the other. A
+    /// pass that finds much already at the destination takes less. Absent until a Copy pass has
+    /// been measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<u64>,
+}
+
+/// One row of a histogram.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HistogramRow {
+    /// The row's range: `[1.0 KiB, 16.0 KiB)`, `under 1 day`.
+    pub bucket: String,
+    /// Regular files in it.
+    pub files: u64,
+}
+
+/// One directory's own entries (not what is below its subdirectories).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryTotals {
+    /// Relative to the source root (`.` for the root), cut to 128 bytes (ending in `…` then).
+    pub path: String,
+    /// Non-directory entries directly in it.
+    pub entries: u64,
+    /// Bytes of the regular files directly in it.
+    pub bytes: u64,
+}
+
+/// Hard-linked files in the tree.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HardLinks {
+    /// Inodes with more than one link.
+    pub inodes: u64,
+    /// Their paths in the tree.
+    pub paths: u64,
 }
 
 /// Copy progress of the current run.

@@ -5,6 +5,7 @@
 pub mod claims;
 pub mod conditions;
 pub mod constants;
+pub mod estimate;
 pub mod job;
 pub mod report;
 pub mod strict;

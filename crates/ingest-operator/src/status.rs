@@ -321,7 +321,8 @@ pub fn compute(
 
     let mut outcome = outcome;
     if let Some((plan, layout)) = stage.plan() {
-        st.totals = Some(plan.totals.clone());
+        // The estimate rests on the job's earlier runs: this run's record is not written yet.
+        st.totals = Some(plan.totals.clone().with_estimate(&st.passes));
         let copy = sum_pass(passes.copy.as_ref());
         // Until the verify pass ran (a run stopped after the scan or the copy never gets one).
         let in_copy = match stage {

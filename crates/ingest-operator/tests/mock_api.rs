@@ -406,7 +406,7 @@ fn totals() -> Totals {
         files: 100,
         directories: 3,
         bytes: 1000,
-        excluded: 0,
+        ..Default::default()
     }
 }
 

@@ -27,7 +27,7 @@ fn totals() -> Totals {
         files: 1000,
         directories: 10,
         bytes: 1_000_000,
-        excluded: 0,
+        ..Default::default()
     }
 }
 
@@ -1311,6 +1311,72 @@ fn a_finished_runs_record_survives_a_restart_job_deletion_and_policy_edits() {
     assert_eq!((next.run, next.phase), (Some(1), Some(Phase::Pending)));
     assert_eq!(next.failed_files, 0);
     assert!(next.completion_time.is_none() && next.failures.is_empty());
+}
+
+/// `status.totals` carries what the scan pod put in the plan summary (histograms, largest
+/// directories, hard links); the next run's totals estimate its time from the recorded Copy pass.
+#[test]
+fn status_totals_carry_the_plans_analytics_and_the_next_run_an_estimate_from_the_copy_pass() {
+    use ingest_api::{DirectoryTotals, HardLinks, HistogramRow};
+    let analytics = Totals {
+        files: 1000,
+        directories: 10,
+        bytes: 30_000,
+        size_histogram: vec![HistogramRow {
+            bucket: "[16 B, 256 B)".into(),
+            files: 1000,
+        }],
+        age_histogram: vec![HistogramRow {
+            bucket: "under 1 day".into(),
+            files: 1000,
+        }],
+        largest_directories: vec![DirectoryTotals {
+            path: "shots/sq010".into(),
+            entries: 900,
+            bytes: 27_000,
+        }],
+        hard_links: Some(HardLinks {
+            inodes: 2,
+            paths: 5,
+        }),
+        ..Default::default()
+    };
+    let (mut ij, mut obs, v) = finished_with_failures([0, 0, 0]);
+    obs.plans = vec![plan_meta(&ij, 3, analytics.clone())];
+    ij.status = Some(IngestJobStatus {
+        run: Some(0),
+        start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(0))),
+        ..Default::default()
+    });
+    let record = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(100));
+    // Through the plan summary's annotation as the scan pod wrote it; nothing measured before.
+    assert_eq!(record.totals.as_ref(), Some(&analytics));
+    let pass = &record.passes[0];
+    assert_eq!(
+        (pass.mode, pass.files, pass.bytes),
+        (ingest_api::PassMode::Copy, 60, 300)
+    );
+
+    // Run 1 over the same tree: run 0 moved 0.6 files/s and 3 B/s over its 100 s, so its 30,000
+    // bytes take 10,000 s (its 1000 files only 1667 s).
+    ij.status = Some(record);
+    ij.spec.run = 1;
+    let obs = scanned(&ij, 3, analytics.clone(), false);
+    let st = compute(
+        &ij,
+        &obs,
+        &stage(&ij, &obs, &no_passes()),
+        &no_passes(),
+        at(200),
+    );
+    assert_eq!(st.phase, Some(Phase::Copying));
+    assert_eq!(
+        st.totals,
+        Some(Totals {
+            estimated_seconds: Some(10_000),
+            ..analytics
+        })
+    );
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn ten_thousand_shards_five_hundred_workers_stay_under_the_object_limit() {
             files: SHARDS * 10_000,
             directories: 1_000_000,
             bytes: SHARDS << 30,
-            excluded: 0,
+            ..Default::default()
         };
         let shards_per_server = (0..n_servers as u32)
             .map(|s| plan.shards_of_server(s).count() as u64)
@@ -247,7 +247,7 @@ fn a_fragmented_pass_checkpoint_of_ten_thousand_shards_keeps_the_status_small() 
         files: SHARDS * 10_000,
         directories: 1_000_000,
         bytes: SHARDS << 30,
-        excluded: 0,
+        ..Default::default()
     };
     let mut obs = scanned(&ij, SHARDS, totals, false);
     add_pass_job(&ij, &mut obs, "copy", |j| {

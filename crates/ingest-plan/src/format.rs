@@ -17,6 +17,10 @@ pub const PLAN_KIND: &str = "ShardPlan";
 /// Number of size-histogram buckets: bucket 0 holds empty files, bucket `b` sizes in `[2^(b-1), 2^b)`.
 pub const HISTOGRAM_BUCKETS: usize = 65;
 
+/// Directories listed in [`Totals::largest_directories`]: enough to point at the hot spots,
+/// few enough for the IngestJob's status.
+pub const LARGEST_DIRECTORIES: usize = 5;
+
 /// Predicted time of a piece of work, in seconds of one worker:
 /// `entries * seconds_per_entry + bytes / bytes_per_second`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -113,6 +117,22 @@ pub struct Totals {
     /// Regular files by the age of their mtime at the scan's start (`scan::AGE_BUCKETS`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub age_histogram: Vec<u64>,
+    /// The directories with the most entries of their own, most first (at most
+    /// [`LARGEST_DIRECTORIES`]). Kept here rather than recomputed from the scan, so that whoever
+    /// reads the plan (the scan pod's summary for the status, `run`) has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub largest_directories: Vec<DirectoryTotals>,
+}
+
+/// One directory's own entries (not what is below its subdirectories).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryTotals {
+    pub path: RelPath,
+    /// Non-directory entries directly in it.
+    pub entries: u64,
+    /// Bytes of the regular files directly in it.
+    pub bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

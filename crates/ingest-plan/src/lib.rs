@@ -10,6 +10,7 @@ pub mod format;
 pub mod planner;
 pub mod scan;
 pub mod scopes;
+pub mod summary;
 
 pub use format::{CostModel, Plan, Shard, ShardScope};
 pub use planner::{PlanError, PlanOptions, plan};

@@ -19,9 +19,10 @@ use std::collections::BinaryHeap;
 use ingest_path::RelPath;
 
 use crate::format::{
-    CostModel, PLAN_API_VERSION, PLAN_KIND, Plan, Prediction, Shard, ShardScope, Totals,
+    CostModel, DirectoryTotals, LARGEST_DIRECTORIES, PLAN_API_VERSION, PLAN_KIND, Plan, Prediction,
+    Shard, ShardScope, Totals,
 };
-use crate::scan::{Scan, tree_order};
+use crate::scan::Scan;
 
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
@@ -109,7 +110,7 @@ pub fn plan(scan: &Scan, opts: &PlanOptions) -> Result<Plan, PlanError> {
     if scan.dirs.is_empty() {
         return Err(PlanError::EmptyScan);
     }
-    let groups = link_groups(scan);
+    let groups = scan.link_groups();
     let m = &opts.cost;
     let group_loads: Vec<Load> = groups
         .iter()
@@ -217,6 +218,15 @@ pub fn totals(scan: &Scan) -> Totals {
         size_histogram: scan.histogram.clone(),
         excluded: scan.excluded,
         age_histogram: scan.age_histogram.clone(),
+        largest_directories: scan
+            .largest_dirs(LARGEST_DIRECTORIES)
+            .into_iter()
+            .map(|d| DirectoryTotals {
+                path: d.path.clone(),
+                entries: d.own_entries(),
+                bytes: d.bytes,
+            })
+            .collect(),
     }
 }
 
@@ -230,29 +240,6 @@ fn tree_load(scan: &Scan, i: usize, m: &CostModel) -> Load {
         files,
         bytes,
     }
-}
-
-/// Paths of each multi-linked inode (tree order), with its size; groups in order of first path.
-fn link_groups(scan: &Scan) -> Vec<(Vec<RelPath>, u64)> {
-    let mut groups: Vec<(Vec<RelPath>, u64)> = Vec::new();
-    let mut last = None;
-    for l in &scan.links {
-        if last == Some((l.dev, l.ino)) {
-            groups
-                .last_mut()
-                .expect("group started")
-                .0
-                .push(l.path.clone());
-        } else {
-            groups.push((vec![l.path.clone()], l.size));
-            last = Some((l.dev, l.ino));
-        }
-    }
-    for g in &mut groups {
-        g.0.sort_by(tree_order);
-    }
-    groups.sort_by(|a, b| tree_order(&a.0[0], &b.0[0]));
-    groups
 }
 
 /// One step of a directory's name-ordered entries, as the range cutter sees them.

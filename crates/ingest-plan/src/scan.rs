@@ -637,6 +637,40 @@ impl Scan {
         v.truncate(n);
         v
     }
+
+    /// The paths of each multi-linked inode (tree order) with its size; groups in order of their
+    /// first path.
+    pub fn link_groups(&self) -> Vec<(Vec<RelPath>, u64)> {
+        let mut groups: Vec<(Vec<RelPath>, u64)> = Vec::new();
+        let mut last = None;
+        for l in &self.links {
+            if last == Some((l.dev, l.ino)) {
+                groups
+                    .last_mut()
+                    .expect("group started")
+                    .0
+                    .push(l.path.clone());
+            } else {
+                groups.push((vec![l.path.clone()], l.size));
+                last = Some((l.dev, l.ino));
+            }
+        }
+        for g in &mut groups {
+            g.0.sort_by(tree_order);
+        }
+        groups.sort_by(|a, b| tree_order(&a.0[0], &b.0[0]));
+        groups
+    }
+
+    /// The `n` inodes with the most paths in the tree, most first (ties in tree order), for
+    /// summaries.
+    pub fn largest_link_groups(&self, n: usize) -> Vec<(Vec<RelPath>, u64)> {
+        let mut groups = self.link_groups();
+        // Stable: equal groups stay in the order of their first path.
+        groups.sort_by_key(|g| std::cmp::Reverse(g.0.len()));
+        groups.truncate(n);
+        groups
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

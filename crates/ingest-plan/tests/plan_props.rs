@@ -318,3 +318,59 @@ fn the_name_ranges_of_a_directory_leave_no_gap() {
         }
     }
 }
+
+#[test]
+fn totals_name_the_largest_directories_and_the_scan_its_largest_link_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Files of their own: root 1, a 3 (its subdirectory b 2), c 4, d none, e 1; the links below
+    // add one each to a/b, d and e.
+    std::fs::write(root.join("top"), b"1").unwrap();
+    for (d, n) in [("a", 3), ("a/b", 2), ("c", 4), ("d", 0), ("e", 1)] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        for i in 0..n {
+            std::fs::write(root.join(d).join(format!("f{i}")), b"12345").unwrap();
+        }
+    }
+    // Hard links: c/f0 has three paths, a/f0 two.
+    std::fs::hard_link(root.join("c/f0"), root.join("e/link-c")).unwrap();
+    std::fs::hard_link(root.join("c/f0"), root.join("d/link-c")).unwrap();
+    std::fs::hard_link(root.join("a/f0"), root.join("a/b/link-a")).unwrap();
+    let s = scan(root, &scan_opts(2)).unwrap();
+    let p = plan(&s, &plan_opts(4, 1)).unwrap();
+    let largest: Vec<(String, u64, u64)> = p
+        .totals
+        .largest_directories
+        .iter()
+        .map(|d| (d.path.to_string(), d.entries, d.bytes))
+        .collect();
+    assert_eq!(
+        largest,
+        [
+            ("c".to_string(), 4, 20),
+            ("a".to_string(), 3, 15),
+            ("a/b".to_string(), 3, 15),
+            ("e".to_string(), 2, 10),
+            (".".to_string(), 1, 1),
+        ]
+    );
+    let groups: Vec<Vec<String>> = s
+        .largest_link_groups(5)
+        .into_iter()
+        .map(|(paths, size)| {
+            assert_eq!(size, 5);
+            paths.iter().map(|p| p.to_string()).collect()
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            vec!["c/f0", "d/link-c", "e/link-c"],
+            vec!["a/b/link-a", "a/f0"]
+        ]
+    );
+    assert_eq!(s.largest_link_groups(1).len(), 1);
+    assert_eq!((p.totals.linked_inodes, p.totals.linked_paths), (2, 5));
+    // The plan carries them: whoever reads it back has the same.
+    assert_eq!(Plan::from_json(&p.to_json()).unwrap().totals, p.totals);
+}

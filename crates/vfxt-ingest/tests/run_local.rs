@@ -1041,6 +1041,61 @@ fn resumed_finished_run_says_it_copied_nothing() {
     assert_identical(&src, &dst);
 }
 
+/// `status.totals` carries what the scan found (histograms, largest directories, hard links);
+/// a run after a recorded Copy pass estimates its time from that pass's rates.
+#[test]
+fn a_runs_totals_carry_the_scans_analytics_and_an_estimate_from_the_recorded_copy_pass() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "  workers: 2\n");
+    let state = t.path().join("state");
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mut status = read_status(&state);
+    let totals = &status["totals"];
+    for rows in ["sizeHistogram", "ageHistogram", "largestDirectories"] {
+        assert!(
+            !totals[rows].as_sequence().unwrap().is_empty(),
+            "{rows}: {totals:?}"
+        );
+    }
+    assert_eq!(
+        totals["ageHistogram"][0]["bucket"].as_str(),
+        Some("under 1 hour")
+    );
+    assert_eq!(totals["hardLinks"]["paths"].as_u64(), Some(2), "{totals:?}");
+    assert!(
+        totals.get("estimatedSeconds").is_none(),
+        "nothing measured yet"
+    );
+
+    // The recorded pass took 100 s (a real one here takes less than the 1 s a rate needs).
+    let pass = &mut status["passes"][0];
+    pass["startTime"] = "2000-01-01T00:00:00Z".into();
+    pass["completionTime"] = "2000-01-01T00:01:40Z".into();
+    let (files, bytes) = (
+        pass["files"].as_u64().unwrap() as f64,
+        pass["bytes"].as_u64().unwrap() as f64,
+    );
+    fs::write(
+        state.join("status.yaml"),
+        serde_yaml::to_string(&status).unwrap(),
+    )
+    .unwrap();
+    let o = run_cmd(&f, &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let totals = &read_status(&state)["totals"];
+    let tree = |k: &str| totals[k].as_u64().unwrap() as f64;
+    let expect = (tree("files") / (files / 100.0))
+        .max(tree("bytes") / (bytes / 100.0))
+        .ceil();
+    assert_eq!(
+        totals["estimatedSeconds"].as_u64(),
+        Some(expect as u64),
+        "{totals:?}"
+    );
+}
+
 /// A directory the workers cannot read is one failed entry of the run, counted once (the scan,
 /// the copy and the verify all meet it) and weighed by the failure policy, as the operator does.
 #[test]

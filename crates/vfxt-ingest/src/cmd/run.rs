@@ -986,8 +986,10 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         (&avoided, mirror.as_ref()),
         started,
     );
-    // The passes before this one, from the status the last run left.
-    status.passes = earlier_passes(state);
+    // The passes before this one, from the status the last run left: the estimate rests on them.
+    let earlier = earlier_passes(state);
+    status.totals = status.totals.map(|t| t.with_estimate(&earlier));
+    status.passes = earlier;
     let reason = status
         .conditions
         .first()
@@ -1056,18 +1058,19 @@ fn interim_status(
     phase: JobPhase,
     started: Timestamp,
 ) {
+    let passes = earlier_passes(state);
     let status = IngestJobStatus {
         phase: Some(phase),
         run: Some(job.run),
         message: Some(format!("{phase}")),
-        totals: plan.map(|p| status_totals(&p.totals)),
+        totals: plan.map(|p| status_totals(&p.totals).with_estimate(&passes)),
         shards: plan.map(|p| ShardCounts {
             total: p.shards.len() as u64,
             pending: p.shards.len() as u64,
             ..ShardCounts::default()
         }),
         start_time: Some(now_time(started)),
-        passes: earlier_passes(state),
+        passes,
         ..IngestJobStatus::default()
     };
     let yaml = serde_yaml::to_string(&status).expect("status serializes");

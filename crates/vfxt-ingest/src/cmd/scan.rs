@@ -3,14 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ingest_api::estimate::{Rates, rate_pass};
+use ingest_api::job::{IngestJobStatus, PassRecord};
 use ingest_copy::{Filter, FilterSpec};
 use ingest_plan::CostModel;
-use ingest_plan::format::Plan;
+use ingest_plan::format::{DirectoryTotals, Plan};
 use ingest_plan::planner::{PlanOptions, plan};
 use ingest_plan::scan::{Scan, ScanOptions, scan};
+use ingest_plan::summary::{age_rows, size_rows};
 
 use crate::Outcome;
-use crate::progress_view::bytes;
+use crate::progress_view::{bytes, duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,6 +48,11 @@ pub struct Args {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Estimate how long a run over this tree takes from the rates an earlier Copy pass measured:
+    /// PATH is a `vfxt-ingest run` state directory (or its status.yaml), or an IngestJob's YAML
+    /// (`kubectl get ingestjob NAME -o yaml`).
+    #[arg(long, value_name = "PATH")]
+    pub rates_from: Option<PathBuf>,
     /// Running as the operator's scan pod: store the plan in the IngestJob's plan ConfigMaps and
     /// write the result as the termination message (the contract in crates/ingest-operator/README.md).
     #[arg(long)]
@@ -83,16 +91,79 @@ impl CostArgs {
     }
 }
 
+/// Rows of the status's size histogram: four power-of-two buckets each (sizes 16 times apart), so
+/// that it stays a few hundred bytes in every status write.
+const STATUS_SIZE_BUCKETS_PER_ROW: usize = 4;
+/// Directory paths in the status are cut to this many bytes: deep trees have long paths.
+const STATUS_PATH_BYTES: usize = 128;
+
 /// What a plan's scan found, as the IngestJob's `status.totals` says it (the cluster's scan pod
-/// and `run`).
+/// and `run`). The estimate comes from the job's passes: [`ingest_api::job::Totals::with_estimate`].
 pub fn status_totals(t: &ingest_plan::format::Totals) -> ingest_api::job::Totals {
+    use ingest_api::job::{HardLinks, HistogramRow};
     ingest_api::job::Totals {
         // The status counts every non-directory as a file.
         files: t.files + t.others,
         directories: t.directories,
         bytes: t.bytes,
         excluded: t.excluded,
+        size_histogram: size_rows(&t.size_histogram, STATUS_SIZE_BUCKETS_PER_ROW)
+            .into_iter()
+            .map(|r| HistogramRow {
+                bucket: r.label,
+                files: r.files,
+            })
+            .collect(),
+        age_histogram: age_rows(&t.age_histogram)
+            .into_iter()
+            .map(|r| HistogramRow {
+                bucket: r.label.to_string(),
+                files: r.files,
+            })
+            .collect(),
+        largest_directories: t.largest_directories.iter().map(status_directory).collect(),
+        hard_links: (t.linked_inodes > 0).then_some(HardLinks {
+            inodes: t.linked_inodes,
+            paths: t.linked_paths,
+        }),
+        estimated_seconds: None,
     }
+}
+
+fn status_directory(d: &DirectoryTotals) -> ingest_api::job::DirectoryTotals {
+    let mut path = d.path.to_string();
+    if path.len() > STATUS_PATH_BYTES {
+        // Marked, so that a cut path is not taken for a real one.
+        ingest_api::report::truncate_utf8(&mut path, STATUS_PATH_BYTES - '…'.len_utf8());
+        path.push('…');
+    }
+    ingest_api::job::DirectoryTotals {
+        path,
+        entries: d.entries,
+        bytes: d.bytes,
+    }
+}
+
+/// The passes recorded at `path`: a `vfxt-ingest run` state directory, its status.yaml, or an
+/// IngestJob's YAML (whose `status` holds them).
+pub fn recorded_passes(path: &Path) -> Result<Vec<PassRecord>, String> {
+    let file = if path.is_dir() {
+        path.join("status.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    passes_of(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// The passes in the YAML of a status or of a whole IngestJob.
+fn passes_of(text: &str) -> Result<Vec<PassRecord>, String> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    let status = doc.get("status").cloned().unwrap_or(doc);
+    serde_yaml::from_value::<IngestJobStatus>(status)
+        .map(|s| s.passes)
+        .map_err(|e| format!("not an IngestJob or its status: {e}"))
 }
 
 /// Which entries are in scope; shared by `scan`, `copy` and the operator's scan pod (`run` and the
@@ -188,9 +259,17 @@ pub fn run(args: Args) -> Outcome {
         max_bytes: args.max_bytes,
         ..PlanOptions::default()
     };
-    let scanned = filter_now(&args.filter.spec())
-        .and_then(|filter| scan_and_plan(&args.source, args.threads, &filter, &opts));
-    let (s, p, secs) = match scanned {
+    // Read before the scan, which may take hours, so that a wrong path fails at once.
+    let passes = match args.rates_from.as_deref().map(recorded_passes) {
+        None => Ok(Vec::new()),
+        Some(read) => read.map_err(|e| format!("--rates-from {e}")),
+    };
+    let scanned = passes.and_then(|passes| {
+        let filter = filter_now(&args.filter.spec())?;
+        let (s, p, secs) = scan_and_plan(&args.source, args.threads, &filter, &opts)?;
+        Ok((s, p, secs, passes))
+    });
+    let (s, p, secs, passes) = match scanned {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
@@ -203,13 +282,15 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("error: --out {}: {e}", out.display());
         return Outcome::UnusableInput;
     }
+    let estimate = Estimate::new(args.rates_from.is_some(), &passes, &p);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary_json(&s, &p, secs)).expect("summary serializes")
+            serde_json::to_string_pretty(&summary_json(&s, &p, secs, &estimate))
+                .expect("summary serializes")
         );
     } else {
-        print_summary(&s, &p, secs);
+        print_summary(&s, &p, secs, &estimate);
     }
     if args.cluster {
         return match store_in_cluster(&p, opts.servers.len()) {
@@ -242,6 +323,15 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
     let env = PodEnv::from_env()?;
     let chunks = p.to_chunks(MAX_CHUNK_BYTES).map_err(|e| e.to_string())?;
     let totals = status_totals(&p.totals);
+    // The termination message holds 4 KiB, failures included: it gets the counts, and the
+    // histograms and directories reach the status through the plan summary, which the operator reads.
+    let counts = ingest_api::job::Totals {
+        files: totals.files,
+        directories: totals.directories,
+        bytes: totals.bytes,
+        excluded: totals.excluded,
+        ..Default::default()
+    };
     let failures = scan_failures(p);
     let summary = PlanSummary {
         chunks: chunks.len() as u32,
@@ -261,7 +351,7 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
     let result = PodResult {
         files: totals.files,
         bytes: totals.bytes,
-        totals: Some(totals),
+        totals: Some(counts),
         shards: Some(p.shards.len() as u64),
         failed: p.totals.errors,
         failures,
@@ -305,19 +395,54 @@ pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn bucket_label(b: usize) -> String {
-    if b == 0 {
-        "0 B".to_string()
-    } else {
-        format!(
-            "[{}, {})",
-            bytes(1u64 << (b - 1)),
-            bytes(1u64.checked_shl(b as u32).unwrap_or(u64::MAX))
-        )
+/// Hard-link groups `scan` lists, and paths shown of each.
+const LINK_GROUPS_SHOWN: usize = 3;
+const LINK_PATHS_SHOWN: usize = 3;
+
+/// How long a run over the scanned tree would take, from the passes `--rates-from` gave.
+pub struct Estimate {
+    /// `--rates-from` was given.
+    asked: bool,
+    /// The run whose rates were taken, with them.
+    from: Option<(i64, Rates)>,
+    seconds: Option<u64>,
+}
+
+impl Estimate {
+    pub fn new(asked: bool, passes: &[PassRecord], p: &Plan) -> Estimate {
+        Estimate {
+            asked,
+            from: rate_pass(passes).and_then(|r| Some((r.run, r.rates()?))),
+            // As the status says it, from the same totals.
+            seconds: status_totals(&p.totals)
+                .with_estimate(passes)
+                .estimated_seconds,
+        }
+    }
+
+    /// One line for the summary; says when there is nothing to estimate from rather than guess.
+    fn line(&self) -> String {
+        match (self.from, self.seconds) {
+            (Some((run, r)), Some(secs)) => format!(
+                "estimated run time: {} (scan, copy and verify of the whole tree at run {run}'s {} files/s and {}/s; less where files are already at the destination)",
+                duration(secs as f64),
+                r.files_per_second.round() as u64,
+                bytes(r.bytes_per_second as u64)
+            ),
+            (Some((run, r)), None) => format!(
+                "estimated run time: unknown (run {run}, the Copy pass that wrote the most, measured {} files/s and {}/s: a rate of 0 estimates nothing)",
+                r.files_per_second.round() as u64,
+                bytes(r.bytes_per_second as u64)
+            ),
+            (None, _) if self.asked => {
+                "estimated run time: unknown (no Copy pass in --rates-from measured its rates)".into()
+            }
+            (None, _) => "estimated run time: unknown (--rates-from a run's state directory or an IngestJob's YAML gives the rates a Copy pass measured)".into(),
+        }
     }
 }
 
-pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
+pub fn print_summary(s: &Scan, p: &Plan, secs: f64, estimate: &Estimate) {
     let t = &p.totals;
     println!(
         "scanned {} files, {} directories, {} other entries, {} in {:.2} s ({} entries/s)",
@@ -336,9 +461,17 @@ pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
     }
     if t.linked_inodes > 0 {
         println!(
-            "hard links: {} inodes with {} paths (each inode kept in one shard)",
+            "hard links: {} inodes with {} paths (each inode kept in one shard); the most linked:",
             t.linked_inodes, t.linked_paths
         );
+        for (paths, size) in s.largest_link_groups(LINK_GROUPS_SHOWN) {
+            println!(
+                "  {:>10} paths {:>10}  {}",
+                paths.len(),
+                bytes(size),
+                shown_paths(&paths)
+            );
+        }
     }
     if t.unreadable > 0 || t.errors > 0 {
         println!(
@@ -350,28 +483,23 @@ pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
         }
     }
     println!("file sizes:");
-    for (b, n) in t.size_histogram.iter().enumerate().filter(|(_, n)| **n > 0) {
-        println!("  {:>24} {n}", bucket_label(b));
+    for r in size_rows(&t.size_histogram, 1) {
+        println!("  {:>24} {}", r.label, r.files);
     }
-    if t.age_histogram.iter().any(|n| *n > 0) {
+    let ages = age_rows(&t.age_histogram);
+    if !ages.is_empty() {
         println!("file ages (mtime, from the scan's start):");
-        for (n, (label, _)) in t.age_histogram.iter().zip(ingest_plan::scan::AGE_BUCKETS) {
-            if *n > 0 {
-                println!("  {label:>24} {n}");
-            }
+        for r in ages {
+            println!("  {:>24} {}", r.label, r.files);
         }
     }
     println!("largest directories (own entries):");
-    for d in s.largest_dirs(5) {
-        let path = if d.path.is_root() {
-            ".".to_string()
-        } else {
-            d.path.to_string()
-        };
+    for d in &t.largest_directories {
         println!(
-            "  {:>10} entries {:>10}  {path}",
-            d.own_entries(),
-            bytes(d.bytes)
+            "  {:>10} entries {:>10}  {}",
+            d.entries,
+            bytes(d.bytes),
+            d.path
         );
     }
     let pr = &p.prediction;
@@ -386,30 +514,43 @@ pub fn print_summary(s: &Scan, p: &Plan, secs: f64) {
         pr.imbalance,
         pr.shard_imbalance
     );
+    println!("{}", estimate.line());
 }
 
-pub fn summary_json(s: &Scan, p: &Plan, secs: f64) -> serde_json::Value {
-    let largest: Vec<serde_json::Value> = s
-        .largest_dirs(5)
+/// The first paths of a link group, `…` for the rest.
+fn shown_paths(paths: &[impl std::fmt::Display]) -> String {
+    let mut shown: Vec<String> = paths
+        .iter()
+        .take(LINK_PATHS_SHOWN)
+        .map(|p| p.to_string())
+        .collect();
+    if paths.len() > LINK_PATHS_SHOWN {
+        shown.push("…".into());
+    }
+    shown.join(", ")
+}
+
+pub fn summary_json(s: &Scan, p: &Plan, secs: f64, estimate: &Estimate) -> serde_json::Value {
+    let t = &p.totals;
+    let largest: Vec<serde_json::Value> = t
+        .largest_directories
+        .iter()
+        .map(|d| serde_json::json!({"path": d.path, "entries": d.entries, "bytes": d.bytes}))
+        .collect();
+    let hist: Vec<serde_json::Value> = size_rows(&t.size_histogram, 1)
         .into_iter()
-        .map(|d| serde_json::json!({"path": d.path, "entries": d.own_entries(), "bytes": d.bytes}))
+        .map(|r| serde_json::json!({"bucket": r.label, "minBytes": r.min_bytes, "files": r.files}))
         .collect();
-    let hist: Vec<serde_json::Value> = p
-        .totals
-        .size_histogram
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(b, n)| serde_json::json!({"bucket": bucket_label(b), "minBytes": if b == 0 { 0 } else { 1u64 << (b - 1) }, "files": n}))
+    let ages: Vec<serde_json::Value> = age_rows(&t.age_histogram)
+        .into_iter()
+        .map(|r| serde_json::json!({"bucket": r.label, "belowSeconds": r.below_seconds, "files": r.files}))
         .collect();
-    let ages: Vec<serde_json::Value> = p
-        .totals
-        .age_histogram
-        .iter()
-        .zip(ingest_plan::scan::AGE_BUCKETS)
-        .filter(|(n, _)| **n > 0)
-        .map(|(n, (label, below))| {
-            serde_json::json!({"bucket": label, "belowSeconds": (below < i64::MAX).then_some(below), "files": n})
+    let links: Vec<serde_json::Value> = s
+        .largest_link_groups(LINK_GROUPS_SHOWN)
+        .into_iter()
+        .map(|(paths, size)| {
+            let shown = &paths[..paths.len().min(LINK_PATHS_SHOWN)];
+            serde_json::json!({"paths": paths.len(), "bytes": size, "firstPaths": shown})
         })
         .collect();
     serde_json::json!({
@@ -417,10 +558,13 @@ pub fn summary_json(s: &Scan, p: &Plan, secs: f64) -> serde_json::Value {
         "sizeHistogram": hist,
         "ageHistogram": ages,
         "largestDirectories": largest,
+        "hardLinkGroups": links,
         "shards": p.shards.len(),
         "prediction": p.prediction,
         "scanErrors": p.scan_errors,
         "seconds": secs,
+        "estimatedSeconds": estimate.seconds,
+        "ratesFromRun": estimate.from.map(|(run, _)| run),
     })
 }
 
@@ -451,5 +595,166 @@ mod filter_flags {
             .err()
             .unwrap();
         assert!(bad.to_string().contains("--min-age"), "{bad}");
+    }
+}
+
+#[cfg(test)]
+mod analytics {
+    use super::*;
+    use ingest_plan::format::{HISTOGRAM_BUCKETS, Totals as PlanTotals};
+    use ingest_plan::scan::AGE_BUCKETS;
+    use ingest_plan::scan::size_bucket;
+
+    fn dir(path: &str, entries: u64, bytes: u64) -> DirectoryTotals {
+        DirectoryTotals {
+            path: ingest_copy::RelPath::from_bytes(path.as_bytes().to_vec()).unwrap(),
+            entries,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn status_totals_word_the_rows_like_the_cli_coarser_and_cut_long_paths() {
+        let mut sizes = vec![0; HISTOGRAM_BUCKETS];
+        for (size, n) in [(0, 2), (100, 3), (200, 4), (5 << 20, 1)] {
+            sizes[size_bucket(size)] += n;
+        }
+        let mut ages = vec![0; AGE_BUCKETS.len()];
+        ages[2] = 10;
+        let deep = "é".repeat(200);
+        let t = PlanTotals {
+            files: 10,
+            others: 2,
+            directories: 3,
+            bytes: 123,
+            linked_inodes: 1,
+            linked_paths: 3,
+            size_histogram: sizes,
+            age_histogram: ages,
+            largest_directories: vec![dir("shots", 7, 70), dir(&deep, 1, 1)],
+            ..PlanTotals::default()
+        };
+        let s = status_totals(&t);
+        assert_eq!((s.files, s.directories, s.bytes), (12, 3, 123));
+        let rows: Vec<(&str, u64)> = s
+            .size_histogram
+            .iter()
+            .map(|r| (r.bucket.as_str(), r.files))
+            .collect();
+        // 100 and 200 bytes share a row 16 times wide; the CLI's own rows split them.
+        assert_eq!(
+            rows,
+            [("0 B", 2), ("[16 B, 256 B)", 7), ("[1.0 MiB, 16.0 MiB)", 1)]
+        );
+        assert!(size_rows(&t.size_histogram, 1).len() > rows.len());
+        assert_eq!(s.age_histogram.len(), 1);
+        assert_eq!(
+            (s.age_histogram[0].bucket.as_str(), s.age_histogram[0].files),
+            (AGE_BUCKETS[2].0, 10)
+        );
+        assert_eq!(
+            (
+                s.largest_directories[0].path.as_str(),
+                s.largest_directories[0].entries
+            ),
+            ("shots", 7)
+        );
+        let cut = &s.largest_directories[1].path;
+        assert!(
+            cut.len() <= STATUS_PATH_BYTES && cut.ends_with('…'),
+            "{cut}"
+        );
+        assert!(deep.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(
+            s.hard_links,
+            Some(ingest_api::job::HardLinks {
+                inodes: 1,
+                paths: 3
+            })
+        );
+        assert_eq!(s.estimated_seconds, None);
+    }
+
+    #[test]
+    fn status_totals_omit_what_the_scan_did_not_find_and_stay_small_when_it_found_everything() {
+        let bare = serde_json::to_value(status_totals(&PlanTotals::default())).unwrap();
+        assert_eq!(
+            bare,
+            serde_json::json!({"files": 0, "directories": 0, "bytes": 0})
+        );
+        // Every size and age bucket holding a billion files, five directories with paths past
+        // the cut.
+        let full = PlanTotals {
+            size_histogram: vec![1_000_000_000; HISTOGRAM_BUCKETS],
+            age_histogram: vec![1_000_000_000; AGE_BUCKETS.len()],
+            largest_directories: (0..5)
+                .map(|i| dir(&format!("{i}").repeat(400), 1, 1))
+                .collect(),
+            linked_inodes: 1,
+            linked_paths: 2,
+            ..PlanTotals::default()
+        };
+        let s = status_totals(&full);
+        let (sizes, ages, all) = (
+            serde_json::to_string(&s.size_histogram).unwrap().len(),
+            serde_json::to_string(&s.age_histogram).unwrap().len(),
+            serde_json::to_string(&s).unwrap().len(),
+        );
+        eprintln!("status totals: sizes {sizes} B, ages {ages} B, all {all} B");
+        assert!(
+            sizes < 1024 && ages < 512 && all < 2560,
+            "{sizes} {ages} {all}"
+        );
+    }
+
+    #[test]
+    fn passes_come_from_a_run_status_or_a_whole_ingestjob() {
+        let status = "run: 2\npasses:\n- run: 1\n  mode: Copy\n  files: 7\n  bytes: 9\n";
+        let job = format!(
+            "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nstatus:\n{}",
+            status
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        );
+        for text in [status, job.as_str()] {
+            let passes = passes_of(text).unwrap();
+            assert_eq!(
+                passes.iter().map(|p| (p.run, p.files)).collect::<Vec<_>>(),
+                [(1, 7)]
+            );
+        }
+        assert!(passes_of("{}").unwrap().is_empty());
+        assert!(
+            passes_of("passes: 3")
+                .unwrap_err()
+                .contains("not an IngestJob")
+        );
+        assert!(passes_of("[1").unwrap_err().contains("not YAML"));
+    }
+
+    #[test]
+    fn the_estimate_line_says_what_it_rests_on_or_why_there_is_none() {
+        let rates = Rates {
+            files_per_second: 7.0,
+            bytes_per_second: 2048.0,
+        };
+        let line = |asked, from, seconds| {
+            Estimate {
+                asked,
+                from,
+                seconds,
+            }
+            .line()
+        };
+        let known = line(true, Some((3, rates)), Some(3725));
+        assert!(
+            known.starts_with("estimated run time: 1:02:05 (")
+                && known.contains("run 3's 7 files/s and 2.0 KiB/s"),
+            "{known}"
+        );
+        assert!(line(true, Some((3, rates)), None).contains("unknown (run 3"));
+        assert!(line(true, None, None).contains("unknown (no Copy pass in --rates-from"));
+        assert!(line(false, None, None).contains("unknown (--rates-from"));
     }
 }
