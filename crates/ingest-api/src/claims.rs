@@ -67,6 +67,11 @@ pub struct ClaimRequest {
     /// What went through each destination mount since the worker started (cumulative).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountFigures>,
+    /// A copy worker: when it began writing, by the destination server's clock (its probe
+    /// file's ctime, seconds since the epoch). The pass keeps the earliest, from which
+    /// `verify.scope: Changed` tells what this pass wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_started: Option<i64>,
 }
 
 /// A destination mount on which tasks were running and none finished for the stall timeout.
@@ -273,6 +278,10 @@ pub struct PassCheckpoint {
     /// them again in this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoided: Vec<String>,
+    /// The copy pass: the earliest time a worker began writing, by the destination's clock
+    /// (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_started: Option<i64>,
 }
 
 /// Checkpoints of the current run's passes.
@@ -300,6 +309,8 @@ impl From<&ingest_job::Checkpoint<PodResult>> for PassCheckpoint {
             mirror: c.sum.mirror.clone(),
             stopped: c.stopped.clone(),
             avoided: c.avoided.iter().cloned().collect(),
+            // The registry's, not the pass's: see `Registry::view`.
+            write_started: None,
         }
     }
 }

@@ -575,6 +575,14 @@ pub struct Verify {
     /// cache node's memory. Costs a round trip per file.
     #[serde(default)]
     pub fsync: bool,
+    /// With `mode: Checksum`: `All` (the default) reads the content of every file on both sides;
+    /// `Changed` reads it only for files this pass wrote or changed (a destination ctime from
+    /// after the copy began, by the destination's clock, with 5 minutes' margin) and compares the
+    /// others by metadata, as the copy did. Every entry is still listed on both sides: what is
+    /// missing, different in metadata or only in the destination is found either way. A final
+    /// pass after a bulk copy verified with `All` reads only its delta.
+    #[serde(default, skip_serializing_if = "VerifyScope::is_all")]
+    pub scope: VerifyScope,
 }
 
 impl Default for Verify {
@@ -583,8 +591,40 @@ impl Default for Verify {
             mode: VerifyMode::default(),
             repair: true,
             fsync: false,
+            scope: VerifyScope::All,
         }
     }
+}
+
+/// Which files a checksum verify reads (`spec.verify.scope`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VerifyScope {
+    /// Every file.
+    #[default]
+    All,
+    /// The files this pass wrote or changed.
+    Changed,
+}
+
+impl VerifyScope {
+    pub fn is_all(&self) -> bool {
+        *self == VerifyScope::All
+    }
+}
+
+/// How long before the earliest copy worker's start (by the destination's clock) a file's ctime
+/// must be for `verify.scope: Changed` to take it as not written by this pass: covers a worker
+/// that wrote before it first reported its start, and clocks of cluster nodes that differ.
+pub const CHANGED_SCOPE_MARGIN_SECONDS: i64 = 300;
+
+/// [`CHANGED_SCOPE_MARGIN_SECONDS`], or for tests `VFXT_INGEST_CHANGED_SCOPE_MARGIN` (seconds):
+/// a test that copies and verifies within a few seconds needs no margin to see what its pass did
+/// not write.
+pub fn changed_scope_margin() -> i64 {
+    std::env::var("VFXT_INGEST_CHANGED_SCOPE_MARGIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CHANGED_SCOPE_MARGIN_SECONDS)
 }
 
 /// How the verify pass compares a destination file with its source.
@@ -1246,6 +1286,10 @@ pub struct VerificationCounts {
     /// differences writes (a dry run's estimate).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub differing_bytes: u64,
+    /// `verify.scope: Changed`: matched files whose content was not read (this pass did not
+    /// write them; compared by metadata).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub content_unchanged: u64,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -1277,6 +1321,7 @@ impl VerificationCounts {
         self.errors += o.errors;
         self.verified += o.verified;
         self.differing_bytes += o.differing_bytes;
+        self.content_unchanged += o.content_unchanged;
     }
 }
 

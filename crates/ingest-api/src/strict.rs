@@ -311,7 +311,7 @@ spec:
             (
                 "verify: {mode:",
                 "verify: {mod:",
-                "spec.verify.mod: unknown field; expected one of fsync, mode, repair (line 10",
+                "spec.verify.mod: unknown field; expected one of fsync, mode, repair, scope (line 10",
             ),
             (
                 "{owner: true",

@@ -174,6 +174,15 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     if let Err((field, message)) = spec.mirror_limit() {
         bad(&field, message);
     }
+    if spec.verify.scope == crate::job::VerifyScope::Changed
+        && spec.verify.mode != crate::job::VerifyMode::Checksum
+    {
+        bad(
+            "spec.verify.scope",
+            "Changed applies to mode: Checksum (it says whose content is read; Metadata reads none)"
+                .into(),
+        );
+    }
     if let Some(report) = &spec.report {
         if report.pvc.is_some() == report.destination_path.is_some() {
             bad(

@@ -44,6 +44,9 @@ pub(crate) struct Roots {
     pub dsts: Vec<OwnedFd>,
     /// Each destination's path as the job names it: the key of its [`crate::MountMeter`].
     pub names: Vec<String>,
+    /// The probe file's ctime, when one was made: the destination server's clock as this
+    /// copy began writing (what `verify.scope: Changed` measures "written by this pass" from).
+    pub probed_at: Option<(i64, i64)>,
 }
 
 /// Everything one pass shares between its threads.

@@ -204,6 +204,11 @@ pub struct Options {
     /// pass of a sharded job, whose coordinator weighs all shards together before any deletes:
     /// `ingest_job::mirror`).
     pub mirror_weigh_only: bool,
+    /// `verify.scope: Changed` (with a checksum verify): read the content only of files whose
+    /// destination ctime is at or after this time (seconds, nanoseconds, the destination
+    /// server's clock: the copy's probe time), that is, files this pass wrote or changed; the
+    /// others are compared by metadata, as the copy compared them, and counted apart.
+    pub content_changed_since: Option<(i64, i64)>,
     /// Compare only, and write nothing at all: with `Passes::VerifyOnly` and `repair` off, also
     /// no settle step (directory times, split files' metadata), which a sharded job's verify
     /// phase otherwise runs as the copy's last step.
@@ -232,6 +237,7 @@ impl Default for Options {
             filter: Filter::none(),
             mirror: None,
             mirror_weigh_only: false,
+            content_changed_since: None,
             dry_run: false,
             throttle: None,
         }

@@ -90,6 +90,14 @@ pub struct Opened {
     roots: engine::Roots,
 }
 
+impl Opened {
+    /// The destination server's clock when the probe proved it writable (`None` without a
+    /// probe): every entry this copy writes afterwards has a ctime at or after it.
+    pub fn probed_at(&self) -> Option<(i64, i64)> {
+        self.roots.probed_at
+    }
+}
+
 /// Checks the job (options, paths), creates what is missing of each destination path, opens the
 /// source and every destination and, with `opts.probe_destinations`, proves with a probe file
 /// that every mount is writable and shows the same export. Copies nothing.

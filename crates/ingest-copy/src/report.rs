@@ -69,6 +69,10 @@ pub struct VerifyCounts {
     /// it), what a mirror would delete.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub extraneous_entries: u64,
+    /// `verify.scope: Changed`: files whose content was not read because this pass did not
+    /// write them (compared by metadata only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub content_unchanged: u64,
     /// What was found different, by kind (an entry may count under several kinds).
     pub by_kind: BTreeMap<Mismatch, u64>,
 }
@@ -85,6 +89,7 @@ impl VerifyCounts {
         self.unrepaired += other.unrepaired;
         self.differing_bytes += other.differing_bytes;
         self.extraneous_entries += other.extraneous_entries;
+        self.content_unchanged += other.content_unchanged;
         for (k, v) in &other.by_kind {
             *self.by_kind.entry(*k).or_default() += v;
         }

@@ -293,14 +293,20 @@ pub(crate) fn open_roots(
             dsts.push(open_dir(&target.path()).map_err(unusable)?);
             call.end(0);
         }
+        let mut probed_at = None;
         if opts.probe_destinations && !report_only {
             let meters: Vec<_> = names.iter().map(|n| progress.mount(n)).collect();
-            probe(job, &dsts, &meters)?;
+            probed_at = probe(job, &dsts, &meters)?;
         }
-        Ok(dsts)
+        Ok((dsts, probed_at))
     })();
     match opened {
-        Ok(dsts) => Ok(Roots { src, dsts, names }),
+        Ok((dsts, probed_at)) => Ok(Roots {
+            src,
+            dsts,
+            names,
+            probed_at,
+        }),
         Err(e) => {
             created.undo();
             Err(e)
@@ -349,7 +355,12 @@ fn probe_host() -> String {
 /// root: those of this machine whose process is gone, those of other machines once older than
 /// [`PROBE_STALE_AFTER`]. The create and close go through [`sys`], so the fault hook counts
 /// them (as `create` and `close`, before the copy's own).
-fn probe(job: &CopyJob, dsts: &[OwnedFd], meters: &[Arc<MountMeter>]) -> Result<(), SetupError> {
+/// Returns the probe file's ctime: the destination server's clock when the run began writing.
+fn probe(
+    job: &CopyJob,
+    dsts: &[OwnedFd],
+    meters: &[Arc<MountMeter>],
+) -> Result<Option<(i64, i64)>, SetupError> {
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
     let unusable = |e| SetupError::DestUnusable(first.clone(), e);
@@ -377,7 +388,7 @@ fn probe_with(
     name: &CString,
     token: &[u8],
     host: &str,
-) -> Result<(), SetupError> {
+) -> Result<Option<(i64, i64)>, SetupError> {
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
     let call = meters[0].begin();
@@ -390,8 +401,9 @@ fn probe_with(
         Ok(_) => return Err(not_writable(io::Error::from_raw_os_error(libc::EIO))),
         Err(e) => return Err(not_writable(e)),
     }
-    if let Ok(Some(ours)) = sys::stat_at(root, name) {
-        remove_stale_probes(root, name, host, &ours);
+    let ours = sys::stat_at(root, name).ok().flatten();
+    if let Some(ours) = &ours {
+        remove_stale_probes(root, name, host, ours);
     }
     call.end(0);
     for ((dest, fd), meter) in job.destinations[1..]
@@ -411,7 +423,7 @@ fn probe_with(
             return Err(SetupError::DestsDiffer(first.clone(), dest.clone()));
         }
     }
-    Ok(())
+    Ok(ours.map(|m| m.ctime))
 }
 
 fn read_small(dir: BorrowedFd<'_>, name: &CString) -> io::Result<Vec<u8>> {

@@ -152,6 +152,7 @@ struct Counts {
     unrepaired: AtomicU64,
     differing_bytes: AtomicU64,
     extraneous_entries: AtomicU64,
+    content_unchanged: AtomicU64,
     by_kind: Mutex<BTreeMap<Mismatch, u64>>,
 }
 
@@ -381,6 +382,7 @@ impl<'a> Verifier<'a> {
             errors: g(&c.errors),
             unrepaired: g(&c.unrepaired),
             differing_bytes: g(&c.differing_bytes),
+            content_unchanged: g(&c.content_unchanged),
             extraneous_entries: g(&c.extraneous_entries),
             by_kind: c.by_kind.lock().unwrap().clone(),
         }
@@ -1130,7 +1132,20 @@ impl<'a> Verifier<'a> {
                 look.diffs.push(Mismatch::HardLink);
             }
         }
-        let content = (self.checksum || full) && sm.size == dm.size;
+        let mut content = (self.checksum || full) && sm.size == dm.size;
+        // `verify.scope: Changed`: a file this pass did not write (its destination ctime is
+        // older than the copy's start) and whose metadata matches is taken as the copy took it.
+        if content
+            && !full
+            && look.diffs.is_empty()
+            && self
+                .opts
+                .content_changed_since
+                .is_some_and(|t| dm.ctime < t)
+        {
+            inc(&self.counts.content_unchanged);
+            content = false;
+        }
         let xattrs = self.xattrs.load(Relaxed);
         if !content && !xattrs {
             return Ok(());

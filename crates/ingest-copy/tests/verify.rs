@@ -558,3 +558,63 @@ fn a_wrong_range_of_a_finalized_file_is_a_content_difference_in_any_mode() {
     );
     assert_eq!((dm.mtime(), dm.mtime_nsec()), (sm.mtime(), sm.mtime_nsec()));
 }
+
+/// `verify.scope: Changed`: a checksum verify reads the content of files whose destination ctime
+/// is at or after the given time (written by this pass) and compares the others by metadata,
+/// counting them. A file corrupted with its size and mtime kept is found when its ctime is in
+/// scope, and (by design) not when it is older: the threshold decides, nothing else.
+#[test]
+fn a_changed_scope_reads_only_the_content_of_files_written_since_its_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(src.join("d/victim"), &data).unwrap();
+    fs::write(src.join("d/bystander"), b"unchanged").unwrap();
+    let dests = two_mounts(tmp.path());
+    copy(&src, &dests);
+    flip_byte_keep_mtime(&dests[0].join("d/victim"));
+    let ctime = fs::metadata(dests[0].join("d/victim")).unwrap().ctime();
+    let scoped = |since: i64| Options {
+        content_changed_since: Some((since, 0)),
+        ..verify_opts(VerifyMode::Checksum, false)
+    };
+
+    // Its ctime is before the threshold: not read, compared by metadata, taken as equal.
+    let (s, report) = run(&src, &dests, &scoped(ctime + 1), whole());
+    let v = verified(&s);
+    assert!(v.is_clean(), "{v:?} {report:?}");
+    assert_eq!(v.content_unchanged, 2, "both files: {v:?}");
+    assert!(
+        report.iter().all(|e| e.digest.is_none()),
+        "nothing was read: {report:?}"
+    );
+
+    // At the threshold: read, and found.
+    let (s, report) = run(&src, &dests, &scoped(ctime), whole());
+    let v = verified(&s);
+    assert_eq!(
+        v.by_kind.get(&Mismatch::Content),
+        Some(&1),
+        "{v:?} {report:?}"
+    );
+    assert_eq!(v.unrepaired, 1, "{v:?}");
+    assert!(
+        v.content_unchanged <= 1,
+        "only the bystander may be older: {v:?}"
+    );
+
+    // `All` reads every file.
+    let (s, report) = run(
+        &src,
+        &dests,
+        &verify_opts(VerifyMode::Checksum, false),
+        whole(),
+    );
+    let v = verified(&s);
+    assert_eq!(
+        (v.unrepaired, v.content_unchanged),
+        (1, 0),
+        "{v:?} {report:?}"
+    );
+}

@@ -60,6 +60,9 @@ pub struct Facts {
     pub dry_run: Option<DryRun>,
     /// A mirror (`mode: Mirror`): what it deleted, or why it deleted nothing.
     pub mirror: Option<Mirrored>,
+    /// `verify.scope: Changed`: files compared by metadata only (this pass did not write them),
+    /// said in the message so that "verified" is not read as "every file's content read".
+    pub content_unchanged: u64,
 }
 
 /// What a mirror did between its copy and its verify pass.
@@ -227,6 +230,12 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
     }
     if f.excluded > 0 {
         what.push_str(&format!("; {} left out by the filter", entries(f.excluded)));
+    }
+    if f.content_unchanged > 0 {
+        what.push_str(&format!(
+            "; content read for the files this pass wrote, {} others compared by metadata (verify.scope Changed)",
+            f.content_unchanged
+        ));
     }
     if failed_files > 0 {
         return verdict(

@@ -129,6 +129,8 @@ struct Entry {
     mounts: BTreeMap<String, Vec<MountFigures>>,
     /// The prune pass: how many entries each of its shards may delete.
     budgets: BTreeMap<u32, u64>,
+    /// The copy pass: the earliest a worker said it began writing (destination clock).
+    write_started: Option<i64>,
 }
 
 #[derive(Default)]
@@ -234,6 +236,7 @@ impl Registry {
                 persisted,
                 mounts: BTreeMap::new(),
                 budgets: budgets.cloned().unwrap_or_default(),
+                write_started: checkpoint.and_then(|c| c.write_started),
             },
         );
         Ok(())
@@ -301,6 +304,7 @@ impl Registry {
                 })
                 .add(f);
         }
+        let write_started = entry.write_started;
         let p = &mut entry.pass;
         p.expire(now);
         let mut in_flight = PodProgress::default();
@@ -321,7 +325,10 @@ impl Registry {
             sum: p.sum().clone(),
             in_flight,
             live_workers: live,
-            checkpoint: PassCheckpoint::from(&p.checkpoint()),
+            checkpoint: PassCheckpoint {
+                write_started,
+                ..PassCheckpoint::from(&p.checkpoint())
+            },
             avoided: p.avoided().clone(),
             mounts,
             gave_up: p.gave_up().clone(),
@@ -369,6 +376,9 @@ impl Registry {
         };
         if !req.mounts.is_empty() {
             entry.mounts.insert(req.worker.clone(), req.mounts);
+        }
+        if let Some(t) = req.write_started {
+            entry.write_started = Some(entry.write_started.map_or(t, |w| w.min(t)));
         }
         let over = |p: &P| p.finished() || p.stopped().is_some();
         let was_over = over(&entry.pass);

@@ -483,6 +483,12 @@ fn worker_args(
         // Compare only (the run has no copy pass).
         args.push("--dry-run".into());
     }
+    if let Some(t) = layout
+        .content_changed_since
+        .filter(|_| role == labels::ROLE_VERIFY && s.verify.mode == VerifyMode::Checksum)
+    {
+        args.push(format!("--content-changed-since={t}"));
+    }
     if layout.mirror.is_some() {
         // The copy pass weighs what only the destination has (the prune pass deletes it); the
         // verify pass names what is left, and a dry run what a mirror would delete.

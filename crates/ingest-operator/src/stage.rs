@@ -33,6 +33,9 @@ pub struct Layout {
     /// Once the copy pass ended, what the mirror does: a prune pass runs only for
     /// [`Decision::Prune`].
     pub deletes: Option<Decision>,
+    /// `verify.scope: Changed`: the verify pass reads the content of files whose destination
+    /// ctime is at or after this (the copy pass's earliest write, less the margin).
+    pub content_changed_since: Option<i64>,
 }
 
 impl Layout {
@@ -138,6 +141,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
         // Checked with the spec: a refused maxDeletes never gets this far.
         mirror: spec.mirror_limit().ok().flatten(),
         deletes: None,
+        content_changed_since: None,
     }
 }
 
@@ -430,6 +434,14 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let copy_ended = role_state(ij, obs, labels::ROLE_COPY, &layout.avoided)
         .is_some_and(|s| s.finished && !s.failed_whole());
     layout.deletes = mirror_decision(&layout, &frozen, &plan, passes.copy.as_ref(), copy_ended);
+    if frozen.verify.scope == ingest_api::job::VerifyScope::Changed {
+        // Unknown (no copy worker said when it began): every file's content is read.
+        layout.content_changed_since = passes
+            .copy
+            .as_ref()
+            .and_then(|c| c.checkpoint.write_started)
+            .map(|t| t - ingest_api::job::changed_scope_margin());
+    }
     let fail_fast = ij.spec.failure_policy.action == FailureAction::FailJob;
     if fail_fast && plan.failed > 0 {
         // Entries the scan could not read count like files that failed to copy.

@@ -465,6 +465,9 @@ pub fn compute(
                             .unwrap_or_default()
                     }),
                     mirror: st.mirror.as_ref().map(|m| m.facts()),
+                    content_unchanged: verify
+                        .as_ref()
+                        .map_or(0, |v| v.verification.content_unchanged),
                 },
             );
             outcome = Some((v.succeeded, v.reason.as_str(), v.message));
@@ -704,6 +707,7 @@ mod server_tests {
             dry_run: false,
             mirror: None,
             deletes: None,
+            content_changed_since: None,
         };
         let copy = PassView {
             mounts: BTreeMap::from([

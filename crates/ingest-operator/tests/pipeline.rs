@@ -2524,3 +2524,69 @@ fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
     assert!(why.contains("more than maxDeletes"), "{why}");
     assert!(!layout.passes().contains(&"prune"));
 }
+
+/// `verify.scope: Changed`: copy workers say when they began writing (destination clock); the
+/// pass keeps the earliest, in its checkpoint too, and the verify Job's workers read the content
+/// of files written since then, less the margin. Without a copy worker's word they read all.
+#[test]
+fn a_changed_scope_verify_gets_the_copy_passs_earliest_write_less_the_margin() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.verify.mode = ingest_api::VerifyMode::Checksum;
+    ij.spec.verify.scope = ingest_api::job::VerifyScope::Changed;
+    let mut obs = scanned(&ij, 2, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "", "", 2)
+    });
+    let verify_args = |reg: &Registry| {
+        let s = stage(&ij, &obs, &reg.views(&ij));
+        assert!(matches!(s, Stage::Verify(..)), "{s:?}");
+        let children = desired(&ij, &s, &settings()).unwrap();
+        let job = jobs_of(&children)
+            .into_iter()
+            .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some("verify"))
+            .unwrap()
+            .clone();
+        job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 2, None, None).unwrap();
+    for (pod, started) in [("a", 1_000_500), ("b", 1_000_000), ("c", 1_000_900)] {
+        let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, pod));
+        r.write_started = Some(started);
+        reg.handle(r).unwrap();
+    }
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "a"));
+    r.done = (0..2)
+        .map(|shard| ingest_api::claims::ShardDone {
+            shard,
+            result: result(1, 1, 0),
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    let cp = reg.view(&ij, "copy").unwrap().checkpoint;
+    assert_eq!(cp.write_started, Some(1_000_000));
+    let want = format!("--content-changed-since={}", 1_000_000 - 300);
+    assert!(verify_args(&reg).contains(&want), "{:?}", verify_args(&reg));
+    // A restarted operator has it from the status checkpoint.
+    let again = Registry::default();
+    again.ensure(&ij, "copy", 2, Some(&cp), None).unwrap();
+    assert!(verify_args(&again).contains(&want));
+
+    // No copy worker said when it began: the verify reads every file.
+    let none = Registry::default();
+    drive(
+        &none,
+        &ij,
+        "copy",
+        2,
+        &PassScript::all_done(2, result(1, 1, 0)),
+    );
+    assert!(
+        !verify_args(&none)
+            .iter()
+            .any(|a| a.starts_with("--content-changed-since"))
+    );
+}

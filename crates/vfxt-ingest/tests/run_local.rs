@@ -858,7 +858,7 @@ fn job_files_refuse_unknown_fields_at_every_depth() {
     let cases: Vec<(String, &str)> = vec![
         (
             format!("{local}  verify: {{mod: Checksum}}\n"),
-            "spec.verify.mod: unknown field; expected one of fsync, mode, repair (line 7",
+            "spec.verify.mod: unknown field; expected one of fsync, mode, repair, scope (line 7",
         ),
         (
             format!("{local}  preserve: {{ownr: true}}\n"),
@@ -2069,4 +2069,85 @@ fn walkdir_count(root: &Path) -> u64 {
         };
     }
     n
+}
+
+/// `verify.scope: Changed` through `run`: the copy workers say when they began writing, the
+/// verify workers read the content only of files written since (here with no margin), and the
+/// verdict says the rest were compared by metadata. A file this pass rewrote is always read.
+#[test]
+fn a_changed_scope_verify_reads_what_the_pass_wrote() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let state = t.path().join("state");
+    let job = |extra: &str| {
+        job_yaml(
+            t.path(),
+            &src,
+            &[dst.clone(), dst.clone()],
+            &format!(
+                "  workers: 2\n  shards: {{target: 8}}\n  preserve: {{owner: false}}\n{extra}"
+            ),
+        )
+    };
+    let o = run_cmd(&job(""), &state).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Scope Changed needs Checksum: refused naming the field.
+    let o = run_cmd(&job("  run: 1\n  verify: {scope: Changed}\n"), &state)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("spec.verify.scope"), "{}", text(&o));
+
+    fs::write(src.join("proj02/run2/f003.dat"), b"rewritten by a user").unwrap();
+    let o = run_cmd(
+        &job("  run: 1\n  verify: {mode: Checksum, scope: Changed}\n"),
+        &state,
+    )
+    .env("VFXT_INGEST_CHANGED_SCOPE_MARGIN", "0")
+    .output()
+    .unwrap();
+    let st = read_status(&state);
+    let why = format!("{}\n{st:?}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{why}");
+    assert!(
+        fs::read_to_string(state.join("write-started-run-1"))
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .is_ok(),
+        "{why}"
+    );
+    // Every matched file of the trail was either read (a digest) or counted as not written.
+    let trail = bin()
+        .args(["report", "--jsonl"])
+        .arg(state.join("logs/run-1"))
+        .output()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&trail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let files = |digest: bool| {
+        entries
+            .iter()
+            .filter(|e| e["outcome"] == "matched" && e["meta"]["kind"] == "f")
+            .filter(|e| e["digest"].is_string() == digest)
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            // A hard link's paths are checked where each scope meets them, each counted.
+            .collect::<Vec<_>>()
+    };
+    let (read, unread) = (files(true), files(false));
+    assert!(
+        read.iter().any(|p| p == "proj02/run2/f003.dat"),
+        "{why}\n{read:?}"
+    );
+    let unchanged = st["verification"]["contentUnchanged"].as_u64().unwrap_or(0);
+    assert_eq!(unread.len() as u64, unchanged, "{why}");
+    let message = st["message"].as_str().unwrap();
+    assert!(message.contains("destination identical"), "{why}");
+    assert_eq!(
+        message.contains("compared by metadata (verify.scope Changed)"),
+        unchanged > 0,
+        "{why}"
+    );
 }

@@ -152,6 +152,9 @@ struct State {
     avoid: Vec<String>,
     /// The prune pass: how many entries each shard given may delete.
     budgets: std::collections::HashMap<u32, u64>,
+    /// A copy worker: when it began writing, by the destination's clock (sent with every
+    /// message: the operator keeps the pass's earliest).
+    write_started: Option<i64>,
     /// This worker's figures per destination mount (sent with every message).
     mounts: Vec<MountFigures>,
     /// When the last `wait` (or empty `work`) answer came.
@@ -239,6 +242,7 @@ impl Session {
                 failing_since: None,
                 avoid: Vec::new(),
                 budgets: Default::default(),
+                write_started: None,
                 mounts: Vec::new(),
                 in_flight: false,
             }),
@@ -305,6 +309,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// This copy worker began writing at `secs` (its probe's ctime): said with every message.
+    pub fn began_writing(&self, secs: i64) {
+        self.lock().write_started = Some(secs);
     }
 
     /// How many entries `shard` may delete (the prune pass; 0 when the operator gave none).
@@ -508,6 +517,7 @@ impl Session {
             unusable,
             unresponsive: None,
             mounts: st.mounts.clone(),
+            write_started: st.write_started,
         }
     }
 

@@ -256,6 +256,61 @@ struct Resolved {
     /// `spec.mode: Mirror`, with `spec.maxDeletes` (or its default).
     #[serde(default)]
     mirror: Option<ingest_copy::MaxDeletes>,
+    /// `spec.verify.scope: Changed`.
+    #[serde(default)]
+    verify_changed: bool,
+}
+
+/// What a run's phases share.
+struct RunShared {
+    /// Destinations found unresponsive, with why: no worker after uses them, in either phase.
+    avoided: Mutex<Vec<(String, String)>>,
+    /// When the run's copy workers began writing: `verify.scope: Changed`.
+    write_start: WriteStart,
+}
+
+/// The earliest a copy worker of the run began writing, by the destination's clock (its probe
+/// file's ctime), kept in the state directory as soon as a worker says it: a run resumed after a
+/// crash measures from its first invocation, whose files its verify must still read.
+struct WriteStart {
+    earliest: Mutex<Option<i64>>,
+    file: PathBuf,
+}
+
+impl WriteStart {
+    fn load(state: &Path, run: i64) -> WriteStart {
+        let file = state.join(format!("write-started-run-{run}"));
+        let earliest = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        WriteStart {
+            earliest: Mutex::new(earliest),
+            file,
+        }
+    }
+
+    fn saw(&self, secs: i64) {
+        let mut e = self.earliest.lock().unwrap();
+        if e.is_some_and(|e| e <= secs) {
+            return;
+        }
+        *e = Some(secs);
+        if let Err(err) = write_durably(&self.file, secs.to_string().as_bytes()) {
+            // Without it a resumed run's verify may read less than it must: it then reads all.
+            eprintln!(
+                "warning: --state: {} not written ({err})",
+                self.file.display()
+            );
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+
+    /// `--content-changed-since`: the earliest start less the margin (`None`: no copy worker
+    /// said when it began, so everything is read).
+    fn changed_since(&self) -> Option<i64> {
+        let e = (*self.earliest.lock().unwrap())?;
+        Some(e - ingest_api::job::changed_scope_margin())
+    }
 }
 
 /// Where the workers of run `run` write their reports: a directory per pass (`spec.run`), so that
@@ -643,6 +698,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         limits: spec.limits,
         // Checked with the rest of the spec above.
         mirror: api_spec.mirror_limit().ok().flatten(),
+        verify_changed: spec.verify.scope == ingest_api::job::VerifyScope::Changed,
     })
 }
 
@@ -853,7 +909,10 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     };
     let t = &plan.totals;
     // Destinations found unresponsive, with why: no worker after uses them, in either phase.
-    let avoided = Mutex::new(Vec::new());
+    let shared = RunShared {
+        avoided: Mutex::new(Vec::new()),
+        write_start: WriteStart::load(state, job.run),
+    };
     let mut copy = if job.dry_run {
         // Nothing is copied: the verify phase compares, report only.
         PhaseOutcome::skipped(plan.shards.len() as u64)
@@ -870,7 +929,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
                 bytes: t.bytes,
             },
             args,
-            &avoided,
+            &shared,
             None,
         )
     };
@@ -908,7 +967,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
                         Phase::Prune,
                         Expected { files, bytes: 0 },
                         args,
-                        &avoided,
+                        &shared,
                         Some(budgets),
                     );
                     copy.broken.extend(pruned.broken.iter().cloned());
@@ -949,7 +1008,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             Phase::Verify,
             expected,
             args,
-            &avoided,
+            &shared,
             None,
         ))
     } else {
@@ -977,7 +1036,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
         }
         v => v,
     };
-    let avoided = avoided.into_inner().unwrap();
+    let avoided = shared.avoided.into_inner().unwrap();
     let mut status = build_status(
         job,
         &plan,
@@ -1118,9 +1177,10 @@ fn run_phase(
     phase: Phase,
     expected: Expected,
     args: &Args,
-    avoided: &Mutex<Vec<(String, String)>>,
+    shared: &RunShared,
     budgets: Option<&BTreeMap<ingest_job::ShardId, u64>>,
 ) -> PhaseOutcome {
+    let avoided = &shared.avoided;
     let phase_started = Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vfxt-ingest"));
     let names = ingest_copy::mount_names(&job.destinations);
@@ -1197,6 +1257,12 @@ fn run_phase(
                 (false, _) => vec![OsString::from("--markers"), state.join("markers").into()],
             })
             .args(job.mirror.is_some().then_some("--mirror"))
+            .args(
+                (phase == Phase::Verify && job.verify == "checksum" && job.verify_changed)
+                    .then(|| shared.write_start.changed_since())
+                    .flatten()
+                    .map(|t| format!("--content-changed-since={t}")),
+            )
             .arg("--report")
             .arg(
                 reports_dir(state, job.run)
@@ -1289,7 +1355,7 @@ fn run_phase(
                             d.stdins[w as usize] = child.stdin.take();
                             d.feed();
                         }
-                        let gave_up = read_worker(out, &states[idx], dispatch);
+                        let gave_up = read_worker(out, &states[idx], dispatch, &shared.write_start);
                         let exit = child.wait();
                         let class =
                             WorkerExit::from_code(exit.as_ref().ok().and_then(|e| e.code()));
@@ -1449,6 +1515,7 @@ fn read_worker(
     out: std::process::ChildStdout,
     st: &Mutex<WorkerState>,
     dispatch: &Mutex<Dispatch>,
+    write_start: &WriteStart,
 ) -> Option<(String, String)> {
     let mut gave_up = None;
     for line in BufReader::new(out).lines() {
@@ -1468,6 +1535,11 @@ fn read_worker(
                     let mut d = dispatch.lock().unwrap();
                     d.queue.complete(id as u32);
                     d.feed();
+                }
+            }
+            Some("probed") => {
+                if let Some(secs) = v["ctime"].as_i64() {
+                    write_start.saw(secs);
                 }
             }
             Some("progress") => {
@@ -1667,6 +1739,7 @@ fn build_status(
                     .unwrap_or_default()
             }),
             mirror: mirror.map(MirrorStatus::facts),
+            content_unchanged: verification.as_ref().map_or(0, |v| v.content_unchanged),
         },
     );
     let phase = if v.succeeded {

@@ -152,6 +152,11 @@ pub struct Args {
     /// not be compared counts as failed.
     #[arg(long)]
     pub dry_run: bool,
+    /// `verify.scope: Changed` (with --verify checksum): read the content only of files whose
+    /// destination ctime is at or after SECS (seconds since the epoch, the destination's clock:
+    /// when this pass's copy began, less a margin); compare the others by metadata.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub content_changed_since: Option<i64>,
     /// The job is a mirror (`spec.mode: Mirror`): the copy phase finds and weighs what only the
     /// destination has and deletes nothing (each shard's result says how much, and `run` or the
     /// operator weighs all shards together before the prune phase deletes any); the verify
@@ -564,6 +569,7 @@ pub fn run(mut args: Args) -> Outcome {
         // The limit of each phase's own (see `ShardRun::shard`): the copy weighs only.
         mirror: (args.mirror || args.phase == PhaseArg::Prune).then_some(MaxDeletes::Count(0)),
         mirror_weigh_only: true,
+        content_changed_since: args.content_changed_since.map(|s| (s, 0)),
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
@@ -764,6 +770,18 @@ pub fn run(mut args: Args) -> Outcome {
                 if opts.probe_destinations {
                     let o = ingest_copy::open(&job, &opts, &progress)
                         .map_err(|e| Halt::Unusable(e.to_string()))?;
+                    // Everything this worker writes from now on has a later ctime: said before
+                    // the first shard (`verify.scope: Changed` measures from the earliest).
+                    if let Some((secs, _)) = o.probed_at() {
+                        match &claims {
+                            Some(c) => c.began_writing(secs),
+                            None => emit(&serde_json::json!({
+                                "event": "probed",
+                                "worker": worker,
+                                "ctime": secs,
+                            })),
+                        }
+                    }
                     *opened.lock().unwrap() = Some((dests, Arc::new(o)));
                 }
             }
@@ -1362,6 +1380,7 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
         errors: v.errors,
         verified: v.matched + v.repaired,
         differing_bytes: v.differing_bytes,
+        content_unchanged: v.content_unchanged,
     }
 }
 
