@@ -219,6 +219,12 @@ pub struct ClaimResponse {
     /// Destination mounts found unresponsive: write through none of them (from the next shard).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid: Vec<String>,
+    /// This worker's share of the job's rate limits now (`spec.limits` at this time of the week,
+    /// divided among the workers that report): it replaces the worker's limits, so a change to
+    /// the spec, a window that opens or closes and workers that come and go all take effect
+    /// within a message. `None`: the job has no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ingest_job::schedule::Rates>,
     /// The prune pass (`spec.mode: Mirror`): how many entries each shard given may delete, at
     /// most (what its copy found). A shard not listed may delete nothing.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -529,7 +529,7 @@ impl EntryFilter {
 }
 
 /// Rates for a whole job.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// File data written per second, all pods together.
@@ -540,9 +540,89 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub files_per_second: Option<u64>,
+    /// A weekly schedule: inside the first window that holds the time (in `timeZone`), its limits
+    /// apply (one it leaves out is none); outside every window, the two above. Followed while the
+    /// job runs, as are changes to any of these fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<LimitWindow>,
+    /// The IANA time zone of the windows (`Europe/Berlin`). Default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A window of the week in which other limits apply.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitWindow {
+    /// `Mon`..`Sun`, `Weekdays`, `Weekends` or `All`: the days the window starts on.
+    pub days: Vec<String>,
+    /// `HH:MM`, local time.
+    pub start: String,
+    /// `HH:MM`; not after `start`: the window runs past midnight into the next day.
+    pub end: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub bytes_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub files_per_second: Option<u64>,
 }
 
 impl Limits {
+    /// The schedule these limits describe, or the first field that is wrong and why.
+    pub fn schedule(&self) -> Result<ingest_job::schedule::Schedule, (String, String)> {
+        use ingest_job::schedule::{Rates, Schedule, Window, parse_days, parse_time, parse_zone};
+        let zone = parse_zone(self.time_zone.as_deref().unwrap_or("UTC"))
+            .map_err(|m| ("spec.limits.timeZone".to_owned(), m))?;
+        let mut windows = Vec::new();
+        for (i, w) in self.windows.iter().enumerate() {
+            let field = |f: &str| format!("spec.limits.windows[{i}].{f}");
+            if w.days.is_empty() {
+                return Err((
+                    field("days"),
+                    "list at least one day (Mon..Sun, Weekdays, Weekends, All)".into(),
+                ));
+            }
+            let mut days = Vec::new();
+            for (j, d) in w.days.iter().enumerate() {
+                days.extend(parse_days(d).map_err(|m| (field(&format!("days[{j}]")), m))?);
+            }
+            windows.push(Window {
+                days,
+                start: parse_time(&w.start).map_err(|m| (field("start"), m))?,
+                end: parse_time(&w.end).map_err(|m| (field("end"), m))?,
+                rates: Rates {
+                    bytes_per_second: w.bytes_per_second,
+                    files_per_second: w.files_per_second,
+                },
+            });
+        }
+        Ok(Schedule {
+            base: Rates {
+                bytes_per_second: self.bytes_per_second,
+                files_per_second: self.files_per_second,
+            },
+            zone,
+            windows,
+        })
+    }
+
+    /// One of `workers` workers' share of these limits at `at` (a spec the API server accepted
+    /// always has a schedule; one that does not is read as its base limits).
+    pub fn share_at(
+        &self,
+        at: k8s_openapi::jiff::Timestamp,
+        workers: u64,
+    ) -> ingest_job::schedule::Rates {
+        let rates = match self.schedule() {
+            Ok(s) => s.at(at),
+            Err(_) => ingest_job::schedule::Rates {
+                bytes_per_second: self.bytes_per_second,
+                files_per_second: self.files_per_second,
+            },
+        };
+        ingest_job::schedule::share(rates, workers)
+    }
     /// Each of `workers` worker processes' flags (`--bytes-per-second`, `--files-per-second`):
     /// its share, rounded up.
     pub fn worker_args(&self, workers: u32) -> Vec<String> {

@@ -138,6 +138,22 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
                 );
             }
         }
+        if let Err((field, message)) = l.schedule() {
+            bad(&field, message);
+        }
+        for (i, w) in l.windows.iter().enumerate() {
+            for (name, v) in [
+                ("bytesPerSecond", w.bytes_per_second),
+                ("filesPerSecond", w.files_per_second),
+            ] {
+                if v == Some(0) {
+                    bad(
+                        &format!("spec.limits.windows[{i}].{name}"),
+                        "must be at least 1 (leave it out for no limit)".into(),
+                    );
+                }
+            }
+        }
     }
     if spec.run < 0 {
         bad("spec.run", "must not be negative".into());
@@ -390,6 +406,46 @@ mod tests {
     fn with_worker(worker: &str) -> crate::IngestJobSpec {
         let y = format!("{}  worker: {worker}\n", job(None));
         serde_yaml::from_str::<crate::IngestJob>(&y).unwrap().spec
+    }
+
+    fn with(extra: &str) -> crate::IngestJobSpec {
+        let y = format!("{}{extra}", job(None));
+        serde_yaml::from_str::<crate::IngestJob>(&y).unwrap().spec
+    }
+
+    /// Each wrong part of a schedule, a mirror's limit or a verify scope is refused naming its
+    /// field and what would be valid.
+    #[test]
+    fn schedules_mirror_limits_and_verify_scopes_are_checked_naming_the_field() {
+        let ok = with(
+            "  limits: {timeZone: Europe/Berlin, windows: [{days: [Weekdays], start: '08:00', end: '18:00', bytesPerSecond: 104857600}]}\n  mode: Mirror\n  maxDeletes: '2%'\n  verify: {mode: Checksum, scope: Changed}\n",
+        );
+        assert_eq!(validate_spec(&ok), Ok(()));
+        for (extra, field, words) in [
+            ("  limits: {timeZone: Mars/Olympus}\n", "spec.limits.timeZone", "IANA"),
+            (
+                "  limits: {windows: [{days: [Monday], start: '08:00', end: '18:00'}]}\n",
+                "spec.limits.windows[0].days[0]",
+                "Weekdays",
+            ),
+            (
+                "  limits: {windows: [{days: [Mon], start: '8am', end: '18:00'}]}\n",
+                "spec.limits.windows[0].start",
+                "HH:MM",
+            ),
+            (
+                "  limits: {windows: [{days: [], start: '08:00', end: '18:00'}]}\n",
+                "spec.limits.windows[0].days",
+                "at least one day",
+            ),
+            ("  maxDeletes: 5\n", "spec.maxDeletes", "mode: Mirror"),
+            ("  mode: Mirror\n  maxDeletes: '120%'\n", "spec.maxDeletes", "0..=100"),
+            ("  mode: Mirror\n  maxDeletes: -3\n", "spec.maxDeletes", "negative"),
+            ("  verify: {scope: Changed}\n", "spec.verify.scope", "Checksum"),
+        ] {
+            let err = validate_spec(&with(extra)).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(words), "{extra}: {err}");
+        }
     }
 
     #[test]

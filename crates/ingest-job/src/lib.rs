@@ -9,6 +9,7 @@ pub mod mirror;
 pub mod pass;
 pub mod queue;
 pub mod scan_failed;
+pub mod schedule;
 pub mod units;
 pub mod verdict;
 

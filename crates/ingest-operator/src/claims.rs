@@ -131,6 +131,8 @@ struct Entry {
     budgets: BTreeMap<u32, u64>,
     /// The copy pass: the earliest a worker said it began writing (destination clock).
     write_started: Option<i64>,
+    /// `spec.limits` as the IngestJob says now (changes apply to a running pass).
+    limits: Option<ingest_api::Limits>,
 }
 
 #[derive(Default)]
@@ -202,6 +204,7 @@ impl Registry {
         });
         if let Some(e) = inner.passes.get_mut(&key) {
             e.pass.pause(ij.spec.suspend);
+            e.limits.clone_from(&ij.spec.limits);
             return Ok(());
         }
         let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
@@ -237,6 +240,7 @@ impl Registry {
                 mounts: BTreeMap::new(),
                 budgets: budgets.cloned().unwrap_or_default(),
                 write_started: checkpoint.and_then(|c| c.write_started),
+                limits: ij.spec.limits.clone(),
             },
         );
         Ok(())
@@ -394,7 +398,24 @@ impl Registry {
         if state == ingest_job::State::Finished && !entry.persisted {
             state = ingest_job::State::Wait;
         }
+        // The job's limits now, shared by the workers that reported within a lease and hold
+        // shards (one waiting for work, at the pass's tail, leaves its share to the others).
+        let limits = entry.limits.as_ref().map(|l| {
+            let live: Vec<&str> = entry
+                .pass
+                .in_flight()
+                .filter(|(_, _, at)| now.saturating_sub(*at) <= LEASE_SECONDS * 1000)
+                .map(|(w, _, _)| w)
+                .collect();
+            let busy = live
+                .iter()
+                .filter(|w| !entry.pass.claims_of(w).is_empty())
+                .count();
+            let n = if busy > 0 { busy } else { live.len() }.max(1);
+            l.share_at(k8s_openapi::jiff::Timestamp::now(), n as u64)
+        });
         Ok(ClaimResponse {
+            limits,
             state: state.into(),
             avoid: entry.pass.avoided().keys().cloned().collect(),
             deletes: shards

@@ -512,6 +512,7 @@ async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_t
             state: PassState::Work,
             avoid: vec![],
             deletes: Default::default(),
+            limits: None,
         }
     );
     let ij = current(&shared, "media");
@@ -1301,6 +1302,7 @@ async fn fail_job_stops_the_run_at_a_shard_lost_through_its_retries_and_tells_th
             state: PassState::Stopped,
             avoid: vec![],
             deletes: Default::default(),
+            limits: None,
         }
     );
 

@@ -2351,6 +2351,7 @@ fn the_jobs_rate_limits_are_divided_among_its_worker_pods() {
     ij.spec.limits = Some(ingest_api::Limits {
         bytes_per_second: Some(100 << 20),
         files_per_second: Some(10),
+        ..Default::default()
     });
     let obs = scanned(&ij, 9, totals(), false);
     let st = stage(&ij, &obs, &no_passes());
@@ -2589,4 +2590,50 @@ fn a_changed_scope_verify_gets_the_copy_passs_earliest_write_less_the_margin() {
             .iter()
             .any(|a| a.starts_with("--content-changed-since"))
     );
+}
+
+/// `spec.limits` while a pass runs: every claims answer carries the worker's share of the job's
+/// limits now: divided among the workers that report, following a window of the schedule, and
+/// an edit of the IngestJob (seen at the next reconcile).
+#[test]
+fn claims_answers_carry_each_workers_share_of_the_limits_now() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.limits = Some(ingest_api::Limits {
+        bytes_per_second: Some(300),
+        ..Default::default()
+    });
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    // The claims of one run: the same IngestJob identity whatever its spec says.
+    let id = ij.clone();
+    let ask = |reg: &Registry, pod: &str| {
+        let mut r = claim_request(&id, "copy", &worker_pod_name(&id, "copy", 0, pod));
+        r.room = 1;
+        reg.handle(r).unwrap().limits.unwrap()
+    };
+    assert_eq!(ask(&reg, "a").bytes_per_second, Some(300), "alone");
+    ask(&reg, "b");
+    assert_eq!(ask(&reg, "c").bytes_per_second, Some(100), "one of three");
+    // The user raises the limit; a window that always holds limits entries instead.
+    ij.spec.limits = Some(ingest_api::Limits {
+        bytes_per_second: Some(600),
+        windows: vec![ingest_api::job::LimitWindow {
+            days: vec!["All".into()],
+            start: "00:00".into(),
+            end: "00:00".into(),
+            files_per_second: Some(30),
+            ..Default::default()
+        }],
+        time_zone: Some("Europe/Berlin".into()),
+        ..Default::default()
+    });
+    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    let r = ask(&reg, "a");
+    assert_eq!((r.bytes_per_second, r.files_per_second), (None, Some(10)));
+    // Limits removed: unlimited from the next answer.
+    ij.spec.limits = None;
+    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "a"));
+    r.room = 1;
+    assert_eq!(reg.handle(r).unwrap().limits, None);
 }

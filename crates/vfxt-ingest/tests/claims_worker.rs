@@ -142,6 +142,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 state: state.into(),
                 avoid: pass.avoided().keys().cloned().collect(),
                 deletes: Default::default(),
+                limits: None,
             }),
         )
     } else {

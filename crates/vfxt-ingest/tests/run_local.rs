@@ -2151,3 +2151,80 @@ fn a_changed_scope_verify_reads_what_the_pass_wrote() {
         "{why}"
     );
 }
+
+/// `spec.limits` can change while `run` runs: the job file is read again, and each worker gets
+/// its share of what it says now. A run limited to 10 entries a second (300 files: half a
+/// minute) finishes soon after its limit is removed from the file.
+#[test]
+fn limits_edited_in_the_job_file_apply_to_the_running_workers() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    for d in 0..3 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            fs::write(src.join(format!("d{d}/f{f}")), b"x").unwrap();
+        }
+    }
+    fs::create_dir_all(&dst).unwrap();
+    let state = t.path().join("state");
+    let f = job_yaml(
+        t.path(),
+        &src,
+        std::slice::from_ref(&dst),
+        "  workers: 2\n  shards: {target: 4}\n  limits: {filesPerSecond: 10}\n",
+    );
+    let mut child = run_cmd(&f, &state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Copying has begun under the limit.
+    let copied = || {
+        fs::read_dir(&dst)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|d| fs::read_dir(d.path()).map_or(0, Iterator::count))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    while copied() < 5 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "nothing copied in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still running (under the limit the rest takes half a minute): the edit is what ends it.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the limit was removed: the limit did not hold"
+    );
+    fs::write(
+        &f,
+        fs::read_to_string(&f)
+            .unwrap()
+            .replace("  limits: {filesPerSecond: 10}\n", ""),
+    )
+    .unwrap();
+    // Under the old limit what is left takes about 30 s more; without it, a moment.
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t1.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!(
+                "still running 20 s after the limit was removed ({} of 300 copied)",
+                copied()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", text(&out));
+    assert_identical(&src, &dst);
+}

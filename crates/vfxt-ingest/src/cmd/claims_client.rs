@@ -155,6 +155,8 @@ struct State {
     /// A copy worker: when it began writing, by the destination's clock (sent with every
     /// message: the operator keeps the pass's earliest).
     write_started: Option<i64>,
+    /// The engine's rate limits, set to each answer's share of the job's.
+    throttle: Option<std::sync::Arc<ingest_copy::Throttle>>,
     /// This worker's figures per destination mount (sent with every message).
     mounts: Vec<MountFigures>,
     /// When the last `wait` (or empty `work`) answer came.
@@ -243,6 +245,7 @@ impl Session {
                 avoid: Vec::new(),
                 budgets: Default::default(),
                 write_started: None,
+                throttle: None,
                 mounts: Vec::new(),
                 in_flight: false,
             }),
@@ -309,6 +312,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The engine's throttle, which every answer sets to this worker's share of the job's limits.
+    pub fn follow_limits(&self, throttle: std::sync::Arc<ingest_copy::Throttle>) {
+        self.lock().throttle = Some(throttle);
     }
 
     /// This copy worker began writing at `secs` (its probe's ctime): said with every message.
@@ -565,6 +573,13 @@ impl Session {
         let answer = answer?;
         st.avoid = answer.avoid.clone();
         st.budgets.extend(&answer.deletes);
+        if let Some(t) = &st.throttle {
+            let r = answer.limits.unwrap_or_default();
+            t.set(ingest_copy::RateLimit {
+                bytes_per_second: r.bytes_per_second,
+                files_per_second: r.files_per_second,
+            });
+        }
         for s in &answer.shards {
             if !st.queued.contains(s) && !st.running.iter().any(|(r, ..)| r == s) {
                 st.queued.push_back(*s);

@@ -561,7 +561,7 @@ fn resolve(doc: RunDoc, args: &Args, file: &Path) -> Result<Resolved, Vec<String
         dry_run: spec.dry_run,
         mode: spec.mode,
         max_deletes: spec.max_deletes.clone(),
-        limits: spec.limits,
+        limits: spec.limits.clone(),
         filter: spec.filter.clone(),
         worker: spec.worker.clone(),
         report: spec.report.clone(),
@@ -1294,7 +1294,8 @@ fn run_phase(
             cmd.arg("--fsync");
         }
         if let Some(l) = &job.limits {
-            cmd.args(l.worker_args(workers));
+            let r = l.share_at(Timestamp::now(), u64::from(workers));
+            cmd.args(crate::cmd::copy::rate_args(r));
         }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.
@@ -1327,6 +1328,7 @@ fn run_phase(
         stdins: (0..workers).map(|_| None).collect(),
         at_once,
         budgets,
+        rates: None,
     });
     let dispatch = &dispatch;
     let stop = AtomicBool::new(false);
@@ -1392,6 +1394,12 @@ fn run_phase(
             .collect();
         let label = phase.as_str();
         let stop = &stop;
+        // The job's limits follow its schedule and the job file: each worker gets its share of
+        // what they say now, whenever that changes (a window opens, the file is edited, a worker
+        // ends).
+        if job.limits.is_some() {
+            s.spawn(move || follow_limits(job, &args.file, dispatch, stop));
+        }
         let viewer = (!args.quiet && !args.json).then(|| {
             s.spawn(move || {
                 progress_view::report_until(stop, label, Some(expected), || {
@@ -1568,6 +1576,43 @@ fn read_worker(
     gave_up
 }
 
+/// Sends the workers their share of the job's limits whenever it changes, until `stop`: the
+/// limits as the job file says them now (an edit takes effect within a second; a file that no
+/// longer reads keeps the last ones, said once), at this time of the week, divided among the
+/// workers still running.
+fn follow_limits(job: &Resolved, file: &Path, dispatch: &Mutex<Dispatch>, stop: &AtomicBool) {
+    let mut limits = job.limits.clone();
+    let mut warned = false;
+    while !stop.load(Relaxed) {
+        let read = std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse(&t))
+            .and_then(|doc| match &doc.spec.limits {
+                Some(l) => l
+                    .schedule()
+                    .map(|_| doc.spec.limits.clone())
+                    .map_err(|(f, m)| format!("{f}: {m}")),
+                None => Ok(None),
+            });
+        match read {
+            Ok(l) => {
+                limits = l;
+                warned = false;
+            }
+            Err(e) if !warned => {
+                eprintln!(
+                    "warning: -f {}: limits not updated, the last ones stay ({e})",
+                    file.display()
+                );
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        dispatch.lock().unwrap().send_rates(limits.as_ref());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// The shard queue of one phase and the pipes to the workers' standard input: a worker gets the
 /// next shard id whenever one of its slots is free, so a worker on a slow mount takes fewer
 /// shards; when every shard ended, the pipes close and the workers finish.
@@ -1579,9 +1624,41 @@ struct Dispatch<'b> {
     at_once: usize,
     /// The prune phase: how many entries each shard may delete, sent with its id.
     budgets: Option<&'b BTreeMap<ingest_job::ShardId, u64>>,
+    /// The share of the job's limits last sent to the workers.
+    rates: Option<ingest_job::schedule::Rates>,
 }
 
 impl Dispatch<'_> {
+    /// Sends each running worker its share of `limits` now, when it differs from the last sent.
+    fn send_rates(&mut self, limits: Option<&Limits>) {
+        use std::io::Write;
+        // Divided among the workers that hold shards: one that waits for work (the pass's tail)
+        // leaves its share to the others.
+        let running = || self.stdins.iter().enumerate().filter(|(_, p)| p.is_some());
+        let busy = running()
+            .filter(|(w, _)| !self.queue.claims_of(&w.to_string()).is_empty())
+            .count();
+        let live = if busy > 0 { busy } else { running().count() }.max(1) as u64;
+        let share = limits.map_or_else(Default::default, |l| l.share_at(Timestamp::now(), live));
+        if self.rates == Some(share) {
+            return;
+        }
+        let n = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let line = format!(
+            "rate {} {}",
+            n(share.bytes_per_second),
+            n(share.files_per_second)
+        );
+        for pipe in &mut self.stdins {
+            if let Some(stdin) = pipe
+                && writeln!(stdin, "{line}").is_err()
+            {
+                *pipe = None;
+            }
+        }
+        self.rates = Some(share);
+    }
+
     /// Tops every worker up to `at_once` shards (it runs that many at once), a shard to each in
     /// turn.
     fn feed(&mut self) {

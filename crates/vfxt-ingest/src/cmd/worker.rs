@@ -565,7 +565,13 @@ pub fn run(mut args: Args) -> Outcome {
         repair: !args.no_repair && !args.dry_run,
         dry_run: args.dry_run,
         fsync: args.fsync,
-        throttle: args.rate.throttle(),
+        // A worker handed its shards takes its limits from who hands them (the operator's
+        // answers, `run`'s `rate` lines): they change with the job's schedule and spec.
+        throttle: if args.claims || claims.is_some() {
+            Some(Arc::new(args.rate.adjustable()))
+        } else {
+            args.rate.throttle()
+        },
         // The limit of each phase's own (see `ShardRun::shard`): the copy weighs only.
         mirror: (args.mirror || args.phase == PhaseArg::Prune).then_some(MaxDeletes::Count(0)),
         mirror_weigh_only: true,
@@ -573,6 +579,9 @@ pub fn run(mut args: Args) -> Outcome {
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
+    if let (Some(c), Some(t)) = (&claims, &base_opts.throttle) {
+        c.follow_limits(t.clone());
+    }
     if let ingest_copy::Concurrency::Auto(cfg) = &mut base_opts.concurrency {
         cfg.initial = shared_initial(cfg.initial, plan.workers);
     }
@@ -791,7 +800,10 @@ pub fn run(mut args: Args) -> Outcome {
                     if let Some(c) = &claims {
                         Box::new(claimed_shards(c, &plan, slots))
                     } else if args.claims {
-                        Box::new(self::claims(&plan, &budgets).map(|r| r.map_err(Halt::from)))
+                        Box::new(
+                            self::claims(&plan, &budgets, base_opts.throttle.clone())
+                                .map(|r| r.map_err(Halt::from)),
+                        )
                     } else {
                         Box::new(shards.clone().into_iter().map(Ok))
                     };
@@ -1181,46 +1193,93 @@ impl Budgets {
 }
 
 /// The shards of `--claims`: ids read from standard input, one per line (`ID`, or `ID BUDGET`
-/// for the prune phase), until its end.
+/// for the prune phase), until its end. A line `rate BYTES FILES` (each a number or `-`, no
+/// limit) sets this worker's limits: `run` sends one when its share of the job's changes.
 fn claims<'p>(
     plan: &'p Plan,
     budgets: &'p Budgets,
+    throttle: Option<Arc<ingest_copy::Throttle>>,
 ) -> impl Iterator<Item = Result<&'p Shard, String>> + Send + 'p {
     use std::io::BufRead;
-    // Not `stdin().lock()`: the slots take turns reading, from different threads.
-    std::io::BufReader::new(std::io::stdin())
-        .lines()
-        .filter_map(move |line| {
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => return Some(Err(format!("--claims: reading standard input: {e}"))),
+    // One reader: a `rate` line takes effect when it comes, not when a slot next asks for a
+    // shard (all of them may be busy with long ones). Shard ids wait in the channel.
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(String, Option<u64>), String>>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let sent = match line {
+                Err(e) => tx.send(Err(format!("--claims: reading standard input: {e}"))),
+                Ok(line) => match claims_line(&line) {
+                    Ok(ClaimsLine::Rate(limit)) => {
+                        if let Some(t) = &throttle {
+                            t.set(limit);
+                        }
+                        Ok(())
+                    }
+                    Ok(ClaimsLine::Shard(id, budget)) => tx.send(Ok((id, budget))),
+                    Ok(ClaimsLine::Empty) => Ok(()),
+                    Err(e) => tx.send(Err(e)),
+                },
             };
-            let mut fields = line.split_whitespace();
-            let id = fields.next()?;
-            if let Some(b) = fields.next() {
-                match (id.parse::<u32>(), b.parse::<u64>()) {
-                    (Ok(i), Ok(b)) => {
-                        budgets.0.lock().unwrap().insert(i, b);
-                    }
-                    _ => {
-                        return Some(Err(format!(
-                            "--claims: {line:?} is not a shard id and a budget"
-                        )));
-                    }
-                }
+            if sent.is_err() {
+                return; // the worker stopped taking shards
             }
-            Some(
-                id.parse::<usize>()
-                    .ok()
-                    .and_then(|i| plan.shards.get(i))
-                    .ok_or_else(|| {
-                        format!(
-                            "--claims: {id:?} is not a shard of the plan (valid: 0..{})",
-                            plan.shards.len()
-                        )
-                    }),
-            )
-        })
+        }
+    });
+    rx.into_iter().map(move |got| {
+        let (id, budget) = got?;
+        let shard = id
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| plan.shards.get(i))
+            .ok_or_else(|| {
+                format!(
+                    "--claims: {id:?} is not a shard of the plan (valid: 0..{})",
+                    plan.shards.len()
+                )
+            })?;
+        if let Some(b) = budget {
+            budgets.0.lock().unwrap().insert(shard.id, b);
+        }
+        Ok(shard)
+    })
+}
+
+/// One line of `--claims` input.
+#[derive(Debug, PartialEq)]
+enum ClaimsLine {
+    Empty,
+    /// A shard id, with its delete budget in the prune phase.
+    Shard(String, Option<u64>),
+    /// `rate BYTES FILES`.
+    Rate(ingest_copy::RateLimit),
+}
+
+fn claims_line(line: &str) -> Result<ClaimsLine, String> {
+    let mut fields = line.split_whitespace();
+    let Some(first) = fields.next() else {
+        return Ok(ClaimsLine::Empty);
+    };
+    if first == "rate" {
+        let bad =
+            || format!("--claims: {line:?} is not `rate BYTES FILES` (numbers, or - for none)");
+        let mut rate = || match fields.next() {
+            Some("-") => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| bad()),
+            None => Err(bad()),
+        };
+        return Ok(ClaimsLine::Rate(ingest_copy::RateLimit {
+            bytes_per_second: rate()?,
+            files_per_second: rate()?,
+        }));
+    }
+    let budget = match fields.next() {
+        None => None,
+        Some(b) => Some(
+            b.parse::<u64>()
+                .map_err(|_| format!("--claims: {line:?} is not a shard id and a budget"))?,
+        ),
+    };
+    Ok(ClaimsLine::Shard(first.to_owned(), budget))
 }
 
 /// Feeds the status's failure list (`inner`): passes entries on except repaired ones and the
@@ -1387,6 +1446,26 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_lines_are_shards_budgets_or_rates() {
+        assert_eq!(claims_line("  "), Ok(ClaimsLine::Empty));
+        assert_eq!(claims_line("7"), Ok(ClaimsLine::Shard("7".into(), None)));
+        assert_eq!(
+            claims_line("7 40"),
+            Ok(ClaimsLine::Shard("7".into(), Some(40)))
+        );
+        assert_eq!(
+            claims_line("rate 1048576 -"),
+            Ok(ClaimsLine::Rate(ingest_copy::RateLimit {
+                bytes_per_second: Some(1 << 20),
+                files_per_second: None
+            }))
+        );
+        for bad in ["rate 5", "rate x -", "7 many"] {
+            assert!(claims_line(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn each_worker_starts_its_destinations_at_its_own_index() {
