@@ -1370,6 +1370,10 @@ pub struct VerificationCounts {
     /// write them; compared by metadata).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub content_unchanged: u64,
+    /// `mode: Mirror`: the entries the ones only in the destination hold (each with everything
+    /// below it): what a mirror deletes.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub extraneous_entries: u64,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -1380,13 +1384,24 @@ fn is_zero_u64(n: &u64) -> bool {
 pub const DEFAULT_STALL_TIMEOUT_SECONDS: u32 = 60;
 
 impl VerificationCounts {
-    /// What a dry run (a report-only verify) found a pass would do, for the verdict.
-    pub fn dry_run(&self) -> ingest_job::DryRun {
+    /// What a dry run (a report-only verify) found a pass would do, for the verdict; with
+    /// `mirror` (the job's `maxDeletes`), what a Mirror pass would delete and whether it may.
+    pub fn dry_run(&self, mirror: Option<ingest_job::mirror::MaxDeletes>) -> ingest_job::DryRun {
         ingest_job::DryRun {
             create: self.missing,
             update: self.mismatched,
             bytes: self.differing_bytes,
             only_in_destination: self.extraneous,
+            mirror: mirror.map(|limit| {
+                let entries = self.extraneous_entries;
+                // The destination's entries in scope: those that match or differ, and these.
+                let kept = self.checked.saturating_sub(self.extraneous + self.missing);
+                ingest_job::verdict::MirrorPreview {
+                    entries,
+                    limit,
+                    allowed: limit.allows(entries, kept + entries),
+                }
+            }),
         }
     }
 
@@ -1402,6 +1417,7 @@ impl VerificationCounts {
         self.verified += o.verified;
         self.differing_bytes += o.differing_bytes;
         self.content_unchanged += o.content_unchanged;
+        self.extraneous_entries += o.extraneous_entries;
     }
 }
 

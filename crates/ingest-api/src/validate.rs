@@ -422,7 +422,11 @@ mod tests {
         );
         assert_eq!(validate_spec(&ok), Ok(()));
         for (extra, field, words) in [
-            ("  limits: {timeZone: Mars/Olympus}\n", "spec.limits.timeZone", "IANA"),
+            (
+                "  limits: {timeZone: Mars/Olympus}\n",
+                "spec.limits.timeZone",
+                "IANA",
+            ),
             (
                 "  limits: {windows: [{days: [Monday], start: '08:00', end: '18:00'}]}\n",
                 "spec.limits.windows[0].days[0]",
@@ -439,9 +443,21 @@ mod tests {
                 "at least one day",
             ),
             ("  maxDeletes: 5\n", "spec.maxDeletes", "mode: Mirror"),
-            ("  mode: Mirror\n  maxDeletes: '120%'\n", "spec.maxDeletes", "0..=100"),
-            ("  mode: Mirror\n  maxDeletes: -3\n", "spec.maxDeletes", "negative"),
-            ("  verify: {scope: Changed}\n", "spec.verify.scope", "Checksum"),
+            (
+                "  mode: Mirror\n  maxDeletes: '120%'\n",
+                "spec.maxDeletes",
+                "0..=100",
+            ),
+            (
+                "  mode: Mirror\n  maxDeletes: -3\n",
+                "spec.maxDeletes",
+                "negative",
+            ),
+            (
+                "  verify: {scope: Changed}\n",
+                "spec.verify.scope",
+                "Checksum",
+            ),
         ] {
             let err = validate_spec(&with(extra)).unwrap_err().to_string();
             assert!(err.contains(field) && err.contains(words), "{extra}: {err}");

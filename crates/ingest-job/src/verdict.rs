@@ -85,6 +85,17 @@ pub struct DryRun {
     pub bytes: u64,
     /// Entries only in the destination.
     pub only_in_destination: u64,
+    /// `mode: Mirror`: what a pass would delete (those entries with everything below them), its
+    /// limit, and whether the limit lets it.
+    pub mirror: Option<MirrorPreview>,
+}
+
+/// What a mirror would delete, as a dry run saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorPreview {
+    pub entries: u64,
+    pub limit: crate::mirror::MaxDeletes,
+    pub allowed: bool,
 }
 
 /// Why the run ended as it did (the Ready condition's reason).
@@ -176,11 +187,24 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
             true,
             Reason::DryRun,
             format!(
-                "dry run, nothing written: a pass would create {}, update {} and write {}; {} only in the destination{}{}",
+                "dry run, nothing written: a pass would create {}, update {} and write {}; {} only in the destination{}{}{}",
                 entries(d.create),
                 entries(d.update),
                 human_bytes(d.bytes),
                 entries(d.only_in_destination),
+                match d.mirror {
+                    None => String::new(),
+                    Some(m) if m.allowed => format!(
+                        " (a Mirror pass would delete {}, within maxDeletes: {})",
+                        entries(m.entries),
+                        m.limit
+                    ),
+                    Some(m) => format!(
+                        " (a Mirror pass would delete NOTHING: {} is more than maxDeletes: {})",
+                        entries(m.entries),
+                        m.limit
+                    ),
+                },
                 if failed_files > 0 {
                     format!(
                         "; {} could not be compared (listed in failures)",
@@ -330,6 +354,7 @@ mod tests {
                         update: 1,
                         bytes: 4096,
                         only_in_destination: 2,
+                        mirror: None,
                     }),
                     extraneous: 2,
                     ..facts(0, 0)
@@ -542,6 +567,35 @@ mod tests {
         let v = decide(CONTINUE, &late);
         assert!(
             !v.succeeded && v.message.contains("the mirror deleted 5 entries"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_of_a_mirror_says_what_it_would_delete_and_whether_its_limit_lets_it() {
+        use crate::mirror::MaxDeletes;
+        let dry = |allowed| Facts {
+            dry_run: Some(DryRun {
+                only_in_destination: 2,
+                mirror: Some(MirrorPreview {
+                    entries: 40,
+                    limit: MaxDeletes::Count(100),
+                    allowed,
+                }),
+                ..DryRun::default()
+            }),
+            ..facts(0, 0)
+        };
+        let v = decide(CONTINUE, &dry(true));
+        assert!(
+            v.message
+                .contains("a Mirror pass would delete 40 entries, within maxDeletes: 100 entries"),
+            "{v:?}"
+        );
+        let v = decide(CONTINUE, &dry(false));
+        assert!(
+            v.message
+                .contains("a Mirror pass would delete NOTHING: 40 entries is more than maxDeletes"),
             "{v:?}"
         );
     }

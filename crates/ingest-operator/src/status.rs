@@ -461,7 +461,7 @@ pub fn compute(
                     dry_run: dry_run.then(|| {
                         verify
                             .as_ref()
-                            .map(|v| v.verification.dry_run())
+                            .map(|v| v.verification.dry_run(layout.mirror))
                             .unwrap_or_default()
                     }),
                     mirror: st.mirror.as_ref().map(|m| m.facts()),

@@ -1903,6 +1903,25 @@ fn a_mirror_deletes_only_what_the_source_lacks_in_scope_and_within_its_limits() 
         "{st:?}"
     );
 
+    // A dry run says beforehand what a mirror would delete, and that this limit lets it.
+    let o = run_cmd(
+        &y(job(
+            "  run: 1\n  mode: Mirror\n  maxDeletes: 100\n  dryRun: true\n",
+        )),
+        &state,
+    )
+    .output()
+    .unwrap();
+    let st = read_status(&state);
+    assert_eq!(o.status.code(), Some(0), "{}\n{st:?}", text(&o));
+    assert!(
+        st["message"].as_str().unwrap().contains(&format!(
+            "a Mirror pass would delete {weight} entries, within maxDeletes: 100 entries"
+        )),
+        "{st:?}"
+    );
+    everything_there("the dry run");
+
     // A failed entry (a changed file whose source cannot be opened) under FailJob: nothing.
     fs::write(src.join("flat/img0001"), b"changed").unwrap();
     let o = run_cmd(
@@ -1959,8 +1978,12 @@ fn a_mirror_deletes_only_what_the_source_lacks_in_scope_and_within_its_limits() 
         .iter()
         .filter_map(|p| p["mode"].as_str())
         .collect();
-    assert_eq!(modes, ["Copy", "Mirror", "Mirror", "Mirror"], "{why}");
-    assert_eq!(st["passes"][3]["deleted"].as_u64(), Some(weight), "{why}");
+    assert_eq!(
+        modes,
+        ["Copy", "Mirror", "DryRun", "Mirror", "Mirror"],
+        "{why}"
+    );
+    assert_eq!(st["passes"][4]["deleted"].as_u64(), Some(weight), "{why}");
 
     // A Copy job with a limit is a mistake worth naming.
     let o = run_cmd(&y(job("  maxDeletes: 10\n")), &t.path().join("state2"))

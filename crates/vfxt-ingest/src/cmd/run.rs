@@ -1812,7 +1812,7 @@ fn build_status(
             dry_run: job.dry_run.then(|| {
                 verification
                     .as_ref()
-                    .map(VerificationCounts::dry_run)
+                    .map(|v| v.dry_run(job.mirror))
                     .unwrap_or_default()
             }),
             mirror: mirror.map(MirrorStatus::facts),

@@ -1440,6 +1440,7 @@ pub fn verification(v: &ingest_copy::VerifyCounts) -> VerificationCounts {
         verified: v.matched + v.repaired,
         differing_bytes: v.differing_bytes,
         content_unchanged: v.content_unchanged,
+        extraneous_entries: v.extraneous_entries,
     }
 }
 
