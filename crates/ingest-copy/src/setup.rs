@@ -296,7 +296,17 @@ pub(crate) fn open_roots(
         let mut probed_at = None;
         if opts.probe_destinations && !report_only {
             let meters: Vec<_> = names.iter().map(|n| progress.mount(n)).collect();
-            probed_at = probe(job, &dsts, &meters)?;
+            // Several workers probe the same root at once, each putting its times back: were each
+            // to put back what it read before its own probe, one that read after another's
+            // create would leave that moment's mtime (and a resumed run that finds every shard
+            // done does not settle the root again). The source root's times, which the copy
+            // gives the root anyway, are the same for all of them.
+            let restore = opts
+                .preserve
+                .times
+                .then(|| sys::fstat(src.as_fd()).ok().map(|m| m.timestamps()))
+                .flatten();
+            probed_at = probe(job, &dsts, &meters, restore)?;
         }
         Ok((dsts, probed_at))
     })();
@@ -360,6 +370,7 @@ fn probe(
     job: &CopyJob,
     dsts: &[OwnedFd],
     meters: &[Arc<MountMeter>],
+    restore: Option<rustix::fs::Timestamps>,
 ) -> Result<Option<(i64, i64)>, SetupError> {
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
@@ -375,9 +386,9 @@ fn probe(
     let token = format!("vfxt-ingest probe {host} {nanos}\n");
     let result = probe_with(job, dsts, meters, &cname, token.as_bytes(), &host);
     // Whatever happened: the file goes (it may not exist; then this fails harmlessly), and the
-    // root's times are put back.
+    // root's times are put back (to the source root's when times are kept: see `open_roots`).
     let _ = sys::unlink_at(root, &cname, false);
-    let _ = rustix::fs::futimens(root, &before.timestamps());
+    let _ = rustix::fs::futimens(root, &restore.unwrap_or_else(|| before.timestamps()));
     result
 }
 

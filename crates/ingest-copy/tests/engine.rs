@@ -616,3 +616,36 @@ fn files_in_a_directory_made_before_get_the_same_outcomes_with_exclusive_creates
     assert_eq!(summary.copy.files_skipped, 1, "{:?}", summary.copy);
     assert_identical(&src, &dst);
 }
+
+/// The destination probe (a file made and removed in the root) puts the root's times back to
+/// the source root's, whatever they were when it looked: workers probing the same root at once
+/// each read them at another moment (one after another's probe file was made), and the last to
+/// put them back would otherwise leave that moment's mtime on a root no later step settles (a
+/// resumed run that finds every shard done). Here the root's mtime is wrong before the probe,
+/// as another worker's probe would have left it.
+#[test]
+fn a_probe_leaves_the_destination_root_with_the_source_roots_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    fs::File::open(&src).unwrap().set_modified(old).unwrap();
+    fs::create_dir_all(&dst).unwrap();
+    let job = ingest_copy::CopyJob {
+        source: src.clone(),
+        destinations: vec![dst.clone()],
+        scopes: whole(),
+    };
+    let opts = Options {
+        probe_destinations: true,
+        ..Options::default()
+    };
+    let opened = ingest_copy::open(&job, &opts, &ingest_copy::Progress::default()).unwrap();
+    assert!(opened.probed_at().is_some(), "a probe was made");
+    assert_eq!(
+        fs::metadata(&dst).unwrap().modified().unwrap(),
+        old,
+        "the root has the source root's mtime, not the moment of the probe"
+    );
+}
