@@ -598,10 +598,7 @@ impl Limits {
             });
         }
         Ok(Schedule {
-            base: Rates {
-                bytes_per_second: self.bytes_per_second,
-                files_per_second: self.files_per_second,
-            },
+            base: self.base(),
             zone,
             windows,
         })
@@ -614,27 +611,23 @@ impl Limits {
         at: k8s_openapi::jiff::Timestamp,
         workers: u64,
     ) -> ingest_job::schedule::Rates {
-        let rates = match self.schedule() {
-            Ok(s) => s.at(at),
-            Err(_) => ingest_job::schedule::Rates {
-                bytes_per_second: self.bytes_per_second,
-                files_per_second: self.files_per_second,
-            },
-        };
+        let rates = self.schedule().map_or_else(|_| self.base(), |s| s.at(at));
         ingest_job::schedule::share(rates, workers)
     }
+
     /// Each of `workers` worker processes' flags (`--bytes-per-second`, `--files-per-second`):
-    /// its share, rounded up.
+    /// its share of the limits outside the windows, rounded up (the claims answers then follow
+    /// the schedule).
     pub fn worker_args(&self, workers: u32) -> Vec<String> {
-        let share = |v: Option<u64>| v.map(|v| v.div_ceil(u64::from(workers.max(1))).max(1));
-        let mut out = Vec::new();
-        if let Some(b) = share(self.bytes_per_second) {
-            out.extend(["--bytes-per-second".to_owned(), b.to_string()]);
+        ingest_job::schedule::share(self.base(), u64::from(workers)).worker_args()
+    }
+
+    /// The limits outside every window.
+    fn base(&self) -> ingest_job::schedule::Rates {
+        ingest_job::schedule::Rates {
+            bytes_per_second: self.bytes_per_second,
+            files_per_second: self.files_per_second,
         }
-        if let Some(f) = share(self.files_per_second) {
-            out.extend(["--files-per-second".to_owned(), f.to_string()]);
-        }
-        out
     }
 }
 

@@ -12,18 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Limits on a copy's rate; `None` is unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RateLimit {
-    pub bytes_per_second: Option<u64>,
-    pub files_per_second: Option<u64>,
-}
-
-impl RateLimit {
-    pub fn is_unlimited(&self) -> bool {
-        self.bytes_per_second.is_none() && self.files_per_second.is_none()
-    }
-}
+/// Limits on a copy's rate; `None` is unlimited. The job's schedule speaks the same type, so
+/// a share of it is handed to the throttle as is.
+pub use ingest_job::schedule::Rates as RateLimit;
 
 /// The limits of one process, shared by its threads. They may change while it runs (a schedule,
 /// a user's edit, workers coming and going): [`Throttle::set`].

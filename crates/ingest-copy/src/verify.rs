@@ -1031,7 +1031,6 @@ impl<'a> Verifier<'a> {
 
     /// Everything that differs between a source entry and its destination.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     fn look(
         &self,
         dir: &Node,

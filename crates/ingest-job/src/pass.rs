@@ -147,10 +147,13 @@ impl<R: Tally, P: Clone> Pass<R, P> {
     /// prune pass of a mirror runs only the shards whose copy found something to delete). Also
     /// applied to a pass restored from a checkpoint that predates it.
     pub fn only(mut self, shards: &BTreeSet<ShardId>) -> Self {
-        for s in (0..self.total).filter(|s| !shards.contains(s)) {
-            self.queue.complete(s);
-        }
+        self.queue.keep_only(shards);
         self
+    }
+
+    /// How many workers hold shards now (one waiting for work holds none).
+    pub fn holders(&self) -> usize {
+        self.queue.holders()
     }
 
     /// Destination mounts no worker may write through, with why.

@@ -216,6 +216,28 @@ impl ShardQueue {
         again
     }
 
+    /// Ends every pending shard not in `keep` as completed (with no result), in one pass over
+    /// the queue: completing them one by one would scan it once each.
+    pub fn keep_only(&mut self, keep: &BTreeSet<ShardId>) {
+        let ended = &mut self.ended;
+        self.pending.retain(|s| {
+            let kept = keep.contains(s);
+            if !kept {
+                ended.insert(*s, ShardEnd::Completed);
+            }
+            kept
+        });
+    }
+
+    /// How many workers hold claims now.
+    pub fn holders(&self) -> usize {
+        self.claims
+            .values()
+            .map(|c| c.worker.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// Shards claimed by `worker` now.
     pub fn claims_of(&self, worker: &str) -> Vec<ShardId> {
         self.claims
@@ -281,6 +303,18 @@ mod tests {
         assert_eq!(q.claim("b", 1), Some(1));
         assert!(q.lost().is_empty());
         assert_eq!(q.claims_of("b"), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn keeping_only_some_shards_ends_the_rest_and_holders_count_workers_once() {
+        let mut q = ShardQueue::new(0..100_000, 0, 1000);
+        q.keep_only(&BTreeSet::from([7, 99_999]));
+        assert_eq!((q.pending(), q.completed()), (2, 99_998));
+        assert_eq!(q.claim("a", 0), Some(7));
+        assert_eq!(q.claim("a", 0), Some(99_999));
+        assert_eq!(q.holders(), 1);
+        q.release("a");
+        assert_eq!(q.holders(), 0);
     }
 
     #[test]

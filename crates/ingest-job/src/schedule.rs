@@ -20,6 +20,25 @@ pub struct Rates {
     pub files_per_second: Option<u64>,
 }
 
+impl Rates {
+    pub fn is_unlimited(&self) -> bool {
+        self.bytes_per_second.is_none() && self.files_per_second.is_none()
+    }
+
+    /// A worker's flags for these rates (`--bytes-per-second`, `--files-per-second`; none for
+    /// what is unlimited).
+    pub fn worker_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(b) = self.bytes_per_second {
+            out.extend(["--bytes-per-second".to_owned(), b.to_string()]);
+        }
+        if let Some(f) = self.files_per_second {
+            out.extend(["--files-per-second".to_owned(), f.to_string()]);
+        }
+        out
+    }
+}
+
 /// One window of the week.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {

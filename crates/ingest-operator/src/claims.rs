@@ -398,21 +398,19 @@ impl Registry {
         if state == ingest_job::State::Finished && !entry.persisted {
             state = ingest_job::State::Wait;
         }
-        // The job's limits now, shared by the workers that reported within a lease and hold
-        // shards (one waiting for work, at the pass's tail, leaves its share to the others).
+        // The job's limits now, shared by the workers that hold shards (one waiting for work,
+        // at the pass's tail, leaves its share to the others).
         let limits = entry.limits.as_ref().map(|l| {
-            let live: Vec<&str> = entry
-                .pass
-                .in_flight()
-                .filter(|(_, _, at)| now.saturating_sub(*at) <= LEASE_SECONDS * 1000)
-                .map(|(w, _, _)| w)
-                .collect();
-            let busy = live
-                .iter()
-                .filter(|w| !entry.pass.claims_of(w).is_empty())
-                .count();
-            let n = if busy > 0 { busy } else { live.len() }.max(1);
-            l.share_at(k8s_openapi::jiff::Timestamp::now(), n as u64)
+            // Holders renew their claims, so they are live; with none, whoever reported lately.
+            let n = match entry.pass.holders() {
+                0 => entry
+                    .pass
+                    .in_flight()
+                    .filter(|(_, _, at)| now.saturating_sub(*at) <= LEASE_SECONDS * 1000)
+                    .count(),
+                n => n,
+            };
+            l.share_at(k8s_openapi::jiff::Timestamp::now(), n.max(1) as u64)
         });
         Ok(ClaimResponse {
             limits,

@@ -574,11 +574,7 @@ impl Session {
         st.avoid = answer.avoid.clone();
         st.budgets.extend(&answer.deletes);
         if let Some(t) = &st.throttle {
-            let r = answer.limits.unwrap_or_default();
-            t.set(ingest_copy::RateLimit {
-                bytes_per_second: r.bytes_per_second,
-                files_per_second: r.files_per_second,
-            });
+            t.set(answer.limits.unwrap_or_default());
         }
         for s in &answer.shards {
             if !st.queued.contains(s) && !st.running.iter().any(|(r, ..)| r == s) {

@@ -162,34 +162,22 @@ pub struct RateArgs {
     pub files_per_second: Option<u64>,
 }
 
-/// `--bytes-per-second` / `--files-per-second` for `rates` (none for what is unlimited).
-pub fn rate_args(rates: ingest_job::schedule::Rates) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(b) = rates.bytes_per_second {
-        out.extend(["--bytes-per-second".to_owned(), b.to_string()]);
-    }
-    if let Some(f) = rates.files_per_second {
-        out.extend(["--files-per-second".to_owned(), f.to_string()]);
-    }
-    out
-}
-
 impl RateArgs {
     /// The engine's throttle, shared by every run that gets a clone of it; `None`: no limit.
     pub fn throttle(&self) -> Option<std::sync::Arc<ingest_copy::Throttle>> {
-        ingest_copy::Throttle::new(ingest_copy::RateLimit {
-            bytes_per_second: self.bytes_per_second,
-            files_per_second: self.files_per_second,
-        })
-        .map(std::sync::Arc::new)
+        ingest_copy::Throttle::new(self.limit()).map(std::sync::Arc::new)
     }
 
     /// A throttle that starts at these limits (none, perhaps) and may be changed later.
     pub fn adjustable(&self) -> ingest_copy::Throttle {
-        ingest_copy::Throttle::adjustable(ingest_copy::RateLimit {
+        ingest_copy::Throttle::adjustable(self.limit())
+    }
+
+    fn limit(&self) -> ingest_copy::RateLimit {
+        ingest_copy::RateLimit {
             bytes_per_second: self.bytes_per_second,
             files_per_second: self.files_per_second,
-        })
+        }
     }
 }
 

@@ -1295,7 +1295,7 @@ fn run_phase(
         }
         if let Some(l) = &job.limits {
             let r = l.share_at(Timestamp::now(), u64::from(workers));
-            cmd.args(crate::cmd::copy::rate_args(r));
+            cmd.args(r.worker_args());
         }
         // SAFETY: only an async-signal-safe prctl between fork and exec. A worker must not outlive
         // `run`: a re-run would otherwise race it on the same shards.
@@ -1634,11 +1634,11 @@ impl Dispatch<'_> {
         use std::io::Write;
         // Divided among the workers that hold shards: one that waits for work (the pass's tail)
         // leaves its share to the others.
-        let running = || self.stdins.iter().enumerate().filter(|(_, p)| p.is_some());
-        let busy = running()
-            .filter(|(w, _)| !self.queue.claims_of(&w.to_string()).is_empty())
-            .count();
-        let live = if busy > 0 { busy } else { running().count() }.max(1) as u64;
+        let live = match self.queue.holders() {
+            0 => self.stdins.iter().filter(|p| p.is_some()).count(),
+            n => n,
+        }
+        .max(1) as u64;
         let share = limits.map_or_else(Default::default, |l| l.share_at(Timestamp::now(), live));
         if self.rates == Some(share) {
             return;
