@@ -133,6 +133,14 @@ ok "server dry run: chart with defaults"
 helm template ops "$chart" "${K[@]}" -n vfxt-ingest-system --set 'watchNamespaces={team-a,team-b}' --set replicas=2 \
     --set metrics.service.enabled=true --set 'image.imagePullSecrets={acr}' | dry || fail "dry run: watched namespaces"
 ok "server dry run: chart with watched namespaces, 2 replicas, metrics Service"
+# Every rule of the admin policy, in the default and in a namespace: the API server compiles and
+# type-checks the admission policy's CEL on create, so a rule the chart renders wrong fails here.
+helm template vfxt-ingest "$chart" "${K[@]}" -n vfxt-ingest-system --set-json 'policy={"admission": true,
+    "default": {"servers": ["10.1.0.0/16", "nas.example.com", "fd00::/64"], "exportPaths": ["/exports/"],
+      "images": ["myacr.azurecr.io/vfxt-ingest:*"], "allowServiceAccount": true, "allowRoot": false,
+      "allowDacCapabilities": false, "maxWorkers": 32, "maxThreadsPerWorker": 64},
+    "namespaces": {"team-a": {"servers": ["10.2.0.5"]}, "team-b": {}}}' | dry || fail "dry run: every policy rule"
+ok "server dry run: the admin policy with every rule (its CEL compiles and type-checks)"
 kubectl kustomize "$repo/manifests" | dry || fail "dry run: manifests/"
 ok "server dry run: kubectl apply -k manifests/"
 kubectl apply --server-side -k "$repo/manifests" >/dev/null || fail "apply -k manifests/"
@@ -190,19 +198,24 @@ ok "RBAC: operator may ${#allowed[@]} things it does, none of ${#denied[@]} it d
 kubectl --as="$sa" apply --server-side --field-manager=vfxt-ingest -f - >"$run_dir/as-operator.log" 2>&1 <<'YAML' || { cat "$run_dir/as-operator.log"; fail "operator cannot apply the per-IngestJob identity and volumes"; }
 apiVersion: v1
 kind: ServiceAccount
-metadata: {name: ij-demo-pods, namespace: ingest}
+metadata: {name: ij-demo-scan, namespace: ingest}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: ij-demo-workers, namespace: ingest}
+automountServiceAccountToken: false
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
-metadata: {name: ij-demo-pods, namespace: ingest}
+metadata: {name: ij-demo-scan, namespace: ingest}
 rules:
-  - {apiGroups: [""], resources: [configmaps], verbs: [get, create, patch]}
+  - {apiGroups: [""], resources: [configmaps], verbs: [create, patch]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: ij-demo-pods, namespace: ingest}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ij-demo-pods}
-subjects: [{kind: ServiceAccount, name: ij-demo-pods, namespace: ingest}]
+metadata: {name: ij-demo-scan, namespace: ingest}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ij-demo-scan}
+subjects: [{kind: ServiceAccount, name: ij-demo-scan, namespace: ingest}]
 ---
 apiVersion: v1
 kind: PersistentVolume

@@ -44,7 +44,7 @@ metadata:
 YAML
 } >"$out/namespace.yaml"
 { header "crds/"; cat "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml"; } >"$out/crd.yaml"
-for t in serviceaccount rbac service deployment; do
+for t in serviceaccount rbac service deployment admission-policy; do
     {
         header "templates/$t.yaml"
         helm template vfxt-ingest "$chart" --namespace "$namespace" --kube-version 1.36.3 \
@@ -64,6 +64,9 @@ resources:
   - rbac.yaml
   - service.yaml
   - deployment.yaml
+  # The admin policy at admission (the chart's policy values; edit its CEL variable 'policy' in an
+  # overlay, and VFXT_INGEST_POLICY in the Deployment to the same rules).
+  - admission-policy.yaml
 # Point at your registry in an overlay:
 #   images:
 #     - name: ghcr.io/example/vfxt-ingest

@@ -65,3 +65,28 @@ IngestJob's spec.worker: only the fields that are set.
 {{- with .Values.worker.podAnnotations }}{{ $_ := set $w "annotations" . }}{{ end }}
 {{- toJson $w }}
 {{- end }}
+
+{{/*
+A policy rules dict as a CEL map literal. CEL refuses a map whose values differ in type (a list beside
+a bool), so each value is wrapped in dyn(); JSON scalars and lists of strings are CEL literals as they are.
+*/}}
+{{- define "vfxt-ingest.celRules" -}}
+{{- $entries := list }}
+{{- range $k, $v := . }}
+{{- $entries = append $entries (printf "%s: dyn(%s)" (toJson $k) (toJson $v)) }}
+{{- end }}
+{{- printf "{%s}" (join ", " $entries) }}
+{{- end }}
+
+{{/*
+The admin policy (values: policy) as a CEL value for the ValidatingAdmissionPolicy: default, namespaces
+and the operator's worker image (the images rule's default).
+*/}}
+{{- define "vfxt-ingest.celPolicy" -}}
+{{- $namespaces := list }}
+{{- range $ns, $rules := .Values.policy.namespaces }}
+{{- $namespaces = append $namespaces (printf "%s: dyn(%s)" (toJson $ns) (include "vfxt-ingest.celRules" $rules)) }}
+{{- end }}
+{{- $image := default (include "vfxt-ingest.image" .) .Values.worker.image }}
+{{- printf "{'default': dyn(%s), 'namespaces': dyn({%s}), 'operatorImage': dyn(%s)}" (include "vfxt-ingest.celRules" .Values.policy.default) (join ", " $namespaces) (toJson $image) }}
+{{- end }}

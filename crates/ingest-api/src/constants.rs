@@ -83,6 +83,8 @@ pub mod reasons {
 
     /// Spec failed validation.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The admin policy does not allow the IngestJob (the message names the rule).
+    pub const POLICY_DENIED: &str = "PolicyDenied";
     /// The scan Job is running.
     pub const SCANNING: &str = "Scanning";
     /// Copy Jobs are running.

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod constants;
 pub mod estimate;
 pub mod job;
+pub mod policy;
 pub mod report;
 pub mod strict;
 pub mod units;

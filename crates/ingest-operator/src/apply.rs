@@ -219,7 +219,8 @@ pub fn rbac_due(last: Option<(u64, Duration)>, hash: u64, max_age: Duration) -> 
 }
 
 /// The RBAC objects last applied for each IngestJob (`namespace/name`): their [`rbac_hash`] and when. Each
-/// IngestJob has its own ServiceAccount, Role and RoleBinding (`<name>-pods`), so that is the key.
+/// IngestJob has its own ServiceAccounts, Role and RoleBinding (`<name>-scan`, `<name>-workers`), so that is
+/// the key.
 #[derive(Default)]
 pub struct RbacApplied(Mutex<HashMap<String, (u64, Instant)>>);
 

@@ -40,6 +40,8 @@ pub struct Options {
     /// `spec.worker` defaults for every IngestJob; the IngestJob's own fields win
     /// ([`crate::defaults::merge_worker`]).
     pub worker_defaults: WorkerTemplate,
+    /// The admin policy (`--policy`): what IngestJobs may reach and run.
+    pub policy: ingest_api::policy::AdmissionPolicy,
     /// Namespaces whose IngestJobs (and children) are watched; empty: all namespaces.
     pub namespaces: Vec<String>,
     /// Minimum time between status writes of one IngestJob.
@@ -250,6 +252,7 @@ pub async fn run(
                 default_image: opts.default_image.clone(),
                 worker_defaults: opts.worker_defaults.clone(),
                 claims_url: opts.claims_url.clone(),
+                policy: opts.policy.clone(),
             },
             metrics,
             Some(Recorder::new(client.clone(), reporter)),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use ingest_api::constants::{BINARY, annotations, labels};
 use ingest_api::job::WorkerTemplate;
+use ingest_api::policy::{AdmissionPolicy, OperatorDefaults, Violation};
 use ingest_api::{IngestJob, ThreadsPerWorker, VerifyMode};
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
@@ -80,6 +81,35 @@ pub struct Settings {
     pub worker_defaults: WorkerTemplate,
     /// Where worker pods reach this operator's claims endpoint (`--claims-url`).
     pub claims_url: String,
+    /// What IngestJobs may reach and run (`--policy`): checked before a run starts
+    /// ([`Settings::policy_violations`]), and root pods' capabilities follow it.
+    pub policy: AdmissionPolicy,
+}
+
+impl Settings {
+    /// What the operator puts in where a job says nothing: the image and the pods' uid.
+    pub fn operator_defaults(&self) -> OperatorDefaults {
+        OperatorDefaults {
+            image: self
+                .worker_defaults
+                .image
+                .clone()
+                .unwrap_or_else(|| self.default_image.clone()),
+            uid: self
+                .worker_defaults
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .unwrap_or(0),
+        }
+    }
+
+    /// The admin policy's rules that `ij` breaks in its namespace.
+    pub fn policy_violations(&self, ij: &IngestJob) -> Vec<Violation> {
+        self.policy
+            .rules(&ij.namespace().unwrap_or_default())
+            .check(&ij.spec, &self.operator_defaults())
+    }
 }
 
 /// One object to apply.
@@ -147,18 +177,25 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     let worker = merge_worker(&ij.spec.worker, &settings.worker_defaults);
 
     if worker.service_account_name.is_none() {
-        let id = names::pod_identity(ij);
+        // Two identities. The scan pod stores the plan: server-side apply of its ConfigMaps
+        // (create when absent, patch). Neither verb can be narrowed by name here: RBAC cannot limit
+        // create by name, and the chunks' number is known only once the scan ends. The copy,
+        // verify and prune pods need no API access at all: they claim and report through the
+        // operator's endpoint with a pod-bound token of their own audience, and read the plan from
+        // a mounted volume; their service account has no Role and mounts no API token.
+        let id = names::scan_identity(ij);
         out.push(Child::ServiceAccount(ServiceAccount {
             metadata: meta(id.clone(), "identity", None),
             ..Default::default()
         }));
+        out.push(Child::ServiceAccount(ServiceAccount {
+            metadata: meta(names::worker_identity(ij), "identity", None),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }));
         out.push(Child::Role(Role {
             metadata: meta(id.clone(), "identity", None),
-            rules: Some(vec![
-                // The scan pod stores the plan; workers read it. Create cannot be limited by name in RBAC.
-                // Workers need nothing else: they claim and report through the operator's endpoint.
-                rule("", "configmaps", &["get", "create", "patch"]),
-            ]),
+            rules: Some(vec![rule("", "configmaps", &["create", "patch"])]),
         }));
         out.push(Child::RoleBinding(RoleBinding {
             metadata: meta(id.clone(), "identity", None),
@@ -660,8 +697,16 @@ fn pod_template(
     // Root is needed to read every source file and to set owners; give it only the capabilities that needs,
     // all of them in what Pod Security's `baseline` level allows (DAC_OVERRIDE already reads and searches
     // what DAC_READ_SEARCH would).
+    let dac = settings
+        .policy
+        .rules(&ij.namespace().unwrap_or_default())
+        .dac_capabilities();
     let caps = if uid == 0 {
-        let mut c = vec!["DAC_OVERRIDE", "FOWNER", "FSETID"];
+        let mut c = if dac {
+            vec!["DAC_OVERRIDE", "FOWNER", "FSETID"]
+        } else {
+            Vec::new()
+        };
         if s.preserve.owner {
             c.push("CHOWN");
         }
@@ -716,8 +761,13 @@ fn pod_template(
             service_account_name: Some(
                 w.service_account_name
                     .clone()
-                    .unwrap_or_else(|| names::pod_identity(ij)),
+                    .unwrap_or_else(|| names::pod_identity(ij, role)),
             ),
+            // Only the scan pod talks to the API server (as its own identity); a service account
+            // the job names keeps its own setting.
+            automount_service_account_token: (w.service_account_name.is_none()
+                && role != labels::ROLE_SCAN)
+                .then_some(false),
             node_selector: w.node_selector.clone(),
             tolerations: w.tolerations.clone(),
             image_pull_secrets: w.image_pull_secrets.clone(),

@@ -11,6 +11,10 @@ pub enum Error {
     /// The spec is invalid; nothing happens until the user changes it.
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] SpecErrors),
+    /// The admin policy (`--policy`) does not allow the IngestJob; nothing runs until the user or
+    /// the admin changes something. The message names each rule broken.
+    #[error("{0}")]
+    PolicyDenied(String),
     /// A Kubernetes API call failed.
     #[error("{action}: {source}")]
     Kube {
@@ -150,7 +154,7 @@ impl Error {
     /// The class of this error.
     pub fn category(&self) -> Category {
         match self {
-            Error::InvalidSpec(_) => Category::Invalid,
+            Error::InvalidSpec(_) | Error::PolicyDenied(_) => Category::Invalid,
             Error::Kube { source, .. } => match source {
                 kube::Error::Api(status) => match status.code {
                     409 => Category::Conflict,

@@ -19,7 +19,7 @@ pub fn child_name(ij: &str, suffix: &str) -> String {
     let hash = format!("{:08x}", fnv1a(full.as_bytes()) as u32);
     // Names are DNS labels (ASCII), so byte slicing is on a character boundary.
     let keep = MAX_JOB_NAME - suffix.len() - hash.len() - 2;
-    let head = ij[..keep.min(ij.len())].trim_end_matches('-');
+    let head = ij[..keep.min(ij.len())].trim_end_matches(['-', '.']);
     format!("{head}-{hash}-{suffix}")
 }
 
@@ -61,9 +61,23 @@ pub fn plan_prefix(ij: &IngestJob, run: i64) -> String {
     child_name(&ij.name_any(), &format!("r{run}-plan"))
 }
 
-/// Service account, Role and RoleBinding of the pods.
-pub fn pod_identity(ij: &IngestJob) -> String {
-    child_name(&ij.name_any(), "pods")
+/// Service account, Role and RoleBinding of the scan pod (it stores the plan).
+pub fn scan_identity(ij: &IngestJob) -> String {
+    child_name(&ij.name_any(), "scan")
+}
+
+/// Service account of the copy, verify and prune pods: no Role, no API token.
+pub fn worker_identity(ij: &IngestJob) -> String {
+    child_name(&ij.name_any(), "workers")
+}
+
+/// The service account the operator makes for pods of `role`.
+pub fn pod_identity(ij: &IngestJob, role: &str) -> String {
+    if role == ingest_api::constants::labels::ROLE_SCAN {
+        scan_identity(ij)
+    } else {
+        worker_identity(ij)
+    }
 }
 
 /// PersistentVolumeClaim of destination server `i` (only with mount options).
@@ -71,10 +85,15 @@ pub fn dest_claim(ij: &IngestJob, i: usize) -> String {
     child_name(&ij.name_any(), &format!("dst-{i}"))
 }
 
-/// Cluster-wide PersistentVolume of destination server `i`: the namespace is part of the name.
+/// Cluster-wide PersistentVolume of destination server `i`: `<namespace>.<name>-dst-<i>`. A
+/// namespace name holds no '.', so the first '.' ends it and no two IngestJobs share a volume name
+/// (`a-b/c` and `a/b-c` did, when a '-' joined them); a name too long keeps a hash of the whole.
 pub fn dest_volume(ij: &IngestJob, i: usize) -> String {
-    let ns = ij.namespace().unwrap_or_default();
-    child_name(&format!("{ns}-{}", ij.name_any()), &format!("dst-{i}"))
+    volume_name(&ij.namespace().unwrap_or_default(), &ij.name_any(), i)
+}
+
+fn volume_name(ns: &str, ij: &str, i: usize) -> String {
+    child_name(&format!("{ns}.{ij}"), &format!("dst-{i}"))
 }
 
 /// Labels every child of `ij` carries; `role` and `run` narrow them.
@@ -127,6 +146,20 @@ mod tests {
         );
         assert_ne!(a, b, "truncated names keep a hash of the full name");
         assert!(a.ends_with("-r0-copy-1"));
+    }
+
+    #[test]
+    fn volume_names_are_distinct_across_namespaces_and_valid() {
+        assert_eq!(volume_name("team-a", "move", 0), "team-a.move-dst-0");
+        assert_ne!(volume_name("a-b", "c", 0), volume_name("a", "b-c", 0));
+        let long = volume_name("ns", &format!("x.{}", "y".repeat(46)), 2);
+        assert!(long.len() <= MAX_JOB_NAME, "{long}");
+        // Truncated at a '.': a DNS label never ends in '.' or '-'.
+        for cut in 40..52 {
+            let name = format!("{}.{}", "a".repeat(cut - 3), "b".repeat(60));
+            let v = volume_name("n", &name, 0);
+            assert!(ingest_api::validate::is_dns_subdomain(&v), "{v}");
+        }
     }
 
     #[test]

@@ -395,8 +395,21 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
         write_status(ctx, ij, &status::invalid(ij, &errors, now), false).await?;
         return Err(Error::InvalidSpec(errors));
     }
-    let obs = observe::observe(&ctx.client, &ctx.caches, ij).await?;
+    // A run whose verdict is written keeps it, whatever the policy says now.
     let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
+    let violations = ctx.settings.policy_violations(ij);
+    if !recorded && !violations.is_empty() {
+        let msg = violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = ingest_api::constants::reasons::POLICY_DENIED;
+        let st = status::refused(ij, reason, msg.clone(), now);
+        write_status(ctx, ij, &st, false).await?;
+        return Err(Error::PolicyDenied(msg));
+    }
+    let obs = observe::observe(&ctx.client, &ctx.caches, ij).await?;
     let passes = if recorded {
         Views::default()
     } else {

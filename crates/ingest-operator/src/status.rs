@@ -633,9 +633,14 @@ fn phase_reason(p: Phase) -> &'static str {
 
 /// Status for a spec that failed validation: Stalled, with every field error in the message.
 pub fn invalid(ij: &IngestJob, errors: &SpecErrors, now: Timestamp) -> IngestJobStatus {
+    refused(ij, reasons::INVALID_SPEC, errors.to_string(), now)
+}
+
+/// The status of an IngestJob that will not run as it is (`reason`: an invalid spec, or the admin
+/// policy's `PolicyDenied`): Failed, Ready False and Stalled True with `msg`.
+pub fn refused(ij: &IngestJob, reason: &str, msg: String, now: Timestamp) -> IngestJobStatus {
     let prev = ij.status.clone().unwrap_or_default();
     let g = ij.metadata.generation;
-    let msg = errors.to_string();
     let at = Time(now);
     IngestJobStatus {
         phase: Some(Phase::Failed),
@@ -645,23 +650,9 @@ pub fn invalid(ij: &IngestJob, errors: &SpecErrors, now: Timestamp) -> IngestJob
         conditions: merge_conditions(
             &prev.conditions,
             vec![
-                condition(
-                    ct::READY,
-                    false,
-                    reasons::INVALID_SPEC,
-                    msg.clone(),
-                    g,
-                    at.clone(),
-                ),
-                condition(
-                    ct::RECONCILING,
-                    false,
-                    reasons::INVALID_SPEC,
-                    "",
-                    g,
-                    at.clone(),
-                ),
-                condition(ct::STALLED, true, reasons::INVALID_SPEC, msg, g, at),
+                condition(ct::READY, false, reason, msg.clone(), g, at.clone()),
+                condition(ct::RECONCILING, false, reason, "", g, at.clone()),
+                condition(ct::STALLED, true, reason, msg, g, at),
             ],
         ),
         ..prev

@@ -11,10 +11,12 @@ use common::selectors;
 use common::*;
 use http::{Request, Response};
 use ingest_api::claims::{ClaimResponse, PassCheckpoint, PassState, RunCheckpoint, ShardDone};
+use ingest_api::policy::AdmissionPolicy;
 use ingest_api::report::PodResult;
 use ingest_api::{IngestJob, IngestJobStatus, Phase, Totals};
 use ingest_operator::Category;
 use ingest_operator::claims::{Refusal, Registry};
+use ingest_operator::desired::Settings;
 use ingest_operator::metrics::Metrics;
 use ingest_operator::observe::Caches;
 use ingest_operator::reconcile::{Context, error_policy, reconcile};
@@ -48,6 +50,8 @@ struct Cluster {
     /// Not the API server's: the operator's watch caches, when a test fixes what they hold (a cache
     /// lagging the cluster). None: as the watches fill them from this cluster ([`watched`]).
     caches: Option<Caches>,
+    /// Not the API server's: the operator's admin policy (`--policy`). None: [`settings`]'.
+    policy: Option<AdmissionPolicy>,
 }
 
 /// The operator's watch caches as its watches (every namespace, by the managed-by label) fill them from
@@ -336,17 +340,21 @@ async fn run_in_with(
             },
         )
     });
-    let (claims, caches) = {
+    let (claims, caches, policy) = {
         let c = shared.lock().unwrap();
         (
             c.claims.clone(),
             c.caches.clone().unwrap_or_else(|| watched(&c)),
+            c.policy.clone().unwrap_or_else(|| settings().policy),
         )
     };
     let ctx = Arc::new(
         Context::new(
             client,
-            settings(),
+            Settings {
+                policy,
+                ..settings()
+            },
             metrics.clone(),
             recorder,
             Duration::from_secs(5),
@@ -421,6 +429,7 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
         shorts(&calls),
         [
             "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
             "PATCH roles",
             "PATCH rolebindings",
             "POST jobs",
@@ -432,7 +441,7 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
         "server-side apply: {}",
         calls[0].path
     );
-    assert_eq!(calls[3].body["metadata"]["name"], "genomics-r0-scan");
+    assert_eq!(calls[4].body["metadata"]["name"], "genomics-r0-scan");
     let st = status_body(&calls);
     assert_eq!(st["phase"], "Pending");
     assert_eq!(condition(st, "Reconciling")["status"], "True");
@@ -778,6 +787,51 @@ async fn invalid_spec_writes_stalled_status_only_and_does_not_requeue() {
 }
 
 #[tokio::test]
+async fn a_job_the_admin_policy_denies_creates_nothing_and_says_which_rules() {
+    let ij = fixture("one-ip.yaml");
+    let policy = AdmissionPolicy::from_json(
+        r#"{"default": {"servers": ["10.0.0.0/16"]},
+            "namespaces": {"ingest": {"servers": ["10.1.0.0/16"], "maxThreadsPerWorker": 16}}}"#,
+    )
+    .unwrap();
+    let (result, calls, metrics) = run(
+        &ij,
+        Cluster {
+            policy: Some(policy),
+            ..Default::default()
+        },
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert_eq!(err.category(), Category::Invalid);
+    assert_eq!(
+        shorts(&calls),
+        ["PATCH ingestjobs/status"],
+        "no children for a denied job"
+    );
+    let st = status_body(&calls);
+    assert_eq!(st["phase"], "Failed");
+    let ready = condition(st, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&"False".into(), &"PolicyDenied".into())
+    );
+    // The namespace's own rules, not the default's: its source server is outside 10.1/16, and
+    // 32 threads are over 16.
+    let msg = st["message"].as_str().unwrap();
+    assert!(
+        msg.contains("admin policy rule servers: 10.0.0.5 not allowed (allowed: 10.1.0.0/16)")
+            && msg.contains("admin policy rule maxThreadsPerWorker: spec.threadsPerWorker is 32"),
+        "{msg}"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains("vfxt_ingest_reconcile_errors_total{category=\"invalid\"} 1")
+    );
+}
+
+#[tokio::test]
 async fn api_errors_surface_with_their_category_and_conflicts_on_create_are_tolerated() {
     let ij = fixture("one-ip.yaml");
     let (result, _, metrics) = run(
@@ -948,8 +1002,8 @@ async fn deleting_a_job_with_volumes_deletes_its_volumes_then_the_finalizer() {
     ij.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(50)));
     let volumes = vec![
-        "ingest-media-dst-0".to_owned(),
-        "ingest-media-dst-1".to_owned(),
+        "ingest.media-dst-0".to_owned(),
+        "ingest.media-dst-1".to_owned(),
     ];
     let (result, calls, _) = run(
         &ij,
@@ -979,7 +1033,7 @@ async fn deleting_a_job_with_volumes_deletes_its_volumes_then_the_finalizer() {
     assert!(
         calls[2]
             .path
-            .starts_with("/api/v1/persistentvolumes/ingest-media-dst-1?"),
+            .starts_with("/api/v1/persistentvolumes/ingest.media-dst-1?"),
         "{}",
         calls[2].path
     );
@@ -1155,7 +1209,8 @@ async fn a_recorded_verdict_stays_when_pods_go_the_operator_restarts_and_the_pol
         (Some(Phase::Failed), 12)
     );
 
-    // Pods garbage-collected, the verify Job deleted by hand, the policy loosened, and the operator
+    // Pods garbage-collected, the verify Job deleted by hand, the failure policy loosened, the admin
+    // policy tightened, and the operator
     // restarted (its passes are gone): nothing changes.
     {
         let mut c = shared.lock().unwrap();
@@ -1163,6 +1218,8 @@ async fn a_recorded_verdict_stays_when_pods_go_the_operator_restarts_and_the_pol
         c.jobs
             .retain(|j| j.metadata.name.as_deref() != Some("media-r0-verify"));
         c.claims = Arc::default();
+        // The admin policy now forbids every server: a recorded verdict is not a run to refuse.
+        c.policy = Some(AdmissionPolicy::from_json(r#"{"default": {"servers": []}}"#).unwrap());
         let ij = &mut c.ijs[0];
         ij.spec.failure_policy.max_failed_files = None;
         ij.metadata.generation = Some(5);
@@ -1454,7 +1511,7 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
         d["message"]
             .as_str()
             .unwrap()
-            .starts_with("apply Role genomics-pods: "),
+            .starts_with("apply Role genomics-scan: "),
         "the message names the call: {d}"
     );
     let event = calls.iter().find(|c| c.short() == "POST events").unwrap();
@@ -1528,6 +1585,7 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
         taken(&calls),
         [
             "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
             "PATCH roles",
             "PATCH rolebindings",
             "POST jobs",
@@ -1547,8 +1605,9 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
     shared.lock().unwrap().fail.clear();
     pass().await.unwrap();
     assert_eq!(
-        taken(&calls)[..4],
+        taken(&calls)[..5],
         [
+            "PATCH serviceaccounts",
             "PATCH serviceaccounts",
             "PATCH roles",
             "PATCH rolebindings",

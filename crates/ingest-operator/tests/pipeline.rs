@@ -14,7 +14,7 @@ use ingest_api::{
     FileFailure, IngestJob, IngestJobStatus, Phase, ThreadsPerWorker, Totals, VerificationCounts,
 };
 use ingest_operator::claims::{Registry, Views};
-use ingest_operator::desired::{Child, REPORT_MOUNT, SOURCE_MOUNT, desired, dest_mount};
+use ingest_operator::desired::{Child, REPORT_MOUNT, SOURCE_MOUNT, Settings, desired, dest_mount};
 use ingest_operator::observe::Observed;
 use ingest_operator::stage::{Stage, stage};
 use ingest_operator::status::compute;
@@ -244,14 +244,15 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
     assert_eq!(
         kinds,
         [
-            "ServiceAccount/genomics-pods",
-            "Role/genomics-pods",
-            "RoleBinding/genomics-pods",
+            "ServiceAccount/genomics-scan",
+            "ServiceAccount/genomics-workers",
+            "Role/genomics-scan",
+            "RoleBinding/genomics-scan",
             "Job/genomics-r0-scan"
         ]
     );
-    // Workers claim and report through the operator's endpoint: the pods' Role only lets the scan
-    // store the plan and the workers read it (no pods get/patch any more).
+    // Workers claim and report through the operator's endpoint and read the plan from a volume:
+    // the only Role lets the scan store the plan.
     let Some(Child::Role(role)) = children.iter().find(|c| matches!(c, Child::Role(_))) else {
         panic!("a Role")
     };
@@ -265,7 +266,7 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
         rules,
         [(
             vec!["configmaps".to_owned()],
-            vec!["get".to_owned(), "create".to_owned(), "patch".to_owned()]
+            vec!["create".to_owned(), "patch".to_owned()]
         )]
     );
     let scan = jobs_of(&children)[0];
@@ -358,6 +359,35 @@ fn one_ip_copy_job_mounts_that_server_and_runs_the_pass_workers() {
             .unwrap()
             .contains(&"CHOWN".to_owned()),
         "preserve.owner needs CHOWN"
+    );
+}
+
+#[test]
+fn root_pods_keep_the_dac_capabilities_only_where_the_admin_policy_allows() {
+    let ij = fixture("one-ip.yaml");
+    let obs = scanned(&ij, 4, totals(), false);
+    let caps = |settings: &Settings| {
+        let children = desired(&ij, &stage(&ij, &obs, &no_passes()), settings).unwrap();
+        let j = &role_jobs(&children, "copy")[0];
+        let sc = pod_spec(j).containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        sc.capabilities.unwrap().add.unwrap_or_default()
+    };
+    assert_eq!(
+        caps(&settings()),
+        ["DAC_OVERRIDE", "FOWNER", "FSETID", "CHOWN"]
+    );
+    let policy = ingest_api::policy::AdmissionPolicy::from_json(
+        r#"{"namespaces": {"ingest": {"allowDacCapabilities": false}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        caps(&Settings {
+            policy,
+            ..settings()
+        }),
+        ["CHOWN"],
+        "owners are still kept; nothing overrides file permissions"
     );
 }
 
@@ -844,6 +874,11 @@ fn mount_options_give_a_pre_bound_volume_and_claim_per_server_mounted_by_every_w
             pvc.name_any()
         );
         assert_eq!(pvc.name_any(), format!("media-dst-{i}"));
+        assert_eq!(
+            pvc.spec.as_ref().unwrap().volume_name.as_deref(),
+            Some(format!("ingest.media-dst-{i}").as_str()),
+            "the volume's name holds the namespace, then '.' (which no namespace holds)"
+        );
     }
 }
 

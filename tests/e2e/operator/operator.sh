@@ -38,6 +38,11 @@
 #     final Mirror pass with Checksum on Changed after they deleted a file and a directory: each Succeeded and
 #     identical; the final pass ran a prune Job, status.mirror says what it deleted, and
 #     status.passes lists Copy, Copy, Mirror.
+# issue 15:
+# 16. the chart's admin policy locks namespace $pns (servers, export paths, images, service account,
+#     root, workers, threads): an IngestJob breaking each rule is refused at admission, naming the
+#     rule; with the admission policy's binding removed, the operator refuses each itself (Failed,
+#     Ready False PolicyDenied naming the rule, a Warning Event, no children) and runs the allowed one.
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -281,6 +286,36 @@ test_1_crd_validation() {
 }
 
 # ---------------------------------------------------------------- 2. helm install, chart RBAC
+# Every verb the chart grants the operator: VERB RESOURCE[.GROUP][/NAME], as the chart's rules read
+# (ingestjobs/status.ingest.vfxt.dev is the status subresource).
+operator_may=()
+init_operator_may() {
+  local v
+  operator_may=()
+  for v in get list watch patch; do operator_may+=("$v ingestjobs.ingest.vfxt.dev"); done
+  operator_may+=("patch ingestjobs/status.ingest.vfxt.dev")
+  for v in list watch create delete; do operator_may+=("$v jobs.batch"); done
+  for v in list watch; do operator_may+=("$v pods"); done
+  for v in list watch delete get create patch; do operator_may+=("$v configmaps"); done
+  for v in create patch; do
+    operator_may+=("$v serviceaccounts" "$v roles.rbac.authorization.k8s.io" "$v rolebindings.rbac.authorization.k8s.io"
+      "$v persistentvolumeclaims" "$v events.events.k8s.io")
+  done
+  for v in create patch list delete; do operator_may+=("$v persistentvolumes"); done
+  operator_may+=("create tokenreviews.authentication.k8s.io" "create leases.coordination.k8s.io"
+    "get leases.coordination.k8s.io/vfxt-ingest-leader" "update leases.coordination.k8s.io/vfxt-ingest-leader")
+}
+# can_i_as_operator VERB KEY: kubectl auth can-i for one operator_may line, in the namespace it is for.
+can_i_as_operator() {
+  local verb=$1 key=$2 args=()
+  case $key in
+  */status.*) args=("${key%%/*}.${key#*.}" --subresource=status -n "$ns") ;;
+  persistentvolumes | tokenreviews.*) args=("$key") ;;
+  leases.*) args=("$key" -n "$op_ns") ;;
+  *) args=("$key" -n "$ns") ;;
+  esac
+  can_i "$verb" "${args[@]}"
+}
 op_pod=""
 op_sa=""
 op_running() {
@@ -309,7 +344,8 @@ test_2_helm_install() {
   say "  Pod Security enforced: restricted in $op_ns, baseline in $ns"
   helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
     --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
-    --set statusIntervalSeconds="${E2E_STATUS_INTERVAL:-1}" --set claims.url="http://127.0.0.1:$port" >/dev/null || { bad "helm install"; return 1; }
+    --set statusIntervalSeconds="${E2E_STATUS_INTERVAL:-1}" --set claims.url="http://127.0.0.1:$port" \
+    --set-json "policy.namespaces={\"$pns\": $locked_rules}" >/dev/null || { bad "helm install"; return 1; }
   wait_for 90 "operator pod Running" op_running || return 1
   op_pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
   op_sa=$(kubectl get pod "$op_pod" -n "$op_ns" -o jsonpath='{.spec.serviceAccountName}')
@@ -318,23 +354,41 @@ test_2_helm_install() {
   wait_for 30 "operator /healthz on port $port" curl -fsS "http://127.0.0.1:$port/healthz" || return 1
   wait_for 30 "the chart's Lease held by $op_pod" \
     sh -c "kubectl get lease vfxt-ingest-leader -n $op_ns -o jsonpath='{.spec.holderIdentity}' | grep -qx $op_pod"
-  # What the chart grants is enough for the operator's work ...
+  # The chart grants exactly what the operator's work needs (each rule's why is in
+  # templates/rbac.yaml): every verb asked of the API server as the operator, ...
   local r=0 q words
-  for q in "list ingestjobs.ingest.vfxt.dev -A" "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns" \
-    "create jobs.batch -n $ns" "delete jobs.batch -n $ns" "watch pods -n $ns" "create configmaps -n $ns" \
-    "create events.events.k8s.io -n $ns" "update leases.coordination.k8s.io/vfxt-ingest-leader -n $op_ns" \
-    "create tokenreviews.authentication.k8s.io"; do
+  init_operator_may
+  for q in "${operator_may[@]}"; do
     read -ra words <<<"$q" # no globbing of the words
-    [[ $(can_i "${words[@]}") == yes ]] || { bad "the chart's service account may not: $q"; r=1; }
+    [[ $(can_i_as_operator "${words[@]}") == yes ]] || { bad "the chart's service account may not: $q"; r=1; }
   done
-  # ... and no more than that: no cluster-admin, no secrets, no nodes, no RBAC escalation.
+  # ... nothing else granted (the chart's roles, flattened, are this list) ...
+  local granted
+  granted=$({
+    kubectl get clusterroles -l app.kubernetes.io/instance=vfxt-ingest -o json
+    kubectl get roles -n "$op_ns" -l app.kubernetes.io/instance=vfxt-ingest -o json
+  } | jq -r '.items[].rules[] | . as $r | .resources[] as $res | $r.verbs[] as $v
+      | "\($v) \($res)\(if $r.apiGroups[0] == "" then "" else "." + $r.apiGroups[0] end)\(if $r.resourceNames then "/" + ($r.resourceNames | join(",")) else "" end)"' | sort -u)
+  diff <(echo "$granted") <(printf '%s\n' "${operator_may[@]}" | sort -u) >&2 || { bad "the chart grants other verbs than the checked list (< granted, > checked)"; r=1; }
+  # ... and none of the neighbours: no cluster-admin, no secrets, no nodes, no RBAC escalation,
+  # no writes to what the operator only reads, no pods of its own.
   for q in "* *" "get secrets -n kube-system" "list secrets -A" "delete nodes" "create clusterrolebindings" \
-    "delete namespaces" "delete customresourcedefinitions" "update leases.coordination.k8s.io/other -n $op_ns"; do
+    "delete namespaces" "delete customresourcedefinitions" "update leases.coordination.k8s.io/other -n $op_ns" \
+    "get leases.coordination.k8s.io/other -n $op_ns" "create pods -n $ns" "delete pods -n $ns" "patch pods -n $ns" \
+    "update jobs.batch -n $ns" "patch jobs.batch -n $ns" "update ingestjobs.ingest.vfxt.dev -n $ns" \
+    "delete ingestjobs.ingest.vfxt.dev -n $ns" "create ingestjobs.ingest.vfxt.dev -n $ns" \
+    "bind roles.rbac.authorization.k8s.io -n $ns" "escalate roles.rbac.authorization.k8s.io -n $ns" \
+    "delete roles.rbac.authorization.k8s.io -n $ns" "delete persistentvolumeclaims -n $ns" \
+    "update persistentvolumes" "create validatingadmissionpolicybindings.admissionregistration.k8s.io" \
+    "delete validatingadmissionpolicybindings.admissionregistration.k8s.io"; do
     read -ra words <<<"$q"
     [[ $(can_i "${words[@]}") == no ]] || { bad "the chart's service account may: $q (least privilege)"; r=1; }
   done
   return "$r"
 }
+
+# The chart's admin policy for namespace $pns (test 2 installs it; test 16 checks each rule).
+locked_rules='{"servers": ["10.0.0.5", "10.1.1.0/24"], "exportPaths": ["/export", "/nfs"], "allowRoot": false, "maxWorkers": 3, "maxThreadsPerWorker": 4}'
 
 # ---------------------------------------------------------------- 3. a full run
 # For each copy/verify pod, the NFS servers of the volumes it mounts at /ingest/dest-<i> (the contract's
@@ -381,6 +435,36 @@ test_3_full_run() {
     { bad "not every shard completed: $shards"; r=1; }
   progress_monotonic t3 || r=1
   no_forbidden || r=1
+  job_identities t3 || r=1
+  return "$r"
+}
+
+# job_identities NAME: the IngestJob's own service accounts hold least privilege, asked of the API
+# server: its scan pod may store the plan (create/patch ConfigMaps in its namespace) and nothing
+# else; its copy and verify pods may do nothing at all and mount no API token.
+job_identities() {
+  local r=0 q words scan="system:serviceaccount:$ns:$1-scan" workers="system:serviceaccount:$ns:$1-workers"
+  for q in "create configmaps -n $ns" "patch configmaps -n $ns"; do
+    read -ra words <<<"$q"
+    [[ $(kubectl auth can-i "${words[@]}" --as="$scan" 2>/dev/null) == yes ]] || { bad "$1's scan pod may not: $q"; r=1; }
+  done
+  for q in "get configmaps -n $ns" "list configmaps -n $ns" "delete configmaps -n $ns" "create configmaps -n $pns" \
+    "get pods -n $ns" "patch pods -n $ns" "create pods -n $ns" "get secrets -n $ns" "create jobs.batch -n $ns" \
+    "patch ingestjobs.ingest.vfxt.dev -n $ns" "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns"; do
+    read -ra words <<<"$q"
+    [[ $(kubectl auth can-i "${words[@]}" --as="$scan" 2>/dev/null) == no ]] || { bad "$1's scan pod may: $q"; r=1; }
+  done
+  for q in "create configmaps -n $ns" "patch configmaps -n $ns" "get configmaps -n $ns" "get pods -n $ns" \
+    "patch pods -n $ns" "get secrets -n $ns" "list ingestjobs.ingest.vfxt.dev -n $ns"; do
+    read -ra words <<<"$q"
+    [[ $(kubectl auth can-i "${words[@]}" --as="$workers" 2>/dev/null) == no ]] || { bad "$1's workers may: $q"; r=1; }
+  done
+  local ids
+  ids=$(kubectl get jobs -n "$ns" -l "ingest.vfxt.dev/job=$1" -o json |
+    jq -r '.items[] | "\(.metadata.labels["ingest.vfxt.dev/role"]) \(.spec.template.spec.serviceAccountName) \(.spec.template.spec.automountServiceAccountToken)"' | sort -u)
+  say "  $1's pods (role, service account, API token mounted): $(echo "$ids" | tr '\n' '|')"
+  [[ $ids == "copy $1-workers false"$'\n'"scan $1-scan null"$'\n'"verify $1-workers false" ]] ||
+    { bad "$1's pods run under other identities than the scan's and the workers'"; r=1; }
   return "$r"
 }
 
@@ -867,6 +951,9 @@ setup() {
 
   ns=ingest-e2e
   op_ns=vfxt-ingest-system
+  # A namespace the chart's admin policy locks down (test 16).
+  pns=ingest-e2e-locked
+  kubectl create namespace "$pns" >/dev/null
   kubectl create namespace "$ns" >/dev/null
   # Every IngestJob of these tests runs its pods under Pod Security's baseline level, enforced by
   # the API server (the default worker pods must pass it; test 2 checks the enforcement is on).
@@ -996,6 +1083,80 @@ api_load() {
 }
 phase_is() { [[ $(ij_phase "$1") == "$2" ]]; }
 
+# ---------------------------------------------------------------- 16. the admin policy
+# pol_ij NAME PATCH: an IngestJob in $pns that the locked rules allow (run as uid 1000, 3 workers,
+# 4 threads), deep-merged with the JSON PATCH of its spec.
+pol_ij() {
+  jq -n --arg name "$1" --arg ns "$pns" --argjson patch "$2" --argjson ips "$(printf '%s\n' "${ips[@]}" | jq -R . | jq -s .)" '
+    {apiVersion: "ingest.vfxt.dev/v1alpha1", kind: "IngestJob", metadata: {name: $name, namespace: $ns},
+     spec: {source: {nfs: {server: "10.0.0.5", path: "/export"}, subPath: "t3"},
+            destination: {nfs: {servers: $ips, path: "/nfs"}, subPath: ("locked-" + $name)},
+            workers: 3, threadsPerWorker: 4, worker: {securityContext: {runAsUser: 1000}}}} * {spec: $patch}'
+}
+# One case per rule: RULE PATCH (a spec that breaks only that rule).
+policy_cases=(
+  'servers {"source": {"nfs": {"server": "10.0.0.6"}}}'
+  'exportPaths {"source": {"nfs": {"path": "/exports"}}}'
+  'images {"worker": {"image": "other.invalid/miner:1"}}'
+  'allowServiceAccount {"worker": {"serviceAccountName": "default"}}'
+  'allowRoot {"worker": {"securityContext": {"runAsUser": 0}}}'
+  'maxWorkers {"workers": 4}'
+  'maxThreadsPerWorker {"threadsPerWorker": "auto"}'
+)
+vap_binding=vfxt-ingest-ingestjobs-vfxt-ingest-system
+denied_by_operator() {
+  local j
+  j=$(kubectl get ij "$1" -n "$pns" -o json) || return 1
+  jq -e --arg rule "admin policy rule $2:" '.status.phase == "Failed"
+    and (.status.conditions[] | select(.type == "Ready") | .reason == "PolicyDenied" and (.message | contains($rule)))' <<<"$j" >/dev/null
+}
+unchecked_by_admission() { pol_ij probe '{"workers": 4}' | kubectl create --dry-run=server -f -; }
+admitted_by_operator() {
+  [[ -n $(kubectl get jobs -n "$pns" -l "ingest.vfxt.dev/job=$1" -o name) ]]
+}
+test_16_admin_policy() {
+  local r=0 c rule patch name out saved=$data/vap-binding.json
+  # 1. At admission: each case refused, naming its rule; the allowed job passes.
+  pol_ij allowed '{}' | kubectl create --dry-run=server -f - >/dev/null 2>&1 || { bad "the allowed IngestJob was refused at admission"; r=1; }
+  for c in "${policy_cases[@]}"; do
+    rule=${c%% *} patch=${c#* }
+    if out=$(pol_ij "${rule,,}" "$patch" | kubectl create -f - 2>&1); then
+      bad "rule $rule: admitted"
+      r=1
+    elif ! grep -qF "admin policy rule $rule:" <<<"$out"; then
+      bad "rule $rule: refused, but not naming the rule: $out"
+      r=1
+    else
+      say "  refused at admission: ${out##*denied request: }"
+    fi
+  done
+  # 2. Without the admission policy (a cluster without it, or jobs from before it): the operator
+  # refuses each one itself, and runs the allowed one.
+  kubectl get validatingadmissionpolicybinding "$vap_binding" -o json |
+    jq 'del(.metadata.resourceVersion, .metadata.uid, .metadata.creationTimestamp, .metadata.generation, .metadata.managedFields)' >"$saved" ||
+    { bad "no binding $vap_binding"; return 1; }
+  kubectl delete validatingadmissionpolicybinding "$vap_binding" >/dev/null
+  wait_for 30 "the API server no longer applies the admission policy" unchecked_by_admission || r=1
+  pol_ij allowed '{}' | kubectl create -f - >/dev/null || { bad "create the allowed IngestJob"; r=1; }
+  for c in "${policy_cases[@]}"; do
+    rule=${c%% *} patch=${c#* }
+    pol_ij "${rule,,}" "$patch" | kubectl create -f - >/dev/null || { bad "create ${rule,,}"; r=1; }
+  done
+  for c in "${policy_cases[@]}"; do
+    rule=${c%% *} name=${rule,,}
+    wait_for 60 "$name: Failed, PolicyDenied naming rule $rule" denied_by_operator "$name" "$rule" || r=1
+    [[ -z $(kubectl get jobs,configmaps -n "$pns" -l "ingest.vfxt.dev/job=$name" -o name) ]] ||
+      { bad "$name: children created for a denied IngestJob"; r=1; }
+  done
+  wait_for 60 "the allowed IngestJob runs (its scan Job exists)" admitted_by_operator allowed || r=1
+  kubectl get events -n "$pns" --field-selector reason=PolicyDenied -o name | grep -q . ||
+    { bad "no PolicyDenied Event in $pns"; r=1; }
+  # The admission policy back; the jobs go (deleting is not checked by the policy).
+  kubectl create -f "$saved" >/dev/null || { bad "restore $vap_binding"; r=1; }
+  kubectl delete ij --all -n "$pns" --timeout=60s >/dev/null || { bad "delete the IngestJobs of $pns"; r=1; }
+  return "$r"
+}
+
 main() {
   if [[ ${1-} == --api-load ]]; then
     # The chart's default status interval (the tests use 1 s to run faster): what a user's operator costs.
@@ -1034,6 +1195,7 @@ main() {
   run_test "13 one of three IPs stops answering mid-copy: named Unresponsive, Succeeded, identical" test_13_one_node_stops_answering
   run_test "14 a dry run writes nothing and says what a pass would do; the pass then copies" test_14_dry_run_then_copy
   run_test "15 three passes to a cutover: bulk, delta, final Mirror with Checksum" test_15_three_passes
+  run_test "16 the admin policy: each rule refused at admission, and by the operator without it" test_16_admin_policy
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

@@ -39,6 +39,12 @@ pub fn settings() -> Settings {
         default_image: "ghcr.example/vfxt-ingest:test".into(),
         worker_defaults: Default::default(),
         claims_url: "http://vfxt-ingest.vfxt-ingest-system.svc:8082".into(),
+        // The fixtures name their images in registry.example (by default only the operator's own
+        // image is allowed).
+        policy: ingest_api::policy::AdmissionPolicy::from_json(
+            r#"{"default": {"images": ["registry.example/*"]}}"#,
+        )
+        .unwrap(),
     }
 }
 

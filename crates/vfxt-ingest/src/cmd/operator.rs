@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use ingest_api::job::WorkerTemplate;
+use ingest_api::policy::AdmissionPolicy;
 use ingest_operator::controller::{self, Options};
 use ingest_operator::leader::LeaseConfig;
 
@@ -66,6 +67,12 @@ pub struct Args {
     /// replaces the default whole (nodeSelector and tolerations are not combined).
     #[arg(long, env = "VFXT_INGEST_WORKER_DEFAULTS", value_name = "JSON")]
     pub worker_defaults: Option<String>,
+    /// The admin policy: what IngestJobs may reach and run, per namespace (JSON: {"default": RULES,
+    /// "namespaces": {NS: RULES}}; RULES: servers, exportPaths, images, allowServiceAccount,
+    /// allowRoot, allowDacCapabilities, maxWorkers, maxThreadsPerWorker). A job that breaks a rule
+    /// does not run: Ready False, reason PolicyDenied, naming the rule. See the chart's `policy`.
+    #[arg(long, env = "VFXT_INGEST_POLICY", value_name = "JSON")]
+    pub policy: Option<String>,
     /// Log format. The level comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -195,6 +202,16 @@ pub fn run(args: Args) -> Outcome {
             return Outcome::UnusableInput;
         }
     };
+    let policy = match AdmissionPolicy::from_json(args.policy.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: --policy (or VFXT_INGEST_POLICY): {e} (expected JSON shaped like \
+                 '{{\"default\":{{\"servers\":[\"10.1.0.0/16\"],\"allowRoot\":false}}}}')"
+            );
+            return Outcome::UnusableInput;
+        }
+    };
     let identity = args
         .identity
         .clone()
@@ -204,6 +221,7 @@ pub fn run(args: Args) -> Outcome {
         listen: args.listen,
         default_image: args.image.clone(),
         worker_defaults,
+        policy,
         namespaces,
         status_interval: Duration::from_secs_f64(args.status_interval),
         lease: args.leader_elect.then(|| LeaseConfig {
