@@ -24,7 +24,7 @@ use crate::claims::Registry;
 use crate::desired::Settings;
 use crate::error::Result;
 use crate::http::{self, Health};
-use crate::leader::{self, LeaseConfig};
+use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::observe::Caches;
 use crate::reconcile::{Context, error_policy, reconcile};
@@ -228,6 +228,11 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let (passes_ended, passes_ended_rx) = futures::channel::mpsc::unbounded();
     let registry = Arc::new(Registry::with_trigger(passes_ended));
+    let leadership = Arc::new(if opts.lease.is_some() {
+        Leadership::default()
+    } else {
+        Leadership::alone()
+    });
     let server = tokio::spawn(http::serve(
         listener,
         metrics.clone(),
@@ -235,6 +240,7 @@ pub async fn run(
         Some(Arc::new(http::Claims {
             registry: registry.clone(),
             auth: Arc::new(TokenReviewer::new(client.clone())),
+            leadership: leadership.clone(),
         })),
         shutdown.clone(),
     ));
@@ -269,7 +275,7 @@ pub async fn run(
         Some(cfg) => {
             tokio::select! {
                 _ = shutdown.clone() => { let _ = server.await; return Ok(()); }
-                r = leader::acquire(&client, cfg) => r?,
+                r = leader::acquire(&client, cfg, &leadership) => r?,
             }
             tracing::info!(lease = %cfg.name, identity = %cfg.identity, "leading");
             let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();

@@ -12,14 +12,23 @@ use tokio::net::TcpListener;
 
 use crate::claims::{Refusal, Registry};
 use crate::error::{Error, Result};
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::token::Authenticator;
 
-/// The claims endpoint's parts: the passes and who may talk to them.
+/// The claims endpoint's parts: the passes, who may talk to them, and whether this replica
+/// holds them (a standby passes messages on to the leader).
 pub struct Claims {
     pub registry: Arc<Registry>,
     pub auth: Arc<dyn Authenticator>,
+    pub leadership: Arc<Leadership>,
 }
+
+/// Header of a claims message a standby passed on: it is never passed on again (replicas that
+/// share one address, as on a host network, could otherwise send it round).
+const PASSED_ON: &str = "x-vfxt-ingest-passed-on";
+/// Longest wait for the leader's answer to a message passed on (the worker waits 30 s).
+const PASS_ON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Largest claims message read (a worker's `done` list with its failures is a few KiB).
 const MAX_BODY: usize = 4 << 20;
@@ -43,11 +52,25 @@ pub fn route(path: &str, metrics: &Metrics, health: &Health) -> (u16, &'static s
 }
 
 /// Binds `addr` (errors name it) and returns the listener, so the caller learns about a busy port at startup.
+///
+/// With SO_REUSEPORT: operator replicas that share one network (hostNetwork pods, the e2e rig's
+/// node) share the port, and the kernel deals connections between them; a standby passes the
+/// claims messages it gets on to the leader. A port held by another program still fails.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         what: format!("bind metrics/health port {addr}"),
         source,
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    socket.set_reuseaddr(true).map_err(io)?;
+    socket.set_reuseport(true).map_err(io)?;
+    socket.bind(addr).map_err(io)?;
+    socket.listen(1024).map_err(io)
 }
 
 /// Serves until `shutdown` completes.
@@ -82,6 +105,8 @@ pub async fn serve(
                 401 => "Unauthorized",
                 403 => "Forbidden",
                 404 => "Not Found",
+                408 => "Request Timeout",
+                409 => "Conflict",
                 413 => "Payload Too Large",
                 _ => "Service Unavailable",
             };
@@ -99,6 +124,8 @@ struct Request {
     method: String,
     path: String,
     authorization: Option<String>,
+    /// Sent on by a standby ([`PASSED_ON`]).
+    passed_on: bool,
     body: Vec<u8>,
 }
 
@@ -123,7 +150,7 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Request> {
     let mut first = lines.next()?.split_whitespace();
     let method = first.next()?.to_owned();
     let path = first.next()?.to_owned();
-    let (mut length, mut authorization) = (0usize, None);
+    let (mut length, mut authorization, mut passed_on) = (0usize, None, false);
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             let v = v.trim();
@@ -131,6 +158,8 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Request> {
                 length = v.parse().ok()?;
             } else if k.eq_ignore_ascii_case("authorization") {
                 authorization = Some(v.to_owned());
+            } else if k.eq_ignore_ascii_case(PASSED_ON) {
+                passed_on = true;
             }
         }
     }
@@ -149,12 +178,17 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Request> {
         method,
         path,
         authorization,
+        passed_on,
         body,
     })
 }
 
-/// One claims message: authenticate the pod, then hand the message to its pass.
+/// One claims message: authenticate the pod, then hand the message to its pass; on a standby,
+/// pass it on to the leader.
 async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
+    if !c.leadership.leading() {
+        return pass_on(&c.leadership, req).await;
+    }
     let msg: ingest_api::claims::ClaimRequest = match serde_json::from_slice(&req.body) {
         Ok(m) => m,
         Err(e) => return (400, "text/plain", format!("claims message: {e}\n")),
@@ -191,6 +225,71 @@ async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
             "this operator has not taken up the job yet: ask again\n".into(),
         ),
     }
+}
+
+/// A standby's answer to a claims message: the leader's own (which authenticates it), or "ask
+/// again" (503) when no leader is known or reachable, or when the message was passed on already.
+async fn pass_on(leadership: &Leadership, req: &Request) -> (u16, &'static str, String) {
+    let again = |why: String| {
+        (
+            503,
+            "text/plain",
+            format!("this operator replica stands by ({why}): ask again\n"),
+        )
+    };
+    if req.passed_on {
+        return again("the message was passed on to it, not to the leader".into());
+    }
+    let Some(addr) = leadership.leader() else {
+        return again("no leader known yet".into());
+    };
+    match tokio::time::timeout(PASS_ON_TIMEOUT, send_on(&addr, req)).await {
+        Ok(Ok((code, body))) => {
+            let ctype = if code == 200 {
+                "application/json"
+            } else {
+                "text/plain"
+            };
+            (code, ctype, body)
+        }
+        Ok(Err(e)) => again(format!("passing it on to the leader at {addr}: {e}")),
+        Err(_) => again(format!(
+            "no answer from the leader at {addr} in {PASS_ON_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// Sends `req` to `addr` as a worker would, marked [`PASSED_ON`]; returns the status and body.
+async fn send_on(addr: &str, req: &Request) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    let auth = req
+        .authorization
+        .as_deref()
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}{PASSED_ON}: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        ingest_api::claims::PATH,
+        req.body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(&req.body).await?;
+    let mut answer = Vec::new();
+    (&mut sock)
+        .take(MAX_BODY as u64)
+        .read_to_end(&mut answer)
+        .await?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("an answer without a head"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("an answer without a status"))?;
+    Ok((code, body.to_owned()))
 }
 
 #[cfg(test)]
@@ -277,6 +376,7 @@ mod tests {
             Some(Arc::new(Claims {
                 registry: registry.clone(),
                 auth: Arc::new(OneToken),
+                leadership: Arc::new(Leadership::alone()),
             })),
             async {
                 let _ = rx.await;
@@ -336,7 +436,91 @@ mod tests {
         // Refused messages took nothing: shard 2 is still there.
         let ok = post(addr, Some("good"), &msg("j-r1-copy-0-a", 5)).await;
         assert!(ok.ends_with(r#"{"shards":[2],"state":"work"}"#), "{ok}");
+
+        // A standby replica passes messages on to the leader, whose answer (and authentication)
+        // the worker gets; a message passed on once is not passed on again.
+        let standby_at = |leader: Option<String>| async move {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve(
+                listener,
+                Arc::new(Metrics::default()),
+                Arc::new(Health::default()),
+                Some(Arc::new(Claims {
+                    registry: Arc::new(Registry::default()),
+                    auth: Arc::new(OneToken),
+                    leadership: Arc::new(Leadership::standby(leader)),
+                })),
+                async {
+                    let _ = rx.await;
+                },
+            ));
+            (addr, tx, server)
+        };
+        let (standby, stop, task) = standby_at(Some(addr.to_string())).await;
+        let done = serde_json::json!({"namespace": "n", "job": "j", "uid": "u1", "run": 1, "role": "copy",
+            "worker": "j-r1-copy-0-a", "room": 1, "done": [{"shard": 2, "result": {"files": 1, "bytes": 1}}]})
+        .to_string();
+        let passed = post(standby, Some("good"), &done).await;
+        assert!(passed.starts_with("HTTP/1.1 200"), "{passed}");
+        // (The standby's own registry has no pass: it would answer 503.)
+        assert!(
+            passed.ends_with(r#"{"shards":[],"state":"work"}"#),
+            "{passed}"
+        );
+        assert!(
+            post(standby, Some("bad"), &done)
+                .await
+                .starts_with("HTTP/1.1 403"),
+            "the leader authenticates what a standby passes on"
+        );
+        let status = |addr| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let body = msg("j-r1-copy-0-a", 1);
+            s.write_all(
+                format!(
+                    "POST {} HTTP/1.1\r\n{PASSED_ON}: 1\r\nauthorization: Bearer good\r\ncontent-length: {}\r\n\r\n{body}",
+                    ingest_api::claims::PATH,
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let looped = status(standby).await;
+        assert!(
+            looped.starts_with("HTTP/1.1 503") && looped.contains("passed on to it"),
+            "{looped}"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        let (lost, stop, task) = standby_at(None).await;
+        let unknown = post(lost, Some("good"), &done).await;
+        assert!(
+            unknown.starts_with("HTTP/1.1 503") && unknown.contains("no leader known"),
+            "{unknown}"
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap();
         tx.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn replicas_on_one_network_share_the_port() {
+        let a = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let port = a.local_addr().unwrap();
+        let b = bind(port).await;
+        assert!(b.is_ok(), "a second replica binds the same port: {b:?}");
+        // A port held by a program without SO_REUSEPORT is still refused, naming it.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = other.local_addr().unwrap();
+        let e = bind(taken).await.unwrap_err().to_string();
+        assert!(e.contains(&taken.to_string()), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use ingest_operator::leader::{LeaseConfig, try_acquire_or_renew};
+use ingest_operator::leader::{LeaseConfig, Step, try_acquire_or_renew};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
@@ -18,6 +18,7 @@ fn cfg() -> LeaseConfig {
         identity: "me".into(),
         duration: Duration::from_secs(15),
         renew_every: Duration::from_secs(5),
+        address: Some("10.244.0.7:8080".into()),
     }
 }
 
@@ -29,13 +30,14 @@ fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
         .to_string();
     json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "op", "namespace": "sys", "resourceVersion": "7"},
+        "metadata": {"name": "op", "namespace": "sys", "resourceVersion": "7",
+                     "annotations": {"ingest.vfxt.dev/claims-address": format!("{holder}.pod:8080")}},
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renew, "leaseTransitions": 1}
     })
 }
 
 /// Answers GET with `current` (404 when None) and writes with `write_code`; returns (method, body) of each call.
-async fn step(current: Option<Value>, write_code: u16) -> (bool, Vec<(String, Value)>) {
+async fn step(current: Option<Value>, write_code: u16) -> (Step, Vec<(String, Value)>) {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let log = calls.clone();
@@ -80,27 +82,46 @@ async fn step(current: Option<Value>, write_code: u16) -> (bool, Vec<(String, Va
 #[tokio::test]
 async fn absent_lease_is_created_with_us_as_holder() {
     let (held, calls) = step(None, 201).await;
-    assert!(held);
+    assert!(held.held());
     assert_eq!(
         calls.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
         ["GET", "POST"]
     );
     assert_eq!(calls[1].1["spec"]["holderIdentity"], "me");
     assert_eq!(calls[1].1["spec"]["leaseDurationSeconds"], 15);
+    assert_eq!(
+        calls[1].1["metadata"]["annotations"]["ingest.vfxt.dev/claims-address"], "10.244.0.7:8080",
+        "standbys pass claims on to the holder's address"
+    );
 }
 
 #[tokio::test]
 async fn a_fresh_lease_of_another_replica_is_left_alone() {
     let (held, calls) = step(Some(lease("other", 3)), 200).await;
-    assert!(!held);
+    let Step::Standby { leader, retry } = held else {
+        panic!("{held:?}")
+    };
+    assert_eq!(
+        leader.as_deref(),
+        Some("other.pod:8080"),
+        "a standby learns where the leader serves claims"
+    );
+    assert!(
+        retry.is_some_and(|r| r <= Duration::from_secs(5)),
+        "{retry:?}"
+    );
     assert_eq!(calls.len(), 1, "no write while another replica leads");
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_with_its_resource_version() {
     let (held, calls) = step(Some(lease("other", 60)), 200).await;
-    assert!(held);
+    assert!(held.held());
     assert_eq!(calls[1].0, "PUT");
+    assert_eq!(
+        calls[1].1["metadata"]["annotations"]["ingest.vfxt.dev/claims-address"], "10.244.0.7:8080",
+        "the old holder's address is replaced with ours"
+    );
     assert_eq!(
         calls[1].1["metadata"]["resourceVersion"], "7",
         "optimistic concurrency: a racing writer gets 409"
@@ -112,14 +133,20 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
 #[tokio::test]
 async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
     let (held, calls) = step(Some(lease("other", 60)), 409).await;
-    assert!(!held);
+    assert_eq!(
+        held,
+        Step::Standby {
+            leader: None,
+            retry: None
+        }
+    );
     assert_eq!(calls.len(), 2);
 }
 
 #[tokio::test]
 async fn our_own_lease_is_renewed() {
     let (held, calls) = step(Some(lease("me", 4)), 200).await;
-    assert!(held);
+    assert!(held.held());
     assert_eq!(calls[1].0, "PUT");
     assert_eq!(
         calls[1].1["spec"]["leaseTransitions"], 1,

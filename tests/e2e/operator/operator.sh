@@ -43,6 +43,10 @@
 #     root, workers, threads): an IngestJob breaking each rule is refused at admission, naming the
 #     rule; with the admission policy's binding removed, the operator refuses each itself (Failed,
 #     Ready False PolicyDenied naming the rule, a Warning Event, no children) and runs the allowed one.
+# 17. the chart with two operator replicas: the leader hangs (SIGSTOP) mid-copy, then is killed; the
+#     standby takes the Lease within its duration plus one retry after the last renewal, and the job
+#     finishes Succeeded, identical, no Job re-created, every shard once (workers' messages that
+#     reach a standby are passed on to the leader's address on the Lease).
 # The source is read through a slow emulated node (FUSE, crates/e2e-tests' e2e-slow-nodes), as over NFS;
 # tests 4 and 5 also write through three slow nodes, so a copy lasts long enough to kill something in
 # the middle of it.
@@ -1157,6 +1161,69 @@ test_16_admin_policy() {
   return "$r"
 }
 
+# ---------------------------------------------------------------- 17. a leader takeover
+lease_json() { kubectl get lease vfxt-ingest-leader -n "$op_ns" -o json; }
+lease_holder() { lease_json | jq -r '.spec.holderIdentity // ""'; }
+two_operators_running() {
+  [[ $(kubectl get pods -n "$op_ns" -l app.kubernetes.io/instance=vfxt-ingest -o json |
+    jq '[.items[] | select(.status.phase == "Running" and .metadata.deletionTimestamp == null)] | length') == 2 ]]
+}
+held_by() { [[ $(lease_holder) == "$1" ]]; }
+test_17_leader_takeover() {
+  local r=0 leader standby pid before renewed took
+  helm upgrade vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --reuse-values --set replicas=2 >/dev/null ||
+    { bad "helm upgrade --set replicas=2"; return 1; }
+  wait_for 90 "two operator replicas Running (one port: SO_REUSEPORT on the shared host network)" two_operators_running || return 1
+  leader=$(lease_holder)
+  standby=$(kubectl get pods -n "$op_ns" -l app.kubernetes.io/instance=vfxt-ingest -o json |
+    jq -r --arg l "$leader" '.items[] | select(.metadata.name != $l and .metadata.deletionTimestamp == null) | .metadata.name')
+  say "  leader $leader, standby $standby, claims address on the Lease: $(lease_json | jq -r '.metadata.annotations["ingest.vfxt.dev/claims-address"]')"
+  [[ -n $leader && -n $standby ]] || { bad "no leader or no standby"; return 1; }
+  gen_tree "$src/t17" 300
+  watch_ij t17
+  ij_apply t17 t17 /slow || { bad "kubectl apply IngestJob t17"; return 1; }
+  wait_for 120 "t17 Copying with some progress" copying_with_progress t17 || return 1
+  before=$(job_uids t17)
+  pid=$(kubectl get pod "$leader" -n "$op_ns" -o json | jq -r '.status.containerStatuses[0].containerID')
+  pid=${pid#agent://}
+  # The leader hangs (a node lost, a process stuck): it renews nothing and answers nothing. Then it
+  # is killed; its container comes back in the same pod, as a standby.
+  kill -STOP "$pid" || { bad "SIGSTOP operator pid $pid"; return 1; }
+  renewed=$(lease_json | jq -r '.spec.renewTime')
+  say "  froze the leader (pid $pid) in phase Copying at $(ij_json t17 | jq -r '.status.progress.files') files; its last renewal $renewed"
+  wait_for 60 "the standby $standby holds the Lease" held_by "$standby" || { kill -KILL "$pid"; return 1; }
+  kill -KILL "$pid" 2>/dev/null || true
+  # From the Lease's own times (not this script's polling): the old holder's last renewal to the
+  # new holder's acquireTime.
+  took=$(awk -v a="$(date -d "$renewed" +%s.%N)" -v b="$(date -d "$(lease_json | jq -r '.spec.acquireTime')" +%s.%N)" \
+    'BEGIN { printf "%.1f", b - a }')
+  say "  taken over ${took} s after the frozen leader's last renewal (Lease duration 15 s; a standby tries again just after it runs out)"
+  awk -v t="$took" 'BEGIN { exit !(t >= 15 && t <= 17) }' ||
+    { bad "the takeover came ${took} s after the last renewal: want within 2 s after the Lease duration (15 s), never before"; r=1; }
+  [[ $(lease_json | jq -r '.metadata.annotations["ingest.vfxt.dev/claims-address"]') != null ]] ||
+    { bad "the new leader wrote no claims address on the Lease"; r=1; }
+  wait_for 180 "IngestJob t17 finished" finished t17 || return 1
+  sleep 1
+  [[ $(ij_phase t17) == Succeeded ]] || { bad "t17 ended $(ij_phase t17): $(ij_json t17 | jq -c '.status.conditions')"; return 1; }
+  local after line shards
+  after=$(job_uids t17)
+  while read -r line; do
+    grep -qxF "$line" <<<"$after" || { bad "Job ${line%% *} was re-created or lost across the takeover"; r=1; }
+  done <<<"$before"
+  [[ $(children jobs t17 | jq -r '.items[] | .metadata.labels["ingest.vfxt.dev/role"]' | sort | tr '\n' ' ') == "copy scan verify " ]] ||
+    { bad "Jobs of t17 are not one scan, one copy and one verify"; r=1; }
+  shards=$(ij_json t17 | jq -c '.status.shards')
+  jq -e '.succeeded == .total and .failed == 0' <<<"$shards" >/dev/null || { bad "shards after the takeover: $shards"; r=1; }
+  progress_monotonic t17 || r=1
+  same_tree "$src/t17" "$slow/backing/t17" || { bad "destination differs from source"; r=1; }
+  held_by "$standby" || { bad "the Lease went back to $(lease_holder)"; r=1; }
+  # Back to one replica, the new leader kept.
+  op_pod=$standby
+  helm upgrade vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --reuse-values --set replicas=1 >/dev/null ||
+    { bad "helm upgrade --set replicas=1"; r=1; }
+  return "$r"
+}
+
 main() {
   if [[ ${1-} == --api-load ]]; then
     # The chart's default status interval (the tests use 1 s to run faster): what a user's operator costs.
@@ -1196,6 +1263,7 @@ main() {
   run_test "14 a dry run writes nothing and says what a pass would do; the pass then copies" test_14_dry_run_then_copy
   run_test "15 three passes to a cutover: bulk, delta, final Mirror with Checksum" test_15_three_passes
   run_test "16 the admin policy: each rule refused at admission, and by the operator without it" test_16_admin_policy
+  run_test "17 two operator replicas: the leader hangs mid-job, the standby takes over, the job finishes" test_17_leader_takeover
 
   say "operator e2e: $((SECONDS - t_start)) s in all"
   ((failed == 0)) || say "failed: ${failed_names[*]}"

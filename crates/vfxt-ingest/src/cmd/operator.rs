@@ -53,6 +53,11 @@ pub struct Args {
     /// This replica's name in the Lease and in Events. Default: the pod name, else the host name.
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
+    /// This replica's IP (the pod IP): with --listen's port, where it serves claims, written on the
+    /// Lease while it leads, so a standby replica passes the claims messages it gets on to it.
+    /// Unset: a standby answers them "ask again" (workers retry).
+    #[arg(long, env = "POD_IP", value_name = "IP")]
+    pub advertise_ip: Option<std::net::IpAddr>,
     /// Namespaces whose IngestJobs to handle, comma-separated; empty: all namespaces. With a list, the
     /// operator watches each namespace on its own (namespaced Roles suffice; the chart's watchNamespaces).
     #[arg(
@@ -230,6 +235,9 @@ pub fn run(args: Args) -> Outcome {
             identity: identity.clone(),
             duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
+            address: args
+                .advertise_ip
+                .map(|ip| SocketAddr::new(ip, args.listen.port()).to_string()),
         }),
         instance: Some(identity),
         claims_url: args.claims_url.trim_end_matches('/').to_owned(),
