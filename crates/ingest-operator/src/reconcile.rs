@@ -399,11 +399,23 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
     let violations = ctx.settings.policy_violations(ij);
     if !recorded && !violations.is_empty() {
-        let msg = violations
+        let mut msg = violations
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
+        // A policy tightened under a running job: nothing new starts; what runs is not killed.
+        if ij.status.as_ref().and_then(|s| s.run) == Some(ij.spec.run)
+            && ij
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| !p.is_finished() && p != Phase::Pending)
+        {
+            msg.push_str(
+                "; this run creates no more pods (those already running finish the shards they hold)",
+            );
+        }
         let reason = ingest_api::constants::reasons::POLICY_DENIED;
         let st = status::refused(ij, reason, msg.clone(), now);
         write_status(ctx, ij, &st, false).await?;
