@@ -4,7 +4,7 @@
 # the test node agent as the node (the image runs as the locally built vfxt-ingest), then:
 #   1. the operator pod runs with the chart's flags and takes the chart's Lease under its pod name;
 #   2. for an IngestJob (NFS source, 3 destination IPs all mapped to one dir) the operator writes status, an
-#      Event, the pods' ServiceAccount/Role/RoleBinding and the scan Job;
+#      Event, the scan pod's ServiceAccount/Role/RoleBinding, the workers' ServiceAccount and the scan Job;
 #   3. the IngestJob goes to Succeeded, the copy is identical to the source, and the operator's log has no
 #      Forbidden: the chart's RBAC is enough for a whole run;
 #   4. the same with destination mountOptions: the operator makes a PV + claim per server (the chart's
@@ -100,9 +100,10 @@ wait_until 60 "IngestJob status written by the operator" \
 wait_until 60 "scan Job created" kubectl get job chart-e2e-r0-scan -n ingest
 wait_until 30 "Event recorded on the IngestJob" \
   sh -c "kubectl get events -n ingest --field-selector involvedObject.name=chart-e2e -o name | grep -q ."
-identity=$(kubectl get serviceaccounts,roles,rolebindings -n ingest -l ingest.vfxt.dev/job=chart-e2e -o name | wc -l)
-[[ $identity == 3 ]] || fail "expected the pods' ServiceAccount, Role and RoleBinding, found $identity objects"
-pass "the operator wrote status, an Event, the pods' ServiceAccount/Role/RoleBinding and the scan Job"
+identity=$(kubectl get serviceaccounts,roles,rolebindings -n ingest -l ingest.vfxt.dev/job=chart-e2e -o name | sort | tr '\n' ' ')
+want="role.rbac.authorization.k8s.io/chart-e2e-scan rolebinding.rbac.authorization.k8s.io/chart-e2e-scan serviceaccount/chart-e2e-scan serviceaccount/chart-e2e-workers "
+[[ $identity == "$want" ]] || fail "expected the scan pod's ServiceAccount, Role and RoleBinding and the workers' ServiceAccount, found: $identity"
+pass "the operator wrote status, an Event, the pods' ServiceAccounts, the scan's Role/RoleBinding and the scan Job"
 if ((namespaced)); then
   tmpl=$(kubectl get job chart-e2e-r0-scan -n ingest -o jsonpath='{.spec.template.spec.containers[0].resources.requests.cpu} {.spec.template.spec.tolerations[0].key}')
   [[ $tmpl == "100m workload" ]] || fail "worker defaults not in the scan Job's pod template: '$tmpl'"
@@ -160,6 +161,10 @@ phase=$(kubectl get ij chart-e2e-opts -n ingest -o jsonpath='{.status.phase}')
 [[ $phase == Succeeded ]] || fail "IngestJob with mountOptions ended $phase: $(kubectl get ij chart-e2e-opts -n ingest -o jsonpath='{.status.message}')"
 pvs=$(kubectl get pv -l ingest.vfxt.dev/job=chart-e2e-opts -o jsonpath='{range .items[*]}{.spec.mountOptions}{"\n"}{end}' | grep -c hard || true)
 [[ $pvs == 3 ]] || fail "expected 3 PersistentVolumes with the mount options, found $pvs"
+# Named <namespace>.<name>-dst-<i>: no other namespace's IngestJob can have the same names.
+pv_names=$(kubectl get pv -l ingest.vfxt.dev/job=chart-e2e-opts -o name | sort | tr '\n' ' ')
+[[ $pv_names == "persistentvolume/ingest.chart-e2e-opts-dst-0 persistentvolume/ingest.chart-e2e-opts-dst-1 persistentvolume/ingest.chart-e2e-opts-dst-2 " ]] ||
+  fail "PersistentVolumes not named <namespace>.<name>-dst-<i>: $pv_names"
 diff -r "$data/src" "$data/dst/with-options" >/dev/null || fail "with mountOptions: destination differs from source"
 if op_logs | grep -i forbidden; then fail "the operator was refused an API call with mountOptions"; fi
 pass "IngestJob with mountOptions Succeeded through 3 operator-made PVs (the chart's PV ClusterRole)"
