@@ -353,10 +353,62 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn claims_are_served_to_an_authenticated_worker_and_refused_otherwise() {
+    /// A claims endpoint on a free port, for `leadership`: its address, the sender that stops it,
+    /// and its task.
+    async fn serving(
+        registry: Arc<Registry>,
+        leadership: Leadership,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            Arc::new(Health::default()),
+            Some(Arc::new(Claims {
+                registry,
+                auth: Arc::new(OneToken),
+                leadership: Arc::new(leadership),
+            })),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        (addr, tx, server)
+    }
+
+    /// A claims message as a worker sends it, with `headers` (lines ending in CRLF) added.
+    async fn post_with(addr: SocketAddr, headers: &str, token: Option<&str>, body: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = token
+            .map(|t| format!("authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!(
+                "POST {} HTTP/1.1\r\nhost: x\r\n{headers}{auth}content-length: {}\r\n\r\n{body}",
+                ingest_api::claims::PATH,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    async fn post(addr: SocketAddr, token: Option<&str>, body: &str) -> String {
+        post_with(addr, "", token, body).await
+    }
+
+    #[tokio::test]
+    async fn claims_are_served_to_an_authenticated_worker_and_refused_otherwise() {
         let registry = Arc::new(Registry::default());
         let ij: ingest_api::IngestJob = serde_json::from_value(serde_json::json!({
             "apiVersion": "ingest.vfxt.dev/v1alpha1", "kind": "IngestJob",
@@ -368,39 +420,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            Arc::new(Metrics::default()),
-            Arc::new(Health::default()),
-            Some(Arc::new(Claims {
-                registry: registry.clone(),
-                auth: Arc::new(OneToken),
-                leadership: Arc::new(Leadership::alone()),
-            })),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        async fn post(addr: SocketAddr, token: Option<&str>, body: &str) -> String {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let auth = token
-                .map(|t| format!("authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
-            s.write_all(
-                format!(
-                    "POST {} HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\n\r\n{body}",
-                    ingest_api::claims::PATH,
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        }
+        let (addr, tx, server) = serving(registry.clone(), Leadership::alone()).await;
         let msg = |worker: &str, room: u32| {
             serde_json::json!({"namespace": "n", "job": "j", "uid": "u1", "run": 1, "role": "copy",
                 "worker": worker, "room": room})
@@ -439,25 +459,8 @@ mod tests {
 
         // A standby replica passes messages on to the leader, whose answer (and authentication)
         // the worker gets; a message passed on once is not passed on again.
-        let standby_at = |leader: Option<String>| async move {
-            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(serve(
-                listener,
-                Arc::new(Metrics::default()),
-                Arc::new(Health::default()),
-                Some(Arc::new(Claims {
-                    registry: Arc::new(Registry::default()),
-                    auth: Arc::new(OneToken),
-                    leadership: Arc::new(Leadership::standby(leader)),
-                })),
-                async {
-                    let _ = rx.await;
-                },
-            ));
-            (addr, tx, server)
-        };
+        let standby_at =
+            |leader: Option<String>| serving(Arc::default(), Leadership::standby(leader));
         let (standby, stop, task) = standby_at(Some(addr.to_string())).await;
         let done = serde_json::json!({"namespace": "n", "job": "j", "uid": "u1", "run": 1, "role": "copy",
             "worker": "j-r1-copy-0-a", "room": 1, "done": [{"shard": 2, "result": {"files": 1, "bytes": 1}}]})
@@ -475,24 +478,13 @@ mod tests {
                 .starts_with("HTTP/1.1 403"),
             "the leader authenticates what a standby passes on"
         );
-        let status = |addr| async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let body = msg("j-r1-copy-0-a", 1);
-            s.write_all(
-                format!(
-                    "POST {} HTTP/1.1\r\n{PASSED_ON}: 1\r\nauthorization: Bearer good\r\ncontent-length: {}\r\n\r\n{body}",
-                    ingest_api::claims::PATH,
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            out
-        };
-        let looped = status(standby).await;
+        let looped = post_with(
+            standby,
+            &format!("{PASSED_ON}: 1\r\n"),
+            Some("good"),
+            &msg("j-r1-copy-0-a", 1),
+        )
+        .await;
         assert!(
             looped.starts_with("HTTP/1.1 503") && looped.contains("passed on to it"),
             "{looped}"

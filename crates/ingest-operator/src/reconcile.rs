@@ -337,6 +337,30 @@ async fn cleanup(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// The message refusing `ij` for the admin policy's `violations` (pure); None when there are none.
+fn policy_denial(ij: &IngestJob, violations: &[ingest_api::policy::Violation]) -> Option<String> {
+    if violations.is_empty() {
+        return None;
+    }
+    let mut msg = violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    // A policy tightened under a running job: nothing new starts; what runs is not killed.
+    let running = ij.status.as_ref().is_some_and(|s| {
+        s.run == Some(ij.spec.run)
+            && s.phase
+                .is_some_and(|p| !p.is_finished() && p != Phase::Pending)
+    });
+    if running {
+        msg.push_str(
+            "; this run creates no more pods (those already running finish the shards they hold)",
+        );
+    }
+    Some(msg)
+}
+
 /// Runs the pipeline for one IngestJob.
 pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -397,25 +421,10 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     }
     // A run whose verdict is written keeps it, whatever the policy says now.
     let recorded = status::recorded(ij.status.as_ref(), ij.spec.run);
-    let violations = ctx.settings.policy_violations(ij);
-    if !recorded && !violations.is_empty() {
-        let mut msg = violations
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        // A policy tightened under a running job: nothing new starts; what runs is not killed.
-        if ij.status.as_ref().and_then(|s| s.run) == Some(ij.spec.run)
-            && ij
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(|p| !p.is_finished() && p != Phase::Pending)
-        {
-            msg.push_str(
-                "; this run creates no more pods (those already running finish the shards they hold)",
-            );
-        }
+    if let Some(msg) = (!recorded)
+        .then(|| policy_denial(ij, &ctx.settings.policy_violations(ij)))
+        .flatten()
+    {
         let reason = ingest_api::constants::reasons::POLICY_DENIED;
         let st = status::refused(ij, reason, msg.clone(), now);
         write_status(ctx, ij, &st, false).await?;

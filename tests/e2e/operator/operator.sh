@@ -161,6 +161,9 @@ watch_ij() {
     -o jsonpath='{.status.phase} {.status.progress.files} {.status.progress.bytes}{"\n"}' \
     >"$data/watch-$1" 2>"$data/watch-$1.err" &
 }
+# watched_to_end NAME: the watch of NAME has recorded the phase the IngestJob ended in (what the
+# checks of the recorded statuses read is complete).
+watched_to_end() { [[ $(awk 'NF { last = $1 } END { print last }' "$data/watch-$1") == "$(ij_phase "$1")" ]]; }
 # Distinct phases in order (Pending and the empty pre-status dropped), space-separated.
 phases_seen() {
   awk 'NF && $1 != "Pending" && $1 != prev { printf "%s%s", sep, $1; sep = " "; prev = $1 }' "$data/watch-$1"
@@ -415,7 +418,7 @@ test_3_full_run() {
     [[ $phase == Succeeded || $phase == Failed ]] && break
     sleep 1
   done
-  sleep 1 # the watch's last line
+  wait_for 15 "the watch of t3 recorded its end" watched_to_end t3 || return 1
   local r=0 seen
   seen=$(phases_seen t3)
   say "  phases seen: $seen"
@@ -508,7 +511,7 @@ test_4_worker_killed() {
   code=$(kubectl get pod "$name" -n "$ns" -o jsonpath='{.status.containerStatuses[0].state.terminated.exitCode}')
   [[ $code == 137 ]] || { bad "killed worker exit code $code, want 137"; r=1; }
   wait_for 150 "IngestJob t4 finished" sh -c "kubectl get ij t4 -n $ns -o jsonpath='{.status.phase}' | grep -qxE 'Succeeded|Failed'" || return 1
-  sleep 1
+  wait_for 15 "the watch of t4 recorded its end" watched_to_end t4 || return 1
   [[ $(ij_phase t4) == Succeeded ]] || { bad "t4 ended $(ij_phase t4): $(ij_json t4 | jq -c '.status.conditions')"; return 1; }
   # The worker was started again: another pod ran the same index of the same Job, and succeeded (the
   # killed one's claims went back to the queue).
@@ -553,7 +556,7 @@ test_5_operator_killed() {
   wait_for 60 "operator restarted (restartCount > $restarts0)" \
     sh -c "[ \$(kubectl get pod $op_pod -n $op_ns -o jsonpath='{.status.containerStatuses[0].restartCount}') -gt $restarts0 ]" || return 1
   wait_for 150 "IngestJob t5 finished" sh -c "kubectl get ij t5 -n $ns -o jsonpath='{.status.phase}' | grep -qxE 'Succeeded|Failed'" || return 1
-  sleep 1
+  wait_for 15 "the watch of t5 recorded its end" watched_to_end t5 || return 1
   local r=0
   [[ $(ij_phase t5) == Succeeded ]] || { bad "t5 ended $(ij_phase t5): $(ij_json t5 | jq -c '.status.conditions')"; return 1; }
   local after names
@@ -1203,7 +1206,7 @@ test_17_leader_takeover() {
   [[ $(lease_json | jq -r '.metadata.annotations["ingest.vfxt.dev/claims-address"]') != null ]] ||
     { bad "the new leader wrote no claims address on the Lease"; r=1; }
   wait_for 180 "IngestJob t17 finished" finished t17 || return 1
-  sleep 1
+  wait_for 15 "the watch of t17 recorded its end" watched_to_end t17 || return 1
   [[ $(ij_phase t17) == Succeeded ]] || { bad "t17 ended $(ij_phase t17): $(ij_json t17 | jq -c '.status.conditions')"; return 1; }
   local after line shards
   after=$(job_uids t17)
