@@ -83,6 +83,19 @@ jq -e 'fromjson | .priorityClassName == "batch-low" and .imagePullSecrets[0].nam
     and .labels.team == "render" and .annotations.note == "m7"' <<<"$defaults" >/dev/null ||
     fail "worker pod settings do not reach VFXT_INGEST_WORKER_DEFAULTS: $defaults"
 ok "worker.priorityClassName, imagePullSecrets, podLabels and podAnnotations reach the operator's worker defaults"
+claims_url() {
+    helm template t "$chart" "${K[@]}" --namespace ops "$@" --show-only templates/deployment.yaml |
+        awk '/name: VFXT_INGEST_CLAIMS_URL/ {getline; sub(/^ *value: /, ""); print}'
+}
+# Fully qualified, final dot: a worker's message per shard is not tried against each search domain first.
+[[ $(claims_url) == '"http://t-vfxt-ingest-claims.ops.svc.cluster.local.:8080"' ]] ||
+    fail "default claims URL is not the claims Service's fully qualified name: $(claims_url)"
+[[ $(claims_url --set claims.clusterDomain=corp.example) == '"http://t-vfxt-ingest-claims.ops.svc.corp.example.:8080"' ]] ||
+    fail "claims.clusterDomain not used: $(claims_url --set claims.clusterDomain=corp.example)"
+[[ $(claims_url --set claims.url=http://10.0.0.4:8080) == '"http://10.0.0.4:8080"' ]] || fail "claims.url not used"
+expect_fail "schema rejects claims.clusterDomain with a final dot" "clusterDomain" \
+    helm template t "$chart" "${K[@]}" --set claims.clusterDomain=cluster.local.
+ok "the claims URL is the Service's fully qualified name (cluster domain from claims.clusterDomain), or claims.url"
 
 # 2. Rust-side checks
 (cd "$repo" && nice -n 10 cargo test -q -p packaging-tests 2>&1) >"${TMPDIR:-/tmp}/packaging-tests.log" \

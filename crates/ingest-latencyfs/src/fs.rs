@@ -22,7 +22,7 @@ use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -71,6 +71,10 @@ pub struct Stats {
     pub queued_ops: AtomicU64,
     pub peak_in_service: AtomicUsize,
     pub peak_queued: AtomicUsize,
+    /// Time operations held a service slot, summed (µs): the emulated round trip and the backing
+    /// file system's own work. Over `capacity` × the run's wall time, how busy the node was;
+    /// over the operations, what one really costs the node (a little more than its latency).
+    pub busy_us: AtomicU64,
     /// Operations by FUSE request name: where a tool's round trips go.
     pub by_op: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests received so far (for [`NodeConfig::stop_answering_at`]).
@@ -90,6 +94,8 @@ pub struct StatsSnapshot {
     pub queued_ops: u64,
     pub peak_in_service: usize,
     pub peak_queued: usize,
+    /// See [`Stats::busy_us`].
+    pub busy_us: u64,
     pub by_op: BTreeMap<String, u64>,
     /// Requests held unanswered (see [`NodeConfig::stop_answering_at`]).
     pub unanswered: u64,
@@ -130,6 +136,7 @@ impl Stats {
             queued_ops: self.queued_ops.load(Relaxed),
             peak_in_service: self.peak_in_service.load(Relaxed),
             peak_queued: self.peak_queued.load(Relaxed),
+            busy_us: self.busy_us.load(Relaxed),
             unanswered: self.unanswered.load(Relaxed),
             by_op: self
                 .by_op
@@ -155,10 +162,13 @@ struct Slots {
     capacity: usize,
 }
 
-struct SlotGuard<'a>(&'a Slots);
+/// A service slot taken: given back, and its time counted, when the operation is answered.
+struct SlotGuard<'a>(&'a Slots, &'a Stats, Instant);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
+        let held = self.2.elapsed().as_micros() as u64;
+        self.1.busy_us.fetch_add(held, Relaxed);
         self.0.state.lock().unwrap().0 -= 1;
         self.0.cv.notify_one();
     }
@@ -363,6 +373,7 @@ impl LatencyFs {
         st.0 += 1;
         self.stats.peak_in_service.fetch_max(st.0, Relaxed);
         drop(st);
+        let taken = Instant::now();
         let (counter, latency) = match op {
             Op::Meta => (&self.stats.meta_ops, self.cfg.meta_latency),
             Op::Data => (&self.stats.data_ops, self.cfg.data_latency),
@@ -372,7 +383,7 @@ impl LatencyFs {
             tight_timer();
             std::thread::sleep(latency);
         }
-        Some(SlotGuard(s))
+        Some(SlotGuard(s, &self.stats, taken))
     }
 
     /// FUSE inode for a backing inode: the root is 1 (and a backing inode 1, if any, takes the

@@ -437,17 +437,19 @@ fn check_messages(e: &Endpoint, phase: &str, shards: usize) -> BTreeMap<u32, Str
             // The worker's first message (it learns which destinations to avoid).
             assert!(!given.contains_key(&r.worker), "{r:?}");
         } else if r.room == 0 && r.done.is_empty() {
-            // A heartbeat: the shards running (as many at once as 2 threads call for at most),
-            // and their own progress.
+            // A heartbeat: the shards running (as many at once as 2 threads call for at most)
+            // and those held ahead (short shards: as many again at most), and their own
+            // progress.
             assert!(
-                (1..=ingest_job::shards_at_once(Some(2))).contains(&r.holding.len()),
+                (1..=2 * ingest_job::shards_at_once(Some(2))).contains(&r.holding.len()),
                 "{r:?}"
             );
             assert!(r.progress.at > 0, "{r:?}");
         } else {
-            // Room for as many as it has slots free, never more.
+            // Room for as many as it has slots free and as many again held ahead while shards
+            // are short, never more.
             assert!(
-                r.room as usize + r.holding.len() <= ingest_job::shards_at_once(Some(2)),
+                r.room as usize + r.holding.len() <= 2 * ingest_job::shards_at_once(Some(2)),
                 "{r:?}"
             );
         }

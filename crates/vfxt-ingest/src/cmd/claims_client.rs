@@ -4,7 +4,8 @@
 //!
 //! A claims worker lives for a whole pass (one phase) and asks the operator for its shards, as
 //! many as it has slots free (`--shards-at-once`, 2 to 8 by default, more for fewer threads: while
-//! one shard starts or its last files finish, the threads it leaves idle work on the others):
+//! one shard starts or its last files finish, the threads it leaves idle work on the others), and
+//! a few ahead while shards are short:
 //!
 //! - Identity: namespace, IngestJob name and uid, run and worker (pod) name come from the pod's
 //!   environment (`POD_NAMESPACE`, `INGEST_JOB_NAME`, `INGEST_JOB_UID`, `INGEST_RUN`, `POD_NAME`);
@@ -12,23 +13,34 @@
 //!   [`claims::PATH`] with `Authorization: Bearer <token>`, the token read from `--token-file`
 //!   (default [`claims::TOKEN_DIR`]/[`claims::TOKEN_FILE`]) before every request, since the
 //!   kubelet rotates it. One request is in flight at a time; each has a 30 s timeout.
-//! - The loop: ask with `room` = free slots; run each shard given exactly as `--claims` runs one
-//!   (markers, report, failure list); the next message carries `done: [{shard, result}]` with
-//!   that shard's own result. A `done` is kept, and sent again with the next message, until a message carrying
-//!   it got a 2xx answer (the operator counts a shard's completion once, so sending it twice is
-//!   safe). Answers: `work` with shards: run them, in order; `wait` (or `work` with nothing
-//!   given): ask again after 1 s (once per worker, however many slots are free); `finished`: exit 0; `stopped`: exit 0, saying on stderr that the
-//!   operator stopped the run.
-//! - Heartbeat: while shards run, a thread sends `holding: [shards]`, `room: 0` and those shards'
-//!   own progress (each from its own start) every [`claims::HEARTBEAT_SECONDS`] (it renews the claim's lease). A `stopped`
-//!   answer to a heartbeat ends the worker at once (exit 0): the engine writes files in place and
-//!   gives each its mtime last, so a file cut short never looks finished to the next run.
+//! - The loop: ask with `room` = free slots, plus, while this worker's shards are short (their
+//!   moving average under [`SHORT_SHARD`]), the shards its slots run in about [`AHEAD`], to hold
+//!   given and not started (see [`ahead`]): a slot that ends a shard starts the next at once
+//!   instead of waiting for a round trip to the operator. Run each shard given exactly as
+//!   `--claims` runs one (markers, report, failure list); the next message carries
+//!   `done: [{shard, result}]` with that shard's own result. A slot with a shard given waiting
+//!   starts it and leaves the telling to the heartbeat thread, which it wakes: the end goes out at
+//!   once, with room for more. A `done` is kept, and sent again with the next message, until a
+//!   message carrying it got a 2xx answer (the operator counts a shard's completion once, so
+//!   sending it twice is safe). Answers: `work` with shards: run them, in order; `wait` (or `work`
+//!   with nothing given): ask again after 1 s (once per worker, however many slots are free);
+//!   `finished`: exit 0 (every slot, without asking again); `stopped`: exit 0, saying on stderr
+//!   that the operator stopped the run.
+//! - Heartbeat: while shards run, a thread sends `holding: [shards]`, the room left and those
+//!   shards' own progress (each from its own start) every [`claims::HEARTBEAT_SECONDS`] (it renews
+//!   the claim's lease), and at once when a shard ended or there is room while shards run. After
+//!   a `stopped` answer no shard is started; those running end and are told, and the worker exits
+//!   0 with its report whole. A shard still running [`STOP_GRACE`] later is cut short (exit 0 at
+//!   once): the engine writes files in place and gives each its mtime last, so a file cut short
+//!   never looks finished to the next run.
 //! - HTTP errors: 401/403: the token is refused: exit 2 (unusable input), naming the URL and the
 //!   answer. 404/409: the run moved on: exit 0. 408, 429, 5xx, connection errors and timeouts:
 //!   asked again after 0.5 s, doubling to 5 s (heartbeats: at the next beat); after
 //!   [`GIVE_UP`] without an answer, exit 3 (a crash: Kubernetes starts the pod again and the
 //!   shards it held go to other workers). Any other status: exit 2 (the worker and the operator do
-//!   not understand each other; asking again cannot help).
+//!   not understand each other; asking again cannot help). An end the heartbeat thread meets is
+//!   met as `stopped` is: no shard started, those running given [`STOP_GRACE`] to end, the report
+//!   whole.
 //! - Unusable input found by the worker (bad paths, an unreadable plan, a destination it cannot
 //!   write): one message with `unusable` set, so the operator stops the run and says why (best
 //!   effort: one attempt), then exit 2.
@@ -59,8 +71,36 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Without a single answer for this long, the worker gives up (exit 3).
 pub const GIVE_UP: Duration = Duration::from_secs(600);
+/// After a `stopped` answer, how long the shards running may take to end before the worker
+/// cuts them short and exits.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The most of an error answer's body repeated in a message.
 const BODY_SHOWN: usize = 512;
+/// Shards short enough that the round trip to the operator between two of them shows (in the
+/// operator benchmark, with shards of ~0.1 s, each pod's slots were busy 38–43% of the pass):
+/// a worker whose shards take less than this on average claims some ahead.
+pub const SHORT_SHARD: Duration = Duration::from_secs(2);
+/// About how long the shards a worker holds given and not started last, its slots running them,
+/// while its shards are short: enough that a slot that ends a shard starts the next at once,
+/// little enough that at the end of the pass no idle worker waits long for shards another holds
+/// (and under `spec.suspend`, little more than the running shards still runs).
+pub const AHEAD: Duration = Duration::from_secs(1);
+/// Weight of the newest shard in the moving average of shard times.
+const PACE_WEIGHT: f64 = 0.2;
+
+/// Shards to hold beyond the `slots`, given `pace`, the moving average of this worker's shard
+/// times: while shards are short, what the slots run in about [`AHEAD`], at least 1 and at most
+/// `slots`; none before the first shard ended (nothing known) or once shards are long (the round
+/// trip is a small part of them, and a shard held is one no idle worker can take).
+pub fn ahead(pace: Option<Duration>, slots: usize) -> usize {
+    match pace {
+        Some(p) if p < SHORT_SHARD && slots > 0 => {
+            let n = AHEAD.as_secs_f64() * slots as f64 / p.as_secs_f64().max(1e-3);
+            (n as usize).clamp(1, slots)
+        }
+        _ => 0,
+    }
+}
 
 /// `--token-file`'s default.
 pub fn default_token_file() -> PathBuf {
@@ -135,11 +175,33 @@ struct Identity {
     worker: String,
 }
 
+/// A shard the engine runs.
+#[derive(Debug)]
+struct Running {
+    shard: u32,
+    /// The index of its counters among those given to [`Session::heartbeats`] (`usize::MAX`
+    /// from when a slot took it until it started).
+    slot: usize,
+    /// Those counters when it started.
+    base: Snapshot,
+    since: Instant,
+}
+
+impl Running {
+    fn taken(shard: u32) -> Running {
+        Running {
+            shard,
+            slot: usize::MAX,
+            base: Snapshot::default(),
+            since: Instant::now(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
-    /// The shards the engine runs now: each with its slot (the index of its counters among
-    /// those given to [`Session::heartbeats`]) and those counters when it started.
-    running: Vec<(u32, usize, Snapshot)>,
+    /// The shards the engine runs now.
+    running: Vec<Running>,
     /// Given and not started.
     queued: VecDeque<u32>,
     /// Finished, not yet acknowledged by a 2xx answer.
@@ -163,6 +225,55 @@ struct State {
     waited: Option<Instant>,
     /// A request is on the wire (the state is unlocked meanwhile; see [`Session::send`]).
     in_flight: bool,
+    /// The engine's slots (`--shards-at-once`; 0 until a slot asked).
+    slots: usize,
+    /// The moving average of this worker's shard times.
+    pace: Option<Duration>,
+    /// The pass is over: an answer said `finished` (or `stopped`), for every slot that asks next.
+    over: Option<PassState>,
+    /// How the heartbeat thread found the worker must end (the run moved on, the token refused):
+    /// every slot that asks next ends so.
+    ending: Option<End>,
+}
+
+impl State {
+    /// Shards to ask for: the slots and those to hold ahead, less the shards held; none once
+    /// the pass is over.
+    fn room(&self) -> u32 {
+        if self.over.is_some() || self.ending.is_some() {
+            return 0;
+        }
+        (self.slots + ahead(self.pace, self.slots))
+            .saturating_sub(self.running.len() + self.queued.len()) as u32
+    }
+
+    /// The operator had nothing for us a moment ago.
+    fn waited_recently(&self) -> bool {
+        self.waited.is_some_and(|at| at.elapsed() < WAIT)
+    }
+
+    /// Something to tell the operator now rather than at the next beat: a shard's end, or room
+    /// while shards run (unless the operator had nothing a moment ago). Not while requests
+    /// fail (those go at the beat, or with a slot's own backoff), nor once the worker is ending.
+    fn to_tell(&self) -> bool {
+        self.failing_since.is_none()
+            && self.ending.is_none()
+            && !self.in_flight
+            && (!self.done.is_empty()
+                || (!self.running.is_empty() && !self.waited_recently() && self.room() > 0))
+    }
+
+    /// `shard` ended after `took` (`None`: not known to have started; the pace stays).
+    fn ended(&mut self, shard: u32, took: Option<Duration>, result: PodResult) {
+        self.running.retain(|r| r.shard != shard);
+        if let Some(took) = took {
+            self.pace = Some(match self.pace {
+                None => took,
+                Some(p) => p.mul_f64(1.0 - PACE_WEIGHT) + took.mul_f64(PACE_WEIGHT),
+            });
+        }
+        self.done.push(ShardDone { shard, result });
+    }
 }
 
 /// A claims worker's connection to the operator. One request is in flight at a time; the state
@@ -175,9 +286,13 @@ pub struct Session {
     heartbeat: Duration,
     /// [`GIVE_UP`] (tests shorten it).
     give_up: Duration,
+    /// [`STOP_GRACE`] (tests shorten it).
+    stop_grace: Duration,
     state: Mutex<State>,
     /// Signalled when a request comes back: the next one may go.
     wire: Condvar,
+    /// Wakes the heartbeat thread: there is something to tell ([`State::to_tell`]).
+    kick: Condvar,
 }
 
 impl Session {
@@ -235,6 +350,7 @@ impl Session {
             agent,
             heartbeat,
             give_up: GIVE_UP,
+            stop_grace: STOP_GRACE,
             state: Mutex::new(State {
                 running: Vec::new(),
                 queued: VecDeque::new(),
@@ -248,8 +364,13 @@ impl Session {
                 throttle: None,
                 mounts: Vec::new(),
                 in_flight: false,
+                slots: 0,
+                pace: None,
+                over: None,
+                ending: None,
             }),
             wire: Condvar::new(),
+            kick: Condvar::new(),
         })
     }
 
@@ -272,44 +393,59 @@ impl Session {
         self.lock().avoid.clone()
     }
 
-    /// The next shard to run, asking the operator when none is left of those given (and first
-    /// telling it about finished ones). `None`: the pass is finished. The worker asks for as
-    /// many as it has slots free (`--shards-at-once` less those running or given),
-    /// never more: a shard given and not started is one no idle worker can take.
+    /// The next shard to run, asking the operator when none is left of those given. `None`: the
+    /// pass is finished. A shard given is taken at once, even with ends not yet told: the
+    /// heartbeat thread, woken, tells them (with room for more) while the slot works. `slots`
+    /// is `--shards-at-once`: the worker asks for that many less those running or given, plus
+    /// those to hold ahead while shards are short ([`ahead`]).
     pub fn next_shard(&self, slots: usize) -> Result<Option<u32>, End> {
         let mut st = self.lock();
+        st.slots = slots;
         loop {
-            if st.done.is_empty()
-                && let Some(s) = st.queued.pop_front()
-            {
+            if let Some(end) = &st.ending {
+                return Err(end.clone());
+            }
+            // Told already (the other slots must not each ask, nor wait `WAIT` to). Stopped:
+            // no shard given is started; the ends not yet told are told first.
+            match st.over {
+                Some(PassState::Stopped) if st.done.is_empty() => return Err(End::Stopped),
+                Some(PassState::Stopped) => {
+                    (st, _) = self.exchange(st, State::room)?;
+                    continue;
+                }
+                Some(_) if st.queued.is_empty() && st.done.is_empty() => return Ok(None),
+                _ => {}
+            }
+            if let Some(s) = st.queued.pop_front() {
                 // Held from now on (its slot and counters come with `start`): the next slot
                 // to ask must not count it as room.
-                st.running.push((s, usize::MAX, Snapshot::default()));
+                st.running.push(Running::taken(s));
+                if st.to_tell() {
+                    self.kick.notify_all();
+                }
                 return Ok(Some(s));
             }
             // Nothing for us a moment ago: ask again only after `WAIT` (once a second per
             // worker, however many of its slots are free), unless there is a result to tell.
-            if let Some(at) = st.waited
-                && st.done.is_empty()
-                && at.elapsed() < WAIT
-            {
+            if st.waited_recently() && st.done.is_empty() {
+                let left = st
+                    .waited
+                    .map_or(WAIT, |at| WAIT.saturating_sub(at.elapsed()));
                 drop(st);
-                std::thread::sleep(WAIT - at.elapsed().min(WAIT));
+                std::thread::sleep(left);
                 st = self.lock();
                 continue;
             }
             // Room as it is when the request goes (other slots may start or end shards while
             // an earlier request is on the wire).
-            let room = |st: &State| slots.saturating_sub(st.running.len() + st.queued.len()) as u32;
             let answer;
-            (st, answer) = self.exchange(st, room)?;
+            (st, answer) = self.exchange(st, State::room)?;
             match answer.state {
                 PassState::Stopped => return Err(End::Stopped),
                 PassState::Finished => return Ok(None),
-                PassState::Work | PassState::Wait => {
-                    // Nothing for us now; other workers' claims may come back.
-                    st.waited = st.queued.is_empty().then(Instant::now);
-                }
+                // Given shards are queued; nothing for us now: other workers' claims may come
+                // back.
+                PassState::Work | PassState::Wait => {}
             }
         }
     }
@@ -334,15 +470,31 @@ impl Session {
     pub fn start(&self, shard: u32, slot: usize, base: Snapshot) {
         let mut st = self.lock();
         st.queued.retain(|s| *s != shard);
-        st.running.retain(|(s, ..)| *s != shard);
-        st.running.push((shard, slot, base));
+        let since = st
+            .running
+            .iter()
+            .find(|r| r.shard == shard)
+            .map_or_else(Instant::now, |r| r.since);
+        st.running.retain(|r| r.shard != shard);
+        st.running.push(Running {
+            shard,
+            slot,
+            base,
+            since,
+        });
     }
 
-    /// `shard` ended with `result`: sent with the next message, and again until acknowledged.
+    /// `shard` ended with `result`: told at once by the heartbeat thread (or with the slot's
+    /// next question, whichever goes first), and again until acknowledged.
     pub fn finish(&self, shard: u32, result: PodResult) {
         let mut st = self.lock();
-        st.running.retain(|(s, ..)| *s != shard);
-        st.done.push(ShardDone { shard, result });
+        let took = st
+            .running
+            .iter()
+            .find(|r| r.shard == shard)
+            .map(|r| r.since.elapsed());
+        st.ended(shard, took, result);
+        self.kick.notify_all();
     }
 
     /// Tells the operator this worker cannot work at all (one attempt: the worker exits 2
@@ -379,8 +531,18 @@ impl Session {
         let Some(progress) = slots.first() else {
             return;
         };
+        // When a `stopped` answer came.
+        let mut stopped_at: Option<Instant> = None;
         while !stop.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
+            {
+                let st = self.lock();
+                if !st.to_tell() {
+                    drop(self.kick.wait_timeout(st, Duration::from_millis(50)));
+                }
+            }
+            if stopped_at.is_some_and(|at| at.elapsed() >= self.stop_grace) {
+                end_now(self.lock().ending.clone().unwrap_or(End::Stopped));
+            }
             let figures = progress.mounts();
             if let Some((mount, why)) = stalled(&figures, stall) {
                 let avoid = self.avoid();
@@ -393,23 +555,37 @@ impl Session {
             }
             let mut st = self.lock();
             st.mounts = figures.iter().map(mount_figures).collect();
-            if st.running.is_empty() || st.last_sent.elapsed() < self.heartbeat {
+            let beat = !st.running.is_empty()
+                && st.ending.is_none()
+                && st.last_sent.elapsed() >= self.heartbeat;
+            if !beat && !st.to_tell() {
                 continue;
             }
             let answer;
             (st, answer) = self.send(st, |st| {
-                let running = st.running.iter().filter_map(|(_, slot, base)| {
-                    Some(shard_progress(&slots.get(*slot)?.snapshot(), base))
-                });
-                self.request(st, 0, sum_progress(running), None)
+                let running = st
+                    .running
+                    .iter()
+                    .filter_map(|r| Some(shard_progress(&slots.get(r.slot)?.snapshot(), &r.base)));
+                let room = if st.waited_recently() { 0 } else { st.room() };
+                self.request(st, room, sum_progress(running), None)
             });
             match answer {
+                // The slots take no more shards (see `next_shard`) and the worker ends cleanly,
+                // its report whole, once those running have; one still running after the grace
+                // is cut short.
                 Ok(ClaimResponse {
                     state: PassState::Stopped,
                     ..
-                }) => end_now(End::Stopped),
+                }) => {
+                    stopped_at.get_or_insert_with(Instant::now);
+                }
                 Ok(_) => {}
-                Err(Failure::End(e)) => end_now(e),
+                // The same for an end the answer means (the run moved on, the token refused).
+                Err(Failure::End(e)) => {
+                    st.ending.get_or_insert(e);
+                    stopped_at.get_or_insert_with(Instant::now);
+                }
                 Err(Failure::Retry(why)) => {
                     if let Some(end) = self.given_up(&st, &why) {
                         end_now(end);
@@ -516,7 +692,7 @@ impl Session {
             holding: st
                 .running
                 .iter()
-                .map(|(s, ..)| *s)
+                .map(|r| r.shard)
                 .chain(st.queued.iter().copied())
                 .collect(),
             done: st.done.clone(),
@@ -552,6 +728,8 @@ impl Session {
         st.in_flight = false;
         self.wire.notify_all();
         let answer = Self::take_answer(&mut st, &req, sent);
+        // What ended while this was on the wire can go now.
+        self.kick.notify_all();
         (st, answer)
     }
 
@@ -577,9 +755,17 @@ impl Session {
             t.set(answer.limits.unwrap_or_default());
         }
         for s in &answer.shards {
-            if !st.queued.contains(s) && !st.running.iter().any(|(r, ..)| r == s) {
+            if !st.queued.contains(s) && !st.running.iter().any(|r| r.shard == *s) {
                 st.queued.push_back(*s);
             }
+        }
+        match answer.state {
+            // Asked for shards and got none: ask again only after `WAIT`.
+            PassState::Work | PassState::Wait if req.room > 0 => {
+                st.waited = answer.shards.is_empty().then(Instant::now);
+            }
+            PassState::Work | PassState::Wait => {}
+            PassState::Finished | PassState::Stopped => st.over = Some(answer.state),
         }
         Ok(answer)
     }
@@ -893,13 +1079,17 @@ mod tests {
             ok.recv_timeout(Duration::from_secs(60))
                 .expect("finish waited for the request on the wire");
             release.send(r#"{"shards":[8],"state":"work"}"#).unwrap();
-            // The shard that ended while the first request was out goes with the next one,
-            // before the shard given is started (results first, as always).
+            // The shard given starts at once: the end of 5 is not told first.
+            assert_eq!(asking.join().unwrap().unwrap(), Some(8));
+        });
+        // The shard that ended while the first request was out goes with the next message.
+        std::thread::scope(|sc| {
+            let asking = sc.spawn(|| s.next_shard(2));
             let second = requests.recv().unwrap();
             assert_eq!(second["done"][0]["shard"], 5, "{second}");
             assert_eq!(second["holding"], serde_json::json!([8]), "{second}");
-            release.send(r#"{"shards":[],"state":"work"}"#).unwrap();
-            assert_eq!(asking.join().unwrap().unwrap(), Some(8));
+            release.send(r#"{"shards":[9],"state":"work"}"#).unwrap();
+            assert_eq!(asking.join().unwrap().unwrap(), Some(9));
         });
         // Acknowledged: not sent again.
         std::thread::scope(|sc| {
@@ -922,11 +1112,14 @@ mod tests {
         };
         s.finish(3, result.clone());
         assert_eq!(s.next_shard(1), Ok(None));
-        assert_eq!(s.next_shard(1), Ok(None));
-        let log = wait_for(&seen, 3);
+        let log = wait_for(&seen, 2);
         let done = |i: usize| log[i].1.done.clone();
         let three = vec![ShardDone { shard: 3, result }];
-        assert_eq!((done(0), done(1), done(2)), (three.clone(), three, vec![]));
+        assert_eq!((done(0), done(1)), (three.clone(), three));
+        // The pass is over: the worker's other slots are told without asking again (nor
+        // waiting a second each to).
+        assert_eq!(s.next_shard(1), Ok(None));
+        assert_eq!(seen.0.lock().unwrap().len(), 2);
         assert!(log.iter().all(|(auth, r)| auth == "Bearer tok"
             && r.room == 1
             && r.holding.is_empty()
@@ -983,8 +1176,10 @@ mod tests {
         s.start(5, 0, slots[0].snapshot());
         s.start(6, 1, slots[1].snapshot());
         slots[0].files.fetch_add(3, Relaxed);
-        // 5 ends while 6 runs: one slot is free, so the worker asks for one shard, holding 6.
-        s.finish(5, PodResult::default());
+        // 5 ends, after 3 s (long shards: none held ahead), while 6 runs: one slot is free, so
+        // the worker asks for one shard, holding 6.
+        s.lock()
+            .ended(5, Some(Duration::from_secs(3)), PodResult::default());
         assert_eq!(s.next_shard(2), Ok(Some(8)));
         // Slot 0 ran 5 before: its counts until now are not 8's.
         s.start(8, 0, slots[0].snapshot());
@@ -1053,11 +1248,16 @@ mod tests {
         let s = session(&url, &token(&t, "tok"), Duration::from_secs(5));
         assert_eq!(s.next_shard(1), Ok(Some(5)));
         s.start(5, 0, Snapshot::default());
-        s.finish(5, PodResult::default());
-        // Shard 6 was given too: the end of 5 is told first (holding 6, no room), then 6 runs.
+        // A shard of 3 s: none held ahead.
+        s.lock()
+            .ended(5, Some(Duration::from_secs(3)), PodResult::default());
+        // Shard 6 was given too: it starts at once (the end of 5 is told by the heartbeat
+        // thread, none here, or with the next question).
         assert_eq!(s.next_shard(1), Ok(Some(6)));
         s.start(6, 0, Snapshot::default());
-        s.finish(6, PodResult::default());
+        s.lock()
+            .ended(6, Some(Duration::from_secs(3)), PodResult::default());
+        // Both ends told; the answer gives nothing, so the next question waits `WAIT`.
         assert_eq!(s.next_shard(1), Err(End::Stopped));
         let log = wait_for(&seen, 4);
         let r = |i: usize| {
@@ -1070,8 +1270,159 @@ mod tests {
         };
         assert_eq!(r(0), (1, vec![], vec![]));
         assert_eq!(r(1), (1, vec![], vec![]));
-        assert_eq!(r(2), (0, vec![6], vec![5]));
-        assert_eq!(r(3), (1, vec![], vec![6]));
+        assert_eq!(r(2), (1, vec![], vec![5, 6]));
+        assert_eq!(r(3), (1, vec![], vec![]));
+    }
+
+    #[test]
+    fn short_shards_are_claimed_ahead_and_their_ends_told_by_the_heartbeat_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, requests, release) = held();
+        // Beats an hour apart: every message below is the heartbeat thread woken.
+        let s = session(&url, &token(&t, "tok"), Duration::from_secs(3600));
+        let slots = [Progress::default(), Progress::default()];
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let asking = sc.spawn(|| s.next_shard(2));
+            let first = requests.recv().unwrap();
+            assert_eq!(first["room"], 2, "nothing known: no shard ahead: {first}");
+            release.send(r#"{"shards":[5,6],"state":"work"}"#).unwrap();
+            assert_eq!(asking.join().unwrap().unwrap(), Some(5));
+            assert_eq!(s.next_shard(2), Ok(Some(6)));
+            s.start(5, 0, slots[0].snapshot());
+            s.start(6, 1, slots[1].snapshot());
+            sc.spawn(|| s.heartbeats(&slots, &stop, Duration::from_secs(3600), &[]));
+            // 5 ends after 0.1 s: the 2 slots run 20 such shards a second, so the worker holds
+            // ahead as many as it has slots (2).
+            {
+                let mut st = s.lock();
+                st.ended(5, Some(Duration::from_millis(100)), PodResult::default());
+                assert_eq!(st.room(), 2 + 2 - 1);
+            }
+            s.kick.notify_all();
+            let second = requests.recv().unwrap();
+            assert_eq!(second["done"][0]["shard"], 5, "{second}");
+            assert_eq!(second["holding"], serde_json::json!([6]), "{second}");
+            assert_eq!(second["room"], 3, "{second}");
+            release
+                .send(r#"{"shards":[7,8,9],"state":"work"}"#)
+                .unwrap();
+            // The slot that ended 5 starts 7 without a question of its own; two stay given.
+            while s.lock().queued.len() < 3 {
+                std::thread::yield_now();
+                let st = s.lock();
+                drop(s.wire.wait_timeout(st, Duration::from_millis(10)));
+            }
+            assert_eq!(s.next_shard(2), Ok(Some(7)));
+            assert_eq!(s.lock().queued, [8, 9]);
+            assert_eq!(s.lock().room(), 0);
+            stop.store(true, Relaxed);
+        });
+        drop(release);
+        // Nothing else was said: no room, nothing ended.
+        assert!(requests.try_recv().is_err());
+    }
+
+    #[test]
+    fn shards_held_ahead_last_the_slots_about_a_second_while_shards_are_short() {
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(ahead(None, 8), 0, "nothing known yet");
+        assert_eq!(ahead(ms(100), 8), 8, "80 a second: as many as the slots");
+        assert_eq!(ahead(ms(1000), 8), 8);
+        assert_eq!(ahead(ms(1500), 8), 5, "8 slots run 5.3 in a second");
+        assert_eq!(ahead(ms(1900), 4), 2);
+        assert_eq!(ahead(ms(1500), 1), 1, "at least one while short");
+        assert_eq!(ahead(ms(2000), 8), 0, "long shards: none");
+        assert_eq!(ahead(ms(0), 2), 2);
+        assert_eq!(ahead(ms(100), 0), 0, "no slots: nothing to run them");
+    }
+
+    #[test]
+    fn the_pace_is_a_moving_average_of_shard_times() {
+        let t = tempfile::tempdir().unwrap();
+        let s = session(
+            "http://127.0.0.1:9",
+            &token(&t, "tok"),
+            Duration::from_secs(5),
+        );
+        let mut st = s.lock();
+        st.ended(1, Some(Duration::from_secs(1)), PodResult::default());
+        assert_eq!(st.pace, Some(Duration::from_secs(1)));
+        st.ended(2, Some(Duration::from_secs(6)), PodResult::default());
+        assert_eq!(st.pace, Some(Duration::from_secs(2)));
+        assert_eq!(st.done.iter().map(|d| d.shard).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn stopped_to_a_heartbeat_starts_nothing_more_and_tells_the_running_shards_end() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![
+            (200, r#"{"shards":[5,6],"state":"work"}"#),
+            (200, r#"{"shards":[],"state":"stopped"}"#),
+        ]);
+        let mut s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
+        // The worker must end by itself here (its report whole), not be cut short.
+        s.stop_grace = Duration::from_secs(3600);
+        let progress = [Progress::default(), Progress::default()];
+        assert_eq!(s.next_shard(2), Ok(Some(5)));
+        s.start(5, 0, Snapshot::default());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
+            // A beat holding 5 (and 6, given) is answered `stopped`.
+            let mut st = s.lock();
+            while st.over.is_none() {
+                st = s.wire.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
+            }
+            drop(st);
+            // 5 ends: told; 6 is never started.
+            s.finish(5, PodResult::default());
+            assert_eq!(s.next_shard(2), Err(End::Stopped));
+            assert_eq!(s.next_shard(2), Err(End::Stopped));
+            assert!(s.lock().running.is_empty());
+            stop.store(true, Relaxed);
+        });
+        let log = seen.0.lock().unwrap().clone();
+        assert!(
+            log.iter()
+                .any(|(_, r)| r.done.iter().any(|d| d.shard == 5) && r.room == 0),
+            "{log:?}"
+        );
+        assert!(s.lock().done.is_empty(), "the end of 5 was acknowledged");
+    }
+
+    #[test]
+    fn the_run_moving_on_under_a_heartbeat_starts_nothing_more_and_ends_cleanly() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, seen) = scripted(vec![
+            (200, r#"{"shards":[5,6],"state":"work"}"#),
+            (404, "no such pass"),
+        ]);
+        let mut s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
+        s.stop_grace = Duration::from_secs(3600);
+        let progress = [Progress::default()];
+        assert_eq!(s.next_shard(2), Ok(Some(5)));
+        s.start(5, 0, Snapshot::default());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
+            let mut st = s.lock();
+            while st.ending.is_none() {
+                st = s.wire.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
+            }
+            drop(st);
+            s.finish(5, PodResult::default());
+            let end = s.next_shard(2).unwrap_err();
+            assert!(
+                matches!(&end, End::MovedOn(m) if m.contains("404")),
+                "{end:?}"
+            );
+            assert_eq!(end.outcome(), Outcome::Success);
+            assert!(s.lock().running.is_empty(), "6 was never started");
+            stop.store(true, Relaxed);
+        });
+        // Nothing more was sent after the 404 (no message every 50 ms to an answer of 404).
+        assert_eq!(seen.0.lock().unwrap().len(), 2);
     }
 
     #[test]
@@ -1095,7 +1446,7 @@ mod tests {
     #[test]
     fn unusable_input_is_told_once_and_the_token_is_read_for_every_request() {
         let t = tempfile::tempdir().unwrap();
-        let (url, seen) = scripted(vec![(200, FINISHED)]);
+        let (url, seen) = scripted(vec![(200, r#"{"shards":[],"state":"work"}"#)]);
         let tok = token(&t, "first\n");
         let s = session(&url, &tok, Duration::from_secs(5));
         s.unusable("--dest /x: read-only file system");
@@ -1130,6 +1481,11 @@ mod tests {
         assert_eq!(
             endpoint("http://op.ns.svc:8080/").unwrap(),
             "http://op.ns.svc:8080/claims/v1"
+        );
+        // The chart's default: the Service's fully qualified name, final dot and all.
+        assert_eq!(
+            endpoint("http://op-claims.ns.svc.cluster.local.:8080").unwrap(),
+            "http://op-claims.ns.svc.cluster.local.:8080/claims/v1"
         );
         for bad in [
             "https://op:8080",

@@ -184,7 +184,7 @@ pub fn run(args: Args) -> Outcome {
     }
     if !args.claims_url.starts_with("http://") || args.claims_url.len() <= "http://".len() {
         eprintln!(
-            "error: --claims-url (or VFXT_INGEST_CLAIMS_URL): {:?} is not an http:// URL (e.g. http://vfxt-ingest.vfxt-system.svc:8080, the operator's Service)",
+            "error: --claims-url (or VFXT_INGEST_CLAIMS_URL): {:?} is not an http:// URL (e.g. http://vfxt-ingest-claims.vfxt-system.svc.cluster.local.:8080, the chart's claims Service)",
             args.claims_url
         );
         return Outcome::UnusableInput;

@@ -559,6 +559,16 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
                 "idealFilesPerS": slow_auto.and_then(ideal_files_per_s),
                 "runOverIdeal": ratio_to(slow_static, slow_auto.and_then(ideal_files_per_s)),
                 "autoOverIdeal": ratio_to(slow_auto, slow_auto.and_then(ideal_files_per_s)),
+                // How busy each node was, and the ideal again with what an operation really
+                // cost each node (its slot time: the latency, the sleep's overshoot, the backing
+                // file system's work) instead of the latency alone.
+                "runNodesBusy": slow_static.map(busy),
+                "autoNodesBusy": slow_auto.map(busy),
+                "idealByServiceTimeFilesPerS": slow_auto.and_then(service_ideal_files_per_s),
+                "runOverIdealByServiceTime":
+                    ratio_to(slow_static, slow_auto.and_then(service_ideal_files_per_s)),
+                "autoOverIdealByServiceTime":
+                    ratio_to(slow_auto, slow_auto.and_then(service_ideal_files_per_s)),
             },
         }));
     }
@@ -580,6 +590,39 @@ fn ideal_files_per_s(r: &Record) -> Option<f64> {
         .iter()
         .map(|n| n.capacity as f64 / n.meta_latency.as_secs_f64().max(1e-6))
         .sum();
+    Some(capacity / (ops as f64 / files))
+}
+
+/// How busy each node of a run was: its slots' held time over its capacity × the run's wall time.
+fn busy(r: &Record) -> Vec<f64> {
+    r.nodes
+        .iter()
+        .zip(&r.scenario.nodes)
+        .map(|(n, cfg)| {
+            let round = |x: f64| (x * 1000.0).round() / 1000.0;
+            round(n.busy_us as f64 / 1e6 / (cfg.capacity as f64 * r.wall_s).max(1e-9))
+        })
+        .collect()
+}
+
+/// [`ideal_files_per_s`] with each node's capacity by what its operations really held a slot
+/// (the run's mean per node) rather than by its latency: the most any client could get of these
+/// nodes, emulation costs included.
+fn service_ideal_files_per_s(r: &Record) -> Option<f64> {
+    let files = r.files_per_s? * r.wall_s;
+    let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
+    if files <= 0.0 || ops == 0 {
+        return None;
+    }
+    let mut capacity = 0.0;
+    for (n, cfg) in r.nodes.iter().zip(&r.scenario.nodes) {
+        let served = n.meta_ops + n.data_ops;
+        if served == 0 || n.busy_us == 0 {
+            return None;
+        }
+        let per_op_s = n.busy_us as f64 / 1e6 / served as f64;
+        capacity += cfg.capacity as f64 / per_op_s;
+    }
     Some(capacity / (ops as f64 / files))
 }
 
@@ -627,8 +670,17 @@ pub fn table(recs: &[Record], files: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7}",
-        "part", "lat ms", "mounts", "capacity", "tool", "wall s", "files/s", "ops/file", "queued"
+        "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7} {:<12}",
+        "part",
+        "lat ms",
+        "mounts",
+        "capacity",
+        "tool",
+        "wall s",
+        "files/s",
+        "ops/file",
+        "queued",
+        "busy %"
     );
     for r in recs {
         let caps: Vec<String> = r
@@ -645,9 +697,13 @@ pub fn table(recs: &[Record], files: u64) -> String {
             (None, None) => "DIFFERS".into(),
             (None, rate) => fmt_rate(rate),
         };
+        let busy: Vec<String> = busy(r)
+            .iter()
+            .map(|b| format!("{:.0}", b * 100.0))
+            .collect();
         let _ = writeln!(
             s,
-            "{:<6} {:>6} {:>6} {:<12} {:<30} {:>8.1} {:>9} {:>9} {:>7}",
+            "{:<6} {:>6} {:>6} {:<12} {:<30} {:>8.1} {:>9} {:>9} {:>7} {:<12}",
             r.scenario.part,
             r.scenario.latency_ms,
             r.scenario.mounts(),
@@ -656,7 +712,8 @@ pub fn table(recs: &[Record], files: u64) -> String {
             r.wall_s,
             rate,
             ops,
-            queued
+            queued,
+            busy.join("/")
         );
     }
     // The scaling curve: files/s by threads (columns) and mounts (rows), per latency (medians).
