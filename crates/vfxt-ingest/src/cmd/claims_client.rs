@@ -409,14 +409,14 @@ impl Session {
             // no shard given is started; the ends not yet told are told first.
             match st.over {
                 Some(PassState::Stopped) if st.done.is_empty() => return Err(End::Stopped),
-                Some(PassState::Stopped) => {
-                    (st, _) = self.exchange(st, State::room)?;
-                    continue;
+                Some(PassState::Finished) if st.queued.is_empty() && st.done.is_empty() => {
+                    return Ok(None);
                 }
-                Some(_) if st.queued.is_empty() && st.done.is_empty() => return Ok(None),
                 _ => {}
             }
-            if let Some(s) = st.queued.pop_front() {
+            if st.over != Some(PassState::Stopped)
+                && let Some(s) = st.queued.pop_front()
+            {
                 // Held from now on (its slot and counters come with `start`): the next slot
                 // to ask must not count it as room.
                 st.running.push(Running::taken(s));
@@ -434,6 +434,12 @@ impl Session {
                 drop(st);
                 std::thread::sleep(left);
                 st = self.lock();
+                continue;
+            }
+            // A request on the wire (the heartbeat thread's, another slot's) may give shards, say
+            // the pass is over, or carry the ends this one would tell: its answer first.
+            if st.in_flight {
+                st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             // Room as it is when the request goes (other slots may start or end shards while
@@ -555,6 +561,11 @@ impl Session {
             }
             let mut st = self.lock();
             st.mounts = figures.iter().map(mount_figures).collect();
+            // Decided on the state the message is built from: a slot's request on the wire may
+            // carry the ends this would have told (and the pass may be over when it comes back).
+            while st.in_flight {
+                st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
             let beat = !st.running.is_empty()
                 && st.ending.is_none()
                 && st.last_sent.elapsed() >= self.heartbeat;
