@@ -378,6 +378,14 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state once no request is on the wire (its answer taken).
+    fn off_the_wire<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        while st.in_flight {
+            st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st
+    }
+
     /// The first message, before the worker touches any destination: it proves the token and
     /// the endpoint, and learns which destination mounts to keep away from ([`Session::avoid`]):
     /// a worker that replaces one that found a mount hung must not hang on it too.
@@ -439,7 +447,7 @@ impl Session {
             // A request on the wire (the heartbeat thread's, another slot's) may give shards, say
             // the pass is over, or carry the ends this one would tell: its answer first.
             if st.in_flight {
-                st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = self.off_the_wire(st);
                 continue;
             }
             // Room as it is when the request goes (other slots may start or end shards while
@@ -563,9 +571,7 @@ impl Session {
             st.mounts = figures.iter().map(mount_figures).collect();
             // Decided on the state the message is built from: a slot's request on the wire may
             // carry the ends this would have told (and the pass may be over when it comes back).
-            while st.in_flight {
-                st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
+            st = self.off_the_wire(st);
             let beat = !st.running.is_empty()
                 && st.ending.is_none()
                 && st.last_sent.elapsed() >= self.heartbeat;
@@ -727,9 +733,7 @@ impl Session {
         mut st: MutexGuard<'a, State>,
         build: impl FnOnce(&State) -> ClaimRequest,
     ) -> (MutexGuard<'a, State>, Result<ClaimResponse, Failure>) {
-        while st.in_flight {
-            st = self.wire.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        st = self.off_the_wire(st);
         let req = build(&st);
         st.in_flight = true;
         st.last_sent = Instant::now();
@@ -1364,15 +1368,18 @@ mod tests {
         assert_eq!(st.done.iter().map(|d| d.shard).collect::<Vec<_>>(), [1, 2]);
     }
 
-    #[test]
-    fn stopped_to_a_heartbeat_starts_nothing_more_and_tells_the_running_shards_end() {
+    /// A worker given shards 5 and 6 that started 5, its heartbeat thread beating every 50 ms
+    /// and answered `second`: once `met` holds of the state, `then` runs with the session. The
+    /// worker must end by itself (its report whole), never be cut short. Returns the session and
+    /// what the endpoint saw.
+    fn a_beat_answered(
+        second: (u16, &str),
+        met: fn(&State) -> bool,
+        then: impl FnOnce(&Session),
+    ) -> (Session, Seen) {
         let t = tempfile::tempdir().unwrap();
-        let (url, seen) = scripted(vec![
-            (200, r#"{"shards":[5,6],"state":"work"}"#),
-            (200, r#"{"shards":[],"state":"stopped"}"#),
-        ]);
+        let (url, seen) = scripted(vec![(200, r#"{"shards":[5,6],"state":"work"}"#), second]);
         let mut s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
-        // The worker must end by itself here (its report whole), not be cut short.
         s.stop_grace = Duration::from_secs(3600);
         let progress = [Progress::default(), Progress::default()];
         assert_eq!(s.next_shard(2), Ok(Some(5)));
@@ -1380,19 +1387,32 @@ mod tests {
         let stop = AtomicBool::new(false);
         std::thread::scope(|sc| {
             sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
-            // A beat holding 5 (and 6, given) is answered `stopped`.
             let mut st = s.lock();
-            while st.over.is_none() {
+            while !met(&st) {
                 st = s.wire.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
             }
             drop(st);
-            // 5 ends: told; 6 is never started.
-            s.finish(5, PodResult::default());
-            assert_eq!(s.next_shard(2), Err(End::Stopped));
-            assert_eq!(s.next_shard(2), Err(End::Stopped));
-            assert!(s.lock().running.is_empty());
+            then(&s);
             stop.store(true, Relaxed);
         });
+        (s, seen)
+    }
+
+    #[test]
+    fn stopped_to_a_heartbeat_starts_nothing_more_and_tells_the_running_shards_end() {
+        // A beat holding 5 (and 6, given) is answered `stopped`.
+        let stopped = (200, r#"{"shards":[],"state":"stopped"}"#);
+        let (s, seen) = a_beat_answered(
+            stopped,
+            |st| st.over.is_some(),
+            |s| {
+                // 5 ends: told; 6 is never started.
+                s.finish(5, PodResult::default());
+                assert_eq!(s.next_shard(2), Err(End::Stopped));
+                assert_eq!(s.next_shard(2), Err(End::Stopped));
+                assert!(s.lock().running.is_empty());
+            },
+        );
         let log = seen.0.lock().unwrap().clone();
         assert!(
             log.iter()
@@ -1404,34 +1424,21 @@ mod tests {
 
     #[test]
     fn the_run_moving_on_under_a_heartbeat_starts_nothing_more_and_ends_cleanly() {
-        let t = tempfile::tempdir().unwrap();
-        let (url, seen) = scripted(vec![
-            (200, r#"{"shards":[5,6],"state":"work"}"#),
-            (404, "no such pass"),
-        ]);
-        let mut s = session(&url, &token(&t, "tok"), Duration::from_millis(50));
-        s.stop_grace = Duration::from_secs(3600);
-        let progress = [Progress::default()];
-        assert_eq!(s.next_shard(2), Ok(Some(5)));
-        s.start(5, 0, Snapshot::default());
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|sc| {
-            sc.spawn(|| s.heartbeats(&progress, &stop, Duration::from_secs(3600), &[]));
-            let mut st = s.lock();
-            while st.ending.is_none() {
-                st = s.wire.wait_timeout(st, Duration::from_secs(60)).unwrap().0;
-            }
-            drop(st);
-            s.finish(5, PodResult::default());
-            let end = s.next_shard(2).unwrap_err();
-            assert!(
-                matches!(&end, End::MovedOn(m) if m.contains("404")),
-                "{end:?}"
-            );
-            assert_eq!(end.outcome(), Outcome::Success);
-            assert!(s.lock().running.is_empty(), "6 was never started");
-            stop.store(true, Relaxed);
-        });
+        let moved_on = (404, "no such pass");
+        let (_, seen) = a_beat_answered(
+            moved_on,
+            |st| st.ending.is_some(),
+            |s| {
+                s.finish(5, PodResult::default());
+                let end = s.next_shard(2).unwrap_err();
+                assert!(
+                    matches!(&end, End::MovedOn(m) if m.contains("404")),
+                    "{end:?}"
+                );
+                assert_eq!(end.outcome(), Outcome::Success);
+                assert!(s.lock().running.is_empty(), "6 was never started");
+            },
+        );
         // Nothing more was sent after the 404 (no message every 50 ms to an answer of 404).
         assert_eq!(seen.0.lock().unwrap().len(), 2);
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ingest_latencyfs::{Node, StatsSnapshot, Tmpfs};
+use ingest_latencyfs::{Node, NodeConfig, StatsSnapshot, Tmpfs};
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 use serde::Serialize;
 use serde_json::json;
@@ -579,18 +579,9 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
 /// (capacity / latency operations per second each, summed), per file. "The work divided by the
 /// total capacity", in the run's own operations per file.
 fn ideal_files_per_s(r: &Record) -> Option<f64> {
-    let files = r.files_per_s? * r.wall_s;
-    let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
-    if files <= 0.0 || ops == 0 {
-        return None;
-    }
-    let capacity: f64 = r
-        .scenario
-        .nodes
-        .iter()
-        .map(|n| n.capacity as f64 / n.meta_latency.as_secs_f64().max(1e-6))
-        .sum();
-    Some(capacity / (ops as f64 / files))
+    ideal_by(r, |_, cfg| {
+        Some(cfg.capacity as f64 / cfg.meta_latency.as_secs_f64().max(1e-6))
+    })
 }
 
 /// How busy each node of a run was: its slots' held time over its capacity × the run's wall time.
@@ -609,20 +600,30 @@ fn busy(r: &Record) -> Vec<f64> {
 /// (the run's mean per node) rather than by its latency: the most any client could get of these
 /// nodes, emulation costs included.
 fn service_ideal_files_per_s(r: &Record) -> Option<f64> {
+    ideal_by(r, |n, cfg| {
+        let served = n.meta_ops + n.data_ops;
+        (served > 0 && n.busy_us > 0)
+            .then(|| cfg.capacity as f64 / (n.busy_us as f64 / 1e6 / served as f64))
+    })
+}
+
+/// The run's files per second if every node served `ops_per_s(node's counters, its config)`
+/// operations a second (`None` for any node: no ideal), at the run's operations per file.
+fn ideal_by(
+    r: &Record,
+    ops_per_s: impl Fn(&StatsSnapshot, &NodeConfig) -> Option<f64>,
+) -> Option<f64> {
     let files = r.files_per_s? * r.wall_s;
     let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
     if files <= 0.0 || ops == 0 {
         return None;
     }
-    let mut capacity = 0.0;
-    for (n, cfg) in r.nodes.iter().zip(&r.scenario.nodes) {
-        let served = n.meta_ops + n.data_ops;
-        if served == 0 || n.busy_us == 0 {
-            return None;
-        }
-        let per_op_s = n.busy_us as f64 / 1e6 / served as f64;
-        capacity += cfg.capacity as f64 / per_op_s;
-    }
+    let capacity: f64 = r
+        .nodes
+        .iter()
+        .zip(&r.scenario.nodes)
+        .map(|(n, cfg)| ops_per_s(n, cfg))
+        .sum::<Option<f64>>()?;
     Some(capacity / (ops as f64 / files))
 }
 
