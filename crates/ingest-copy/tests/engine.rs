@@ -5,8 +5,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use ingest_copy::{
-    CopyJob, FirstN, Mismatch, Options, Outcome, Passes, Progress, RelPath, Scope, Summary,
-    VerifyMode,
+    AutoConfig, Concurrency, CopyJob, FirstN, Mismatch, Options, Outcome, Passes, Progress,
+    RelPath, Scope, Summary, VerifyMode,
 };
 use ingest_testkit::{CompareOptions, Dataset, GenOptions, compare, generate};
 
@@ -648,4 +648,72 @@ fn a_probe_leaves_the_destination_root_with_the_source_roots_times() {
         old,
         "the root has the source root's mtime, not the moment of the probe"
     );
+}
+
+#[test]
+fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
+    // Batches of 2 entries: a directory of more than 16 files is wide (more batches than one
+    // mount takes at once) and goes to the wide lane; two of them, one nested under a wide one,
+    // beside a tree of narrow directories.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut files = 0u64;
+    let mut dirs = 1u64; // the root
+    for (dir, n) in [
+        ("wide", 60),
+        ("wide/inner", 40),
+        ("a/b/c", 5),
+        ("a/d", 3),
+        ("e", 1),
+    ] {
+        let d = src.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            fs::write(
+                d.join(format!("f{i:03}")),
+                format!("{dir} {i}\n").repeat(i + 1),
+            )
+            .unwrap();
+            files += 1;
+        }
+    }
+    dirs += 7; // wide, wide/inner, a, a/b, a/b/c, a/d, e
+    let auto = Concurrency::Auto(AutoConfig {
+        max_per_mount: 6,
+        initial: 2,
+        interval_ms: 5,
+    });
+    for (name, threads, concurrency) in [
+        ("serial", 1, Concurrency::Fixed),
+        ("parallel", 12, Concurrency::Fixed),
+        ("auto", 1, auto),
+    ] {
+        let base = tmp.path().join(name);
+        fs::create_dir(&base).unwrap();
+        let dests = three_mounts(&base);
+        let opts = Options {
+            threads,
+            concurrency,
+            batch_files: 2,
+            ..Options::default()
+        };
+        let (s, report) = run(&src, &dests, &opts, whole());
+        assert!(s.is_success(), "{name}: {s:?} {report:?}");
+        assert_eq!(s.copy.files_copied, files, "{name}: {s:?}");
+        // The root existed (the destination), so it is up to date; the others are made.
+        assert_eq!(
+            (s.copy.directories, s.copy.dirs_up_to_date),
+            (dirs - 1, 1),
+            "{name}: {s:?}"
+        );
+        assert_eq!(s.copy.entries, files + dirs, "{name}: {s:?}");
+        assert_identical(&src, &dests[0]);
+        let (again, _) = run(&src, &dests, &opts, whole());
+        assert_eq!(
+            (again.copy.files_skipped, again.copy.bytes_copied),
+            (files, 0),
+            "{name}: {again:?}"
+        );
+        assert_identical(&src, &dests[0]);
+    }
 }

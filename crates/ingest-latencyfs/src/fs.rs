@@ -3,9 +3,10 @@
 //!
 //! A node IP of an NFS cache cluster answers each RPC after a network and server delay, and
 //! serves a bounded number at once (nfsd threads); beyond that requests wait. Here each FUSE
-//! request takes one of `capacity` service slots, sleeps `meta_latency` (lookup, create,
-//! setattr, ...) or `data_latency` (read, write), then does the real operation. The FUSE session
-//! runs more threads than slots, so excess requests queue on the slots, where they are counted.
+//! request is given `meta_latency` (lookup, create, setattr, ...) or `data_latency` (read, write)
+//! of one of `capacity` service slots, the one free soonest (see [`Slots`]), waits until that
+//! time is up, then does the real operation. The FUSE session runs more threads than slots, so
+//! excess requests queue on the slots, where they are counted.
 //!
 //! Inodes are the backing inodes (the root is FUSE inode 1); each remembers its parent and name,
 //! so paths follow renames of directories. `forget` is ignored: the table grows with the files
@@ -71,9 +72,8 @@ pub struct Stats {
     pub queued_ops: AtomicU64,
     pub peak_in_service: AtomicUsize,
     pub peak_queued: AtomicUsize,
-    /// Time operations held a service slot, summed (µs): the emulated round trip and the backing
-    /// file system's own work. Over `capacity` × the run's wall time, how busy the node was;
-    /// over the operations, what one really costs the node (a little more than its latency).
+    /// Time operations held a service slot, summed (µs): each one's latency in the node's
+    /// schedule. Over `capacity` × the run's wall time, how busy the node was.
     pub busy_us: AtomicU64,
     /// Operations by FUSE request name: where a tool's round trips go.
     pub by_op: Mutex<BTreeMap<&'static str, u64>>,
@@ -155,22 +155,29 @@ enum Op {
     Data,
 }
 
-/// The service slots of one node.
+/// The service slots of one node, scheduled in the node's own time: a request takes the slot
+/// free soonest, from then (or from now, if it is free) for its latency, and is answered when
+/// that time is up. A slot serves its next request the moment the last one's time is up,
+/// whenever the thread that served it gets the CPU back: handed over from thread to thread (a
+/// condition variable's wake-up, on the 2 cores the copying client also runs on), the slots of
+/// a node with a deep queue stood idle 10-15% of the time, a cost of the emulation that a
+/// remote server does not have.
 struct Slots {
-    state: Mutex<(usize, usize)>, // (in service, waiting)
-    cv: Condvar,
+    /// When each slot is free again.
+    free_at: Mutex<Vec<Instant>>,
+    /// Requests scheduled and not yet answered.
+    in_flight: AtomicUsize,
     capacity: usize,
 }
 
-/// A service slot taken: given back, and its time counted, when the operation is answered.
-struct SlotGuard<'a>(&'a Slots, &'a Stats, Instant);
+/// A request in service: its time in the node's schedule is counted, and it leaves the node,
+/// when the operation is answered.
+struct SlotGuard<'a>(&'a Slots, &'a Stats, Duration);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        let held = self.2.elapsed().as_micros() as u64;
-        self.1.busy_us.fetch_add(held, Relaxed);
-        self.0.state.lock().unwrap().0 -= 1;
-        self.0.cv.notify_one();
+        self.1.busy_us.fetch_add(self.2.as_micros() as u64, Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -342,8 +349,8 @@ impl LatencyFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             slots: Slots {
-                state: Mutex::new((0, 0)),
-                cv: Condvar::new(),
+                free_at: Mutex::new(vec![Instant::now(); cfg.capacity.max(1)]),
+                in_flight: AtomicUsize::new(0),
                 capacity: cfg.capacity.max(1),
             },
             stats,
@@ -360,30 +367,39 @@ impl LatencyFs {
             return None;
         }
         let s = &self.slots;
-        let mut st = s.state.lock().unwrap();
-        if st.0 >= s.capacity {
-            self.stats.queued_ops.fetch_add(1, Relaxed);
-            st.1 += 1;
-            self.stats.peak_queued.fetch_max(st.1, Relaxed);
-            while st.0 >= s.capacity {
-                st = s.cv.wait(st).unwrap();
-            }
-            st.1 -= 1;
-        }
-        st.0 += 1;
-        self.stats.peak_in_service.fetch_max(st.0, Relaxed);
-        drop(st);
-        let taken = Instant::now();
         let (counter, latency) = match op {
             Op::Meta => (&self.stats.meta_ops, self.cfg.meta_latency),
             Op::Data => (&self.stats.data_ops, self.cfg.data_latency),
         };
+        let now = Instant::now();
+        let end = {
+            let mut free = s.free_at.lock().unwrap();
+            let soonest = (0..free.len()).min_by_key(|&i| free[i]).unwrap_or(0);
+            if free[soonest] > now {
+                self.stats.queued_ops.fetch_add(1, Relaxed);
+            }
+            free[soonest] = free[soonest].max(now) + latency;
+            free[soonest]
+        };
+        let in_flight = s.in_flight.fetch_add(1, Relaxed) + 1;
+        self.stats
+            .peak_in_service
+            .fetch_max(in_flight.min(s.capacity), Relaxed);
+        self.stats
+            .peak_queued
+            .fetch_max(in_flight.saturating_sub(s.capacity), Relaxed);
         counter.fetch_add(1, Relaxed);
         if !latency.is_zero() {
             tight_timer();
-            std::thread::sleep(latency);
+            loop {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left);
+            }
         }
-        Some(SlotGuard(s, &self.stats, taken))
+        Some(SlotGuard(s, &self.stats, latency))
     }
 
     /// FUSE inode for a backing inode: the root is 1 (and a backing inode 1, if any, takes the

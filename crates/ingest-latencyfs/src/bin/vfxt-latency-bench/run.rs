@@ -48,6 +48,12 @@ pub struct Record {
     pub error: Option<String>,
     /// What each node served (counted by the node, one per mount).
     pub nodes: Vec<StatsSnapshot>,
+    /// Per node, the seconds from its last operation to the tool's exit (to 20 ms): a fast node
+    /// idle at the end while a slow one finishes is work that was given to the wrong node.
+    pub idle_at_end_s: Vec<f64>,
+    /// Per node, how busy it was in each tenth of the run (as the busy share of the whole run):
+    /// where in the run its idle time lies.
+    pub busy_by_tenth: Vec<Vec<f64>>,
 }
 
 impl Record {
@@ -311,6 +317,8 @@ impl Bench {
             timed_out: false,
             error: None,
             nodes: Vec::new(),
+            idle_at_end_s: Vec::new(),
+            busy_by_tenth: Vec::new(),
         };
         if let Err(e) = fs::create_dir_all(&backing).and_then(|_| fs::create_dir_all(&scratch)) {
             rec.error = Some(format!("{}: {e}", base.display()));
@@ -340,6 +348,11 @@ impl Bench {
         let mounts: Vec<PathBuf> = nodes.iter().map(|n| n.mountpoint().to_path_buf()).collect();
         let mut cmd = self.command(sc.tool, &mounts, &base, &scratch);
         let err_path = scratch.join("stderr");
+        let handles: Vec<_> = nodes.iter().map(Node::stats_handle).collect();
+        // Per node: its busy time at the last poll, and when that last grew.
+        let mut last_busy: Vec<(u64, f64)> = vec![(0, 0.0); handles.len()];
+        // Every poll's busy times: (seconds since the start, per node µs).
+        let mut polls: Vec<(f64, Vec<u64>)> = Vec::new();
         let out = (|| -> std::io::Result<(f64, Option<std::process::ExitStatus>)> {
             cmd.stdin(Stdio::null())
                 .stdout(fs::File::create(scratch.join("stdout"))?)
@@ -356,6 +369,17 @@ impl Bench {
                 unsafe { libc::kill(-group, libc::SIGKILL) };
             };
             let ended = loop {
+                let now = started.elapsed().as_secs_f64();
+                let busy: Vec<u64> = handles
+                    .iter()
+                    .map(|h| h.busy_us.load(std::sync::atomic::Ordering::Relaxed))
+                    .collect();
+                for (&b, last) in busy.iter().zip(&mut last_busy) {
+                    if b != last.0 {
+                        *last = (b, now);
+                    }
+                }
+                polls.push((now, busy));
                 if let Some(st) = child.try_wait()? {
                     break (started.elapsed().as_secs_f64(), Some(st));
                 }
@@ -370,6 +394,13 @@ impl Bench {
             Ok(ended)
         })();
         rec.nodes = nodes.iter().map(Node::stats).collect();
+        if let Ok((wall, _)) = &out {
+            rec.idle_at_end_s = last_busy
+                .iter()
+                .map(|&(_, t)| ((*wall - t).max(0.0) * 100.0).round() / 100.0)
+                .collect();
+            rec.busy_by_tenth = by_tenth(&polls, *wall, &sc.nodes);
+        }
         for n in nodes {
             if let Err(e) = n.unmount() {
                 eprintln!("warning: unmount: {e}");
@@ -559,16 +590,12 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
                 "idealFilesPerS": slow_auto.and_then(ideal_files_per_s),
                 "runOverIdeal": ratio_to(slow_static, slow_auto.and_then(ideal_files_per_s)),
                 "autoOverIdeal": ratio_to(slow_auto, slow_auto.and_then(ideal_files_per_s)),
-                // How busy each node was, and the ideal again with what an operation really
-                // cost each node (its slot time: the latency, the sleep's overshoot, the backing
-                // file system's work) instead of the latency alone.
+                // How busy each node was over the whole run, and in each tenth of it (the
+                // first sets the ramp-up, the last ones the tail).
                 "runNodesBusy": slow_static.map(busy),
                 "autoNodesBusy": slow_auto.map(busy),
-                "idealByServiceTimeFilesPerS": slow_auto.and_then(service_ideal_files_per_s),
-                "runOverIdealByServiceTime":
-                    ratio_to(slow_static, slow_auto.and_then(service_ideal_files_per_s)),
-                "autoOverIdealByServiceTime":
-                    ratio_to(slow_auto, slow_auto.and_then(service_ideal_files_per_s)),
+                "runNodesBusyByTenth": slow_static.map(|r| r.busy_by_tenth.clone()),
+                "autoNodesBusyByTenth": slow_auto.map(|r| r.busy_by_tenth.clone()),
             },
         }));
     }
@@ -579,9 +606,18 @@ fn findings(recs: &[Record]) -> Vec<serde_json::Value> {
 /// (capacity / latency operations per second each, summed), per file. "The work divided by the
 /// total capacity", in the run's own operations per file.
 fn ideal_files_per_s(r: &Record) -> Option<f64> {
-    ideal_by(r, |_, cfg| {
-        Some(cfg.capacity as f64 / cfg.meta_latency.as_secs_f64().max(1e-6))
-    })
+    let files = r.files_per_s? * r.wall_s;
+    let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
+    if files <= 0.0 || ops == 0 {
+        return None;
+    }
+    let capacity: f64 = r
+        .scenario
+        .nodes
+        .iter()
+        .map(|cfg| cfg.capacity as f64 / cfg.meta_latency.as_secs_f64().max(1e-6))
+        .sum();
+    Some(capacity / (ops as f64 / files))
 }
 
 /// How busy each node of a run was: its slots' held time over its capacity × the run's wall time.
@@ -596,35 +632,31 @@ fn busy(r: &Record) -> Vec<f64> {
         .collect()
 }
 
-/// [`ideal_files_per_s`] with each node's capacity by what its operations really held a slot
-/// (the run's mean per node) rather than by its latency: the most any client could get of these
-/// nodes, emulation costs included.
-fn service_ideal_files_per_s(r: &Record) -> Option<f64> {
-    ideal_by(r, |n, cfg| {
-        let served = n.meta_ops + n.data_ops;
-        (served > 0 && n.busy_us > 0)
-            .then(|| cfg.capacity as f64 / (n.busy_us as f64 / 1e6 / served as f64))
-    })
-}
-
-/// The run's files per second if every node served `ops_per_s(node's counters, its config)`
-/// operations a second (`None` for any node: no ideal), at the run's operations per file.
-fn ideal_by(
-    r: &Record,
-    ops_per_s: impl Fn(&StatsSnapshot, &NodeConfig) -> Option<f64>,
-) -> Option<f64> {
-    let files = r.files_per_s? * r.wall_s;
-    let ops: u64 = r.nodes.iter().map(|n| n.meta_ops + n.data_ops).sum();
-    if files <= 0.0 || ops == 0 {
-        return None;
-    }
-    let capacity: f64 = r
-        .nodes
+/// From polls of the nodes' busy times (seconds since the start, µs per node): each node's busy
+/// share in each tenth of a run of `wall` seconds (by the last poll at or before each tenth's
+/// end: to the poll interval).
+fn by_tenth(polls: &[(f64, Vec<u64>)], wall: f64, nodes: &[NodeConfig]) -> Vec<Vec<f64>> {
+    let at = |t: f64, node: usize| {
+        polls
+            .iter()
+            .take_while(|(s, _)| *s <= t)
+            .last()
+            .map_or(0, |(_, b)| b[node])
+    };
+    nodes
         .iter()
-        .zip(&r.scenario.nodes)
-        .map(|(n, cfg)| ops_per_s(n, cfg))
-        .sum::<Option<f64>>()?;
-    Some(capacity / (ops as f64 / files))
+        .enumerate()
+        .map(|(i, cfg)| {
+            (0..10)
+                .map(|k| {
+                    let (from, to) = (wall * k as f64 / 10.0, wall * (k + 1) as f64 / 10.0);
+                    let used = at(to, i).saturating_sub(at(from, i)) as f64 / 1e6;
+                    let share = used / (cfg.capacity as f64 * (to - from)).max(1e-9);
+                    (share * 100.0).round() / 100.0
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A run's rate over `rate`.
@@ -671,7 +703,7 @@ pub fn table(recs: &[Record], files: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7} {:<12}",
+        "\n{:<6} {:>6} {:>6} {:<12} {:<30} {:>8} {:>9} {:>9} {:>7} {:<12} {:<14}",
         "part",
         "lat ms",
         "mounts",
@@ -681,7 +713,8 @@ pub fn table(recs: &[Record], files: u64) -> String {
         "files/s",
         "ops/file",
         "queued",
-        "busy %"
+        "busy %",
+        "idle at end s"
     );
     for r in recs {
         let caps: Vec<String> = r
@@ -702,9 +735,10 @@ pub fn table(recs: &[Record], files: u64) -> String {
             .iter()
             .map(|b| format!("{:.0}", b * 100.0))
             .collect();
+        let idle: Vec<String> = r.idle_at_end_s.iter().map(|t| format!("{t:.2}")).collect();
         let _ = writeln!(
             s,
-            "{:<6} {:>6} {:>6} {:<12} {:<30} {:>8.1} {:>9} {:>9} {:>7} {:<12}",
+            "{:<6} {:>6} {:>6} {:<12} {:<30} {:>8.1} {:>9} {:>9} {:>7} {:<12} {:<14}",
             r.scenario.part,
             r.scenario.latency_ms,
             r.scenario.mounts(),
@@ -714,7 +748,8 @@ pub fn table(recs: &[Record], files: u64) -> String {
             rate,
             ops,
             queued,
-            busy.join("/")
+            busy.join("/"),
+            idle.join("/")
         );
     }
     // The scaling curve: files/s by threads (columns) and mounts (rows), per latency (medians).
@@ -779,6 +814,8 @@ mod tests {
             timed_out: false,
             error: None,
             nodes: Vec::new(),
+            idle_at_end_s: Vec::new(),
+            busy_by_tenth: Vec::new(),
         }
     }
 
@@ -804,5 +841,26 @@ mod tests {
         assert_eq!(rate(16), Some(200.0));
         assert_eq!(rate(64), None);
         assert_eq!(rate(4), Some(20.0));
+    }
+
+    #[test]
+    fn busy_by_tenth_is_each_tenths_slot_time_over_its_capacity() {
+        // A node of capacity 2 over a 1 s run: fully busy in the first half (2 slots × 0.5 s),
+        // idle after; polled every 0.1 s.
+        let polls: Vec<(f64, Vec<u64>)> = (0..=10)
+            .map(|k| {
+                let t = k as f64 / 10.0;
+                (t, vec![(t.min(0.5) * 2.0 * 1e6).round() as u64])
+            })
+            .collect();
+        let node = NodeConfig {
+            capacity: 2,
+            ..NodeConfig::default()
+        };
+        let tenths = by_tenth(&polls, 1.0, &[node]);
+        assert_eq!(
+            tenths,
+            vec![vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+        );
     }
 }
