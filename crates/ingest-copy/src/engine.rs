@@ -142,7 +142,7 @@ impl Task<'_> {
     /// False for a batch whose directory is at its limit of batches through `mount`.
     fn admits(&self, mount: usize) -> bool {
         match self {
-            Task::Batch { dir, .. } => dir.busy[mount].load(Relaxed) < MAX_BATCHES_PER_DIR,
+            Task::Batch { dir, .. } => dir.admits(mount),
             _ => true,
         }
     }
@@ -333,11 +333,7 @@ impl<'a> Queue<'a> {
     /// batches of a directory at its limit are passed over, a few per directory.
     fn admitted(st: &QueueState<'a>, mount: usize) -> Option<Pick> {
         const LOOK_DEEPER: usize = 64;
-        if let Some(i) = st
-            .wide
-            .iter()
-            .position(|(dir, _)| dir.busy[mount].load(Relaxed) < MAX_BATCHES_PER_DIR)
-        {
+        if let Some(i) = st.wide.iter().position(|(dir, _)| dir.admits(mount)) {
             return Some(Pick::Wide(i));
         }
         let n = st.tasks.len();
@@ -2164,6 +2160,11 @@ fn same_version(before: &Meta, after: &Meta) -> bool {
 }
 
 impl DirNode {
+    /// Whether a thread on `mount` may start another batch here (`MAX_BATCHES_PER_DIR`).
+    fn admits(&self, mount: usize) -> bool {
+        self.busy[mount].load(Relaxed) < MAX_BATCHES_PER_DIR
+    }
+
     fn new(
         roots: &Roots,
         parent: Option<Arc<DirNode>>,

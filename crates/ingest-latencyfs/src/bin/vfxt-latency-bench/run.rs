@@ -349,8 +349,6 @@ impl Bench {
         let mut cmd = self.command(sc.tool, &mounts, &base, &scratch);
         let err_path = scratch.join("stderr");
         let handles: Vec<_> = nodes.iter().map(Node::stats_handle).collect();
-        // Per node: its busy time at the last poll, and when that last grew.
-        let mut last_busy: Vec<(u64, f64)> = vec![(0, 0.0); handles.len()];
         // Every poll's busy times: (seconds since the start, per node µs).
         let mut polls: Vec<(f64, Vec<u64>)> = Vec::new();
         let out = (|| -> std::io::Result<(f64, Option<std::process::ExitStatus>)> {
@@ -369,17 +367,11 @@ impl Bench {
                 unsafe { libc::kill(-group, libc::SIGKILL) };
             };
             let ended = loop {
-                let now = started.elapsed().as_secs_f64();
-                let busy: Vec<u64> = handles
+                let busy = handles
                     .iter()
                     .map(|h| h.busy_us.load(std::sync::atomic::Ordering::Relaxed))
                     .collect();
-                for (&b, last) in busy.iter().zip(&mut last_busy) {
-                    if b != last.0 {
-                        *last = (b, now);
-                    }
-                }
-                polls.push((now, busy));
+                polls.push((started.elapsed().as_secs_f64(), busy));
                 if let Some(st) = child.try_wait()? {
                     break (started.elapsed().as_secs_f64(), Some(st));
                 }
@@ -395,10 +387,7 @@ impl Bench {
         })();
         rec.nodes = nodes.iter().map(Node::stats).collect();
         if let Ok((wall, _)) = &out {
-            rec.idle_at_end_s = last_busy
-                .iter()
-                .map(|&(_, t)| ((*wall - t).max(0.0) * 100.0).round() / 100.0)
-                .collect();
+            rec.idle_at_end_s = idle_at_end(&polls, *wall, nodes.len());
             rec.busy_by_tenth = by_tenth(&polls, *wall, &sc.nodes);
         }
         for n in nodes {
@@ -636,12 +625,9 @@ fn busy(r: &Record) -> Vec<f64> {
 /// share in each tenth of a run of `wall` seconds (by the last poll at or before each tenth's
 /// end: to the poll interval).
 fn by_tenth(polls: &[(f64, Vec<u64>)], wall: f64, nodes: &[NodeConfig]) -> Vec<Vec<f64>> {
-    let at = |t: f64, node: usize| {
-        polls
-            .iter()
-            .take_while(|(s, _)| *s <= t)
-            .last()
-            .map_or(0, |(_, b)| b[node])
+    let at = |t: f64, node: usize| match polls.partition_point(|(s, _)| *s <= t) {
+        0 => 0,
+        n => polls[n - 1].1[node],
     };
     nodes
         .iter()
@@ -655,6 +641,21 @@ fn by_tenth(polls: &[(f64, Vec<u64>)], wall: f64, nodes: &[NodeConfig]) -> Vec<V
                     (share * 100.0).round() / 100.0
                 })
                 .collect()
+        })
+        .collect()
+}
+
+/// From the same polls: per node, the seconds from the first poll that saw its final busy time
+/// (its last operation had ended) to the end of a run of `wall` seconds.
+fn idle_at_end(polls: &[(f64, Vec<u64>)], wall: f64, nodes: usize) -> Vec<f64> {
+    (0..nodes)
+        .map(|i| {
+            let last = polls.last().map_or(0, |(_, b)| b[i]);
+            let since = polls
+                .iter()
+                .find(|(_, b)| b[i] == last)
+                .map_or(wall, |(t, _)| *t);
+            ((wall - since).max(0.0) * 100.0).round() / 100.0
         })
         .collect()
 }
@@ -862,5 +863,7 @@ mod tests {
             tenths,
             vec![vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
         );
+        // Its last operation ended by the poll at 0.5 s: idle the last half.
+        assert_eq!(idle_at_end(&polls, 1.0, 1), vec![0.5]);
     }
 }
