@@ -246,7 +246,14 @@ struct GateState {
     held: usize,
     running: usize,
     peak_running: usize,
+    /// Time per unit of the tasks ended, a moving average (see [`Gate::pace`]).
+    per_unit: Option<f64>,
 }
+
+/// Weight of the newest task in a gate's moving average of time per unit: a few dozen tasks,
+/// enough to smooth over the task mix (a listing against a batch of files), short enough to
+/// follow a node that slows down or recovers.
+const PER_UNIT_WEIGHT: f64 = 0.05;
 
 impl Gate {
     pub fn new(limit: usize) -> Self {
@@ -256,6 +263,7 @@ impl Gate {
                 held: 0,
                 running: 0,
                 peak_running: 0,
+                per_unit: None,
             }),
             cv: Condvar::new(),
             tasks: AtomicU64::new(0),
@@ -298,11 +306,32 @@ impl Gate {
 
     /// Marks the end of a task that did `units` units of work.
     pub fn end(&self, started: Instant, units: u64) {
-        self.busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        let took = started.elapsed();
+        self.busy_ns.fetch_add(took.as_nanos() as u64, Relaxed);
         self.units.fetch_add(units, Relaxed);
         self.tasks.fetch_add(1, Relaxed);
-        self.state.lock().unwrap().running -= 1;
+        let mut st = self.state.lock().unwrap();
+        st.running -= 1;
+        let per_unit = took.as_secs_f64() / units.max(1) as f64;
+        st.per_unit = Some(match st.per_unit {
+            None => per_unit,
+            Some(old) => old * (1.0 - PER_UNIT_WEIGHT) + per_unit * PER_UNIT_WEIGHT,
+        });
+    }
+
+    /// Starts the moving average of time per unit at `micros` (an earlier pass's figure), so
+    /// that [`Gate::pace`] knows the mount from the start.
+    pub fn paced(self, micros: Option<u64>) -> Self {
+        self.state.lock().unwrap().per_unit = micros.map(|us| us as f64 / 1e6);
+        self
+    }
+
+    /// The mount's recent time per unit of work (seconds; `None` before its first task ended)
+    /// and the permits free now: what [`crate::engine`] weighs before giving a task to a slower
+    /// mount while a faster one idles.
+    pub fn pace(&self) -> (Option<f64>, usize) {
+        let st = self.state.lock().unwrap();
+        (st.per_unit, st.limit.saturating_sub(st.held))
     }
 
     /// What was done since the last call.
@@ -371,11 +400,13 @@ impl MountLimits {
                 .map(|i| opts.threads / n + usize::from(i < opts.threads % n))
                 .collect(),
         };
+        let pace = |i: usize| opts.mount_pace.get(i).copied().flatten();
         MountLimits {
             gates: crate::mount_names(destinations)
                 .into_iter()
                 .zip(limits)
-                .map(|(name, l)| (name, Gate::new(l)))
+                .enumerate()
+                .map(|(i, (name, l))| (name, Gate::new(l).paced(pace(i))))
                 .collect(),
             auto,
             stop: Mutex::new(false),

@@ -223,6 +223,10 @@ struct QueueState<'a> {
     /// lane stays short: a thread lists a new directory only when no wide one admits it.
     wide: VecDeque<(Arc<DirNode>, Vec<Entries>)>,
     busy: usize,
+    /// Threads of each mount, and how many of them run a task: the others are free to take one
+    /// (see [`defers`]), once their mount's limit gives them a permit.
+    threads_on: Vec<usize>,
+    running_on: Vec<usize>,
 }
 
 /// Where the next task of a thread comes from.
@@ -237,6 +241,49 @@ impl QueueState<'_> {
     fn is_empty(&self) -> bool {
         self.tasks.is_empty() && self.wide.is_empty()
     }
+
+    /// Tasks queued, each batch of the wide lane one.
+    fn queued(&self) -> usize {
+        self.tasks.len() + self.wide.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+}
+
+/// How much faster another mount must be, in time per unit of work, for a thread to leave it
+/// the last tasks: twice, so that mounts alike in speed (whose paces wobble with the task mix
+/// and the load) never hold work back from each other.
+const FASTER: f64 = 2.0;
+
+/// Another mount as a thread about to take a task sees it (see [`defers`]).
+#[derive(Debug, Clone, Copy)]
+struct OtherMount {
+    /// Its threads running no task.
+    idle: usize,
+    /// Its permits free now.
+    free: usize,
+    /// Its recent time per unit of work; `None` before its first task ended.
+    per_unit: Option<f64>,
+    /// One of the queued tasks is one its threads may take (a directory's batch limit).
+    may_take: bool,
+}
+
+/// Whether a thread on a mount taking `mine` (time per unit) should leave the `queued` tasks to
+/// free threads of mounts at least [`FASTER`] times faster, and wait. Only while there are no
+/// more tasks than those threads can start at once (free and with a permit): a slow node that
+/// takes one of the last tasks holds it for several times what a fast one would, and the whole
+/// copy waits for it at the end (seen on emulated nodes, one at a quarter of the others'
+/// capacity: at the end of a pass, and all through the short pass that sets directory times, the
+/// slow node was busy while the others idled). With more tasks than that, every mount works.
+/// A mount whose pace is not known yet (nothing ended on it) is not compared.
+fn defers(mine: Option<f64>, queued: usize, others: impl IntoIterator<Item = OtherMount>) -> bool {
+    let Some(mine) = mine else {
+        return false;
+    };
+    let takers: usize = others
+        .into_iter()
+        .filter(|o| o.may_take && o.per_unit.is_some_and(|p| p * FASTER <= mine))
+        .map(|o| o.idle.min(o.free))
+        .sum();
+    takers > 0 && queued <= takers
 }
 
 impl<'a> Queue<'a> {
@@ -244,25 +291,18 @@ impl<'a> Queue<'a> {
         self.push_all([task]);
     }
 
-    /// Queues `tasks` and wakes threads for them: one for a single task any mount may take, all
-    /// otherwise (a batch may be taken only on some mounts, see [`Queue::try_pop`], and the one
-    /// thread woken could be on a mount that may not take it).
+    /// Queues `tasks` and wakes every idle thread for them: the one a single wake-up would reach
+    /// could be on a mount that may not take a batch (see [`Queue::try_pop`]), or one that leaves
+    /// it to a faster mount (see [`defers`]).
     fn push_all(&self, tasks: impl IntoIterator<Item = Task<'a>>) {
         let mut st = self.state.lock().unwrap();
         let before = st.tasks.len();
         st.tasks.extend(tasks);
-        let added = &st.tasks[before..];
-        let one_for_anyone = match added {
-            [] => return,
-            [t] => !matches!(t, Task::Batch { .. }),
-            _ => false,
-        };
-        drop(st);
-        if one_for_anyone {
-            self.cv.notify_one();
-        } else {
-            self.cv.notify_all();
+        if st.tasks.len() == before {
+            return;
         }
+        drop(st);
+        self.cv.notify_all();
     }
 
     /// Queues the batches of a wide directory (see [`QueueState::wide`]); each one takes its own
@@ -292,13 +332,15 @@ impl<'a> Queue<'a> {
     /// leaving the batch to another mount. Measured on emulated 2 ms nodes with `--threads auto`:
     /// when the newest batch was taken anyway, more copy threads waited on a directory's lock
     /// than on the nodes.
-    fn try_pop(&self, mount: usize) -> Popped<'a> {
+    ///
+    /// `gates`: each mount's, to leave the last tasks to faster mounts (see [`defers`]).
+    fn try_pop(&self, mount: usize, gates: &[Option<&Gate>]) -> Popped<'a> {
         let mut st = self.state.lock().unwrap();
         if st.is_empty() && st.busy == 0 {
             self.cv.notify_all();
             return Popped::Finished;
         }
-        let t = match Self::admitted(&st, mount) {
+        let t = match Self::pick(&st, mount, gates) {
             None => return Popped::Empty,
             Some(Pick::Lifo(i)) => st.tasks.remove(i),
             Some(Pick::Wide(i)) if st.wide[i].1.len() > 1 => {
@@ -324,7 +366,35 @@ impl<'a> Queue<'a> {
             dir.busy[mount].fetch_add(1, Relaxed);
         }
         st.busy += 1;
+        st.running_on[mount] += 1;
         Popped::Task(t)
+    }
+
+    /// What [`Queue::admitted`] gives, unless the thread leaves it to a faster mount (see
+    /// [`defers`]). Never while nothing runs: then no wake-up would come to end the wait.
+    fn pick(st: &QueueState<'a>, mount: usize, gates: &[Option<&Gate>]) -> Option<Pick> {
+        let pick = Self::admitted(st, mount)?;
+        if st.busy == 0 {
+            return Some(pick);
+        }
+        let Some(Some(mine)) = gates.get(mount) else {
+            return Some(pick);
+        };
+        let others = gates.iter().enumerate().filter_map(|(m, g)| {
+            let g = g.as_ref()?;
+            let idle = st.threads_on[m] - st.running_on[m];
+            if m == mount || idle == 0 {
+                return None;
+            }
+            let (per_unit, free) = g.pace();
+            Some(OtherMount {
+                idle,
+                free,
+                per_unit,
+                may_take: Self::admitted(st, m).is_some(),
+            })
+        });
+        (!defers(mine.pace().0, st.queued(), others)).then_some(pick)
     }
 
     /// The task a thread on `mount` may take: a batch of the oldest wide directory that admits
@@ -343,12 +413,12 @@ impl<'a> Queue<'a> {
             .map(Pick::Lifo)
     }
 
-    /// Waits until there is a task a thread on `mount` may take, or none is running (the walk
-    /// is over). The caller holds no permit meanwhile: another run sharing the mount's limits
-    /// may use it.
-    fn wait_for_work(&self, mount: usize) {
+    /// Waits until there is a task a thread on `mount` may take (and does not leave to a faster
+    /// mount), or none is running (the walk is over). The caller holds no permit meanwhile:
+    /// another run sharing the mount's limits may use it.
+    fn wait_for_work(&self, mount: usize, gates: &[Option<&Gate>]) {
         let mut st = self.state.lock().unwrap();
-        while st.busy > 0 && Self::admitted(&st, mount).is_none() {
+        while st.busy > 0 && Self::pick(&st, mount, gates).is_none() {
             self.idle.fetch_add(1, Relaxed);
             st = self.cv.wait(st).unwrap();
             self.idle.fetch_sub(1, Relaxed);
@@ -369,9 +439,11 @@ impl<'a> Queue<'a> {
         self.idle.load(Relaxed) > 0
     }
 
-    fn done(&self) {
+    /// A task of a thread on `mount` is over.
+    fn done(&self, mount: usize) {
         let mut st = self.state.lock().unwrap();
         st.busy -= 1;
+        st.running_on[mount] -= 1;
         if st.busy == 0 && st.is_empty() {
             self.cv.notify_all();
         }
@@ -406,6 +478,8 @@ impl<'a> Walk<'a> {
                     tasks: Vec::new(),
                     wide: VecDeque::new(),
                     busy: 0,
+                    threads_on: vec![0; roots.dsts.len()],
+                    running_on: vec![0; roots.dsts.len()],
                 }),
                 cv: Condvar::new(),
                 idle: AtomicUsize::new(0),
@@ -434,6 +508,14 @@ impl<'a> Walk<'a> {
             Concurrency::Fixed => self.opts.threads,
             Concurrency::Auto(cfg) => cfg.max_per_mount.max(1) * mounts,
         };
+        let gates: Vec<Option<&Gate>> = self.roots.names.iter().map(|n| limits.gate(n)).collect();
+        let gates = &gates;
+        {
+            let mut st = self.queue.state.lock().unwrap();
+            for i in 0..threads {
+                st.threads_on[i % mounts] += 1;
+            }
+        }
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|i| {
@@ -446,21 +528,21 @@ impl<'a> Walk<'a> {
                             buf: Vec::new(),
                             dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
                         };
-                        let gate = limits.gate(&self.roots.names[mount]);
+                        let gate = gates[mount];
                         loop {
                             let permit = gate.map(Gate::acquire);
-                            let task = match self.queue.try_pop(mount) {
+                            let task = match self.queue.try_pop(mount, gates) {
                                 Popped::Task(t) => t,
                                 Popped::Finished => break,
                                 Popped::Empty => {
                                     drop(permit);
-                                    self.queue.wait_for_work(mount);
+                                    self.queue.wait_for_work(mount, gates);
                                     continue;
                                 }
                             };
                             if self.stopped.get().is_some() {
                                 self.not_started(task, mount);
-                                self.queue.done();
+                                self.queue.done(mount);
                                 continue;
                             }
                             let started = gate.map(Gate::begin);
@@ -470,7 +552,7 @@ impl<'a> Walk<'a> {
                             if let (Some(g), Some(t)) = (gate, started) {
                                 g.end(t, units);
                             }
-                            self.queue.done();
+                            self.queue.done(mount);
                         }
                     })
                 })
@@ -2208,5 +2290,55 @@ impl DirNode {
         // Another thread may have raced us here; either descriptor is as good.
         let _ = self.dst[mount].set(fd);
         Ok(self.dst[mount].get().expect("just set").as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FASTER, OtherMount, defers};
+
+    fn other(idle: usize, free: usize, per_unit: Option<f64>) -> OtherMount {
+        OtherMount {
+            idle,
+            free,
+            per_unit,
+            may_take: true,
+        }
+    }
+
+    #[test]
+    fn a_slow_mount_leaves_the_last_tasks_to_free_threads_of_a_faster_one() {
+        let fast = Some(0.002);
+        let slow = Some(0.002 * FASTER);
+        // As many tasks as the faster mount's free threads with permits can start: leave them.
+        assert!(defers(slow, 2, [other(3, 2, fast)]));
+        assert!(defers(slow, 3, [other(2, 5, fast), other(1, 1, fast)]));
+        // More than that: every mount works.
+        assert!(!defers(slow, 3, [other(3, 2, fast)]));
+        assert!(!defers(slow, 3, [other(2, 5, fast)]));
+    }
+
+    #[test]
+    fn nothing_is_left_to_a_mount_that_cannot_start_it_now_or_is_not_known_faster() {
+        let fast = Some(0.002);
+        let slow = Some(0.01);
+        // No free thread, no permit, or no task it may take (a directory at its limit there).
+        assert!(!defers(slow, 1, [other(0, 4, fast)]));
+        assert!(!defers(slow, 1, [other(4, 0, fast)]));
+        assert!(!defers(
+            slow,
+            1,
+            [OtherMount {
+                may_take: false,
+                ..other(4, 4, fast)
+            }]
+        ));
+        // Alike in speed (paces wobble with the task mix): never.
+        assert!(!defers(Some(0.003), 1, [other(4, 4, Some(0.002))]));
+        // A pace not known, on either side: no comparison.
+        assert!(!defers(None, 1, [other(4, 4, fast)]));
+        assert!(!defers(slow, 1, [other(4, 4, None)]));
+        // No other mount at all.
+        assert!(!defers(slow, 1, []));
     }
 }

@@ -216,6 +216,11 @@ pub struct Options {
     /// Bytes and entries per second the copy may write, shared by every run holding this
     /// `Arc` (a worker's shards); `None`: as fast as it goes.
     pub throttle: Option<Arc<Throttle>>,
+    /// Each destination's time per entry (µs) as an earlier pass of the same job measured it,
+    /// by position (`None`, or a shorter list: not known): the start of a short pass (setting
+    /// directory times after a sharded copy) knows at once which mount is slow, instead of
+    /// learning it from its own first tasks when it is nearly over (see `Gate::pace`).
+    pub mount_pace: Vec<Option<u64>>,
 }
 
 impl Default for Options {
@@ -240,6 +245,7 @@ impl Default for Options {
             content_changed_since: None,
             dry_run: false,
             throttle: None,
+            mount_pace: Vec::new(),
         }
     }
 }

@@ -717,3 +717,71 @@ fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
         assert_identical(&src, &dests[0]);
     }
 }
+
+#[test]
+fn a_mount_known_to_be_slow_is_left_the_last_tasks_and_every_walk_still_ends() {
+    // The third mount starts known as slow (a second per entry, as an earlier pass would have
+    // measured it): while few tasks are left and the others have free threads, its threads wait
+    // for work instead of taking it. Each configuration must still end, with every entry once,
+    // in the copy, in a rerun, and in the pass that sets directory times after a sharded copy.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut files = 0u64;
+    for (dir, n) in [("wide", 40), ("a/b/c", 5), ("a/d", 3), ("e", 1), ("f/g", 0)] {
+        let d = src.join(dir);
+        fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            fs::write(
+                d.join(format!("f{i:03}")),
+                format!("{dir} {i}\n").repeat(i + 1),
+            )
+            .unwrap();
+            files += 1;
+        }
+    }
+    let dirs = 9u64; // the root, wide, a, a/b, a/b/c, a/d, e, f, f/g
+    let auto = Concurrency::Auto(AutoConfig {
+        max_per_mount: 4,
+        initial: 2,
+        interval_ms: 5,
+    });
+    for (name, threads, concurrency) in [
+        ("one thread per mount", 3, Concurrency::Fixed),
+        ("parallel", 12, Concurrency::Fixed),
+        ("auto", 1, auto),
+    ] {
+        let base = tmp.path().join(name);
+        fs::create_dir(&base).unwrap();
+        let dests = three_mounts(&base);
+        let opts = Options {
+            threads,
+            concurrency,
+            batch_files: 2,
+            mount_pace: vec![Some(100), Some(100), Some(1_000_000)],
+            ..Options::default()
+        };
+        let (s, report) = run(&src, &dests, &opts, whole());
+        assert!(s.is_success(), "{name}: {s:?} {report:?}");
+        assert_eq!(s.copy.files_copied, files, "{name}: {s:?}");
+        assert_eq!(s.copy.entries, files + dirs, "{name}: {s:?}");
+        assert_identical(&src, &dests[0]);
+        let (again, _) = run(&src, &dests, &opts, whole());
+        assert_eq!(
+            (again.copy.files_skipped, again.copy.bytes_copied),
+            (files, 0),
+            "{name}: {again:?}"
+        );
+        // Directory times set as after a sharded copy (the verify phase with verify none: only
+        // the settle pass runs).
+        let settle = Options {
+            dir_times_in_verify: true,
+            passes: ingest_copy::Passes::VerifyOnly,
+            verify: ingest_copy::VerifyMode::None,
+            probe_destinations: false,
+            ..opts.clone()
+        };
+        let (settled, report) = run(&src, &dests, &settle, whole());
+        assert!(settled.is_success(), "{name}: {settled:?} {report:?}");
+        assert_identical(&src, &dests[0]);
+    }
+}

@@ -267,6 +267,9 @@ struct RunShared {
     avoided: Mutex<Vec<(String, String)>>,
     /// When the run's copy workers began writing: `verify.scope: Changed`.
     write_start: WriteStart,
+    /// Each destination's time per entry (µs) in the copy phase, by its path: the phases after
+    /// it start knowing which destination is slow (`worker --mount-pace`).
+    paces: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The earliest a copy worker of the run began writing, by the destination's clock (its probe
@@ -912,6 +915,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     let shared = RunShared {
         avoided: Mutex::new(Vec::new()),
         write_start: WriteStart::load(state, job.run),
+        paces: Mutex::new(BTreeMap::new()),
     };
     let mut copy = if job.dry_run {
         // Nothing is copied: the verify phase compares, report only.
@@ -933,6 +937,13 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             None,
         )
     };
+    *shared.paces.lock().unwrap() = copy
+        .mounts
+        .iter()
+        .filter_map(|m| {
+            ingest_job::latency::time_per_entry(&m.latency, m.entries).map(|p| (m.mount.clone(), p))
+        })
+        .collect();
     // Mirror: the copy phase weighed what only the destination has; all of it is weighed
     // together before anything is deleted.
     let mirror = match job.mirror {
@@ -1220,6 +1231,13 @@ fn run_phase(
             Ok(f) => Stdio::from(f),
             Err(_) => Stdio::inherit(),
         };
+        let dests = crate::cmd::worker::turned(&dests, w as usize);
+        let paces = shared.paces.lock().unwrap();
+        let pace: Vec<Option<u64>> = dests
+            .iter()
+            .map(|d| paces.get(&d.display().to_string()).copied())
+            .collect();
+        drop(paces);
         let mut cmd = Command::new(&exe);
         cmd.arg("worker")
             .arg("--plan")
@@ -1230,10 +1248,17 @@ fn run_phase(
             // worker's threads over them. Each worker's list starts at another one, so that the
             // destinations that get one thread more (threads not a multiple of them) differ.
             .args(
-                crate::cmd::worker::turned(&dests, w as usize)
+                dests
                     .iter()
                     .flat_map(|d| [OsStr::new("--dest"), d.as_os_str()]),
             )
+            .args(pace.iter().any(Option::is_some).then(|| {
+                let list: Vec<String> = pace
+                    .iter()
+                    .map(|p| p.map_or_else(|| "-".to_owned(), |us| us.to_string()))
+                    .collect();
+                format!("--mount-pace={}", list.join(","))
+            }))
             // Shards are handed out on demand (see `Dispatch`).
             .arg("--claims")
             .args([

@@ -131,6 +131,12 @@ pub struct Args {
         value_name = "SECONDS"
     )]
     pub stall_timeout: f64,
+    /// Each destination's time per entry in microseconds, as an earlier pass of the job measured
+    /// it: one value per --dest, in the same order, `-` where not known. A pass that starts
+    /// knowing which destination is slow leaves it the least work when little is left (`run`
+    /// passes the copy pass's figures to the pass that sets directory times, and to verify).
+    #[arg(long, value_name = "US,US,...", value_delimiter = ',', value_parser = pace)]
+    pub mount_pace: Vec<Option<u64>>,
     #[arg(long, alias = "mode", value_enum, default_value_t = PhaseArg::Both)]
     pub phase: PhaseArg,
     /// Copy threads, dealt round robin over the destinations; or `auto`: a limit per destination,
@@ -266,6 +272,19 @@ pub fn turned<T: Clone>(list: &[T], k: usize) -> Vec<T> {
     }
     let k = k % list.len();
     list[k..].iter().chain(&list[..k]).cloned().collect()
+}
+
+/// One `--mount-pace` value: microseconds per entry, at least 1, or `-` (not known).
+fn pace(s: &str) -> Result<Option<u64>, String> {
+    match s.trim() {
+        "-" => Ok(None),
+        v => match v.parse::<u64>() {
+            Ok(us) if us >= 1 => Ok(Some(us)),
+            _ => Err(format!(
+                "{v:?}: expected microseconds per entry (a whole number, at least 1) or `-`"
+            )),
+        },
+    }
 }
 
 /// `--shards-at-once`: 1 to 16.
@@ -511,6 +530,14 @@ pub fn run(mut args: Args) -> Outcome {
         );
         return Outcome::UnusableInput;
     }
+    if !args.mount_pace.is_empty() && args.mount_pace.len() != args.destinations.len() {
+        eprintln!(
+            "error: --mount-pace: {} values for {} --dest; give one per destination, in their order (`-` where not known)",
+            args.mount_pace.len(),
+            args.destinations.len()
+        );
+        return Outcome::UnusableInput;
+    }
     // Unusable input: said on stderr, and to the operator by a claims worker (it stops the run).
     let refuse = |e: String| {
         eprintln!("error: {e}");
@@ -576,6 +603,7 @@ pub fn run(mut args: Args) -> Outcome {
         mirror: (args.mirror || args.phase == PhaseArg::Prune).then_some(MaxDeletes::Count(0)),
         mirror_weigh_only: true,
         content_changed_since: args.content_changed_since.map(|s| (s, 0)),
+        mount_pace: args.mount_pace.clone(),
         ..Options::default()
     };
     args.threads.apply(&mut base_opts, args.max_per_mount);
@@ -1493,6 +1521,16 @@ mod tests {
         assert_eq!(shared_initial(16, 3), 5);
         assert_eq!(shared_initial(16, 0), 16);
         assert_eq!(shared_initial(16, 100), 2);
+    }
+
+    #[test]
+    fn mount_pace_is_microseconds_or_a_dash() {
+        assert_eq!(pace("2000"), Ok(Some(2000)));
+        assert_eq!(pace("-"), Ok(None));
+        for bad in ["0", "", "1.5", "fast", "-3"] {
+            let e = pace(bad).unwrap_err();
+            assert!(e.contains("microseconds per entry"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
