@@ -374,7 +374,15 @@ impl<'a> Queue<'a> {
     /// [`defers`]). Never while nothing runs: then no wake-up would come to end the wait.
     fn pick(st: &QueueState<'a>, mount: usize, gates: &[Option<&Gate>]) -> Option<Pick> {
         let pick = Self::admitted(st, mount)?;
-        if st.busy == 0 {
+        let idle = |m: usize| st.threads_on[m] - st.running_on[m];
+        let queued = st.queued();
+        // More tasks than all other mounts' free threads could take: every mount works, and the
+        // gates (one lock each) need not be asked. Most pops, in the thick of a pass, end here.
+        let elsewhere: usize = (0..st.threads_on.len())
+            .filter(|&m| m != mount)
+            .map(idle)
+            .sum();
+        if st.busy == 0 || queued > elsewhere {
             return Some(pick);
         }
         let Some(Some(mine)) = gates.get(mount) else {
@@ -382,7 +390,7 @@ impl<'a> Queue<'a> {
         };
         let others = gates.iter().enumerate().filter_map(|(m, g)| {
             let g = g.as_ref()?;
-            let idle = st.threads_on[m] - st.running_on[m];
+            let idle = idle(m);
             if m == mount || idle == 0 {
                 return None;
             }
@@ -394,7 +402,7 @@ impl<'a> Queue<'a> {
                 may_take: Self::admitted(st, m).is_some(),
             })
         });
-        (!defers(mine.pace().0, st.queued(), others)).then_some(pick)
+        (!defers(mine.pace().0, queued, others)).then_some(pick)
     }
 
     /// The task a thread on `mount` may take: a batch of the oldest wide directory that admits

@@ -650,22 +650,10 @@ fn a_probe_leaves_the_destination_root_with_the_source_roots_times() {
     );
 }
 
-#[test]
-fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
-    // Batches of 2 entries: a directory of more than 16 files is wide (more batches than one
-    // mount takes at once) and goes to the wide lane; two of them, one nested under a wide one,
-    // beside a tree of narrow directories.
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let mut files = 0u64;
-    let mut dirs = 1u64; // the root
-    for (dir, n) in [
-        ("wide", 60),
-        ("wide/inner", 40),
-        ("a/b/c", 5),
-        ("a/d", 3),
-        ("e", 1),
-    ] {
+/// Writes `n` files of a few lines into each directory `dir` under `src`; returns the files.
+fn write_dirs(src: &Path, dirs: &[(&str, usize)]) -> u64 {
+    let mut files = 0;
+    for &(dir, n) in dirs {
         let d = src.join(dir);
         fs::create_dir_all(&d).unwrap();
         for i in 0..n {
@@ -677,17 +665,71 @@ fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
             files += 1;
         }
     }
-    dirs += 7; // wide, wide/inner, a, a/b, a/b/c, a/d, e
-    let auto = Concurrency::Auto(AutoConfig {
+    files
+}
+
+/// The walks of the scheduling tests: one thread per mount or one in all, many, and `auto`.
+fn schedules(threads: usize, auto: AutoConfig) -> [(&'static str, usize, Concurrency); 3] {
+    [
+        ("few", threads, Concurrency::Fixed),
+        ("parallel", 12, Concurrency::Fixed),
+        ("auto", 1, Concurrency::Auto(auto)),
+    ]
+}
+
+/// Copies `src` into `dests` with `opts` (the destination root there already) and checks that
+/// every entry ended once: `files` files and `dirs` directories (the root included) copied, an
+/// identical copy, and a rerun that skips every file.
+fn copies_each_entry_once(
+    name: &str,
+    src: &Path,
+    dests: &[PathBuf],
+    opts: &Options,
+    files: u64,
+    dirs: u64,
+) {
+    let (s, report) = run(src, dests, opts, whole());
+    assert!(s.is_success(), "{name}: {s:?} {report:?}");
+    assert_eq!(s.copy.files_copied, files, "{name}: {s:?}");
+    // The root existed (the destination), so it is up to date; the others are made.
+    assert_eq!(
+        (s.copy.directories, s.copy.dirs_up_to_date),
+        (dirs - 1, 1),
+        "{name}: {s:?}"
+    );
+    assert_eq!(s.copy.entries, files + dirs, "{name}: {s:?}");
+    assert_identical(src, &dests[0]);
+    let (again, _) = run(src, dests, opts, whole());
+    assert_eq!(
+        (again.copy.files_skipped, again.copy.bytes_copied),
+        (files, 0),
+        "{name}: {again:?}"
+    );
+    assert_identical(src, &dests[0]);
+}
+
+#[test]
+fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
+    // Batches of 2 entries: a directory of more than 16 files is wide (more batches than one
+    // mount takes at once) and goes to the wide lane; two of them, one nested under a wide one,
+    // beside a tree of narrow directories.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let tree = [
+        ("wide", 60),
+        ("wide/inner", 40),
+        ("a/b/c", 5),
+        ("a/d", 3),
+        ("e", 1),
+    ];
+    let files = write_dirs(&src, &tree);
+    let dirs = 8; // the root, wide, wide/inner, a, a/b, a/b/c, a/d, e
+    let auto = AutoConfig {
         max_per_mount: 6,
         initial: 2,
         interval_ms: 5,
-    });
-    for (name, threads, concurrency) in [
-        ("serial", 1, Concurrency::Fixed),
-        ("parallel", 12, Concurrency::Fixed),
-        ("auto", 1, auto),
-    ] {
+    };
+    for (name, threads, concurrency) in schedules(1, auto) {
         let base = tmp.path().join(name);
         fs::create_dir(&base).unwrap();
         let dests = three_mounts(&base);
@@ -697,24 +739,7 @@ fn wide_directories_are_copied_beside_the_rest_with_each_entry_once() {
             batch_files: 2,
             ..Options::default()
         };
-        let (s, report) = run(&src, &dests, &opts, whole());
-        assert!(s.is_success(), "{name}: {s:?} {report:?}");
-        assert_eq!(s.copy.files_copied, files, "{name}: {s:?}");
-        // The root existed (the destination), so it is up to date; the others are made.
-        assert_eq!(
-            (s.copy.directories, s.copy.dirs_up_to_date),
-            (dirs - 1, 1),
-            "{name}: {s:?}"
-        );
-        assert_eq!(s.copy.entries, files + dirs, "{name}: {s:?}");
-        assert_identical(&src, &dests[0]);
-        let (again, _) = run(&src, &dests, &opts, whole());
-        assert_eq!(
-            (again.copy.files_skipped, again.copy.bytes_copied),
-            (files, 0),
-            "{name}: {again:?}"
-        );
-        assert_identical(&src, &dests[0]);
+        copies_each_entry_once(name, &src, &dests, &opts, files, dirs);
     }
 }
 
@@ -726,30 +751,15 @@ fn a_mount_known_to_be_slow_is_left_the_last_tasks_and_every_walk_still_ends() {
     // in the copy, in a rerun, and in the pass that sets directory times after a sharded copy.
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let mut files = 0u64;
-    for (dir, n) in [("wide", 40), ("a/b/c", 5), ("a/d", 3), ("e", 1), ("f/g", 0)] {
-        let d = src.join(dir);
-        fs::create_dir_all(&d).unwrap();
-        for i in 0..n {
-            fs::write(
-                d.join(format!("f{i:03}")),
-                format!("{dir} {i}\n").repeat(i + 1),
-            )
-            .unwrap();
-            files += 1;
-        }
-    }
-    let dirs = 9u64; // the root, wide, a, a/b, a/b/c, a/d, e, f, f/g
-    let auto = Concurrency::Auto(AutoConfig {
+    let tree = [("wide", 40), ("a/b/c", 5), ("a/d", 3), ("e", 1), ("f/g", 0)];
+    let files = write_dirs(&src, &tree);
+    let dirs = 9; // the root, wide, a, a/b, a/b/c, a/d, e, f, f/g
+    let auto = AutoConfig {
         max_per_mount: 4,
         initial: 2,
         interval_ms: 5,
-    });
-    for (name, threads, concurrency) in [
-        ("one thread per mount", 3, Concurrency::Fixed),
-        ("parallel", 12, Concurrency::Fixed),
-        ("auto", 1, auto),
-    ] {
+    };
+    for (name, threads, concurrency) in schedules(3, auto) {
         let base = tmp.path().join(name);
         fs::create_dir(&base).unwrap();
         let dests = three_mounts(&base);
@@ -760,17 +770,7 @@ fn a_mount_known_to_be_slow_is_left_the_last_tasks_and_every_walk_still_ends() {
             mount_pace: vec![Some(100), Some(100), Some(1_000_000)],
             ..Options::default()
         };
-        let (s, report) = run(&src, &dests, &opts, whole());
-        assert!(s.is_success(), "{name}: {s:?} {report:?}");
-        assert_eq!(s.copy.files_copied, files, "{name}: {s:?}");
-        assert_eq!(s.copy.entries, files + dirs, "{name}: {s:?}");
-        assert_identical(&src, &dests[0]);
-        let (again, _) = run(&src, &dests, &opts, whole());
-        assert_eq!(
-            (again.copy.files_skipped, again.copy.bytes_copied),
-            (files, 0),
-            "{name}: {again:?}"
-        );
+        copies_each_entry_once(name, &src, &dests, &opts, files, dirs);
         // Directory times set as after a sharded copy (the verify phase with verify none: only
         // the settle pass runs).
         let settle = Options {

@@ -80,9 +80,7 @@ pub enum ShardScope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Shard {
-    /// Position in the plan: the order shards are handed out in, by predicted cost, largest
-    /// first, the name ranges of a directory cut into several spread over the first half (see
-    /// `planner::dispatch_order`).
+    /// Position in the plan; shards are ordered by predicted cost, largest first.
     pub id: u32,
     /// Predicted seconds (see [`CostModel`]).
     pub cost: f64,
@@ -251,13 +249,13 @@ impl Plan {
         Plan::from_json(&json)
     }
 
-    /// The shards dealt to destination server `server`, in plan order (in the cluster, index `k`
+    /// The shards dealt to destination server `server`, largest first (in the cluster, index `k`
     /// of that server's Indexed Job runs the `k`-th of these).
     pub fn shards_of_server(&self, server: u32) -> impl Iterator<Item = &Shard> {
         self.shards.iter().filter(move |s| s.server == server)
     }
 
-    /// The shards dealt to `worker` (of [`Plan::workers`]), in plan order.
+    /// The shards dealt to `worker` (of [`Plan::workers`]), largest first.
     pub fn shards_of_worker(&self, worker: u32) -> impl Iterator<Item = &Shard> {
         self.shards.iter().filter(move |s| s.worker == worker)
     }

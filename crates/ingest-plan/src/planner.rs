@@ -10,13 +10,11 @@
 //! 3. Give each hard-linked inode's paths, as one `LinkGroup`, to the least loaded shard.
 //! 4. Order shards by cost, largest first, and deal them to workers longest-processing-time first
 //!    (each to the least loaded worker), which bounds the makespan by 4/3 of the optimum.
-//! 5. Number them in the order they are handed out: largest first, but the name ranges of a
-//!    directory cut into several spread over the first half ([`dispatch_order`]).
 //!
 //! Every step is a pure function of the scan and the options, so the same tree gives the same plan.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 
 use ingest_path::RelPath;
 
@@ -166,12 +164,9 @@ pub fn plan(scan: &Scan, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let dealt = deal(&costs, opts.workers);
     let prediction = predict(&costs, &dealt, opts.workers);
     let nservers = opts.servers.len() as u32;
-    // Handed out in this order (a shard's id is its place in it); each keeps its worker.
-    let order = dispatch_order(&shards.iter().map(|s| split_dir(&s.0)).collect::<Vec<_>>());
-    let mut dealt_shards: Vec<Option<_>> = shards.into_iter().zip(dealt).map(Some).collect();
-    let shards = order
+    let shards = shards
         .into_iter()
-        .filter_map(|i| dealt_shards[i].take())
+        .zip(dealt)
         .enumerate()
         .map(|(id, ((scopes, load), worker))| Shard {
             id: id as u32,
@@ -483,63 +478,6 @@ impl Ord for MinSlot {
     }
 }
 
-/// The directory a shard copies a name range of, if it does: the shards of one such directory
-/// create their files in it together.
-fn split_dir(scopes: &[ShardScope]) -> Option<&RelPath> {
-    scopes.iter().find_map(|s| match s {
-        ShardScope::Entries { dir, from, to, .. } if from.is_some() || to.is_some() => Some(dir),
-        _ => None,
-    })
-}
-
-/// The share of the order over which the name ranges of one directory are spread (see
-/// [`dispatch_order`]).
-const SPREAD: f64 = 0.5;
-
-/// The order to hand out shards in, given for each (largest first) the directory it copies a name
-/// range of: largest first, except that the ranges of one directory are spread evenly over the
-/// first [`SPREAD`] of the order. Creating files in one directory goes one create at a time per
-/// client (the kernel holds the directory's lock for each, a round trip) and the server
-/// serialises them too, so the ranges of a wide directory copy at a bounded rate however many
-/// run at once. All at once, at the start, they filled the workers' slots with threads waiting
-/// on that lock; in size order among shards of like cost, they came in tree order, and a
-/// 1,000-file directory sorted late was copied last, alone, at that rate (seen on emulated 2 ms
-/// nodes: the nodes 60-80% idle for the last 15% of a `run`). Spread, they go on beside the
-/// rest. Returns the indexes of `groups` in order.
-pub fn dispatch_order<T: Ord>(groups: &[Option<T>]) -> Vec<usize> {
-    let mut sizes: BTreeMap<&T, usize> = BTreeMap::new();
-    for g in groups.iter().flatten() {
-        *sizes.entry(g).or_default() += 1;
-    }
-    let n = groups.len();
-    // Each range's place: the k-th of a directory's m at k/m of the first SPREAD of the order.
-    let mut seen: BTreeMap<&T, usize> = BTreeMap::new();
-    let mut spread: Vec<(f64, usize)> = Vec::new();
-    let mut others = Vec::new();
-    for (i, g) in groups.iter().enumerate() {
-        match g.as_ref().filter(|g| sizes[g] > 1) {
-            Some(g) => {
-                let k = seen.entry(g).or_default();
-                spread.push((SPREAD * n as f64 * *k as f64 / sizes[g] as f64, i));
-                *k += 1;
-            }
-            None => others.push(i),
-        }
-    }
-    spread.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut spread = spread.into_iter().peekable();
-    let mut others = others.into_iter();
-    let mut order = Vec::with_capacity(n);
-    while order.len() < n {
-        let due = spread.next_if(|&(at, _)| at <= order.len() as f64);
-        match due.map(|(_, i)| i).or_else(|| others.next()) {
-            Some(i) => order.push(i),
-            None => order.extend(spread.by_ref().map(|(_, i)| i)),
-        }
-    }
-    order
-}
-
 /// Longest processing time first: `costs` (already largest first) each to the least loaded of
 /// `workers` slots. Returns the slot of each shard.
 pub fn deal(costs: &[f64], workers: u32) -> Vec<u32> {
@@ -583,58 +521,4 @@ pub fn predict(costs: &[f64], dealt: &[u32], workers: u32) -> Prediction {
 /// Microsecond precision is plenty for predictions and keeps the JSON short.
 fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dispatch_order;
-
-    #[test]
-    fn the_ranges_of_one_directory_are_spread_over_the_first_half_the_rest_keep_their_order() {
-        // Twelve shards, largest first: three ranges of `w`, the last ones by size, nine others.
-        let mut groups = vec![None; 9];
-        groups.extend([Some("w"); 3]);
-        let order = dispatch_order(&groups);
-        let mut sorted = order.clone();
-        sorted.sort();
-        assert_eq!(
-            sorted,
-            (0..12).collect::<Vec<_>>(),
-            "a permutation: {order:?}"
-        );
-        // The ranges at 0, 2 and 4 (the first half is 6), in their own order; the others keep
-        // largest first around them.
-        assert_eq!(order, [9, 0, 10, 1, 11, 2, 3, 4, 5, 6, 7, 8]);
-    }
-
-    #[test]
-    fn a_directory_cut_once_or_not_at_all_changes_nothing() {
-        // One range of `a` (its directory not cut again), one of `b`: both stay where size put them.
-        let groups = [None, Some("a"), None, Some("b"), None];
-        assert_eq!(dispatch_order(&groups), [0, 1, 2, 3, 4]);
-        assert_eq!(dispatch_order::<&str>(&[None, None, None]), [0, 1, 2]);
-        assert_eq!(dispatch_order::<&str>(&[]), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn two_cut_directories_are_spread_side_by_side() {
-        let groups = [
-            Some("a"),
-            Some("a"),
-            Some("b"),
-            Some("b"),
-            None,
-            None,
-            None,
-            None,
-        ];
-        // Both first ranges at the front, both second ranges a quarter in (at 2), the rest after.
-        assert_eq!(dispatch_order(&groups), [0, 2, 1, 3, 4, 5, 6, 7]);
-    }
-
-    #[test]
-    fn a_tree_that_is_all_ranges_of_one_directory_keeps_their_order() {
-        let groups = [Some("flat"); 5];
-        assert_eq!(dispatch_order(&groups), [0, 1, 2, 3, 4]);
-    }
 }

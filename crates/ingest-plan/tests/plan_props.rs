@@ -66,49 +66,10 @@ fn random_trees_every_file_in_one_shard_links_together_and_deterministic() {
                 p.totals.bytes,
                 "seed {seed} k {k}"
             );
-            // Handed out largest first, but for the name ranges of a directory cut into
-            // several, which are spread over the first half (see `dispatch_order`).
-            let cut = |s: &ingest_plan::Shard| {
-                s.scopes.iter().find_map(|sc| match sc {
-                    ShardScope::Entries { dir, from, to, .. } if from.is_some() || to.is_some() => {
-                        Some(dir.clone())
-                    }
-                    _ => None,
-                })
-            };
-            let mut ranges = std::collections::BTreeMap::new();
-            for s in &p.shards {
-                if let Some(d) = cut(s) {
-                    *ranges.entry(d).or_insert(0) += 1;
-                }
-            }
-            let spread = |s: &ingest_plan::Shard| cut(s).is_some_and(|d| ranges[&d] > 1);
-            let rest: Vec<f64> = p
-                .shards
-                .iter()
-                .filter(|s| !spread(s))
-                .map(|s| s.cost)
-                .collect();
             assert!(
-                rest.windows(2).all(|w| w[0] >= w[1]),
+                p.shards.windows(2).all(|w| w[0].cost >= w[1].cost),
                 "seed {seed}: shards not largest first"
             );
-            // Each cut directory's ranges start in the first half (a place further on only
-            // when the ranges of all of them are more than half of the shards).
-            let cut_ranges: usize = ranges.values().filter(|n| **n > 1).sum();
-            let bound = (p.shards.len() / 2).max(cut_ranges) + ranges.len();
-            for (d, n) in ranges.iter().filter(|(_, n)| **n > 1) {
-                let last = p
-                    .shards
-                    .iter()
-                    .rposition(|s| cut(s).as_ref() == Some(d))
-                    .unwrap();
-                assert!(
-                    last <= bound,
-                    "seed {seed}: the last of {n} ranges of {d:?} at {last} of {}",
-                    p.shards.len()
-                );
-            }
             assert!(
                 p.shards
                     .iter()

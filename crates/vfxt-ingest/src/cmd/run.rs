@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -267,9 +267,9 @@ struct RunShared {
     avoided: Mutex<Vec<(String, String)>>,
     /// When the run's copy workers began writing: `verify.scope: Changed`.
     write_start: WriteStart,
-    /// Each destination's time per entry (µs) in the copy phase, by its path: the phases after
-    /// it start knowing which destination is slow (`worker --mount-pace`).
-    paces: Mutex<BTreeMap<String, u64>>,
+    /// Each destination's time per entry (µs) in the copy phase, by its path, set when it ends:
+    /// the phases after it start knowing which destination is slow (`worker --mount-pace`).
+    paces: OnceLock<BTreeMap<String, u64>>,
 }
 
 /// The earliest a copy worker of the run began writing, by the destination's clock (its probe
@@ -915,7 +915,7 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
     let shared = RunShared {
         avoided: Mutex::new(Vec::new()),
         write_start: WriteStart::load(state, job.run),
-        paces: Mutex::new(BTreeMap::new()),
+        paces: OnceLock::new(),
     };
     let mut copy = if job.dry_run {
         // Nothing is copied: the verify phase compares, report only.
@@ -937,13 +937,15 @@ fn execute(job: &Resolved, state: &Path, args: &Args) -> Result<Outcome, String>
             None,
         )
     };
-    *shared.paces.lock().unwrap() = copy
-        .mounts
-        .iter()
-        .filter_map(|m| {
-            ingest_job::latency::time_per_entry(&m.latency, m.entries).map(|p| (m.mount.clone(), p))
-        })
-        .collect();
+    let _ = shared.paces.set(
+        copy.mounts
+            .iter()
+            .filter_map(|m| {
+                let pace = ingest_job::latency::time_per_entry(&m.latency, m.entries)?;
+                Some((m.mount.clone(), pace))
+            })
+            .collect(),
+    );
     // Mirror: the copy phase weighed what only the destination has; all of it is weighed
     // together before anything is deleted.
     let mirror = match job.mirror {
@@ -1232,12 +1234,10 @@ fn run_phase(
             Err(_) => Stdio::inherit(),
         };
         let dests = crate::cmd::worker::turned(&dests, w as usize);
-        let paces = shared.paces.lock().unwrap();
         let pace: Vec<Option<u64>> = dests
             .iter()
-            .map(|d| paces.get(&d.display().to_string()).copied())
+            .map(|d| shared.paces.get()?.get(&d.display().to_string()).copied())
             .collect();
-        drop(paces);
         let mut cmd = Command::new(&exe);
         cmd.arg("worker")
             .arg("--plan")
