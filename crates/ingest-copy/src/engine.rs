@@ -5,7 +5,8 @@
 //! depth-first, so the directories in progress (and their descriptors) stay few however large
 //! the tree. Each thread is bound to one destination mount and does all its writes through it.
 //! The batches of a wide directory (more than one mount takes at once) wait in a lane of their
-//! own, taken before the LIFO queue (see [`QueueState::wide`]).
+//! own, taken before the LIFO queue (see [`QueueState::wide`]). Threads start as tasks queue up,
+//! one per mount at first (see [`crate::crew`]): most walks of a sharded copy are small.
 //!
 //! A directory's metadata must be set after its contents are written (creating an entry changes
 //! the directory's mtime). Every task holds an `Arc` to its directory's [`DirNode`]; when the
@@ -23,11 +24,21 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use ingest_path::RelPath;
 
 use crate::concurrency::{Concurrency, Gate, MountLimits};
+use crate::crew::{self, Crew};
 use crate::job::{Options, Scope, SettleDirs};
 use crate::mirror::{Extra, MirrorCounts};
 use crate::progress::Progress;
 use crate::report::{CopyCounts, Mismatch, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, Meta, Op, OpResult, XattrClass, cstr};
+
+/// Whether the settle pass has anything to do in `scope`: a tree no other shard writes into was
+/// finished by its own copy (see `Options::settle_dirs`).
+pub(crate) fn settles(scope: &Scope, dirs: &SettleDirs) -> bool {
+    match scope {
+        Scope::Tree(rel) => dirs.includes(rel),
+        _ => true,
+    }
+}
 
 /// Which pass a walk performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +212,8 @@ struct Queue<'a> {
 }
 
 enum Popped<'a> {
-    Task(Task<'a>),
+    /// A task, and the mount of a thread to start beside this one (see [`QueueState::grow`]).
+    Task(Task<'a>, Option<usize>),
     /// Nothing queued, but tasks still run.
     Empty,
     /// Nothing queued or running: the walk is over.
@@ -227,6 +239,10 @@ struct QueueState<'a> {
     /// (see [`defers`]), once their mount's limit gives them a permit.
     threads_on: Vec<usize>,
     running_on: Vec<usize>,
+    /// The walk's threads: one per mount to begin with, more as tasks queue up (see
+    /// [`crate::crew`]). Its `waiting` are the threads in [`Queue::wait_for_work`] that began
+    /// waiting with nothing queued.
+    crew: Crew,
 }
 
 /// Where the next task of a thread comes from.
@@ -245,6 +261,25 @@ impl QueueState<'_> {
     /// Tasks queued, each batch of the wide lane one.
     fn queued(&self) -> usize {
         self.tasks.len() + self.wide.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    /// The mount of one more thread to start, if the crew wants one (see [`Crew::grow`]).
+    fn grow(&mut self) -> Option<usize> {
+        let k = self.crew.grow(self.queued())?;
+        Some(self.on_mount(k))
+    }
+
+    /// Counts a thread about to start; returns its mount.
+    fn add_thread(&mut self) -> usize {
+        let k = self.crew.add();
+        self.on_mount(k)
+    }
+
+    /// Thread `k` writes through mount `k mod mounts`, as when all started at once.
+    fn on_mount(&mut self, k: usize) -> usize {
+        let mount = k % self.threads_on.len();
+        self.threads_on[mount] += 1;
+        mount
     }
 }
 
@@ -367,7 +402,13 @@ impl<'a> Queue<'a> {
         }
         st.busy += 1;
         st.running_on[mount] += 1;
-        Popped::Task(t)
+        let grow = st.grow();
+        Popped::Task(t, grow)
+    }
+
+    /// A thread started: it no longer counts as about to take a task (see [`Crew::begun`]).
+    fn started(&self) {
+        self.state.lock().unwrap().crew.begun();
     }
 
     /// What [`Queue::admitted`] gives, unless the thread leaves it to a faster mount (see
@@ -427,8 +468,14 @@ impl<'a> Queue<'a> {
     fn wait_for_work(&self, mount: usize, gates: &[Option<&Gate>]) {
         let mut st = self.state.lock().unwrap();
         while st.busy > 0 && Self::pick(&st, mount, gates).is_none() {
+            // Waiting for a task to be queued, this thread will take one; waiting beside tasks
+            // it may not take (a directory at its limit on this mount, or left to a faster
+            // mount), it will not, and threads on other mounts must start for them.
+            let for_a_task = st.is_empty();
             self.idle.fetch_add(1, Relaxed);
+            st.crew.waiting += usize::from(for_a_task);
             st = self.cv.wait(st).unwrap();
+            st.crew.waiting -= usize::from(for_a_task);
             self.idle.fetch_sub(1, Relaxed);
         }
     }
@@ -488,6 +535,7 @@ impl<'a> Walk<'a> {
                     busy: 0,
                     threads_on: vec![0; roots.dsts.len()],
                     running_on: vec![0; roots.dsts.len()],
+                    crew: Crew::default(),
                 }),
                 cv: Condvar::new(),
                 idle: AtomicUsize::new(0),
@@ -518,61 +566,60 @@ impl<'a> Walk<'a> {
         };
         let gates: Vec<Option<&Gate>> = self.roots.names.iter().map(|n| limits.gate(n)).collect();
         let gates = &gates;
-        {
+        // One thread per mount to begin with; more as tasks queue up (see `QueueState::grow`).
+        let first: Vec<usize> = {
             let mut st = self.queue.state.lock().unwrap();
-            for i in 0..threads {
-                st.threads_on[i % mounts] += 1;
-            }
-        }
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|i| {
-                    let mount = i % mounts;
-                    s.spawn(move || {
-                        let meter = self.progress.mount(&self.roots.names[mount]);
-                        let mut local = Local {
-                            mount,
-                            meter: meter.clone(),
-                            buf: Vec::new(),
-                            dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
-                        };
-                        let gate = gates[mount];
-                        loop {
-                            let permit = gate.map(Gate::acquire);
-                            let task = match self.queue.try_pop(mount, gates) {
-                                Popped::Task(t) => t,
-                                Popped::Finished => break,
-                                Popped::Empty => {
-                                    drop(permit);
-                                    self.queue.wait_for_work(mount, gates);
-                                    continue;
-                                }
-                            };
-                            if self.stopped.get().is_some() {
-                                self.not_started(task, mount);
-                                self.queue.done(mount);
-                                continue;
-                            }
-                            let started = gate.map(Gate::begin);
-                            let metered = meter.begin();
-                            let units = self.handle(task, &mut local);
-                            metered.end(units);
-                            if let (Some(g), Some(t)) = (gate, started) {
-                                g.end(t, units);
-                            }
-                            self.queue.done(mount);
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                // A worker panic is a bug; re-raise it rather than report a partial copy as done.
-                if let Err(p) = w.join() {
-                    std::panic::resume_unwind(p);
-                }
-            }
+            st.crew = Crew::new(threads);
+            (0..threads.min(mounts)).map(|_| st.add_thread()).collect()
+        };
+        crew::run(first, &|mount, start: &dyn Fn(usize)| {
+            self.queue.started();
+            self.thread(mount, gates, start);
         });
         self.totals()
+    }
+
+    /// One thread of the walk, on `mount`: takes tasks until the walk is over; `more` starts
+    /// another thread (on the mount given) when the queue asks for one.
+    fn thread(&self, mount: usize, gates: &[Option<&Gate>], more: &dyn Fn(usize)) {
+        let meter = self.progress.mount(&self.roots.names[mount]);
+        let mut local = Local {
+            mount,
+            meter: meter.clone(),
+            buf: Vec::new(),
+            dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
+        };
+        let gate = gates[mount];
+        loop {
+            let permit = gate.map(Gate::acquire);
+            let task = match self.queue.try_pop(mount, gates) {
+                Popped::Task(t, grow) => {
+                    if let Some(m) = grow {
+                        more(m);
+                    }
+                    t
+                }
+                Popped::Finished => break,
+                Popped::Empty => {
+                    drop(permit);
+                    self.queue.wait_for_work(mount, gates);
+                    continue;
+                }
+            };
+            if self.stopped.get().is_some() {
+                self.not_started(task, mount);
+                self.queue.done(mount);
+                continue;
+            }
+            let started = gate.map(Gate::begin);
+            let metered = meter.begin();
+            let units = self.handle(task, &mut local);
+            metered.end(units);
+            if let (Some(g), Some(t)) = (gate, started) {
+                g.end(t, units);
+            }
+            self.queue.done(mount);
+        }
     }
 
     /// Why the pass stopped taking new work, if it did, with what that left undone.
@@ -857,9 +904,7 @@ impl<'a> Walk<'a> {
             self.counts.entries.fetch_add(named, Relaxed);
         }
         match scope {
-            // A tree no other shard writes into was finished by its own copy: nothing to settle.
-            Scope::Tree(rel)
-                if self.pass == Pass::Settle && !self.opts.settle_dirs.includes(rel) => {}
+            _ if self.pass == Pass::Settle && !settles(scope, &self.opts.settle_dirs) => {}
             Scope::Tree(rel) => {
                 if let Some(node) = self.open_scope_dir(rel, local.mount, true) {
                     self.list(node, local, true, None);
@@ -2303,7 +2348,64 @@ impl DirNode {
 
 #[cfg(test)]
 mod tests {
-    use super::{FASTER, OtherMount, defers};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Condvar, Mutex};
+
+    use super::{Crew, FASTER, OtherMount, Popped, Queue, QueueState, Task, defers};
+    use crate::job::Scope;
+
+    /// A queue over `mounts` mounts that may run `max` threads, its first thread per mount
+    /// started.
+    fn queue<'a>(mounts: usize, max: usize) -> Queue<'a> {
+        let mut st = QueueState {
+            tasks: Vec::new(),
+            wide: Default::default(),
+            busy: 0,
+            threads_on: vec![0; mounts],
+            running_on: vec![0; mounts],
+            crew: Crew::new(max),
+        };
+        for _ in 0..mounts {
+            st.add_thread();
+            st.crew.begun();
+        }
+        Queue {
+            state: Mutex::new(st),
+            cv: Condvar::new(),
+            idle: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pops a task on mount 0; returns the mount of the thread to start, if one.
+    fn pop(q: &Queue<'_>) -> Option<usize> {
+        match q.try_pop(0, &[None, None, None]) {
+            Popped::Task(_, grow) => grow,
+            _ => panic!("a task is queued"),
+        }
+    }
+
+    #[test]
+    fn threads_start_as_tasks_queue_up_in_turn_over_the_mounts_and_never_beyond_the_limit() {
+        let scope = Scope::Tree(ingest_path::RelPath::root());
+        let q = queue(3, 7);
+        // The last task queued: nothing left for another thread.
+        q.push(Task::Scope(&scope));
+        assert_eq!(pop(&q), None);
+        // Twenty queued: each pop that leaves more than the threads about to take one (none
+        // yet) starts one, the mounts in turn, until the walk has its seven.
+        q.push_all((0..20).map(|_| Task::Scope(&scope)));
+        let started: Vec<_> = (0..6).map(|_| pop(&q)).collect();
+        assert_eq!(
+            started,
+            [Some(0), Some(1), Some(2), Some(0), None, None],
+            "threads 4 to 7, then the limit"
+        );
+        let st = q.state.lock().unwrap();
+        assert_eq!(
+            (st.crew.started(), st.threads_on.clone()),
+            (7, vec![3, 2, 2])
+        );
+    }
 
     fn other(idle: usize, free: usize, per_unit: Option<f64>) -> OtherMount {
         OtherMount {

@@ -10,6 +10,7 @@
 //! [`Progress`] counters, and per-path [`ReportEntry`]s sent to a [`ReportSink`].
 
 pub mod concurrency;
+mod crew;
 mod engine;
 pub mod fault;
 pub mod job;
@@ -174,7 +175,12 @@ pub fn run_opened(
     // files copied in ranges get their final metadata now that every shard is done: the copy's
     // last step, before anything is compared. What it cannot set is reported and counted.
     let finalize = scopes.iter().any(|s| matches!(s, Scope::Finalize(_)));
-    if !opts.dry_run && (opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None) {
+    // Not even started where no scope has anything to settle (most shards of a sharded copy).
+    let settles = scopes.iter().any(|s| engine::settles(s, &opts.settle_dirs));
+    if !opts.dry_run
+        && settles
+        && (opts.dir_times_in_verify || finalize || opts.verify == VerifyMode::None)
+    {
         let settled = Walk::new(Pass::Settle, opts, roots, progress, sink).run(scopes, limits);
         summary.metadata_failed += settled.failed;
         // A file copied in ranges gets its outcome here, when it is finalized: it is one of the

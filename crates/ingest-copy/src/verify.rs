@@ -5,7 +5,8 @@
 //! permits (how many operations go at once, nothing of what is done), so that a bug in the copy
 //! (a skip rule, a missed entry) cannot hide itself from the check meant to catch it:
 //!
-//! - Its own parallel walk: `opts.threads` threads (at least one), thread `i` reading the
+//! - Its own parallel walk: up to `opts.threads` threads (at least one; started as tasks queue
+//!   up, by the same rule as the copy's, [`crate::crew`]), thread `i` reading the
 //!   destination through mount `i % mounts`, sharing one LIFO queue so the walk stays depth
 //!   first. Memory is bounded by the directories in progress (each holds its descriptors and,
 //!   while it is being listed, its two listings), never by the size of the tree. The one map
@@ -51,6 +52,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use ingest_path::RelPath;
 
 use crate::concurrency::{Gate, MountLimits};
+use crate::crew::{self, Crew};
 use crate::engine::Roots;
 use crate::job::{Options, Scope, VerifyMode};
 use crate::progress::Progress;
@@ -99,7 +101,11 @@ pub(crate) fn verify(
         links: Mutex::new(HashMap::new()),
         counts: Counts::default(),
         queue: Queue {
-            state: Mutex::new((Vec::new(), 0)),
+            state: Mutex::new(QueueState {
+                tasks: Vec::new(),
+                busy: 0,
+                crew: Crew::new(opts.threads.max(1)),
+            }),
             cv: Condvar::new(),
         },
     };
@@ -260,18 +266,27 @@ impl Local {
     }
 }
 
-/// A LIFO of tasks (depth first) and the number of tasks running.
+/// A LIFO of tasks (depth first).
 struct Queue<'a> {
-    state: Mutex<(Vec<Task<'a>>, usize)>,
+    state: Mutex<QueueState<'a>>,
     cv: Condvar,
+}
+
+struct QueueState<'a> {
+    tasks: Vec<Task<'a>>,
+    /// Tasks running.
+    busy: usize,
+    /// The threads, started as tasks queue up (see [`crate::crew`]); its `waiting` are those
+    /// waiting in [`Queue::pop`].
+    crew: Crew,
 }
 
 impl<'a> Queue<'a> {
     fn push_all(&self, tasks: impl IntoIterator<Item = Task<'a>>) {
         let mut st = self.state.lock().unwrap();
-        let before = st.0.len();
-        st.0.extend(tasks);
-        let added = st.0.len() - before;
+        let before = st.tasks.len();
+        st.tasks.extend(tasks);
+        let added = st.tasks.len() - before;
         drop(st);
         match added {
             0 => {}
@@ -280,27 +295,36 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// The newest task, or `None` once the queue is empty and no task is running (none can add
+    /// The newest task, with the index of one more thread to start if the crew wants one (see
+    /// [`Crew::grow`]), or `None` once the queue is empty and no task is running (none can add
     /// more).
-    fn pop(&self) -> Option<Task<'a>> {
+    fn pop(&self) -> Option<(Task<'a>, Option<usize>)> {
         let mut st = self.state.lock().unwrap();
         loop {
-            if let Some(t) = st.0.pop() {
-                st.1 += 1;
-                return Some(t);
+            if let Some(t) = st.tasks.pop() {
+                st.busy += 1;
+                let queued = st.tasks.len();
+                return Some((t, st.crew.grow(queued)));
             }
-            if st.1 == 0 {
+            if st.busy == 0 {
                 self.cv.notify_all();
                 return None;
             }
+            st.crew.waiting += 1;
             st = self.cv.wait(st).unwrap();
+            st.crew.waiting -= 1;
         }
+    }
+
+    /// A thread started: it no longer counts as about to take a task (see [`Crew::begun`]).
+    fn started(&self) {
+        self.state.lock().unwrap().crew.begun();
     }
 
     fn done(&self) {
         let mut st = self.state.lock().unwrap();
-        st.1 -= 1;
-        if st.1 == 0 && st.0.is_empty() {
+        st.busy -= 1;
+        if st.busy == 0 && st.tasks.is_empty() {
             self.cv.notify_all();
         }
     }
@@ -333,38 +357,38 @@ impl<'a> Verifier<'a> {
         // Reversed so that the LIFO queue starts with the first (largest) scope.
         self.queue.push_all(scopes.iter().rev().map(Task::Scope));
         let mounts = self.roots.dsts.len();
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..self.opts.threads.max(1))
-                .map(|i| {
-                    s.spawn(move || {
-                        let meter = self.progress.mount(&self.roots.names[i % mounts]);
-                        let mut local = Local {
-                            mount: i % mounts,
-                            meter: meter.clone(),
-                            buf: Vec::new(),
-                            dbuf: Vec::new(),
-                            dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
-                        };
-                        let gate = limits.gate(&self.roots.names[i % mounts]);
-                        while let Some(task) = self.queue.pop() {
-                            let _permit = gate.map(Gate::acquire);
-                            let started = gate.map(Gate::begin);
-                            let metered = meter.begin();
-                            let units = self.handle(task, &mut local);
-                            metered.end(units);
-                            if let (Some(g), Some(t)) = (gate, started) {
-                                g.end(t, units);
-                            }
-                            self.queue.done();
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                // A worker panic is a bug; re-raise it rather than report a partial check as done.
-                if let Err(p) = w.join() {
-                    std::panic::resume_unwind(p);
+        // One thread per mount to begin with (thread `i` reads through mount `i mod mounts`),
+        // more as tasks queue up.
+        let first: Vec<usize> = {
+            let mut st = self.queue.state.lock().unwrap();
+            (0..self.opts.threads.max(1).min(mounts))
+                .map(|_| st.crew.add())
+                .collect()
+        };
+        crew::run(first, &|i, start: &dyn Fn(usize)| {
+            self.queue.started();
+            let meter = self.progress.mount(&self.roots.names[i % mounts]);
+            let mut local = Local {
+                mount: i % mounts,
+                meter: meter.clone(),
+                buf: Vec::new(),
+                dbuf: Vec::new(),
+                dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
+            };
+            let gate = limits.gate(&self.roots.names[i % mounts]);
+            while let Some((task, more)) = self.queue.pop() {
+                if let Some(j) = more {
+                    start(j);
                 }
+                let _permit = gate.map(Gate::acquire);
+                let started = gate.map(Gate::begin);
+                let metered = meter.begin();
+                let units = self.handle(task, &mut local);
+                metered.end(units);
+                if let (Some(g), Some(t)) = (gate, started) {
+                    g.end(t, units);
+                }
+                self.queue.done();
             }
         });
     }

@@ -80,7 +80,9 @@ pub enum ShardScope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Shard {
-    /// Position in the plan; shards are ordered by predicted cost, largest first.
+    /// Position in the plan: the order shards are handed out in, by predicted cost, largest
+    /// first, but the name ranges of a crowded directory spread over the first half (see
+    /// `planner::dispatch_order`).
     pub id: u32,
     /// Predicted seconds (see [`CostModel`]).
     pub cost: f64,
@@ -249,13 +251,13 @@ impl Plan {
         Plan::from_json(&json)
     }
 
-    /// The shards dealt to destination server `server`, largest first (in the cluster, index `k`
+    /// The shards dealt to destination server `server`, in plan order (in the cluster, index `k`
     /// of that server's Indexed Job runs the `k`-th of these).
     pub fn shards_of_server(&self, server: u32) -> impl Iterator<Item = &Shard> {
         self.shards.iter().filter(move |s| s.server == server)
     }
 
-    /// The shards dealt to `worker` (of [`Plan::workers`]), largest first.
+    /// The shards dealt to `worker` (of [`Plan::workers`]), in plan order.
     pub fn shards_of_worker(&self, worker: u32) -> impl Iterator<Item = &Shard> {
         self.shards.iter().filter(move |s| s.worker == worker)
     }

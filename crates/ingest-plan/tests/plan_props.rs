@@ -66,8 +66,20 @@ fn random_trees_every_file_in_one_shard_links_together_and_deterministic() {
                 p.totals.bytes,
                 "seed {seed} k {k}"
             );
+            // Handed out largest first, but for the name ranges of crowded directories (see
+            // `dispatch_order`): every other shard keeps that order.
+            let kept: Vec<f64> = p
+                .shards
+                .iter()
+                .filter(|s| {
+                    !s.scopes
+                        .iter()
+                        .any(|sc| matches!(sc, ShardScope::Entries { .. }))
+                })
+                .map(|s| s.cost)
+                .collect();
             assert!(
-                p.shards.windows(2).all(|w| w[0].cost >= w[1].cost),
+                kept.windows(2).all(|w| w[0] >= w[1]),
                 "seed {seed}: shards not largest first"
             );
             assert!(
@@ -152,6 +164,65 @@ fn big_flat_directory_is_cut_into_name_ranges_and_big_files_into_byte_ranges() {
         "imbalance {}",
         p.prediction.imbalance
     );
+}
+
+#[test]
+fn a_crowded_directorys_ranges_are_spread_over_the_first_half_and_ranges_of_subtrees_are_not() {
+    // A root of 40 small subtrees (cut into ranges of whole subtrees) and, sorting last, a
+    // directory of 600 files of its own (cut into ranges of its own files).
+    let dir = tempfile::tempdir().unwrap();
+    for d in 0..40 {
+        let sub = dir.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&sub).unwrap();
+        for f in 0..15 {
+            std::fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+        }
+    }
+    let flat = dir.path().join("zz-flat");
+    std::fs::create_dir(&flat).unwrap();
+    for f in 0..600 {
+        std::fs::write(flat.join(format!("f{f:04}")), b"x").unwrap();
+    }
+    let s = scan(dir.path(), &scan_opts(2)).unwrap();
+    let p = plan(&s, &plan_opts(24, 3)).unwrap();
+    common::check_coverage(&p, dir.path());
+    let in_dir = |s: &ingest_plan::Shard, name: &str| {
+        s.scopes.iter().any(|sc| match sc {
+            ShardScope::Entries { dir, .. } => dir.as_bytes() == name.as_bytes(),
+            _ => false,
+        })
+    };
+    let flat_at: Vec<usize> = (0..p.shards.len())
+        .filter(|&i| in_dir(&p.shards[i], "zz-flat"))
+        .collect();
+    let n = p.shards.len();
+    assert!(
+        flat_at.len() >= 4,
+        "the directory cut into ranges: {flat_at:?} of {n}"
+    );
+    // Spread over the first half: none at the very front (the largest shards go first), the
+    // last within the first half, the gaps between them alike.
+    assert!(flat_at[0] > 0, "{flat_at:?} of {n}");
+    assert!(*flat_at.last().unwrap() <= n / 2 + 1, "{flat_at:?} of {n}");
+    let gaps: Vec<usize> = flat_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().max().unwrap() - gaps.iter().min().unwrap() <= 2,
+        "evenly: {flat_at:?} of {n}"
+    );
+    // The root's ranges hold whole subtrees: not crowded, they stay where their size puts them.
+    let rest: Vec<f64> = p
+        .shards
+        .iter()
+        .filter(|s| !in_dir(s, "zz-flat"))
+        .map(|s| s.cost)
+        .collect();
+    assert!(rest.len() >= 4, "the root cut into ranges too");
+    assert!(
+        rest.windows(2).all(|w| w[0] >= w[1]),
+        "largest first: {rest:?}"
+    );
+    // Ids are the order.
+    assert!(p.shards.iter().enumerate().all(|(i, s)| s.id == i as u32));
 }
 
 #[test]
