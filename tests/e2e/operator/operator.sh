@@ -912,6 +912,9 @@ setup() {
   bin=${E2E_VFXT_BIN:-$target/debug/vfxt-ingest}
   # Pods run it by an absolute path (the node agent's image override), whatever the caller's cwd.
   bin=$(realpath -- "$bin") || fail "E2E_VFXT_BIN: $E2E_VFXT_BIN not found"
+  # The agent runs it in place of a pod's `vfxt-ingest` command only under that file name.
+  [[ $(basename -- "$bin") == vfxt-ingest ]] ||
+    fail "E2E_VFXT_BIN: $bin: the binary must be named vfxt-ingest (pods run the command vfxt-ingest, which the node agent maps to a binary of that name); copy it into a directory of its own"
   slow_nodes=$target/debug/e2e-slow-nodes
 
   data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
