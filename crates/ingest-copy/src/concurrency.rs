@@ -304,6 +304,23 @@ impl Gate {
         Instant::now()
     }
 
+    /// Runs one task of a walk on `gate`'s mount (`None`: no limits) and `meter`, which see its
+    /// time and the `units` of work it returns: the copy's walk and the verifier's both run their
+    /// tasks through this.
+    pub(crate) fn measure(
+        gate: Option<&Gate>,
+        meter: &crate::MountMeter,
+        task: impl FnOnce() -> u64,
+    ) {
+        let started = gate.map(Gate::begin);
+        let metered = meter.begin();
+        let units = task();
+        metered.end(units);
+        if let (Some(g), Some(t)) = (gate, started) {
+            g.end(t, units);
+        }
+    }
+
     /// Marks the end of a task that did `units` units of work.
     pub fn end(&self, started: Instant, units: u64) {
         let took = started.elapsed();

@@ -611,13 +611,7 @@ impl<'a> Walk<'a> {
                 self.queue.done(mount);
                 continue;
             }
-            let started = gate.map(Gate::begin);
-            let metered = meter.begin();
-            let units = self.handle(task, &mut local);
-            metered.end(units);
-            if let (Some(g), Some(t)) = (gate, started) {
-                g.end(t, units);
-            }
+            Gate::measure(gate, &meter, || self.handle(task, &mut local));
             self.queue.done(mount);
         }
     }

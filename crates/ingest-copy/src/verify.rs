@@ -367,27 +367,22 @@ impl<'a> Verifier<'a> {
         };
         crew::run(first, &|i, start: &dyn Fn(usize)| {
             self.queue.started();
-            let meter = self.progress.mount(&self.roots.names[i % mounts]);
+            let mount = i % mounts;
+            let meter = self.progress.mount(&self.roots.names[mount]);
             let mut local = Local {
-                mount: i % mounts,
+                mount,
                 meter: meter.clone(),
                 buf: Vec::new(),
                 dbuf: Vec::new(),
                 dirbuf: vec![MaybeUninit::uninit(); 64 << 10],
             };
-            let gate = limits.gate(&self.roots.names[i % mounts]);
+            let gate = limits.gate(&self.roots.names[mount]);
             while let Some((task, more)) = self.queue.pop() {
                 if let Some(j) = more {
                     start(j);
                 }
                 let _permit = gate.map(Gate::acquire);
-                let started = gate.map(Gate::begin);
-                let metered = meter.begin();
-                let units = self.handle(task, &mut local);
-                metered.end(units);
-                if let (Some(g), Some(t)) = (gate, started) {
-                    g.end(t, units);
-                }
+                Gate::measure(gate, &meter, || self.handle(task, &mut local));
                 self.queue.done();
             }
         });

@@ -77,6 +77,9 @@ struct Load {
     cost: f64,
     files: u64,
     bytes: u64,
+    /// Of `files`, those a name range creates in its directory itself (not in subtrees): what
+    /// makes a range crowded (see [`dispatch_order`]).
+    own: u64,
 }
 
 impl Load {
@@ -84,6 +87,7 @@ impl Load {
         self.cost += o.cost;
         self.files += o.files;
         self.bytes += o.bytes;
+        self.own += o.own;
     }
 }
 
@@ -122,6 +126,7 @@ pub fn plan(scan: &Scan, opts: &PlanOptions) -> Result<Plan, PlanError> {
             cost: m.cost(paths.len() as u64, *size),
             files: paths.len() as u64,
             bytes: *size,
+            own: 0,
         })
         .collect();
     let total = tree_load(scan, 0, m).cost + group_loads.iter().map(|l| l.cost).sum::<f64>();
@@ -248,15 +253,15 @@ fn tree_load(scan: &Scan, i: usize, m: &CostModel) -> Load {
         cost: m.cost(files + t.others + t.dirs, bytes),
         files,
         bytes,
+        own: 0,
     }
 }
 
 /// One step of a directory's name-ordered entries, as the range cutter sees them.
 enum Item {
     /// Entries that go into a range: a small child subtree, or a slice of the directory's own
-    /// entries starting at this name (`None` = from the beginning), with how many of its files
-    /// are the directory's own (none for a subtree).
-    Ranged(Option<Vec<u8>>, Load, u64),
+    /// entries starting at this name (`None` = from the beginning).
+    Ranged(Option<Vec<u8>>, Load),
     /// A child decomposed on its own.
     Child(usize),
     /// A file cut into byte ranges.
@@ -266,7 +271,7 @@ enum Item {
 impl Item {
     fn name<'s>(&'s self, scan: &'s Scan) -> Option<&'s [u8]> {
         match self {
-            Item::Ranged(n, _, _) => n.as_deref(),
+            Item::Ranged(n, _) => n.as_deref(),
             Item::Child(c) => Some(scan.dirs[*c].path.file_name()),
             Item::BigFile(n, _) => Some(n),
         }
@@ -315,7 +320,6 @@ impl Planner<'_> {
                 items.push(Item::Ranged(
                     Some(scan.dirs[c].path.file_name().to_vec()),
                     tree_load(scan, c, &m),
-                    0,
                 ));
             }
         }
@@ -339,8 +343,8 @@ impl Planner<'_> {
                     cost: m.cost(e, b),
                     files: f,
                     bytes: b,
+                    own: f,
                 },
-                f,
             ));
         }
         items.sort_by(|a, b| a.name(scan).cmp(&b.name(scan)));
@@ -350,57 +354,47 @@ impl Planner<'_> {
             cost: m.cost(1, 0),
             ..Load::default()
         };
-        let mut own = 0;
         let mut from: Option<Vec<u8>> = None;
         let mut any = false;
         for item in items {
             match item {
-                Item::Ranged(name, load, files) => {
+                Item::Ranged(name, load) => {
                     let name_after_from = match (&name, &from) {
                         (Some(n), Some(f)) => n > f,
                         (Some(_), None) => true,
                         (None, _) => false,
                     };
                     if any && name_after_from && acc.cost + load.cost > self.target {
-                        self.range(i, from.take(), name.clone(), acc, own);
+                        self.range(i, from.take(), name.clone(), acc);
                         from = name;
-                        (acc, own) = (Load::default(), 0);
+                        acc = Load::default();
                     }
                     acc.add(load);
-                    own += files;
                     any = true;
                 }
                 Item::Child(c) => {
                     let name = scan.dirs[c].path.file_name().to_vec();
-                    self.range(i, from.take(), Some(name.clone()), acc, own);
+                    self.range(i, from.take(), Some(name.clone()), acc);
                     self.decompose(c);
                     from = Some(just_after(name));
-                    (acc, own) = (Load::default(), 0);
+                    acc = Load::default();
                     any = false;
                 }
                 Item::BigFile(name, size) => {
-                    self.range(i, from.take(), Some(name.clone()), acc, own);
+                    self.range(i, from.take(), Some(name.clone()), acc);
                     self.file_ranges(d.path.join(&name), size);
                     from = Some(just_after(name));
-                    (acc, own) = (Load::default(), 0);
+                    acc = Load::default();
                     any = false;
                 }
             }
         }
         // The last range always exists: it may hold own entries (whose places are unknown) and it
         // gives the directory's own metadata a home.
-        self.range(i, from, None, acc, own);
+        self.range(i, from, None, acc);
     }
 
-    /// A name range of directory `i`, `own` of whose files are the directory's own.
-    fn range(
-        &mut self,
-        i: usize,
-        from: Option<Vec<u8>>,
-        to: Option<Vec<u8>>,
-        load: Load,
-        own: u64,
-    ) {
+    fn range(&mut self, i: usize, from: Option<Vec<u8>>, to: Option<Vec<u8>>, load: Load) {
         let d = &self.scan.dirs[i];
         // Every name of the directory belongs to exactly one scope, also a gap between two split
         // subdirectories that held nothing at the scan: the destination may have names there
@@ -417,7 +411,7 @@ impl Planner<'_> {
             },
             load,
             // Its creates queue on the directory's lock with those of its other ranges.
-            crowds: (own > 0 && 2 * own >= load.files).then_some(i),
+            crowds: (load.own > 0 && 2 * load.own >= load.files).then_some(i),
         });
     }
 
@@ -442,6 +436,7 @@ impl Planner<'_> {
                     cost,
                     files,
                     bytes: l,
+                    own: 0,
                 },
                 crowds: None,
             });
