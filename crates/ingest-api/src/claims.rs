@@ -229,6 +229,11 @@ pub struct ClaimResponse {
     /// most (what its copy found). A shard not listed may delete nothing.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub deletes: std::collections::BTreeMap<u32, u64>,
+    /// The pass is made ahead of its turn and not open yet (the verify pass while the copy's last
+    /// shards run): ask again, and touch no destination before it opens (the pass before may
+    /// still find one unresponsive, and the answer that opens it says to avoid it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
 }
 
 impl ingest_job::Tally for PodResult {

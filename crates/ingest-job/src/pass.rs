@@ -138,9 +138,15 @@ impl<R: Tally, P: Clone> Pass<R, P> {
 
     /// Mounts an earlier pass of the run found unresponsive stay avoided in this one.
     pub fn avoiding(mut self, earlier: &BTreeMap<String, String>) -> Self {
-        self.avoided
-            .extend(earlier.iter().map(|(m, w)| (m.clone(), w.clone())));
+        self.avoid(earlier);
         self
+    }
+
+    /// [`Pass::avoiding`] on a pass that exists: mounts found unresponsive since are avoided too.
+    pub fn avoid(&mut self, earlier: &BTreeMap<String, String>) {
+        for (m, w) in earlier {
+            self.avoided.entry(m.clone()).or_insert_with(|| w.clone());
+        }
     }
 
     /// Only `shards` are handed out; every other shard counts as completed, with no result (the
@@ -165,6 +171,11 @@ impl<R: Tally, P: Clone> Pass<R, P> {
     /// their leases renewed as usual.
     pub fn pause(&mut self, paused: bool) {
         self.paused = paused;
+    }
+
+    /// Handing out shards is paused ([`Pass::pause`]).
+    pub fn paused(&self) -> bool {
+        self.paused
     }
 
     /// Workers that found a mount unresponsive and left (their process may not end).

@@ -2,7 +2,13 @@
 //! (IngestJob, run, role), kept in memory and checkpointed into the IngestJob status with every
 //! status write. Worker pods talk to it over HTTP ([`crate::http`]); the reconcile creates passes,
 //! tells them about pods that ended, and reads them ([`PassView`]) to decide the stage and status.
-//! A pass that ends wakes its IngestJob's reconcile ([`Registry::with_trigger`]).
+//! A pass that ends, or hands out its last shard, wakes its IngestJob's reconcile
+//! ([`Registry::with_trigger`]).
+//!
+//! A worker that holds nothing and is told to wait is answered when something it could act on
+//! changes, within [`HOLD`] ([`Registry::handle_held`]): the pass's end reaching the status lets
+//! its workers exit at once, and a shard back in the queue goes to an idle worker at once, instead
+//! of at the worker's next ask, a second later.
 //!
 //! Why HTTP to the operator and not Kubernetes objects (Leases, ConfigMaps or pod annotations per
 //! claim): see the README, "Claims". In short: a claim costs no API server write, the queue has
@@ -10,12 +16,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc::UnboundedSender;
 use ingest_api::IngestJob;
 use ingest_api::claims::{
-    ClaimRequest, ClaimResponse, LEASE_SECONDS, MountFigures, PassCheckpoint,
+    ClaimRequest, ClaimResponse, LEASE_SECONDS, MountFigures, PassCheckpoint, PassState,
 };
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_job::{Checkpoint, Pass, Report, Unresponsive};
@@ -117,6 +123,44 @@ pub enum Refusal {
 
 type P = Pass<PodResult, PodProgress>;
 
+/// The longest the endpoint holds a `wait` answer to a worker that holds nothing (well inside
+/// the worker's 30 s request timeout and a standby's 20 s to pass a message on).
+pub const HOLD: Duration = Duration::from_secs(5);
+
+/// What an idle worker could act on: shards waiting to be handed out, and whether the pass
+/// still runs (pure).
+fn openings(p: &P) -> (u64, bool) {
+    (
+        p.counts().pending,
+        p.finished() || p.stopped().is_some() || p.paused(),
+    )
+}
+
+/// Whether the answer to a message may wait ([`Registry::handle_held`]) (pure): it gives
+/// nothing and says to go on or wait, to a worker that holds nothing and asks for work, or that
+/// waits for a closed pass to open (its first message). A worker holding shards is answered at
+/// once: its messages renew their leases.
+pub fn may_hold(req: &ClaimRequest, answer: &ClaimResponse) -> bool {
+    req.holding.is_empty()
+        && req.unusable.is_none()
+        && req.unresponsive.is_none()
+        && (req.room > 0 || answer.closed)
+        && answer.shards.is_empty()
+        && matches!(answer.state, PassState::Wait | PassState::Work)
+}
+
+/// When a pass hands out shards ([`Registry::ensure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// Now (unless `spec.suspend`): its turn has come.
+    Now,
+    /// Made ahead of its turn, closed: its workers can start and ask, and are told to wait
+    /// (held, [`Registry::handle_held`]) until it is made again with [`Opening::Now`], when the
+    /// pass before it ended. What their pod start-up costs is spent while that pass's last
+    /// shards run.
+    Ahead,
+}
+
 /// A pass and whether the status holds it finished.
 struct Entry {
     pass: P,
@@ -133,6 +177,9 @@ struct Entry {
     write_started: Option<i64>,
     /// `spec.limits` as the IngestJob says now (changes apply to a running pass).
     limits: Option<ingest_api::Limits>,
+    /// Made ahead of its turn ([`Opening::Ahead`]) and not opened yet: it hands out
+    /// nothing, whatever `spec.suspend` says.
+    closed: bool,
 }
 
 #[derive(Default)]
@@ -153,6 +200,9 @@ pub struct Registry {
     /// Told the IngestJob whose pass just ended, so its run moves on at once instead of at the
     /// next periodic reconcile.
     passes_ended: Option<UnboundedSender<ObjectRef<IngestJob>>>,
+    /// Bumped when an idle worker may now get another answer: shards went back to the queue, a
+    /// pass ended, reached the status, was halted, resumed or forgotten.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Registry {
@@ -161,6 +211,7 @@ impl Default for Registry {
             inner: Mutex::default(),
             started: Instant::now(),
             passes_ended: None,
+            changed: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -183,11 +234,17 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Wakes the held answers ([`Registry::handle_held`]): they ask their pass again.
+    fn wake_idle(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Makes sure the pass of `role` exists for `ij`'s current run: from the status checkpoint
     /// when this operator did not have it (a restart), else fresh over `shards` shards. Passes of
-    /// other runs of the same IngestJob are dropped. The pass hands out shards unless
-    /// `spec.suspend` says otherwise. `budgets` (the prune pass): only those shards run, each
-    /// deleting no more than its budget.
+    /// other runs of the same IngestJob are dropped. An open pass hands out shards unless
+    /// `spec.suspend` says otherwise; one made [`Opening::Ahead`] stays closed until made again
+    /// with [`Opening::Now`]. `budgets` (the prune pass): only those shards run, each deleting no
+    /// more than its budget.
     pub fn ensure(
         &self,
         ij: &IngestJob,
@@ -195,21 +252,15 @@ impl Registry {
         shards: u64,
         checkpoint: Option<&PassCheckpoint>,
         budgets: Option<&BTreeMap<u32, u64>>,
+        opening: Opening,
     ) -> Result<(), String> {
+        let open = opening == Opening::Now;
         let key = Key::of(ij, role);
         let mut inner = self.lock();
         inner.passes.retain(|k, _| {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
         });
-        if let Some(e) = inner.passes.get_mut(&key) {
-            e.pass.pause(ij.spec.suspend);
-            e.limits.clone_from(&ij.spec.limits);
-            return Ok(());
-        }
-        let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
-        let retries = ij.spec.failure_policy.retries_per_shard;
-        let lease = LEASE_SECONDS * 1000;
         // A mount found unresponsive in the copy pass stays avoided in the verify pass.
         let copy = Key {
             role: ingest_api::constants::labels::ROLE_COPY.to_owned(),
@@ -219,6 +270,24 @@ impl Registry {
             Some(e) if copy != key => e.pass.avoided().clone(),
             _ => BTreeMap::new(),
         };
+        if let Some(e) = inner.passes.get_mut(&key) {
+            if open && std::mem::take(&mut e.closed) {
+                // Opened: what the copy pass found unresponsive since it was made, too.
+                e.pass.avoid(&earlier);
+            }
+            let paused = ij.spec.suspend || e.closed;
+            let resumed = e.pass.paused() && !paused;
+            e.pass.pause(paused);
+            e.limits.clone_from(&ij.spec.limits);
+            drop(inner);
+            if resumed {
+                self.wake_idle();
+            }
+            return Ok(());
+        }
+        let total = u32::try_from(shards).map_err(|_| format!("{shards} shards: too many"))?;
+        let retries = ij.spec.failure_policy.retries_per_shard;
+        let lease = LEASE_SECONDS * 1000;
         let pass = match checkpoint {
             Some(cp) => P::restore(total, &Checkpoint::from(cp), retries, lease)
                 .map_err(|e| format!("status.checkpoint.{role}: {e}"))?,
@@ -229,7 +298,7 @@ impl Registry {
             Some(b) => pass.only(&b.keys().copied().collect()),
             None => pass,
         };
-        pass.pause(ij.spec.suspend);
+        pass.pause(ij.spec.suspend || !open);
         // A pass restored finished came from the status: it is there already.
         let persisted = pass.finished() && checkpoint.is_some();
         inner.passes.insert(
@@ -241,6 +310,7 @@ impl Registry {
                 budgets: budgets.cloned().unwrap_or_default(),
                 write_started: checkpoint.and_then(|c| c.write_started),
                 limits: ij.spec.limits.clone(),
+                closed: !open,
             },
         );
         Ok(())
@@ -253,6 +323,8 @@ impl Registry {
             .passes
             .retain(|k, _| !(k.namespace == namespace && k.name == name));
         inner.ended.remove(&(namespace.to_owned(), name.to_owned()));
+        drop(inner);
+        self.wake_idle();
     }
 
     /// The current run of `ij` is over (its record is written, or its failure policy stopped it):
@@ -271,6 +343,8 @@ impl Registry {
             (ij.namespace().unwrap_or_default(), ij.name_any()),
             (ij.uid().unwrap_or_default(), ij.spec.run),
         );
+        drop(inner);
+        self.wake_idle();
     }
 
     /// Pods of the pass that ended (their process is gone): their claims go back to the queue.
@@ -282,14 +356,19 @@ impl Registry {
     ) {
         let now = self.now_ms();
         let mut inner = self.lock();
+        let mut back = 0;
         if let Some(Entry { pass: p, .. }) = inner.passes.get_mut(&Key::of(ij, role)) {
             for pod in pods {
                 if !p.claims_of(pod).is_empty() {
                     tracing::info!(pod, role, "worker ended holding claims: back to the queue");
                 }
-                p.worker_gone(pod);
+                back += p.worker_gone(pod).len();
             }
-            p.expire(now);
+            back += p.expire(now).len();
+        }
+        drop(inner);
+        if back > 0 {
+            self.wake_idle();
         }
     }
 
@@ -310,7 +389,9 @@ impl Registry {
         }
         let write_started = entry.write_started;
         let p = &mut entry.pass;
-        p.expire(now);
+        if !p.expire(now).is_empty() {
+            self.wake_idle();
+        }
         let mut in_flight = PodProgress::default();
         let mut live = 0;
         for (_, pr, at) in p.in_flight() {
@@ -387,10 +468,21 @@ impl Registry {
         let over = |p: &P| p.finished() || p.stopped().is_some();
         let was_over = over(&entry.pass);
         let avoided_before = entry.pass.avoided().len();
+        let (pending, ended) = openings(&entry.pass);
         let (shards, mut state) = entry.pass.report(&req.worker, report, now);
+        // Shards back in the queue (a lease ran out, a failed shard to retry, a worker that
+        // left), or the pass over: the idle workers held may act on it.
+        let (pending_now, ended_now) = openings(&entry.pass);
+        if pending_now + shards.len() as u64 > pending || ended_now != ended {
+            self.wake_idle();
+        }
+        // Every shard handed out: the next pass's workers may start (`stage::verify_ahead`).
+        let handed_out = pending > 0 && pending_now == 0 && !ended_now;
         // A pass that ended, or a mount newly found unresponsive (the status names it, with an
-        // Event), wakes the IngestJob's reconcile.
-        if (!was_over && over(&entry.pass) || entry.pass.avoided().len() > avoided_before)
+        // Event), wakes the IngestJob's reconcile; so does the last shard handed out.
+        if (!was_over && over(&entry.pass)
+            || entry.pass.avoided().len() > avoided_before
+            || handed_out)
             && let Some(tx) = &self.passes_ended
         {
             let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
@@ -421,6 +513,7 @@ impl Registry {
                 .filter_map(|s| entry.budgets.get(s).map(|b| (*s, *b)))
                 .collect(),
             shards,
+            closed: entry.closed,
         })
     }
 
@@ -435,9 +528,40 @@ impl Registry {
     /// The status now holds `role`'s checkpoint as a finished pass (it was written, or already
     /// said so): its workers may exit.
     pub fn mark_persisted(&self, ij: &IngestJob, role: &str) {
-        if let Some(e) = self.lock().passes.get_mut(&Key::of(ij, role)) {
-            e.persisted = true;
+        let newly = match self.lock().passes.get_mut(&Key::of(ij, role)) {
+            Some(e) => !std::mem::replace(&mut e.persisted, true),
+            None => false,
+        };
+        if newly {
+            self.wake_idle();
         }
+    }
+
+    /// [`Registry::handle`], but a worker that holds nothing and is told to wait
+    /// ([`may_hold`]) gets its answer when something it could act on changed (a shard back in
+    /// the queue, the pass finished and in the status, opened, the run stopped or resumed), or
+    /// after `hold`: it asks again then. The message is asked again as it was (a worker holding
+    /// nothing asks the same every time), less the completions it carried, counted already.
+    pub async fn handle_held(
+        &self,
+        req: ClaimRequest,
+        hold: Duration,
+    ) -> Result<ClaimResponse, Refusal> {
+        let mut changed = self.changed.subscribe();
+        let again = ClaimRequest {
+            done: Vec::new(),
+            ..req.clone()
+        };
+        let mut answer = self.handle(req)?;
+        let until = tokio::time::Instant::now() + hold;
+        while may_hold(&again, &answer) {
+            match tokio::time::timeout_at(until, changed.changed()).await {
+                Ok(Ok(())) => answer = self.handle(again.clone())?,
+                // The hold ran out (or the registry is gone): the worker asks again.
+                _ => break,
+            }
+        }
+        Ok(answer)
     }
 }
 
@@ -487,7 +611,8 @@ mod tests {
     fn a_pass_is_served_once_the_reconcile_made_it_and_finishes() {
         let reg = Registry::default();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NotReady));
-        reg.ensure(&ij(1), "copy", 2, None, None).unwrap();
+        reg.ensure(&ij(1), "copy", 2, None, None, Opening::Now)
+            .unwrap();
         let r = reg.handle(req("w0", 1, 2, &[])).unwrap();
         assert_eq!((r.shards, r.state), (vec![0, 1], PassState::Work));
         let r = reg.handle(req("w0", 1, 1, &[(0, 3), (1, 4)])).unwrap();
@@ -505,24 +630,33 @@ mod tests {
         // An operator restarted from that checkpoint lets the workers go at once.
         let again = Registry::default();
         again
-            .ensure(&ij(1), "copy", 2, Some(&v.checkpoint), None)
+            .ensure(&ij(1), "copy", 2, Some(&v.checkpoint), None, Opening::Now)
             .unwrap();
         assert_eq!(
             again.handle(req("w0", 1, 1, &[])).unwrap().state,
             PassState::Finished
         );
         // A worker of an older run gets "no such pass" once the new run's pass exists.
-        reg.ensure(&ij(2), "copy", 1, None, None).unwrap();
+        reg.ensure(&ij(2), "copy", 1, None, None, Opening::Now)
+            .unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])), Err(Refusal::NoPass));
         assert!(reg.view(&ij(1), "copy").is_none(), "old run dropped");
     }
 
     #[test]
-    fn the_reconcile_is_woken_once_when_a_pass_ends() {
+    fn the_reconcile_is_woken_once_when_a_pass_hands_out_its_last_shard_and_once_when_it_ends() {
         let (tx, mut rx) = futures::channel::mpsc::unbounded();
         let reg = Registry::with_trigger(tx);
-        reg.ensure(&ij(1), "copy", 2, None, None).unwrap();
+        reg.ensure(&ij(1), "copy", 3, None, None, Opening::Now)
+            .unwrap();
         reg.handle(req("w0", 1, 2, &[])).unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "not while shards are left to hand out"
+        );
+        reg.handle(req("w1", 1, 1, &[])).unwrap();
+        rx.try_recv().expect("woken: every shard is handed out");
+        reg.handle(req("w1", 1, 0, &[(2, 1)])).unwrap();
         assert!(rx.try_recv().is_err(), "not while work goes on");
         reg.handle(req("w0", 1, 0, &[(0, 1), (1, 1)])).unwrap();
         let woken = rx.try_recv().expect("woken when the pass finished");
@@ -537,13 +671,16 @@ mod tests {
     #[test]
     fn a_restarted_operator_resumes_from_the_checkpoint() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 3, None, None).unwrap();
+        reg.ensure(&ij(1), "copy", 3, None, None, Opening::Now)
+            .unwrap();
         reg.handle(req("w0", 1, 2, &[])).unwrap();
         reg.handle(req("w0", 1, 0, &[(0, 5)])).unwrap();
         let cp = reg.view(&ij(1), "copy").unwrap().checkpoint;
 
         let again = Registry::default();
-        again.ensure(&ij(1), "copy", 3, Some(&cp), None).unwrap();
+        again
+            .ensure(&ij(1), "copy", 3, Some(&cp), None, Opening::Now)
+            .unwrap();
         let mut holding = req("w0", 1, 1, &[]);
         holding.holding = vec![1];
         // w0 keeps shard 1 and gets 2; shard 0 is not handed out again.
@@ -555,7 +692,8 @@ mod tests {
     #[test]
     fn the_workers_of_an_ended_run_are_told_to_stop_even_after_a_restart() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 3, None, None).unwrap();
+        reg.ensure(&ij(1), "copy", 3, None, None, Opening::Now)
+            .unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
         reg.end_run(&ij(1));
         let r = reg.handle(req("w0", 1, 1, &[(0, 1)])).unwrap();
@@ -567,10 +705,123 @@ mod tests {
         assert_eq!(again.handle(req("w1", 1, 1, &[])), Err(Refusal::NoPass));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_workers_last_wait_is_answered_once_the_pass_is_in_the_status() {
+        let reg = Registry::default();
+        reg.ensure(&ij(1), "copy", 2, None, None, Opening::Now)
+            .unwrap();
+        assert_eq!(reg.handle(req("w0", 1, 2, &[])).unwrap().shards, vec![0, 1]);
+        // w0 ends both and holds nothing: told to wait (the completions are only in memory),
+        // and the answer is held.
+        let held = reg.handle_held(req("w0", 1, 2, &[(0, 3), (1, 4)]), HOLD);
+        tokio::pin!(held);
+        assert!(futures::poll!(&mut held).is_pending(), "held");
+        assert!(
+            reg.view(&ij(1), "copy").unwrap().finished,
+            "counted meanwhile"
+        );
+        let t0 = tokio::time::Instant::now();
+        reg.mark_persisted(&ij(1), "copy");
+        let r = held.await.unwrap();
+        assert_eq!(r.state, PassState::Finished);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "answered at once, not at the hold's end"
+        );
+        let v = reg.view(&ij(1), "copy").unwrap();
+        assert_eq!(
+            v.sum.files, 7,
+            "each completion counted once, the message asked twice"
+        );
+    }
+
+    /// A copy pass of one shard, which w0 took.
+    fn one_shard_held_by_w0() -> Registry {
+        let reg = Registry::default();
+        reg.ensure(&ij(1), "copy", 1, None, None, Opening::Now)
+            .unwrap();
+        assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
+        reg
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_back_in_the_queue_goes_to_a_held_worker_at_once() {
+        let reg = one_shard_held_by_w0();
+        let held = reg.handle_held(req("w1", 1, 1, &[]), HOLD);
+        tokio::pin!(held);
+        assert!(
+            futures::poll!(&mut held).is_pending(),
+            "nothing to give w1 yet"
+        );
+        reg.workers_ended(&ij(1), "copy", ["w0"]);
+        let r = held.await.unwrap();
+        assert_eq!((r.shards, r.state), (vec![0], PassState::Work));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_wait_ends_after_the_hold_and_a_worker_holding_shards_is_never_held() {
+        let reg = one_shard_held_by_w0();
+        // w0 holds shard 0 and has room: answered at once (its heartbeats must go on).
+        let mut beat = req("w0", 1, 1, &[]);
+        beat.holding = vec![0];
+        let r = futures::poll!(Box::pin(reg.handle_held(beat, HOLD)));
+        assert!(r.is_ready(), "a worker holding shards is not held");
+        // w1 holds nothing and nothing changes: it is told to wait when the hold ends.
+        let t0 = tokio::time::Instant::now();
+        let r = reg.handle_held(req("w1", 1, 1, &[]), HOLD).await.unwrap();
+        assert_eq!((r.shards, r.state), (vec![], PassState::Wait));
+        assert_eq!(t0.elapsed(), HOLD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_made_ahead_hands_out_nothing_and_holds_its_workers_first_words_until_it_opens()
+    {
+        let reg = Registry::default();
+        reg.ensure(&ij(1), "copy", 2, None, None, Opening::Now)
+            .unwrap();
+        reg.ensure(&ij(1), "verify", 2, None, None, Opening::Ahead)
+            .unwrap();
+        let mut hello = req("v0", 1, 0, &[]);
+        hello.role = "verify".into();
+        let held = reg.handle_held(hello.clone(), HOLD);
+        tokio::pin!(held);
+        assert!(
+            futures::poll!(&mut held).is_pending(),
+            "a first message waits for the opening"
+        );
+        // Made again ahead (the next reconcile): still closed, still nothing handed out.
+        reg.ensure(&ij(1), "verify", 2, None, None, Opening::Ahead)
+            .unwrap();
+        let mut ask = hello.clone();
+        ask.room = 2;
+        let r = reg.handle(ask.clone()).unwrap();
+        assert_eq!(
+            (r.shards, r.state, r.closed),
+            (vec![], PassState::Wait, true)
+        );
+        // Suspended, then resumed: that does not open it either.
+        let mut suspended = ij(1);
+        suspended.spec.suspend = true;
+        reg.ensure(&suspended, "verify", 2, None, None, Opening::Ahead)
+            .unwrap();
+        reg.ensure(&ij(1), "verify", 2, None, None, Opening::Ahead)
+            .unwrap();
+        let r = reg.handle(ask.clone()).unwrap();
+        assert_eq!((r.shards.len(), r.closed), (0, true));
+        // The copy pass ended: the reconcile opens it.
+        reg.ensure(&ij(1), "verify", 2, None, None, Opening::Now)
+            .unwrap();
+        let r = held.await.unwrap();
+        assert!(!r.closed);
+        assert_eq!(reg.handle(ask).unwrap().shards, vec![0, 1]);
+    }
+
     #[test]
     fn an_ended_pods_claims_go_back_to_the_queue() {
         let reg = Registry::default();
-        reg.ensure(&ij(1), "copy", 1, None, None).unwrap();
+        reg.ensure(&ij(1), "copy", 1, None, None, Opening::Now)
+            .unwrap();
         assert_eq!(reg.handle(req("w0", 1, 1, &[])).unwrap().shards, vec![0]);
         reg.workers_ended(&ij(1), "copy", ["w0"]);
         assert_eq!(reg.handle(req("w1", 1, 1, &[])).unwrap().shards, vec![0]);

@@ -76,6 +76,42 @@ pub fn pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
     Some(ObjectRef::new(name).within(&pod.namespace()?))
 }
 
+/// The IngestJob of a pod that just ended (succeeded or failed), if any (pure). Its end may
+/// move the run on (the scan done, a pass's last workers gone): see [`Context::prompt`].
+pub fn ended_pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+        .then(|| pod_owner(pod))
+        .flatten()
+}
+
+/// The IngestJob of a Job that just finished (a Complete or Failed condition), by its controller
+/// owner reference (pure). See [`ended_pod_owner`].
+pub fn ended_job_owner(job: &Job) -> Option<ObjectRef<IngestJob>> {
+    if !crate::stage::job_state(job).finished {
+        return None;
+    }
+    let owner = job
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "IngestJob")?;
+    Some(ObjectRef::new(&owner.name).within(&job.namespace()?))
+}
+
+/// For a watch's `inspect`: marks prompted ([`Context::prompt`]) the IngestJob `owner` names
+/// for an object, if any.
+fn prompting<K>(
+    ctx: &Arc<Context>,
+    owner: fn(&K) -> Option<ObjectRef<IngestJob>>,
+) -> impl FnMut(&std::result::Result<K, watcher::Error>) + use<K> {
+    let ctx = ctx.clone();
+    move |o| {
+        if let Some(job) = o.as_ref().ok().and_then(owner) {
+            ctx.prompt(&job);
+        }
+    }
+}
+
 /// Parses `--namespaces`: comma-separated namespace names (spaces around them ignored, repeats dropped, order
 /// kept); an empty or blank list means all namespaces. Each name must be a DNS-1123 label, as Kubernetes
 /// requires of namespaces; the error names the offending entry.
@@ -140,11 +176,14 @@ async fn run_one(
     // are cached, nothing reads them. ConfigMaps metadata only: the plans' data is never streamed.
     // Each watch backs off on errors (as `Controller::owns` does): a failing watch must not
     // become a tight loop of requests to the API server.
+    // A child that ended, or a pass that ended, may move its run on: its reconcile comes
+    // promptly (`Context::prompt`, marked before the reconcile it triggers).
     let jobs = watcher(scoped::<Job>(&client, ns), managed.clone())
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(jobs_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect(prompting(&ctx, ended_job_owner));
     let plans = watcher(
         scoped::<PartialObjectMeta<ConfigMap>>(&client, ns),
         managed.clone(),
@@ -157,7 +196,12 @@ async fn run_one(
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(pods_writer)
-        .touched_objects();
+        .touched_objects()
+        .inspect(prompting(&ctx, ended_pod_owner));
+    let passes_ended = passes_ended.inspect({
+        let ctx = ctx.clone();
+        move |o| ctx.prompt(o)
+    });
     Controller::new(
         scoped::<IngestJob>(&client, ns),
         watcher::Config::default().any_semantic(),

@@ -208,7 +208,7 @@ async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
         tracing::warn!(worker = %msg.worker, job = %msg.job, namespace = %msg.namespace, %why, "claims message refused");
         return (403, "text/plain", format!("{why}\n"));
     }
-    match c.registry.handle(msg) {
+    match c.registry.handle_held(msg, crate::claims::HOLD).await {
         Ok(r) => (
             200,
             "application/json",
@@ -432,7 +432,9 @@ mod tests {
                 .await
                 .starts_with("HTTP/1.1 503")
         );
-        registry.ensure(&ij, "copy", 3, None, None).unwrap();
+        registry
+            .ensure(&ij, "copy", 3, None, None, crate::claims::Opening::Now)
+            .unwrap();
         let ok = post(addr, Some("good"), &msg("j-r1-copy-0-a", 2)).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         let body = ok.split("\r\n\r\n").nth(1).unwrap();

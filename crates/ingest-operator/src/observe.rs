@@ -70,6 +70,14 @@ impl Observed {
             .and_then(|m| summary_of(&m.metadata))
     }
 
+    /// Whether a Job of `role` in `run` exists (whichever servers it mounts).
+    pub fn has_job_of(&self, role: &str, run: i64) -> bool {
+        self.jobs.iter().any(|j| {
+            has_label(&j.metadata.labels, labels::ROLE, role)
+                && run_of(&j.metadata.labels) == Some(run)
+        })
+    }
+
     /// Pods of `role` in `run`.
     pub fn pods_of<'a>(&'a self, role: &'a str, run: i64) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods.iter().filter(move |p| {

@@ -15,9 +15,10 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::claims::{Registry, Views};
+use crate::claims::{Opening, Registry, Views};
 use crate::desired::{Child, Settings, desired};
 use crate::error::{Category, Error, Result};
 use crate::metrics::{JobSample, Metrics};
@@ -46,12 +47,21 @@ pub struct Context {
     pub rbac: apply::RbacApplied,
     last_write: Mutex<HashMap<String, Instant>>,
     last_reconcile: Mutex<HashMap<String, Instant>>,
+    /// IngestJobs whose next reconcile waits [`PROMPT_GAP`] at most, not the whole gap
+    /// ([`Context::prompt`]).
+    prompted: Mutex<std::collections::HashSet<String>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 /// Default [`Context::reconcile_gap`]: pod events of one IngestJob (hundreds a second when many short pods
 /// churn) cost at most one observe pass per second.
 pub const RECONCILE_GAP: Duration = Duration::from_secs(1);
+
+/// The gap before a reconcile that may move a run on ([`Context::prompt`]): a pass ended, a child
+/// ended. The end of each step of a run (the scan's pod, a pass's workers) used to wait out
+/// [`RECONCILE_GAP`], up to a second per step; these events are few (one per pod and pass), so
+/// a short gap still bounds them when a pass's workers all end at once.
+pub const PROMPT_GAP: Duration = Duration::from_millis(100);
 
 /// Whether a reconcile triggered `since_last` after the previous one runs now (None) or is requeued to the end
 /// of the gap (pure). Unlike a debounce, a steady stream of triggers cannot postpone it further.
@@ -60,6 +70,12 @@ pub fn throttle(since_last: Option<Duration>, gap: Duration) -> Option<Duration>
         Some(d) if d < gap => Some(gap - d),
         _ => None,
     }
+}
+
+/// The gap a reconcile keeps since the last one of its IngestJob (pure): at most [`PROMPT_GAP`]
+/// when something may have moved its run on ([`Context::prompt`]), else `gap`.
+pub fn gap_for(prompted: bool, gap: Duration) -> Duration {
+    if prompted { gap.min(PROMPT_GAP) } else { gap }
 }
 
 impl Context {
@@ -83,6 +99,7 @@ impl Context {
             rbac: apply::RbacApplied::default(),
             last_write: Mutex::default(),
             last_reconcile: Mutex::default(),
+            prompted: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -104,6 +121,20 @@ impl Context {
     pub fn with_reconcile_gap(mut self, gap: Duration) -> Self {
         self.reconcile_gap = gap;
         self
+    }
+
+    /// Something happened that may move `job`'s run on (a pass ended, a child ended): its next
+    /// reconcile waits [`PROMPT_GAP`] since the last at most, not [`Context::reconcile_gap`].
+    /// Called by the watches before the reconcile they trigger.
+    pub fn prompt(&self, job: &ObjectRef<IngestJob>) {
+        self.prompted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!(
+                "{}/{}",
+                job.namespace.as_deref().unwrap_or_default(),
+                job.name
+            ));
     }
 }
 
@@ -366,10 +397,14 @@ pub async fn reconcile(ij: Arc<IngestJob>, ctx: Arc<Context>) -> Result<Action> 
     let started = Instant::now();
     {
         let mut last = ctx.last_reconcile.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prompted = ctx.prompted.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(&ij);
-        if let Some(wait) = throttle(last.get(&k).map(|t| t.elapsed()), ctx.reconcile_gap) {
+        let gap = gap_for(prompted.contains(&k), ctx.reconcile_gap);
+        if let Some(wait) = throttle(last.get(&k).map(|t| t.elapsed()), gap) {
+            tracing::debug!(ingestjob = %k, wait_ms = wait.as_millis() as u64, "reconcile held to the gap");
             return Ok(Action::requeue(wait));
         }
+        prompted.remove(&k);
         last.insert(k, started);
     }
     let result = if needs_finalizer(&ij) {
@@ -468,6 +503,12 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    tracing::debug!(
+        ingestjob = %key(ij),
+        phase = ?st.phase,
+        written = later.is_none(),
+        "reconciled"
+    );
     let finished = st.phase.is_some_and(Phase::is_finished);
     if finished {
         // Nothing of a finished run may work on: workers still asking (FailJob stopped the run while
@@ -532,7 +573,7 @@ async fn apply_children(
 /// the verify pass once the copy pass ended), restored from the status checkpoint after an
 /// operator restart; tells them which worker pods ended (their claims go back to the queue);
 /// returns what they say.
-fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> Result<Views> {
+pub fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> Result<Views> {
     let run = ij.spec.run;
     let Some(plan) = obs.plan(ij, run) else {
         return Ok(Views::default());
@@ -558,7 +599,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             .filter_map(|p| p.metadata.name.as_deref())
             .collect::<Vec<_>>()
     };
-    let verify_pass = || -> Result<()> {
+    let verify_pass = |opening: Opening| -> Result<()> {
         claims
             .ensure(
                 ij,
@@ -566,6 +607,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
                 plan.shards,
                 checkpoint.verify.as_ref(),
                 None,
+                opening,
             )
             .map_err(plan_error)?;
         claims.workers_ended(ij, labels::ROLE_VERIFY, ended(labels::ROLE_VERIFY));
@@ -573,7 +615,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
     };
     if stage::frozen_spec(ij, obs).dry_run {
         // No copy pass: the verify pass compares from the start.
-        verify_pass()?;
+        verify_pass(Opening::Now)?;
         return Ok(claims.views(ij));
     }
     claims
@@ -583,6 +625,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             plan.shards,
             checkpoint.copy.as_ref(),
             None,
+            Opening::Now,
         )
         .map_err(plan_error)?;
     claims.workers_ended(ij, labels::ROLE_COPY, ended(labels::ROLE_COPY));
@@ -598,6 +641,16 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             .is_some_and(|v| (v.finished || job_ended) && v.stopped.is_none())
     };
     if !ended_pass(labels::ROLE_COPY) {
+        // The verify workers start ahead (`stage::verify_ahead`); once made, the pass stays,
+        // and a restarted operator makes it again for the verify Job it finds.
+        let ahead = stage::verify_ahead(
+            &stage::frozen_spec(ij, obs),
+            claims.view(ij, labels::ROLE_COPY).as_ref(),
+        ) || claims.view(ij, labels::ROLE_VERIFY).is_some()
+            || obs.has_job_of(labels::ROLE_VERIFY, run);
+        if ahead {
+            verify_pass(Opening::Ahead)?;
+        }
         return Ok(claims.views(ij));
     }
     // A mirror whose copy pass found what it may delete runs its prune pass first.
@@ -618,6 +671,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
                 plan.shards,
                 checkpoint.prune.as_ref(),
                 Some(budgets),
+                Opening::Now,
             )
             .map_err(plan_error)?;
         claims.workers_ended(ij, labels::ROLE_PRUNE, ended(labels::ROLE_PRUNE));
@@ -625,7 +679,7 @@ fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry) -> 
             return Ok(claims.views(ij));
         }
     }
-    verify_pass()?;
+    verify_pass(Opening::Now)?;
     Ok(claims.views(ij))
 }
 
@@ -845,6 +899,28 @@ mod tests {
         for ms in (0..1000).step_by(37) {
             assert!(throttle(Some(Duration::from_millis(ms)), gap).unwrap() <= gap);
         }
+    }
+
+    #[test]
+    fn a_run_that_may_have_moved_on_is_reconciled_promptly() {
+        let gap = RECONCILE_GAP;
+        let since = |ms| Some(Duration::from_millis(ms));
+        // A pass ended 150 ms after the last reconcile: its run goes on now, not 850 ms later.
+        assert_eq!(throttle(since(150), gap_for(true, gap)), None);
+        assert_eq!(
+            throttle(since(150), gap_for(false, gap)),
+            Some(Duration::from_millis(850))
+        );
+        // Many ends at once (a pass's workers exiting) still cost one reconcile per PROMPT_GAP.
+        assert_eq!(
+            throttle(since(40), gap_for(true, gap)),
+            Some(PROMPT_GAP - Duration::from_millis(40))
+        );
+        assert_eq!(
+            gap_for(true, Duration::ZERO),
+            Duration::ZERO,
+            "tests' zero gap stays"
+        );
     }
 
     #[test]

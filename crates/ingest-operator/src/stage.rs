@@ -36,6 +36,28 @@ pub struct Layout {
     /// `verify.scope: Changed`: the verify pass reads the content of files whose destination
     /// ctime is at or after this (the copy pass's earliest write, less the margin).
     pub content_changed_since: Option<i64>,
+    /// The verify pass exists while the copy pass runs ([`verify_ahead`]): its workers start
+    /// during the copy's last shards.
+    pub verify_ahead: bool,
+}
+
+/// Whether the verify pass's workers start before the copy pass ends (pure): once every copy
+/// shard is handed out, while the last ones run, when the verify pass is sure to come next and
+/// its Job depends on nothing the copy has yet to say. They start, ask, and are held until the
+/// copy ends: the pod start-up of the verify wave (seconds on a real cluster: scheduling, NFS
+/// mounts) is spent during the copy's tail instead of after it. Not for a mirror (a prune pass
+/// may come first), `failurePolicy.action: FailJob` (a failure stops the run before verify),
+/// nor `verify.scope: Changed` (its Job carries the copy's earliest write).
+pub fn verify_ahead(spec: &IngestJobSpec, copy: Option<&crate::claims::PassView>) -> bool {
+    let Some(copy) = copy else { return false };
+    !spec.dry_run
+        && spec.mode.is_copy()
+        && spec.failure_policy.action != FailureAction::FailJob
+        && spec.verify.scope != ingest_api::job::VerifyScope::Changed
+        && !copy.finished
+        && copy.stopped.is_none()
+        && copy.counts.pending == 0
+        && copy.counts.running > 0
 }
 
 impl Layout {
@@ -142,6 +164,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
         mirror: spec.mirror_limit().ok().flatten(),
         deletes: None,
         content_changed_since: None,
+        verify_ahead: false,
     }
 }
 
@@ -252,6 +275,9 @@ impl Stage {
     pub fn roles(&self) -> &'static [&'static str] {
         match self {
             Stage::Scan | Stage::ScanFailed(_) => &[labels::ROLE_SCAN],
+            Stage::Copy(_, l) if l.verify_ahead => {
+                &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_VERIFY]
+            }
             Stage::Copy(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY],
             Stage::Prune(..) => &[labels::ROLE_SCAN, labels::ROLE_COPY, labels::ROLE_PRUNE],
             Stage::Verify(_, l) | Stage::Done { layout: l, .. } if l.prunes() => &[
@@ -434,6 +460,8 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let copy_ended = role_state(ij, obs, labels::ROLE_COPY, &layout.avoided)
         .is_some_and(|s| s.finished && !s.failed_whole());
     layout.deletes = mirror_decision(&layout, &frozen, &plan, passes.copy.as_ref(), copy_ended);
+    // Made by `reconcile::set_up_passes` by the rule of `verify_ahead`.
+    layout.verify_ahead = passes.verify.is_some();
     if frozen.verify.scope == ingest_api::job::VerifyScope::Changed {
         // Unknown (no copy worker said when it began): every file's content is read.
         layout.content_changed_since = passes
@@ -579,6 +607,52 @@ mod tests {
         );
         let l = layout(&spec(1, Some(50)), &plan(&[3]));
         assert_eq!(l.workers, 3);
+    }
+
+    #[test]
+    fn verify_workers_start_ahead_only_when_the_verify_pass_surely_comes_next() {
+        use crate::claims::PassView;
+        let tail = |pending, running, finished| PassView {
+            counts: ingest_job::pass::Counts {
+                total: 4,
+                pending,
+                running,
+                completed: 4 - pending - running,
+                lost: 0,
+            },
+            finished,
+            ..PassView::default()
+        };
+        let s = spec(3, None);
+        assert!(
+            verify_ahead(&s, Some(&tail(0, 2, false))),
+            "every shard handed out"
+        );
+        assert!(
+            !verify_ahead(&s, Some(&tail(1, 2, false))),
+            "one still to hand out"
+        );
+        assert!(
+            !verify_ahead(&s, Some(&tail(0, 0, true))),
+            "ended: no longer ahead"
+        );
+        assert!(!verify_ahead(&s, None));
+        let stopped = PassView {
+            stopped: Some("unusable".into()),
+            ..tail(0, 2, false)
+        };
+        assert!(!verify_ahead(&s, Some(&stopped)), "the run stops there");
+        let with = |f: &dyn Fn(&mut IngestJobSpec)| {
+            let mut s = spec(3, None);
+            f(&mut s);
+            verify_ahead(&s, Some(&tail(0, 2, false)))
+        };
+        assert!(!with(&|s| s.failure_policy.action = FailureAction::FailJob));
+        assert!(!with(&|s| s.mode = ingest_api::job::Mode::Mirror));
+        assert!(!with(
+            &|s| s.verify.scope = ingest_api::job::VerifyScope::Changed
+        ));
+        assert!(!with(&|s| s.dry_run = true));
     }
 
     #[test]

@@ -699,6 +699,7 @@ mod server_tests {
             mirror: None,
             deletes: None,
             content_changed_since: None,
+            verify_ahead: false,
         };
         let copy = PassView {
             mounts: BTreeMap::from([

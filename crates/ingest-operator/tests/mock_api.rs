@@ -522,6 +522,7 @@ async fn restart_mid_copy_resumes_the_pass_from_the_checkpoint_creates_nothing_t
             avoid: vec![],
             deletes: Default::default(),
             limits: None,
+            closed: false,
         }
     );
     let ij = current(&shared, "media");
@@ -1360,6 +1361,7 @@ async fn fail_job_stops_the_run_at_a_shard_lost_through_its_retries_and_tells_th
             avoid: vec![],
             deletes: Default::default(),
             limits: None,
+            closed: false,
         }
     );
 

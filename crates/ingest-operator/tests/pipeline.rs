@@ -13,7 +13,7 @@ use ingest_api::report::PodResult;
 use ingest_api::{
     FileFailure, IngestJob, IngestJobStatus, Phase, ThreadsPerWorker, Totals, VerificationCounts,
 };
-use ingest_operator::claims::{Registry, Views};
+use ingest_operator::claims::{Opening, Registry, Views};
 use ingest_operator::desired::{Child, REPORT_MOUNT, SOURCE_MOUNT, Settings, desired, dest_mount};
 use ingest_operator::observe::Observed;
 use ingest_operator::stage::{Stage, stage};
@@ -998,7 +998,7 @@ fn a_restarted_operator_resumes_from_the_status_checkpoint_and_progress_never_go
     ij.status = Some(before);
     let again = Registry::default();
     again
-        .ensure(&ij, "copy", 8, checkpoint.copy.as_ref(), None)
+        .ensure(&ij, "copy", 8, checkpoint.copy.as_ref(), None, Opening::Now)
         .unwrap();
     let v = again.views(&ij);
     let copy = v.copy.as_ref().unwrap();
@@ -1447,10 +1447,10 @@ fn failures_never_shrink_within_a_pass_when_a_restarted_operator_resumes_from_it
     // failure list (the status has it).
     let again = Registry::default();
     again
-        .ensure(&ij, "copy", 3, cp.copy.as_ref(), None)
+        .ensure(&ij, "copy", 3, cp.copy.as_ref(), None, Opening::Now)
         .unwrap();
     again
-        .ensure(&ij, "verify", 3, cp.verify.as_ref(), None)
+        .ensure(&ij, "verify", 3, cp.verify.as_ref(), None, Opening::Now)
         .unwrap();
     let v = again.views(&ij);
     assert!(v.verify.as_ref().unwrap().sum.failures.is_empty());
@@ -2041,7 +2041,8 @@ fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_comp
     // stuck on a hard mount), and its report ends with what it gave back.
     let reg = Registry::default();
     drive(&reg, &ij, "copy", 4, &done);
-    reg.ensure(&ij, "verify", 4, None, None).unwrap();
+    reg.ensure(&ij, "verify", 4, None, None, Opening::Now)
+        .unwrap();
     let stuck = worker_pod_name(&ij, "verify", 2, "c");
     let mut r = claim_request(&ij, "verify", &stuck);
     r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
@@ -2073,6 +2074,104 @@ fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_comp
     assert!(matches!(stage(&ij, &obs, &v), Stage::Verify(..)));
 }
 
+/// Once every copy shard is handed out, the verify pass is made closed and its Job created:
+/// its workers start during the copy's last shards and are held; the copy's end opens the pass
+/// and the held worker gets its shards at once. Not for `FailJob` (a failure stops the run before
+/// verify) nor a mirror (a prune pass may come first).
+#[tokio::test(start_paused = true)]
+async fn the_verify_workers_start_during_the_copys_last_shards_and_work_when_it_ends() {
+    use ingest_operator::reconcile::set_up_passes;
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 4, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", 2)
+    });
+    let reg = Registry::default();
+    let roles = |obs: &Observed, reg: &Registry| {
+        let v = set_up_passes(&ij, obs, reg).unwrap();
+        let st = stage(&ij, obs, &v);
+        let jobs: Vec<String> = role_jobs_all(&desired(&ij, &st, &settings()).unwrap());
+        (v.verify.is_some(), jobs)
+    };
+    assert_eq!(roles(&obs, &reg), (false, vec!["copy".to_owned()]));
+    let (w0, w1) = (
+        worker_pod_name(&ij, "copy", 0, "a"),
+        worker_pod_name(&ij, "copy", 1, "b"),
+    );
+    let mut r = claim_request(&ij, "copy", &w0);
+    r.room = 3;
+    assert_eq!(reg.handle(r).unwrap().shards, vec![0, 1, 2]);
+    assert_eq!(
+        roles(&obs, &reg),
+        (false, vec!["copy".to_owned()]),
+        "a shard is still to hand out"
+    );
+    let mut r = claim_request(&ij, "copy", &w1);
+    r.room = 3;
+    assert_eq!(reg.handle(r).unwrap().shards, vec![3]);
+    // Every shard handed out: the verify pass exists, closed, and its Job is desired.
+    let (made, jobs) = roles(&obs, &reg);
+    assert!(made);
+    assert_eq!(jobs, ["copy", "verify"]);
+    assert!(matches!(stage(&ij, &obs, &reg.views(&ij)), Stage::Copy(..)));
+    add_pass_job(&ij, &mut obs, "verify", |j| {
+        observed_job(j, false, false, "", "", 6)
+    });
+    // A verify worker asks: nothing yet, and its answer is held.
+    let mut ask = claim_request(&ij, "verify", &worker_pod_name(&ij, "verify", 0, "v"));
+    ask.room = 4;
+    let held = reg.handle_held(ask, ingest_operator::claims::HOLD);
+    tokio::pin!(held);
+    assert!(futures::poll!(&mut held).is_pending());
+    // The copy ends: the next reconcile opens the verify pass, and the held worker gets work.
+    for (w, shards) in [(&w0, vec![0, 1, 2]), (&w1, vec![3])] {
+        let mut r = claim_request(&ij, "copy", w);
+        r.done = shards
+            .into_iter()
+            .map(|shard| ingest_api::claims::ShardDone {
+                shard,
+                result: result(1, 1, 0),
+            })
+            .collect();
+        reg.handle(r).unwrap();
+    }
+    assert!(
+        futures::poll!(&mut held).is_pending(),
+        "not before the reconcile opens it"
+    );
+    let v = set_up_passes(&ij, &obs, &reg).unwrap();
+    assert!(matches!(stage(&ij, &obs, &v), Stage::Verify(..)));
+    let t0 = tokio::time::Instant::now();
+    let answer = held.await.unwrap();
+    assert_eq!(answer.shards, vec![0, 1, 2, 3]);
+    assert_eq!(t0.elapsed(), std::time::Duration::ZERO, "at once");
+
+    // FailJob: no verify workers before the copy ends.
+    let mut fail_job = fixture("three-ips.yaml");
+    fail_job.spec.failure_policy.action = ingest_api::FailureAction::FailJob;
+    let obs = scanned(&fail_job, 1, totals(), false);
+    let reg = Registry::default();
+    set_up_passes(&fail_job, &obs, &reg).unwrap();
+    let mut r = claim_request(&fail_job, "copy", &w0);
+    r.room = 1;
+    assert_eq!(reg.handle(r).unwrap().shards, vec![0]);
+    let v = set_up_passes(&fail_job, &obs, &reg).unwrap();
+    assert!(v.verify.is_none());
+    assert_eq!(
+        role_jobs_all(&desired(&fail_job, &stage(&fail_job, &obs, &v), &settings()).unwrap()),
+        ["copy"]
+    );
+}
+
+/// The roles of the worker Jobs among `children`, in order.
+fn role_jobs_all(children: &[Child]) -> Vec<String> {
+    jobs_of(children)
+        .into_iter()
+        .filter_map(|j| j.labels().get(labels::ROLE).cloned())
+        .filter(|r| r != "scan")
+        .collect()
+}
+
 /// A copy worker found server 2 hung (exit 4 after telling the claims endpoint): the copy pass
 /// gets a new Job, `-x1`, whose pods neither mount server 2 nor write through it; the first Job
 /// stays (its other workers go on, through the servers that answer). The verify pass starts
@@ -2085,7 +2184,8 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
         observed_job(j, false, false, "", "", 3)
     });
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    reg.ensure(&ij, "copy", 6, None, None, Opening::Now)
+        .unwrap();
     let hung = worker_pod_name(&ij, "copy", 2, "abcde");
     let mut r = claim_request(&ij, "copy", &hung);
     r.room = 1;
@@ -2177,7 +2277,8 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
         .collect();
     reg.handle(r).unwrap();
     reg.mark_persisted(&ij, "copy");
-    reg.ensure(&ij, "verify", 6, None, None).unwrap();
+    reg.ensure(&ij, "verify", 6, None, None, Opening::Now)
+        .unwrap();
     let v = reg.views(&ij);
     let s = stage(&ij, &obs, &v);
     assert!(matches!(s, Stage::Verify(..)), "{s:?}");
@@ -2197,7 +2298,8 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     let mut ij = fixture("three-ips.yaml");
     let obs = scanned(&ij, 4, totals(), false);
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 4, None, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None, Opening::Now)
+        .unwrap();
     let a = worker_pod_name(&ij, "copy", 0, "aaaaa");
     let mut r = claim_request(&ij, "copy", &a);
     r.room = 1;
@@ -2207,7 +2309,8 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     let hash = ingest_operator::stage::spec_hash(&ij.spec);
     ij.spec.suspend = true;
     assert_eq!(ingest_operator::stage::spec_hash(&ij.spec), hash);
-    reg.ensure(&ij, "copy", 4, None, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None, Opening::Now)
+        .unwrap();
     let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
     r.room = 1;
     let answer = reg.handle(r).unwrap();
@@ -2256,7 +2359,8 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
     );
 
     ij.spec.suspend = false;
-    reg.ensure(&ij, "copy", 4, None, None).unwrap();
+    reg.ensure(&ij, "copy", 4, None, None, Opening::Now)
+        .unwrap();
     let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 1, "bbbbb"));
     r.room = 2;
     assert_eq!(reg.handle(r).unwrap().shards, [1, 2]);
@@ -2474,7 +2578,8 @@ fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
     );
 
     // Its workers get only those shards, each with its budget.
-    reg.ensure(&ij, "prune", 4, None, Some(&budgets)).unwrap();
+    reg.ensure(&ij, "prune", 4, None, Some(&budgets), Opening::Now)
+        .unwrap();
     let pod = worker_pod_name(&ij, "prune", 0, "p");
     let mut r = claim_request(&ij, "prune", &pod);
     r.room = 8;
@@ -2588,7 +2693,8 @@ fn a_changed_scope_verify_gets_the_copy_passs_earliest_write_less_the_margin() {
             .unwrap()
     };
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 2, None, None).unwrap();
+    reg.ensure(&ij, "copy", 2, None, None, Opening::Now)
+        .unwrap();
     for (pod, started) in [("a", 1_000_500), ("b", 1_000_000), ("c", 1_000_900)] {
         let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, pod));
         r.write_started = Some(started);
@@ -2608,7 +2714,9 @@ fn a_changed_scope_verify_gets_the_copy_passs_earliest_write_less_the_margin() {
     assert!(verify_args(&reg).contains(&want), "{:?}", verify_args(&reg));
     // A restarted operator has it from the status checkpoint.
     let again = Registry::default();
-    again.ensure(&ij, "copy", 2, Some(&cp), None).unwrap();
+    again
+        .ensure(&ij, "copy", 2, Some(&cp), None, Opening::Now)
+        .unwrap();
     assert!(verify_args(&again).contains(&want));
 
     // No copy worker said when it began: the verify reads every file.
@@ -2638,7 +2746,8 @@ fn claims_answers_carry_each_workers_share_of_the_limits_now() {
         ..Default::default()
     });
     let reg = Registry::default();
-    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    reg.ensure(&ij, "copy", 6, None, None, Opening::Now)
+        .unwrap();
     // The claims of one run: the same IngestJob identity whatever its spec says.
     let id = ij.clone();
     let ask = |reg: &Registry, pod: &str| {
@@ -2662,12 +2771,14 @@ fn claims_answers_carry_each_workers_share_of_the_limits_now() {
         time_zone: Some("Europe/Berlin".into()),
         ..Default::default()
     });
-    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    reg.ensure(&ij, "copy", 6, None, None, Opening::Now)
+        .unwrap();
     let r = ask(&reg, "a");
     assert_eq!((r.bytes_per_second, r.files_per_second), (None, Some(10)));
     // Limits removed: unlimited from the next answer.
     ij.spec.limits = None;
-    reg.ensure(&ij, "copy", 6, None, None).unwrap();
+    reg.ensure(&ij, "copy", 6, None, None, Opening::Now)
+        .unwrap();
     let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "a"));
     r.room = 1;
     assert_eq!(reg.handle(r).unwrap().limits, None);

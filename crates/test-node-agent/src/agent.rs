@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ pub struct Ctx {
     pub self_exe: PathBuf,
     /// Process groups of running containers, to stop them all at shutdown.
     pub groups: Mutex<HashSet<i32>>,
+    /// The agent is shutting down: no container starts or restarts, and one that started
+    /// meanwhile is killed as it is tracked (a container that exited on the shutdown's SIGTERM
+    /// was restarted per its restartPolicy, and outlived the agent).
+    pub shutting_down: AtomicBool,
 }
 
 impl Ctx {
@@ -44,13 +49,26 @@ impl Ctx {
         let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if running {
             g.insert(pgid);
+            // Checked under the lock `stop_all` takes after setting the flag: a group tracked
+            // after its snapshot is killed here.
+            if self.shutting_down()
+                && let Some(pid) = Pid::from_raw(pgid)
+            {
+                let _ = kill_process_group(pid, Signal::KILL);
+            }
         } else {
             g.remove(&pgid);
         }
     }
 
+    /// The agent is shutting down (see [`Ctx::shutting_down`]).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Stops every container still running: SIGTERM, then SIGKILL after `grace`.
     async fn stop_all(&self, grace: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
         let groups: Vec<i32> = self
             .groups
             .lock()
@@ -113,6 +131,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         api_port: cluster_url.port_u16().unwrap_or(443),
         self_exe,
         groups: Mutex::new(HashSet::new()),
+        shutting_down: AtomicBool::new(false),
     });
 
     let cap = Capacity::of_host(args.max_pods);

@@ -395,7 +395,7 @@ impl Runner {
         let term_file = cdir.join("termination-log");
         let mut attempt: u32 = 0;
         loop {
-            if stopping(&rx) {
+            if stopping(&rx) || self.ctx.shutting_down() {
                 self.state.lock().await.container_mut(init, i).done = true;
                 return;
             }
@@ -459,6 +459,7 @@ impl Runner {
             tracing::info!(pod = %self.id(), container = %c.name, exit_code, "container exited");
             // Init containers treat Always as OnFailure: they must finish.
             let restart = !stopping(&rx)
+                && !self.ctx.shutting_down()
                 && match policy.as_str() {
                     "Always" if !init => true,
                     "Never" => false,

@@ -143,6 +143,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 avoid: pass.avoided().keys().cloned().collect(),
                 deletes: Default::default(),
                 limits: None,
+                closed: false,
             }),
         )
     } else {

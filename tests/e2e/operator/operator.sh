@@ -55,7 +55,9 @@
 # `vfxt-ingest run`); operator.sh --api-load [WORKERS...] (the operator's API requests/s with 100 and 500
 # simulated claims workers by default). Needs root (the node agent bind-mounts
 # volumes; FUSE mounts). Env: E2E_SOURCE_LATENCY_MS, E2E_SLOW_LATENCY_MS: the slow nodes'
-# latency per operation (source: default 25 ms; destination nodes of tests 4, 5: 15 ms).
+# latency per operation (source: default 25 ms; destination nodes of tests 4, 5: 15 ms);
+# E2E_OPERATOR_LOG: the operator's log filter (default info; "info,ingest_operator=debug" logs
+# each reconcile, for finding where the benchmark's time goes).
 # Tests and helpers run indirectly (run_test "$fn", wait_for "$@", traps), which shellcheck cannot follow.
 # shellcheck disable=SC2317
 set -euo pipefail
@@ -352,6 +354,7 @@ test_2_helm_install() {
   helm install vfxt-ingest "$repo/charts/vfxt-ingest" -n "$op_ns" --create-namespace \
     --set image.repository="$image" --set metrics.port="$port" --set logging.format=text \
     --set statusIntervalSeconds="${E2E_STATUS_INTERVAL:-1}" --set claims.url="http://127.0.0.1:$port" \
+    --set-json "logging.level=$(jq -cn --arg l "${E2E_OPERATOR_LOG:-info}" '$l')" \
     --set-json "policy.namespaces={\"$pns\": $locked_rules}" >/dev/null || { bad "helm install"; return 1; }
   wait_for 90 "operator pod Running" op_running || return 1
   op_pod=$(kubectl get pods -n "$op_ns" -o jsonpath='{.items[0].metadata.name}')
@@ -889,6 +892,8 @@ cleanup() {
   local pid
   # They exit 130 on SIGTERM, after unmounting: that status is not the test's.
   for pid in "${slow_pids[@]}"; do { kill "$pid" && wait "$pid"; } 2>/dev/null || true; done
+  # The benchmark's tmpfs goes whatever the outcome (what a failure leaves is in the logs above).
+  if [[ -n ${data_on_tmpfs-} ]] && mountpoint -q "$data"; then umount "$data" || umount -l "$data"; fi
   ((rc)) || rm -rf "$data"
   exit "$rc"
 }
@@ -918,6 +923,12 @@ setup() {
   slow_nodes=$target/debug/e2e-slow-nodes
 
   data=$(mktemp -d "${TMPDIR:-/tmp}/vfxt-e2e-operator.XXXXXX")
+  # The benchmark keeps its trees in memory: on a disk, ext4 makes each new file scan for inodes
+  # deleted lately (`recently_deleted` in ext4_create: 60-80% of a run's CPU in perf for minutes
+  # after a large delete), so the same `run` took 1.6 s or 10 s by what was deleted before it.
+  if [[ -n ${data_on_tmpfs-} ]]; then
+    mount -t tmpfs -o size=4g,mode=0700 vfxt-e2e-bench "$data" || fail "mount a tmpfs on $data"
+  fi
   src=$data/src      # the source filer's export 10.0.0.5:/export
   dst=$data/dst      # one cluster export, reached as 10.1.1.101..103:/nfs
   slow=$data/slow    # another: 10.1.1.101..103:/slow, each IP through its own slow emulated node
@@ -978,20 +989,28 @@ setup() {
 # through `vfxt-ingest run` on this machine, both from an unthrottled source to the same export.
 # Prints a table and writes JSON to $E2E_BENCH_JSON (default $data/bench.json, kept). Both copies must
 # be identical to the source, or the figures do not count. Pod start-up is measured on the rig: per pod
-# wave (scan, copy, verify), from the Job's creation to its first container start (1 s resolution).
+# wave (scan, copy, verify), from the Job's creation to its first container start (wave_startup).
+# The trees are on a tmpfs (see setup): what is measured is the two paths, not the disk's state.
 bench_yaml() { # NAME DEST_SUBPATH [MOUNTS_YAML]: from the unthrottled source, the planner's shards
   ij_source='{server: 10.0.0.6, path: /fast}' ij_dest_subpath=$2 ij_threads=auto ij_shards=auto \
     ij_yaml "$1" bench /nfs "${3-}"
 }
 now_s() { date +%s.%N; }
-wave_start_s() { # JOB: seconds from the Job's creation to its first pod's container start
-  local job=$1
-  kubectl get job "$job" -n "$ns" -o json | jq -r '.metadata.creationTimestamp' |
-    xargs -I{} date -d {} +%s |
-    { read -r created
-      kubectl get pods -n "$ns" -l "job-name=$job" -o json |
-        jq -r '[.items[].status.containerStatuses[0].state | (.running.startedAt // .terminated.startedAt // empty)] | min // empty' |
-        xargs -I{} date -d {} +%s | { read -r started; echo $((started - created)); }; }
+# wave_startup JOB: seconds from the Job's creation (its ADDED event in $data/bench-jobs, seen by a
+# watch) to its first container's start (the birth of the container's log file, which the node
+# agent creates as it starts the process); both to the millisecond, where the API's timestamps
+# have whole seconds.
+wave_startup() {
+  local job=$1 created started f b
+  created=$(awk -v j="$job" '$2 == "ADDED" && $3 == j { print $1; exit }' "$data/bench-jobs")
+  [[ -n $created ]] || fail "no ADDED event of Job $job in $data/bench-jobs"
+  for f in "$e2e_run_dir"/agent/pods/"$ns"_"$job"-*/containers/*/log; do
+    [[ -f $f ]] || continue
+    b=$(date -d "$(stat -c %w "$f")" +%s.%N)
+    [[ -z ${started-} ]] || awk "BEGIN {exit !($b < $started)}" && started=$b
+  done
+  [[ -n ${started-} ]] || fail "no container log of Job $job's pods"
+  awk "BEGIN {printf \"%.3f\", $started - $created}"
 }
 bench() {
   local n=${1:-20000} d i
@@ -1004,6 +1023,10 @@ bench() {
   # Each timed part starts with nothing dirty in the page cache: the tree just written (or the other
   # path's copy) would otherwise be written back during it, and the two paths would pay for different
   # amounts of it (`run` took 4.7 to 11.5 s on the same quiet machine without this).
+  # When each Job appears, for the pod start-up below (a watch from before the apply).
+  kubectl get jobs -n "$ns" -w --output-watch-events -o jsonpath='{.type} {.object.metadata.name}{"\n"}' |
+    while read -r type name; do printf '%s %s %s\n' "$EPOCHREALTIME" "$type" "$name"; done >"$data/bench-jobs" &
+  local jobs_watch=$!
   sync
   t0=$(now_s)
   bench_yaml bench bench-op | kubectl apply -f - >/dev/null || fail "kubectl apply bench"
@@ -1020,9 +1043,14 @@ bench() {
   t1=$(now_s)
   kill "$!" 2>/dev/null || true
   [[ $phase == Succeeded ]] || fail "the operator's run ended $phase: $(ij_json bench | jq -c .status.message)"
-  local op_s startup=0 w
+  local op_s startup=0 w waves=""
   op_s=$(awk "BEGIN {print $t1 - $t0}")
-  for w in scan copy verify; do startup=$((startup + $(wave_start_s "bench-r0-$w"))); done
+  kill "$jobs_watch" 2>/dev/null || true
+  for w in scan copy verify; do
+    w=$(wave_startup "bench-r0-$w")
+    waves+="${waves:+ + }$w"
+    startup=$(awk "BEGIN {print $startup + $w}")
+  done
   local shards
   shards=$(ij_json bench | jq -r '.status.shards.total')
   # The same job on this machine: the cluster form with each export's local directory.
@@ -1034,11 +1062,14 @@ bench() {
   bench_yaml bench-run bench-run "$mounts" >"$data/bench-run.yaml"
   sync
   t0=$(now_s)
-  "$bin" run -q --file "$data/bench-run.yaml" --state "$data/bench-run-state" --shards "$shards" >/dev/null ||
+  "$bin" run -q --file "$data/bench-run.yaml" --state "$data/bench-run-state" --shards "$shards" >"$data/bench-run.out" ||
     fail "vfxt-ingest run failed (state in $data/bench-run-state)"
   t1=$(now_s)
-  local run_s ident_op=true ident_run=true
+  local run_s run_copy ident_op=true ident_run=true
   run_s=$(awk "BEGIN {print $t1 - $t0}")
+  # Its copy phase, as its summary says ("this run, copy: ... over N s").
+  run_copy=$(sed -n 's/^this run, copy: .* over \([0-9.]*\) s$/\1/p' "$data/bench-run.out")
+  [[ -n $run_copy ]] || fail "no copy time in run's summary: $(cat "$data/bench-run.out")"
   same_tree "$fast/bench" "$dst/bench-op" || ident_op=false
   same_tree "$fast/bench" "$dst/bench-run" || ident_run=false
   local ratio ratio_bare
@@ -1047,16 +1078,16 @@ bench() {
   printf '\n| path | seconds | files/s | identical |\n|---|---|---|---|\n'
   printf '| operator (claims: 3 worker pods, all IPs each) | %.1f | %.0f | %s |\n' "$op_s" "$(awk "BEGIN {print $n / $op_s}")" "$ident_op"
   printf '| vfxt-ingest run (3 worker processes) | %.1f | %.0f | %s |\n' "$run_s" "$(awk "BEGIN {print $n / $run_s}")" "$ident_run"
-  printf '| pod start-up on the rig (scan + copy + verify waves) | %d | | |\n' "$startup"
+  printf '| pod start-up on the rig (scan + copy + verify waves: %s) | %.2f | | |\n' "$waves" "$startup"
   printf '\noperator / (run + pod start-up) = %s; operator / run = %s; %s shards\n' "$ratio" "$ratio_bare" "$shards"
-  printf 'operator phases first seen (s after apply): %s%s@%.1fs\n' "$timeline" "$phase" "$op_s"
+  printf 'operator phases first seen (s after apply): %s%s@%.1fs; run'"'"'s copy phase: %s s\n' "$timeline" "$phase" "$op_s" "$run_copy"
   local json=${E2E_BENCH_JSON:-$data/bench.json}
   jq -n --argjson files "$n" --argjson shards "$shards" --argjson op "$op_s" --argjson run "$run_s" \
     --argjson startup "$startup" --argjson ratio "$ratio" --argjson identOp "$ident_op" --argjson identRun "$ident_run" \
-    --arg timeline "$timeline$phase@${op_s}s" --arg bin "$bin" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+    --arg timeline "$timeline$phase@${op_s}s" --arg bin "$bin" --argjson runCopy "$run_copy" --arg waves "$waves" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
     '{files: $files, shards: $shards, operatorSeconds: $op, runSeconds: $run, podStartupSeconds: $startup,
       operatorOverRunPlusStartup: $ratio, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine,
-      phases: $timeline}' >"$json"
+      phases: $timeline, runCopySeconds: $runCopy, podStartupWaves: $waves}' >"$json"
   # Where the operator's time went: its log (timestamped), and each worker's log with file times.
   op_logs >"${json%.json}-operator.log" 2>&1 || true
   local f
@@ -1253,6 +1284,7 @@ main() {
   fi
   if [[ ${1-} == --bench ]]; then
     selected=(2)
+    data_on_tmpfs=1
     setup
     run_test "2 operator from helm install, under the chart's RBAC" test_2_helm_install
     ((failed == 0)) || fail "the operator did not come up"

@@ -12,7 +12,7 @@ use ingest_api::claims::{ClaimRequest, ShardDone};
 use ingest_api::constants::{annotations, labels};
 use ingest_api::report::{PodProgress, PodResult};
 use ingest_api::{FileFailure, IngestJob, Totals};
-use ingest_operator::claims::{Registry, Views};
+use ingest_operator::claims::{Opening, Registry, Views};
 use ingest_operator::desired::{Child, Settings, desired};
 use ingest_operator::names;
 use ingest_operator::observe::Observed;
@@ -295,7 +295,8 @@ pub fn claim_request(ij: &IngestJob, role: &str, worker: &str) -> ClaimRequest {
 /// to `script` through worker messages and ended pods. Panics when the pass does not end up as
 /// scripted (a script that contradicts itself).
 pub fn drive(reg: &Registry, ij: &IngestJob, role: &str, shards: u64, script: &PassScript) {
-    reg.ensure(ij, role, shards, None, None).unwrap();
+    reg.ensure(ij, role, shards, None, None, Opening::Now)
+        .unwrap();
     let retries = ij.spec.failure_policy.retries_per_shard;
     // Each attempt at a lost shard: a pod takes it and ends (OOM kill, node lost) holding it.
     for &s in &script.lost {

@@ -23,7 +23,9 @@
 //!   once, with room for more. A `done` is kept, and sent again with the next message, until a
 //!   message carrying it got a 2xx answer (the operator counts a shard's completion once, so
 //!   sending it twice is safe). Answers: `work` with shards: run them, in order; `wait` (or `work`
-//!   with nothing given): ask again after 1 s (once per worker, however many slots are free);
+//!   with nothing given): ask again after 1 s (once per worker, however many slots are free).
+//!   To a worker that holds nothing the operator answers when there is something for it (a
+//!   shard back in the queue, the pass over), or after 5 s, so such a wait costs no second;
 //!   `finished`: exit 0 (every slot, without asking again); `stopped`: exit 0, saying on stderr
 //!   that the operator stopped the run.
 //! - Heartbeat: while shards run, a thread sends `holding: [shards]`, the room left and those
@@ -223,6 +225,8 @@ struct State {
     mounts: Vec<MountFigures>,
     /// When the last `wait` (or empty `work`) answer came.
     waited: Option<Instant>,
+    /// [`WAIT`] (tests lengthen it).
+    wait: Duration,
     /// A request is on the wire (the state is unlocked meanwhile; see [`Session::send`]).
     in_flight: bool,
     /// The engine's slots (`--shards-at-once`; 0 until a slot asked).
@@ -249,7 +253,7 @@ impl State {
 
     /// The operator had nothing for us a moment ago.
     fn waited_recently(&self) -> bool {
-        self.waited.is_some_and(|at| at.elapsed() < WAIT)
+        self.waited.is_some_and(|at| at.elapsed() < self.wait)
     }
 
     /// Something to tell the operator now rather than at the next beat: a shard's end, or room
@@ -364,6 +368,7 @@ impl Session {
                 throttle: None,
                 mounts: Vec::new(),
                 in_flight: false,
+                wait: WAIT,
                 slots: 0,
                 pace: None,
                 over: None,
@@ -389,10 +394,19 @@ impl Session {
     /// The first message, before the worker touches any destination: it proves the token and
     /// the endpoint, and learns which destination mounts to keep away from ([`Session::avoid`]):
     /// a worker that replaces one that found a mount hung must not hang on it too.
+    ///
+    /// A pass made ahead of its turn (`closed`: the verify pass while the copy's last shards
+    /// run) is asked again until it opens (the operator holds each answer until it does, or for
+    /// a few seconds): the answer that opens it says which mounts the pass before found
+    /// unresponsive meanwhile.
     pub fn hello(&self) -> Result<(), End> {
-        match self.exchange(self.lock(), |_| 0)?.1.state {
-            PassState::Stopped => Err(End::Stopped),
-            _ => Ok(()),
+        loop {
+            let answer = self.exchange(self.lock(), |_| 0)?.1;
+            match answer.state {
+                PassState::Stopped => return Err(End::Stopped),
+                _ if answer.closed => continue,
+                _ => return Ok(()),
+            }
         }
     }
 
@@ -438,10 +452,14 @@ impl Session {
             if st.waited_recently() && st.done.is_empty() {
                 let left = st
                     .waited
-                    .map_or(WAIT, |at| WAIT.saturating_sub(at.elapsed()));
-                drop(st);
-                std::thread::sleep(left);
-                st = self.lock();
+                    .map_or(st.wait, |at| st.wait.saturating_sub(at.elapsed()));
+                // Woken early by an answer to the heartbeat thread's message: it may give
+                // shards or say the pass is over.
+                st = self
+                    .wire
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
                 continue;
             }
             // A request on the wire (the heartbeat thread's, another slot's) may give shards, say
@@ -584,7 +602,14 @@ impl Session {
                     .running
                     .iter()
                     .filter_map(|r| Some(shard_progress(&slots.get(r.slot)?.snapshot(), &r.base)));
-                let room = if st.waited_recently() { 0 } else { st.room() };
+                // Room only if the operator may have shards for us; but a message that leaves
+                // the worker holding nothing (its last shard's end) asks with all of it: the
+                // operator holds its answer until there is something for the worker.
+                let room = if st.waited_recently() && !st.running.is_empty() {
+                    0
+                } else {
+                    st.room()
+                };
                 self.request(st, room, sum_progress(running), None)
             });
             match answer {
@@ -1336,6 +1361,62 @@ mod tests {
         drop(release);
         // Nothing else was said: no room, nothing ended.
         assert!(requests.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_workers_last_end_asks_for_work_and_a_slot_told_to_wait_goes_with_the_answer() {
+        let t = tempfile::tempdir().unwrap();
+        let (url, requests, release) = held();
+        // Beats an hour apart, and a `wait` answer holds a slot back an hour: only the answers
+        // below move the worker on.
+        let s = session(&url, &token(&t, "tok"), Duration::from_secs(3600));
+        s.lock().wait = Duration::from_secs(3600);
+        let slots = [Progress::default(), Progress::default()];
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let asking = sc.spawn(|| s.next_shard(2));
+            requests.recv().unwrap();
+            release.send(r#"{"shards":[5],"state":"work"}"#).unwrap();
+            assert_eq!(asking.join().unwrap(), Ok(Some(5)));
+            s.start(5, 0, slots[0].snapshot());
+            // The other slot asks, is told to wait, and waits.
+            let (tx, ended) = std::sync::mpsc::channel();
+            let s = &s;
+            sc.spawn(move || tx.send(s.next_shard(2)).unwrap());
+            let second = requests.recv().unwrap();
+            assert_eq!(
+                (second["room"].as_u64(), &second["holding"]),
+                (Some(1), &serde_json::json!([5]))
+            );
+            release.send(r#"{"shards":[],"state":"wait"}"#).unwrap();
+            sc.spawn(|| s.heartbeats(&slots, &stop, Duration::from_secs(3600), &[]));
+            // 5 ends: the worker holds nothing now, so its end asks for work with all its room
+            // (the operator holds such a question until there is something for it).
+            s.finish(5, PodResult::default());
+            let last = requests.recv().unwrap();
+            assert_eq!(last["done"][0]["shard"], 5, "{last}");
+            assert_eq!(last["holding"], serde_json::json!([]), "{last}");
+            assert!(last["room"].as_u64() > Some(0), "{last}");
+            release.send(FINISHED).unwrap();
+            // The waiting slot goes with that answer, not after its wait.
+            let r = ended.recv_timeout(Duration::from_secs(60));
+            assert_eq!(r, Ok(Ok(None)), "the waiting slot ends with the pass");
+            stop.store(true, Relaxed);
+        });
+    }
+
+    #[test]
+    fn hello_asks_again_until_a_pass_made_ahead_opens_and_takes_its_avoid_list() {
+        let t = tempfile::tempdir().unwrap();
+        let closed = r#"{"shards":[],"state":"wait","closed":true}"#;
+        let opened = r#"{"shards":[],"state":"wait","avoid":["/ingest/dest-2"]}"#;
+        let (url, seen) = scripted(vec![(200, closed), (200, closed), (200, opened)]);
+        let s = session(&url, &token(&t, "tok"), Duration::from_secs(3600));
+        assert_eq!(s.hello(), Ok(()));
+        let log = wait_for(&seen, 3);
+        assert_eq!(log.len(), 3, "asked until it opened");
+        assert!(log.iter().all(|(_, r)| r.room == 0 && r.holding.is_empty()));
+        assert_eq!(s.avoid(), ["/ingest/dest-2"]);
     }
 
     #[test]
