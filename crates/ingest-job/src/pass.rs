@@ -352,12 +352,18 @@ impl<R: Tally, P: Clone> Pass<R, P> {
         self.queue.lost()
     }
 
+    /// Shards waiting to be handed out (what [`Pass::counts`] says, without the lists it
+    /// builds: asked on every worker message).
+    pub fn pending(&self) -> u64 {
+        self.queue.pending() as u64
+    }
+
     pub fn counts(&self) -> Counts {
         let completed = self.queue.completed() as u64;
         let lost = self.queue.lost().len() as u64;
         Counts {
             total: u64::from(self.total),
-            pending: self.queue.pending() as u64,
+            pending: self.pending(),
             running: self.queue.claimed() as u64,
             completed,
             lost,

@@ -127,15 +127,6 @@ type P = Pass<PodResult, PodProgress>;
 /// the worker's 30 s request timeout and a standby's 20 s to pass a message on).
 pub const HOLD: Duration = Duration::from_secs(5);
 
-/// What an idle worker could act on: shards waiting to be handed out, and whether the pass
-/// still runs (pure).
-fn openings(p: &P) -> (u64, bool) {
-    (
-        p.counts().pending,
-        p.finished() || p.stopped().is_some() || p.paused(),
-    )
-}
-
 /// Whether the answer to a message may wait ([`Registry::handle_held`]) (pure): it gives
 /// nothing and says to go on or wait, to a worker that holds nothing and asks for work, or that
 /// waits for a closed pass to open (its first message). A worker holding shards is answered at
@@ -261,13 +252,17 @@ impl Registry {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
         });
-        // A mount found unresponsive in the copy pass stays avoided in the verify pass.
+        // A mount found unresponsive in the copy pass stays avoided in the verify pass: read
+        // when this pass is made or opened.
         let copy = Key {
             role: ingest_api::constants::labels::ROLE_COPY.to_owned(),
             ..key.clone()
         };
+        let opens = |e: &Entry| open && e.closed;
         let earlier = match inner.passes.get(&copy) {
-            Some(e) if copy != key => e.pass.avoided().clone(),
+            Some(c) if copy != key && inner.passes.get(&key).is_none_or(opens) => {
+                c.pass.avoided().clone()
+            }
             _ => BTreeMap::new(),
         };
         if let Some(e) = inner.passes.get_mut(&key) {
@@ -468,21 +463,19 @@ impl Registry {
         let over = |p: &P| p.finished() || p.stopped().is_some();
         let was_over = over(&entry.pass);
         let avoided_before = entry.pass.avoided().len();
-        let (pending, ended) = openings(&entry.pass);
+        let pending = entry.pass.pending();
         let (shards, mut state) = entry.pass.report(&req.worker, report, now);
+        let (pending_now, is_over) = (entry.pass.pending(), over(&entry.pass));
         // Shards back in the queue (a lease ran out, a failed shard to retry, a worker that
         // left), or the pass over: the idle workers held may act on it.
-        let (pending_now, ended_now) = openings(&entry.pass);
-        if pending_now + shards.len() as u64 > pending || ended_now != ended {
+        if pending_now + shards.len() as u64 > pending || is_over != was_over {
             self.wake_idle();
         }
         // Every shard handed out: the next pass's workers may start (`stage::verify_ahead`).
-        let handed_out = pending > 0 && pending_now == 0 && !ended_now;
+        let handed_out = pending > 0 && pending_now == 0 && !is_over;
         // A pass that ended, or a mount newly found unresponsive (the status names it, with an
         // Event), wakes the IngestJob's reconcile; so does the last shard handed out.
-        if (!was_over && over(&entry.pass)
-            || entry.pass.avoided().len() > avoided_before
-            || handed_out)
+        if (!was_over && is_over || entry.pass.avoided().len() > avoided_before || handed_out)
             && let Some(tx) = &self.passes_ended
         {
             let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
@@ -515,6 +508,11 @@ impl Registry {
             shards,
             closed: entry.closed,
         })
+    }
+
+    /// Whether `role`'s pass of `ij`'s current run exists here.
+    pub fn has(&self, ij: &IngestJob, role: &str) -> bool {
+        self.lock().passes.contains_key(&Key::of(ij, role))
     }
 
     /// Whether `role`'s finished pass is in the status already.

@@ -130,16 +130,20 @@ impl Context {
         self.prompted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(format!(
-                "{}/{}",
+            .insert(key_of(
                 job.namespace.as_deref().unwrap_or_default(),
-                job.name
+                &job.name,
             ));
     }
 }
 
 fn key(ij: &IngestJob) -> String {
-    format!("{}/{}", ij.namespace().unwrap_or_default(), ij.name_any())
+    key_of(&ij.namespace().unwrap_or_default(), &ij.name_any())
+}
+
+/// The key of the IngestJob `name` in `namespace` in the context's per-job maps.
+fn key_of(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// When to write a new status (pure).
@@ -643,11 +647,12 @@ pub fn set_up_passes(ij: &IngestJob, obs: &observe::Observed, claims: &Registry)
     if !ended_pass(labels::ROLE_COPY) {
         // The verify workers start ahead (`stage::verify_ahead`); once made, the pass stays,
         // and a restarted operator makes it again for the verify Job it finds.
-        let ahead = stage::verify_ahead(
-            &stage::frozen_spec(ij, obs),
-            claims.view(ij, labels::ROLE_COPY).as_ref(),
-        ) || claims.view(ij, labels::ROLE_VERIFY).is_some()
-            || obs.has_job_of(labels::ROLE_VERIFY, run);
+        let ahead = claims.has(ij, labels::ROLE_VERIFY)
+            || obs.has_job_of(labels::ROLE_VERIFY, run)
+            || stage::verify_ahead(
+                &stage::frozen_spec(ij, obs),
+                claims.view(ij, labels::ROLE_COPY).as_ref(),
+            );
         if ahead {
             verify_pass(Opening::Ahead)?;
         }
