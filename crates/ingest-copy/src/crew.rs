@@ -10,12 +10,14 @@
 //! So a walk starts one thread (a mount) and each thread, when it takes a task and leaves more
 //! queued than threads about to take one, starts another, up to the limit. This module holds that
 //! rule ([`Crew`], pure) and the starting and joining ([`run`]); which tasks there are, and what a
-//! thread does with one, is the walk's own business.
+//! thread does with one, is the walk's own business. The threads themselves are kept from walk to
+//! walk ([`crate::pool`]).
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::Mutex;
-use std::thread::Scope;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::pool;
 
 /// How many threads a walk has started and may start, and how many are about to take a task.
 /// Kept under the walk's queue lock, beside the tasks it counts against.
@@ -65,41 +67,86 @@ impl Crew {
     }
 }
 
-/// What the first panicking thread of a crew panicked with.
-type Panicked = Mutex<Option<Box<dyn Any + Send>>>;
+/// A running crew: how many of its threads have not ended, and what the first to panic
+/// panicked with. Shared with the threads (not borrowed from [`run`]'s frame): a thread still
+/// holds it after it counted itself ended.
+#[derive(Default)]
+struct Running {
+    state: Mutex<Ended>,
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct Ended {
+    running: usize,
+    panicked: Option<Box<dyn Any + Send>>,
+}
 
 /// Runs `body(i, start)` on a thread for each index `i` of `first`; a thread starts thread `j`
 /// with `start(j)`. Returns once every thread has ended; a thread's panic (a bug) is raised
-/// again then, rather than a partial walk reported as done.
+/// again then, rather than a partial walk reported as done. The threads come from
+/// [`crate::pool`]: kept from earlier walks, or new.
 pub(crate) fn run<F>(first: impl IntoIterator<Item = usize>, body: &F)
 where
     F: Fn(usize, &dyn Fn(usize)) + Sync,
 {
-    let panicked: Panicked = Mutex::new(None);
-    std::thread::scope(|s| {
-        for i in first {
-            spawn(s, i, body, &panicked);
-        }
-    });
-    if let Some(p) = panicked.into_inner().unwrap() {
+    let crew = Arc::new(Running::default());
+    for i in first {
+        start(&crew, i, body);
+    }
+    let mut st = crew.state.lock().unwrap();
+    while st.running > 0 {
+        st = crew.ended.wait(st).unwrap();
+    }
+    if let Some(p) = st.panicked.take() {
+        drop(st);
         resume_unwind(p);
     }
 }
 
-fn spawn<'scope, 'env, F>(
-    s: &'scope Scope<'scope, 'env>,
-    i: usize,
-    body: &'env F,
-    panicked: &'env Panicked,
-) where
+fn start<F>(crew: &Arc<Running>, i: usize, body: &F)
+where
     F: Fn(usize, &dyn Fn(usize)) + Sync,
 {
-    s.spawn(move || {
-        let start = |j| spawn(s, j, body, panicked);
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| body(i, &start))) {
-            panicked.lock().unwrap().get_or_insert(p);
+    // Counted before it is handed over, and by a thread that has not ended when one thread
+    // starts another: `run` cannot see none running while any is still to run.
+    crew.state.lock().unwrap().running += 1;
+    let own = crew.clone();
+    let crew = crew.clone();
+    let thread = move || {
+        let outcome = {
+            let start = |j| start(&crew, j, body);
+            catch_unwind(AssertUnwindSafe(|| body(i, &start)))
+        };
+        // The last use of `body`: from here the thread touches only `crew`, which it owns.
+        let mut st = crew.state.lock().unwrap();
+        if let Err(p) = outcome {
+            st.panicked.get_or_insert(p);
         }
-    });
+        st.running -= 1;
+        if st.running == 0 {
+            crew.ended.notify_all();
+        }
+    };
+    let thread: Box<dyn FnOnce() + Send + '_> = Box::new(thread);
+    // SAFETY: the job borrows `body`, which is borrowed for the whole of `run`'s call. `run`
+    // returns only once `running` is back to 0, and each job counts itself ended after its last
+    // use of `body` (above; a panic in `body` is caught before that). A job that never runs is
+    // counted ended below. Nothing here unwinds between the count and the hand-over, so `run`
+    // never leaves early. `std::thread::scope` rests on the same argument.
+    let thread: pool::Job =
+        unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, pool::Job>(thread) };
+    if let Err(e) = pool::execute(thread) {
+        // No thread to be had (the job was dropped unrun): raised once the others end, as
+        // `std::thread::scope` does with its failed spawn.
+        let mut st = own.state.lock().unwrap();
+        st.panicked
+            .get_or_insert(Box::new(format!("failed to spawn a walk thread: {e}")));
+        st.running -= 1;
+        if st.running == 0 {
+            own.ended.notify_all();
+        }
+    }
 }
 
 #[cfg(test)]

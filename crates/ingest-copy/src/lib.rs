@@ -15,6 +15,7 @@ mod engine;
 pub mod fault;
 pub mod job;
 pub mod mirror;
+mod pool;
 pub mod progress;
 mod repair;
 pub mod report;

@@ -82,7 +82,11 @@ impl ReportFile {
         };
         let file = BufWriter::new(File::create(&temp)?);
         let out = if is_gzip_name(path) {
-            Out::Gzip(GzEncoder::new(file, Compression::default()))
+            // The fastest level: records are written under the sink's lock, from every walk thread
+            // of the worker, and at the default level the compression was 8% of a verify pass of
+            // small files (with `perf`). The demo's reports came out no larger (1.23 MB against
+            // 1.27 MB for 21,000 files copied and verified).
+            Out::Gzip(GzEncoder::new(file, Compression::fast()))
         } else {
             Out::Plain(file)
         };
