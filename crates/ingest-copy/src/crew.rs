@@ -82,6 +82,20 @@ struct Ended {
     panicked: Option<Box<dyn Any + Send>>,
 }
 
+impl Running {
+    /// One thread ended (or will never run), having panicked with `panic` or not.
+    fn end(&self, panic: Option<Box<dyn Any + Send>>) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(p) = panic {
+            st.panicked.get_or_insert(p);
+        }
+        st.running -= 1;
+        if st.running == 0 {
+            self.ended.notify_all();
+        }
+    }
+}
+
 /// Runs `body(i, start)` on a thread for each index `i` of `first`; a thread starts thread `j`
 /// with `start(j)`. Returns once every thread has ended; a thread's panic (a bug) is raised
 /// again then, rather than a partial walk reported as done. The threads come from
@@ -111,22 +125,14 @@ where
     // Counted before it is handed over, and by a thread that has not ended when one thread
     // starts another: `run` cannot see none running while any is still to run.
     crew.state.lock().unwrap().running += 1;
-    let own = crew.clone();
-    let crew = crew.clone();
+    let ours = crew.clone();
     let thread = move || {
         let outcome = {
-            let start = |j| start(&crew, j, body);
+            let start = |j| start(&ours, j, body);
             catch_unwind(AssertUnwindSafe(|| body(i, &start)))
         };
-        // The last use of `body`: from here the thread touches only `crew`, which it owns.
-        let mut st = crew.state.lock().unwrap();
-        if let Err(p) = outcome {
-            st.panicked.get_or_insert(p);
-        }
-        st.running -= 1;
-        if st.running == 0 {
-            crew.ended.notify_all();
-        }
+        // The last use of `body`: from here the thread touches only `ours`, which it owns.
+        ours.end(outcome.err());
     };
     let thread: Box<dyn FnOnce() + Send + '_> = Box::new(thread);
     // SAFETY: the job borrows `body`, which is borrowed for the whole of `run`'s call. `run`
@@ -139,13 +145,9 @@ where
     if let Err(e) = pool::execute(thread) {
         // No thread to be had (the job was dropped unrun): raised once the others end, as
         // `std::thread::scope` does with its failed spawn.
-        let mut st = own.state.lock().unwrap();
-        st.panicked
-            .get_or_insert(Box::new(format!("failed to spawn a walk thread: {e}")));
-        st.running -= 1;
-        if st.running == 0 {
-            own.ended.notify_all();
-        }
+        crew.end(Some(Box::new(format!(
+            "failed to spawn a walk thread: {e}"
+        ))));
     }
 }
 
