@@ -1160,6 +1160,10 @@ denied_by_operator() {
     and (.status.conditions[] | select(.type == "Ready") | .reason == "PolicyDenied" and (.message | contains($rule)))' <<<"$j" >/dev/null
 }
 unchecked_by_admission() { pol_ij probe '{"workers": 4}' | kubectl create --dry-run=server -f -; }
+policy_denied_event() { # NAMESPACE
+  kubectl get events -n "$1" --field-selector reason=PolicyDenied -o name | grep -q .
+}
+
 admitted_by_operator() {
   [[ -n $(kubectl get jobs -n "$pns" -l "ingest.vfxt.dev/job=$1" -o name) ]]
 }
@@ -1198,8 +1202,8 @@ test_16_admin_policy() {
       { bad "$name: children created for a denied IngestJob"; r=1; }
   done
   wait_for 60 "the allowed IngestJob runs (its scan Job exists)" admitted_by_operator allowed || r=1
-  kubectl get events -n "$pns" --field-selector reason=PolicyDenied -o name | grep -q . ||
-    { bad "no PolicyDenied Event in $pns"; r=1; }
+  # The Event is recorded after the status is written: waited for, not read once.
+  wait_for 60 "a PolicyDenied Event in $pns" policy_denied_event "$pns" || r=1
   # The admission policy back; the jobs go (deleting is not checked by the policy).
   kubectl create -f "$saved" >/dev/null || { bad "restore $vap_binding"; r=1; }
   kubectl delete ij --all -n "$pns" --timeout=60s >/dev/null || { bad "delete the IngestJobs of $pns"; r=1; }
