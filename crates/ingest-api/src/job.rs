@@ -1019,6 +1019,11 @@ pub struct MirrorStatus {
     pub found: u64,
     /// Entries deleted.
     pub deleted: u64,
+    /// Entries found by the copy pass that were gone when the prune pass came to them: deleted
+    /// by an earlier attempt at their shard whose worker stopped before it could tell (killed,
+    /// or it left a destination that stopped answering), or by someone else.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub gone: u64,
     /// Names kept because the source had them again when they were to be deleted.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub kept: u64,

@@ -86,6 +86,11 @@ pub struct MirrorResult {
     /// Prune pass: entries deleted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deleted: u64,
+    /// Prune pass: entries the copy pass found that were gone when the prune weighed them again
+    /// (deleted by an earlier attempt whose worker stopped before it could tell, or by someone
+    /// else).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gone: u64,
     /// Prune pass: names kept because the source had them again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub kept: u64,
@@ -134,6 +139,7 @@ pub fn mirror_status(
     crate::job::MirrorStatus {
         found: found.weighed().entries(),
         deleted: p.deleted,
+        gone: p.gone,
         kept: p.kept,
         failed: p.failed,
         refused: match decision {
@@ -151,6 +157,7 @@ impl crate::job::MirrorStatus {
     pub fn facts(&self) -> ingest_job::verdict::Mirrored {
         ingest_job::verdict::Mirrored {
             deleted: self.deleted,
+            gone: self.gone,
             refused: self.refused.clone(),
         }
     }
@@ -172,6 +179,7 @@ impl MirrorResult {
         }
         self.unweighed += o.unweighed;
         self.deleted += o.deleted;
+        self.gone += o.gone;
         self.kept += o.kept;
         self.failed += o.failed;
         if self.refused.is_none() {

@@ -29,7 +29,7 @@ pub use ingest_job::mirror::MaxDeletes;
 use crate::engine::Roots;
 use crate::fault::{self, Point, Target};
 use crate::job::Options;
-use crate::progress::Progress;
+use crate::progress::{MountMeter, Progress};
 use crate::report::{CopyCounts, Outcome, ReportEntry, ReportSink};
 use crate::sys::{self, Kind, cstr};
 
@@ -78,57 +78,127 @@ impl MirrorCounts {
     }
 }
 
-/// Entries in the destination subtree `name` of `dir`, itself included. Read only.
-pub(crate) fn count_tree(dir: BorrowedFd<'_>, name: &CString, is_dir: bool) -> io::Result<u64> {
+/// One operation on the destination, as a task of its mount's meter (a listing, a stat, an
+/// unlink): a hung server behind a hard mount shows as an operation waiting with none finishing,
+/// which the worker's watchdog gives up on as in the copy, and each one that finishes is
+/// progress (a deletion of a million entries is not a stall).
+fn op<T>(meter: &MountMeter, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let task = meter.begin();
+    let r = f();
+    if r.is_ok() {
+        task.end(1);
+    }
+    r
+}
+
+/// Entries in the destination subtree `name` of `dir`, itself included. Read only; each
+/// listing and stat through `meter`.
+pub(crate) fn count_tree(
+    dir: BorrowedFd<'_>,
+    name: &CString,
+    is_dir: bool,
+    meter: &MountMeter,
+) -> io::Result<u64> {
     if !is_dir {
         return Ok(1);
     }
-    let fd = sys::open_dir_at(dir, name)?;
+    let fd = op(meter, || sys::open_dir_at(dir, name))?;
     let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
     let mut subdirs = Vec::new();
     let mut n = 1;
-    sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
-        n += 1;
-        if kind != Some(Kind::Dir) && kind.is_some() {
-            return;
-        }
-        subdirs.push((child.to_owned(), kind));
+    op(meter, || {
+        sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
+            n += 1;
+            if kind != Some(Kind::Dir) && kind.is_some() {
+                return;
+            }
+            subdirs.push((child.to_owned(), kind));
+        })
     })?;
     for (child, kind) in subdirs {
         let is_dir = match kind {
             Some(k) => k == Kind::Dir,
-            None => sys::stat_at(fd.as_fd(), &child)?.is_some_and(|m| m.kind == Kind::Dir),
+            None => {
+                op(meter, || sys::stat_at(fd.as_fd(), &child))?.is_some_and(|m| m.kind == Kind::Dir)
+            }
         };
         if is_dir {
             // Counted once already as a name of this directory.
-            n += count_tree(fd.as_fd(), &child, true)? - 1;
+            n += count_tree(fd.as_fd(), &child, true, meter)? - 1;
         }
     }
     Ok(n)
 }
 
-/// Deletes the destination subtree `name` of `dir`, depth first; returns the entries deleted.
-/// Stops at the first error (what is left is reported by the caller and found by the verifier).
-fn delete_tree(dir: BorrowedFd<'_>, name: &CString, is_dir: bool) -> io::Result<u64> {
-    let mut n = 0;
+/// The entry is not there (deleted by someone else since it was listed).
+fn gone<T>(r: &io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.kind() == io::ErrorKind::NotFound)
+}
+
+/// Where a deletion stopped: the names from the candidate down to the entry that could not be
+/// listed or deleted (innermost first), and why.
+type Stopped = (Vec<Vec<u8>>, io::Error);
+
+/// Deletes the destination subtree `name` of `dir`, depth first, each operation through
+/// `meter`; `deleted` counts each entry as it goes (and `progress`'s entries with it), so that
+/// entries deleted before an error are counted too. An entry already gone (deleted by someone
+/// else since it was listed) is passed over. Stops at the first error (what is left is
+/// reported by the caller and found by the verifier).
+fn delete_tree(
+    dir: BorrowedFd<'_>,
+    name: &CString,
+    is_dir: bool,
+    meter: &MountMeter,
+    progress: &Progress,
+    deleted: &mut u64,
+) -> Result<(), Stopped> {
+    let stopped = |e: io::Error| (vec![name.as_bytes().to_vec()], e);
     if is_dir {
-        let fd = sys::open_dir_at(dir, name)?;
+        let fd = op(meter, || sys::open_dir_at(dir, name));
+        if gone(&fd) {
+            return Ok(());
+        }
+        let fd = fd.map_err(stopped)?;
         let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
         let mut children = Vec::new();
-        sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
-            children.push((child.to_owned(), kind))
-        })?;
+        op(meter, || {
+            sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
+                children.push((child.to_owned(), kind))
+            })
+        })
+        .map_err(stopped)?;
         for (child, kind) in children {
             let child_dir = match kind {
                 Some(k) => k == Kind::Dir,
-                None => sys::stat_at(fd.as_fd(), &child)?.is_some_and(|m| m.kind == Kind::Dir),
+                None => match op(meter, || sys::stat_at(fd.as_fd(), &child)) {
+                    Ok(None) => continue,
+                    Ok(Some(m)) => m.kind == Kind::Dir,
+                    Err(e) => {
+                        return Err((vec![child.as_bytes().to_vec(), name.as_bytes().to_vec()], e));
+                    }
+                },
             };
-            n += delete_tree(fd.as_fd(), &child, child_dir)?;
+            delete_tree(fd.as_fd(), &child, child_dir, meter, progress, deleted).map_err(
+                |(mut below, e)| {
+                    below.push(name.as_bytes().to_vec());
+                    (below, e)
+                },
+            )?;
         }
     }
-    fault::hit(Point::Delete, Target::default())?;
-    sys::unlink_at(dir, name, is_dir)?;
-    Ok(n + 1)
+    let unlinked = op(meter, || {
+        fault::hit(Point::Delete, Target::default())?;
+        sys::unlink_at(dir, name, is_dir)
+    });
+    if gone(&unlinked) {
+        return Ok(());
+    }
+    unlinked.map_err(stopped)?;
+    *deleted += 1;
+    progress
+        .entries
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// Opens directory `rel` below `root`, one name at a time (no path resolution by the kernel:
@@ -167,10 +237,12 @@ pub(crate) fn prune(
         return m;
     }
     let dst = roots.dsts[0].as_fd();
+    let meter = progress.mount(&roots.names[0]);
+    let meter = &*meter;
     // Weigh everything before deleting anything.
     for e in &extras {
-        let counted = open_rel(dst, &e.path.parent())
-            .and_then(|p| count_tree(p.as_fd(), &cstr(e.path.file_name()), e.dir));
+        let counted = op(meter, || open_rel(dst, &e.path.parent()))
+            .and_then(|p| count_tree(p.as_fd(), &cstr(e.path.file_name()), e.dir, meter));
         match counted {
             Ok(n) => m.entries += n,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -211,8 +283,8 @@ pub(crate) fn prune(
             .iter()
             .take_while(|e| e.path.parent() == parent)
             .count();
-        let dirs =
-            open_rel(roots.src.as_fd(), &parent).and_then(|s| Ok((s, open_rel(dst, &parent)?)));
+        let dirs = open_rel(roots.src.as_fd(), &parent)
+            .and_then(|s| Ok((s, op(meter, || open_rel(dst, &parent))?)));
         let (src, dst_dir) = match dirs {
             Ok(d) => d,
             Err(err) => {
@@ -240,13 +312,14 @@ pub(crate) fn prune(
                     continue;
                 }
             }
-            match delete_tree(dst_dir.as_fd(), &name, e.dir) {
-                Ok(n) => {
-                    changed = true;
-                    m.deleted += n;
-                    progress
-                        .entries
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            let mut n = 0;
+            let deleted = delete_tree(dst_dir.as_fd(), &name, e.dir, meter, progress, &mut n);
+            m.deleted += n;
+            changed |= n > 0;
+            match deleted {
+                // Gone already (deleted by someone else since it was listed): nothing to say.
+                Ok(()) if n == 0 => {}
+                Ok(()) => {
                     sink.record(ReportEntry {
                         path: e.path.clone(),
                         outcome: Outcome::Deleted,
@@ -258,11 +331,20 @@ pub(crate) fn prune(
                         meta: None,
                     });
                 }
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => {
+                Err((names, err)) => {
                     changed = true;
                     m.failed += 1;
-                    sink.record(ReportEntry::failed(e.path.clone(), "delete", &err));
+                    let mut failed = ReportEntry::failed(e.path.clone(), "delete", &err);
+                    // Where below it the deletion stopped, and what it had deleted by then (those
+                    // are counted; what is left, the verify pass finds).
+                    if names.len() > 1 || n > 0 {
+                        let at = names.iter().rev().fold(e.path.parent(), |p, c| p.join(c));
+                        failed.error = Some(format!(
+                            "{err} (at {at}, after deleting {n} entr{} below it)",
+                            if n == 1 { "y" } else { "ies" }
+                        ));
+                    }
+                    sink.record(failed);
                 }
             }
         }
@@ -270,8 +352,11 @@ pub(crate) fn prune(
         if changed
             && opts.preserve.times
             && !opts.dir_times_in_verify
-            && let Err(err) = sys::fstat(src.as_fd())
-                .and_then(|sm| sys::set_meta_fd(dst_dir.as_fd(), &sm, false, false, true))
+            && let Err(err) = sys::fstat(src.as_fd()).and_then(|sm| {
+                op(meter, || {
+                    sys::set_meta_fd(dst_dir.as_fd(), &sm, false, false, true)
+                })
+            })
         {
             m.failed += 1;
             sink.record(ReportEntry::failed(

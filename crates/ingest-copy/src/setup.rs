@@ -375,7 +375,12 @@ fn probe(
     let first = &job.destinations[0];
     let root = dsts[0].as_fd();
     let unusable = |e| SetupError::DestUnusable(first.clone(), e);
-    let before = sys::fstat(root).map_err(unusable)?;
+    // Every call on the destination is a task of its meter, so that a server that stops
+    // answering in the middle of one is found by the watchdog, as in the copy.
+    let before = {
+        let _call = meters[0].begin();
+        sys::fstat(root).map_err(unusable)?
+    };
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -387,6 +392,7 @@ fn probe(
     let result = probe_with(job, dsts, meters, &cname, token.as_bytes(), &host);
     // Whatever happened: the file goes (it may not exist; then this fails harmlessly), and the
     // root's times are put back (to the source root's when times are kept: see `open_roots`).
+    let _call = meters[0].begin();
     let _ = sys::unlink_at(root, &cname, false);
     let _ = rustix::fs::futimens(root, &restore.unwrap_or_else(|| before.timestamps()));
     result

@@ -523,7 +523,7 @@ impl<'a> Verifier<'a> {
                 .flatten()
                 .and_then(|fd| {
                     let dir = sys::stat_at(fd, name).ok()??.kind == Kind::Dir;
-                    crate::mirror::count_tree(fd, name, dir).ok()
+                    crate::mirror::count_tree(fd, name, dir, &local.meter).ok()
                 })
                 .unwrap_or(1);
             self.counts.extraneous_entries.fetch_add(n, Relaxed);

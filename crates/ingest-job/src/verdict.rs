@@ -70,8 +70,24 @@ pub struct Facts {
 pub struct Mirrored {
     /// Entries deleted.
     pub deleted: u64,
+    /// Entries the copy pass found that were gone when the prune came to them (an earlier
+    /// attempt's deletions it could not tell, or someone else's).
+    pub gone: u64,
     /// Why nothing was deleted (`mirror::decide`'s refusal, or a shard's).
     pub refused: Option<String>,
+}
+
+impl Mirrored {
+    /// The entries gone before the prune came to them, said after what it deleted.
+    fn gone_before(&self) -> String {
+        match self.gone {
+            0 => String::new(),
+            n => format!(
+                ", {} more gone before the prune came to them (deleted by an earlier attempt whose worker was stopped, or by someone else)",
+                entries(n)
+            ),
+        }
+    }
 }
 
 /// What a dry run found a pass would do.
@@ -227,8 +243,9 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
                 refused: Some(r), ..
             }) => format!("the mirror refused: {r}"),
             Some(m) => format!(
-                "the mirror deleted {}; what is left appeared since the copy pass or could not be deleted",
-                entries(m.deleted)
+                "the mirror deleted {}{}; what is left appeared since the copy pass or could not be deleted",
+                entries(m.deleted),
+                m.gone_before()
             ),
         };
         return verdict(
@@ -248,8 +265,9 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
     let mut what = format!("{} files ({})", f.files, human_bytes(f.bytes));
     if let Some(m) = &f.mirror {
         what.push_str(&format!(
-            "; {} only in the destination deleted (Mirror)",
-            entries(m.deleted)
+            "; {} only in the destination deleted (Mirror){}",
+            entries(m.deleted),
+            m.gone_before()
         ));
     }
     if f.excluded > 0 {
@@ -532,6 +550,7 @@ mod tests {
         let mirrored = |deleted, refused: Option<&str>| Facts {
             mirror: Some(Mirrored {
                 deleted,
+                gone: 0,
                 refused: refused.map(str::to_owned),
             }),
             ..facts(0, 0)
@@ -567,6 +586,18 @@ mod tests {
         let v = decide(CONTINUE, &late);
         assert!(
             !v.succeeded && v.message.contains("the mirror deleted 5 entries"),
+            "{v:?}"
+        );
+        // What an earlier attempt deleted without telling is said apart, not taken for this
+        // pass's deletions nor left out.
+        let mut earlier = mirrored(2, None);
+        earlier.mirror.as_mut().unwrap().gone = 2;
+        let v = decide(CONTINUE, &earlier);
+        assert!(
+            v.succeeded
+                && v.message.contains(
+                    "2 entries only in the destination deleted (Mirror), 2 entries more gone before the prune came to them"
+                ),
             "{v:?}"
         );
     }

@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +49,10 @@ pub struct NodeConfig {
     /// NFS server that hangs behind a hard mount: every request waits until the node is
     /// unmounted. `None`: it always answers.
     pub stop_answering_at: Option<u64>,
+    /// Fault hook: from its first request of this kind on (a FUSE request name, as in
+    /// [`Stats::by_op`]: "unlink"), the node stops answering every request, as above. Stops a
+    /// node at a step of a run (its first deletion) rather than at a count of operations.
+    pub stop_answering_on: Option<&'static str>,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +63,7 @@ impl Default for NodeConfig {
             capacity: 16,
             ttl: Duration::from_secs(1),
             stop_answering_at: None,
+            stop_answering_on: None,
         }
     }
 }
@@ -245,6 +250,8 @@ pub struct LatencyFs {
     next_fh: AtomicU64,
     slots: Slots,
     stats: Arc<Stats>,
+    /// Set by the first request named [`NodeConfig::stop_answering_on`].
+    stopped: AtomicBool,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -354,6 +361,7 @@ impl LatencyFs {
                 capacity: cfg.capacity.max(1),
             },
             stats,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -363,7 +371,12 @@ impl LatencyFs {
     fn serve(&self, req: &Request, op: Op, name: &'static str) -> Option<SlotGuard<'_>> {
         *self.stats.by_op.lock().unwrap().entry(name).or_default() += 1;
         let n = self.stats.received.fetch_add(1, Relaxed) + 1;
-        if self.cfg.stop_answering_at.is_some_and(|at| n >= at) && !self.stats.hold(req.pid()) {
+        if self.cfg.stop_answering_on == Some(name) {
+            self.stopped.store(true, Relaxed);
+        }
+        let stop =
+            self.cfg.stop_answering_at.is_some_and(|at| n >= at) || self.stopped.load(Relaxed);
+        if stop && !self.stats.hold(req.pid()) {
             return None;
         }
         let s = &self.slots;

@@ -16,6 +16,7 @@ fn config(capacity: usize) -> NodeConfig {
         capacity,
         ttl: Duration::from_secs(1),
         stop_answering_at: None,
+        stop_answering_on: None,
     }
 }
 
@@ -352,5 +353,55 @@ fn a_node_stops_answering_at_its_nth_operation_and_still_unmounts() {
     }
     cat.kill().unwrap();
     assert!(!cat.wait().unwrap().success());
+    node.unmount().unwrap();
+}
+
+/// The fault hook by kind: a node told to stop at its first unlink answers everything before it,
+/// holds that unlink (the file stays) and every request after it.
+#[test]
+fn a_node_stops_answering_at_its_first_request_of_a_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = tmp.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    for i in 0..3 {
+        fs::write(backing.join(format!("f{i}")), b"x").unwrap();
+    }
+    let cfg = NodeConfig {
+        stop_answering_on: Some("unlink"),
+        ttl: Duration::ZERO,
+        ..config(4)
+    };
+    let node = Node::mount(&backing, &tmp.path().join("node"), cfg).unwrap();
+    let mp = node.mountpoint().to_path_buf();
+    assert_eq!(fs::read(mp.join("f0")).unwrap(), b"x", "answered before");
+    let before = node.stats().unanswered;
+    assert_eq!(before, 0);
+    // Detached: their requests never return while the node is mounted.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (m1, m2) = (mp.clone(), mp.clone());
+    std::thread::spawn(move || {
+        let _ = fs::remove_file(m1.join("f1"));
+        let _ = tx.send(());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.stats().unanswered == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unlink was not held"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::spawn(move || {
+        let _ = fs::metadata(m2.join("f2"));
+    });
+    while node.stats().unanswered < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a later stat was answered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(rx.try_recv().is_err(), "the unlink returned");
+    assert!(backing.join("f1").exists(), "the held unlink was done");
     node.unmount().unwrap();
 }

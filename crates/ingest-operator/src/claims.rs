@@ -252,19 +252,27 @@ impl Registry {
             !(k.namespace == key.namespace && k.name == key.name)
                 || (k.uid == key.uid && k.run == key.run)
         });
-        // A mount found unresponsive in the copy pass stays avoided in the verify pass: read
-        // when this pass is made or opened.
-        let copy = Key {
-            role: ingest_api::constants::labels::ROLE_COPY.to_owned(),
-            ..key.clone()
-        };
+        // A mount found unresponsive in an earlier pass of the run (the copy, the prune) stays
+        // avoided in the later ones: read when this pass is made or opened.
         let opens = |e: &Entry| open && e.closed;
-        let earlier = match inner.passes.get(&copy) {
-            Some(c) if copy != key && inner.passes.get(&key).is_none_or(opens) => {
-                c.pass.avoided().clone()
+        let mut earlier = BTreeMap::new();
+        if inner.passes.get(&key).is_none_or(opens) {
+            use ingest_api::constants::labels::{ROLE_COPY, ROLE_PRUNE};
+            for role in [ROLE_COPY, ROLE_PRUNE]
+                .into_iter()
+                .take_while(|r| *r != key.role)
+            {
+                let k = Key {
+                    role: role.to_owned(),
+                    ..key.clone()
+                };
+                if let Some(e) = inner.passes.get(&k) {
+                    for (m, why) in e.pass.avoided() {
+                        earlier.entry(m.clone()).or_insert_with(|| why.clone());
+                    }
+                }
             }
-            _ => BTreeMap::new(),
-        };
+        }
         if let Some(e) = inner.passes.get_mut(&key) {
             if open && std::mem::take(&mut e.closed) {
                 // Opened: what the copy pass found unresponsive since it was made, too.

@@ -94,9 +94,13 @@ pub fn server_statuses(
     let n = layout.servers.len();
     let mut figures = vec![MountFigures::default(); n];
     let mut avoided: Vec<Option<String>> = vec![None; n];
-    for pass in [passes.copy.as_ref(), passes.verify.as_ref()]
-        .into_iter()
-        .flatten()
+    for pass in [
+        passes.copy.as_ref(),
+        passes.prune.as_ref(),
+        passes.verify.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         for (mount, f) in &pass.mounts {
             if let Some(i) = server_of_mount(mount, n) {
@@ -476,11 +480,7 @@ pub fn compute(
 
     let stalled_for = track_progress(&mut st, &prev, same_run, now);
     let timeout = spec.stall_timeout_seconds();
-    // The prune pass moves no files or bytes (it deletes): a hung mount there is found by its
-    // workers' watchdog, not by this.
-    let working = outcome.is_none()
-        && matches!(st.phase, Some(Phase::Copying | Phase::Verifying))
-        && !matches!(stage, Stage::Prune(..));
+    let working = outcome.is_none() && matches!(st.phase, Some(Phase::Copying | Phase::Verifying));
     // A suspended run moves nothing on purpose: it is not stalled.
     let suspended = working && spec.suspend;
     let stalled_for = stalled_for
@@ -596,21 +596,27 @@ pub fn compute(
     st
 }
 
-/// Sets `progress.lastProgressTime`: now when files, bytes or checked entries moved (or the phase
-/// changed) since `prev`, else kept. Returns the seconds since then.
+/// Sets `progress.lastProgressTime`: now when files, bytes, checked entries or the entries through
+/// the destination servers moved (or the phase changed) since `prev`, else kept. Returns the
+/// seconds since then.
 fn track_progress(
     st: &mut IngestJobStatus,
     prev: &IngestJobStatus,
     same_run: bool,
     now: Timestamp,
 ) -> Option<u64> {
-    let p = st.progress.as_mut()?;
     let before = prev
         .progress
         .as_ref()
         .filter(|_| same_run && prev.phase == st.phase);
-    let moved =
-        before.is_none_or(|q| (q.files, q.bytes, q.checked) != (p.files, p.bytes, p.checked));
+    // Entries through the destination servers move with every operation that finished, the
+    // prune pass's listings and deletions too (which move no files or bytes).
+    let through = |s: &IngestJobStatus| s.servers.iter().map(|s| s.files).sum::<u64>();
+    let (through_now, through_before) = (through(st), through(prev));
+    let p = st.progress.as_mut()?;
+    let moved = before.is_none_or(|q| {
+        (q.files, q.bytes, q.checked, through_before) != (p.files, p.bytes, p.checked, through_now)
+    });
     let last = match before.and_then(|q| q.last_progress_time.clone()) {
         Some(t) if !moved => t,
         _ => Time(now),

@@ -2518,13 +2518,22 @@ fn found(shard: u32, n: u64) -> PodResult {
     }
 }
 
-/// `mode: Mirror` in the cluster: once the copy pass ended, the operator weighs what its shards
-/// found only in the destination; within `maxDeletes` a prune pass runs (its own Job, `--phase
-/// prune`), handing out only the shards that found something, each with what it may delete;
-/// then the verify pass. The record says what was deleted and that the pass was a Mirror.
-/// Above the limit there is no prune pass, and the record says why nothing was deleted.
-#[test]
-fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
+/// A mirror (`maxDeletes: 5`) of 4 shards whose copy pass ended, shards 0 and 2 having found 3
+/// and 2 entries only in the destination: the stage is Prune, within the limit.
+struct Mirrored {
+    ij: IngestJob,
+    obs: Observed,
+    reg: Registry,
+    stage: Stage,
+    /// What each prune shard may delete.
+    budgets: BTreeMap<u32, u64>,
+    /// The prune Job as `desired` builds it.
+    prune: Job,
+    /// How the copy pass ended.
+    copy: PassScript,
+}
+
+fn mirrored() -> Mirrored {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.mode = ingest_api::job::Mode::Mirror;
     ij.spec.max_deletes = Some(IntOrString::Int(5));
@@ -2556,6 +2565,33 @@ fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
         .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some("prune"))
         .expect("a prune Job")
         .clone();
+    Mirrored {
+        ij,
+        obs,
+        reg,
+        stage: s,
+        budgets,
+        prune,
+        copy,
+    }
+}
+
+/// `mode: Mirror` in the cluster: once the copy pass ended, the operator weighs what its shards
+/// found only in the destination; within `maxDeletes` a prune pass runs (its own Job, `--phase
+/// prune`), handing out only the shards that found something, each with what it may delete;
+/// then the verify pass. The record says what was deleted and that the pass was a Mirror.
+/// Above the limit there is no prune pass, and the record says why nothing was deleted.
+#[test]
+fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
+    let Mirrored {
+        mut ij,
+        mut obs,
+        reg,
+        stage: s,
+        budgets,
+        prune,
+        copy,
+    } = mirrored();
     let args = prune
         .spec
         .as_ref()
@@ -2664,6 +2700,127 @@ fn a_mirror_prunes_only_the_shards_that_found_something_then_verifies() {
     };
     assert!(why.contains("more than maxDeletes"), "{why}");
     assert!(!layout.passes().contains(&"prune"));
+}
+
+/// The prune pass moves no files or bytes: its deletions, told as entries through a server, are
+/// its progress (a deletion of many entries is not a stall), and a prune whose server stops
+/// answering is Stalled after the timeout. A prune worker that found its server hung hands its
+/// shards back; the status names the server, and the verify pass after it starts without it.
+#[test]
+fn a_prune_pass_progresses_by_its_deletions_and_a_server_hung_in_it_stays_avoided() {
+    let Mirrored {
+        mut ij,
+        mut obs,
+        reg,
+        budgets,
+        prune,
+        ..
+    } = mirrored();
+    obs.jobs.push(observed_job(&prune, false, false, "", "", 1));
+    reg.ensure(&ij, "prune", 4, None, Some(&budgets), Opening::Now)
+        .unwrap();
+    let pod = worker_pod_name(&ij, "prune", 0, "p");
+    let mut r = claim_request(&ij, "prune", &pod);
+    r.room = 8;
+    let held = reg.handle(r).unwrap().shards;
+    assert_eq!(held, [0, 2]);
+    // The worker's message: what went through server 0 so far (listings and unlinks).
+    let message = claim_request(&ij, "prune", &pod);
+    let tell = |entries: u64| {
+        let mut r = message.clone();
+        r.holding = held.clone();
+        r.mounts = vec![ingest_api::claims::MountFigures {
+            mount: "/ingest/dest-0".into(),
+            tasks: entries,
+            entries,
+            ..Default::default()
+        }];
+        reg.handle(r).unwrap()
+    };
+    let stalled = |st: &IngestJobStatus| {
+        let c = ingest_api::conditions::find(&st.conditions, ct::STALLED).unwrap();
+        (c.status == "True").then(|| c.reason.clone())
+    };
+    let step = |ij: &mut IngestJob, t| {
+        let v = reg.views(ij);
+        let s = stage(ij, &obs, &v);
+        assert!(matches!(s, Stage::Prune(..)), "{s:?}");
+        let st = compute(ij, &obs, &s, &v, at(t));
+        ij.status = Some(st.clone());
+        st
+    };
+    tell(100);
+    let st = step(&mut ij, 20);
+    assert_eq!((st.phase, stalled(&st)), (Some(Phase::Copying), None));
+    // Deleting for longer than the timeout, the files and bytes still: not stalled.
+    tell(5_000);
+    step(&mut ij, 60);
+    tell(9_000);
+    let st = step(&mut ij, 100);
+    assert_eq!(stalled(&st), None, "{st:?}");
+    assert_eq!(
+        st.progress
+            .as_ref()
+            .unwrap()
+            .last_progress_time
+            .as_ref()
+            .map(|t| t.0),
+        Some(at(100))
+    );
+    // Nothing through the server for the timeout (the worker's heartbeat goes on): Stalled.
+    tell(9_000);
+    let st = step(&mut ij, 159);
+    assert_eq!(stalled(&st), None, "{st:?}");
+    let st = step(&mut ij, 160);
+    assert_eq!(
+        stalled(&st).as_deref(),
+        Some(reasons::NO_PROGRESS),
+        "{st:?}"
+    );
+
+    // The worker's watchdog finds server 0 hung: the shards go back, the status names it.
+    let mut r = claim_request(&ij, "prune", &pod);
+    r.holding = held.clone();
+    r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
+        mount: "/ingest/dest-0".into(),
+        left: 2,
+        why: "1 operation(s) waiting 60 s with none finishing".into(),
+    });
+    assert_eq!(reg.handle(r).unwrap().avoid, ["/ingest/dest-0"]);
+    let v = reg.views(&ij);
+    assert_eq!(v.prune.as_ref().unwrap().counts.running, 0, "handed back");
+    let st = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(170));
+    let state = |st: &IngestJobStatus, i: usize| st.servers[i].state;
+    assert_eq!(
+        state(&st, 0),
+        Some(ingest_api::ServerState::Unresponsive),
+        "{:?}",
+        st.servers
+    );
+    assert_eq!(state(&st, 1), Some(ingest_api::ServerState::Healthy));
+
+    // Another worker prunes through the servers that answer; the verify pass avoids server 0.
+    let mut r = claim_request(&ij, "prune", &worker_pod_name(&ij, "prune", 1, "q"));
+    r.done = held
+        .iter()
+        .map(|&shard| ingest_api::claims::ShardDone {
+            shard,
+            result: PodResult {
+                mirror: Some(ingest_api::report::MirrorResult {
+                    deleted: budgets[&shard],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    reg.mark_persisted(&ij, "prune");
+    reg.ensure(&ij, "verify", 4, None, None, Opening::Now)
+        .unwrap();
+    let mut r = claim_request(&ij, "verify", &worker_pod_name(&ij, "verify", 0, "v"));
+    r.room = 1;
+    assert_eq!(reg.handle(r).unwrap().avoid, ["/ingest/dest-0"]);
 }
 
 /// `verify.scope: Changed`: copy workers say when they began writing (destination clock); the

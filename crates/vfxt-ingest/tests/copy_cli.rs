@@ -906,6 +906,52 @@ fn a_mirror_killed_mid_deletion_finishes_when_run_again() {
     assert!(diffs.is_empty(), "{diffs:?}");
 }
 
+/// A deletion that fails below a directory (the second of its entries) counts the entry it
+/// deleted before, and its report line says where it stopped; the other candidates are still
+/// deleted, and the run is not identical (exit 1).
+#[test]
+fn a_mirror_deletion_that_fails_part_way_counts_what_it_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dest) = mirror_case(tmp.path());
+    let report = tmp.path().join("report.jsonl");
+    let out = bin()
+        .args([
+            "copy",
+            "--quiet",
+            "--mirror",
+            "--max-deletes",
+            "10",
+            "--report",
+        ])
+        .arg(&report)
+        .arg(&src)
+        .arg(&dest)
+        .env("VFXT_INGEST_FAULTS", "delete@2=eio")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // a/old: one of its 4 entries deleted, then EIO; c/removed and c/scratch.tmp: 1 each.
+    assert!(
+        stdout.contains("mirror: 3 names only in the destination (6 entries): 3 entries deleted, 0 kept (in the source again), 1 failed"),
+        "{stdout}"
+    );
+    let failed: Vec<serde_json::Value> = problems(&report)
+        .into_iter()
+        .filter(|v| v["outcome"] == "failed" && v["op"] == "delete")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["path"], "a/old");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("at a/old/") && error.contains("after deleting 1 entry below it"),
+        "{error}"
+    );
+    for p in ["c/removed", "c/scratch.tmp"] {
+        assert!(!dest.join(p).exists(), "{p} left");
+    }
+}
+
 /// A rate-limited copy is a copy like any other (the limit's accuracy is `vfxt-bench throttle`'s
 /// business, not a timed test's); a limit of 0 is refused naming the flag.
 #[test]

@@ -1241,6 +1241,21 @@ fn shards_nobody_could_finish_fail_the_run() {
     assert!(st["shards"]["failed"].as_u64().unwrap() > 0, "{st:?}");
 }
 
+/// `backing` served at `at` by a node with no added latency that stops answering as `stop`
+/// says (its fault hooks).
+fn hanging_node(
+    backing: &Path,
+    at: &Path,
+    stop: ingest_latencyfs::NodeConfig,
+) -> ingest_latencyfs::Node {
+    let cfg = ingest_latencyfs::NodeConfig {
+        meta_latency: Duration::ZERO,
+        data_latency: Duration::ZERO,
+        ..stop
+    };
+    ingest_latencyfs::Node::mount(backing, at, cfg).unwrap()
+}
+
 /// A destination that stops answering mid-copy (a hung NFS server behind a hard mount: no error,
 /// its callers wait in the kernel): each worker that meets it says which and exits 4, its shards
 /// go back at no cost to their retries, and its slot starts again without it. The run ends
@@ -1251,17 +1266,14 @@ fn a_destination_that_stops_answering_is_given_up_and_the_run_still_succeeds() {
     let (src, dst) = src_and_dst(t.path(), 12, 30);
     // The same export as `dst`, through a node that stops answering at its 200th operation.
     let hung = t.path().join("hung-node");
-    let node = ingest_latencyfs::Node::mount(
+    let node = hanging_node(
         &dst,
         &hung,
         ingest_latencyfs::NodeConfig {
-            meta_latency: Duration::ZERO,
-            data_latency: Duration::ZERO,
             stop_answering_at: Some(200),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let f = job_yaml(
         t.path(),
         &src,
@@ -2252,4 +2264,80 @@ fn limits_edited_in_the_job_file_apply_to_the_running_workers() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(status.code(), Some(0), "{}", text(&out));
     assert_identical(&src, &dst);
+}
+
+/// A destination that stops answering at a step outside the copy's walk is found the same way:
+/// in a mirror's deletions (its first rmdir) and in a worker's destination probe (its first
+/// unlink, the probe file's removal). Each time the worker says which destination and exits 4,
+/// its slot starts again without it, and the run ends Succeeded and identical, the status naming
+/// the hung destination.
+#[test]
+fn a_destination_that_stops_answering_in_a_mirrors_deletions_or_its_probe_is_given_up() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = src_and_dst(t.path(), 4, 10);
+    let f = job_yaml(t.path(), &src, std::slice::from_ref(&dst), "");
+    let o = run_cmd(&f, &t.path().join("state-0")).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // What the mirror is to delete: a directory with files in it.
+    fs::create_dir_all(dst.join("proj01/old/deeper")).unwrap();
+    for p in ["proj01/old/deeper/x", "proj01/old/y"] {
+        fs::write(dst.join(p), p).unwrap();
+    }
+    for (op, run) in [("rmdir", 1), ("unlink", 2)] {
+        // The same export as `dst`, through a node that stops answering at its first `op`; it
+        // comes first, so the worker's first destination (probe, deletions) is the hung one.
+        let hung = t.path().join(format!("hung-at-{op}"));
+        let node = hanging_node(
+            &dst,
+            &hung,
+            ingest_latencyfs::NodeConfig {
+                stop_answering_on: Some(op),
+                ..Default::default()
+            },
+        );
+        let f = job_yaml(
+            t.path(),
+            &src,
+            &[hung.clone(), dst.clone()],
+            &format!(
+                "  run: {run}\n  workers: 1\n  mode: Mirror\n  maxDeletes: 100\n  stallTimeoutSeconds: 5\n"
+            ),
+        );
+        let state = t.path().join(format!("state-{run}"));
+        let o = run_cmd(&f, &state).output().unwrap();
+        let status = read_status(&state);
+        let why = format!("{op}: {}\n{status:?}", text(&o));
+        assert_eq!(o.status.code(), Some(0), "{why}");
+        assert!(
+            node.stats().unanswered >= 1,
+            "never stopped answering: {why}"
+        );
+        drop(node);
+        assert_identical(&src, &dst);
+        assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{why}");
+        let hung_name = hung.display().to_string();
+        let gone = status["servers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|s| s["server"].as_str() == Some(hung_name.as_str()))
+            .unwrap();
+        assert_eq!(gone["state"].as_str(), Some("Unresponsive"), "{why}");
+        if op == "rmdir" {
+            // The stopped worker deleted a file or two (as the listing's order had it), then its
+            // rmdir hung; it never told. The shard's next attempt deleted the rest and found
+            // those gone: each of the four is counted once.
+            let m = &status["mirror"];
+            let (deleted, gone) = (m["deleted"].as_u64().unwrap(), m["gone"].as_u64().unwrap());
+            assert_eq!(m["found"].as_u64(), Some(4), "{why}");
+            assert!(gone >= 1 && deleted + gone == 4, "{why}");
+            let message = status["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!(
+                    "{deleted} entries only in the destination deleted (Mirror), {gone} entr"
+                )) && message.contains("more gone before the prune came to them"),
+                "{why}"
+            );
+        }
+    }
 }

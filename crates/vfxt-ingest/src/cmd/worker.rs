@@ -1039,6 +1039,11 @@ impl ShardRun<'_> {
             .markers
             .as_deref()
             .and_then(|d| read_marker(d, phase, shard.id));
+        // The prune phase: what the copy phase found in this shard.
+        let budget = (phase == Phase::Prune).then(|| match self.claims {
+            Some(c) => c.budget(shard.id),
+            None => self.budgets.get(shard.id),
+        });
         let (status, summary) = if let Some(m) = marker {
             if phase == Phase::Copy {
                 self.base.files.fetch_add(shard.files, Relaxed);
@@ -1063,13 +1068,9 @@ impl ShardRun<'_> {
                 Summary::default()
             } else {
                 let mut opts = engine_options(self.base_opts.clone(), phase);
-                if phase == Phase::Prune {
+                if let Some(budget) = budget {
                     // Never more than the copy phase found in this shard: a shard whose
                     // destination grew since deletes nothing, and the verify reports it.
-                    let budget = match self.claims {
-                        Some(c) => c.budget(shard.id),
-                        None => self.budgets.get(shard.id),
-                    };
                     opts.mirror = Some(MaxDeletes::Count(budget));
                     opts.mirror_weigh_only = false;
                 }
@@ -1144,7 +1145,7 @@ impl ShardRun<'_> {
             result.mirror = summary
                 .mirror
                 .as_ref()
-                .map(|m| mirror_result(shard.id, phase, m));
+                .map(|m| mirror_result(shard.id, phase, m, budget));
             self.tally.lock().unwrap().claimed.add(&result);
             result
         });
@@ -1188,11 +1189,23 @@ fn claimed_shards<'p>(
 }
 
 /// A shard's mirror counts as its result carries them: the copy phase's finding under the
-/// shard's id (the prune phase's budget), the prune phase's deletions.
-fn mirror_result(shard: u32, phase: Phase, m: &MirrorCounts) -> ingest_api::report::MirrorResult {
+/// shard's id (the prune phase's budget), the prune phase's deletions. Of what the copy phase
+/// found (`budget`), what the prune phase no longer found when it weighed again is gone: deleted
+/// by an earlier attempt at the shard whose worker was stopped before it could tell (killed, or
+/// left a hung destination), or by someone else.
+fn mirror_result(
+    shard: u32,
+    phase: Phase,
+    m: &MirrorCounts,
+    budget: Option<u64>,
+) -> ingest_api::report::MirrorResult {
     match phase {
         Phase::Prune => ingest_api::report::MirrorResult {
             deleted: m.deleted,
+            gone: match (&m.refused, budget) {
+                (None, Some(found)) => found.saturating_sub(m.entries),
+                _ => 0,
+            },
             kept: m.kept,
             failed: m.failed,
             refused: m.refused.clone(),
