@@ -55,20 +55,33 @@ pub fn server_of_mount(mount: &str, servers: usize) -> Option<usize> {
 /// Where `spec.report.pvc` is mounted in worker pods (read-write).
 pub const REPORT_MOUNT: &str = "/ingest/report";
 
-/// The `--report` file of a copy or verify pod (`spec.report`; none without it): in the run's report directory
-/// ([`ingest_api::ReportTarget::run_dir`]) under the claim's mount, or under the first destination server's
-/// mount (outside the copied tree, which validation ensures), named by role and worker index so that pods
-/// never share a file. A replacement pod of the same worker index writes the file its failed attempt did not
-/// finish.
-pub fn report_file(ij: &IngestJob, role: &str) -> Option<String> {
+/// The `--report` file of a worker pod of `role` (`spec.report`; none without it): in the run's report
+/// directory ([`ingest_api::ReportTarget::run_dir`]) under the claim's mount, or under the first destination
+/// server the pod mounts (`servers`; every server shows the same export, and one found unresponsive is not
+/// mounted: a report written under its mount point would stay in the container). Outside the copied tree,
+/// which validation ensures. Named by role, by the pass's Job (`generation`: servers found unresponsive,
+/// the `-x<n>` of its name) and by worker index, so that pods never share a file: the pods of a pass's
+/// new Job run beside the first Job's, with the same indexes. A replacement pod of the same Job and
+/// index writes the file its failed attempt did not finish.
+pub fn report_file(
+    ij: &IngestJob,
+    role: &str,
+    servers: &[(usize, &String)],
+    generation: usize,
+) -> Option<String> {
     let r = ij.spec.report.as_ref()?;
     let root = if r.pvc.is_some() {
         REPORT_MOUNT.to_owned()
     } else {
-        dest_mount(0)
+        dest_mount(servers.first().map_or(0, |(i, _)| *i))
     };
     let dir = r.run_dir(&ij.name_any(), ij.spec.run);
-    let file = ingest_api::report_file_name(role, &format!("$({})", env::COMPLETION_INDEX));
+    let index = format!("$({})", env::COMPLETION_INDEX);
+    let index = match names::generation_mark(generation) {
+        None => index,
+        Some(m) => format!("{m}-{index}"),
+    };
+    let file = ingest_api::report_file_name(role, &index);
     Some(format!("{root}/{dir}/{file}"))
 }
 
@@ -538,7 +551,7 @@ fn worker_args(
     if s.verify.fsync {
         args.push("--fsync".into());
     }
-    if let Some(file) = report_file(ij, role) {
+    if let Some(file) = report_file(ij, role, servers, layout.avoided.of(role).len()) {
         args.extend(["--report".into(), file]);
     }
     args

@@ -43,11 +43,16 @@ pub fn scan_job(ij: &IngestJob, run: i64) -> String {
 /// up to 99 generations.
 pub fn worker_job(ij: &IngestJob, run: i64, role: &str, generation: usize) -> String {
     let base = pass_job(&ij.name_any(), run, role);
-    if generation == 0 {
-        base
-    } else {
-        format!("{base}-x{}", generation.min(99))
+    match generation_mark(generation) {
+        None => base,
+        Some(m) => format!("{base}-{m}"),
     }
+}
+
+/// What tells a pass's Jobs apart (`generation`: the servers found unresponsive in the pass when
+/// the Job was made): `x<n>`, nothing for the first Job.
+pub fn generation_mark(generation: usize) -> Option<String> {
+    (generation > 0).then(|| format!("x{}", generation.min(99)))
 }
 
 /// Name of the Job whose pods are the workers of a claims pass (`role` of `run`), from the

@@ -2290,6 +2290,53 @@ fn a_server_found_unresponsive_makes_the_pass_a_new_job_without_it() {
     );
 }
 
+/// The first server found unresponsive: the pass's new Job neither mounts it nor writes its
+/// reports through it (a report under a mount point not mounted would stay in the container),
+/// and its pods, which run beside the first Job's with the same indexes, write files of their own.
+#[test]
+fn a_new_job_without_the_first_server_writes_its_reports_through_another_to_files_of_its_own() {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.report =
+        Some(serde_json::from_value(serde_json::json!({"destinationPath": "reports"})).unwrap());
+    let mut obs = scanned(&ij, 6, totals(), false);
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, false, false, "", "", 3)
+    });
+    let first = pass_job(&ij, &obs, "copy");
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 6, None, None, Opening::Now)
+        .unwrap();
+    let hung = worker_pod_name(&ij, "copy", 0, "abcde");
+    let mut r = claim_request(&ij, "copy", &hung);
+    r.unresponsive = Some(ingest_api::claims::UnresponsiveMount {
+        mount: dest_mount(0),
+        left: 2,
+        why: "1 operation(s) waiting 60 s with none finishing".into(),
+    });
+    reg.handle(r).unwrap();
+    let v = reg.views(&ij);
+    let s = stage(&ij, &obs, &v);
+    let children = desired(&ij, &s, &settings()).unwrap();
+    let copy = &role_jobs(&children, "copy")[0];
+    assert_eq!(copy.name_any(), format!("{}-x1", first.name_any()));
+    let dir = format!("reports/{}/run-0", ij.name_any());
+    assert_eq!(
+        arg_after(&first, "--report"),
+        Some(format!(
+            "{}/{dir}/copy-$(JOB_COMPLETION_INDEX).jsonl.gz",
+            dest_mount(0)
+        ))
+    );
+    assert_eq!(
+        arg_after(copy, "--report"),
+        Some(format!(
+            "{}/{dir}/copy-x1-$(JOB_COMPLETION_INDEX).jsonl.gz",
+            dest_mount(1)
+        ))
+    );
+    assert!(!has_volume(copy, "dest-0") && has_volume(copy, "dest-1"));
+}
+
 /// `spec.suspend`: the pass hands out no shard (a worker's held shard still finishes and counts),
 /// the status says Suspended (not Stalled, however long nothing moves), and clearing it resumes.
 /// Neither way changes what the run's Jobs are built from.
