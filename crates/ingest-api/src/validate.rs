@@ -112,6 +112,14 @@ pub fn validate_spec(spec: &IngestJobSpec) -> Result<(), SpecErrors> {
     {
         bad("spec.destination.subPath", m);
     }
+    if let Some(src) = &spec.source.nfs
+        && let Err(m) = check_source_apart(
+            (&src.server, &src.path, spec.source.sub_path.as_deref()),
+            (&dst.nfs.servers, &dst.nfs.path, dst.sub_path.as_deref()),
+        )
+    {
+        bad("spec.destination", m);
+    }
     if spec.workers == Some(0) {
         bad("spec.workers", "must be at least 1".into());
     }
@@ -340,6 +348,42 @@ fn check_relative(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The source tree (`server`, export `path`, `subPath`) must not overlap the destination's on the
+/// same server: a destination inside the source would be copied into itself as it is written,
+/// and a source inside the destination would be written over, and deleted by a mirror (the pods
+/// mount the two apart, so the engine's own check of local paths cannot see it). One export seen
+/// at another address of the cluster, or under another name, is not told apart here: only the
+/// same server name is.
+fn check_source_apart(
+    (server, path, sub): (&str, &str, Option<&str>),
+    (servers, dst_path, dst_sub): (&[String], &str, Option<&str>),
+) -> Result<(), String> {
+    if !servers.iter().any(|s| s.eq_ignore_ascii_case(server)) {
+        return Ok(());
+    }
+    fn tree<'a>(path: &'a str, sub: Option<&'a str>) -> Vec<&'a str> {
+        let mut t = crate::job::path_segments(path);
+        t.extend(sub.map(crate::job::path_segments).unwrap_or_default());
+        t
+    }
+    let (source, dest) = (tree(path, sub), tree(dst_path, dst_sub));
+    let shown = |t: &[&str]| format!("{server}:/{}", t.join("/"));
+    let why = if source == dest {
+        "is the source tree itself"
+    } else if dest.starts_with(&source) {
+        "is inside the source tree: the copy would copy what it writes"
+    } else if source.starts_with(&dest) {
+        "holds the source tree: the copy would write over the source, and a mirror would delete it"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{} {why} ({}); copy into a directory beside the source (spec.destination.subPath)",
+        shown(&dest),
+        shown(&source)
+    ))
+}
+
 /// `spec.report.destinationPath` must not be in the copied tree (`spec.destination.subPath`, the whole export
 /// when unset), where the verify pass would find the reports as extraneous entries, nor contain it.
 fn check_report_outside_copy(dp: &str, dest_sub: Option<&str>) -> Result<(), String> {
@@ -411,6 +455,75 @@ mod tests {
     fn with(extra: &str) -> crate::IngestJobSpec {
         let y = format!("{}{extra}", job(None));
         serde_yaml::from_str::<crate::IngestJob>(&y).unwrap().spec
+    }
+
+    /// A source on one of the destination's servers whose tree overlaps the destination's is
+    /// refused, naming both trees; beside each other, or on another server, they are fine.
+    #[test]
+    fn a_source_and_destination_that_overlap_on_one_server_are_refused() {
+        let spec = |source: &str, dest: &str| {
+            let y = format!(
+                "apiVersion: ingest.vfxt.dev/v1alpha1\nkind: IngestJob\nmetadata: {{name: t}}\nspec:\n  source: {source}\n  destination: {dest}\n"
+            );
+            serde_yaml::from_str::<crate::IngestJob>(&y).unwrap().spec
+        };
+        let on = |server: &str, path: &str, sub: &str| {
+            format!("{{nfs: {{server: {server}, path: {path}}}{sub}}}")
+        };
+        let to = |path: &str, sub: &str| {
+            format!("{{nfs: {{servers: [10.1.1.101, 10.1.1.102], path: {path}}}{sub}}}")
+        };
+        for (source, dest, words) in [
+            (
+                on("10.1.1.102", "/data", ""),
+                to("/data", ""),
+                "is the source tree itself",
+            ),
+            (
+                on("10.1.1.101", "/data", ""),
+                to("/data", ", subPath: copy"),
+                "10.1.1.101:/data/copy is inside the source tree",
+            ),
+            (
+                on("10.1.1.101", "/data", ", subPath: projects"),
+                to("/data", ""),
+                "holds the source tree: the copy would write over the source, and a mirror would delete it (10.1.1.101:/data/projects)",
+            ),
+            (
+                on("10.1.1.101", "/", ""),
+                to("/data/./x", ""),
+                "is inside the source tree",
+            ),
+        ] {
+            let errs = validate_spec(&spec(&source, &dest)).unwrap_err();
+            let e = errs
+                .0
+                .iter()
+                .find(|e| e.field == "spec.destination")
+                .unwrap_or_else(|| panic!("{source} {dest}: {errs}"));
+            assert!(e.message.contains(words), "{source} {dest}: {}", e.message);
+            assert!(
+                e.message.contains("spec.destination.subPath"),
+                "{}",
+                e.message
+            );
+        }
+        for (source, dest) in [
+            // Beside each other on one server.
+            (
+                on("10.1.1.101", "/data", ", subPath: projects"),
+                to("/data", ", subPath: projects-copy"),
+            ),
+            (on("10.1.1.101", "/data", ""), to("/data2", "")),
+            // Another server (the usual case: a filer to the cache cluster).
+            (on("10.0.0.5", "/data", ""), to("/data", "")),
+        ] {
+            assert_eq!(
+                validate_spec(&spec(&source, &dest)),
+                Ok(()),
+                "{source} {dest}"
+            );
+        }
     }
 
     /// Each wrong part of a schedule, a mirror's limit or a verify scope is refused naming its
