@@ -908,10 +908,15 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The first destination with operations waiting `stall` and none finishing (it has stopped
-/// answering), and why it looks so.
+/// The destination with operations waiting `stall` and none finishing (it has stopped answering)
+/// the longest, and why it looks so. The longest: a hung server's callers can hold others up (a
+/// lock one of them took), whose own mounts then look waiting too, only later; a watchdog that
+/// looked late (a busy machine) must still name the one that stopped first.
 pub fn stalled(figures: &[(String, MountSnapshot)], stall: Duration) -> Option<(String, String)> {
-    let (mount, snap) = figures.iter().find(|(_, m)| m.waiting >= stall)?;
+    let (mount, snap) = figures
+        .iter()
+        .filter(|(_, m)| m.waiting >= stall)
+        .max_by_key(|(_, m)| m.waiting)?;
     Some((
         mount.clone(),
         format!(
@@ -971,6 +976,31 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Condvar};
+
+    #[test]
+    fn the_mount_waiting_longest_is_named() {
+        let snap = |running, secs| MountSnapshot {
+            running,
+            waiting: Duration::from_secs(secs),
+            ..Default::default()
+        };
+        let figures = vec![
+            ("/d0".to_owned(), snap(0, 0)),
+            ("/d1".to_owned(), snap(3, 61)),
+            ("/d2".to_owned(), snap(1, 75)),
+            ("/d3".to_owned(), snap(2, 30)),
+        ];
+        let stall = Duration::from_secs(60);
+        assert_eq!(
+            stalled(&figures, stall),
+            Some((
+                "/d2".into(),
+                "1 operation(s) waiting 75 s with none finishing".into()
+            ))
+        );
+        assert_eq!(stalled(&figures[..1], stall), None);
+        assert_eq!(stalled(&figures[3..], stall), None);
+    }
 
     /// Requests an endpoint received: the Authorization header and the message.
     type Seen = Arc<(Mutex<Vec<(String, ClaimRequest)>>, Condvar)>;
