@@ -2338,6 +2338,13 @@ fn a_destination_that_stops_answering_in_a_mirrors_deletions_or_its_probe_is_giv
                 )) && message.contains("more gone before the prune came to them"),
                 "{why}"
             );
+            let summary = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                summary.contains(&format!(
+                    "mirror: 4 entries found only in the destination, {deleted} deleted, {gone} gone before the prune came to them"
+                )),
+                "{why}"
+            );
         }
     }
 }

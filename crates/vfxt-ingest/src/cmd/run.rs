@@ -1967,9 +1967,15 @@ fn print_status(
     );
     if let Some(m) = &s.mirror {
         println!(
-            "mirror: {} entries found only in the destination, {} deleted{}{}{}",
+            "mirror: {} entries found only in the destination, {} deleted{}{}{}{}",
             m.found,
             m.deleted,
+            match m.gone {
+                0 => String::new(),
+                n => format!(
+                    ", {n} gone before the prune came to them (an earlier attempt's, or someone else's)"
+                ),
+            },
             match m.kept {
                 0 => String::new(),
                 n => format!(", {n} kept (in the source again)"),
