@@ -78,15 +78,16 @@ impl MirrorCounts {
     }
 }
 
-/// One operation on the destination, as a task of its mount's meter (a listing, a stat, an
-/// unlink): a hung server behind a hard mount shows as an operation waiting with none finishing,
-/// which the worker's watchdog gives up on as in the copy, and each one that finishes is
-/// progress (a deletion of a million entries is not a stall).
-fn op<T>(meter: &MountMeter, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+/// One operation on the destination, as a task of its mount's meter (an open, a listing, a stat,
+/// an unlink) that handles `entries` entries when it succeeds (the meters count a listing or a
+/// deletion as one, an open or a stat as none): a hung server behind a hard mount shows as an
+/// operation waiting with none finishing, which the worker's watchdog gives up on as in the copy,
+/// and each one that finishes is progress (a deletion of a million entries is not a stall).
+fn op<T>(meter: &MountMeter, entries: u64, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let task = meter.begin();
     let r = f();
     if r.is_ok() {
-        task.end(1);
+        task.end(entries);
     }
     r
 }
@@ -102,11 +103,11 @@ pub(crate) fn count_tree(
     if !is_dir {
         return Ok(1);
     }
-    let fd = op(meter, || sys::open_dir_at(dir, name))?;
+    let fd = op(meter, 0, || sys::open_dir_at(dir, name))?;
     let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
     let mut subdirs = Vec::new();
     let mut n = 1;
-    op(meter, || {
+    op(meter, 1, || {
         sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
             n += 1;
             if kind != Some(Kind::Dir) && kind.is_some() {
@@ -118,9 +119,8 @@ pub(crate) fn count_tree(
     for (child, kind) in subdirs {
         let is_dir = match kind {
             Some(k) => k == Kind::Dir,
-            None => {
-                op(meter, || sys::stat_at(fd.as_fd(), &child))?.is_some_and(|m| m.kind == Kind::Dir)
-            }
+            None => op(meter, 0, || sys::stat_at(fd.as_fd(), &child))?
+                .is_some_and(|m| m.kind == Kind::Dir),
         };
         if is_dir {
             // Counted once already as a name of this directory.
@@ -154,14 +154,14 @@ fn delete_tree(
 ) -> Result<(), Stopped> {
     let stopped = |e: io::Error| (vec![name.as_bytes().to_vec()], e);
     if is_dir {
-        let fd = op(meter, || sys::open_dir_at(dir, name));
+        let fd = op(meter, 0, || sys::open_dir_at(dir, name));
         if gone(&fd) {
             return Ok(());
         }
         let fd = fd.map_err(stopped)?;
         let mut buf = vec![MaybeUninit::uninit(); 64 * 1024];
         let mut children = Vec::new();
-        op(meter, || {
+        op(meter, 1, || {
             sys::list_dir(fd.as_fd(), &mut buf, |child, kind| {
                 children.push((child.to_owned(), kind))
             })
@@ -170,7 +170,7 @@ fn delete_tree(
         for (child, kind) in children {
             let child_dir = match kind {
                 Some(k) => k == Kind::Dir,
-                None => match op(meter, || sys::stat_at(fd.as_fd(), &child)) {
+                None => match op(meter, 0, || sys::stat_at(fd.as_fd(), &child)) {
                     Ok(None) => continue,
                     Ok(Some(m)) => m.kind == Kind::Dir,
                     Err(e) => {
@@ -186,7 +186,7 @@ fn delete_tree(
             )?;
         }
     }
-    let unlinked = op(meter, || {
+    let unlinked = op(meter, 1, || {
         fault::hit(Point::Delete, Target::default())?;
         sys::unlink_at(dir, name, is_dir)
     });
@@ -241,7 +241,7 @@ pub(crate) fn prune(
     let meter = &*meter;
     // Weigh everything before deleting anything.
     for e in &extras {
-        let counted = op(meter, || open_rel(dst, &e.path.parent()))
+        let counted = op(meter, 0, || open_rel(dst, &e.path.parent()))
             .and_then(|p| count_tree(p.as_fd(), &cstr(e.path.file_name()), e.dir, meter));
         match counted {
             Ok(n) => m.entries += n,
@@ -284,7 +284,7 @@ pub(crate) fn prune(
             .take_while(|e| e.path.parent() == parent)
             .count();
         let dirs = open_rel(roots.src.as_fd(), &parent)
-            .and_then(|s| Ok((s, op(meter, || open_rel(dst, &parent))?)));
+            .and_then(|s| Ok((s, op(meter, 0, || open_rel(dst, &parent))?)));
         let (src, dst_dir) = match dirs {
             Ok(d) => d,
             Err(err) => {
@@ -353,7 +353,7 @@ pub(crate) fn prune(
             && opts.preserve.times
             && !opts.dir_times_in_verify
             && let Err(err) = sys::fstat(src.as_fd()).and_then(|sm| {
-                op(meter, || {
+                op(meter, 0, || {
                     sys::set_meta_fd(dst_dir.as_fd(), &sm, false, false, true)
                 })
             })
