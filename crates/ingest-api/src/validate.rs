@@ -353,8 +353,9 @@ fn check_relative(p: &str) -> Result<(), String> {
 /// and a source inside the destination would be written over, and deleted by a mirror (the pods
 /// mount the two apart, so the engine's own check of local paths cannot see it). One export seen
 /// at another address of the cluster, or under another name, is not told apart here: only the
-/// same server name is.
-fn check_source_apart(
+/// same server name is. The scan pod makes the same check of a source it finds NFS-mounted (a
+/// PVC's volume, whose server the spec does not name).
+pub fn check_source_apart(
     (server, path, sub): (&str, &str, Option<&str>),
     (servers, dst_path, dst_sub): (&[String], &str, Option<&str>),
 ) -> Result<(), String> {

@@ -457,6 +457,13 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
     for server in servers {
         a.extend(["--server".to_owned(), server.clone()]);
     }
+    // The scan refuses a source it finds NFS-mounted from one of those servers over the
+    // destination's tree (a PVC's volume: the spec does not say its server).
+    let dst = &s.destination;
+    a.extend([
+        "--destination-tree".to_owned(),
+        join(&dst.nfs.path, dst.sub_path.as_deref()),
+    ]);
     for (flag, v) in [
         ("--shards", s.shards.target.map(u64::from)),
         ("--max-files", s.shards.max_files),

@@ -291,6 +291,12 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
         "the plan is dealt to the spec's servers"
     );
     assert!(a.windows(2).any(|w| w == ["--workers", "2"]));
+    // The destination's tree, against which the scan checks a source it finds NFS-mounted.
+    assert!(
+        a.windows(2)
+            .any(|w| w == ["--destination-tree", "/nfs/genomics/2019"]),
+        "{a:?}"
+    );
     let owner = &scan.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.controller),

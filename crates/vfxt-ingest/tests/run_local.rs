@@ -439,6 +439,28 @@ fn bad_job_files_exit_2_naming_the_field_line_and_what_is_valid() {
     );
 }
 
+/// `scan --destination-tree` (the operator's scan pod): a source on no NFS mount is not the
+/// destination's, and is scanned; the tree means nothing without the servers it is on.
+#[test]
+fn a_scan_checks_its_source_apart_from_the_destination_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _) = src_and_dst(t.path(), 2, 3);
+    let scan = |extra: &[&str]| {
+        bin()
+            .arg("scan")
+            .arg(&src)
+            .args(["--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = scan(&["--server", "10.1.1.101", "--destination-tree", "/"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = scan(&["--destination-tree", "/"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--server"), "{}", text(&o));
+}
+
 #[test]
 fn scan_and_worker_commands() {
     let t = tempfile::tempdir().unwrap();

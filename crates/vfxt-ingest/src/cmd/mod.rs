@@ -8,4 +8,5 @@ pub mod operator;
 pub mod report;
 pub mod run;
 pub mod scan;
+pub mod source_mount;
 pub mod worker;

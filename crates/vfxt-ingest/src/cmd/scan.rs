@@ -57,6 +57,37 @@ pub struct Args {
     /// write the result as the termination message (the contract in crates/ingest-operator/README.md).
     #[arg(long)]
     pub cluster: bool,
+    /// The destination's tree on its servers (`--server`): its export path and subPath. A source
+    /// that is an NFS mount of one of those servers whose tree holds, or lies in, this one is
+    /// refused (exit 2) before anything is read: a copy would write over the source.
+    #[arg(long, value_name = "PATH", requires = "servers")]
+    pub destination_tree: Option<String>,
+}
+
+/// `--destination-tree`: the source's NFS server and tree (from the mount table), checked apart
+/// from the destination's.
+fn check_source_apart(source: &Path, servers: &[String], dest: &str) -> Result<(), String> {
+    let Ok(resolved) = source.canonicalize() else {
+        // The scan says why it cannot read it.
+        return Ok(());
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let Some(tree) = crate::cmd::source_mount::nfs_tree(&mountinfo, &resolved) else {
+        return Ok(());
+    };
+    for server in &tree.servers {
+        ingest_api::validate::check_source_apart((server, &tree.path, None), (servers, dest, None))
+            .map_err(|m| {
+                format!(
+                    "the source {} (NFS {server}:{}): spec.destination {m}",
+                    source.display(),
+                    tree.path
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// The cost model's constants; shared by `scan` and `run`.
@@ -259,6 +290,12 @@ pub fn run(args: Args) -> Outcome {
         max_bytes: args.max_bytes,
         ..PlanOptions::default()
     };
+    if let Some(dest) = &args.destination_tree
+        && let Err(e) = check_source_apart(&args.source, &args.servers, dest)
+    {
+        eprintln!("error: {e}");
+        return Outcome::UnusableInput;
+    }
     // Read before the scan, which may take hours, so that a wrong path fails at once.
     let passes = match args.rates_from.as_deref().map(recorded_passes) {
         None => Ok(Vec::new()),
