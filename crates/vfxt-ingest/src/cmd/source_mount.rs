@@ -4,7 +4,9 @@
 //! servers (`ingest_api::validate::check_source_apart`, the check the operator makes itself for
 //! an NFS source named in the spec). Pure, but for reading the file.
 
-use std::path::{Component, Path};
+use std::path::Path;
+
+use ingest_api::job::path_segments;
 
 /// An NFS mount's server and the tree a path is on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,16 +21,17 @@ pub struct NfsTree {
 
 /// The NFS server and tree of `path` (absolute, resolved), from the text of a mountinfo file:
 /// the last mount whose mount point holds `path` (a later mount hides an earlier one on the same
-/// point). `None` when that mount is not NFS.
+/// point). `None` when that mount is not NFS (or the path is not UTF-8, as no export's name is
+/// here).
 pub fn nfs_tree(mountinfo: &str, path: &Path) -> Option<NfsTree> {
-    let wanted: Vec<&str> = parts(path);
+    let wanted = path_segments(path.to_str()?);
     let mut best: Option<(usize, &str)> = None;
     for line in mountinfo.lines() {
         let Some(point) = line.split(' ').nth(4) else {
             continue;
         };
         let point = unescape(point);
-        let p = parts(Path::new(&point));
+        let p = path_segments(&point);
         if wanted.starts_with(&p) && best.is_none_or(|(n, _)| p.len() >= n) {
             best = Some((p.len(), line));
         }
@@ -54,26 +57,13 @@ pub fn nfs_tree(mountinfo: &str, path: &Path) -> Option<NfsTree> {
     {
         servers.push(addr.to_owned());
     }
-    let mut tree: Vec<String> = parts(Path::new(&source[at + 1..]))
-        .into_iter()
-        .chain(parts(Path::new(&root)))
-        .map(str::to_owned)
-        .collect();
-    tree.extend(wanted[depth..].iter().map(|s| (*s).to_owned()));
+    let mut tree = path_segments(&source[at + 1..]);
+    tree.extend(path_segments(&root));
+    tree.extend(&wanted[depth..]);
     Some(NfsTree {
         servers,
         path: format!("/{}", tree.join("/")),
     })
-}
-
-/// The normal components of an absolute path.
-fn parts(p: &Path) -> Vec<&str> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => s.to_str(),
-            _ => None,
-        })
-        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
