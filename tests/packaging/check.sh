@@ -223,6 +223,7 @@ kind: Role
 metadata: {name: ij-demo-scan, namespace: ingest}
 rules:
   - {apiGroups: [""], resources: [configmaps], verbs: [create, patch]}
+  - {apiGroups: [""], resources: [configmaps], verbs: [get], resourceNames: [ij-demo-r0-plan-0]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

@@ -198,7 +198,8 @@ const REPORT_PER_RUN_RULE: &str = "self.run != oldSelf.run || \
      (has(self.report) ? (has(oldSelf.report) && self.report == oldSelf.report) : !has(oldSelf.report))";
 
 /// `spec.report`: exactly one of `pvc` or `destinationPath`. The files of run `n` are
-/// `<location>/<IngestJob name>/run-<n>/<role>-<server index>-<shard index>.jsonl.gz`.
+/// `<location>/<IngestJob name>/run-<n>/<role>[-x<k>]-<worker index>.jsonl.gz` (`-x<k>`: the
+/// pass's k-th new Job, made when a server stopped answering).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("has(self.pvc) != has(self.destinationPath)").message("spec.report: set exactly one of pvc or destinationPath"))]
 #[serde(rename_all = "camelCase")]
@@ -843,8 +844,10 @@ pub struct WorkerTemplate {
     /// Tolerations of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
-    /// Service account of the worker pods. Default: one the operator creates, allowed only to patch the pods'
-    /// progress annotation and read the plan.
+    /// Service account of every pod of the job. Default: two the operator creates, the scan pod's (it
+    /// stores the plan: create and patch ConfigMaps, get this run's chunk 0) and the workers' (no API
+    /// access: they claim through the operator's endpoint). One named here needs the scan's verbs; without
+    /// get, a retried scan may replace a plan an earlier attempt committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Identity of the copy processes.
@@ -1123,7 +1126,7 @@ impl IngestJobStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ReportStatus {
     /// `pvc <claim>:/<dir>/` or `<server>:<export>/<dir>/`: the directory holding one
-    /// `<role>-<server index>-<shard index>.jsonl.gz` per copy and verify pod.
+    /// `<role>[-x<k>]-<worker index>.jsonl.gz` per copy, prune and verify worker pod.
     pub location: String,
 }
 

@@ -58,7 +58,7 @@ pub fn workers_for(requested: u32, shards: usize) -> u32 {
 }
 
 pub use exit::WorkerExit;
-pub use pass::{Checkpoint, Pass, Report, State, Tally, Unresponsive};
+pub use pass::{Checkpoint, Pace, Pass, Report, State, Tally, Unresponsive};
 pub use queue::{Completion, ShardId, ShardQueue};
 pub use scan_failed::ScanFailed;
 pub use verdict::{DryRun, Facts, Policy, Reason, Verdict, decide};

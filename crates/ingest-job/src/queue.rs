@@ -260,6 +260,11 @@ impl ShardQueue {
         self.claims.len()
     }
 
+    /// Shards that ended, completed or lost (without the walk of [`ShardQueue::completed`]).
+    pub fn ended(&self) -> usize {
+        self.ended.len()
+    }
+
     /// Shards that ended Lost.
     pub fn lost(&self) -> Vec<ShardId> {
         self.ended

@@ -64,6 +64,8 @@ impl Key {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassView {
     pub counts: ingest_job::pass::Counts,
+    /// Its pace so far (None before its first shard was handed out).
+    pub pace: Option<ingest_job::Pace>,
     /// Every shard ended.
     pub finished: bool,
     /// A worker reported unusable input.
@@ -171,6 +173,31 @@ struct Entry {
     /// Made ahead of its turn ([`Opening::Ahead`]) and not opened yet: it hands out
     /// nothing, whatever `spec.suspend` says.
     closed: bool,
+    /// When the pass began handing out shards: made or opened (or resumed) with none handed
+    /// out yet. The start of its wave's start-up ([`ingest_job::Pace`]).
+    opened_ms: Option<u64>,
+    /// Workers heard from, until the reconcile is told the pass is near its end.
+    workers_seen: std::collections::HashSet<String>,
+    /// From `opened_ms` to the first word of the last worker heard from the first time: how long
+    /// its wave of pods took to start, the slowest pod included.
+    wave_ms: Option<u64>,
+    /// When the first shard was handed out, and how many had ended then (a restored pass has
+    /// some): the start of its pace.
+    first_work: Option<(u64, u64)>,
+    /// The reconcile was told the pass is near its end ([`ingest_job::Pace::ends_soon`]).
+    near_end_told: bool,
+}
+
+impl Entry {
+    /// The pace so far, once a shard has been handed out.
+    fn pace(&self, now: u64) -> Option<ingest_job::Pace> {
+        let (first, ended_then) = self.first_work?;
+        Some(ingest_job::Pace {
+            startup_ms: self.wave_ms?,
+            busy_ms: now.saturating_sub(first),
+            ended: self.pass.ended().saturating_sub(ended_then),
+        })
+    }
 }
 
 #[derive(Default)]
@@ -183,11 +210,20 @@ struct Inner {
     ended: HashMap<(String, String), (String, i64)>,
 }
 
+/// Where the registry's milliseconds come from.
+enum Clock {
+    /// Since this instant.
+    Real(Instant),
+    /// Moved by a test.
+    #[cfg(test)]
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
+}
+
 /// All passes this operator coordinates.
 pub struct Registry {
     inner: Mutex<Inner>,
-    /// The clock of leases.
-    started: Instant,
+    /// The clock of leases and paces.
+    clock: Clock,
     /// Told the IngestJob whose pass just ended, so its run moves on at once instead of at the
     /// next periodic reconcile.
     passes_ended: Option<UnboundedSender<ObjectRef<IngestJob>>>,
@@ -200,7 +236,7 @@ impl Default for Registry {
     fn default() -> Registry {
         Registry {
             inner: Mutex::default(),
-            started: Instant::now(),
+            clock: Clock::Real(Instant::now()),
             passes_ended: None,
             changed: tokio::sync::watch::Sender::new(0),
         }
@@ -218,7 +254,19 @@ impl Registry {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        match &self.clock {
+            Clock::Real(started) => started.elapsed().as_millis() as u64,
+            #[cfg(test)]
+            Clock::Manual(ms) => ms.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// The same registry on a clock the test moves by hand (milliseconds).
+    #[cfg(test)]
+    fn with_manual_clock(mut self) -> (Registry, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        let ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.clock = Clock::Manual(ms.clone());
+        (self, ms)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -247,6 +295,7 @@ impl Registry {
     ) -> Result<(), String> {
         let open = opening == Opening::Now;
         let key = Key::of(ij, role);
+        let now = self.now_ms();
         let mut inner = self.lock();
         inner.passes.retain(|k, _| {
             !(k.namespace == key.namespace && k.name == key.name)
@@ -281,6 +330,10 @@ impl Registry {
             let paused = ij.spec.suspend || e.closed;
             let resumed = e.pass.paused() && !paused;
             e.pass.pause(paused);
+            if resumed && e.first_work.is_none() {
+                // Its wave's start-up is counted from when it could first get work.
+                e.opened_ms = Some(now);
+            }
             e.limits.clone_from(&ij.spec.limits);
             drop(inner);
             if resumed {
@@ -314,6 +367,11 @@ impl Registry {
                 write_started: checkpoint.and_then(|c| c.write_started),
                 limits: ij.spec.limits.clone(),
                 closed: !open,
+                opened_ms: (open && !ij.spec.suspend).then_some(now),
+                first_work: None,
+                workers_seen: Default::default(),
+                wave_ms: None,
+                near_end_told: false,
             },
         );
         Ok(())
@@ -406,7 +464,10 @@ impl Registry {
                 in_flight.checked += pr.checked;
             }
         }
+        let pace = entry.pace(now);
+        let p = &entry.pass;
         Some(PassView {
+            pace,
             counts: p.counts(),
             finished: p.finished(),
             stopped: p.stopped().map(str::to_owned),
@@ -468,22 +529,44 @@ impl Registry {
         if let Some(t) = req.write_started {
             entry.write_started = Some(entry.write_started.map_or(t, |w| w.min(t)));
         }
+        if !entry.near_end_told
+            && entry.workers_seen.insert(req.worker.clone())
+            && let Some(opened) = entry.opened_ms
+        {
+            entry.wave_ms = Some(now.saturating_sub(opened));
+        }
         let over = |p: &P| p.finished() || p.stopped().is_some();
         let was_over = over(&entry.pass);
         let avoided_before = entry.pass.avoided().len();
         let pending = entry.pass.pending();
         let (shards, mut state) = entry.pass.report(&req.worker, report, now);
         let (pending_now, is_over) = (entry.pass.pending(), over(&entry.pass));
+        if !shards.is_empty() && entry.first_work.is_none() {
+            entry.first_work = Some((now, entry.pass.ended()));
+        }
         // Shards back in the queue (a lease ran out, a failed shard to retry, a worker that
         // left), or the pass over: the idle workers held may act on it.
         if pending_now + shards.len() as u64 > pending || is_over != was_over {
             self.wake_idle();
         }
-        // Every shard handed out: the next pass's workers may start (`stage::verify_ahead`).
+        // Every shard handed out, or the pass near its end at its pace: the next pass's workers
+        // may start (`stage::verify_ahead`). Told once each way (the pace's first).
         let handed_out = pending > 0 && pending_now == 0 && !is_over;
+        let near_end = !entry.near_end_told
+            && !is_over
+            && !entry.closed
+            && ingest_job::Pace::ends_soon(
+                entry.pace(now).as_ref(),
+                pending_now,
+                entry.pass.running(),
+            );
+        entry.near_end_told |= near_end;
         // A pass that ended, or a mount newly found unresponsive (the status names it, with an
-        // Event), wakes the IngestJob's reconcile; so does the last shard handed out.
-        if (!was_over && is_over || entry.pass.avoided().len() > avoided_before || handed_out)
+        // Event), wakes the IngestJob's reconcile; so does the pass near its end.
+        if (!was_over && is_over
+            || entry.pass.avoided().len() > avoided_before
+            || handed_out
+            || near_end)
             && let Some(tx) = &self.passes_ended
         {
             let _ = tx.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
@@ -672,6 +755,37 @@ mod tests {
         );
         reg.handle(req("w0", 1, 0, &[])).unwrap();
         assert!(rx.try_recv().is_err(), "once");
+    }
+
+    #[test]
+    fn the_reconcile_is_woken_when_the_pass_is_near_its_end_at_its_pace() {
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let (reg, clock) = Registry::with_trigger(tx).with_manual_clock();
+        let at = |ms| clock.store(ms, std::sync::atomic::Ordering::Relaxed);
+        reg.ensure(&ij(1), "copy", 10, None, None, Opening::Now)
+            .unwrap();
+        // Its wave took 150 ms to start (w0 first, at 100 ms); then two shards each 100 ms.
+        at(100);
+        assert_eq!(reg.handle(req("w0", 1, 2, &[])).unwrap().shards, [0, 1]);
+        at(150);
+        reg.handle(req("w1", 1, 0, &[])).unwrap();
+        let mut woken = vec![];
+        for (t, done) in [(200, [0, 1]), (300, [2, 3]), (400, [4, 5])] {
+            at(t);
+            reg.handle(req("w0", 1, 2, &[(done[0], 1), (done[1], 1)]))
+                .unwrap();
+            woken.push(rx.try_recv().is_ok());
+        }
+        // At 300 ms: 6 left (4 pending, 2 running) at 50 ms each, within two start-ups (of the
+        // slowest pod, w1's).
+        assert_eq!(woken, [false, true, false]);
+        let pace = reg.view(&ij(1), "copy").unwrap().pace.unwrap();
+        assert_eq!((pace.startup_ms, pace.busy_ms, pace.ended), (150, 300, 6));
+        at(500);
+        reg.handle(req("w0", 1, 2, &[(6, 1), (7, 1)])).unwrap();
+        rx.try_recv()
+            .expect("woken again when the last shard is handed out");
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -98,6 +98,18 @@ pub fn ended_job_owner(job: &Job) -> Option<ObjectRef<IngestJob>> {
     Some(ObjectRef::new(&owner.name).within(&job.namespace()?))
 }
 
+/// The IngestJob of a plan ConfigMap that holds a committed plan (chunk 0, with the summary: the
+/// scan stores it last), by its controller owner reference (pure). The run's copy starts from it,
+/// without waiting for the scan pod's exit to be reported. See [`ended_pod_owner`].
+pub fn committed_plan_owner(cm: &PartialObjectMeta<ConfigMap>) -> Option<ObjectRef<IngestJob>> {
+    crate::plan_store::summary_of(&cm.metadata)?;
+    let owner = cm
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "IngestJob")?;
+    Some(ObjectRef::new(&owner.name).within(&cm.namespace()?))
+}
+
 /// For a watch's `inspect`: marks prompted ([`Context::prompt`]) the IngestJob `owner` names
 /// for an object, if any.
 fn prompting<K>(
@@ -191,7 +203,8 @@ async fn run_one(
     .default_backoff()
     .modify(|o| o.managed_fields_mut().clear())
     .reflect(plans_writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect(prompting(&ctx, committed_plan_owner));
     let pods = watcher(scoped::<Pod>(&client, ns), managed)
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())

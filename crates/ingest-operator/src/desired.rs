@@ -192,7 +192,9 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     if worker.service_account_name.is_none() {
         // Two identities. The scan pod stores the plan: server-side apply of its ConfigMaps
         // (create when absent, patch). Neither verb can be narrowed by name here: RBAC cannot limit
-        // create by name, and the chunks' number is known only once the scan ends. The copy,
+        // create by name, and the chunks' number is known only once the scan ends. It reads this
+        // run's chunk 0 (get, by name) first: a committed plan of an earlier attempt stands
+        // (`plan_store::save`). The copy,
         // verify and prune pods need no API access at all: they claim and report through the
         // operator's endpoint with a pod-bound token of their own audience, and read the plan from
         // a mounted volume; their service account has no Role and mounts no API token.
@@ -208,7 +210,16 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         }));
         out.push(Child::Role(Role {
             metadata: meta(id.clone(), "identity", None),
-            rules: Some(vec![rule("", "configmaps", &["create", "patch"])]),
+            rules: Some(vec![
+                rule("", "configmaps", &["create", "patch"]),
+                PolicyRule {
+                    resource_names: Some(vec![format!(
+                        "{}-0",
+                        names::plan_prefix(ij, ij.spec.run)
+                    )]),
+                    ..rule("", "configmaps", &["get"])
+                },
+            ]),
         }));
         out.push(Child::RoleBinding(RoleBinding {
             metadata: meta(id.clone(), "identity", None),

@@ -152,15 +152,45 @@ pub fn chunk_objects(
     Ok(out)
 }
 
-/// Writes the plan (scan pod). Server-side apply makes a retried scan overwrite its earlier attempt.
+/// What [`save`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    /// The plan given is stored.
+    Stored,
+    /// An earlier attempt of this run's scan committed its plan (its pod ended before its exit
+    /// reached the Job): that plan stands, with this summary. The run moves on from a committed
+    /// plan at once, so workers may copy from it already; a second plan (the tree rescanned,
+    /// other shards) under the same names would give their shard numbers other meanings.
+    Kept(Box<PlanSummary>),
+}
+
+/// Writes the plan (scan pod), unless this run's plan is committed already ([`Saved::Kept`]).
+/// Server-side apply makes a retried scan overwrite what an earlier attempt left uncommitted
+/// (chunks without chunk 0), and a plan of an older IngestJob of the same name.
 pub async fn save(
     client: kube::Client,
     owner: &Owner,
     prefix: &str,
     chunks: &[String],
     summary: &PlanSummary,
-) -> Result<()> {
+) -> Result<Saved> {
     let api: Api<ConfigMap> = Api::namespaced(client, &owner.namespace);
+    let first = format!("{prefix}-0");
+    match api.get_metadata_opt(&first).await {
+        Ok(Some(m)) if crate::observe::owned_by(&m.metadata, &owner.uid) => {
+            if let Some(kept) = summary_of(&m.metadata) {
+                return Ok(Saved::Kept(Box::new(kept)));
+            }
+        }
+        Ok(_) => {}
+        // A service account of the user's (`spec.worker.serviceAccountName`) without `get`: the
+        // plan is stored as it was before this check existed.
+        Err(kube::Error::Api(e)) if e.code == 403 => tracing::warn!(
+            chunk = first,
+            "cannot read the plan's chunk 0 (forbidden: the scan's service account lacks get on configmaps); storing the plan without checking for an earlier attempt's"
+        ),
+        Err(e) => return Err(Error::kube(format!("read plan chunk {first}"), e)),
+    }
     let pp = PatchParams::apply(SCAN_FIELD_MANAGER).force();
     for cm in chunk_objects(owner, prefix, chunks, summary)? {
         let name = cm.metadata.name.clone().unwrap_or_default();
@@ -168,7 +198,7 @@ pub async fn save(
             .await
             .map_err(|e| Error::kube(format!("store plan chunk {name}"), e))?;
     }
-    Ok(())
+    Ok(Saved::Stored)
 }
 
 /// The summary on chunk 0's metadata, if the plan is committed.

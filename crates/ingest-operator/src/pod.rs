@@ -194,7 +194,7 @@ pub fn save_plan_blocking(
     pod: &PodEnv,
     chunks: &[String],
     summary: &crate::plan_store::PlanSummary,
-) -> Result<()> {
+) -> Result<crate::plan_store::Saved> {
     let runtime = runtime()?;
     runtime.block_on(async {
         let client = crate::controller::connect(Default::default()).await?;

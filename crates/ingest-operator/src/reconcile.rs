@@ -57,11 +57,13 @@ pub struct Context {
 /// churn) cost at most one observe pass per second.
 pub const RECONCILE_GAP: Duration = Duration::from_secs(1);
 
-/// The gap before a reconcile that may move a run on ([`Context::prompt`]): a pass ended, a child
-/// ended. The end of each step of a run (the scan's pod, a pass's workers) used to wait out
-/// [`RECONCILE_GAP`], up to a second per step; these events are few (one per pod and pass), so
-/// a short gap still bounds them when a pass's workers all end at once.
-pub const PROMPT_GAP: Duration = Duration::from_millis(100);
+/// The gap before a reconcile that may move a run on ([`Context::prompt`]): a pass ended or is
+/// near its end, a child ended. The end of each step of a run (the scan's pod, a pass's
+/// workers) used to wait out [`RECONCILE_GAP`], up to a second per step, then 100 ms: the last
+/// pod of a wave to end usually comes a few ms after another, so each step still waited most of
+/// it. These events are few (one per pod and pass, a reconcile reads watch caches), so a short
+/// gap still bounds them when 500 workers end at once: 50 reconciles a second while it lasts.
+pub const PROMPT_GAP: Duration = Duration::from_millis(20);
 
 /// Whether a reconcile triggered `since_last` after the previous one runs now (None) or is requeued to the end
 /// of the gap (pure). Unlike a debounce, a steady stream of triggers cannot postpone it further.
@@ -918,8 +920,8 @@ mod tests {
         );
         // Many ends at once (a pass's workers exiting) still cost one reconcile per PROMPT_GAP.
         assert_eq!(
-            throttle(since(40), gap_for(true, gap)),
-            Some(PROMPT_GAP - Duration::from_millis(40))
+            throttle(since(5), gap_for(true, gap)),
+            Some(PROMPT_GAP - Duration::from_millis(5))
         );
         assert_eq!(
             gap_for(true, Duration::ZERO),

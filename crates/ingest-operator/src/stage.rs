@@ -41,11 +41,13 @@ pub struct Layout {
     pub verify_ahead: bool,
 }
 
-/// Whether the verify pass's workers start before the copy pass ends (pure): once every copy
-/// shard is handed out, while the last ones run, when the verify pass is sure to come next and
-/// its Job depends on nothing the copy has yet to say. They start, ask, and are held until the
-/// copy ends: the pod start-up of the verify wave (seconds on a real cluster: scheduling, NFS
-/// mounts) is spent during the copy's tail instead of after it. Not for a mirror (a prune pass
+/// Whether the verify pass's workers start before the copy pass ends (pure): once the copy is
+/// near its end ([`ingest_job::Pace::ends_soon`]: every shard handed out, or what is left takes
+/// no longer than two of its own wave's start-ups at its pace so far), when the verify pass is
+/// sure to come next and its Job depends on nothing the copy has yet to say. They start, ask,
+/// and are held until the copy ends: the pod start-up of the verify wave (seconds on a real
+/// cluster: scheduling, NFS mounts) is spent during the copy's tail instead of after it, and
+/// they wait about one start-up at most, not the whole copy. Not for a mirror (a prune pass
 /// may come first), `failurePolicy.action: FailJob` (a failure stops the run before verify),
 /// nor `verify.scope: Changed` (its Job carries the copy's earliest write).
 pub fn verify_ahead(spec: &IngestJobSpec, copy: Option<&crate::claims::PassView>) -> bool {
@@ -56,8 +58,8 @@ pub fn verify_ahead(spec: &IngestJobSpec, copy: Option<&crate::claims::PassView>
         && spec.verify.scope != ingest_api::job::VerifyScope::Changed
         && !copy.finished
         && copy.stopped.is_none()
-        && copy.counts.pending == 0
         && copy.counts.running > 0
+        && ingest_job::Pace::ends_soon(copy.pace.as_ref(), copy.counts.pending, copy.counts.running)
 }
 
 impl Layout {
@@ -436,7 +438,12 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let Some(scan) = scan_state(ij, obs, run) else {
         return Stage::Scan;
     };
-    if scan.failed {
+    // The plan's chunk 0 is its commit marker: the scan stores it last, and a later attempt of
+    // the scan never replaces it (`plan_store::save`). The run moves on as soon as it is there,
+    // not when the scan pod's exit reaches the API server (a kubelet reports it a second or so
+    // later); whatever befalls the scan pod after that changes no plan.
+    let plan = obs.plan(ij, run);
+    if scan.failed && plan.is_none() {
         let why = match &scan.failure {
             Some((r, m)) if r == "PodFailurePolicy" => {
                 format!("the scan stopped on unusable input (exit 2): {m}; see its pod logs")
@@ -448,10 +455,10 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         };
         return Stage::ScanFailed(why);
     }
-    if !scan.finished {
-        return Stage::Scan;
-    }
-    let Some(plan) = obs.plan(ij, run) else {
+    let Some(plan) = plan else {
+        if !scan.finished {
+            return Stage::Scan;
+        }
         return Stage::ScanFailed("the scan finished without storing a plan".into());
     };
     let frozen = frozen_spec(ij, obs);
@@ -532,13 +539,16 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
         // them, so they are lost.
         let abandoned = !finished && pass.is_some() && job.as_ref().is_some_and(|s| s.finished);
         // The last pass's workers write their full reports when they exit, after the pass is
-        // finished: the run's record waits for them, so the reports it points at are complete.
-        // Pods not yet started do not hold it up (they will be told the pass is over), nor do
-        // workers that found a server hung and left (their exit may never finish).
+        // finished: the run's record waits for them, so the reports it points at
+        // (`status.report`, from `spec.report`) are complete. With none to point at, nothing
+        // waits: every figure of the verdict is in the pass already. Pods not yet started do
+        // not hold it up (they will be told the pass is over), nor do workers that found a
+        // server hung and left (their exit may never finish).
         let gave_up =
             |name: Option<&str>| pass.zip(name).is_some_and(|(p, n)| p.gave_up.contains(n));
         let draining = finished
             && role == labels::ROLE_VERIFY
+            && ij.spec.report.is_some()
             && obs.pods_of(role, run).any(|p| {
                 p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
                     && !gave_up(p.metadata.name.as_deref())
@@ -637,6 +647,25 @@ mod tests {
             "ended: no longer ahead"
         );
         assert!(!verify_ahead(&s, None));
+        // Shards still to hand out, but what is left takes less than two of the copy wave's
+        // start-ups at its pace (3 completed in 30 ms, 10 ms each; 3 left; 20 ms to start).
+        let paced = |startup_ms| PassView {
+            pace: Some(ingest_job::Pace {
+                startup_ms,
+                busy_ms: 30,
+                ended: 3,
+            }),
+            counts: ingest_job::pass::Counts {
+                total: 6,
+                pending: 1,
+                running: 2,
+                completed: 3,
+                lost: 0,
+            },
+            ..PassView::default()
+        };
+        assert!(verify_ahead(&s, Some(&paced(20))), "near its end");
+        assert!(!verify_ahead(&s, Some(&paced(10))), "not yet: 30 ms left");
         let stopped = PassView {
             stopped: Some("unusable".into()),
             ..tail(0, 2, false)

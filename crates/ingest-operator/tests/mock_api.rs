@@ -188,6 +188,14 @@ fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
                 stored.map(|v| (v.parse::<u64>().unwrap() + 1).to_string());
             (200, serde_json::to_value(&*ij).unwrap())
         }
+        "PATCH configmaps" => {
+            // Server-side apply of a plan chunk: stored (metadata; what the watch caches hold).
+            let m: PartialObjectMeta<ConfigMap> =
+                serde_json::from_value(json!({"metadata": body["metadata"]})).unwrap();
+            c.plans.retain(|o| !named(o.metadata.name.as_deref()));
+            c.plans.push(m);
+            (200, body.clone())
+        }
         "PATCH ingestjobs" => match c.ijs.iter().find(|i| named(i.metadata.name.as_deref())) {
             Some(ij) => (200, serde_json::to_value(ij).unwrap()),
             None => (404, status_error(404, "ingestjob not found")),
@@ -1703,4 +1711,88 @@ async fn a_cache_that_has_not_listed_is_never_read() {
         condition(status_body(&calls), "Degraded")["reason"],
         "ApiError"
     );
+}
+
+/// `plan_store::save` against `shared`, as the scan pod calls it: what it did and its calls.
+async fn save_plan(
+    shared: &Shared,
+    ij: &IngestJob,
+    shards: u64,
+) -> (ingest_operator::plan_store::Saved, Vec<String>) {
+    use ingest_operator::plan_store::{Owner, PlanSummary, save};
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let server = tokio::spawn(serve(handle, shared.clone(), calls.clone()));
+    let owner = Owner {
+        namespace: ij.namespace().unwrap(),
+        name: ij.name_any(),
+        uid: ij.uid().unwrap(),
+        run: ij.spec.run,
+    };
+    let summary = PlanSummary {
+        chunks: 2,
+        shards,
+        ..Default::default()
+    };
+    let prefix = ingest_operator::names::plan_prefix(ij, ij.spec.run);
+    let chunks = ["{\"plan\":".to_owned(), "1}".to_owned()];
+    let saved = save(
+        Client::new(svc, "default"),
+        &owner,
+        &prefix,
+        &chunks,
+        &summary,
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("fake API server stops when the client is dropped")
+        .unwrap();
+    let calls = calls.lock().unwrap().iter().map(Call::short).collect();
+    (saved, calls)
+}
+
+/// The run moves on from a committed plan at once (`stage::stage`), so a scan attempt after
+/// one that committed it (its pod ended before its exit reached the Job) must not store a
+/// second plan under the same names: the workers' shard numbers would change meaning. One
+/// that finds chunk 0 missing, uncommitted or another IngestJob's stores its own.
+#[tokio::test]
+async fn a_retried_scan_keeps_the_plan_an_earlier_attempt_committed() {
+    use ingest_operator::plan_store::{Saved, summary_of};
+    let ij = fixture("three-ips.yaml");
+    let shared: Shared = Arc::new(Mutex::new(Cluster::default()));
+    let (saved, calls) = save_plan(&shared, &ij, 7).await;
+    assert_eq!(saved, Saved::Stored);
+    assert_eq!(
+        calls,
+        ["GET configmaps", "PATCH configmaps", "PATCH configmaps"],
+        "chunk 0 read, then the chunks stored"
+    );
+    let (saved, calls) = save_plan(&shared, &ij, 9).await;
+    match saved {
+        Saved::Kept(s) => assert_eq!(s.shards, 7, "the first attempt's plan"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls, ["GET configmaps"], "nothing written");
+    let committed = |c: &Cluster| {
+        c.plans
+            .iter()
+            .filter_map(|m| summary_of(&m.metadata))
+            .map(|s| s.shards)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(committed(&shared.lock().unwrap()), [7]);
+    // A chunk 0 of an older IngestJob of the same name (a different uid) is replaced.
+    let mut other = ij.clone();
+    other.metadata.uid = Some("another-uid".into());
+    let (saved, _) = save_plan(&shared, &other, 5).await;
+    assert_eq!(saved, Saved::Stored);
+    assert_eq!(committed(&shared.lock().unwrap()), [5]);
+    // A service account without get (the user's own): stored as before, unchecked.
+    shared.lock().unwrap().fail.push(("GET", "configmaps", 403));
+    let (saved, calls) = save_plan(&shared, &ij, 3).await;
+    assert_eq!(saved, Saved::Stored);
+    assert_eq!(calls.len(), 3);
+    assert_eq!(committed(&shared.lock().unwrap()), [3]);
 }

@@ -252,22 +252,31 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
         ]
     );
     // Workers claim and report through the operator's endpoint and read the plan from a volume:
-    // the only Role lets the scan store the plan.
+    // the only Role lets the scan store the plan, and read its run's chunk 0 (by name: a
+    // committed plan of an earlier attempt stands).
     let Some(Child::Role(role)) = children.iter().find(|c| matches!(c, Child::Role(_))) else {
         panic!("a Role")
     };
-    let rules: Vec<(Vec<String>, Vec<String>)> = role
+    let rules: Vec<String> = role
         .rules
         .iter()
         .flatten()
-        .map(|r| (r.resources.clone().unwrap(), r.verbs.clone()))
+        .map(|r| {
+            let names = r.resource_names.as_ref().map(|n| n.join(","));
+            format!(
+                "{} {} {}",
+                r.resources.as_ref().unwrap().join(","),
+                r.verbs.join(","),
+                names.unwrap_or_else(|| "*".into())
+            )
+        })
         .collect();
     assert_eq!(
         rules,
-        [(
-            vec!["configmaps".to_owned()],
-            vec!["create".to_owned(), "patch".to_owned()]
-        )]
+        [
+            "configmaps create,patch *",
+            "configmaps get genomics-r0-plan-0"
+        ]
     );
     let scan = jobs_of(&children)[0];
     let src = volume(scan, "source").nfs.as_ref().unwrap();
@@ -2017,7 +2026,11 @@ fn claims_verdicts() {
 
 #[test]
 fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_complete() {
-    let ij = fixture("one-ip.yaml");
+    let mut ij = fixture("one-ip.yaml");
+    ij.spec.report = Some(ingest_api::job::ReportTarget {
+        destination_path: Some("vfxt-ingest-reports".into()),
+        ..Default::default()
+    });
     let mut obs = scanned(&ij, 4, totals(), false);
     add_pass_job(&ij, &mut obs, "copy", |j| {
         observed_job(j, true, false, "0", "", 0)
@@ -2031,6 +2044,17 @@ fn the_record_waits_for_the_last_passs_workers_to_exit_so_their_reports_are_comp
     // it exits): no verdict yet.
     obs.pods.push(worker_pod(&ij, "verify", 0, "a", "Running"));
     assert!(matches!(stage(&ij, &obs, &v), Stage::Verify(..)));
+    // With no reports to point at (no `spec.report`), nothing is left to wait for: every figure
+    // of the verdict is in the pass.
+    let mut unreported = ij.clone();
+    unreported.spec.report = None;
+    assert!(matches!(
+        stage(&unreported, &obs, &v),
+        Stage::Done {
+            failed_shards: 0,
+            ..
+        }
+    ));
     // It exited: the run is done. A worker pod that never started does not hold the record up.
     obs.pods = vec![
         worker_pod(&ij, "verify", 0, "a", "Succeeded"),
@@ -2420,15 +2444,16 @@ fn suspend_holds_the_claims_says_so_and_resumes() {
 }
 
 #[test]
-fn a_scan_whose_pod_succeeded_starts_the_copy_before_its_job_completes() {
-    // The Job's Complete condition comes a Job-controller batch after the pod's success: the
-    // copy does not wait for it.
+fn a_scan_moves_on_from_its_committed_plan_before_its_pod_or_job_says_it_is_done() {
+    // The scan stores the plan's chunk 0 last (its commit marker) and a later attempt never
+    // replaces it: the copy starts from it without waiting for the pod's exit to be reported
+    // (a kubelet takes a second or so) nor for the Job's Complete condition (a Job-controller
+    // batch after that).
     let ij = fixture("one-ip.yaml");
     let children = desired(&ij, &Stage::Scan, &settings()).unwrap();
     let scan = jobs_of(&children)[0];
     let mut obs = Observed {
         jobs: vec![observed_job(scan, false, false, "", "", 1)],
-        plans: vec![plan_meta(&ij, 2, totals())],
         ..Default::default()
     };
     obs.pods = vec![worker_pod(&ij, labels::ROLE_SCAN, 0, "a", "Running")];
@@ -2441,12 +2466,19 @@ fn a_scan_whose_pod_succeeded_starts_the_copy_before_its_job_completes() {
     obs.pods = vec![worker_pod(&ij, labels::ROLE_SCAN, 0, "a", "Failed")];
     assert_eq!(stage(&ij, &obs, &no_passes()), Stage::Scan);
     obs.pods
-        .push(worker_pod(&ij, labels::ROLE_SCAN, 0, "b", "Succeeded"));
+        .push(worker_pod(&ij, labels::ROLE_SCAN, 0, "b", "Running"));
+    obs.plans = vec![plan_meta(&ij, 2, totals())];
     assert!(
         matches!(stage(&ij, &obs, &no_passes()), Stage::Copy(..)),
-        "{:?}",
+        "the plan committed, its pod still running: {:?}",
         stage(&ij, &obs, &no_passes())
     );
+    // What befalls the scan Job after the commit changes no plan: the run goes on.
+    obs.jobs = vec![observed_job(scan, false, true, "", "", 0)];
+    assert!(matches!(stage(&ij, &obs, &no_passes()), Stage::Copy(..)));
+    obs.jobs = vec![observed_job(scan, false, false, "", "", 1)];
+    obs.pods
+        .push(worker_pod(&ij, labels::ROLE_SCAN, 0, "c", "Succeeded"));
     // A plan the cache does not show yet is read from the API server before any verdict.
     obs.plans.clear();
     assert_eq!(

@@ -384,7 +384,14 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
             .cloned()
             .collect(),
     };
-    pod::save_plan_blocking(&env, &chunks, &summary).map_err(|e| e.to_string())?;
+    if let ingest_operator::plan_store::Saved::Kept(kept) =
+        pod::save_plan_blocking(&env, &chunks, &summary).map_err(|e| e.to_string())?
+    {
+        println!(
+            "this run's plan was stored by an earlier attempt of its scan ({} shards, {} files): it stands, and this scan's is dropped",
+            kept.shards, kept.totals.files
+        );
+    }
     let result = PodResult {
         files: totals.files,
         bytes: totals.bytes,
