@@ -239,6 +239,7 @@ pub struct ClaimResponse {
 impl ingest_job::Tally for PodResult {
     fn add(&mut self, o: &Self) {
         self.files += o.files;
+        self.up_to_date += o.up_to_date;
         self.bytes += o.bytes;
         self.failed += o.failed;
         if let Some(v) = &o.verification {
@@ -269,6 +270,9 @@ pub struct PassCheckpoint {
     /// Files done by the completed shards.
     #[serde(default)]
     pub files: u64,
+    /// Of `files`, those found already up to date.
+    #[serde(default, skip_serializing_if = "crate::report::is_zero")]
+    pub up_to_date: u64,
     /// Bytes done by the completed shards.
     #[serde(default)]
     pub bytes: u64,
@@ -314,6 +318,7 @@ impl From<&ingest_job::Checkpoint<PodResult>> for PassCheckpoint {
             completed: c.completed.clone(),
             lost: c.lost.clone(),
             files: c.sum.files,
+            up_to_date: c.sum.up_to_date,
             bytes: c.sum.bytes,
             failed: c.sum.failed,
             verification: c.sum.verification.clone(),
@@ -333,6 +338,7 @@ impl From<&PassCheckpoint> for ingest_job::Checkpoint<PodResult> {
             lost: c.lost.clone(),
             sum: PodResult {
                 files: c.files,
+                up_to_date: c.up_to_date,
                 bytes: c.bytes,
                 failed: c.failed,
                 verification: c.verification.clone(),

@@ -1070,6 +1070,10 @@ pub struct PassRecord {
     /// Non-directory entries at the destination at the end, copied or found up to date.
     #[serde(default)]
     pub files: u64,
+    /// Of `files`, those found already up to date: the rest the pass wrote (a delta pass's
+    /// changes since the pass before).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub up_to_date: u64,
     /// Bytes the pass wrote.
     #[serde(default)]
     pub bytes: u64,
@@ -1109,6 +1113,7 @@ impl IngestJobStatus {
             start_time: self.start_time.clone(),
             completion_time: self.completion_time.clone(),
             files: self.progress.as_ref().map_or(0, |p| p.files),
+            up_to_date: self.progress.as_ref().map_or(0, |p| p.up_to_date),
             bytes: self.progress.as_ref().map_or(0, |p| p.bytes),
             failed_files: self.failed_files,
             excluded: self.totals.as_ref().map_or(0, |t| t.excluded),
@@ -1258,6 +1263,10 @@ pub struct HardLinks {
 pub struct Progress {
     /// Files done (copied or found already up to date).
     pub files: u64,
+    /// Of `files`, those the copy found already up to date and left alone (the completed shards'):
+    /// in a later pass of a migration, what did not change since the one before.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub up_to_date: u64,
     /// Bytes done.
     pub bytes: u64,
     /// Done share of the bytes (of files when the tree has no bytes), 0..=100.

@@ -43,6 +43,9 @@ pub struct PodProgress {
 pub struct PodResult {
     /// Files done (copied or already up to date).
     pub files: u64,
+    /// Of `files`, those found already up to date and left alone (the copy pass).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub up_to_date: u64,
     /// Bytes done.
     pub bytes: u64,
     /// Files that failed.
@@ -201,7 +204,7 @@ impl MirrorResult {
     }
 }
 
-fn is_zero(n: &u64) -> bool {
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

@@ -23,6 +23,8 @@ use crate::stage::{Layout, Stage};
 #[derive(Default)]
 struct Sum {
     files: u64,
+    /// Of `files`, found up to date (completed shards').
+    up_to_date: u64,
     bytes: u64,
     failed: u64,
     failures: Vec<FileFailure>,
@@ -40,6 +42,7 @@ fn sum_pass(pass: Option<&PassView>) -> Sum {
     verification.verified = verification.matched + verification.repaired;
     Sum {
         files: p.sum.files + p.in_flight.files,
+        up_to_date: p.sum.up_to_date,
         bytes: p.sum.bytes + p.in_flight.bytes,
         failed: p.sum.failed + p.in_flight.failed,
         failures: p.sum.failures.clone(),
@@ -373,6 +376,7 @@ pub fn compute(
         let percent = (percent * 10.0).round() / 10.0;
         st.progress = Some(Progress {
             files,
+            up_to_date: copy.up_to_date.max(prev_p.up_to_date),
             bytes,
             percent,
             percent_text: format!("{percent:.1}%"),

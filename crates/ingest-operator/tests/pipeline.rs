@@ -3025,3 +3025,33 @@ fn claims_answers_carry_each_workers_share_of_the_limits_now() {
     r.room = 1;
     assert_eq!(reg.handle(r).unwrap().limits, None);
 }
+
+/// A later pass of a migration (a delta) finds most files up to date: the status and the run's
+/// record say how many, so the rest is what the pass wrote. Through a restart too: the copy
+/// pass's checkpoint carries the count.
+#[test]
+fn a_delta_pass_records_how_many_files_it_found_up_to_date() {
+    let ij = fixture("three-ips.yaml");
+    let (mut obs, _) = copied(&ij, 3);
+    add_pass_job(&ij, &mut obs, "verify", finished);
+    let delta = PodResult {
+        up_to_date: 9,
+        ..result(10, 100, 0)
+    };
+    let v = views(
+        &ij,
+        3,
+        Some(&PassScript::all_done(3, delta)),
+        Some(&PassScript::all_done(3, result(0, 0, 0))),
+    );
+    let record = compute(&ij, &obs, &stage(&ij, &obs, &v), &v, at(30));
+    let p = record.progress.as_ref().unwrap();
+    assert_eq!((p.files, p.up_to_date), (30, 27));
+    let pass = &record.passes[0];
+    assert_eq!((pass.files, pass.up_to_date), (30, 27));
+    // The copy pass's checkpoint, as a restarted operator restores it.
+    let cp = v.copy.as_ref().unwrap().checkpoint.clone();
+    assert_eq!(cp.up_to_date, 27);
+    let back = ingest_job::Checkpoint::<PodResult>::from(&cp);
+    assert_eq!((back.sum.files, back.sum.up_to_date), (30, 27));
+}

@@ -2168,6 +2168,15 @@ fn a_changed_scope_verify_reads_what_the_pass_wrote() {
     let st = read_status(&state);
     let why = format!("{}\n{st:?}", text(&o));
     assert_eq!(o.status.code(), Some(0), "{why}");
+    // The second pass found everything but the rewritten file up to date, and says so.
+    let pass = &st["passes"][1];
+    let (files, up_to_date) = (pass["files"].as_u64(), pass["upToDate"].as_u64());
+    assert_eq!(
+        (pass["run"].as_i64(), up_to_date.map(|u| u + 1)),
+        (Some(1), files),
+        "{why}"
+    );
+    assert_eq!(st["progress"]["upToDate"].as_u64(), up_to_date, "{why}");
     assert!(
         fs::read_to_string(state.join("write-started-run-1"))
             .unwrap()

@@ -852,6 +852,10 @@ test_15_three_passes() {
       { bad "pass $run: $(ij_json t15 | jq -c ".status.passes[] | select(.run == $run)")"; r=1; }
   done
   same_tree "$src/t15" "$dst/t15" || { bad "after the delta pass, $dst/t15 differs"; r=1; }
+  # The delta's record says it wrote the two files users changed; the rest it found up to date.
+  got=$(ij_json t15 | jq -r '.status.passes[] | select(.run == 1) | "\(.files - (.upToDate // 0)) of \(.files)"')
+  [[ $got == "2 of "* ]] || { bad "the delta pass wrote $got files, want 2 (new.txt, a/f4)"; r=1; }
+  say "  delta pass: $got files written, the rest up to date"
   # Cutover: users deleted a directory and a file (one of a hard link's two paths); the final pass
   # mirrors, reading the data of what it wrote (verify.scope Changed; with the 5-minute margin, in
   # a test that is every file).

@@ -1867,6 +1867,7 @@ fn build_status(
         totals: Some(status_totals(t)),
         progress: Some(JobProgress {
             files: files_done,
+            up_to_date: c.files_skipped,
             bytes: c.bytes_copied,
             percent: (percent * 10.0).round() / 10.0,
             percent_text: format!("{percent:.1}%"),

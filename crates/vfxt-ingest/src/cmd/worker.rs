@@ -1460,6 +1460,7 @@ pub fn pod_result(
     let unrepaired = s.verify.as_ref().map_or(0, |v| v.unrepaired);
     PodResult {
         files: s.copy.entries_done(),
+        up_to_date: s.copy.files_skipped,
         bytes: s.copy.bytes_copied,
         failed: s.failed_entries() - if dry_run { unrepaired } else { 0 },
         verification: s.verify.as_ref().map(verification),
