@@ -53,6 +53,9 @@ pub struct Facts {
     /// Entries at the destination, copied or found up to date, and their bytes (for the message).
     pub files: u64,
     pub bytes: u64,
+    /// Of `files`, those the copy found already up to date: a later pass (a delta) says how few
+    /// it wrote.
+    pub up_to_date: u64,
     /// Entries the job's filters left out (said in the message: "identical" is within them).
     pub excluded: u64,
     /// The run only compared (`spec.dryRun`): what a pass would do. Its differences are the
@@ -263,6 +266,12 @@ pub fn decide(policy: Policy, f: &Facts) -> Verdict {
         );
     }
     let mut what = format!("{} files ({})", f.files, human_bytes(f.bytes));
+    if f.up_to_date > 0 {
+        what.push_str(&format!(
+            ", {} of them found already up to date",
+            f.up_to_date
+        ));
+    }
     if let Some(m) = &f.mirror {
         what.push_str(&format!(
             "; {} only in the destination deleted (Mirror){}",
@@ -364,6 +373,17 @@ mod tests {
                 ],
             ),
             (CONTINUE, unverified, true, Succeeded, 0, &["not verified"]),
+            (
+                CONTINUE,
+                Facts {
+                    up_to_date: 8,
+                    ..facts(0, 0)
+                },
+                true,
+                Succeeded,
+                0,
+                &["destination identical: 10 files (2.0 KiB), 8 of them found already up to date"],
+            ),
             (
                 CONTINUE,
                 Facts {

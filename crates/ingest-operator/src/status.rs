@@ -465,6 +465,7 @@ pub fn compute(
                     // not what this pass wrote (a delta pass writes little of an identical tree).
                     files: plan.totals.files,
                     bytes: plan.totals.bytes,
+                    up_to_date: st.progress.as_ref().map_or(0, |p| p.up_to_date),
                     excluded: plan.totals.excluded,
                     dry_run: dry_run.then(|| {
                         verify

@@ -3049,6 +3049,11 @@ fn a_delta_pass_records_how_many_files_it_found_up_to_date() {
     assert_eq!((p.files, p.up_to_date), (30, 27));
     let pass = &record.passes[0];
     assert_eq!((pass.files, pass.up_to_date), (30, 27));
+    let message = record.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("27 of them found already up to date"),
+        "{message}"
+    );
     // The copy pass's checkpoint, as a restarted operator restores it.
     let cp = v.copy.as_ref().unwrap().checkpoint.clone();
     assert_eq!(cp.up_to_date, 27);

@@ -2177,6 +2177,8 @@ fn a_changed_scope_verify_reads_what_the_pass_wrote() {
         "{why}"
     );
     assert_eq!(st["progress"]["upToDate"].as_u64(), up_to_date, "{why}");
+    let said = format!("{} of them found already up to date", up_to_date.unwrap());
+    assert!(st["message"].as_str().unwrap().contains(&said), "{why}");
     assert!(
         fs::read_to_string(state.join("write-started-run-1"))
             .unwrap()

@@ -1833,6 +1833,7 @@ fn build_status(
             verified: verify.is_some(),
             files: t.files + t.others,
             bytes: t.bytes,
+            up_to_date: c.files_skipped,
             excluded: t.excluded,
             dry_run: job.dry_run.then(|| {
                 verification
