@@ -304,13 +304,23 @@ async fn publish(ctx: &Context, ij: &IngestJob, events: Vec<Event>) {
     }
 }
 
-/// Writes `st` if [`decide_write`] says so; returns the requeue delay a postponed write needs.
+/// What [`write_status`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StatusWrite {
+    /// The status already said it.
+    Unchanged,
+    Written,
+    /// Postponed by the status interval: requeue after this.
+    Later(Duration),
+}
+
+/// Writes `st` if [`decide_write`] says so.
 async fn write_status(
     ctx: &Context,
     ij: &IngestJob,
     st: &IngestJobStatus,
     urgent: bool,
-) -> Result<Option<Duration>> {
+) -> Result<StatusWrite> {
     let k = key(ij);
     let since = ctx
         .last_write
@@ -319,8 +329,8 @@ async fn write_status(
         .get(&k)
         .map(|t| t.elapsed());
     match decide_write(ij.status.as_ref(), st, since, ctx.status_interval) {
-        WriteDecision::Skip => Ok(None),
-        WriteDecision::Later(d) if !urgent => Ok(Some(d)),
+        WriteDecision::Skip => Ok(StatusWrite::Unchanged),
+        WriteDecision::Later(d) if !urgent => Ok(StatusWrite::Later(d)),
         WriteDecision::Later(_) | WriteDecision::Now => {
             apply::patch_status(&ctx.client, ij, st).await?;
             ctx.metrics.status_written();
@@ -329,7 +339,7 @@ async fn write_status(
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(k, Instant::now());
             publish(ctx, ij, events_for(ij.status.as_ref(), st)).await;
-            Ok(None)
+            Ok(StatusWrite::Written)
         }
     }
 }
@@ -499,7 +509,11 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     let release = crate::claims::ROLES.into_iter().any(|role| {
         passes.of(role).is_some_and(|p| p.finished) && !ctx.claims.is_persisted(ij, role)
     });
-    let later = write_status(ctx, ij, &st, release).await?;
+    let wrote = write_status(ctx, ij, &st, release).await?;
+    let later = match wrote {
+        StatusWrite::Later(d) => Some(d),
+        StatusWrite::Unchanged | StatusWrite::Written => None,
+    };
     if later.is_none() {
         // The status holds the checkpoint just computed: a pass it shows finished may let its
         // workers go.
@@ -512,7 +526,7 @@ async fn reconcile_steps(ij: &IngestJob, ctx: &Context) -> Result<Action> {
     tracing::debug!(
         ingestjob = %key(ij),
         phase = ?st.phase,
-        written = later.is_none(),
+        status = ?wrote,
         "reconciled"
     );
     let finished = st.phase.is_some_and(Phase::is_finished);
