@@ -396,6 +396,11 @@ impl<R: Tally, P: Clone> Pass<R, P> {
         self.queue.pending() as u64
     }
 
+    /// Whether `worker` has spoken to this pass (and not left it since).
+    pub fn knows(&self, worker: &str) -> bool {
+        self.workers.contains_key(worker)
+    }
+
     /// Shards held by workers (cheap, as [`Pass::pending`]).
     pub fn running(&self) -> u64 {
         self.queue.claimed() as u64

@@ -176,10 +176,9 @@ struct Entry {
     /// When the pass began handing out shards: made or opened (or resumed) with none handed
     /// out yet. The start of its wave's start-up ([`ingest_job::Pace`]).
     opened_ms: Option<u64>,
-    /// Workers heard from, until the reconcile is told the pass is near its end.
-    workers_seen: std::collections::HashSet<String>,
-    /// From `opened_ms` to the first word of the last worker heard from the first time: how long
-    /// its wave of pods took to start, the slowest pod included.
+    /// From `opened_ms` to the first word of the last worker heard from the first time (until
+    /// the reconcile is told the pass is near its end): how long its wave of pods took to start,
+    /// the slowest pod included.
     wave_ms: Option<u64>,
     /// When the first shard was handed out, and how many had ended then (a restored pass has
     /// some): the start of its pace.
@@ -369,7 +368,6 @@ impl Registry {
                 closed: !open,
                 opened_ms: (open && !ij.spec.suspend).then_some(now),
                 first_work: None,
-                workers_seen: Default::default(),
                 wave_ms: None,
                 near_end_told: false,
             },
@@ -530,7 +528,7 @@ impl Registry {
             entry.write_started = Some(entry.write_started.map_or(t, |w| w.min(t)));
         }
         if !entry.near_end_told
-            && entry.workers_seen.insert(req.worker.clone())
+            && !entry.pass.knows(&req.worker)
             && let Some(opened) = entry.opened_ms
         {
             entry.wave_ms = Some(now.saturating_sub(opened));

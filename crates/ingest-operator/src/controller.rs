@@ -18,7 +18,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::claims::Registry;
 use crate::desired::Settings;
@@ -88,14 +88,10 @@ pub fn ended_pod_owner(pod: &Pod) -> Option<ObjectRef<IngestJob>> {
 /// The IngestJob of a Job that just finished (a Complete or Failed condition), by its controller
 /// owner reference (pure). See [`ended_pod_owner`].
 pub fn ended_job_owner(job: &Job) -> Option<ObjectRef<IngestJob>> {
-    if !crate::stage::job_state(job).finished {
-        return None;
-    }
-    let owner = job
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "IngestJob")?;
-    Some(ObjectRef::new(&owner.name).within(&job.namespace()?))
+    crate::stage::job_state(job)
+        .finished
+        .then(|| controller_owner(job))
+        .flatten()
 }
 
 /// The IngestJob of a plan ConfigMap that holds a committed plan (chunk 0, with the summary: the
@@ -103,11 +99,16 @@ pub fn ended_job_owner(job: &Job) -> Option<ObjectRef<IngestJob>> {
 /// without waiting for the scan pod's exit to be reported. See [`ended_pod_owner`].
 pub fn committed_plan_owner(cm: &PartialObjectMeta<ConfigMap>) -> Option<ObjectRef<IngestJob>> {
     crate::plan_store::summary_of(&cm.metadata)?;
-    let owner = cm
+    controller_owner(cm)
+}
+
+/// The IngestJob an object's controller owner reference names (pure).
+fn controller_owner<K: Resource>(o: &K) -> Option<ObjectRef<IngestJob>> {
+    let owner = o
         .owner_references()
         .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "IngestJob")?;
-    Some(ObjectRef::new(&owner.name).within(&cm.namespace()?))
+        .find(|r| r.controller == Some(true) && r.kind == "IngestJob")?;
+    Some(ObjectRef::new(&owner.name).within(&o.namespace()?))
 }
 
 /// For a watch's `inspect`: marks prompted ([`Context::prompt`]) the IngestJob `owner` names

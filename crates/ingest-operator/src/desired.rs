@@ -194,10 +194,10 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
         // (create when absent, patch). Neither verb can be narrowed by name here: RBAC cannot limit
         // create by name, and the chunks' number is known only once the scan ends. It reads this
         // run's chunk 0 (get, by name) first: a committed plan of an earlier attempt stands
-        // (`plan_store::save`). The copy,
-        // verify and prune pods need no API access at all: they claim and report through the
-        // operator's endpoint with a pod-bound token of their own audience, and read the plan from
-        // a mounted volume; their service account has no Role and mounts no API token.
+        // (`plan_store::save`). The copy, verify and prune pods need no API access at all: they
+        // claim and report through the operator's endpoint with a pod-bound token of their own
+        // audience, and read the plan from a mounted volume; their service account has no Role
+        // and mounts no API token.
         let id = names::scan_identity(ij);
         out.push(Child::ServiceAccount(ServiceAccount {
             metadata: meta(id.clone(), "identity", None),
