@@ -70,6 +70,20 @@ pub fn time_per_entry(buckets: &[u64], entries: u64) -> Option<u64> {
     Some(((total / entries as f64).round() as u64).max(1))
 }
 
+/// A worker's `--mount-pace` argument: each destination's time per entry (µs) in the order the
+/// worker is given them, `-` where not known; `None` when none is known (the argument is left out).
+/// One spelling for both drivers: local `run` and the operator start the passes after the copy
+/// knowing which destination is slow.
+pub fn mount_pace_arg(paces: &[Option<u64>]) -> Option<String> {
+    paces.iter().any(Option::is_some).then(|| {
+        let list: Vec<String> = paces
+            .iter()
+            .map(|p| p.map_or_else(|| "-".to_owned(), |us| us.to_string()))
+            .collect();
+        format!("--mount-pace={}", list.join(","))
+    })
+}
+
 /// How a destination server answers, from its figures beside the others'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -109,6 +123,17 @@ pub fn classify(p50: &[Option<(u64, u64)>], unresponsive: &[bool]) -> Vec<Health
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mount_pace_arg_lists_every_destination_in_order_or_nothing() {
+        assert_eq!(mount_pace_arg(&[]), None);
+        assert_eq!(mount_pace_arg(&[None, None]), None);
+        assert_eq!(
+            mount_pace_arg(&[Some(120), None, Some(7)]).as_deref(),
+            Some("--mount-pace=120,-,7")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use ingest_api::constants::{FIELD_MANAGER, labels};
 use ingest_api::{IngestJob, IngestJobStatus};
 use k8s_openapi::api::batch::v1::Job;
@@ -37,54 +38,73 @@ where
     Ok(())
 }
 
-/// Applies every child. Jobs that already exist (in `obs`) are left alone: their pod template and completions are
-/// immutable, and the run's layout is frozen when its Jobs are created.
+/// How many of a tier's writes are in flight at once: a job has a handful of children (a volume and a
+/// claim per destination server at most), so this only bounds a long list of servers.
+const APPLY_AT_ONCE: usize = 8;
+
+/// Applies every child, tier by tier ([`Child::tier`]): the children of a tier at once, since each
+/// write is a round trip to the API server and the scan Job waits behind all of them. Jobs that
+/// already exist (in `obs`) are left alone: their pod template and completions are immutable, and the
+/// run's layout is frozen when its Jobs are created. Returns how many were written; the first error
+/// stops the apply (the next reconcile applies all again).
 pub async fn apply(client: &Client, ns: &str, obs: &Observed, children: &[Child]) -> Result<usize> {
     let mut written = 0;
-    for child in children {
-        match child {
-            Child::ServiceAccount(o) => {
-                ssa(Api::<ServiceAccount>::namespaced(client.clone(), ns), o).await?
-            }
-            Child::Role(o) => ssa(Api::<Role>::namespaced(client.clone(), ns), o).await?,
-            Child::RoleBinding(o) => {
-                ssa(Api::<RoleBinding>::namespaced(client.clone(), ns), o).await?
-            }
-            Child::Volume(o) => ssa(Api::<PersistentVolume>::all(client.clone()), o).await?,
-            Child::Claim(o) => {
-                ssa(
-                    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-                    o,
-                )
-                .await?
-            }
-            Child::Job(j) => {
-                if obs
+    let last = children.iter().map(Child::tier).max().unwrap_or(0);
+    for tier in 0..=last {
+        // Collected first: a lazy iterator's closures held across the await would make the reconcile's
+        // future too general for the Controller's `Send` bound (rust-lang/rust#102211).
+        let mut writes = Vec::new();
+        for child in children.iter().filter(|c| c.tier() == tier) {
+            if let Child::Job(j) = child
+                && obs
                     .job(j.metadata.name.as_deref().unwrap_or_default())
                     .is_some()
-                {
-                    continue;
-                }
-                Api::<Job>::namespaced(client.clone(), ns)
-                    .create(
-                        &PostParams {
-                            field_manager: Some(FIELD_MANAGER.into()),
-                            ..Default::default()
-                        },
-                        j,
-                    )
-                    .await
-                    .or_else(|e| match e {
-                        // Created by a concurrent reconcile, or earlier and not yet in the watch cache the
-                        // reconcile read (a cache lags the cluster): fine, the Job is there.
-                        kube::Error::Api(s) if s.code == 409 => Ok((**j).clone()),
-                        e => Err(Error::kube(format!("create Job {}", j.name_any()), e)),
-                    })?;
+            {
+                continue;
             }
+            writes.push(apply_one(client, ns, child));
         }
-        written += 1;
+        let done: Vec<()> = futures::stream::iter(writes)
+            .buffered(APPLY_AT_ONCE)
+            .try_collect()
+            .await?;
+        written += done.len();
     }
     Ok(written)
+}
+
+async fn apply_one(client: &Client, ns: &str, child: &Child) -> Result<()> {
+    match child {
+        Child::ServiceAccount(o) => {
+            ssa(Api::<ServiceAccount>::namespaced(client.clone(), ns), o).await
+        }
+        Child::Role(o) => ssa(Api::<Role>::namespaced(client.clone(), ns), o).await,
+        Child::RoleBinding(o) => ssa(Api::<RoleBinding>::namespaced(client.clone(), ns), o).await,
+        Child::Volume(o) => ssa(Api::<PersistentVolume>::all(client.clone()), o).await,
+        Child::Claim(o) => {
+            ssa(
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                o,
+            )
+            .await
+        }
+        Child::Job(j) => Api::<Job>::namespaced(client.clone(), ns)
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                j,
+            )
+            .await
+            .map(drop)
+            .or_else(|e| match e {
+                // Created by a concurrent reconcile, or earlier and not yet in the watch cache the
+                // reconcile read (a cache lags the cluster): fine, the Job is there.
+                kube::Error::Api(s) if s.code == 409 => Ok(()),
+                e => Err(Error::kube(format!("create Job {}", j.name_any()), e)),
+            }),
+    }
 }
 
 /// What prune deletes (pure): Jobs and plan ConfigMaps of runs other than the current one that name this

@@ -156,6 +156,21 @@ impl Child {
         format!("{kind}/{}", meta.name.as_deref().unwrap_or("?"))
     }
 
+    /// When the child may be applied, as a tier: every child of a tier is applied at once, and a tier
+    /// only after the one before it was. A RoleBinding after its Role: the operator holds no `bind`
+    /// right, so the API server's escalation check reads the Role's rules, and refuses a binding to a
+    /// Role that is not there. A Job after its pods' ServiceAccount (admission refuses a pod without
+    /// it, and the Job controller backs off) and claims. The Job goes with the RoleBinding, not after
+    /// it: that write is the slowest of all (the escalation check resolves the operator's own
+    /// rules), and the scan needs the binding only when it stores the plan, which it retries on a 403
+    /// for [`SCAN_RBAC_WAIT_SECONDS`].
+    pub fn tier(&self) -> u8 {
+        match self {
+            Child::ServiceAccount(_) | Child::Role(_) | Child::Volume(_) | Child::Claim(_) => 0,
+            Child::RoleBinding(_) | Child::Job(_) => 1,
+        }
+    }
+
     /// Serialized size in bytes (the API server's limit is about 1.5 MiB; etcd's 1 MiB per object is ours).
     pub fn encoded_len(&self) -> usize {
         let v = match self {
@@ -169,6 +184,10 @@ impl Child {
         v.map(|b| b.len()).unwrap_or(usize::MAX)
     }
 }
+
+/// How long the scan pod takes a 403 for its RoleBinding not yet in effect ([`Child::tier`]): the
+/// binding's write was sent with the Job's, and takes effect within a second on a loaded API server.
+pub const SCAN_RBAC_WAIT_SECONDS: u64 = 30;
 
 /// All children the IngestJob should have in `stage`.
 pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec<Child>> {
@@ -531,6 +550,15 @@ fn worker_args(
             join(&dest_mount(*i), s.destination.sub_path.as_deref()),
         ]);
     }
+    if role != labels::ROLE_COPY {
+        // The copy pass's figures: a pass that starts knowing which server is slow leaves it the
+        // least work when little is left. In `--dest` order (each pod turns both alike).
+        let paces: Vec<Option<u64>> = servers
+            .iter()
+            .map(|(i, _)| layout.paces.get(i).copied())
+            .collect();
+        args.extend(ingest_job::latency::mount_pace_arg(&paces));
+    }
     args.extend([
         // `16` or `auto` (the engine's adaptive concurrency per destination mount).
         "--threads".into(),
@@ -723,6 +751,18 @@ fn pod_template(
         plain_env(env::RUN, run.to_string()),
         plain_env(env::PLAN_PREFIX, names::plan_prefix(ij, run)),
     ];
+    let env = if role == labels::ROLE_SCAN && w.service_account_name.is_none() {
+        // The scan's RoleBinding is applied together with its Job (`Child::tier`): the pod may ask
+        // before it takes effect.
+        let mut env = env;
+        env.push(plain_env(
+            env::RBAC_WAIT,
+            SCAN_RBAC_WAIT_SECONDS.to_string(),
+        ));
+        env
+    } else {
+        env
+    };
     let sc = w.security_context.clone().unwrap_or_default();
     let uid = sc.run_as_user.unwrap_or(0);
     // Root is needed to read every source file and to set owners; give it only the capabilities that needs,

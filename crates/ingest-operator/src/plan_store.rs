@@ -11,6 +11,7 @@
 //! is the commit marker, and the operator reads the summary from object metadata alone, never the plan data.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ingest_api::Totals;
 use ingest_api::constants::labels;
@@ -166,17 +167,21 @@ pub enum Saved {
 
 /// Writes the plan (scan pod), unless this run's plan is committed already ([`Saved::Kept`]).
 /// Server-side apply makes a retried scan overwrite what an earlier attempt left uncommitted
-/// (chunks without chunk 0), and a plan of an older IngestJob of the same name.
+/// (chunks without chunk 0), and a plan of an older IngestJob of the same name. Until
+/// `rbac_wait` has passed, a 403 is taken for a RoleBinding that has not taken effect yet and the
+/// call is made again: the operator applies the scan's binding together with its Job.
 pub async fn save(
     client: kube::Client,
     owner: &Owner,
     prefix: &str,
     chunks: &[String],
     summary: &PlanSummary,
+    rbac_wait: Duration,
 ) -> Result<Saved> {
     let api: Api<ConfigMap> = Api::namespaced(client, &owner.namespace);
     let first = format!("{prefix}-0");
-    match api.get_metadata_opt(&first).await {
+    let deadline = tokio::time::Instant::now() + rbac_wait;
+    match once_bound(deadline, || api.get_metadata_opt(&first)).await {
         Ok(Some(m)) if crate::observe::owned_by(&m.metadata, &owner.uid) => {
             if let Some(kept) = summary_of(&m.metadata) {
                 return Ok(Saved::Kept(Box::new(kept)));
@@ -194,11 +199,35 @@ pub async fn save(
     let pp = PatchParams::apply(SCAN_FIELD_MANAGER).force();
     for cm in chunk_objects(owner, prefix, chunks, summary)? {
         let name = cm.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &pp, &Patch::Apply(&cm))
+        let body = Patch::Apply(&cm);
+        once_bound(deadline, || api.patch(&name, &pp, &body))
             .await
             .map_err(|e| Error::kube(format!("store plan chunk {name}"), e))?;
     }
     Ok(Saved::Stored)
+}
+
+/// `call`, made again while the API server answers 403 and `deadline` is ahead (pausing 20 ms,
+/// then twice as long each time, up to a second): the pod's RoleBinding may not have taken effect
+/// yet. At the deadline (at once for a past one) a 403 is the answer.
+async fn once_bound<T, F, Fut>(deadline: tokio::time::Instant, mut call: F) -> kube::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = kube::Result<T>>,
+{
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call().await {
+            Err(kube::Error::Api(e))
+                if e.code == 403 && tokio::time::Instant::now() + pause <= deadline =>
+            {
+                tracing::debug!(error = %e, "forbidden: waiting for the scan's RoleBinding to take effect");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The summary on chunk 0's metadata, if the plan is committed.

@@ -1,7 +1,7 @@
 //! Where a run stands (pure): which Jobs exist and how they ended decide the stage; the layout says which shards
 //! and how many workers each destination server gets.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ingest_api::constants::labels;
 use ingest_api::{FailureAction, IngestJob, IngestJobSpec};
@@ -39,6 +39,9 @@ pub struct Layout {
     /// The verify pass exists while the copy pass runs ([`verify_ahead`]): its workers start
     /// during the copy's last shards.
     pub verify_ahead: bool,
+    /// Each server's time per entry (µs, by index) in the copy pass so far: the passes after it
+    /// start knowing which server is slow (`worker --mount-pace`), as they do in local `run`.
+    pub paces: BTreeMap<usize, u64>,
 }
 
 /// Whether the verify pass's workers start before the copy pass ends (pure): once the copy is
@@ -137,6 +140,26 @@ impl Avoided {
     }
 }
 
+/// Each server's time per entry (µs, by index) from what a pass's workers measured (mounts as
+/// workers name them, every worker's figures summed); servers with no finished task are left out.
+pub fn paces(pass: Option<&crate::claims::PassView>, servers: usize) -> BTreeMap<usize, u64> {
+    let mut by_server: BTreeMap<usize, ingest_api::claims::MountFigures> = BTreeMap::new();
+    for (mount, figures) in pass.into_iter().flat_map(|p| &p.mounts) {
+        if let Some(i) = crate::desired::server_of_mount(mount, servers) {
+            by_server.entry(i).or_default().add(figures);
+        }
+    }
+    by_server
+        .into_iter()
+        .filter_map(|(i, f)| {
+            Some((
+                i,
+                ingest_job::latency::time_per_entry(&f.latency, f.entries)?,
+            ))
+        })
+        .collect()
+}
+
 impl Layout {
     /// The name of `role`'s newest worker Job in `run`.
     pub fn job_name(&self, ij: &IngestJob, run: i64, role: &str) -> String {
@@ -167,6 +190,7 @@ pub fn layout(spec: &IngestJobSpec, plan: &PlanSummary) -> Layout {
         deletes: None,
         content_changed_since: None,
         verify_ahead: false,
+        paces: BTreeMap::new(),
     }
 }
 
@@ -464,6 +488,7 @@ pub fn stage(ij: &IngestJob, obs: &Observed, passes: &Views) -> Stage {
     let frozen = frozen_spec(ij, obs);
     let mut layout = layout(&frozen, &plan);
     layout.avoided = Avoided::from_views(passes, layout.servers.len());
+    layout.paces = paces(passes.copy.as_ref(), layout.servers.len());
     let copy_ended = role_state(ij, obs, labels::ROLE_COPY, &layout.avoided)
         .is_some_and(|s| s.finished && !s.failed_whole());
     layout.deletes = mirror_decision(&layout, &frozen, &plan, passes.copy.as_ref(), copy_ended);

@@ -711,6 +711,7 @@ mod server_tests {
             deletes: None,
             content_changed_since: None,
             verify_ahead: false,
+            paces: Default::default(),
         };
         let copy = PassView {
             mounts: BTreeMap::from([

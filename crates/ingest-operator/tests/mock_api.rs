@@ -47,6 +47,8 @@ struct Cluster {
     volumes: Vec<String>,
     /// (method, path fragment, status code) answered with an error instead.
     fail: Vec<(&'static str, &'static str, u16)>,
+    /// How many matching calls `fail` answers (None: every one); then they are served.
+    fail_times: Option<usize>,
     /// Not the API server's: the operator's watch caches, when a test fixes what they hold (a cache
     /// lagging the cluster). None: as the watches fill them from this cluster ([`watched`]).
     caches: Option<Caches>,
@@ -280,9 +282,14 @@ async fn serve(
         let injected = c
             .fail
             .iter()
-            .find(|(m, frag, _)| *m == method && short.ends_with(frag));
+            .find(|(m, frag, _)| *m == method && short.ends_with(frag))
+            .map(|(_, _, code)| *code)
+            .filter(|_| c.fail_times != Some(0));
+        if injected.is_some() {
+            c.fail_times = c.fail_times.map(|n| n - 1);
+        }
         let (code, resp) = match injected {
-            Some((_, _, code)) => (*code, status_error(*code, "injected")),
+            Some(code) => (code, status_error(code, "injected")),
             None => answer(&mut c, &call),
         };
         drop(c);
@@ -400,6 +407,33 @@ fn shorts(calls: &[Call]) -> Vec<String> {
     calls.iter().map(Call::short).collect()
 }
 
+/// The writes of the children's tiers (see `Child::tier`): each tier's are sent at once.
+const TIERS: [&[&str]; 2] = [
+    &[
+        "PATCH serviceaccounts",
+        "PATCH roles",
+        "PATCH persistentvolumes",
+        "PATCH persistentvolumeclaims",
+    ],
+    &["PATCH rolebindings", "POST jobs"],
+];
+
+/// `calls` with each leading run of one tier's writes sorted, tier after tier: they are sent at
+/// once, so their order is the scheduler's, not the operator's. A write of a tier before the one
+/// it follows stays where it is, and fails the comparison.
+fn tiered(mut calls: Vec<String>) -> Vec<String> {
+    let mut at = 0;
+    for tier in TIERS {
+        let n = calls[at..]
+            .iter()
+            .take_while(|c| tier.contains(&c.as_str()))
+            .count();
+        calls[at..at + n].sort();
+        at += n;
+    }
+    calls
+}
+
 fn status_body(calls: &[Call]) -> &Value {
     &calls
         .iter()
@@ -434,22 +468,28 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(30)));
     // Nothing is listed: the children are read from the operator's watch caches.
     assert_eq!(
-        shorts(&calls),
+        tiered(shorts(&calls)),
         [
-            "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
             "PATCH roles",
+            "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
             "PATCH rolebindings",
             "POST jobs",
             "PATCH ingestjobs/status"
         ]
     );
+    let patches: Vec<&Call> = calls[..5].iter().filter(|c| c.method == "PATCH").collect();
     assert!(
-        calls[0].path.contains("fieldManager=vfxt-ingest") && calls[0].path.contains("force=true"),
-        "server-side apply: {}",
-        calls[0].path
+        patches.len() == 4
+            && patches
+                .iter()
+                .all(|c| c.path.contains("fieldManager=vfxt-ingest")
+                    && c.path.contains("force=true")),
+        "server-side apply: {:?}",
+        patches.iter().map(|c| &c.path).collect::<Vec<_>>()
     );
-    assert_eq!(calls[4].body["metadata"]["name"], "genomics-r0-scan");
+    let job = calls.iter().find(|c| c.short() == "POST jobs").unwrap();
+    assert_eq!(job.body["metadata"]["name"], "genomics-r0-scan");
     let st = status_body(&calls);
     assert_eq!(st["phase"], "Pending");
     assert_eq!(condition(st, "Reconciling")["status"], "True");
@@ -1000,6 +1040,38 @@ async fn mount_options_add_a_finalizer_before_anything_else() {
         json!(["ingest.vfxt.dev/volumes"]),
         "{}",
         calls[0].body
+    );
+}
+
+#[tokio::test]
+async fn volumes_claims_and_identities_are_applied_before_the_binding_and_the_binding_before_the_job()
+ {
+    let mut ij = fixture("three-ips.yaml");
+    ij.spec.destination.nfs.mount_options = Some(vec!["hard".into()]);
+    ij.metadata.finalizers = Some(vec![ingest_operator::reconcile::FINALIZER.into()]);
+    // Scanned: the copy Job comes with a volume and a claim per server.
+    let mut c = Cluster::default();
+    add(&mut c, scanned(&ij, 6, totals(), false));
+    let (result, calls, _) = run(&ij, c).await;
+    result.unwrap();
+    // A RoleBinding to a Role that is not there yet is refused (the operator has no `bind` right), and a
+    // scan pod without its ServiceAccount, binding or claims would be refused or would wait.
+    assert_eq!(
+        tiered(shorts(&calls)),
+        [
+            "PATCH persistentvolumeclaims",
+            "PATCH persistentvolumeclaims",
+            "PATCH persistentvolumeclaims",
+            "PATCH persistentvolumes",
+            "PATCH persistentvolumes",
+            "PATCH persistentvolumes",
+            "PATCH roles",
+            "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
+            "PATCH rolebindings",
+            "POST jobs",
+            "PATCH ingestjobs/status"
+        ]
     );
 }
 
@@ -1592,11 +1664,11 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
     let pass = || reconcile(Arc::new(current(&shared, "genomics")), ctx.clone());
     pass().await.unwrap();
     assert_eq!(
-        taken(&calls),
+        tiered(taken(&calls)),
         [
-            "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
             "PATCH roles",
+            "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
             "PATCH rolebindings",
             "POST jobs",
             "PATCH ingestjobs/status"
@@ -1615,11 +1687,11 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
     shared.lock().unwrap().fail.clear();
     pass().await.unwrap();
     assert_eq!(
-        taken(&calls)[..5],
+        tiered(taken(&calls))[..5],
         [
-            "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
             "PATCH roles",
+            "PATCH serviceaccounts",
+            "PATCH serviceaccounts",
             "PATCH rolebindings",
             "POST jobs"
         ]
@@ -1719,6 +1791,20 @@ async fn save_plan(
     ij: &IngestJob,
     shards: u64,
 ) -> (ingest_operator::plan_store::Saved, Vec<String>) {
+    let (saved, calls) = save_plan_waiting(shared, ij, shards, Duration::ZERO).await;
+    (saved.unwrap(), calls)
+}
+
+/// [`save_plan`] as a scan pod whose RoleBinding may not have taken effect for `rbac_wait`.
+async fn save_plan_waiting(
+    shared: &Shared,
+    ij: &IngestJob,
+    shards: u64,
+    rbac_wait: Duration,
+) -> (
+    ingest_operator::Result<ingest_operator::plan_store::Saved>,
+    Vec<String>,
+) {
     use ingest_operator::plan_store::{Owner, PlanSummary, save};
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -1742,9 +1828,9 @@ async fn save_plan(
         &prefix,
         &chunks,
         &summary,
+        rbac_wait,
     )
-    .await
-    .unwrap();
+    .await;
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("fake API server stops when the client is dropped")
@@ -1795,4 +1881,46 @@ async fn a_retried_scan_keeps_the_plan_an_earlier_attempt_committed() {
     assert_eq!(saved, Saved::Stored);
     assert_eq!(calls.len(), 3);
     assert_eq!(committed(&shared.lock().unwrap()), [3]);
+}
+
+/// The operator sends the scan's RoleBinding with its Job: the scan pod may ask before the binding
+/// takes effect. Told to wait, it asks again after each 403 until its wait is over; not told (a
+/// user's service account), a 403 is the answer at once.
+#[tokio::test(start_paused = true)]
+async fn a_scan_waits_for_its_binding_to_take_effect_only_when_told_to() {
+    use ingest_operator::plan_store::Saved;
+    let ij = fixture("three-ips.yaml");
+    let shared: Shared = Arc::new(Mutex::new(Cluster::default()));
+    // Forbidden three times (the read and the first write's first try, say), then bound.
+    {
+        let mut c = shared.lock().unwrap();
+        c.fail = vec![("GET", "configmaps", 403), ("PATCH", "configmaps", 403)];
+        c.fail_times = Some(3);
+    }
+    let started = tokio::time::Instant::now();
+    let (saved, calls) = save_plan_waiting(&shared, &ij, 7, Duration::from_secs(30)).await;
+    assert_eq!(saved.unwrap(), Saved::Stored);
+    assert_eq!(
+        calls,
+        [
+            "GET configmaps",
+            "GET configmaps",
+            "GET configmaps",
+            "GET configmaps",
+            "PATCH configmaps",
+            "PATCH configmaps"
+        ]
+    );
+    // Pauses of 20, 40 and 80 ms (the clock is the test's: nothing slept).
+    assert_eq!(started.elapsed(), Duration::from_millis(140));
+    // Never bound: after its wait, the write's 403 is the error, naming the chunk.
+    shared.lock().unwrap().fail_times = None;
+    let (saved, _) = save_plan_waiting(&shared, &ij, 7, Duration::from_secs(5)).await;
+    let err = saved.unwrap_err().to_string();
+    assert!(err.contains("store plan chunk"), "{err}");
+    // Not told to wait: the read's 403 is taken as no `get` right (stored unchecked), the
+    // write's as final; one try each.
+    let (saved, calls) = save_plan_waiting(&shared, &ij, 7, Duration::ZERO).await;
+    assert!(saved.is_err());
+    assert_eq!(calls, ["GET configmaps", "PATCH configmaps"]);
 }

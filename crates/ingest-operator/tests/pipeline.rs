@@ -768,6 +768,41 @@ fn a_finished_runs_record_keeps_its_report_location() {
     );
 }
 
+/// The scan's RoleBinding goes with its Job (`Child::tier`): the scan pod is told to wait for it on a
+/// 403, and only the scan pod, and only when the operator makes the binding (a user's service
+/// account is bound by the user, before the job).
+#[test]
+fn only_a_scan_pod_the_operator_binds_waits_for_its_binding() {
+    let ij = fixture("three-ips.yaml");
+    let wait_of = |children: &[Child], role: &str| {
+        let job = jobs_of(children)
+            .into_iter()
+            .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
+            .unwrap();
+        pod_spec(job).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == ingest_operator::pod::env::RBAC_WAIT)
+            .and_then(|e| e.value.clone())
+    };
+    let scan = desired(&ij, &Stage::Scan, &settings()).unwrap();
+    assert_eq!(
+        wait_of(&scan, "scan"),
+        Some(ingest_operator::desired::SCAN_RBAC_WAIT_SECONDS.to_string())
+    );
+    let binding = scan.iter().position(|c| matches!(c, Child::RoleBinding(_)));
+    let job = scan.iter().position(|c| matches!(c, Child::Job(_)));
+    assert_eq!(scan[binding.unwrap()].tier(), scan[job.unwrap()].tier());
+    let obs = scanned(&ij, 6, totals(), false);
+    let copy = desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap();
+    assert_eq!(wait_of(&copy, "copy"), None);
+    let mut own = ij.clone();
+    own.spec.worker.service_account_name = Some("ingest-scanner".into());
+    let scan = desired(&own, &Stage::Scan, &settings()).unwrap();
+    assert_eq!(wait_of(&scan, "scan"), None);
+}
+
 #[test]
 fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
     // three-ips.yaml sets worker.image and worker.nodeSelector {pool: ingest}, nothing else.
@@ -2974,6 +3009,79 @@ fn a_changed_scope_verify_gets_the_copy_passs_earliest_write_less_the_margin() {
         !verify_args(&none)
             .iter()
             .any(|a| a.starts_with("--content-changed-since"))
+    );
+}
+
+/// The passes after the copy start knowing each server's pace in it (`--mount-pace`, in `--dest`
+/// order, `-` for a server with no finished task), as local `run`'s do; the copy pass itself has
+/// nothing to start from.
+#[test]
+fn verify_workers_start_with_the_copy_passs_pace_of_each_server() {
+    let ij = fixture("three-ips.yaml");
+    let mut obs = scanned(&ij, 2, totals(), false);
+    let job_of = |obs: &Observed, reg: &Registry, role: &str| {
+        let s = stage(&ij, obs, &reg.views(&ij));
+        let children = desired(&ij, &s, &settings()).unwrap();
+        jobs_of(&children)
+            .into_iter()
+            .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
+            .unwrap_or_else(|| panic!("no {role} Job in {s:?}"))
+            .clone()
+    };
+    let figures = |server: usize, tasks: u64, micros: u64| {
+        let mut latency = vec![0; ingest_job::latency::BUCKETS];
+        latency[ingest_job::latency::bucket_of(micros)] = tasks;
+        ingest_api::claims::MountFigures {
+            mount: format!("/ingest/dest-{server}"),
+            tasks,
+            entries: tasks,
+            bytes: 0,
+            latency,
+        }
+    };
+    let reg = Registry::default();
+    reg.ensure(&ij, "copy", 2, None, None, Opening::Now)
+        .unwrap();
+    // Two workers measured servers 0 and 2 (server 2 eight times slower); none finished a task
+    // on server 1.
+    for (pod, mounts) in [
+        ("a", vec![figures(0, 4, 1_000), figures(2, 1, 8_000)]),
+        ("b", vec![figures(0, 4, 1_000), figures(2, 1, 8_000)]),
+    ] {
+        let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, pod));
+        r.mounts = mounts;
+        reg.handle(r).unwrap();
+    }
+    let copy = args(&job_of(&obs, &reg, "copy"));
+    assert!(
+        !copy.iter().any(|a| a.starts_with("--mount-pace")),
+        "{copy:?}"
+    );
+    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "a"));
+    r.done = (0..2)
+        .map(|shard| ingest_api::claims::ShardDone {
+            shard,
+            result: result(1, 1, 0),
+        })
+        .collect();
+    reg.handle(r).unwrap();
+    add_pass_job(&ij, &mut obs, "copy", |j| {
+        observed_job(j, true, false, "", "", 2)
+    });
+    let verify = job_of(&obs, &reg, "verify");
+    let us = |micros: u64| {
+        ingest_job::latency::time_per_entry(&figures(0, 1, micros).latency, 1).unwrap()
+    };
+    let want = format!("--mount-pace={},-,{}", us(1_000), us(8_000));
+    assert!(
+        args(&verify).contains(&want),
+        "{want} not in {:?}",
+        args(&verify)
+    );
+    // In the order of the pod's destinations, which its index turns alike.
+    assert_eq!(
+        args_after(&verify, "--dest"),
+        ["/ingest/dest-0", "/ingest/dest-1", "/ingest/dest-2"]
     );
 }
 

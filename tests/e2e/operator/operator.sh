@@ -1020,6 +1020,22 @@ wave_startup() {
   [[ -n ${started-} ]] || fail "no container log of Job $job's pods"
   awk "BEGIN {printf \"%.3f\", $started - $created}"
 }
+# ticks PATTERN OWN|KIDS: clock ticks (user + system) used so far by the processes whose command line
+# matches PATTERN: their own (fields 14-15 of /proc/PID/stat), or their reaped children's (16-17).
+ticks() {
+  local p t sum=0
+  for p in $(pgrep -f -- "$1"); do
+    t=$(awk -v kids="$2" '{print kids == "KIDS" ? $16 + $17 : $14 + $15}' "/proc/$p/stat" 2>/dev/null) || continue
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+# cpu_ticks: "apiserver etcd controller-manager agent pods operator", each from ticks: pods are the
+# scan and worker processes, counted in the node agent's children's time once it has reaped them.
+cpu_ticks() {
+  echo "$(ticks bin/kube-apiserver OWN) $(ticks bin/etcd OWN) $(ticks bin/kube-controller-manager OWN)" \
+    "$(ticks test-node-agent OWN) $(ticks test-node-agent KIDS) $(ticks 'vfxt-ingest operator' OWN)"
+}
 bench() {
   local n=${1:-20000} d i
   say "benchmark: $n files, operator vs vfxt-ingest run ($bin)"
@@ -1031,29 +1047,43 @@ bench() {
   # Each timed part starts with nothing dirty in the page cache: the tree just written (or the other
   # path's copy) would otherwise be written back during it, and the two paths would pay for different
   # amounts of it (`run` took 4.7 to 11.5 s on the same quiet machine without this).
-  # When each Job appears, for the pod start-up below (a watch from before the apply).
-  kubectl get jobs -n "$ns" -w --output-watch-events -o jsonpath='{.type} {.object.metadata.name}{"\n"}' |
+  # Two watches, each line stamped as it arrives: when each Job appears (for the pod start-up
+  # below), and the IngestJob's phase (idle between events: a kubectl polled every 0.2 s cost the
+  # operator's side CPU that `run` below does not pay). Both are established before the clock
+  # starts: kubectl's own start-up (a Go binary and its discovery, 0.1-0.2 s of CPU each) on the
+  # 2 cores the operator and the API server share is the instrument's cost, not the operator's.
+  # kubectl -v=6 logs each response; a watch's comes when the API server has started it.
+  kubectl -v=6 get jobs -n "$ns" -w --output-watch-events -o jsonpath='{.type} {.object.metadata.name}{"\n"}' \
+    2>"$data/bench-jobs.trace" |
     while read -r type name; do printf '%s %s %s\n' "$EPOCHREALTIME" "$type" "$name"; done >"$data/bench-jobs" &
-  local jobs_watch=$!
+  local jobs_watch=$! phases
+  exec {phases}< <(kubectl -v=6 get ij -n "$ns" --field-selector metadata.name=bench -w --output-watch-events=false \
+    -o jsonpath='{.status.phase}{"\n"}' 2>"$data/bench-ij.trace" |
+    while read -r phase; do printf '%s %s\n' "$EPOCHREALTIME" "$phase"; done)
+  local trace
+  for trace in "$data/bench-jobs.trace" "$data/bench-ij.trace"; do
+    wait_for 60 "the watch of $trace started" grep -q 'watch=true.*200' "$trace" ||
+      fail "a bench watch did not start: $(tail -n 3 "$trace")"
+  done
   sync
+  local cpu0 cpu1
+  cpu0=$(cpu_ticks)
   t0=$(now_s)
   bench_yaml bench bench-op | kubectl apply -f - >/dev/null || fail "kubectl apply bench"
   # kubectl's own time (start-up, discovery, the request): the object exists by its return.
   local apply_s
   apply_s=$(awk "BEGIN {printf \"%.3f\", $(now_s) - $t0}")
-  # The phases as the API server sends them (one watch, idle between events: a kubectl polled every
-  # 0.2 s cost the operator's side CPU that `run` below does not pay).
-  local seen="" timeline=""
-  while read -r phase; do
-    [[ -z $phase || $phase == "$seen" ]] && continue
+  local seen="" timeline="" at
+  while read -r -u "$phases" at phase; do
+    [[ -z ${phase-} || $phase == "$seen" ]] && continue
     [[ $phase == Succeeded || $phase == Failed ]] && break
-    timeline+="$phase@$(awk "BEGIN {printf \"%.1f\", $(now_s) - $t0}")s "
+    timeline+="$phase@$(awk "BEGIN {printf \"%.1f\", $at - $t0}")s "
     seen=$phase
-  done < <(kubectl get ij -n "$ns" --field-selector metadata.name=bench -w --output-watch-events=false \
-    -o jsonpath='{.status.phase}{"\n"}')
-  t1=$(now_s)
-  kill "$!" 2>/dev/null || true
-  [[ $phase == Succeeded ]] || fail "the operator's run ended $phase: $(ij_json bench | jq -c .status.message)"
+  done
+  exec {phases}<&-
+  [[ $phase == Succeeded ]] || fail "the operator's run ended ${phase:-nowhere (the watch ended)}: $(ij_json bench | jq -c .status.message)"
+  t1=$at
+  cpu1=$(cpu_ticks)
   local op_s startup=0 w waves=""
   op_s=$(awk "BEGIN {print $t1 - $t0}")
   kill "$jobs_watch" 2>/dev/null || true
@@ -1073,9 +1103,18 @@ bench() {
   bench_yaml bench-run bench-run "$mounts" >"$data/bench-run.yaml"
   sync
   t0=$(now_s)
-  "$bin" run -q --file "$data/bench-run.yaml" --state "$data/bench-run-state" --shards "$shards" >"$data/bench-run.out" ||
-    fail "vfxt-ingest run failed (state in $data/bench-run-state)"
+  local run_cpu TIMEFORMAT='%U %S'
+  run_cpu=$({ time "$bin" run -q --file "$data/bench-run.yaml" --state "$data/bench-run-state" --shards "$shards" \
+    >"$data/bench-run.out" 2>"$data/bench-run.err"; } 2>&1) ||
+    fail "vfxt-ingest run failed (state in $data/bench-run-state): $(tail -n 5 "$data/bench-run.err")"
   t1=$(now_s)
+  run_cpu=$(awk '{printf "%.2f", $1 + $2}' <<<"$run_cpu")
+  # CPU seconds of each part of the rig while the operator ran its job (its pods reaped by then or not:
+  # a pod still running at the verdict counts later).
+  local tck cpu
+  tck=$(getconf CLK_TCK)
+  cpu=$(paste -d' ' <(tr ' ' '\n' <<<"$cpu0") <(tr ' ' '\n' <<<"$cpu1") | awk -v t="$tck" '{printf "%.2f ", ($2 - $1) / t}')
+  read -r cpu_api cpu_etcd cpu_cm cpu_agent cpu_pods cpu_op <<<"$cpu"
   local run_s run_copy ident_op=true ident_run=true
   run_s=$(awk "BEGIN {print $t1 - $t0}")
   # Its copy phase, as its summary says ("this run, copy: ... over N s").
@@ -1094,14 +1133,20 @@ bench() {
   printf '\noperator / (run + pod start-up) = %s; operator / run = %s; %s shards\n' "$ratio" "$ratio_bare" "$shards"
   printf 'kubectl apply returned after %s s; the operator from then / (run + pod start-up) = %s\n' "$apply_s" "$ratio_applied"
   printf 'operator phases first seen (s after apply): %s%s@%.1fs; run'"'"'s copy phase: %s s\n' "$timeline" "$phase" "$op_s" "$run_copy"
+  printf 'CPU seconds while the operator ran (%s cores): kube-apiserver %s, etcd %s, controller-manager %s, node agent %s, its pods %s, operator %s; vfxt-ingest run: %s\n' \
+    "$(nproc)" "$cpu_api" "$cpu_etcd" "$cpu_cm" "$cpu_agent" "$cpu_pods" "$cpu_op" "$run_cpu"
   local json=${E2E_BENCH_JSON:-$data/bench.json}
   jq -n --argjson files "$n" --argjson shards "$shards" --argjson op "$op_s" --argjson run "$run_s" \
     --argjson startup "$startup" --argjson ratio "$ratio" --argjson applySeconds "$apply_s" --argjson ratioApplied "$ratio_applied" --argjson identOp "$ident_op" --argjson identRun "$ident_run" \
     --arg timeline "$timeline$phase@${op_s}s" --arg bin "$bin" --argjson runCopy "$run_copy" --arg waves "$waves" --arg machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)" \
+    --argjson cpuApi "$cpu_api" --argjson cpuEtcd "$cpu_etcd" --argjson cpuCm "$cpu_cm" --argjson cpuAgent "$cpu_agent" \
+    --argjson cpuPods "$cpu_pods" --argjson cpuOp "$cpu_op" --argjson cpuRun "$run_cpu" \
     '{files: $files, shards: $shards, operatorSeconds: $op, runSeconds: $run, podStartupSeconds: $startup,
       operatorOverRunPlusStartup: $ratio, kubectlApplySeconds: $applySeconds,
       operatorAfterApplyOverRunPlusStartup: $ratioApplied, identical: {operator: $identOp, run: $identRun}, binary: $bin, machine: $machine,
-      phases: $timeline, runCopySeconds: $runCopy, podStartupWaves: $waves}' >"$json"
+      phases: $timeline, runCopySeconds: $runCopy, podStartupWaves: $waves,
+      cpuSecondsDuringOperator: {kubeApiserver: $cpuApi, etcd: $cpuEtcd, controllerManager: $cpuCm, nodeAgent: $cpuAgent,
+        pods: $cpuPods, operator: $cpuOp}, cpuSecondsOfRun: $cpuRun}' >"$json"
   # Where the operator's time went: its log (timestamped), and each worker's log with file times.
   op_logs >"${json%.json}-operator.log" 2>&1 || true
   local f

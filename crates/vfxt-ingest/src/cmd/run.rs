@@ -1252,13 +1252,7 @@ fn run_phase(
                     .iter()
                     .flat_map(|d| [OsStr::new("--dest"), d.as_os_str()]),
             )
-            .args(pace.iter().any(Option::is_some).then(|| {
-                let list: Vec<String> = pace
-                    .iter()
-                    .map(|p| p.map_or_else(|| "-".to_owned(), |us| us.to_string()))
-                    .collect();
-                format!("--mount-pace={}", list.join(","))
-            }))
+            .args(ingest_job::latency::mount_pace_arg(&pace))
             // Shards are handed out on demand (see `Dispatch`).
             .arg("--claims")
             .args([

@@ -265,6 +265,15 @@ fn shared_initial(initial: usize, workers: u32) -> usize {
     (initial / workers.max(1) as usize).max(2)
 }
 
+/// The worker's destinations, and their paces with them, starting at the `k`-th.
+fn start_at(args: &mut Args, k: usize) {
+    // Each pace belongs to its destination (a list of the wrong length is refused later).
+    if args.mount_pace.len() == args.destinations.len() {
+        args.mount_pace = turned(&args.mount_pace, k);
+    }
+    args.destinations = turned(&args.destinations, k);
+}
+
 /// `list` starting at its `k`-th entry (modulo its length), the ones before it at the end.
 pub fn turned<T: Clone>(list: &[T], k: usize) -> Vec<T> {
     if list.is_empty() {
@@ -514,7 +523,7 @@ pub fn run(mut args: Args) -> Outcome {
             .ok()
             .and_then(|k| k.parse::<usize>().ok())
     {
-        args.destinations = turned(&args.destinations, k);
+        start_at(&mut args, k);
     }
     let claims = match claims_session(&args) {
         Ok(c) => c,
@@ -1527,6 +1536,36 @@ mod tests {
             }
         }
         assert_eq!(per_dest, [4, 4, 4]);
+    }
+
+    /// A cluster worker turns its destinations by its index; each pace must stay with its own.
+    #[test]
+    fn a_worker_turns_its_paces_with_its_destinations() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            worker: Args,
+        }
+        let parse = |extra: &[&str]| {
+            let argv = ["worker", "--plan", "p", "--source", "s"]
+                .iter()
+                .chain(&["--dest", "a", "--dest", "b", "--dest", "c"])
+                .chain(extra);
+            <Cli as clap::Parser>::try_parse_from(argv).unwrap().worker
+        };
+        let mut args = parse(&["--mount-pace=10,-,30"]);
+        start_at(&mut args, 1);
+        let dests: Vec<String> = args
+            .destinations
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        assert_eq!(dests, ["b", "c", "a"]);
+        assert_eq!(args.mount_pace, [None, Some(30), Some(10)]);
+        // None given: none made up.
+        let mut args = parse(&[]);
+        start_at(&mut args, 2);
+        assert!(args.mount_pace.is_empty());
     }
 
     #[test]
