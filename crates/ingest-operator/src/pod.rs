@@ -112,6 +112,27 @@ pub async fn report_progress(
     Ok(())
 }
 
+/// When a [`ProgressReporter`] looks at the latest sample.
+pub enum Ticks {
+    /// Every interval.
+    Every(Duration),
+    /// At each message (a test's hand on the clock); never once the sender is gone.
+    Told(tokio::sync::mpsc::Receiver<()>),
+}
+
+impl Ticks {
+    async fn next(&mut self) {
+        match self {
+            Ticks::Every(every) => tokio::time::sleep(*every).await,
+            Ticks::Told(rx) => {
+                if rx.recv().await.is_none() {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    }
+}
+
 /// Sends the latest progress sample of a synchronous program (the worker CLI) to its pod from a background
 /// thread: `update` only stores the sample; the thread patches the annotation every `every` when it changed,
 /// and once more on `finish`. API errors are logged and retried at the next tick: progress reporting never
@@ -127,15 +148,16 @@ impl ProgressReporter {
     pub fn start(pod: PodEnv, every: Duration) -> Result<Self> {
         let runtime = runtime()?;
         let client = runtime.block_on(crate::controller::connect(Default::default()))?;
-        Ok(Self::start_with(runtime, client, pod, every))
+        Ok(Self::start_with(runtime, client, pod, Ticks::Every(every)))
     }
 
-    /// [`ProgressReporter::start`] with a given runtime and client (tests use a scripted API server).
+    /// [`ProgressReporter::start`] with a given runtime, client and ticks (tests use a scripted API
+    /// server and tell each tick).
     pub fn start_with(
         runtime: tokio::runtime::Runtime,
         client: kube::Client,
         pod: PodEnv,
-        every: Duration,
+        mut ticks: Ticks,
     ) -> Self {
         let latest: Arc<Mutex<Option<PodProgress>>> = Arc::default();
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -145,7 +167,7 @@ impl ProgressReporter {
                 let mut sent: Option<PodProgress> = None;
                 loop {
                     let stopping = tokio::select! {
-                        _ = tokio::time::sleep(every) => false,
+                        _ = ticks.next() => false,
                         _ = &mut stop_rx => true,
                     };
                     let current = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use ingest_api::report::PodProgress;
 use ingest_operator::plan_store::Owner;
-use ingest_operator::pod::{PodEnv, ProgressReporter};
+use ingest_operator::pod::{PodEnv, ProgressReporter, Ticks};
 use kube::Client;
 use kube::client::Body;
 use serde_json::Value;
@@ -41,6 +41,8 @@ fn sample(files: u64) -> PodProgress {
 async fn reporter_patches_changed_samples_and_flushes_on_finish() {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls: Arc<Mutex<Vec<(String, String, Value)>>> = Arc::default();
+    // Each call as it comes, for the test to wait on.
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
     let log = calls.clone();
     let server = tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
@@ -55,6 +57,7 @@ async fn reporter_patches_changed_samples_and_flushes_on_finish() {
                     .body(Body::from(serde_json::to_vec(&pod).unwrap()))
                     .unwrap(),
             );
+            let _ = arrived_tx.send(());
         }
     });
     let client = Client::new(svc, "default");
@@ -63,11 +66,21 @@ async fn reporter_patches_changed_samples_and_flushes_on_finish() {
             .enable_all()
             .build()
             .unwrap();
-        let r = ProgressReporter::start_with(runtime, client, pod_env(), Duration::from_millis(50));
+        // The test's hand on the clock: room for one tick, so a send returns once the tick before
+        // it was taken, and the one before that has been dealt with (the reporter's loop takes a
+        // tick only when done with the last).
+        let (tick, ticks) = tokio::sync::mpsc::channel::<()>(1);
+        let r = ProgressReporter::start_with(runtime, client, pod_env(), Ticks::Told(ticks));
         r.update(sample(1));
-        std::thread::sleep(Duration::from_millis(200));
-        r.update(sample(1)); // unchanged: not sent again
-        std::thread::sleep(Duration::from_millis(200));
+        tick.blocking_send(()).unwrap();
+        arrived_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first sample is sent at the first tick");
+        // Unchanged: a tick dealt with, and nothing sent again.
+        r.update(sample(1));
+        for _ in 0..3 {
+            tick.blocking_send(()).unwrap();
+        }
         r.update(sample(7));
         r.finish(); // the last sample goes out before finish returns
     })
