@@ -136,7 +136,16 @@ ok "control plane up ($(kubectl version -o json | sed -n 's/.*"gitVersion": "\(v
 
 # (kubectl warns that the uint32/uint64 formats are informational; the API server ignores them.)
 kubectl apply --server-side -f "$repo/crds/ingest.vfxt.dev_ingestjobs.yaml" >/dev/null 2>&1 || fail "CRD apply"
-kubectl wait --for=condition=Established --timeout=30s crd/ingestjobs.ingest.vfxt.dev >/dev/null || fail "CRD not Established"
+# Polled, not `kubectl wait --for=condition=Established`: that kubectl gives up at once ("accessor error:
+# <nil>") when it reads the CRD before the API server has written any condition, which a busy machine shows.
+established() {
+  [[ $(kubectl get crd ingestjobs.ingest.vfxt.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]]
+}
+deadline=$((SECONDS + 30))
+until established; do
+  ((SECONDS < deadline)) || fail "CRD not Established after 30 s: $(kubectl get crd ingestjobs.ingest.vfxt.dev -o jsonpath='{.status.conditions}')"
+  sleep 0.2
+done
 ok "CRD installs and is Established"
 
 for ns in vfxt-ingest-system ingest team-a team-b other; do kubectl create namespace "$ns" >/dev/null; done
