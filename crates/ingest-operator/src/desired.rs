@@ -743,7 +743,7 @@ fn pod_template(
             });
         }
     }
-    let env = vec![
+    let mut env = vec![
         field_env(env::POD_NAME, "metadata.name"),
         field_env(env::POD_NAMESPACE, "metadata.namespace"),
         plain_env(env::JOB_NAME, ij.name_any()),
@@ -751,18 +751,14 @@ fn pod_template(
         plain_env(env::RUN, run.to_string()),
         plain_env(env::PLAN_PREFIX, names::plan_prefix(ij, run)),
     ];
-    let env = if role == labels::ROLE_SCAN && w.service_account_name.is_none() {
+    if role == labels::ROLE_SCAN && w.service_account_name.is_none() {
         // The scan's RoleBinding is applied together with its Job (`Child::tier`): the pod may ask
         // before it takes effect.
-        let mut env = env;
         env.push(plain_env(
             env::RBAC_WAIT,
             SCAN_RBAC_WAIT_SECONDS.to_string(),
         ));
-        env
-    } else {
-        env
-    };
+    }
     let sc = w.security_context.clone().unwrap_or_default();
     let uid = sc.run_as_user.unwrap_or(0);
     // Root is needed to read every source file and to set owners; give it only the capabilities that needs,

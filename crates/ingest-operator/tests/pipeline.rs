@@ -3057,14 +3057,13 @@ fn verify_workers_start_with_the_copy_passs_pace_of_each_server() {
         !copy.iter().any(|a| a.starts_with("--mount-pace")),
         "{copy:?}"
     );
-    let mut r = claim_request(&ij, "copy", &worker_pod_name(&ij, "copy", 0, "a"));
-    r.done = (0..2)
-        .map(|shard| ingest_api::claims::ShardDone {
-            shard,
-            result: result(1, 1, 0),
-        })
-        .collect();
-    reg.handle(r).unwrap();
+    drive(
+        &reg,
+        &ij,
+        "copy",
+        2,
+        &PassScript::all_done(2, result(1, 1, 0)),
+    );
     add_pass_job(&ij, &mut obs, "copy", |j| {
         observed_job(j, true, false, "", "", 2)
     });
