@@ -15,6 +15,9 @@ use crate::report::{PodProgress, PodResult};
 
 /// The claims endpoint.
 pub const PATH: &str = "/claims/v1";
+/// Where the scan pod sends its plan, a piece per request, authenticated as a worker's claims are
+/// (the message is the operator's `plan_store::PlanPart`; the operator stores the pieces).
+pub const PLAN_PATH: &str = "/claims/v1/plan";
 /// Audience of the token a worker sends (`Authorization: Bearer`): a token for the API server
 /// is not accepted, and this one is good for nothing else.
 pub const TOKEN_AUDIENCE: &str = "ingest.vfxt.dev/claims";

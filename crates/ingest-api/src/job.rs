@@ -844,10 +844,10 @@ pub struct WorkerTemplate {
     /// Tolerations of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
-    /// Service account of every pod of the job. Default: two the operator creates, the scan pod's (it
-    /// stores the plan: create and patch ConfigMaps, get this run's chunk 0) and the workers' (no API
-    /// access: they claim through the operator's endpoint). One named here needs the scan's verbs; without
-    /// get, a retried scan may replace a plan an earlier attempt committed.
+    /// Service account of every pod of the job. Default: one the operator creates, with no API access
+    /// and no API token mounted: the scan sends its plan and the workers claim through the operator's
+    /// endpoint, with a token bound to their pod. One named here needs no rights either (for a cloud
+    /// identity bound to it, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Identity of the copy processes.

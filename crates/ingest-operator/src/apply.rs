@@ -12,7 +12,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, ServiceAccount,
 };
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -78,8 +77,6 @@ async fn apply_one(client: &Client, ns: &str, child: &Child) -> Result<()> {
         Child::ServiceAccount(o) => {
             ssa(Api::<ServiceAccount>::namespaced(client.clone(), ns), o).await
         }
-        Child::Role(o) => ssa(Api::<Role>::namespaced(client.clone(), ns), o).await,
-        Child::RoleBinding(o) => ssa(Api::<RoleBinding>::namespaced(client.clone(), ns), o).await,
         Child::Volume(o) => ssa(Api::<PersistentVolume>::all(client.clone()), o).await,
         Child::Claim(o) => {
             ssa(
@@ -201,16 +198,13 @@ pub fn managed_selector() -> String {
     format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)
 }
 
-/// How long the pods' RBAC objects, once applied, are not applied again while unchanged. Then they are, to
-/// repair drift (a RoleBinding deleted by hand).
+/// How long the pods' identity (their ServiceAccount), once applied, is not applied again while
+/// unchanged. Then it is, to repair drift (one deleted by hand).
 pub const RBAC_REAPPLY_AFTER: Duration = Duration::from_secs(600);
 
-/// Whether a child is one of the pods' RBAC objects (ServiceAccount, Role, RoleBinding).
+/// Whether a child is one of the pods' RBAC objects (their ServiceAccount: they have no Role).
 pub fn is_rbac(child: &Child) -> bool {
-    matches!(
-        child,
-        Child::ServiceAccount(_) | Child::Role(_) | Child::RoleBinding(_)
-    )
+    matches!(child, Child::ServiceAccount(_))
 }
 
 /// A hash of the RBAC objects among `children` as they would be applied (their JSON, owner reference
@@ -220,12 +214,10 @@ pub fn rbac_hash(children: &[Child]) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut any = false;
     for c in children.iter().filter(|c| is_rbac(c)) {
-        let json = match c {
-            Child::ServiceAccount(o) => serde_json::to_vec(o),
-            Child::Role(o) => serde_json::to_vec(o),
-            Child::RoleBinding(o) => serde_json::to_vec(o),
-            _ => continue,
+        let Child::ServiceAccount(o) = c else {
+            continue;
         };
+        let json = serde_json::to_vec(o);
         json.unwrap_or_default().hash(&mut h);
         any = true;
     }
@@ -239,8 +231,7 @@ pub fn rbac_due(last: Option<(u64, Duration)>, hash: u64, max_age: Duration) -> 
 }
 
 /// The RBAC objects last applied for each IngestJob (`namespace/name`): their [`rbac_hash`] and when. Each
-/// IngestJob has its own ServiceAccounts, Role and RoleBinding (`<name>-scan`, `<name>-workers`), so that is
-/// the key.
+/// IngestJob has its own ServiceAccount (`<name>-workers`), so that is the key.
 #[derive(Default)]
 pub struct RbacApplied(Mutex<HashMap<String, (u64, Instant)>>);
 
@@ -299,13 +290,13 @@ mod tests {
     #[test]
     fn the_rbac_hash_covers_only_the_rbac_objects_and_follows_them() {
         let sa = |name: &str| {
-            Child::ServiceAccount(ServiceAccount {
+            Child::ServiceAccount(Box::new(ServiceAccount {
                 metadata: kube::api::ObjectMeta {
                     name: Some(name.into()),
                     ..Default::default()
                 },
                 ..Default::default()
-            })
+            }))
         };
         let job = Child::Job(Box::default());
         assert_eq!(rbac_hash(&[]), None);

@@ -298,6 +298,7 @@ pub async fn run(
         Some(Arc::new(http::Claims {
             registry: registry.clone(),
             auth: Arc::new(TokenReviewer::new(client.clone())),
+            plans: Arc::new(client.clone()),
             leadership: leadership.clone(),
         })),
         shutdown.clone(),

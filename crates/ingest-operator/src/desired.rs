@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, ServiceAccount, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -128,12 +127,8 @@ impl Settings {
 /// One object to apply.
 #[derive(Clone, Debug)]
 pub enum Child {
-    /// Identity of the pods.
-    ServiceAccount(ServiceAccount),
-    /// What the pods may do (store the plan, report progress).
-    Role(Role),
-    /// Binds the Role to the service account.
-    RoleBinding(RoleBinding),
+    /// Identity of the pods (with no API rights: they talk to the operator's endpoint).
+    ServiceAccount(Box<ServiceAccount>),
     /// NFS volume with mount options for one destination server (cluster-scoped).
     Volume(Box<PersistentVolume>),
     /// Claim bound to that volume.
@@ -147,8 +142,6 @@ impl Child {
     pub fn describe(&self) -> String {
         let (kind, meta) = match self {
             Child::ServiceAccount(o) => ("ServiceAccount", &o.metadata),
-            Child::Role(o) => ("Role", &o.metadata),
-            Child::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Child::Volume(o) => ("PersistentVolume", &o.metadata),
             Child::Claim(o) => ("PersistentVolumeClaim", &o.metadata),
             Child::Job(o) => ("Job", &o.metadata),
@@ -157,17 +150,12 @@ impl Child {
     }
 
     /// When the child may be applied, as a tier: every child of a tier is applied at once, and a tier
-    /// only after the one before it was. A RoleBinding after its Role: the operator holds no `bind`
-    /// right, so the API server's escalation check reads the Role's rules, and refuses a binding to a
-    /// Role that is not there. A Job after its pods' ServiceAccount (admission refuses a pod without
-    /// it, and the Job controller backs off) and claims. The Job goes with the RoleBinding, not after
-    /// it: that write is the slowest of all (the escalation check resolves the operator's own
-    /// rules), and the scan needs the binding only when it stores the plan, which it retries on a 403
-    /// for [`SCAN_RBAC_WAIT_SECONDS`].
+    /// only after the one before it was. A Job after its pods' ServiceAccount (admission refuses a
+    /// pod without it, and the Job controller backs off) and their volumes' claims.
     pub fn tier(&self) -> u8 {
         match self {
-            Child::ServiceAccount(_) | Child::Role(_) | Child::Volume(_) | Child::Claim(_) => 0,
-            Child::RoleBinding(_) | Child::Job(_) => 1,
+            Child::ServiceAccount(_) | Child::Volume(_) | Child::Claim(_) => 0,
+            Child::Job(_) => 1,
         }
     }
 
@@ -175,8 +163,6 @@ impl Child {
     pub fn encoded_len(&self) -> usize {
         let v = match self {
             Child::ServiceAccount(o) => serde_json::to_vec(o),
-            Child::Role(o) => serde_json::to_vec(o),
-            Child::RoleBinding(o) => serde_json::to_vec(o),
             Child::Volume(o) => serde_json::to_vec(o),
             Child::Claim(o) => serde_json::to_vec(o),
             Child::Job(o) => serde_json::to_vec(o),
@@ -184,10 +170,6 @@ impl Child {
         v.map(|b| b.len()).unwrap_or(usize::MAX)
     }
 }
-
-/// How long the scan pod takes a 403 for its RoleBinding not yet in effect ([`Child::tier`]): the
-/// binding's write was sent with the Job's, and takes effect within a second on a loaded API server.
-pub const SCAN_RBAC_WAIT_SECONDS: u64 = 30;
 
 /// All children the IngestJob should have in `stage`.
 pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec<Child>> {
@@ -209,56 +191,21 @@ pub fn desired(ij: &IngestJob, stage: &Stage, settings: &Settings) -> Result<Vec
     let worker = merge_worker(&ij.spec.worker, &settings.worker_defaults);
 
     if worker.service_account_name.is_none() {
-        // Two identities. The scan pod stores the plan: server-side apply of its ConfigMaps
-        // (create when absent, patch). Neither verb can be narrowed by name here: RBAC cannot limit
-        // create by name, and the chunks' number is known only once the scan ends. It reads this
-        // run's chunk 0 (get, by name) first: a committed plan of an earlier attempt stands
-        // (`plan_store::save`). The copy, verify and prune pods need no API access at all: they
-        // claim and report through the operator's endpoint with a pod-bound token of their own
-        // audience, and read the plan from a mounted volume; their service account has no Role
-        // and mounts no API token.
-        let id = names::scan_identity(ij);
-        out.push(Child::ServiceAccount(ServiceAccount {
-            metadata: meta(id.clone(), "identity", None),
-            ..Default::default()
-        }));
-        out.push(Child::ServiceAccount(ServiceAccount {
+        // One identity with no API rights. The scan, copy, verify and prune pods need no API
+        // access at all: they talk to the operator's endpoint with a pod-bound token of their own
+        // audience (the scan sends its plan, which the operator stores: `plan_store`; workers claim
+        // and report), and workers read the plan from a mounted volume. Their service account has
+        // no Role and mounts no API token.
+        out.push(Child::ServiceAccount(Box::new(ServiceAccount {
             metadata: meta(names::worker_identity(ij), "identity", None),
             automount_service_account_token: Some(false),
             ..Default::default()
-        }));
-        out.push(Child::Role(Role {
-            metadata: meta(id.clone(), "identity", None),
-            rules: Some(vec![
-                rule("", "configmaps", &["create", "patch"]),
-                PolicyRule {
-                    resource_names: Some(vec![format!(
-                        "{}-0",
-                        names::plan_prefix(ij, ij.spec.run)
-                    )]),
-                    ..rule("", "configmaps", &["get"])
-                },
-            ]),
-        }));
-        out.push(Child::RoleBinding(RoleBinding {
-            metadata: meta(id.clone(), "identity", None),
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "Role".into(),
-                name: id.clone(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: id,
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            }]),
-        }));
+        })));
     }
 
     let run = ij.spec.run;
     let retries = ij.spec.failure_policy.retries_per_shard as i32;
-    let scan_args = scan_args(ij);
+    let scan_args = scan_args(ij, settings);
     let mut scan_meta = meta(names::scan_job(ij, run), labels::ROLE_SCAN, Some(run));
     let workers = ij
         .spec
@@ -422,15 +369,6 @@ pub fn pod_failure_policy(role: &str) -> PodFailurePolicy {
     }
 }
 
-fn rule(group: &str, resource: &str, verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(vec![resource.into()]),
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
 fn plain_env(name: &str, value: String) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -470,7 +408,7 @@ fn scan_threads(t: ThreadsPerWorker) -> u32 {
     }
 }
 
-fn scan_args(ij: &IngestJob) -> Vec<String> {
+fn scan_args(ij: &IngestJob, settings: &Settings) -> Vec<String> {
     let s = &ij.spec;
     let servers = &s.destination.nfs.servers;
     let workers = s.workers.unwrap_or(servers.len() as u32);
@@ -478,6 +416,11 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
         "scan".to_owned(),
         join(SOURCE_MOUNT, s.source.sub_path.as_deref()),
         "--cluster".into(),
+        // Where it sends the plan, and the token it shows there (as the workers do).
+        "--claims-url".into(),
+        settings.claims_url.clone(),
+        "--token-file".into(),
+        token_file(),
         "--threads".into(),
         scan_threads(s.threads_per_worker).to_string(),
         "--workers".into(),
@@ -510,6 +453,15 @@ fn scan_args(ij: &IngestJob) -> Vec<String> {
     a
 }
 
+/// Where every pod finds the token it shows the operator's endpoint (the projected volume).
+fn token_file() -> String {
+    format!(
+        "{}/{}",
+        ingest_api::claims::TOKEN_DIR,
+        ingest_api::claims::TOKEN_FILE
+    )
+}
+
 fn worker_args(
     ij: &IngestJob,
     role: &str,
@@ -532,11 +484,7 @@ fn worker_args(
         "--claims-url".into(),
         settings.claims_url.clone(),
         "--token-file".into(),
-        format!(
-            "{}/{}",
-            ingest_api::claims::TOKEN_DIR,
-            ingest_api::claims::TOKEN_FILE
-        ),
+        token_file(),
         "--result-file".into(),
         crate::pod::TERMINATION_LOG.into(),
         "--source".into(),
@@ -646,6 +594,29 @@ fn pod_template(
         read_only: Some(true),
         ..Default::default()
     }];
+    // The token every pod shows the operator's endpoint (the scan sends its plan, workers claim):
+    // bound to this pod, for that audience only, refreshed by the kubelet.
+    volumes.push(Volume {
+        name: "claims-token".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(ingest_api::claims::TOKEN_AUDIENCE.into()),
+                    expiration_seconds: Some(3600),
+                    path: ingest_api::claims::TOKEN_FILE.into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "claims-token".into(),
+        mount_path: ingest_api::claims::TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
     if let Some(WorkerMounts {
         servers,
         plan_chunks,
@@ -703,29 +674,6 @@ fn pod_template(
                 ..Default::default()
             });
         }
-        // The token the worker shows the claims endpoint: bound to this pod, for that audience only,
-        // refreshed by the kubelet.
-        volumes.push(Volume {
-            name: "claims-token".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(ingest_api::claims::TOKEN_AUDIENCE.into()),
-                        expiration_seconds: Some(3600),
-                        path: ingest_api::claims::TOKEN_FILE.into(),
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "claims-token".into(),
-            mount_path: ingest_api::claims::TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
         // A report under `destinationPath` goes through the first `dest` mount; a claim gets its own volume.
         if let Some(pvc) = s.report.as_ref().and_then(|r| r.pvc.as_ref()) {
             volumes.push(Volume {
@@ -743,7 +691,7 @@ fn pod_template(
             });
         }
     }
-    let mut env = vec![
+    let env = vec![
         field_env(env::POD_NAME, "metadata.name"),
         field_env(env::POD_NAMESPACE, "metadata.namespace"),
         plain_env(env::JOB_NAME, ij.name_any()),
@@ -751,14 +699,6 @@ fn pod_template(
         plain_env(env::RUN, run.to_string()),
         plain_env(env::PLAN_PREFIX, names::plan_prefix(ij, run)),
     ];
-    if role == labels::ROLE_SCAN && w.service_account_name.is_none() {
-        // The scan's RoleBinding is applied together with its Job (`Child::tier`): the pod may ask
-        // before it takes effect.
-        env.push(plain_env(
-            env::RBAC_WAIT,
-            SCAN_RBAC_WAIT_SECONDS.to_string(),
-        ));
-    }
     let sc = w.security_context.clone().unwrap_or_default();
     let uid = sc.run_as_user.unwrap_or(0);
     // Root is needed to read every source file and to set owners; give it only the capabilities that needs,
@@ -828,13 +768,11 @@ fn pod_template(
             service_account_name: Some(
                 w.service_account_name
                     .clone()
-                    .unwrap_or_else(|| names::pod_identity(ij, role)),
+                    .unwrap_or_else(|| names::worker_identity(ij)),
             ),
-            // Only the scan pod talks to the API server (as its own identity); a service account
-            // the job names keeps its own setting.
-            automount_service_account_token: (w.service_account_name.is_none()
-                && role != labels::ROLE_SCAN)
-                .then_some(false),
+            // No pod talks to the API server; a service account the job names keeps its own
+            // setting.
+            automount_service_account_token: w.service_account_name.is_none().then_some(false),
             node_selector: w.node_selector.clone(),
             tolerations: w.tolerations.clone(),
             image_pull_secrets: w.image_pull_secrets.clone(),

@@ -1,6 +1,7 @@
-//! `/metrics`, `/healthz` and `/readyz`, and the workers' claims endpoint (`POST /claims/v1`,
-//! [`crate::claims`]) on a plain HTTP/1.1 listener. Four fixed routes do not need an HTTP framework;
-//! each connection serves one request and closes.
+//! `/metrics`, `/healthz` and `/readyz`, the workers' claims endpoint (`POST /claims/v1`,
+//! [`crate::claims`]) and the scan's plan endpoint (`POST /claims/v1/plan`, [`crate::plan_store`])
+//! on a plain HTTP/1.1 listener. Five fixed routes do not need an HTTP framework; each connection
+//! serves one request and closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,18 +11,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use std::pin::Pin;
+
 use crate::claims::{Refusal, Registry};
 use crate::error::{Error, Result};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::plan_store::{self, PlanPart, Refused, Saved};
 use crate::token::Authenticator;
 
-/// The claims endpoint's parts: the passes, who may talk to them, and whether this replica
-/// holds them (a standby passes messages on to the leader).
+/// The claims endpoint's parts: the passes, who may talk to them, where the scans' plans go, and
+/// whether this replica holds them (a standby passes messages on to the leader).
 pub struct Claims {
     pub registry: Arc<Registry>,
     pub auth: Arc<dyn Authenticator>,
+    pub plans: Arc<dyn PlanWriter>,
     pub leadership: Arc<Leadership>,
+}
+
+/// Stores a piece of a scan's plan (the API server in the operator: [`plan_store::store_part`]).
+pub trait PlanWriter: Send + Sync {
+    fn store<'a>(
+        &'a self,
+        part: &'a PlanPart,
+    ) -> Pin<Box<dyn Future<Output = std::result::Result<Saved, Refused>> + Send + 'a>>;
+}
+
+impl PlanWriter for kube::Client {
+    fn store<'a>(
+        &'a self,
+        part: &'a PlanPart,
+    ) -> Pin<Box<dyn Future<Output = std::result::Result<Saved, Refused>> + Send + 'a>> {
+        Box::pin(plan_store::store_part(self.clone(), part))
+    }
 }
 
 /// Header of a claims message a standby passed on: it is never passed on again (replicas that
@@ -30,7 +52,8 @@ const PASSED_ON: &str = "x-vfxt-ingest-passed-on";
 /// Longest wait for the leader's answer to a message passed on (the worker waits 30 s).
 const PASS_ON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Largest claims message read (a worker's `done` list with its failures is a few KiB).
+/// Largest message read (a worker's `done` list with its failures is a few KiB; a piece of a
+/// plan at most [`plan_store::MAX_CHUNK_BYTES`], JSON-escaped).
 const MAX_BODY: usize = 4 << 20;
 
 /// Shared probe state.
@@ -94,6 +117,12 @@ pub async fn serve(
                     match &claims {
                         Some(c) => claim(c, &req).await,
                         None => (503, "text/plain", "claims are not served here\n".into()),
+                    }
+                }
+                Some(req) if req.method == "POST" && req.path == ingest_api::claims::PLAN_PATH => {
+                    match &claims {
+                        Some(c) => plan_part(c, &req).await,
+                        None => (503, "text/plain", "plans are not taken here\n".into()),
                     }
                 }
                 Some(req) => route(&req.path, &metrics, &health),
@@ -193,18 +222,11 @@ async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
         Ok(m) => m,
         Err(e) => return (400, "text/plain", format!("claims message: {e}\n")),
     };
-    let Some(token) = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-    else {
-        return (
-            401,
-            "text/plain",
-            "no bearer token: the pod's projected service-account token is sent as `Authorization: Bearer`\n".into(),
-        );
+    let token = match bearer(req) {
+        Ok(t) => t,
+        Err(answer) => return answer,
     };
-    if let Err(why) = c.auth.authorize(token, &msg).await {
+    if let Err(why) = c.auth.authorize(token, (&msg).into()).await {
         tracing::warn!(worker = %msg.worker, job = %msg.job, namespace = %msg.namespace, %why, "claims message refused");
         return (403, "text/plain", format!("{why}\n"));
     }
@@ -224,6 +246,54 @@ async fn claim(c: &Claims, req: &Request) -> (u16, &'static str, String) {
             "text/plain",
             "this operator has not taken up the job yet: ask again\n".into(),
         ),
+    }
+}
+
+/// The request's bearer token, or the 401 answer to give.
+fn bearer(req: &Request) -> std::result::Result<&str, (u16, &'static str, String)> {
+    req.authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            (
+                401,
+                "text/plain",
+                "no bearer token: the pod's projected service-account token is sent as `Authorization: Bearer`\n".into(),
+            )
+        })
+}
+
+/// One piece of a scan's plan: authenticate the scan pod, then store the piece; on a standby,
+/// pass it on to the leader. The answer is [`Saved`] as JSON; a piece that is wrong is 400, one
+/// of no current run 409 (the scan can do nothing about either), an API failure 503 (ask again).
+async fn plan_part(c: &Claims, req: &Request) -> (u16, &'static str, String) {
+    if !c.leadership.leading() {
+        return pass_on(&c.leadership, req).await;
+    }
+    let part: PlanPart = match serde_json::from_slice(&req.body) {
+        Ok(m) => m,
+        Err(e) => return (400, "text/plain", format!("plan piece: {e}\n")),
+    };
+    let token = match bearer(req) {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    if let Err(why) = c.auth.authorize(token, part.sender()).await {
+        tracing::warn!(pod = %part.worker, job = %part.job, namespace = %part.namespace, %why, "plan piece refused");
+        return (403, "text/plain", format!("{why}\n"));
+    }
+    match c.plans.store(&part).await {
+        Ok(saved) => (
+            200,
+            "application/json",
+            serde_json::to_string(&saved).expect("a plan answer serializes"),
+        ),
+        Err(e @ Refused::Bad(_)) => (400, "text/plain", format!("{e}\n")),
+        Err(e @ Refused::NotThisRun(_)) => (409, "text/plain", format!("{e}\n")),
+        Err(e @ Refused::Api(_)) => {
+            tracing::warn!(pod = %part.worker, job = %part.job, namespace = %part.namespace, error = %e, "storing a plan piece failed");
+            (503, "text/plain", format!("{e}: ask again\n"))
+        }
     }
 }
 
@@ -270,7 +340,7 @@ async fn send_on(addr: &str, req: &Request) -> std::io::Result<(u16, String)> {
         .unwrap_or_default();
     let head = format!(
         "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}{PASSED_ON}: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        ingest_api::claims::PATH,
+        req.path,
         req.body.len()
     );
     sock.write_all(head.as_bytes()).await?;
@@ -334,22 +404,50 @@ mod tests {
         server.await.unwrap();
     }
 
-    /// Lets in exactly one token, for one pod.
-    struct OneToken;
-    impl Authenticator for OneToken {
+    /// The API server's TokenReview of two tokens of namespace `n`: "good", bound to the copy pod
+    /// `j-r1-copy-0-a`, and "scan", bound to the scan pod `j-r1-scan-b`; the operator's own rules
+    /// ([`crate::token::check`]) on its answer.
+    struct TwoTokens;
+    impl Authenticator for TwoTokens {
         fn authorize<'a>(
             &'a self,
             token: &'a str,
-            msg: &'a ingest_api::claims::ClaimRequest,
-        ) -> std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send + 'a>>
+            msg: crate::token::Sender<'a>,
+        ) -> Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send + 'a>> {
+            use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+            let pod = match token {
+                "good" => Some("j-r1-copy-0-a"),
+                "scan" => Some("j-r1-scan-b"),
+                _ => None,
+            };
+            let review = TokenReviewStatus {
+                authenticated: Some(pod.is_some()),
+                error: pod.is_none().then(|| "token refused".into()),
+                user: pod.map(|p| UserInfo {
+                    username: Some("system:serviceaccount:n:j-workers".into()),
+                    extra: Some(
+                        [(crate::token::POD_NAME_EXTRA.to_owned(), vec![p.to_owned()])].into(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Box::pin(async move { crate::token::check(&review, msg) })
+        }
+    }
+
+    /// Keeps the plan pieces it is given, and answers as the API server would for a job whose
+    /// plan is not committed yet.
+    #[derive(Default)]
+    struct Pieces(std::sync::Mutex<Vec<PlanPart>>);
+    impl PlanWriter for Pieces {
+        fn store<'a>(
+            &'a self,
+            part: &'a PlanPart,
+        ) -> Pin<Box<dyn Future<Output = std::result::Result<Saved, Refused>> + Send + 'a>>
         {
-            Box::pin(async move {
-                if token == "good" && msg.worker == "j-r1-copy-0-a" {
-                    Ok(())
-                } else {
-                    Err("token refused".into())
-                }
-            })
+            self.0.lock().unwrap().push(part.clone());
+            Box::pin(async { Ok(Saved::Stored) })
         }
     }
 
@@ -358,6 +456,19 @@ mod tests {
     async fn serving(
         registry: Arc<Registry>,
         leadership: Leadership,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        serving_plans(registry, leadership, Arc::default()).await
+    }
+
+    /// [`serving`], storing plan pieces in `plans`.
+    async fn serving_plans(
+        registry: Arc<Registry>,
+        leadership: Leadership,
+        plans: Arc<Pieces>,
     ) -> (
         SocketAddr,
         tokio::sync::oneshot::Sender<()>,
@@ -372,7 +483,8 @@ mod tests {
             Arc::new(Health::default()),
             Some(Arc::new(Claims {
                 registry,
-                auth: Arc::new(OneToken),
+                auth: Arc::new(TwoTokens),
+                plans,
                 leadership: Arc::new(leadership),
             })),
             async {
@@ -384,14 +496,24 @@ mod tests {
 
     /// A claims message as a worker sends it, with `headers` (lines ending in CRLF) added.
     async fn post_with(addr: SocketAddr, headers: &str, token: Option<&str>, body: &str) -> String {
+        post_to(addr, ingest_api::claims::PATH, headers, token, body).await
+    }
+
+    /// A message to `path` as a pod sends it.
+    async fn post_to(
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = token
             .map(|t| format!("authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         s.write_all(
             format!(
-                "POST {} HTTP/1.1\r\nhost: x\r\n{headers}{auth}content-length: {}\r\n\r\n{body}",
-                ingest_api::claims::PATH,
+                "POST {path} HTTP/1.1\r\nhost: x\r\n{headers}{auth}content-length: {}\r\n\r\n{body}",
                 body.len()
             )
             .as_bytes(),
@@ -501,6 +623,65 @@ mod tests {
         );
         stop.send(()).unwrap();
         task.await.unwrap();
+        tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn plan_pieces_are_taken_from_the_runs_scan_pod_only() {
+        let pieces = Arc::new(Pieces::default());
+        let (addr, tx, server) =
+            serving_plans(Arc::default(), Leadership::alone(), pieces.clone()).await;
+        let owner = plan_store::Owner {
+            namespace: "n".into(),
+            name: "j".into(),
+            uid: "u1".into(),
+            run: 1,
+        };
+        let summary = plan_store::PlanSummary {
+            chunks: 2,
+            shards: 3,
+            ..Default::default()
+        };
+        let sent = plan_store::parts(
+            &owner,
+            "j-r1-scan-b",
+            &["{\"a\":".into(), "1}".into()],
+            &summary,
+        );
+        let body = |p: &PlanPart| serde_json::to_string(p).unwrap();
+        let plan = |token: Option<&'static str>, b: String| async move {
+            post_to(addr, ingest_api::claims::PLAN_PATH, "", token, &b).await
+        };
+        // A worker's token, or none, or one the API server refuses: nothing is stored.
+        for token in [Some("good"), None, Some("forged")] {
+            let refused = plan(token, body(&sent[0])).await;
+            assert!(
+                refused.starts_with("HTTP/1.1 401") || refused.starts_with("HTTP/1.1 403"),
+                "{token:?}: {refused}"
+            );
+        }
+        // The scan's token for a piece that says it is from a copy pod: refused.
+        let mut other = sent[0].clone();
+        other.worker = "j-r1-copy-0-a".into();
+        let refused = plan(Some("scan"), body(&other)).await;
+        assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+        assert!(pieces.0.lock().unwrap().is_empty());
+        assert!(
+            plan(Some("scan"), "{not json".into())
+                .await
+                .starts_with("HTTP/1.1 400")
+        );
+        // The scan's own pieces, in order, chunk 0 (the summary) last.
+        for p in &sent {
+            let ok = plan(Some("scan"), body(p)).await;
+            assert!(
+                ok.starts_with("HTTP/1.1 200") && ok.ends_with(r#""stored""#),
+                "{ok}"
+            );
+        }
+        assert_eq!(*pieces.0.lock().unwrap(), sent);
+        assert_eq!(sent.last().unwrap().summary.as_ref(), Some(&summary));
         tx.send(()).unwrap();
         server.await.unwrap();
     }

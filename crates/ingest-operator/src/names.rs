@@ -63,26 +63,17 @@ pub fn pass_job(ij: &str, run: i64, role: &str) -> String {
 
 /// Name prefix of the plan ConfigMaps of `run` (chunk `k` is `<prefix>-<k>`).
 pub fn plan_prefix(ij: &IngestJob, run: i64) -> String {
-    child_name(&ij.name_any(), &format!("r{run}-plan"))
+    plan_prefix_of(&ij.name_any(), run)
 }
 
-/// Service account, Role and RoleBinding of the scan pod (it stores the plan).
-pub fn scan_identity(ij: &IngestJob) -> String {
-    child_name(&ij.name_any(), "scan")
+/// [`plan_prefix`] of the IngestJob named `ij`.
+pub fn plan_prefix_of(ij: &str, run: i64) -> String {
+    child_name(ij, &format!("r{run}-plan"))
 }
 
-/// Service account of the copy, verify and prune pods: no Role, no API token.
+/// Service account of the scan, copy, verify and prune pods: no Role, no API token.
 pub fn worker_identity(ij: &IngestJob) -> String {
     child_name(&ij.name_any(), "workers")
-}
-
-/// The service account the operator makes for pods of `role`.
-pub fn pod_identity(ij: &IngestJob, role: &str) -> String {
-    if role == ingest_api::constants::labels::ROLE_SCAN {
-        scan_identity(ij)
-    } else {
-        worker_identity(ij)
-    }
 }
 
 /// PersistentVolumeClaim of destination server `i` (only with mount options).

@@ -27,9 +27,6 @@ pub mod env {
     pub const RUN: &str = "INGEST_RUN";
     /// Name prefix of the plan ConfigMaps.
     pub const PLAN_PREFIX: &str = "INGEST_PLAN_PREFIX";
-    /// Seconds the scan pod waits for its RoleBinding to take effect: set when the operator made
-    /// the binding, which it applies together with the scan Job (a 403 is retried until then).
-    pub const RBAC_WAIT: &str = "INGEST_RBAC_WAIT_SECONDS";
     /// Set by Kubernetes on Indexed Job pods; worker args refer to it as `$(JOB_COMPLETION_INDEX)`.
     pub const COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
 }
@@ -46,9 +43,6 @@ pub struct PodEnv {
     pub owner: Owner,
     /// Plan ConfigMap prefix.
     pub plan_prefix: String,
-    /// How long a 403 from the API server may mean that the pod's RoleBinding has not taken
-    /// effect yet ([`env::RBAC_WAIT`]; zero without it: a 403 is final at once).
-    pub rbac_wait: std::time::Duration,
 }
 
 impl PodEnv {
@@ -76,15 +70,6 @@ impl PodEnv {
                 run,
             },
             plan_prefix: req(env::PLAN_PREFIX)?,
-            rbac_wait: match get(env::RBAC_WAIT).filter(|v| !v.is_empty()) {
-                None => std::time::Duration::ZERO,
-                Some(v) => v.parse().map(std::time::Duration::from_secs).map_err(|_| {
-                    format!(
-                        "environment variable {}={v:?} is not a whole number of seconds",
-                        env::RBAC_WAIT
-                    )
-                })?,
-            },
         })
     }
 
@@ -226,27 +211,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         })
 }
 
-/// For a synchronous scan command: connects and stores the plan ([`crate::plan_store::save`]) in one call.
-pub fn save_plan_blocking(
-    pod: &PodEnv,
-    chunks: &[String],
-    summary: &crate::plan_store::PlanSummary,
-) -> Result<crate::plan_store::Saved> {
-    let runtime = runtime()?;
-    runtime.block_on(async {
-        let client = crate::controller::connect(Default::default()).await?;
-        crate::plan_store::save(
-            client,
-            &pod.owner,
-            &pod.plan_prefix,
-            chunks,
-            summary,
-            pod.rbac_wait,
-        )
-        .await
-    })
-}
-
 /// Writes the final result where the kubelet picks it up as the termination message.
 pub fn write_result(path: &Path, result: &PodResult) -> Result<()> {
     std::fs::write(path, result.to_termination_message()).map_err(|source| Error::Io {
@@ -293,17 +257,6 @@ mod tests {
                 .unwrap_err()
                 .contains("INGEST_RUN")
         );
-        assert_eq!(e.rbac_wait, std::time::Duration::ZERO);
-        let mut v = BASE.to_vec();
-        v.push((env::RBAC_WAIT, "30"));
-        assert_eq!(
-            PodEnv::from_lookup(lookup(&v)).unwrap().rbac_wait,
-            std::time::Duration::from_secs(30)
-        );
-        v.pop();
-        v.push((env::RBAC_WAIT, "soon"));
-        let err = PodEnv::from_lookup(lookup(&v)).unwrap_err();
-        assert!(err.contains("INGEST_RBAC_WAIT_SECONDS"), "{err}");
     }
 
     #[test]

@@ -20,19 +20,48 @@ pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 /// How long a review is trusted.
 pub const CACHE_FOR: Duration = Duration::from_secs(60);
 
-/// Decides whether `token` may send `msg`.
+/// Who a message says it comes from: a pod of one pass of one IngestJob's run. A worker's claims
+/// message names its pass (`role`: copy, verify, prune); the scan's plan pieces are from the
+/// pass `scan` by the endpoint they go to, whatever they say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender<'a> {
+    /// The IngestJob's namespace.
+    pub namespace: &'a str,
+    /// The IngestJob's name.
+    pub job: &'a str,
+    /// Its `spec.run`.
+    pub run: i64,
+    /// The pass: the Job whose pod the sender must be.
+    pub role: &'a str,
+    /// The sender's pod name.
+    pub worker: &'a str,
+}
+
+impl<'a> From<&'a ClaimRequest> for Sender<'a> {
+    fn from(m: &'a ClaimRequest) -> Self {
+        Sender {
+            namespace: &m.namespace,
+            job: &m.job,
+            run: m.run,
+            role: &m.role,
+            worker: &m.worker,
+        }
+    }
+}
+
+/// Decides whether `token` may speak for `msg`'s sender.
 pub trait Authenticator: Send + Sync {
     fn authorize<'a>(
         &'a self,
         token: &'a str,
-        msg: &'a ClaimRequest,
+        msg: Sender<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 /// The rules (pure): the API server authenticated the token for our audience, it belongs to a
 /// service account of the IngestJob's namespace, it is bound to the pod the message comes from,
-/// and that pod is a worker of the pass it names (its name starts with the pass's Job name).
-pub fn check(review: &TokenReviewStatus, msg: &ClaimRequest) -> Result<(), String> {
+/// and that pod is one of the pass it names (its name starts with the pass's Job name).
+pub fn check(review: &TokenReviewStatus, msg: Sender<'_>) -> Result<(), String> {
     if review.authenticated != Some(true) {
         return Err(format!(
             "the token was not accepted by the API server{}",
@@ -67,15 +96,15 @@ pub fn check(review: &TokenReviewStatus, msg: &ClaimRequest) -> Result<(), Strin
         .and_then(|e| e.get(POD_NAME_EXTRA))
         .and_then(|v| v.first())
         .ok_or("the token is not bound to a pod (use the projected token the operator mounts)")?;
-    if pod != &msg.worker {
+    if pod != msg.worker {
         return Err(format!(
             "the token is bound to pod {pod:?}, the message says {:?}",
             msg.worker
         ));
     }
-    let job = crate::names::pass_job(&msg.job, msg.run, &msg.role);
+    let job = crate::names::pass_job(msg.job, msg.run, msg.role);
     if !pod.starts_with(&format!("{job}-")) {
-        return Err(format!("pod {pod:?} is not a worker of Job {job}"));
+        return Err(format!("pod {pod:?} is not a pod of Job {job}"));
     }
     Ok(())
 }
@@ -130,7 +159,7 @@ impl Authenticator for TokenReviewer {
     fn authorize<'a>(
         &'a self,
         token: &'a str,
-        msg: &'a ClaimRequest,
+        msg: Sender<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move { check(&self.review(token).await?, msg) })
     }
@@ -171,7 +200,30 @@ mod tests {
             "system:serviceaccount:team:t3-pods",
             Some("t3-r1-copy-0-x7k"),
         );
-        assert_eq!(check(&ok, &msg("t3-r1-copy-0-x7k")), Ok(()));
+        assert_eq!(check(&ok, (&msg("t3-r1-copy-0-x7k")).into()), Ok(()));
+        // The scan, by its own pass (the plan's endpoint gives it).
+        let scan_msg = msg("t3-r1-scan-q2x");
+        let scan = Sender {
+            role: "scan",
+            ..(&scan_msg).into()
+        };
+        let scan_token = review("system:serviceaccount:team:t3-pods", Some("t3-r1-scan-q2x"));
+        assert_eq!(check(&scan_token, scan), Ok(()));
+        // A worker's token does not speak for the scan, nor the scan's for a worker.
+        let copy_as_scan = Sender {
+            worker: "t3-r1-copy-0-x7k",
+            ..scan
+        };
+        assert!(
+            check(&ok, copy_as_scan)
+                .unwrap_err()
+                .contains("not a pod of")
+        );
+        assert!(
+            check(&scan_token, (&scan_msg).into())
+                .unwrap_err()
+                .contains("not a pod of")
+        );
     }
 
     #[test]
@@ -209,22 +261,22 @@ mod tests {
             (
                 review("system:serviceaccount:team:t3-pods", Some("t3-r1-scan-a")),
                 "t3-r1-scan-a",
-                "not a worker",
+                "not a pod of",
             ),
             (
                 review("system:serviceaccount:team:t3-pods", Some("t3-r2-copy-0-a")),
                 "t3-r2-copy-0-a",
-                "not a worker",
+                "not a pod of",
             ),
         ];
         for (r, worker, why) in cases {
-            let e = check(&r, &msg(worker)).unwrap_err();
+            let e = check(&r, (&msg(worker)).into()).unwrap_err();
             assert!(e.contains(why), "{why}: {e}");
         }
         let mut other_aud = review("system:serviceaccount:team:t3-pods", Some("t3-r1-copy-0-a"));
         other_aud.audiences = Some(vec!["https://kubernetes.default.svc".into()]);
         assert!(
-            check(&other_aud, &msg("t3-r1-copy-0-a"))
+            check(&other_aud, (&msg("t3-r1-copy-0-a")).into())
                 .unwrap_err()
                 .contains("audience")
         );

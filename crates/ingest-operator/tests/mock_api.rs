@@ -167,6 +167,12 @@ fn answer(c: &mut Cluster, call: &Call) -> (u16, Value) {
                 json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
             )
         }
+        "GET ingestjobs" if !name.is_empty() => {
+            match c.ijs.iter().find(|i| named(i.metadata.name.as_deref())) {
+                Some(ij) => (200, serde_json::to_value(ij).unwrap()),
+                None => (404, status_error(404, "ingestjobs not found")),
+            }
+        }
         "PATCH ingestjobs/status" => {
             let Some(ij) = c.ijs.iter_mut().find(|i| named(i.metadata.name.as_deref())) else {
                 return (404, status_error(404, "ingestjob not found"));
@@ -411,11 +417,10 @@ fn shorts(calls: &[Call]) -> Vec<String> {
 const TIERS: [&[&str]; 2] = [
     &[
         "PATCH serviceaccounts",
-        "PATCH roles",
         "PATCH persistentvolumes",
         "PATCH persistentvolumeclaims",
     ],
-    &["PATCH rolebindings", "POST jobs"],
+    &["POST jobs"],
 ];
 
 /// `calls` with each leading run of one tier's writes sorted, tier after tier: they are sent at
@@ -470,17 +475,14 @@ async fn create_applies_identity_creates_the_scan_job_and_reports_pending() {
     assert_eq!(
         tiered(shorts(&calls)),
         [
-            "PATCH roles",
             "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
-            "PATCH rolebindings",
             "POST jobs",
             "PATCH ingestjobs/status"
         ]
     );
-    let patches: Vec<&Call> = calls[..5].iter().filter(|c| c.method == "PATCH").collect();
+    let patches: Vec<&Call> = calls[..2].iter().filter(|c| c.method == "PATCH").collect();
     assert!(
-        patches.len() == 4
+        patches.len() == 1
             && patches
                 .iter()
                 .all(|c| c.path.contains("fieldManager=vfxt-ingest")
@@ -917,7 +919,7 @@ async fn api_errors_surface_with_their_category_and_conflicts_on_create_are_tole
     let (result, _, _) = run(
         &ij,
         Cluster {
-            fail: vec![("PATCH", "roles", 429)],
+            fail: vec![("PATCH", "serviceaccounts", 429)],
             ..Default::default()
         },
     )
@@ -1044,8 +1046,7 @@ async fn mount_options_add_a_finalizer_before_anything_else() {
 }
 
 #[tokio::test]
-async fn volumes_claims_and_identities_are_applied_before_the_binding_and_the_binding_before_the_job()
- {
+async fn volumes_claims_and_the_identity_are_applied_before_the_job() {
     let mut ij = fixture("three-ips.yaml");
     ij.spec.destination.nfs.mount_options = Some(vec!["hard".into()]);
     ij.metadata.finalizers = Some(vec![ingest_operator::reconcile::FINALIZER.into()]);
@@ -1054,8 +1055,7 @@ async fn volumes_claims_and_identities_are_applied_before_the_binding_and_the_bi
     add(&mut c, scanned(&ij, 6, totals(), false));
     let (result, calls, _) = run(&ij, c).await;
     result.unwrap();
-    // A RoleBinding to a Role that is not there yet is refused (the operator has no `bind` right), and a
-    // scan pod without its ServiceAccount, binding or claims would be refused or would wait.
+    // A pod without its ServiceAccount or claims would be refused or would wait.
     assert_eq!(
         tiered(shorts(&calls)),
         [
@@ -1065,10 +1065,7 @@ async fn volumes_claims_and_identities_are_applied_before_the_binding_and_the_bi
             "PATCH persistentvolumes",
             "PATCH persistentvolumes",
             "PATCH persistentvolumes",
-            "PATCH roles",
             "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
-            "PATCH rolebindings",
             "POST jobs",
             "PATCH ingestjobs/status"
         ]
@@ -1577,7 +1574,7 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
     let ij = fixture("one-ip.yaml");
     let shared: Shared = Arc::new(Mutex::new(Cluster {
         ijs: vec![ij.clone()],
-        fail: vec![("PATCH", "roles", 503)],
+        fail: vec![("PATCH", "serviceaccounts", 503)],
         ..Default::default()
     }));
     let (result, calls, _) = run_in_with(&shared, &ij, true).await;
@@ -1593,7 +1590,7 @@ async fn an_api_error_reaches_the_status_and_an_event_then_clears() {
         d["message"]
             .as_str()
             .unwrap()
-            .starts_with("apply Role genomics-scan: "),
+            .starts_with("apply ServiceAccount genomics-workers: "),
         "the message names the call: {d}"
     );
     let event = calls.iter().find(|c| c.short() == "POST events").unwrap();
@@ -1666,10 +1663,7 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
     assert_eq!(
         tiered(taken(&calls)),
         [
-            "PATCH roles",
             "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
-            "PATCH rolebindings",
             "POST jobs",
             "PATCH ingestjobs/status"
         ]
@@ -1679,22 +1673,16 @@ async fn unchanged_rbac_is_applied_once_and_a_cache_that_lags_only_repeats_a_cre
     pass().await.unwrap();
     assert_eq!(taken(&calls), ["POST jobs"]);
     assert_eq!(shared.lock().unwrap().jobs.len(), 1);
-    // An apply error forgets what was applied: the pass after it applies the RBAC objects again (a
-    // failed pass may have been a RoleBinding the API server lost).
+    // An apply error forgets what was applied: the pass after it applies the identity again (a
+    // failed pass may have been a ServiceAccount the API server lost).
     shared.lock().unwrap().fail = vec![("POST", "jobs", 500)];
     pass().await.unwrap_err();
     assert_eq!(taken(&calls), ["POST jobs", "PATCH ingestjobs/status"]);
     shared.lock().unwrap().fail.clear();
     pass().await.unwrap();
     assert_eq!(
-        tiered(taken(&calls))[..5],
-        [
-            "PATCH roles",
-            "PATCH serviceaccounts",
-            "PATCH serviceaccounts",
-            "PATCH rolebindings",
-            "POST jobs"
-        ]
+        tiered(taken(&calls))[..2],
+        ["PATCH serviceaccounts", "POST jobs"]
     );
     drop(ctx);
     tokio::time::timeout(Duration::from_secs(10), server)
@@ -1785,27 +1773,18 @@ async fn a_cache_that_has_not_listed_is_never_read() {
     );
 }
 
-/// `plan_store::save` against `shared`, as the scan pod calls it: what it did and its calls.
-async fn save_plan(
+/// A scan pod's plan of `shards` shards in two pieces, sent as the scan of `ij` (its uid and run)
+/// sends it, stored by `plan_store::store_part` against `shared` as the operator's endpoint
+/// stores each piece: the last answer (the scan stops at a `Kept`) and the calls.
+async fn store_plan(
     shared: &Shared,
     ij: &IngestJob,
     shards: u64,
-) -> (ingest_operator::plan_store::Saved, Vec<String>) {
-    let (saved, calls) = save_plan_waiting(shared, ij, shards, Duration::ZERO).await;
-    (saved.unwrap(), calls)
-}
-
-/// [`save_plan`] as a scan pod whose RoleBinding may not have taken effect for `rbac_wait`.
-async fn save_plan_waiting(
-    shared: &Shared,
-    ij: &IngestJob,
-    shards: u64,
-    rbac_wait: Duration,
 ) -> (
-    ingest_operator::Result<ingest_operator::plan_store::Saved>,
+    Result<ingest_operator::plan_store::Saved, ingest_operator::plan_store::Refused>,
     Vec<String>,
 ) {
-    use ingest_operator::plan_store::{Owner, PlanSummary, save};
+    use ingest_operator::plan_store::{Owner, PlanSummary, Saved, parts, store_part};
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(serve(handle, shared.clone(), calls.clone()));
@@ -1820,23 +1799,22 @@ async fn save_plan_waiting(
         shards,
         ..Default::default()
     };
-    let prefix = ingest_operator::names::plan_prefix(ij, ij.spec.run);
     let chunks = ["{\"plan\":".to_owned(), "1}".to_owned()];
-    let saved = save(
-        Client::new(svc, "default"),
-        &owner,
-        &prefix,
-        &chunks,
-        &summary,
-        rbac_wait,
-    )
-    .await;
+    let client = Client::new(svc, "default");
+    let mut last = Ok(Saved::Stored);
+    for part in parts(&owner, "scan-pod", &chunks, &summary) {
+        last = store_part(client.clone(), &part).await;
+        if !matches!(last, Ok(Saved::Stored)) {
+            break;
+        }
+    }
+    drop(client);
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("fake API server stops when the client is dropped")
         .unwrap();
     let calls = calls.lock().unwrap().iter().map(Call::short).collect();
-    (saved, calls)
+    (last, calls)
 }
 
 /// The run moves on from a committed plan at once (`stage::stage`), so a scan attempt after
@@ -1847,20 +1825,34 @@ async fn save_plan_waiting(
 async fn a_retried_scan_keeps_the_plan_an_earlier_attempt_committed() {
     use ingest_operator::plan_store::{Saved, summary_of};
     let ij = fixture("three-ips.yaml");
-    let shared: Shared = Arc::new(Mutex::new(Cluster::default()));
-    let (saved, calls) = save_plan(&shared, &ij, 7).await;
-    assert_eq!(saved, Saved::Stored);
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        ..Default::default()
+    }));
+    let (saved, calls) = store_plan(&shared, &ij, 7).await;
+    assert_eq!(saved.unwrap(), Saved::Stored);
     assert_eq!(
         calls,
-        ["GET configmaps", "PATCH configmaps", "PATCH configmaps"],
-        "chunk 0 read, then the chunks stored"
+        [
+            "GET ingestjobs",
+            "GET configmaps",
+            "PATCH configmaps",
+            "GET ingestjobs",
+            "GET configmaps",
+            "PATCH configmaps"
+        ],
+        "for each piece: the job's run and chunk 0 read, then the piece stored"
     );
-    let (saved, calls) = save_plan(&shared, &ij, 9).await;
-    match saved {
+    let (saved, calls) = store_plan(&shared, &ij, 9).await;
+    match saved.unwrap() {
         Saved::Kept(s) => assert_eq!(s.shards, 7, "the first attempt's plan"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(calls, ["GET configmaps"], "nothing written");
+    assert_eq!(
+        calls,
+        ["GET ingestjobs", "GET configmaps"],
+        "nothing written"
+    );
     let committed = |c: &Cluster| {
         c.plans
             .iter()
@@ -1872,55 +1864,71 @@ async fn a_retried_scan_keeps_the_plan_an_earlier_attempt_committed() {
     // A chunk 0 of an older IngestJob of the same name (a different uid) is replaced.
     let mut other = ij.clone();
     other.metadata.uid = Some("another-uid".into());
-    let (saved, _) = save_plan(&shared, &other, 5).await;
-    assert_eq!(saved, Saved::Stored);
+    shared.lock().unwrap().ijs = vec![other.clone()];
+    let (saved, _) = store_plan(&shared, &other, 5).await;
+    assert_eq!(saved.unwrap(), Saved::Stored);
     assert_eq!(committed(&shared.lock().unwrap()), [5]);
-    // A service account without get (the user's own): stored as before, unchecked.
-    shared.lock().unwrap().fail.push(("GET", "configmaps", 403));
-    let (saved, calls) = save_plan(&shared, &ij, 3).await;
-    assert_eq!(saved, Saved::Stored);
-    assert_eq!(calls.len(), 3);
-    assert_eq!(committed(&shared.lock().unwrap()), [3]);
 }
 
-/// The operator sends the scan's RoleBinding with its Job: the scan pod may ask before the binding
-/// takes effect. Told to wait, it asks again after each 403 until its wait is over; not told (a
-/// user's service account), a 403 is the answer at once.
-#[tokio::test(start_paused = true)]
-async fn a_scan_waits_for_its_binding_to_take_effect_only_when_told_to() {
-    use ingest_operator::plan_store::Saved;
+/// The operator writes a plan only for the current run of a live IngestJob, whatever a scan pod
+/// says: a scan of a job deleted and created again under its name, or of an earlier run, writes
+/// nothing; a piece that disagrees with itself is refused before any call; an API failure is
+/// one the scan asks again about.
+#[tokio::test]
+async fn a_plan_is_stored_only_for_the_current_run_of_the_job_it_names() {
+    use ingest_operator::plan_store::Refused;
     let ij = fixture("three-ips.yaml");
-    let shared: Shared = Arc::new(Mutex::new(Cluster::default()));
-    // Forbidden three times (the read and the first write's first try, say), then bound.
-    {
-        let mut c = shared.lock().unwrap();
-        c.fail = vec![("GET", "configmaps", 403), ("PATCH", "configmaps", 403)];
-        c.fail_times = Some(3);
-    }
-    let started = tokio::time::Instant::now();
-    let (saved, calls) = save_plan_waiting(&shared, &ij, 7, Duration::from_secs(30)).await;
-    assert_eq!(saved.unwrap(), Saved::Stored);
-    assert_eq!(
-        calls,
-        [
-            "GET configmaps",
-            "GET configmaps",
-            "GET configmaps",
-            "GET configmaps",
-            "PATCH configmaps",
-            "PATCH configmaps"
-        ]
+    let shared: Shared = Arc::new(Mutex::new(Cluster {
+        ijs: vec![ij.clone()],
+        ..Default::default()
+    }));
+    let mut gone = ij.clone();
+    gone.metadata.uid = Some("deleted-uid".into());
+    let (saved, calls) = store_plan(&shared, &gone, 5).await;
+    assert!(
+        matches!(&saved, Err(Refused::NotThisRun(m)) if m.contains("deleted-uid")),
+        "{saved:?}"
     );
-    // Pauses of 20, 40 and 80 ms (the clock is the test's: nothing slept).
-    assert_eq!(started.elapsed(), Duration::from_millis(140));
-    // Never bound: after its wait, the write's 403 is the error, naming the chunk.
-    shared.lock().unwrap().fail_times = None;
-    let (saved, _) = save_plan_waiting(&shared, &ij, 7, Duration::from_secs(5)).await;
-    let err = saved.unwrap_err().to_string();
-    assert!(err.contains("store plan chunk"), "{err}");
-    // Not told to wait: the read's 403 is taken as no `get` right (stored unchecked), the
-    // write's as final; one try each.
-    let (saved, calls) = save_plan_waiting(&shared, &ij, 7, Duration::ZERO).await;
-    assert!(saved.is_err());
-    assert_eq!(calls, ["GET configmaps", "PATCH configmaps"]);
+    assert_eq!(calls, ["GET ingestjobs"]);
+    let mut earlier = ij.clone();
+    earlier.spec.run = ij.spec.run - 1;
+    let (saved, _) = store_plan(&shared, &earlier, 5).await;
+    assert!(
+        matches!(&saved, Err(Refused::NotThisRun(m)) if m.contains("run")),
+        "{saved:?}"
+    );
+    assert!(shared.lock().unwrap().plans.is_empty());
+    // A piece counting itself past the plan's end, or chunk 0 without its summary.
+    let mut part = ingest_operator::plan_store::PlanPart {
+        namespace: ij.namespace().unwrap(),
+        job: ij.name_any(),
+        uid: ij.uid().unwrap(),
+        run: ij.spec.run,
+        part: 2,
+        parts: 2,
+        ..Default::default()
+    };
+    // No API server behind this client: a call would fail as Api, not Bad.
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    drop(handle);
+    let client = Client::new(svc, "default");
+    let bad = ingest_operator::plan_store::store_part(client.clone(), &part).await;
+    assert!(
+        matches!(&bad, Err(Refused::Bad(e)) if e.to_string().contains("chunk 2")),
+        "{bad:?}"
+    );
+    part.part = 0;
+    let bad = ingest_operator::plan_store::store_part(client, &part).await;
+    assert!(
+        matches!(&bad, Err(Refused::Bad(e)) if e.to_string().contains("summary")),
+        "{bad:?}"
+    );
+    // The API server failing: asked again.
+    shared
+        .lock()
+        .unwrap()
+        .fail
+        .push(("PATCH", "configmaps", 500));
+    let (saved, _) = store_plan(&shared, &ij, 5).await;
+    assert!(matches!(saved, Err(Refused::Api(_))), "{saved:?}");
 }

@@ -243,56 +243,36 @@ fn fresh_job_gets_identity_and_a_scan_job_that_mounts_the_source_read_only() {
     let kinds: Vec<String> = children.iter().map(Child::describe).collect();
     assert_eq!(
         kinds,
-        [
-            "ServiceAccount/genomics-scan",
-            "ServiceAccount/genomics-workers",
-            "Role/genomics-scan",
-            "RoleBinding/genomics-scan",
-            "Job/genomics-r0-scan"
-        ]
+        ["ServiceAccount/genomics-workers", "Job/genomics-r0-scan"]
     );
-    // Workers claim and report through the operator's endpoint and read the plan from a volume:
-    // the only Role lets the scan store the plan, and read its run's chunk 0 (by name: a
-    // committed plan of an earlier attempt stands).
-    let Some(Child::Role(role)) = children.iter().find(|c| matches!(c, Child::Role(_))) else {
-        panic!("a Role")
-    };
-    let rules: Vec<String> = role
-        .rules
-        .iter()
-        .flatten()
-        .map(|r| {
-            let names = r.resource_names.as_ref().map(|n| n.join(","));
-            format!(
-                "{} {} {}",
-                r.resources.as_ref().unwrap().join(","),
-                r.verbs.join(","),
-                names.unwrap_or_else(|| "*".into())
-            )
-        })
-        .collect();
-    assert_eq!(
-        rules,
-        [
-            "configmaps create,patch *",
-            "configmaps get genomics-r0-plan-0"
-        ]
-    );
+    // No Role, no RoleBinding: no pod has API rights. The scan sends its plan to the operator's
+    // endpoint, and the workers claim, report and read the plan there or from a volume.
     let scan = jobs_of(&children)[0];
     let src = volume(scan, "source").nfs.as_ref().unwrap();
     assert_eq!(
         (src.server.as_str(), src.path.as_str(), src.read_only),
         ("10.0.0.5", "/export/genomics", Some(true))
     );
+    let names: Vec<&str> = pod_spec(scan)
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
     assert_eq!(
-        pod_spec(scan).volumes.as_ref().unwrap().len(),
-        1,
-        "the scan never mounts the destination (nor a claims token)"
+        names,
+        ["source", "claims-token"],
+        "the scan never mounts the destination"
     );
     let a = args(scan);
     assert_eq!(
         &a[..3],
         ["scan", &format!("{SOURCE_MOUNT}/2019"), "--cluster"]
+    );
+    assert!(
+        a.windows(2)
+            .any(|w| w == ["--claims-url", settings().claims_url.as_str()]),
+        "{a:?}"
     );
     assert!(a.windows(2).any(|w| w == ["--shards", "8"]));
     assert!(
@@ -768,39 +748,70 @@ fn a_finished_runs_record_keeps_its_report_location() {
     );
 }
 
-/// The scan's RoleBinding goes with its Job (`Child::tier`): the scan pod is told to wait for it on a
-/// 403, and only the scan pod, and only when the operator makes the binding (a user's service
-/// account is bound by the user, before the job).
+/// Every pod (the scan too) shows the operator's endpoint a token bound to it, for the endpoint's
+/// audience, from a projected volume, and mounts no API token: none has API rights. With the
+/// user's service account the pods run as it, keep its token setting, and still get the bound
+/// token. The Job is applied after its pods' identity (`Child::tier`).
 #[test]
-fn only_a_scan_pod_the_operator_binds_waits_for_its_binding() {
+fn every_pod_shows_the_endpoint_a_bound_token_and_none_gets_an_api_token() {
     let ij = fixture("three-ips.yaml");
-    let wait_of = |children: &[Child], role: &str| {
-        let job = jobs_of(children)
-            .into_iter()
-            .find(|j| j.labels().get(labels::ROLE).map(String::as_str) == Some(role))
-            .unwrap();
-        pod_spec(job).containers[0]
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == ingest_operator::pod::env::RBAC_WAIT)
-            .and_then(|e| e.value.clone())
-    };
-    let scan = desired(&ij, &Stage::Scan, &settings()).unwrap();
-    assert_eq!(
-        wait_of(&scan, "scan"),
-        Some(ingest_operator::desired::SCAN_RBAC_WAIT_SECONDS.to_string())
-    );
-    let binding = scan.iter().position(|c| matches!(c, Child::RoleBinding(_)));
-    let job = scan.iter().position(|c| matches!(c, Child::Job(_)));
-    assert_eq!(scan[binding.unwrap()].tier(), scan[job.unwrap()].tier());
     let obs = scanned(&ij, 6, totals(), false);
+    let scan = desired(&ij, &Stage::Scan, &settings()).unwrap();
     let copy = desired(&ij, &stage(&ij, &obs, &no_passes()), &settings()).unwrap();
-    assert_eq!(wait_of(&copy, "copy"), None);
+    let sa = scan
+        .iter()
+        .position(|c| matches!(c, Child::ServiceAccount(_)))
+        .unwrap();
+    let job = scan
+        .iter()
+        .position(|c| matches!(c, Child::Job(_)))
+        .unwrap();
+    assert!(scan[sa].tier() < scan[job].tier());
+    let token_file = format!(
+        "{}/{}",
+        ingest_api::claims::TOKEN_DIR,
+        ingest_api::claims::TOKEN_FILE
+    );
+    let check = |children: &[Child], account: &str, automount: Option<bool>| {
+        let jobs = jobs_of(children);
+        assert!(!jobs.is_empty());
+        for j in jobs {
+            let pod = pod_spec(j);
+            assert_eq!(pod.service_account_name.as_deref(), Some(account));
+            assert_eq!(pod.automount_service_account_token, automount);
+            let projected = volume(j, "claims-token").projected.as_ref().unwrap();
+            let token = projected.sources.as_ref().unwrap()[0]
+                .service_account_token
+                .as_ref()
+                .unwrap();
+            assert_eq!(
+                token.audience.as_deref(),
+                Some(ingest_api::claims::TOKEN_AUDIENCE)
+            );
+            let a = args(j);
+            assert!(
+                a.windows(2)
+                    .any(|w| w == ["--token-file", token_file.as_str()]),
+                "{}: {a:?}",
+                j.name_any()
+            );
+            assert!(
+                !pod_spec(j).containers[0]
+                    .env
+                    .iter()
+                    .flatten()
+                    .any(|e| e.name.contains("RBAC")),
+                "no pod waits for a binding"
+            );
+        }
+    };
+    check(&scan, "media-workers", Some(false));
+    check(&copy, "media-workers", Some(false));
     let mut own = ij.clone();
     own.spec.worker.service_account_name = Some("ingest-scanner".into());
     let scan = desired(&own, &Stage::Scan, &settings()).unwrap();
-    assert_eq!(wait_of(&scan, "scan"), None);
+    assert!(!scan.iter().any(|c| matches!(c, Child::ServiceAccount(_))));
+    check(&scan, "ingest-scanner", None);
 }
 
 #[test]
@@ -853,7 +864,7 @@ fn worker_defaults_fill_every_pod_template_and_the_spec_wins() {
     assert!(
         !children
             .iter()
-            .any(|c| matches!(c, Child::ServiceAccount(_) | Child::Role(_))),
+            .any(|c| matches!(c, Child::ServiceAccount(_))),
         "{:?}",
         children.iter().map(Child::describe).collect::<Vec<_>>()
     );

@@ -22,7 +22,6 @@ fn pod_env() -> PodEnv {
             run: 0,
         },
         plan_prefix: "media-r0-plan".into(),
-        rbac_wait: Duration::ZERO,
     }
 }
 

@@ -307,8 +307,7 @@ init_operator_may() {
   for v in list watch; do operator_may+=("$v pods"); done
   for v in list watch delete get create patch; do operator_may+=("$v configmaps"); done
   for v in create patch; do
-    operator_may+=("$v serviceaccounts" "$v roles.rbac.authorization.k8s.io" "$v rolebindings.rbac.authorization.k8s.io"
-      "$v persistentvolumeclaims" "$v events.events.k8s.io")
+    operator_may+=("$v serviceaccounts" "$v persistentvolumeclaims" "$v events.events.k8s.io")
   done
   for v in create patch list delete; do operator_may+=("$v persistentvolumes"); done
   operator_may+=("create tokenreviews.authentication.k8s.io" "create leases.coordination.k8s.io"
@@ -388,6 +387,7 @@ test_2_helm_install() {
     "update jobs.batch -n $ns" "patch jobs.batch -n $ns" "update ingestjobs.ingest.vfxt.dev -n $ns" \
     "delete ingestjobs.ingest.vfxt.dev -n $ns" "create ingestjobs.ingest.vfxt.dev -n $ns" \
     "bind roles.rbac.authorization.k8s.io -n $ns" "escalate roles.rbac.authorization.k8s.io -n $ns" \
+    "create roles.rbac.authorization.k8s.io -n $ns" "create rolebindings.rbac.authorization.k8s.io -n $ns" \
     "delete roles.rbac.authorization.k8s.io -n $ns" "delete persistentvolumeclaims -n $ns" \
     "update persistentvolumes" "create validatingadmissionpolicybindings.admissionregistration.k8s.io" \
     "delete validatingadmissionpolicybindings.admissionregistration.k8s.io"; do
@@ -449,36 +449,31 @@ test_3_full_run() {
   return "$r"
 }
 
-# job_identities NAME: the IngestJob's own service accounts hold least privilege, asked of the API
-# server: its scan pod may store the plan (create/patch ConfigMaps in its namespace, get its run's
-# chunk 0 by name) and nothing else; its copy and verify pods may do nothing at all and mount no
-# API token.
+# job_identities NAME: the IngestJob's own service account holds no rights at all, asked of the API
+# server: its scan pod sent its plan to the operator's endpoint (which stored it), and its copy and
+# verify pods claim there; none may touch ConfigMaps, pods or anything else, and none mounts an API
+# token. The operator made no Role or RoleBinding for the job.
 job_identities() {
-  local r=0 q words scan="system:serviceaccount:$ns:$1-scan" workers="system:serviceaccount:$ns:$1-workers"
+  local r=0 q words workers="system:serviceaccount:$ns:$1-workers"
   local run plan
   run=$(kubectl get ij "$1" -n "$ns" -o jsonpath='{.spec.run}')
   plan="$1-r${run:-0}-plan"
-  for q in "create configmaps -n $ns" "patch configmaps -n $ns" "get configmaps/$plan-0 -n $ns"; do
+  for q in "create configmaps -n $ns" "patch configmaps -n $ns" "get configmaps -n $ns" "get configmaps/$plan-0 -n $ns" \
+    "list configmaps -n $ns" "get pods -n $ns" "patch pods -n $ns" "create pods -n $ns" "get secrets -n $ns" \
+    "create jobs.batch -n $ns" "list ingestjobs.ingest.vfxt.dev -n $ns" \
+    "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns"; do
     read -ra words <<<"$q"
-    [[ $(kubectl auth can-i "${words[@]}" --as="$scan" 2>/dev/null) == yes ]] || { bad "$1's scan pod may not: $q"; r=1; }
+    [[ $(kubectl auth can-i "${words[@]}" --as="$workers" 2>/dev/null) == no ]] || { bad "$1's pods may: $q"; r=1; }
   done
-  for q in "get configmaps -n $ns" "get configmaps/$plan-1 -n $ns" "list configmaps -n $ns" "delete configmaps -n $ns" "create configmaps -n $pns" \
-    "get pods -n $ns" "patch pods -n $ns" "create pods -n $ns" "get secrets -n $ns" "create jobs.batch -n $ns" \
-    "patch ingestjobs.ingest.vfxt.dev -n $ns" "patch ingestjobs.ingest.vfxt.dev --subresource=status -n $ns"; do
-    read -ra words <<<"$q"
-    [[ $(kubectl auth can-i "${words[@]}" --as="$scan" 2>/dev/null) == no ]] || { bad "$1's scan pod may: $q"; r=1; }
-  done
-  for q in "create configmaps -n $ns" "patch configmaps -n $ns" "get configmaps -n $ns" "get pods -n $ns" \
-    "patch pods -n $ns" "get secrets -n $ns" "list ingestjobs.ingest.vfxt.dev -n $ns"; do
-    read -ra words <<<"$q"
-    [[ $(kubectl auth can-i "${words[@]}" --as="$workers" 2>/dev/null) == no ]] || { bad "$1's workers may: $q"; r=1; }
-  done
+  local rbac
+  rbac=$(kubectl get roles,rolebindings -n "$ns" -l "ingest.vfxt.dev/job=$1" -o name)
+  [[ -z $rbac ]] || { bad "the operator made RBAC objects for $1: $rbac"; r=1; }
   local ids
   ids=$(kubectl get jobs -n "$ns" -l "ingest.vfxt.dev/job=$1" -o json |
     jq -r '.items[] | "\(.metadata.labels["ingest.vfxt.dev/role"]) \(.spec.template.spec.serviceAccountName) \(.spec.template.spec.automountServiceAccountToken)"' | sort -u)
   say "  $1's pods (role, service account, API token mounted): $(echo "$ids" | tr '\n' '|')"
-  [[ $ids == "copy $1-workers false"$'\n'"scan $1-scan null"$'\n'"verify $1-workers false" ]] ||
-    { bad "$1's pods run under other identities than the scan's and the workers'"; r=1; }
+  [[ $ids == "copy $1-workers false"$'\n'"scan $1-workers false"$'\n'"verify $1-workers false" ]] ||
+    { bad "$1's pods run under another identity than the job's one, or mount an API token"; r=1; }
   return "$r"
 }
 

@@ -283,10 +283,8 @@ impl State {
 /// A claims worker's connection to the operator. One request is in flight at a time; the state
 /// is not locked while it is (see [`Session::send`]).
 pub struct Session {
-    url: String,
-    token_file: PathBuf,
+    endpoint: Endpoint,
     who: Identity,
-    agent: ureq::Agent,
     heartbeat: Duration,
     /// [`GIVE_UP`] (tests shorten it).
     give_up: Duration,
@@ -309,7 +307,7 @@ impl Session {
         phase: Phase,
         heartbeat: Duration,
     ) -> Result<Session, String> {
-        let url = endpoint(base_url)?;
+        let url = endpoint(base_url, claims::PATH)?;
         // The claims worker reads its plan from --plan: the plan ConfigMaps' prefix, which the
         // operator also sets, is not needed here.
         let env = PodEnv::from_lookup(|k| {
@@ -334,24 +332,9 @@ impl Session {
         who: Identity,
         heartbeat: Duration,
     ) -> Result<Session, String> {
-        read_token(token_file)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            // The endpoint is the operator's Service, inside the cluster: never through a proxy
-            // set for the outside world.
-            .proxy(None)
-            // A fresh connection per message (a few seconds apart): a message never goes out on
-            // a pooled connection that an operator since restarted or moved has closed.
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .build()
-            .into();
         Ok(Session {
-            url,
-            token_file: token_file.to_owned(),
+            endpoint: Endpoint::new(url, token_file)?,
             who,
-            agent,
             heartbeat,
             give_up: GIVE_UP,
             stop_grace: STOP_GRACE,
@@ -711,7 +694,7 @@ impl Session {
         (since.elapsed() >= self.give_up).then(|| {
             End::GaveUp(format!(
                 "{}: no answer for {} s, giving up (last: {why})",
-                self.url,
+                self.endpoint.url,
                 since.elapsed().as_secs()
             ))
         })
@@ -816,6 +799,82 @@ impl Session {
         &self,
         req: &ClaimRequest,
     ) -> Result<(bool, Result<ClaimResponse, Failure>), Failure> {
+        self.endpoint.post(req)
+    }
+}
+
+/// The operator's endpoint as a pod talks to it: one URL, the token read from its file before
+/// every request (the kubelet rotates it), a fresh connection each time. Claims workers and the
+/// scan pod (which sends its plan) share it.
+pub struct Endpoint {
+    url: String,
+    token_file: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Endpoint {
+    /// `url`: the endpoint's whole URL ([`endpoint`]). The token must be readable now.
+    fn new(url: String, token_file: &Path) -> Result<Endpoint, String> {
+        read_token(token_file)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            // The endpoint is the operator's Service, inside the cluster: never through a proxy
+            // set for the outside world.
+            .proxy(None)
+            // A fresh connection per message (a few seconds apart): a message never goes out on
+            // a pooled connection that an operator since restarted or moved has closed.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
+            .build()
+            .into();
+        Ok(Endpoint {
+            url,
+            token_file: token_file.to_owned(),
+            agent,
+        })
+    }
+
+    /// `path` on the operator at `--claims-url` `base`, with the token in `token_file`. Errors
+    /// name the flag or the path.
+    pub fn at(base: &str, path: &str, token_file: &Path) -> Result<Endpoint, String> {
+        Endpoint::new(endpoint(base, path)?, token_file)
+    }
+
+    /// Sends `req` until it is answered: what [`Endpoint::post`] would ask again (408, 429, 5xx,
+    /// no connection) is asked again after [`BACKOFF_FIRST`], doubling to [`BACKOFF_MAX`], for at
+    /// most `give_up`; any other failure ends it.
+    pub fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &impl serde::Serialize,
+        give_up: Duration,
+    ) -> Result<T, End> {
+        let since = Instant::now();
+        let mut pause = BACKOFF_FIRST;
+        loop {
+            let why = match self.post(req) {
+                Ok((_, Ok(answer))) => return Ok(answer),
+                Ok((_, Err(Failure::End(e)))) | Err(Failure::End(e)) => return Err(e),
+                Ok((_, Err(Failure::Retry(why)))) | Err(Failure::Retry(why)) => why,
+            };
+            if since.elapsed() + pause > give_up {
+                return Err(End::GaveUp(format!(
+                    "{}: no answer for {} s, giving up (last: {why})",
+                    self.url,
+                    since.elapsed().as_secs()
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One request: whether the answer was a 2xx, and what it said.
+    #[allow(clippy::type_complexity)]
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        req: &impl serde::Serialize,
+    ) -> Result<(bool, Result<T, Failure>), Failure> {
         let token = read_token(&self.token_file).map_err(|e| Failure::End(End::Unusable(e)))?;
         let mut answer = self
             .agent
@@ -825,7 +884,7 @@ impl Session {
             .map_err(|e| self.transport_failure(e))?;
         let status = answer.status().as_u16();
         if (200..300).contains(&status) {
-            let parsed = answer.body_mut().read_json::<ClaimResponse>().map_err(|e| {
+            let parsed = answer.body_mut().read_json::<T>().map_err(|e| {
                 Failure::Retry(format!(
                     "{}: answer {status} not understood ({e})",
                     self.url
@@ -870,8 +929,9 @@ impl Session {
     }
 }
 
-/// The endpoint of `--claims-url` (`http://HOST[:PORT][/PREFIX]` + [`claims::PATH`]).
-fn endpoint(base: &str) -> Result<String, String> {
+/// `path` on the operator at `--claims-url` (`http://HOST[:PORT][/PREFIX]` + `path`: [`claims::PATH`],
+/// [`claims::PLAN_PATH`]).
+fn endpoint(base: &str, path: &str) -> Result<String, String> {
     let bad = |why: &str| format!("--claims-url {base:?}: {why}");
     let rest = base.strip_prefix("http://").ok_or_else(|| {
         bad("must be an http:// URL (the endpoint is inside the cluster; this build has no TLS)")
@@ -883,7 +943,7 @@ fn endpoint(base: &str) -> Result<String, String> {
     if rest.contains(['?', '#']) {
         return Err(bad("must not have a query or fragment"));
     }
-    Ok(format!("{}{}", base.trim_end_matches('/'), claims::PATH))
+    Ok(format!("{}{path}", base.trim_end_matches('/')))
 }
 
 /// The token, read fresh (the kubelet rotates the file).
@@ -1072,7 +1132,7 @@ mod tests {
             role: "copy",
             worker: "ij-copy-x".into(),
         };
-        Session::with_identity(endpoint(url).unwrap(), token, who, heartbeat).unwrap()
+        Session::with_identity(endpoint(url, claims::PATH).unwrap(), token, who, heartbeat).unwrap()
     }
 
     fn token(t: &tempfile::TempDir, value: &str) -> PathBuf {
@@ -1604,16 +1664,16 @@ mod tests {
     #[test]
     fn the_endpoint_is_the_url_and_the_claims_path() {
         assert_eq!(
-            endpoint("http://10.0.0.9:8080").unwrap(),
+            endpoint("http://10.0.0.9:8080", claims::PATH).unwrap(),
             "http://10.0.0.9:8080/claims/v1"
         );
         assert_eq!(
-            endpoint("http://op.ns.svc:8080/").unwrap(),
+            endpoint("http://op.ns.svc:8080/", claims::PATH).unwrap(),
             "http://op.ns.svc:8080/claims/v1"
         );
         // The chart's default: the Service's fully qualified name, final dot and all.
         assert_eq!(
-            endpoint("http://op-claims.ns.svc.cluster.local.:8080").unwrap(),
+            endpoint("http://op-claims.ns.svc.cluster.local.:8080", claims::PATH).unwrap(),
             "http://op-claims.ns.svc.cluster.local.:8080/claims/v1"
         );
         for bad in [
@@ -1623,7 +1683,7 @@ mod tests {
             "http://:80",
             "http://h/?x",
         ] {
-            let e = endpoint(bad).unwrap_err();
+            let e = endpoint(bad, claims::PATH).unwrap_err();
             assert!(e.starts_with("--claims-url"), "{e}");
         }
     }

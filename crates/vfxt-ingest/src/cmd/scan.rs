@@ -13,6 +13,7 @@ use ingest_plan::scan::{Scan, ScanOptions, scan};
 use ingest_plan::summary::{age_rows, size_rows};
 
 use crate::Outcome;
+use crate::cmd::claims_client::{End, Endpoint, GIVE_UP};
 use crate::progress_view::{bytes, duration};
 
 #[derive(Debug, clap::Args)]
@@ -53,10 +54,31 @@ pub struct Args {
     /// (`kubectl get ingestjob NAME -o yaml`).
     #[arg(long, value_name = "PATH")]
     pub rates_from: Option<PathBuf>,
-    /// Running as the operator's scan pod: store the plan in the IngestJob's plan ConfigMaps and
-    /// write the result as the termination message (the contract in crates/ingest-operator/README.md).
-    #[arg(long)]
+    /// Running as the operator's scan pod: send the plan to the operator (at --claims-url), which
+    /// stores it in the IngestJob's plan ConfigMaps, and write the result as the termination
+    /// message (the contract in crates/ingest-operator/README.md).
+    #[arg(long, requires = "claims_url")]
     pub cluster: bool,
+    /// With --cluster: the operator's endpoint (`http://HOST[:PORT]`), as a claims worker is given it.
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    pub claims_url: Option<String>,
+    /// With --cluster: the pod's service-account token for the endpoint, sent as
+    /// `Authorization: Bearer`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        default_value_os_t = crate::cmd::claims_client::default_token_file()
+    )]
+    pub token_file: PathBuf,
+    /// With --cluster: where the result goes (the kubelet reads the termination message there).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        default_value = ingest_operator::pod::TERMINATION_LOG
+    )]
+    pub result_file: PathBuf,
     /// The destination's tree on its servers (`--server`): its export path and subPath. A source
     /// that is an NFS mount of one of those servers whose tree holds, or lies in, this one is
     /// refused (exit 2) before anything is read: a copy would write over the source.
@@ -297,6 +319,18 @@ pub fn run(args: Args) -> Outcome {
         return Outcome::UnusableInput;
     }
     // Read before the scan, which may take hours, so that a wrong path fails at once.
+    // The scan pod checks where its plan goes before it reads the tree: a URL or token it cannot
+    // use is unusable input now, not after hours of scanning.
+    let to_operator = match args.claims_url.as_deref().filter(|_| args.cluster) {
+        None => None,
+        Some(url) => match Endpoint::at(url, ingest_api::claims::PLAN_PATH, &args.token_file) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Outcome::UnusableInput;
+            }
+        },
+    };
     let passes = match args.rates_from.as_deref().map(recorded_passes) {
         None => Ok(Vec::new()),
         Some(read) => read.map_err(|e| format!("--rates-from {e}")),
@@ -329,16 +363,27 @@ pub fn run(args: Args) -> Outcome {
     } else {
         print_summary(&s, &p, secs, &estimate);
     }
-    if args.cluster {
-        return match store_in_cluster(&p, opts.servers.len()) {
+    if let Some(endpoint) = &to_operator {
+        return match store_in_cluster(endpoint, &p, opts.servers.len(), &args.result_file) {
             // The scan pod's exit code says whether the plan is stored. Entries it could not read are
             // per-entry outcomes, like a copy's failed files: counted and listed in the termination
             // message and the plan summary, for the operator to weigh against the failure policy.
             Ok(()) => Outcome::Success,
+            // The run moved on, or the IngestJob is gone: nothing to store it for.
+            Err(e @ End::MovedOn(_)) => {
+                eprintln!("{e}");
+                Outcome::Success
+            }
+            // The operator refused the token or the plan: asking again cannot help (exit 2).
+            Err(e @ End::Unusable(_)) => {
+                eprintln!("{e}");
+                Outcome::UnusableInput
+            }
             Err(e) => {
-                // Not unusable input: the API may come back; Kubernetes retries the scan pod (exit 1).
-                // Nothing is written to the termination log, so its message is this error (from the log).
-                eprintln!("error: storing the plan in the cluster: {e}");
+                // Not unusable input: the operator may come back; Kubernetes retries the scan pod
+                // (exit 1). Nothing is written to the termination log, so its message is this
+                // error (from the log).
+                eprintln!("{e}");
                 Outcome::PartialFailure
             }
         };
@@ -350,15 +395,23 @@ pub fn run(args: Args) -> Outcome {
     }
 }
 
-/// The scan pod's side of the operator contract: the plan's chunks into ConfigMaps (chunk 0, with
-/// the summary, last: the commit marker), then the result as the termination message.
-fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
+/// The scan pod's side of the operator contract: the plan's chunks to the operator, a piece per
+/// request (chunk 0, with the summary, last: the commit marker), which stores them in ConfigMaps;
+/// then the result as the termination message.
+fn store_in_cluster(
+    endpoint: &Endpoint,
+    p: &Plan,
+    servers: usize,
+    result_file: &Path,
+) -> Result<(), End> {
     use ingest_api::report::PodResult;
-    use ingest_operator::plan_store::{MAX_CHUNK_BYTES, PlanSummary};
+    use ingest_operator::plan_store::{self, MAX_CHUNK_BYTES, PlanSummary, Saved};
     use ingest_operator::pod::{self, PodEnv};
 
-    let env = PodEnv::from_env()?;
-    let chunks = p.to_chunks(MAX_CHUNK_BYTES).map_err(|e| e.to_string())?;
+    let env = PodEnv::from_env().map_err(End::Unusable)?;
+    let chunks = p
+        .to_chunks(MAX_CHUNK_BYTES)
+        .map_err(|e| End::Unusable(e.to_string()))?;
     let totals = status_totals(&p.totals);
     // The termination message holds 4 KiB, failures included: it gets the counts, and the
     // histograms and directories reach the status through the plan summary, which the operator reads.
@@ -384,13 +437,14 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
             .cloned()
             .collect(),
     };
-    if let ingest_operator::plan_store::Saved::Kept(kept) =
-        pod::save_plan_blocking(&env, &chunks, &summary).map_err(|e| e.to_string())?
-    {
-        println!(
-            "this run's plan was stored by an earlier attempt of its scan ({} shards, {} files): it stands, and this scan's is dropped",
-            kept.shards, kept.totals.files
-        );
+    for part in plan_store::parts(&env.owner, &env.pod, &chunks, &summary) {
+        if let Saved::Kept(kept) = endpoint.ask(&part, GIVE_UP)? {
+            println!(
+                "this run's plan was stored by an earlier attempt of its scan ({} shards, {} files): it stands, and this scan's is dropped",
+                kept.shards, kept.totals.files
+            );
+            break;
+        }
     }
     let result = PodResult {
         files: totals.files,
@@ -401,7 +455,7 @@ fn store_in_cluster(p: &Plan, servers: usize) -> Result<(), String> {
         failures,
         ..PodResult::default()
     };
-    pod::write_result(Path::new(pod::TERMINATION_LOG), &result).map_err(|e| e.to_string())
+    pod::write_result(result_file, &result).map_err(|e| End::GaveUp(e.to_string()))
 }
 
 /// The entries the scan could not read, as the status and reports list failures (reasons cut to the status'
