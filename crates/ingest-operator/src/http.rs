@@ -682,6 +682,30 @@ mod tests {
         }
         assert_eq!(*pieces.0.lock().unwrap(), sent);
         assert_eq!(sent.last().unwrap().summary.as_ref(), Some(&summary));
+        // A standby passes a piece on to the leader, which authenticates and stores it.
+        let (standby, stop, task) =
+            serving(Arc::default(), Leadership::standby(Some(addr.to_string()))).await;
+        let passed = post_to(
+            standby,
+            ingest_api::claims::PLAN_PATH,
+            "",
+            Some("scan"),
+            &body(&sent[0]),
+        )
+        .await;
+        assert!(passed.starts_with("HTTP/1.1 200"), "{passed}");
+        assert_eq!(pieces.0.lock().unwrap().len(), sent.len() + 1);
+        let refused = post_to(
+            standby,
+            ingest_api::claims::PLAN_PATH,
+            "",
+            Some("good"),
+            &body(&sent[0]),
+        )
+        .await;
+        assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+        stop.send(()).unwrap();
+        task.await.unwrap();
         tx.send(()).unwrap();
         server.await.unwrap();
     }
