@@ -950,7 +950,7 @@ fn endpoint(base: &str, path: &str) -> Result<String, String> {
 fn read_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
-            "--token-file {}: cannot be read ({e}); a claims worker needs its service-account token",
+            "--token-file {}: cannot be read ({e}); the operator's endpoint needs the pod's service-account token",
             path.display()
         )
     })?;

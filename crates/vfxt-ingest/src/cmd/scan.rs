@@ -318,7 +318,6 @@ pub fn run(args: Args) -> Outcome {
         eprintln!("error: {e}");
         return Outcome::UnusableInput;
     }
-    // Read before the scan, which may take hours, so that a wrong path fails at once.
     // The scan pod checks where its plan goes before it reads the tree: a URL or token it cannot
     // use is unusable input now, not after hours of scanning.
     let to_operator = match args.claims_url.as_deref().filter(|_| args.cluster) {
@@ -331,6 +330,7 @@ pub fn run(args: Args) -> Outcome {
             }
         },
     };
+    // Read before the scan, which may take hours, so that a wrong path fails at once.
     let passes = match args.rates_from.as_deref().map(recorded_passes) {
         None => Ok(Vec::new()),
         Some(read) => read.map_err(|e| format!("--rates-from {e}")),
