@@ -650,9 +650,10 @@ mod tests {
             &summary,
         );
         let body = |p: &PlanPart| serde_json::to_string(p).unwrap();
-        let plan = |token: Option<&'static str>, b: String| async move {
-            post_to(addr, ingest_api::claims::PLAN_PATH, "", token, &b).await
+        let plan_at = |at: SocketAddr, token: Option<&'static str>, b: String| async move {
+            post_to(at, ingest_api::claims::PLAN_PATH, "", token, &b).await
         };
+        let plan = |token, b| plan_at(addr, token, b);
         // A worker's token, or none, or one the API server refuses: nothing is stored.
         for token in [Some("good"), None, Some("forged")] {
             let refused = plan(token, body(&sent[0])).await;
@@ -685,24 +686,10 @@ mod tests {
         // A standby passes a piece on to the leader, which authenticates and stores it.
         let (standby, stop, task) =
             serving(Arc::default(), Leadership::standby(Some(addr.to_string()))).await;
-        let passed = post_to(
-            standby,
-            ingest_api::claims::PLAN_PATH,
-            "",
-            Some("scan"),
-            &body(&sent[0]),
-        )
-        .await;
+        let passed = plan_at(standby, Some("scan"), body(&sent[0])).await;
         assert!(passed.starts_with("HTTP/1.1 200"), "{passed}");
         assert_eq!(pieces.0.lock().unwrap().len(), sent.len() + 1);
-        let refused = post_to(
-            standby,
-            ingest_api::claims::PLAN_PATH,
-            "",
-            Some("good"),
-            &body(&sent[0]),
-        )
-        .await;
+        let refused = plan_at(standby, Some("good"), body(&sent[0])).await;
         assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
         stop.send(()).unwrap();
         task.await.unwrap();

@@ -691,13 +691,7 @@ impl Session {
 
     fn given_up(&self, st: &State, why: &str) -> Option<End> {
         let since = st.failing_since?;
-        (since.elapsed() >= self.give_up).then(|| {
-            End::GaveUp(format!(
-                "{}: no answer for {} s, giving up (last: {why})",
-                self.endpoint.url,
-                since.elapsed().as_secs()
-            ))
-        })
+        (since.elapsed() >= self.give_up).then(|| self.endpoint.gave_up(since, why))
     }
 
     fn request(
@@ -746,7 +740,7 @@ impl Session {
         st.in_flight = true;
         st.last_sent = Instant::now();
         drop(st);
-        let sent = self.send_once(&req).unwrap_or_else(|f| (false, Err(f)));
+        let sent = self.endpoint.post(&req).unwrap_or_else(|f| (false, Err(f)));
         let mut st = self.lock();
         st.in_flight = false;
         self.wire.notify_all();
@@ -791,15 +785,6 @@ impl Session {
             PassState::Finished | PassState::Stopped => st.over = Some(answer.state),
         }
         Ok(answer)
-    }
-
-    /// Whether the answer was a 2xx, and what it said.
-    #[allow(clippy::type_complexity)]
-    fn send_once(
-        &self,
-        req: &ClaimRequest,
-    ) -> Result<(bool, Result<ClaimResponse, Failure>), Failure> {
-        self.endpoint.post(req)
     }
 }
 
@@ -858,15 +843,20 @@ impl Endpoint {
                 Ok((_, Err(Failure::Retry(why)))) | Err(Failure::Retry(why)) => why,
             };
             if since.elapsed() + pause > give_up {
-                return Err(End::GaveUp(format!(
-                    "{}: no answer for {} s, giving up (last: {why})",
-                    self.url,
-                    since.elapsed().as_secs()
-                )));
+                return Err(self.gave_up(since, &why));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// The end of asking since `since` without an answer (`why`: the last failure).
+    fn gave_up(&self, since: Instant, why: &str) -> End {
+        End::GaveUp(format!(
+            "{}: no answer for {} s, giving up (last: {why})",
+            self.url,
+            since.elapsed().as_secs()
+        ))
     }
 
     /// One request: whether the answer was a 2xx, and what it said.
